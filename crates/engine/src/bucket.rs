@@ -1,0 +1,132 @@
+//! A named bucket replica: its store, the subscriber that receives its changes, and the hook that wakes
+//! the links when a local write needs sending.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::ranges::SeqRanges;
+use crate::replica::Origin;
+use crate::store::{Change, MemoryStore, Store, Write};
+
+/// Called after every local write so that link writers send it.
+pub trait WriteSignal: Send + Sync + 'static {
+    fn local_write(&self);
+}
+
+pub struct Bucket {
+    name: Arc<str>,
+    store: Box<dyn Store>,
+    me: Origin,
+    clock: Arc<Clock>,
+    signal: Arc<dyn WriteSignal>,
+    has_subscriber: AtomicBool,
+    subscriber: Mutex<Option<mpsc::UnboundedSender<Change>>>,
+}
+
+impl Bucket {
+    pub fn new(
+        name: Arc<str>,
+        me: Origin,
+        clock: Arc<Clock>,
+        signal: Arc<dyn WriteSignal>,
+    ) -> Self {
+        Bucket {
+            name,
+            store: Box::new(MemoryStore::new()),
+            me,
+            clock,
+            signal,
+            has_subscriber: AtomicBool::new(false),
+            subscriber: Mutex::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now().physical_ms()
+    }
+
+    /// Calls `f` with the live stored value of `key`; returns whether there was one.
+    pub fn read(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> bool {
+        self.store.read(key, self.now_ms(), f)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.store.read(key, self.now_ms(), &mut |_| {})
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.live_len(self.now_ms())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn scan(&self, prefix: &str, f: &mut dyn FnMut(&str, &[u8])) {
+        self.store.scan(prefix, self.now_ms(), f)
+    }
+
+    /// Writes locally (a value, or a tombstone when `value` is `None`) and queues it for every link.
+    pub fn write(&self, key: Arc<str>, value: Option<Box<[u8]>>, expires_ms: u64) -> Write {
+        let listening = self.has_subscriber.load(Ordering::Acquire);
+        // Changes are emitted under the store's lock, so listeners see them in the order they applied.
+        let write =
+            self.store
+                .write_local(&self.me, &self.clock, key, value, expires_ms, &mut |w| {
+                    if listening {
+                        self.emit(w, &self.me, true)
+                    }
+                });
+        self.signal.local_write();
+        write
+    }
+
+    /// Merges writes from another replica; returns how many were new.
+    pub fn merge(&self, origin: &Origin, writes: Vec<Write>, covered: &SeqRanges) -> usize {
+        if let Some(max) = writes.iter().map(|w| w.hlc).max() {
+            self.clock.observe(max);
+        }
+        let listening = self.has_subscriber.load(Ordering::Acquire);
+        self.store.merge(origin, writes, covered, &mut |w| {
+            if listening {
+                self.emit(w, origin, false)
+            }
+        })
+    }
+
+    fn emit(&self, w: &Write, origin: &Origin, local: bool) {
+        if let Some(tx) = &*self.subscriber.lock() {
+            let _ = tx.send(Change {
+                key: w.key.clone(),
+                value: w.value.clone(),
+                origin: origin.clone(),
+                local,
+            });
+        }
+    }
+
+    /// Starts delivering every applied change to the returned receiver, replacing any earlier one.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.subscriber.lock() = Some(tx);
+        self.has_subscriber.store(true, Ordering::Release);
+        rx
+    }
+
+    pub fn unsubscribe(&self) {
+        self.has_subscriber.store(false, Ordering::Release);
+        *self.subscriber.lock() = None;
+    }
+}

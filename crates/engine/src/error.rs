@@ -1,0 +1,36 @@
+//! Errors the engine reports to its callers.
+
+use std::io;
+
+use crate::wire::WireError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: io::Error },
+    #[error("invalid address {0:?}: expected host:port or a port number")]
+    BadAddress(String),
+    #[error("the peer is closed")]
+    Closed,
+}
+
+/// Why a link was closed; logged with the remote address.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    #[error("no frame for {0:?}")]
+    Silent(std::time::Duration),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("dialed myself")]
+    SelfDial,
+    #[error("a link to this peer already exists")]
+    Duplicate,
+    #[error("closed by the other side")]
+    Remote,
+    #[error("shutting down")]
+    Shutdown,
+}

@@ -1,0 +1,27 @@
+//! The peer-buckets sync engine, with no Node.js in it: `cargo test` covers all of it.
+//!
+//! Layout, one concern per module:
+//! - `clock`: the hybrid logical clock every write is stamped with;
+//! - `replica`: who wrote a value (node id and incarnation), interned as `Origin`;
+//! - `ranges`: sets of sequence numbers, the causal context of a replica;
+//! - `store`: the `Store` trait and the in-memory backend, with the last-writer-wins merge;
+//! - `value`: how values are tagged (JSON text or raw bytes);
+//! - `wire`: the versioned message enum and its length-prefixed frames;
+//! - `connection`: frames over a TCP stream;
+//! - `bucket`: a named bucket replica with its change subscribers;
+//! - `link`: one connection to one peer: handshake, the reader that merges, the writer that syncs;
+//! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events;
+//! - `node`: a peer: listener, bucket registry, stats and clean shutdown.
+
+pub mod bucket;
+pub mod clock;
+pub mod connection;
+pub mod error;
+pub mod link;
+pub mod membership;
+pub mod node;
+pub mod ranges;
+pub mod replica;
+pub mod store;
+pub mod value;
+pub mod wire;

@@ -1,0 +1,316 @@
+//! Membership: which peers exist, where they listen, which links to them are up, and the dialers that
+//! keep a link to each of them (reconnecting forever with capped, jittered backoff).
+//!
+//! One link per pair: both ends may dial at once; once both links are up, each end keeps the one dialed
+//! by the smaller node id and closes the other, so both ends choose the same link. A link from a newer
+//! incarnation of a node replaces the old one at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::{HashMap, HashSet};
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::LinkError;
+use crate::node::Shared;
+use crate::replica::ReplicaId;
+use crate::wire::{MemberInfo, Message};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEventKind {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEvent {
+    pub kind: PeerEventKind,
+    pub id: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: String,
+    pub address: String,
+    pub connected: bool,
+}
+
+/// One established link, as membership sees it.
+#[derive(Clone)]
+pub struct LinkRef {
+    pub id: u64,
+    pub replica: ReplicaId,
+    pub dialed_by_me: bool,
+    pub ctl: mpsc::UnboundedSender<Message>,
+    pub close: watch::Sender<bool>,
+}
+
+struct Member {
+    address: String,
+    links: Vec<LinkRef>,
+}
+
+#[derive(Default)]
+struct Table {
+    members: HashMap<Arc<str>, Member>,
+    /// Addresses with a dialer running.
+    dialing: HashSet<String>,
+    /// Which node answered at an address.
+    node_at: HashMap<String, Arc<str>>,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub struct Members {
+    table: Mutex<Table>,
+    events: Mutex<Option<mpsc::UnboundedSender<PeerEvent>>>,
+}
+
+/// What `register` decided about a new link.
+pub enum Admission {
+    /// Use it; close the links listed (replaced by it).
+    Accept(Vec<LinkRef>),
+    /// A better link to the same node is up; close this one.
+    Reject,
+}
+
+impl Members {
+    pub fn new() -> Self {
+        Members::default()
+    }
+
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.events.lock() = Some(tx);
+        rx
+    }
+
+    fn emit(&self, kind: PeerEventKind, id: &str, address: &str) {
+        if let Some(tx) = &*self.events.lock() {
+            let _ = tx.send(PeerEvent {
+                kind,
+                id: id.to_string(),
+                address: address.to_string(),
+            });
+        }
+    }
+
+    /// Records a member; returns true when it was not known before.
+    pub fn learn(&self, node: &Arc<str>, address: &str) -> bool {
+        let mut t = self.table.lock();
+        if t.closed {
+            return false;
+        }
+        match t.members.get_mut(node) {
+            Some(m) => {
+                if m.links.is_empty() && m.address != address {
+                    m.address = address.to_string();
+                }
+                false
+            }
+            None => {
+                t.members.insert(
+                    node.clone(),
+                    Member {
+                        address: address.to_string(),
+                        links: Vec::new(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Admits a link that finished its handshake, applying the one-link-per-pair rule.
+    pub fn register(&self, my_id: &str, address: &str, link: LinkRef) -> Admission {
+        let node: Arc<str> = link.replica.node.clone();
+        let mut t = self.table.lock();
+        if t.closed {
+            return Admission::Reject;
+        }
+        t.node_at.insert(address.to_string(), node.clone());
+        let member = t.members.entry(node.clone()).or_insert_with(|| Member {
+            address: address.to_string(),
+            links: Vec::new(),
+        });
+        let mut replaced = Vec::new();
+        for existing in &member.links {
+            let keep_new = if existing.replica.incarnation != link.replica.incarnation {
+                link.replica.incarnation > existing.replica.incarnation
+            } else {
+                // The link dialed by the smaller id is the one both ends keep.
+                let canonical_dialed_by_me = my_id < &*node;
+                link.dialed_by_me == canonical_dialed_by_me
+            };
+            if !keep_new {
+                return Admission::Reject;
+            }
+            replaced.push(existing.clone());
+        }
+        let first = member.links.is_empty();
+        member
+            .links
+            .retain(|l| !replaced.iter().any(|r| r.id == l.id));
+        member.links.push(link);
+        member.address = address.to_string();
+        drop(t);
+        if first {
+            self.emit(PeerEventKind::Up, &node, address);
+        }
+        Admission::Accept(replaced)
+    }
+
+    /// Forgets a closed link; fires peer-down when it was the node's last one.
+    pub fn unregister(&self, node: &Arc<str>, link_id: u64, forget_member: bool) {
+        let mut t = self.table.lock();
+        let Some(member) = t.members.get_mut(node) else {
+            return;
+        };
+        let before = member.links.len();
+        member.links.retain(|l| l.id != link_id);
+        let went_down = before > 0 && member.links.is_empty();
+        let address = member.address.clone();
+        if forget_member && member.links.is_empty() {
+            t.members.remove(node);
+        }
+        let closed = t.closed;
+        drop(t);
+        if went_down && !closed {
+            self.emit(PeerEventKind::Down, node, &address);
+        }
+    }
+
+    pub fn is_linked(&self, node: &str) -> bool {
+        self.table
+            .lock()
+            .members
+            .get(node)
+            .is_some_and(|m| !m.links.is_empty())
+    }
+
+    pub fn is_member(&self, node: &str) -> bool {
+        self.table.lock().members.contains_key(node)
+    }
+
+    pub fn node_at(&self, address: &str) -> Option<Arc<str>> {
+        self.table.lock().node_at.get(address).cloned()
+    }
+
+    pub fn list(&self) -> Vec<PeerInfo> {
+        let t = self.table.lock();
+        let mut out: Vec<_> = t
+            .members
+            .iter()
+            .map(|(id, m)| PeerInfo {
+                id: id.to_string(),
+                address: m.address.clone(),
+                connected: !m.links.is_empty(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.table
+            .lock()
+            .members
+            .values()
+            .filter(|m| !m.links.is_empty())
+            .count()
+    }
+
+    /// Members to tell others about.
+    pub fn known(&self) -> Vec<MemberInfo> {
+        self.table
+            .lock()
+            .members
+            .iter()
+            .map(|(id, m)| MemberInfo {
+                node: id.clone(),
+                address: m.address.clone(),
+            })
+            .collect()
+    }
+
+    /// Sends `msg` on every link.
+    pub fn broadcast(&self, msg: &Message) {
+        for m in self.table.lock().members.values() {
+            for l in &m.links {
+                let _ = l.ctl.send(msg.clone());
+            }
+        }
+    }
+
+    /// Marks the table closed: no new members or links, no more events.
+    pub fn close(&self) {
+        self.table.lock().closed = true;
+        *self.events.lock() = None;
+    }
+
+    fn start_dialing(&self, address: &str) -> bool {
+        let mut t = self.table.lock();
+        !t.closed && t.dialing.insert(address.to_string())
+    }
+
+    fn stop_dialing(&self, address: &str) {
+        self.table.lock().dialing.remove(address);
+    }
+}
+
+/// Starts (once per address) a task that keeps a link to `address` up until the node shuts down.
+/// A seed is dialed even before anyone vouches for it; a learned member's dialer stops when the member
+/// leaves.
+pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
+    if !shared.members.start_dialing(&address) {
+        return;
+    }
+    let s = shared.clone();
+    shared.spawn(async move {
+        let mut shutdown = s.shutdown.clone();
+        let mut delay = s.config.backoff_min;
+        loop {
+            if s.is_shutting_down() {
+                break;
+            }
+            let known_node = s.members.node_at(&address);
+            if let Some(node) = &known_node {
+                if !seed && !s.members.is_member(node) {
+                    break; // it left
+                }
+            }
+            let linked = known_node
+                .as_deref()
+                .is_some_and(|n| s.members.is_linked(n));
+            if !linked {
+                match crate::link::dial_once(&s, &address).await {
+                    Ok(()) => delay = s.config.backoff_min,
+                    Err(LinkError::SelfDial) => break,
+                    Err(e) => {
+                        tracing::debug!(%address, error = %e, "dial failed");
+                        delay = (delay * 2).min(s.config.backoff_max);
+                    }
+                }
+            }
+            let jittered = jitter(if linked {
+                s.config.backoff_min * 2
+            } else {
+                delay
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(jittered) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        s.members.stop_dialing(&address);
+    });
+}
+
+/// A delay between 50 % and 100 % of `d`, so peers that lost each other do not redial in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let f = rand::thread_rng().gen_range(0.5..=1.0);
+    d.mul_f64(f)
+}

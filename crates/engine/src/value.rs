@@ -1,0 +1,64 @@
+//! How values are stored and sent: one tag byte, then the payload.
+//!
+//! JSON values travel as their JSON text, so a read is one copy into a JS string plus `JSON.parse`;
+//! binary values (Buffers) travel as raw bytes and come back as a Buffer.
+
+/// Payload is UTF-8 JSON text.
+pub const TAG_JSON: u8 = 0;
+/// Payload is raw bytes.
+pub const TAG_BYTES: u8 = 1;
+
+/// A decoded view of a stored value.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum ValueRef<'a> {
+    Json(&'a str),
+    Bytes(&'a [u8]),
+}
+
+pub fn encode_json(text: &str) -> Box<[u8]> {
+    let mut v = Vec::with_capacity(text.len() + 1);
+    v.push(TAG_JSON);
+    v.extend_from_slice(text.as_bytes());
+    v.into_boxed_slice()
+}
+
+pub fn encode_bytes(bytes: &[u8]) -> Box<[u8]> {
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.push(TAG_BYTES);
+    v.extend_from_slice(bytes);
+    v.into_boxed_slice()
+}
+
+/// Splits a stored value into its kind and payload; `None` for bytes that no encoder produced.
+pub fn decode(stored: &[u8]) -> Option<ValueRef<'_>> {
+    match stored.split_first()? {
+        (&TAG_JSON, text) => std::str::from_utf8(text).ok().map(ValueRef::Json),
+        (&TAG_BYTES, bytes) => Some(ValueRef::Bytes(bytes)),
+        _ => None,
+    }
+}
+
+/// True when `stored` is a value this engine could have produced; remote writes are checked with it.
+pub fn is_valid(stored: &[u8]) -> bool {
+    decode(stored).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        assert_eq!(
+            decode(&encode_json("{\"a\":1}")),
+            Some(ValueRef::Json("{\"a\":1}"))
+        );
+        assert_eq!(
+            decode(&encode_bytes(&[0, 255])),
+            Some(ValueRef::Bytes(&[0, 255]))
+        );
+        assert_eq!(decode(&[7, 1]), None);
+        assert_eq!(decode(&[TAG_JSON, 0xff]), None);
+        assert_eq!(decode(&[]), None);
+    }
+}

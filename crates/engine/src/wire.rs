@@ -1,0 +1,229 @@
+//! The wire format: one versioned `Message` enum, carried in length-prefixed frames.
+//!
+//! A frame is `len: u32 (big endian) | version: u8 | bincode(Message)`, where `len` counts the version
+//! byte and the payload. The length is checked against `MAX_FRAME` before anything is allocated, and
+//! decoding is bounded by the frame, so hostile bytes produce an error, never a panic or a huge
+//! allocation.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ranges::SeqRanges;
+use crate::replica::ReplicaId;
+use crate::store::Write;
+
+/// Version of the message encoding; a frame with another version closes the link.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest frame accepted or produced, version byte and payload included.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Bytes of the length prefix.
+pub const LEN_BYTES: usize = 4;
+/// Longest bucket name, in bytes.
+pub const MAX_BUCKET_NAME: usize = 255;
+/// Longest key, in bytes.
+pub const MAX_KEY: usize = 64 * 1024;
+
+/// Everything peers say to each other.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message on every link, from both ends: who I am, where I listen, whom I know, and what I
+    /// hold, so the other end can start sending what I lack at once.
+    Hello(Hello),
+    /// Members I know of, sent when I learn new ones.
+    Members(Vec<MemberInfo>),
+    /// What I hold of one bucket; sent periodically so the other end can fill lasting gaps.
+    Digest {
+        bucket: Arc<str>,
+        context: Vec<(ReplicaId, SeqRanges)>,
+    },
+    /// Writes of one origin to one bucket, plus the seqs they stand for (`covered`): seqs in `covered`
+    /// with no write here were superseded and need not be sent.
+    Ops(OpsBatch),
+    /// Liveness probe when nothing else was sent for a while.
+    Ping { wall_ms: u64 },
+    /// I am closing on purpose; do not wait for me.
+    Leave,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub replica: ReplicaId,
+    /// Port I listen on; the host is taken from the connection when `listen_host` is unspecified.
+    pub listen_port: u16,
+    pub listen_host: Option<String>,
+    pub wall_ms: u64,
+    pub members: Vec<MemberInfo>,
+    pub buckets: Vec<(Arc<str>, Vec<(ReplicaId, SeqRanges)>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub node: Arc<str>,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpsBatch {
+    pub bucket: Arc<str>,
+    pub origin: ReplicaId,
+    pub covered: SeqRanges,
+    pub writes: Vec<Write>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME}")]
+    FrameTooLarge(usize),
+    #[error("empty frame")]
+    EmptyFrame,
+    #[error("unsupported protocol version {0} (this peer speaks {PROTOCOL_VERSION})")]
+    Version(u8),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("trailing bytes after message")]
+    Trailing,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// Appends one frame holding `msg` to `out`.
+pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_BYTES]);
+    out.push(PROTOCOL_VERSION);
+    bincode::serde::encode_into_std_write(msg, out, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = out.len() - start - LEN_BYTES;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(WireError::FrameTooLarge(len));
+    }
+    out[start..start + LEN_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Reads the length prefix at the start of `buf`: `Ok(None)` while fewer than 4 bytes are there.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
+    let Some(prefix) = buf.get(..LEN_BYTES) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::FrameTooLarge(len));
+    }
+    if len == 0 {
+        return Err(WireError::EmptyFrame);
+    }
+    Ok(Some(len))
+}
+
+/// Decodes a frame body (version byte and payload, without the length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
+    let (&version, payload) = body.split_first().ok_or(WireError::EmptyFrame)?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(WireError::Trailing);
+    }
+    Ok(msg)
+}
+
+/// Decodes the first complete frame in `buf`: `Ok(None)` if more bytes are needed, else the message
+/// and how many bytes it took.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
+    let Some(len) = frame_len(buf)? else {
+        return Ok(None);
+    };
+    let Some(body) = buf.get(LEN_BYTES..LEN_BYTES + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(body)?, LEN_BYTES + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Hlc;
+    use proptest::prelude::*;
+
+    fn sample() -> Message {
+        Message::Ops(OpsBatch {
+            bucket: "sessions".into(),
+            origin: ReplicaId {
+                node: "n1".into(),
+                incarnation: 42,
+            },
+            covered: SeqRanges::from_ranges([(1, 3)]),
+            writes: vec![Write {
+                key: "sess:1".into(),
+                hlc: Hlc(7 << 16),
+                seq: 3,
+                value: Some(b"\x00{}".to_vec().into()),
+                expires_ms: 0,
+            }],
+        })
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        encode_frame(&sample(), &mut buf).unwrap();
+        encode_frame(&Message::Ping { wall_ms: 9 }, &mut buf).unwrap();
+        let (a, used) = decode_frame(&buf).unwrap().unwrap();
+        assert_eq!(a, sample());
+        let (b, used2) = decode_frame(&buf[used..]).unwrap().unwrap();
+        assert_eq!(b, Message::Ping { wall_ms: 9 });
+        assert_eq!(used + used2, buf.len());
+    }
+
+    #[test]
+    fn a_partial_frame_asks_for_more() {
+        let mut buf = Vec::new();
+        encode_frame(&sample(), &mut buf).unwrap();
+        for cut in 0..buf.len() {
+            assert_eq!(decode_frame(&buf[..cut]), Ok(None));
+        }
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_refused_before_reading_the_body() {
+        let buf = [0xff, 0xff, 0xff, 0xff, PROTOCOL_VERSION];
+        assert_eq!(
+            decode_frame(&buf),
+            Err(WireError::FrameTooLarge(u32::MAX as usize))
+        );
+    }
+
+    #[test]
+    fn another_protocol_version_is_refused() {
+        let mut buf = Vec::new();
+        encode_frame(&Message::Leave, &mut buf).unwrap();
+        buf[LEN_BYTES] = 99;
+        assert_eq!(decode_frame(&buf), Err(WireError::Version(99)));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame(&bytes);
+            let _ = decode_body(&bytes);
+        }
+
+        #[test]
+        fn decoding_mutated_frames_never_panics(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut buf = Vec::new();
+            encode_frame(&sample(), &mut buf).unwrap();
+            for (at, byte) in flips {
+                let i = at % buf.len();
+                buf[i] = byte;
+            }
+            let _ = decode_frame(&buf);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Real nodes on loopback inside one process: discovery from one seed, two-way convergence, deletes,
+//! joins and peer-up/down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peer_buckets_engine::bucket::Bucket;
+use peer_buckets_engine::membership::PeerEventKind;
+use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::value;
+
+fn config(id: &str, seeds: Vec<String>) -> Config {
+    Config {
+        id: Some(id.into()),
+        seeds,
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(600),
+        backoff_max: Duration::from_millis(300),
+        digest_every: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+fn get(b: &Bucket, key: &str) -> Option<String> {
+    let mut out = None;
+    b.read(key, &mut |v| {
+        out = Some(match value::decode(v).unwrap() {
+            value::ValueRef::Json(t) => t.to_string(),
+            value::ValueRef::Bytes(_) => "<bytes>".into(),
+        })
+    });
+    out
+}
+
+fn contents(b: &Bucket) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    b.scan("", &mut |k, v| out.push((k.to_string(), format!("{v:?}"))));
+    out.sort();
+    out
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn trio() -> (Node, Node, Node) {
+    let a = Node::start(config("a", vec![])).await.unwrap();
+    let b = Node::start(config("b", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    // c knows only b and must learn a through it.
+    let c = Node::start(config("c", vec![b.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("full mesh", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| n.peers().iter().filter(|p| p.connected).count() == 2)
+    })
+    .await;
+    (a, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_learn_each_other_from_one_seed_and_converge() {
+    let (a, b, c) = trio().await;
+    let buckets: Vec<Arc<Bucket>> = [&a, &b, &c].iter().map(|n| n.bucket("s")).collect();
+    for (i, bucket) in buckets.iter().enumerate() {
+        for k in 0..300 {
+            bucket.write(
+                format!("own-{i}-{k}").into(),
+                Some(value::encode_json(&k.to_string())),
+                0,
+            );
+            bucket.write(
+                format!("shared-{k}").into(),
+                Some(value::encode_json(&format!("{i}"))),
+                0,
+            );
+        }
+    }
+    eventually("identical replicas", || {
+        let first = contents(&buckets[0]);
+        first.len() == 1200 && buckets.iter().all(|b| contents(b) == first)
+    })
+    .await;
+    buckets[1].write("own-0-0".into(), None, 0);
+    eventually("delete replicated", || {
+        buckets.iter().all(|b| get(b, "own-0-0").is_none())
+    })
+    .await;
+    for n in [a, b, c] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_receives_everything_written_before_it_came() {
+    let a = Node::start(config("a", vec![])).await.unwrap();
+    let b = Node::start(config("b", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    let ba = a.bucket("x");
+    let bb = b.bucket("x");
+    for k in 0..5000 {
+        ba.write(format!("a{k}").into(), Some(value::encode_json("1")), 0);
+        bb.write(format!("b{k}").into(), Some(value::encode_json("2")), 0);
+    }
+    for k in 0..100 {
+        ba.write(format!("a{k}").into(), None, 0);
+    }
+    let c = Node::start(config("c", vec![b.address().to_string()]))
+        .await
+        .unwrap();
+    let bc = c.bucket("x");
+    eventually("joiner complete", || {
+        bc.len() == 9900 && contents(&bc) == contents(&ba)
+    })
+    .await;
+    for n in [a, b, c] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_down_fires_when_a_peer_leaves_and_up_when_it_returns() {
+    let a = Node::start(config("a", vec![])).await.unwrap();
+    let mut events = a.events();
+    let b = Node::start(config("b", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    let up = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((up.kind, up.id.as_str()), (PeerEventKind::Up, "b"));
+    let b_addr = b.address().to_string();
+    b.close(Duration::from_secs(1)).await;
+    let down = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((down.kind, down.id.as_str()), (PeerEventKind::Down, "b"));
+    // A new run of b on the same address, written to while away, catches a up.
+    let mut cfg = config("b", vec![a.address().to_string()]);
+    cfg.listen = b_addr;
+    let b2 = Node::start(cfg).await.unwrap();
+    b2.bucket("y")
+        .write("k".into(), Some(value::encode_json("\"v\"")), 0);
+    let up = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((up.kind, up.id.as_str()), (PeerEventKind::Up, "b"));
+    let ya = a.bucket("y");
+    eventually("write from the new run", || {
+        get(&ya, "k").as_deref() == Some("\"v\"")
+    })
+    .await;
+    a.close(Duration::from_secs(1)).await;
+    b2.close(Duration::from_secs(1)).await;
+}

@@ -1,0 +1,1 @@
+//! N-API bindings for peer-buckets (placeholder while the engine is written).
