@@ -1,1 +1,289 @@
-//! N-API bindings for peer-buckets (placeholder while the engine is written).
+//! N-API bindings for peer-buckets: argument conversion, handles and the event pumps, nothing else.
+//! The engine (`peer-buckets-engine`) holds every rule; `index.js` holds the JavaScript face.
+//!
+//! Peers and buckets are numbered handles into process-wide tables, so the hot calls (`bucketGet`,
+//! `bucketHas`, `bucketSetJson`) are free functions taking a number: the cheapest call path napi-rs offers
+//! (a class method or an `External` costs several times more per call). Keys are read into a stack
+//! buffer and values are written straight from the store into a JS string or Buffer, so a read does
+//! one copy each way.
+
+mod convert;
+mod events;
+mod handles;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use peer_buckets_engine::error::Error as EngineError;
+use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::value;
+
+use convert::{JsonArg, KeyArg, RawValue};
+use handles::{with_bucket, PeerEntry, BUCKETS};
+
+/// What `peerOpen` reports: the handle, and either the bound address or why binding failed.
+#[napi(object)]
+pub struct PeerOpened {
+    pub handle: u32,
+    pub id: String,
+    pub address: Option<String>,
+    pub error: Option<String>,
+    pub code: Option<String>,
+}
+
+#[napi(object)]
+pub struct PeerInfo {
+    pub id: String,
+    pub address: String,
+    pub state: String,
+}
+
+#[napi(object)]
+pub struct PeerStats {
+    pub id: String,
+    pub buckets: u32,
+    pub keys: u32,
+    pub peers: u32,
+    pub ops_applied: f64,
+    pub bytes_sent: f64,
+    pub bytes_received: f64,
+}
+
+fn closed() -> Error {
+    Error::new(Status::GenericFailure, "ECLOSED: the peer is closed")
+}
+
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("PEER_BUCKETS_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
+/// Starts a peer on its own tokio runtime. Binding errors are reported in the result, not thrown, so
+/// that `ready()` can reject with them.
+#[napi(catch_unwind)]
+pub fn peer_open(id: String, listen: String, seeds: Vec<String>) -> Result<PeerOpened> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("peer-buckets")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
+    let config = Config {
+        id: Some(id.clone()),
+        listen,
+        seeds,
+        ..Config::default()
+    };
+    match runtime.block_on(Node::start(config)) {
+        Ok(node) => {
+            let address = node.address().to_string();
+            let handle = handles::add_peer(PeerEntry {
+                node: Arc::new(node),
+                runtime,
+                buckets: Vec::new(),
+            });
+            Ok(PeerOpened {
+                handle,
+                id,
+                address: Some(address),
+                error: None,
+                code: None,
+            })
+        }
+        Err(e) => {
+            let code = match &e {
+                EngineError::Listen { source, .. } => match source.kind() {
+                    std::io::ErrorKind::AddrInUse => "EADDRINUSE",
+                    std::io::ErrorKind::AddrNotAvailable => "EADDRNOTAVAIL",
+                    std::io::ErrorKind::PermissionDenied => "EACCES",
+                    _ => "ELISTEN",
+                },
+                EngineError::BadAddress(_) => "EINVALIDADDRESS",
+                EngineError::Closed => "ECLOSED",
+            };
+            runtime.shutdown_background();
+            Ok(PeerOpened {
+                handle: 0,
+                id,
+                address: None,
+                error: Some(e.to_string()),
+                code: Some(code.into()),
+            })
+        }
+    }
+}
+
+/// The handle of bucket `name` of a peer (the same handle for the same name).
+#[napi(catch_unwind)]
+pub fn peer_bucket(peer: u32, name: String) -> Result<u32> {
+    handles::bucket_handle(peer, &name).ok_or_else(closed)
+}
+
+#[napi(catch_unwind)]
+pub fn peer_peers(peer: u32) -> Result<Vec<PeerInfo>> {
+    let node = handles::node(peer).ok_or_else(closed)?;
+    Ok(node
+        .peers()
+        .into_iter()
+        .map(|p| PeerInfo {
+            id: p.id,
+            address: p.address,
+            state: if p.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+            .into(),
+        })
+        .collect())
+}
+
+#[napi(catch_unwind)]
+pub fn peer_stats(peer: u32) -> Result<PeerStats> {
+    let node = handles::node(peer).ok_or_else(closed)?;
+    let s = node.stats();
+    Ok(PeerStats {
+        id: s.id,
+        buckets: s.buckets as u32,
+        keys: s.keys as u32,
+        peers: s.peers as u32,
+        ops_applied: s.ops_applied as f64,
+        bytes_sent: s.bytes_sent as f64,
+        bytes_received: s.bytes_received as f64,
+    })
+}
+
+/// Delivers peer-up/peer-down events to `callback` as a flat array `[kind, id, address, ...]`.
+#[napi(
+    catch_unwind,
+    ts_args_type = "peer: number, callback: (events: string[]) => void"
+)]
+pub fn peer_listen(peer: u32, callback: Function<RawValue, ()>) -> Result<()> {
+    let entry = handles::peer_runtime(peer).ok_or_else(closed)?;
+    events::pump_peer_events(entry.0, &entry.1, callback)
+}
+
+/// Leaves the network and frees the port and threads. Idempotent.
+#[napi(catch_unwind)]
+pub fn peer_close(peer: u32) -> Result<()> {
+    let Some(entry) = handles::remove_peer(peer) else {
+        return Ok(());
+    };
+    for b in &entry.buckets {
+        BUCKETS.write()[*b as usize] = None;
+    }
+    entry
+        .runtime
+        .block_on(entry.node.close(Duration::from_millis(500)));
+    entry.runtime.shutdown_timeout(Duration::from_millis(200));
+    Ok(())
+}
+
+/// The live value of `key`: a string of JSON text, a Buffer, or undefined.
+#[napi(catch_unwind, ts_return_type = "string | Buffer | undefined")]
+pub fn bucket_get(env: Env, bucket: u32, key: KeyArg) -> Result<RawValue> {
+    let raw_env = env.raw();
+    with_bucket(bucket, |b| {
+        let mut out = Ok(RawValue::undefined(raw_env));
+        b.read(key.as_str(), &mut |stored| {
+            out = RawValue::from_stored(raw_env, stored);
+        });
+        out
+    })
+    .ok_or_else(closed)?
+}
+
+#[napi(catch_unwind)]
+pub fn bucket_has(bucket: u32, key: KeyArg) -> Result<bool> {
+    with_bucket(bucket, |b| b.contains(key.as_str())).ok_or_else(closed)
+}
+
+#[napi(catch_unwind)]
+pub fn bucket_size(bucket: u32) -> Result<u32> {
+    with_bucket(bucket, |b| b.len() as u32).ok_or_else(closed)
+}
+
+/// Writes a JSON value (its JSON text) locally and queues it for replication.
+#[napi(catch_unwind)]
+pub fn bucket_set_json(bucket: u32, key: KeyArg, json: JsonArg) -> Result<()> {
+    with_bucket(bucket, |b| {
+        b.write(key.into_arc(), Some(json.into_stored()), 0);
+    })
+    .ok_or_else(closed)
+}
+
+/// Writes a binary value locally and queues it for replication.
+#[napi(catch_unwind)]
+pub fn bucket_set_bytes(bucket: u32, key: KeyArg, bytes: &[u8]) -> Result<()> {
+    with_bucket(bucket, |b| {
+        b.write(key.into_arc(), Some(value::encode_bytes(bytes)), 0);
+    })
+    .ok_or_else(closed)
+}
+
+/// Deletes `key` (a tombstone that replicates); returns whether a live value was there.
+#[napi(catch_unwind)]
+pub fn bucket_delete(bucket: u32, key: KeyArg) -> Result<bool> {
+    with_bucket(bucket, |b| {
+        let existed = b.contains(key.as_str());
+        b.write(key.into_arc(), None, 0);
+        existed
+    })
+    .ok_or_else(closed)
+}
+
+#[napi(catch_unwind)]
+pub fn bucket_keys(bucket: u32, prefix: String) -> Result<Vec<String>> {
+    with_bucket(bucket, |b| {
+        let mut keys = Vec::new();
+        b.scan(&prefix, &mut |k, _| keys.push(k.to_string()));
+        keys
+    })
+    .ok_or_else(closed)
+}
+
+/// Live entries under `prefix` as a flat array `[key, value, key, value, ...]` (values as in get).
+#[napi(catch_unwind, ts_return_type = "Array<string | Buffer>")]
+pub fn bucket_entries(env: Env, bucket: u32, prefix: String) -> Result<RawValue> {
+    let raw_env = env.raw();
+    with_bucket(bucket, |b| {
+        let mut items = convert::ArrayBuilder::new(raw_env)?;
+        let mut result = Ok(());
+        b.scan(&prefix, &mut |k, stored| {
+            if result.is_ok() {
+                result = items
+                    .push_str(k)
+                    .and_then(|_| items.push(RawValue::from_stored(raw_env, stored)?));
+            }
+        });
+        result.map(|_| items.finish())
+    })
+    .ok_or_else(closed)?
+}
+
+/// Starts (or, with `null`, stops) delivering the bucket's changes to `callback` in batches, as a flat
+/// array `[key, value, origin, local, ...]` where value is JSON text, a Buffer or undefined (deleted).
+#[napi(
+    catch_unwind,
+    ts_args_type = "bucket: number, callback: ((events: Array<string | Buffer | boolean | undefined>) => void) | null"
+)]
+pub fn bucket_listen(bucket: u32, callback: Option<Function<RawValue, ()>>) -> Result<()> {
+    let (b, runtime) = handles::bucket_and_runtime(bucket).ok_or_else(closed)?;
+    match callback {
+        None => {
+            b.unsubscribe();
+            Ok(())
+        }
+        Some(cb) => events::pump_changes(b, &runtime, cb),
+    }
+}

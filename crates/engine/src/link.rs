@@ -23,9 +23,9 @@ use crate::error::LinkError;
 use crate::membership::{Admission, LinkRef};
 use crate::node::{LinkSignal, Shared};
 use crate::ranges::SeqRanges;
-use crate::replica::{Origin, ReplicaId};
+use crate::replica::Origin;
 use crate::value;
-use crate::wire::{self, Hello, Message, OpsBatch, MAX_BUCKET_NAME, MAX_KEY};
+use crate::wire::{self, Hello, Message, OpsBatch, WireContext, MAX_BUCKET_NAME, MAX_KEY};
 
 /// Writes per Ops frame at most.
 const CHUNK_WRITES: usize = 1024;
@@ -86,7 +86,7 @@ struct LinkSync {
     buckets: HashMap<Arc<str>, BucketSync>,
 }
 
-fn context_to_wire(ctx: Vec<(Origin, SeqRanges)>) -> Vec<(ReplicaId, SeqRanges)> {
+fn context_to_wire(ctx: Vec<(Origin, SeqRanges)>) -> WireContext {
     ctx.into_iter().map(|(o, r)| (o.id().clone(), r)).collect()
 }
 

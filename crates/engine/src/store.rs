@@ -481,13 +481,13 @@ mod tests {
         assert!(seen);
     }
 
-    /// Snapshot of a store's visible contents plus its contexts, for equality checks.
-    fn dump(
-        s: &MemoryStore,
-    ) -> (
+    /// A store's registers and contexts, for equality checks.
+    type Dump = (
         Vec<(String, Option<Vec<u8>>, u64)>,
         Vec<(String, SeqRanges)>,
-    ) {
+    );
+
+    fn dump(s: &MemoryStore) -> Dump {
         let state = s.state.read();
         let mut entries: Vec<_> = state
             .entries

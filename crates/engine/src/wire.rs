@@ -24,6 +24,9 @@ pub const MAX_BUCKET_NAME: usize = 255;
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 64 * 1024;
 
+/// What a replica holds of one bucket: per origin, the seqs it has applied or knows to be covered.
+pub type WireContext = Vec<(ReplicaId, SeqRanges)>;
+
 /// Everything peers say to each other.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -35,7 +38,7 @@ pub enum Message {
     /// What I hold of one bucket; sent periodically so the other end can fill lasting gaps.
     Digest {
         bucket: Arc<str>,
-        context: Vec<(ReplicaId, SeqRanges)>,
+        context: WireContext,
     },
     /// Writes of one origin to one bucket, plus the seqs they stand for (`covered`): seqs in `covered`
     /// with no write here were superseded and need not be sent.
@@ -54,7 +57,7 @@ pub struct Hello {
     pub listen_host: Option<String>,
     pub wall_ms: u64,
     pub members: Vec<MemberInfo>,
-    pub buckets: Vec<(Arc<str>, Vec<(ReplicaId, SeqRanges)>)>,
+    pub buckets: Vec<(Arc<str>, WireContext)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

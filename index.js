@@ -1,0 +1,358 @@
+'use strict'
+// The JavaScript face of peer-buckets: Peer and SharedBucket over the native engine (native.js is the
+// loader `napi build` writes). This file checks arguments, encodes values (JSON text or raw bytes),
+// offers promise and callback forms, and turns native batches into EventEmitter events.
+
+const { EventEmitter } = require('node:events')
+const { randomBytes } = require('node:crypto')
+const native = require('./native.js')
+
+const MAX_KEY_BYTES = 64 * 1024
+const MAX_BUCKET_NAME_BYTES = 255
+const ACK_LEVELS = ['local', 'one', 'majority', 'all']
+const RESOLVED = Promise.resolve()
+
+// Errors -----------------------------------------------------------------------------------------
+
+function codedError(code, message) {
+  const err = new Error(message)
+  err.code = code
+  return err
+}
+
+function closedError(what) {
+  return codedError('ECLOSED', `${what}: the peer is closed`)
+}
+
+function notBuilt(what) {
+  return codedError('ENOTSUP', `${what} is not supported yet by this version of peer-buckets`)
+}
+
+// Native errors come from another realm (and fail instanceof Error under jest): re-create them here.
+function fromNative(err) {
+  if (err instanceof Error) return err
+  const message = String((err && err.message) || err)
+  if (message.startsWith('ECLOSED')) return codedError('ECLOSED', message.replace(/^ECLOSED: /, ''))
+  const out = new Error(message)
+  if (err && err.code) out.code = err.code
+  return out
+}
+
+function checkKey(fn, key) {
+  if (typeof key !== 'string' || key.length === 0) {
+    throw new TypeError(`${fn}: key must be a non-empty string`)
+  }
+  // A UTF-16 unit is at most 3 bytes of UTF-8, so only long keys need measuring.
+  if (key.length * 3 > MAX_KEY_BYTES && Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) {
+    throw new RangeError(`${fn}: key must be at most ${MAX_KEY_BYTES} bytes of UTF-8`)
+  }
+}
+
+function checkPrefix(fn, prefix) {
+  if (prefix === undefined) return ''
+  if (typeof prefix !== 'string') throw new TypeError(`${fn}: prefix must be a string`)
+  return prefix
+}
+
+// Write options: only 'local' acknowledgement exists in this version; anything else is refused
+// loudly rather than ignored.
+function checkWriteOptions(fn, options, allowTtl) {
+  if (options === undefined || options === null) return
+  if (typeof options !== 'object') throw new TypeError(`${fn}: options must be an object`)
+  if (options.ttl !== undefined) {
+    if (!allowTtl) throw new TypeError(`${fn}: ttl is not an option of delete`)
+    throw notBuilt(`${fn}: options.ttl`)
+  }
+  if (options.timeout !== undefined) {
+    if (typeof options.timeout !== 'number' || !(options.timeout > 0) || !Number.isFinite(options.timeout)) {
+      throw new RangeError(`${fn}: options.timeout must be a positive number of milliseconds`)
+    }
+  }
+  if (options.ack !== undefined) {
+    if (!ACK_LEVELS.includes(options.ack)) {
+      throw new RangeError(`${fn}: options.ack must be one of ${ACK_LEVELS.map((a) => `'${a}'`).join(', ')}`)
+    }
+    if (options.ack !== 'local') throw notBuilt(`${fn}: options.ack '${options.ack}'`)
+  }
+}
+
+// set(key, value[, options][, cb]) and delete(key[, options][, cb]) argument shapes.
+function splitOptionsAndCallback(fn, a, b) {
+  if (typeof a === 'function') {
+    if (b !== undefined) throw new TypeError(`${fn}: the callback must be the last argument`)
+    return [undefined, a]
+  }
+  if (b !== undefined && typeof b !== 'function') throw new TypeError(`${fn}: callback must be a function`)
+  return [a, b]
+}
+
+function settle(cb, err) {
+  if (cb) {
+    process.nextTick(cb, err)
+    return undefined
+  }
+  return err ? Promise.reject(err) : RESOLVED
+}
+
+function decodeValue(raw) {
+  return typeof raw === 'string' ? JSON.parse(raw) : raw
+}
+
+// SharedBucket -----------------------------------------------------------------------------------
+
+class SharedBucket extends EventEmitter {
+  #peer
+  #handle
+  #listening = false
+
+  constructor(peer, name, handle) {
+    super()
+    this.#peer = peer
+    this.#handle = handle
+    Object.defineProperty(this, 'name', { value: name, enumerable: true })
+    this.on('newListener', (event) => {
+      if (event === 'change' && !this.#listening) this.#listen(true)
+    })
+    this.on('removeListener', (event) => {
+      if (event === 'change' && this.#listening && this.listenerCount('change') === 0) this.#listen(false)
+    })
+  }
+
+  #listen(on) {
+    if (this.#peer.closed) return
+    this.#listening = on
+    native.bucketListen(this.#handle, on ? (batch) => this.#deliver(batch) : null)
+  }
+
+  #deliver(batch) {
+    let firstError
+    for (let i = 0; i < batch.length; i += 4) {
+      const raw = batch[i + 1]
+      const event = {
+        key: batch[i],
+        value: raw === undefined ? undefined : decodeValue(raw),
+        deleted: raw === undefined,
+        local: batch[i + 3],
+        origin: batch[i + 2],
+      }
+      try {
+        this.emit('change', event)
+      } catch (err) {
+        firstError = firstError || err
+      }
+    }
+    // A throwing listener must not cost the other listeners their events; its error is reported the
+    // way Node reports any listener error: as 'error' if someone listens for it, else uncaught.
+    if (firstError) {
+      if (this.listenerCount('error') > 0) this.emit('error', firstError)
+      else process.nextTick(() => { throw firstError })
+    }
+  }
+
+  set(key, value, options, cb) {
+    ;[options, cb] = splitOptionsAndCallback('set()', options, cb)
+    checkKey('set()', key)
+    checkWriteOptions('set()', options, true)
+    if (this.#peer.closed) return settle(cb, closedError('set()'))
+    if (value instanceof Uint8Array) {
+      native.bucketSetBytes(this.#handle, key, value)
+    } else {
+      if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
+        throw new TypeError('set(): value must be JSON-serialisable or a Buffer (got ' + typeof value + ')')
+      }
+      let json
+      try {
+        json = JSON.stringify(value)
+      } catch (err) {
+        throw new TypeError(`set(): value cannot be serialised as JSON: ${err.message}`)
+      }
+      if (json === undefined) throw new TypeError('set(): value cannot be serialised as JSON')
+      native.bucketSetJson(this.#handle, key, json)
+    }
+    return settle(cb, null)
+  }
+
+  get(key) {
+    checkKey('get()', key)
+    if (this.#peer.closed) throw closedError('get()')
+    const raw = native.bucketGet(this.#handle, key)
+    return raw === undefined ? undefined : decodeValue(raw)
+  }
+
+  has(key) {
+    checkKey('has()', key)
+    if (this.#peer.closed) throw closedError('has()')
+    return native.bucketHas(this.#handle, key)
+  }
+
+  delete(key, options, cb) {
+    ;[options, cb] = splitOptionsAndCallback('delete()', options, cb)
+    checkKey('delete()', key)
+    checkWriteOptions('delete()', options, false)
+    if (this.#peer.closed) return settle(cb, closedError('delete()'))
+    native.bucketDelete(this.#handle, key)
+    return settle(cb, null)
+  }
+
+  touch(key, ttl, cb) {
+    checkKey('touch()', key)
+    throw notBuilt('touch()')
+  }
+
+  keys(prefix) {
+    prefix = checkPrefix('keys()', prefix)
+    if (this.#peer.closed) throw closedError('keys()')
+    return native.bucketKeys(this.#handle, prefix)
+  }
+
+  entries(prefix) {
+    prefix = checkPrefix('entries()', prefix)
+    if (this.#peer.closed) throw closedError('entries()')
+    const flat = native.bucketEntries(this.#handle, prefix)
+    const out = new Array(flat.length / 2)
+    for (let i = 0; i < flat.length; i += 2) out[i / 2] = [flat[i], decodeValue(flat[i + 1])]
+    return out
+  }
+
+  get size() {
+    if (this.#peer.closed) throw closedError('size')
+    return native.bucketSize(this.#handle)
+  }
+
+  fetch(options) {
+    return Promise.reject(notBuilt('fetch()'))
+  }
+}
+
+// Peer -------------------------------------------------------------------------------------------
+
+function checkAddress(what, value) {
+  if (typeof value === 'number') {
+    if (!Number.isInteger(value) || value < 0 || value > 65535) {
+      throw new RangeError(`${what} must be a port number from 0 to 65535 or 'host:port'`)
+    }
+    return `127.0.0.1:${value}`
+  }
+  if (typeof value !== 'string') throw new TypeError(`${what} must be 'host:port' or a port number`)
+  const m = /^(.*):(\d+)$/.exec(value)
+  if (!m || m[1] === '' || Number(m[2]) > 65535) {
+    if (/^\d+$/.test(value) && Number(value) <= 65535) return `127.0.0.1:${value}`
+    throw new RangeError(`${what} must be 'host:port' (got '${value}')`)
+  }
+  return value
+}
+
+const NOT_YET_OPTIONS = ['secret', 'dataDir', 'durability', 'maxClockSkew']
+
+class Peer extends EventEmitter {
+  #handle = 0
+  #buckets = new Map()
+  #ready
+  #keepAlive
+  #closing
+  #closed = false
+
+  constructor(options = {}) {
+    super()
+    if (options === null || typeof options !== 'object') throw new TypeError('Peer: options must be an object')
+    for (const name of NOT_YET_OPTIONS) {
+      if (options[name] !== undefined) throw notBuilt(`Peer: options.${name}`)
+    }
+    let id = options.id
+    if (id === undefined) id = 'peer-' + randomBytes(6).toString('hex')
+    else if (typeof id !== 'string' || id.length === 0) throw new TypeError('Peer: options.id must be a non-empty string')
+    else if (Buffer.byteLength(id) > 255) throw new RangeError('Peer: options.id must be at most 255 bytes')
+    const listen = options.listen === undefined ? '127.0.0.1:0' : checkAddress('Peer: options.listen', options.listen)
+    let seeds = []
+    if (options.peers !== undefined) {
+      if (!Array.isArray(options.peers)) throw new TypeError('Peer: options.peers must be an array of addresses')
+      seeds = options.peers.map((p, i) => checkAddress(`Peer: options.peers[${i}]`, p))
+    }
+
+    const opened = native.peerOpen(id, listen, seeds)
+    Object.defineProperty(this, 'id', { value: id, enumerable: true })
+    if (opened.error) {
+      this.#closed = true
+      const err = codedError(opened.code, `Peer: cannot listen on ${listen}: ${opened.error}`)
+      this.#ready = Promise.reject(err)
+      this.#ready.catch(() => {}) // reported through ready(); not an unhandled rejection by itself
+      return
+    }
+    this.#handle = opened.handle
+    this.address = opened.address
+    this.#ready = Promise.resolve()
+    // An open Peer keeps the process alive, like a listening net.Server, until close() or unref().
+    this.#keepAlive = setInterval(() => {}, 1 << 30)
+    native.peerListen(this.#handle, (batch) => {
+      for (let i = 0; i < batch.length; i += 3) {
+        this.emit(batch[i], { id: batch[i + 1], address: batch[i + 2] })
+      }
+    })
+  }
+
+  /** True once close() was called (or the peer could not listen). */
+  get closed() {
+    return this.#closed
+  }
+
+  ready() {
+    return this.#ready
+  }
+
+  bucket(name, options) {
+    if (typeof name !== 'string' || name.length === 0) throw new TypeError('bucket(): name must be a non-empty string')
+    if (Buffer.byteLength(name) > MAX_BUCKET_NAME_BYTES) {
+      throw new RangeError(`bucket(): name must be at most ${MAX_BUCKET_NAME_BYTES} bytes`)
+    }
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw new TypeError('bucket(): options must be an object')
+    }
+    if (options && options.ttl !== undefined) throw notBuilt('bucket(): options.ttl')
+    if (this.closed) throw closedError('bucket()')
+    let b = this.#buckets.get(name)
+    if (!b) {
+      b = new SharedBucket(this, name, native.peerBucket(this.#handle, name))
+      this.#buckets.set(name, b)
+    }
+    return b
+  }
+
+  peers() {
+    if (this.closed) throw closedError('peers()')
+    return native.peerPeers(this.#handle)
+  }
+
+  stats() {
+    if (this.closed) throw closedError('stats()')
+    return native.peerStats(this.#handle)
+  }
+
+  metrics() {
+    throw notBuilt('metrics()')
+  }
+
+  unref() {
+    if (this.#keepAlive) this.#keepAlive.unref()
+    return this
+  }
+
+  ref() {
+    if (this.#keepAlive) this.#keepAlive.ref()
+    return this
+  }
+
+  close() {
+    if (this.#closing) return this.#closing
+    this.#closed = true
+    clearInterval(this.#keepAlive)
+    try {
+      if (this.#handle) native.peerClose(this.#handle)
+      this.#closing = RESOLVED
+    } catch (err) {
+      this.#closing = Promise.reject(fromNative(err))
+    }
+    return this.#closing
+  }
+}
+
+module.exports = { Peer, SharedBucket }

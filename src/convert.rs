@@ -1,0 +1,204 @@
+//! Conversions between JavaScript values and the engine's bytes, written to copy as little as possible.
+
+use std::ptr;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use peer_buckets_engine::value::{self, ValueRef};
+
+/// Keys up to this many bytes are read without a heap allocation.
+const INLINE_KEY: usize = 128;
+
+/// A string argument read as UTF-8: into a stack buffer when short, else onto the heap.
+pub enum KeyArg {
+    Inline { buf: [u8; INLINE_KEY], len: usize },
+    Heap(String),
+}
+
+impl KeyArg {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Written by napi_get_value_string_utf8, which only writes whole UTF-8 characters.
+            KeyArg::Inline { buf, len } => std::str::from_utf8(&buf[..*len]).unwrap_or_default(),
+            KeyArg::Heap(s) => s,
+        }
+    }
+
+    pub fn into_arc(self) -> Arc<str> {
+        Arc::from(self.as_str())
+    }
+}
+
+unsafe fn string_len(env: sys::napi_env, v: sys::napi_value) -> Result<usize> {
+    let mut len = 0;
+    let status = unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) };
+    if status != sys::Status::napi_ok {
+        return Err(Error::new(Status::StringExpected, "expected a string"));
+    }
+    Ok(len)
+}
+
+unsafe fn read_string_into(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    out: &mut [u8],
+) -> Result<usize> {
+    let mut written = 0;
+    let status = unsafe {
+        sys::napi_get_value_string_utf8(env, v, out.as_mut_ptr().cast(), out.len(), &mut written)
+    };
+    if status != sys::Status::napi_ok {
+        return Err(Error::new(Status::StringExpected, "expected a string"));
+    }
+    Ok(written)
+}
+
+impl TypeName for KeyArg {
+    fn type_name() -> &'static str {
+        "String"
+    }
+    fn value_type() -> ValueType {
+        ValueType::String
+    }
+}
+impl ValidateNapiValue for KeyArg {}
+
+impl FromNapiValue for KeyArg {
+    unsafe fn from_napi_value(env: sys::napi_env, v: sys::napi_value) -> Result<Self> {
+        let mut buf = [0u8; INLINE_KEY];
+        let len = unsafe { read_string_into(env, v, &mut buf)? };
+        // A full buffer (one byte is kept for the terminator) may mean the string was cut.
+        if len < INLINE_KEY - 4 {
+            return Ok(KeyArg::Inline { buf, len });
+        }
+        let full = unsafe { string_len(env, v)? };
+        let mut heap = vec![0u8; full + 1];
+        let len = unsafe { read_string_into(env, v, &mut heap)? };
+        heap.truncate(len);
+        Ok(KeyArg::Heap(String::from_utf8(heap).map_err(|_| {
+            Error::new(Status::InvalidArg, "key is not valid UTF-8")
+        })?))
+    }
+}
+
+/// JSON text from JavaScript, read directly into the stored form (tag byte, then the text).
+pub struct JsonArg(Vec<u8>);
+
+impl JsonArg {
+    pub fn into_stored(self) -> Box<[u8]> {
+        self.0.into_boxed_slice()
+    }
+}
+
+impl TypeName for JsonArg {
+    fn type_name() -> &'static str {
+        "String"
+    }
+    fn value_type() -> ValueType {
+        ValueType::String
+    }
+}
+impl ValidateNapiValue for JsonArg {}
+
+impl FromNapiValue for JsonArg {
+    unsafe fn from_napi_value(env: sys::napi_env, v: sys::napi_value) -> Result<Self> {
+        let len = unsafe { string_len(env, v)? };
+        let mut stored = vec![0u8; len + 2];
+        stored[0] = value::TAG_JSON;
+        let written = unsafe { read_string_into(env, v, &mut stored[1..])? };
+        stored.truncate(written + 1);
+        Ok(JsonArg(stored))
+    }
+}
+
+/// A JavaScript value made by hand on the calling thread.
+pub struct RawValue(sys::napi_value);
+
+impl RawValue {
+    pub fn undefined(env: sys::napi_env) -> Self {
+        let mut v = ptr::null_mut();
+        unsafe { sys::napi_get_undefined(env, &mut v) };
+        RawValue(v)
+    }
+
+    pub fn boolean(env: sys::napi_env, b: bool) -> Self {
+        let mut v = ptr::null_mut();
+        unsafe { sys::napi_get_boolean(env, b, &mut v) };
+        RawValue(v)
+    }
+
+    pub fn string(env: sys::napi_env, s: &str) -> Result<Self> {
+        let mut v = ptr::null_mut();
+        let status = unsafe {
+            sys::napi_create_string_utf8(env, s.as_ptr().cast(), s.len() as isize, &mut v)
+        };
+        if status != sys::Status::napi_ok {
+            return Err(Error::from_reason("cannot create a string"));
+        }
+        Ok(RawValue(v))
+    }
+
+    pub fn buffer_copy(env: sys::napi_env, bytes: &[u8]) -> Result<Self> {
+        let mut v = ptr::null_mut();
+        let mut data = ptr::null_mut();
+        let status = unsafe {
+            sys::napi_create_buffer_copy(env, bytes.len(), bytes.as_ptr().cast(), &mut data, &mut v)
+        };
+        if status != sys::Status::napi_ok {
+            return Err(Error::from_reason("cannot create a Buffer"));
+        }
+        Ok(RawValue(v))
+    }
+
+    /// A stored value as JavaScript sees it from the binding: JSON text as a string, bytes as a Buffer.
+    pub fn from_stored(env: sys::napi_env, stored: &[u8]) -> Result<Self> {
+        match value::decode(stored) {
+            Some(ValueRef::Json(text)) => RawValue::string(env, text),
+            Some(ValueRef::Bytes(bytes)) => RawValue::buffer_copy(env, bytes),
+            None => Err(Error::from_reason("stored value has an unknown tag")),
+        }
+    }
+}
+
+impl ToNapiValue for RawValue {
+    unsafe fn to_napi_value(_env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        Ok(val.0)
+    }
+}
+
+/// Builds a JavaScript array element by element.
+pub struct ArrayBuilder {
+    env: sys::napi_env,
+    array: sys::napi_value,
+    len: u32,
+}
+
+impl ArrayBuilder {
+    pub fn new(env: sys::napi_env) -> Result<Self> {
+        let mut array = ptr::null_mut();
+        let status = unsafe { sys::napi_create_array(env, &mut array) };
+        if status != sys::Status::napi_ok {
+            return Err(Error::from_reason("cannot create an array"));
+        }
+        Ok(ArrayBuilder { env, array, len: 0 })
+    }
+
+    pub fn push(&mut self, v: RawValue) -> Result<()> {
+        let status = unsafe { sys::napi_set_element(self.env, self.array, self.len, v.0) };
+        if status != sys::Status::napi_ok {
+            return Err(Error::from_reason("cannot fill an array"));
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn push_str(&mut self, s: &str) -> Result<()> {
+        let v = RawValue::string(self.env, s)?;
+        self.push(v)
+    }
+
+    pub fn finish(self) -> RawValue {
+        RawValue(self.array)
+    }
+}
