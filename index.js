@@ -54,26 +54,31 @@ function checkPrefix(fn, prefix) {
   return prefix
 }
 
-// Write options: only 'local' acknowledgement exists in this version; anything else is refused
-// loudly rather than ignored.
+const DEFAULT_ACK_TIMEOUT = 5000
+
+// Write options, checked; returns [ack level code for the native side, timeout in ms].
 function checkWriteOptions(fn, options, allowTtl) {
-  if (options === undefined || options === null) return
+  if (options === undefined || options === null) return [0, DEFAULT_ACK_TIMEOUT]
   if (typeof options !== 'object') throw new TypeError(`${fn}: options must be an object`)
   if (options.ttl !== undefined) {
     if (!allowTtl) throw new TypeError(`${fn}: ttl is not an option of delete`)
     throw notBuilt(`${fn}: options.ttl`)
   }
+  let timeout = DEFAULT_ACK_TIMEOUT
   if (options.timeout !== undefined) {
     if (typeof options.timeout !== 'number' || !(options.timeout > 0) || !Number.isFinite(options.timeout)) {
       throw new RangeError(`${fn}: options.timeout must be a positive number of milliseconds`)
     }
+    timeout = options.timeout
   }
+  let ack = 0
   if (options.ack !== undefined) {
-    if (!ACK_LEVELS.includes(options.ack)) {
+    ack = ACK_LEVELS.indexOf(options.ack)
+    if (ack < 0) {
       throw new RangeError(`${fn}: options.ack must be one of ${ACK_LEVELS.map((a) => `'${a}'`).join(', ')}`)
     }
-    if (options.ack !== 'local') throw notBuilt(`${fn}: options.ack '${options.ack}'`)
   }
+  return [ack, timeout]
 }
 
 // set(key, value[, options][, cb]) and delete(key[, options][, cb]) argument shapes.
@@ -92,6 +97,15 @@ function settle(cb, err) {
     return undefined
   }
   return err ? Promise.reject(err) : RESOLVED
+}
+
+// Settles a write that waits for an ack level: at once when the native side says it is met (ticket 0).
+function settleWrite(peer, ticket, cb) {
+  if (ticket === 0) return settle(cb, null)
+  const done = peer._awaitTicket(ticket)
+  if (!cb) return done
+  done.then(() => cb(null), cb)
+  return undefined
 }
 
 function decodeValue(raw) {
@@ -152,10 +166,10 @@ class SharedBucket extends EventEmitter {
   set(key, value, options, cb) {
     ;[options, cb] = splitOptionsAndCallback('set()', options, cb)
     checkKey('set()', key)
-    checkWriteOptions('set()', options, true)
+    const [ack, timeout] = checkWriteOptions('set()', options, true)
     if (this.#peer.closed) return settle(cb, closedError('set()'))
     if (value instanceof Uint8Array) {
-      native.bucketSetBytes(this.#handle, key, value)
+      return settleWrite(this.#peer, native.bucketSetBytes(this.#handle, key, value, ack, timeout), cb)
     } else {
       if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
         throw new TypeError('set(): value must be JSON-serialisable or a Buffer (got ' + typeof value + ')')
@@ -167,9 +181,8 @@ class SharedBucket extends EventEmitter {
         throw new TypeError(`set(): value cannot be serialised as JSON: ${err.message}`)
       }
       if (json === undefined) throw new TypeError('set(): value cannot be serialised as JSON')
-      native.bucketSetJson(this.#handle, key, json)
+      return settleWrite(this.#peer, native.bucketSetJson(this.#handle, key, json, ack, timeout), cb)
     }
-    return settle(cb, null)
   }
 
   get(key) {
@@ -188,10 +201,9 @@ class SharedBucket extends EventEmitter {
   delete(key, options, cb) {
     ;[options, cb] = splitOptionsAndCallback('delete()', options, cb)
     checkKey('delete()', key)
-    checkWriteOptions('delete()', options, false)
+    const [ack, timeout] = checkWriteOptions('delete()', options, false)
     if (this.#peer.closed) return settle(cb, closedError('delete()'))
-    native.bucketDelete(this.#handle, key)
-    return settle(cb, null)
+    return settleWrite(this.#peer, native.bucketDelete(this.#handle, key, ack, timeout), cb)
   }
 
   touch(key, ttl, cb) {
@@ -220,7 +232,22 @@ class SharedBucket extends EventEmitter {
   }
 
   fetch(options) {
-    return Promise.reject(notBuilt('fetch()'))
+    if (options === null || typeof options !== 'object') throw new TypeError('fetch(): options must be an object')
+    const { from, prefix = '' } = options
+    if (typeof from !== 'string' || from.length === 0) throw new TypeError('fetch(): options.from must be a peer id')
+    if (typeof prefix !== 'string') throw new TypeError('fetch(): options.prefix must be a string')
+    if (this.#peer.closed) return Promise.reject(closedError('fetch()'))
+    let id
+    try {
+      id = native.bucketFetch(this.#handle, from, prefix)
+    } catch (err) {
+      const e = fromNative(err)
+      if (/^ENOTCONN/.test(e.message)) {
+        return Promise.reject(codedError('ENOTCONN', `fetch(): peer '${from}' is not connected`))
+      }
+      return Promise.reject(e)
+    }
+    return this.#peer._awaitFetch(id)
   }
 }
 
@@ -242,7 +269,7 @@ function checkAddress(what, value) {
   return value
 }
 
-const NOT_YET_OPTIONS = ['secret', 'dataDir', 'durability', 'maxClockSkew']
+const NOT_YET_OPTIONS = ['secret', 'dataDir', 'durability']
 
 class Peer extends EventEmitter {
   #handle = 0
@@ -251,6 +278,7 @@ class Peer extends EventEmitter {
   #keepAlive
   #closing
   #closed = false
+  #waiting = new Map()
 
   constructor(options = {}) {
     super()
@@ -269,7 +297,15 @@ class Peer extends EventEmitter {
       seeds = options.peers.map((p, i) => checkAddress(`Peer: options.peers[${i}]`, p))
     }
 
-    const opened = native.peerOpen(id, listen, seeds)
+    let maxClockSkew = 60000
+    if (options.maxClockSkew !== undefined) {
+      if (typeof options.maxClockSkew !== 'number' || !(options.maxClockSkew > 0) || !Number.isFinite(options.maxClockSkew)) {
+        throw new RangeError('Peer: options.maxClockSkew must be a positive number of milliseconds')
+      }
+      maxClockSkew = options.maxClockSkew
+    }
+
+    const opened = native.peerOpen(id, listen, seeds, maxClockSkew, (batch) => this.#onNative(batch))
     Object.defineProperty(this, 'id', { value: id, enumerable: true })
     if (opened.error) {
       this.#closed = true
@@ -283,11 +319,39 @@ class Peer extends EventEmitter {
     this.#ready = Promise.resolve()
     // An open Peer keeps the process alive, like a listening net.Server, until close() or unref().
     this.#keepAlive = setInterval(() => {}, 1 << 30)
-    native.peerListen(this.#handle, (batch) => {
-      for (let i = 0; i < batch.length; i += 3) {
-        this.emit(batch[i], { id: batch[i + 1], address: batch[i + 2] })
+  }
+
+  // Peer events, ack outcomes and fetch results, in triples (see the native side).
+  #onNative(batch) {
+    for (let i = 0; i < batch.length; i += 3) {
+      const kind = batch[i]
+      if (kind === 'peer-up' || kind === 'peer-down') {
+        this.emit(kind, { id: batch[i + 1], address: batch[i + 2] })
+        continue
       }
-    })
+      const key = kind === 'fetched' || kind === 'fetch-failed' ? 'f' + batch[i + 1] : batch[i + 1]
+      const waiter = this.#waiting.get(key)
+      if (!waiter) continue
+      this.#waiting.delete(key)
+      if (kind === 'ack' || kind === 'fetched') {
+        waiter.resolve(kind === 'fetched' ? batch[i + 2] : undefined)
+      } else if (kind === 'ack-timeout') {
+        const err = codedError('EACKTIMEOUT', `write not acknowledged at the requested level in time (acked by: ${batch[i + 2].join(', ') || 'none'})`)
+        err.acked = batch[i + 2]
+        waiter.reject(err)
+      } else {
+        waiter.reject(codedError('EFETCH', `fetch(): ${batch[i + 2]}`))
+      }
+    }
+  }
+
+  // Promises for native tickets (ack waits) and fetch ids; kept apart by a prefix.
+  _awaitTicket(ticket) {
+    return new Promise((resolve, reject) => this.#waiting.set(ticket, { resolve, reject }))
+  }
+
+  _awaitFetch(id) {
+    return new Promise((resolve, reject) => this.#waiting.set('f' + id, { resolve, reject }))
   }
 
   /** True once close() was called (or the peer could not listen). */
@@ -345,6 +409,8 @@ class Peer extends EventEmitter {
     if (this.#closing) return this.#closing
     this.#closed = true
     clearInterval(this.#keepAlive)
+    for (const waiter of this.#waiting.values()) waiter.reject(closedError('close()'))
+    this.#waiting.clear()
     try {
       if (this.#handle) native.peerClose(this.#handle)
       this.#closing = RESOLVED

@@ -128,6 +128,15 @@ impl RawValue {
         RawValue(v)
     }
 
+    pub fn number(env: sys::napi_env, n: f64) -> Result<Self> {
+        let mut v = ptr::null_mut();
+        let status = unsafe { sys::napi_create_double(env, n, &mut v) };
+        if status != sys::Status::napi_ok {
+            return Err(Error::from_reason("cannot create a number"));
+        }
+        Ok(RawValue(v))
+    }
+
     pub fn string(env: sys::napi_env, s: &str) -> Result<Self> {
         let mut v = ptr::null_mut();
         let status = unsafe {

@@ -9,16 +9,21 @@ use peer_buckets_engine::bucket::Bucket;
 use peer_buckets_engine::node::Node;
 use tokio::runtime::{Handle, Runtime};
 
+use crate::events::PeerEvents;
+
 pub struct PeerEntry {
     pub node: Arc<Node>,
     pub runtime: Runtime,
+    pub events: PeerEvents,
     /// Bucket handles issued for this peer.
     pub buckets: Vec<u32>,
 }
 
 pub struct BucketSlot {
     pub bucket: Arc<Bucket>,
+    pub node: Arc<Node>,
     pub runtime: Handle,
+    pub events: PeerEvents,
 }
 
 struct PeerSlot {
@@ -57,14 +62,6 @@ pub fn node(peer: u32) -> Option<Arc<Node>> {
         .map(|s| s.entry.node.clone())
 }
 
-pub fn peer_runtime(peer: u32) -> Option<(Arc<Node>, Handle)> {
-    PEERS
-        .lock()
-        .get(peer as usize)
-        .and_then(Option::as_ref)
-        .map(|s| (s.entry.node.clone(), s.entry.runtime.handle().clone()))
-}
-
 /// The handle of the peer's bucket `name`, issuing one on first use.
 pub fn bucket_handle(peer: u32, name: &str) -> Option<u32> {
     let mut peers = PEERS.lock();
@@ -79,7 +76,9 @@ pub fn bucket_handle(peer: u32, name: &str) -> Option<u32> {
     }
     buckets.push(Some(BucketSlot {
         bucket,
+        node: slot.entry.node.clone(),
         runtime: slot.entry.runtime.handle().clone(),
+        events: slot.entry.events.clone(),
     }));
     let h = (buckets.len() - 1) as u32;
     slot.by_name.insert(name.to_string(), h);
@@ -99,4 +98,15 @@ pub fn bucket_and_runtime(bucket: u32) -> Option<(Arc<Bucket>, Handle)> {
     let table = BUCKETS.read();
     let slot = table.get(bucket as usize)?.as_ref()?;
     Some((slot.bucket.clone(), slot.runtime.clone()))
+}
+
+pub fn bucket_and_node(bucket: u32) -> Option<(Arc<Bucket>, Arc<Node>)> {
+    let table = BUCKETS.read();
+    let slot = table.get(bucket as usize)?.as_ref()?;
+    Some((slot.bucket.clone(), slot.node.clone()))
+}
+
+pub fn peer_events_for_bucket(bucket: u32) -> Option<PeerEvents> {
+    let table = BUCKETS.read();
+    Some(table.get(bucket as usize)?.as_ref()?.events.clone())
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use peer_buckets_engine::acks::{AckLevel, Registered};
 use peer_buckets_engine::error::Error as EngineError;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::value;
@@ -41,6 +42,16 @@ pub struct PeerInfo {
 }
 
 #[napi(object)]
+pub struct LinkStats {
+    pub id: String,
+    pub address: String,
+    pub lag_ops: f64,
+    pub lag_ms: f64,
+    pub bytes_sent: f64,
+    pub bytes_received: f64,
+}
+
+#[napi(object)]
 pub struct PeerStats {
     pub id: String,
     pub buckets: u32,
@@ -49,6 +60,12 @@ pub struct PeerStats {
     pub ops_applied: f64,
     pub bytes_sent: f64,
     pub bytes_received: f64,
+    pub clock_skew_refused: f64,
+    pub pulls_sent: f64,
+    pub pulls_served: f64,
+    pub catchup_writes_received: f64,
+    pub protocol_errors: f64,
+    pub replication: Vec<LinkStats>,
 }
 
 fn closed() -> Error {
@@ -69,8 +86,17 @@ fn init_logging() {
 
 /// Starts a peer on its own tokio runtime. Binding errors are reported in the result, not thrown, so
 /// that `ready()` can reject with them.
-#[napi(catch_unwind)]
-pub fn peer_open(id: String, listen: String, seeds: Vec<String>) -> Result<PeerOpened> {
+#[napi(
+    catch_unwind,
+    ts_args_type = "id: string, listen: string, seeds: string[], maxClockSkewMs: number, callback: (events: Array<string | number | boolean | string[]>) => void"
+)]
+pub fn peer_open(
+    id: String,
+    listen: String,
+    seeds: Vec<String>,
+    max_clock_skew_ms: f64,
+    callback: Function<RawValue, ()>,
+) -> Result<PeerOpened> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -82,14 +108,18 @@ pub fn peer_open(id: String, listen: String, seeds: Vec<String>) -> Result<PeerO
         id: Some(id.clone()),
         listen,
         seeds,
+        max_clock_skew: Duration::from_millis(max_clock_skew_ms as u64),
         ..Config::default()
     };
     match runtime.block_on(Node::start(config)) {
         Ok(node) => {
             let address = node.address().to_string();
+            let node = Arc::new(node);
+            let events = events::start_pump(&node, runtime.handle(), callback)?;
             let handle = handles::add_peer(PeerEntry {
-                node: Arc::new(node),
+                node,
                 runtime,
+                events,
                 buckets: Vec::new(),
             });
             Ok(PeerOpened {
@@ -110,6 +140,7 @@ pub fn peer_open(id: String, listen: String, seeds: Vec<String>) -> Result<PeerO
                 },
                 EngineError::BadAddress(_) => "EINVALIDADDRESS",
                 EngineError::Closed => "ECLOSED",
+                EngineError::NotConnected(_) => "ENOTCONN",
             };
             runtime.shutdown_background();
             Ok(PeerOpened {
@@ -160,17 +191,24 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         ops_applied: s.ops_applied as f64,
         bytes_sent: s.bytes_sent as f64,
         bytes_received: s.bytes_received as f64,
+        clock_skew_refused: s.clock_skew_refused as f64,
+        pulls_sent: s.pulls_sent as f64,
+        pulls_served: s.pulls_served as f64,
+        catchup_writes_received: s.catchup_writes_received as f64,
+        protocol_errors: s.protocol_errors as f64,
+        replication: s
+            .links
+            .into_iter()
+            .map(|l| LinkStats {
+                id: l.id,
+                address: l.address,
+                lag_ops: l.lag_ops as f64,
+                lag_ms: l.lag_ms as f64,
+                bytes_sent: l.bytes_sent as f64,
+                bytes_received: l.bytes_received as f64,
+            })
+            .collect(),
     })
-}
-
-/// Delivers peer-up/peer-down events to `callback` as a flat array `[kind, id, address, ...]`.
-#[napi(
-    catch_unwind,
-    ts_args_type = "peer: number, callback: (events: string[]) => void"
-)]
-pub fn peer_listen(peer: u32, callback: Function<RawValue, ()>) -> Result<()> {
-    let entry = handles::peer_runtime(peer).ok_or_else(closed)?;
-    events::pump_peer_events(entry.0, &entry.1, callback)
 }
 
 /// Leaves the network and frees the port and threads. Idempotent.
@@ -213,33 +251,85 @@ pub fn bucket_size(bucket: u32) -> Result<u32> {
     with_bucket(bucket, |b| b.len() as u32).ok_or_else(closed)
 }
 
-/// Writes a JSON value (its JSON text) locally and queues it for replication.
+/// Writes a JSON value (its JSON text) locally and queues it for replication. Returns 0 when the ack
+/// level is met already, else a ticket whose outcome arrives through the peer's event callback.
 #[napi(catch_unwind)]
-pub fn bucket_set_json(bucket: u32, key: KeyArg, json: JsonArg) -> Result<()> {
-    with_bucket(bucket, |b| {
-        b.write(key.into_arc(), Some(json.into_stored()), 0);
-    })
-    .ok_or_else(closed)
+pub fn bucket_set_json(
+    bucket: u32,
+    key: KeyArg,
+    json: JsonArg,
+    ack: u32,
+    timeout_ms: f64,
+) -> Result<f64> {
+    write(bucket, key, Some(json.into_stored()), ack, timeout_ms)
 }
 
-/// Writes a binary value locally and queues it for replication.
+/// Writes a binary value locally and queues it for replication; returns as `bucketSetJson`.
 #[napi(catch_unwind)]
-pub fn bucket_set_bytes(bucket: u32, key: KeyArg, bytes: &[u8]) -> Result<()> {
-    with_bucket(bucket, |b| {
-        b.write(key.into_arc(), Some(value::encode_bytes(bytes)), 0);
-    })
-    .ok_or_else(closed)
+pub fn bucket_set_bytes(
+    bucket: u32,
+    key: KeyArg,
+    bytes: &[u8],
+    ack: u32,
+    timeout_ms: f64,
+) -> Result<f64> {
+    write(
+        bucket,
+        key,
+        Some(value::encode_bytes(bytes)),
+        ack,
+        timeout_ms,
+    )
 }
 
-/// Deletes `key` (a tombstone that replicates); returns whether a live value was there.
+/// Deletes `key` (a tombstone that replicates); returns as `bucketSetJson`.
 #[napi(catch_unwind)]
-pub fn bucket_delete(bucket: u32, key: KeyArg) -> Result<bool> {
-    with_bucket(bucket, |b| {
-        let existed = b.contains(key.as_str());
-        b.write(key.into_arc(), None, 0);
-        existed
-    })
-    .ok_or_else(closed)
+pub fn bucket_delete(bucket: u32, key: KeyArg, ack: u32, timeout_ms: f64) -> Result<f64> {
+    write(bucket, key, None, ack, timeout_ms)
+}
+
+fn write(
+    bucket: u32,
+    key: KeyArg,
+    stored: Option<Box<[u8]>>,
+    ack: u32,
+    timeout_ms: f64,
+) -> Result<f64> {
+    let level = match ack {
+        0 => AckLevel::Local,
+        1 => AckLevel::One,
+        2 => AckLevel::Majority,
+        3 => AckLevel::All,
+        _ => return Err(Error::new(Status::InvalidArg, "unknown ack level")),
+    };
+    if level == AckLevel::Local {
+        return with_bucket(bucket, |b| {
+            b.write(key.into_arc(), stored, 0);
+            0.0
+        })
+        .ok_or_else(closed);
+    }
+    let (b, node) = handles::bucket_and_node(bucket).ok_or_else(closed)?;
+    let timeout = Duration::from_millis(timeout_ms.max(0.0) as u64);
+    match node
+        .write_acked(&b, key.into_arc(), stored, 0, level, timeout)
+        .1
+    {
+        Registered::Met(_) => Ok(0.0),
+        Registered::Pending(ticket) => Ok(ticket as f64),
+    }
+}
+
+/// Asks peer `from` for its entries under `prefix`; returns a fetch id whose outcome arrives through
+/// the peer's event callback. Throws ENOTCONN when `from` is not linked.
+#[napi(catch_unwind)]
+pub fn bucket_fetch(bucket: u32, from: String, prefix: String) -> Result<f64> {
+    let (b, node) = handles::bucket_and_node(bucket).ok_or_else(closed)?;
+    let events = handles::peer_events_for_bucket(bucket).ok_or_else(closed)?;
+    let rx = node
+        .fetch(b.name(), &from, &prefix)
+        .map_err(|e| Error::new(Status::GenericFailure, format!("ENOTCONN: {e}")))?;
+    Ok(events::await_fetch(&events, rx) as f64)
 }
 
 #[napi(catch_unwind)]

@@ -12,6 +12,8 @@ pub enum Error {
     BadAddress(String),
     #[error("the peer is closed")]
     Closed,
+    #[error("peer {0} is not connected")]
+    NotConnected(String),
 }
 
 /// Why a link was closed; logged with the remote address.
@@ -29,6 +31,8 @@ pub enum LinkError {
     SelfDial,
     #[error("a link to this peer already exists")]
     Duplicate,
+    #[error("the other side's clock is {ahead_ms} ms ahead of ours, past the allowed skew")]
+    ClockSkew { ahead_ms: u64 },
     #[error("closed by the other side")]
     Remote,
     #[error("shutting down")]

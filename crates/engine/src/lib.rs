@@ -9,10 +9,13 @@
 //! - `wire`: the versioned message enum and its length-prefixed frames;
 //! - `connection`: frames over a TCP stream;
 //! - `bucket`: a named bucket replica with its change subscribers;
-//! - `link`: one connection to one peer: handshake, the reader that merges, the writer that syncs;
+//! - `sync`: the replication protocol without I/O: push of own writes, pulls of gaps, digests, acks;
+//! - `acks`: write acknowledgement levels and their timeouts;
+//! - `link`: one connection to one peer: handshake, then the session's frames both ways;
 //! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events;
 //! - `node`: a peer: listener, bucket registry, stats and clean shutdown.
 
+pub mod acks;
 pub mod bucket;
 pub mod clock;
 pub mod connection;
@@ -23,5 +26,6 @@ pub mod node;
 pub mod ranges;
 pub mod replica;
 pub mod store;
+pub mod sync;
 pub mod value;
 pub mod wire;

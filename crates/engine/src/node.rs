@@ -1,23 +1,26 @@
-//! A peer: the listener, the bucket registry, the links to other peers and the clean shutdown of all of
-//! it. Links live in `link`, membership and dialing in `membership`.
+//! A peer: the listener, the replica's data (`sync::Local`), the links and their sessions, the
+//! periodic tasks (pull planning, ack timeouts) and the clean shutdown of all of it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::bucket::{Bucket, WriteSignal};
+use crate::acks::{AckLevel, AckOutcome, Registered};
+use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::link;
-use crate::membership::{Members, PeerEvent};
-use crate::replica::{Origin, ReplicaId, ReplicaTable};
+use crate::membership::{Members, PeerEvent, PeerInfo};
+use crate::replica::Origin;
+use crate::store::Write;
+use crate::sync::{Fetches, LinkSignal, Local, PullPlanner, Session};
+use crate::wire::Message;
 
 /// How a node is started.
 #[derive(Clone)]
@@ -37,8 +40,12 @@ pub struct Config {
     /// Reconnect backoff: first delay and cap (jittered).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// How often each link exchanges digests to repair lasting gaps.
+    /// How often each link sends its digests.
     pub digest_every: Duration,
+    /// How often missing writes of other origins are planned and pulled.
+    pub pull_every: Duration,
+    /// Remote clocks further ahead than this are refused.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Config {
@@ -53,17 +60,10 @@ impl Default for Config {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_millis(3_000),
             digest_every: Duration::from_millis(1_000),
+            pull_every: Duration::from_millis(500),
+            max_clock_skew: Duration::from_secs(60),
         }
     }
-}
-
-/// Counters reported by `stats()`.
-#[derive(Default)]
-pub struct Counters {
-    pub ops_applied: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub links_refused: AtomicU64,
 }
 
 /// A point-in-time view of the counters and sizes.
@@ -76,92 +76,55 @@ pub struct Stats {
     pub ops_applied: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    pub clock_skew_refused: u64,
+    pub pulls_sent: u64,
+    pub pulls_served: u64,
+    pub catchup_writes_received: u64,
+    pub protocol_errors: u64,
+    pub links: Vec<LinkStats>,
 }
 
-/// The wake-up flag of one link's writer.
-#[derive(Default)]
-pub struct LinkSignal {
-    pending: std::sync::atomic::AtomicBool,
-    notify: Notify,
+/// Per linked peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStats {
+    pub id: String,
+    pub address: String,
+    /// Own writes the peer has not acknowledged yet.
+    pub lag_ops: u64,
+    /// How long the peer has been behind on our writes (0 when caught up).
+    pub lag_ms: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
-impl LinkSignal {
-    pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Waits for a wake-up and clears it.
-    pub async fn wait(&self) {
-        if !self.pending.swap(false, Ordering::AcqRel) {
-            self.notify.notified().await;
-            self.pending.store(false, Ordering::Release);
-        }
-    }
-}
-
-/// The link writers to wake after a local write.
-#[derive(Default)]
-pub struct Signals {
-    links: RwLock<Vec<Arc<LinkSignal>>>,
-}
-
-impl Signals {
-    pub fn add(&self, s: Arc<LinkSignal>) {
-        self.links.write().push(s);
-    }
-    pub fn remove(&self, s: &Arc<LinkSignal>) {
-        self.links.write().retain(|x| !Arc::ptr_eq(x, s));
-    }
-}
-
-impl WriteSignal for Signals {
-    fn local_write(&self) {
-        for s in self.links.read().iter() {
-            s.wake();
-        }
-    }
+/// A live link as the node's periodic tasks see it.
+pub struct LinkSlot {
+    pub id: u64,
+    pub node: Arc<str>,
+    pub address: String,
+    pub session: Arc<Mutex<Session>>,
+    pub signal: Arc<LinkSignal>,
+    pub bytes_sent: Arc<std::sync::atomic::AtomicU64>,
+    pub bytes_received: Arc<std::sync::atomic::AtomicU64>,
+    /// When the peer was last seen fully caught up on our writes.
+    pub caught_up_at: Mutex<Instant>,
 }
 
 /// State shared by every task of a node.
 pub struct Shared {
     pub config: Config,
-    pub id: Arc<str>,
-    pub me: Origin,
-    pub clock: Arc<Clock>,
-    pub replicas: ReplicaTable,
+    pub local: Local,
     pub address: SocketAddr,
-    pub buckets: RwLock<HashMap<Arc<str>, Arc<Bucket>>>,
-    pub signals: Arc<Signals>,
     pub members: Members,
-    pub counters: Counters,
+    pub links: Mutex<Vec<Arc<LinkSlot>>>,
+    pub fetches: Fetches,
     pub shutdown: watch::Receiver<bool>,
     tasks: Mutex<Option<JoinSet<()>>>,
 }
 
 impl Shared {
-    /// The bucket called `name`, created empty if this replica has not seen it yet.
     pub fn bucket(&self, name: &str) -> Arc<Bucket> {
-        if let Some(b) = self.buckets.read().get(name) {
-            return b.clone();
-        }
-        self.buckets
-            .write()
-            .entry_ref(name)
-            .or_insert_with(|| {
-                Arc::new(Bucket::new(
-                    name.into(),
-                    self.me.clone(),
-                    self.clock.clone(),
-                    self.signals.clone(),
-                ))
-            })
-            .clone()
-    }
-
-    pub fn bucket_list(&self) -> Vec<Arc<Bucket>> {
-        self.buckets.read().values().cloned().collect()
+        self.local.bucket(name)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -176,6 +139,10 @@ impl Shared {
         if let Some(set) = self.tasks.lock().as_mut() {
             set.spawn(fut);
         }
+    }
+
+    fn link_to(&self, node: &str) -> Option<Arc<LinkSlot>> {
+        self.links.lock().iter().find(|l| &*l.node == node).cloned()
     }
 }
 
@@ -218,30 +185,27 @@ impl Node {
             source,
         })?;
         let id: Arc<str> = config.id.clone().unwrap_or_else(random_id).into();
-        let clock = config.clock.clone();
         // Incarnations are ordered by start time, then random, so a newer run of a node sorts after it.
-        let incarnation = (clock.wall_ms() << 16) | (rand::random::<u16>() as u64);
-        let replicas = ReplicaTable::new();
-        let me = replicas.intern(&ReplicaId {
-            node: id.clone(),
+        let incarnation = (config.clock.wall_ms() << 16) | (rand::random::<u16>() as u64);
+        let local = Local::new(
+            id,
             incarnation,
-        });
+            config.clock.clone(),
+            config.max_clock_skew.as_millis() as u64,
+        );
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
-            id,
-            me,
-            clock,
-            replicas,
+            local,
             address,
-            buckets: RwLock::new(HashMap::new()),
-            signals: Arc::new(Signals::default()),
             members: Members::new(),
-            counters: Counters::default(),
+            links: Mutex::new(Vec::new()),
+            fetches: Fetches::default(),
             shutdown,
             tasks: Mutex::new(Some(JoinSet::new())),
             config,
         });
         shared.spawn(link::accept_loop(shared.clone(), listener));
+        shared.spawn(periodic(shared.clone()));
         for seed in shared.config.seeds.clone() {
             crate::membership::dial(&shared, seed, true);
         }
@@ -249,11 +213,11 @@ impl Node {
     }
 
     pub fn id(&self) -> &Arc<str> {
-        &self.shared.id
+        &self.shared.local.id
     }
 
     pub fn replica(&self) -> &Origin {
-        &self.shared.me
+        &self.shared.local.me
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -261,7 +225,7 @@ impl Node {
     }
 
     pub fn clock(&self) -> &Arc<Clock> {
-        &self.shared.clock
+        &self.shared.local.clock
     }
 
     pub fn bucket(&self, name: &str) -> Arc<Bucket> {
@@ -273,22 +237,122 @@ impl Node {
         self.shared.members.subscribe()
     }
 
+    /// Outcomes of writes that waited for an ack level (one receiver at a time).
+    pub fn ack_outcomes(&self) -> mpsc::UnboundedReceiver<AckOutcome> {
+        self.shared.local.acks.subscribe()
+    }
+
+    /// Writes locally and registers the write to wait for `level` until `timeout`.
+    pub fn write_acked(
+        &self,
+        bucket: &Bucket,
+        key: Arc<str>,
+        value: Option<Box<[u8]>>,
+        expires_ms: u64,
+        level: AckLevel,
+        timeout: Duration,
+    ) -> (Write, Registered) {
+        let write = bucket.write(key, value, expires_ms);
+        if level == AckLevel::Local {
+            return (write, Registered::Met(Vec::new()));
+        }
+        let connected: Vec<Arc<str>> = self
+            .shared
+            .members
+            .list()
+            .into_iter()
+            .filter(|p| p.connected)
+            .map(|p| p.id.into())
+            .collect();
+        let members = self.shared.members.list().len();
+        let deadline = self.shared.local.clock.wall_ms() + timeout.as_millis() as u64;
+        let registered = self.shared.local.acks.register(
+            bucket.name(),
+            write.seq,
+            level,
+            deadline,
+            connected,
+            members,
+        );
+        (write, registered)
+    }
+
+    /// Asks peer `from` for its entries of `bucket` under `prefix`; the receiver yields how many
+    /// arrived once all have been merged.
+    pub fn fetch(
+        &self,
+        bucket: &str,
+        from: &str,
+        prefix: &str,
+    ) -> Result<oneshot::Receiver<usize>, Error> {
+        let link = self
+            .shared
+            .link_to(from)
+            .ok_or_else(|| Error::NotConnected(from.to_string()))?;
+        let (id, rx) = self.shared.fetches.start();
+        link.session.lock().queue(Message::FetchRequest {
+            id,
+            bucket: bucket.into(),
+            prefix: prefix.to_string(),
+        });
+        link.signal.wake();
+        Ok(rx)
+    }
+
     /// Every member this node knows, with its address and whether a link to it is up.
-    pub fn peers(&self) -> Vec<crate::membership::PeerInfo> {
+    pub fn peers(&self) -> Vec<PeerInfo> {
         self.shared.members.list()
     }
 
     pub fn stats(&self) -> Stats {
-        let buckets = self.shared.bucket_list();
-        let c = &self.shared.counters;
+        let local = &self.shared.local;
+        let buckets = local.bucket_list();
+        let c = &local.counters;
+        let links = self
+            .shared
+            .links
+            .lock()
+            .iter()
+            .map(|l| {
+                let lag_ops: u64 = buckets
+                    .iter()
+                    .map(|b| {
+                        let mine = b.store().context_of(&local.me).max();
+                        mine.saturating_sub(local.acks.acked_upto(b.name(), &l.node))
+                    })
+                    .sum();
+                let mut caught_up = l.caught_up_at.lock();
+                if lag_ops == 0 {
+                    *caught_up = Instant::now();
+                }
+                LinkStats {
+                    id: l.node.to_string(),
+                    address: l.address.clone(),
+                    lag_ops,
+                    lag_ms: if lag_ops == 0 {
+                        0
+                    } else {
+                        caught_up.elapsed().as_millis() as u64
+                    },
+                    bytes_sent: l.bytes_sent.load(Ordering::Relaxed),
+                    bytes_received: l.bytes_received.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
         Stats {
-            id: self.shared.id.to_string(),
+            id: local.id.to_string(),
             buckets: buckets.len(),
             keys: buckets.iter().map(|b| b.len()).sum(),
             peers: self.shared.members.connected_count(),
             ops_applied: c.ops_applied.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            clock_skew_refused: c.clock_skew_refused.load(Ordering::Relaxed),
+            pulls_sent: c.pulls_sent.load(Ordering::Relaxed),
+            pulls_served: c.pulls_served.load(Ordering::Relaxed),
+            catchup_writes_received: c.catchup_writes_received.load(Ordering::Relaxed),
+            protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            links,
         }
     }
 
@@ -309,8 +373,49 @@ impl Node {
         self.shared.members.close();
     }
 
-    /// Shared state, for the sync layer and tests.
+    /// Shared state, for tests.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+}
+
+/// Runs the node's clockwork: ack timeouts every few milliseconds, pull planning every `pull_every`.
+async fn periodic(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut planner = PullPlanner::default();
+    let mut last_plan = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            _ = shutdown.changed() => break,
+        }
+        let local = &shared.local;
+        if local.acks.pending() > 0 {
+            local.acks.expire(local.clock.wall_ms());
+        }
+        if last_plan.elapsed() < shared.config.pull_every {
+            continue;
+        }
+        last_plan = Instant::now();
+        let links: Vec<Arc<LinkSlot>> = shared.links.lock().clone();
+        let mut guards: Vec<_> = links.iter().map(|l| l.session.lock()).collect();
+        let linked: Vec<Origin> = guards.iter().map(|s| s.peer.clone()).collect();
+        let members = &shared.members;
+        // An origin pushes its own writes when it is linked to us, or is a member that may link soon;
+        // writes of a replica that is neither (an old incarnation, a departed node) are pulled at once.
+        let is_pushed = |o: &Origin| {
+            if linked.contains(o) {
+                return true;
+            }
+            let same_node_linked = linked.iter().any(|l| l.node() == o.node());
+            !same_node_linked && members.is_member(o.node())
+        };
+        let mut sessions: Vec<&mut Session> = guards.iter_mut().map(|g| &mut **g).collect();
+        let touched = planner.plan(local, &mut sessions, local.clock.wall_ms(), &is_pushed);
+        drop(sessions);
+        drop(guards);
+        for i in touched {
+            links[i].signal.wake();
+        }
     }
 }

@@ -157,6 +157,11 @@ impl SeqRanges {
         SeqRanges { ranges: out }
     }
 
+    /// The seqs in both `self` and `other`.
+    pub fn intersect(&self, other: &SeqRanges) -> SeqRanges {
+        self.difference(&self.difference(other))
+    }
+
     /// The part of the set inside `start..=end`.
     pub fn clamp(&self, start: u64, end: u64) -> SeqRanges {
         let ranges = self

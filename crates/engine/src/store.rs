@@ -113,6 +113,9 @@ pub trait Store: Send + Sync + 'static {
         end: u64,
         max_writes: usize,
     ) -> (Vec<Write>, SeqRanges);
+    /// Visits every stored register under `prefix` (tombstones and expired entries too) as a write of
+    /// its origin; what a partial fetch sends.
+    fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write));
     /// Entries held (live, tombstones and expired alike); for stats.
     fn entry_count(&self) -> usize;
 }
@@ -342,6 +345,24 @@ impl Store for MemoryStore {
             });
         }
         (writes, o.context.clamp(start, last))
+    }
+
+    fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write)) {
+        let state = self.state.read();
+        for (k, e) in state.entries.iter() {
+            if k.starts_with(prefix) {
+                f(
+                    &e.origin,
+                    Write {
+                        key: k.clone(),
+                        hlc: e.hlc,
+                        seq: e.seq,
+                        value: e.value.clone(),
+                        expires_ms: e.expires_ms,
+                    },
+                );
+            }
+        }
     }
 
     fn entry_count(&self) -> usize {

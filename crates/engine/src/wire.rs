@@ -43,10 +43,33 @@ pub enum Message {
     /// Writes of one origin to one bucket, plus the seqs they stand for (`covered`): seqs in `covered`
     /// with no write here were superseded and need not be sent.
     Ops(OpsBatch),
-    /// Liveness probe when nothing else was sent for a while.
+    /// Liveness probe when nothing else was sent for a while; carries the wall clock for the skew guard.
     Ping { wall_ms: u64 },
     /// I am closing on purpose; do not wait for me.
     Leave,
+    /// Send me these seqs of `origin` (a gap that lasted, or writes of a replica that is not linked to
+    /// me); answered with `Ops`.
+    Pull {
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        ranges: SeqRanges,
+    },
+    /// I hold every write of yours to `bucket` up to `upto`: acknowledges them, cumulatively.
+    Ack { bucket: Arc<str>, upto: u64 },
+    /// Send me your entries of `bucket` under `prefix`; answered with `FetchReply` frames.
+    FetchRequest {
+        id: u64,
+        bucket: Arc<str>,
+        prefix: String,
+    },
+    /// Entries for a fetch, grouped by origin; the last frame of a reply has `done` set.
+    FetchReply {
+        id: u64,
+        bucket: Arc<str>,
+        origin: Option<ReplicaId>,
+        writes: Vec<Write>,
+        done: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,310 @@
+#!/usr/bin/env node
+'use strict'
+// `npm run bench`: peer-buckets side by side with Redis (ioredis) and scuttlebutt, in one run, on one
+// machine. `--quick` shrinks every size (both sides alike); `--json` ends the output with one JSON line.
+// Figures (issue 6): 1 get, 2 set, 3 three writers until converged, 4 write→event latency, 5 join,
+// 6 catch-up (not measured yet), 7 memory per key. Every process it starts is killed at the end.
+
+const fs = require('node:fs')
+const path = require('node:path')
+const { machine, fmtNum } = require('./lib/util')
+const procs = require('./lib/procs')
+const { INSTALL_HINT, redisVersion, startRedis, waitReplicasCaughtUp } = require('./lib/redis')
+const report = require('./lib/report')
+const local = require('./sections/local')
+const replicated = require('./sections/replicated')
+const latency = require('./sections/latency')
+const join = require('./sections/join')
+const catchup = require('./sections/catchup')
+
+const argv = process.argv.slice(2)
+if (argv.includes('--help') || argv.includes('-h')) {
+  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,replicated,latency,scuttlebutt,join,memory,catchup] [--no-redis]')
+  process.exit(0)
+}
+const QUICK = argv.includes('--quick')
+const JSON_OUT = argv.includes('--json')
+const NO_REDIS = argv.includes('--no-redis')
+const onlyArg = argv.find((a) => a.startsWith('--only='))
+const ONLY = onlyArg ? new Set(onlyArg.slice(7).split(',')) : null
+const want = (name) => !ONLY || ONLY.has(name)
+const ONLY_ = ONLY || new Set()
+
+const CONFIG = {
+  full: {
+    rounds: 5,
+    getObjOps: 1_000_000,
+    getStrOps: 3_000_000,
+    setOps: 500_000,
+    redisOps: 200_000,
+    replicatedN: 300_000,
+    scuttlebuttN: 300_000,
+    convergeTimeoutMs: 60_000,
+    scuttlebuttTimeoutMs: 60_000,
+    latencySamples: 2000,
+    joinN: 1_000_000,
+    memN: 1_000_000,
+    joinTimeoutMs: 120_000,
+    catchupTotal: 200_000,
+    catchupMissed: 10_000,
+    budgetMs: 10 * 60_000,
+  },
+  quick: {
+    rounds: 3,
+    getObjOps: 300_000,
+    getStrOps: 1_000_000,
+    setOps: 150_000,
+    redisOps: 50_000,
+    replicatedN: 60_000,
+    scuttlebuttN: 60_000,
+    convergeTimeoutMs: 30_000,
+    scuttlebuttTimeoutMs: 30_000,
+    latencySamples: 500,
+    joinN: 100_000,
+    memN: 100_000,
+    joinTimeoutMs: 45_000,
+    catchupTotal: 20_000,
+    catchupMissed: 1_000,
+    budgetMs: 170_000,
+  },
+}
+
+const cfg = CONFIG[QUICK ? 'quick' : 'full']
+const started = Date.now()
+const log = (...a) => console.log(...a)
+
+const figures = Object.fromEntries(report.JSON_KEYS.map((k) => [k, null]))
+const extra = { join_n: cfg.joinN, mem_n: cfg.memN, errors: [], skipped: [] }
+const details = {}
+
+async function section(name, fn) {
+  if (Date.now() - started > cfg.budgetMs) {
+    extra.skipped.push(name)
+    log(`- ${name}: skipped (time budget of ${cfg.budgetMs / 1000} s used up)`)
+    return undefined
+  }
+  const t0 = Date.now()
+  try {
+    const r = await fn()
+    log(`  (${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s)`)
+    return r
+  } catch (err) {
+    extra.errors.push({ section: name, error: String((err && err.message) || err) })
+    log(`! ${name} failed: ${(err && err.stack) || err}`)
+    return undefined
+  }
+}
+
+async function main() {
+  const stale = procs.reapStale()
+  procs.installSignalHandlers()
+  const m = machine()
+  const rv = NO_REDIS ? null : redisVersion()
+  const versions = {
+    'peer-buckets': require('../package.json').version,
+    ioredis: require('ioredis/package.json').version,
+    scuttlebutt: require('scuttlebutt/package.json').version,
+    redis: rv,
+  }
+  log(`peer-buckets bench${QUICK ? ' (--quick)' : ''} — ${new Date().toISOString()}`)
+  log(`machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, ${m.os}; node ${m.node}`)
+  log(`versions: peer-buckets ${versions['peer-buckets']}, redis-server ${rv || 'not installed'}, ioredis ${versions.ioredis}, scuttlebutt ${versions.scuttlebutt}`)
+  log(`workload: session object of ${Buffer.byteLength(require('./lib/workload').SESSION_JSON)} bytes of JSON, keys sess:<n>; median of ${cfg.rounds} rounds`)
+  if (stale) log(`(killed ${stale} process(es) left by an earlier run that was killed)`)
+  if (!rv && !NO_REDIS) log('\n' + INSTALL_HINT + '\n')
+
+  const ctx = { cfg, log, quick: QUICK, redis: null, mesh: null }
+  const servers = []
+  try {
+    if (rv) {
+      try {
+        const primary = await startRedis()
+        servers.push(primary)
+        ctx.redis = { primary, replicas: [] }
+      } catch (err) {
+        extra.errors.push({ section: 'redis start', error: err.message })
+        log(`! could not start redis-server: ${err.message}`)
+      }
+    }
+
+    // 1, 2: local get and set (against a standalone Redis: no replica load on it yet).
+    if (want('local')) {
+      log('\n[1, 2] local get and set, one Node process')
+      const pb = await section('local peer-buckets', () => local.peerBuckets(ctx))
+      if (pb) {
+        details.local = pb
+        figures.get_obj_ops = pb.get_obj.median
+        figures.get_str_ops = pb.get_str.median
+        figures.set_ops = pb.set.median
+      }
+      if (ctx.redis) {
+        const r = await section('local redis', () => local.redis(ctx))
+        if (r) {
+          details.local_redis = r
+          figures.redis_get_pipelined_ops = r.get_obj.median
+          extra.redis_get_str_ops = r.get_str.median
+          figures.redis_set_pipelined_ops = r.set.median
+        }
+      }
+    }
+
+    if (ctx.redis && (want('replicated') || want('latency') || want('join') || want('memory'))) {
+      await section('redis replicas start', async () => {
+        for (let i = 0; i < 2; i++) {
+          const r = await startRedis({ replicaOf: ctx.redis.primary.port })
+          servers.push(r)
+          ctx.redis.replicas.push(r)
+        }
+        const p = ctx.redis.primary.client()
+        const rs = ctx.redis.replicas.map((r) => r.client())
+        try {
+          await waitReplicasCaughtUp(p, rs, 20_000)
+        } finally {
+          p.disconnect()
+          rs.forEach((c) => c.disconnect())
+        }
+      })
+      if (ctx.redis.replicas.length < 2) ctx.redis.replicas = null
+    }
+    const redisReplicated = () => ctx.redis && ctx.redis.replicas
+
+    // 3, 4: three writers; then latency on the same peer mesh.
+    if (want('replicated') || want('latency')) {
+      log('\n[3] three processes writing at once until every replica holds everything')
+      try {
+        if (want('replicated')) {
+          const pb = await section('replicated peer-buckets', () => replicated.peerBuckets(ctx))
+          if (pb) {
+            details.replicated = pb
+            figures.replicated_3w_ops = pb.median
+          }
+        }
+        if (want('latency')) {
+          log('\n[4] write on one process → change event / visible on another')
+          if (!ctx.mesh) {
+            await section('peer mesh for latency', async () => {
+              ctx.mesh = await replicated.startPeerMesh('pblat')
+            })
+          }
+          if (ctx.mesh) {
+            const l = await section('latency peer-buckets', () => latency.peerBuckets(ctx))
+            if (l) {
+              details.latency = l
+              figures.latency_p50_us = l.p50
+              figures.latency_p99_us = l.p99
+            }
+          }
+          if (redisReplicated()) {
+            const l = await section('latency redis', () => latency.redis(ctx))
+            if (l) {
+              details.latency_redis = l
+              figures.redis_latency_p50_us = l.p50
+              figures.redis_latency_p99_us = l.p99
+            }
+          }
+        }
+      } finally {
+        if (ctx.mesh) await procs.killAll(ctx.mesh.workers)
+        ctx.mesh = null
+      }
+      if (want('replicated')) {
+        log('\n[3] (alternatives)')
+        if (want('scuttlebutt') || ONLY_.has('replicated')) {
+          const sb = await section('replicated scuttlebutt', () => replicated.scuttlebutt(ctx))
+          if (sb) {
+            details.scuttlebutt = sb
+            figures.scuttlebutt_3w_ops = sb.median
+          }
+        }
+        if (redisReplicated()) {
+          const r = await section('replicated redis', () => replicated.redis(ctx))
+          if (r) {
+            details.replicated_redis = r
+            figures.redis_replicated_ops = r.median
+          }
+        }
+      }
+    } else if (want('scuttlebutt')) {
+      const sb = await section('replicated scuttlebutt', () => replicated.scuttlebutt(ctx))
+      if (sb) figures.scuttlebutt_3w_ops = sb.median
+    }
+
+    // 7 and 5: memory per key, then join.
+    if (want('memory')) {
+      log(`\n[7] memory per key over ${cfg.memN.toLocaleString()} keys`)
+      const mem = await section('memory peer-buckets', () => join.peerMemory(ctx))
+      if (mem) {
+        details.memory = mem
+        figures.bytes_per_key = mem.bytes_per_key
+      }
+    }
+    if (want('join')) {
+      log(`\n[5] a peer joining a network holding ${cfg.joinN.toLocaleString()} keys`)
+      const j = await section('join peer-buckets', () => join.peerJoin(ctx))
+      if (j) {
+        details.join = j
+        figures.join_1m_ms = j.ms
+      }
+    }
+    if (redisReplicated() && (want('join') || want('memory'))) {
+      const r = await section('join + memory redis', () => join.redisMemoryAndJoin(ctx))
+      if (r) {
+        details.redis_join_memory = r
+        if (want('memory')) figures.redis_bytes_per_key = r.bytes_per_key
+        if (want('join')) figures.redis_join_1m_ms = r.join_ms
+      }
+    }
+
+    // 6: catch-up (the stub reports null until the product has what it needs).
+    if (want('catchup')) {
+      const c = await section('catch-up', () => catchup.peerBuckets(ctx))
+      if (c) {
+        details.catchup = c
+        figures.catchup_bytes_per_missed_byte = c.bytes_per_missed_byte
+        if (!catchup.measured) log(`\n[6] catch-up: ${c.note}`)
+      }
+    }
+  } finally {
+    await Promise.all(servers.map((s) => s.stop().catch(() => {})))
+  }
+
+  const seconds = (Date.now() - started) / 1000
+  const { text, rows } = report.renderTable(figures, extra)
+  log(`\n=== results (${QUICK ? 'quick' : 'full'} run, ${seconds.toFixed(0)} s; ${m.cpu}, ${m.cores} cores, node ${m.node}) ===`)
+  log(text)
+  if (extra.errors.length) log(`\nerrors: ${extra.errors.map((e) => `${e.section}: ${e.error}`).join('; ')}`)
+  if (extra.skipped.length) log(`skipped: ${extra.skipped.join(', ')}`)
+
+  const dir = path.join(__dirname, 'results')
+  fs.mkdirSync(dir, { recursive: true })
+  const out = {
+    date: new Date().toISOString(),
+    mode: QUICK ? 'quick' : 'full',
+    seconds,
+    machine: m,
+    versions,
+    config: cfg,
+    figures,
+    extra,
+    comparisons: rows.map(({ n, what, ours, theirs, alt, ratio, goalText, met }) => ({ n, what, ours, theirs, alt, ratio, goal: goalText, met })),
+    issue2_targets: report.issue2Targets(figures),
+    details,
+  }
+  fs.writeFileSync(path.join(dir, 'latest.json'), JSON.stringify(out, null, 2) + '\n')
+  fs.writeFileSync(path.join(dir, 'ratios.svg'), report.renderSvg(rows, m, out.mode))
+  log(`\nwrote bench/results/latest.json and bench/results/ratios.svg`)
+  if (JSON_OUT) log(report.jsonLine(figures))
+  return extra.errors.length ? 1 : 0
+}
+
+main().then(
+  (code) => {
+    procs.killAllSync()
+    process.exit(code)
+  },
+  (err) => {
+    console.error(err)
+    procs.killAllSync()
+    process.exit(1)
+  },
+)

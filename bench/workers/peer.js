@@ -1,0 +1,153 @@
+'use strict'
+// A peer-buckets Peer in its own process, driven by the bench over IPC.
+
+const { Peer } = require('../..')
+const { serve, pollUntil } = require('./rpc')
+const { SESSION, keys: makeKeys } = require('../lib/workload')
+
+const now = () => process.hrtime.bigint()
+let peer = null
+let bucket = null
+let latency = null
+
+function gcRss() {
+  if (global.gc) {
+    global.gc()
+    global.gc()
+  }
+  return process.memoryUsage().rss
+}
+
+function writeRange(start, count) {
+  const keys = makeKeys(start, count)
+  for (let i = 0; i < count; i++) bucket.set(keys[i], SESSION)
+}
+
+serve(
+  {
+    async open({ id, seeds = [], bucketName = 'sessions' }) {
+      const t0 = now()
+      peer = new Peer({ id, listen: '127.0.0.1:0', peers: seeds })
+      await peer.ready()
+      bucket = peer.bucket(bucketName)
+      return { address: peer.address, id: peer.id, openMs: Number(now() - t0) / 1e6 }
+    },
+
+    async waitPeers({ n, timeoutMs = 10_000 }) {
+      const ok = await pollUntil(() => peer.peers().filter((p) => p.state === 'connected').length >= n, timeoutMs, 5)
+      if (!ok) throw new Error(`only ${JSON.stringify(peer.peers())} after ${timeoutMs} ms (wanted ${n} connected)`)
+      return true
+    },
+
+    /** Writes keys sess:<start>… then waits until the local replica holds `target` keys. Times are
+     *  process.hrtime.bigint() (CLOCK_MONOTONIC, shared by every process on the machine), as strings. */
+    async writeAndWait({ start, count, target, timeoutMs = 60_000, bucketName }) {
+      if (bucketName) bucket = peer.bucket(bucketName)
+      const keys = makeKeys(start, count)
+      const t0 = now()
+      for (let i = 0; i < count; i++) bucket.set(keys[i], SESSION)
+      const tWrote = now()
+      let polls = 0
+      const ok = await pollUntil(() => (polls++, bucket.size >= target), timeoutMs)
+      const tDone = now()
+      return { ok, t0: String(t0), tWrote: String(tWrote), tDone: String(tDone), size: bucket.size, polls }
+    },
+
+    /** Writes `count` keys from `start` (in slices, so the event loop keeps turning). */
+    async fill({ start = 0, count, slice = 50_000 }) {
+      const t0 = now()
+      for (let s = 0; s < count; s += slice) {
+        writeRange(start + s, Math.min(slice, count - s))
+        await new Promise(setImmediate)
+      }
+      return { ms: Number(now() - t0) / 1e6 }
+    },
+
+    async waitSize({ target, timeoutMs = 60_000 }) {
+      const t0 = now()
+      const ok = await pollUntil(() => bucket.size >= target, timeoutMs)
+      return { ok, ms: Number(now() - t0) / 1e6, size: bucket.size }
+    },
+
+    /** Opens a Peer seeded with `seeds` and times it until it holds `target` keys. */
+    async join({ id, seeds, target, timeoutMs = 120_000 }) {
+      const rss0 = gcRss()
+      const t0 = now()
+      peer = new Peer({ id, listen: '127.0.0.1:0', peers: seeds })
+      await peer.ready()
+      bucket = peer.bucket('sessions')
+      const ok = await pollUntil(() => bucket.size >= target, timeoutMs)
+      const ms = Number(now() - t0) / 1e6
+      const stats = peer.stats()
+      return { ok, ms, size: bucket.size, bytesReceived: stats.bytesReceived, rssGrowth: gcRss() - rss0 }
+    },
+
+    size() {
+      return bucket.size
+    },
+
+    stats() {
+      return peer.stats()
+    },
+
+    rss() {
+      return gcRss()
+    },
+
+    /** Standalone memory figure: RSS growth of this process over `count` keys. */
+    async memory({ count, slice = 50_000, settleMs = 300 }) {
+      peer = new Peer({ id: 'mem', listen: '127.0.0.1:0' })
+      await peer.ready()
+      bucket = peer.bucket('sessions')
+      await new Promise((r) => setTimeout(r, 100))
+      const before = gcRss()
+      const heapBefore = process.memoryUsage().heapUsed
+      const heapTotalBefore = process.memoryUsage().heapTotal
+      for (let s = 0; s < count; s += slice) {
+        writeRange(s, Math.min(slice, count - s))
+        await new Promise(setImmediate)
+      }
+      await new Promise((r) => setTimeout(r, settleMs))
+      const after = gcRss()
+      const heapAfter = process.memoryUsage().heapUsed
+      const heapTotalAfter = process.memoryUsage().heapTotal
+      return { before, after, heapGrowth: heapAfter - heapBefore, heapTotalGrowth: heapTotalAfter - heapTotalBefore, size: bucket.size }
+    },
+
+    /** Latency, receiving side: records (arrival - stamp) for change events of keys under `prefix`. */
+    latencyListen({ prefix, n }) {
+      const samples = []
+      let resolveDone
+      const done = new Promise((r) => (resolveDone = r))
+      const onChange = (e) => {
+        const t = now()
+        if (e.local || !e.key.startsWith(prefix) || !e.value || !e.value.t) return
+        samples.push(Number(t - BigInt(e.value.t)) / 1e3)
+        if (samples.length >= n) resolveDone()
+      }
+      bucket.on('change', onChange)
+      latency = { samples, done, onChange }
+      return true
+    },
+
+    async latencyCollect({ timeoutMs = 30_000 }) {
+      const { samples, done, onChange } = latency
+      await Promise.race([done, new Promise((r) => setTimeout(r, timeoutMs))])
+      bucket.off('change', onChange)
+      latency = null
+      return samples
+    },
+
+    /** Latency, writing side: `n` writes spaced by `intervalMs`, each stamped with hrtime in the value. */
+    async latencyWrite({ prefix, n, intervalMs = 1 }) {
+      for (let i = 0; i < n; i++) {
+        bucket.set(prefix + i, { ...SESSION, t: String(now()) })
+        await new Promise((r) => setTimeout(r, intervalMs))
+      }
+      return true
+    },
+  },
+  async () => {
+    if (peer) await peer.close()
+  },
+)

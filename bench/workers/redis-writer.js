@@ -1,0 +1,46 @@
+'use strict'
+// A Node process writing to a Redis primary through ioredis with auto-pipelining and `inflight`
+// commands in flight (one of the three writers of the replicated figure).
+
+const Redis = require('ioredis')
+const { serve } = require('./rpc')
+const { SESSION, keys: makeKeys } = require('../lib/workload')
+
+const now = () => process.hrtime.bigint()
+let redis = null
+
+async function inFlight(count, inflight, fn) {
+  let next = 0
+  const worker = async () => {
+    for (;;) {
+      const i = next++
+      if (i >= count) return
+      await fn(i)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(inflight, count) }, worker))
+}
+
+serve(
+  {
+    async open({ port }) {
+      redis = new Redis({ host: '127.0.0.1', port, enableAutoPipelining: true, lazyConnect: true })
+      await redis.connect()
+      await redis.ping()
+      return true
+    },
+
+    /** SETs keys sess:<start>… with `inflight` in flight (the value is serialised per write, as a
+     *  client would). */
+    async write({ start, count, inflight = 256 }) {
+      const keys = makeKeys(start, count)
+      const t0 = now()
+      await inFlight(count, inflight, (i) => redis.set(keys[i], JSON.stringify(SESSION)))
+      const t1 = now()
+      return { t0: String(t0), t1: String(t1) }
+    },
+  },
+  async () => {
+    if (redis) redis.disconnect()
+  },
+)

@@ -1,0 +1,393 @@
+//! Write acknowledgement levels: which peers have applied a local write, and when a waiting write's
+//! level ('one', 'majority', 'all') is met or its time is up.
+//!
+//! Peers acknowledge cumulatively per bucket (an `Ack` after each batch, and every digest), so a waiter
+//! is met by the first ack whose `upto` reaches its seq. What each peer acknowledged is remembered, so a
+//! write registered after its ack already arrived is met at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckLevel {
+    /// Applied here (nothing to wait for).
+    Local,
+    /// Applied by at least one other peer.
+    One,
+    /// Applied by a majority of the known members, this one counted.
+    Majority,
+    /// Applied by every peer connected when the write was made (a peer that goes down stops counting).
+    All,
+}
+
+/// How a waiting write ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckOutcome {
+    pub ticket: u64,
+    /// False when the timeout passed first.
+    pub met: bool,
+    /// Ids of the other peers that had applied the write.
+    pub acked: Vec<String>,
+}
+
+/// The result of registering a write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// The level is already met; these peers had applied it.
+    Met(Vec<String>),
+    /// Wait for an `AckOutcome` with this ticket.
+    Pending(u64),
+}
+
+enum Need {
+    Count(usize),
+    Nodes(HashSet<Arc<str>>),
+}
+
+struct Waiter {
+    bucket: Arc<str>,
+    seq: u64,
+    need: Need,
+    acked: Vec<Arc<str>>,
+    deadline_ms: u64,
+}
+
+impl Waiter {
+    fn met(&self) -> bool {
+        match &self.need {
+            Need::Count(n) => self.acked.len() >= *n,
+            Need::Nodes(nodes) => nodes.is_empty(),
+        }
+    }
+
+    fn add(&mut self, node: &Arc<str>) {
+        if !self.acked.iter().any(|a| a == node) {
+            self.acked.push(node.clone());
+        }
+        if let Need::Nodes(nodes) = &mut self.need {
+            nodes.remove(node);
+        }
+    }
+
+    fn outcome(self, ticket: u64, met: bool) -> AckOutcome {
+        AckOutcome {
+            ticket,
+            met,
+            acked: self.acked.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    next: u64,
+    waiters: HashMap<u64, Waiter>,
+    /// Per bucket, seq -> tickets waiting on it.
+    by_seq: HashMap<Arc<str>, BTreeMap<u64, Vec<u64>>>,
+    /// Per (bucket, peer), the highest seq it acknowledged.
+    acked_upto: HashMap<(Arc<str>, Arc<str>), u64>,
+}
+
+#[derive(Default)]
+pub struct AckTracker {
+    inner: Mutex<Inner>,
+    outcomes: Mutex<Option<mpsc::UnboundedSender<AckOutcome>>>,
+}
+
+impl AckTracker {
+    pub fn new() -> Self {
+        AckTracker::default()
+    }
+
+    /// Where outcomes of pending writes are delivered from now on.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<AckOutcome> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.outcomes.lock() = Some(tx);
+        rx
+    }
+
+    fn deliver(&self, outcomes: Vec<AckOutcome>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        if let Some(tx) = &*self.outcomes.lock() {
+            for o in outcomes {
+                let _ = tx.send(o);
+            }
+        }
+    }
+
+    /// The highest seq of `bucket` that `node` acknowledged.
+    pub fn acked_upto(&self, bucket: &str, node: &str) -> u64 {
+        let inner = self.inner.lock();
+        inner
+            .acked_upto
+            .iter()
+            .find(|((b, n), _)| &**b == bucket && &**n == node)
+            .map_or(0, |(_, &upto)| upto)
+    }
+
+    /// Registers local write `seq` of `bucket` waiting for `level`. `connected` are the peers linked
+    /// now; `members` how many members are known besides this one.
+    pub fn register(
+        &self,
+        bucket: &Arc<str>,
+        seq: u64,
+        level: AckLevel,
+        deadline_ms: u64,
+        connected: Vec<Arc<str>>,
+        members: usize,
+    ) -> Registered {
+        let need = match level {
+            AckLevel::Local => return Registered::Met(Vec::new()),
+            AckLevel::One => Need::Count(1),
+            // A majority of (members + this one), this one counted.
+            AckLevel::Majority => Need::Count((members + 1) / 2),
+            AckLevel::All => Need::Nodes(connected.into_iter().collect()),
+        };
+        let mut inner = self.inner.lock();
+        let mut waiter = Waiter {
+            bucket: bucket.clone(),
+            seq,
+            need,
+            acked: Vec::new(),
+            deadline_ms,
+        };
+        let already: Vec<Arc<str>> = inner
+            .acked_upto
+            .iter()
+            .filter(|((b, _), &upto)| b == bucket && upto >= seq)
+            .map(|((_, n), _)| n.clone())
+            .collect();
+        for node in &already {
+            waiter.add(node);
+        }
+        if waiter.met() {
+            return Registered::Met(waiter.acked.iter().map(|a| a.to_string()).collect());
+        }
+        inner.next += 1;
+        let ticket = inner.next;
+        inner
+            .by_seq
+            .entry(bucket.clone())
+            .or_default()
+            .entry(seq)
+            .or_default()
+            .push(ticket);
+        inner.waiters.insert(ticket, waiter);
+        Registered::Pending(ticket)
+    }
+
+    /// `node` holds every write of ours to `bucket` up to `upto`.
+    pub fn on_ack(&self, bucket: &Arc<str>, node: &Arc<str>, upto: u64) {
+        if upto == 0 {
+            return;
+        }
+        let mut done = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let prev = inner
+                .acked_upto
+                .entry((bucket.clone(), node.clone()))
+                .or_insert(0);
+            if *prev >= upto {
+                return;
+            }
+            *prev = upto;
+            let Inner {
+                waiters, by_seq, ..
+            } = &mut *inner;
+            let Some(seqs) = by_seq.get_mut(bucket) else {
+                return;
+            };
+            let mut emptied = Vec::new();
+            for (&seq, tickets) in seqs.range_mut(..=upto) {
+                tickets.retain(|t| {
+                    let Some(w) = waiters.get_mut(t) else {
+                        return false;
+                    };
+                    w.add(node);
+                    if w.met() {
+                        let w = waiters.remove(t).expect("present");
+                        done.push(w.outcome(*t, true));
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if tickets.is_empty() {
+                    emptied.push(seq);
+                }
+            }
+            for seq in emptied {
+                seqs.remove(&seq);
+            }
+        }
+        self.deliver(done);
+    }
+
+    /// A peer was declared down: writes waiting for 'all' stop waiting for it.
+    pub fn on_peer_down(&self, node: &str) {
+        let mut done = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let met: Vec<u64> = inner
+                .waiters
+                .iter_mut()
+                .filter_map(|(t, w)| match &mut w.need {
+                    Need::Nodes(nodes) => {
+                        nodes.retain(|n| &**n != node);
+                        w.met().then_some(*t)
+                    }
+                    Need::Count(_) => None,
+                })
+                .collect();
+            for t in met {
+                let w = inner.waiters.remove(&t).expect("present");
+                inner.unindex(&w.bucket, w.seq, t);
+                done.push(w.outcome(t, true));
+            }
+        }
+        self.deliver(done);
+    }
+
+    /// Ends every waiter whose deadline passed.
+    pub fn expire(&self, now_ms: u64) {
+        let mut done = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let late: Vec<u64> = inner
+                .waiters
+                .iter()
+                .filter(|(_, w)| w.deadline_ms <= now_ms)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in late {
+                let w = inner.waiters.remove(&t).expect("present");
+                inner.unindex(&w.bucket, w.seq, t);
+                done.push(w.outcome(t, false));
+            }
+        }
+        self.deliver(done);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.inner.lock().waiters.len()
+    }
+}
+
+impl Inner {
+    fn unindex(&mut self, bucket: &Arc<str>, seq: u64, ticket: u64) {
+        if let Some(seqs) = self.by_seq.get_mut(bucket) {
+            if let Some(tickets) = seqs.get_mut(&seq) {
+                tickets.retain(|t| *t != ticket);
+                if tickets.is_empty() {
+                    seqs.remove(&seq);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arc(s: &str) -> Arc<str> {
+        s.into()
+    }
+
+    #[test]
+    fn one_is_met_by_the_first_ack_that_covers_the_write() {
+        let t = AckTracker::new();
+        let mut rx = t.subscribe();
+        let b = arc("s");
+        let Registered::Pending(ticket) =
+            t.register(&b, 5, AckLevel::One, 1_000, vec![arc("x")], 1)
+        else {
+            panic!("should wait")
+        };
+        t.on_ack(&b, &arc("x"), 4);
+        assert!(rx.try_recv().is_err());
+        t.on_ack(&b, &arc("x"), 5);
+        let o = rx.try_recv().unwrap();
+        assert_eq!(
+            (o.ticket, o.met, o.acked),
+            (ticket, true, vec!["x".to_string()])
+        );
+    }
+
+    #[test]
+    fn majority_counts_this_peer() {
+        let t = AckTracker::new();
+        let b = arc("s");
+        // Alone: a majority of one is this peer.
+        assert_eq!(
+            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 0),
+            Registered::Met(vec![])
+        );
+        // Three members (two others): one other ack makes two of three.
+        t.on_ack(&b, &arc("x"), 1);
+        assert_eq!(
+            t.register(
+                &b,
+                1,
+                AckLevel::Majority,
+                1_000,
+                vec![arc("x"), arc("y")],
+                2
+            ),
+            Registered::Met(vec!["x".into()])
+        );
+        // Five members: two others needed.
+        assert!(matches!(
+            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 4),
+            Registered::Pending(_)
+        ));
+    }
+
+    #[test]
+    fn all_stops_waiting_for_a_peer_declared_down_and_times_out_with_the_acks_it_had() {
+        let t = AckTracker::new();
+        let mut rx = t.subscribe();
+        let b = arc("s");
+        let Registered::Pending(first) =
+            t.register(&b, 1, AckLevel::All, 1_000, vec![arc("x"), arc("y")], 2)
+        else {
+            panic!()
+        };
+        t.on_ack(&b, &arc("x"), 1);
+        t.on_peer_down("y");
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            AckOutcome {
+                ticket: first,
+                met: true,
+                acked: vec!["x".into()]
+            }
+        );
+
+        let Registered::Pending(second) =
+            t.register(&b, 2, AckLevel::All, 1_000, vec![arc("x"), arc("z")], 2)
+        else {
+            panic!()
+        };
+        t.on_ack(&b, &arc("z"), 2);
+        t.expire(999);
+        assert!(rx.try_recv().is_err());
+        t.expire(1_000);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            AckOutcome {
+                ticket: second,
+                met: false,
+                acked: vec!["z".into()]
+            }
+        );
+        assert_eq!(t.pending(), 0);
+    }
+}

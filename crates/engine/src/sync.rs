@@ -1,0 +1,693 @@
+//! The replication protocol, without I/O: what a replica sends on a link and what it does with what
+//! arrives. `link` drives it over TCP; the simulation test drives it over a lossy in-memory network.
+//!
+//! - **Push (live flow and catch-up alike).** On each link a replica sends its *own* writes that the other
+//!   end lacks, by walking its per-origin index from what the other end holds (learned from its hello,
+//!   its digests, and what went either way on the link). Superseded writes are never sent: the `covered`
+//!   ranges of a batch stand for them.
+//! - **Pull (everything else).** Writes of other origins are requested by the replica that lacks them,
+//!   from one peer that has them (`PullPlanner`): at once when their origin is no live member linked to
+//!   us (a dead replica, an old incarnation), otherwise only once the gap has lasted a whole planning
+//!   period, so writes still in flight from their origin are not fetched twice.
+//! - **Digests** (per bucket, the whole context) go out periodically; they also acknowledge writes.
+//! - **Acks** are cumulative per bucket and sent once per writer pass, not once per write.
+//! - **Clock skew guard.** A peer whose wall clock (hello, pings) or whose writes' hybrid timestamps run
+//!   further ahead of ours than `max_clock_skew_ms` is refused as a link, never op by op, so replicas
+//!   never disagree about which writes exist.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use crate::acks::AckTracker;
+use crate::bucket::{Bucket, WriteSignal};
+use crate::clock::Clock;
+use crate::error::LinkError;
+use crate::ranges::SeqRanges;
+use crate::replica::{Origin, ReplicaId, ReplicaTable};
+use crate::value;
+use crate::wire::{
+    self, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME, MAX_KEY,
+};
+
+/// Writes per Ops or FetchReply frame at most.
+pub const CHUNK_WRITES: usize = 1024;
+/// Bytes a writer pass gathers before sending.
+pub const SEND_BUDGET: usize = 512 * 1024;
+/// How long a pull may stay unanswered before it is asked again.
+pub const PULL_TIMEOUT_MS: u64 = 5_000;
+
+/// Counters reported by `stats()`.
+#[derive(Default)]
+pub struct Counters {
+    pub ops_applied: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub links_refused: AtomicU64,
+    pub clock_skew_refused: AtomicU64,
+    pub pulls_sent: AtomicU64,
+    pub pulls_served: AtomicU64,
+    pub catchup_writes_received: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+/// The wake-up flag of one link's writer.
+#[derive(Default)]
+pub struct LinkSignal {
+    pending: AtomicBool,
+    notify: Notify,
+}
+
+impl LinkSignal {
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits for a wake-up and clears it.
+    pub async fn wait(&self) {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            self.notify.notified().await;
+            self.pending.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The link writers to wake after a local write.
+#[derive(Default)]
+pub struct Signals {
+    links: RwLock<Vec<Arc<LinkSignal>>>,
+}
+
+impl Signals {
+    pub fn add(&self, s: Arc<LinkSignal>) {
+        self.links.write().push(s);
+    }
+    pub fn remove(&self, s: &Arc<LinkSignal>) {
+        self.links.write().retain(|x| !Arc::ptr_eq(x, s));
+    }
+}
+
+impl WriteSignal for Signals {
+    fn local_write(&self) {
+        for s in self.links.read().iter() {
+            s.wake();
+        }
+    }
+}
+
+/// One replica's data and identity: everything the protocol reads and writes, with no I/O.
+pub struct Local {
+    pub id: Arc<str>,
+    pub me: Origin,
+    pub clock: Arc<Clock>,
+    pub replicas: ReplicaTable,
+    pub signals: Arc<Signals>,
+    pub counters: Counters,
+    pub acks: AckTracker,
+    /// Remote clocks further ahead than this are refused.
+    pub max_clock_skew_ms: u64,
+    buckets: RwLock<HashMap<Arc<str>, Arc<Bucket>>>,
+}
+
+impl Local {
+    pub fn new(id: Arc<str>, incarnation: u64, clock: Arc<Clock>, max_clock_skew_ms: u64) -> Self {
+        let replicas = ReplicaTable::new();
+        let me = replicas.intern(&ReplicaId {
+            node: id.clone(),
+            incarnation,
+        });
+        Local {
+            id,
+            me,
+            clock,
+            replicas,
+            signals: Arc::new(Signals::default()),
+            counters: Counters::default(),
+            acks: AckTracker::new(),
+            max_clock_skew_ms,
+            buckets: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The bucket called `name`, created empty if this replica has not seen it yet.
+    pub fn bucket(&self, name: &str) -> Arc<Bucket> {
+        if let Some(b) = self.buckets.read().get(name) {
+            return b.clone();
+        }
+        self.buckets
+            .write()
+            .entry_ref(name)
+            .or_insert_with(|| {
+                Arc::new(Bucket::new(
+                    name.into(),
+                    self.me.clone(),
+                    self.clock.clone(),
+                    self.signals.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    pub fn bucket_list(&self) -> Vec<Arc<Bucket>> {
+        let mut list: Vec<_> = self.buckets.read().values().cloned().collect();
+        list.sort_by(|a, b| a.name().cmp(b.name()));
+        list
+    }
+
+    pub fn wire_context(&self, bucket: &Bucket) -> WireContext {
+        bucket
+            .store()
+            .context()
+            .into_iter()
+            .map(|(o, r)| (o.id().clone(), r))
+            .collect()
+    }
+
+    /// The hello this replica sends on a new link.
+    pub fn hello(
+        &self,
+        listen_port: u16,
+        listen_host: Option<String>,
+        members: Vec<MemberInfo>,
+    ) -> Hello {
+        Hello {
+            replica: self.me.id().clone(),
+            listen_port,
+            listen_host,
+            wall_ms: self.clock.wall_ms(),
+            members,
+            buckets: self
+                .bucket_list()
+                .into_iter()
+                .map(|b| (b.name().clone(), self.wire_context(&b)))
+                .collect(),
+        }
+    }
+
+    /// Refuses a remote wall clock too far ahead of ours.
+    pub fn check_clock(&self, remote_ms: u64) -> Result<(), LinkError> {
+        let local = self.clock.wall_ms();
+        if remote_ms > local.saturating_add(self.max_clock_skew_ms) {
+            self.counters
+                .clock_skew_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(LinkError::ClockSkew {
+                ahead_ms: remote_ms - local,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_bucket_name(name: &str) -> Result<(), LinkError> {
+    if name.is_empty() || name.len() > MAX_BUCKET_NAME {
+        return Err(LinkError::Protocol(format!(
+            "bucket name of {} bytes",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+/// What a link knows about the other end's hold of one bucket.
+#[derive(Default)]
+struct BucketSession {
+    /// Seqs per origin the other end holds: what it said, plus what went either way on this link.
+    remote_has: HashMap<Origin, SeqRanges>,
+    /// Seqs per origin the other end asked for (and that we hold), not yet sent.
+    requested: HashMap<Origin, SeqRanges>,
+}
+
+/// What the node must do about a message the session handled.
+#[derive(Debug, PartialEq)]
+pub enum Inbound {
+    Nothing,
+    Members(Vec<MemberInfo>),
+    Leave,
+    /// Entries of fetch `id` arrived (`count` of them); `done` on its last frame.
+    Fetched {
+        id: u64,
+        count: usize,
+        done: bool,
+    },
+}
+
+/// The protocol state of one link.
+pub struct Session {
+    /// The replica at the other end.
+    pub peer: Origin,
+    buckets: HashMap<Arc<str>, BucketSession>,
+    /// Buckets where the other end's own writes arrived since our last ack.
+    ack_due: HashSet<Arc<str>>,
+    /// Messages queued for the writer (pull requests, fetch requests and replies).
+    outbox: VecDeque<Message>,
+}
+
+impl Session {
+    /// Starts a session from the other end's hello.
+    pub fn new(local: &Local, theirs: &Hello) -> Result<Session, LinkError> {
+        local.check_clock(theirs.wall_ms)?;
+        let mut session = Session {
+            peer: local.replicas.intern(&theirs.replica),
+            buckets: HashMap::new(),
+            ack_due: HashSet::new(),
+            outbox: VecDeque::new(),
+        };
+        for (name, ctx) in &theirs.buckets {
+            check_bucket_name(name)?;
+            local.bucket(name);
+            session.absorb_context(local, name.clone(), ctx);
+        }
+        Ok(session)
+    }
+
+    fn absorb_context(&mut self, local: &Local, bucket: Arc<str>, ctx: &WireContext) {
+        let state = self.buckets.entry(bucket.clone()).or_default();
+        for (rid, ranges) in ctx {
+            let origin = local.replicas.intern(rid);
+            if origin == local.me {
+                local
+                    .acks
+                    .on_ack(&bucket, &self.peer.id().node, ranges.contiguous());
+            }
+            state
+                .remote_has
+                .entry(origin)
+                .or_default()
+                .union_with(ranges);
+        }
+    }
+
+    /// Queues a message for the writer.
+    pub fn queue(&mut self, msg: Message) {
+        self.outbox.push_back(msg);
+    }
+
+    /// Seqs of `origin` in `bucket` the other end holds, as far as this session knows.
+    pub fn remote_has(&self, bucket: &str, origin: &Origin) -> Option<&SeqRanges> {
+        self.buckets.get(bucket)?.remote_has.get(origin)
+    }
+
+    fn remote_contexts(&self) -> impl Iterator<Item = (&Arc<str>, &Origin, &SeqRanges)> {
+        self.buckets
+            .iter()
+            .flat_map(|(b, s)| s.remote_has.iter().map(move |(o, r)| (b, o, r)))
+    }
+
+    /// Applies one message from the other end.
+    pub fn handle(&mut self, local: &Local, msg: Message) -> Result<Inbound, LinkError> {
+        match msg {
+            Message::Ops(batch) => {
+                self.apply_ops(local, batch)?;
+                Ok(Inbound::Nothing)
+            }
+            Message::Digest { bucket, context } => {
+                check_bucket_name(&bucket)?;
+                local.bucket(&bucket);
+                self.absorb_context(local, bucket, &context);
+                Ok(Inbound::Nothing)
+            }
+            Message::Pull {
+                bucket,
+                origin,
+                ranges,
+            } => {
+                check_bucket_name(&bucket)?;
+                let b = local.bucket(&bucket);
+                let origin = local.replicas.intern(&origin);
+                let held = b.store().context_of(&origin);
+                let wanted = ranges.intersect(&held);
+                if !wanted.is_empty() {
+                    local.counters.pulls_served.fetch_add(1, Ordering::Relaxed);
+                    self.buckets
+                        .entry(bucket)
+                        .or_default()
+                        .requested
+                        .entry(origin)
+                        .or_default()
+                        .union_with(&wanted);
+                }
+                Ok(Inbound::Nothing)
+            }
+            Message::Ack { bucket, upto } => {
+                check_bucket_name(&bucket)?;
+                self.buckets
+                    .entry(bucket.clone())
+                    .or_default()
+                    .remote_has
+                    .entry(local.me.clone())
+                    .or_default()
+                    .insert_range(1, upto);
+                local.acks.on_ack(&bucket, &self.peer.id().node, upto);
+                Ok(Inbound::Nothing)
+            }
+            Message::FetchRequest { id, bucket, prefix } => {
+                check_bucket_name(&bucket)?;
+                self.answer_fetch(local, id, bucket, &prefix);
+                Ok(Inbound::Nothing)
+            }
+            Message::FetchReply {
+                id,
+                bucket,
+                origin,
+                writes,
+                done,
+            } => {
+                check_bucket_name(&bucket)?;
+                let count = writes.len();
+                if let Some(origin) = origin {
+                    check_writes(&writes, None)?;
+                    let origin = local.replicas.intern(&origin);
+                    let fresh = local
+                        .bucket(&bucket)
+                        .merge(&origin, writes, &SeqRanges::new());
+                    local
+                        .counters
+                        .ops_applied
+                        .fetch_add(fresh as u64, Ordering::Relaxed);
+                } else if count > 0 {
+                    return Err(LinkError::Protocol(
+                        "fetched writes without an origin".into(),
+                    ));
+                }
+                Ok(Inbound::Fetched { id, count, done })
+            }
+            Message::Ping { wall_ms } => {
+                local.check_clock(wall_ms)?;
+                Ok(Inbound::Nothing)
+            }
+            Message::Members(list) => Ok(Inbound::Members(list)),
+            Message::Leave => Ok(Inbound::Leave),
+            Message::Hello(_) => Err(LinkError::Protocol("second hello".into())),
+        }
+    }
+
+    fn apply_ops(&mut self, local: &Local, batch: OpsBatch) -> Result<(), LinkError> {
+        check_bucket_name(&batch.bucket)?;
+        check_writes(&batch.writes, Some(&batch.covered))?;
+        if let Some(max) = batch.writes.iter().map(|w| w.hlc).max() {
+            local.check_clock(max.physical_ms())?;
+        }
+        let origin = local.replicas.intern(&batch.origin);
+        let bucket = local.bucket(&batch.bucket);
+        let fresh = bucket.merge(&origin, batch.writes, &batch.covered);
+        local
+            .counters
+            .ops_applied
+            .fetch_add(fresh as u64, Ordering::Relaxed);
+        if origin != self.peer {
+            local
+                .counters
+                .catchup_writes_received
+                .fetch_add(fresh as u64, Ordering::Relaxed);
+        }
+        let state = self.buckets.entry(batch.bucket.clone()).or_default();
+        state
+            .remote_has
+            .entry(origin.clone())
+            .or_default()
+            .union_with(&batch.covered);
+        if origin == self.peer {
+            self.ack_due.insert(batch.bucket);
+        }
+        Ok(())
+    }
+
+    fn answer_fetch(&mut self, local: &Local, id: u64, bucket: Arc<str>, prefix: &str) {
+        let b = local.bucket(&bucket);
+        let mut by_origin: HashMap<Origin, Vec<crate::store::Write>> = HashMap::new();
+        b.store().scan_writes(prefix, &mut |origin, w| {
+            by_origin.entry(origin.clone()).or_default().push(w)
+        });
+        for (origin, writes) in by_origin {
+            let mut writes = writes.into_iter().peekable();
+            while writes.peek().is_some() {
+                let chunk: Vec<_> = writes.by_ref().take(CHUNK_WRITES).collect();
+                self.outbox.push_back(Message::FetchReply {
+                    id,
+                    bucket: bucket.clone(),
+                    origin: Some(origin.id().clone()),
+                    writes: chunk,
+                    done: false,
+                });
+            }
+        }
+        self.outbox.push_back(Message::FetchReply {
+            id,
+            bucket,
+            origin: None,
+            writes: Vec::new(),
+            done: true,
+        });
+    }
+
+    /// Encodes into `buf` what is due on this link: queued messages, acks, digests (when
+    /// `digest_due`), this replica's writes the other end lacks and the writes it asked for, until the
+    /// send budget is used. Returns whether more remain.
+    pub fn fill(
+        &mut self,
+        local: &Local,
+        buf: &mut Vec<u8>,
+        digest_due: bool,
+    ) -> Result<bool, LinkError> {
+        while let Some(msg) = self.outbox.pop_front() {
+            wire::encode_frame(&msg, buf)?;
+            if buf.len() >= SEND_BUDGET {
+                return Ok(true);
+            }
+        }
+        for bucket in std::mem::take(&mut self.ack_due) {
+            let upto = local
+                .bucket(&bucket)
+                .store()
+                .context_of(&self.peer)
+                .contiguous();
+            wire::encode_frame(&Message::Ack { bucket, upto }, buf)?;
+        }
+        let buckets = local.bucket_list();
+        if digest_due {
+            for b in &buckets {
+                let msg = Message::Digest {
+                    bucket: b.name().clone(),
+                    context: local.wire_context(b),
+                };
+                wire::encode_frame(&msg, buf)?;
+            }
+        }
+        for bucket in buckets {
+            let state = self.buckets.entry(bucket.name().clone()).or_default();
+            let store = bucket.store();
+            // Own writes first: the live flow.
+            let mine = store.context_of(&local.me);
+            let has = state.remote_has.entry(local.me.clone()).or_default();
+            let missing = mine.difference(has);
+            if send_ranges(&bucket, &local.me, &missing, has, buf)? {
+                return Ok(true);
+            }
+            // Then what the other end asked for.
+            let origins: Vec<Origin> = state.requested.keys().cloned().collect();
+            for origin in origins {
+                let wanted = state.requested.remove(&origin).unwrap_or_default();
+                let has = state.remote_has.entry(origin.clone()).or_default();
+                let before = has.clone();
+                let full = send_ranges(&bucket, &origin, &wanted, has, buf)?;
+                let sent = has.difference(&before);
+                let rest = wanted.difference(&sent);
+                if !rest.is_empty() {
+                    state.requested.insert(origin, rest);
+                }
+                if full {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Checks writes from the wire: sane keys and values, and (for pushed batches) seqs inside `covered`.
+fn check_writes(
+    writes: &[crate::store::Write],
+    covered: Option<&SeqRanges>,
+) -> Result<(), LinkError> {
+    for w in writes {
+        if w.key.is_empty() || w.key.len() > MAX_KEY {
+            return Err(LinkError::Protocol(format!("key of {} bytes", w.key.len())));
+        }
+        if w.seq == 0 || covered.is_some_and(|c| !c.contains(w.seq)) {
+            return Err(LinkError::Protocol(format!(
+                "write seq {} outside the batch's coverage",
+                w.seq
+            )));
+        }
+        if w.value.as_deref().is_some_and(|v| !value::is_valid(v)) {
+            return Err(LinkError::Protocol("malformed value".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Encodes the stored writes of `origin` in `ranges` as Ops frames, recording in `has` what the other
+/// end will then hold. Returns true when the send budget ran out first.
+fn send_ranges(
+    bucket: &Bucket,
+    origin: &Origin,
+    ranges: &SeqRanges,
+    has: &mut SeqRanges,
+    buf: &mut Vec<u8>,
+) -> Result<bool, LinkError> {
+    for &(start, end) in ranges.ranges() {
+        let mut from = start;
+        while from <= end {
+            let (writes, covered) = bucket.store().chunk(origin, from, end, CHUNK_WRITES);
+            let Some(&(_, covered_end)) = covered.ranges().last() else {
+                break;
+            };
+            has.union_with(&covered);
+            let msg = Message::Ops(OpsBatch {
+                bucket: bucket.name().clone(),
+                origin: origin.id().clone(),
+                covered,
+                writes,
+            });
+            wire::encode_frame(&msg, buf)?;
+            from = covered_end + 1;
+            if buf.len() >= SEND_BUDGET {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Decides, for the whole replica, which missing writes of other origins to pull and from whom.
+#[derive(Default)]
+pub struct PullPlanner {
+    /// Requested and not yet answered, with the time the request expires.
+    inflight: HashMap<(Arc<str>, Origin), (SeqRanges, u64)>,
+    /// What was missing at the previous planning pass.
+    previous: HashMap<(Arc<str>, Origin), SeqRanges>,
+}
+
+impl PullPlanner {
+    /// One planning pass over the sessions of all live links. `is_pushed(origin)` tells whether that
+    /// origin is a live member that pushes its own writes to us (so only lasting gaps are pulled).
+    /// Queues `Pull` messages on the chosen sessions; returns the indexes of sessions that got one.
+    pub fn plan(
+        &mut self,
+        local: &Local,
+        sessions: &mut [&mut Session],
+        now_ms: u64,
+        is_pushed: &dyn Fn(&Origin) -> bool,
+    ) -> Vec<usize> {
+        self.inflight.retain(|_, (_, deadline)| *deadline > now_ms);
+        // Per (bucket, origin): what some linked peer holds and we lack, per session.
+        let mut offers: HashMap<(Arc<str>, Origin), Vec<(usize, SeqRanges)>> = HashMap::new();
+        for (i, s) in sessions.iter().enumerate() {
+            for (bucket, origin, has) in s.remote_contexts() {
+                if *origin == local.me {
+                    continue;
+                }
+                let mine = local.bucket(bucket).store().context_of(origin);
+                let missing = has.difference(&mine);
+                if !missing.is_empty() {
+                    offers
+                        .entry((bucket.clone(), origin.clone()))
+                        .or_default()
+                        .push((i, missing));
+                }
+            }
+        }
+        let mut missing_now: HashMap<(Arc<str>, Origin), SeqRanges> = HashMap::new();
+        let mut touched = Vec::new();
+        for (key, per_session) in offers {
+            let mut missing = SeqRanges::new();
+            for (_, m) in &per_session {
+                missing.union_with(m);
+            }
+            if let Some((asked, _)) = self.inflight.get(&key) {
+                missing = missing.difference(asked);
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            let wanted = if is_pushed(&key.1) {
+                // Only what was already missing at the previous pass: not what is in flight.
+                match self.previous.get(&key) {
+                    Some(before) => missing.intersect(before),
+                    None => SeqRanges::new(),
+                }
+            } else {
+                missing.clone()
+            };
+            missing_now.insert(key.clone(), missing);
+            if wanted.is_empty() {
+                continue;
+            }
+            // Ask the one session that holds most of it.
+            let (best, offer) = per_session
+                .iter()
+                .max_by_key(|(_, m)| m.intersect(&wanted).count())
+                .expect("offers are never empty");
+            let ask = offer.intersect(&wanted);
+            if ask.is_empty() {
+                continue;
+            }
+            sessions[*best].queue(Message::Pull {
+                bucket: key.0.clone(),
+                origin: key.1.id().clone(),
+                ranges: ask.clone(),
+            });
+            local.counters.pulls_sent.fetch_add(1, Ordering::Relaxed);
+            touched.push(*best);
+            self.inflight
+                .entry(key)
+                .and_modify(|(r, d)| {
+                    r.union_with(&ask);
+                    *d = now_ms + PULL_TIMEOUT_MS;
+                })
+                .or_insert((ask, now_ms + PULL_TIMEOUT_MS));
+        }
+        self.previous = missing_now;
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+}
+
+/// Pending `fetch()` calls of a replica.
+#[derive(Default)]
+pub struct Fetches {
+    next: AtomicU64,
+    pending: Mutex<HashMap<u64, (usize, tokio::sync::oneshot::Sender<usize>)>>,
+}
+
+impl Fetches {
+    pub fn start(&self) -> (u64, tokio::sync::oneshot::Receiver<usize>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.lock().insert(id, (0, tx));
+        (id, rx)
+    }
+
+    pub fn progress(&self, id: u64, count: usize, done: bool) {
+        let mut pending = self.pending.lock();
+        if done {
+            if let Some((total, tx)) = pending.remove(&id) {
+                let _ = tx.send(total + count);
+            }
+        } else if let Some((total, _)) = pending.get_mut(&id) {
+            *total += count;
+        }
+    }
+
+    pub fn cancel(&self, id: u64) {
+        self.pending.lock().remove(&id);
+    }
+}
