@@ -146,7 +146,7 @@ impl AckTracker {
             AckLevel::Local => return Registered::Met(Vec::new()),
             AckLevel::One => Need::Count(1),
             // A majority of (members + this one), this one counted.
-            AckLevel::Majority => Need::Count((members + 1) / 2),
+            AckLevel::Majority => Need::Count(members.div_ceil(2)),
             AckLevel::All => Need::Nodes(connected.into_iter().collect()),
         };
         let mut inner = self.inner.lock();

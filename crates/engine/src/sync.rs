@@ -566,13 +566,16 @@ fn send_ranges(
     Ok(false)
 }
 
+/// A bucket and an origin whose writes may be missing.
+type GapKey = (Arc<str>, Origin);
+
 /// Decides, for the whole replica, which missing writes of other origins to pull and from whom.
 #[derive(Default)]
 pub struct PullPlanner {
     /// Requested and not yet answered, with the time the request expires.
-    inflight: HashMap<(Arc<str>, Origin), (SeqRanges, u64)>,
+    inflight: HashMap<GapKey, (SeqRanges, u64)>,
     /// What was missing at the previous planning pass.
-    previous: HashMap<(Arc<str>, Origin), SeqRanges>,
+    previous: HashMap<GapKey, SeqRanges>,
 }
 
 impl PullPlanner {
@@ -588,7 +591,7 @@ impl PullPlanner {
     ) -> Vec<usize> {
         self.inflight.retain(|_, (_, deadline)| *deadline > now_ms);
         // Per (bucket, origin): what some linked peer holds and we lack, per session.
-        let mut offers: HashMap<(Arc<str>, Origin), Vec<(usize, SeqRanges)>> = HashMap::new();
+        let mut offers: HashMap<GapKey, Vec<(usize, SeqRanges)>> = HashMap::new();
         for (i, s) in sessions.iter().enumerate() {
             for (bucket, origin, has) in s.remote_contexts() {
                 if *origin == local.me {
@@ -604,7 +607,7 @@ impl PullPlanner {
                 }
             }
         }
-        let mut missing_now: HashMap<(Arc<str>, Origin), SeqRanges> = HashMap::new();
+        let mut missing_now: HashMap<GapKey, SeqRanges> = HashMap::new();
         let mut touched = Vec::new();
         for (key, per_session) in offers {
             let mut missing = SeqRanges::new();
