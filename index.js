@@ -8,6 +8,7 @@ const { randomBytes } = require('node:crypto')
 const native = require('./native.js')
 
 const MAX_KEY_BYTES = 64 * 1024
+const MAX_VALUE_BYTES = 8 * 1024 * 1024
 const MAX_BUCKET_NAME_BYTES = 255
 const ACK_LEVELS = ['local', 'one', 'majority', 'all']
 const RESOLVED = Promise.resolve()
@@ -41,6 +42,10 @@ function fromNative(err) {
 function checkKey(fn, key) {
   if (typeof key !== 'string' || key.length === 0) {
     throw new TypeError(`${fn}: key must be a non-empty string`)
+  }
+  // Keys travel as UTF-8: a lone surrogate would turn into U+FFFD and merge distinct keys.
+  if (!key.isWellFormed()) {
+    throw new TypeError(`${fn}: key must be well-formed Unicode (it has a lone surrogate)`)
   }
   // A UTF-16 unit is at most 3 bytes of UTF-8, so only long keys need measuring.
   if (key.length * 3 > MAX_KEY_BYTES && Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) {
@@ -140,6 +145,7 @@ class SharedBucket extends EventEmitter {
 
   #deliver(batch) {
     let firstError
+    const listeners = this.listeners('change')
     for (let i = 0; i < batch.length; i += 4) {
       const raw = batch[i + 1]
       const event = {
@@ -149,10 +155,13 @@ class SharedBucket extends EventEmitter {
         local: batch[i + 3],
         origin: batch[i + 2],
       }
-      try {
-        this.emit('change', event)
-      } catch (err) {
-        firstError = firstError || err
+      // Each listener is called on its own, so one that throws costs no other listener its event.
+      for (const listener of listeners) {
+        try {
+          listener.call(this, event)
+        } catch (err) {
+          firstError = firstError || err
+        }
       }
     }
     // A throwing listener must not cost the other listeners their events; its error is reported the
@@ -169,6 +178,9 @@ class SharedBucket extends EventEmitter {
     const [ack, timeout] = checkWriteOptions('set()', options, true)
     if (this.#peer.closed) return settle(cb, closedError('set()'))
     if (value instanceof Uint8Array) {
+      if (value.byteLength > MAX_VALUE_BYTES) {
+        throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${value.byteLength})`)
+      }
       return settleWrite(this.#peer, native.bucketSetBytes(this.#handle, key, value, ack, timeout), cb)
     } else {
       if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
@@ -181,6 +193,9 @@ class SharedBucket extends EventEmitter {
         throw new TypeError(`set(): value cannot be serialised as JSON: ${err.message}`)
       }
       if (json === undefined) throw new TypeError('set(): value cannot be serialised as JSON')
+      if (json.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(json) > MAX_VALUE_BYTES) {
+        throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes as JSON (got ${Buffer.byteLength(json)})`)
+      }
       return settleWrite(this.#peer, native.bucketSetJson(this.#handle, key, json, ack, timeout), cb)
     }
   }
@@ -365,6 +380,7 @@ class Peer extends EventEmitter {
 
   bucket(name, options) {
     if (typeof name !== 'string' || name.length === 0) throw new TypeError('bucket(): name must be a non-empty string')
+    if (!name.isWellFormed()) throw new TypeError('bucket(): name must be well-formed Unicode (it has a lone surrogate)')
     if (Buffer.byteLength(name) > MAX_BUCKET_NAME_BYTES) {
       throw new RangeError(`bucket(): name must be at most ${MAX_BUCKET_NAME_BYTES} bytes`)
     }

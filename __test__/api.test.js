@@ -566,6 +566,27 @@ describe('bad arguments', () => {
     expect(b.bucket('bad').size).toBe(0)
   })
 
+  test('keys that are not well-formed UTF-16 (lone surrogates) are refused or kept distinct, never merged', async () => {
+    const peer = await createPeer()
+    const bucket = peer.bucket('surrogates')
+    const high = 'a\uD800'
+    const low = 'a\uDFFF'
+    const replacement = 'a\uFFFD'
+    const err = await captureError(() => bucket.set(high, 'high'))
+    if (err !== NO_ERROR) {
+      expectArgError(err, err instanceof RangeError ? RangeError : TypeError, /key/)
+      expect(bucket.size).toBe(0)
+      return
+    }
+    await bucket.set(low, 'low')
+    await bucket.set(replacement, 'replacement')
+    expect(bucket.get(high)).toBe('high')
+    expect(bucket.get(low)).toBe('low')
+    expect(bucket.get(replacement)).toBe('replacement')
+    expect(bucket.size).toBe(3)
+    expect(sortKeys(bucket.keys())).toEqual(sortKeys([high, low, replacement]))
+  })
+
   test('bad values (undefined, function, symbol, circular object, BigInt) throw TypeError naming the value; nothing is stored', async () => {
     const [a, b] = await createCluster(2, 'badval')
     const bucket = a.bucket('bad')
@@ -763,65 +784,142 @@ describe('bad arguments', () => {
 // ---------------------------------------------------------------------------------------------------
 
 describe('ENOTSUP for features not built yet', () => {
-  test('Peer options secret / dataDir / durability / maxClockSkew', async () => {
-    for (const options of [
-      { secret: 'a secret of at least 16 bytes' },
-      { secret: Buffer.alloc(32, 1) },
-      { dataDir: '/tmp/peer-buckets-test-never-created' },
-      { durability: 'strict' },
-      { maxClockSkew: 60_000 },
-    ]) {
-      let peer
-      const err = await captureError(() => {
-        peer = new Peer(options)
-        return peer.ready()
-      })
-      if (peer) await peer.close().catch(() => {})
-      try {
-        expectCode(err, 'ENOTSUP')
-      } catch (e) {
-        e.message = `${JSON.stringify(Object.keys(options))}: ${describeError(err)}\n${e.message}`
-        throw e
-      }
-    }
+  test.each([
+    ['secret (string)', { secret: 'a secret of at least 16 bytes' }],
+    ['secret (Buffer)', { secret: Buffer.alloc(32, 1) }],
+    ['dataDir', { dataDir: '/tmp/peer-buckets-test-never-created' }],
+    ['durability', { durability: 'strict' }],
+  ])('Peer option %s throws or rejects with ENOTSUP', async (label, options) => {
+    let peer
+    const err = await captureError(() => {
+      peer = new Peer(options)
+      return peer.ready()
+    })
+    if (peer) await peer.close().catch(() => {})
+    expectCode(err, 'ENOTSUP')
   })
 
-  test('ttl options, ack levels other than local, touch(), fetch(), metrics(); nothing stored', async () => {
+  test.each([
+    ['bucket(name, { ttl })', (peer) => peer.bucket('with-ttl', { ttl: 1000 })],
+    ['set(key, value, { ttl })', (peer, bucket) => bucket.set('k', 1, { ttl: 1000 })],
+    ['set(key, value, { ttl }, cb)', (peer, bucket) => callbackError((cb) => bucket.set('k', 1, { ttl: 1000 }, cb)).then((e) => { if (e) throw e })],
+    ['touch(key, ttl)', (peer, bucket) => bucket.touch('present', 1000)],
+    ['touch(key, ttl, cb)', (peer, bucket) => callbackError((cb) => bucket.touch('present', 1000, cb)).then((e) => { if (e) throw e })],
+    ['metrics()', (peer) => peer.metrics()],
+  ])('%s throws or rejects with ENOTSUP and stores nothing', async (label, call) => {
     const peer = await createPeer()
     const bucket = peer.bucket('enotsup')
     await bucket.set('present', 1)
-    const cases = [
-      ['bucket ttl', () => peer.bucket('with-ttl', { ttl: 1000 })],
-      ['set ttl', () => bucket.set('k', 1, { ttl: 1000 })],
-      ["set ack 'one'", () => bucket.set('k', 1, { ack: 'one' })],
-      ["set ack 'majority'", () => bucket.set('k', 1, { ack: 'majority' })],
-      ["set ack 'all'", () => bucket.set('k', 1, { ack: 'all', timeout: 100 })],
-      ["delete ack 'one'", () => bucket.delete('present', { ack: 'one' })],
-      ["delete ack 'all'", () => bucket.delete('present', { ack: 'all' })],
-      ['touch', () => bucket.touch('present', 1000)],
-      ['touch with cb', () => callbackError((cb) => bucket.touch('present', 1000, cb)).then((e) => { if (e) throw e })],
-      ['fetch', () => bucket.fetch({ from: 'someone', prefix: '' })],
-      ['metrics', () => peer.metrics()],
-    ]
-    for (const [label, call] of cases) {
-      const err = await captureError(call)
-      try {
-        expectCode(err, 'ENOTSUP')
-      } catch (e) {
-        e.message = `${label}: ${describeError(err)}\n${e.message}`
-        throw e
-      }
-    }
-    // fetch() reports through its promise rather than throwing
-    const fetchResult = bucket.fetch({ from: 'someone' })
-    expect(fetchResult).toBeInstanceOf(Promise)
-    await expect(fetchResult).rejects.toMatchObject({ code: 'ENOTSUP' })
-
+    const err = await captureError(() => call(peer, bucket))
+    expectCode(err, 'ENOTSUP')
     expect(bucket.has('k')).toBe(false)
     expect(bucket.get('present')).toBe(1)
     expect(bucket.size).toBe(1)
   })
 })
+
+// ---------------------------------------------------------------------------------------------------
+// The brief for this suite listed ack levels other than 'local', fetch() and maxClockSkew as not built
+// (ENOTSUP); they landed since (commit 0c503e9), so they are held to API.md instead.
+
+describe('ack levels, fetch() and maxClockSkew (API.md)', () => {
+  test("set/delete with ack 'one' / 'majority' / 'all' settle once other peers have applied the write", async () => {
+    const [a, b, c] = await createCluster(3, 'ack')
+    const ba = a.bucket('acks')
+    await ba.set('one', 1, { ack: 'one' })
+    expect([b, c].filter((p) => p.bucket('acks').get('one') === 1).length).toBeGreaterThanOrEqual(1)
+    await ba.set('majority', 2, { ack: 'majority' })
+    expect([b, c].filter((p) => p.bucket('acks').get('majority') === 2).length).toBeGreaterThanOrEqual(1)
+    await ba.set('all', { v: 3 }, { ack: 'all', timeout: 3000 })
+    expect(b.bucket('acks').get('all')).toEqual({ v: 3 })
+    expect(c.bucket('acks').get('all')).toEqual({ v: 3 })
+    expect(await callbackError((cb) => ba.set('cb', Buffer.from('x'), { ack: 'all' }, cb))).toBeFalsy()
+    expect(b.bucket('acks').get('cb').toString()).toBe('x')
+    expect(c.bucket('acks').get('cb').toString()).toBe('x')
+    await ba.delete('all', { ack: 'all' })
+    expect(b.bucket('acks').has('all')).toBe(false)
+    expect(c.bucket('acks').has('all')).toBe(false)
+    expect(await callbackError((cb) => ba.delete('cb', { ack: 'one' }, cb))).toBeFalsy()
+    expect([b, c].some((p) => !p.bucket('acks').has('cb'))).toBe(true)
+  })
+
+  test("an ack that cannot be met fails with EACKTIMEOUT and acked: [] past the timeout; the write stays applied", async () => {
+    const peer = await createPeer({ id: 'lonely' })
+    const bucket = peer.bucket('acks')
+    const t0 = Date.now()
+    const err = await captureError(() => bucket.set('k', 'v', { ack: 'one', timeout: 300 }))
+    expectCode(err, 'EACKTIMEOUT')
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250)
+    expect(err.acked).toEqual([])
+    expect(bucket.get('k')).toBe('v')
+    const cbErr = await callbackError((cb) => bucket.delete('k', { ack: 'one', timeout: 200 }, cb))
+    expectCode(cbErr, 'EACKTIMEOUT')
+    expect(cbErr.acked).toEqual([])
+    expect(bucket.has('k')).toBe(false)
+  })
+
+  test('acks pending at close() fail with ECLOSED', async () => {
+    const peer = await createPeer({ id: 'closing-acks' })
+    const bucket = peer.bucket('acks')
+    const pending = bucket.set('k', 1, { ack: 'one', timeout: 10_000 })
+    const cbPending = callbackError((cb) => bucket.set('k2', 2, { ack: 'one', timeout: 10_000 }, cb), 5000)
+    await peer.close()
+    expectCode(await withTimeout(captureError(() => pending), 2000, 'pending ack after close'), 'ECLOSED')
+    expectCode(await cbPending, 'ECLOSED')
+  })
+
+  test('fetch({ from, prefix }) resolves with how many entries arrived; unknown peers and bad options fail', async () => {
+    const [a, b] = await createCluster(2, 'fetch')
+    const bb = b.bucket('f')
+    await bb.set('p:1', 1)
+    await bb.set('p:2', { two: 2 })
+    await bb.set('q:1', 3)
+    const fa = a.bucket('f')
+    const n = await fetchWithin(fa.fetch({ from: 'fetch2', prefix: 'p:' }))
+    expect(n).toBe(2)
+    expect(fa.get('p:1')).toBe(1)
+    expect(fa.get('p:2')).toEqual({ two: 2 })
+    expect(await fetchWithin(fa.fetch({ from: 'fetch2' }))).toBe(3)
+    expect(fa.get('q:1')).toBe(3)
+
+    const unknown = await captureError(() => fa.fetch({ from: 'nobody' }))
+    expect(unknown).toBeInstanceOf(Error)
+    expect(unknown.code).toBeDefined()
+    for (const [label, call, re] of [
+      ['no options', () => fa.fetch(), /options/],
+      ['from missing', () => fa.fetch({ prefix: 'p:' }), /from/],
+      ['prefix number', () => fa.fetch({ from: 'fetch2', prefix: 5 }), /prefix/],
+    ]) {
+      const err = await captureError(call)
+      try {
+        expectArgError(err, TypeError, re)
+      } catch (e) {
+        e.message = `fetch ${label}: ${describeError(err)}\n${e.message}`
+        throw e
+      }
+    }
+  })
+
+  test('maxClockSkew is accepted; a bad one throws RangeError naming it', async () => {
+    const peer = await createPeer({ maxClockSkew: 1000 })
+    expect(peer.address).toMatch(/^127\.0\.0\.1:\d+$/)
+    for (const bad of [-1, 0, NaN, Infinity, 'soon']) {
+      let made
+      const err = await captureError(() => {
+        made = new Peer({ maxClockSkew: bad })
+        return made.ready()
+      })
+      if (made) await made.close().catch(() => {})
+      expect(err).toBeInstanceOf(Error)
+      expect([TypeError, RangeError].some((C) => err instanceof C)).toBe(true)
+      expect(err.message).toMatch(/maxClockSkew/)
+    }
+  })
+})
+
+function fetchWithin(promise) {
+  return withTimeout(promise, 5000, 'fetch()')
+}
 
 // ---------------------------------------------------------------------------------------------------
 

@@ -47,12 +47,12 @@ async function startPeerMesh(prefix) {
 }
 
 /** Runs an unmeasured warm-up round (a fifth of the size) and then cfg.rounds measured rounds. */
-async function threeWriters(ctx, workers, label, n, timeoutMs, bucketPerRound = false) {
-  const { cfg, log } = ctx
+async function threeWriters(ctx, workers, label, n, timeoutMs, bucketPerRound = false, roundCount = ctx.cfg.rounds) {
+  const { log } = ctx
   const rounds = []
   let held = 0 // keys each replica holds before the round (when rounds share a store)
   let next = 0 // first key number of the round
-  for (let r = -1; r < cfg.rounds; r++) {
+  for (let r = -1; r < roundCount; r++) {
     const size = r < 0 ? Math.ceil(n / 5) : n
     const parts = thirds(size)
     const target = bucketPerRound ? size : held + size
@@ -98,7 +98,7 @@ async function scuttlebutt(ctx) {
     await ws[1].call('connect', { ports: [ports[0]] })
     await ws[2].call('connect', { ports: [ports[0], ports[1]] })
     await Promise.all(ws.map((w) => w.call('waitPeers', { n: 2 })))
-    return await threeWriters(ctx, ws, 'scuttlebutt', n, cfg.scuttlebuttTimeoutMs)
+    return await threeWriters(ctx, ws, 'scuttlebutt', n, cfg.scuttlebuttTimeoutMs, false, cfg.scuttlebuttRounds)
   } finally {
     await killAll(ws)
   }

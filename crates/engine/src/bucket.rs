@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -25,6 +27,9 @@ pub struct Bucket {
     signal: Arc<dyn WriteSignal>,
     has_subscriber: AtomicBool,
     subscriber: Mutex<Option<mpsc::UnboundedSender<Change>>>,
+    /// Dots of tombstones this replica has collected: a replica whose context lacks some of them was
+    /// away past a collection and must resync in full.
+    collected: Mutex<BTreeMap<Origin, SeqRanges>>,
 }
 
 impl Bucket {
@@ -42,6 +47,7 @@ impl Bucket {
             signal,
             has_subscriber: AtomicBool::new(false),
             subscriber: Mutex::new(None),
+            collected: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -115,6 +121,22 @@ impl Bucket {
                 local,
             });
         }
+    }
+
+    /// Records that tombstones with dots in `dots` may have been collected here.
+    pub fn note_collected(&self, dots: &BTreeMap<Origin, SeqRanges>) {
+        let mut collected = self.collected.lock();
+        for (o, r) in dots {
+            collected.entry(o.clone()).or_default().union_with(r);
+        }
+    }
+
+    pub fn collected(&self) -> Vec<(Origin, SeqRanges)> {
+        self.collected
+            .lock()
+            .iter()
+            .map(|(o, r)| (o.clone(), r.clone()))
+            .collect()
     }
 
     /// Starts delivering every applied change to the returned receiver, replacing any earlier one.

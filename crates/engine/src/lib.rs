@@ -11,6 +11,7 @@
 //! - `bucket`: a named bucket replica with its change subscribers;
 //! - `sync`: the replication protocol without I/O: push of own writes, pulls of gaps, digests, acks;
 //! - `acks`: write acknowledgement levels and their timeouts;
+//! - `collect`: when tombstones may be dropped;
 //! - `link`: one connection to one peer: handshake, then the session's frames both ways;
 //! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events;
 //! - `node`: a peer: listener, bucket registry, stats and clean shutdown.
@@ -18,6 +19,7 @@
 pub mod acks;
 pub mod bucket;
 pub mod clock;
+pub mod collect;
 pub mod connection;
 pub mod error;
 pub mod link;

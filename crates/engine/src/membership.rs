@@ -6,7 +6,7 @@
 //! incarnation of a node replaces the old one at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hashbrown::{HashMap, HashSet};
 use parking_lot::Mutex;
@@ -51,6 +51,8 @@ pub struct LinkRef {
 struct Member {
     address: String,
     links: Vec<LinkRef>,
+    /// When its last link went down (or when it was learned, if never linked).
+    unreachable_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -117,6 +119,7 @@ impl Members {
                     Member {
                         address: address.to_string(),
                         links: Vec::new(),
+                        unreachable_since: Some(Instant::now()),
                     },
                 );
                 true
@@ -135,6 +138,7 @@ impl Members {
         let member = t.members.entry(node.clone()).or_insert_with(|| Member {
             address: address.to_string(),
             links: Vec::new(),
+            unreachable_since: None,
         });
         let mut replaced = Vec::new();
         for existing in &member.links {
@@ -156,6 +160,7 @@ impl Members {
             .retain(|l| !replaced.iter().any(|r| r.id == l.id));
         member.links.push(link);
         member.address = address.to_string();
+        member.unreachable_since = None;
         drop(t);
         if first {
             self.emit(PeerEventKind::Up, &node, address);
@@ -172,6 +177,9 @@ impl Members {
         let before = member.links.len();
         member.links.retain(|l| l.id != link_id);
         let went_down = before > 0 && member.links.is_empty();
+        if went_down {
+            member.unreachable_since = Some(Instant::now());
+        }
         let address = member.address.clone();
         if forget_member && member.links.is_empty() {
             t.members.remove(node);
@@ -189,6 +197,29 @@ impl Members {
             .members
             .get(node)
             .is_some_and(|m| !m.links.is_empty())
+    }
+
+    /// Forgets members that had no link for `timeout`; returns their ids.
+    pub fn forget_unreachable(&self, timeout: Duration) -> Vec<Arc<str>> {
+        let mut t = self.table.lock();
+        let gone: Vec<Arc<str>> = t
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.unreachable_since
+                    .is_some_and(|at| at.elapsed() >= timeout)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            t.members.remove(id);
+        }
+        gone
+    }
+
+    /// Ids of every current member (linked or not).
+    pub fn member_ids(&self) -> Vec<Arc<str>> {
+        self.table.lock().members.keys().cloned().collect()
     }
 
     pub fn is_member(&self, node: &str) -> bool {

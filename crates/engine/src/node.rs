@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::acks::{AckLevel, AckOutcome, Registered};
 use crate::bucket::Bucket;
 use crate::clock::Clock;
+use crate::collect::Collector;
 use crate::error::Error;
 use crate::link;
 use crate::membership::{Members, PeerEvent, PeerInfo};
@@ -46,6 +47,13 @@ pub struct Config {
     pub pull_every: Duration,
     /// Remote clocks further ahead than this are refused.
     pub max_clock_skew: Duration,
+    /// Tombstones younger than this are kept; default three times `max_clock_skew`.
+    pub tombstone_min_age: Option<Duration>,
+    /// How often a tombstone collection round runs.
+    pub collect_every: Duration,
+    /// A member unreachable for this long is forgotten (it stops holding up collection); if it comes
+    /// back it resyncs in full.
+    pub member_timeout: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +70,9 @@ impl Default for Config {
             digest_every: Duration::from_millis(1_000),
             pull_every: Duration::from_millis(500),
             max_clock_skew: Duration::from_secs(60),
+            tombstone_min_age: None,
+            collect_every: Duration::from_secs(2),
+            member_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -81,6 +92,9 @@ pub struct Stats {
     pub pulls_served: u64,
     pub catchup_writes_received: u64,
     pub protocol_errors: u64,
+    pub tombstones: usize,
+    pub tombstones_collected: u64,
+    pub full_resyncs: u64,
     pub links: Vec<LinkStats>,
 }
 
@@ -187,12 +201,15 @@ impl Node {
         let id: Arc<str> = config.id.clone().unwrap_or_else(random_id).into();
         // Incarnations are ordered by start time, then random, so a newer run of a node sorts after it.
         let incarnation = (config.clock.wall_ms() << 16) | (rand::random::<u16>() as u64);
-        let local = Local::new(
+        let mut local = Local::new(
             id,
             incarnation,
             config.clock.clone(),
             config.max_clock_skew.as_millis() as u64,
         );
+        if let Some(age) = config.tombstone_min_age {
+            local.tombstone_min_age_ms = age.as_millis() as u64;
+        }
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             local,
@@ -352,6 +369,9 @@ impl Node {
             pulls_served: c.pulls_served.load(Ordering::Relaxed),
             catchup_writes_received: c.catchup_writes_received.load(Ordering::Relaxed),
             protocol_errors: c.protocol_errors.load(Ordering::Relaxed),
+            tombstones: buckets.iter().map(|b| b.store().tombstone_count()).sum(),
+            tombstones_collected: c.tombstones_collected.load(Ordering::Relaxed),
+            full_resyncs: c.full_resyncs.load(Ordering::Relaxed),
             links,
         }
     }
@@ -379,11 +399,14 @@ impl Node {
     }
 }
 
-/// Runs the node's clockwork: ack timeouts every few milliseconds, pull planning every `pull_every`.
+/// Runs the node's clockwork: ack timeouts every few milliseconds, pull planning every `pull_every`,
+/// tombstone collection every `collect_every`, and forgetting members gone past `member_timeout`.
 async fn periodic(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut planner = PullPlanner::default();
+    let mut collector = Collector::default();
     let mut last_plan = Instant::now();
+    let mut last_collect = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -393,29 +416,47 @@ async fn periodic(shared: Arc<Shared>) {
         if local.acks.pending() > 0 {
             local.acks.expire(local.clock.wall_ms());
         }
-        if last_plan.elapsed() < shared.config.pull_every {
-            continue;
+        if last_plan.elapsed() >= shared.config.pull_every {
+            last_plan = Instant::now();
+            plan_pulls(&shared, &mut planner);
         }
-        last_plan = Instant::now();
-        let links: Vec<Arc<LinkSlot>> = shared.links.lock().clone();
-        let mut guards: Vec<_> = links.iter().map(|l| l.session.lock()).collect();
-        let linked: Vec<Origin> = guards.iter().map(|s| s.peer.clone()).collect();
-        let members = &shared.members;
-        // An origin pushes its own writes when it is linked to us, or is a member that may link soon;
-        // writes of a replica that is neither (an old incarnation, a departed node) are pulled at once.
-        let is_pushed = |o: &Origin| {
-            if linked.contains(o) {
-                return true;
+        if last_collect.elapsed() >= shared.config.collect_every {
+            last_collect = Instant::now();
+            for gone in shared
+                .members
+                .forget_unreachable(shared.config.member_timeout)
+            {
+                tracing::info!(peer = %gone, "member unreachable past the member timeout: forgotten");
             }
-            let same_node_linked = linked.iter().any(|l| l.node() == o.node());
-            !same_node_linked && members.is_member(o.node())
-        };
-        let mut sessions: Vec<&mut Session> = guards.iter_mut().map(|g| &mut **g).collect();
-        let touched = planner.plan(local, &mut sessions, local.clock.wall_ms(), &is_pushed);
-        drop(sessions);
-        drop(guards);
-        for i in touched {
-            links[i].signal.wake();
+            let links: Vec<Arc<LinkSlot>> = shared.links.lock().clone();
+            let guards: Vec<_> = links.iter().map(|l| l.session.lock()).collect();
+            let sessions: Vec<&Session> = guards.iter().map(|g| &**g).collect();
+            let members = shared.members.member_ids();
+            collector.round(local, &members, &sessions);
         }
+    }
+}
+
+fn plan_pulls(shared: &Shared, planner: &mut PullPlanner) {
+    let local = &shared.local;
+    let links: Vec<Arc<LinkSlot>> = shared.links.lock().clone();
+    let mut guards: Vec<_> = links.iter().map(|l| l.session.lock()).collect();
+    let linked: Vec<Origin> = guards.iter().map(|s| s.peer.clone()).collect();
+    let members = &shared.members;
+    // An origin pushes its own writes when it is linked to us, or is a member that may link soon;
+    // writes of a replica that is neither (an old incarnation, a departed node) are pulled at once.
+    let is_pushed = |o: &Origin| {
+        if linked.contains(o) {
+            return true;
+        }
+        let same_node_linked = linked.iter().any(|l| l.node() == o.node());
+        !same_node_linked && members.is_member(o.node())
+    };
+    let mut sessions: Vec<&mut Session> = guards.iter_mut().map(|g| &mut **g).collect();
+    let touched = planner.plan(local, &mut sessions, local.clock.wall_ms(), &is_pushed);
+    drop(sessions);
+    drop(guards);
+    for i in touched {
+        links[i].signal.wake();
     }
 }

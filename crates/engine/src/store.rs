@@ -6,15 +6,22 @@
 //!   writes leave it), so catch-up can walk "what origin X wrote after seq n" without a history log;
 //! - per origin, the context: every seq this replica has applied or been told is covered.
 //!
+//! - per origin, superseded markers `seq -> key` for dots whose write lost to a newer one, kept until
+//!   every member holds the key's current register.
+//!
 //! A dot enters the context under the same lock that puts its entry in the map and the index, so a
-//! reader of the context never claims a dot whose entry it cannot see.
+//! reader of the context never claims a dot whose entry it cannot see. A chunk that covers superseded
+//! dots also carries the current register of their keys (the superseders): a replica that takes the
+//! coverage then holds something at least as new, even if the superseder's writer dies before anyone
+//! else has it.
 //!
 //! What a backend must guarantee: `merge` is the LWW rule of `Write::beats`, applied atomically per call
 //! with respect to `chunk` and `context_of`; merging the same write twice changes nothing; a write whose
 //! dot is already in the context is ignored. The memory store keeps everything in one `RwLock`ed state;
 //! a durable backend can wrap it and log what `merge` and `write_local` report.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -104,20 +111,61 @@ pub trait Store: Send + Sync + 'static {
     /// This replica's context for one origin.
     fn context_of(&self, origin: &Origin) -> SeqRanges;
     /// The stored writes of `origin` with seqs in `start..=end`, at most `max_writes` of them, plus the
-    /// part of the context they stand for: `start..=last` where `last` is `end` unless the limit cut the
-    /// walk short, intersected with the context. Read under one lock, so the two agree.
-    fn chunk(
-        &self,
-        origin: &Origin,
-        start: u64,
-        end: u64,
-        max_writes: usize,
-    ) -> (Vec<Write>, SeqRanges);
+    /// part of the context they stand for (`start..=last` where `last` is `end` unless the limit cut the
+    /// walk short, intersected with the context) and the current registers of keys whose writes in
+    /// that part were superseded. Read under one lock, so they agree.
+    fn chunk(&self, origin: &Origin, start: u64, end: u64, limits: ChunkLimits) -> Chunk;
     /// Visits every stored register under `prefix` (tombstones and expired entries too) as a write of
     /// its origin; what a partial fetch sends.
     fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write));
     /// Entries held (live, tombstones and expired alike); for stats.
     fn entry_count(&self) -> usize;
+    /// Tombstones held; for stats.
+    fn tombstone_count(&self) -> usize;
+    /// Drops tombstones with hlc below `older_than` whose dot `collectable` accepts (every member holds
+    /// it). Context and other entries are untouched. Returns how many were dropped.
+    fn collect(&self, older_than: Hlc, collectable: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
+    /// Drops superseded markers whose key's current register `everywhere` accepts (every member holds
+    /// it), or whose key is gone. Returns how many were dropped.
+    fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
+    /// The seqs of `origin` stored now (one per register), within `within`.
+    fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
+    /// Drops the registers of `origin` whose seq is in `dots` (known superseded elsewhere).
+    fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize;
+}
+
+/// How much one chunk may hold; at least one write is always returned.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimits {
+    pub max_writes: usize,
+    /// Keys and values, roughly.
+    pub max_bytes: usize,
+}
+
+impl ChunkLimits {
+    pub const UNLIMITED: ChunkLimits = ChunkLimits {
+        max_writes: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+
+    pub fn writes(max_writes: usize) -> ChunkLimits {
+        ChunkLimits {
+            max_writes,
+            max_bytes: usize::MAX,
+        }
+    }
+}
+
+/// What `Store::chunk` returns.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Stored writes of the origin in the range.
+    pub writes: Vec<Write>,
+    /// The seqs they stand for.
+    pub covered: SeqRanges,
+    /// Current registers of keys whose writes in the range were superseded, with their origins; to be
+    /// delivered before `covered` is claimed.
+    pub superseders: Vec<(Origin, Write)>,
 }
 
 #[derive(Default)]
@@ -125,44 +173,88 @@ struct OriginState {
     context: SeqRanges,
     /// seq -> key of the registers of this origin stored now.
     index: BTreeMap<u64, Arc<str>>,
+    /// seq -> key of this origin's writes that lost to a newer one, until every member has the newer.
+    superseded: BTreeMap<u64, Arc<str>>,
+}
+
+/// A tombstone waiting for collection, ordered by hlc (oldest first in the heap).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Pending {
+    hlc: Hlc,
+    origin: Origin,
+    seq: u64,
+    key: Arc<str>,
 }
 
 #[derive(Default)]
 struct State {
     entries: HashMap<Arc<str>, Entry>,
-    origins: HashMap<Origin, OriginState>,
+    /// Ordered, so everything derived from it (contexts, chunks) comes out the same on every run.
+    origins: BTreeMap<Origin, OriginState>,
+    /// Every tombstone stored, oldest first; stale items (the key was written since) are skipped.
+    tombstones: BinaryHeap<Reverse<Pending>>,
+    tombstone_count: usize,
 }
 
 impl State {
-    /// Stores `entry` for `key` if it beats what is there; keeps the per-origin indexes exact.
+    /// Stores `entry` for `key` if it beats what is there; keeps the per-origin indexes and the
+    /// superseded markers exact.
     fn put_if_newer(&mut self, key: &Arc<str>, entry: Entry) -> bool {
+        let (origin, seq, hlc, is_tombstone) = (
+            entry.origin.clone(),
+            entry.seq,
+            entry.hlc,
+            entry.value.is_none(),
+        );
         match self.entries.get_mut(key) {
             Some(existing) => {
                 if !beats(entry.hlc, &entry.origin, existing.hlc, &existing.origin) {
+                    self.origins
+                        .entry(origin)
+                        .or_default()
+                        .superseded
+                        .insert(seq, key.clone());
                     return false;
                 }
                 if let Some(o) = self.origins.get_mut(&existing.origin) {
                     o.index.remove(&existing.seq);
+                    o.superseded.insert(existing.seq, key.clone());
                 }
-                let (origin, seq) = (entry.origin.clone(), entry.seq);
+                if existing.value.is_none() {
+                    self.tombstone_count -= 1;
+                }
                 *existing = entry;
-                self.origins
-                    .entry(origin)
-                    .or_default()
-                    .index
-                    .insert(seq, key.clone());
             }
             None => {
-                let (origin, seq) = (entry.origin.clone(), entry.seq);
                 self.entries.insert(key.clone(), entry);
-                self.origins
-                    .entry(origin)
-                    .or_default()
-                    .index
-                    .insert(seq, key.clone());
             }
         }
+        self.origins
+            .entry(origin.clone())
+            .or_default()
+            .index
+            .insert(seq, key.clone());
+        if is_tombstone {
+            self.tombstone_count += 1;
+            self.tombstones.push(Reverse(Pending {
+                hlc,
+                origin,
+                seq,
+                key: key.clone(),
+            }));
+        }
         true
+    }
+
+    fn remove_entry(&mut self, key: &str) {
+        if let Some(e) = self.entries.remove(key) {
+            if let Some(o) = self.origins.get_mut(&e.origin) {
+                o.index.remove(&e.seq);
+            }
+            if e.value.is_none() {
+                self.tombstone_count -= 1;
+            }
+        }
     }
 }
 
@@ -317,34 +409,72 @@ impl Store for MemoryStore {
             .unwrap_or_default()
     }
 
-    fn chunk(
-        &self,
-        origin: &Origin,
-        start: u64,
-        end: u64,
-        max_writes: usize,
-    ) -> (Vec<Write>, SeqRanges) {
+    fn chunk(&self, origin: &Origin, start: u64, end: u64, limits: ChunkLimits) -> Chunk {
         let state = self.state.read();
         let Some(o) = state.origins.get(origin) else {
-            return (Vec::new(), SeqRanges::new());
+            return Chunk::default();
         };
-        let mut writes = Vec::new();
+        let register = |key: &Arc<str>, e: &Entry| Write {
+            key: key.clone(),
+            hlc: e.hlc,
+            seq: e.seq,
+            value: e.value.clone(),
+            expires_ms: e.expires_ms,
+        };
+        let mut chunk = Chunk::default();
+        let mut bytes = 0;
         let mut last = end;
-        for (&seq, key) in o.index.range(start..=end) {
-            if writes.len() == max_writes {
+        // Walk stored and superseded seqs together, in order, so a cut leaves a clean prefix.
+        let mut stored = o.index.range(start..=end).peekable();
+        let mut replaced = o.superseded.range(start..=end).peekable();
+        loop {
+            let next_stored = stored.peek().map(|(s, _)| **s);
+            let next_replaced = replaced.peek().map(|(s, _)| **s);
+            let (seq, key, is_stored) = match (next_stored, next_replaced) {
+                (None, None) => break,
+                (Some(a), Some(b)) if b < a => {
+                    let (_, k) = replaced.next().expect("peeked");
+                    (b, k, false)
+                }
+                (Some(a), _) => {
+                    let (_, k) = stored.next().expect("peeked");
+                    (a, k, true)
+                }
+                (None, Some(b)) => {
+                    let (_, k) = replaced.next().expect("peeked");
+                    (b, k, false)
+                }
+            };
+            let item = if is_stored {
+                Some((None, register(key, &state.entries[key])))
+            } else {
+                state.entries.get(key).and_then(|e| {
+                    let listed = chunk.superseders.iter().any(|(_, w)| w.key == *key);
+                    (!listed).then(|| (Some(e.origin.clone()), register(key, e)))
+                })
+            };
+            let Some((other, write)) = item else {
+                continue;
+            };
+            let size = write.key.len() + write.value.as_ref().map_or(0, |v| v.len()) + 32;
+            let count = chunk.writes.len() + chunk.superseders.len();
+            if count > 0 && (count >= limits.max_writes || bytes + size > limits.max_bytes) {
                 last = seq - 1;
                 break;
             }
-            let e = &state.entries[key];
-            writes.push(Write {
-                key: key.clone(),
-                hlc: e.hlc,
-                seq,
-                value: e.value.clone(),
-                expires_ms: e.expires_ms,
-            });
+            bytes += size;
+            match other {
+                None => chunk.writes.push(write),
+                Some(o) => chunk.superseders.push((o, write)),
+            }
         }
-        (writes, o.context.clamp(start, last))
+        // A superseder that is itself one of the chunk's writes need not travel twice.
+        let writes = &chunk.writes;
+        chunk
+            .superseders
+            .retain(|(o, w)| !(o == origin && writes.iter().any(|x| x.seq == w.seq)));
+        chunk.covered = o.context.clamp(start, last);
+        chunk
     }
 
     fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write)) {
@@ -367,6 +497,96 @@ impl Store for MemoryStore {
 
     fn entry_count(&self) -> usize {
         self.state.read().entries.len()
+    }
+
+    fn tombstone_count(&self) -> usize {
+        self.state.read().tombstone_count
+    }
+
+    fn collect(&self, older_than: Hlc, collectable: &mut dyn FnMut(&Origin, u64) -> bool) -> usize {
+        let mut state = self.state.write();
+        let mut dropped = 0;
+        let mut keep = Vec::new();
+        while let Some(Reverse(top)) = state.tombstones.peek() {
+            if top.hlc >= older_than {
+                break;
+            }
+            let Reverse(p) = state.tombstones.pop().expect("peeked");
+            let current = state
+                .entries
+                .get(&p.key)
+                .is_some_and(|e| e.value.is_none() && e.origin == p.origin && e.seq == p.seq);
+            if !current {
+                continue; // written again since; that write has its own fate
+            }
+            if collectable(&p.origin, p.seq) {
+                state.remove_entry(&p.key);
+                dropped += 1;
+            } else {
+                keep.push(Reverse(p));
+            }
+        }
+        state.tombstones.extend(keep);
+        // Items of keys written again since are dropped lazily above; rebuild when they dominate.
+        if state.tombstones.len() > 4 * state.tombstone_count + 1024 {
+            let state = &mut *state;
+            let entries = &state.entries;
+            let live: Vec<_> = std::mem::take(&mut state.tombstones)
+                .into_iter()
+                .filter(|Reverse(p)| {
+                    entries.get(&p.key).is_some_and(|e| {
+                        e.value.is_none() && e.origin == p.origin && e.seq == p.seq
+                    })
+                })
+                .collect();
+            state.tombstones = live.into_iter().collect();
+        }
+        dropped
+    }
+
+    fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize {
+        let mut state = self.state.write();
+        let state = &mut *state;
+        let entries = &state.entries;
+        let mut dropped = 0;
+        for o in state.origins.values_mut() {
+            let before = o.superseded.len();
+            o.superseded.retain(|_, key| match entries.get(key) {
+                Some(e) => !everywhere(&e.origin, e.seq),
+                None => false,
+            });
+            dropped += before - o.superseded.len();
+        }
+        dropped
+    }
+
+    fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges {
+        let state = self.state.read();
+        let mut out = SeqRanges::new();
+        if let Some(o) = state.origins.get(origin) {
+            for &(a, b) in within.ranges() {
+                for &seq in o.index.range(a..=b).map(|(s, _)| s) {
+                    out.insert(seq);
+                }
+            }
+        }
+        out
+    }
+
+    fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize {
+        let mut state = self.state.write();
+        let keys: Vec<Arc<str>> = match state.origins.get(origin) {
+            Some(o) => dots
+                .ranges()
+                .iter()
+                .flat_map(|&(a, b)| o.index.range(a..=b).map(|(_, k)| k.clone()))
+                .collect(),
+            None => return 0,
+        };
+        for k in &keys {
+            state.remove_entry(k);
+        }
+        keys.len()
     }
 }
 
@@ -461,10 +681,47 @@ mod tests {
                 &mut |_| {},
             );
         }
-        let (writes, covered) = s.chunk(&a, 1, 5, 100);
-        assert_eq!(writes.len(), 1);
-        assert_eq!(writes[0].seq, 5);
-        assert_eq!(covered.ranges(), &[(1, 5)]);
+        let c = s.chunk(&a, 1, 5, ChunkLimits::writes(100));
+        assert_eq!(c.writes.len(), 1);
+        assert_eq!(c.writes[0].seq, 5);
+        assert_eq!(c.covered.ranges(), &[(1, 5)]);
+        assert!(
+            c.superseders.is_empty(),
+            "the superseder is in the chunk itself"
+        );
+    }
+
+    #[test]
+    fn a_chunk_covering_a_superseded_write_carries_its_superseder() {
+        let t = ReplicaTable::new();
+        let (a, b) = (origin(&t, "a"), origin(&t, "b"));
+        let s = MemoryStore::new();
+        s.merge(
+            &a,
+            vec![w("k", 1, 1, Some("old")), w("j", 2, 2, Some("x"))],
+            &SeqRanges::new(),
+            &mut |_| {},
+        );
+        s.merge(
+            &b,
+            vec![w("k", 5, 1, Some("new"))],
+            &SeqRanges::new(),
+            &mut |_| {},
+        );
+        let c = s.chunk(&a, 1, 2, ChunkLimits::writes(100));
+        assert_eq!(c.writes.len(), 1);
+        assert_eq!(c.covered.ranges(), &[(1, 2)]);
+        assert_eq!(c.superseders.len(), 1);
+        assert_eq!(
+            (c.superseders[0].0.clone(), c.superseders[0].1.seq),
+            (b.clone(), 1)
+        );
+        // Once every member holds b:1, the marker goes and chunks stop carrying it.
+        assert_eq!(s.compact_markers(&mut |o, seq| *o == b && seq == 1), 1);
+        assert!(s
+            .chunk(&a, 1, 2, ChunkLimits::writes(100))
+            .superseders
+            .is_empty());
     }
 
     #[test]
@@ -483,9 +740,44 @@ mod tests {
                 &mut |_| {},
             );
         }
-        let (writes, covered) = s.chunk(&a, 1, 10, 4);
-        assert_eq!(writes.len(), 4);
-        assert_eq!(covered.ranges(), &[(1, 4)]);
+        let c = s.chunk(&a, 1, 10, ChunkLimits::writes(4));
+        assert_eq!(c.writes.len(), 4);
+        assert_eq!(c.covered.ranges(), &[(1, 4)]);
+    }
+
+    #[test]
+    fn chunk_bytes_limit_keeps_frames_small_but_always_moves() {
+        let t = ReplicaTable::new();
+        let a = origin(&t, "a");
+        let clock = Clock::new(Box::new(ManualClock::new(1_000)));
+        let s = MemoryStore::new();
+        for i in 0..10 {
+            let big = vec![b'x'; 100_000].into_boxed_slice();
+            s.write_local(
+                &a,
+                &clock,
+                format!("k{i}").into(),
+                Some(big),
+                0,
+                &mut |_| {},
+            );
+        }
+        let limits = ChunkLimits {
+            max_writes: 1024,
+            max_bytes: 250_000,
+        };
+        let c = s.chunk(&a, 1, 10, limits);
+        assert_eq!(c.writes.len(), 2);
+        assert_eq!(c.covered.ranges(), &[(1, 2)]);
+        let tiny = ChunkLimits {
+            max_writes: 1024,
+            max_bytes: 1,
+        };
+        assert_eq!(
+            s.chunk(&a, 3, 10, tiny).writes.len(),
+            1,
+            "one write even when it alone is over"
+        );
     }
 
     #[test]
@@ -615,8 +907,17 @@ mod tests {
     /// Merges everything `from` holds into `into`, as a full catch-up between two replicas would.
     fn absorb(into: &MemoryStore, from: &MemoryStore) {
         for (origin, ctx) in from.context() {
-            let (writes, covered) = from.chunk(&origin, 1, ctx.max(), usize::MAX);
-            into.merge(&origin, writes, &covered, &mut |_| {});
+            let c = from.chunk(&origin, 1, ctx.max(), ChunkLimits::UNLIMITED);
+            for (o, w) in c.superseders {
+                let seq = w.seq;
+                into.merge(
+                    &o,
+                    vec![w],
+                    &SeqRanges::from_ranges([(seq, seq)]),
+                    &mut |_| {},
+                );
+            }
+            into.merge(&origin, c.writes, &c.covered, &mut |_| {});
         }
     }
 }

@@ -15,27 +15,36 @@
 //!   further ahead of ours than `max_clock_skew_ms` is refused as a link, never op by op, so replicas
 //!   never disagree about which writes exist.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
 use crate::acks::AckTracker;
 use crate::bucket::{Bucket, WriteSignal};
-use crate::clock::Clock;
+use crate::clock::{Clock, Hlc};
 use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::{Origin, ReplicaId, ReplicaTable};
+use crate::store::ChunkLimits;
 use crate::value;
 use crate::wire::{
-    self, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME, MAX_KEY,
+    self, BucketSummary, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME,
+    MAX_KEY,
 };
 
 /// Writes per Ops or FetchReply frame at most.
 pub const CHUNK_WRITES: usize = 1024;
+/// Bytes of keys and values per Ops or FetchReply frame, roughly (one write may be larger, up to
+/// `wire::MAX_VALUE`; frames stay under `wire::MAX_FRAME`).
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+const CHUNK_LIMITS: ChunkLimits = ChunkLimits {
+    max_writes: CHUNK_WRITES,
+    max_bytes: CHUNK_BYTES,
+};
 /// Bytes a writer pass gathers before sending.
 pub const SEND_BUDGET: usize = 512 * 1024;
 /// How long a pull may stay unanswered before it is asked again.
@@ -53,6 +62,8 @@ pub struct Counters {
     pub pulls_served: AtomicU64,
     pub catchup_writes_received: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub tombstones_collected: AtomicU64,
+    pub full_resyncs: AtomicU64,
 }
 
 /// The wake-up flag of one link's writer.
@@ -112,6 +123,8 @@ pub struct Local {
     pub acks: AckTracker,
     /// Remote clocks further ahead than this are refused.
     pub max_clock_skew_ms: u64,
+    /// Tombstones younger than this are never collected.
+    pub tombstone_min_age_ms: u64,
     buckets: RwLock<HashMap<Arc<str>, Arc<Bucket>>>,
 }
 
@@ -131,6 +144,7 @@ impl Local {
             counters: Counters::default(),
             acks: AckTracker::new(),
             max_clock_skew_ms,
+            tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
             buckets: RwLock::new(HashMap::new()),
         }
     }
@@ -154,6 +168,11 @@ impl Local {
             .clone()
     }
 
+    /// The bucket called `name` if this replica has it.
+    pub fn existing_bucket(&self, name: &str) -> Option<Arc<Bucket>> {
+        self.buckets.read().get(name).cloned()
+    }
+
     pub fn bucket_list(&self) -> Vec<Arc<Bucket>> {
         let mut list: Vec<_> = self.buckets.read().values().cloned().collect();
         list.sort_by(|a, b| a.name().cmp(b.name()));
@@ -161,12 +180,7 @@ impl Local {
     }
 
     pub fn wire_context(&self, bucket: &Bucket) -> WireContext {
-        bucket
-            .store()
-            .context()
-            .into_iter()
-            .map(|(o, r)| (o.id().clone(), r))
-            .collect()
+        to_wire(bucket.store().context())
     }
 
     /// The hello this replica sends on a new link.
@@ -185,9 +199,40 @@ impl Local {
             buckets: self
                 .bucket_list()
                 .into_iter()
-                .map(|b| (b.name().clone(), self.wire_context(&b)))
+                .map(|b| BucketSummary {
+                    name: b.name().clone(),
+                    context: self.wire_context(&b),
+                    collected: to_wire(b.collected()),
+                })
                 .collect(),
         }
+    }
+
+    /// Rewrites (same value and expiry, new hlc and dot) this replica's own writes to `bucket` that the
+    /// other end has not seen and that are old enough that a collected tombstone could have beaten
+    /// them: after a collection this replica missed, they must win or lose the same way everywhere.
+    fn reissue_unseen(&self, bucket: &Bucket, seen_by_them: &SeqRanges) -> usize {
+        let threshold = Hlc::from_parts(
+            self.clock
+                .now()
+                .physical_ms()
+                .saturating_sub(self.tombstone_min_age_ms / 2),
+            0,
+        );
+        let mine = bucket.store().context_of(&self.me);
+        let unseen = mine.difference(seen_by_them);
+        let mut rewritten = 0;
+        for &(a, b) in unseen.ranges() {
+            let writes = bucket
+                .store()
+                .chunk(&self.me, a, b, ChunkLimits::UNLIMITED)
+                .writes;
+            for w in writes.into_iter().filter(|w| w.hlc < threshold) {
+                bucket.write(w.key, w.value, w.expires_ms);
+                rewritten += 1;
+            }
+        }
+        rewritten
     }
 
     /// Refuses a remote wall clock too far ahead of ours.
@@ -205,6 +250,10 @@ impl Local {
     }
 }
 
+fn to_wire(ctx: Vec<(Origin, SeqRanges)>) -> WireContext {
+    ctx.into_iter().map(|(o, r)| (o.id().clone(), r)).collect()
+}
+
 fn check_bucket_name(name: &str) -> Result<(), LinkError> {
     if name.is_empty() || name.len() > MAX_BUCKET_NAME {
         return Err(LinkError::Protocol(format!(
@@ -219,9 +268,13 @@ fn check_bucket_name(name: &str) -> Result<(), LinkError> {
 #[derive(Default)]
 struct BucketSession {
     /// Seqs per origin the other end holds: what it said, plus what went either way on this link.
-    remote_has: HashMap<Origin, SeqRanges>,
+    remote_has: BTreeMap<Origin, SeqRanges>,
     /// Seqs per origin the other end asked for (and that we hold), not yet sent.
-    requested: HashMap<Origin, SeqRanges>,
+    requested: BTreeMap<Origin, SeqRanges>,
+    /// The other end's context as it reported it (hello and digests only): what it surely holds.
+    reported: BTreeMap<Origin, SeqRanges>,
+    /// Origins we asked `Held` about and await a reply for.
+    held_asked: BTreeSet<Origin>,
 }
 
 /// What the node must do about a message the session handled.
@@ -242,29 +295,62 @@ pub enum Inbound {
 pub struct Session {
     /// The replica at the other end.
     pub peer: Origin,
-    buckets: HashMap<Arc<str>, BucketSession>,
+    buckets: BTreeMap<Arc<str>, BucketSession>,
     /// Buckets where the other end's own writes arrived since our last ack.
-    ack_due: HashSet<Arc<str>>,
+    ack_due: BTreeSet<Arc<str>>,
     /// Messages queued for the writer (pull requests, fetch requests and replies).
     outbox: VecDeque<Message>,
 }
 
 impl Session {
-    /// Starts a session from the other end's hello.
+    /// Starts a session from the other end's hello. If the other end collected tombstones this replica
+    /// never saw, this replica was away past a collection: it rewrites its own old unseen writes and
+    /// asks which of its registers the other end knows to be superseded.
     pub fn new(local: &Local, theirs: &Hello) -> Result<Session, LinkError> {
         local.check_clock(theirs.wall_ms)?;
         let mut session = Session {
             peer: local.replicas.intern(&theirs.replica),
-            buckets: HashMap::new(),
-            ack_due: HashSet::new(),
+            buckets: BTreeMap::new(),
+            ack_due: BTreeSet::new(),
             outbox: VecDeque::new(),
         };
-        for (name, ctx) in &theirs.buckets {
-            check_bucket_name(name)?;
-            local.bucket(name);
-            session.absorb_context(local, name.clone(), ctx);
+        for summary in &theirs.buckets {
+            check_bucket_name(&summary.name)?;
+            let bucket = local.bucket(&summary.name);
+            session.absorb_context(local, summary.name.clone(), &summary.context);
+            let missed_collection = summary.collected.iter().any(|(rid, collected)| {
+                let origin = local.replicas.intern(rid);
+                !collected
+                    .difference(&bucket.store().context_of(&origin))
+                    .is_empty()
+            });
+            if missed_collection {
+                session.resync(local, &bucket);
+            }
         }
         Ok(session)
+    }
+
+    fn resync(&mut self, local: &Local, bucket: &Bucket) {
+        local.counters.full_resyncs.fetch_add(1, Ordering::Relaxed);
+        let state = self.buckets.entry(bucket.name().clone()).or_default();
+        let seen = state.reported.get(&local.me).cloned().unwrap_or_default();
+        let rewritten = local.reissue_unseen(bucket, &seen);
+        tracing::info!(bucket = %bucket.name(), peer = %self.peer.id(), rewritten, "away past a collection: full resync");
+        for (origin, ctx) in bucket.store().context() {
+            let Some(theirs) = state.reported.get(&origin) else {
+                continue;
+            };
+            let query = bucket.store().stored_dots(&origin, &ctx.intersect(theirs));
+            if !query.is_empty() {
+                state.held_asked.insert(origin.clone());
+                self.outbox.push_back(Message::Held {
+                    bucket: bucket.name().clone(),
+                    origin: origin.id().clone(),
+                    query,
+                });
+            }
+        }
     }
 
     fn absorb_context(&mut self, local: &Local, bucket: Arc<str>, ctx: &WireContext) {
@@ -278,10 +364,16 @@ impl Session {
             }
             state
                 .remote_has
-                .entry(origin)
+                .entry(origin.clone())
                 .or_default()
                 .union_with(ranges);
+            state.reported.entry(origin).or_default().union_with(ranges);
         }
+    }
+
+    /// The other end's reported context of `bucket` (hello and digests), per origin.
+    pub fn reported(&self, bucket: &str) -> Option<&BTreeMap<Origin, SeqRanges>> {
+        self.buckets.get(bucket).map(|b| &b.reported)
     }
 
     /// Queues a message for the writer.
@@ -378,6 +470,43 @@ impl Session {
                 }
                 Ok(Inbound::Fetched { id, count, done })
             }
+            Message::Held {
+                bucket,
+                origin,
+                query,
+            } => {
+                check_bucket_name(&bucket)?;
+                let b = local.bucket(&bucket);
+                let o = local.replicas.intern(&origin);
+                let covered = query.intersect(&b.store().context_of(&o));
+                let held = b.store().stored_dots(&o, &covered);
+                self.outbox.push_back(Message::HeldReply {
+                    bucket,
+                    origin,
+                    covered,
+                    held,
+                });
+                Ok(Inbound::Nothing)
+            }
+            Message::HeldReply {
+                bucket,
+                origin,
+                covered,
+                held,
+            } => {
+                check_bucket_name(&bucket)?;
+                let o = local.replicas.intern(&origin);
+                let asked = self
+                    .buckets
+                    .get_mut(&bucket)
+                    .is_some_and(|s| s.held_asked.remove(&o));
+                if !asked {
+                    return Err(LinkError::Protocol("a held reply nobody asked for".into()));
+                }
+                let superseded = covered.difference(&held);
+                local.bucket(&bucket).store().drop_dots(&o, &superseded);
+                Ok(Inbound::Nothing)
+            }
             Message::Ping { wall_ms } => {
                 local.check_clock(wall_ms)?;
                 Ok(Inbound::Nothing)
@@ -391,12 +520,25 @@ impl Session {
     fn apply_ops(&mut self, local: &Local, batch: OpsBatch) -> Result<(), LinkError> {
         check_bucket_name(&batch.bucket)?;
         check_writes(&batch.writes, Some(&batch.covered))?;
-        if let Some(max) = batch.writes.iter().map(|w| w.hlc).max() {
+        let superseders: Vec<&crate::store::Write> =
+            batch.superseders.iter().map(|(_, w)| w).collect();
+        for w in &superseders {
+            check_writes(std::slice::from_ref(*w), None)?;
+        }
+        let newest = batch.writes.iter().chain(superseders).map(|w| w.hlc).max();
+        if let Some(max) = newest {
             local.check_clock(max.physical_ms())?;
         }
         let origin = local.replicas.intern(&batch.origin);
         let bucket = local.bucket(&batch.bucket);
-        let fresh = bucket.merge(&origin, batch.writes, &batch.covered);
+        let mut fresh = 0;
+        // What superseded the covered writes lands first, so the coverage is never claimed without it.
+        for (rid, w) in batch.superseders {
+            let o = local.replicas.intern(&rid);
+            let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
+            fresh += bucket.merge(&o, vec![w], &dot);
+        }
+        fresh += bucket.merge(&origin, batch.writes, &batch.covered);
         local
             .counters
             .ops_applied
@@ -421,19 +563,35 @@ impl Session {
 
     fn answer_fetch(&mut self, local: &Local, id: u64, bucket: Arc<str>, prefix: &str) {
         let b = local.bucket(&bucket);
-        let mut by_origin: HashMap<Origin, Vec<crate::store::Write>> = HashMap::new();
+        let mut by_origin: BTreeMap<Origin, Vec<crate::store::Write>> = BTreeMap::new();
         b.store().scan_writes(prefix, &mut |origin, w| {
             by_origin.entry(origin.clone()).or_default().push(w)
         });
         for (origin, writes) in by_origin {
-            let mut writes = writes.into_iter().peekable();
-            while writes.peek().is_some() {
-                let chunk: Vec<_> = writes.by_ref().take(CHUNK_WRITES).collect();
+            let mut frame = Vec::new();
+            let mut bytes = 0;
+            for w in writes {
+                let size = w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 32;
+                if !frame.is_empty() && (frame.len() >= CHUNK_WRITES || bytes + size > CHUNK_BYTES)
+                {
+                    self.outbox.push_back(Message::FetchReply {
+                        id,
+                        bucket: bucket.clone(),
+                        origin: Some(origin.id().clone()),
+                        writes: std::mem::take(&mut frame),
+                        done: false,
+                    });
+                    bytes = 0;
+                }
+                bytes += size;
+                frame.push(w);
+            }
+            if !frame.is_empty() {
                 self.outbox.push_back(Message::FetchReply {
                     id,
                     bucket: bucket.clone(),
                     origin: Some(origin.id().clone()),
-                    writes: chunk,
+                    writes: frame,
                     done: false,
                 });
             }
@@ -529,6 +687,12 @@ fn check_writes(
         if w.value.as_deref().is_some_and(|v| !value::is_valid(v)) {
             return Err(LinkError::Protocol("malformed value".into()));
         }
+        if w.value
+            .as_ref()
+            .is_some_and(|v| v.len() > wire::MAX_VALUE + 1)
+        {
+            return Err(LinkError::Protocol("value over the maximum size".into()));
+        }
     }
     Ok(())
 }
@@ -545,16 +709,21 @@ fn send_ranges(
     for &(start, end) in ranges.ranges() {
         let mut from = start;
         while from <= end {
-            let (writes, covered) = bucket.store().chunk(origin, from, end, CHUNK_WRITES);
-            let Some(&(_, covered_end)) = covered.ranges().last() else {
+            let chunk = bucket.store().chunk(origin, from, end, CHUNK_LIMITS);
+            let Some(&(_, covered_end)) = chunk.covered.ranges().last() else {
                 break;
             };
-            has.union_with(&covered);
+            has.union_with(&chunk.covered);
             let msg = Message::Ops(OpsBatch {
                 bucket: bucket.name().clone(),
                 origin: origin.id().clone(),
-                covered,
-                writes,
+                covered: chunk.covered,
+                writes: chunk.writes,
+                superseders: chunk
+                    .superseders
+                    .into_iter()
+                    .map(|(o, w)| (o.id().clone(), w))
+                    .collect(),
             });
             wire::encode_frame(&msg, buf)?;
             from = covered_end + 1;
@@ -573,9 +742,9 @@ type GapKey = (Arc<str>, Origin);
 #[derive(Default)]
 pub struct PullPlanner {
     /// Requested and not yet answered, with the time the request expires.
-    inflight: HashMap<GapKey, (SeqRanges, u64)>,
+    inflight: BTreeMap<GapKey, (SeqRanges, u64)>,
     /// What was missing at the previous planning pass.
-    previous: HashMap<GapKey, SeqRanges>,
+    previous: BTreeMap<GapKey, SeqRanges>,
 }
 
 impl PullPlanner {
@@ -591,7 +760,7 @@ impl PullPlanner {
     ) -> Vec<usize> {
         self.inflight.retain(|_, (_, deadline)| *deadline > now_ms);
         // Per (bucket, origin): what some linked peer holds and we lack, per session.
-        let mut offers: HashMap<GapKey, Vec<(usize, SeqRanges)>> = HashMap::new();
+        let mut offers: BTreeMap<GapKey, Vec<(usize, SeqRanges)>> = BTreeMap::new();
         for (i, s) in sessions.iter().enumerate() {
             for (bucket, origin, has) in s.remote_contexts() {
                 if *origin == local.me {
@@ -607,7 +776,7 @@ impl PullPlanner {
                 }
             }
         }
-        let mut missing_now: HashMap<GapKey, SeqRanges> = HashMap::new();
+        let mut missing_now: BTreeMap<GapKey, SeqRanges> = BTreeMap::new();
         let mut touched = Vec::new();
         for (key, per_session) in offers {
             let mut missing = SeqRanges::new();

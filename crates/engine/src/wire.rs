@@ -23,6 +23,8 @@ pub const LEN_BYTES: usize = 4;
 pub const MAX_BUCKET_NAME: usize = 255;
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 64 * 1024;
+/// Largest value (JSON text or bytes), in bytes; with the key and headers it fits well in a frame.
+pub const MAX_VALUE: usize = 8 * 1024 * 1024;
 
 /// What a replica holds of one bucket: per origin, the seqs it has applied or knows to be covered.
 pub type WireContext = Vec<(ReplicaId, SeqRanges)>;
@@ -62,6 +64,21 @@ pub enum Message {
         bucket: Arc<str>,
         prefix: String,
     },
+    /// Which of these dots of `origin` do you still store? Asked by a replica that was away past a
+    /// collection, to drop what was superseded and collected while it was away.
+    Held {
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        query: SeqRanges,
+    },
+    /// Answer to `Held`: of the query, the dots I have seen (`covered`) and those I still store (`held`).
+    /// A dot covered but not held was superseded.
+    HeldReply {
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        covered: SeqRanges,
+        held: SeqRanges,
+    },
     /// Entries for a fetch, grouped by origin; the last frame of a reply has `done` set.
     FetchReply {
         id: u64,
@@ -80,7 +97,16 @@ pub struct Hello {
     pub listen_host: Option<String>,
     pub wall_ms: u64,
     pub members: Vec<MemberInfo>,
-    pub buckets: Vec<(Arc<str>, WireContext)>,
+    pub buckets: Vec<BucketSummary>,
+}
+
+/// What a replica holds of one bucket, and what it has collected (tombstones dropped once every
+/// member held them): a replica whose context lacks part of `collected` was away past a collection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BucketSummary {
+    pub name: Arc<str>,
+    pub context: WireContext,
+    pub collected: WireContext,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +121,9 @@ pub struct OpsBatch {
     pub origin: ReplicaId,
     pub covered: SeqRanges,
     pub writes: Vec<Write>,
+    /// Current registers (of any origin) of keys whose writes in `covered` were superseded; applied
+    /// before `covered` is claimed, in the same frame, so the claim is never without its backing.
+    pub superseders: Vec<(ReplicaId, Write)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -193,6 +222,7 @@ mod tests {
                 value: Some(b"\x00{}".to_vec().into()),
                 expires_ms: 0,
             }],
+            superseders: Vec::new(),
         })
     }
 

@@ -1,0 +1,135 @@
+//! Tombstone collection: a delete leaves a tombstone so that older writes arriving later lose to it;
+//! it may be dropped once no older write can arrive any more.
+//!
+//! Two rounds, some seconds apart, over the contexts every member reported (hello and digests, never
+//! what was merely sent). Round 1 records W, what every member (this one included) holds, and U, what
+//! any member holds. Round 2, if the member set is unchanged and every member now holds U, drops the
+//! tombstones whose dots are in W and that were older than the minimum age at round 1: every write any
+//! member had seen is then in every member's context, so none can revive the key. A replica that was
+//! not a member then (away, or forgotten after the member timeout) finds, at its next hello, that its
+//! context lacks a collected dot and resyncs in full (see `sync::Session::new`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
+
+use crate::clock::Hlc;
+use crate::ranges::SeqRanges;
+use crate::replica::Origin;
+use crate::sync::{Local, Session};
+
+type Context = BTreeMap<Origin, SeqRanges>;
+
+struct Round {
+    members: Vec<Arc<str>>,
+    /// What any member held.
+    union: Context,
+    /// What every member held.
+    common: Context,
+    /// Tombstones below this hlc were older than the minimum age.
+    older_than: Hlc,
+}
+
+#[derive(Default)]
+pub struct Collector {
+    rounds: HashMap<Arc<str>, Round>,
+}
+
+fn covers(have: &Context, need: &Context) -> bool {
+    need.iter().all(|(o, r)| match have.get(o) {
+        Some(h) => r.difference(h).is_empty(),
+        None => r.is_empty(),
+    })
+}
+
+fn intersect(a: &Context, b: &Context) -> Context {
+    a.iter()
+        .filter_map(|(o, r)| {
+            let i = r.intersect(b.get(o)?);
+            (!i.is_empty()).then(|| (o.clone(), i))
+        })
+        .collect()
+}
+
+impl Collector {
+    /// One round. `members` are the node ids of every current member but this one; `sessions` the
+    /// sessions of the live links. Returns how many tombstones were dropped.
+    pub fn round(&mut self, local: &Local, members: &[Arc<str>], sessions: &[&Session]) -> usize {
+        let mut members = members.to_vec();
+        members.sort();
+        let linked: Vec<&Session> = members
+            .iter()
+            .filter_map(|m| sessions.iter().copied().find(|s| s.peer.node() == m))
+            .collect();
+        if linked.len() != members.len() {
+            // A member we cannot hear from may hold anything: nothing is collected meanwhile.
+            self.rounds.clear();
+            return 0;
+        }
+        let min_age = local.tombstone_min_age_ms;
+        let older_than =
+            Hlc::from_parts(local.clock.now().physical_ms().saturating_sub(min_age), 0);
+        let mut dropped = 0;
+        for bucket in local.bucket_list() {
+            let store = bucket.store();
+            let mine: Context = store.context().into_iter().collect();
+            let empty = Context::new();
+            let reports: Vec<&Context> = linked
+                .iter()
+                .map(|s| s.reported(bucket.name()).unwrap_or(&empty))
+                .collect();
+            if let Some(prev) = self.rounds.get(bucket.name()) {
+                let settled = prev.members == members
+                    && covers(&mine, &prev.union)
+                    && reports.iter().all(|r| covers(r, &prev.union));
+                if settled {
+                    let mut highest: BTreeMap<Origin, u64> = BTreeMap::new();
+                    let n = store.collect(prev.older_than, &mut |o, seq| {
+                        let ok = prev.common.get(o).is_some_and(|r| r.contains(seq));
+                        if ok {
+                            let h = highest.entry(o.clone()).or_default();
+                            *h = (*h).max(seq);
+                        }
+                        ok
+                    });
+                    store.compact_markers(&mut |o, seq| {
+                        prev.common.get(o).is_some_and(|r| r.contains(seq))
+                    });
+                    if n > 0 {
+                        let collected: Context = highest
+                            .into_iter()
+                            .map(|(o, max)| (o, SeqRanges::up_to(max)))
+                            .collect();
+                        bucket.note_collected(&collected);
+                    }
+                    dropped += n;
+                }
+            }
+            let mut union = mine.clone();
+            let mut common = mine;
+            for r in &reports {
+                for (o, ranges) in r.iter() {
+                    union.entry(o.clone()).or_default().union_with(ranges);
+                }
+                common = intersect(&common, r);
+            }
+            self.rounds.insert(
+                bucket.name().clone(),
+                Round {
+                    members: members.clone(),
+                    union,
+                    common,
+                    older_than,
+                },
+            );
+        }
+        local
+            .counters
+            .tombstones_collected
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
+    }
+}
