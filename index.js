@@ -286,6 +286,14 @@ function checkAddress(what, value) {
 
 const NOT_YET_OPTIONS = ['secret', 'dataDir', 'durability']
 
+function checkDuration(name, value, fallback) {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
+    throw new RangeError(`Peer: options.${name} must be a positive number of milliseconds`)
+  }
+  return value
+}
+
 class Peer extends EventEmitter {
   #handle = 0
   #buckets = new Map()
@@ -312,15 +320,14 @@ class Peer extends EventEmitter {
       seeds = options.peers.map((p, i) => checkAddress(`Peer: options.peers[${i}]`, p))
     }
 
-    let maxClockSkew = 60000
-    if (options.maxClockSkew !== undefined) {
-      if (typeof options.maxClockSkew !== 'number' || !(options.maxClockSkew > 0) || !Number.isFinite(options.maxClockSkew)) {
-        throw new RangeError('Peer: options.maxClockSkew must be a positive number of milliseconds')
-      }
-      maxClockSkew = options.maxClockSkew
-    }
+    const maxClockSkewMs = checkDuration('maxClockSkew', options.maxClockSkew, 60000)
+    const tombstoneMinAgeMs = checkDuration('tombstoneMinAge', options.tombstoneMinAge, undefined)
+    const memberTimeoutMs = checkDuration('memberTimeout', options.memberTimeout, undefined)
 
-    const opened = native.peerOpen(id, listen, seeds, maxClockSkew, (batch) => this.#onNative(batch))
+    const opened = native.peerOpen(
+      { id, listen, seeds, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs },
+      (batch) => this.#onNative(batch),
+    )
     Object.defineProperty(this, 'id', { value: id, enumerable: true })
     if (opened.error) {
       this.#closed = true

@@ -17,6 +17,7 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use peer_buckets_engine::acks::{AckLevel, Registered};
+use peer_buckets_engine::clock::Clock;
 use peer_buckets_engine::error::Error as EngineError;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::value;
@@ -65,6 +66,9 @@ pub struct PeerStats {
     pub pulls_served: f64,
     pub catchup_writes_received: f64,
     pub protocol_errors: f64,
+    pub tombstones: u32,
+    pub tombstones_collected: f64,
+    pub full_resyncs: f64,
     pub replication: Vec<LinkStats>,
 }
 
@@ -84,19 +88,32 @@ fn init_logging() {
     });
 }
 
+/// Options of `peerOpen`, checked by index.js.
+#[napi(object)]
+pub struct OpenOptions {
+    pub id: String,
+    pub listen: String,
+    pub seeds: Vec<String>,
+    pub max_clock_skew_ms: f64,
+    pub tombstone_min_age_ms: Option<f64>,
+    pub member_timeout_ms: Option<f64>,
+}
+
+/// Environment variable that shifts the engine's physical clock by this many milliseconds (may be
+/// negative). For tests and the chaos harness only: it simulates a machine whose clock is off.
+const CLOCK_OFFSET_ENV: &str = "PEER_BUCKETS_TEST_CLOCK_OFFSET_MS";
+
+fn ms(v: f64) -> Duration {
+    Duration::from_millis(v.max(0.0) as u64)
+}
+
 /// Starts a peer on its own tokio runtime. Binding errors are reported in the result, not thrown, so
 /// that `ready()` can reject with them.
 #[napi(
     catch_unwind,
-    ts_args_type = "id: string, listen: string, seeds: string[], maxClockSkewMs: number, callback: (events: Array<string | number | boolean | string[]>) => void"
+    ts_args_type = "options: OpenOptions, callback: (events: Array<string | number | boolean | string[]>) => void"
 )]
-pub fn peer_open(
-    id: String,
-    listen: String,
-    seeds: Vec<String>,
-    max_clock_skew_ms: f64,
-    callback: Function<RawValue, ()>,
-) -> Result<PeerOpened> {
+pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Result<PeerOpened> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -104,12 +121,24 @@ pub fn peer_open(
         .enable_all()
         .build()
         .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
+    let clock = Arc::new(Clock::default());
+    if let Some(offset) = std::env::var(CLOCK_OFFSET_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    {
+        clock.set_offset_ms(offset);
+    }
+    let defaults = Config::default();
+    let id = options.id;
     let config = Config {
         id: Some(id.clone()),
-        listen,
-        seeds,
-        max_clock_skew: Duration::from_millis(max_clock_skew_ms as u64),
-        ..Config::default()
+        listen: options.listen,
+        seeds: options.seeds,
+        clock,
+        max_clock_skew: ms(options.max_clock_skew_ms),
+        tombstone_min_age: options.tombstone_min_age_ms.map(ms),
+        member_timeout: options.member_timeout_ms.map_or(defaults.member_timeout, ms),
+        ..defaults
     };
     match runtime.block_on(Node::start(config)) {
         Ok(node) => {
@@ -196,6 +225,9 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         pulls_served: s.pulls_served as f64,
         catchup_writes_received: s.catchup_writes_received as f64,
         protocol_errors: s.protocol_errors as f64,
+        tombstones: s.tombstones as u32,
+        tombstones_collected: s.tombstones_collected as f64,
+        full_resyncs: s.full_resyncs as f64,
         replication: s
             .links
             .into_iter()
