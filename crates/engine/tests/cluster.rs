@@ -166,3 +166,79 @@ async fn peer_down_fires_when_a_peer_leaves_and_up_when_it_returns() {
     a.close(Duration::from_secs(1)).await;
     b2.close(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_clock_runs_far_ahead_is_refused_and_one_within_the_skew_is_accepted() {
+    let a = Node::start(config("a", vec![])).await.unwrap();
+    let mut ahead = config("ahead", vec![a.address().to_string()]);
+    ahead.clock.set_offset_ms(5 * 60_000);
+    let ahead = Node::start(ahead).await.unwrap();
+    let mut behind = config("behind", vec![a.address().to_string()]);
+    behind.clock.set_offset_ms(-30_000);
+    let behind = Node::start(behind).await.unwrap();
+    ahead
+        .bucket("s")
+        .write("from-ahead".into(), Some(value::encode_json("1")), 0);
+    behind
+        .bucket("s")
+        .write("from-behind".into(), Some(value::encode_json("1")), 0);
+    let sa = a.bucket("s");
+    eventually("the peer behind replicates", || {
+        get(&sa, "from-behind").is_some()
+    })
+    .await;
+    eventually("the peer ahead is refused", || {
+        a.stats().clock_skew_refused > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        get(&sa, "from-ahead").is_none(),
+        "writes of a refused peer never arrive"
+    );
+    assert!(!a.peers().iter().any(|p| p.id == "ahead" && p.connected));
+    for n in [a, ahead, behind] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_stay_bounded_under_a_steady_set_and_delete_load() {
+    let mk = |id: &str, seeds: Vec<String>| Config {
+        tombstone_min_age: Some(Duration::from_millis(300)),
+        collect_every: Duration::from_millis(200),
+        ..config(id, seeds)
+    };
+    let a = Node::start(mk("a", vec![])).await.unwrap();
+    let b = Node::start(mk("b", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("linked", || a.stats().peers == 1 && b.stats().peers == 1).await;
+    let ba = a.bucket("s");
+    let mut peak = 0;
+    let mut written = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for _ in 0..200 {
+            let key: Arc<str> = format!("k{written}").into();
+            ba.write(key.clone(), Some(value::encode_json("1")), 0);
+            ba.write(key, None, 0);
+            written += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        peak = peak.max(a.stats().tombstones.max(b.stats().tombstones));
+    }
+    assert!(written > 20_000, "load too light: {written}");
+    assert!(
+        peak < written / 2,
+        "tombstones should be collected as the load goes on: peak {peak} of {written} deletes"
+    );
+    eventually("all collected once the load stops", || {
+        a.stats().tombstones == 0 && b.stats().tombstones == 0
+    })
+    .await;
+    assert!(a.stats().tombstones_collected > 0 && b.stats().tombstones_collected > 0);
+    for n in [a, b] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
