@@ -170,10 +170,10 @@ async fn peer_down_fires_when_a_peer_leaves_and_up_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_clock_runs_far_ahead_is_refused_and_one_within_the_skew_is_accepted() {
     let a = Node::start(config("a", vec![])).await.unwrap();
-    let mut ahead = config("ahead", vec![a.address().to_string()]);
+    let ahead = config("ahead", vec![a.address().to_string()]);
     ahead.clock.set_offset_ms(5 * 60_000);
     let ahead = Node::start(ahead).await.unwrap();
-    let mut behind = config("behind", vec![a.address().to_string()]);
+    let behind = config("behind", vec![a.address().to_string()]);
     behind.clock.set_offset_ms(-30_000);
     let behind = Node::start(behind).await.unwrap();
     ahead
