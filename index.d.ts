@@ -20,8 +20,12 @@ export interface PeerOptions {
   dataDir?: string
   /** Not supported yet (throws ENOTSUP). */
   durability?: 'strict' | 'relaxed'
-  /** Not supported yet (throws ENOTSUP). */
+  /** Remote clocks further ahead (or behind) than this many ms are refused as links; default 60000. */
   maxClockSkew?: number
+  /** Tombstones younger than this many ms are never collected; default 3 × maxClockSkew. */
+  tombstoneMinAge?: number
+  /** A member unreachable this many ms is forgotten (stops holding up tombstone collection); default 300000. */
+  memberTimeout?: number
 }
 
 export interface BucketOptions {
@@ -32,9 +36,13 @@ export interface BucketOptions {
 export type AckLevel = 'local' | 'one' | 'majority' | 'all'
 
 export interface WriteOptions {
-  /** Only 'local' is supported in this version; others throw ENOTSUP. */
+  /**
+   * 'local' (default): applied here. 'one': applied by at least one other peer. 'majority': by a
+   * majority of the known members, this one counted. 'all': by every peer connected when the write was
+   * made (a peer declared down meanwhile stops counting).
+   */
   ack?: AckLevel
-  /** Milliseconds to wait for the ack level (default 5000). */
+  /** Milliseconds to wait for the ack level (default 5000); past it the write rejects with EACKTIMEOUT. */
   timeout?: number
 }
 
@@ -65,19 +73,51 @@ export interface PeerEvent {
   address: string
 }
 
-export interface PeerStats {
+export interface LinkStats {
   id: string
-  buckets: number
-  keys: number
-  peers: number
-  opsApplied: number
+  address: string
+  /** Own writes this peer has not acknowledged yet. */
+  lagOps: number
+  /** How long it has been behind on our writes, in ms (0 when caught up). */
+  lagMs: number
   bytesSent: number
   bytesReceived: number
 }
 
-/** An error from peer-buckets that carries a code (ECLOSED, ENOTSUP, EADDRINUSE, ...). */
+export interface PeerStats {
+  id: string
+  buckets: number
+  /** Live keys over all buckets. */
+  keys: number
+  /** Peers linked now. */
+  peers: number
+  /** Writes applied from other peers. */
+  opsApplied: number
+  bytesSent: number
+  bytesReceived: number
+  /** Links refused because the other clock was too far off. */
+  clockSkewRefused: number
+  /** Requests for missing writes sent to / served for other peers. */
+  pullsSent: number
+  pullsServed: number
+  /** Writes of third peers received while catching up. */
+  catchupWritesReceived: number
+  /** Links closed for breaking the protocol. */
+  protocolErrors: number
+  /** Tombstones held now, and dropped so far. */
+  tombstones: number
+  tombstonesCollected: number
+  /** Times this peer found it had missed a collection and resynced in full. */
+  fullResyncs: number
+  /** Per linked peer. */
+  replication: LinkStats[]
+}
+
+/** An error from peer-buckets that carries a code (ECLOSED, ENOTSUP, EADDRINUSE, EACKTIMEOUT, ENOTCONN, ...). */
 export interface PeerBucketsError extends Error {
   code: string
+  /** With EACKTIMEOUT: ids of the other peers that had applied the write. */
+  acked?: string[]
 }
 
 export type Callback = (err: PeerBucketsError | null) => void
@@ -100,7 +140,10 @@ export declare class SharedBucket extends EventEmitter {
   keys(prefix?: string): string[]
   entries(prefix?: string): Array<[string, any]>
   readonly size: number
-  /** Not supported yet (rejects with ENOTSUP). */
+  /**
+   * Asks peer `from` (an id) for its entries under `prefix` and merges them; resolves with how many
+   * arrived. Rejects with ENOTCONN when that peer is not connected.
+   */
   fetch(options: { from: string; prefix?: string }): Promise<number>
   on(event: 'change', listener: (event: ChangeEvent) => void): this
   on(event: 'error', listener: (err: Error) => void): this
