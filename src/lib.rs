@@ -69,6 +69,8 @@ pub struct PeerStats {
     pub tombstones: u32,
     pub tombstones_collected: f64,
     pub full_resyncs: f64,
+    pub handshakes_rejected: f64,
+    pub handshakes_evicted: f64,
     pub replication: Vec<LinkStats>,
 }
 
@@ -97,6 +99,8 @@ pub struct OpenOptions {
     pub max_clock_skew_ms: f64,
     pub tombstone_min_age_ms: Option<f64>,
     pub member_timeout_ms: Option<f64>,
+    /// Cluster secrets, checked by index.js: the first is dialed with, each is accepted.
+    pub secrets: Option<Vec<Buffer>>,
 }
 
 /// Environment variable that shifts the engine's physical clock by this many milliseconds (may be
@@ -138,6 +142,12 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
         max_clock_skew: ms(options.max_clock_skew_ms),
         tombstone_min_age: options.tombstone_min_age_ms.map(ms),
         member_timeout: options.member_timeout_ms.map_or(defaults.member_timeout, ms),
+        secrets: options
+            .secrets
+            .iter()
+            .flatten()
+            .map(|s| s.to_vec())
+            .collect(),
         ..defaults
     };
     match runtime.block_on(Node::start(config)) {
@@ -170,6 +180,7 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
                 EngineError::BadAddress(_) => "EINVALIDADDRESS",
                 EngineError::Closed => "ECLOSED",
                 EngineError::NotConnected(_) => "ENOTCONN",
+                EngineError::Secret(_) => "EINVAL",
             };
             runtime.shutdown_background();
             Ok(PeerOpened {
@@ -228,6 +239,8 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         tombstones: s.tombstones as u32,
         tombstones_collected: s.tombstones_collected as f64,
         full_resyncs: s.full_resyncs as f64,
+        handshakes_rejected: s.handshakes_rejected as f64,
+        handshakes_evicted: s.handshakes_evicted as f64,
         replication: s
             .links
             .into_iter()

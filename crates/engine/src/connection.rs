@@ -1,52 +1,159 @@
-//! Frames over a TCP stream: a reader that buffers until a whole frame is there and a writer that
-//! sends whole batches of frames with one syscall.
+//! Frames over a TCP stream: the handshake that opens it (`secure`), then a reader that buffers until
+//! a whole frame is there (decrypting records first on a keyed link) and a writer that sends whole
+//! batches of frames with one syscall.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 
 use crate::error::LinkError;
+use crate::secure::{Handshake, Opener, Sealer, Security};
 use crate::wire::{self, Message, LEN_BYTES};
 
-pub struct FrameReader {
-    stream: OwnedReadHalf,
-    buf: Vec<u8>,
-    /// Bytes at the front of `buf` already consumed.
+/// Runs the preamble and, on a keyed link, the Noise handshake over `stream`, and returns the link's
+/// frame reader and writer. Bytes that arrived behind the handshake go to the reader. The caller
+/// bounds how long this may take.
+pub async fn open(
+    stream: TcpStream,
+    security: &Security,
+    dialer: bool,
+) -> Result<(FrameReader, FrameWriter), LinkError> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut handshake = Handshake::new(security, dialer)?;
+    // The handshake consumes whole preambles and messages (under 64 bytes) as soon as they are
+    // there, so this never holds more than that plus one read.
+    let mut input = Vec::with_capacity(4096);
+    loop {
+        loop {
+            let used = handshake.receive(&input)?;
+            if used == 0 {
+                break;
+            }
+            input.drain(..used);
+        }
+        let out = handshake.take_output();
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+        }
+        if handshake.is_established() {
+            break;
+        }
+        if input.capacity() == input.len() {
+            input.reserve(4096);
+        }
+        if rd.read_buf(&mut input).await? == 0 {
+            return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    let (sealer, opener) = match handshake.into_cipher() {
+        Some((sealer, opener)) => (Some(sealer), Some(opener)),
+        None => (None, None),
+    };
+    let mut decoder = FrameDecoder::new(opener);
+    decoder.input().extend_from_slice(&input);
+    Ok((
+        FrameReader {
+            stream: rd,
+            decoder,
+        },
+        FrameWriter {
+            stream: wr,
+            sealer,
+            sealed: Vec::new(),
+        },
+    ))
+}
+
+/// The messages in a link's incoming bytes, decrypted first on a keyed link. Without I/O, so the fuzz
+/// targets drive it as the reader does.
+///
+/// Memory stays bounded by the frame being read: a frame's room is reserved only once its length
+/// passed the check against `MAX_FRAME`, and a record is decrypted only when the frame needs more.
+pub struct FrameDecoder {
+    opener: Option<Opener>,
+    /// Received and not decrypted yet (keyed links only); bytes before `sealed_start` are used.
+    sealed: Vec<u8>,
+    sealed_start: usize,
+    /// The frame stream; bytes before `start` are consumed.
+    plain: Vec<u8>,
     start: usize,
 }
 
-impl FrameReader {
-    pub fn new(stream: OwnedReadHalf) -> Self {
-        FrameReader {
-            stream,
-            buf: Vec::with_capacity(64 * 1024),
+impl FrameDecoder {
+    /// A decoder for an open link (`None`) or a keyed one.
+    pub fn new(opener: Option<Opener>) -> Self {
+        FrameDecoder {
+            opener,
+            sealed: Vec::new(),
+            sealed_start: 0,
+            plain: Vec::new(),
             start: 0,
         }
     }
 
-    /// Reads the next message, waiting at most `silence` for any byte to arrive. Returns the message and
-    /// the number of bytes it took on the wire.
-    pub async fn read(&mut self, silence: Duration) -> Result<(Message, usize), LinkError> {
+    /// The buffer received bytes are appended to, with room for a read.
+    pub fn input(&mut self) -> &mut Vec<u8> {
+        compact(&mut self.plain, &mut self.start);
+        compact(&mut self.sealed, &mut self.sealed_start);
+        let buf = if self.opener.is_some() {
+            &mut self.sealed
+        } else {
+            &mut self.plain
+        };
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        buf
+    }
+
+    /// The next whole message and the bytes its frame took; `None` until more bytes arrive.
+    pub fn next_message(&mut self) -> Result<Option<(Message, usize)>, LinkError> {
         loop {
-            let pending = &self.buf[self.start..];
+            let pending = &self.plain[self.start..];
             if let Some(len) = wire::frame_len(pending)? {
                 if pending.len() >= LEN_BYTES + len {
                     let msg = wire::decode_body(&pending[LEN_BYTES..LEN_BYTES + len])?;
                     self.start += LEN_BYTES + len;
-                    return Ok((msg, LEN_BYTES + len));
+                    return Ok(Some((msg, LEN_BYTES + len)));
                 }
-                // Room for the whole frame, reserved only once its length passed the check.
-                self.buf.reserve(LEN_BYTES + len - pending.len());
+                self.plain.reserve(LEN_BYTES + len - pending.len());
             }
-            if self.start > 0 && (self.start == self.buf.len() || self.start > 1 << 20) {
-                self.buf.drain(..self.start);
-                self.start = 0;
+            let Some(opener) = &mut self.opener else {
+                return Ok(None);
+            };
+            let used = opener.open(&self.sealed[self.sealed_start..], &mut self.plain)?;
+            if used == 0 {
+                return Ok(None);
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
+            self.sealed_start += used;
+        }
+    }
+}
+
+/// Drops the consumed front of `buf` once it is all of it, or large.
+fn compact(buf: &mut Vec<u8>, start: &mut usize) {
+    if *start > 0 && (*start == buf.len() || *start > 1 << 20) {
+        buf.drain(..*start);
+        *start = 0;
+    }
+}
+
+pub struct FrameReader {
+    stream: OwnedReadHalf,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    /// Reads the next message, waiting at most `silence` for any byte to arrive. Returns the message and
+    /// the number of bytes its frame took.
+    pub async fn read(&mut self, silence: Duration) -> Result<(Message, usize), LinkError> {
+        loop {
+            if let Some(found) = self.decoder.next_message()? {
+                return Ok(found);
             }
-            let n = tokio::time::timeout(silence, self.stream.read_buf(&mut self.buf))
+            let n = tokio::time::timeout(silence, self.stream.read_buf(self.decoder.input()))
                 .await
                 .map_err(|_| LinkError::Silent(silence))??;
             if n == 0 {
@@ -58,20 +165,148 @@ impl FrameReader {
 
 pub struct FrameWriter {
     stream: OwnedWriteHalf,
+    sealer: Option<Sealer>,
+    /// Records of the batch being sent (keyed links only).
+    sealed: Vec<u8>,
 }
 
 impl FrameWriter {
-    pub fn new(stream: OwnedWriteHalf) -> Self {
-        FrameWriter { stream }
-    }
-
-    /// Sends already encoded frames.
+    /// Sends already encoded frames, as records on a keyed link.
     pub async fn send(&mut self, frames: &[u8]) -> Result<(), LinkError> {
-        self.stream.write_all(frames).await?;
+        match &mut self.sealer {
+            None => self.stream.write_all(frames).await?,
+            Some(sealer) => {
+                self.sealed.clear();
+                sealer.seal(frames, &mut self.sealed)?;
+                self.stream.write_all(&self.sealed).await?;
+            }
+        }
         Ok(())
     }
 
     pub async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secure::{handshake_in_memory, Outcome, MAX_RECORD};
+    use crate::wire::{encode_frame, WireError, MAX_FRAME};
+    use proptest::prelude::*;
+
+    fn keyed_pair() -> (Sealer, FrameDecoder) {
+        let s = Security::from_secrets(&["correct horse battery staple"]).unwrap();
+        let [Outcome::Established(Some((sealer, _))), Outcome::Established(Some((_, opener)))] =
+            handshake_in_memory(&s, &s)
+        else {
+            panic!("handshake failed");
+        };
+        (sealer, FrameDecoder::new(Some(opener)))
+    }
+
+    fn messages() -> Vec<Message> {
+        vec![
+            Message::Ping { wall_ms: 1 },
+            Message::FetchRequest {
+                id: 7,
+                bucket: "sessions".into(),
+                prefix: "x".repeat(150_000),
+            },
+            Message::Leave,
+        ]
+    }
+
+    /// Everything the decoder yields from `wire` delivered in pieces of the given sizes.
+    fn decode_in_pieces(
+        decoder: &mut FrameDecoder,
+        wire: &[u8],
+        cuts: &[usize],
+    ) -> Result<Vec<Message>, LinkError> {
+        let mut out = Vec::new();
+        let mut rest = wire;
+        let mut cuts = cuts.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*cuts.next().unwrap()).clamp(1, rest.len());
+            decoder.input().extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            while let Some((msg, _)) = decoder.next_message()? {
+                out.push(msg);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn frames_larger_than_a_record_cross_a_keyed_link_whole() {
+        let (mut sealer, mut decoder) = keyed_pair();
+        let mut frames = Vec::new();
+        for m in messages() {
+            encode_frame(&m, &mut frames).unwrap();
+        }
+        let mut wire = Vec::new();
+        sealer.seal(&frames, &mut wire).unwrap();
+        assert!(wire.len() > 2 * MAX_RECORD);
+        let got = decode_in_pieces(&mut decoder, &wire, &[1000, 70_000, 3]).unwrap();
+        assert_eq!(got, messages());
+    }
+
+    #[test]
+    fn a_huge_length_prefix_inside_a_keyed_link_is_refused_before_allocating() {
+        let (mut sealer, mut decoder) = keyed_pair();
+        let mut wire = Vec::new();
+        sealer
+            .seal(&[0xff, 0xff, 0xff, 0xff, 1], &mut wire)
+            .unwrap();
+        let err = decode_in_pieces(&mut decoder, &wire, &[64]).unwrap_err();
+        assert!(matches!(
+            err,
+            LinkError::Wire(WireError::FrameTooLarge(n)) if n == u32::MAX as usize
+        ));
+        assert!(decoder.plain.capacity() < MAX_FRAME);
+    }
+
+    #[test]
+    fn plaintext_on_a_keyed_link_is_refused() {
+        let (_, mut decoder) = keyed_pair();
+        let mut frames = Vec::new();
+        encode_frame(&Message::Leave, &mut frames).unwrap();
+        let err = decode_in_pieces(&mut decoder, &frames, &[64]).unwrap_err();
+        assert!(matches!(err, LinkError::Record(_)), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn a_keyed_stream_in_any_pieces_decodes_the_same(cuts in proptest::collection::vec(1usize..100_000, 1..6)) {
+            let (mut sealer, mut decoder) = keyed_pair();
+            let mut wire = Vec::new();
+            for m in messages() {
+                let mut frame = Vec::new();
+                encode_frame(&m, &mut frame).unwrap();
+                sealer.seal(&frame, &mut wire).unwrap();
+            }
+            prop_assert_eq!(decode_in_pieces(&mut decoder, &wire, &cuts).unwrap(), messages());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(1usize..512, 1..6),
+            keyed in any::<bool>(),
+        ) {
+            let mut decoder = if keyed { keyed_pair().1 } else { FrameDecoder::new(None) };
+            let _ = decode_in_pieces(&mut decoder, &bytes, &cuts);
+        }
+
+        #[test]
+        fn arbitrary_plaintext_inside_a_keyed_link_never_panics_the_decoder(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let (mut sealer, mut decoder) = keyed_pair();
+            let mut wire = Vec::new();
+            sealer.seal(&bytes, &mut wire).unwrap();
+            let _ = decode_in_pieces(&mut decoder, &wire, &[usize::MAX]);
+        }
     }
 }

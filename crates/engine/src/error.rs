@@ -2,6 +2,7 @@
 
 use std::io;
 
+use crate::secure::{HandshakeError, RecordError, SecretError};
 use crate::wire::WireError;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,8 @@ pub enum Error {
     Closed,
     #[error("peer {0} is not connected")]
     NotConnected(String),
+    #[error("invalid secret: {0}")]
+    Secret(#[from] SecretError),
 }
 
 /// Why a link was closed; logged with the remote address.
@@ -23,6 +26,14 @@ pub enum LinkError {
     Io(#[from] io::Error),
     #[error("wire: {0}")]
     Wire(#[from] WireError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("encrypted stream: {0}")]
+    Record(#[from] RecordError),
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    #[error("handshake slot taken by a newer connection")]
+    Evicted,
     #[error("no frame for {0:?}")]
     Silent(std::time::Duration),
     #[error("protocol violation: {0}")]

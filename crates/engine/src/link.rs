@@ -2,6 +2,11 @@
 //! `sync`; this module moves its frames: a reader task that hands every message to the session, and a
 //! writer that wakes on local writes (or queued messages, or its timers) and sends whatever the session
 //! has due, many frames per syscall.
+//!
+//! The handshake is everything up to both hellos: the preamble, the Noise handshake on a keyed link
+//! (`secure`), then the hellos, within `handshake_timeout`. An accepted connection holds one of the
+//! node's handshake slots (`guard`) meanwhile. Whatever goes wrong in it closes that connection, is
+//! counted and logged (rate-limited), and touches nothing else.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +19,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
+use crate::guard::Slot;
 use crate::membership::{Admission, LinkRef};
 use crate::node::{LinkSlot, Shared};
 use crate::sync::{Inbound, LinkSignal, Session, SEND_BUDGET};
-use crate::wire::{self, Message};
-
-/// How long a handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::wire::{self, Hello, Message};
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -30,9 +33,10 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let slot = shared.guard.admit();
                     let s = shared.clone();
                     shared.spawn(async move {
-                        if let Err(e) = run(&s, stream, remote, None).await {
+                        if let Err(e) = run(&s, stream, remote, None, Some(slot)).await {
                             tracing::debug!(%remote, error = %e, "inbound link closed");
                         }
                     });
@@ -52,10 +56,11 @@ pub async fn dial_once(shared: &Arc<Shared>, address: &str) -> Result<(), LinkEr
     let target = crate::node::resolve(address)
         .await
         .map_err(|e| LinkError::Protocol(e.to_string()))?;
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target))
+    let timeout = shared.config.handshake_timeout;
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(target))
         .await
-        .map_err(|_| LinkError::Silent(HANDSHAKE_TIMEOUT))??;
-    run(shared, stream, target, Some(address)).await
+        .map_err(|_| LinkError::Silent(timeout))??;
+    run(shared, stream, target, Some(address), None).await
 }
 
 fn hello(shared: &Shared) -> Message {
@@ -67,31 +72,105 @@ fn hello(shared: &Shared) -> Message {
     ))
 }
 
+/// What a finished handshake hands to the link: its reader and writer, the other end's hello, and
+/// the bytes the hellos took each way.
+struct Opened {
+    reader: FrameReader,
+    writer: FrameWriter,
+    theirs: Hello,
+    sent: usize,
+    received: usize,
+}
+
+/// The handshake, bounded by the handshake timeout and, for an accepted connection, by its slot.
+async fn handshake(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    dialer: bool,
+    slot: Option<Slot>,
+) -> Result<Opened, LinkError> {
+    let timeout = shared.config.handshake_timeout;
+    let steps = async {
+        stream.set_nodelay(true)?;
+        let (mut reader, mut writer) =
+            crate::connection::open(stream, &shared.security, dialer).await?;
+        let mut buf = Vec::new();
+        wire::encode_frame(&hello(shared), &mut buf)?;
+        writer.send(&buf).await?;
+        let (first, received) = reader.read(timeout).await?;
+        let Message::Hello(theirs) = first else {
+            return Err(LinkError::Protocol("first message was not a hello".into()));
+        };
+        Ok(Opened {
+            reader,
+            writer,
+            theirs,
+            sent: buf.len(),
+            received,
+        })
+    };
+    let bounded = async {
+        tokio::time::timeout(timeout, steps)
+            .await
+            .map_err(|_| LinkError::HandshakeTimeout(timeout))?
+    };
+    match slot {
+        None => bounded.await,
+        Some(mut slot) => tokio::select! {
+            r = bounded => r,
+            _ = slot.evicted() => Err(LinkError::Evicted),
+        },
+    }
+}
+
+/// Counts and logs a connection that failed its handshake. What the other end did wrong is a
+/// rejection; a connection it closed is not (a dialer sees that when its secret is refused, so it
+/// warns), nor one this node's shutdown or a newer connection ended.
+fn handshake_failed(shared: &Shared, remote: SocketAddr, dialer: bool, e: &LinkError) {
+    let guard = &shared.guard;
+    match e {
+        LinkError::Shutdown => {}
+        LinkError::Evicted => guard.warn(&remote, e, "connection closed in the handshake"),
+        LinkError::Io(_) if dialer => guard.warn(
+            &remote,
+            e,
+            "the other end closed the connection in the handshake (does it have the same secret?)",
+        ),
+        LinkError::Io(_) => {
+            tracing::debug!(%remote, error = %e, "connection closed in the handshake")
+        }
+        _ => guard.reject(&remote, e),
+    }
+}
+
 async fn run(
     shared: &Arc<Shared>,
     stream: TcpStream,
     remote: SocketAddr,
     dialed: Option<&str>,
+    slot: Option<Slot>,
 ) -> Result<(), LinkError> {
-    stream.set_nodelay(true)?;
-    let (rd, wr) = stream.into_split();
-    let mut reader = FrameReader::new(rd);
-    let mut writer = FrameWriter::new(wr);
+    let opened = match handshake(shared, stream, dialed.is_some(), slot).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            handshake_failed(shared, remote, dialed.is_some(), &e);
+            return Err(e);
+        }
+    };
+    let Opened {
+        mut reader,
+        mut writer,
+        theirs,
+        sent,
+        received: n,
+    } = opened;
     let counters = &shared.local.counters;
-
-    let mut buf = Vec::new();
-    wire::encode_frame(&hello(shared), &mut buf)?;
-    writer.send(&buf).await?;
     counters
         .bytes_sent
-        .fetch_add(buf.len() as u64, Ordering::Relaxed);
-    let (first, n) = reader.read(HANDSHAKE_TIMEOUT).await?;
+        .fetch_add(sent as u64, Ordering::Relaxed);
     counters
         .bytes_received
         .fetch_add(n as u64, Ordering::Relaxed);
-    let Message::Hello(theirs) = first else {
-        return Err(LinkError::Protocol("first message was not a hello".into()));
-    };
     let local = &shared.local;
     if theirs.replica.node == local.id {
         if theirs.replica.incarnation == local.me.id().incarnation {
@@ -160,7 +239,7 @@ async fn run(
         address: address.clone(),
         session: Arc::new(Mutex::new(session)),
         signal: Arc::new(LinkSignal::default()),
-        bytes_sent: Arc::new(AtomicU64::new(buf.len() as u64)),
+        bytes_sent: Arc::new(AtomicU64::new(sent as u64)),
         bytes_received: Arc::new(AtomicU64::new(n as u64)),
         caught_up_at: Mutex::new(Instant::now()),
     });
@@ -184,12 +263,13 @@ async fn run(
     if !shared.members.is_linked(&node) {
         local.acks.on_peer_down(&node);
     }
-    if matches!(
-        result,
-        Err(LinkError::Protocol(_)) | Err(LinkError::Wire(_))
-    ) {
+    if let Err(e @ (LinkError::Protocol(_) | LinkError::Wire(_) | LinkError::Record(_))) = &result {
         counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer = %node, %address, reason = ?result, "link closed");
+        shared.guard.warn(
+            &format_args!("{node} at {address}"),
+            e,
+            "link closed: the peer broke the protocol",
+        );
     } else {
         tracing::debug!(peer = %node, %address, reason = ?result, "link down");
     }

@@ -16,9 +16,11 @@ use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::collect::Collector;
 use crate::error::Error;
+use crate::guard::Guard;
 use crate::link;
 use crate::membership::{Members, PeerEvent, PeerInfo};
 use crate::replica::Origin;
+use crate::secure::Security;
 use crate::store::Write;
 use crate::sync::{Fetches, LinkSignal, Local, PullPlanner, Session};
 use crate::wire::Message;
@@ -54,6 +56,13 @@ pub struct Config {
     /// A member unreachable for this long is forgotten (it stops holding up collection); if it comes
     /// back it resyncs in full.
     pub member_timeout: Duration,
+    /// Cluster secrets: none for open, plaintext links; else the first is dialed with and each is
+    /// accepted (two during a rotation). Each at least `secure::MIN_SECRET_LEN` bytes.
+    pub secrets: Vec<Vec<u8>>,
+    /// How long a connection may take from its first byte to both hellos; past it, it is closed.
+    pub handshake_timeout: Duration,
+    /// Accepted connections in the handshake at once; past it a newcomer evicts the oldest.
+    pub max_handshakes: usize,
 }
 
 impl Default for Config {
@@ -73,6 +82,9 @@ impl Default for Config {
             tombstone_min_age: None,
             collect_every: Duration::from_secs(2),
             member_timeout: Duration::from_secs(300),
+            secrets: Vec::new(),
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 64,
         }
     }
 }
@@ -95,6 +107,10 @@ pub struct Stats {
     pub tombstones: usize,
     pub tombstones_collected: u64,
     pub full_resyncs: u64,
+    /// Connections refused in their handshake (not a peer, another secret or none, malformed, silent).
+    pub handshakes_rejected: u64,
+    /// Accepted connections closed in their handshake to make room for newer ones.
+    pub handshakes_evicted: u64,
     pub links: Vec<LinkStats>,
 }
 
@@ -132,6 +148,8 @@ pub struct Shared {
     pub members: Members,
     pub links: Mutex<Vec<Arc<LinkSlot>>>,
     pub fetches: Fetches,
+    pub security: Security,
+    pub guard: Guard,
     pub shutdown: watch::Receiver<bool>,
     tasks: Mutex<Option<JoinSet<()>>>,
 }
@@ -187,6 +205,7 @@ pub async fn resolve(address: &str) -> Result<SocketAddr, Error> {
 impl Node {
     /// Binds the listener and starts the node's tasks on the current tokio runtime.
     pub async fn start(config: Config) -> Result<Node, Error> {
+        let security = Security::from_secrets(&config.secrets)?;
         let bind = resolve(&config.listen).await?;
         let listener = TcpListener::bind(bind)
             .await
@@ -217,6 +236,8 @@ impl Node {
             members: Members::new(),
             links: Mutex::new(Vec::new()),
             fetches: Fetches::default(),
+            security,
+            guard: Guard::new(config.max_handshakes),
             shutdown,
             tasks: Mutex::new(Some(JoinSet::new())),
             config,
@@ -372,6 +393,8 @@ impl Node {
             tombstones: buckets.iter().map(|b| b.store().tombstone_count()).sum(),
             tombstones_collected: c.tombstones_collected.load(Ordering::Relaxed),
             full_resyncs: c.full_resyncs.load(Ordering::Relaxed),
+            handshakes_rejected: self.shared.guard.rejected(),
+            handshakes_evicted: self.shared.guard.evicted(),
             links,
         }
     }
