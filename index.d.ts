@@ -14,8 +14,12 @@ export interface PeerOptions {
   listen?: string | number
   /** Seed addresses; the rest of the network is learned from them. */
   peers?: Array<string | number>
-  /** Not supported yet (throws ENOTSUP). */
-  secret?: string | Buffer
+  /**
+   * Cluster secret, at least 16 bytes (else a RangeError): links run a Noise handshake bound to it and
+   * are encrypted and authenticated; only peers with the same secret are accepted. During a rotation,
+   * `[dialWith, alsoAccepted]`. Without it, links are plaintext and open to anyone who reaches the port.
+   */
+  secret?: string | Buffer | Array<string | Buffer>
   /** Not supported yet (throws ENOTSUP). */
   dataDir?: string
   /** Not supported yet (throws ENOTSUP). */
@@ -109,6 +113,10 @@ export interface PeerStats {
   tombstonesCollected: number
   /** Times this peer found it had missed a collection and resynced in full. */
   fullResyncs: number
+  /** Connections refused in their handshake: not a peer, another secret or none, malformed, silent. */
+  handshakesRejected: number
+  /** Accepted connections closed in their handshake to make room for newer ones (a flood). */
+  handshakesEvicted: number
   /** Per linked peer. */
   replication: LinkStats[]
 }

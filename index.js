@@ -284,7 +284,31 @@ function checkAddress(what, value) {
   return value
 }
 
-const NOT_YET_OPTIONS = ['secret', 'dataDir', 'durability']
+const NOT_YET_OPTIONS = ['dataDir', 'durability']
+const MIN_SECRET_BYTES = 16
+const MAX_SECRETS = 2
+
+// options.secret: a string or Buffer, or during a rotation an array of two (the first is dialled with,
+// both are accepted). Returns the secrets as Buffers; undefined for an open peer.
+function checkSecrets(value) {
+  if (value === undefined) return undefined
+  const many = Array.isArray(value)
+  const list = many ? value : [value]
+  if (list.length === 0 || list.length > MAX_SECRETS) {
+    throw new RangeError(`Peer: options.secret must be a secret, or an array of at most ${MAX_SECRETS} during a rotation`)
+  }
+  return list.map((secret, i) => {
+    const what = many ? `options.secret[${i}]` : 'options.secret'
+    let bytes
+    if (typeof secret === 'string') bytes = Buffer.from(secret, 'utf8')
+    else if (secret instanceof Uint8Array) bytes = Buffer.from(secret)
+    else throw new TypeError(`Peer: ${what} must be a string or a Buffer`)
+    if (bytes.length < MIN_SECRET_BYTES) {
+      throw new RangeError(`Peer: ${what} must be at least ${MIN_SECRET_BYTES} bytes (got ${bytes.length})`)
+    }
+    return bytes
+  })
+}
 
 function checkDuration(name, value, fallback) {
   if (value === undefined) return fallback
@@ -323,9 +347,10 @@ class Peer extends EventEmitter {
     const maxClockSkewMs = checkDuration('maxClockSkew', options.maxClockSkew, 60000)
     const tombstoneMinAgeMs = checkDuration('tombstoneMinAge', options.tombstoneMinAge, undefined)
     const memberTimeoutMs = checkDuration('memberTimeout', options.memberTimeout, undefined)
+    const secrets = checkSecrets(options.secret)
 
     const opened = native.peerOpen(
-      { id, listen, seeds, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs },
+      { id, listen, seeds, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, secrets },
       (batch) => this.#onNative(batch),
     )
     Object.defineProperty(this, 'id', { value: id, enumerable: true })

@@ -785,8 +785,6 @@ describe('bad arguments', () => {
 
 describe('ENOTSUP for features not built yet', () => {
   test.each([
-    ['secret (string)', { secret: 'a secret of at least 16 bytes' }],
-    ['secret (Buffer)', { secret: Buffer.alloc(32, 1) }],
     ['dataDir', { dataDir: '/tmp/peer-buckets-test-never-created' }],
     ['durability', { durability: 'strict' }],
   ])('Peer option %s throws or rejects with ENOTSUP', async (label, options) => {

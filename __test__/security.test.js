@@ -1,0 +1,180 @@
+'use strict'
+// Security (API.md): peers with a secret accept only peers with the same secret; hostile bytes, silent
+// sockets and a flood of idle ones are dropped while the real peers go on replicating.
+
+const net = require('node:net')
+const { randomBytes } = require('node:crypto')
+const { Peer } = require('..')
+const { createPeer, waitConnected, isConnected, closeAll } = require('./helpers/peers')
+const { waitFor, sleep } = require('./helpers/wait')
+const { captureError } = require('./helpers/errors')
+
+jest.setTimeout(60_000)
+
+afterEach(async () => {
+  await closeAll()
+})
+
+const SECRET = 'correct horse battery staple'
+
+/** Writes key on `from` and waits until `to` has it. */
+async function replicates(from, to, key, timeout = 5000) {
+  await from.bucket('s').set(key, { from: from.id })
+  await waitFor(() => to.bucket('s').has(key), { timeout, message: `${key} from ${from.id} to reach ${to.id}` })
+}
+
+/** Connects a raw socket to `address` and sends `bytes`; resolves once the peer has closed it. */
+function rawSocket(address, bytes, { end = false } = {}) {
+  const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))]
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host, port })
+    const opened = Date.now()
+    sock.on('connect', () => {
+      if (bytes.length) sock.write(bytes)
+      if (end) sock.end()
+    })
+    sock.on('data', () => {}) // the peer's preamble
+    sock.on('error', () => {}) // a reset is a close too
+    sock.on('close', () => resolve(Date.now() - opened))
+    setTimeout(() => {
+      sock.destroy()
+      reject(new Error(`socket sending ${bytes.length} bytes was not closed by the peer`))
+    }, 15_000).unref()
+  })
+}
+
+/** The 6-byte preamble a peer opens with: "PBKT", link version 1, mode (1: with a secret). */
+const preamble = (keyed) => Buffer.from([0x50, 0x42, 0x4b, 0x54, 1, keyed ? 1 : 0])
+
+describe('options.secret', () => {
+  test.each([
+    ['a string', SECRET],
+    ['a Buffer', randomBytes(32)],
+    ['two during a rotation', [SECRET, 'the secret of last year']],
+  ])('accepts %s', async (label, secret) => {
+    const peer = await createPeer({ secret })
+    expect(peer.stats().handshakesRejected).toBe(0)
+  })
+
+  test.each([
+    ['shorter than 16 bytes', 'fifteen bytes!!', RangeError, /options\.secret must be at least 16 bytes/],
+    ['an empty Buffer', Buffer.alloc(0), RangeError, /at least 16 bytes/],
+    ['a number', 1234567890123456789, TypeError, /options\.secret must be a string or a Buffer/],
+    ['three secrets', [SECRET, SECRET, SECRET], RangeError, /options\.secret must be a secret, or an array/],
+    ['an empty array', [], RangeError, /options\.secret/],
+    ['a short second secret', [SECRET, 'short'], RangeError, /options\.secret\[1\] must be at least 16 bytes/],
+  ])('refuses %s', async (label, secret, Ctor, message) => {
+    const err = await captureError(() => new Peer({ secret }))
+    expect(err).toBeInstanceOf(Ctor)
+    expect(err.message).toMatch(message)
+  })
+})
+
+describe('peers with a secret', () => {
+  test('two peers with the same secret replicate; one with another secret and one with none get nothing, and the two go on', async () => {
+    const a = await createPeer({ id: 'a', secret: SECRET })
+    const b = await createPeer({ id: 'b', secret: SECRET, peers: [a.address] })
+    await waitConnected([a, b])
+    await replicates(a, b, 'before')
+
+    const other = await createPeer({ id: 'other', secret: 'the secret of another cluster', peers: [a.address, b.address] })
+    const open = await createPeer({ id: 'open', peers: [a.address, b.address] })
+    await other.bucket('s').set('from-other', 1)
+    await open.bucket('s').set('from-open', 1)
+    await waitFor(() => a.stats().handshakesRejected >= 2 && b.stats().handshakesRejected >= 2, {
+      message: 'both outsiders to be refused by a and b',
+    })
+    // Let the outsiders redial a few times.
+    await sleep(1500)
+    await replicates(b, a, 'after')
+
+    for (const p of [a, b]) {
+      expect(p.bucket('s').has('from-other')).toBe(false)
+      expect(p.bucket('s').has('from-open')).toBe(false)
+      expect(p.peers().map((x) => x.id)).toEqual([p === a ? 'b' : 'a'])
+      expect(p.stats().peers).toBe(1)
+    }
+    for (const p of [other, open]) {
+      expect(p.bucket('s').keys().sort()).toEqual([`from-${p.id}`])
+      expect(p.peers()).toEqual([])
+      expect(p.stats().bytesReceived).toBe(0)
+    }
+    expect(isConnected(a, 'b') && isConnected(b, 'a')).toBe(true)
+  })
+
+  test('during a rotation a peer with [new, old] links with peers holding either', async () => {
+    const oldSecret = 'the secret of last year'
+    const newSecret = 'the secret of this year'
+    const a = await createPeer({ id: 'a', secret: oldSecret })
+    const b = await createPeer({ id: 'b', secret: [oldSecret, newSecret], peers: [a.address] })
+    const c = await createPeer({ id: 'c', secret: [newSecret, oldSecret], peers: [b.address] })
+    await waitConnected([a, b, c])
+    await replicates(c, a, 'rotated')
+  })
+})
+
+describe('hostile connections', () => {
+  test.each([
+    ['with a secret', true],
+    ['without a secret', false],
+  ])('HTTP, random bytes, a 4 GiB length prefix and half a frame are dropped, and the peer %s still replicates', async (label, keyed) => {
+    const secret = keyed ? { secret: SECRET } : {}
+    const a = await createPeer({ id: 'a', ...secret })
+    // Half of the first thing a peer expects: the Noise message with a secret, the hello without one.
+    const half = keyed ? Buffer.concat([Buffer.from([0, 48]), randomBytes(20)]) : Buffer.from([0, 0, 0, 40, 1, 0])
+    const attempts = [
+      rawSocket(a.address, Buffer.from('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n')),
+      rawSocket(a.address, randomBytes(4096)),
+      rawSocket(a.address, Buffer.concat([preamble(keyed), Buffer.from([0xff, 0xff, 0xff, 0xff, 1])])),
+      rawSocket(a.address, Buffer.from([0xff, 0xff, 0xff, 0xff, 1])),
+      rawSocket(a.address, preamble(!keyed)),
+      rawSocket(a.address, Buffer.concat([preamble(keyed), half]), { end: true }),
+    ]
+    const silent = rawSocket(a.address, Buffer.concat([preamble(keyed), half]))
+    const quick = await Promise.all(attempts)
+    for (const ms of quick) expect(ms).toBeLessThan(1000)
+    // Silence in the handshake costs the handshake timeout (5 s), no more.
+    const waited = await silent
+    expect(waited).toBeGreaterThan(4000)
+    expect(waited).toBeLessThan(8000)
+
+    const b = await createPeer({ id: 'b', ...secret, peers: [a.address] })
+    await waitConnected([a, b])
+    await replicates(a, b, 'after-hostile')
+    await replicates(b, a, 'back')
+    const stats = a.stats()
+    expect(stats.handshakesRejected).toBeGreaterThanOrEqual(6)
+    expect(a.peers().map((p) => p.id)).toEqual(['b'])
+  })
+
+  test('500 idle sockets opened at once do not stop two real peers from connecting and replicating', async () => {
+    const a = await createPeer({ id: 'a', secret: SECRET })
+    const [host, port] = a.address.split(':')
+    const idle = []
+    try {
+      await Promise.all(
+        Array.from({ length: 500 }, () =>
+          new Promise((resolve) => {
+            const sock = net.connect({ host, port: Number(port) })
+            sock.on('error', () => {})
+            sock.on('data', () => {})
+            sock.on('connect', resolve)
+            sock.on('close', resolve)
+            idle.push(sock)
+          }),
+        ),
+      )
+      const started = Date.now()
+      const b = await createPeer({ id: 'b', secret: SECRET, peers: [a.address] })
+      await waitConnected([a, b])
+      await replicates(b, a, 'through-the-flood')
+      await replicates(a, b, 'and-back')
+      // Well within the handshake timeout: b did not wait for idle sockets to time out.
+      expect(Date.now() - started).toBeLessThan(3000)
+      const stats = a.stats()
+      expect(stats.handshakesEvicted).toBeGreaterThanOrEqual(400)
+    } finally {
+      for (const sock of idle) sock.destroy()
+    }
+  })
+})
