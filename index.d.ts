@@ -33,7 +33,7 @@ export interface PeerOptions {
 }
 
 export interface BucketOptions {
-  /** Not supported yet (throws ENOTSUP). */
+  /** Default time to live of values written to this bucket, in ms (expiry is replicated with the value). */
   ttl?: number
 }
 
@@ -51,7 +51,7 @@ export interface WriteOptions {
 }
 
 export interface SetOptions extends WriteOptions {
-  /** Not supported yet (throws ENOTSUP). */
+  /** Milliseconds until the key expires on every replica; default the bucket's ttl, else never. */
   ttl?: number
 }
 
@@ -60,10 +60,12 @@ export interface ChangeEvent {
   /** The new value; undefined when deleted. */
   value: Value | undefined
   deleted: boolean
-  /** True when the change was written by this peer. */
+  /** True when the change was written by this peer (or, for an expiry, applied here). */
   local: boolean
   /** Id of the peer that wrote it. */
   origin: string
+  /** Present (true) when the key expired rather than being deleted. */
+  expired?: true
 }
 
 export interface PeerInfo {
@@ -143,8 +145,14 @@ export declare class SharedBucket extends EventEmitter {
   delete(key: string, options?: WriteOptions): Promise<void>
   delete(key: string, cb: Callback): void
   delete(key: string, options: WriteOptions | undefined, cb: Callback): void
-  /** Not supported yet (throws ENOTSUP). */
-  touch(key: string, ttl: number, cb?: (err: PeerBucketsError | null, touched?: boolean) => void): Promise<boolean>
+  /**
+   * Extends a live key's expiry to `ttl` ms from now without rewriting its value; resolves false when
+   * the key is absent or expired (a touch never brings a key back).
+   */
+  touch(key: string, ttl: number): Promise<boolean>
+  touch(key: string, ttl: number, cb: (err: PeerBucketsError | null, touched?: boolean) => void): void
+  /** The bucket's default time to live in ms (0: none). */
+  readonly ttl: number
   keys(prefix?: string): string[]
   entries(prefix?: string): Array<[string, any]>
   readonly size: number

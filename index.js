@@ -12,6 +12,8 @@ const MAX_VALUE_BYTES = 8 * 1024 * 1024
 const MAX_BUCKET_NAME_BYTES = 255
 const ACK_LEVELS = ['local', 'one', 'majority', 'all']
 const RESOLVED = Promise.resolve()
+const RESOLVED_TRUE = Promise.resolve(true)
+const RESOLVED_FALSE = Promise.resolve(false)
 
 // Errors -----------------------------------------------------------------------------------------
 
@@ -61,13 +63,22 @@ function checkPrefix(fn, prefix) {
 
 const DEFAULT_ACK_TIMEOUT = 5000
 
-// Write options, checked; returns [ack level code for the native side, timeout in ms].
-function checkWriteOptions(fn, options, allowTtl) {
-  if (options === undefined || options === null) return [0, DEFAULT_ACK_TIMEOUT]
+// A time to live in milliseconds: a positive finite number.
+function checkTtl(what, ttl) {
+  if (typeof ttl !== 'number' || !(ttl > 0) || !Number.isFinite(ttl)) {
+    throw new RangeError(`${what} must be a positive number of milliseconds`)
+  }
+  return ttl
+}
+
+// Write options, checked; returns [ack level code for the native side, timeout in ms, ttl in ms or 0].
+function checkWriteOptions(fn, options, allowTtl, defaultTtl) {
+  if (options === undefined || options === null) return [0, DEFAULT_ACK_TIMEOUT, defaultTtl]
   if (typeof options !== 'object') throw new TypeError(`${fn}: options must be an object`)
+  let ttl = defaultTtl
   if (options.ttl !== undefined) {
     if (!allowTtl) throw new TypeError(`${fn}: ttl is not an option of delete`)
-    throw notBuilt(`${fn}: options.ttl`)
+    ttl = checkTtl(`${fn}: options.ttl`, options.ttl)
   }
   let timeout = DEFAULT_ACK_TIMEOUT
   if (options.timeout !== undefined) {
@@ -83,7 +94,7 @@ function checkWriteOptions(fn, options, allowTtl) {
       throw new RangeError(`${fn}: options.ack must be one of ${ACK_LEVELS.map((a) => `'${a}'`).join(', ')}`)
     }
   }
-  return [ack, timeout]
+  return [ack, timeout, ttl]
 }
 
 // set(key, value[, options][, cb]) and delete(key[, options][, cb]) argument shapes.
@@ -123,6 +134,7 @@ class SharedBucket extends EventEmitter {
   #peer
   #handle
   #listening = false
+  #ttl = 0
 
   constructor(peer, name, handle) {
     super()
@@ -146,7 +158,7 @@ class SharedBucket extends EventEmitter {
   #deliver(batch) {
     let firstError
     const listeners = this.listeners('change')
-    for (let i = 0; i < batch.length; i += 4) {
+    for (let i = 0; i < batch.length; i += 5) {
       const raw = batch[i + 1]
       const event = {
         key: batch[i],
@@ -155,6 +167,7 @@ class SharedBucket extends EventEmitter {
         local: batch[i + 3],
         origin: batch[i + 2],
       }
+      if (batch[i + 4]) event.expired = true
       // Each listener is called on its own, so one that throws costs no other listener its event.
       for (const listener of listeners) {
         try {
@@ -175,13 +188,13 @@ class SharedBucket extends EventEmitter {
   set(key, value, options, cb) {
     ;[options, cb] = splitOptionsAndCallback('set()', options, cb)
     checkKey('set()', key)
-    const [ack, timeout] = checkWriteOptions('set()', options, true)
+    const [ack, timeout, ttl] = checkWriteOptions('set()', options, true, this.#ttl)
     if (this.#peer.closed) return settle(cb, closedError('set()'))
     if (value instanceof Uint8Array) {
       if (value.byteLength > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${value.byteLength})`)
       }
-      return settleWrite(this.#peer, native.bucketSetBytes(this.#handle, key, value, ack, timeout), cb)
+      return settleWrite(this.#peer, native.bucketSetBytes(this.#handle, key, value, ttl, ack, timeout), cb)
     } else {
       if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
         throw new TypeError('set(): value must be JSON-serialisable or a Buffer (got ' + typeof value + ')')
@@ -196,7 +209,7 @@ class SharedBucket extends EventEmitter {
       if (json.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(json) > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes as JSON (got ${Buffer.byteLength(json)})`)
       }
-      return settleWrite(this.#peer, native.bucketSetJson(this.#handle, key, json, ack, timeout), cb)
+      return settleWrite(this.#peer, native.bucketSetJson(this.#handle, key, json, ttl, ack, timeout), cb)
     }
   }
 
@@ -216,14 +229,31 @@ class SharedBucket extends EventEmitter {
   delete(key, options, cb) {
     ;[options, cb] = splitOptionsAndCallback('delete()', options, cb)
     checkKey('delete()', key)
-    const [ack, timeout] = checkWriteOptions('delete()', options, false)
+    const [ack, timeout] = checkWriteOptions('delete()', options, false, 0)
     if (this.#peer.closed) return settle(cb, closedError('delete()'))
     return settleWrite(this.#peer, native.bucketDelete(this.#handle, key, ack, timeout), cb)
   }
 
   touch(key, ttl, cb) {
     checkKey('touch()', key)
-    throw notBuilt('touch()')
+    checkTtl('touch(): ttl', ttl)
+    if (cb !== undefined && typeof cb !== 'function') throw new TypeError('touch(): callback must be a function')
+    if (this.#peer.closed) return settle(cb, closedError('touch()'))
+    const touched = native.bucketTouch(this.#handle, key, ttl)
+    if (cb) {
+      process.nextTick(cb, null, touched)
+      return undefined
+    }
+    return touched ? RESOLVED_TRUE : RESOLVED_FALSE
+  }
+
+  /** The bucket's default time to live in ms (0: none); set with `peer.bucket(name, { ttl })`. */
+  get ttl() {
+    return this.#ttl
+  }
+
+  _setTtl(ttl) {
+    this.#ttl = ttl
   }
 
   keys(prefix) {
@@ -419,13 +449,15 @@ class Peer extends EventEmitter {
     if (options !== undefined && (options === null || typeof options !== 'object')) {
       throw new TypeError('bucket(): options must be an object')
     }
-    if (options && options.ttl !== undefined) throw notBuilt('bucket(): options.ttl')
+    const ttl = options && options.ttl !== undefined ? checkTtl('bucket(): options.ttl', options.ttl) : undefined
     if (this.closed) throw closedError('bucket()')
     let b = this.#buckets.get(name)
     if (!b) {
       b = new SharedBucket(this, name, native.peerBucket(this.#handle, name))
       this.#buckets.set(name, b)
     }
+    // The same object per name; a ttl given again replaces the bucket's default for later writes.
+    if (ttl !== undefined) b._setTtl(ttl)
     return b
   }
 

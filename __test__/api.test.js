@@ -798,11 +798,6 @@ describe('ENOTSUP for features not built yet', () => {
   })
 
   test.each([
-    ['bucket(name, { ttl })', (peer) => peer.bucket('with-ttl', { ttl: 1000 })],
-    ['set(key, value, { ttl })', (peer, bucket) => bucket.set('k', 1, { ttl: 1000 })],
-    ['set(key, value, { ttl }, cb)', (peer, bucket) => callbackError((cb) => bucket.set('k', 1, { ttl: 1000 }, cb)).then((e) => { if (e) throw e })],
-    ['touch(key, ttl)', (peer, bucket) => bucket.touch('present', 1000)],
-    ['touch(key, ttl, cb)', (peer, bucket) => callbackError((cb) => bucket.touch('present', 1000, cb)).then((e) => { if (e) throw e })],
     ['metrics()', (peer) => peer.metrics()],
   ])('%s throws or rejects with ENOTSUP and stores nothing', async (label, call) => {
     const peer = await createPeer()
@@ -1030,7 +1025,7 @@ describe('errors and EADDRINUSE', () => {
       await captureError(() => bucket.set('', 1)),
       await captureError(() => bucket.set('k', undefined)),
       await captureError(() => bucket.set('k', 1, { ack: 'bogus' })),
-      await captureError(() => bucket.touch('k', 1)),
+      await captureError(() => bucket.touch('k', -1)),
       await captureError(() => bucket.fetch({ from: 'x' })),
       await captureError(() => peer.metrics()),
     ]

@@ -54,6 +54,7 @@ pub fn pump_changes(
                 })?;
                 out.push_str(c.origin.node())?;
                 out.push(RawValue::boolean(env, c.local))?;
+                out.push(RawValue::boolean(env, c.expired))?;
             }
             Ok(out.finish())
         })?;

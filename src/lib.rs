@@ -20,6 +20,7 @@ use peer_buckets_engine::acks::{AckLevel, Registered};
 use peer_buckets_engine::clock::Clock;
 use peer_buckets_engine::error::Error as EngineError;
 use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
 
 use convert::{JsonArg, KeyArg, RawValue};
@@ -141,7 +142,20 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
         clock,
         max_clock_skew: ms(options.max_clock_skew_ms),
         tombstone_min_age: options.tombstone_min_age_ms.map(ms),
-        member_timeout: options.member_timeout_ms.map_or(defaults.member_timeout, ms),
+        // A short minimum age is only useful if collection rounds (and the digests they read) keep up.
+        collect_every: options
+            .tombstone_min_age_ms
+            .map_or(defaults.collect_every, |age| {
+                ms(age / 2.0).clamp(Duration::from_millis(100), defaults.collect_every)
+            }),
+        digest_every: options
+            .tombstone_min_age_ms
+            .map_or(defaults.digest_every, |age| {
+                ms(age / 2.0).clamp(Duration::from_millis(100), defaults.digest_every)
+            }),
+        member_timeout: options
+            .member_timeout_ms
+            .map_or(defaults.member_timeout, ms),
         secrets: options
             .secrets
             .iter()
@@ -296,47 +310,65 @@ pub fn bucket_size(bucket: u32) -> Result<u32> {
     with_bucket(bucket, |b| b.len() as u32).ok_or_else(closed)
 }
 
-/// Writes a JSON value (its JSON text) locally and queues it for replication. Returns 0 when the ack
-/// level is met already, else a ticket whose outcome arrives through the peer's event callback.
+/// Writes a JSON value (its JSON text) locally and queues it for replication, expiring `ttl_ms` after
+/// the write (0: never). Returns 0 when the ack level is met already, else a ticket whose outcome
+/// arrives through the peer's event callback.
 #[napi(catch_unwind)]
 pub fn bucket_set_json(
     bucket: u32,
     key: KeyArg,
     json: JsonArg,
+    ttl_ms: f64,
     ack: u32,
     timeout_ms: f64,
 ) -> Result<f64> {
-    write(bucket, key, Some(json.into_stored()), ack, timeout_ms)
+    let stored = Some(json.into_stored());
+    write(bucket, key, stored, lifetime(ttl_ms), ack, timeout_ms)
 }
 
-/// Writes a binary value locally and queues it for replication; returns as `bucketSetJson`.
+/// Writes a binary value locally and queues it for replication; as `bucketSetJson`.
 #[napi(catch_unwind)]
 pub fn bucket_set_bytes(
     bucket: u32,
     key: KeyArg,
     bytes: &[u8],
+    ttl_ms: f64,
     ack: u32,
     timeout_ms: f64,
 ) -> Result<f64> {
-    write(
-        bucket,
-        key,
-        Some(value::encode_bytes(bytes)),
-        ack,
-        timeout_ms,
-    )
+    let stored = Some(value::encode_bytes(bytes));
+    write(bucket, key, stored, lifetime(ttl_ms), ack, timeout_ms)
 }
 
 /// Deletes `key` (a tombstone that replicates); returns as `bucketSetJson`.
 #[napi(catch_unwind)]
 pub fn bucket_delete(bucket: u32, key: KeyArg, ack: u32, timeout_ms: f64) -> Result<f64> {
-    write(bucket, key, None, ack, timeout_ms)
+    write(bucket, key, None, Lifetime::Forever, ack, timeout_ms)
+}
+
+/// Extends a live key's expiry to `ttl_ms` from now without rewriting its value; false when the key
+/// is absent or expired.
+#[napi(catch_unwind)]
+pub fn bucket_touch(bucket: u32, key: KeyArg, ttl_ms: f64) -> Result<bool> {
+    with_bucket(bucket, |b| {
+        b.touch(key.into_arc(), ttl_ms.max(1.0) as u64).is_some()
+    })
+    .ok_or_else(closed)
+}
+
+fn lifetime(ttl_ms: f64) -> Lifetime {
+    if ttl_ms > 0.0 {
+        Lifetime::Ttl(ttl_ms as u64)
+    } else {
+        Lifetime::Forever
+    }
 }
 
 fn write(
     bucket: u32,
     key: KeyArg,
     stored: Option<Box<[u8]>>,
+    lifetime: Lifetime,
     ack: u32,
     timeout_ms: f64,
 ) -> Result<f64> {
@@ -349,7 +381,7 @@ fn write(
     };
     if level == AckLevel::Local {
         return with_bucket(bucket, |b| {
-            b.write(key.into_arc(), stored, 0);
+            b.write(key.into_arc(), stored, lifetime);
             0.0
         })
         .ok_or_else(closed);
@@ -357,7 +389,7 @@ fn write(
     let (b, node) = handles::bucket_and_node(bucket).ok_or_else(closed)?;
     let timeout = Duration::from_millis(timeout_ms.max(0.0) as u64);
     match node
-        .write_acked(&b, key.into_arc(), stored, 0, level, timeout)
+        .write_acked(&b, key.into_arc(), stored, lifetime, level, timeout)
         .1
     {
         Registered::Met(_) => Ok(0.0),
@@ -407,7 +439,8 @@ pub fn bucket_entries(env: Env, bucket: u32, prefix: String) -> Result<RawValue>
 }
 
 /// Starts (or, with `null`, stops) delivering the bucket's changes to `callback` in batches, as a flat
-/// array `[key, value, origin, local, ...]` where value is JSON text, a Buffer or undefined (deleted).
+/// array `[key, value, origin, local, expired, ...]` where value is JSON text, a Buffer or undefined
+/// (deleted or expired).
 #[napi(
     catch_unwind,
     ts_args_type = "bucket: number, callback: ((events: Array<string | Buffer | boolean | undefined>) => void) | null"

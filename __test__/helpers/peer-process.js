@@ -57,6 +57,7 @@ class PeerProcess {
         const err = new Error(`${this.name}: ${msg.error.message}`)
         err.code = msg.error.code
         err.remoteName = msg.error.name
+        if (msg.error.acked) err.acked = msg.error.acked
         pending.reject(err)
       } else {
         pending.resolve(msg.result)
@@ -127,11 +128,30 @@ class PeerProcess {
     return withTimeout(found, timeout, `${this.name} waiting for ${what}`).finally(() => this._waiters.delete(waiter))
   }
 
+  /** { digest, size } of the bucket, as dump() computes it, without the entries. */
+  digest(timeout) {
+    return this.request('digest', {}, timeout)
+  }
+
+  /** Stops the process (SIGSTOP): it keeps its sockets but answers nothing, as a stalled machine. */
+  pause() {
+    this.child.kill('SIGSTOP')
+    this.paused = true
+  }
+
+  /** Resumes a process stopped by pause() (SIGCONT). */
+  resume() {
+    this.child.kill('SIGCONT')
+    this.paused = false
+  }
+
   /** Kills the child (SIGKILL by default) and resolves once it has exited. */
   async kill(signal = 'SIGKILL') {
     if (this.running) {
       try {
         this.child.kill(signal)
+        // a stopped process cannot act on a catchable signal until it is continued
+        if (this.paused && signal !== 'SIGKILL') this.child.kill('SIGCONT')
       } catch {}
     }
     await withTimeout(this.exited, 5000, `${this.name} exit after ${signal}`)
@@ -140,12 +160,18 @@ class PeerProcess {
 
 /**
  * Starts a peer process and resolves once it reports its address.
- * options: { id, seeds: [address], bucket, listen, timeout }
+ * options: { id, seeds: [address], bucket, listen, timeout,
+ *   options: further Peer options (maxClockSkew, tombstoneMinAge, memberTimeout, ...),
+ *   env: extra environment (e.g. PEER_BUCKETS_TEST_CLOCK_OFFSET_MS),
+ *   changeEvents: false to stop the child forwarding every bucket 'change' event }
  */
-async function spawnPeer({ id, seeds = [], bucket, listen, timeout = 10000 } = {}) {
+async function spawnPeer({ id, seeds = [], bucket, listen, timeout = 10000, options, env: extraEnv, changeEvents = true } = {}) {
   const env = { ...process.env, PB_ID: id || '', PB_SEEDS: seeds.join(',') }
   if (bucket) env.PB_BUCKET = bucket
   if (listen) env.PB_LISTEN = listen
+  if (options) env.PB_OPTIONS = JSON.stringify(options)
+  if (!changeEvents) env.PB_CHANGE_EVENTS = '0'
+  Object.assign(env, extraEnv)
   delete env.NODE_OPTIONS // jest's own flags are not for the children
   const child = fork(FIXTURE, [], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
   const proc = new PeerProcess(child, `peer-process(${id || child.pid})`)

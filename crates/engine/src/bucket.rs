@@ -1,5 +1,5 @@
-//! A named bucket replica: its store, the subscriber that receives its changes, and the hook that wakes
-//! the links when a local write needs sending.
+//! A named bucket replica: its store, the subscriber that receives its changes (writes and expiries),
+//! and the hook that wakes the links when a local write needs sending.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use crate::store::{Change, MemoryStore, Store, Write};
+use crate::store::{Change, Lifetime, MemoryStore, Store, Write};
 
 /// Called after every local write so that link writers send it.
 pub trait WriteSignal: Send + Sync + 'static {
@@ -72,8 +72,30 @@ impl Bucket {
         self.store.read(key, self.now_ms(), &mut |_| {})
     }
 
+    /// Live keys: expiries due by now are swept first, so the count never includes an expired key.
     pub fn len(&self) -> usize {
-        self.store.live_len(self.now_ms())
+        self.sweep();
+        self.store.live_len()
+    }
+
+    /// Reports the keys whose time is up (a 'change' with no value) and queues them for collection.
+    pub fn sweep(&self) {
+        let now = self.now_ms();
+        if self.store.next_expiry().is_none_or(|at| at > now) {
+            return;
+        }
+        let listening = self.has_subscriber.load(Ordering::Acquire);
+        self.store.expire(now, &mut |key| {
+            if listening {
+                self.send(Change {
+                    key: key.clone(),
+                    value: None,
+                    origin: self.me.clone(),
+                    local: true,
+                    expired: true,
+                });
+            }
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,18 +107,26 @@ impl Bucket {
     }
 
     /// Writes locally (a value, or a tombstone when `value` is `None`) and queues it for every link.
-    pub fn write(&self, key: Arc<str>, value: Option<Box<[u8]>>, expires_ms: u64) -> Write {
+    pub fn write(&self, key: Arc<str>, value: Option<Box<[u8]>>, lifetime: Lifetime) -> Write {
         let listening = self.has_subscriber.load(Ordering::Acquire);
         // Changes are emitted under the store's lock, so listeners see them in the order they applied.
-        let write =
-            self.store
-                .write_local(&self.me, &self.clock, key, value, expires_ms, &mut |w| {
-                    if listening {
-                        self.emit(w, &self.me, true)
-                    }
-                });
+        let write = self
+            .store
+            .write_local(&self.me, &self.clock, key, value, lifetime, &mut |w| {
+                if listening {
+                    self.emit(w, &self.me, true)
+                }
+            });
         self.signal.local_write();
         write
+    }
+
+    /// Extends a live key's expiry to `ttl_ms` from now and queues the touch for every link; `None`
+    /// when the key is absent or expired (a touch never brings a key back).
+    pub fn touch(&self, key: Arc<str>, ttl_ms: u64) -> Option<Write> {
+        let write = self.store.touch_local(&self.me, &self.clock, key, ttl_ms)?;
+        self.signal.local_write();
+        Some(write)
     }
 
     /// Merges writes from another replica; returns how many were new.
@@ -113,13 +143,18 @@ impl Bucket {
     }
 
     fn emit(&self, w: &Write, origin: &Origin, local: bool) {
+        self.send(Change {
+            key: w.key.clone(),
+            value: w.value.clone(),
+            origin: origin.clone(),
+            local,
+            expired: false,
+        });
+    }
+
+    fn send(&self, change: Change) {
         if let Some(tx) = &*self.subscriber.lock() {
-            let _ = tx.send(Change {
-                key: w.key.clone(),
-                value: w.value.clone(),
-                origin: origin.clone(),
-                local,
-            });
+            let _ = tx.send(change);
         }
     }
 

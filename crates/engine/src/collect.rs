@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 
 use hashbrown::HashMap;
 
-use crate::clock::Hlc;
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
 use crate::sync::{Local, Session};
@@ -29,8 +28,8 @@ struct Round {
     union: Context,
     /// What every member held.
     common: Context,
-    /// Tombstones below this hlc were older than the minimum age.
-    older_than: Hlc,
+    /// Entries dead before this time (ms) were older than the minimum age.
+    older_than: u64,
 }
 
 #[derive(Default)]
@@ -70,8 +69,7 @@ impl Collector {
             return 0;
         }
         let min_age = local.tombstone_min_age_ms;
-        let older_than =
-            Hlc::from_parts(local.clock.now().physical_ms().saturating_sub(min_age), 0);
+        let older_than = local.clock.now().physical_ms().saturating_sub(min_age);
         let mut dropped = 0;
         for bucket in local.bucket_list() {
             let store = bucket.store();

@@ -21,7 +21,7 @@ use crate::link;
 use crate::membership::{Members, PeerEvent, PeerInfo};
 use crate::replica::Origin;
 use crate::secure::Security;
-use crate::store::Write;
+use crate::store::{Lifetime, Write};
 use crate::sync::{Fetches, LinkSignal, Local, PullPlanner, Session};
 use crate::wire::Message;
 
@@ -286,11 +286,11 @@ impl Node {
         bucket: &Bucket,
         key: Arc<str>,
         value: Option<Box<[u8]>>,
-        expires_ms: u64,
+        lifetime: Lifetime,
         level: AckLevel,
         timeout: Duration,
     ) -> (Write, Registered) {
-        let write = bucket.write(key, value, expires_ms);
+        let write = bucket.write(key, value, lifetime);
         if level == AckLevel::Local {
             return (write, Registered::Met(Vec::new()));
         }
@@ -422,7 +422,8 @@ impl Node {
     }
 }
 
-/// Runs the node's clockwork: ack timeouts every few milliseconds, pull planning every `pull_every`,
+/// Runs the node's clockwork: ack timeouts every few milliseconds, expiry sweeps every 50 ms (keys whose
+/// time is up are reported and queued for collection), pull planning every `pull_every`,
 /// tombstone collection every `collect_every`, and forgetting members gone past `member_timeout`.
 async fn periodic(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
@@ -430,6 +431,7 @@ async fn periodic(shared: Arc<Shared>) {
     let mut collector = Collector::default();
     let mut last_plan = Instant::now();
     let mut last_collect = Instant::now();
+    let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -438,6 +440,12 @@ async fn periodic(shared: Arc<Shared>) {
         let local = &shared.local;
         if local.acks.pending() > 0 {
             local.acks.expire(local.clock.wall_ms());
+        }
+        if last_sweep.elapsed() >= Duration::from_millis(50) {
+            last_sweep = Instant::now();
+            for b in local.bucket_list() {
+                b.sweep();
+            }
         }
         if last_plan.elapsed() >= shared.config.pull_every {
             last_plan = Instant::now();

@@ -649,6 +649,42 @@ mod tests {
         Ok(used_total)
     }
 
+    /// The figures in the README: `cargo test --release -p peer-buckets-engine -- --ignored
+    /// handshake_and_record_cost --nocapture`.
+    #[test]
+    #[ignore]
+    fn handshake_and_record_cost() {
+        let s = keyed(&["correct horse battery staple"]);
+        let rounds = 2000;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            let [d, a] = handshake_in_memory(&s, &s);
+            assert!(matches!(d, Outcome::Established(Some(_))));
+            assert!(matches!(a, Outcome::Established(Some(_))));
+        }
+        let per = started.elapsed() / rounds;
+        println!("handshake, both ends: {per:?}");
+        let [d, a] = handshake_in_memory(&s, &s);
+        let (mut sealer, _) = established(d).unwrap();
+        let (_, mut opener) = established(a).unwrap();
+        let batch = vec![7u8; 1 << 20];
+        let mut wire = Vec::with_capacity(batch.len() + 1024);
+        let mut plain = Vec::with_capacity(batch.len());
+        let started = std::time::Instant::now();
+        let mb = 256;
+        for _ in 0..mb {
+            wire.clear();
+            plain.clear();
+            sealer.seal(&batch, &mut wire).unwrap();
+            let mut at = 0;
+            while at < wire.len() {
+                at += opener.open(&wire[at..], &mut plain).unwrap();
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!("seal + open: {:.0} MB/s", mb as f64 / secs);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_the_handshake(

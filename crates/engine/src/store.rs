@@ -1,24 +1,30 @@
 //! Bucket storage: the `Store` trait every backend implements, and `MemoryStore`, the default backend.
 //!
 //! A bucket replica is a last-writer-wins map with a causal context:
-//! - `key -> Entry`: the winning register per key, a value or a tombstone, with its hlc and dot;
-//! - per origin, an index `seq -> key` holding exactly the dots of the registers stored now (superseded
-//!   writes leave it), so catch-up can walk "what origin X wrote after seq n" without a history log;
-//! - per origin, the context: every seq this replica has applied or been told is covered.
-//!
+//! - `key -> Entry`: per key two registers. The value register holds a value or a tombstone (a set
+//!   writes it with its expiry, a delete with none); the touch register, present only when a `touch`
+//!   is newer than the value register, holds a later expiry. A touch can therefore neither revert a
+//!   newer set nor revive a deleted key.
+//! - per origin, an index `seq -> key` holding exactly the dots of the registers stored now, so
+//!   catch-up can walk "what origin X wrote after seq n" without a history log;
 //! - per origin, superseded markers `seq -> key` for dots whose write lost to a newer one, kept until
-//!   every member holds the key's current register.
+//!   every member holds the key's current registers;
+//! - per origin, the context: every seq this replica has applied or been told is covered.
 //!
 //! A dot enters the context under the same lock that puts its entry in the map and the index, so a
 //! reader of the context never claims a dot whose entry it cannot see. A chunk that covers superseded
-//! dots also carries the current register of their keys (the superseders): a replica that takes the
+//! dots also carries the current registers of their keys (the superseders): a replica that takes the
 //! coverage then holds something at least as new, even if the superseder's writer dies before anyone
 //! else has it.
 //!
-//! What a backend must guarantee: `merge` is the LWW rule of `Write::beats`, applied atomically per call
-//! with respect to `chunk` and `context_of`; merging the same write twice changes nothing; a write whose
-//! dot is already in the context is ignored. The memory store keeps everything in one `RwLock`ed state;
-//! a durable backend can wrap it and log what `merge` and `write_local` report.
+//! Expiry is an absolute time replicated with the value. An expired entry is hidden at once; a sweep
+//! (`expire`) driven by a time-ordered heap reports it and hands it, like a tombstone, to collection,
+//! which drops dead entries once every member holds their dots (see `collect`).
+//!
+//! What a backend must guarantee: `merge` applies the LWW rule of `beats` per register, atomically per
+//! call with respect to `chunk` and `context_of`; merging the same write twice changes nothing; a write
+//! whose dot is already in the context is ignored. The memory store keeps everything in one `RwLock`ed
+//! state; a durable backend can wrap it and log what `merge`, `write_local` and `touch_local` report.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -37,30 +43,121 @@ pub struct Write {
     pub key: Arc<str>,
     pub hlc: Hlc,
     pub seq: u64,
-    /// Encoded value (see `value` module), or `None` for a delete.
+    /// Encoded value (see `value` module), or `None` for a delete (or a touch).
     #[serde(with = "serde_bytes")]
     pub value: Option<Box<[u8]>>,
     /// Absolute expiry in physical milliseconds since the epoch; 0 means never.
     pub expires_ms: u64,
+    /// A touch: writes only the expiry register (`value` is `None` and ignored).
+    pub touch: bool,
 }
 
-/// The register stored for a key.
+/// When a locally written value expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifetime {
+    Forever,
+    /// This many milliseconds after the write's own timestamp.
+    Ttl(u64),
+    /// At this absolute time (physical milliseconds since the epoch).
+    Until(u64),
+}
+
+/// A touch register: a later expiry for the value stored.
+#[derive(Clone, Debug)]
+pub struct TouchRegister {
+    pub expires_ms: u64,
+    pub hlc: Hlc,
+    pub origin: Origin,
+    pub seq: u64,
+}
+
+/// The registers stored for a key.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The value register: a value, or `None` for a tombstone (or, with `seq == 0`, no value register yet:
+    /// a touch that arrived before the write it touched).
     pub value: Option<Box<[u8]>>,
     pub hlc: Hlc,
     pub origin: Origin,
     pub seq: u64,
+    /// Expiry written with the value.
     pub expires_ms: u64,
+    pub touch: Option<Box<TouchRegister>>,
 }
 
 impl Entry {
+    /// The expiry in force: the touch register's when there is one (it is newer), else the value's.
+    pub fn expiry(&self) -> u64 {
+        self.touch
+            .as_ref()
+            .map_or(self.expires_ms, |t| t.expires_ms)
+    }
+
+    fn expired_at(&self, now_ms: u64) -> bool {
+        let e = self.expiry();
+        e != 0 && e <= now_ms
+    }
+
     /// The value if the entry is neither a tombstone nor expired at `now_ms`.
     pub fn live_value(&self, now_ms: u64) -> Option<&[u8]> {
-        if self.expires_ms != 0 && self.expires_ms <= now_ms {
+        if self.expired_at(now_ms) {
             return None;
         }
         self.value.as_deref()
+    }
+
+    /// When the entry stopped holding a live value at `now_ms`, if it did: for a tombstone the newest
+    /// of its registers' times, for an expired value its expiry.
+    fn death_ms(&self, now_ms: u64) -> Option<u64> {
+        if self.value.is_none() {
+            let touched = self.touch.as_ref().map_or(Hlc(0), |t| t.hlc);
+            return Some(self.hlc.max(touched).physical_ms());
+        }
+        self.expired_at(now_ms).then(|| self.expiry())
+    }
+
+    fn value_write(&self, key: &Arc<str>) -> Option<Write> {
+        (self.seq > 0).then(|| Write {
+            key: key.clone(),
+            hlc: self.hlc,
+            seq: self.seq,
+            value: self.value.clone(),
+            expires_ms: self.expires_ms,
+            touch: false,
+        })
+    }
+
+    fn touch_write(&self, key: &Arc<str>) -> Option<(Origin, Write)> {
+        self.touch.as_ref().map(|t| {
+            (
+                t.origin.clone(),
+                Write {
+                    key: key.clone(),
+                    hlc: t.hlc,
+                    seq: t.seq,
+                    value: None,
+                    expires_ms: t.expires_ms,
+                    touch: true,
+                },
+            )
+        })
+    }
+
+    /// The registers as writes of their origins.
+    fn writes(&self, key: &Arc<str>) -> impl Iterator<Item = (Origin, Write)> {
+        let value = self.value_write(key).map(|w| (self.origin.clone(), w));
+        value.into_iter().chain(self.touch_write(key))
+    }
+
+    /// The register of `origin` with dot `seq`, as a write.
+    fn write_for(&self, key: &Arc<str>, origin: &Origin, seq: u64) -> Option<Write> {
+        if self.seq == seq && self.origin == *origin {
+            return self.value_write(key);
+        }
+        match &self.touch {
+            Some(t) if t.seq == seq && t.origin == *origin => self.touch_write(key).map(|(_, w)| w),
+            _ => None,
+        }
     }
 }
 
@@ -73,32 +170,38 @@ pub fn beats(hlc: Hlc, origin: &Origin, than_hlc: Hlc, than_origin: &Origin) -> 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub key: Arc<str>,
+    /// The new value; `None` when deleted or expired.
     pub value: Option<Box<[u8]>>,
     pub origin: Origin,
     pub local: bool,
+    /// The key expired (rather than being written).
+    pub expired: bool,
 }
 
 /// Storage backend of one bucket replica. See the module comment for what an implementation promises.
 pub trait Store: Send + Sync + 'static {
     /// Calls `f` with the live value of `key` at `now_ms`; returns whether there was one.
     fn read(&self, key: &str, now_ms: u64, f: &mut dyn FnMut(&[u8])) -> bool;
-    /// How many keys are live at `now_ms`.
-    fn live_len(&self, now_ms: u64) -> usize;
+    /// How many keys are live; exact once `expire` has run up to now.
+    fn live_len(&self) -> usize;
     /// Visits every live key under `prefix` with its value.
     fn scan(&self, prefix: &str, now_ms: u64, f: &mut dyn FnMut(&str, &[u8]));
-    /// Applies a local write: ticks `clock`, takes the next seq of `me`, stores it (a local write always
-    /// wins) and returns it as it will travel.
+    /// Applies a local write (a value, or a tombstone when `value` is `None`): ticks `clock`, takes the
+    /// next seq of `me`, stores it (a local write always wins) and returns it as it will travel.
     fn write_local(
         &self,
         me: &Origin,
         clock: &Clock,
         key: Arc<str>,
         value: Option<Box<[u8]>>,
-        expires_ms: u64,
+        lifetime: Lifetime,
         on_change: &mut dyn FnMut(&Write),
     ) -> Write;
+    /// Extends the expiry of a live key to `ttl_ms` after now, without rewriting its value. `None` (and
+    /// nothing written) when the key is absent or expired.
+    fn touch_local(&self, me: &Origin, clock: &Clock, key: Arc<str>, ttl_ms: u64) -> Option<Write>;
     /// Merges writes from `origin`, then adds `covered` to the origin's context. `on_change` is called
-    /// for every write that won. Returns how many writes were new (not already in the context).
+    /// for every write that changed a key's value. Returns how many writes were new.
     fn merge(
         &self,
         origin: &Origin,
@@ -106,27 +209,36 @@ pub trait Store: Send + Sync + 'static {
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(&Write),
     ) -> usize;
+    /// Reports (through `on_expired`) every key whose value expired by `now_ms` since the last call,
+    /// and queues it for collection.
+    fn expire(&self, now_ms: u64, on_expired: &mut dyn FnMut(&Arc<str>));
+    /// The earliest pending expiry, if any (so callers can skip `expire` cheaply).
+    fn next_expiry(&self) -> Option<u64>;
     /// This replica's context for every origin it knows.
     fn context(&self) -> Vec<(Origin, SeqRanges)>;
     /// This replica's context for one origin.
     fn context_of(&self, origin: &Origin) -> SeqRanges;
-    /// The stored writes of `origin` with seqs in `start..=end`, at most `max_writes` of them, plus the
-    /// part of the context they stand for (`start..=last` where `last` is `end` unless the limit cut the
-    /// walk short, intersected with the context) and the current registers of keys whose writes in
-    /// that part were superseded. Read under one lock, so they agree.
+    /// The stored writes of `origin` with seqs in `start..=end`, within `limits`, plus the part of the
+    /// context they stand for (`start..=last` where `last` is `end` unless the limits cut the walk short,
+    /// intersected with the context) and the current registers of keys whose writes in that part were
+    /// superseded. Read under one lock, so they agree.
     fn chunk(&self, origin: &Origin, start: u64, end: u64, limits: ChunkLimits) -> Chunk;
     /// Visits every stored register under `prefix` (tombstones and expired entries too) as a write of
     /// its origin; what a partial fetch sends.
     fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write));
     /// Entries held (live, tombstones and expired alike); for stats.
     fn entry_count(&self) -> usize;
-    /// Tombstones held; for stats.
+    /// Dead entries (tombstones and expired values) held until collection; for stats.
     fn tombstone_count(&self) -> usize;
-    /// Drops tombstones with hlc below `older_than` whose dot `collectable` accepts (every member holds
-    /// it). Context and other entries are untouched. Returns how many were dropped.
-    fn collect(&self, older_than: Hlc, collectable: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
-    /// Drops superseded markers whose key's current register `everywhere` accepts (every member holds
-    /// it), or whose key is gone. Returns how many were dropped.
+    /// Drops dead entries (tombstones, expired values) that died before `older_than_ms` and whose every
+    /// register dot `collectable` accepts (every member holds it). Returns how many were dropped.
+    fn collect(
+        &self,
+        older_than_ms: u64,
+        collectable: &mut dyn FnMut(&Origin, u64) -> bool,
+    ) -> usize;
+    /// Drops superseded markers whose key's current registers `everywhere` accepts (every member holds
+    /// them), or whose key is gone. Returns how many were dropped.
     fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
     /// The seqs of `origin` stored now (one per register), within `within`.
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
@@ -177,84 +289,175 @@ struct OriginState {
     superseded: BTreeMap<u64, Arc<str>>,
 }
 
-/// A tombstone waiting for collection, ordered by hlc (oldest first in the heap).
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Pending {
-    hlc: Hlc,
-    origin: Origin,
-    seq: u64,
-    key: Arc<str>,
-}
-
 #[derive(Default)]
 struct State {
     entries: HashMap<Arc<str>, Entry>,
     /// Ordered, so everything derived from it (contexts, chunks) comes out the same on every run.
     origins: BTreeMap<Origin, OriginState>,
-    /// Every tombstone stored, oldest first; stale items (the key was written since) are skipped.
-    tombstones: BinaryHeap<Reverse<Pending>>,
-    tombstone_count: usize,
+    /// Pending expiries `(time, key)`, earliest first; stale items (the key changed since) are skipped.
+    expiries: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    /// Dead entries waiting for collection `(death time, key)`, earliest first; stale items skipped.
+    dead: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    /// Every expiry up to this time has been swept; reads never look earlier than it.
+    swept_until: u64,
+    /// Entries holding a value (expired or not), and those among them swept as expired.
+    with_value: usize,
+    expired: usize,
+    /// Entries holding no value (tombstones, touch-only placeholders).
+    valueless: usize,
 }
 
 impl State {
-    /// Stores `entry` for `key` if it beats what is there; keeps the per-origin indexes and the
-    /// superseded markers exact.
-    fn put_if_newer(&mut self, key: &Arc<str>, entry: Entry) -> bool {
-        let (origin, seq, hlc, is_tombstone) = (
-            entry.origin.clone(),
-            entry.seq,
-            entry.hlc,
-            entry.value.is_none(),
-        );
-        match self.entries.get_mut(key) {
-            Some(existing) => {
-                if !beats(entry.hlc, &entry.origin, existing.hlc, &existing.origin) {
-                    self.origins
-                        .entry(origin)
-                        .or_default()
-                        .superseded
-                        .insert(seq, key.clone());
-                    return false;
-                }
-                if let Some(o) = self.origins.get_mut(&existing.origin) {
-                    o.index.remove(&existing.seq);
-                    o.superseded.insert(existing.seq, key.clone());
-                }
-                if existing.value.is_none() {
-                    self.tombstone_count -= 1;
-                }
-                *existing = entry;
+    /// Adds (`+1`) or removes (`-1`) an entry's share of the counters.
+    fn tally(&mut self, e: &Entry, sign: isize) {
+        let bump = |n: &mut usize| *n = n.checked_add_signed(sign).expect("counter in range");
+        if e.value.is_some() {
+            bump(&mut self.with_value);
+            if e.expired_at(self.swept_until) {
+                bump(&mut self.expired);
             }
-            None => {
-                self.entries.insert(key.clone(), entry);
+        } else {
+            bump(&mut self.valueless);
+        }
+    }
+
+    /// Queues what a freshly stored entry needs: its expiry, or its collection if already dead.
+    fn schedule(&mut self, key: &Arc<str>) {
+        let e = &self.entries[key];
+        let expiry = e.expiry();
+        match e.death_ms(self.swept_until) {
+            Some(death) => self.dead.push(Reverse((death, key.clone()))),
+            None if expiry != 0 => self.expiries.push(Reverse((expiry, key.clone()))),
+            None => {}
+        }
+    }
+
+    fn index_insert(&mut self, origin: &Origin, seq: u64, key: &Arc<str>) {
+        if seq > 0 {
+            self.origins
+                .entry(origin.clone())
+                .or_default()
+                .index
+                .insert(seq, key.clone());
+        }
+    }
+
+    /// Moves a register's dot from the index to the superseded markers.
+    fn supersede(&mut self, origin: &Origin, seq: u64, key: &Arc<str>) {
+        if seq == 0 {
+            return;
+        }
+        let o = self.origins.entry(origin.clone()).or_default();
+        o.index.remove(&seq);
+        o.superseded.insert(seq, key.clone());
+    }
+
+    /// Applies one register write of `origin` with LWW per register. Returns whether the key's value
+    /// register changed (a change listeners hear about).
+    fn apply(&mut self, origin: &Origin, w: &Write) -> bool {
+        let key = &w.key;
+        let old = self.entries.remove(key);
+        if let Some(e) = &old {
+            self.tally(e, -1);
+        }
+        let (entry, value_changed) = match (old, w.touch) {
+            (None, false) => (
+                Entry {
+                    value: w.value.clone(),
+                    hlc: w.hlc,
+                    origin: origin.clone(),
+                    seq: w.seq,
+                    expires_ms: w.expires_ms,
+                    touch: None,
+                },
+                true,
+            ),
+            (None, true) => (
+                // The touch came before the write it touched: keep it; the write will land under it.
+                Entry {
+                    value: None,
+                    hlc: Hlc(0),
+                    origin: origin.clone(),
+                    seq: 0,
+                    expires_ms: 0,
+                    touch: Some(Box::new(TouchRegister {
+                        expires_ms: w.expires_ms,
+                        hlc: w.hlc,
+                        origin: origin.clone(),
+                        seq: w.seq,
+                    })),
+                },
+                false,
+            ),
+            (Some(mut e), false) => {
+                if beats(w.hlc, origin, e.hlc, &e.origin) {
+                    self.supersede(&e.origin.clone(), e.seq, key);
+                    if let Some(t) = &e.touch {
+                        if beats(w.hlc, origin, t.hlc, &t.origin) {
+                            let (o, s) = (t.origin.clone(), t.seq);
+                            self.supersede(&o, s, key);
+                            e.touch = None;
+                        }
+                    }
+                    e.value = w.value.clone();
+                    e.hlc = w.hlc;
+                    e.origin = origin.clone();
+                    e.seq = w.seq;
+                    e.expires_ms = w.expires_ms;
+                    (e, true)
+                } else {
+                    self.supersede(origin, w.seq, key);
+                    (e, false)
+                }
             }
+            (Some(mut e), true) => {
+                let beats_value = e.seq == 0 || beats(w.hlc, origin, e.hlc, &e.origin);
+                let beats_touch = e
+                    .touch
+                    .as_ref()
+                    .is_none_or(|t| beats(w.hlc, origin, t.hlc, &t.origin));
+                if beats_value && beats_touch {
+                    if let Some(t) = e.touch.take() {
+                        self.supersede(&t.origin, t.seq, key);
+                    }
+                    e.touch = Some(Box::new(TouchRegister {
+                        expires_ms: w.expires_ms,
+                        hlc: w.hlc,
+                        origin: origin.clone(),
+                        seq: w.seq,
+                    }));
+                } else {
+                    self.supersede(origin, w.seq, key);
+                }
+                (e, false)
+            }
+        };
+        let stored = entry.write_for(key, origin, w.seq).is_some();
+        self.tally(&entry, 1);
+        self.entries.insert(key.clone(), entry);
+        if stored {
+            self.index_insert(origin, w.seq, key);
         }
-        self.origins
-            .entry(origin.clone())
-            .or_default()
-            .index
-            .insert(seq, key.clone());
-        if is_tombstone {
-            self.tombstone_count += 1;
-            self.tombstones.push(Reverse(Pending {
-                hlc,
-                origin,
-                seq,
-                key: key.clone(),
-            }));
-        }
-        true
+        self.schedule(key);
+        value_changed
     }
 
     fn remove_entry(&mut self, key: &str) {
         if let Some(e) = self.entries.remove(key) {
+            self.tally(&e, -1);
             if let Some(o) = self.origins.get_mut(&e.origin) {
                 o.index.remove(&e.seq);
             }
-            if e.value.is_none() {
-                self.tombstone_count -= 1;
+            if let Some(t) = &e.touch {
+                if let Some(o) = self.origins.get_mut(&t.origin) {
+                    o.index.remove(&t.seq);
+                }
             }
         }
+    }
+
+    fn now(&self, now_ms: u64) -> u64 {
+        now_ms.max(self.swept_until)
     }
 }
 
@@ -273,7 +476,11 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn read(&self, key: &str, now_ms: u64, f: &mut dyn FnMut(&[u8])) -> bool {
         let state = self.state.read();
-        match state.entries.get(key).and_then(|e| e.live_value(now_ms)) {
+        match state
+            .entries
+            .get(key)
+            .and_then(|e| e.live_value(state.now(now_ms)))
+        {
             Some(v) => {
                 f(v);
                 true
@@ -282,20 +489,17 @@ impl Store for MemoryStore {
         }
     }
 
-    fn live_len(&self, now_ms: u64) -> usize {
+    fn live_len(&self) -> usize {
         let state = self.state.read();
-        state
-            .entries
-            .values()
-            .filter(|e| e.live_value(now_ms).is_some())
-            .count()
+        state.with_value - state.expired
     }
 
     fn scan(&self, prefix: &str, now_ms: u64, f: &mut dyn FnMut(&str, &[u8])) {
         let state = self.state.read();
+        let now = state.now(now_ms);
         for (k, e) in state.entries.iter() {
             if k.starts_with(prefix) {
-                if let Some(v) = e.live_value(now_ms) {
+                if let Some(v) = e.live_value(now) {
                     f(k, v);
                 }
             }
@@ -308,40 +512,58 @@ impl Store for MemoryStore {
         clock: &Clock,
         key: Arc<str>,
         value: Option<Box<[u8]>>,
-        expires_ms: u64,
+        lifetime: Lifetime,
         on_change: &mut dyn FnMut(&Write),
     ) -> Write {
         let mut state = self.state.write();
         let hlc = clock.tick();
-        let seq = state
-            .origins
-            .get(me)
-            .map_or(0, |o| o.context.max())
+        let o = state.origins.entry(me.clone()).or_default();
+        let seq = o
+            .context
+            .max()
             .checked_add(1)
             .expect("sequence numbers exhausted");
-        let entry = Entry {
-            value: value.clone(),
-            hlc,
-            origin: me.clone(),
-            seq,
-            expires_ms,
+        o.context.insert(seq);
+        let expires_ms = match (lifetime, &value) {
+            (_, None) | (Lifetime::Forever, _) => 0,
+            (Lifetime::Ttl(ms), _) => hlc.physical_ms().saturating_add(ms.max(1)),
+            (Lifetime::Until(at), _) => at,
         };
-        state.put_if_newer(&key, entry);
-        state
-            .origins
-            .entry(me.clone())
-            .or_default()
-            .context
-            .insert(seq);
         let write = Write {
             key,
             hlc,
             seq,
             value,
             expires_ms,
+            touch: false,
         };
+        state.apply(me, &write);
         on_change(&write);
         write
+    }
+
+    fn touch_local(&self, me: &Origin, clock: &Clock, key: Arc<str>, ttl_ms: u64) -> Option<Write> {
+        let mut state = self.state.write();
+        let now = state.now(clock.now().physical_ms());
+        state.entries.get(&key)?.live_value(now)?;
+        let hlc = clock.tick();
+        let o = state.origins.entry(me.clone()).or_default();
+        let seq = o
+            .context
+            .max()
+            .checked_add(1)
+            .expect("sequence numbers exhausted");
+        o.context.insert(seq);
+        let write = Write {
+            key,
+            hlc,
+            seq,
+            value: None,
+            expires_ms: hlc.physical_ms().saturating_add(ttl_ms.max(1)),
+            touch: true,
+        };
+        state.apply(me, &write);
+        Some(write)
     }
 
     fn merge(
@@ -362,22 +584,15 @@ impl Store for MemoryStore {
                 continue;
             }
             fresh += 1;
-            let entry = Entry {
-                value: w.value.clone(),
-                hlc: w.hlc,
-                origin: origin.clone(),
-                seq: w.seq,
-                expires_ms: w.expires_ms,
-            };
-            if state.put_if_newer(&w.key, entry) {
-                on_change(&w);
-            }
             state
                 .origins
                 .entry(origin.clone())
                 .or_default()
                 .context
                 .insert(w.seq);
+            if state.apply(origin, &w) {
+                on_change(&w);
+            }
         }
         if !covered.is_empty() {
             state
@@ -388,6 +603,37 @@ impl Store for MemoryStore {
                 .union_with(covered);
         }
         fresh
+    }
+
+    fn expire(&self, now_ms: u64, on_expired: &mut dyn FnMut(&Arc<str>)) {
+        let mut state = self.state.write();
+        let now = state.now(now_ms);
+        let before = state.swept_until;
+        state.swept_until = now;
+        while let Some(Reverse((at, _))) = state.expiries.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((at, key)) = state.expiries.pop().expect("peeked");
+            let Some(e) = state.entries.get(&key) else {
+                continue;
+            };
+            // Stale unless this is still the key's expiry, it holds a value and it crossed just now.
+            if e.expiry() != at || e.value.is_none() || at <= before {
+                continue;
+            }
+            state.expired += 1;
+            state.dead.push(Reverse((at, key.clone())));
+            on_expired(&key);
+        }
+    }
+
+    fn next_expiry(&self) -> Option<u64> {
+        self.state
+            .read()
+            .expiries
+            .peek()
+            .map(|Reverse((at, _))| *at)
     }
 
     fn context(&self) -> Vec<(Origin, SeqRanges)> {
@@ -414,13 +660,6 @@ impl Store for MemoryStore {
         let Some(o) = state.origins.get(origin) else {
             return Chunk::default();
         };
-        let register = |key: &Arc<str>, e: &Entry| Write {
-            key: key.clone(),
-            hlc: e.hlc,
-            seq: e.seq,
-            value: e.value.clone(),
-            expires_ms: e.expires_ms,
-        };
         let mut chunk = Chunk::default();
         let mut bytes = 0;
         let mut last = end;
@@ -445,27 +684,37 @@ impl Store for MemoryStore {
                     (b, k, false)
                 }
             };
-            let item = if is_stored {
-                Some((None, register(key, &state.entries[key])))
-            } else {
-                state.entries.get(key).and_then(|e| {
-                    let listed = chunk.superseders.iter().any(|(_, w)| w.key == *key);
-                    (!listed).then(|| (Some(e.origin.clone()), register(key, e)))
-                })
-            };
-            let Some((other, write)) = item else {
+            let Some(e) = state.entries.get(key) else {
                 continue;
             };
-            let size = write.key.len() + write.value.as_ref().map_or(0, |v| v.len()) + 32;
+            let items: Vec<(Option<Origin>, Write)> = if is_stored {
+                e.write_for(key, origin, seq)
+                    .map(|w| (None, w))
+                    .into_iter()
+                    .collect()
+            } else if chunk.superseders.iter().any(|(_, w)| w.key == *key) {
+                Vec::new()
+            } else {
+                e.writes(key).map(|(o, w)| (Some(o), w)).collect()
+            };
+            if items.is_empty() {
+                continue;
+            }
+            let size: usize = items
+                .iter()
+                .map(|(_, w)| w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40)
+                .sum();
             let count = chunk.writes.len() + chunk.superseders.len();
             if count > 0 && (count >= limits.max_writes || bytes + size > limits.max_bytes) {
                 last = seq - 1;
                 break;
             }
             bytes += size;
-            match other {
-                None => chunk.writes.push(write),
-                Some(o) => chunk.superseders.push((o, write)),
+            for (other, write) in items {
+                match other {
+                    None => chunk.writes.push(write),
+                    Some(o) => chunk.superseders.push((o, write)),
+                }
             }
         }
         // A superseder that is itself one of the chunk's writes need not travel twice.
@@ -481,16 +730,9 @@ impl Store for MemoryStore {
         let state = self.state.read();
         for (k, e) in state.entries.iter() {
             if k.starts_with(prefix) {
-                f(
-                    &e.origin,
-                    Write {
-                        key: k.clone(),
-                        hlc: e.hlc,
-                        seq: e.seq,
-                        value: e.value.clone(),
-                        expires_ms: e.expires_ms,
-                    },
-                );
+                for (o, w) in e.writes(k) {
+                    f(&o, w);
+                }
             }
         }
     }
@@ -500,46 +742,60 @@ impl Store for MemoryStore {
     }
 
     fn tombstone_count(&self) -> usize {
-        self.state.read().tombstone_count
+        let state = self.state.read();
+        state.valueless + state.expired
     }
 
-    fn collect(&self, older_than: Hlc, collectable: &mut dyn FnMut(&Origin, u64) -> bool) -> usize {
+    fn collect(
+        &self,
+        older_than_ms: u64,
+        collectable: &mut dyn FnMut(&Origin, u64) -> bool,
+    ) -> usize {
         let mut state = self.state.write();
         let mut dropped = 0;
         let mut keep = Vec::new();
-        while let Some(Reverse(top)) = state.tombstones.peek() {
-            if top.hlc >= older_than {
+        let now = state.swept_until;
+        while let Some(Reverse((at, _))) = state.dead.peek() {
+            if *at >= older_than_ms {
                 break;
             }
-            let Reverse(p) = state.tombstones.pop().expect("peeked");
-            let current = state
-                .entries
-                .get(&p.key)
-                .is_some_and(|e| e.value.is_none() && e.origin == p.origin && e.seq == p.seq);
-            if !current {
+            let Reverse((at, key)) = state.dead.pop().expect("peeked");
+            let Some(e) = state.entries.get(&key) else {
+                continue;
+            };
+            if e.death_ms(now) != Some(at) {
                 continue; // written again since; that write has its own fate
             }
-            if collectable(&p.origin, p.seq) {
-                state.remove_entry(&p.key);
+            let everywhere = e.writes(&key).all(|(o, w)| collectable(&o, w.seq));
+            if everywhere {
+                state.remove_entry(&key);
                 dropped += 1;
             } else {
-                keep.push(Reverse(p));
+                keep.push(Reverse((at, key)));
             }
         }
-        state.tombstones.extend(keep);
-        // Items of keys written again since are dropped lazily above; rebuild when they dominate.
-        if state.tombstones.len() > 4 * state.tombstone_count + 1024 {
+        state.dead.extend(keep);
+        // Stale heap items are dropped lazily; rebuild when they dominate.
+        let dead_now = state.valueless + state.expired;
+        if state.dead.len() > 4 * dead_now + 1024 {
             let state = &mut *state;
             let entries = &state.entries;
-            let live: Vec<_> = std::mem::take(&mut state.tombstones)
+            let items: Vec<_> = std::mem::take(&mut state.dead)
                 .into_iter()
-                .filter(|Reverse(p)| {
-                    entries.get(&p.key).is_some_and(|e| {
-                        e.value.is_none() && e.origin == p.origin && e.seq == p.seq
-                    })
+                .filter(|Reverse((at, k))| {
+                    entries.get(k).and_then(|e| e.death_ms(now)) == Some(*at)
                 })
                 .collect();
-            state.tombstones = live.into_iter().collect();
+            state.dead = items.into_iter().collect();
+        }
+        if state.expiries.len() > 4 * state.with_value + 1024 {
+            let state = &mut *state;
+            let entries = &state.entries;
+            let items: Vec<_> = std::mem::take(&mut state.expiries)
+                .into_iter()
+                .filter(|Reverse((at, k))| entries.get(k).is_some_and(|e| e.expiry() == *at))
+                .collect();
+            state.expiries = items.into_iter().collect();
         }
         dropped
     }
@@ -552,7 +808,7 @@ impl Store for MemoryStore {
         for o in state.origins.values_mut() {
             let before = o.superseded.len();
             o.superseded.retain(|_, key| match entries.get(key) {
-                Some(e) => !everywhere(&e.origin, e.seq),
+                Some(e) => !e.writes(key).all(|(o, w)| everywhere(&o, w.seq)),
                 None => false,
             });
             dropped += before - o.superseded.len();
@@ -575,18 +831,34 @@ impl Store for MemoryStore {
 
     fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize {
         let mut state = self.state.write();
-        let keys: Vec<Arc<str>> = match state.origins.get(origin) {
+        let found: Vec<(u64, Arc<str>)> = match state.origins.get(origin) {
             Some(o) => dots
                 .ranges()
                 .iter()
-                .flat_map(|&(a, b)| o.index.range(a..=b).map(|(_, k)| k.clone()))
+                .flat_map(|&(a, b)| o.index.range(a..=b).map(|(s, k)| (*s, k.clone())))
                 .collect(),
             None => return 0,
         };
-        for k in &keys {
-            state.remove_entry(k);
+        for (seq, key) in &found {
+            let Some(e) = state.entries.get(key) else {
+                continue;
+            };
+            if e.seq == *seq && e.origin == *origin {
+                state.remove_entry(key);
+            } else {
+                // Only the touch register was superseded elsewhere.
+                let mut e = state.entries.remove(key).expect("present");
+                state.tally(&e, -1);
+                e.touch = None;
+                if let Some(o) = state.origins.get_mut(origin) {
+                    o.index.remove(seq);
+                }
+                state.tally(&e, 1);
+                state.entries.insert(key.clone(), e);
+                state.schedule(key);
+            }
         }
-        keys.len()
+        found.len()
     }
 }
 
@@ -611,6 +883,7 @@ mod tests {
             seq,
             value: value.map(|v| v.as_bytes().into()),
             expires_ms: 0,
+            touch: false,
         }
     }
 
@@ -661,7 +934,7 @@ mod tests {
             &mut |_| {},
         );
         assert_eq!(get(&s, "k"), None);
-        assert_eq!(s.live_len(0), 0);
+        assert_eq!(s.live_len(), 0);
         assert_eq!(s.entry_count(), 1);
     }
 
@@ -677,7 +950,7 @@ mod tests {
                 &clock,
                 "k".into(),
                 Some(format!("v{i}").into_bytes().into()),
-                0,
+                Lifetime::Forever,
                 &mut |_| {},
             );
         }
@@ -736,7 +1009,7 @@ mod tests {
                 &clock,
                 format!("k{i}").into(),
                 Some(b"x".to_vec().into()),
-                0,
+                Lifetime::Forever,
                 &mut |_| {},
             );
         }
@@ -758,7 +1031,7 @@ mod tests {
                 &clock,
                 format!("k{i}").into(),
                 Some(big),
-                0,
+                Lifetime::Forever,
                 &mut |_| {},
             );
         }
@@ -778,6 +1051,91 @@ mod tests {
             1,
             "one write even when it alone is over"
         );
+    }
+
+    #[test]
+    fn a_touch_extends_a_live_key_but_never_revives_or_reverts() {
+        let t = ReplicaTable::new();
+        let (a, b) = (origin(&t, "a"), origin(&t, "b"));
+        let source = Arc::new(ManualClock::new(10_000));
+        let clock = Clock::new(Box::new(source.clone()));
+        let s = MemoryStore::new();
+        let set = s.write_local(
+            &a,
+            &clock,
+            "k".into(),
+            Some(b"v".to_vec().into()),
+            Lifetime::Ttl(100),
+            &mut |_| {},
+        );
+        assert_eq!(set.expires_ms, 10_100);
+        let touch = s
+            .touch_local(&a, &clock, "k".into(), 1_000)
+            .expect("live key");
+        assert!(touch.touch && touch.expires_ms == 11_000);
+        assert!(s.read("k", 10_500, &mut |_| {}), "the touch extended it");
+        assert!(s.touch_local(&a, &clock, "missing".into(), 1_000).is_none());
+        // A newer set from elsewhere replaces the expiry along with the value.
+        let mut newer = w("k", Hlc::from_parts(20_000, 0).0, 1, Some("n"));
+        newer.expires_ms = 20_050;
+        s.merge(&b, vec![newer], &SeqRanges::new(), &mut |_| {});
+        assert!(s.read("k", 20_000, &mut |_| {}));
+        assert!(!s.read("k", 20_050, &mut |_| {}));
+        // A touch older than a delete leaves the key deleted.
+        s.merge(
+            &b,
+            vec![w("k", Hlc::from_parts(30_000, 0).0, 2, None)],
+            &SeqRanges::new(),
+            &mut |_| {},
+        );
+        let mut old_touch = w("k", Hlc::from_parts(25_000, 0).0, 3, None);
+        old_touch.touch = true;
+        old_touch.expires_ms = 99_999;
+        s.merge(&b, vec![old_touch], &SeqRanges::new(), &mut |_| {});
+        assert!(!s.read("k", 30_000, &mut |_| {}));
+        assert_eq!(s.live_len(), 0);
+    }
+
+    #[test]
+    fn expiry_is_swept_reported_once_and_collected_like_a_tombstone() {
+        let t = ReplicaTable::new();
+        let a = origin(&t, "a");
+        let source = Arc::new(ManualClock::new(10_000));
+        let clock = Clock::new(Box::new(source.clone()));
+        let s = MemoryStore::new();
+        for i in 0..10 {
+            s.write_local(
+                &a,
+                &clock,
+                format!("k{i}").into(),
+                Some(b"v".to_vec().into()),
+                Lifetime::Ttl(50 + i),
+                &mut |_| {},
+            );
+        }
+        s.write_local(
+            &a,
+            &clock,
+            "forever".into(),
+            Some(b"v".to_vec().into()),
+            Lifetime::Forever,
+            &mut |_| {},
+        );
+        assert_eq!(s.live_len(), 11);
+        let mut expired = Vec::new();
+        // Expiries 10_050..=10_059: those up to and including 10_055 are due.
+        s.expire(10_055, &mut |k| expired.push(k.to_string()));
+        assert_eq!(expired.len(), 6);
+        assert_eq!(s.live_len(), 5);
+        s.expire(10_055, &mut |k| expired.push(k.to_string()));
+        assert_eq!(expired.len(), 6, "reported once");
+        s.expire(20_000, &mut |k| expired.push(k.to_string()));
+        assert_eq!(
+            (expired.len(), s.live_len(), s.tombstone_count()),
+            (10, 1, 10)
+        );
+        assert_eq!(s.collect(15_000, &mut |_, _| true), 10);
+        assert_eq!((s.entry_count(), s.tombstone_count()), (1, 0));
     }
 
     #[test]

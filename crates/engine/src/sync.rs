@@ -29,7 +29,7 @@ use crate::clock::{Clock, Hlc};
 use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::{Origin, ReplicaId, ReplicaTable};
-use crate::store::ChunkLimits;
+use crate::store::{ChunkLimits, Lifetime};
 use crate::value;
 use crate::wire::{
     self, BucketSummary, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME,
@@ -227,8 +227,13 @@ impl Local {
                 .store()
                 .chunk(&self.me, a, b, ChunkLimits::UNLIMITED)
                 .writes;
-            for w in writes.into_iter().filter(|w| w.hlc < threshold) {
-                bucket.write(w.key, w.value, w.expires_ms);
+            // Touches are not rewritten: a lost touch only shortens a life.
+            for w in writes.into_iter().filter(|w| w.hlc < threshold && !w.touch) {
+                let lifetime = match w.expires_ms {
+                    0 => Lifetime::Forever,
+                    at => Lifetime::Until(at),
+                };
+                bucket.write(w.key, w.value, lifetime);
                 rewritten += 1;
             }
         }

@@ -221,6 +221,7 @@ mod tests {
                 seq: 3,
                 value: Some(b"\x00{}".to_vec().into()),
                 expires_ms: 0,
+                touch: false,
             }],
             superseders: Vec::new(),
         })

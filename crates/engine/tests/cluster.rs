@@ -7,6 +7,7 @@ use std::time::Duration;
 use peer_buckets_engine::bucket::Bucket;
 use peer_buckets_engine::membership::PeerEventKind;
 use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
 
 fn config(id: &str, seeds: Vec<String>) -> Config {
@@ -76,12 +77,12 @@ async fn three_nodes_learn_each_other_from_one_seed_and_converge() {
             bucket.write(
                 format!("own-{i}-{k}").into(),
                 Some(value::encode_json(&k.to_string())),
-                0,
+                Lifetime::Forever,
             );
             bucket.write(
                 format!("shared-{k}").into(),
                 Some(value::encode_json(&format!("{i}"))),
-                0,
+                Lifetime::Forever,
             );
         }
     }
@@ -90,7 +91,7 @@ async fn three_nodes_learn_each_other_from_one_seed_and_converge() {
         first.len() == 1200 && buckets.iter().all(|b| contents(b) == first)
     })
     .await;
-    buckets[1].write("own-0-0".into(), None, 0);
+    buckets[1].write("own-0-0".into(), None, Lifetime::Forever);
     eventually("delete replicated", || {
         buckets.iter().all(|b| get(b, "own-0-0").is_none())
     })
@@ -109,11 +110,19 @@ async fn a_joiner_receives_everything_written_before_it_came() {
     let ba = a.bucket("x");
     let bb = b.bucket("x");
     for k in 0..5000 {
-        ba.write(format!("a{k}").into(), Some(value::encode_json("1")), 0);
-        bb.write(format!("b{k}").into(), Some(value::encode_json("2")), 0);
+        ba.write(
+            format!("a{k}").into(),
+            Some(value::encode_json("1")),
+            Lifetime::Forever,
+        );
+        bb.write(
+            format!("b{k}").into(),
+            Some(value::encode_json("2")),
+            Lifetime::Forever,
+        );
     }
     for k in 0..100 {
-        ba.write(format!("a{k}").into(), None, 0);
+        ba.write(format!("a{k}").into(), None, Lifetime::Forever);
     }
     let c = Node::start(config("c", vec![b.address().to_string()]))
         .await
@@ -151,8 +160,11 @@ async fn peer_down_fires_when_a_peer_leaves_and_up_when_it_returns() {
     let mut cfg = config("b", vec![a.address().to_string()]);
     cfg.listen = b_addr;
     let b2 = Node::start(cfg).await.unwrap();
-    b2.bucket("y")
-        .write("k".into(), Some(value::encode_json("\"v\"")), 0);
+    b2.bucket("y").write(
+        "k".into(),
+        Some(value::encode_json("\"v\"")),
+        Lifetime::Forever,
+    );
     let up = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
         .unwrap()
@@ -176,12 +188,16 @@ async fn a_peer_whose_clock_runs_far_ahead_is_refused_and_one_within_the_skew_is
     let behind = config("behind", vec![a.address().to_string()]);
     behind.clock.set_offset_ms(-30_000);
     let behind = Node::start(behind).await.unwrap();
-    ahead
-        .bucket("s")
-        .write("from-ahead".into(), Some(value::encode_json("1")), 0);
-    behind
-        .bucket("s")
-        .write("from-behind".into(), Some(value::encode_json("1")), 0);
+    ahead.bucket("s").write(
+        "from-ahead".into(),
+        Some(value::encode_json("1")),
+        Lifetime::Forever,
+    );
+    behind.bucket("s").write(
+        "from-behind".into(),
+        Some(value::encode_json("1")),
+        Lifetime::Forever,
+    );
     let sa = a.bucket("s");
     eventually("the peer behind replicates", || {
         get(&sa, "from-behind").is_some()
@@ -221,8 +237,12 @@ async fn tombstones_stay_bounded_under_a_steady_set_and_delete_load() {
     while start.elapsed() < Duration::from_secs(4) {
         for _ in 0..200 {
             let key: Arc<str> = format!("k{written}").into();
-            ba.write(key.clone(), Some(value::encode_json("1")), 0);
-            ba.write(key, None, 0);
+            ba.write(
+                key.clone(),
+                Some(value::encode_json("1")),
+                Lifetime::Forever,
+            );
+            ba.write(key, None, Lifetime::Forever);
             written += 1;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

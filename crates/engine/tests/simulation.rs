@@ -9,6 +9,7 @@ use std::sync::Arc;
 use peer_buckets_engine::clock::{Clock, ManualClock};
 use peer_buckets_engine::collect::Collector;
 use peer_buckets_engine::replica::Origin;
+use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::sync::{Inbound, Local, PullPlanner, Session};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, Message};
@@ -109,12 +110,21 @@ impl Sim {
         let i = self.rng.below(N as u64) as usize;
         let bucket = self.locals[i].bucket(BUCKETS[self.rng.below(2) as usize]);
         let key = format!("k{}", self.rng.below(40));
+        if self.rng.chance(10) {
+            bucket.touch(key.into(), 200 + self.rng.below(3_000));
+            return;
+        }
         let value = if self.rng.chance(20) {
             None
         } else {
             Some(value::encode_json(&self.rng.below(1000).to_string()))
         };
-        bucket.write(key.into(), value, 0);
+        let lifetime = if self.rng.chance(30) {
+            Lifetime::Ttl(200 + self.rng.below(3_000))
+        } else {
+            Lifetime::Forever
+        };
+        bucket.write(key.into(), value, lifetime);
     }
 
     /// Replica i sends what its session about j has due.
@@ -254,7 +264,13 @@ impl Sim {
                 let i = self.rng.below(N as u64) as usize;
                 self.collect(i);
             }
-            95..=96 => self.time.advance(self.rng.below(400)),
+            95..=96 => {
+                self.time.advance(self.rng.below(400));
+                let i = self.rng.below(N as u64) as usize;
+                for b in self.locals[i].bucket_list() {
+                    b.sweep();
+                }
+            }
             97 => {
                 let (i, j) = (
                     self.rng.below(N as u64) as usize,
@@ -299,6 +315,9 @@ impl Sim {
         for _round in 0..40 {
             self.time.advance(600);
             for i in 0..N {
+                for b in self.locals[i].bucket_list() {
+                    b.sweep();
+                }
                 self.plan(i);
                 self.collect(i);
             }
@@ -463,7 +482,11 @@ fn a_gap_from_dropped_frames_is_detected_and_filled() {
     // n0 writes 3000 keys; its frames to n1 lose every Ops batch but the first and the last.
     let b0 = sim.locals[0].bucket("sessions");
     for k in 0..3000 {
-        b0.write(format!("k{k}").into(), Some(value::encode_json("1")), 0);
+        b0.write(
+            format!("k{k}").into(),
+            Some(value::encode_json("1")),
+            Lifetime::Forever,
+        );
     }
     let mut buf = Vec::new();
     let session = sim.sessions[0][1].as_mut().expect("linked");
