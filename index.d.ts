@@ -188,3 +188,68 @@ export declare class Peer extends EventEmitter {
   on(event: 'peer-up' | 'peer-down', listener: (peer: PeerEvent) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
 }
+
+export interface SessionStoreOptions {
+  /** The bucket sessions are kept in, e.g. `peer.bucket('sessions')`. */
+  bucket: SharedBucket
+  /** Key prefix of the sessions in that bucket; default 'sess:'. */
+  prefix?: string
+  /**
+   * Milliseconds a session lives when its cookie has no expiry (no `maxAge`/`expires`); default the
+   * bucket's ttl, else one day. A cookie's expiry always wins.
+   */
+  ttl?: number
+  /**
+   * Ack level of session writes and deletes; default 'local'. With 'one', 'majority' or 'all' the
+   * response that saved (or destroyed) a session waits until other servers hold it.
+   */
+  ack?: AckLevel
+  /** Milliseconds to wait for that ack level (default 5000); past it the request fails with EACKTIMEOUT. */
+  timeout?: number
+}
+
+/** A session as stored: what express-session keeps, as JSON. */
+export interface StoredSession {
+  cookie: { originalMaxAge?: number | null; expires?: string | Date | null; maxAge?: number | null; [key: string]: any }
+  [key: string]: any
+}
+
+/**
+ * An express-session store over a SharedBucket (it extends express-session's `Store`; express-session
+ * is loaded on first use of this class). Each session's TTL follows its cookie's expiry, or `ttl` when
+ * the cookie has none; reads come from the local replica and never wait on the network. Every method
+ * takes an express-session style callback, or returns a promise without one.
+ */
+export declare class SessionStore extends EventEmitter {
+  constructor(options: SessionStoreOptions)
+  readonly bucket: SharedBucket
+  readonly prefix: string
+  /** Milliseconds a session lives when its cookie has no expiry. */
+  readonly ttl: number
+  /** Milliseconds `session` has to live: its cookie's expires, else its maxAge, else `ttl` (<= 0: expired). */
+  ttlFor(session: StoredSession | undefined | null, now?: number): number
+
+  get(sid: string): Promise<StoredSession | undefined>
+  get(sid: string, callback: (err: any, session?: StoredSession | null) => void): void
+  set(sid: string, session: StoredSession): Promise<void>
+  set(sid: string, session: StoredSession, callback: (err?: any) => void): void
+  destroy(sid: string): Promise<void>
+  destroy(sid: string, callback: (err?: any) => void): void
+  /** Extends the session's expiry on every peer without rewriting it; a session that is gone stays gone. */
+  touch(sid: string, session: StoredSession): Promise<void>
+  touch(sid: string, session: StoredSession, callback: (err?: any) => void): void
+  /** Every live session, each with its `id`. */
+  all(): Promise<Array<StoredSession & { id: string }>>
+  all(callback: (err: any, sessions?: Array<StoredSession & { id: string }> | null) => void): void
+  length(): Promise<number>
+  length(callback: (err: any, length?: number) => void): void
+  ids(): Promise<string[]>
+  ids(callback: (err: any, ids?: string[]) => void): void
+  clear(): Promise<void>
+  clear(callback: (err?: any) => void): void
+
+  // From express-session's Store.
+  regenerate(req: any, callback: (err?: any) => any): void
+  load(sid: string, callback: (err: any, session?: any) => any): void
+  createSession(req: any, session: any): any
+}

@@ -502,3 +502,13 @@ class Peer extends EventEmitter {
 }
 
 module.exports = { Peer, SharedBucket }
+
+// SessionStore (an express-session store) is loaded on first use, so that require('peer-buckets')
+// neither needs nor loads express-session. `lazy.SessionStore` keeps the getter in the one shape
+// Node's CommonJS export detection reads, so `import { SessionStore } from 'peer-buckets'` works too.
+const lazy = {
+  get SessionStore() {
+    return require('./lib/session-store.js').SessionStore
+  },
+}
+Object.defineProperty(module.exports, 'SessionStore', { enumerable: true, get: function () { return lazy.SessionStore } })
