@@ -179,7 +179,12 @@ export declare class Peer extends EventEmitter {
   bucket(name: string, options?: BucketOptions): SharedBucket
   peers(): PeerInfo[]
   stats(): PeerStats
-  /** Not supported yet (throws ENOTSUP). */
+  /**
+   * Prometheus text exposition (format 0.0.4) of stats() and peers(): counters and gauges named
+   * `peer_buckets_*`, per-peer lag as `peer_buckets_replication_lag_ops{peer="id"}` and
+   * `peer_buckets_replication_lag_seconds{peer="id"}`. Serve it with the content type
+   * `text/plain; version=0.0.4`, e.g. `app.get('/metrics', (req, res) => res.type('text/plain; version=0.0.4').send(peer.metrics()))`.
+   */
   metrics(): string
   /** Leaves the network and frees the port and threads. */
   close(): Promise<void>

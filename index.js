@@ -6,6 +6,8 @@
 const { EventEmitter } = require('node:events')
 const { randomBytes } = require('node:crypto')
 const native = require('./native.js')
+const { formatMetrics } = require('./lib/metrics.js')
+const { version: VERSION } = require('./package.json')
 
 const MAX_KEY_BYTES = 64 * 1024
 const MAX_VALUE_BYTES = 8 * 1024 * 1024
@@ -471,8 +473,10 @@ class Peer extends EventEmitter {
     return native.peerStats(this.#handle)
   }
 
+  /** Prometheus text exposition of stats() and peers(), per-peer lag included (see lib/metrics.js). */
   metrics() {
-    throw notBuilt('metrics()')
+    if (this.closed) throw closedError('metrics()')
+    return formatMetrics(native.peerStats(this.#handle), native.peerPeers(this.#handle), VERSION)
   }
 
   unref() {
