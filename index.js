@@ -4,7 +4,6 @@
 // offers promise and callback forms, and turns native batches into EventEmitter events.
 
 const { EventEmitter } = require('node:events')
-const { randomBytes } = require('node:crypto')
 const native = require('./native.js')
 const { formatMetrics } = require('./lib/metrics.js')
 const { version: VERSION } = require('./package.json')
@@ -316,7 +315,6 @@ function checkAddress(what, value) {
   return value
 }
 
-const NOT_YET_OPTIONS = ['dataDir', 'durability']
 const MIN_SECRET_BYTES = 16
 const MAX_SECRETS = 2
 
@@ -362,13 +360,12 @@ class Peer extends EventEmitter {
   constructor(options = {}) {
     super()
     if (options === null || typeof options !== 'object') throw new TypeError('Peer: options must be an object')
-    for (const name of NOT_YET_OPTIONS) {
-      if (options[name] !== undefined) throw notBuilt(`Peer: options.${name}`)
-    }
     let id = options.id
-    if (id === undefined) id = 'peer-' + randomBytes(6).toString('hex')
-    else if (typeof id !== 'string' || id.length === 0) throw new TypeError('Peer: options.id must be a non-empty string')
-    else if (Buffer.byteLength(id) > 255) throw new RangeError('Peer: options.id must be at most 255 bytes')
+    // Without an id: a random one, or the one kept in dataDir.
+    if (id !== undefined) {
+      if (typeof id !== 'string' || id.length === 0) throw new TypeError('Peer: options.id must be a non-empty string')
+      if (Buffer.byteLength(id) > 255) throw new RangeError('Peer: options.id must be at most 255 bytes')
+    }
     const listen = options.listen === undefined ? '127.0.0.1:0' : checkAddress('Peer: options.listen', options.listen)
     let seeds = []
     if (options.peers !== undefined) {
@@ -380,15 +377,30 @@ class Peer extends EventEmitter {
     const tombstoneMinAgeMs = checkDuration('tombstoneMinAge', options.tombstoneMinAge, undefined)
     const memberTimeoutMs = checkDuration('memberTimeout', options.memberTimeout, undefined)
     const secrets = checkSecrets(options.secret)
+    let dataDir
+    if (options.dataDir !== undefined) {
+      if (typeof options.dataDir !== 'string' || options.dataDir.length === 0) {
+        throw new TypeError('Peer: options.dataDir must be a non-empty path string')
+      }
+      dataDir = options.dataDir
+    }
+    let durability
+    if (options.durability !== undefined) {
+      if (dataDir === undefined) throw new TypeError('Peer: options.durability needs options.dataDir')
+      if (options.durability !== 'strict' && options.durability !== 'relaxed') {
+        throw new RangeError("Peer: options.durability must be 'strict' or 'relaxed'")
+      }
+      durability = options.durability
+    }
 
     const opened = native.peerOpen(
-      { id, listen, seeds, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, secrets },
+      { id, listen, seeds, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, secrets, dataDir, durability },
       (batch) => this.#onNative(batch),
     )
-    Object.defineProperty(this, 'id', { value: id, enumerable: true })
+    Object.defineProperty(this, 'id', { value: opened.id, enumerable: true })
     if (opened.error) {
       this.#closed = true
-      const err = codedError(opened.code, `Peer: cannot listen on ${listen}: ${opened.error}`)
+      const err = codedError(opened.code, `Peer: ${opened.error}`)
       this.#ready = Promise.reject(err)
       this.#ready.catch(() => {}) // reported through ready(); not an unhandled rejection by itself
       return

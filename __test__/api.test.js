@@ -784,19 +784,6 @@ describe('bad arguments', () => {
 // ---------------------------------------------------------------------------------------------------
 
 describe('ENOTSUP for features not built yet', () => {
-  test.each([
-    ['dataDir', { dataDir: '/tmp/peer-buckets-test-never-created' }],
-    ['durability', { durability: 'strict' }],
-  ])('Peer option %s throws or rejects with ENOTSUP', async (label, options) => {
-    let peer
-    const err = await captureError(() => {
-      peer = new Peer(options)
-      return peer.ready()
-    })
-    if (peer) await peer.close().catch(() => {})
-    expectCode(err, 'ENOTSUP')
-  })
-
   // metrics() was here; it is built now (see metrics.test.js).
 })
 

@@ -22,6 +22,8 @@ pub struct PeerEntry {
 pub struct BucketSlot {
     pub bucket: Arc<Bucket>,
     pub node: Arc<Node>,
+    /// Writes wait for the disk (a data directory in strict mode).
+    pub strict: bool,
     pub runtime: Handle,
     pub events: PeerEvents,
 }
@@ -76,6 +78,7 @@ pub fn bucket_handle(peer: u32, name: &str) -> Option<u32> {
     }
     buckets.push(Some(BucketSlot {
         bucket,
+        strict: slot.entry.node.is_strict(),
         node: slot.entry.node.clone(),
         runtime: slot.entry.runtime.handle().clone(),
         events: slot.entry.events.clone(),
@@ -92,6 +95,13 @@ pub fn with_bucket<R>(bucket: u32, f: impl FnOnce(&Bucket) -> R) -> Option<R> {
     let table = BUCKETS.read();
     let slot = table.get(bucket as usize)?.as_ref()?;
     Some(f(&slot.bucket))
+}
+
+/// Runs `f` on an open bucket's slot.
+#[inline]
+pub fn with_slot<R>(bucket: u32, f: impl FnOnce(&BucketSlot) -> R) -> Option<R> {
+    let table = BUCKETS.read();
+    Some(f(table.get(bucket as usize)?.as_ref()?))
 }
 
 pub fn bucket_and_runtime(bucket: u32) -> Option<(Arc<Bucket>, Handle)> {

@@ -18,6 +18,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use peer_buckets_engine::acks::{AckLevel, Registered};
 use peer_buckets_engine::clock::Clock;
+use peer_buckets_engine::disk::Durability;
 use peer_buckets_engine::error::Error as EngineError;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
@@ -94,7 +95,8 @@ fn init_logging() {
 /// Options of `peerOpen`, checked by index.js.
 #[napi(object)]
 pub struct OpenOptions {
-    pub id: String,
+    /// Node id; random (or the one kept in `data_dir`) when absent.
+    pub id: Option<String>,
     pub listen: String,
     pub seeds: Vec<String>,
     pub max_clock_skew_ms: f64,
@@ -102,6 +104,10 @@ pub struct OpenOptions {
     pub member_timeout_ms: Option<f64>,
     /// Cluster secrets, checked by index.js: the first is dialed with, each is accepted.
     pub secrets: Option<Vec<Buffer>>,
+    /// Persist in this directory (memory only when absent).
+    pub data_dir: Option<String>,
+    /// With `data_dir`: "strict" (the default) or "relaxed".
+    pub durability: Option<String>,
 }
 
 /// Environment variable that shifts the engine's physical clock by this many milliseconds (may be
@@ -134,9 +140,9 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
         clock.set_offset_ms(offset);
     }
     let defaults = Config::default();
-    let id = options.id;
+    let id = options.id.unwrap_or_default();
     let config = Config {
-        id: Some(id.clone()),
+        id: (!id.is_empty()).then(|| id.clone()),
         listen: options.listen,
         seeds: options.seeds,
         clock,
@@ -162,11 +168,17 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
             .flatten()
             .map(|s| s.to_vec())
             .collect(),
+        data_dir: options.data_dir.map(std::path::PathBuf::from),
+        durability: match options.durability.as_deref() {
+            Some("relaxed") => Durability::Relaxed,
+            _ => Durability::Strict,
+        },
         ..defaults
     };
     match runtime.block_on(Node::start(config)) {
         Ok(node) => {
             let address = node.address().to_string();
+            let id = node.id().to_string();
             let node = Arc::new(node);
             let events = events::start_pump(&node, runtime.handle(), callback)?;
             let handle = handles::add_peer(PeerEntry {
@@ -194,6 +206,8 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
                 EngineError::BadAddress(_) => "EINVALIDADDRESS",
                 EngineError::Closed => "ECLOSED",
                 EngineError::NotConnected(_) => "ENOTCONN",
+                EngineError::DataDirInUse(_) => "EDATADIRINUSE",
+                EngineError::Storage(_) => "ESTORAGE",
                 EngineError::Secret(_) => "EINVAL",
             };
             runtime.shutdown_background();
@@ -379,13 +393,23 @@ fn write(
         3 => AckLevel::All,
         _ => return Err(Error::new(Status::InvalidArg, "unknown ack level")),
     };
-    if level == AckLevel::Local {
-        return with_bucket(bucket, |b| {
-            b.write(key.into_arc(), stored, lifetime);
-            0.0
+    let (key, stored) = if level == AckLevel::Local {
+        // The hot path: write and return, unless the write must wait for the disk.
+        let pending = handles::with_slot(bucket, move |slot| {
+            if slot.strict {
+                return Some((key, stored));
+            }
+            slot.bucket.write(key.into_arc(), stored, lifetime);
+            None
         })
-        .ok_or_else(closed);
-    }
+        .ok_or_else(closed)?;
+        match pending {
+            None => return Ok(0.0),
+            Some(args) => args,
+        }
+    } else {
+        (key, stored)
+    };
     let (b, node) = handles::bucket_and_node(bucket).ok_or_else(closed)?;
     let timeout = Duration::from_millis(timeout_ms.max(0.0) as u64);
     match node

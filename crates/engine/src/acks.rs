@@ -54,14 +54,17 @@ struct Waiter {
     need: Need,
     acked: Vec<Arc<str>>,
     deadline_ms: u64,
+    /// In strict durability: the flush generation that must be on disk first.
+    flush: Option<u64>,
 }
 
 impl Waiter {
     fn met(&self) -> bool {
-        match &self.need {
+        let acked = match &self.need {
             Need::Count(n) => self.acked.len() >= *n,
             Need::Nodes(nodes) => nodes.is_empty(),
-        }
+        };
+        acked && self.flush.is_none()
     }
 
     fn add(&mut self, node: &Arc<str>) {
@@ -92,10 +95,23 @@ struct Inner {
     acked_upto: HashMap<(Arc<str>, Arc<str>), u64>,
 }
 
-#[derive(Default)]
 pub struct AckTracker {
     inner: Mutex<Inner>,
     outcomes: Mutex<Option<mpsc::UnboundedSender<AckOutcome>>>,
+    /// Generation of the next flush to disk; a write journaled now is on disk once it is flushed.
+    flush_generation: std::sync::atomic::AtomicU64,
+    flushed: std::sync::atomic::AtomicU64,
+}
+
+impl Default for AckTracker {
+    fn default() -> Self {
+        AckTracker {
+            inner: Mutex::default(),
+            outcomes: Mutex::default(),
+            flush_generation: std::sync::atomic::AtomicU64::new(1),
+            flushed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl AckTracker {
@@ -121,6 +137,44 @@ impl AckTracker {
         }
     }
 
+    /// The flush generation a write journaled before this call is part of.
+    pub fn flush_generation(&self) -> u64 {
+        self.flush_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Called by the flusher before it drains: the generation that drain will put on disk.
+    pub fn next_flush_generation(&self) -> u64 {
+        self.flush_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Every write of generation `generation` or earlier is on disk.
+    pub fn on_flushed(&self, generation: u64) {
+        self.flushed
+            .fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+        let mut done = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let met: Vec<u64> = inner
+                .waiters
+                .iter_mut()
+                .filter_map(|(t, w)| {
+                    if w.flush.is_some_and(|g| g <= generation) {
+                        w.flush = None;
+                    }
+                    w.met().then_some(*t)
+                })
+                .collect();
+            for t in met {
+                let w = inner.waiters.remove(&t).expect("present");
+                inner.unindex(&w.bucket, w.seq, t);
+                done.push(w.outcome(t, true));
+            }
+        }
+        self.deliver(done);
+    }
+
     /// The highest seq of `bucket` that `node` acknowledged.
     pub fn acked_upto(&self, bucket: &str, node: &str) -> u64 {
         let inner = self.inner.lock();
@@ -131,8 +185,10 @@ impl AckTracker {
             .map_or(0, |(_, &upto)| upto)
     }
 
-    /// Registers local write `seq` of `bucket` waiting for `level`. `connected` are the peers linked
-    /// now; `members` how many members are known besides this one.
+    /// Registers local write `seq` of `bucket` waiting for `level` (and, with `flush`, for that flush
+    /// generation to be on disk). `connected` are the peers linked now; `members` how many members
+    /// are known besides this one.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
         bucket: &Arc<str>,
@@ -141,9 +197,12 @@ impl AckTracker {
         deadline_ms: u64,
         connected: Vec<Arc<str>>,
         members: usize,
+        flush: Option<u64>,
     ) -> Registered {
+        let flush = flush.filter(|g| *g > self.flushed.load(std::sync::atomic::Ordering::Acquire));
         let need = match level {
-            AckLevel::Local => return Registered::Met(Vec::new()),
+            AckLevel::Local if flush.is_none() => return Registered::Met(Vec::new()),
+            AckLevel::Local => Need::Count(0),
             AckLevel::One => Need::Count(1),
             // A majority of (members + this one), this one counted.
             AckLevel::Majority => Need::Count(members.div_ceil(2)),
@@ -156,6 +215,7 @@ impl AckTracker {
             need,
             acked: Vec::new(),
             deadline_ms,
+            flush,
         };
         let already: Vec<Arc<str>> = inner
             .acked_upto
@@ -307,7 +367,7 @@ mod tests {
         let mut rx = t.subscribe();
         let b = arc("s");
         let Registered::Pending(ticket) =
-            t.register(&b, 5, AckLevel::One, 1_000, vec![arc("x")], 1)
+            t.register(&b, 5, AckLevel::One, 1_000, vec![arc("x")], 1, None)
         else {
             panic!("should wait")
         };
@@ -327,7 +387,7 @@ mod tests {
         let b = arc("s");
         // Alone: a majority of one is this peer.
         assert_eq!(
-            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 0),
+            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 0, None),
             Registered::Met(vec![])
         );
         // Three members (two others): one other ack makes two of three.
@@ -339,13 +399,14 @@ mod tests {
                 AckLevel::Majority,
                 1_000,
                 vec![arc("x"), arc("y")],
-                2
+                2,
+                None
             ),
             Registered::Met(vec!["x".into()])
         );
         // Five members: two others needed.
         assert!(matches!(
-            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 4),
+            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 4, None),
             Registered::Pending(_)
         ));
     }
@@ -355,9 +416,15 @@ mod tests {
         let t = AckTracker::new();
         let mut rx = t.subscribe();
         let b = arc("s");
-        let Registered::Pending(first) =
-            t.register(&b, 1, AckLevel::All, 1_000, vec![arc("x"), arc("y")], 2)
-        else {
+        let Registered::Pending(first) = t.register(
+            &b,
+            1,
+            AckLevel::All,
+            1_000,
+            vec![arc("x"), arc("y")],
+            2,
+            None,
+        ) else {
             panic!()
         };
         t.on_ack(&b, &arc("x"), 1);
@@ -371,9 +438,15 @@ mod tests {
             }
         );
 
-        let Registered::Pending(second) =
-            t.register(&b, 2, AckLevel::All, 1_000, vec![arc("x"), arc("z")], 2)
-        else {
+        let Registered::Pending(second) = t.register(
+            &b,
+            2,
+            AckLevel::All,
+            1_000,
+            vec![arc("x"), arc("z")],
+            2,
+            None,
+        ) else {
             panic!()
         };
         t.on_ack(&b, &arc("z"), 2);

@@ -12,11 +12,13 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use crate::store::{Change, Lifetime, MemoryStore, Store, Write};
+use crate::store::{Change, Lifetime, Store, Write};
 
-/// Called after every local write so that link writers send it.
+/// Told about changes: every local write (link writers must send it, a durable store persist it) and
+/// every merged remote change (a durable store must persist it).
 pub trait WriteSignal: Send + Sync + 'static {
     fn local_write(&self);
+    fn remote_change(&self) {}
 }
 
 pub struct Bucket {
@@ -38,10 +40,11 @@ impl Bucket {
         me: Origin,
         clock: Arc<Clock>,
         signal: Arc<dyn WriteSignal>,
+        store: Box<dyn Store>,
     ) -> Self {
         Bucket {
             name,
-            store: Box::new(MemoryStore::new()),
+            store,
             me,
             clock,
             signal,
@@ -135,11 +138,13 @@ impl Bucket {
             self.clock.observe(max);
         }
         let listening = self.has_subscriber.load(Ordering::Acquire);
-        self.store.merge(origin, writes, covered, &mut |w| {
+        let fresh = self.store.merge(origin, writes, covered, &mut |w| {
             if listening {
                 self.emit(w, origin, false)
             }
-        })
+        });
+        self.signal.remote_change();
+        fresh
     }
 
     fn emit(&self, w: &Write, origin: &Origin, local: bool) {

@@ -15,6 +15,10 @@ pub enum Error {
     Closed,
     #[error("peer {0} is not connected")]
     NotConnected(String),
+    #[error("the data directory {0} is in use by another peer (in this process or another)")]
+    DataDirInUse(String),
+    #[error("storage: {0}")]
+    Storage(String),
     #[error("invalid secret: {0}")]
     Secret(#[from] SecretError),
 }

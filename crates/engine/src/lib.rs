@@ -9,6 +9,7 @@
 //! - `wire`: the versioned message enum and its length-prefixed frames;
 //! - `secure`: the preamble, the Noise handshake bound to the cluster key, and encrypted records;
 //! - `connection`: frames over a TCP stream;
+//! - `disk`: the durable backend for a data directory (redb, group commit, clean-stop marker);
 //! - `guard`: defences against hostile connections: the cap on handshakes, rejection counts and logs;
 //! - `bucket`: a named bucket replica with its change subscribers;
 //! - `sync`: the replication protocol without I/O: push of own writes, pulls of gaps, digests, acks;
@@ -23,6 +24,7 @@ pub mod bucket;
 pub mod clock;
 pub mod collect;
 pub mod connection;
+pub mod disk;
 pub mod error;
 pub mod guard;
 pub mod link;

@@ -15,6 +15,7 @@ use crate::acks::{AckLevel, AckOutcome, Registered};
 use crate::bucket::Bucket;
 use crate::clock::Clock;
 use crate::collect::Collector;
+use crate::disk::{Disk, Durability, Flusher};
 use crate::error::Error;
 use crate::guard::Guard;
 use crate::link;
@@ -56,6 +57,11 @@ pub struct Config {
     /// A member unreachable for this long is forgotten (it stops holding up collection); if it comes
     /// back it resyncs in full.
     pub member_timeout: Duration,
+    /// Persist everything in this directory (and reload it at start); memory only when `None`.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// With `data_dir`: strict (a write settles once on disk) or relaxed (flushed every `flush_every`).
+    pub durability: Durability,
+    pub flush_every: Duration,
     /// Cluster secrets: none for open, plaintext links; else the first is dialed with and each is
     /// accepted (two during a rotation). Each at least `secure::MIN_SECRET_LEN` bytes.
     pub secrets: Vec<Vec<u8>>,
@@ -82,6 +88,9 @@ impl Default for Config {
             tombstone_min_age: None,
             collect_every: Duration::from_secs(2),
             member_timeout: Duration::from_secs(300),
+            data_dir: None,
+            durability: Durability::Strict,
+            flush_every: Duration::from_secs(1),
             secrets: Vec::new(),
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 64,
@@ -143,7 +152,7 @@ pub struct LinkSlot {
 /// State shared by every task of a node.
 pub struct Shared {
     pub config: Config,
-    pub local: Local,
+    pub local: Arc<Local>,
     pub address: SocketAddr,
     pub members: Members,
     pub links: Mutex<Vec<Arc<LinkSlot>>>,
@@ -182,6 +191,7 @@ impl Shared {
 pub struct Node {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    flusher: Mutex<Option<Flusher>>,
 }
 
 fn random_id() -> String {
@@ -217,9 +227,19 @@ impl Node {
             address: config.listen.clone(),
             source,
         })?;
-        let id: Arc<str> = config.id.clone().unwrap_or_else(random_id).into();
         // Incarnations are ordered by start time, then random, so a newer run of a node sorts after it.
         let incarnation = (config.clock.wall_ms() << 16) | (rand::random::<u16>() as u64);
+        let opened = match &config.data_dir {
+            Some(dir) => Some(Disk::open(dir, config.id.as_deref(), incarnation)?),
+            None => None,
+        };
+        let (id, incarnation): (Arc<str>, u64) = match &opened {
+            Some(o) => (o.node_id.as_str().into(), o.incarnation),
+            None => (
+                config.id.clone().unwrap_or_else(random_id).into(),
+                incarnation,
+            ),
+        };
         let mut local = Local::new(
             id,
             incarnation,
@@ -229,6 +249,19 @@ impl Node {
         if let Some(age) = config.tombstone_min_age {
             local.tombstone_min_age_ms = age.as_millis() as u64;
         }
+        local.durable = opened.is_some();
+        let local = Arc::new(local);
+        let flusher = match opened {
+            Some(o) => {
+                let buckets = o.disk.load(&local)?;
+                tracing::info!(dir = %o.disk.dir().display(), buckets, incarnation = o.incarnation, "data directory loaded");
+                let (flusher, doorbell) =
+                    Flusher::start(o.disk, local.clone(), config.durability, config.flush_every);
+                local.signals.set_flusher(doorbell);
+                Some(flusher)
+            }
+            None => None,
+        };
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             local,
@@ -247,7 +280,11 @@ impl Node {
         for seed in shared.config.seeds.clone() {
             crate::membership::dial(&shared, seed, true);
         }
-        Ok(Node { shared, stop })
+        Ok(Node {
+            shared,
+            stop,
+            flusher: Mutex::new(flusher),
+        })
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -291,7 +328,10 @@ impl Node {
         timeout: Duration,
     ) -> (Write, Registered) {
         let write = bucket.write(key, value, lifetime);
-        if level == AckLevel::Local {
+        let flush = self
+            .is_strict()
+            .then(|| self.shared.local.acks.flush_generation());
+        if level == AckLevel::Local && flush.is_none() {
             return (write, Registered::Met(Vec::new()));
         }
         let connected: Vec<Arc<str>> = self
@@ -311,8 +351,14 @@ impl Node {
             deadline,
             connected,
             members,
+            flush,
         );
         (write, registered)
+    }
+
+    /// True when writes must be on disk before they settle (a data directory in strict mode).
+    pub fn is_strict(&self) -> bool {
+        self.shared.local.durable && self.shared.config.durability == Durability::Strict
     }
 
     /// Asks peer `from` for its entries of `bucket` under `prefix`; the receiver yields how many
@@ -414,6 +460,11 @@ impl Node {
             }
         }
         self.shared.members.close();
+        // Last: flush what is left and mark the stop clean, once nothing changes any more.
+        let flusher = self.flusher.lock().take();
+        if let Some(mut flusher) = flusher {
+            let _ = tokio::task::spawn_blocking(move || flusher.stop()).await;
+        }
     }
 
     /// Shared state, for tests.

@@ -244,6 +244,12 @@ pub trait Store: Send + Sync + 'static {
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
     /// Drops the registers of `origin` whose seq is in `dots` (known superseded elsewhere).
     fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize;
+    /// For durable backends: what changed since the last call, read under the same lock as the
+    /// changes themselves so a flush of it is a consistent state. `None` when this store is not
+    /// persisted.
+    fn drain_changes(&self) -> Option<Changes> {
+        None
+    }
 }
 
 /// How much one chunk may hold; at least one write is always returned.
@@ -305,9 +311,62 @@ struct State {
     expired: usize,
     /// Entries holding no value (tombstones, touch-only placeholders).
     valueless: usize,
+    /// What changed since the last `drain_changes`, when a durable backend persists this store.
+    journal: Option<Journal>,
+}
+
+/// Keys, contexts and markers changed since the last drain.
+#[derive(Default)]
+struct Journal {
+    keys: hashbrown::HashSet<Arc<str>>,
+    contexts: std::collections::BTreeSet<Origin>,
+    markers: Vec<(Origin, u64, Option<Arc<str>>)>,
+}
+
+/// What a durable backend must write to have the store's state on disk: entries to put (or remove,
+/// when `None`), contexts to put, superseded markers to put (or remove).
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub entries: Vec<(Arc<str>, Option<Entry>)>,
+    pub contexts: Vec<(Origin, SeqRanges)>,
+    pub markers: Vec<(Origin, u64, Option<Arc<str>>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.contexts.is_empty() && self.markers.is_empty()
+    }
 }
 
 impl State {
+    fn note_key(&mut self, key: &Arc<str>) {
+        if let Some(j) = &mut self.journal {
+            j.keys.insert(key.clone());
+        }
+    }
+
+    fn note_context(&mut self, origin: &Origin) {
+        if let Some(j) = &mut self.journal {
+            j.contexts.insert(origin.clone());
+        }
+    }
+
+    fn note_marker(&mut self, origin: &Origin, seq: u64, key: Option<Arc<str>>) {
+        if let Some(j) = &mut self.journal {
+            j.markers.push((origin.clone(), seq, key));
+        }
+    }
+
+    /// Adds `seq` to `origin`'s context.
+    fn see(&mut self, origin: &Origin, seq: u64) {
+        self.origins
+            .entry(origin.clone())
+            .or_default()
+            .context
+            .insert(seq);
+        self.note_context(origin);
+    }
+
     /// Adds (`+1`) or removes (`-1`) an entry's share of the counters.
     fn tally(&mut self, e: &Entry, sign: isize) {
         let bump = |n: &mut usize| *n = n.checked_add_signed(sign).expect("counter in range");
@@ -350,12 +409,14 @@ impl State {
         let o = self.origins.entry(origin.clone()).or_default();
         o.index.remove(&seq);
         o.superseded.insert(seq, key.clone());
+        self.note_marker(origin, seq, Some(key.clone()));
     }
 
     /// Applies one register write of `origin` with LWW per register. Returns whether the key's value
     /// register changed (a change listeners hear about).
     fn apply(&mut self, origin: &Origin, w: &Write) -> bool {
         let key = &w.key;
+        self.note_key(key);
         let old = self.entries.remove(key);
         if let Some(e) = &old {
             self.tally(e, -1);
@@ -442,7 +503,8 @@ impl State {
         value_changed
     }
 
-    fn remove_entry(&mut self, key: &str) {
+    fn remove_entry(&mut self, key: &Arc<str>) {
+        self.note_key(key);
         if let Some(e) = self.entries.remove(key) {
             self.tally(&e, -1);
             if let Some(o) = self.origins.get_mut(&e.origin) {
@@ -470,6 +532,51 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+
+    /// A store that records what changes, for a durable backend to drain and persist.
+    pub fn journaled() -> Self {
+        let store = MemoryStore::default();
+        store.state.write().journal = Some(Journal::default());
+        store
+    }
+
+    /// Rebuilds a store from persisted entries, contexts and markers (the derived index, counters and
+    /// queues are computed here). `journaled` as in `MemoryStore::journaled`.
+    pub fn restore(
+        entries: Vec<(Arc<str>, Entry)>,
+        contexts: Vec<(Origin, SeqRanges)>,
+        markers: Vec<(Origin, u64, Arc<str>)>,
+        journaled: bool,
+    ) -> Self {
+        let mut state = State::default();
+        for (origin, ctx) in contexts {
+            state.origins.entry(origin).or_default().context = ctx;
+        }
+        for (origin, seq, key) in markers {
+            state
+                .origins
+                .entry(origin)
+                .or_default()
+                .superseded
+                .insert(seq, key);
+        }
+        for (key, entry) in entries {
+            let registers: Vec<(Origin, u64)> =
+                entry.writes(&key).map(|(o, w)| (o, w.seq)).collect();
+            state.tally(&entry, 1);
+            state.entries.insert(key.clone(), entry);
+            for (origin, seq) in registers {
+                state.index_insert(&origin, seq, &key);
+            }
+            state.schedule(&key);
+        }
+        if journaled {
+            state.journal = Some(Journal::default());
+        }
+        MemoryStore {
+            state: RwLock::new(state),
+        }
     }
 }
 
@@ -517,13 +624,13 @@ impl Store for MemoryStore {
     ) -> Write {
         let mut state = self.state.write();
         let hlc = clock.tick();
-        let o = state.origins.entry(me.clone()).or_default();
-        let seq = o
-            .context
-            .max()
+        let seq = state
+            .origins
+            .get(me)
+            .map_or(0, |o| o.context.max())
             .checked_add(1)
             .expect("sequence numbers exhausted");
-        o.context.insert(seq);
+        state.see(me, seq);
         let expires_ms = match (lifetime, &value) {
             (_, None) | (Lifetime::Forever, _) => 0,
             (Lifetime::Ttl(ms), _) => hlc.physical_ms().saturating_add(ms.max(1)),
@@ -547,13 +654,13 @@ impl Store for MemoryStore {
         let now = state.now(clock.now().physical_ms());
         state.entries.get(&key)?.live_value(now)?;
         let hlc = clock.tick();
-        let o = state.origins.entry(me.clone()).or_default();
-        let seq = o
-            .context
-            .max()
+        let seq = state
+            .origins
+            .get(me)
+            .map_or(0, |o| o.context.max())
             .checked_add(1)
             .expect("sequence numbers exhausted");
-        o.context.insert(seq);
+        state.see(me, seq);
         let write = Write {
             key,
             hlc,
@@ -584,12 +691,7 @@ impl Store for MemoryStore {
                 continue;
             }
             fresh += 1;
-            state
-                .origins
-                .entry(origin.clone())
-                .or_default()
-                .context
-                .insert(w.seq);
+            state.see(origin, w.seq);
             if state.apply(origin, &w) {
                 on_change(&w);
             }
@@ -601,6 +703,7 @@ impl Store for MemoryStore {
                 .or_default()
                 .context
                 .union_with(covered);
+            state.note_context(origin);
         }
         fresh
     }
@@ -804,16 +907,23 @@ impl Store for MemoryStore {
         let mut state = self.state.write();
         let state = &mut *state;
         let entries = &state.entries;
-        let mut dropped = 0;
-        for o in state.origins.values_mut() {
-            let before = o.superseded.len();
-            o.superseded.retain(|_, key| match entries.get(key) {
-                Some(e) => !e.writes(key).all(|(o, w)| everywhere(&o, w.seq)),
-                None => false,
+        let mut removed = Vec::new();
+        for (origin, o) in state.origins.iter_mut() {
+            o.superseded.retain(|seq, key| {
+                let keep = match entries.get(key) {
+                    Some(e) => !e.writes(key).all(|(o, w)| everywhere(&o, w.seq)),
+                    None => false,
+                };
+                if !keep {
+                    removed.push((origin.clone(), *seq));
+                }
+                keep
             });
-            dropped += before - o.superseded.len();
         }
-        dropped
+        for (origin, seq) in &removed {
+            state.note_marker(origin, *seq, None);
+        }
+        removed.len()
     }
 
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges {
@@ -827,6 +937,36 @@ impl Store for MemoryStore {
             }
         }
         out
+    }
+
+    fn drain_changes(&self) -> Option<Changes> {
+        let mut state = self.state.write();
+        let journal = std::mem::take(state.journal.as_mut()?);
+        let entries = journal
+            .keys
+            .into_iter()
+            .map(|k| {
+                let e = state.entries.get(&k).cloned();
+                (k, e)
+            })
+            .collect();
+        let contexts = journal
+            .contexts
+            .into_iter()
+            .map(|o| {
+                let ctx = state
+                    .origins
+                    .get(&o)
+                    .map(|s| s.context.clone())
+                    .unwrap_or_default();
+                (o, ctx)
+            })
+            .collect();
+        Some(Changes {
+            entries,
+            contexts,
+            markers: journal.markers,
+        })
     }
 
     fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize {
@@ -847,6 +987,7 @@ impl Store for MemoryStore {
                 state.remove_entry(key);
             } else {
                 // Only the touch register was superseded elsewhere.
+                state.note_key(key);
                 let mut e = state.entries.remove(key).expect("present");
                 state.tally(&e, -1);
                 e.touch = None;

@@ -29,7 +29,7 @@ use crate::clock::{Clock, Hlc};
 use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::{Origin, ReplicaId, ReplicaTable};
-use crate::store::{ChunkLimits, Lifetime};
+use crate::store::{ChunkLimits, Lifetime, MemoryStore};
 use crate::value;
 use crate::wire::{
     self, BucketSummary, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME,
@@ -89,10 +89,12 @@ impl LinkSignal {
     }
 }
 
-/// The link writers to wake after a local write.
+/// The link writers to wake after a local write, and the durable store's flusher to ring after any
+/// change.
 #[derive(Default)]
 pub struct Signals {
     links: RwLock<Vec<Arc<LinkSignal>>>,
+    flusher: std::sync::OnceLock<crossbeam_channel::Sender<()>>,
 }
 
 impl Signals {
@@ -102,12 +104,24 @@ impl Signals {
     pub fn remove(&self, s: &Arc<LinkSignal>) {
         self.links.write().retain(|x| !Arc::ptr_eq(x, s));
     }
+
+    /// Where to ring after every change from now on (a durable store's flusher).
+    pub fn set_flusher(&self, doorbell: crossbeam_channel::Sender<()>) {
+        let _ = self.flusher.set(doorbell);
+    }
 }
 
 impl WriteSignal for Signals {
     fn local_write(&self) {
         for s in self.links.read().iter() {
             s.wake();
+        }
+        self.remote_change();
+    }
+
+    fn remote_change(&self) {
+        if let Some(doorbell) = self.flusher.get() {
+            let _ = doorbell.try_send(());
         }
     }
 }
@@ -125,6 +139,8 @@ pub struct Local {
     pub max_clock_skew_ms: u64,
     /// Tombstones younger than this are never collected.
     pub tombstone_min_age_ms: u64,
+    /// Buckets are persisted: their stores journal every change for the flusher.
+    pub durable: bool,
     buckets: RwLock<HashMap<Arc<str>, Arc<Bucket>>>,
 }
 
@@ -145,6 +161,7 @@ impl Local {
             acks: AckTracker::new(),
             max_clock_skew_ms,
             tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
+            durable: false,
             buckets: RwLock::new(HashMap::new()),
         }
     }
@@ -154,6 +171,16 @@ impl Local {
         if let Some(b) = self.buckets.read().get(name) {
             return b.clone();
         }
+        let store: Box<dyn crate::store::Store> = if self.durable {
+            Box::new(MemoryStore::journaled())
+        } else {
+            Box::new(MemoryStore::new())
+        };
+        self.install_bucket(name, store)
+    }
+
+    /// Adds bucket `name` with `store` (a restored one) unless the bucket exists; returns the bucket.
+    pub fn install_bucket(&self, name: &str, store: Box<dyn crate::store::Store>) -> Arc<Bucket> {
         self.buckets
             .write()
             .entry_ref(name)
@@ -163,6 +190,7 @@ impl Local {
                     self.me.clone(),
                     self.clock.clone(),
                     self.signals.clone(),
+                    store,
                 ))
             })
             .clone()
