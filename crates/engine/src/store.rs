@@ -21,10 +21,21 @@
 //! (`expire`) driven by a time-ordered heap reports it and hands it, like a tombstone, to collection,
 //! which drops dead entries once every member holds their dots (see `collect`).
 //!
-//! What a backend must guarantee: `merge` applies the LWW rule of `beats` per register, atomically per
-//! call with respect to `chunk` and `context_of`; merging the same write twice changes nothing; a write
-//! whose dot is already in the context is ignored. The memory store keeps everything in one `RwLock`ed
-//! state; a durable backend can wrap it and log what `merge`, `write_local` and `touch_local` report.
+//! What a backend must guarantee:
+//! - `merge` applies the LWW rule of `beats` per register, atomically per call with respect to `chunk`,
+//!   `context_of` and `context`; merging the same write twice changes nothing; a write whose dot is
+//!   already in the context is ignored;
+//! - a dot is in the context only once its register is stored (or known superseded: then it is a
+//!   marker, and `chunk` carries the superseding registers with any coverage it claims);
+//! - `read`, `scan` and `live_len` never show a tombstone or an expired value;
+//! - for durability, `drain_changes` returns everything changed since the last call, read under the
+//!   same lock as the changes, so that persisting it writes a state the store really was in.
+//!
+//! Two backends show the range: `MemoryStore` (everything in one `RwLock`ed state, the default) and the
+//! data-directory backend of `disk`, which is a journaled `MemoryStore` (reads stay memory reads) whose
+//! changes a flusher thread commits to redb in groups. Another backend can wrap `MemoryStore` the same
+//! way, or implement the trait from scratch against these rules; `tests/simulation.rs` and the property
+//! tests below are the checks to run it through.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -297,7 +308,8 @@ struct OriginState {
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<Arc<str>, Entry>,
+    /// Boxed, so the table's slots stay small: a table at half load costs its slots twice over.
+    entries: HashMap<Arc<str>, Box<Entry>>,
     /// Ordered, so everything derived from it (contexts, chunks) comes out the same on every run.
     origins: BTreeMap<Origin, OriginState>,
     /// Pending expiries `(time, key)`, earliest first; stale items (the key changed since) are skipped.
@@ -423,19 +435,19 @@ impl State {
         }
         let (entry, value_changed) = match (old, w.touch) {
             (None, false) => (
-                Entry {
+                Box::new(Entry {
                     value: w.value.clone(),
                     hlc: w.hlc,
                     origin: origin.clone(),
                     seq: w.seq,
                     expires_ms: w.expires_ms,
                     touch: None,
-                },
+                }),
                 true,
             ),
             (None, true) => (
                 // The touch came before the write it touched: keep it; the write will land under it.
-                Entry {
+                Box::new(Entry {
                     value: None,
                     hlc: Hlc(0),
                     origin: origin.clone(),
@@ -447,7 +459,7 @@ impl State {
                         origin: origin.clone(),
                         seq: w.seq,
                     })),
-                },
+                }),
                 false,
             ),
             (Some(mut e), false) => {
@@ -565,7 +577,7 @@ impl MemoryStore {
             let registers: Vec<(Origin, u64)> =
                 entry.writes(&key).map(|(o, w)| (o, w.seq)).collect();
             state.tally(&entry, 1);
-            state.entries.insert(key.clone(), entry);
+            state.entries.insert(key.clone(), Box::new(entry));
             for (origin, seq) in registers {
                 state.index_insert(&origin, seq, &key);
             }
@@ -946,7 +958,7 @@ impl Store for MemoryStore {
             .keys
             .into_iter()
             .map(|k| {
-                let e = state.entries.get(&k).cloned();
+                let e = state.entries.get(&k).map(|e| (**e).clone());
                 (k, e)
             })
             .collect();
