@@ -20,9 +20,15 @@ export interface PeerOptions {
    * `[dialWith, alsoAccepted]`. Without it, links are plaintext and open to anyone who reaches the port.
    */
   secret?: string | Buffer | Array<string | Buffer>
-  /** Not supported yet (throws ENOTSUP). */
+  /**
+   * Keep every bucket on disk in this directory (and reload it at start): the same id comes back with
+   * its data and catches up only what it missed. A directory in use fails with EDATADIRINUSE.
+   */
   dataDir?: string
-  /** Not supported yet (throws ENOTSUP). */
+  /**
+   * With dataDir: 'strict' (default; a write settles once on disk, with group commit) or 'relaxed'
+   * (writes settle at once; committed every second).
+   */
   durability?: 'strict' | 'relaxed'
   /** Remote clocks further ahead (or behind) than this many ms are refused as links; default 60000. */
   maxClockSkew?: number
