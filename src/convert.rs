@@ -82,12 +82,12 @@ impl FromNapiValue for KeyArg {
     }
 }
 
-/// JSON text from JavaScript, read directly into the stored form (tag byte, then the text).
-pub struct JsonArg(Vec<u8>);
+/// JSON text from JavaScript, in the stored form (tag byte, then the text).
+pub struct JsonArg(Box<[u8]>);
 
 impl JsonArg {
     pub fn into_stored(self) -> Box<[u8]> {
-        self.0.into_boxed_slice()
+        self.0
     }
 }
 
@@ -101,14 +101,24 @@ impl TypeName for JsonArg {
 }
 impl ValidateNapiValue for JsonArg {}
 
+thread_local! {
+    /// Scratch space for reading JSON text: napi writes a terminating NUL we do not keep, and an
+    /// allocation shrunk afterwards would leave a sliver of heap behind for every value stored.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl FromNapiValue for JsonArg {
     unsafe fn from_napi_value(env: sys::napi_env, v: sys::napi_value) -> Result<Self> {
         let len = unsafe { string_len(env, v)? };
-        let mut stored = vec![0u8; len + 2];
-        stored[0] = value::TAG_JSON;
-        let written = unsafe { read_string_into(env, v, &mut stored[1..])? };
-        stored.truncate(written + 1);
-        Ok(JsonArg(stored))
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            buf.clear();
+            buf.resize(len + 2, 0);
+            buf[0] = value::TAG_JSON;
+            let written = unsafe { read_string_into(env, v, &mut buf[1..])? };
+            // Exactly the tag and the text, in an allocation of that size.
+            Ok(JsonArg(Box::from(&buf[..written + 1])))
+        })
     }
 }
 
