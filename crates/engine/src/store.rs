@@ -237,6 +237,17 @@ pub trait Store: Send + Sync + 'static {
     /// Visits every stored register under `prefix` (tombstones and expired entries too) as a write of
     /// its origin; what a partial fetch sends.
     fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write));
+    /// The registers stored for `key` (a tombstone's, an expired value's too) as writes of their
+    /// origins: what `Bucket::inspect` reports. The default scans; a backend with a key index does better.
+    fn registers(&self, key: &str) -> Vec<(Origin, Write)> {
+        let mut out = Vec::new();
+        self.scan_writes(key, &mut |o, w| {
+            if *w.key == *key {
+                out.push((o.clone(), w));
+            }
+        });
+        out
+    }
     /// Entries held (live, tombstones and expired alike); for stats.
     fn entry_count(&self) -> usize;
     /// Dead entries (tombstones and expired values) held until collection; for stats.
@@ -300,16 +311,80 @@ pub struct Chunk {
 #[derive(Default)]
 struct OriginState {
     context: SeqRanges,
-    /// seq -> key of the registers of this origin stored now.
-    index: BTreeMap<u64, Arc<str>>,
+    /// seq -> hash of the key of the registers of this origin stored now (`Entries::by_dot` finds the
+    /// record again; a hash is half the size of a key handle in every index node).
+    index: BTreeMap<u64, u64>,
     /// seq -> key of this origin's writes that lost to a newer one, until every member has the newer.
     superseded: BTreeMap<u64, Arc<str>>,
 }
 
+/// A key and its registers, in one allocation.
+struct Record {
+    key: Arc<str>,
+    entry: Entry,
+}
+
+/// The key -> entry table. Records sit behind one pointer per slot, so the table's slots stay small: a
+/// table at half load (as after each doubling) costs its slots twice over.
+#[derive(Default)]
+struct Entries {
+    table: hashbrown::HashTable<Box<Record>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Entries {
+    fn hash(&self, key: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    fn get(&self, key: &str) -> Option<&Entry> {
+        self.get_key_value(key).map(|(_, e)| e)
+    }
+
+    fn get_key_value(&self, key: &str) -> Option<(&Arc<str>, &Entry)> {
+        self.table
+            .find(self.hash(key), |r| &*r.key == key)
+            .map(|r| (&r.key, &r.entry))
+    }
+
+    /// The record whose key hashes to `hash` and holds register `(origin, seq)`.
+    fn by_dot(&self, hash: u64, origin: &Origin, seq: u64) -> Option<(&Arc<str>, &Entry)> {
+        self.table
+            .find(hash, |r| r.entry.write_for(&r.key, origin, seq).is_some())
+            .map(|r| (&r.key, &r.entry))
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Box<Record>> {
+        let hash = self.hash(key);
+        self.table
+            .find_entry(hash, |r| &*r.key == key)
+            .ok()
+            .map(|e| e.remove().0)
+    }
+
+    /// Adds a record whose key is not in the table.
+    fn insert(&mut self, record: Box<Record>) {
+        let hash = self.hash(&record.key);
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, record, |r| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(&*r.key)
+        });
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
+        self.table.iter().map(|r| (&r.key, &r.entry))
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// Boxed, so the table's slots stay small: a table at half load costs its slots twice over.
-    entries: HashMap<Arc<str>, Box<Entry>>,
+    entries: Entries,
     /// Ordered, so everything derived from it (contexts, chunks) comes out the same on every run.
     origins: BTreeMap<Origin, OriginState>,
     /// Pending expiries `(time, key)`, earliest first; stale items (the key changed since) are skipped.
@@ -394,7 +469,7 @@ impl State {
 
     /// Queues what a freshly stored entry needs: its expiry, or its collection if already dead.
     fn schedule(&mut self, key: &Arc<str>) {
-        let e = &self.entries[key];
+        let e = self.entries.get(key).expect("scheduled entries are stored");
         let expiry = e.expiry();
         match e.death_ms(self.swept_until) {
             Some(death) => self.dead.push(Reverse((death, key.clone()))),
@@ -403,13 +478,14 @@ impl State {
         }
     }
 
-    fn index_insert(&mut self, origin: &Origin, seq: u64, key: &Arc<str>) {
+    fn index_insert(&mut self, origin: &Origin, seq: u64, key: &str) {
         if seq > 0 {
+            let hash = self.entries.hash(key);
             self.origins
                 .entry(origin.clone())
                 .or_default()
                 .index
-                .insert(seq, key.clone());
+                .insert(seq, hash);
         }
     }
 
@@ -430,12 +506,18 @@ impl State {
         let key = &w.key;
         self.note_key(key);
         let old = self.entries.remove(key);
-        if let Some(e) = &old {
-            self.tally(e, -1);
+        if let Some(r) = &old {
+            self.tally(&r.entry, -1);
         }
-        let (entry, value_changed) = match (old, w.touch) {
+        let fresh = |entry| {
+            Box::new(Record {
+                key: key.clone(),
+                entry,
+            })
+        };
+        let (record, value_changed) = match (old, w.touch) {
             (None, false) => (
-                Box::new(Entry {
+                fresh(Entry {
                     value: w.value.clone(),
                     hlc: w.hlc,
                     origin: origin.clone(),
@@ -447,7 +529,7 @@ impl State {
             ),
             (None, true) => (
                 // The touch came before the write it touched: keep it; the write will land under it.
-                Box::new(Entry {
+                fresh(Entry {
                     value: None,
                     hlc: Hlc(0),
                     origin: origin.clone(),
@@ -462,8 +544,9 @@ impl State {
                 }),
                 false,
             ),
-            (Some(mut e), false) => {
-                if beats(w.hlc, origin, e.hlc, &e.origin) {
+            (Some(mut r), false) => {
+                let e = &mut r.entry;
+                let changed = if beats(w.hlc, origin, e.hlc, &e.origin) {
                     self.supersede(&e.origin.clone(), e.seq, key);
                     if let Some(t) = &e.touch {
                         if beats(w.hlc, origin, t.hlc, &t.origin) {
@@ -477,13 +560,15 @@ impl State {
                     e.origin = origin.clone();
                     e.seq = w.seq;
                     e.expires_ms = w.expires_ms;
-                    (e, true)
+                    true
                 } else {
                     self.supersede(origin, w.seq, key);
-                    (e, false)
-                }
+                    false
+                };
+                (r, changed)
             }
-            (Some(mut e), true) => {
+            (Some(mut r), true) => {
+                let e = &mut r.entry;
                 let beats_value = e.seq == 0 || beats(w.hlc, origin, e.hlc, &e.origin);
                 let beats_touch = e
                     .touch
@@ -502,12 +587,12 @@ impl State {
                 } else {
                     self.supersede(origin, w.seq, key);
                 }
-                (e, false)
+                (r, false)
             }
         };
-        let stored = entry.write_for(key, origin, w.seq).is_some();
-        self.tally(&entry, 1);
-        self.entries.insert(key.clone(), entry);
+        let stored = record.entry.write_for(key, origin, w.seq).is_some();
+        self.tally(&record.entry, 1);
+        self.entries.insert(record);
         if stored {
             self.index_insert(origin, w.seq, key);
         }
@@ -517,8 +602,9 @@ impl State {
 
     fn remove_entry(&mut self, key: &Arc<str>) {
         self.note_key(key);
-        if let Some(e) = self.entries.remove(key) {
-            self.tally(&e, -1);
+        if let Some(r) = self.entries.remove(key) {
+            let e = &r.entry;
+            self.tally(e, -1);
             if let Some(o) = self.origins.get_mut(&e.origin) {
                 o.index.remove(&e.seq);
             }
@@ -577,7 +663,10 @@ impl MemoryStore {
             let registers: Vec<(Origin, u64)> =
                 entry.writes(&key).map(|(o, w)| (o, w.seq)).collect();
             state.tally(&entry, 1);
-            state.entries.insert(key.clone(), Box::new(entry));
+            state.entries.insert(Box::new(Record {
+                key: key.clone(),
+                entry,
+            }));
             for (origin, seq) in registers {
                 state.index_insert(&origin, seq, &key);
             }
@@ -784,22 +873,22 @@ impl Store for MemoryStore {
         loop {
             let next_stored = stored.peek().map(|(s, _)| **s);
             let next_replaced = replaced.peek().map(|(s, _)| **s);
-            let (seq, key, is_stored) = match (next_stored, next_replaced) {
+            let (seq, found, is_stored) = match (next_stored, next_replaced) {
                 (None, None) => break,
                 (Some(a), Some(b)) if b < a => {
                     let (_, k) = replaced.next().expect("peeked");
-                    (b, k, false)
+                    (b, state.entries.get_key_value(k), false)
                 }
                 (Some(a), _) => {
-                    let (_, k) = stored.next().expect("peeked");
-                    (a, k, true)
+                    let (_, hash) = stored.next().expect("peeked");
+                    (a, state.entries.by_dot(*hash, origin, a), true)
                 }
                 (None, Some(b)) => {
                     let (_, k) = replaced.next().expect("peeked");
-                    (b, k, false)
+                    (b, state.entries.get_key_value(k), false)
                 }
             };
-            let Some(e) = state.entries.get(key) else {
+            let Some((key, e)) = found else {
                 continue;
             };
             let items: Vec<(Option<Origin>, Write)> = if is_stored {
@@ -849,6 +938,14 @@ impl Store for MemoryStore {
                     f(&o, w);
                 }
             }
+        }
+    }
+
+    fn registers(&self, key: &str) -> Vec<(Origin, Write)> {
+        let state = self.state.read();
+        match state.entries.get_key_value(key) {
+            Some((k, e)) => e.writes(k).collect(),
+            None => Vec::new(),
         }
     }
 
@@ -958,7 +1055,7 @@ impl Store for MemoryStore {
             .keys
             .into_iter()
             .map(|k| {
-                let e = state.entries.get(&k).map(|e| (**e).clone());
+                let e = state.entries.get(&k).cloned();
                 (k, e)
             })
             .collect();
@@ -987,7 +1084,11 @@ impl Store for MemoryStore {
             Some(o) => dots
                 .ranges()
                 .iter()
-                .flat_map(|&(a, b)| o.index.range(a..=b).map(|(s, k)| (*s, k.clone())))
+                .flat_map(|&(a, b)| o.index.range(a..=b))
+                .filter_map(|(s, hash)| {
+                    let (key, _) = state.entries.by_dot(*hash, origin, *s)?;
+                    Some((*s, key.clone()))
+                })
                 .collect(),
             None => return 0,
         };
@@ -1000,14 +1101,14 @@ impl Store for MemoryStore {
             } else {
                 // Only the touch register was superseded elsewhere.
                 state.note_key(key);
-                let mut e = state.entries.remove(key).expect("present");
-                state.tally(&e, -1);
-                e.touch = None;
+                let mut r = state.entries.remove(key).expect("present");
+                state.tally(&r.entry, -1);
+                r.entry.touch = None;
                 if let Some(o) = state.origins.get_mut(origin) {
                     o.index.remove(seq);
                 }
-                state.tally(&e, 1);
-                state.entries.insert(key.clone(), e);
+                state.tally(&r.entry, 1);
+                state.entries.insert(r);
                 state.schedule(key);
             }
         }
