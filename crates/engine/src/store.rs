@@ -41,7 +41,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
-use hashbrown::HashMap;
 use parking_lot::RwLock;
 
 use crate::clock::{Clock, Hlc};
