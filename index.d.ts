@@ -15,6 +15,11 @@ export interface PeerOptions {
   /** Seed addresses; the rest of the network is learned from them. */
   peers?: Array<string | number>
   /**
+   * 'ip:port' the other peers are told to dial (it travels in hellos and member lists) instead of the
+   * bound address: for a peer behind NAT, a port forward or a proxy. An IP address, not a name.
+   */
+  advertise?: string | number
+  /**
    * Cluster secret, at least 16 bytes (else a RangeError): links run a Noise handshake bound to it and
    * are encrypted and authenticated; only peers with the same secret are accepted. During a rotation,
    * `[dialWith, alsoAccepted]`. Without it, links are plaintext and open to anyone who reaches the port.
@@ -41,6 +46,30 @@ export interface PeerOptions {
 export interface BucketOptions {
   /** Default time to live of values written to this bucket, in ms (expiry is replicated with the value). */
   ttl?: number
+}
+
+/** One register of a key, as `inspect` reports it. */
+export interface RegisterInfo {
+  /** Hybrid logical timestamp: the packed 64-bit value in decimal (compare with BigInt). */
+  hlc: string
+  /** Its physical part: ms since the epoch on the writer's clock. */
+  time: number
+  /** The writer's node id; with its incarnation (hex) and `hlc`, what decides which write wins. */
+  origin: string
+  incarnation: string
+  /** The write's sequence number in its replica (origin and incarnation). */
+  seq: number
+  /** Absolute expiry in ms since the epoch; 0 for never. */
+  expires: number
+}
+
+/**
+ * The value register of a key (a tombstone when `deleted`; `hlc` '0' when only a touch arrived so far)
+ * and the touch register, when a touch is newer than the value.
+ */
+export interface KeyInfo extends RegisterInfo {
+  deleted: boolean
+  touch?: RegisterInfo
 }
 
 export type AckLevel = 'local' | 'one' | 'majority' | 'all'
@@ -162,6 +191,11 @@ export declare class SharedBucket extends EventEmitter {
   keys(prefix?: string): string[]
   entries(prefix?: string): Array<[string, any]>
   readonly size: number
+  /**
+   * What this replica stores for `key`, live or not: the winning write's registers (a tombstone when
+   * `deleted`), or undefined when nothing is stored. For debugging and tests; read values with `get`.
+   */
+  inspect(key: string): KeyInfo | undefined
   /**
    * Asks peer `from` (an id) for its entries under `prefix` and merges them; resolves with how many
    * arrived. Rejects with ENOTCONN when that peer is not connected.

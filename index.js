@@ -277,6 +277,17 @@ class SharedBucket extends EventEmitter {
     return native.bucketSize(this.#handle)
   }
 
+  /**
+   * What this replica stores for `key`, live or not: `{ deleted, hlc, time, origin, incarnation, seq,
+   * expires, touch? }` of the winning write (a tombstone when deleted), or undefined when nothing is
+   * stored. For debugging and tests (the chaos checker reads it); `get` is the way to read values.
+   */
+  inspect(key) {
+    checkKey('inspect()', key)
+    if (this.#peer.closed) throw closedError('inspect()')
+    return native.bucketInspect(this.#handle, key) ?? undefined
+  }
+
   fetch(options) {
     if (options === null || typeof options !== 'object') throw new TypeError('fetch(): options must be an object')
     const { from, prefix = '' } = options
@@ -313,6 +324,13 @@ function checkAddress(what, value) {
     throw new RangeError(`${what} must be 'host:port' (got '${value}')`)
   }
   return value
+}
+
+// 'ip:port' with an IPv4 address or a bracketed IPv6 one.
+function isIpLiteral(address) {
+  const host = address.slice(0, address.lastIndexOf(':'))
+  if (host.startsWith('[') && host.endsWith(']')) return require('node:net').isIPv6(host.slice(1, -1))
+  return require('node:net').isIPv4(host)
 }
 
 const MIN_SECRET_BYTES = 16
@@ -367,6 +385,13 @@ class Peer extends EventEmitter {
       if (Buffer.byteLength(id) > 255) throw new RangeError('Peer: options.id must be at most 255 bytes')
     }
     const listen = options.listen === undefined ? '127.0.0.1:0' : checkAddress('Peer: options.listen', options.listen)
+    let advertise
+    if (options.advertise !== undefined) {
+      advertise = checkAddress('Peer: options.advertise', options.advertise)
+      if (!isIpLiteral(advertise)) {
+        throw new RangeError(`Peer: options.advertise must be 'ip:port' with an IP address (got '${options.advertise}')`)
+      }
+    }
     let seeds = []
     if (options.peers !== undefined) {
       if (!Array.isArray(options.peers)) throw new TypeError('Peer: options.peers must be an array of addresses')
@@ -394,7 +419,7 @@ class Peer extends EventEmitter {
     }
 
     const opened = native.peerOpen(
-      { id, listen, seeds, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, secrets, dataDir, durability },
+      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, secrets, dataDir, durability },
       (batch) => this.#onNative(batch),
     )
     Object.defineProperty(this, 'id', { value: opened.id, enumerable: true })

@@ -99,6 +99,8 @@ pub struct OpenOptions {
     pub id: Option<String>,
     pub listen: String,
     pub seeds: Vec<String>,
+    /// `ip:port` to advertise in hellos instead of the bound address.
+    pub advertise: Option<String>,
     pub max_clock_skew_ms: f64,
     pub tombstone_min_age_ms: Option<f64>,
     pub member_timeout_ms: Option<f64>,
@@ -145,6 +147,7 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
         id: (!id.is_empty()).then(|| id.clone()),
         listen: options.listen,
         seeds: options.seeds,
+        advertise: options.advertise,
         clock,
         max_clock_skew: ms(options.max_clock_skew_ms),
         tombstone_min_age: options.tombstone_min_age_ms.map(ms),
@@ -312,6 +315,92 @@ pub fn bucket_get(env: Env, bucket: u32, key: KeyArg) -> Result<RawValue> {
         out
     })
     .ok_or_else(closed)?
+}
+
+/// One register of a key, as `bucketInspect` reports it.
+#[napi(object)]
+pub struct RegisterInfo {
+    /// The hybrid logical timestamp, the packed 64-bit value in decimal (compare as BigInt).
+    pub hlc: String,
+    /// Its physical part: milliseconds since the epoch on the writer's clock.
+    pub time: f64,
+    /// The writer's node id and incarnation (hex): with `hlc`, what decides which write wins.
+    pub origin: String,
+    pub incarnation: String,
+    pub seq: f64,
+    /// Absolute expiry (ms since the epoch), 0 for never.
+    pub expires: f64,
+}
+
+/// The registers stored for a key: the value register (a tombstone when `deleted`) and a newer
+/// touch register, if any.
+#[napi(object)]
+pub struct KeyInfo {
+    pub deleted: bool,
+    pub hlc: String,
+    pub time: f64,
+    pub origin: String,
+    pub incarnation: String,
+    pub seq: f64,
+    pub expires: f64,
+    pub touch: Option<RegisterInfo>,
+}
+
+fn register_info(
+    origin: &peer_buckets_engine::replica::Origin,
+    w: &peer_buckets_engine::store::Write,
+) -> RegisterInfo {
+    RegisterInfo {
+        hlc: w.hlc.0.to_string(),
+        time: w.hlc.physical_ms() as f64,
+        origin: origin.node().to_string(),
+        incarnation: format!("{:x}", origin.id().incarnation),
+        seq: w.seq as f64,
+        expires: w.expires_ms as f64,
+    }
+}
+
+/// What the bucket stores for `key`, live or not (tombstones and expired values too): undefined when
+/// nothing. A touch that arrived before the write it touches leaves no value register: `hlc` is '0'.
+#[napi(catch_unwind)]
+pub fn bucket_inspect(bucket: u32, key: KeyArg) -> Result<Option<KeyInfo>> {
+    with_bucket(bucket, |b| {
+        let registers = b.inspect(key.as_str());
+        if registers.is_empty() {
+            return None;
+        }
+        let value = registers.iter().find(|(_, w)| !w.touch);
+        let touch = registers
+            .iter()
+            .find(|(_, w)| w.touch)
+            .map(|(o, w)| register_info(o, w));
+        Some(match value {
+            Some((o, w)) => {
+                let r = register_info(o, w);
+                KeyInfo {
+                    deleted: w.value.is_none(),
+                    hlc: r.hlc,
+                    time: r.time,
+                    origin: r.origin,
+                    incarnation: r.incarnation,
+                    seq: r.seq,
+                    expires: r.expires,
+                    touch,
+                }
+            }
+            None => KeyInfo {
+                deleted: true,
+                hlc: "0".into(),
+                time: 0.0,
+                origin: String::new(),
+                incarnation: "0".into(),
+                seq: 0.0,
+                expires: 0.0,
+                touch,
+            },
+        })
+    })
+    .ok_or_else(closed)
 }
 
 #[napi(catch_unwind)]

@@ -109,6 +109,13 @@ impl Bucket {
         self.store.scan(prefix, self.now_ms(), f)
     }
 
+    /// The registers stored for `key`, live or not (a tombstone, an expired value), with their
+    /// origins: the value register (`touch == false`; `value` is `None` for a tombstone) and, if a
+    /// touch is newer, the touch register. Empty when nothing is stored for the key.
+    pub fn inspect(&self, key: &str) -> Vec<(Origin, Write)> {
+        self.store.registers(key)
+    }
+
     /// Writes locally (a value, or a tombstone when `value` is `None`) and queues it for every link.
     pub fn write(&self, key: Arc<str>, value: Option<Box<[u8]>>, lifetime: Lifetime) -> Write {
         let listening = self.has_subscriber.load(Ordering::Acquire);

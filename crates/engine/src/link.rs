@@ -64,9 +64,9 @@ pub async fn dial_once(shared: &Arc<Shared>, address: &str) -> Result<(), LinkEr
 }
 
 fn hello(shared: &Shared) -> Message {
-    let host = shared.address.ip();
+    let host = shared.advertised.ip();
     Message::Hello(shared.local.hello(
-        shared.address.port(),
+        shared.advertised.port(),
         (!host.is_unspecified()).then(|| host.to_string()),
         shared.members.known(),
     ))

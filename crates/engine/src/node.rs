@@ -35,6 +35,10 @@ pub struct Config {
     pub listen: String,
     /// Addresses to dial first; the rest of the network is learned from them.
     pub seeds: Vec<String>,
+    /// `ip:port` other peers are told to dial (in hellos, hence in every member list) instead of the
+    /// bound address: for a peer behind NAT or a port forward, or a proxy in front of it (the chaos
+    /// harness routes every link through its fault-injecting proxies this way). `None`: the bound one.
+    pub advertise: Option<String>,
     /// The clock to stamp writes with (tests inject a manual or skewed one).
     pub clock: Arc<Clock>,
     /// How often an idle link sends a ping.
@@ -77,6 +81,7 @@ impl Default for Config {
             id: None,
             listen: "127.0.0.1:0".into(),
             seeds: Vec::new(),
+            advertise: None,
             clock: Arc::new(Clock::default()),
             heartbeat: Duration::from_millis(500),
             dead_after: Duration::from_millis(3_000),
@@ -154,6 +159,8 @@ pub struct Shared {
     pub config: Config,
     pub local: Arc<Local>,
     pub address: SocketAddr,
+    /// What hellos tell other peers to dial: `Config::advertise`, else `address`.
+    pub advertised: SocketAddr,
     pub members: Members,
     pub links: Mutex<Vec<Arc<LinkSlot>>>,
     pub fetches: Fetches,
@@ -227,6 +234,13 @@ impl Node {
             address: config.listen.clone(),
             source,
         })?;
+        // An IP literal: hellos carry the host as text and the other end parses it as an address.
+        let advertised = match &config.advertise {
+            Some(a) => a
+                .parse::<SocketAddr>()
+                .map_err(|_| Error::BadAddress(a.clone()))?,
+            None => address,
+        };
         // Incarnations are ordered by start time, then random, so a newer run of a node sorts after it.
         let incarnation = (config.clock.wall_ms() << 16) | (rand::random::<u16>() as u64);
         let opened = match &config.data_dir {
@@ -266,6 +280,7 @@ impl Node {
         let shared = Arc::new(Shared {
             local,
             address,
+            advertised,
             members: Members::new(),
             links: Mutex::new(Vec::new()),
             fetches: Fetches::default(),
