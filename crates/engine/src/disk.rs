@@ -261,6 +261,16 @@ impl Disk {
             }
         }
         let count = per_bucket.len();
+        // Later local writes must order after everything stored, whatever the wall clock says now (it
+        // may be behind what was stamped before: a peer's clock ahead pushed ours, or time went back).
+        let newest = per_bucket
+            .values()
+            .flat_map(|p| &p.entries)
+            .flat_map(|(_, e)| std::iter::once(e.hlc).chain(e.touch.as_ref().map(|t| t.hlc)))
+            .max();
+        if let Some(hlc) = newest {
+            local.clock.observe(hlc);
+        }
         for (name, parts) in per_bucket {
             let store = MemoryStore::restore(parts.entries, parts.contexts, parts.markers, true);
             let bucket = local.install_bucket(&name, Box::new(store));

@@ -245,3 +245,50 @@ async fn relaxed_writes_settle_at_once_and_still_reach_the_disk() {
     again.close(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Found by the chaos harness (seed 1): a node restarted on its data directory stamped new writes with
+/// its wall clock only, behind the timestamps it had stored (its clock had been pushed ahead by a peer
+/// running ahead, or its machine's clock went back), so a local write lost to what the node already held:
+/// `set` settled and `get` still returned the old value. A restored store is now observed by the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
+    let d = dir("clock");
+    let ahead = Config {
+        clock: std::sync::Arc::new(peer_buckets_engine::clock::Clock::default()),
+        ..config(Some("c"), Some(&d), vec![])
+    };
+    ahead.clock.set_offset_ms(20_000);
+    let node = Node::start(ahead).await.unwrap();
+    let b = node.bucket("s");
+    b.write(
+        "k".into(),
+        Some(value::encode_json("\"old\"")),
+        Lifetime::Forever,
+    );
+    node.close(Duration::from_millis(500)).await;
+    drop(node);
+
+    // The same directory, with the clock 20 s behind where it was.
+    let node = Node::start(config(Some("c"), Some(&d), vec![]))
+        .await
+        .unwrap();
+    let b = node.bucket("s");
+    assert_eq!(get(&b, "k").as_deref(), Some("\"old\""));
+    let stored = b.inspect("k")[0].1.hlc;
+    let w = b.write(
+        "k".into(),
+        Some(value::encode_json("\"new\"")),
+        Lifetime::Forever,
+    );
+    assert!(
+        w.hlc > stored,
+        "the new write must be stamped after the stored one"
+    );
+    assert_eq!(
+        get(&b, "k").as_deref(),
+        Some("\"new\""),
+        "a local write takes effect"
+    );
+    node.close(Duration::from_millis(500)).await;
+    let _ = std::fs::remove_dir_all(&d);
+}
