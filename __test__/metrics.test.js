@@ -187,6 +187,25 @@ test('the figures move with use: keys, buckets, bytes, ops applied, tombstones, 
   expect(value(ma, 'peer_buckets_replication_lag_ops', { peer: 'm2' })).toBeUndefined()
 })
 
+/** True once every thread of process `pid` is stopped (where /proc tells; elsewhere after a pause). */
+async function allStopped(pid) {
+  const fs = require('node:fs')
+  let tasks
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`)
+  } catch {
+    await sleep(200)
+    return true
+  }
+  return tasks.every((t) => {
+    try {
+      return /^[tT]$/.test(fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8').split(') ').pop()[0])
+    } catch {
+      return true
+    }
+  })
+}
+
 function families(parsed, name) {
   return parsed.get(name).samples
 }
@@ -198,6 +217,8 @@ test('per-peer lag rises while a peer is stalled and falls back to 0 once it cat
   expect(value(scrape(a), 'peer_buckets_replication_lag_ops', { peer: 'stalled' })).toBe(0)
 
   stalled.pause()
+  // SIGSTOP lands on each thread of the child in its own time: until all are stopped, it may still ack.
+  await waitFor(() => allStopped(stalled.child.pid), { timeout: 5000, message: 'the child to stop' })
   try {
     const bucket = a.bucket('sessions')
     await Promise.all(Array.from({ length: 300 }, (_, i) => bucket.set(`s${i}`, { i })))
