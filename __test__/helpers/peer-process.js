@@ -1,4 +1,26 @@
 'use strict'
+
+// A signal is delivered asynchronously: until every thread of the child is stopped it may still answer
+// (and acknowledge writes). Waits, bounded, until /proc shows every thread stopped ('T').
+function waitStopped(pid, ms = 2000) {
+  const fs = require('node:fs')
+  const tick = new Int32Array(new SharedArrayBuffer(4))
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    let stopped = true
+    try {
+      for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+        const stat = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8')
+        const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+        if (state !== 'T' && state !== 't') stopped = false
+      }
+    } catch {
+      return // gone, or no /proc
+    }
+    if (stopped) return
+    Atomics.wait(tick, 0, 0, 2)
+  }
+}
 // Spawns fixtures/peer-process.js children and talks to them: wait for the address, send commands
 // with timeouts, collect forwarded events, kill. Every child is tracked so a suite can kill them all
 // in afterEach/afterAll, whatever happened in the test.
@@ -137,6 +159,7 @@ class PeerProcess {
   pause() {
     this.child.kill('SIGSTOP')
     this.paused = true
+    waitStopped(this.child.pid)
   }
 
   /** Resumes a process stopped by pause() (SIGCONT). */
