@@ -68,11 +68,11 @@ impl Bucket {
 
     /// Calls `f` with the live stored value of `key`; returns whether there was one.
     pub fn read(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> bool {
-        self.store.read(key, self.now_ms(), f)
+        self.store.read(key, &|| self.now_ms(), f)
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.store.read(key, self.now_ms(), &mut |_| {})
+        self.store.read(key, &|| self.now_ms(), &mut |_| {})
     }
 
     /// Live keys: expiries due by now are swept first, so the count never includes an expired key.

@@ -190,8 +190,9 @@ pub struct Change {
 
 /// Storage backend of one bucket replica. See the module comment for what an implementation promises.
 pub trait Store: Send + Sync + 'static {
-    /// Calls `f` with the live value of `key` at `now_ms`; returns whether there was one.
-    fn read(&self, key: &str, now_ms: u64, f: &mut dyn FnMut(&[u8])) -> bool;
+    /// Calls `f` with the live value of `key` at time `now_ms()` (asked only when the key can expire);
+    /// returns whether there was one.
+    fn read(&self, key: &str, now_ms: &dyn Fn() -> u64, f: &mut dyn FnMut(&[u8])) -> bool;
     /// How many keys are live; exact once `expire` has run up to now.
     fn live_len(&self) -> usize;
     /// Visits every live key under `prefix` with its value.
@@ -499,10 +500,11 @@ impl State {
         self.note_marker(origin, seq, Some(key.clone()));
     }
 
-    /// Applies one register write of `origin` with LWW per register. Returns whether the key's value
-    /// register changed (a change listeners hear about).
-    fn apply(&mut self, origin: &Origin, w: &Write) -> bool {
-        let key = &w.key;
+    /// Applies one register write of `origin` with LWW per register. When the key's value register
+    /// changes, `on_change` hears of it and the value moves into the store (leaving `None` in `w`: no
+    /// copy of the value is made).
+    fn apply(&mut self, origin: &Origin, w: &mut Write, on_change: &mut dyn FnMut(&Write)) {
+        let key = &w.key.clone();
         self.note_key(key);
         let old = self.entries.remove(key);
         if let Some(r) = &old {
@@ -514,10 +516,13 @@ impl State {
                 entry,
             })
         };
-        let (record, value_changed) = match (old, w.touch) {
+        let (record, _value_changed) = match (old, w.touch) {
             (None, false) => (
                 fresh(Entry {
-                    value: w.value.clone(),
+                    value: {
+                        on_change(w);
+                        w.value.take()
+                    },
                     hlc: w.hlc,
                     origin: origin.clone(),
                     seq: w.seq,
@@ -554,7 +559,8 @@ impl State {
                             e.touch = None;
                         }
                     }
-                    e.value = w.value.clone();
+                    on_change(w);
+                    e.value = w.value.take();
                     e.hlc = w.hlc;
                     e.origin = origin.clone();
                     e.seq = w.seq;
@@ -596,7 +602,6 @@ impl State {
             self.index_insert(origin, w.seq, key);
         }
         self.schedule(key);
-        value_changed
     }
 
     fn remove_entry(&mut self, key: &Arc<str>) {
@@ -681,13 +686,14 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn read(&self, key: &str, now_ms: u64, f: &mut dyn FnMut(&[u8])) -> bool {
+    fn read(&self, key: &str, now_ms: &dyn Fn() -> u64, f: &mut dyn FnMut(&[u8])) -> bool {
         let state = self.state.read();
-        match state
-            .entries
-            .get(key)
-            .and_then(|e| e.live_value(state.now(now_ms)))
-        {
+        // The clock is read only for a key that can expire.
+        let value = state.entries.get(key).and_then(|e| match e.expiry() {
+            0 => e.value.as_deref(),
+            _ => e.live_value(state.now(now_ms())),
+        });
+        match value {
             Some(v) => {
                 f(v);
                 true
@@ -736,7 +742,7 @@ impl Store for MemoryStore {
             (Lifetime::Ttl(ms), _) => hlc.physical_ms().saturating_add(ms.max(1)),
             (Lifetime::Until(at), _) => at,
         };
-        let write = Write {
+        let mut write = Write {
             key,
             hlc,
             seq,
@@ -744,8 +750,8 @@ impl Store for MemoryStore {
             expires_ms,
             touch: false,
         };
-        state.apply(me, &write);
-        on_change(&write);
+        // A local write always wins, so the value moves into the store; the write returned has none.
+        state.apply(me, &mut write, on_change);
         write
     }
 
@@ -761,7 +767,7 @@ impl Store for MemoryStore {
             .checked_add(1)
             .expect("sequence numbers exhausted");
         state.see(me, seq);
-        let write = Write {
+        let mut write = Write {
             key,
             hlc,
             seq,
@@ -769,7 +775,7 @@ impl Store for MemoryStore {
             expires_ms: hlc.physical_ms().saturating_add(ttl_ms.max(1)),
             touch: true,
         };
-        state.apply(me, &write);
+        state.apply(me, &mut write, &mut |_| {});
         Some(write)
     }
 
@@ -782,7 +788,7 @@ impl Store for MemoryStore {
     ) -> usize {
         let mut state = self.state.write();
         let mut fresh = 0;
-        for w in writes {
+        for mut w in writes {
             if state
                 .origins
                 .get(origin)
@@ -792,9 +798,7 @@ impl Store for MemoryStore {
             }
             fresh += 1;
             state.see(origin, w.seq);
-            if state.apply(origin, &w) {
-                on_change(&w);
-            }
+            state.apply(origin, &mut w, on_change);
         }
         if !covered.is_empty() {
             state
@@ -1142,7 +1146,7 @@ mod tests {
 
     fn get(s: &MemoryStore, key: &str) -> Option<String> {
         let mut out = None;
-        s.read(key, 0, &mut |v| {
+        s.read(key, &|| 0, &mut |v| {
             out = Some(String::from_utf8(v.to_vec()).unwrap())
         });
         out
@@ -1326,14 +1330,17 @@ mod tests {
             .touch_local(&a, &clock, "k".into(), 1_000)
             .expect("live key");
         assert!(touch.touch && touch.expires_ms == 11_000);
-        assert!(s.read("k", 10_500, &mut |_| {}), "the touch extended it");
+        assert!(
+            s.read("k", &|| 10_500, &mut |_| {}),
+            "the touch extended it"
+        );
         assert!(s.touch_local(&a, &clock, "missing".into(), 1_000).is_none());
         // A newer set from elsewhere replaces the expiry along with the value.
         let mut newer = w("k", Hlc::from_parts(20_000, 0).0, 1, Some("n"));
         newer.expires_ms = 20_050;
         s.merge(&b, vec![newer], &SeqRanges::new(), &mut |_| {});
-        assert!(s.read("k", 20_000, &mut |_| {}));
-        assert!(!s.read("k", 20_050, &mut |_| {}));
+        assert!(s.read("k", &|| 20_000, &mut |_| {}));
+        assert!(!s.read("k", &|| 20_050, &mut |_| {}));
         // A touch older than a delete leaves the key deleted.
         s.merge(
             &b,
@@ -1345,7 +1352,7 @@ mod tests {
         old_touch.touch = true;
         old_touch.expires_ms = 99_999;
         s.merge(&b, vec![old_touch], &SeqRanges::new(), &mut |_| {});
-        assert!(!s.read("k", 30_000, &mut |_| {}));
+        assert!(!s.read("k", &|| 30_000, &mut |_| {}));
         assert_eq!(s.live_len(), 0);
     }
 
@@ -1400,8 +1407,8 @@ mod tests {
         write.expires_ms = 100;
         s.merge(&a, vec![write], &SeqRanges::new(), &mut |_| {});
         let mut seen = false;
-        assert!(s.read("k", 99, &mut |_| seen = true));
-        assert!(!s.read("k", 100, &mut |_| {}));
+        assert!(s.read("k", &|| 99, &mut |_| seen = true));
+        assert!(!s.read("k", &|| 100, &mut |_| {}));
         assert!(seen);
     }
 
