@@ -1,0 +1,117 @@
+//! Criterion benchmarks of the engine's hot paths: a local write (store insert), merging a batch of
+//! remote writes, reading, walking the index into a chunk, and encoding/decoding an Ops frame.
+//! `cargo bench -p peer-buckets-engine`
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use peer_buckets_engine::clock::{Clock, Hlc};
+use peer_buckets_engine::ranges::SeqRanges;
+use peer_buckets_engine::replica::{ReplicaId, ReplicaTable};
+use peer_buckets_engine::store::{ChunkLimits, Lifetime, MemoryStore, Store, Write};
+use peer_buckets_engine::value;
+use peer_buckets_engine::wire::{self, Message, OpsBatch};
+
+fn session() -> Box<[u8]> {
+    value::encode_json(&format!(
+        "{{\"user\":\"user-00000\",\"roles\":[\"reader\",\"writer\"],\"csrf\":\"{}\",\"ip\":\"10.1.2.3\"}}",
+        "x".repeat(120)
+    ))
+}
+
+fn writes(n: usize) -> Vec<Write> {
+    (0..n)
+        .map(|i| Write {
+            key: format!("sess:{i}").into(),
+            hlc: Hlc::from_parts(1_764_000_000_000, i as u16),
+            seq: i as u64 + 1,
+            value: Some(session()),
+            expires_ms: 0,
+            touch: false,
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let table = ReplicaTable::new();
+    let me = table.intern(&ReplicaId {
+        node: "me".into(),
+        incarnation: 1,
+    });
+    let other = table.intern(&ReplicaId {
+        node: "other".into(),
+        incarnation: 1,
+    });
+    let clock = Clock::default();
+    let value = session();
+
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let store = MemoryStore::new();
+    let mut i = 0u64;
+    g.bench_function("write_local (insert, 100k keys cycling)", |b| {
+        b.iter(|| {
+            i += 1;
+            let key: Arc<str> = format!("sess:{}", i % 100_000).into();
+            store.write_local(
+                &me,
+                &clock,
+                key,
+                Some(value.clone()),
+                Lifetime::Forever,
+                &mut |_| {},
+            )
+        })
+    });
+    g.bench_function("read (hit)", |b| {
+        b.iter(|| store.read("sess:4242", &|| 0, &mut |v| assert!(!v.is_empty())))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("merge");
+    g.throughput(Throughput::Elements(1024));
+    g.bench_function("merge a batch of 1024 remote writes", |b| {
+        b.iter_batched(
+            || (MemoryStore::new(), writes(1024)),
+            |(s, batch)| s.merge(&other, batch, &SeqRanges::up_to(1024), &mut |_| {}),
+            BatchSize::SmallInput,
+        )
+    });
+    let source = MemoryStore::new();
+    source.merge(
+        &other,
+        writes(100_000),
+        &SeqRanges::up_to(100_000),
+        &mut |_| {},
+    );
+    g.bench_function("chunk: walk 1024 writes out of the index", |b| {
+        b.iter(|| source.chunk(&other, 50_000, 60_000, ChunkLimits::writes(1024)))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("wire");
+    let msg = Message::Ops(OpsBatch {
+        bucket: "sessions".into(),
+        origin: other.id().clone(),
+        covered: SeqRanges::up_to(1024),
+        writes: writes(1024),
+        superseders: Vec::new(),
+    });
+    let mut frame = Vec::new();
+    wire::encode_frame(&msg, &mut frame).expect("encodes");
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    g.bench_function("encode an Ops frame of 1024 writes", |b| {
+        let mut buf = Vec::with_capacity(frame.len());
+        b.iter(|| {
+            buf.clear();
+            wire::encode_frame(&msg, &mut buf).expect("encodes")
+        })
+    });
+    g.bench_function("decode an Ops frame of 1024 writes", |b| {
+        b.iter(|| wire::decode_frame(&frame).expect("decodes").expect("whole"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
