@@ -1099,21 +1099,41 @@ impl Store for MemoryStore {
             let Some(e) = state.entries.get(key) else {
                 continue;
             };
-            if e.seq == *seq && e.origin == *origin {
+            let value_dot = e.seq == *seq && e.origin == *origin;
+            // Whether the key keeps a register: the other one than the dropped one.
+            let left = if value_dot {
+                e.touch.is_some()
+            } else {
+                e.seq > 0
+            };
+            if !left {
                 state.remove_entry(key);
+                continue;
+            }
+            state.note_key(key);
+            let mut r = state.entries.remove(key).expect("present");
+            state.tally(&r.entry, -1);
+            if value_dot {
+                // The value register was superseded elsewhere, not the newer touch register (another
+                // dot): keep the touch, as when it arrives before the write it touches, for the
+                // superseding write to land under. (Dropping it lost it for good: its dot stays in
+                // the context.)
+                let e = &mut r.entry;
+                e.value = None;
+                e.hlc = Hlc(0);
+                e.seq = 0;
+                e.expires_ms = 0;
+                e.origin = e.touch.as_ref().expect("left").origin.clone();
             } else {
                 // Only the touch register was superseded elsewhere.
-                state.note_key(key);
-                let mut r = state.entries.remove(key).expect("present");
-                state.tally(&r.entry, -1);
                 r.entry.touch = None;
-                if let Some(o) = state.origins.get_mut(origin) {
-                    o.index.remove(seq);
-                }
-                state.tally(&r.entry, 1);
-                state.entries.insert(r);
-                state.schedule(key);
             }
+            if let Some(o) = state.origins.get_mut(origin) {
+                o.index.remove(seq);
+            }
+            state.tally(&r.entry, 1);
+            state.entries.insert(r);
+            state.schedule(key);
         }
         found.len()
     }
