@@ -24,7 +24,7 @@ const { Cluster } = require('./cluster')
 const { check, explain, summarize, loadRun } = require('./checker')
 
 function parseArgs(argv) {
-  const args = { seconds: 30, nodes: 5, rate: 40, hot: 200, concurrency: 8, quiet: false }
+  const args = { seconds: 30, nodes: 5, rate: 40, hot: 200, concurrency: 8, quiet: false, regime: 'any' }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const next = () => {
@@ -38,6 +38,10 @@ function parseArgs(argv) {
     else if (a === '--hot') args.hot = Number(next())
     else if (a === '--concurrency') args.concurrency = Number(next())
     else if (a === '--dir') args.dir = next()
+    else if (a === '--regime') {
+      args.regime = next()
+      if (!['any', 'wide', 'tight'].includes(args.regime)) usage('--regime must be any, wide or tight')
+    }
     else if (a === '--quiet') args.quiet = true
     else if (a === '--help' || a === '-h') usage()
     else usage(`unknown argument ${a}`)
@@ -53,7 +57,7 @@ function parseArgs(argv) {
 
 function usage(error) {
   if (error) console.error(`chaos: ${error}`)
-  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--quiet]')
+  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--regime any|wide|tight] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--quiet]')
   process.exit(2)
 }
 
@@ -61,7 +65,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 async function main() {
   const args = parseArgs(process.argv.slice(2))
-  const { config, events: schedule } = plan({ seed: args.seed, seconds: args.seconds, nodes: args.nodes })
+  const { config, events: schedule } = plan({ seed: args.seed, seconds: args.seconds, nodes: args.nodes, regime: args.regime })
   const dir = args.dir || fs.mkdtempSync(path.join(os.tmpdir(), `peer-buckets-chaos-${args.seed}-`))
   fs.mkdirSync(dir, { recursive: true })
   const log = (line) => {
@@ -254,7 +258,7 @@ async function main() {
     )
     if (!passed) {
       const first = result.report.first()
-      console.log(`FAILED with seed ${args.seed} (replay: npm run chaos -- --seconds ${args.seconds} --seed ${args.seed} --nodes ${args.nodes}); run directory ${dir}`)
+      console.log(`FAILED with seed ${args.seed} (replay: npm run chaos -- --seconds ${args.seconds} --seed ${args.seed} --nodes ${args.nodes}${args.regime === 'any' ? '' : ` --regime ${args.regime}`}); run directory ${dir}`)
       if (!settledIn.converged) console.log(`  replicas did not converge within 120 s of the final heal: ${settledIn.detail}`)
       if (first) {
         console.log(`  first violation, check ${first.check} (${first.name}): ${first.message}`)

@@ -17,9 +17,10 @@ const DEAD_AFTER_MS = 3000
  *   peer may be restarted with its clock beyond maxClockSkew for a while ('skew-out': its links are
  *   refused) and back.
  */
-function planConfig(seed, nodes) {
+function planConfig(seed, nodes, only = 'any') {
   const rng = new Rng(seed, 'config')
-  const regime = rng.chance(0.65) ? 'wide' : 'tight'
+  const drawn = rng.chance(0.65) ? 'wide' : 'tight'
+  const regime = only === 'any' ? drawn : only
   const options = regime === 'wide' ? { maxClockSkew: 60000 } : { maxClockSkew: 2000, memberTimeout: 12000 }
   const skewRange = regime === 'wide' ? 30000 : 600
   const ids = Array.from({ length: nodes }, (_, i) => `n${i + 1}`)
@@ -141,8 +142,8 @@ function planFaults(config, seconds) {
   return events
 }
 
-function plan({ seed, seconds, nodes }) {
-  const config = planConfig(seed, nodes)
+function plan({ seed, seconds, nodes, regime = 'any' }) {
+  const config = planConfig(seed, nodes, regime)
   return { config, events: planFaults(config, seconds) }
 }
 
