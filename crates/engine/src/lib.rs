@@ -4,6 +4,7 @@
 //! - `clock`: the hybrid logical clock every write is stamped with;
 //! - `replica`: who wrote a value (node id and incarnation), interned as `Origin`;
 //! - `ranges`: sets of sequence numbers, the causal context of a replica;
+//! - `seq_index`: the compact per-origin index seq -> key hash;
 //! - `store`: the `Store` trait and the in-memory backend, with the last-writer-wins merge;
 //! - `value`: how values are tagged (JSON text or raw bytes);
 //! - `wire`: the versioned message enum and its length-prefixed frames;
@@ -33,6 +34,7 @@ pub mod node;
 pub mod ranges;
 pub mod replica;
 pub mod secure;
+pub mod seq_index;
 pub mod store;
 pub mod sync;
 pub mod value;

@@ -46,6 +46,7 @@ use parking_lot::RwLock;
 use crate::clock::{Clock, Hlc};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
+use crate::seq_index::SeqIndex;
 
 /// A register write as it travels between replicas; the origin travels once per batch beside it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -313,7 +314,7 @@ struct OriginState {
     context: SeqRanges,
     /// seq -> hash of the key of the registers of this origin stored now (`Entries::by_dot` finds the
     /// record again; a hash is half the size of a key handle in every index node).
-    index: BTreeMap<u64, u64>,
+    index: SeqIndex,
     /// seq -> key of this origin's writes that lost to a newer one, until every member has the newer.
     superseded: BTreeMap<u64, Arc<str>>,
 }
@@ -495,7 +496,7 @@ impl State {
             return;
         }
         let o = self.origins.entry(origin.clone()).or_default();
-        o.index.remove(&seq);
+        o.index.remove(seq);
         o.superseded.insert(seq, key.clone());
         self.note_marker(origin, seq, Some(key.clone()));
     }
@@ -610,11 +611,11 @@ impl State {
             let e = &r.entry;
             self.tally(e, -1);
             if let Some(o) = self.origins.get_mut(&e.origin) {
-                o.index.remove(&e.seq);
+                o.index.remove(e.seq);
             }
             if let Some(t) = &e.touch {
                 if let Some(o) = self.origins.get_mut(&t.origin) {
-                    o.index.remove(&t.seq);
+                    o.index.remove(t.seq);
                 }
             }
         }
@@ -871,10 +872,10 @@ impl Store for MemoryStore {
         let mut bytes = 0;
         let mut last = end;
         // Walk stored and superseded seqs together, in order, so a cut leaves a clean prefix.
-        let mut stored = o.index.range(start..=end).peekable();
+        let mut stored = o.index.range(start, end).peekable();
         let mut replaced = o.superseded.range(start..=end).peekable();
         loop {
-            let next_stored = stored.peek().map(|(s, _)| **s);
+            let next_stored = stored.peek().map(|(s, _)| *s);
             let next_replaced = replaced.peek().map(|(s, _)| **s);
             let (seq, found, is_stored) = match (next_stored, next_replaced) {
                 (None, None) => break,
@@ -884,7 +885,7 @@ impl Store for MemoryStore {
                 }
                 (Some(a), _) => {
                     let (_, hash) = stored.next().expect("peeked");
-                    (a, state.entries.by_dot(*hash, origin, a), true)
+                    (a, state.entries.by_dot(hash, origin, a), true)
                 }
                 (None, Some(b)) => {
                     let (_, k) = replaced.next().expect("peeked");
@@ -1043,7 +1044,7 @@ impl Store for MemoryStore {
         let mut out = SeqRanges::new();
         if let Some(o) = state.origins.get(origin) {
             for &(a, b) in within.ranges() {
-                for &seq in o.index.range(a..=b).map(|(s, _)| s) {
+                for seq in o.index.range(a, b).map(|(s, _)| s) {
                     out.insert(seq);
                 }
             }
@@ -1087,10 +1088,10 @@ impl Store for MemoryStore {
             Some(o) => dots
                 .ranges()
                 .iter()
-                .flat_map(|&(a, b)| o.index.range(a..=b))
+                .flat_map(|&(a, b)| o.index.range(a, b))
                 .filter_map(|(s, hash)| {
-                    let (key, _) = state.entries.by_dot(*hash, origin, *s)?;
-                    Some((*s, key.clone()))
+                    let (key, _) = state.entries.by_dot(hash, origin, s)?;
+                    Some((s, key.clone()))
                 })
                 .collect(),
             None => return 0,
@@ -1129,7 +1130,7 @@ impl Store for MemoryStore {
                 r.entry.touch = None;
             }
             if let Some(o) = state.origins.get_mut(origin) {
-                o.index.remove(seq);
+                o.index.remove(*seq);
             }
             state.tally(&r.entry, 1);
             state.entries.insert(r);
