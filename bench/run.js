@@ -7,7 +7,7 @@
 
 const fs = require('node:fs')
 const path = require('node:path')
-const { machine, fmtNum } = require('./lib/util')
+const { machine, withTimeout } = require('./lib/util')
 const procs = require('./lib/procs')
 const { INSTALL_HINT, redisVersion, startRedis, waitReplicasCaughtUp } = require('./lib/redis')
 const report = require('./lib/report')
@@ -17,9 +17,35 @@ const latency = require('./sections/latency')
 const join = require('./sections/join')
 const catchup = require('./sections/catchup')
 
+/** Which build of the product was measured: the commit, whether the tree differs, and the addon file. */
+function productState() {
+  const { spawnSync } = require('node:child_process')
+  const crypto = require('node:crypto')
+  const root = path.join(__dirname, '..')
+  const git = (...a) => {
+    const r = spawnSync('git', a, { cwd: root, encoding: 'utf8' })
+    return r.status === 0 ? r.stdout.trim() : null
+  }
+  const dirty = (git('status', '--porcelain') || '').split('\n').filter((l) => l && !l.slice(3).startsWith('bench/'))
+  const out = { commit: git('rev-parse', '--short', 'HEAD'), dirty_files_outside_bench: dirty.length, addon: null }
+  try {
+    const file = fs.readdirSync(root).find((f) => f.endsWith('.node'))
+    if (file) {
+      const p = path.join(root, file)
+      const st = fs.statSync(p)
+      out.addon = {
+        file,
+        built: st.mtime.toISOString(),
+        sha256: crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex').slice(0, 12),
+      }
+    }
+  } catch {}
+  return out
+}
+
 const argv = process.argv.slice(2)
 if (argv.includes('--help') || argv.includes('-h')) {
-  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,replicated,latency,scuttlebutt,join,memory,catchup] [--no-redis]')
+  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,replicated,latency,scuttlebutt,join,memory,catchup] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
   process.exit(0)
 }
 const QUICK = argv.includes('--quick')
@@ -32,7 +58,7 @@ const ONLY_ = ONLY || new Set()
 
 const CONFIG = {
   full: {
-    rounds: 5,
+    rounds: 7,
     getObjOps: 1_000_000,
     getStrOps: 3_000_000,
     setOps: 500_000,
@@ -63,7 +89,7 @@ const CONFIG = {
     scuttlebuttRounds: 3,
     convergeTimeoutMs: 30_000,
     scuttlebuttTimeoutMs: 30_000,
-    latencySamples: 500,
+    latencySamples: 1000,
     joinN: 100_000,
     memN: 100_000,
     joinTimeoutMs: 45_000,
@@ -81,6 +107,9 @@ const figures = Object.fromEntries(report.JSON_KEYS.map((k) => [k, null]))
 const extra = { join_n: cfg.joinN, mem_n: cfg.memN, errors: [], skipped: [] }
 const details = {}
 
+// A section that runs past its limit is abandoned (its processes are killed at the end, like all).
+const SECTION_LIMIT_MS = QUICK ? 120_000 : 360_000
+
 async function section(name, fn) {
   if (Date.now() - started > cfg.budgetMs) {
     extra.skipped.push(name)
@@ -89,7 +118,7 @@ async function section(name, fn) {
   }
   const t0 = Date.now()
   try {
-    const r = await fn()
+    const r = await withTimeout(fn(), SECTION_LIMIT_MS, name)
     log(`  (${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s)`)
     return r
   } catch (err) {
@@ -111,7 +140,12 @@ async function main() {
     redis: rv,
   }
   log(`peer-buckets bench${QUICK ? ' (--quick)' : ''} — ${new Date().toISOString()}`)
-  log(`machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, ${m.os}; node ${m.node}`)
+  log(`machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, ${m.os}; node ${m.node}; ` +
+    `load average at start ${m.loadavg.map((x) => x.toFixed(2)).join(' ')}${m.loadavg[0] > 0.5 ? ' (other work is running: figures are noisier)' : ''}`)
+  const product = productState()
+  versions.product = product
+  log(`product: commit ${product.commit}${product.dirty_files_outside_bench ? ` + ${product.dirty_files_outside_bench} changed file(s)` : ''}` +
+    (product.addon ? `, addon ${product.addon.file} built ${product.addon.built} (sha256 ${product.addon.sha256}…)` : ', addon not built'))
   log(`versions: peer-buckets ${versions['peer-buckets']}, redis-server ${rv || 'not installed'}, ioredis ${versions.ioredis}, scuttlebutt ${versions.scuttlebutt}`)
   log(`workload: session object of ${Buffer.byteLength(require('./lib/workload').SESSION_JSON)} bytes of JSON, keys sess:<n>; median of ${cfg.rounds} rounds`)
   if (stale) log(`(killed ${stale} process(es) left by an earlier run that was killed)`)
@@ -134,20 +168,17 @@ async function main() {
     // 1, 2: local get and set (against a standalone Redis: no replica load on it yet).
     if (want('local')) {
       log('\n[1, 2] local get and set, one Node process')
-      const pb = await section('local peer-buckets', () => local.peerBuckets(ctx))
-      if (pb) {
-        details.local = pb
-        figures.get_obj_ops = pb.get_obj.median
-        figures.get_str_ops = pb.get_str.median
-        figures.set_ops = pb.set.median
-      }
-      if (ctx.redis) {
-        const r = await section('local redis', () => local.redis(ctx))
-        if (r) {
-          details.local_redis = r
-          figures.redis_get_pipelined_ops = r.get_obj.median
-          extra.redis_get_str_ops = r.get_str.median
-          figures.redis_set_pipelined_ops = r.set.median
+      const l = await section('local get/set', () => local.run(ctx))
+      if (l) {
+        details.local = l.pb
+        figures.get_obj_ops = l.pb.get_obj.median
+        figures.get_str_ops = l.pb.get_str.median
+        figures.set_ops = l.pb.set.median
+        if (l.redis) {
+          details.local_redis = l.redis
+          figures.redis_get_pipelined_ops = l.redis.get_obj.median
+          extra.redis_get_str_ops = l.redis.get_str.median
+          figures.redis_set_pipelined_ops = l.redis.set.median
         }
       }
     }
@@ -174,9 +205,9 @@ async function main() {
 
     // 3, 4: three writers; then latency on the same peer mesh.
     if (want('replicated') || want('latency')) {
-      log('\n[3] three processes writing at once until every replica holds everything')
       try {
         if (want('replicated')) {
+          log('\n[3] three processes writing at once until every replica holds everything')
           const pb = await section('replicated peer-buckets', () => replicated.peerBuckets(ctx))
           if (pb) {
             details.replicated = pb
@@ -296,9 +327,16 @@ async function main() {
     issue2_targets: report.issue2Targets(figures),
     details,
   }
-  fs.writeFileSync(path.join(dir, 'latest.json'), JSON.stringify(out, null, 2) + '\n')
-  fs.writeFileSync(path.join(dir, 'ratios.svg'), report.renderSvg(rows, m, out.mode))
-  log(`\nwrote bench/results/latest.json and bench/results/ratios.svg`)
+  if (ONLY) {
+    // A partial run (--only) does not replace the results of the last whole run.
+    out.only = [...ONLY]
+    fs.writeFileSync(path.join(dir, 'partial.json'), JSON.stringify(out, null, 2) + '\n')
+    log(`\nwrote bench/results/partial.json (an --only run leaves latest.json and ratios.svg alone)`)
+  } else {
+    fs.writeFileSync(path.join(dir, 'latest.json'), JSON.stringify(out, null, 2) + '\n')
+    fs.writeFileSync(path.join(dir, 'ratios.svg'), report.renderSvg(rows, m, out.mode))
+    log(`\nwrote bench/results/latest.json and bench/results/ratios.svg`)
+  }
   if (JSON_OUT) log(report.jsonLine(figures))
   return extra.errors.length ? 1 : 0
 }

@@ -87,8 +87,16 @@ function installSignalHandlers() {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
     process.on(sig, () => {
       process.stderr.write(`\nbench: ${sig}: stopping every process it started\n`)
+      const children = [...live.values()].map((e) => e.child)
+      const gone = Promise.all(children.map((c) => (c.exitCode !== null || c.signalCode !== null)
+        ? null : new Promise((r) => c.once('exit', r))))
       killAllSync()
-      process.exit(sig === 'SIGINT' ? 130 : 143)
+      // Wait (briefly) for the exits to be reaped, so no zombie is left behind.
+      const t = setTimeout(() => process.exit(sig === 'SIGINT' ? 130 : 143), 2000)
+      gone.then(() => {
+        clearTimeout(t)
+        process.exit(sig === 'SIGINT' ? 130 : 143)
+      })
     })
   }
 }

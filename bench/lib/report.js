@@ -16,16 +16,16 @@ const JSON_KEYS = [
  */
 function comparisons(f, extra) {
   const rows = [
-    { n: '1', what: 'get, session object (ops/s)', ours: f.get_obj_ops, alt: 'ioredis GET+JSON.parse, 256 in flight', theirs: f.redis_get_pipelined_ops, better: 'higher', goal: 10 },
-    { n: '1', what: 'get, short string (ops/s)', ours: f.get_str_ops, alt: 'ioredis GET, 256 in flight', theirs: extra.redis_get_str_ops, better: 'higher', goal: 25 },
-    { n: '2', what: "set, ack 'local' (ops/s)", ours: f.set_ops, alt: 'ioredis SET, 256 in flight', theirs: f.redis_set_pipelined_ops, better: 'higher', goal: 5 },
-    { n: '3', what: '3 writers until converged (ops/s)', ours: f.replicated_3w_ops, alt: 'scuttlebutt Model ×3, two-way', theirs: f.scuttlebutt_3w_ops, better: 'higher', goal: 10 },
-    { n: '3', what: '3 writers until converged (ops/s)', ours: f.replicated_3w_ops, alt: 'Redis primary + 2 replicas, one-way', theirs: f.redis_replicated_ops, better: 'higher', goal: 1 },
-    { n: '4', what: 'write → other process, p50 (µs)', ours: f.latency_p50_us, alt: 'Redis primary → replica', theirs: f.redis_latency_p50_us, better: 'lower', goal: null },
-    { n: '4', what: 'write → other process, p99 (µs)', ours: f.latency_p99_us, alt: 'Redis primary → replica', theirs: f.redis_latency_p99_us, better: 'lower', goal: 1 },
-    { n: '5', what: `join, ${fmtNum(extra.join_n)} keys (ms)`, ours: f.join_1m_ms, alt: 'new Redis replica, full sync', theirs: f.redis_join_1m_ms, better: 'lower', goal: 1, strict: true },
-    { n: '6', what: 'catch-up (bytes per missed byte)', ours: f.catchup_bytes_per_missed_byte, alt: '(goal ≤ 1.5, no alternative)', theirs: null, better: 'lower', goal: null, absGoal: 1.5 },
-    { n: '7', what: `memory per key, ${fmtNum(extra.mem_n)} keys (bytes)`, ours: f.bytes_per_key, alt: 'Redis used_memory', theirs: f.redis_bytes_per_key, better: 'lower', goal: 1 / 1.5 },
+    { n: '1', short: 'get object vs Redis GET+parse', what: 'get, session object (ops/s)', ours: f.get_obj_ops, alt: 'ioredis GET+JSON.parse, 256 in flight', theirs: f.redis_get_pipelined_ops, better: 'higher', goal: 10 },
+    { n: '1', short: 'get string vs Redis GET', what: 'get, short string (ops/s)', ours: f.get_str_ops, alt: 'ioredis GET, 256 in flight', theirs: extra.redis_get_str_ops, better: 'higher', goal: 25 },
+    { n: '2', short: 'set vs Redis SET', what: "set, ack 'local' (ops/s)", ours: f.set_ops, alt: 'ioredis SET, 256 in flight', theirs: f.redis_set_pipelined_ops, better: 'higher', goal: 5 },
+    { n: '3', short: '3 writers vs scuttlebutt', what: '3 writers until converged (ops/s)', ours: f.replicated_3w_ops, alt: 'scuttlebutt Model ×3, two-way', theirs: f.scuttlebutt_3w_ops, better: 'higher', goal: 10 },
+    { n: '3', short: '3 writers vs Redis + 2 replicas', what: '3 writers until converged (ops/s)', ours: f.replicated_3w_ops, alt: 'Redis primary + 2 replicas, one-way', theirs: f.redis_replicated_ops, better: 'higher', goal: 1 },
+    { n: '4', short: 'latency p50 vs Redis replica', what: 'write → other process, p50 (µs)', ours: f.latency_p50_us, alt: 'Redis primary → replica', theirs: f.redis_latency_p50_us, better: 'lower', goal: null },
+    { n: '4', short: 'latency p99 vs Redis replica', what: 'write → other process, p99 (µs)', ours: f.latency_p99_us, alt: 'Redis primary → replica', theirs: f.redis_latency_p99_us, better: 'lower', goal: 1 },
+    { n: '5', short: `join ${fmtNum(extra.join_n)} keys vs Redis full sync`, what: `join, ${fmtNum(extra.join_n)} keys (ms)`, ours: f.join_1m_ms, alt: 'new Redis replica, full sync', theirs: f.redis_join_1m_ms, better: 'lower', goal: 1, strict: true },
+    { n: '6', short: 'catch-up (no alternative)', what: 'catch-up (bytes per missed byte)', ours: f.catchup_bytes_per_missed_byte, alt: '(goal ≤ 1.5, no alternative)', theirs: null, better: 'lower', goal: null, absGoal: 1.5 },
+    { n: '7', short: 'memory per key vs Redis', what: `memory per key, ${fmtNum(extra.mem_n)} keys (bytes)`, ours: f.bytes_per_key, alt: 'Redis used_memory', theirs: f.redis_bytes_per_key, better: 'lower', goal: 1 / 1.5 },
   ]
   for (const r of rows) {
     r.ratio = r.ours != null && r.theirs != null && r.ours > 0 && r.theirs > 0
@@ -87,7 +87,7 @@ function escapeXml(s) {
 /** A horizontal bar per comparison, log scale from 0.1× to 1000×, with the goal marked. */
 function renderSvg(rows, machine, mode) {
   const W = 900
-  const left = 330
+  const left = 290
   const right = 90
   const top = 56
   const rowH = 30
@@ -107,7 +107,7 @@ function renderSvg(rows, machine, mode) {
   }
   rows.forEach((r, i) => {
     const y = top + i * rowH
-    const label = `${r.n}. ${r.what.replace(/ \((ops\/s|µs|ms|bytes[^)]*)\)$/, '')} vs ${r.alt.replace(/,.*$/, '')}`
+    const label = `${r.n}. ${r.short}`
     out.push(`<text x="${left - 8}" y="${y + rowH / 2 + 4}" text-anchor="end">${escapeXml(label)}</text>`)
     if (r.ratio == null) {
       out.push(`<text x="${left + 6}" y="${y + rowH / 2 + 4}" fill="#999">not measured</text>`)
@@ -117,17 +117,20 @@ function renderSvg(rows, machine, mode) {
     const x0 = x(1)
     const x1 = x(r.ratio)
     out.push(`<rect x="${Math.min(x0, x1)}" y="${y + 6}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${rowH - 12}" fill="${color}"/>`)
-    out.push(`<text x="${Math.max(x0, x1) + 5}" y="${y + rowH / 2 + 4}" font-weight="bold">${r.ratio >= 10 ? r.ratio.toFixed(0) : r.ratio.toFixed(2)}×</text>`)
+    let textX = Math.max(x0, x1) + 5
     if (r.goal != null) {
       const gx = x(r.goal)
       out.push(`<line x1="${gx}" y1="${y + 3}" x2="${gx}" y2="${y + rowH - 3}" stroke="#000" stroke-width="2" stroke-dasharray="3,2"/>`)
+      if (gx >= textX - 5 && gx < textX + 45) textX = gx + 6
     }
+    out.push(`<text x="${textX}" y="${y + rowH / 2 + 4}" font-weight="bold">${r.ratio >= 10 ? r.ratio.toFixed(0) : r.ratio.toFixed(2)}×</text>`)
   })
   const ly = top + rows.length * rowH + 36
   out.push(`<rect x="${left}" y="${ly - 9}" width="10" height="10" fill="#3a9d5d"/><text x="${left + 14}" y="${ly}">goal met</text>`)
   out.push(`<rect x="${left + 90}" y="${ly - 9}" width="10" height="10" fill="#d0543f"/><text x="${left + 104}" y="${ly}">goal missed</text>`)
   out.push(`<rect x="${left + 195}" y="${ly - 9}" width="10" height="10" fill="#6b8cc7"/><text x="${left + 209}" y="${ly}">no goal</text>`)
   out.push(`<line x1="${left + 275}" y1="${ly - 9}" x2="${left + 275}" y2="${ly + 1}" stroke="#000" stroke-width="2" stroke-dasharray="3,2"/><text x="${left + 281}" y="${ly}">goal</text>`)
+  out.push(`<text x="${left + 330}" y="${ly}" fill="#555">right of 1×: peer-buckets better</text>`)
   out.push('</svg>')
   return out.join('\n') + '\n'
 }

@@ -58,6 +58,7 @@ function machine() {
     memory_gib: Math.round(os.totalmem() / 2 ** 30),
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
+    loadavg: os.loadavg(),
   }
 }
 

@@ -19,7 +19,8 @@ async function peerMemory(ctx) {
   try {
     const r = await w.call('memory', { count: cfg.memN }, 300_000)
     const perKey = (r.after - r.before) / cfg.memN
-    log(`  peer-buckets: RSS +${((r.after - r.before) / 2 ** 20).toFixed(1)} MiB over ${cfg.memN.toLocaleString()} keys = ${perKey.toFixed(0)} B/key`)
+    log(`  peer-buckets: RSS +${((r.after - r.before) / 2 ** 20).toFixed(1)} MiB over ${cfg.memN.toLocaleString()} keys = ${perKey.toFixed(0)} B/key ` +
+      `(of which V8's heap reservation ${(r.heapTotalGrowth / cfg.memN).toFixed(0)} B/key: a fixed cost that small runs overstate)`)
     return { bytes_per_key: perKey, ...r, n: cfg.memN }
   } finally {
     await killAll([w])

@@ -86,14 +86,16 @@ async function redisRaw(ctx) {
   const admin = replica.client()
   const sub = net.connect(replica.port, '127.0.0.1')
   const pub = net.connect(ctx.redis.primary.port, '127.0.0.1')
+  const connected = Promise.all([sub, pub].map((s) => new Promise((resolve, reject) => {
+    s.once('connect', resolve)
+    s.once('error', reject)
+  })))
+  connected.catch(() => {})
   try {
     sub.setNoDelay(true)
     pub.setNoDelay(true)
     await admin.config('SET', 'notify-keyspace-events', 'K$')
-    await Promise.all([sub, pub].map((s) => new Promise((resolve, reject) => {
-      s.once('connect', resolve)
-      s.once('error', reject)
-    })))
+    await connected
     pub.on('data', () => {}) // +OK replies
     const warm = 100
     const total = warm + cfg.latencySamples

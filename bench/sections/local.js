@@ -1,6 +1,8 @@
 'use strict'
 // Figures 1 and 2: local get and set from one Node process, against ioredis with 256 commands in
-// flight (auto-pipelining) on a local redis-server.
+// flight (auto-pipelining) on a local redis-server (standalone: no replica load on it).
+// The rounds of the two systems alternate (pb, redis, pb, redis, …) so that a change in the machine's
+// load during the run hits both alike and the ratios stay fair; each figure is the median of its rounds.
 
 const { Peer } = require('../..')
 const { SESSION, SESSION_JSON, SHORT, keys: makeKeys } = require('../lib/workload')
@@ -10,23 +12,11 @@ const KEYSPACE = 8192 // keys cycled through by every loop (a power of two: i & 
 const MASK = KEYSPACE - 1
 const OPTS = { ack: 'local' }
 
-/** ops/s of one synchronous round of `n` calls of `fn(i)`. */
-function syncRound(n, fn) {
-  const t0 = now()
-  fn(n)
-  return n / (Number(now() - t0) / 1e9)
-}
-
-async function asyncRound(n, fn) {
+/** ops/s of one round of `n` operations done by `fn(n)` (sync or async). */
+async function round(n, fn) {
   const t0 = now()
   await fn(n)
   return n / (Number(now() - t0) / 1e9)
-}
-
-async function rounds(count, round) {
-  const xs = []
-  for (let r = 0; r < count; r++) xs.push(await round())
-  return { median: median(xs), rounds: xs }
 }
 
 async function inFlight(count, inflight, fn) {
@@ -41,33 +31,37 @@ async function inFlight(count, inflight, fn) {
   await Promise.all(Array.from({ length: Math.min(inflight, count) }, worker))
 }
 
-async function peerBuckets(ctx) {
-  const { cfg, log } = ctx
+async function setupPeerBuckets() {
   const keys = makeKeys(0, KEYSPACE)
   const peer = new Peer({ id: 'bench-local' })
   await peer.ready()
-  try {
-    const objs = peer.bucket('sessions')
-    const strs = peer.bucket('strings')
-    for (const k of keys) {
-      objs.set(k, SESSION)
-      strs.set(k, SHORT)
-    }
-    let miss = 0
-    const getObj = (n) => {
+  const objs = peer.bucket('sessions')
+  const strs = peer.bucket('strings')
+  for (const k of keys) {
+    objs.set(k, SESSION)
+    strs.set(k, SHORT)
+  }
+  const state = { miss: 0 }
+  const ops = {
+    get_obj(n) {
+      let miss = 0
       for (let i = 0; i < n; i++) if (objs.get(keys[i & MASK]).user === undefined) miss++
-    }
-    const getStr = (n) => {
+      state.miss += miss
+    },
+    get_str(n) {
+      let miss = 0
       for (let i = 0; i < n; i++) if (strs.get(keys[i & MASK]).length === 0) miss++
-    }
-    const setPromise = (n) => {
-      for (let i = 0; i < n; i++) objs.set(keys[i & MASK], SESSION, OPTS) // the returned promise is already resolved
-    }
-    const setAwait = async (n) => {
+      state.miss += miss
+    },
+    // The headline set: the promise form, not awaited per op (set returns an already-resolved promise).
+    set(n) {
+      for (let i = 0; i < n; i++) objs.set(keys[i & MASK], SESSION, OPTS)
+    },
+    async set_await(n) {
       for (let i = 0; i < n; i++) await objs.set(keys[i & MASK], SESSION, OPTS)
-    }
-    const setCallback = (n) =>
-      new Promise((resolve, reject) => {
+    },
+    set_callback(n) {
+      return new Promise((resolve, reject) => {
         let left = n
         const cb = (err) => {
           if (err) reject(err)
@@ -75,72 +69,98 @@ async function peerBuckets(ctx) {
         }
         for (let i = 0; i < n; i++) objs.set(keys[i & MASK], SESSION, OPTS, cb)
       })
-    // Where the time of a get/set goes: the JSON work alone, the same in every JS client.
-    const parseOnly = (n) => {
+    },
+    // Where the time of a get/set goes: the JSON work alone, the same for every JS client.
+    json_parse_only(n) {
+      let miss = 0
       for (let i = 0; i < n; i++) if (JSON.parse(SESSION_JSON).user === undefined) miss++
-    }
-    const stringifyOnly = (n) => {
+      state.miss += miss
+    },
+    json_stringify_only(n) {
+      let miss = 0
       for (let i = 0; i < n; i++) if (JSON.stringify(SESSION).length === 0) miss++
-    }
-
-    // Warm-up (JIT, caches).
-    getObj(cfg.getObjOps / 10)
-    getStr(cfg.getStrOps / 10)
-    setPromise(cfg.setOps / 10)
-
-    const out = {}
-    out.get_obj = await rounds(cfg.rounds, () => syncRound(cfg.getObjOps, getObj))
-    log(`  peer-buckets get (object)   ${Math.round(out.get_obj.median).toLocaleString()} ops/s`)
-    out.get_str = await rounds(cfg.rounds, () => syncRound(cfg.getStrOps, getStr))
-    log(`  peer-buckets get (string)   ${Math.round(out.get_str.median).toLocaleString()} ops/s`)
-    out.set = await rounds(cfg.rounds, () => syncRound(cfg.setOps, setPromise))
-    log(`  peer-buckets set (promise, not awaited per op)  ${Math.round(out.set.median).toLocaleString()} ops/s`)
-    out.set_await = await rounds(cfg.rounds, () => asyncRound(cfg.setOps, setAwait))
-    log(`  peer-buckets await set()    ${Math.round(out.set_await.median).toLocaleString()} ops/s`)
-    out.set_callback = await rounds(cfg.rounds, () => asyncRound(cfg.setOps, setCallback))
-    log(`  peer-buckets set(…, cb)     ${Math.round(out.set_callback.median).toLocaleString()} ops/s`)
-    out.json_parse_only = await rounds(cfg.rounds, () => syncRound(cfg.getObjOps, parseOnly))
-    out.json_stringify_only = await rounds(cfg.rounds, () => syncRound(cfg.setOps, stringifyOnly))
-    log(`  (JSON.parse alone ${Math.round(out.json_parse_only.median).toLocaleString()}/s, ` +
-      `JSON.stringify alone ${Math.round(out.json_stringify_only.median).toLocaleString()}/s)`)
-    if (miss) throw new Error(`local bench: ${miss} reads returned the wrong value`)
-    return out
-  } finally {
-    await peer.close()
+      state.miss += miss
+    },
   }
+  return { ops, state, close: () => peer.close() }
 }
 
-async function redis(ctx) {
-  const { cfg, log, redis } = ctx
+async function setupRedis(server) {
   const keys = makeKeys(0, KEYSPACE)
   const strKeys = keys.map((k) => k + ':s')
-  const client = redis.primary.client({ enableAutoPipelining: true })
-  try {
-    await client.flushall()
-    await inFlight(KEYSPACE, 256, (i) => client.set(keys[i], SESSION_JSON))
-    await inFlight(KEYSPACE, 256, (i) => client.set(strKeys[i], SHORT))
-    let miss = 0
-    const getObj = (n) => inFlight(n, 256, (i) => client.get(keys[i & MASK]).then((v) => {
-      if (JSON.parse(v).user === undefined) miss++
-    }))
-    const getStr = (n) => inFlight(n, 256, (i) => client.get(strKeys[i & MASK]).then((v) => {
-      if (v.length === 0) miss++
-    }))
-    const set = (n) => inFlight(n, 256, (i) => client.set(keys[i & MASK], JSON.stringify(SESSION)))
-    await getObj(cfg.redisOps / 10)
-    const out = {}
-    out.get_obj = await rounds(cfg.rounds, () => asyncRound(cfg.redisOps, getObj))
-    log(`  redis GET+JSON.parse, 256 in flight  ${Math.round(out.get_obj.median).toLocaleString()} ops/s`)
-    out.get_str = await rounds(cfg.rounds, () => asyncRound(cfg.redisOps, getStr))
-    log(`  redis GET (string), 256 in flight    ${Math.round(out.get_str.median).toLocaleString()} ops/s`)
-    out.set = await rounds(cfg.rounds, () => asyncRound(cfg.redisOps, set))
-    log(`  redis SET, 256 in flight             ${Math.round(out.set.median).toLocaleString()} ops/s`)
-    if (miss) throw new Error(`redis local bench: ${miss} reads returned the wrong value`)
-    await client.flushall()
-    return out
-  } finally {
-    client.disconnect()
+  const client = server.client({ enableAutoPipelining: true })
+  await client.flushall()
+  await inFlight(KEYSPACE, 256, (i) => client.set(keys[i], SESSION_JSON))
+  await inFlight(KEYSPACE, 256, (i) => client.set(strKeys[i], SHORT))
+  const state = { miss: 0 }
+  const ops = {
+    get_obj: (n) => inFlight(n, 256, (i) => client.get(keys[i & MASK]).then((v) => {
+      if (JSON.parse(v).user === undefined) state.miss++
+    })),
+    get_str: (n) => inFlight(n, 256, (i) => client.get(strKeys[i & MASK]).then((v) => {
+      if (v.length === 0) state.miss++
+    })),
+    set: (n) => inFlight(n, 256, (i) => client.set(keys[i & MASK], JSON.stringify(SESSION))),
+  }
+  return {
+    ops,
+    state,
+    close: async () => {
+      await client.flushall()
+      client.disconnect()
+    },
   }
 }
 
-module.exports = { peerBuckets, redis }
+const LABELS = {
+  get_obj: ['peer-buckets get (object)', 'redis GET+JSON.parse, 256 in flight'],
+  get_str: ['peer-buckets get (string)', 'redis GET (string), 256 in flight'],
+  set: ["peer-buckets set (ack 'local', promise not awaited)", 'redis SET, 256 in flight'],
+  set_await: ['peer-buckets await set() per op'],
+  set_callback: ['peer-buckets set(…, cb)'],
+  json_parse_only: ['JSON.parse of the object alone'],
+  json_stringify_only: ['JSON.stringify of the object alone'],
+}
+
+/** Runs every local figure; returns { pb: {figure: {median, rounds}}, redis: {…} | null }. */
+async function run(ctx) {
+  const { cfg, log } = ctx
+  const sizes = {
+    get_obj: cfg.getObjOps, get_str: cfg.getStrOps, set: cfg.setOps, set_await: cfg.setOps,
+    set_callback: cfg.setOps, json_parse_only: cfg.getObjOps, json_stringify_only: cfg.setOps,
+  }
+  const pb = await setupPeerBuckets()
+  let rd = null
+  try {
+    if (ctx.redis) rd = await setupRedis(ctx.redis.primary)
+    // Warm-up (JIT, caches), unmeasured.
+    for (const name of ['get_obj', 'get_str', 'set']) {
+      await pb.ops[name](Math.ceil(sizes[name] / 10))
+      if (rd) await rd.ops[name](Math.ceil(cfg.redisOps / 10))
+    }
+    const out = { pb: {}, redis: rd ? {} : null }
+    for (const name of Object.keys(LABELS)) {
+      const a = []
+      const b = []
+      for (let r = 0; r < cfg.rounds; r++) {
+        a.push(await round(sizes[name], pb.ops[name]))
+        if (rd && rd.ops[name]) b.push(await round(cfg.redisOps, rd.ops[name]))
+      }
+      out.pb[name] = { median: median(a), rounds: a }
+      const fmt = (x) => Math.round(x).toLocaleString().padStart(10)
+      log(`  ${LABELS[name][0].padEnd(52)} ${fmt(out.pb[name].median)} ops/s`)
+      if (b.length) {
+        out.redis[name] = { median: median(b), rounds: b }
+        log(`  ${LABELS[name][1].padEnd(52)} ${fmt(out.redis[name].median)} ops/s`)
+      }
+    }
+    if (pb.state.miss) throw new Error(`local bench: ${pb.state.miss} peer-buckets reads returned the wrong value`)
+    if (rd && rd.state.miss) throw new Error(`local bench: ${rd.state.miss} redis reads returned the wrong value`)
+    return out
+  } finally {
+    await pb.close()
+    if (rd) await rd.close()
+  }
+}
+
+module.exports = { run }
