@@ -161,13 +161,15 @@ class SharedBucket extends EventEmitter {
     const listeners = this.listeners('change')
     for (let i = 0; i < batch.length; i += 5) {
       const raw = batch[i + 1]
-      const event = {
-        key: batch[i],
-        value: raw === undefined ? undefined : decodeValue(raw),
-        deleted: raw === undefined,
-        local: batch[i + 3],
-        origin: batch[i + 2],
+      let value
+      try {
+        value = raw === undefined ? undefined : decodeValue(raw)
+      } catch (err) {
+        // A value that is not JSON can only come from a broken peer: report it, deliver the rest.
+        firstError = firstError || Object.assign(new Error(`change of '${batch[i]}': stored value is not valid JSON`), { cause: err })
+        continue
       }
+      const event = { key: batch[i], value, deleted: raw === undefined, local: batch[i + 3], origin: batch[i + 2] }
       if (batch[i + 4]) event.expired = true
       // Each listener is called on its own, so one that throws costs no other listener its event.
       for (const listener of listeners) {

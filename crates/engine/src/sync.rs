@@ -778,6 +778,9 @@ pub struct PullPlanner {
     inflight: BTreeMap<GapKey, (SeqRanges, u64)>,
     /// What was missing at the previous planning pass.
     previous: BTreeMap<GapKey, SeqRanges>,
+    /// How many seqs of the origin we held at the previous pass: while that grows, the origin's own
+    /// stream is still delivering, and pulling the same writes from a third peer would fetch them twice.
+    held: BTreeMap<GapKey, u64>,
 }
 
 impl PullPlanner {
@@ -810,6 +813,7 @@ impl PullPlanner {
             }
         }
         let mut missing_now: BTreeMap<GapKey, SeqRanges> = BTreeMap::new();
+        let mut held_now: BTreeMap<GapKey, u64> = BTreeMap::new();
         let mut touched = Vec::new();
         for (key, per_session) in offers {
             let mut missing = SeqRanges::new();
@@ -823,10 +827,14 @@ impl PullPlanner {
                 continue;
             }
             let wanted = if is_pushed(&key.1) {
-                // Only what was already missing at the previous pass: not what is in flight.
+                // Only what was already missing at the previous pass (not what is in flight), and only
+                // when nothing of that origin arrived since (its stream is stalled, not just long).
+                let held = local.bucket(&key.0).store().context_of(&key.1).count();
+                let progressing = self.held.get(&key).is_none_or(|&before| held > before);
+                held_now.insert(key.clone(), held);
                 match self.previous.get(&key) {
-                    Some(before) => missing.intersect(before),
-                    None => SeqRanges::new(),
+                    Some(before) if !progressing => missing.intersect(before),
+                    _ => SeqRanges::new(),
                 }
             } else {
                 missing.clone()
@@ -860,6 +868,7 @@ impl PullPlanner {
                 .or_insert((ask, now_ms + PULL_TIMEOUT_MS));
         }
         self.previous = missing_now;
+        self.held = held_now;
         touched.sort_unstable();
         touched.dedup();
         touched
