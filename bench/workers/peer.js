@@ -25,12 +25,24 @@ function writeRange(start, count) {
 
 serve(
   {
-    async open({ id, seeds = [], bucketName = 'sessions' }) {
+    async open({ id, seeds = [], bucketName = 'sessions', dataDir, durability }) {
       const t0 = now()
-      peer = new Peer({ id, listen: '127.0.0.1:0', peers: seeds })
+      const opts = { id, listen: '127.0.0.1:0', peers: seeds }
+      if (dataDir) opts.dataDir = dataDir
+      if (durability) opts.durability = durability
+      peer = new Peer(opts)
       await peer.ready()
       bucket = peer.bucket(bucketName)
-      return { address: peer.address, id: peer.id, openMs: Number(now() - t0) / 1e6 }
+      return { address: peer.address, id: peer.id, openMs: Number(now() - t0) / 1e6, size: bucket.size }
+    },
+
+    /** Waits until peer `id` is no longer connected (it left, or was declared down). */
+    async waitGone({ id, timeoutMs = 10_000 }) {
+      const t0 = now()
+      const gone = () => !peer.peers().some((p) => p.id === id && p.state === 'connected')
+      const ok = await pollUntil(gone, timeoutMs, 5)
+      if (!ok) throw new Error(`peer ${id} still connected after ${timeoutMs} ms: ${JSON.stringify(peer.peers())}`)
+      return { ms: Number(now() - t0) / 1e6 }
     },
 
     async waitPeers({ n, timeoutMs = 10_000 }) {
@@ -63,10 +75,13 @@ serve(
       return { ms: Number(now() - t0) / 1e6 }
     },
 
-    async waitSize({ target, timeoutMs = 60_000 }) {
+    /** Waits until the bucket holds `target` keys; `stats` adds peer.stats() taken the moment it does. */
+    async waitSize({ target, timeoutMs = 60_000, stats = false }) {
       const t0 = now()
       const ok = await pollUntil(() => bucket.size >= target, timeoutMs)
-      return { ok, ms: Number(now() - t0) / 1e6, size: bucket.size }
+      const out = { ok, ms: Number(now() - t0) / 1e6, size: bucket.size }
+      if (stats) out.stats = peer.stats()
+      return out
     },
 
     /** Opens a Peer seeded with `seeds` and times it until it holds `target` keys. */
