@@ -16,6 +16,7 @@ const replicated = require('./sections/replicated')
 const latency = require('./sections/latency')
 const join = require('./sections/join')
 const catchup = require('./sections/catchup')
+const durable = require('./sections/durable')
 
 /** Which build of the product was measured: the commit, whether the tree differs, and the addon file. */
 function productState() {
@@ -45,7 +46,7 @@ function productState() {
 
 const argv = process.argv.slice(2)
 if (argv.includes('--help') || argv.includes('-h')) {
-  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,replicated,latency,scuttlebutt,join,memory,catchup] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
+  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
   process.exit(0)
 }
 const QUICK = argv.includes('--quick')
@@ -76,6 +77,10 @@ const CONFIG = {
     joinTimeoutMs: 120_000,
     catchupTotal: 200_000,
     catchupMissed: 10_000,
+    durableOps: 100_000,
+    durableRedisOps: 50_000,
+    durableSeqOps: 1_000,
+    durableRounds: 5,
     budgetMs: 10 * 60_000,
   },
   quick: {
@@ -95,6 +100,10 @@ const CONFIG = {
     joinTimeoutMs: 45_000,
     catchupTotal: 20_000,
     catchupMissed: 1_000,
+    durableOps: 30_000,
+    durableRedisOps: 20_000,
+    durableSeqOps: 300,
+    durableRounds: 3,
     budgetMs: 170_000,
   },
 }
@@ -180,6 +189,22 @@ async function main() {
           extra.redis_get_str_ops = l.redis.get_str.median
           figures.redis_set_pipelined_ops = l.redis.set.median
         }
+      }
+    }
+
+    // Issue 7: set with a dataDir ('strict', 'relaxed') and the memory store, against Redis with an AOF.
+    if (want('durable')) {
+      log(`\n[D] durable set: dataDir 'strict' / 'relaxed' and the memory store, against Redis with appendonly yes`)
+      const d = await section('durable set', () => durable.run(ctx))
+      if (d) {
+        details.durable = d
+        figures.set_memory_inflight_ops = d.memory.median
+        figures.set_strict_ops = d.strict.median
+        figures.set_relaxed_ops = d.relaxed.median
+        figures.set_strict_seq_ops = d.strict_seq.median
+        if (d.redis_always) figures.redis_aof_always_ops = d.redis_always.median
+        if (d.redis_everysec) figures.redis_aof_everysec_ops = d.redis_everysec.median
+        if (d.redis_always_seq) figures.redis_aof_always_seq_ops = d.redis_always_seq.median
       }
     }
 

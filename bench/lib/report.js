@@ -8,6 +8,9 @@ const JSON_KEYS = [
   'replicated_3w_ops', 'scuttlebutt_3w_ops', 'redis_replicated_ops', 'latency_p50_us', 'latency_p99_us',
   'redis_latency_p50_us', 'redis_latency_p99_us', 'join_1m_ms', 'redis_join_1m_ms',
   'catchup_bytes_per_missed_byte', 'bytes_per_key', 'redis_bytes_per_key',
+  // Issue 7: set with a dataDir against Redis with an AOF (added after the 17 keys of issue 6).
+  'set_strict_ops', 'set_relaxed_ops', 'set_memory_inflight_ops', 'redis_aof_always_ops', 'redis_aof_everysec_ops',
+  'set_strict_seq_ops', 'redis_aof_always_seq_ops',
 ]
 
 /**
@@ -26,6 +29,9 @@ function comparisons(f, extra) {
     { n: '5', short: `join ${fmtNum(extra.join_n)} keys vs Redis full sync`, what: `join, ${fmtNum(extra.join_n)} keys (ms)`, ours: f.join_1m_ms, alt: 'new Redis replica, full sync', theirs: f.redis_join_1m_ms, better: 'lower', goal: 1, strict: true },
     { n: '6', short: 'catch-up (no alternative)', what: 'catch-up (bytes per missed byte)', ours: f.catchup_bytes_per_missed_byte, alt: '(goal ≤ 1.5, no alternative)', theirs: null, better: 'lower', goal: null, absGoal: 1.5 },
     { n: '7', short: 'memory per key vs Redis', what: `memory per key, ${fmtNum(extra.mem_n)} keys (bytes)`, ours: f.bytes_per_key, alt: 'Redis used_memory', theirs: f.redis_bytes_per_key, better: 'lower', goal: 1 / 1.5 },
+    { n: 'D', short: "set dataDir 'strict' vs AOF always", what: "set, dataDir 'strict', 256 in flight (ops/s)", ours: f.set_strict_ops, alt: 'Redis appendfsync always, 256 in flight', theirs: f.redis_aof_always_ops, better: 'higher', goal: 1 },
+    { n: 'D', short: "set dataDir 'relaxed' vs AOF everysec", what: "set, dataDir 'relaxed', 256 in flight (ops/s)", ours: f.set_relaxed_ops, alt: 'Redis appendfsync everysec, 256 in flight', theirs: f.redis_aof_everysec_ops, better: 'higher', goal: 1 },
+    { n: 'D', short: "set 'strict' vs AOF always, 1 at a time", what: "set, dataDir 'strict', one at a time (ops/s)", ours: f.set_strict_seq_ops, alt: 'Redis appendfsync always, one at a time', theirs: f.redis_aof_always_seq_ops, better: 'higher', goal: 1 },
   ]
   for (const r of rows) {
     r.ratio = r.ours != null && r.theirs != null && r.ours > 0 && r.theirs > 0
