@@ -5,7 +5,10 @@
 //! what was merely sent). Round 1 records W, what every member (this one included) holds, and U, what
 //! any member holds. Round 2, if the member set is unchanged and every member now holds U, drops the
 //! tombstones whose dots are in W and that were older than the minimum age at round 1: every write any
-//! member had seen is then in every member's context, so none can revive the key. A replica that was
+//! member had seen is then in every member's context, so none can revive the key. "Older" also means
+//! older than the minimum age before every member's latest report: an expired value dies at its
+//! expiry, and a touch made before that extends it (rather than losing, as an older write loses to a
+//! tombstone), so every such touch must be in the reports, hence everywhere, before the value goes. A replica that was
 //! not a member then (away, or forgotten after the member timeout) finds, at its next hello, that its
 //! context lacks a collected dot and resyncs in full (see `sync::Session::new`).
 
@@ -79,6 +82,16 @@ impl Collector {
                 .iter()
                 .map(|s| s.reported(bucket.name()).unwrap_or(&empty))
                 .collect();
+            // Only what died the minimum age before every member's latest report: a report shows
+            // every write its member held then, and a touch made before an expiry (which extends a
+            // life rather than losing to the death, as an older write loses to a tombstone) must be
+            // in the reports, hence everywhere, before the expired value may go.
+            let reported = linked
+                .iter()
+                .map(|s| s.reported_at(bucket.name()))
+                .min()
+                .unwrap_or(u64::MAX);
+            let older_than = older_than.min(reported.saturating_sub(min_age));
             if let Some(prev) = self.rounds.get(bucket.name()) {
                 let settled = prev.members == members
                     && covers(&mine, &prev.union)

@@ -308,6 +308,8 @@ struct BucketSession {
     reported: BTreeMap<Origin, SeqRanges>,
     /// Origins we asked `Held` about and await a reply for.
     held_asked: BTreeSet<Origin>,
+    /// When (this replica's clock, ms) the other end last reported its context (hello or digest).
+    reported_at_ms: u64,
 }
 
 /// What the node must do about a message the session handled.
@@ -388,6 +390,7 @@ impl Session {
 
     fn absorb_context(&mut self, local: &Local, bucket: Arc<str>, ctx: &WireContext) {
         let state = self.buckets.entry(bucket.clone()).or_default();
+        state.reported_at_ms = local.clock.now().physical_ms();
         for (rid, ranges) in ctx {
             let origin = local.replicas.intern(rid);
             if origin == local.me {
@@ -407,6 +410,11 @@ impl Session {
     /// The other end's reported context of `bucket` (hello and digests), per origin.
     pub fn reported(&self, bucket: &str) -> Option<&BTreeMap<Origin, SeqRanges>> {
         self.buckets.get(bucket).map(|b| &b.reported)
+    }
+
+    /// When (this replica's clock, ms) the other end last reported its context of `bucket`; 0 never.
+    pub fn reported_at(&self, bucket: &str) -> u64 {
+        self.buckets.get(bucket).map_or(0, |b| b.reported_at_ms)
     }
 
     /// Queues a message for the writer.

@@ -681,3 +681,65 @@ fn a_full_resync_does_not_let_an_old_write_beat_a_newer_one() {
         );
     }
 }
+
+/// Found by the chaos harness (seed 6): expired values are collected like tombstones, but the minimum
+/// age that makes dropping a tombstone safe (a write older than it loses anyway) does not protect an
+/// expired value: a touch made while the value was live is older than the expiry and still wins. Here
+/// n1 touches k just before its expiry and its frames are held up (a slow link); n0's collection
+/// rounds, over reports that did not show the touch yet, dropped the expired value, and once the
+/// touch arrived the replicas that had kept the value served it for ten more minutes, n0 never again.
+/// Now only what died the minimum age before every member's latest report is collected.
+#[test]
+fn an_expired_value_is_not_collected_while_a_touch_made_before_the_expiry_is_in_flight() {
+    let mut sim = Sim::new(23);
+    sim.locals[0].bucket("sessions").write(
+        "k".into(),
+        Some(value::encode_json("\"v\"")),
+        Lifetime::Ttl(2_000),
+    );
+    sim.exchange(10, 100, false);
+    // Everyone reports holding it (digests).
+    for i in 0..N {
+        for j in (0..N).filter(|&j| j != i) {
+            let mut buf = Vec::new();
+            let session = sim.sessions[i][j].as_mut().expect("linked");
+            while session.fill(&sim.locals[i], &mut buf, true).expect("fill") {}
+            let mut at = 0;
+            while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
+                at += used;
+                let s = sim.sessions[j][i].as_mut().expect("linked");
+                s.handle(&sim.locals[j], msg).expect("valid");
+            }
+        }
+    }
+    sim.time.advance(500);
+    let touched = sim.locals[1].bucket("sessions").touch("k".into(), 600_000);
+    assert!(touched.is_some(), "k is live at n1");
+    // Long after the original expiry, n0 runs collection rounds; nothing leaves n1 meanwhile.
+    for _ in 0..12 {
+        sim.time.advance(600);
+        for i in 0..N {
+            for b in sim.locals[i].bucket_list() {
+                b.sweep();
+            }
+        }
+        sim.collect(0);
+        for i in (0..N).filter(|&i| i != 1) {
+            for j in (0..N).filter(|&j| j != i) {
+                sim.flush(i, j, false);
+            }
+        }
+        while !sim.net.is_empty() {
+            sim.deliver(false);
+        }
+    }
+    sim.settle();
+    let reference = sim.registers(2, "k");
+    for i in 0..N {
+        assert_eq!(
+            sim.registers(i, "k"),
+            reference,
+            "n{i} and n2 disagree about k"
+        );
+    }
+}
