@@ -40,7 +40,7 @@ function parseArgs(argv) {
     else if (a === '--dir') args.dir = next()
     else if (a === '--regime') {
       args.regime = next()
-      if (!['any', 'wide', 'tight'].includes(args.regime)) usage('--regime must be any, wide or tight')
+      if (!['any', 'wide', 'tight', 'forget'].includes(args.regime)) usage('--regime must be any, wide, tight or forget')
     }
     else if (a === '--quiet') args.quiet = true
     else if (a === '--help' || a === '-h') usage()
@@ -57,7 +57,7 @@ function parseArgs(argv) {
 
 function usage(error) {
   if (error) console.error(`chaos: ${error}`)
-  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--regime any|wide|tight] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--quiet]')
+  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--regime any|wide|tight|forget] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--quiet]')
   process.exit(2)
 }
 
