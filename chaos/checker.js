@@ -122,7 +122,7 @@ function check({ plan, events, history, final }) {
   // --- the history, per operation --------------------------------------------------------------
   const ops = new Map() // op id -> { ...invoke, applied, outcome }
   const runs = new Map() // `${node}.${run}` -> { node, run, inc, ended: { kind, t } | null }
-  const runByInc = new Map() // `${node}/${inc}` -> run record
+  const runsByInc = new Map() // `${node}/${inc}` -> run records (a dataDir peer stopped cleanly keeps its incarnation)
   const markerKeys = new Set()
   for (const h of history) {
     if (h.type === 'start') {
@@ -131,7 +131,9 @@ function check({ plan, events, history, final }) {
       const r = runs.get(`${h.node}.${h.run}`)
       if (r) {
         r.inc = h.inc
-        runByInc.set(`${h.node}/${h.inc}`, r)
+        const k = `${h.node}/${h.inc}`
+        if (!runsByInc.has(k)) runsByInc.set(k, [])
+        runsByInc.get(k).push(r)
       }
       markerKeys.add(`inc.${h.node}.${h.run}`)
     } else if (h.type === 'invoke') {
@@ -286,17 +288,26 @@ function check({ plan, events, history, final }) {
           report.fail(4, { message: `${key}: the register ${stampKey(rs)} of ${op.id} holds the value of ${value}`, key })
         } else report.ok(4)
       } else {
-        const run = runByInc.get(`${rs.origin}/${rs.inc}`)
-        const candidates = writes.filter((w) => run && w.node === run.node && w.run === run.run && (w.op === 'delete') === R.deleted)
+        // Not a stamp any write read back: a write whose stamp was never read back (its process was
+        // killed, or a remote write raced it), or one of the writer's own writes rewritten with a new
+        // stamp in a full resync (same value, newer stamp).
+        const runs = runsByInc.get(`${rs.origin}/${rs.inc}`) || []
+        const fromWriter = (w) => runs.some((r) => r.node === w.node && r.run === w.run)
+        const candidates = writes.filter((w) => fromWriter(w) && (w.op === 'delete') === R.deleted)
         const byValue = value !== null ? ops.get(value) : null
-        if (byValue && run && byValue.node === run.node && byValue.run === run.run && byValue.key === key) {
-          if (byValue.applied && byValue.applied.stamp && cmpStamp(rs, byValue.applied.stamp) > 0) reissued++ // rewritten after a missed collection
+        if (byValue && fromWriter(byValue) && byValue.key === key && !R.deleted) {
+          if (byValue.applied && byValue.applied.stamp && cmpStamp(rs, byValue.applied.stamp) <= 0) {
+            report.fail(4, { message: `${key}: the register ${stampKey(rs)} holds the value of ${value}, written as ${stampKey(byValue.applied.stamp)}`, key })
+          } else {
+            if (byValue.applied && byValue.applied.stamp) reissued++
+            else unverified++
+            report.ok(4)
+          }
+        } else if (value === null && candidates.some((w) => !w.applied || !w.applied.stamp)) {
+          unverified++
           report.ok(4)
-        } else if (candidates.some((w) => !w.applied || !w.applied.stamp) && (R.deleted || value === null)) {
-          unverified++ // a write whose stamp was never read back (its process was killed, or it raced)
-          report.ok(4)
-        } else if (run && R.deleted && candidates.length) {
-          reissued++
+        } else if (value === null && candidates.some((w) => w.applied && w.applied.stamp && cmpStamp(w.applied.stamp, rs) < 0)) {
+          reissued++ // (a rewritten tombstone, or a rewritten value expired everywhere)
           report.ok(4)
         } else {
           report.fail(4, { message: `${key}: the surviving register ${stampKey(rs)}${R.deleted ? ' (tombstone)' : ''}${value ? ' value ' + value : ''} is no write in the history`, key })
@@ -305,8 +316,8 @@ function check({ plan, events, history, final }) {
       const ts = touchStamp(R)
       if (ts) {
         const top = byStamp.get(`${key}|${stampKey(ts)}`)
-        const run = runByInc.get(`${ts.origin}/${ts.inc}`)
-        const touches = (byKey.get(key) || []).filter((w) => w.op === 'touch' && run && w.node === run.node && w.run === run.run)
+        const runs = runsByInc.get(`${ts.origin}/${ts.inc}`) || []
+        const touches = (byKey.get(key) || []).filter((w) => w.op === 'touch' && runs.some((r) => r.node === w.node && r.run === w.run))
         if (top && top.op === 'touch') report.ok(4)
         else if (touches.some((w) => !w.applied || !w.applied.stamp)) {
           unverified++
