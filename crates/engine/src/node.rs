@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::acks::{AckLevel, AckOutcome, Registered};
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, WriteSignal};
 use crate::clock::Clock;
 use crate::collect::Collector;
 use crate::disk::{Disk, Durability, Flusher};
@@ -343,9 +343,13 @@ impl Node {
         timeout: Duration,
     ) -> (Write, Registered) {
         let write = bucket.write(key, value, lifetime);
-        let flush = self
-            .is_strict()
-            .then(|| self.shared.local.acks.flush_generation());
+        let flush = self.is_strict().then(|| {
+            let generation = self.shared.local.acks.flush_generation();
+            // The write rang the flusher already, but a drain that began in between took it under the
+            // previous generation; ring again so the generation waited for is flushed without delay.
+            self.shared.local.signals.remote_change();
+            generation
+        });
         if level == AckLevel::Local && flush.is_none() {
             return (write, Registered::Met(Vec::new()));
         }
