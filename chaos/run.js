@@ -217,6 +217,13 @@ async function main() {
     }
     const stats = {}
     for (const r of cluster.live()) stats[r.id] = await r.request('stats').catch((e) => ({ error: e.message }))
+    // Every link must have gone through a proxy: every member address a peer knows is a proxy's.
+    const proxies = new Set(network.ingress.values())
+    const bypass = []
+    for (const r of cluster.live()) {
+      const peers = await r.request('peers').catch(() => [])
+      for (const p of peers) if (!proxies.has(p.address)) bypass.push(`${r.id} knows ${p.id} at ${p.address}`)
+    }
 
     // Shut down cleanly: from here on no exit is a crash.
     for (const r of cluster.live()) r.expectedExit = true
@@ -228,7 +235,7 @@ async function main() {
       const text = fs.existsSync(r.log) ? fs.readFileSync(r.log, 'utf8') : ''
       for (const line of text.split('\n')) if (/panicked at|RUST_BACKTRACE|FATAL ERROR|Segmentation fault/.test(line)) panics.push({ node: r.id, run: r.run, line: line.slice(0, 300), log: r.log })
     }
-    const final = { replicas, now: Date.now(), panics, startFailures, runsStarted: cluster.all.length, converged: settledIn, stats, proxy: network.stats, faultCounts: counts }
+    const final = { replicas, now: Date.now(), panics, startFailures, runsStarted: cluster.all.length, converged: settledIn, stats, proxy: network.stats, faultCounts: counts, bypass }
     fs.writeFileSync(path.join(dir, 'final.json'), JSON.stringify(final))
     fs.closeSync(eventsFd)
     await network.close()
@@ -249,17 +256,18 @@ async function main() {
     const faultText = Object.entries(counts).filter(([k]) => k !== 'heal' && k !== 'resume' && k !== 'start').map(([k, n]) => `${k} ${n}`).join(', ')
     const refused = Object.values(stats).reduce((a, st) => a + (st.clockSkewRefused || 0), 0)
     const collected = Object.values(stats).reduce((a, st) => a + (st.tombstonesCollected || 0), 0)
-    const passed = result.report.passed && settledIn.converged
+    const passed = result.report.passed && settledIn.converged && bypass.length === 0
     console.log(
       `chaos seed ${args.seed} (${args.seconds} s, ${args.nodes} nodes, ${config.regime}): ` +
         `operations ${s.ops} (set ${opCounts.set}, delete ${opCounts.delete}, touch ${opCounts.touch}; ${acked} acknowledged, ${timeouts} ack timeouts, ${s.raced} raced) · ` +
         `faults ${faultTotal} (${faultText || 'none'}; ${refused} links refused for skew, ${collected} tombstones collected) · ` +
-        `checks: ${summarize(result)}${settledIn.converged ? '' : ', convergence FAILED'} → ${passed ? 'PASS' : 'FAIL'}`,
+        `checks: ${summarize(result)}${settledIn.converged ? '' : ', convergence FAILED'}${bypass.length ? ', proxy bypassed' : ''} → ${passed ? 'PASS' : 'FAIL'}`,
     )
     if (!passed) {
       const first = result.report.first()
       console.log(`FAILED with seed ${args.seed} (replay: npm run chaos -- --seconds ${args.seconds} --seed ${args.seed} --nodes ${args.nodes}${args.regime === 'any' ? '' : ` --regime ${args.regime}`}); run directory ${dir}`)
       if (!settledIn.converged) console.log(`  replicas did not converge within 120 s of the final heal: ${settledIn.detail}`)
+      if (bypass.length) console.log(`  links that bypassed the proxies: ${bypass.join('; ')}`)
       if (first) {
         console.log(`  first violation, check ${first.check} (${first.name}): ${first.message}`)
         for (const line of explain(result, run, first)) console.log(line)
