@@ -137,3 +137,18 @@ test('an exit the schedule did not cause fails check 5, a local write that did n
   // the applied record of n1.0.1 says nothing was stored right after the write
   expect(Object.keys(failed(result)).sort()).toEqual(['5', '6'])
 })
+
+test('the same seed gives the same schedule, another seed another one', () => {
+  const { plan } = require('../chaos/schedule')
+  const a = plan({ seed: 42, seconds: 60, nodes: 5 })
+  expect(plan({ seed: 42, seconds: 60, nodes: 5 })).toEqual(a)
+  expect(plan({ seed: 43, seconds: 60, nodes: 5 })).not.toEqual(a)
+  const kinds = new Set(a.events.map((e) => e.kind))
+  expect(a.events.length).toBeGreaterThan(20)
+  for (const e of a.events) expect(e.t).toBeLessThanOrEqual(60000 + 1000)
+  expect([...kinds].some((k) => ['partition', 'bridge', 'asym', 'slow'].includes(k))).toBe(true)
+  // The regime can be forced without changing the rest of the draw.
+  const tight = plan({ seed: 42, seconds: 60, nodes: 5, regime: 'tight' })
+  expect(tight.config.regime).toBe('tight')
+  expect(tight.config.peers.map((p) => p.durable)).toEqual(a.config.peers.map((p) => p.durable))
+})

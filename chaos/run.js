@@ -10,8 +10,9 @@
 //
 // The same seed gives the same schedule (which peers keep a data directory, the skews, the faults and
 // each peer's sequence of operations). The run directory (default: a fresh one under the system temp
-// directory, printed) keeps plan.json, events.jsonl (faults as applied), history/<peer>.<run>.jsonl,
-// final.json (every replica's registers at the end) and logs/. Exit status: 0 when every check holds,
+// directory, printed) keeps plan.json, events.jsonl (faults as applied), history/<peer>.<run>.jsonl
+// (written as the run goes) merged into history.jsonl at the end, final.json (every replica's
+// registers at the end) and logs/. Exit status: 0 when every check holds,
 // 1 when one fails (the seed and the first violation with its history are printed), 2 on bad usage or
 // when the harness itself fails. Linux only (the proxies identify the dialing peer through /proc).
 
@@ -242,6 +243,9 @@ async function main() {
 
     // --- check ------------------------------------------------------------------------------------
     const run = loadRun(dir)
+    // One history file for the whole run, in time order (the per-run files are what was written live).
+    const merged = run.history.slice().sort((a, b) => a.t - b.t)
+    fs.writeFileSync(path.join(dir, 'history.jsonl'), merged.map((h) => JSON.stringify(h)).join('\n') + '\n')
     const result = check(run)
     const s = result.stats
     const opCounts = { set: 0, delete: 0, touch: 0 }
