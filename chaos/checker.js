@@ -149,7 +149,7 @@ function check({ plan, events, history, final }) {
   // How each run ended, from the harness's log: kill, stop (clean close) or crash.
   const lossy = [] // { node, t, kind }: a process lost what it held in memory (see lostAt)
   for (const e of events) {
-    if (e.kind === 'kill' || e.kind === 'stop' || e.kind === 'crash') {
+    if (e.kind === 'kill' || e.kind === 'stop' || e.kind === 'crash' || e.kind === 'hang') {
       const r = runs.get(`${e.node}.${e.run}`)
       if (r && !r.ended) r.ended = { kind: e.kind, t: e.t }
       lossy.push({ node: e.node, t: e.t, kind: e.kind })
@@ -191,6 +191,9 @@ function check({ plan, events, history, final }) {
   // --- (5) crashes ------------------------------------------------------------------------------
   for (const e of events) {
     if (e.kind === 'crash') report.fail(5, { message: `${e.node} (run ${e.run}) exited on its own (code ${e.code}, signal ${e.signal})`, node: e.node, detail: e })
+  }
+  for (const e of events) {
+    if (e.kind === 'hang') report.fail(5, { message: `${e.node} (run ${e.run}) ${e.note}`, node: e.node, detail: e })
   }
   for (const p of final.panics || []) report.fail(5, { message: `${p.node} (run ${p.run}) panicked: ${p.line}`, node: p.node, detail: p })
   for (const f of final.startFailures || []) report.fail(5, { message: `${f.node} failed to start: ${f.message}`, node: f.node, detail: f })

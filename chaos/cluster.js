@@ -195,7 +195,7 @@ class Cluster {
     } catch {}
     const done = await Promise.race([r.exit.then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 10000))])
     if (!done) {
-      this.onEvent({ kind: 'note', note: `${id}.${r.run} did not exit after close(); killed` })
+      this.onEvent({ kind: 'hang', node: id, run: r.run, note: 'did not exit within 10 s of close(); killed' })
       r.signal_('SIGKILL')
       await r.exit
     }
