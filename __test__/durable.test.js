@@ -27,7 +27,7 @@ function spawnWriter(dataDir, id, seed, mode) {
   return child
 }
 
-function waitMessage(child, pred, ms = 15000) {
+function waitMessage(child, pred, ms = 30000) {
   return new Promise((resolve, reject) => {
     const found = child.messages.find(pred)
     if (found) return resolve(found)
@@ -43,7 +43,7 @@ function waitMessage(child, pred, ms = 15000) {
   })
 }
 
-async function until(check, ms = 15000) {
+async function until(check, ms = 30000) {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
     if (await check()) return
