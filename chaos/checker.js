@@ -328,20 +328,23 @@ function check({ plan, events, history, final }) {
         } else report.fail(4, { message: `${key}: the touch register ${stampKey(ts)} is no touch in the history`, key })
       }
     }
-    // (2), (3), (4): nothing that survived is newer than the surviving register
+    // (2), (3), (4): nothing that survived is newer than the surviving register. A key left with a
+    // touch register only (hlc '0': its value register was dropped as superseded, and the superseding
+    // tombstone collected) holds no value register: as if nothing were left.
+    const Rv = R && R.hlc !== '0' ? R : null
     for (const w of writes) {
       if (!w.applied || !w.applied.stamp) continue
       if (!survives(w)) continue
       const s = w.applied.stamp
       const acked = acknowledged(w)
       let violation = null
-      if (!R) {
+      if (!Rv) {
         // Nothing is left: the winner was dead (a delete, an expiry) and was collected.
         const mortal = (x) => x.op === 'delete' || (x.op === 'set' && x.ttl > 0) || x.op === 'touch'
         const dead = (byKey.get(key) || []).some((x) => x.applied && x.applied.stamp && mortal(x) && cmpStamp(x.applied.stamp, s) >= 0)
         if (!dead) violation = `${w.op} ${key} by ${w.id} (${stampKey(s)}${acked ? `, acknowledged '${w.ack}'` : ''}) is lost: no replica holds the key and no newer delete or expiry explains it`
-      } else if (cmpStamp(infoStamp(R), s) < 0) {
-        violation = `${w.op} ${key} by ${w.id} (${stampKey(s)}${acked ? `, acknowledged '${w.ack}'` : ''}) is lost: the surviving register is the older ${stampKey(infoStamp(R))}${R.deleted ? ' (tombstone)' : ''}`
+      } else if (cmpStamp(infoStamp(Rv), s) < 0) {
+        violation = `${w.op} ${key} by ${w.id} (${stampKey(s)}${acked ? `, acknowledged '${w.ack}'` : ''}) is lost: the surviving register is the older ${stampKey(infoStamp(Rv))}${Rv.deleted ? ' (tombstone)' : ''}`
       }
       const n = acked ? 2 : w.op === 'delete' ? 3 : 4
       if (violation) report.fail(n, { message: violation, key, op: w.id })

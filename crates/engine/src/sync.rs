@@ -686,7 +686,14 @@ impl Session {
             let mine = store.context_of(&local.me);
             let has = state.remote_has.entry(local.me.clone()).or_default();
             let missing = mine.difference(has);
-            if send_ranges(&bucket, &local.me, &missing, has, buf)? {
+            if send_ranges(
+                &bucket,
+                &local.me,
+                &missing,
+                has,
+                &mut SeqRanges::new(),
+                buf,
+            )? {
                 return Ok(true);
             }
             // Then what the other end asked for.
@@ -694,9 +701,10 @@ impl Session {
             for origin in origins {
                 let wanted = state.requested.remove(&origin).unwrap_or_default();
                 let has = state.remote_has.entry(origin.clone()).or_default();
-                let before = has.clone();
-                let full = send_ranges(&bucket, &origin, &wanted, has, buf)?;
-                let sent = has.difference(&before);
+                // What went out, not how much `has` grew: the other end may ask for writes this side
+                // counted as held (its pull crossed a push), and must get them once, not on every pass.
+                let mut sent = SeqRanges::new();
+                let full = send_ranges(&bucket, &origin, &wanted, has, &mut sent, buf)?;
                 let rest = wanted.difference(&sent);
                 if !rest.is_empty() {
                     state.requested.insert(origin, rest);
@@ -739,12 +747,14 @@ fn check_writes(
 }
 
 /// Encodes the stored writes of `origin` in `ranges` as Ops frames, recording in `has` what the other
-/// end will then hold. Returns true when the send budget ran out first.
+/// end will then hold and in `sent` what the frames covered. Returns true when the send budget ran out
+/// first.
 fn send_ranges(
     bucket: &Bucket,
     origin: &Origin,
     ranges: &SeqRanges,
     has: &mut SeqRanges,
+    sent: &mut SeqRanges,
     buf: &mut Vec<u8>,
 ) -> Result<bool, LinkError> {
     for &(start, end) in ranges.ranges() {
@@ -755,6 +765,7 @@ fn send_ranges(
                 break;
             };
             has.union_with(&chunk.covered);
+            sent.union_with(&chunk.covered);
             let msg = Message::Ops(OpsBatch {
                 bucket: bucket.name().clone(),
                 origin: origin.id().clone(),

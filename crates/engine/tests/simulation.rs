@@ -785,3 +785,51 @@ fn a_write_carried_back_from_past_a_collection_does_not_revive_a_deleted_key() {
         );
     }
 }
+
+/// Found by the chaos harness (seed 503, three nodes): a pull for writes the sender believed the
+/// other end already held (the pull crossed a push, or asked after a resync) was answered again on
+/// every pass of the link's writer, forever: what it had sent was measured by how much the other end's
+/// holding grew, which is nothing when it already counted as held. Each answer drew an ack, each ack
+/// woke the writer: a livelock at network speed (25 MB/s on loopback, replicas never settled).
+#[test]
+fn a_pull_for_writes_the_sender_thinks_held_is_answered_once() {
+    let mut sim = Sim::new(25);
+    let b0 = sim.locals[0].bucket("sessions");
+    for k in 0..5 {
+        b0.write(
+            format!("k{k}").into(),
+            Some(value::encode_json("1")),
+            Lifetime::Forever,
+        );
+    }
+    sim.exchange(3, 100, false);
+    // n1 asks n0 for n0's writes 1..=5, which n0 knows n1 holds.
+    let origin = sim.locals[0].me.id().clone();
+    let pull = Message::Pull {
+        bucket: "sessions".into(),
+        origin,
+        ranges: peer_buckets_engine::ranges::SeqRanges::up_to(5),
+    };
+    let session = sim.sessions[0][1].as_mut().expect("linked");
+    session.handle(&sim.locals[0], pull).expect("valid");
+    let ops_in = |buf: &[u8]| {
+        let mut at = 0;
+        let mut n = 0;
+        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
+            at += used;
+            n += matches!(msg, Message::Ops(_)) as usize;
+        }
+        n
+    };
+    let mut buf = Vec::new();
+    while session.fill(&sim.locals[0], &mut buf, false).expect("fill") {}
+    assert_eq!(ops_in(&buf), 1, "the pull is answered");
+    for pass in 0..3 {
+        let mut again = Vec::new();
+        while session
+            .fill(&sim.locals[0], &mut again, false)
+            .expect("fill")
+        {}
+        assert_eq!(ops_in(&again), 0, "answered again on pass {pass}");
+    }
+}
