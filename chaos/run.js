@@ -264,7 +264,7 @@ async function main() {
     console.log(
       `chaos seed ${args.seed} (${args.seconds} s, ${args.nodes} nodes, ${config.regime}): ` +
         `operations ${s.ops} (set ${opCounts.set}, delete ${opCounts.delete}, touch ${opCounts.touch}; ${acked} acknowledged, ${timeouts} ack timeouts, ${s.raced} raced) · ` +
-        `faults ${faultTotal} (${faultText || 'none'}; ${refused} links refused for skew, ${collected} tombstones collected) · ` +
+        `faults ${faultTotal} (${faultText || 'none'}; ${refused} links refused for skew, ${collected} tombstones collected, ${(network.stats.deliveredBytes / 1e6).toFixed(1)} MB through the proxies) · ` +
         `checks: ${summarize(result)}${settledIn.converged ? '' : ', convergence FAILED'}${bypass.length ? ', proxy bypassed' : ''} → ${passed ? 'PASS' : 'FAIL'}`,
     )
     if (!passed) {
