@@ -533,7 +533,14 @@ async fn periodic(shared: Arc<Shared>) {
             let guards: Vec<_> = links.iter().map(|l| l.session.lock()).collect();
             let sessions: Vec<&Session> = guards.iter().map(|g| &**g).collect();
             let members = shared.members.member_ids();
-            collector.round(local, &members, &sessions);
+            if members.is_empty() && !shared.config.seeds.is_empty() {
+                // A peer with seeds that has met no member yet is not alone, it has not found its
+                // cluster yet: what it collected now nobody else would know of (its deletes would be
+                // lost), and every peer it met later would take itself for one that missed a collection.
+                collector = Collector::default();
+            } else {
+                collector.round(local, &members, &sessions);
+            }
         }
     }
 }

@@ -262,3 +262,51 @@ async fn tombstones_stay_bounded_under_a_steady_set_and_delete_load() {
         n.close(Duration::from_secs(1)).await;
     }
 }
+
+/// Found by the chaos harness (seed 602, three nodes): a peer restarted empty whose seeds it could not
+/// reach yet knew no member, took itself for the whole cluster and collected its own fresh tombstones.
+/// Its deletes were then lost (nobody else had seen them), and every peer it met afterwards, lacking
+/// the collected dots, took itself for one that had missed a collection and resynced in full,
+/// rewriting its old writes. A peer with seeds collects nothing until it has met a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_has_not_met_its_seeds_collects_nothing() {
+    let mk = |id: &str, seeds: Vec<String>| Config {
+        tombstone_min_age: Some(Duration::from_millis(100)),
+        collect_every: Duration::from_millis(100),
+        ..config(id, seeds)
+    };
+    // b's address, reserved; b starts later.
+    let b_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let a = Node::start(mk("a", vec![b_addr.clone()])).await.unwrap();
+    let ba = a.bucket("s");
+    for k in 0..20 {
+        let key: Arc<str> = format!("k{k}").into();
+        ba.write(
+            key.clone(),
+            Some(value::encode_json("1")),
+            Lifetime::Forever,
+        );
+        ba.write(key, None, Lifetime::Forever);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(a.stats().tombstones_collected, 0, "collected alone");
+    assert_eq!(a.stats().tombstones, 20);
+    let b = Node::start(Config {
+        listen: b_addr,
+        ..mk("b", vec![])
+    })
+    .await
+    .unwrap();
+    eventually("linked", || a.stats().peers == 1 && b.stats().peers == 1).await;
+    eventually("collected once both hold the tombstones", || {
+        a.stats().tombstones == 0 && b.stats().tombstones == 0
+    })
+    .await;
+    assert_eq!(b.stats().full_resyncs, 0, "b missed nothing");
+    for n in [a, b] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
