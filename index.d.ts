@@ -150,6 +150,13 @@ export interface PeerStats {
   tombstonesCollected: number
   /** Times this peer found it had missed a collection and resynced in full. */
   fullResyncs: number
+  /**
+   * Deleted or expired keys remembered after their tombstones were collected (for an hour), so that
+   * an older write brought back by a peer that was away meanwhile cannot revive them.
+   */
+  collectedRemembered: number
+  /** Old writes brought back from past a collection that met a stand-in tombstone here instead. */
+  standInTombstones: number
   /** Connections refused in their handshake: not a peer, another secret or none, malformed, silent. */
   handshakesRejected: number
   /** Accepted connections closed in their handshake to make room for newer ones (a flood). */

@@ -122,6 +122,8 @@ const EXPECTED = {
   peer_buckets_tombstones: 'gauge',
   peer_buckets_tombstones_collected_total: 'counter',
   peer_buckets_full_resyncs_total: 'counter',
+  peer_buckets_collected_remembered: 'gauge',
+  peer_buckets_stand_in_tombstones_total: 'counter',
   peer_buckets_handshakes_rejected_total: 'counter',
   peer_buckets_handshakes_evicted_total: 'counter',
   peer_buckets_peer_connected: 'gauge',

@@ -71,6 +71,8 @@ pub struct PeerStats {
     pub tombstones: u32,
     pub tombstones_collected: f64,
     pub full_resyncs: f64,
+    pub collected_remembered: u32,
+    pub stand_in_tombstones: f64,
     pub handshakes_rejected: f64,
     pub handshakes_evicted: f64,
     pub replication: Vec<LinkStats>,
@@ -270,6 +272,8 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         tombstones: s.tombstones as u32,
         tombstones_collected: s.tombstones_collected as f64,
         full_resyncs: s.full_resyncs as f64,
+        collected_remembered: s.collected_remembered as u32,
+        stand_in_tombstones: s.stand_in_tombstones as f64,
         handshakes_rejected: s.handshakes_rejected as f64,
         handshakes_evicted: s.handshakes_evicted as f64,
         replication: s

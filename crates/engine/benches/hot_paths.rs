@@ -73,12 +73,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("merge a batch of 1024 remote writes", |b| {
         b.iter_batched(
             || (MemoryStore::new(), writes(1024)),
-            |(s, batch)| s.merge(&other, batch, &SeqRanges::up_to(1024), &mut |_| {}),
+            |(s, batch)| s.merge(&other, &other, batch, &SeqRanges::up_to(1024), &mut |_| {}),
             BatchSize::SmallInput,
         )
     });
     let source = MemoryStore::new();
     source.merge(
+        &other,
         &other,
         writes(100_000),
         &SeqRanges::up_to(100_000),

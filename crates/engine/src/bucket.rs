@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use crate::store::{Change, Lifetime, Store, Write};
+use crate::store::{Change, Lifetime, Merged, Store, Write};
 
 /// Told about changes: every local write (link writers must send it, a durable store persist it) and
 /// every merged remote change (a durable store must persist it).
@@ -139,19 +139,26 @@ impl Bucket {
         Some(write)
     }
 
-    /// Merges writes from another replica; returns how many were new.
-    pub fn merge(&self, origin: &Origin, writes: Vec<Write>, covered: &SeqRanges) -> usize {
+    /// Merges writes from another replica (see `Store::merge`).
+    pub fn merge(&self, origin: &Origin, writes: Vec<Write>, covered: &SeqRanges) -> Merged {
         if let Some(max) = writes.iter().map(|w| w.hlc).max() {
             self.clock.observe(max);
         }
         let listening = self.has_subscriber.load(Ordering::Acquire);
-        let fresh = self.store.merge(origin, writes, covered, &mut |w| {
-            if listening {
-                self.emit(w, origin, false)
-            }
-        });
-        self.signal.remote_change();
-        fresh
+        let merged = self
+            .store
+            .merge(&self.me, origin, writes, covered, &mut |w| {
+                if listening {
+                    self.emit(w, origin, false)
+                }
+            });
+        if merged.stand_ins > 0 {
+            tracing::debug!(bucket = %self.name, count = merged.stand_ins, "stand-in tombstones for writes older than collected ones");
+            self.signal.local_write();
+        } else {
+            self.signal.remote_change();
+        }
+        merged
     }
 
     fn emit(&self, w: &Write, origin: &Origin, local: bool) {

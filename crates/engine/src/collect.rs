@@ -10,7 +10,10 @@
 //! expiry, and a touch made before that extends it (rather than losing, as an older write loses to a
 //! tombstone), so every such touch must be in the reports, hence everywhere, before the value goes. A replica that was
 //! not a member then (away, or forgotten after the member timeout) finds, at its next hello, that its
-//! context lacks a collected dot and resyncs in full (see `sync::Session::new`).
+//! context lacks a collected dot and resyncs in full (see `sync::Session::new`); the writes it brings
+//! back that a collected register would have beaten meet a stand-in tombstone instead (the store
+//! remembers collected registers by key for `Local::remember_collected_ms`, see
+//! `store::CollectedKeys`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -76,6 +79,7 @@ impl Collector {
         let mut dropped = 0;
         for bucket in local.bucket_list() {
             let store = bucket.store();
+            store.forget_collected(older_than.saturating_sub(local.remember_collected_ms));
             let mine: Context = store.context().into_iter().collect();
             let empty = Context::new();
             let reports: Vec<&Context> = linked

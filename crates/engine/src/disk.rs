@@ -2,7 +2,8 @@
 //! and persisted in one redb database per data directory by a flusher thread.
 //!
 //! - **What is on disk:** the node id and incarnation, and per bucket every entry (both registers with
-//!   their hlc and dot), the context of every origin, the superseded markers and the collected vector.
+//!   their hlc and dot), the context of every origin, the superseded markers, the collected vector and
+//!   the collected registers remembered by key (`store::CollectedKeys`).
 //!   The per-origin index, counters and expiry queues are derived again at load.
 //! - **Group commit.** Every change is journaled under the store's lock; the flusher drains the journals
 //!   of all buckets in one transaction and commits it. A write in strict mode waits for the flush
@@ -29,7 +30,7 @@ use crate::clock::Hlc;
 use crate::error::Error;
 use crate::ranges::SeqRanges;
 use crate::replica::ReplicaId;
-use crate::store::{Entry, MemoryStore, TouchRegister};
+use crate::store::{CollectedRecord, Entry, MemoryStore, TouchRegister};
 use crate::sync::Local;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -41,6 +42,11 @@ const CONTEXTS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("co
 const MARKERS: TableDefinition<(&str, &[u8], u64), &str> = TableDefinition::new("markers");
 /// bucket -> collected vector
 const COLLECTED: TableDefinition<&str, &[u8]> = TableDefinition::new("collected");
+/// (bucket, key fingerprint) -> (hlc, stamp) of the newest collected register of those keys
+const COLLECTED_KEYS: TableDefinition<(&str, u64), (u64, u64)> =
+    TableDefinition::new("collected_keys");
+/// bucket -> the newest time among forgotten collected registers
+const COLLECTED_BEYOND: TableDefinition<&str, u64> = TableDefinition::new("collected_beyond");
 
 const FORMAT: &[u8] = b"peer-buckets/1";
 
@@ -260,6 +266,31 @@ impl Disk {
                     .collected = collected;
             }
         }
+        if let Ok(t) = tx.open_table(COLLECTED_KEYS) {
+            for item in t.iter().map_err(storage)? {
+                let (k, v) = item.map_err(storage)?;
+                let (bucket, fingerprint) = k.value();
+                let (hlc, at_ms) = v.value();
+                per_bucket
+                    .entry(bucket.to_string())
+                    .or_default()
+                    .collected_keys
+                    .push(CollectedRecord {
+                        fingerprint,
+                        hlc: Hlc(hlc),
+                        at_ms,
+                    });
+            }
+        }
+        if let Ok(t) = tx.open_table(COLLECTED_BEYOND) {
+            for item in t.iter().map_err(storage)? {
+                let (k, v) = item.map_err(storage)?;
+                per_bucket
+                    .entry(k.value().to_string())
+                    .or_default()
+                    .collected_beyond = Hlc(v.value());
+            }
+        }
         let count = per_bucket.len();
         // Later local writes must order after everything stored, whatever the wall clock says now (it
         // may be behind what was stamped before: a peer's clock ahead pushed ours, or time went back).
@@ -272,7 +303,14 @@ impl Disk {
             local.clock.observe(hlc);
         }
         for (name, parts) in per_bucket {
-            let store = MemoryStore::restore(parts.entries, parts.contexts, parts.markers, true);
+            let store = MemoryStore::restore(
+                parts.entries,
+                parts.contexts,
+                parts.markers,
+                parts.collected_keys,
+                parts.collected_beyond,
+                true,
+            );
             let bucket = local.install_bucket(&name, Box::new(store));
             let collected = parts
                 .collected
@@ -301,6 +339,8 @@ impl Disk {
             let mut contexts = tx.open_table(CONTEXTS).map_err(storage)?;
             let mut markers = tx.open_table(MARKERS).map_err(storage)?;
             let mut collected = tx.open_table(COLLECTED).map_err(storage)?;
+            let mut collected_keys = tx.open_table(COLLECTED_KEYS).map_err(storage)?;
+            let mut collected_beyond = tx.open_table(COLLECTED_BEYOND).map_err(storage)?;
             for (bucket, c) in &changes {
                 let name: &str = bucket.name();
                 for (key, entry) in &c.entries {
@@ -349,6 +389,23 @@ impl Disk {
                         }
                     }
                 }
+                for (fingerprint, record) in &c.collected {
+                    match record {
+                        Some(r) => {
+                            collected_keys
+                                .insert((name, *fingerprint), (r.hlc.0, r.at_ms))
+                                .map_err(storage)?;
+                        }
+                        None => {
+                            collected_keys
+                                .remove((name, *fingerprint))
+                                .map_err(storage)?;
+                        }
+                    }
+                }
+                if let Some(beyond) = c.collected_beyond {
+                    collected_beyond.insert(name, beyond.0).map_err(storage)?;
+                }
                 let vector: Vec<(ReplicaId, SeqRanges)> = bucket
                     .collected()
                     .into_iter()
@@ -382,6 +439,8 @@ struct Parts {
     contexts: Vec<(crate::replica::Origin, SeqRanges)>,
     markers: Vec<(crate::replica::Origin, u64, Arc<str>)>,
     collected: Vec<(ReplicaId, SeqRanges)>,
+    collected_keys: Vec<CollectedRecord>,
+    collected_beyond: Hlc,
 }
 
 /// The flusher thread and the doorbell that wakes it.

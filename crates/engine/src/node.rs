@@ -121,6 +121,10 @@ pub struct Stats {
     pub tombstones: usize,
     pub tombstones_collected: u64,
     pub full_resyncs: u64,
+    /// Collected registers remembered by key (see `store::CollectedKeys`).
+    pub collected_remembered: usize,
+    /// Tombstones written in place of collected ones for old writes that came back.
+    pub stand_in_tombstones: u64,
     /// Connections refused in their handshake (not a peer, another secret or none, malformed, silent).
     pub handshakes_rejected: u64,
     /// Accepted connections closed in their handshake to make room for newer ones.
@@ -458,6 +462,11 @@ impl Node {
             tombstones: buckets.iter().map(|b| b.store().tombstone_count()).sum(),
             tombstones_collected: c.tombstones_collected.load(Ordering::Relaxed),
             full_resyncs: c.full_resyncs.load(Ordering::Relaxed),
+            collected_remembered: buckets
+                .iter()
+                .map(|b| b.store().collected_remembered())
+                .sum(),
+            stand_in_tombstones: c.stand_in_tombstones.load(Ordering::Relaxed),
             handshakes_rejected: self.shared.guard.rejected(),
             handshakes_evicted: self.shared.guard.evicted(),
             links,

@@ -38,7 +38,7 @@
 //! tests below are the checks to run it through.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -213,14 +213,17 @@ pub trait Store: Send + Sync + 'static {
     /// nothing written) when the key is absent or expired.
     fn touch_local(&self, me: &Origin, clock: &Clock, key: Arc<str>, ttl_ms: u64) -> Option<Write>;
     /// Merges writes from `origin`, then adds `covered` to the origin's context. `on_change` is called
-    /// for every write that changed a key's value. Returns how many writes were new.
+    /// for every write that changed a key's value. A value write older than a register this replica
+    /// collected for its key (see `CollectedKeys`), which it would otherwise beat, first gets a
+    /// stand-in tombstone: a write of `me` at the collected register's time.
     fn merge(
         &self,
+        me: &Origin,
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(&Write),
-    ) -> usize;
+    ) -> Merged;
     /// Reports (through `on_expired`) every key whose value expired by `now_ms` since the last call,
     /// and queues it for collection.
     fn expire(&self, now_ms: u64, on_expired: &mut dyn FnMut(&Arc<str>));
@@ -255,11 +258,18 @@ pub trait Store: Send + Sync + 'static {
     fn tombstone_count(&self) -> usize;
     /// Drops dead entries (tombstones, expired values) that died before `older_than_ms` and whose every
     /// register dot `collectable` accepts (every member holds it). Returns how many were dropped.
+    /// Each dropped value register is remembered by key (`CollectedKeys`) under the stamp
+    /// `older_than_ms`.
     fn collect(
         &self,
         older_than_ms: u64,
         collectable: &mut dyn FnMut(&Origin, u64) -> bool,
     ) -> usize;
+    /// Forgets the collected registers remembered under stamps before `before_ms`: from then on only
+    /// the newest of their times stands for every key (see `CollectedKeys`).
+    fn forget_collected(&self, before_ms: u64);
+    /// How many collected registers are remembered by key; for stats.
+    fn collected_remembered(&self) -> usize;
     /// Drops superseded markers whose key's current registers `everywhere` accepts (every member holds
     /// them), or whose key is gone. Returns how many were dropped.
     fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
@@ -307,6 +317,107 @@ pub struct Chunk {
     /// Current registers of keys whose writes in the range were superseded, with their origins; to be
     /// delivered before `covered` is claimed.
     pub superseders: Vec<(Origin, Write)>,
+}
+
+/// What `Store::merge` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// Writes whose dot was new here.
+    pub fresh: usize,
+    /// Stand-in tombstones written (local writes: the links must send them).
+    pub stand_ins: usize,
+}
+
+/// A stable 64-bit fingerprint of a key (FNV-1a), the same in every process and version, so the
+/// collected registers remembered by it can be persisted.
+pub fn key_fingerprint(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A remembered collected register, as a durable backend persists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectedRecord {
+    pub fingerprint: u64,
+    /// The newest collected value register of the keys with this fingerprint.
+    pub hlc: Hlc,
+    /// The stamp it was collected under (`Store::collect`'s `older_than_ms`).
+    pub at_ms: u64,
+}
+
+/// The value registers (tombstones, expired values) this replica collected, by key fingerprint.
+///
+/// Once a dead register is collected, a write older than it for the same key would, arriving later,
+/// find nothing to lose to. Every member held the register's dot when it was collected, and every
+/// write any member held then, so such a write can only come from a replica that was away past the
+/// collection (forgotten, or cut off with a dead replica's writes). `merge` answers it with a stand-in
+/// tombstone at the collected register's time: the write loses on every replica, as it would have
+/// lost to the collected one, and nothing newer is affected.
+///
+/// Records are kept for a retention the node configures; a forgotten record leaves its time in
+/// `beyond`, which then stands for every key that has no value register: a write older than it to
+/// such a key is answered with a stand-in just above it (a replica away longer than the retention
+/// loses its old writes to keys deleted meanwhile, and to keys nobody else has).
+#[derive(Default)]
+struct CollectedKeys {
+    /// fingerprint -> (newest collected hlc, stamp).
+    by_key: hashbrown::HashMap<u64, (Hlc, u64)>,
+    /// (stamp, fingerprint) in collection order, to forget the oldest first.
+    order: VecDeque<(u64, u64)>,
+    /// The newest time among forgotten records.
+    beyond: Hlc,
+    /// The newest time of all (remembered or forgotten): writes newer than it need no lookup.
+    newest: Hlc,
+}
+
+impl CollectedKeys {
+    fn remember(&mut self, fingerprint: u64, hlc: Hlc, at_ms: u64) {
+        let slot = self.by_key.entry(fingerprint).or_insert((hlc, at_ms));
+        *slot = (slot.0.max(hlc), at_ms);
+        self.order.push_back((at_ms, fingerprint));
+        self.newest = self.newest.max(hlc);
+    }
+
+    /// Forgets records stamped before `before_ms`; returns the fingerprints dropped.
+    fn forget(&mut self, before_ms: u64, dropped: &mut Vec<u64>) {
+        while let Some(&(at, fingerprint)) = self.order.front() {
+            if at >= before_ms {
+                break;
+            }
+            self.order.pop_front();
+            // A later collection of the same fingerprint re-stamped the record: it stays.
+            if let Some(&(hlc, stamp)) = self.by_key.get(&fingerprint) {
+                if stamp == at {
+                    self.by_key.remove(&fingerprint);
+                    self.beyond = self.beyond.max(hlc);
+                    dropped.push(fingerprint);
+                }
+            }
+        }
+    }
+
+    /// The time of a stand-in for a value write `w` of `origin` that is new here, given the key's
+    /// current value register: `Some` when a collected register of the key (or, without a record and
+    /// without a register, a forgotten one) is newer than `w` and `w` would otherwise win.
+    fn stand_in_time(
+        &self,
+        w: &Write,
+        origin: &Origin,
+        current: Option<(Hlc, &Origin)>,
+    ) -> Option<Hlc> {
+        if w.hlc >= self.newest || w.touch || w.value.is_none() {
+            return None;
+        }
+        if current.is_some_and(|(hlc, o)| !beats(w.hlc, origin, hlc, o)) {
+            return None; // it loses anyway
+        }
+        match self.by_key.get(&key_fingerprint(&w.key)) {
+            Some(&(hlc, _)) if w.hlc < hlc => Some(hlc),
+            _ if current.is_none() && w.hlc < self.beyond => Some(Hlc(w.hlc.0 + 1)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -399,6 +510,8 @@ struct State {
     expired: usize,
     /// Entries holding no value (tombstones, touch-only placeholders).
     valueless: usize,
+    /// Collected value registers, by key.
+    collected: CollectedKeys,
     /// What changed since the last `drain_changes`, when a durable backend persists this store.
     journal: Option<Journal>,
 }
@@ -409,6 +522,8 @@ struct Journal {
     keys: hashbrown::HashSet<Arc<str>>,
     contexts: std::collections::BTreeSet<Origin>,
     markers: Vec<(Origin, u64, Option<Arc<str>>)>,
+    collected: hashbrown::HashSet<u64>,
+    beyond: bool,
 }
 
 /// What a durable backend must write to have the store's state on disk: entries to put (or remove,
@@ -418,11 +533,19 @@ pub struct Changes {
     pub entries: Vec<(Arc<str>, Option<Entry>)>,
     pub contexts: Vec<(Origin, SeqRanges)>,
     pub markers: Vec<(Origin, u64, Option<Arc<str>>)>,
+    /// Collected-register records to put (or remove, when `None`), by fingerprint.
+    pub collected: Vec<(u64, Option<CollectedRecord>)>,
+    /// The newest forgotten collected time, when it moved.
+    pub collected_beyond: Option<Hlc>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.contexts.is_empty() && self.markers.is_empty()
+        self.entries.is_empty()
+            && self.contexts.is_empty()
+            && self.markers.is_empty()
+            && self.collected.is_empty()
+            && self.collected_beyond.is_none()
     }
 }
 
@@ -436,6 +559,12 @@ impl State {
     fn note_context(&mut self, origin: &Origin) {
         if let Some(j) = &mut self.journal {
             j.contexts.insert(origin.clone());
+        }
+    }
+
+    fn note_collected(&mut self, fingerprint: u64) {
+        if let Some(j) = &mut self.journal {
+            j.collected.insert(fingerprint);
         }
     }
 
@@ -605,6 +734,33 @@ impl State {
         self.schedule(key);
     }
 
+    /// Writes, as `me`, a tombstone of `w`'s key at `hlc`, standing in for a collected register that
+    /// `w` would otherwise beat (see `CollectedKeys`).
+    fn stand_in(&mut self, me: &Origin, w: &Write, hlc: Hlc, on_change: &mut dyn FnMut(&Write)) {
+        let seq = self
+            .origins
+            .get(me)
+            .map_or(0, |o| o.context.max())
+            .checked_add(1)
+            .expect("sequence numbers exhausted");
+        self.see(me, seq);
+        let mut tombstone = Write {
+            key: w.key.clone(),
+            hlc,
+            seq,
+            value: None,
+            expires_ms: 0,
+            touch: false,
+        };
+        // Listeners hear of it only if it hides a value (a key already dead stays dead).
+        let had_value = self.entries.get(&w.key).is_some_and(|e| e.value.is_some());
+        self.apply(me, &mut tombstone, &mut |t| {
+            if had_value {
+                on_change(t)
+            }
+        });
+    }
+
     fn remove_entry(&mut self, key: &Arc<str>) {
         self.note_key(key);
         if let Some(r) = self.entries.remove(key) {
@@ -644,15 +800,23 @@ impl MemoryStore {
         store
     }
 
-    /// Rebuilds a store from persisted entries, contexts and markers (the derived index, counters and
-    /// queues are computed here). `journaled` as in `MemoryStore::journaled`.
+    /// Rebuilds a store from persisted entries, contexts, markers and collected-register records (the
+    /// derived index, counters and queues are computed here). `journaled` as in `MemoryStore::journaled`.
     pub fn restore(
         entries: Vec<(Arc<str>, Entry)>,
         contexts: Vec<(Origin, SeqRanges)>,
         markers: Vec<(Origin, u64, Arc<str>)>,
+        mut collected: Vec<CollectedRecord>,
+        collected_beyond: Hlc,
         journaled: bool,
     ) -> Self {
         let mut state = State::default();
+        collected.sort_by_key(|r| r.at_ms);
+        for r in collected {
+            state.collected.remember(r.fingerprint, r.hlc, r.at_ms);
+        }
+        state.collected.beyond = collected_beyond;
+        state.collected.newest = state.collected.newest.max(collected_beyond);
         for (origin, ctx) in contexts {
             state.origins.entry(origin).or_default().context = ctx;
         }
@@ -782,13 +946,14 @@ impl Store for MemoryStore {
 
     fn merge(
         &self,
+        me: &Origin,
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(&Write),
-    ) -> usize {
+    ) -> Merged {
         let mut state = self.state.write();
-        let mut fresh = 0;
+        let mut merged = Merged::default();
         for mut w in writes {
             if state
                 .origins
@@ -797,8 +962,20 @@ impl Store for MemoryStore {
             {
                 continue;
             }
-            fresh += 1;
+            merged.fresh += 1;
             state.see(origin, w.seq);
+            if w.hlc < state.collected.newest {
+                let current = state
+                    .entries
+                    .get(&w.key)
+                    .filter(|e| e.seq > 0)
+                    .map(|e| (e.hlc, e.origin.clone()));
+                let current = current.as_ref().map(|(h, o)| (*h, o));
+                if let Some(hlc) = state.collected.stand_in_time(&w, origin, current) {
+                    state.stand_in(me, &w, hlc, on_change);
+                    merged.stand_ins += 1;
+                }
+            }
             state.apply(origin, &mut w, on_change);
         }
         if !covered.is_empty() {
@@ -810,7 +987,7 @@ impl Store for MemoryStore {
                 .union_with(covered);
             state.note_context(origin);
         }
-        fresh
+        merged
     }
 
     fn expire(&self, now_ms: u64, on_expired: &mut dyn FnMut(&Arc<str>)) {
@@ -984,6 +1161,11 @@ impl Store for MemoryStore {
             }
             let everywhere = e.writes(&key).all(|(o, w)| collectable(&o, w.seq));
             if everywhere {
+                if e.seq > 0 {
+                    let (fingerprint, hlc) = (key_fingerprint(&key), e.hlc);
+                    state.collected.remember(fingerprint, hlc, older_than_ms);
+                    state.note_collected(fingerprint);
+                }
                 state.remove_entry(&key);
                 dropped += 1;
             } else {
@@ -1014,6 +1196,25 @@ impl Store for MemoryStore {
             state.expiries = items.into_iter().collect();
         }
         dropped
+    }
+
+    fn forget_collected(&self, before_ms: u64) {
+        let mut state = self.state.write();
+        let beyond = state.collected.beyond;
+        let mut dropped = Vec::new();
+        state.collected.forget(before_ms, &mut dropped);
+        for fingerprint in dropped {
+            state.note_collected(fingerprint);
+        }
+        if state.collected.beyond != beyond {
+            if let Some(j) = &mut state.journal {
+                j.beyond = true;
+            }
+        }
+    }
+
+    fn collected_remembered(&self) -> usize {
+        self.state.read().collected.by_key.len()
     }
 
     fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize {
@@ -1075,10 +1276,28 @@ impl Store for MemoryStore {
                 (o, ctx)
             })
             .collect();
+        let collected = journal
+            .collected
+            .into_iter()
+            .map(|fingerprint| {
+                let record = state
+                    .collected
+                    .by_key
+                    .get(&fingerprint)
+                    .map(|&(hlc, at_ms)| CollectedRecord {
+                        fingerprint,
+                        hlc,
+                        at_ms,
+                    });
+                (fingerprint, record)
+            })
+            .collect();
         Some(Changes {
             entries,
             contexts,
             markers: journal.markers,
+            collected,
+            collected_beyond: journal.beyond.then_some(state.collected.beyond),
         })
     }
 
@@ -1180,11 +1399,13 @@ mod tests {
         let s = MemoryStore::new();
         s.merge(
             &a,
+            &a,
             vec![w("k", 10, 1, Some("a1"))],
             &SeqRanges::new(),
             &mut |_| {},
         );
         s.merge(
+            &b,
             &b,
             vec![w("k", 9, 1, Some("b1"))],
             &SeqRanges::new(),
@@ -1192,6 +1413,7 @@ mod tests {
         );
         assert_eq!(get(&s, "k").as_deref(), Some("a1"));
         s.merge(
+            &b,
             &b,
             vec![w("k", 10, 2, Some("b2"))],
             &SeqRanges::new(),
@@ -1206,6 +1428,7 @@ mod tests {
         let a = origin(&t, "a");
         let s = MemoryStore::new();
         s.merge(
+            &a,
             &a,
             vec![w("k", 1, 1, Some("v")), w("k", 2, 2, None)],
             &SeqRanges::new(),
@@ -1249,11 +1472,13 @@ mod tests {
         let s = MemoryStore::new();
         s.merge(
             &a,
+            &a,
             vec![w("k", 1, 1, Some("old")), w("j", 2, 2, Some("x"))],
             &SeqRanges::new(),
             &mut |_| {},
         );
         s.merge(
+            &b,
             &b,
             vec![w("k", 5, 1, Some("new"))],
             &SeqRanges::new(),
@@ -1359,11 +1584,12 @@ mod tests {
         // A newer set from elsewhere replaces the expiry along with the value.
         let mut newer = w("k", Hlc::from_parts(20_000, 0).0, 1, Some("n"));
         newer.expires_ms = 20_050;
-        s.merge(&b, vec![newer], &SeqRanges::new(), &mut |_| {});
+        s.merge(&b, &b, vec![newer], &SeqRanges::new(), &mut |_| {});
         assert!(s.read("k", &|| 20_000, &mut |_| {}));
         assert!(!s.read("k", &|| 20_050, &mut |_| {}));
         // A touch older than a delete leaves the key deleted.
         s.merge(
+            &b,
             &b,
             vec![w("k", Hlc::from_parts(30_000, 0).0, 2, None)],
             &SeqRanges::new(),
@@ -1372,7 +1598,7 @@ mod tests {
         let mut old_touch = w("k", Hlc::from_parts(25_000, 0).0, 3, None);
         old_touch.touch = true;
         old_touch.expires_ms = 99_999;
-        s.merge(&b, vec![old_touch], &SeqRanges::new(), &mut |_| {});
+        s.merge(&b, &b, vec![old_touch], &SeqRanges::new(), &mut |_| {});
         assert!(!s.read("k", &|| 30_000, &mut |_| {}));
         assert_eq!(s.live_len(), 0);
     }
@@ -1426,11 +1652,181 @@ mod tests {
         let s = MemoryStore::new();
         let mut write = w("k", 1, 1, Some("v"));
         write.expires_ms = 100;
-        s.merge(&a, vec![write], &SeqRanges::new(), &mut |_| {});
+        s.merge(&a, &a, vec![write], &SeqRanges::new(), &mut |_| {});
         let mut seen = false;
         assert!(s.read("k", &|| 99, &mut |_| seen = true));
         assert!(!s.read("k", &|| 100, &mut |_| {}));
         assert!(seen);
+    }
+
+    /// The registers of `key` as (origin, hlc, value).
+    fn regs(s: &MemoryStore, key: &str) -> Vec<(String, u64, Option<String>)> {
+        s.registers(key)
+            .into_iter()
+            .map(|(o, w)| {
+                let v = w.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                (o.id().node.to_string(), w.hlc.0, v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_older_than_a_collected_tombstone_meets_a_stand_in() {
+        let t = ReplicaTable::new();
+        let (me, a, b, c) = (
+            origin(&t, "me"),
+            origin(&t, "a"),
+            origin(&t, "b"),
+            origin(&t, "c"),
+        );
+        let s = MemoryStore::new();
+        let none = SeqRanges::new();
+        s.merge(&me, &a, vec![w("k", 10, 1, Some("v1"))], &none, &mut |_| {});
+        s.merge(&me, &b, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+        s.merge(
+            &me,
+            &a,
+            vec![w("live", 5, 2, Some("l"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+        assert_eq!((s.entry_count(), s.collected_remembered()), (1, 1));
+
+        // c was away: its write of k, older than the collected tombstone, comes back.
+        let mut changes = 0;
+        let merged = s.merge(
+            &me,
+            &c,
+            vec![w("k", 15, 1, Some("old"))],
+            &none,
+            &mut |_| changes += 1,
+        );
+        assert_eq!(
+            merged,
+            Merged {
+                fresh: 1,
+                stand_ins: 1
+            }
+        );
+        assert_eq!(changes, 0, "listeners never see the old value");
+        assert_eq!(get(&s, "k"), None);
+        assert_eq!(
+            regs(&s, "k"),
+            vec![("me".into(), 20, None)],
+            "a tombstone at the collected time"
+        );
+        assert!(
+            s.context_of(&me).contains(1),
+            "the stand-in is a write of this replica"
+        );
+        assert!(s.context_of(&c).contains(1), "the old write's dot is held");
+
+        // Newer writes are untouched: one newer than the collected tombstone wins as usual, and an old
+        // write to a key that still holds an older register is plain last-writer-wins.
+        let merged = s.merge(
+            &me,
+            &c,
+            vec![w("k", 30, 2, Some("new")), w("live", 7, 3, Some("l2"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(
+            merged,
+            Merged {
+                fresh: 2,
+                stand_ins: 0
+            }
+        );
+        assert_eq!(get(&s, "k").as_deref(), Some("new"));
+        assert_eq!(get(&s, "live").as_deref(), Some("l2"));
+        // An old write that loses anyway needs nothing either.
+        let merged = s.merge(
+            &me,
+            &c,
+            vec![w("k", 12, 3, Some("older"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(merged.stand_ins, 0);
+        assert_eq!(get(&s, "k").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn forgotten_collected_registers_still_guard_keys_without_a_register() {
+        let t = ReplicaTable::new();
+        let (me, a, c) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "c"));
+        let s = MemoryStore::journaled();
+        let none = SeqRanges::new();
+        s.merge(&me, &a, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+        s.merge(
+            &me,
+            &a,
+            vec![w("kept", 5, 2, Some("x"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+        let first = s.drain_changes().expect("journaled");
+        assert_eq!(
+            first.collected,
+            vec![(
+                key_fingerprint("k"),
+                Some(CollectedRecord {
+                    fingerprint: key_fingerprint("k"),
+                    hlc: Hlc(20),
+                    at_ms: 1_000
+                })
+            )]
+        );
+        s.forget_collected(1_000);
+        assert_eq!(
+            s.collected_remembered(),
+            1,
+            "stamped at 1 000: not before it"
+        );
+        s.forget_collected(1_001);
+        assert_eq!(s.collected_remembered(), 0);
+        let forgotten = s.drain_changes().expect("journaled");
+        assert_eq!(forgotten.collected, vec![(key_fingerprint("k"), None)]);
+        assert_eq!(forgotten.collected_beyond, Some(Hlc(20)));
+
+        // Restored from what was persisted, the store answers the same way.
+        let restored = MemoryStore::restore(
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Hlc(20),
+            false,
+        );
+        for s in [&s, &restored] {
+            // Without a record, any key with no register is guarded up to the forgotten time...
+            let merged = s.merge(
+                &me,
+                &c,
+                vec![w("other", 15, 1, Some("old"))],
+                &none,
+                &mut |_| {},
+            );
+            assert_eq!(merged.stand_ins, 1);
+            assert_eq!(
+                regs(s, "other"),
+                vec![("me".into(), 16, None)],
+                "just above the old write"
+            );
+            // ... a key holding an older register is not, and a newer write never is.
+            s.merge(
+                &me,
+                &c,
+                vec![w("kept", 10, 2, Some("y")), w("k", 25, 3, Some("z"))],
+                &none,
+                &mut |_| {},
+            );
+        }
+        assert_eq!(get(&s, "kept").as_deref(), Some("y"));
+        assert_eq!(get(&s, "k").as_deref(), Some("z"));
+        assert_eq!(get(&restored, "k").as_deref(), Some("z"));
     }
 
     /// A store's registers and contexts, for equality checks.
@@ -1487,7 +1883,13 @@ mod tests {
         let s = MemoryStore::new();
         for (o, write) in ops {
             let origin = origin(t, ["a", "b", "c"][*o]);
-            s.merge(&origin, vec![write.clone()], &SeqRanges::new(), &mut |_| {});
+            s.merge(
+                &origin,
+                &origin,
+                vec![write.clone()],
+                &SeqRanges::new(),
+                &mut |_| {},
+            );
         }
         s
     }
@@ -1551,12 +1953,13 @@ mod tests {
                 let seq = w.seq;
                 into.merge(
                     &o,
+                    &o,
                     vec![w],
                     &SeqRanges::from_ranges([(seq, seq)]),
                     &mut |_| {},
                 );
             }
-            into.merge(&origin, c.writes, &c.covered, &mut |_| {});
+            into.merge(&origin, &origin, c.writes, &c.covered, &mut |_| {});
         }
     }
 }

@@ -25,11 +25,11 @@ use tokio::sync::Notify;
 
 use crate::acks::AckTracker;
 use crate::bucket::{Bucket, WriteSignal};
-use crate::clock::{Clock, Hlc};
+use crate::clock::Clock;
 use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::{Origin, ReplicaId, ReplicaTable};
-use crate::store::{ChunkLimits, Lifetime, MemoryStore};
+use crate::store::{ChunkLimits, MemoryStore, Merged};
 use crate::value;
 use crate::wire::{
     self, BucketSummary, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME,
@@ -47,6 +47,9 @@ const CHUNK_LIMITS: ChunkLimits = ChunkLimits {
 };
 /// Bytes a writer pass gathers before sending.
 pub const SEND_BUDGET: usize = 512 * 1024;
+/// How long collected registers are remembered by key, by default: a replica away longer than this
+/// past a collection loses its old writes to keys nobody else holds (see `store::CollectedKeys`).
+pub const REMEMBER_COLLECTED_MS: u64 = 60 * 60 * 1000;
 /// How long a pull may stay unanswered before it is asked again.
 pub const PULL_TIMEOUT_MS: u64 = 5_000;
 
@@ -64,6 +67,9 @@ pub struct Counters {
     pub protocol_errors: AtomicU64,
     pub tombstones_collected: AtomicU64,
     pub full_resyncs: AtomicU64,
+    /// Tombstones written in place of collected ones, for old writes that came back (see
+    /// `store::CollectedKeys`).
+    pub stand_in_tombstones: AtomicU64,
 }
 
 /// The wake-up flag of one link's writer.
@@ -139,6 +145,8 @@ pub struct Local {
     pub max_clock_skew_ms: u64,
     /// Tombstones younger than this are never collected.
     pub tombstone_min_age_ms: u64,
+    /// How long collected registers are remembered by key (see `store::CollectedKeys`).
+    pub remember_collected_ms: u64,
     /// Buckets are persisted: their stores journal every change for the flusher.
     pub durable: bool,
     buckets: RwLock<HashMap<Arc<str>, Arc<Bucket>>>,
@@ -161,6 +169,7 @@ impl Local {
             acks: AckTracker::new(),
             max_clock_skew_ms,
             tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
+            remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
             buckets: RwLock::new(HashMap::new()),
         }
@@ -236,36 +245,12 @@ impl Local {
         }
     }
 
-    /// Rewrites (same value and expiry, new hlc and dot) this replica's own writes to `bucket` that the
-    /// other end has not seen and that are old enough that a collected tombstone could have beaten
-    /// them: after a collection this replica missed, they must win or lose the same way everywhere.
-    fn reissue_unseen(&self, bucket: &Bucket, seen_by_them: &SeqRanges) -> usize {
-        let threshold = Hlc::from_parts(
-            self.clock
-                .now()
-                .physical_ms()
-                .saturating_sub(self.tombstone_min_age_ms / 2),
-            0,
-        );
-        let mine = bucket.store().context_of(&self.me);
-        let unseen = mine.difference(seen_by_them);
-        let mut rewritten = 0;
-        for &(a, b) in unseen.ranges() {
-            let writes = bucket
-                .store()
-                .chunk(&self.me, a, b, ChunkLimits::UNLIMITED)
-                .writes;
-            // Touches are not rewritten: a lost touch only shortens a life.
-            for w in writes.into_iter().filter(|w| w.hlc < threshold && !w.touch) {
-                let lifetime = match w.expires_ms {
-                    0 => Lifetime::Forever,
-                    at => Lifetime::Until(at),
-                };
-                bucket.write(w.key, w.value, lifetime);
-                rewritten += 1;
-            }
-        }
-        rewritten
+    fn count_merged(&self, merged: Merged) {
+        let c = &self.counters;
+        c.ops_applied
+            .fetch_add(merged.fresh as u64, Ordering::Relaxed);
+        c.stand_in_tombstones
+            .fetch_add(merged.stand_ins as u64, Ordering::Relaxed);
     }
 
     /// Refuses a remote wall clock too far ahead of ours.
@@ -339,8 +324,10 @@ pub struct Session {
 
 impl Session {
     /// Starts a session from the other end's hello. If the other end collected tombstones this replica
-    /// never saw, this replica was away past a collection: it rewrites its own old unseen writes and
-    /// asks which of its registers the other end knows to be superseded.
+    /// never saw, this replica was away past a collection: it asks which of its registers the other
+    /// end knows to be superseded (and has since dropped). Its writes the other end lacks travel as
+    /// they are: where one is older than a register the other end collected for its key, the other
+    /// end answers it with a stand-in tombstone (see `store::CollectedKeys`).
     pub fn new(local: &Local, theirs: &Hello) -> Result<Session, LinkError> {
         local.check_clock(theirs.wall_ms)?;
         let mut session = Session {
@@ -369,9 +356,7 @@ impl Session {
     fn resync(&mut self, local: &Local, bucket: &Bucket) {
         local.counters.full_resyncs.fetch_add(1, Ordering::Relaxed);
         let state = self.buckets.entry(bucket.name().clone()).or_default();
-        let seen = state.reported.get(&local.me).cloned().unwrap_or_default();
-        let rewritten = local.reissue_unseen(bucket, &seen);
-        tracing::info!(bucket = %bucket.name(), peer = %self.peer.id(), rewritten, "away past a collection: full resync");
+        tracing::info!(bucket = %bucket.name(), peer = %self.peer.id(), "away past a collection: full resync");
         for (origin, ctx) in bucket.store().context() {
             let Some(theirs) = state.reported.get(&origin) else {
                 continue;
@@ -497,13 +482,10 @@ impl Session {
                 if let Some(origin) = origin {
                     check_writes(&writes, None)?;
                     let origin = local.replicas.intern(&origin);
-                    let fresh = local
+                    let merged = local
                         .bucket(&bucket)
                         .merge(&origin, writes, &SeqRanges::new());
-                    local
-                        .counters
-                        .ops_applied
-                        .fetch_add(fresh as u64, Ordering::Relaxed);
+                    local.count_merged(merged);
                 } else if count > 0 {
                     return Err(LinkError::Protocol(
                         "fetched writes without an origin".into(),
@@ -577,13 +559,13 @@ impl Session {
         for (rid, w) in batch.superseders {
             let o = local.replicas.intern(&rid);
             let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
-            fresh += bucket.merge(&o, vec![w], &dot);
+            let merged = bucket.merge(&o, vec![w], &dot);
+            local.count_merged(merged);
+            fresh += merged.fresh;
         }
-        fresh += bucket.merge(&origin, batch.writes, &batch.covered);
-        local
-            .counters
-            .ops_applied
-            .fetch_add(fresh as u64, Ordering::Relaxed);
+        let merged = bucket.merge(&origin, batch.writes, &batch.covered);
+        local.count_merged(merged);
+        fresh += merged.fresh;
         if origin != self.peer {
             local
                 .counters

@@ -649,7 +649,6 @@ fn a_full_resync_that_drops_a_superseded_value_keeps_the_newer_touch() {
 /// made before n2's "v2", wins over it everywhere once n1 is back, and an acknowledged write is lost
 /// to an older one. Last-writer-wins by the writes' own (hlc, origin) says "v2" survives.
 #[test]
-#[ignore = "known bug: a full resync re-stamps old unseen writes with a fresh clock, so they beat newer writes"]
 fn a_full_resync_does_not_let_an_old_write_beat_a_newer_one() {
     let mut sim = Sim::new(22);
     let json = |s: &str| Some(value::encode_json(&format!("\"{s}\"")));
@@ -750,7 +749,6 @@ fn an_expired_value_is_not_collected_while_a_touch_made_before_the_expiry_is_in_
 /// as they are, and where a newer tombstone of the key was collected meanwhile nothing stops them: the
 /// deleted key comes back with an older value.
 #[test]
-#[ignore = "known bug: a write carried back from past a collection beats the collected tombstone that superseded it"]
 fn a_write_carried_back_from_past_a_collection_does_not_revive_a_deleted_key() {
     let mut sim = Sim::new(24);
     let json = |s: &str| Some(value::encode_json(&format!("\"{s}\"")));
