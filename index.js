@@ -5,6 +5,11 @@
 
 const { EventEmitter } = require('node:events')
 const native = require('./native.js')
+
+// After native.bucketGet returns a string, VALUE_KIND[0] says whether it is JSON text to parse (1) or
+// a string value as it is (0): strings are stored as themselves, so reading one costs no JSON.parse.
+const VALUE_KIND = new Int32Array(1)
+native.bindValueKind(VALUE_KIND)
 const { formatMetrics } = require('./lib/metrics.js')
 const { version: VERSION } = require('./package.json')
 
@@ -198,6 +203,13 @@ class SharedBucket extends EventEmitter {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${value.byteLength})`)
       }
       return settleWrite(this.#peer, native.bucketSetBytes(this.#handle, key, value, ttl, ack, timeout), cb)
+    } else if (typeof value === 'string' && value.isWellFormed()) {
+      // Stored as the string itself (a lone surrogate could not travel as UTF-8: such strings go as
+      // JSON text, which escapes it).
+      if (value.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(value) > MAX_VALUE_BYTES) {
+        throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${Buffer.byteLength(value)})`)
+      }
+      return settleWrite(this.#peer, native.bucketSetString(this.#handle, key, value, ttl, ack, timeout), cb)
     } else {
       if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
         throw new TypeError('set(): value must be JSON-serialisable or a Buffer (got ' + typeof value + ')')
@@ -220,7 +232,7 @@ class SharedBucket extends EventEmitter {
     checkKey('get()', key)
     if (this.#peer.closed) throw closedError('get()')
     const raw = native.bucketGet(this.#handle, key)
-    return raw === undefined ? undefined : decodeValue(raw)
+    return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
   }
 
   has(key) {

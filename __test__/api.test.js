@@ -162,6 +162,40 @@ describe('values: set/get round-trips', () => {
     expect(b.get('bytes').toString()).toBe('"text"')
   })
 
+  test('string values (stored as themselves) read back the same on every path: get, entries, change events, another peer', async () => {
+    const [a, b] = await createCluster(2)
+    const ba = a.bucket('strings')
+    const bb = b.bucket('strings')
+    const strings = {
+      plain: 'hello, world',
+      empty: '',
+      quotes: 'say "hi" \\ back\\slash',
+      controls: 'tab\there\nnew line\u0001\u001f end',
+      unicode: 'héllo wörld 🌍 — ✓ \u2028\u2029',
+      jsonLooking: '{"a":1}',
+      number: '42',
+      // Not well-formed UTF-16: travels as JSON text (which escapes it), so it still comes back equal.
+      loneSurrogate: 'a\ud800b',
+    }
+    const seen = new Map()
+    bb.on('change', (e) => seen.set(e.key, e.value))
+    for (const [key, value] of Object.entries(strings)) await ba.set(key, value)
+    await waitFor(() => seen.size === Object.keys(strings).length, 5000)
+    const entries = new Map(ba.entries())
+    const remoteEntries = new Map(bb.entries())
+    for (const [key, value] of Object.entries(strings)) {
+      expect({ key, get: ba.get(key), remote: bb.get(key), entry: entries.get(key), remoteEntry: remoteEntries.get(key), event: seen.get(key) })
+        .toEqual({ key, get: value, remote: value, entry: value, remoteEntry: value, event: value })
+    }
+    // The kind of one read never leaks into the next: a JSON value read right after a string.
+    await ba.set('obj', { s: 'x' })
+    expect(ba.get('plain')).toBe('hello, world')
+    expect(ba.get('obj')).toEqual({ s: 'x' })
+    expect(ba.get('jsonLooking')).toBe('{"a":1}')
+    expect(() => ba.set('big', 'x'.repeat(8 * 1024 * 1024 + 1))).toThrow(RangeError)
+    expect(ba.has('big')).toBe(false)
+  })
+
   test('get returns a fresh copy: mutating it changes nothing stored', async () => {
     const peer = await createPeer()
     const b = peer.bucket('copies')

@@ -82,16 +82,21 @@ impl FromNapiValue for KeyArg {
     }
 }
 
-/// JSON text from JavaScript, in the stored form (tag byte, then the text).
-pub struct JsonArg(Box<[u8]>);
+/// Text from JavaScript in the stored form: the tag byte `TAG`, then the text as UTF-8.
+pub struct TextArg<const TAG: u8>(Box<[u8]>);
 
-impl JsonArg {
+/// JSON text (`JSON.stringify` of the value).
+pub type JsonArg = TextArg<{ value::TAG_JSON }>;
+/// A string value itself.
+pub type StringArg = TextArg<{ value::TAG_STRING }>;
+
+impl<const TAG: u8> TextArg<TAG> {
     pub fn into_stored(self) -> Box<[u8]> {
         self.0
     }
 }
 
-impl TypeName for JsonArg {
+impl<const TAG: u8> TypeName for TextArg<TAG> {
     fn type_name() -> &'static str {
         "String"
     }
@@ -99,7 +104,7 @@ impl TypeName for JsonArg {
         ValueType::String
     }
 }
-impl ValidateNapiValue for JsonArg {}
+impl<const TAG: u8> ValidateNapiValue for TextArg<TAG> {}
 
 thread_local! {
     /// Scratch space for reading JSON text: napi writes a terminating NUL we do not keep, and an
@@ -107,19 +112,95 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl FromNapiValue for JsonArg {
+impl<const TAG: u8> FromNapiValue for TextArg<TAG> {
     unsafe fn from_napi_value(env: sys::napi_env, v: sys::napi_value) -> Result<Self> {
-        let len = unsafe { string_len(env, v)? };
         SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
-            buf.clear();
-            buf.resize(len + 2, 0);
-            buf[0] = value::TAG_JSON;
-            let written = unsafe { read_string_into(env, v, &mut buf[1..])? };
+            // Most values fit the scratch space as it is: one pass reads them. A longer one (the text
+            // filled the space) is measured and read again.
+            if buf.len() < 1024 {
+                buf.resize(1024, 0);
+            }
+            buf[0] = TAG;
+            let mut written = unsafe { read_string_into(env, v, &mut buf[1..])? };
+            if written + 2 >= buf.len() - 4 {
+                let len = unsafe { string_len(env, v)? };
+                buf.resize(len + 2, 0);
+                written = unsafe { read_string_into(env, v, &mut buf[1..])? };
+            }
             // Exactly the tag and the text, in an allocation of that size.
-            Ok(JsonArg(Box::from(&buf[..written + 1])))
+            Ok(TextArg(Box::from(&buf[..written + 1])))
         })
     }
+}
+
+thread_local! {
+    /// Where `bucketGet` tells the calling thread's JavaScript which kind of string it returned (1:
+    /// JSON text to parse, 0: a string value as it is): the first element of an Int32Array bound by
+    /// `bindValueKind`, kept alive by a reference that is never released.
+    static KIND_SLOT: std::cell::Cell<*mut i32> = const { std::cell::Cell::new(ptr::null_mut()) };
+}
+
+/// Binds the calling thread's value-kind slot (an Int32Array of at least one element).
+pub struct KindSlot;
+
+impl TypeName for KindSlot {
+    fn type_name() -> &'static str {
+        "Int32Array"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+impl ValidateNapiValue for KindSlot {}
+
+impl FromNapiValue for KindSlot {
+    unsafe fn from_napi_value(env: sys::napi_env, v: sys::napi_value) -> Result<Self> {
+        let mut kind = 0;
+        let mut len = 0;
+        let mut data = ptr::null_mut();
+        let mut buffer = ptr::null_mut();
+        let mut offset = 0;
+        let status = unsafe {
+            sys::napi_get_typedarray_info(
+                env,
+                v,
+                &mut kind,
+                &mut len,
+                &mut data,
+                &mut buffer,
+                &mut offset,
+            )
+        };
+        if status != sys::Status::napi_ok
+            || kind != sys::TypedarrayType::int32_array
+            || len < 1
+            || data.is_null()
+        {
+            return Err(Error::new(
+                Status::InvalidArg,
+                "expected an Int32Array of at least one element",
+            ));
+        }
+        let mut reference = ptr::null_mut();
+        let status = unsafe { sys::napi_create_reference(env, v, 1, &mut reference) };
+        if status != sys::Status::napi_ok {
+            return Err(Error::from_reason("cannot keep the value-kind slot"));
+        }
+        KIND_SLOT.with(|slot| slot.set(data.cast()));
+        Ok(KindSlot)
+    }
+}
+
+fn tell_kind(json: bool) {
+    KIND_SLOT.with(|slot| {
+        let p = slot.get();
+        if !p.is_null() {
+            // SAFETY: the slot points into an Int32Array of this thread's JavaScript, kept alive by a
+            // reference; only this thread runs JavaScript on it.
+            unsafe { p.write(json as i32) };
+        }
+    });
 }
 
 /// A JavaScript value made by hand on the calling thread.
@@ -170,10 +251,29 @@ impl RawValue {
         Ok(RawValue(v))
     }
 
-    /// A stored value as JavaScript sees it from the binding: JSON text as a string, bytes as a Buffer.
+    /// A stored value as JavaScript sees it from the binding's batches (events, entries): JSON text as
+    /// a string (a string value as its JSON text), bytes as a Buffer.
     pub fn from_stored(env: sys::napi_env, stored: &[u8]) -> Result<Self> {
         match value::decode(stored) {
             Some(ValueRef::Json(text)) => RawValue::string(env, text),
+            Some(ValueRef::Str(text)) => RawValue::string(env, &value::quote_json(text)),
+            Some(ValueRef::Bytes(bytes)) => RawValue::buffer_copy(env, bytes),
+            None => Err(Error::from_reason("stored value has an unknown tag")),
+        }
+    }
+
+    /// A stored value as `bucketGet` returns it: a string value as it is, JSON text as a string (the
+    /// value-kind slot tells the two apart), bytes as a Buffer.
+    pub fn from_stored_for_get(env: sys::napi_env, stored: &[u8]) -> Result<Self> {
+        match value::decode(stored) {
+            Some(ValueRef::Str(text)) => {
+                tell_kind(false);
+                RawValue::string(env, text)
+            }
+            Some(ValueRef::Json(text)) => {
+                tell_kind(true);
+                RawValue::string(env, text)
+            }
             Some(ValueRef::Bytes(bytes)) => RawValue::buffer_copy(env, bytes),
             None => Err(Error::from_reason("stored value has an unknown tag")),
         }

@@ -24,7 +24,7 @@ use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
 
-use convert::{JsonArg, KeyArg, RawValue};
+use convert::{JsonArg, KeyArg, KindSlot, RawValue, StringArg};
 use handles::{with_bucket, PeerEntry, BUCKETS};
 
 /// What `peerOpen` reports: the handle, and either the bound address or why binding failed.
@@ -307,14 +307,22 @@ pub fn peer_close(peer: u32) -> Result<()> {
     Ok(())
 }
 
-/// The live value of `key`: a string of JSON text, a Buffer, or undefined.
+/// Binds the calling thread's value-kind slot: after `bucketGet` returns a string, its first element
+/// says whether that string is JSON text (1) or a string value (0).
+#[napi(catch_unwind)]
+pub fn bind_value_kind(slot: KindSlot) {
+    let _ = slot;
+}
+
+/// The live value of `key`: a string (JSON text or a string value, as the value-kind slot says), a
+/// Buffer, or undefined.
 #[napi(catch_unwind, ts_return_type = "string | Buffer | undefined")]
 pub fn bucket_get(env: Env, bucket: u32, key: KeyArg) -> Result<RawValue> {
     let raw_env = env.raw();
     with_bucket(bucket, |b| {
         let mut out = Ok(RawValue::undefined(raw_env));
         b.read(key.as_str(), &mut |stored| {
-            out = RawValue::from_stored(raw_env, stored);
+            out = RawValue::from_stored_for_get(raw_env, stored);
         });
         out
     })
@@ -430,6 +438,21 @@ pub fn bucket_set_json(
     timeout_ms: f64,
 ) -> Result<f64> {
     let stored = Some(json.into_stored());
+    write(bucket, key, stored, lifetime(ttl_ms), ack, timeout_ms)
+}
+
+/// Writes a string value (the string itself, not its JSON text) locally and queues it for
+/// replication; as `bucketSetJson`.
+#[napi(catch_unwind)]
+pub fn bucket_set_string(
+    bucket: u32,
+    key: KeyArg,
+    text: StringArg,
+    ttl_ms: f64,
+    ack: u32,
+    timeout_ms: f64,
+) -> Result<f64> {
+    let stored = Some(text.into_stored());
     write(bucket, key, stored, lifetime(ttl_ms), ack, timeout_ms)
 }
 

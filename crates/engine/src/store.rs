@@ -273,6 +273,8 @@ pub trait Store: Send + Sync + 'static {
     /// Drops superseded markers whose key's current registers `everywhere` accepts (every member holds
     /// them), or whose key is gone. Returns how many were dropped.
     fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
+    /// Superseded markers held now; for tests and stats.
+    fn marker_count(&self) -> usize;
     /// The seqs of `origin` stored now (one per register), within `within`.
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
     /// Drops the registers of `origin` whose seq is in `dots` (known superseded elsewhere).
@@ -426,8 +428,18 @@ struct OriginState {
     /// seq -> hash of the key of the registers of this origin stored now (`Entries::by_dot` finds the
     /// record again; a hash is half the size of a key handle in every index node).
     index: SeqIndex,
-    /// seq -> key of this origin's writes that lost to a newer one, until every member has the newer.
-    superseded: BTreeMap<u64, Arc<str>>,
+    /// seq -> marker of this origin's writes that lost to a newer one, until every member holds the
+    /// one that superseded them.
+    superseded: BTreeMap<u64, Marker>,
+    /// The highest seq a chunk has covered: a write of this replica's own above it never left it.
+    shipped: std::sync::atomic::AtomicU64,
+}
+
+/// A superseded dot: the key its write was for, and the dot of the register that superseded it.
+struct Marker {
+    key: Arc<str>,
+    by: Origin,
+    by_seq: u64,
 }
 
 /// A key and its registers, in one allocation.
@@ -512,6 +524,8 @@ struct State {
     valueless: usize,
     /// Collected value registers, by key.
     collected: CollectedKeys,
+    /// This replica's own origin, once a local write or a merge named it.
+    me: Option<Origin>,
     /// What changed since the last `drain_changes`, when a durable backend persists this store.
     journal: Option<Journal>,
 }
@@ -619,14 +633,27 @@ impl State {
         }
     }
 
-    /// Moves a register's dot from the index to the superseded markers.
-    fn supersede(&mut self, origin: &Origin, seq: u64, key: &Arc<str>) {
+    /// Moves a register's dot from the index to the superseded markers; `by` is the dot of the register
+    /// that superseded it. A write of this replica's own that no chunk ever covered needs no marker:
+    /// no other replica can hold it, so a coverage claim without it can make no one differ.
+    fn supersede(&mut self, origin: &Origin, seq: u64, key: &Arc<str>, by: (&Origin, u64)) {
         if seq == 0 {
             return;
         }
+        let own = self.me.as_ref() == Some(origin);
         let o = self.origins.entry(origin.clone()).or_default();
         o.index.remove(seq);
-        o.superseded.insert(seq, key.clone());
+        if own && seq > *o.shipped.get_mut() {
+            return;
+        }
+        o.superseded.insert(
+            seq,
+            Marker {
+                key: key.clone(),
+                by: by.0.clone(),
+                by_seq: by.1,
+            },
+        );
         self.note_marker(origin, seq, Some(key.clone()));
     }
 
@@ -681,11 +708,11 @@ impl State {
             (Some(mut r), false) => {
                 let e = &mut r.entry;
                 let changed = if beats(w.hlc, origin, e.hlc, &e.origin) {
-                    self.supersede(&e.origin.clone(), e.seq, key);
+                    self.supersede(&e.origin.clone(), e.seq, key, (origin, w.seq));
                     if let Some(t) = &e.touch {
                         if beats(w.hlc, origin, t.hlc, &t.origin) {
                             let (o, s) = (t.origin.clone(), t.seq);
-                            self.supersede(&o, s, key);
+                            self.supersede(&o, s, key, (origin, w.seq));
                             e.touch = None;
                         }
                     }
@@ -697,7 +724,8 @@ impl State {
                     e.expires_ms = w.expires_ms;
                     true
                 } else {
-                    self.supersede(origin, w.seq, key);
+                    let by = (e.origin.clone(), e.seq);
+                    self.supersede(origin, w.seq, key, (&by.0, by.1));
                     false
                 };
                 (r, changed)
@@ -711,7 +739,7 @@ impl State {
                     .is_none_or(|t| beats(w.hlc, origin, t.hlc, &t.origin));
                 if beats_value && beats_touch {
                     if let Some(t) = e.touch.take() {
-                        self.supersede(&t.origin, t.seq, key);
+                        self.supersede(&t.origin, t.seq, key, (origin, w.seq));
                     }
                     e.touch = Some(Box::new(TouchRegister {
                         expires_ms: w.expires_ms,
@@ -720,7 +748,11 @@ impl State {
                         seq: w.seq,
                     }));
                 } else {
-                    self.supersede(origin, w.seq, key);
+                    let by = match (&e.touch, beats_value) {
+                        (Some(t), true) => (t.origin.clone(), t.seq),
+                        _ => (e.origin.clone(), e.seq),
+                    };
+                    self.supersede(origin, w.seq, key, (&by.0, by.1));
                 }
                 (r, false)
             }
@@ -759,6 +791,12 @@ impl State {
                 on_change(t)
             }
         });
+    }
+
+    fn name_me(&mut self, me: &Origin) {
+        if self.me.is_none() {
+            self.me = Some(me.clone());
+        }
     }
 
     fn remove_entry(&mut self, key: &Arc<str>) {
@@ -821,12 +859,25 @@ impl MemoryStore {
             state.origins.entry(origin).or_default().context = ctx;
         }
         for (origin, seq, key) in markers {
-            state
-                .origins
-                .entry(origin)
-                .or_default()
-                .superseded
-                .insert(seq, key);
+            // The superseding dot was not persisted: the key's current value register stands for it
+            // (it is at least as new), else the marker's own dot (the key is gone: compacted next).
+            let by = entries
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, e)| (e.origin.clone(), e.seq))
+                .unwrap_or_else(|| (origin.clone(), seq));
+            state.origins.entry(origin).or_default().superseded.insert(
+                seq,
+                Marker {
+                    key,
+                    by: by.0,
+                    by_seq: by.1,
+                },
+            );
+        }
+        // What was covered before the restart may have been shipped.
+        for o in state.origins.values_mut() {
+            *o.shipped.get_mut() = o.context.max();
         }
         for (key, entry) in entries {
             let registers: Vec<(Origin, u64)> =
@@ -894,6 +945,7 @@ impl Store for MemoryStore {
         on_change: &mut dyn FnMut(&Write),
     ) -> Write {
         let mut state = self.state.write();
+        state.name_me(me);
         let hlc = clock.tick();
         let seq = state
             .origins
@@ -922,6 +974,7 @@ impl Store for MemoryStore {
 
     fn touch_local(&self, me: &Origin, clock: &Clock, key: Arc<str>, ttl_ms: u64) -> Option<Write> {
         let mut state = self.state.write();
+        state.name_me(me);
         let now = state.now(clock.now().physical_ms());
         state.entries.get(&key)?.live_value(now)?;
         let hlc = clock.tick();
@@ -953,6 +1006,7 @@ impl Store for MemoryStore {
         on_change: &mut dyn FnMut(&Write),
     ) -> Merged {
         let mut state = self.state.write();
+        state.name_me(me);
         let mut merged = Merged::default();
         for mut w in writes {
             if state
@@ -1057,16 +1111,16 @@ impl Store for MemoryStore {
             let (seq, found, is_stored) = match (next_stored, next_replaced) {
                 (None, None) => break,
                 (Some(a), Some(b)) if b < a => {
-                    let (_, k) = replaced.next().expect("peeked");
-                    (b, state.entries.get_key_value(k), false)
+                    let (_, m) = replaced.next().expect("peeked");
+                    (b, state.entries.get_key_value(&m.key), false)
                 }
                 (Some(a), _) => {
                     let (_, hash) = stored.next().expect("peeked");
                     (a, state.entries.by_dot(hash, origin, a), true)
                 }
                 (None, Some(b)) => {
-                    let (_, k) = replaced.next().expect("peeked");
-                    (b, state.entries.get_key_value(k), false)
+                    let (_, m) = replaced.next().expect("peeked");
+                    (b, state.entries.get_key_value(&m.key), false)
                 }
             };
             let Some((key, e)) = found else {
@@ -1108,6 +1162,10 @@ impl Store for MemoryStore {
             .superseders
             .retain(|(o, w)| !(o == origin && writes.iter().any(|x| x.seq == w.seq)));
         chunk.covered = o.context.clamp(start, last);
+        if let Some(&(_, high)) = chunk.covered.ranges().last() {
+            o.shipped
+                .fetch_max(high, std::sync::atomic::Ordering::Relaxed);
+        }
         chunk
     }
 
@@ -1217,17 +1275,21 @@ impl Store for MemoryStore {
         self.state.read().collected.by_key.len()
     }
 
+    fn marker_count(&self) -> usize {
+        let state = self.state.read();
+        state.origins.values().map(|o| o.superseded.len()).sum()
+    }
+
     fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize {
         let mut state = self.state.write();
         let state = &mut *state;
         let entries = &state.entries;
         let mut removed = Vec::new();
         for (origin, o) in state.origins.iter_mut() {
-            o.superseded.retain(|seq, key| {
-                let keep = match entries.get(key) {
-                    Some(e) => !e.writes(key).all(|(o, w)| everywhere(&o, w.seq)),
-                    None => false,
-                };
+            // Once every member holds the superseding dot, each holds something at least as new for the
+            // key, and a coverage claim without the marker's superseders can mislead none of them.
+            o.superseded.retain(|seq, m| {
+                let keep = entries.get(&m.key).is_some() && !everywhere(&m.by, m.by_seq);
                 if !keep {
                     removed.push((origin.clone(), *seq));
                 }
@@ -1398,14 +1460,14 @@ mod tests {
         let (a, b) = (origin(&t, "a"), origin(&t, "b"));
         let s = MemoryStore::new();
         s.merge(
-            &a,
+            &origin(&t, "me"),
             &a,
             vec![w("k", 10, 1, Some("a1"))],
             &SeqRanges::new(),
             &mut |_| {},
         );
         s.merge(
-            &b,
+            &origin(&t, "me"),
             &b,
             vec![w("k", 9, 1, Some("b1"))],
             &SeqRanges::new(),
@@ -1413,7 +1475,7 @@ mod tests {
         );
         assert_eq!(get(&s, "k").as_deref(), Some("a1"));
         s.merge(
-            &b,
+            &origin(&t, "me"),
             &b,
             vec![w("k", 10, 2, Some("b2"))],
             &SeqRanges::new(),
@@ -1428,7 +1490,7 @@ mod tests {
         let a = origin(&t, "a");
         let s = MemoryStore::new();
         s.merge(
-            &a,
+            &origin(&t, "me"),
             &a,
             vec![w("k", 1, 1, Some("v")), w("k", 2, 2, None)],
             &SeqRanges::new(),
@@ -1471,14 +1533,14 @@ mod tests {
         let (a, b) = (origin(&t, "a"), origin(&t, "b"));
         let s = MemoryStore::new();
         s.merge(
-            &a,
+            &origin(&t, "me"),
             &a,
             vec![w("k", 1, 1, Some("old")), w("j", 2, 2, Some("x"))],
             &SeqRanges::new(),
             &mut |_| {},
         );
         s.merge(
-            &b,
+            &origin(&t, "me"),
             &b,
             vec![w("k", 5, 1, Some("new"))],
             &SeqRanges::new(),
@@ -1584,12 +1646,18 @@ mod tests {
         // A newer set from elsewhere replaces the expiry along with the value.
         let mut newer = w("k", Hlc::from_parts(20_000, 0).0, 1, Some("n"));
         newer.expires_ms = 20_050;
-        s.merge(&b, &b, vec![newer], &SeqRanges::new(), &mut |_| {});
+        s.merge(
+            &origin(&t, "me"),
+            &b,
+            vec![newer],
+            &SeqRanges::new(),
+            &mut |_| {},
+        );
         assert!(s.read("k", &|| 20_000, &mut |_| {}));
         assert!(!s.read("k", &|| 20_050, &mut |_| {}));
         // A touch older than a delete leaves the key deleted.
         s.merge(
-            &b,
+            &origin(&t, "me"),
             &b,
             vec![w("k", Hlc::from_parts(30_000, 0).0, 2, None)],
             &SeqRanges::new(),
@@ -1598,7 +1666,13 @@ mod tests {
         let mut old_touch = w("k", Hlc::from_parts(25_000, 0).0, 3, None);
         old_touch.touch = true;
         old_touch.expires_ms = 99_999;
-        s.merge(&b, &b, vec![old_touch], &SeqRanges::new(), &mut |_| {});
+        s.merge(
+            &origin(&t, "me"),
+            &b,
+            vec![old_touch],
+            &SeqRanges::new(),
+            &mut |_| {},
+        );
         assert!(!s.read("k", &|| 30_000, &mut |_| {}));
         assert_eq!(s.live_len(), 0);
     }
@@ -1652,7 +1726,13 @@ mod tests {
         let s = MemoryStore::new();
         let mut write = w("k", 1, 1, Some("v"));
         write.expires_ms = 100;
-        s.merge(&a, &a, vec![write], &SeqRanges::new(), &mut |_| {});
+        s.merge(
+            &origin(&t, "me"),
+            &a,
+            vec![write],
+            &SeqRanges::new(),
+            &mut |_| {},
+        );
         let mut seen = false;
         assert!(s.read("k", &|| 99, &mut |_| seen = true));
         assert!(!s.read("k", &|| 100, &mut |_| {}));
@@ -1668,6 +1748,29 @@ mod tests {
                 (o.id().node.to_string(), w.hlc.0, v)
             })
             .collect()
+    }
+
+    #[test]
+    fn an_own_write_overwritten_before_any_chunk_covered_it_leaves_no_marker() {
+        let t = ReplicaTable::new();
+        let me = origin(&t, "me");
+        let clock = Clock::new(Box::new(Arc::new(ManualClock::new(1_000))));
+        let s = MemoryStore::new();
+        let set = |v: &str| {
+            let value = Some(v.as_bytes().to_vec().into_boxed_slice());
+            s.write_local(&me, &clock, "k".into(), value, Lifetime::Forever, &mut |_| {})
+        };
+        for i in 0..100 {
+            set(&i.to_string());
+        }
+        assert_eq!(s.marker_count(), 0, "none of them ever left this replica");
+        let chunk = s.chunk(&me, 1, 100, ChunkLimits::UNLIMITED);
+        assert_eq!((chunk.writes.len(), chunk.covered.count()), (1, 100));
+        set("shipped over");
+        assert_eq!(s.marker_count(), 1, "seq 100 was covered by a chunk: it may be elsewhere");
+        set("again");
+        assert_eq!(s.marker_count(), 1, "seq 101 never left");
+        assert_eq!(get(&s, "k").as_deref(), Some("again"));
     }
 
     #[test]
@@ -1881,10 +1984,11 @@ mod tests {
 
     fn apply_all(t: &ReplicaTable, ops: &[(usize, Write)]) -> MemoryStore {
         let s = MemoryStore::new();
+        let me = origin(t, "me");
         for (o, write) in ops {
             let origin = origin(t, ["a", "b", "c"][*o]);
             s.merge(
-                &origin,
+                &me,
                 &origin,
                 vec![write.clone()],
                 &SeqRanges::new(),
@@ -1947,19 +2051,23 @@ mod tests {
 
     /// Merges everything `from` holds into `into`, as a full catch-up between two replicas would.
     fn absorb(into: &MemoryStore, from: &MemoryStore) {
+        let me = ReplicaTable::new().intern(&ReplicaId {
+            node: "me".into(),
+            incarnation: 1,
+        });
         for (origin, ctx) in from.context() {
             let c = from.chunk(&origin, 1, ctx.max(), ChunkLimits::UNLIMITED);
             for (o, w) in c.superseders {
                 let seq = w.seq;
                 into.merge(
-                    &o,
+                    &me,
                     &o,
                     vec![w],
                     &SeqRanges::from_ranges([(seq, seq)]),
                     &mut |_| {},
                 );
             }
-            into.merge(&origin, &origin, c.writes, &c.covered, &mut |_| {});
+            into.merge(&me, &origin, c.writes, &c.covered, &mut |_| {});
         }
     }
 }

@@ -27,6 +27,7 @@ fn get(b: &Bucket, key: &str) -> Option<String> {
     b.read(key, &mut |v| {
         out = Some(match value::decode(v).unwrap() {
             value::ValueRef::Json(t) => t.to_string(),
+            value::ValueRef::Str(t) => value::quote_json(t),
             value::ValueRef::Bytes(_) => "<bytes>".into(),
         })
     });
@@ -268,6 +269,49 @@ async fn tombstones_stay_bounded_under_a_steady_set_and_delete_load() {
 /// Its deletes were then lost (nobody else had seen them), and every peer it met afterwards, lacking
 /// the collected dots, took itself for one that had missed a collection and resynced in full,
 /// rewriting its old writes. A peer with seeds collects nothing until it has met a member.
+/// Every overwrite leaves a superseded marker (so a coverage claim carries the newer register) until
+/// every member holds the write that superseded it. Markers used to wait for every member to hold the
+/// key's *current* registers, which never happens while hot keys keep being rewritten: memory grew by
+/// ~100 bytes per write for as long as the load lasted (found by the local set benchmark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_markers_stay_bounded_while_hot_keys_keep_being_rewritten() {
+    let mk = |id: &str, seeds: Vec<String>| Config {
+        collect_every: Duration::from_millis(200),
+        ..config(id, seeds)
+    };
+    let a = Node::start(mk("a", vec![])).await.unwrap();
+    let b = Node::start(mk("b", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("linked", || a.stats().peers == 1 && b.stats().peers == 1).await;
+    let (ba, bb) = (a.bucket("s"), b.bucket("s"));
+    let markers = || ba.store().marker_count().max(bb.store().marker_count());
+    let mut peak = 0;
+    let mut written = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for i in 0..400 {
+            // Both write the same 300 hot keys: remote writes supersede local ones and back.
+            let key: Arc<str> = format!("hot{}", (written + i) % 300).into();
+            let value = Some(value::encode_json(&written.to_string()));
+            if i % 2 == 0 { &ba } else { &bb }.write(key, value, Lifetime::Forever);
+        }
+        written += 400;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        peak = peak.max(markers());
+    }
+    assert!(written > 40_000, "load too light: {written}");
+    assert!(
+        peak < written / 4,
+        "markers should be compacted as the load goes on: peak {peak} after {written} writes"
+    );
+    eventually("all compacted once the load stops", || markers() == 0).await;
+    assert_eq!(contents(&ba), contents(&bb));
+    for n in [a, b] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_has_not_met_its_seeds_collects_nothing() {
     let mk = |id: &str, seeds: Vec<String>| Config {
