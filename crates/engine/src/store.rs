@@ -8,7 +8,7 @@
 //! - per origin, an index `seq -> key` holding exactly the dots of the registers stored now, so
 //!   catch-up can walk "what origin X wrote after seq n" without a history log;
 //! - per origin, superseded markers `seq -> key` for dots whose write lost to a newer one, kept until
-//!   every member holds the key's current registers;
+//!   every member holds the write that superseded them;
 //! - per origin, the context: every seq this replica has applied or been told is covered.
 //!
 //! A dot enters the context under the same lock that puts its entry in the map and the index, so a
@@ -28,6 +28,8 @@
 //! - a dot is in the context only once its register is stored (or known superseded: then it is a
 //!   marker, and `chunk` carries the superseding registers with any coverage it claims);
 //! - `read`, `scan` and `live_len` never show a tombstone or an expired value;
+//! - `collect` remembers every value register it drops, by key, and `merge` answers a new write older
+//!   than such a register (one it would otherwise let win) with a stand-in tombstone (`CollectedKeys`);
 //! - for durability, `drain_changes` returns everything changed since the last call, read under the
 //!   same lock as the changes, so that persisting it writes a state the store really was in.
 //!
