@@ -6,10 +6,12 @@
 const { EventEmitter } = require('node:events')
 const native = require('./native.js')
 
-// After native.bucketGet returns a string, VALUE_KIND[0] says whether it is JSON text to parse (1) or
+// After hot.get returns a string, VALUE_KIND[0] says whether it is JSON text to parse (1) or
 // a string value as it is (0): strings are stored as themselves, so reading one costs no JSON.parse.
 const VALUE_KIND = new Int32Array(1)
 native.bindValueKind(VALUE_KIND)
+// get, has, set and delete: plain Node-API callbacks (see src/hot.rs), taking a bucket handle first.
+const hot = native.hotCalls()
 const { formatMetrics } = require('./lib/metrics.js')
 const { version: VERSION } = require('./package.json')
 
@@ -202,14 +204,14 @@ class SharedBucket extends EventEmitter {
       if (value.byteLength > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${value.byteLength})`)
       }
-      return settleWrite(this.#peer, native.bucketSetBytes(this.#handle, key, value, ttl, ack, timeout), cb)
+      return settleWrite(this.#peer, hot.setBytes(this.#handle, key, value, ttl, ack, timeout), cb)
     } else if (typeof value === 'string' && value.isWellFormed()) {
       // Stored as the string itself (a lone surrogate could not travel as UTF-8: such strings go as
       // JSON text, which escapes it).
       if (value.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(value) > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${Buffer.byteLength(value)})`)
       }
-      return settleWrite(this.#peer, native.bucketSetString(this.#handle, key, value, ttl, ack, timeout), cb)
+      return settleWrite(this.#peer, hot.setString(this.#handle, key, value, ttl, ack, timeout), cb)
     } else {
       if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
         throw new TypeError('set(): value must be JSON-serialisable or a Buffer (got ' + typeof value + ')')
@@ -224,21 +226,21 @@ class SharedBucket extends EventEmitter {
       if (json.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(json) > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes as JSON (got ${Buffer.byteLength(json)})`)
       }
-      return settleWrite(this.#peer, native.bucketSetJson(this.#handle, key, json, ttl, ack, timeout), cb)
+      return settleWrite(this.#peer, hot.setJson(this.#handle, key, json, ttl, ack, timeout), cb)
     }
   }
 
   get(key) {
     checkKey('get()', key)
     if (this.#peer.closed) throw closedError('get()')
-    const raw = native.bucketGet(this.#handle, key)
+    const raw = hot.get(this.#handle, key)
     return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
   }
 
   has(key) {
     checkKey('has()', key)
     if (this.#peer.closed) throw closedError('has()')
-    return native.bucketHas(this.#handle, key)
+    return hot.has(this.#handle, key)
   }
 
   delete(key, options, cb) {
@@ -246,7 +248,7 @@ class SharedBucket extends EventEmitter {
     checkKey('delete()', key)
     const [ack, timeout] = checkWriteOptions('delete()', options, false, 0)
     if (this.#peer.closed) return settle(cb, closedError('delete()'))
-    return settleWrite(this.#peer, native.bucketDelete(this.#handle, key, ack, timeout), cb)
+    return settleWrite(this.#peer, hot.delete(this.#handle, key, ack, timeout), cb)
   }
 
   touch(key, ttl, cb) {

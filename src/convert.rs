@@ -207,6 +207,14 @@ fn tell_kind(json: bool) {
 pub struct RawValue(sys::napi_value);
 
 impl RawValue {
+    pub fn from_raw(v: sys::napi_value) -> Self {
+        RawValue(v)
+    }
+
+    pub fn raw(&self) -> sys::napi_value {
+        self.0
+    }
+
     pub fn undefined(env: sys::napi_env) -> Self {
         let mut v = ptr::null_mut();
         unsafe { sys::napi_get_undefined(env, &mut v) };

@@ -1,15 +1,16 @@
 //! N-API bindings for peer-buckets: argument conversion, handles and the event pumps, nothing else.
 //! The engine (`peer-buckets-engine`) holds every rule; `index.js` holds the JavaScript face.
 //!
-//! Peers and buckets are numbered handles into process-wide tables, so the hot calls (`bucketGet`,
-//! `bucketHas`, `bucketSetJson`) are free functions taking a number: the cheapest call path napi-rs offers
-//! (a class method or an `External` costs several times more per call). Keys are read into a stack
+//! Peers and buckets are numbered handles into process-wide tables, so every call is a free function
+//! taking a number (a class method or an `External` costs several times more per call); the hottest
+//! ones (get, has, set, delete) are plain Node-API callbacks (`hot`). Keys are read into a stack
 //! buffer and values are written straight from the store into a JS string or Buffer, so a read does
 //! one copy each way.
 
 mod convert;
 mod events;
 mod handles;
+pub mod hot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +23,8 @@ use peer_buckets_engine::disk::Durability;
 use peer_buckets_engine::error::Error as EngineError;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
-use peer_buckets_engine::value;
 
-use convert::{JsonArg, KeyArg, KindSlot, RawValue, StringArg};
+use convert::{KeyArg, KindSlot, RawValue};
 use handles::{with_bucket, PeerEntry, BUCKETS};
 
 /// What `peerOpen` reports: the handle, and either the bound address or why binding failed.
@@ -78,7 +78,7 @@ pub struct PeerStats {
     pub replication: Vec<LinkStats>,
 }
 
-fn closed() -> Error {
+pub(crate) fn closed() -> Error {
     Error::new(Status::GenericFailure, "ECLOSED: the peer is closed")
 }
 
@@ -314,21 +314,6 @@ pub fn bind_value_kind(slot: KindSlot) {
     let _ = slot;
 }
 
-/// The live value of `key`: a string (JSON text or a string value, as the value-kind slot says), a
-/// Buffer, or undefined.
-#[napi(catch_unwind, ts_return_type = "string | Buffer | undefined")]
-pub fn bucket_get(env: Env, bucket: u32, key: KeyArg) -> Result<RawValue> {
-    let raw_env = env.raw();
-    with_bucket(bucket, |b| {
-        let mut out = Ok(RawValue::undefined(raw_env));
-        b.read(key.as_str(), &mut |stored| {
-            out = RawValue::from_stored_for_get(raw_env, stored);
-        });
-        out
-    })
-    .ok_or_else(closed)?
-}
-
 /// One register of a key, as `bucketInspect` reports it.
 #[napi(object)]
 pub struct RegisterInfo {
@@ -416,64 +401,8 @@ pub fn bucket_inspect(bucket: u32, key: KeyArg) -> Result<Option<KeyInfo>> {
 }
 
 #[napi(catch_unwind)]
-pub fn bucket_has(bucket: u32, key: KeyArg) -> Result<bool> {
-    with_bucket(bucket, |b| b.contains(key.as_str())).ok_or_else(closed)
-}
-
-#[napi(catch_unwind)]
 pub fn bucket_size(bucket: u32) -> Result<u32> {
     with_bucket(bucket, |b| b.len() as u32).ok_or_else(closed)
-}
-
-/// Writes a JSON value (its JSON text) locally and queues it for replication, expiring `ttl_ms` after
-/// the write (0: never). Returns 0 when the ack level is met already, else a ticket whose outcome
-/// arrives through the peer's event callback.
-#[napi(catch_unwind)]
-pub fn bucket_set_json(
-    bucket: u32,
-    key: KeyArg,
-    json: JsonArg,
-    ttl_ms: f64,
-    ack: u32,
-    timeout_ms: f64,
-) -> Result<f64> {
-    let stored = Some(json.into_stored());
-    write(bucket, key, stored, lifetime(ttl_ms), ack, timeout_ms)
-}
-
-/// Writes a string value (the string itself, not its JSON text) locally and queues it for
-/// replication; as `bucketSetJson`.
-#[napi(catch_unwind)]
-pub fn bucket_set_string(
-    bucket: u32,
-    key: KeyArg,
-    text: StringArg,
-    ttl_ms: f64,
-    ack: u32,
-    timeout_ms: f64,
-) -> Result<f64> {
-    let stored = Some(text.into_stored());
-    write(bucket, key, stored, lifetime(ttl_ms), ack, timeout_ms)
-}
-
-/// Writes a binary value locally and queues it for replication; as `bucketSetJson`.
-#[napi(catch_unwind)]
-pub fn bucket_set_bytes(
-    bucket: u32,
-    key: KeyArg,
-    bytes: &[u8],
-    ttl_ms: f64,
-    ack: u32,
-    timeout_ms: f64,
-) -> Result<f64> {
-    let stored = Some(value::encode_bytes(bytes));
-    write(bucket, key, stored, lifetime(ttl_ms), ack, timeout_ms)
-}
-
-/// Deletes `key` (a tombstone that replicates); returns as `bucketSetJson`.
-#[napi(catch_unwind)]
-pub fn bucket_delete(bucket: u32, key: KeyArg, ack: u32, timeout_ms: f64) -> Result<f64> {
-    write(bucket, key, None, Lifetime::Forever, ack, timeout_ms)
 }
 
 /// Extends a live key's expiry to `ttl_ms` from now without rewriting its value; false when the key
@@ -486,7 +415,7 @@ pub fn bucket_touch(bucket: u32, key: KeyArg, ttl_ms: f64) -> Result<bool> {
     .ok_or_else(closed)
 }
 
-fn lifetime(ttl_ms: f64) -> Lifetime {
+pub(crate) fn lifetime(ttl_ms: f64) -> Lifetime {
     if ttl_ms > 0.0 {
         Lifetime::Ttl(ttl_ms as u64)
     } else {
@@ -494,7 +423,7 @@ fn lifetime(ttl_ms: f64) -> Lifetime {
     }
 }
 
-fn write(
+pub(crate) fn write(
     bucket: u32,
     key: KeyArg,
     stored: Option<Box<[u8]>>,

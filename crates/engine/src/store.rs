@@ -1760,7 +1760,14 @@ mod tests {
         let s = MemoryStore::new();
         let set = |v: &str| {
             let value = Some(v.as_bytes().to_vec().into_boxed_slice());
-            s.write_local(&me, &clock, "k".into(), value, Lifetime::Forever, &mut |_| {})
+            s.write_local(
+                &me,
+                &clock,
+                "k".into(),
+                value,
+                Lifetime::Forever,
+                &mut |_| {},
+            )
         };
         for i in 0..100 {
             set(&i.to_string());
@@ -1769,7 +1776,11 @@ mod tests {
         let chunk = s.chunk(&me, 1, 100, ChunkLimits::UNLIMITED);
         assert_eq!((chunk.writes.len(), chunk.covered.count()), (1, 100));
         set("shipped over");
-        assert_eq!(s.marker_count(), 1, "seq 100 was covered by a chunk: it may be elsewhere");
+        assert_eq!(
+            s.marker_count(),
+            1,
+            "seq 100 was covered by a chunk: it may be elsewhere"
+        );
         set("again");
         assert_eq!(s.marker_count(), 1, "seq 101 never left");
         assert_eq!(get(&s, "k").as_deref(), Some("again"));
