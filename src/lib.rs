@@ -444,7 +444,7 @@ pub(crate) fn write(
             if slot.strict {
                 return Some((key, stored));
             }
-            slot.bucket.write(key.into_arc(), stored, lifetime);
+            slot.bucket.write(key.as_str(), stored, lifetime);
             None
         })
         .ok_or_else(closed)?;

@@ -2,8 +2,6 @@
 //! remote writes, reading, walking the index into a chunk, and encoding/decoding an Ops frame.
 //! `cargo bench -p peer-buckets-engine`
 
-use std::sync::Arc;
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use peer_buckets_engine::clock::{Clock, Hlc};
 use peer_buckets_engine::ranges::SeqRanges;
@@ -52,11 +50,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("write_local (insert, 100k keys cycling)", |b| {
         b.iter(|| {
             i += 1;
-            let key: Arc<str> = format!("sess:{}", i % 100_000).into();
+            let key = format!("sess:{}", i % 100_000);
             store.write_local(
                 &me,
                 &clock,
-                key,
+                &key,
                 Some(value.clone()),
                 Lifetime::Forever,
                 &mut |_| {},

@@ -31,11 +31,7 @@ fn main() {
     ));
     let before = rss_bytes();
     for i in 0..n {
-        bucket.write(
-            format!("sess:{i}").into(),
-            Some(value.clone()),
-            Lifetime::Forever,
-        );
+        bucket.write(format!("sess:{i}"), Some(value.clone()), Lifetime::Forever);
     }
     let after = rss_bytes();
     println!(

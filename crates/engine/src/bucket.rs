@@ -117,16 +117,26 @@ impl Bucket {
     }
 
     /// Writes locally (a value, or a tombstone when `value` is `None`) and queues it for every link.
-    pub fn write(&self, key: Arc<str>, value: Option<Box<[u8]>>, lifetime: Lifetime) -> Write {
+    pub fn write(
+        &self,
+        key: impl AsRef<str>,
+        value: Option<Box<[u8]>>,
+        lifetime: Lifetime,
+    ) -> Write {
         let listening = self.has_subscriber.load(Ordering::Acquire);
         // Changes are emitted under the store's lock, so listeners see them in the order they applied.
-        let write = self
-            .store
-            .write_local(&self.me, &self.clock, key, value, lifetime, &mut |w| {
+        let write = self.store.write_local(
+            &self.me,
+            &self.clock,
+            key.as_ref(),
+            value,
+            lifetime,
+            &mut |w| {
                 if listening {
                     self.emit(w, &self.me, true)
                 }
-            });
+            },
+        );
         self.signal.local_write();
         write
     }

@@ -206,7 +206,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         me: &Origin,
         clock: &Clock,
-        key: Arc<str>,
+        key: &str,
         value: Option<Box<[u8]>>,
         lifetime: Lifetime,
         on_change: &mut dyn FnMut(&Write),
@@ -941,13 +941,18 @@ impl Store for MemoryStore {
         &self,
         me: &Origin,
         clock: &Clock,
-        key: Arc<str>,
+        key: &str,
         value: Option<Box<[u8]>>,
         lifetime: Lifetime,
         on_change: &mut dyn FnMut(&Write),
     ) -> Write {
         let mut state = self.state.write();
         state.name_me(me);
+        // An overwrite shares the stored key rather than allocating another.
+        let key = match state.entries.get_key_value(key) {
+            Some((stored, _)) => stored.clone(),
+            None => Arc::from(key),
+        };
         let hlc = clock.tick();
         let seq = state
             .origins
@@ -1513,7 +1518,7 @@ mod tests {
             s.write_local(
                 &a,
                 &clock,
-                "k".into(),
+                "k",
                 Some(format!("v{i}").into_bytes().into()),
                 Lifetime::Forever,
                 &mut |_| {},
@@ -1574,7 +1579,7 @@ mod tests {
             s.write_local(
                 &a,
                 &clock,
-                format!("k{i}").into(),
+                &format!("k{i}"),
                 Some(b"x".to_vec().into()),
                 Lifetime::Forever,
                 &mut |_| {},
@@ -1596,7 +1601,7 @@ mod tests {
             s.write_local(
                 &a,
                 &clock,
-                format!("k{i}").into(),
+                &format!("k{i}"),
                 Some(big),
                 Lifetime::Forever,
                 &mut |_| {},
@@ -1630,7 +1635,7 @@ mod tests {
         let set = s.write_local(
             &a,
             &clock,
-            "k".into(),
+            "k",
             Some(b"v".to_vec().into()),
             Lifetime::Ttl(100),
             &mut |_| {},
@@ -1690,7 +1695,7 @@ mod tests {
             s.write_local(
                 &a,
                 &clock,
-                format!("k{i}").into(),
+                &format!("k{i}"),
                 Some(b"v".to_vec().into()),
                 Lifetime::Ttl(50 + i),
                 &mut |_| {},
@@ -1699,7 +1704,7 @@ mod tests {
         s.write_local(
             &a,
             &clock,
-            "forever".into(),
+            "forever",
             Some(b"v".to_vec().into()),
             Lifetime::Forever,
             &mut |_| {},
@@ -1760,14 +1765,7 @@ mod tests {
         let s = MemoryStore::new();
         let set = |v: &str| {
             let value = Some(v.as_bytes().to_vec().into_boxed_slice());
-            s.write_local(
-                &me,
-                &clock,
-                "k".into(),
-                value,
-                Lifetime::Forever,
-                &mut |_| {},
-            )
+            s.write_local(&me, &clock, "k", value, Lifetime::Forever, &mut |_| {})
         };
         for i in 0..100 {
             set(&i.to_string());

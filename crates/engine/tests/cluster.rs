@@ -76,12 +76,12 @@ async fn three_nodes_learn_each_other_from_one_seed_and_converge() {
     for (i, bucket) in buckets.iter().enumerate() {
         for k in 0..300 {
             bucket.write(
-                format!("own-{i}-{k}").into(),
+                format!("own-{i}-{k}"),
                 Some(value::encode_json(&k.to_string())),
                 Lifetime::Forever,
             );
             bucket.write(
-                format!("shared-{k}").into(),
+                format!("shared-{k}"),
                 Some(value::encode_json(&format!("{i}"))),
                 Lifetime::Forever,
             );
@@ -92,7 +92,7 @@ async fn three_nodes_learn_each_other_from_one_seed_and_converge() {
         first.len() == 1200 && buckets.iter().all(|b| contents(b) == first)
     })
     .await;
-    buckets[1].write("own-0-0".into(), None, Lifetime::Forever);
+    buckets[1].write("own-0-0", None, Lifetime::Forever);
     eventually("delete replicated", || {
         buckets.iter().all(|b| get(b, "own-0-0").is_none())
     })
@@ -112,18 +112,18 @@ async fn a_joiner_receives_everything_written_before_it_came() {
     let bb = b.bucket("x");
     for k in 0..5000 {
         ba.write(
-            format!("a{k}").into(),
+            format!("a{k}"),
             Some(value::encode_json("1")),
             Lifetime::Forever,
         );
         bb.write(
-            format!("b{k}").into(),
+            format!("b{k}"),
             Some(value::encode_json("2")),
             Lifetime::Forever,
         );
     }
     for k in 0..100 {
-        ba.write(format!("a{k}").into(), None, Lifetime::Forever);
+        ba.write(format!("a{k}"), None, Lifetime::Forever);
     }
     let c = Node::start(config("c", vec![b.address().to_string()]))
         .await
@@ -161,11 +161,8 @@ async fn peer_down_fires_when_a_peer_leaves_and_up_when_it_returns() {
     let mut cfg = config("b", vec![a.address().to_string()]);
     cfg.listen = b_addr;
     let b2 = Node::start(cfg).await.unwrap();
-    b2.bucket("y").write(
-        "k".into(),
-        Some(value::encode_json("\"v\"")),
-        Lifetime::Forever,
-    );
+    b2.bucket("y")
+        .write("k", Some(value::encode_json("\"v\"")), Lifetime::Forever);
     let up = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
         .unwrap()
@@ -190,12 +187,12 @@ async fn a_peer_whose_clock_runs_far_ahead_is_refused_and_one_within_the_skew_is
     behind.clock.set_offset_ms(-30_000);
     let behind = Node::start(behind).await.unwrap();
     ahead.bucket("s").write(
-        "from-ahead".into(),
+        "from-ahead",
         Some(value::encode_json("1")),
         Lifetime::Forever,
     );
     behind.bucket("s").write(
-        "from-behind".into(),
+        "from-behind",
         Some(value::encode_json("1")),
         Lifetime::Forever,
     );

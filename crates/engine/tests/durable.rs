@@ -71,17 +71,13 @@ async fn a_restart_on_the_same_directory_keeps_id_incarnation_and_data() {
     let b = node.bucket("s");
     for k in 0..2000 {
         b.write(
-            format!("k{k}").into(),
+            format!("k{k}"),
             Some(value::encode_json(&k.to_string())),
             Lifetime::Forever,
         );
     }
-    b.write("k7".into(), None, Lifetime::Forever);
-    b.write(
-        "ttl".into(),
-        Some(value::encode_json("1")),
-        Lifetime::Ttl(60_000),
-    );
+    b.write("k7", None, Lifetime::Forever);
+    b.write("ttl", Some(value::encode_json("1")), Lifetime::Ttl(60_000));
     node.close(Duration::from_secs(1)).await;
 
     let again = Node::start(config(None, Some(&d), vec![])).await.unwrap();
@@ -101,11 +97,7 @@ async fn a_restart_on_the_same_directory_keeps_id_incarnation_and_data() {
     assert_eq!(get(&b, "k7"), None, "the delete survived");
     assert!(b.contains("ttl"));
     // New writes continue the sequence without reusing old seqs.
-    let w = b.write(
-        "after".into(),
-        Some(value::encode_json("1")),
-        Lifetime::Forever,
-    );
+    let w = b.write("after", Some(value::encode_json("1")), Lifetime::Forever);
     assert_eq!(w.seq, 2003);
     again.close(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&d);
@@ -188,7 +180,7 @@ async fn a_restarted_node_receives_only_what_it_missed() {
     let bm = memory.bucket("s");
     for k in 0..20_000 {
         bm.write(
-            format!("k{k}").into(),
+            format!("k{k}"),
             Some(value::encode_json(&"x".repeat(100))),
             Lifetime::Forever,
         );
@@ -199,7 +191,7 @@ async fn a_restarted_node_receives_only_what_it_missed() {
 
     for k in 20_000..21_000 {
         bm.write(
-            format!("k{k}").into(),
+            format!("k{k}"),
             Some(value::encode_json(&"x".repeat(100))),
             Lifetime::Forever,
         );
@@ -260,11 +252,7 @@ async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
     ahead.clock.set_offset_ms(20_000);
     let node = Node::start(ahead).await.unwrap();
     let b = node.bucket("s");
-    b.write(
-        "k".into(),
-        Some(value::encode_json("\"old\"")),
-        Lifetime::Forever,
-    );
+    b.write("k", Some(value::encode_json("\"old\"")), Lifetime::Forever);
     node.close(Duration::from_millis(500)).await;
     drop(node);
 
@@ -275,11 +263,7 @@ async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
     let b = node.bucket("s");
     assert_eq!(get(&b, "k").as_deref(), Some("\"old\""));
     let stored = b.inspect("k")[0].1.hlc;
-    let w = b.write(
-        "k".into(),
-        Some(value::encode_json("\"new\"")),
-        Lifetime::Forever,
-    );
+    let w = b.write("k", Some(value::encode_json("\"new\"")), Lifetime::Forever);
     assert!(
         w.hlc > stored,
         "the new write must be stamped after the stored one"

@@ -53,7 +53,7 @@ fn connected(n: &Node) -> Vec<String> {
 
 fn write(n: &Node, key: &str) {
     n.bucket("s")
-        .write(key.into(), Some(value::encode_json("1")), Lifetime::Forever);
+        .write(key, Some(value::encode_json("1")), Lifetime::Forever);
 }
 
 fn has(n: &Node, key: &str) -> bool {

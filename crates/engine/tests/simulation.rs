@@ -124,7 +124,7 @@ impl Sim {
         } else {
             Lifetime::Forever
         };
-        bucket.write(key.into(), value, lifetime);
+        bucket.write(&key, value, lifetime);
     }
 
     /// Replica i sends what its session about j has due.
@@ -483,7 +483,7 @@ fn a_gap_from_dropped_frames_is_detected_and_filled() {
     let b0 = sim.locals[0].bucket("sessions");
     for k in 0..3000 {
         b0.write(
-            format!("k{k}").into(),
+            format!("k{k}"),
             Some(value::encode_json("1")),
             Lifetime::Forever,
         );
@@ -592,18 +592,18 @@ fn resync_after(seed: u64, away: impl FnOnce(&Sim)) -> Sim {
     let json = |s: &str| Some(value::encode_json(&format!("\"{s}\"")));
     sim.locals[0]
         .bucket("sessions")
-        .write("k".into(), json("v1"), Lifetime::Forever);
+        .write("k", json("v1"), Lifetime::Forever);
     sim.exchange(3, 100, false);
     sim.exile(1);
     sim.time.advance(10);
     sim.locals[2]
         .bucket("sessions")
-        .write("k".into(), json("v2"), Lifetime::Forever);
+        .write("k", json("v2"), Lifetime::Forever);
     sim.time.advance(10);
     away(&sim);
     sim.locals[3]
         .bucket("sessions")
-        .write("gone".into(), None, Lifetime::Forever);
+        .write("gone", None, Lifetime::Forever);
     sim.exchange(12, 600, true);
     assert!(sim.collected > 0, "the others collected without n1");
     sim.recall();
@@ -654,21 +654,21 @@ fn a_full_resync_does_not_let_an_old_write_beat_a_newer_one() {
     let json = |s: &str| Some(value::encode_json(&format!("\"{s}\"")));
     sim.locals[0]
         .bucket("sessions")
-        .write("k".into(), json("v1"), Lifetime::Forever);
+        .write("k", json("v1"), Lifetime::Forever);
     sim.exchange(3, 100, false);
     sim.exile(1);
     sim.time.advance(10);
     // n1, cut off, deletes k; later the others overwrite it (and collect a tombstone without n1).
     sim.locals[1]
         .bucket("sessions")
-        .write("k".into(), None, Lifetime::Forever);
+        .write("k", None, Lifetime::Forever);
     sim.time.advance(10);
     sim.locals[2]
         .bucket("sessions")
-        .write("k".into(), json("v2"), Lifetime::Forever);
+        .write("k", json("v2"), Lifetime::Forever);
     sim.locals[3]
         .bucket("sessions")
-        .write("gone".into(), None, Lifetime::Forever);
+        .write("gone", None, Lifetime::Forever);
     sim.exchange(12, 600, true);
     assert!(sim.collected > 0, "the others collected without n1");
     sim.settle();
@@ -692,7 +692,7 @@ fn a_full_resync_does_not_let_an_old_write_beat_a_newer_one() {
 fn an_expired_value_is_not_collected_while_a_touch_made_before_the_expiry_is_in_flight() {
     let mut sim = Sim::new(23);
     sim.locals[0].bucket("sessions").write(
-        "k".into(),
+        "k",
         Some(value::encode_json("\"v\"")),
         Lifetime::Ttl(2_000),
     );
@@ -754,13 +754,13 @@ fn a_write_carried_back_from_past_a_collection_does_not_revive_a_deleted_key() {
     let json = |s: &str| Some(value::encode_json(&format!("\"{s}\"")));
     sim.locals[0]
         .bucket("sessions")
-        .write("k".into(), json("v1"), Lifetime::Forever);
+        .write("k", json("v1"), Lifetime::Forever);
     sim.exchange(3, 100, false);
     // n4 overwrites k and only n1 hears of it; then n1 is cut off (and forgotten), n4 restarts empty.
     sim.time.advance(10);
     sim.locals[4]
         .bucket("sessions")
-        .write("k".into(), json("old"), Lifetime::Forever);
+        .write("k", json("old"), Lifetime::Forever);
     sim.flush(4, 1, false);
     while !sim.net.is_empty() {
         sim.deliver(false);
@@ -771,7 +771,7 @@ fn a_write_carried_back_from_past_a_collection_does_not_revive_a_deleted_key() {
     sim.time.advance(10);
     sim.locals[0]
         .bucket("sessions")
-        .write("k".into(), None, Lifetime::Forever);
+        .write("k", None, Lifetime::Forever);
     sim.exchange(12, 600, true);
     assert!(sim.collected > 0, "the tombstone was collected without n1");
     sim.settle();
@@ -795,7 +795,7 @@ fn a_pull_for_writes_the_sender_thinks_held_is_answered_once() {
     let b0 = sim.locals[0].bucket("sessions");
     for k in 0..5 {
         b0.write(
-            format!("k{k}").into(),
+            format!("k{k}"),
             Some(value::encode_json("1")),
             Lifetime::Forever,
         );
