@@ -294,10 +294,19 @@ impl Disk {
         let count = per_bucket.len();
         // Later local writes must order after everything stored, whatever the wall clock says now (it
         // may be behind what was stamped before: a peer's clock ahead pushed ours, or time went back).
+        // The times of collected registers count too: a write stamped below one would meet a stand-in
+        // tombstone on the other replicas.
         let newest = per_bucket
             .values()
-            .flat_map(|p| &p.entries)
-            .flat_map(|(_, e)| std::iter::once(e.hlc).chain(e.touch.as_ref().map(|t| t.hlc)))
+            .flat_map(|p| {
+                let stored = p.entries.iter().flat_map(|(_, e)| {
+                    std::iter::once(e.hlc).chain(e.touch.as_ref().map(|t| t.hlc))
+                });
+                let collected = p.collected_keys.iter().map(|r| r.hlc);
+                stored
+                    .chain(collected)
+                    .chain(std::iter::once(p.collected_beyond))
+            })
             .max();
         if let Some(hlc) = newest {
             local.clock.observe(hlc);

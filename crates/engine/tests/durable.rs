@@ -276,3 +276,52 @@ async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
     node.close(Duration::from_millis(500)).await;
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The keys a node collected are remembered across a restart: a write older than a collected
+/// tombstone that arrives after the restart still meets a stand-in tombstone, not an empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_keys_are_remembered_across_a_restart() {
+    use peer_buckets_engine::clock::Hlc;
+    use peer_buckets_engine::ranges::SeqRanges;
+    use peer_buckets_engine::replica::{ReplicaId, ReplicaTable};
+    use peer_buckets_engine::store::Write;
+
+    let d = dir("collected");
+    let fast = |data: &PathBuf| Config {
+        tombstone_min_age: Some(Duration::from_millis(100)),
+        collect_every: Duration::from_millis(100),
+        ..config(None, Some(data), vec![])
+    };
+    let node = Node::start(fast(&d)).await.unwrap();
+    let b = node.bucket("s");
+    let set = b.write("k", Some(value::encode_json("1")), Lifetime::Forever);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.write("k", None, Lifetime::Forever);
+    eventually("the tombstone collected", || {
+        node.stats().tombstones == 0 && node.stats().collected_remembered == 1
+    })
+    .await;
+    node.close(Duration::from_secs(1)).await;
+
+    let again = Node::start(fast(&d)).await.unwrap();
+    let b = again.bucket("s");
+    assert_eq!(again.stats().collected_remembered, 1);
+    // A replica that was away brings back a write made between the set and the delete.
+    let away = ReplicaTable::new().intern(&ReplicaId {
+        node: "away".into(),
+        incarnation: 1,
+    });
+    let old = Write {
+        key: "k".into(),
+        hlc: Hlc(set.hlc.0 + 1),
+        seq: 1,
+        value: Some(value::encode_json("\"old\"")),
+        expires_ms: 0,
+        touch: false,
+    };
+    let merged = b.merge(&away, vec![old], &SeqRanges::new());
+    assert_eq!(merged.stand_ins, 1);
+    assert_eq!(get(&b, "k"), None, "the deleted key stays deleted");
+    again.close(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&d);
+}
