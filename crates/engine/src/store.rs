@@ -241,7 +241,7 @@ pub trait Store: Send + Sync + 'static {
     /// superseded. Read under one lock, so they agree.
     fn chunk(&self, origin: &Origin, start: u64, end: u64, limits: ChunkLimits) -> Chunk;
     /// Visits every stored register under `prefix` (tombstones and expired entries too) as a write of
-    /// its origin; what a partial fetch sends.
+    /// its origin; what a partial fetch sends (so each counts as shipped, like a chunk's).
     fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write));
     /// The registers stored for `key` (a tombstone's, an expired value's too) as writes of their
     /// origins: what `Bucket::inspect` reports. The default scans; a backend with a key index does better.
@@ -1181,6 +1181,11 @@ impl Store for MemoryStore {
         for (k, e) in state.entries.iter() {
             if k.starts_with(prefix) {
                 for (o, w) in e.writes(k) {
+                    // Sent out (a partial fetch): an own write may be elsewhere from now on.
+                    if let Some(st) = state.origins.get(&o) {
+                        st.shipped
+                            .fetch_max(w.seq, std::sync::atomic::Ordering::Relaxed);
+                    }
                     f(&o, w);
                 }
             }
