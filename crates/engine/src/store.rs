@@ -469,8 +469,13 @@ impl Entries {
     }
 
     fn get_key_value(&self, key: &str) -> Option<(&Arc<str>, &Entry)> {
+        self.get_hashed(self.hash(key), key)
+    }
+
+    /// `get_key_value` with the key's hash already computed.
+    fn get_hashed(&self, hash: u64, key: &str) -> Option<(&Arc<str>, &Entry)> {
         self.table
-            .find(self.hash(key), |r| &*r.key == key)
+            .find(hash, |r| &*r.key == key)
             .map(|r| (&r.key, &r.entry))
     }
 
@@ -482,7 +487,11 @@ impl Entries {
     }
 
     fn remove(&mut self, key: &str) -> Option<Box<Record>> {
-        let hash = self.hash(key);
+        self.remove_hashed(self.hash(key), key)
+    }
+
+    /// `remove` with the key's hash already computed.
+    fn remove_hashed(&mut self, hash: u64, key: &str) -> Option<Box<Record>> {
         self.table
             .find_entry(hash, |r| &*r.key == key)
             .ok()
@@ -491,7 +500,11 @@ impl Entries {
 
     /// Adds a record whose key is not in the table.
     fn insert(&mut self, record: Box<Record>) {
-        let hash = self.hash(&record.key);
+        self.insert_hashed(self.hash(&record.key), record)
+    }
+
+    /// `insert` with the key's hash already computed.
+    fn insert_hashed(&mut self, hash: u64, record: Box<Record>) {
         let hasher = &self.hasher;
         self.table.insert_unique(hash, record, |r| {
             use std::hash::BuildHasher;
@@ -592,12 +605,16 @@ impl State {
 
     /// Adds `seq` to `origin`'s context.
     fn see(&mut self, origin: &Origin, seq: u64) {
-        self.origins
-            .entry(origin.clone())
-            .or_default()
-            .context
-            .insert(seq);
+        self.origin_mut(origin).context.insert(seq);
         self.note_context(origin);
+    }
+
+    /// The state of `origin`, added empty if new (without cloning the handle when it is known).
+    fn origin_mut(&mut self, origin: &Origin) -> &mut OriginState {
+        if !self.origins.contains_key(origin) {
+            self.origins.insert(origin.clone(), OriginState::default());
+        }
+        self.origins.get_mut(origin).expect("just added")
     }
 
     /// Adds (`+1`) or removes (`-1`) an entry's share of the counters.
@@ -616,10 +633,24 @@ impl State {
     /// Queues what a freshly stored entry needs: its expiry, or its collection if already dead.
     fn schedule(&mut self, key: &Arc<str>) {
         let e = self.entries.get(key).expect("scheduled entries are stored");
-        let expiry = e.expiry();
-        match e.death_ms(self.swept_until) {
-            Some(death) => self.dead.push(Reverse((death, key.clone()))),
-            None if expiry != 0 => self.expiries.push(Reverse((expiry, key.clone()))),
+        let due = Self::due(e, self.swept_until);
+        self.schedule_due(key, due);
+    }
+
+    /// What an entry waits for: `(true, death)` its collection, `(false, expiry)` its expiry, or
+    /// nothing.
+    fn due(e: &Entry, swept_until: u64) -> Option<(bool, u64)> {
+        match e.death_ms(swept_until) {
+            Some(death) => Some((true, death)),
+            None if e.expiry() != 0 => Some((false, e.expiry())),
+            None => None,
+        }
+    }
+
+    fn schedule_due(&mut self, key: &Arc<str>, due: Option<(bool, u64)>) {
+        match due {
+            Some((true, death)) => self.dead.push(Reverse((death, key.clone()))),
+            Some((false, expiry)) => self.expiries.push(Reverse((expiry, key.clone()))),
             None => {}
         }
     }
@@ -627,11 +658,13 @@ impl State {
     fn index_insert(&mut self, origin: &Origin, seq: u64, key: &str) {
         if seq > 0 {
             let hash = self.entries.hash(key);
-            self.origins
-                .entry(origin.clone())
-                .or_default()
-                .index
-                .insert(seq, hash);
+            self.index_insert_hashed(origin, seq, hash);
+        }
+    }
+
+    fn index_insert_hashed(&mut self, origin: &Origin, seq: u64, hash: u64) {
+        if seq > 0 {
+            self.origin_mut(origin).index.insert(seq, hash);
         }
     }
 
@@ -643,7 +676,7 @@ impl State {
             return;
         }
         let own = self.me.as_ref() == Some(origin);
-        let o = self.origins.entry(origin.clone()).or_default();
+        let o = self.origin_mut(origin);
         o.index.remove(seq);
         if own && seq > *o.shipped.get_mut() {
             return;
@@ -663,9 +696,21 @@ impl State {
     /// changes, `on_change` hears of it and the value moves into the store (leaving `None` in `w`: no
     /// copy of the value is made).
     fn apply(&mut self, origin: &Origin, w: &mut Write, on_change: &mut dyn FnMut(&Write)) {
+        let hash = self.entries.hash(&w.key);
+        self.apply_hashed(origin, w, hash, on_change)
+    }
+
+    /// `apply` with the hash of the write's key already computed.
+    fn apply_hashed(
+        &mut self,
+        origin: &Origin,
+        w: &mut Write,
+        hash: u64,
+        on_change: &mut dyn FnMut(&Write),
+    ) {
         let key = &w.key.clone();
         self.note_key(key);
-        let old = self.entries.remove(key);
+        let old = self.entries.remove_hashed(hash, key);
         if let Some(r) = &old {
             self.tally(&r.entry, -1);
         }
@@ -761,11 +806,12 @@ impl State {
         };
         let stored = record.entry.write_for(key, origin, w.seq).is_some();
         self.tally(&record.entry, 1);
-        self.entries.insert(record);
+        let due = Self::due(&record.entry, self.swept_until);
+        self.entries.insert_hashed(hash, record);
         if stored {
-            self.index_insert(origin, w.seq, key);
+            self.index_insert_hashed(origin, w.seq, hash);
         }
-        self.schedule(key);
+        self.schedule_due(key, due);
     }
 
     /// Writes, as `me`, a tombstone of `w`'s key at `hlc`, standing in for a collected register that
@@ -949,7 +995,8 @@ impl Store for MemoryStore {
         let mut state = self.state.write();
         state.name_me(me);
         // An overwrite shares the stored key rather than allocating another.
-        let key = match state.entries.get_key_value(key) {
+        let hash = state.entries.hash(key);
+        let key = match state.entries.get_hashed(hash, key) {
             Some((stored, _)) => stored.clone(),
             None => Arc::from(key),
         };
@@ -975,7 +1022,7 @@ impl Store for MemoryStore {
             touch: false,
         };
         // A local write always wins, so the value moves into the store; the write returned has none.
-        state.apply(me, &mut write, on_change);
+        state.apply_hashed(me, &mut write, hash, on_change);
         write
     }
 
