@@ -41,6 +41,12 @@ export interface PeerOptions {
   tombstoneMinAge?: number
   /** A member unreachable this many ms is forgotten (stops holding up tombstone collection); default 300000. */
   memberTimeout?: number
+  /**
+   * How many ms a peer remembers the keys of tombstones (and expired values) it collected, so that an
+   * older write brought back by a peer that was away meanwhile cannot revive them; default 3600000.
+   * A peer away longer than this past a collection loses its old writes to keys nobody else holds.
+   */
+  rememberCollected?: number
 }
 
 export interface BucketOptions {

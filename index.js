@@ -417,6 +417,7 @@ class Peer extends EventEmitter {
     const maxClockSkewMs = checkDuration('maxClockSkew', options.maxClockSkew, 60000)
     const tombstoneMinAgeMs = checkDuration('tombstoneMinAge', options.tombstoneMinAge, undefined)
     const memberTimeoutMs = checkDuration('memberTimeout', options.memberTimeout, undefined)
+    const rememberCollectedMs = checkDuration('rememberCollected', options.rememberCollected, undefined)
     const secrets = checkSecrets(options.secret)
     let dataDir
     if (options.dataDir !== undefined) {
@@ -435,7 +436,7 @@ class Peer extends EventEmitter {
     }
 
     const opened = native.peerOpen(
-      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, secrets, dataDir, durability },
+      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, secrets, dataDir, durability },
       (batch) => this.#onNative(batch),
     )
     Object.defineProperty(this, 'id', { value: opened.id, enumerable: true })

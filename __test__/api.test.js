@@ -180,7 +180,7 @@ describe('values: set/get round-trips', () => {
     const seen = new Map()
     bb.on('change', (e) => seen.set(e.key, e.value))
     for (const [key, value] of Object.entries(strings)) await ba.set(key, value)
-    await waitFor(() => seen.size === Object.keys(strings).length, 5000)
+    await waitFor(() => seen.size === Object.keys(strings).length, { message: 'every change event' })
     const entries = new Map(ba.entries())
     const remoteEntries = new Map(bb.entries())
     for (const [key, value] of Object.entries(strings)) {
@@ -900,6 +900,26 @@ describe('ack levels, fetch() and maxClockSkew (API.md)', () => {
         e.message = `fetch ${label}: ${describeError(err)}\n${e.message}`
         throw e
       }
+    }
+  })
+
+  test('rememberCollected bounds how long the keys of collected tombstones are remembered; a bad one throws RangeError naming it', async () => {
+    const peer = await createPeer({ tombstoneMinAge: 200, rememberCollected: 1500 })
+    const b = peer.bucket('remember')
+    for (let i = 0; i < 10; i++) await b.set(`k${i}`, i)
+    for (let i = 0; i < 10; i++) await b.delete(`k${i}`)
+    await waitFor(() => peer.stats().collectedRemembered === 10, { timeout: 8000, message: '10 collected keys remembered' })
+    expect(peer.stats().tombstones).toBe(0)
+    await waitFor(() => peer.stats().collectedRemembered === 0, { timeout: 8000, message: 'forgotten after rememberCollected' })
+    for (const bad of [-1, 0, NaN, 'long']) {
+      let made
+      const err = await captureError(() => {
+        made = new Peer({ rememberCollected: bad })
+        return made.ready()
+      })
+      if (made) await made.close().catch(() => {})
+      expect(err).toBeInstanceOf(RangeError)
+      expect(err.message).toMatch(/rememberCollected/)
     }
   })
 

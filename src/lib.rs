@@ -106,6 +106,7 @@ pub struct OpenOptions {
     pub max_clock_skew_ms: f64,
     pub tombstone_min_age_ms: Option<f64>,
     pub member_timeout_ms: Option<f64>,
+    pub remember_collected_ms: Option<f64>,
     /// Cluster secrets, checked by index.js: the first is dialed with, each is accepted.
     pub secrets: Option<Vec<Buffer>>,
     /// Persist in this directory (memory only when absent).
@@ -153,6 +154,7 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
         clock,
         max_clock_skew: ms(options.max_clock_skew_ms),
         tombstone_min_age: options.tombstone_min_age_ms.map(ms),
+        remember_collected: options.remember_collected_ms.map(ms),
         // A short minimum age is only useful if collection rounds (and the digests they read) keep up.
         collect_every: options
             .tombstone_min_age_ms

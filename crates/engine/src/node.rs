@@ -56,6 +56,9 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// Tombstones younger than this are kept; default three times `max_clock_skew`.
     pub tombstone_min_age: Option<Duration>,
+    /// How long collected registers are remembered by key (see `store::CollectedKeys`); default
+    /// `sync::REMEMBER_COLLECTED_MS`.
+    pub remember_collected: Option<Duration>,
     /// How often a tombstone collection round runs.
     pub collect_every: Duration,
     /// A member unreachable for this long is forgotten (it stops holding up collection); if it comes
@@ -91,6 +94,7 @@ impl Default for Config {
             pull_every: Duration::from_millis(500),
             max_clock_skew: Duration::from_secs(60),
             tombstone_min_age: None,
+            remember_collected: None,
             collect_every: Duration::from_secs(2),
             member_timeout: Duration::from_secs(300),
             data_dir: None,
@@ -266,6 +270,9 @@ impl Node {
         );
         if let Some(age) = config.tombstone_min_age {
             local.tombstone_min_age_ms = age.as_millis() as u64;
+        }
+        if let Some(keep) = config.remember_collected {
+            local.remember_collected_ms = keep.as_millis() as u64;
         }
         local.durable = opened.is_some();
         let local = Arc::new(local);
