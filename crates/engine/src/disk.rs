@@ -11,9 +11,10 @@
 //!   commits once per interval and writes do not wait.
 //! - **Write-ahead log (strict mode).** A strict flush appends what changed as one checksummed record
 //!   to `wal` and fdatasyncs it (a few hundred bytes, where a redb commit writes several pages); the
-//!   records are checkpointed into redb about once a second, or sooner past a few MB, and the log is
-//!   emptied. Opening a directory replays into redb the records newer than the last checkpoint (a
-//!   torn last record is where the log ends).
+//!   records are checkpointed into redb about once a second, or sooner past 8 MB, and the log is
+//!   rewritten from its start (the file keeps its size, so a sync flushes data only). Opening a
+//!   directory replays into redb the records newer than the last checkpoint (a torn record, or one of
+//!   an earlier cycle, is where the log ends).
 //! - **Incarnations.** A clean `close()` writes a marker last; the next start keeps the incarnation. After
 //!   a crash a fresh one is drawn, since writes sent to peers may be missing from the disk and reusing
 //!   their sequence numbers would make peers ignore new writes.
@@ -175,9 +176,11 @@ fn wal_check(payload: &[u8]) -> [u8; 8] {
 }
 
 /// The valid records of a log, in order: `[length u32 LE][check 8][payload]` each, up to the first
-/// that is short or fails its check (a write torn by a crash).
+/// that is short, fails its check (a write torn by a crash, or the zeros the file was made with) or
+/// does not follow its predecessor's seq (a record of an earlier cycle, the log being rewritten from
+/// its start after each checkpoint).
 fn read_wal(bytes: &[u8]) -> Vec<WalRecord> {
-    let mut out = Vec::new();
+    let mut out: Vec<WalRecord> = Vec::new();
     let mut at = 0;
     while bytes.len() >= at + 12 {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
@@ -188,8 +191,8 @@ fn read_wal(bytes: &[u8]) -> Vec<WalRecord> {
             break;
         }
         match decode::<WalRecord>(payload, "log record") {
-            Ok(r) => out.push(r),
-            Err(_) => break,
+            Ok(r) if out.last().is_none_or(|prev| r.seq == prev.seq + 1) => out.push(r),
+            _ => break,
         }
         at += 12 + len;
     }
@@ -265,9 +268,12 @@ fn write_changes(tx: &redb::WriteTransaction, changes: &[BucketChanges]) -> Resu
     Ok(())
 }
 
-/// The strict mode's log: the open file, the next record's seq, and the records not checkpointed yet.
+/// The strict mode's log: the open file, where the next record goes, its seq, and the records not
+/// checkpointed yet. The file is made of `CHECKPOINT_BYTES` of zeros once and rewritten from its start
+/// after each checkpoint: syncing a record then flushes data blocks only, not the file's size.
 struct Wal {
     file: File,
+    offset: u64,
     next_seq: u64,
     pending: Vec<BucketChanges>,
     bytes: u64,
@@ -438,11 +444,19 @@ impl Disk {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
-            .truncate(true)
+            .truncate(false)
             .open(&path)
             .map_err(storage)?;
+        let len = file.metadata().map_err(storage)?.len();
+        if len < CHECKPOINT_BYTES {
+            use std::os::unix::fs::FileExt;
+            let zeros = vec![0u8; (CHECKPOINT_BYTES - len) as usize];
+            file.write_all_at(&zeros, len).map_err(storage)?;
+            file.sync_all().map_err(storage)?;
+        }
         Ok(Wal {
             file,
+            offset: 0,
             next_seq: last + 1,
             pending: Vec::new(),
             bytes: 0,
@@ -453,7 +467,6 @@ impl Disk {
     /// Appends what changed as one log record and waits for the disk; returns whether anything was
     /// written.
     fn log(&mut self, local: &Local) -> Result<bool, Error> {
-        use std::io::Write;
         let changes = Self::drain(local);
         if changes.is_empty() {
             return Ok(false);
@@ -467,9 +480,16 @@ impl Disk {
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&wal_check(&payload));
         frame.extend_from_slice(&payload);
-        self.wal.file.write_all(&frame).map_err(storage)?;
+        {
+            use std::os::unix::fs::FileExt;
+            self.wal
+                .file
+                .write_all_at(&frame, self.wal.offset)
+                .map_err(storage)?;
+        }
         self.wal.file.sync_data().map_err(storage)?;
         self.wal.next_seq += 1;
+        self.wal.offset += frame.len() as u64;
         self.wal.bytes += frame.len() as u64;
         self.wal.pending.extend(record.buckets);
         Ok(true)
@@ -491,13 +511,9 @@ impl Disk {
                 .map_err(storage)?;
         }
         tx.commit().map_err(storage)?;
-        // Records up to `last` are in redb now: a crash before the truncation replays none of them.
-        self.wal.file.set_len(0).map_err(storage)?;
-        use std::io::Seek;
-        self.wal
-            .file
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(storage)?;
+        // Records up to `last` are in redb now: the log starts over (what follows the new records
+        // in the file is of this earlier cycle, and a reader stops there).
+        self.wal.offset = 0;
         self.wal.pending.clear();
         self.wal.bytes = 0;
         self.wal.last_checkpoint = std::time::Instant::now();
@@ -799,6 +815,14 @@ mod tests {
         out
     }
 
+    fn wal_seq(dir: &Path) -> u64 {
+        let db = Database::open(dir.join("peer-buckets.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        let v = meta.get("wal_seq").unwrap().unwrap();
+        u64::from_be_bytes(v.value().try_into().unwrap())
+    }
+
     /// What a strict flush logged is back after a crash (no checkpoint, no clean stop), and a torn
     /// record at the end of the log is where the log ends.
     #[test]
@@ -825,15 +849,12 @@ mod tests {
             );
             assert!(disk.log(&l).unwrap());
             assert!(!disk.log(&l).unwrap(), "nothing new to log");
-            // A crash: the process dies here, nothing checkpointed. A half-written record follows.
-        }
-        {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(dir.join(WAL_FILE))
+            // The process dies while writing a third record: only part of it reached the file.
+            use std::os::unix::fs::FileExt;
+            disk.wal
+                .file
+                .write_all_at(&[200, 0, 0, 0, 1, 2, 3], disk.wal.offset)
                 .unwrap();
-            f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
         }
         let opened = Disk::open(&dir, Some("n"), 2).unwrap();
         assert_eq!(opened.incarnation, 2, "a crash draws a new incarnation");
@@ -846,18 +867,15 @@ mod tests {
         );
         assert_eq!(value_of(&l, "k7"), None, "the delete of the second record");
         assert!(value_of(&l, "late").is_some());
-        assert_eq!(
-            std::fs::metadata(dir.join(WAL_FILE)).unwrap().len(),
-            0,
-            "replayed into redb and emptied"
-        );
+        drop(opened);
+        assert_eq!(wal_seq(&dir), 2, "both records are in redb");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A checkpoint moves the records into redb and empties the log; records it covered are not
-    /// replayed again, later ones are.
+    /// A checkpoint moves the records into redb and starts the log over; the records it covered are
+    /// not replayed again (not even those still in the file after newer ones), later ones are.
     #[test]
-    fn a_checkpoint_empties_the_log_and_later_records_still_replay() {
+    fn a_checkpoint_starts_the_log_over_and_later_records_still_replay() {
         let dir = temp_dir("checkpoint");
         {
             let mut disk = Disk::open(&dir, Some("n"), 1).unwrap().disk;
@@ -865,11 +883,19 @@ mod tests {
             let b = l.bucket("s");
             b.write("a", Some(crate::value::encode_json("1")), Lifetime::Forever);
             disk.log(&l).unwrap();
-            disk.checkpoint(true).unwrap();
-            assert_eq!(std::fs::metadata(dir.join(WAL_FILE)).unwrap().len(), 0);
-            b.write("a", Some(crate::value::encode_json("2")), Lifetime::Forever);
-            b.write("b", Some(crate::value::encode_json("3")), Lifetime::Forever);
+            b.write(
+                "old",
+                Some(crate::value::encode_json("1")),
+                Lifetime::Forever,
+            );
             disk.log(&l).unwrap();
+            disk.checkpoint(true).unwrap();
+            assert_eq!(disk.wal.offset, 0);
+            // One record of the same size as the first: the second old one follows it in the file.
+            b.write("a", Some(crate::value::encode_json("2")), Lifetime::Forever);
+            disk.log(&l).unwrap();
+            b.write("old", None, Lifetime::Forever);
+            // (not logged: lost in the crash, as an unacknowledged write may be)
         }
         let opened = Disk::open(&dir, Some("n"), 2).unwrap();
         let l = local("n", 2);
@@ -878,7 +904,9 @@ mod tests {
             value_of(&l, "a"),
             Some(crate::value::encode_json("2").to_vec())
         );
-        assert!(value_of(&l, "b").is_some());
+        assert!(value_of(&l, "old").is_some());
+        drop(opened);
+        assert_eq!(wal_seq(&dir), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
