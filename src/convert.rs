@@ -135,7 +135,7 @@ impl<const TAG: u8> FromNapiValue for TextArg<TAG> {
 }
 
 thread_local! {
-    /// Where `bucketGet` tells the calling thread's JavaScript which kind of string it returned (1:
+    /// Where `hotCalls().get` tells the calling thread's JavaScript which kind of string it returned (1:
     /// JSON text to parse, 0: a string value as it is): the first element of an Int32Array bound by
     /// `bindValueKind`, kept alive by a reference that is never released.
     static KIND_SLOT: std::cell::Cell<*mut i32> = const { std::cell::Cell::new(ptr::null_mut()) };
@@ -270,7 +270,7 @@ impl RawValue {
         }
     }
 
-    /// A stored value as `bucketGet` returns it: a string value as it is, JSON text as a string (the
+    /// A stored value as `hotCalls().get` returns it: a string value as it is, JSON text as a string (the
     /// value-kind slot tells the two apart), bytes as a Buffer.
     pub fn from_stored_for_get(env: sys::napi_env, stored: &[u8]) -> Result<Self> {
         match value::decode(stored) {

@@ -309,9 +309,9 @@ pub fn peer_close(peer: u32) -> Result<()> {
     Ok(())
 }
 
-/// Binds the calling thread's value-kind slot: after `bucketGet` returns a string, its first element
-/// says whether that string is JSON text (1) or a string value (0).
-#[napi(catch_unwind)]
+/// Binds the calling thread's value-kind slot: after `hotCalls().get` returns a string, its first
+/// element says whether that string is JSON text (1) or a string value (0).
+#[napi(catch_unwind, ts_args_type = "slot: Int32Array")]
 pub fn bind_value_kind(slot: KindSlot) {
     let _ = slot;
 }
