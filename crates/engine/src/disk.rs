@@ -54,7 +54,10 @@ const COLLECTED_KEYS: TableDefinition<(&str, u64), (u64, u64)> =
 /// bucket -> the newest time among forgotten collected registers
 const COLLECTED_BEYOND: TableDefinition<&str, u64> = TableDefinition::new("collected_beyond");
 
-const FORMAT: &[u8] = b"peer-buckets/1";
+/// The data format written. 2: string values stored as themselves, collected keys, the log. A
+/// directory of format 1 opens as it is (it holds nothing of those) and is marked 2.
+const FORMAT: &[u8] = b"peer-buckets/2";
+const FORMATS_READ: [&[u8]; 2] = [b"peer-buckets/1", FORMAT];
 /// The write-ahead log's file name in the data directory.
 const WAL_FILE: &str = "wal";
 /// Checkpoint the log into redb this often, or once it holds this many bytes.
@@ -341,7 +344,7 @@ impl Disk {
                         Ok(meta.get(k).map_err(storage)?.map(|v| v.value().to_vec()))
                     };
                     if let Some(format) = get("format")? {
-                        if format != FORMAT {
+                        if !FORMATS_READ.contains(&format.as_slice()) {
                             return Err(Error::Storage(format!(
                                 "{} holds data of another format ({})",
                                 dir.display(),
@@ -821,6 +824,31 @@ mod tests {
         let meta = tx.open_table(META).unwrap();
         let v = meta.get("wal_seq").unwrap().unwrap();
         u64::from_be_bytes(v.value().try_into().unwrap())
+    }
+
+    /// A directory written by format 1 opens as it is, and is marked format 2; another format is refused.
+    #[test]
+    fn a_format_1_directory_opens_and_an_unknown_format_is_refused() {
+        let dir = temp_dir("format");
+        let set_format = |f: &[u8]| {
+            let db = Database::open(dir.join("peer-buckets.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META).unwrap().insert("format", f).unwrap();
+            tx.commit().unwrap();
+        };
+        drop(Disk::open(&dir, Some("n"), 1).unwrap());
+        set_format(b"peer-buckets/1");
+        drop(Disk::open(&dir, Some("n"), 1).unwrap());
+        {
+            let db = Database::open(dir.join("peer-buckets.redb")).unwrap();
+            let tx = db.begin_read().unwrap();
+            let meta = tx.open_table(META).unwrap();
+            assert_eq!(meta.get("format").unwrap().unwrap().value(), FORMAT);
+        }
+        set_format(b"peer-buckets/9");
+        let err = Disk::open(&dir, Some("n"), 1).err().expect("refused");
+        assert!(err.to_string().contains("another format"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// What a strict flush logged is back after a crash (no checkpoint, no clean stop), and a torn

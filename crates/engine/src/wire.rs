@@ -13,8 +13,9 @@ use crate::ranges::SeqRanges;
 use crate::replica::ReplicaId;
 use crate::store::Write;
 
-/// Version of the message encoding; a frame with another version closes the link.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version of the message encoding; a frame with another version closes the link. 2: string values
+/// travel as themselves (`value::TAG_STRING`), which a version-1 peer would take for malformed.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
