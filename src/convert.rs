@@ -82,13 +82,9 @@ impl FromNapiValue for KeyArg {
     }
 }
 
-/// Text from JavaScript in the stored form: the tag byte `TAG`, then the text as UTF-8.
+/// Text from JavaScript in the stored form: the tag byte `TAG` (`value::TAG_JSON` for JSON text,
+/// `value::TAG_STRING` for a string value itself), then the text as UTF-8.
 pub struct TextArg<const TAG: u8>(Box<[u8]>);
-
-/// JSON text (`JSON.stringify` of the value).
-pub type JsonArg = TextArg<{ value::TAG_JSON }>;
-/// A string value itself.
-pub type StringArg = TextArg<{ value::TAG_STRING }>;
 
 impl<const TAG: u8> TextArg<TAG> {
     pub fn into_stored(self) -> Box<[u8]> {
@@ -141,6 +137,31 @@ thread_local! {
     static KIND_SLOT: std::cell::Cell<*mut i32> = const { std::cell::Cell::new(ptr::null_mut()) };
 }
 
+/// The element type, length and data of a typed array (the data already moved by the array's offset
+/// into its buffer); `None` when `v` is no typed array.
+pub unsafe fn typed_array(
+    env: sys::napi_env,
+    v: sys::napi_value,
+) -> Option<(sys::napi_typedarray_type, usize, *mut std::ffi::c_void)> {
+    let mut kind = 0;
+    let mut len = 0;
+    let mut data = ptr::null_mut();
+    let mut buffer = ptr::null_mut();
+    let mut offset = 0;
+    let status = unsafe {
+        sys::napi_get_typedarray_info(
+            env,
+            v,
+            &mut kind,
+            &mut len,
+            &mut data,
+            &mut buffer,
+            &mut offset,
+        )
+    };
+    (status == sys::Status::napi_ok).then_some((kind, len, data))
+}
+
 /// Binds the calling thread's value-kind slot (an Int32Array of at least one element).
 pub struct KindSlot;
 
@@ -156,32 +177,17 @@ impl ValidateNapiValue for KindSlot {}
 
 impl FromNapiValue for KindSlot {
     unsafe fn from_napi_value(env: sys::napi_env, v: sys::napi_value) -> Result<Self> {
-        let mut kind = 0;
-        let mut len = 0;
-        let mut data = ptr::null_mut();
-        let mut buffer = ptr::null_mut();
-        let mut offset = 0;
-        let status = unsafe {
-            sys::napi_get_typedarray_info(
-                env,
-                v,
-                &mut kind,
-                &mut len,
-                &mut data,
-                &mut buffer,
-                &mut offset,
-            )
+        let data = match unsafe { typed_array(env, v) } {
+            Some((sys::TypedarrayType::int32_array, len, data)) if len >= 1 && !data.is_null() => {
+                data
+            }
+            _ => {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    "expected an Int32Array of at least one element",
+                ))
+            }
         };
-        if status != sys::Status::napi_ok
-            || kind != sys::TypedarrayType::int32_array
-            || len < 1
-            || data.is_null()
-        {
-            return Err(Error::new(
-                Status::InvalidArg,
-                "expected an Int32Array of at least one element",
-            ));
-        }
         let mut reference = ptr::null_mut();
         let status = unsafe { sys::napi_create_reference(env, v, 1, &mut reference) };
         if status != sys::Status::napi_ok {
@@ -237,9 +243,14 @@ impl RawValue {
     }
 
     pub fn string(env: sys::napi_env, s: &str) -> Result<Self> {
+        RawValue::string_from_utf8(env, s.as_bytes())
+    }
+
+    /// A string from UTF-8 bytes (V8 decodes them; a malformed sequence would become U+FFFD).
+    pub fn string_from_utf8(env: sys::napi_env, utf8: &[u8]) -> Result<Self> {
         let mut v = ptr::null_mut();
         let status = unsafe {
-            sys::napi_create_string_utf8(env, s.as_ptr().cast(), s.len() as isize, &mut v)
+            sys::napi_create_string_utf8(env, utf8.as_ptr().cast(), utf8.len() as isize, &mut v)
         };
         if status != sys::Status::napi_ok {
             return Err(Error::from_reason("cannot create a string"));
@@ -272,17 +283,18 @@ impl RawValue {
 
     /// A stored value as `hotCalls().get` returns it: a string value as it is, JSON text as a string (the
     /// value-kind slot tells the two apart), bytes as a Buffer.
+    /// The text was checked as UTF-8 when it entered the store, so it is not checked again here.
     pub fn from_stored_for_get(env: sys::napi_env, stored: &[u8]) -> Result<Self> {
-        match value::decode(stored) {
-            Some(ValueRef::Str(text)) => {
+        match value::split(stored) {
+            Some((value::Kind::Str, text)) => {
                 tell_kind(false);
-                RawValue::string(env, text)
+                RawValue::string_from_utf8(env, text)
             }
-            Some(ValueRef::Json(text)) => {
+            Some((value::Kind::Json, text)) => {
                 tell_kind(true);
-                RawValue::string(env, text)
+                RawValue::string_from_utf8(env, text)
             }
-            Some(ValueRef::Bytes(bytes)) => RawValue::buffer_copy(env, bytes),
+            Some((value::Kind::Bytes, bytes)) => RawValue::buffer_copy(env, bytes),
             None => Err(Error::from_reason("stored value has an unknown tag")),
         }
     }

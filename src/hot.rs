@@ -15,7 +15,7 @@ use napi_derive::napi;
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
 
-use crate::convert::{JsonArg, KeyArg, RawValue, StringArg};
+use crate::convert::{typed_array, KeyArg, RawValue, TextArg};
 use crate::handles::with_bucket;
 use crate::{closed, lifetime, write};
 
@@ -51,25 +51,11 @@ impl<const N: usize> Args<N> {
 
     /// A `Uint8Array` argument's bytes (a Buffer is one).
     fn bytes(&self, i: usize) -> Result<&[u8]> {
-        let mut kind = 0;
-        let mut len = 0;
-        let mut data = ptr::null_mut();
-        let mut buffer = ptr::null_mut();
-        let mut offset = 0;
-        let status = unsafe {
-            sys::napi_get_typedarray_info(
-                self.env,
-                self.argv[i],
-                &mut kind,
-                &mut len,
-                &mut data,
-                &mut buffer,
-                &mut offset,
-            )
-        };
-        if status != sys::Status::napi_ok || kind != sys::TypedarrayType::uint8_array {
+        let Some((sys::TypedarrayType::uint8_array, len, data)) =
+            (unsafe { typed_array(self.env, self.argv[i]) })
+        else {
             return Err(Error::new(Status::InvalidArg, "expected a Uint8Array"));
-        }
+        };
         if len == 0 {
             return Ok(&[]);
         }
@@ -139,27 +125,16 @@ fn finish_write(
     RawValue::number(args.env, ticket)
 }
 
-/// `setJson(bucket, key, jsonText, ttlMs, ack, timeoutMs)`.
-unsafe extern "C" fn set_json(
+/// `setJson(bucket, key, jsonText, ttlMs, ack, timeoutMs)` (`TAG` = `value::TAG_JSON`) and
+/// `setString(bucket, key, string, ttlMs, ack, timeoutMs)` (`TAG` = `value::TAG_STRING`: the string
+/// itself is the value).
+unsafe extern "C" fn set_text<const TAG: u8>(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> sys::napi_value {
     guarded(env, || {
         let args = unsafe { Args::<6>::read(env, info)? };
-        let (bucket, key, text): (u32, KeyArg, JsonArg) =
-            (args.get(0)?, args.get(1)?, args.get(2)?);
-        finish_write(&args, bucket, key, Some(text.into_stored()), 3, true)
-    })
-}
-
-/// `setString(bucket, key, string, ttlMs, ack, timeoutMs)`: the string itself is the value.
-unsafe extern "C" fn set_string(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    guarded(env, || {
-        let args = unsafe { Args::<6>::read(env, info)? };
-        let (bucket, key, text): (u32, KeyArg, StringArg) =
+        let (bucket, key, text): (u32, KeyArg, TextArg<TAG>) =
             (args.get(0)?, args.get(1)?, args.get(2)?);
         finish_write(&args, bucket, key, Some(text.into_stored()), 3, true)
     })
@@ -200,8 +175,8 @@ pub fn hot_calls(env: Env) -> Result<RawValue> {
     let calls: [(&str, Callback); 6] = [
         ("get", get),
         ("has", has),
-        ("setJson", set_json),
-        ("setString", set_string),
+        ("setJson", set_text::<{ value::TAG_JSON }>),
+        ("setString", set_text::<{ value::TAG_STRING }>),
         ("setBytes", set_bytes),
         ("delete", delete),
     ];

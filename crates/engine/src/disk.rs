@@ -12,7 +12,7 @@
 //! - **Write-ahead log (strict mode).** A strict flush appends what changed as one checksummed record
 //!   to `wal` and fdatasyncs it (a few hundred bytes, where a redb commit writes several pages); the
 //!   records are checkpointed into redb about once a second, or sooner past 8 MB, and the log is
-//!   rewritten from its start (the file keeps its size, so a sync flushes data only). Opening a
+//!   rewritten from its start (the file keeps its size, so a sync need not record a new length). Opening a
 //!   directory replays into redb the records newer than the last checkpoint (a torn record, or one of
 //!   an earlier cycle, is where the log ends).
 //! - **Incarnations.** A clean `close()` writes a marker last; the next start keeps the incarnation. After
@@ -273,13 +273,14 @@ fn write_changes(tx: &redb::WriteTransaction, changes: &[BucketChanges]) -> Resu
 
 /// The strict mode's log: the open file, where the next record goes, its seq, and the records not
 /// checkpointed yet. The file is made of `CHECKPOINT_BYTES` of zeros once and rewritten from its start
-/// after each checkpoint: syncing a record then flushes data blocks only, not the file's size.
+/// after each checkpoint, so syncing a record need not record a new file length (strict writes one at
+/// a time measured 0.95–1.05× Redis's `always` over three bench runs with this, 0.83–0.96× over two
+/// with a log truncated at each checkpoint).
 struct Wal {
     file: File,
     offset: u64,
     next_seq: u64,
     pending: Vec<BucketChanges>,
-    bytes: u64,
     last_checkpoint: std::time::Instant,
 }
 
@@ -462,7 +463,6 @@ impl Disk {
             offset: 0,
             next_seq: last + 1,
             pending: Vec::new(),
-            bytes: 0,
             last_checkpoint: std::time::Instant::now(),
         })
     }
@@ -493,14 +493,13 @@ impl Disk {
         self.wal.file.sync_data().map_err(storage)?;
         self.wal.next_seq += 1;
         self.wal.offset += frame.len() as u64;
-        self.wal.bytes += frame.len() as u64;
         self.wal.pending.extend(record.buckets);
         Ok(true)
     }
 
     /// Writes the logged records into redb and empties the log, when due (or `now`).
     fn checkpoint(&mut self, now: bool) -> Result<(), Error> {
-        let due = self.wal.bytes >= CHECKPOINT_BYTES
+        let due = self.wal.offset >= CHECKPOINT_BYTES
             || self.wal.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if self.wal.pending.is_empty() || !(now || due) {
             return Ok(());
@@ -518,7 +517,6 @@ impl Disk {
         // in the file is of this earlier cycle, and a reader stops there).
         self.wal.offset = 0;
         self.wal.pending.clear();
-        self.wal.bytes = 0;
         self.wal.last_checkpoint = std::time::Instant::now();
         Ok(())
     }

@@ -410,7 +410,7 @@ impl CollectedKeys {
         origin: &Origin,
         current: Option<(Hlc, &Origin)>,
     ) -> Option<Hlc> {
-        if w.hlc >= self.newest || w.touch || w.value.is_none() {
+        if w.touch || w.value.is_none() {
             return None;
         }
         if current.is_some_and(|(hlc, o)| !beats(w.hlc, origin, hlc, o)) {

@@ -60,13 +60,33 @@ pub fn encode_bytes(bytes: &[u8]) -> Box<[u8]> {
     v.into_boxed_slice()
 }
 
+/// The kind of a stored value.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Kind {
+    Json,
+    Bytes,
+    Str,
+}
+
+/// A stored value's kind and payload, without checking that text payloads are UTF-8: for reads of
+/// what the store holds, which `is_valid` checked on the way in. `None` for an unknown tag.
+pub fn split(stored: &[u8]) -> Option<(Kind, &[u8])> {
+    let (&tag, payload) = stored.split_first()?;
+    let kind = match tag {
+        TAG_JSON => Kind::Json,
+        TAG_BYTES => Kind::Bytes,
+        TAG_STRING => Kind::Str,
+        _ => return None,
+    };
+    Some((kind, payload))
+}
+
 /// Splits a stored value into its kind and payload; `None` for bytes that no encoder produced.
 pub fn decode(stored: &[u8]) -> Option<ValueRef<'_>> {
-    match stored.split_first()? {
-        (&TAG_JSON, text) => std::str::from_utf8(text).ok().map(ValueRef::Json),
-        (&TAG_BYTES, bytes) => Some(ValueRef::Bytes(bytes)),
-        (&TAG_STRING, text) => std::str::from_utf8(text).ok().map(ValueRef::Str),
-        _ => None,
+    match split(stored)? {
+        (Kind::Json, text) => std::str::from_utf8(text).ok().map(ValueRef::Json),
+        (Kind::Bytes, bytes) => Some(ValueRef::Bytes(bytes)),
+        (Kind::Str, text) => std::str::from_utf8(text).ok().map(ValueRef::Str),
     }
 }
 
