@@ -211,7 +211,8 @@ export declare class SharedBucket extends EventEmitter {
   inspect(key: string): KeyInfo | undefined
   /**
    * Asks peer `from` (an id) for its entries under `prefix` and merges them; resolves with how many
-   * arrived. Rejects with ENOTCONN when that peer is not connected.
+   * arrived. Rejects with ENOTCONN when that peer is not connected, and with EFETCH when the link
+   * closes before the answer is complete (ask again once it is back).
    */
   fetch(options: { from: string; prefix?: string }): Promise<number>
   on(event: 'change', listener: (event: ChangeEvent) => void): this

@@ -257,6 +257,7 @@ async fn run(
     };
     local.signals.remove(&slot.signal);
     shared.links.lock().retain(|l| l.id != link_id);
+    shared.fetches.link_closed(link_id);
     writer.shutdown().await;
     let left = matches!(result, Err(LinkError::Remote));
     shared.members.unregister(&node, link_id, left);

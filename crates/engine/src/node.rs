@@ -403,7 +403,7 @@ impl Node {
             .shared
             .link_to(from)
             .ok_or_else(|| Error::NotConnected(from.to_string()))?;
-        let (id, rx) = self.shared.fetches.start();
+        let (id, rx) = self.shared.fetches.start(link.id);
         link.session.lock().queue(Message::FetchRequest {
             id,
             bucket: bucket.into(),

@@ -876,33 +876,68 @@ impl PullPlanner {
     }
 }
 
+/// A pending fetch: the link it was asked on, the entries counted so far, and where the total goes.
+type PendingFetch = (u64, usize, tokio::sync::oneshot::Sender<usize>);
+
 /// Pending `fetch()` calls of a replica.
 #[derive(Default)]
 pub struct Fetches {
     next: AtomicU64,
-    pending: Mutex<HashMap<u64, (usize, tokio::sync::oneshot::Sender<usize>)>>,
+    pending: Mutex<HashMap<u64, PendingFetch>>,
 }
 
 impl Fetches {
-    pub fn start(&self) -> (u64, tokio::sync::oneshot::Receiver<usize>) {
+    /// Registers a fetch asked on link `link`.
+    pub fn start(&self, link: u64) -> (u64, tokio::sync::oneshot::Receiver<usize>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending.lock().insert(id, (0, tx));
+        self.pending.lock().insert(id, (link, 0, tx));
         (id, rx)
+    }
+
+    /// Ends the fetches asked on link `link`, which closed: their receivers see the sender gone,
+    /// since no answer can come any more.
+    pub fn link_closed(&self, link: u64) {
+        self.pending.lock().retain(|_, (on, _, _)| *on != link);
     }
 
     pub fn progress(&self, id: u64, count: usize, done: bool) {
         let mut pending = self.pending.lock();
         if done {
-            if let Some((total, tx)) = pending.remove(&id) {
+            if let Some((_, total, tx)) = pending.remove(&id) {
                 let _ = tx.send(total + count);
             }
-        } else if let Some((total, _)) = pending.get_mut(&id) {
+        } else if let Some((_, total, _)) = pending.get_mut(&id) {
             *total += count;
         }
     }
 
     pub fn cancel(&self, id: u64) {
         self.pending.lock().remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fetches;
+
+    /// A fetch whose link closes before the answer ends at once (its receiver sees the sender gone)
+    /// instead of waiting for an answer that cannot come; fetches on other links go on.
+    #[test]
+    fn a_fetch_ends_when_its_link_closes() {
+        let fetches = Fetches::default();
+        let (_, mut lost) = fetches.start(1);
+        let (other, mut kept) = fetches.start(2);
+        fetches.link_closed(1);
+        assert!(matches!(
+            lost.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(matches!(
+            kept.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        fetches.progress(other, 3, true);
+        assert_eq!(kept.try_recv().ok(), Some(3));
     }
 }
