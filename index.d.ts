@@ -120,6 +120,32 @@ export interface PeerEvent {
   address: string
 }
 
+/**
+ * What a `'warning'` is about: EAUTH (a handshake failed on the secret), ESKEW (a clock too far off),
+ * EVERSION (another protocol version), EIDCONFLICT (two processes with one id), EDISK (the data
+ * directory could not be written), EPROTOCOL (a peer broke the protocol), EINSECURE (an unencrypted
+ * connection refused off loopback), EUNREACHABLE (a seed silent for long).
+ */
+export type WarningCode =
+  | 'EAUTH'
+  | 'ESKEW'
+  | 'EVERSION'
+  | 'EIDCONFLICT'
+  | 'EDISK'
+  | 'EPROTOCOL'
+  | 'EINSECURE'
+  | 'EUNREACHABLE'
+
+/** Something an operator must hear about while the peer keeps serving. */
+export interface PeerWarning {
+  code: WarningCode
+  message: string
+  /** The id of the peer it concerns, when known. */
+  peer?: string
+  /** The address it concerns, when known ('host:port'). */
+  address?: string
+}
+
 export interface LinkStats {
   id: string
   address: string
@@ -167,6 +193,8 @@ export interface PeerStats {
   handshakesRejected: number
   /** Accepted connections closed in their handshake to make room for newer ones (a flood). */
   handshakesEvicted: number
+  /** Warnings emitted so far, by code (every code present, 0 when none). */
+  warnings: Record<WarningCode, number>
   /** Per linked peer. */
   replication: LinkStats[]
 }
@@ -245,6 +273,12 @@ export declare class Peer extends EventEmitter {
   unref(): this
   ref(): this
   on(event: 'peer-up' | 'peer-down', listener: (peer: PeerEvent) => void): this
+  /**
+   * Misconfiguration and faults the peer survives but an operator must hear about (a peer with another
+   * secret, two processes with one id, ...). Rate-limited per code (at most 10 per 10 s); every one is
+   * counted in `stats().warnings` and `metrics()` whether delivered or not.
+   */
+  on(event: 'warning', listener: (warning: PeerWarning) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
 }
 

@@ -454,12 +454,20 @@ class Peer extends EventEmitter {
     this.#keepAlive = setInterval(() => {}, 1 << 30)
   }
 
-  // Peer events, ack outcomes and fetch results, in triples (see the native side).
+  // Peer events, ack outcomes, fetch results and warnings, in triples (see the native side).
   #onNative(batch) {
     for (let i = 0; i < batch.length; i += 3) {
       const kind = batch[i]
       if (kind === 'peer-up' || kind === 'peer-down') {
         this.emit(kind, { id: batch[i + 1], address: batch[i + 2] })
+        continue
+      }
+      if (kind === 'warning') {
+        const [message, peer, address] = batch[i + 2]
+        const warning = { code: batch[i + 1], message }
+        if (peer !== undefined) warning.peer = peer
+        if (address !== undefined) warning.address = address
+        this.emit('warning', warning)
         continue
       }
       const key = kind === 'fetched' || kind === 'fetch-failed' ? 'f' + batch[i + 1] : batch[i + 1]

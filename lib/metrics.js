@@ -30,7 +30,7 @@ const FIGURES = [
   ['handshakesRejected', 'handshakes_rejected_total', 'counter', 'Connections refused in their handshake (not a peer, another secret or none, malformed, silent).'],
   ['handshakesEvicted', 'handshakes_evicted_total', 'counter', 'Accepted connections closed in their handshake to make room for newer ones.'],
 ]
-const KNOWN = new Set(['id', 'replication', ...FIGURES.map((f) => f[0])])
+const KNOWN = new Set(['id', 'replication', 'warnings', ...FIGURES.map((f) => f[0])])
 
 // Per linked peer, from stats().replication: [field, metric name, type, help, scale]
 const LINK_FIGURES = [
@@ -91,6 +91,13 @@ function formatMetrics(stats, members, version) {
     }
   }
 
+  const warnings = stats.warnings && typeof stats.warnings === 'object' ? stats.warnings : {}
+  family(
+    'warnings_total',
+    'counter',
+    "Warnings emitted (the 'warning' event), by code, rate-limited ones included.",
+    Object.entries(warnings).map(([code, n]) => [{ code }, n]),
+  )
   family(
     'members',
     'gauge',

@@ -1,4 +1,4 @@
-//! Event pumps: tokio tasks that drain the engine's change and peer-event channels and hand each batch
+//! Event pumps: tokio tasks that drain the engine's change, peer-event and warning channels and hand each batch
 //! to JavaScript in one call of a weak threadsafe function (it never keeps the process alive by itself;
 //! the JavaScript Peer does that while open).
 
@@ -14,6 +14,7 @@ use peer_buckets_engine::acks::AckOutcome;
 use peer_buckets_engine::membership::{PeerEvent, PeerEventKind};
 use peer_buckets_engine::node::Node;
 use peer_buckets_engine::store::Change;
+use peer_buckets_engine::warning::Warning;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,6 +79,7 @@ pub enum JsEvent {
         id: u64,
         result: std::result::Result<usize, String>,
     },
+    Warning(Warning),
 }
 
 /// The sending side of a peer's event stream to JavaScript.
@@ -91,9 +93,10 @@ pub struct PeerEvents {
 /// How long a fetch may take before it fails.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts the pump that hands peer events, ack outcomes and fetch results to `callback` as a flat array
-/// of triples: `[kind, a, b, ...]` with kind 'peer-up' | 'peer-down' (id, address), 'ack' |
-/// 'ack-timeout' (ticket, acked ids), 'fetched' (id, count) | 'fetch-failed' (id, reason).
+/// Starts the pump that hands peer events, ack outcomes, fetch results and warnings to `callback` as a
+/// flat array of triples: `[kind, a, b, ...]` with kind 'peer-up' | 'peer-down' (id, address), 'ack' |
+/// 'ack-timeout' (ticket, acked ids), 'fetched' (id, count) | 'fetch-failed' (id, reason), 'warning'
+/// (code, [message, peer or undefined, address or undefined]).
 pub fn start_pump(
     node: &Arc<Node>,
     runtime: &Handle,
@@ -137,6 +140,19 @@ pub fn start_pump(
                             Err(reason) => out.push_str(&reason)?,
                         }
                     }
+                    JsEvent::Warning(w) => {
+                        out.push_str("warning")?;
+                        out.push_str(w.code.as_str())?;
+                        let mut rest = ArrayBuilder::new(env)?;
+                        rest.push_str(&w.message)?;
+                        for part in [&w.peer, &w.address] {
+                            rest.push(match part {
+                                Some(s) => RawValue::string(env, s)?,
+                                None => RawValue::undefined(env),
+                            })?;
+                        }
+                        out.push(rest.finish())?;
+                    }
                 }
             }
             Ok(out.finish())
@@ -147,6 +163,15 @@ pub fn start_pump(
     runtime.spawn(async move {
         while let Some(e) = peer_events.recv().await {
             if forward.send(JsEvent::Peer(e)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut warnings = node.warnings();
+    let forward = tx.clone();
+    runtime.spawn(async move {
+        while let Some(w) = warnings.recv().await {
+            if forward.send(JsEvent::Warning(w)).is_err() {
                 break;
             }
         }

@@ -75,6 +75,8 @@ pub struct PeerStats {
     pub stand_in_tombstones: f64,
     pub handshakes_rejected: f64,
     pub handshakes_evicted: f64,
+    /// Warnings emitted so far, by code ('EAUTH', ...), every code present.
+    pub warnings: std::collections::BTreeMap<String, f64>,
     pub replication: Vec<LinkStats>,
 }
 
@@ -127,7 +129,7 @@ fn ms(v: f64) -> Duration {
 /// that `ready()` can reject with them.
 #[napi(
     catch_unwind,
-    ts_args_type = "options: OpenOptions, callback: (events: Array<string | number | boolean | string[]>) => void"
+    ts_args_type = "options: OpenOptions, callback: (events: Array<string | number | boolean | string[] | Array<string | undefined>>) => void"
 )]
 pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Result<PeerOpened> {
     init_logging();
@@ -278,6 +280,11 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         stand_in_tombstones: s.stand_in_tombstones as f64,
         handshakes_rejected: s.handshakes_rejected as f64,
         handshakes_evicted: s.handshakes_evicted as f64,
+        warnings: s
+            .warnings
+            .iter()
+            .map(|(code, n)| (code.as_str().to_string(), *n as f64))
+            .collect(),
         replication: s
             .links
             .into_iter()

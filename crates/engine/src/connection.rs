@@ -9,7 +9,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::error::LinkError;
-use crate::secure::{Handshake, Opener, Sealer, Security};
+use crate::secure::{Handshake, HandshakeError, Opener, Sealer, Security};
 use crate::wire::{self, Message, LEN_BYTES};
 
 /// Runs the preamble and, on a keyed link, the Noise handshake over `stream`, and returns the link's
@@ -43,7 +43,12 @@ pub async fn open(
         if input.capacity() == input.len() {
             input.reserve(4096);
         }
-        if rd.read_buf(&mut input).await? == 0 {
+        let read = rd.read_buf(&mut input).await;
+        if !matches!(read, Ok(n) if n > 0) {
+            if handshake.awaits_key_answer() {
+                return Err(HandshakeError::KeyRefused.into());
+            }
+            read?;
             return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }

@@ -106,8 +106,13 @@ impl Guard {
 
     /// Counts a connection refused in its handshake and logs why.
     pub fn reject(&self, remote: &dyn Display, reason: &dyn Display) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.count_rejected();
         self.warn(remote, reason, "connection refused in the handshake");
+    }
+
+    /// Counts a connection refused in its handshake whose reason is reported elsewhere (a warning).
+    pub fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections refused in their handshake so far (evictions not included).

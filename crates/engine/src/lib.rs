@@ -18,7 +18,8 @@
 //! - `collect`: when tombstones may be dropped;
 //! - `link`: one connection to one peer: handshake, then the session's frames both ways;
 //! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events;
-//! - `node`: a peer: listener, bucket registry, stats and clean shutdown.
+//! - `node`: a peer: listener, bucket registry, stats and clean shutdown;
+//! - `warning`: the node-wide warning sink: counted by code, logged and handed to JavaScript.
 
 pub mod acks;
 pub mod bucket;
@@ -38,4 +39,5 @@ pub mod seq_index;
 pub mod store;
 pub mod sync;
 pub mod value;
+pub mod warning;
 pub mod wire;

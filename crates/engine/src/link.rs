@@ -22,8 +22,10 @@ use crate::error::LinkError;
 use crate::guard::Slot;
 use crate::membership::{Admission, LinkRef};
 use crate::node::{LinkSlot, Shared};
+use crate::secure::HandshakeError;
 use crate::sync::{Inbound, LinkSignal, Session, SEND_BUDGET};
-use crate::wire::{self, Hello, Message};
+use crate::warning::{Warning, WarningCode};
+use crate::wire::{self, Hello, Message, WireError};
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -124,17 +126,48 @@ async fn handshake(
 }
 
 /// Counts and logs a connection that failed its handshake. What the other end did wrong is a
-/// rejection; a connection it closed is not (a dialer sees that when its secret is refused, so it
-/// warns), nor one this node's shutdown or a newer connection ended.
-fn handshake_failed(shared: &Shared, remote: SocketAddr, dialer: bool, e: &LinkError) {
+/// rejection; a connection it closed is not, nor one this node's shutdown or a newer connection
+/// ended. A mismatch of secrets or versions is a warning on both ends (EAUTH, EVERSION): the acceptor
+/// names the connection's address, the dialer the address it dialed.
+fn handshake_failed(shared: &Shared, remote: SocketAddr, dialed: Option<&str>, e: &LinkError) {
     let guard = &shared.guard;
+    let address = dialed.map_or_else(|| remote.to_string(), str::to_string);
+    let warn = |code, message: String| {
+        if dialed.is_none() {
+            guard.count_rejected();
+        }
+        shared
+            .warnings
+            .emit(Warning::new(code, message).address(address.clone()));
+    };
     match e {
         LinkError::Shutdown => {}
         LinkError::Evicted => guard.warn(&remote, e, "connection closed in the handshake"),
-        LinkError::Io(_) if dialer => guard.warn(
+        LinkError::Handshake(HandshakeError::WrongSecret) => warn(
+            WarningCode::Auth,
+            format!("a connection from {address} was refused: it dialed with another secret"),
+        ),
+        LinkError::Handshake(HandshakeError::KeyRefused) => warn(
+            WarningCode::Auth,
+            format!("the peer at {address} refused this peer's secret: it holds another one"),
+        ),
+        LinkError::Handshake(HandshakeError::TheyHaveASecret) => warn(
+            WarningCode::Auth,
+            format!("the peer at {address} has a secret and this peer has none"),
+        ),
+        LinkError::Handshake(HandshakeError::TheyHaveNoSecret) => warn(
+            WarningCode::Auth,
+            format!("the peer at {address} has no secret and this peer has one"),
+        ),
+        LinkError::Handshake(HandshakeError::Version(_))
+        | LinkError::Wire(WireError::Version(_)) => warn(
+            WarningCode::Version,
+            format!("the peer at {address} speaks another protocol version: {e}"),
+        ),
+        LinkError::Io(_) if dialed.is_some() => guard.warn(
             &remote,
             e,
-            "the other end closed the connection in the handshake (does it have the same secret?)",
+            "the other end closed the connection in the handshake",
         ),
         LinkError::Io(_) => {
             tracing::debug!(%remote, error = %e, "connection closed in the handshake")
@@ -153,7 +186,7 @@ async fn run(
     let opened = match handshake(shared, stream, dialed.is_some(), slot).await {
         Ok(opened) => opened,
         Err(e) => {
-            handshake_failed(shared, remote, dialed.is_some(), &e);
+            handshake_failed(shared, remote, dialed, &e);
             return Err(e);
         }
     };
@@ -177,6 +210,14 @@ async fn run(
             return Err(LinkError::SelfDial);
         }
         counters.links_refused.fetch_add(1, Ordering::Relaxed);
+        shared.warnings.emit(
+            Warning::new(
+                WarningCode::IdConflict,
+                format!("the process at {remote} uses this peer's id {}", local.id),
+            )
+            .peer(&*local.id)
+            .address(remote.to_string()),
+        );
         return Err(LinkError::Protocol(format!(
             "another process uses my id {}",
             local.id
@@ -266,10 +307,13 @@ async fn run(
     }
     if let Err(e @ (LinkError::Protocol(_) | LinkError::Wire(_) | LinkError::Record(_))) = &result {
         counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-        shared.guard.warn(
-            &format_args!("{node} at {address}"),
-            e,
-            "link closed: the peer broke the protocol",
+        shared.warnings.emit(
+            Warning::new(
+                WarningCode::Protocol,
+                format!("link closed: the peer broke the protocol: {e}"),
+            )
+            .peer(&*node)
+            .address(&address),
         );
     } else {
         tracing::debug!(peer = %node, %address, reason = ?result, "link down");

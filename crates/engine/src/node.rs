@@ -24,6 +24,7 @@ use crate::replica::Origin;
 use crate::secure::Security;
 use crate::store::{Lifetime, Write};
 use crate::sync::{Fetches, LinkSignal, Local, PullPlanner, Session};
+use crate::warning::{Warning, WarningCode, Warnings};
 use crate::wire::Message;
 
 /// How a node is started.
@@ -133,6 +134,8 @@ pub struct Stats {
     pub handshakes_rejected: u64,
     /// Accepted connections closed in their handshake to make room for newer ones.
     pub handshakes_evicted: u64,
+    /// Warnings emitted so far, by code (every code, zeros included).
+    pub warnings: Vec<(WarningCode, u64)>,
     pub links: Vec<LinkStats>,
 }
 
@@ -174,6 +177,8 @@ pub struct Shared {
     pub fetches: Fetches,
     pub security: Security,
     pub guard: Guard,
+    /// Where every part of the node reports what an operator must hear about.
+    pub warnings: Arc<Warnings>,
     pub shutdown: watch::Receiver<bool>,
     tasks: Mutex<Option<JoinSet<()>>>,
 }
@@ -276,6 +281,8 @@ impl Node {
         }
         local.durable = opened.is_some();
         let local = Arc::new(local);
+        // Made first: the disk flusher reports through it too.
+        let warnings = Arc::new(Warnings::new());
         let flusher = match opened {
             Some(o) => {
                 let buckets = o.disk.load(&local)?;
@@ -297,6 +304,7 @@ impl Node {
             fetches: Fetches::default(),
             security,
             guard: Guard::new(config.max_handshakes),
+            warnings,
             shutdown,
             tasks: Mutex::new(Some(JoinSet::new())),
             config,
@@ -336,6 +344,11 @@ impl Node {
     /// Peer-up and peer-down events, from now on (one receiver at a time).
     pub fn events(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
         self.shared.members.subscribe()
+    }
+
+    /// Warnings, from now on (one receiver at a time; those emitted before the first receiver first).
+    pub fn warnings(&self) -> mpsc::UnboundedReceiver<Warning> {
+        self.shared.warnings.subscribe()
     }
 
     /// Outcomes of writes that waited for an ack level (one receiver at a time).
@@ -476,6 +489,7 @@ impl Node {
             stand_in_tombstones: c.stand_in_tombstones.load(Ordering::Relaxed),
             handshakes_rejected: self.shared.guard.rejected(),
             handshakes_evicted: self.shared.guard.evicted(),
+            warnings: self.shared.warnings.counts(),
             links,
         }
     }

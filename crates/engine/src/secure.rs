@@ -132,6 +132,10 @@ pub enum HandshakeError {
     MessageLength(usize),
     #[error("the other end does not hold the cluster secret")]
     WrongSecret,
+    /// Seen by a dialer: the other end closed the connection on its first Noise message, the one that
+    /// proves the key, which is what an acceptor holding another secret does.
+    #[error("the other end closed the connection on this end's key: it holds another secret")]
+    KeyRefused,
     #[error("noise: {0}")]
     Noise(String),
 }
@@ -191,6 +195,11 @@ impl Handshake {
 
     pub fn is_established(&self) -> bool {
         matches!(self.stage, Stage::Established(_))
+    }
+
+    /// True for a dialer whose key went out and whose answer has not come yet.
+    pub fn awaits_key_answer(&self) -> bool {
+        matches!(self.stage, Stage::Noise(Some(_)))
     }
 
     /// The link's cipher once established: `None` for an open link.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
+use peer_buckets_engine::warning::{Warning, WarningCode};
 use peer_buckets_engine::wire::{encode_frame, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -232,5 +233,88 @@ async fn a_flood_of_idle_sockets_does_not_keep_real_peers_out() {
     drop(idle);
     for n in [a, b] {
         n.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// Every warning `rx` holds now.
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Warning>) -> Vec<Warning> {
+    let mut out = Vec::new();
+    while let Ok(w) = rx.try_recv() {
+        out.push(w);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatched_secret_is_a_warning_on_both_ends_naming_the_address() {
+    let a = start("a", &[], &[SECRET]).await;
+    let mut on_a = a.warnings();
+    let other = start("other", &[&a], &["the secret of another cluster"]).await;
+    let mut on_other = other.warnings();
+    let open = start("open", &[&a], &[]).await;
+    let mut on_open = open.warnings();
+    let (mut seen_a, mut seen_other, mut seen_open) = (Vec::new(), Vec::new(), Vec::new());
+    eventually("EAUTH on every end", || {
+        seen_a.extend(drain(&mut on_a));
+        seen_other.extend(drain(&mut on_other));
+        seen_open.extend(drain(&mut on_open));
+        seen_a
+            .iter()
+            .filter(|w| w.code == WarningCode::Auth)
+            .count()
+            >= 2
+            && !seen_other.is_empty()
+            && !seen_open.is_empty()
+    })
+    .await;
+    let a_addr = a.address().to_string();
+    for (w, side) in seen_other
+        .iter()
+        .map(|w| (w, "other"))
+        .chain(seen_open.iter().map(|w| (w, "open")))
+    {
+        assert_eq!(w.code, WarningCode::Auth, "{side}: {w:?}");
+        assert_eq!(
+            w.address.as_deref(),
+            Some(a_addr.as_str()),
+            "{side} names what it dialed"
+        );
+    }
+    assert!(
+        seen_other[0].message.contains("holds another"),
+        "{:?}",
+        seen_other[0]
+    );
+    assert!(
+        seen_open[0]
+            .message
+            .contains("has a secret and this peer has none"),
+        "{:?}",
+        seen_open[0]
+    );
+    assert!(
+        seen_a.iter().any(|w| w.message.contains("another secret")),
+        "{seen_a:?}"
+    );
+    assert!(
+        seen_a
+            .iter()
+            .any(|w| w.message.contains("has no secret and this peer has one")),
+        "{seen_a:?}"
+    );
+    // Counted whether or not the rate limit let it through.
+    let counted = a.stats().warnings;
+    let auth = counted
+        .iter()
+        .find(|(c, _)| *c == WarningCode::Auth)
+        .unwrap()
+        .1;
+    assert!(
+        auth >= seen_a.len() as u64,
+        "{counted:?} against {seen_a:?}"
+    );
+    assert!(connected(&a).is_empty());
+    for n in [a, other, open] {
+        n.close(Duration::from_millis(200)).await;
     }
 }
