@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use crate::store::{Change, Lifetime, Merged, Store, Write};
+use crate::store::{Change, Lifetime, Merged, Shown, Store, Write};
 
 /// Told about changes: every local write (link writers must send it, a durable store persist it) and
 /// every merged remote change (a durable store must persist it).
@@ -87,8 +87,14 @@ impl Bucket {
         if self.store.next_expiry().is_none_or(|at| at > now) {
             return;
         }
+        self.expire(now);
+    }
+
+    /// Sweeps up to `now_ms` even when nothing is due, so the store judges what arrives next at
+    /// `now_ms`.
+    fn expire(&self, now_ms: u64) {
         let listening = self.has_subscriber.load(Ordering::Acquire);
-        self.store.expire(now, &mut |key| {
+        self.store.expire(now_ms, &mut |key| {
             if listening {
                 self.send(Change {
                     key: key.clone(),
@@ -131,9 +137,9 @@ impl Bucket {
             key.as_ref(),
             value,
             lifetime,
-            &mut |w| {
+            &mut |shown| {
                 if listening {
-                    self.emit(w, &self.me, true)
+                    self.emit(shown, &self.me, true)
                 }
             },
         );
@@ -154,12 +160,15 @@ impl Bucket {
         if let Some(max) = writes.iter().map(|w| w.hlc).max() {
             self.clock.observe(max);
         }
+        // Expiries are swept up to now first: a value whose expiry is past when it arrives is then
+        // never shown live, and one that hides a live value is reported as its expiry.
+        self.expire(self.now_ms());
         let listening = self.has_subscriber.load(Ordering::Acquire);
         let merged = self
             .store
-            .merge(&self.me, origin, writes, covered, &mut |w| {
+            .merge(&self.me, origin, writes, covered, &mut |shown| {
                 if listening {
-                    self.emit(w, origin, false)
+                    self.emit(shown, origin, false)
                 }
             });
         if merged.stand_ins > 0 {
@@ -171,13 +180,13 @@ impl Bucket {
         merged
     }
 
-    fn emit(&self, w: &Write, origin: &Origin, local: bool) {
+    fn emit(&self, shown: Shown<'_>, origin: &Origin, local: bool) {
         self.send(Change {
-            key: w.key.clone(),
-            value: w.value.clone(),
+            key: shown.key.clone(),
+            value: shown.value.map(Box::from),
             origin: origin.clone(),
             local,
-            expired: false,
+            expired: shown.expired,
         });
     }
 

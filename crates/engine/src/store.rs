@@ -27,7 +27,11 @@
 //!   already in the context is ignored;
 //! - a dot is in the context only once its register is stored (or known superseded: then it is a
 //!   marker, and `chunk` carries the superseding registers with any coverage it claims);
-//! - `read`, `scan` and `live_len` never show a tombstone or an expired value;
+//! - `read`, `scan` and `live_len` never show a tombstone or an expired value, and `live_len` is
+//!   exact: every entry is counted once, as live or dead, and a sweep moves an entry from live to dead
+//!   once, however many writes scheduled its expiry;
+//! - listeners hear what a key shows change, once per change: a value that is already expired when it
+//!   is stored is never announced live, and each live value that expires is reported once;
 //! - `collect` remembers every value register it drops, by key, and `merge` answers a new write older
 //!   than such a register (one it would otherwise let win) with a stand-in tombstone (`CollectedKeys`);
 //! - for durability, `drain_changes` returns everything changed since the last call, read under the
@@ -191,6 +195,17 @@ pub struct Change {
     pub expired: bool,
 }
 
+/// What a write changed in what a key shows, as `write_local` and `merge` report it to listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shown<'a> {
+    pub key: &'a Arc<str>,
+    /// The key's live value now; `None` when it was deleted, or its value expired.
+    pub value: Option<&'a [u8]>,
+    /// The key stopped showing a value because the value in force expired (a write arrived already
+    /// expired, or a touch shortened its life), not because it was deleted.
+    pub expired: bool,
+}
+
 /// Storage backend of one bucket replica. See the module comment for what an implementation promises.
 pub trait Store: Send + Sync + 'static {
     /// Calls `f` with the live value of `key` at time `now_ms()` (asked only when the key can expire);
@@ -209,13 +224,15 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         value: Option<Box<[u8]>>,
         lifetime: Lifetime,
-        on_change: &mut dyn FnMut(&Write),
+        on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Write;
     /// Extends the expiry of a live key to `ttl_ms` after now, without rewriting its value. `None` (and
     /// nothing written) when the key is absent or expired.
     fn touch_local(&self, me: &Origin, clock: &Clock, key: Arc<str>, ttl_ms: u64) -> Option<Write>;
-    /// Merges writes from `origin`, then adds `covered` to the origin's context. `on_change` is called
-    /// for every write that changed a key's value. A value write older than a register this replica
+    /// Merges writes from `origin`, then adds `covered` to the origin's context. `on_change` hears of
+    /// every write that replaced a key's value register or changed whether the key is live, judged at
+    /// the time `expire` last ran: a value that arrives already expired is never shown live (it is
+    /// heard of only when it hides a live value, as an expiry). A value write older than a register this replica
     /// collected for its key (see `CollectedKeys`), which it would otherwise beat, first gets a
     /// stand-in tombstone: a write of `me` at the collected register's time.
     fn merge(
@@ -224,7 +241,7 @@ pub trait Store: Send + Sync + 'static {
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
-        on_change: &mut dyn FnMut(&Write),
+        on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged;
     /// Reports (through `on_expired`) every key whose value expired by `now_ms` since the last call,
     /// and queues it for collection.
@@ -527,16 +544,18 @@ struct State {
     /// Ordered, so everything derived from it (contexts, chunks) comes out the same on every run.
     origins: BTreeMap<Origin, OriginState>,
     /// Pending expiries `(time, key)`, earliest first; stale items (the key changed since) are skipped.
+    /// A write pushes one only when it changes what its key waits for (a write that loses leaves
+    /// none), yet an item can be pushed again while an earlier one for the same time is still
+    /// queued: a sweep counts a key once however many equal items it pops.
     expiries: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     /// Dead entries waiting for collection `(death time, key)`, earliest first; stale items skipped.
     dead: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     /// Every expiry up to this time has been swept; reads never look earlier than it.
     swept_until: u64,
-    /// Entries holding a value (expired or not), and those among them swept as expired.
-    with_value: usize,
-    expired: usize,
-    /// Entries holding no value (tombstones, touch-only placeholders).
-    valueless: usize,
+    /// Entries holding a value not expired at `swept_until`.
+    live_entries: usize,
+    /// The other entries: tombstones, touch-only placeholders, values expired at `swept_until`.
+    dead_entries: usize,
     /// Collected value registers, by key.
     collected: CollectedKeys,
     /// This replica's own origin, once a local write or a merge named it.
@@ -617,17 +636,22 @@ impl State {
         self.origins.get_mut(origin).expect("just added")
     }
 
-    /// Adds (`+1`) or removes (`-1`) an entry's share of the counters.
+    /// Adds (`+1`) or removes (`-1`) an entry's share of the counters: the entry counts as live or
+    /// dead by `swept_until`, so removing it takes back exactly what adding it (and, in between, the
+    /// sweep that saw it expire) counted.
     fn tally(&mut self, e: &Entry, sign: isize) {
-        let bump = |n: &mut usize| *n = n.checked_add_signed(sign).expect("counter in range");
-        if e.value.is_some() {
-            bump(&mut self.with_value);
-            if e.expired_at(self.swept_until) {
-                bump(&mut self.expired);
-            }
+        let counter = if Self::is_live(e, self.swept_until) {
+            &mut self.live_entries
         } else {
-            bump(&mut self.valueless);
-        }
+            &mut self.dead_entries
+        };
+        *counter = counter
+            .checked_add_signed(sign)
+            .expect("an entry is counted once, as live or dead");
+    }
+
+    fn is_live(e: &Entry, swept_until: u64) -> bool {
+        e.live_value(swept_until).is_some()
     }
 
     /// Queues what a freshly stored entry needs: its expiry, or its collection if already dead.
@@ -692,10 +716,10 @@ impl State {
         self.note_marker(origin, seq, Some(key.clone()));
     }
 
-    /// Applies one register write of `origin` with LWW per register. When the key's value register
-    /// changes, `on_change` hears of it and the value moves into the store (leaving `None` in `w`: no
-    /// copy of the value is made).
-    fn apply(&mut self, origin: &Origin, w: &mut Write, on_change: &mut dyn FnMut(&Write)) {
+    /// Applies one register write of `origin` with LWW per register; the value moves into the store
+    /// (leaving `None` in `w`: no copy of it is made). `on_change` hears what the key shows now when
+    /// the write replaced its value register or changed whether it is live (see `Store::merge`).
+    fn apply(&mut self, origin: &Origin, w: &mut Write, on_change: &mut dyn FnMut(Shown<'_>)) {
         let hash = self.entries.hash(&w.key);
         self.apply_hashed(origin, w, hash, on_change)
     }
@@ -706,27 +730,32 @@ impl State {
         origin: &Origin,
         w: &mut Write,
         hash: u64,
-        on_change: &mut dyn FnMut(&Write),
+        on_change: &mut dyn FnMut(Shown<'_>),
     ) {
         let key = &w.key.clone();
         self.note_key(key);
+        let swept = self.swept_until;
         let old = self.entries.remove_hashed(hash, key);
-        if let Some(r) = &old {
-            self.tally(&r.entry, -1);
-        }
+        let (was_live, was_due) = match &old {
+            Some(r) => {
+                self.tally(&r.entry, -1);
+                (
+                    Self::is_live(&r.entry, swept),
+                    Some(Self::due(&r.entry, swept)),
+                )
+            }
+            None => (false, None),
+        };
         let fresh = |entry| {
             Box::new(Record {
                 key: key.clone(),
                 entry,
             })
         };
-        let (record, _value_changed) = match (old, w.touch) {
+        let (record, value_replaced) = match (old, w.touch) {
             (None, false) => (
                 fresh(Entry {
-                    value: {
-                        on_change(w);
-                        w.value.take()
-                    },
+                    value: w.value.take(),
                     hlc: w.hlc,
                     origin: origin.clone(),
                     seq: w.seq,
@@ -763,7 +792,6 @@ impl State {
                             e.touch = None;
                         }
                     }
-                    on_change(w);
                     e.value = w.value.take();
                     e.hlc = w.hlc;
                     e.origin = origin.clone();
@@ -804,19 +832,39 @@ impl State {
                 (r, false)
             }
         };
-        let stored = record.entry.write_for(key, origin, w.seq).is_some();
+        let e = &record.entry;
+        let live = e.live_value(swept);
+        let shown = match (live, value_replaced) {
+            (Some(_), _) if value_replaced || !was_live => Some(false),
+            // A delete is reported, as it always was; a value that is dead on arrival only when it
+            // hid a live one, and then as an expiry.
+            (None, true) if e.value.is_none() => Some(false),
+            (None, _) if was_live => Some(true),
+            _ => None,
+        };
+        if let Some(expired) = shown {
+            on_change(Shown {
+                key,
+                value: live,
+                expired,
+            });
+        }
+        let stored = e.write_for(key, origin, w.seq).is_some();
         self.tally(&record.entry, 1);
-        let due = Self::due(&record.entry, self.swept_until);
+        let due = Self::due(&record.entry, swept);
         self.entries.insert_hashed(hash, record);
         if stored {
             self.index_insert_hashed(origin, w.seq, hash);
         }
-        self.schedule_due(key, due);
+        // What the key waits for is queued already unless the write changed it.
+        if was_due != Some(due) {
+            self.schedule_due(key, due);
+        }
     }
 
     /// Writes, as `me`, a tombstone of `w`'s key at `hlc`, standing in for a collected register that
     /// `w` would otherwise beat (see `CollectedKeys`).
-    fn stand_in(&mut self, me: &Origin, w: &Write, hlc: Hlc, on_change: &mut dyn FnMut(&Write)) {
+    fn stand_in(&mut self, me: &Origin, w: &Write, hlc: Hlc, on_change: &mut dyn FnMut(Shown<'_>)) {
         let seq = self
             .origins
             .get(me)
@@ -832,10 +880,14 @@ impl State {
             expires_ms: 0,
             touch: false,
         };
-        // Listeners hear of it only if it hides a value (a key already dead stays dead).
-        let had_value = self.entries.get(&w.key).is_some_and(|e| e.value.is_some());
+        // Listeners hear of it only if it hides a live value (a key already dead stays dead).
+        let swept = self.swept_until;
+        let was_live = self
+            .entries
+            .get(&w.key)
+            .is_some_and(|e| Self::is_live(e, swept));
         self.apply(me, &mut tombstone, &mut |t| {
-            if had_value {
+            if was_live {
                 on_change(t)
             }
         });
@@ -967,8 +1019,7 @@ impl Store for MemoryStore {
     }
 
     fn live_len(&self) -> usize {
-        let state = self.state.read();
-        state.with_value - state.expired
+        self.state.read().live_entries
     }
 
     fn scan(&self, prefix: &str, now_ms: u64, f: &mut dyn FnMut(&str, &[u8])) {
@@ -990,7 +1041,7 @@ impl Store for MemoryStore {
         key: &str,
         value: Option<Box<[u8]>>,
         lifetime: Lifetime,
-        on_change: &mut dyn FnMut(&Write),
+        on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Write {
         let mut state = self.state.write();
         state.name_me(me);
@@ -1057,7 +1108,7 @@ impl Store for MemoryStore {
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
-        on_change: &mut dyn FnMut(&Write),
+        on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
         let mut state = self.state.write();
         state.name_me(me);
@@ -1103,21 +1154,29 @@ impl Store for MemoryStore {
         let now = state.now(now_ms);
         let before = state.swept_until;
         state.swept_until = now;
+        let mut last: Option<(u64, Arc<str>)> = None;
         while let Some(Reverse((at, _))) = state.expiries.peek() {
             if *at > now {
                 break;
             }
             let Reverse((at, key)) = state.expiries.pop().expect("peeked");
+            // Equal items pop one after another: the first one counted the key.
+            if last.as_ref().is_some_and(|(t, k)| *t == at && *k == key) {
+                continue;
+            }
             let Some(e) = state.entries.get(&key) else {
                 continue;
             };
-            // Stale unless this is still the key's expiry, it holds a value and it crossed just now.
+            // Stale unless this is still the key's expiry, it holds a value and it crossed just now
+            // (it was live at `before`, counted so, and is dead at `now`).
             if e.expiry() != at || e.value.is_none() || at <= before {
                 continue;
             }
-            state.expired += 1;
+            state.live_entries -= 1;
+            state.dead_entries += 1;
             state.dead.push(Reverse((at, key.clone())));
             on_expired(&key);
+            last = Some((at, key));
         }
     }
 
@@ -1252,8 +1311,7 @@ impl Store for MemoryStore {
     }
 
     fn tombstone_count(&self) -> usize {
-        let state = self.state.read();
-        state.valueless + state.expired
+        self.state.read().dead_entries
     }
 
     fn collect(
@@ -1291,8 +1349,7 @@ impl Store for MemoryStore {
         }
         state.dead.extend(keep);
         // Stale heap items are dropped lazily; rebuild when they dominate.
-        let dead_now = state.valueless + state.expired;
-        if state.dead.len() > 4 * dead_now + 1024 {
+        if state.dead.len() > 4 * state.dead_entries + 1024 {
             let state = &mut *state;
             let entries = &state.entries;
             let items: Vec<_> = std::mem::take(&mut state.dead)
@@ -1303,7 +1360,7 @@ impl Store for MemoryStore {
                 .collect();
             state.dead = items.into_iter().collect();
         }
-        if state.expiries.len() > 4 * state.with_value + 1024 {
+        if state.expiries.len() > 4 * state.live_entries + 1024 {
             let state = &mut *state;
             let entries = &state.entries;
             let items: Vec<_> = std::mem::take(&mut state.expiries)
@@ -1454,6 +1511,7 @@ impl Store for MemoryStore {
             state.note_key(key);
             let mut r = state.entries.remove(key).expect("present");
             state.tally(&r.entry, -1);
+            let was_due = State::due(&r.entry, state.swept_until);
             if value_dot {
                 // The value register was superseded elsewhere, not the newer touch register (another
                 // dot): keep the touch, as when it arrives before the write it touches, for the
@@ -1473,8 +1531,11 @@ impl Store for MemoryStore {
                 o.index.remove(*seq);
             }
             state.tally(&r.entry, 1);
+            let due = State::due(&r.entry, state.swept_until);
             state.entries.insert(r);
-            state.schedule(key);
+            if due != was_due {
+                state.schedule_due(key, due);
+            }
         }
         found.len()
     }
