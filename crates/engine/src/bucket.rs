@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, TooFarAhead};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
 use crate::store::{Change, Lifetime, Merged, Store, Write};
@@ -149,10 +149,16 @@ impl Bucket {
         Some(write)
     }
 
-    /// Merges writes from another replica (see `Store::merge`).
-    pub fn merge(&self, origin: &Origin, writes: Vec<Write>, covered: &SeqRanges) -> Merged {
+    /// Merges writes from another replica (see `Store::merge`); refused whole, touching nothing, when
+    /// one is stamped further ahead than the clock allows (see `Clock::observe`).
+    pub fn merge(
+        &self,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+    ) -> Result<Merged, TooFarAhead> {
         if let Some(max) = writes.iter().map(|w| w.hlc).max() {
-            self.clock.observe(max);
+            self.clock.observe(max)?;
         }
         let listening = self.has_subscriber.load(Ordering::Acquire);
         let merged = self
@@ -168,7 +174,7 @@ impl Bucket {
         } else {
             self.signal.remote_change();
         }
-        merged
+        Ok(merged)
     }
 
     fn emit(&self, w: &Write, origin: &Origin, local: bool) {
