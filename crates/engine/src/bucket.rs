@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, TooFarAhead};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
 use crate::store::{Change, Lifetime, Merged, Shown, Store, Write};
@@ -155,10 +155,16 @@ impl Bucket {
         Some(write)
     }
 
-    /// Merges writes from another replica (see `Store::merge`).
-    pub fn merge(&self, origin: &Origin, writes: Vec<Write>, covered: &SeqRanges) -> Merged {
+    /// Merges writes from another replica (see `Store::merge`); refused whole, touching nothing, when
+    /// one is stamped further ahead than the clock allows (see `Clock::observe`).
+    pub fn merge(
+        &self,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+    ) -> Result<Merged, TooFarAhead> {
         if let Some(max) = writes.iter().map(|w| w.hlc).max() {
-            self.clock.observe(max);
+            self.clock.observe(max)?;
         }
         // Expiries are swept up to now first: a value whose expiry is past when it arrives is then
         // never shown live, and one that hides a live value is reported as its expiry.
@@ -177,7 +183,7 @@ impl Bucket {
         } else {
             self.signal.remote_change();
         }
-        merged
+        Ok(merged)
     }
 
     fn emit(&self, shown: Shown<'_>, origin: &Origin, local: bool) {

@@ -644,7 +644,7 @@ impl Disk {
             })
             .max();
         if let Some(hlc) = newest {
-            local.clock.observe(hlc);
+            local.clock.resume(hlc);
         }
         for (name, parts) in per_bucket {
             let store = MemoryStore::restore(

@@ -315,6 +315,12 @@ async fn run(
             .peer(&*node)
             .address(&address),
         );
+    } else if let Err(e @ LinkError::ClockSkew { .. }) = &result {
+        shared.guard.warn(
+            &format_args!("{node} at {address}"),
+            e,
+            "link closed: the peer's writes are stamped past the allowed clock skew",
+        );
     } else {
         tracing::debug!(peer = %node, %address, reason = ?result, "link down");
     }

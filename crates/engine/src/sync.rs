@@ -11,9 +11,10 @@
 //!   period, so writes still in flight from their origin are not fetched twice.
 //! - **Digests** (per bucket, the whole context) go out periodically; they also acknowledge writes.
 //! - **Acks** are cumulative per bucket and sent once per writer pass, not once per write.
-//! - **Clock skew guard.** A peer whose wall clock (hello, pings) or whose writes' hybrid timestamps run
-//!   further ahead of ours than `max_clock_skew_ms` is refused as a link, never op by op, so replicas
-//!   never disagree about which writes exist.
+//! - **Clock skew guard.** A peer whose wall clock (hello, pings) or whose writes' hybrid timestamps (in
+//!   any frame that carries writes) run further ahead of ours than `max_clock_skew_ms` is refused as a
+//!   link, never op by op, so replicas never disagree about which writes exist: every such frame goes
+//!   through `Local::observe` before any of its writes is applied.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,11 +26,11 @@ use tokio::sync::Notify;
 
 use crate::acks::AckTracker;
 use crate::bucket::{Bucket, WriteSignal};
-use crate::clock::Clock;
+use crate::clock::{Clock, TooFarAhead};
 use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::{Origin, ReplicaId, ReplicaTable};
-use crate::store::{ChunkLimits, MemoryStore, Merged};
+use crate::store::{ChunkLimits, MemoryStore, Merged, Write};
 use crate::value;
 use crate::wire::{
     self, BucketSummary, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME,
@@ -159,6 +160,7 @@ impl Local {
             node: id.clone(),
             incarnation,
         });
+        clock.set_max_skew_ms(max_clock_skew_ms);
         Local {
             id,
             me,
@@ -265,6 +267,43 @@ impl Local {
             });
         }
         Ok(())
+    }
+
+    /// Observes the newest timestamp of a frame's writes before any of them is applied: a frame with
+    /// one write stamped too far ahead is refused whole and moves no clock.
+    pub fn observe<'a>(
+        &self,
+        writes: impl IntoIterator<Item = &'a Write>,
+    ) -> Result<(), LinkError> {
+        match writes.into_iter().map(|w| w.hlc).max() {
+            Some(newest) => self.clock.observe(newest).map_err(|e| self.skew_refused(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a refused timestamp and names it for the link's close.
+    fn skew_refused(&self, e: TooFarAhead) -> LinkError {
+        self.counters
+            .clock_skew_refused
+            .fetch_add(1, Ordering::Relaxed);
+        LinkError::ClockSkew {
+            ahead_ms: e.ahead_ms,
+        }
+    }
+
+    /// Merges a frame's writes already observed (`Local::observe`), so the clock cannot refuse them.
+    fn merge(
+        &self,
+        bucket: &Bucket,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+    ) -> Result<usize, LinkError> {
+        let merged = bucket
+            .merge(origin, writes, covered)
+            .map_err(|e| self.skew_refused(e))?;
+        self.count_merged(merged);
+        Ok(merged.fresh)
     }
 }
 
@@ -481,11 +520,9 @@ impl Session {
                 let count = writes.len();
                 if let Some(origin) = origin {
                     check_writes(&writes, None)?;
+                    local.observe(&writes)?;
                     let origin = local.replicas.intern(&origin);
-                    let merged = local
-                        .bucket(&bucket)
-                        .merge(&origin, writes, &SeqRanges::new());
-                    local.count_merged(merged);
+                    local.merge(&local.bucket(&bucket), &origin, writes, &SeqRanges::new())?;
                 } else if count > 0 {
                     return Err(LinkError::Protocol(
                         "fetched writes without an origin".into(),
@@ -548,10 +585,7 @@ impl Session {
         for w in &superseders {
             check_writes(std::slice::from_ref(*w), None)?;
         }
-        let newest = batch.writes.iter().chain(superseders).map(|w| w.hlc).max();
-        if let Some(max) = newest {
-            local.check_clock(max.physical_ms())?;
-        }
+        local.observe(batch.writes.iter().chain(superseders))?;
         let origin = local.replicas.intern(&batch.origin);
         let bucket = local.bucket(&batch.bucket);
         let mut fresh = 0;
@@ -559,13 +593,9 @@ impl Session {
         for (rid, w) in batch.superseders {
             let o = local.replicas.intern(&rid);
             let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
-            let merged = bucket.merge(&o, vec![w], &dot);
-            local.count_merged(merged);
-            fresh += merged.fresh;
+            fresh += local.merge(&bucket, &o, vec![w], &dot)?;
         }
-        let merged = bucket.merge(&origin, batch.writes, &batch.covered);
-        local.count_merged(merged);
-        fresh += merged.fresh;
+        fresh += local.merge(&bucket, &origin, batch.writes, &batch.covered)?;
         if origin != self.peer {
             local
                 .counters

@@ -319,7 +319,7 @@ async fn collected_keys_are_remembered_across_a_restart() {
         expires_ms: 0,
         touch: false,
     };
-    let merged = b.merge(&away, vec![old], &SeqRanges::new());
+    let merged = b.merge(&away, vec![old], &SeqRanges::new()).unwrap();
     assert_eq!(merged.stand_ins, 1);
     assert_eq!(get(&b, "k"), None, "the deleted key stays deleted");
     again.close(Duration::from_secs(1)).await;
