@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;

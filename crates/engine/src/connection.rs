@@ -1,22 +1,21 @@
-//! Frames over a TCP stream: the handshake that opens it (`secure`), then a reader that buffers until
+//! Frames over a stream (real or simulated TCP, see `transport`): the handshake that opens it (`secure`), then a reader that buffers until
 //! a whole frame is there (decrypting records first on a keyed link) and a writer that sends whole
 //! batches of frames with one syscall.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 use crate::error::LinkError;
 use crate::secure::{Handshake, HandshakeError, Opener, Sealer, Security};
+use crate::transport::{ReadHalf, Stream, WriteHalf};
 use crate::wire::{self, Message, LEN_BYTES};
 
 /// Runs the preamble and, on a keyed link, the Noise handshake over `stream`, and returns the link's
 /// frame reader and writer. Bytes that arrived behind the handshake go to the reader. The caller
 /// bounds how long this may take.
 pub async fn open(
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     security: &Security,
     dialer: bool,
 ) -> Result<(FrameReader, FrameWriter), LinkError> {
@@ -146,7 +145,7 @@ fn compact(buf: &mut Vec<u8>, start: &mut usize) {
 }
 
 pub struct FrameReader {
-    stream: OwnedReadHalf,
+    stream: ReadHalf,
     decoder: FrameDecoder,
 }
 
@@ -169,7 +168,7 @@ impl FrameReader {
 }
 
 pub struct FrameWriter {
-    stream: OwnedWriteHalf,
+    stream: WriteHalf,
     sealer: Option<Sealer>,
     /// Records of the batch being sent (keyed links only).
     sealed: Vec<u8>,

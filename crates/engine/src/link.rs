@@ -11,11 +11,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
@@ -24,15 +24,18 @@ use crate::membership::{Admission, LinkRef};
 use crate::node::{LinkSlot, Shared};
 use crate::secure::HandshakeError;
 use crate::sync::{Inbound, LinkSignal, Session, SEND_BUDGET};
+use crate::transport::{Listener, Stream};
 use crate::warning::{Warning, WarningCode};
 use crate::wire::{self, Hello, Message, WireError};
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+pub async fn accept_loop(shared: Arc<Shared>, listener: Box<dyn Listener>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     let slot = shared.guard.admit();
@@ -48,7 +51,6 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => break,
         }
     }
 }
@@ -59,7 +61,7 @@ pub async fn dial_once(shared: &Arc<Shared>, address: &str) -> Result<(), LinkEr
         .await
         .map_err(|e| LinkError::Protocol(e.to_string()))?;
     let timeout = shared.config.handshake_timeout;
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(target))
+    let stream = tokio::time::timeout(timeout, shared.config.transport.connect(target))
         .await
         .map_err(|_| LinkError::Silent(timeout))??;
     run(shared, stream, target, Some(address), None).await
@@ -87,7 +89,7 @@ struct Opened {
 /// The handshake, bounded by the handshake timeout and, for an accepted connection, by its slot.
 async fn handshake(
     shared: &Arc<Shared>,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     dialer: bool,
     slot: Option<Slot>,
 ) -> Result<Opened, LinkError> {
@@ -119,8 +121,9 @@ async fn handshake(
     match slot {
         None => bounded.await,
         Some(mut slot) => tokio::select! {
-            r = bounded => r,
+            biased;
             _ = slot.evicted() => Err(LinkError::Evicted),
+            r = bounded => r,
         },
     }
 }
@@ -178,7 +181,7 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, dialed: Option<&str>, e
 
 async fn run(
     shared: &Arc<Shared>,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     remote: SocketAddr,
     dialed: Option<&str>,
     slot: Option<Slot>,
@@ -292,6 +295,7 @@ async fn run(
         let write_side = write_loop(shared, &mut writer, &slot, ctl_rx, close_rx.clone());
         let read_side = read_loop(shared, &mut reader, &slot, close_rx);
         tokio::select! {
+            biased;
             r = write_side => r,
             r = read_side => r,
         }
@@ -350,8 +354,9 @@ async fn read_loop(
     loop {
         // Shutdown is the writer's to handle: it says Leave first.
         let (msg, n) = tokio::select! {
-            r = reader.read(silence) => r?,
+            biased;
             _ = close.changed() => return Err(LinkError::Duplicate),
+            r = reader.read(silence) => r?,
         };
         shared
             .local
@@ -420,7 +425,16 @@ async fn write_loop(
         if more {
             continue;
         }
+        // Biased (shutdown and close first), so a seeded simulation takes the same branch every run.
         tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                buf.clear();
+                wire::encode_frame(&Message::Leave, &mut buf)?;
+                let _ = tokio::time::timeout(Duration::from_millis(200), writer.send(&buf)).await;
+                return Err(LinkError::Shutdown);
+            }
+            _ = close.changed() => return Err(LinkError::Duplicate),
             _ = slot.signal.wait() => {}
             msg = ctl.recv() => {
                 if let Some(msg) = msg {
@@ -430,13 +444,6 @@ async fn write_loop(
                 }
             }
             _ = tokio::time::sleep(heartbeat.min(digest_every)) => {}
-            _ = close.changed() => return Err(LinkError::Duplicate),
-            _ = shutdown.changed() => {
-                buf.clear();
-                wire::encode_frame(&Message::Leave, &mut buf)?;
-                let _ = tokio::time::timeout(Duration::from_millis(200), writer.send(&buf)).await;
-                return Err(LinkError::Shutdown);
-            }
         }
     }
 }

@@ -6,14 +6,15 @@
 //! incarnation of a node replaces the old one at once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hashbrown::{HashMap, HashSet};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::error::LinkError;
+use crate::hash::{HashMap, HashSet};
 use crate::node::Shared;
 use crate::replica::ReplicaId;
 use crate::wire::{MemberInfo, Message};
@@ -326,14 +327,18 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
                     }
                 }
             }
-            let jittered = jitter(if linked {
-                s.config.backoff_min * 2
-            } else {
-                delay
-            });
+            let jittered = jitter(
+                &s,
+                if linked {
+                    s.config.backoff_min * 2
+                } else {
+                    delay
+                },
+            );
             tokio::select! {
-                _ = tokio::time::sleep(jittered) => {}
+                biased;
                 _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(jittered) => {}
             }
         }
         s.members.stop_dialing(&address);
@@ -341,7 +346,7 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
 }
 
 /// A delay between 50 % and 100 % of `d`, so peers that lost each other do not redial in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let f = rand::thread_rng().gen_range(0.5..=1.0);
+fn jitter(shared: &Shared, d: Duration) -> Duration {
+    let f = shared.rng.lock().gen_range(0.5..=1.0);
     d.mul_f64(f)
 }

@@ -4,12 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::acks::{AckLevel, AckOutcome, Registered};
 use crate::bucket::{Bucket, WriteSignal};
@@ -24,6 +26,7 @@ use crate::replica::Origin;
 use crate::secure::Security;
 use crate::store::{Lifetime, Write};
 use crate::sync::{Fetches, LinkSignal, Local, PullPlanner, Session};
+use crate::transport::{Tcp, Transport};
 use crate::warning::{Warning, WarningCode, Warnings};
 use crate::wire::Message;
 
@@ -77,6 +80,11 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Accepted connections in the handshake at once; past it a newcomer evicts the oldest.
     pub max_handshakes: usize,
+    /// How links listen and dial: real TCP, or simulated TCP in the whole-node simulation.
+    pub transport: Arc<dyn Transport>,
+    /// Seeds the node's random choices (a random id, the incarnation's low bits, redial jitter) so a
+    /// simulation replays; `None` draws them from the operating system.
+    pub seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -104,6 +112,8 @@ impl Default for Config {
             secrets: Vec::new(),
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 64,
+            transport: Arc::new(Tcp),
+            seed: None,
         }
     }
 }
@@ -180,6 +190,8 @@ pub struct Shared {
     /// Where every part of the node reports what an operator must hear about.
     pub warnings: Arc<Warnings>,
     pub shutdown: watch::Receiver<bool>,
+    /// The node's random choices (see `Config::seed`).
+    pub rng: Mutex<StdRng>,
     tasks: Mutex<Option<JoinSet<()>>>,
 }
 
@@ -214,8 +226,8 @@ pub struct Node {
     flusher: Mutex<Option<Flusher>>,
 }
 
-fn random_id() -> String {
-    format!("peer-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+fn random_id(rng: &mut StdRng) -> String {
+    format!("peer-{:012x}", rng.gen::<u64>() & 0xffff_ffff_ffff)
 }
 
 /// Parses `host:port` or a bare port (then on 127.0.0.1), resolving names.
@@ -237,7 +249,9 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, Error> {
         let security = Security::from_secrets(&config.secrets)?;
         let bind = resolve(&config.listen).await?;
-        let listener = TcpListener::bind(bind)
+        let listener = config
+            .transport
+            .bind(bind)
             .await
             .map_err(|source| Error::Listen {
                 address: config.listen.clone(),
@@ -254,8 +268,12 @@ impl Node {
                 .map_err(|_| Error::BadAddress(a.clone()))?,
             None => address,
         };
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
         // Incarnations are ordered by start time, then random, so a newer run of a node sorts after it.
-        let incarnation = (config.clock.wall_ms() << 16) | (rand::random::<u16>() as u64);
+        let incarnation = (config.clock.wall_ms() << 16) | (rng.gen::<u16>() as u64);
         let opened = match &config.data_dir {
             Some(dir) => Some(Disk::open(dir, config.id.as_deref(), incarnation)?),
             None => None,
@@ -263,7 +281,11 @@ impl Node {
         let (id, incarnation): (Arc<str>, u64) = match &opened {
             Some(o) => (o.node_id.as_str().into(), o.incarnation),
             None => (
-                config.id.clone().unwrap_or_else(random_id).into(),
+                config
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| random_id(&mut rng))
+                    .into(),
                 incarnation,
             ),
         };
@@ -306,6 +328,7 @@ impl Node {
             guard: Guard::new(config.max_handshakes),
             warnings,
             shutdown,
+            rng: Mutex::new(rng),
             tasks: Mutex::new(Some(JoinSet::new())),
             config,
         });
@@ -534,8 +557,9 @@ async fn periodic(shared: Arc<Shared>) {
     let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            biased;
             _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
         let local = &shared.local;
         if local.acks.pending() > 0 {

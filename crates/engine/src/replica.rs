@@ -9,7 +9,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 

@@ -383,7 +383,7 @@ pub struct CollectedRecord {
 #[derive(Default)]
 struct CollectedKeys {
     /// fingerprint -> (newest collected hlc, stamp).
-    by_key: hashbrown::HashMap<u64, (Hlc, u64)>,
+    by_key: crate::hash::HashMap<u64, (Hlc, u64)>,
     /// (stamp, fingerprint) in collection order, to forget the oldest first.
     order: VecDeque<(u64, u64)>,
     /// The newest time among forgotten records.
@@ -472,7 +472,7 @@ struct Record {
 #[derive(Default)]
 struct Entries {
     table: hashbrown::HashTable<Box<Record>>,
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: crate::hash::DefaultHashBuilder,
 }
 
 impl Entries {
@@ -567,10 +567,10 @@ struct State {
 /// Keys, contexts and markers changed since the last drain.
 #[derive(Default)]
 struct Journal {
-    keys: hashbrown::HashSet<Arc<str>>,
+    keys: crate::hash::HashSet<Arc<str>>,
     contexts: std::collections::BTreeSet<Origin>,
     markers: Vec<(Origin, u64, Option<Arc<str>>)>,
-    collected: hashbrown::HashSet<u64>,
+    collected: crate::hash::HashSet<u64>,
     beyond: bool,
 }
 

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -173,7 +173,7 @@ impl Local {
             tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
             remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
-            buckets: RwLock::new(HashMap::new()),
+            buckets: RwLock::new(HashMap::default()),
         }
     }
 

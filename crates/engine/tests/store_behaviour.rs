@@ -178,10 +178,14 @@ fn deliver(to: &Replica, s: Shipment) {
     for (rid, w) in s.superseders {
         let o = to.local.replicas.intern(&rid);
         let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
-        to.bucket.merge(&o, vec![w], &dot);
+        to.bucket
+            .merge(&o, vec![w], &dot)
+            .expect("clocks within the allowed skew");
     }
     let origin = to.local.replicas.intern(&s.origin);
-    to.bucket.merge(&origin, s.writes, &s.covered);
+    to.bucket
+        .merge(&origin, s.writes, &s.covered)
+        .expect("clocks within the allowed skew");
 }
 
 /// Everything `replicas[from]` holds, sent to `replicas[to]` and delivered at once.
