@@ -2,11 +2,14 @@
 //! and close, handshakes with a wrong secret, idle sockets, and oversized frames before the hello.
 //! Each test asserts the bound the node keeps, not the memory of the test process.
 
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use peer_buckets_engine::node::{Config, Node};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 const SECRET: &str = "correct horse battery staple";
 
@@ -85,6 +88,134 @@ async fn finished_connections_leave_nothing_behind() {
         keyed.stats()
     );
     for n in [open, keyed] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 that delays every byte by `one_way` in each direction, so a peer dialing
+/// it is that far from `target`.
+async fn far_away(target: SocketAddr, one_way: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::join!(delayed(ri, wo, one_way), delayed(ro, wi, one_way));
+            });
+        }
+    });
+    address
+}
+
+/// Copies `from` to `to`, each chunk `by` after it was read, in order.
+async fn delayed(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, by: Duration) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        let _ = tx.send((tokio::time::Instant::now() + by, buf[..n].to_vec()));
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Opens idle connections to `target` from `source` at `per_second` until `stop`, each held until the
+/// node closes it. Returns how many were opened.
+async fn idle_flood(
+    source: IpAddr,
+    target: SocketAddr,
+    per_second: u32,
+    stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut opened = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let per_tick = (per_second / 100).max(1);
+    while !*stop.borrow() {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            let Ok(mut sock) = socket.connect(target).await else {
+                continue;
+            };
+            opened += 1;
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                // Reads the node's preamble and sends nothing; ends when the node closes it.
+                let mut buf = [0u8; 64];
+                loop {
+                    tokio::select! {
+                        r = sock.read(&mut buf) => if !matches!(r, Ok(1..)) { return },
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+    }
+    opened
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_joins_through_a_flood_of_idle_connections_from_another_address() {
+    let a = Node::start(Config {
+        max_handshakes: 16,
+        ..config("a", &[SECRET])
+    })
+    .await
+    .unwrap();
+    let (stop_tx, stop) = watch::channel(false);
+    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+    let flood = tokio::spawn(idle_flood(attacker, a.address(), 3_000, stop));
+    eventually(
+        "the flood to fill the handshake slots",
+        Duration::from_secs(10),
+        || a.stats().handshakes_evicted >= 100,
+    )
+    .await;
+    // 100 ms away: its handshake needs three crossings, 150 ms, far longer than a slot lasts in the
+    // flood when the oldest connection is evicted whoever opened it.
+    let via = far_away(a.address(), Duration::from_millis(50)).await;
+    let evicted_before = a.stats().handshakes_evicted;
+    let started = Instant::now();
+    let b = Node::start(Config {
+        seeds: vec![via.to_string()],
+        ..config("b", &[SECRET])
+    })
+    .await
+    .unwrap();
+    eventually(
+        "b to join a through the flood",
+        Duration::from_secs(5),
+        || a.peers().iter().any(|p| p.id == "b" && p.connected),
+    )
+    .await;
+    let joined = started.elapsed();
+    let evicted = a.stats().handshakes_evicted - evicted_before;
+    let _ = stop_tx.send(true);
+    let opened = flood.await.unwrap();
+    println!(
+        "b joined in {joined:?}; {evicted} idle connections evicted meanwhile, {opened} opened"
+    );
+    // The flood went on while b joined: far more connections than slots came and went.
+    assert!(
+        evicted >= 32,
+        "the flood was too slow to test anything: {evicted}"
+    );
+    for n in [a, b] {
         n.close(Duration::from_secs(1)).await;
     }
 }
