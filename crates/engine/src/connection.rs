@@ -12,12 +12,14 @@ use crate::transport::{ReadHalf, Stream, WriteHalf};
 use crate::wire::{self, Message, LEN_BYTES};
 
 /// Runs the preamble and, on a keyed link, the Noise handshake over `stream`, and returns the link's
-/// frame reader and writer. Bytes that arrived behind the handshake go to the reader. The caller
-/// bounds how long this may take.
+/// frame reader and writer. Bytes that arrived behind the handshake go to the reader. `progress` is
+/// called for each step the other end completes (the guard keeps connections that make progress).
+/// The caller bounds how long this may take.
 pub async fn open(
     stream: Box<dyn Stream>,
     security: &Security,
     dialer: bool,
+    mut progress: Option<impl FnMut()>,
 ) -> Result<(FrameReader, FrameWriter), LinkError> {
     let (mut rd, mut wr) = stream.into_split();
     let mut handshake = Handshake::new(security, dialer)?;
@@ -31,6 +33,9 @@ pub async fn open(
                 break;
             }
             input.drain(..used);
+            if let Some(progress) = &mut progress {
+                progress();
+            }
         }
         let out = handshake.take_output();
         if !out.is_empty() {

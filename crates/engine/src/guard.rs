@@ -2,15 +2,23 @@
 //! connections in the handshake at once, counts of the refused ones, and a log of them that a flood
 //! cannot turn into a flood of lines.
 //!
-//! Past the cap, a newly accepted connection takes the slot of the oldest one still in its handshake,
-//! which is closed. Dropping the newcomer instead would let a trickle of idle sockets keep every slot
-//! taken and every real peer out; evicting the oldest means an attacker must open connections faster
-//! than a real handshake finishes (a few round trips) to shut anyone out, and the idle sockets it
-//! parks are the first to go.
+//! Past the cap, a newly accepted connection takes the slot of one still in its handshake, which is
+//! closed: the one that made the least progress (handshake steps done, then oldest) among those of the
+//! source holding the most slots. Dropping the newcomer instead would let a trickle of idle sockets
+//! keep every slot taken and every real peer out; evicting the oldest whoever opened it would let a
+//! fast enough flood (slots turning over faster than a real handshake's three crossings) do the same.
+//! Evicting from the busiest source means a flood from one address only ever displaces itself, and a
+//! flood from many addresses displaces the idlest first: a real peer's first bytes (the preamble, and
+//! with a secret the first Noise message, which an outsider cannot forge) arrive with its connection.
+//! A source is an IPv4 address or an IPv6 /64, the block one host usually has.
+//!
+//! Nothing here outlives the connections in the handshake: the per-source counts hold only the
+//! sources with a slot taken, so the memory is bounded by the cap however many connections came.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +41,55 @@ pub struct Guard {
 #[derive(Default)]
 struct Slots {
     next_id: u64,
-    /// Oldest first: each connection's id and the signal that evicts it.
-    taken: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// At most `cap`, in the order admitted.
+    taken: Vec<Taken>,
+    /// Slots taken per source; a source with none has no entry.
+    per_source: HashMap<IpAddr, usize>,
+}
+
+struct Taken {
+    id: u64,
+    source: IpAddr,
+    steps: Arc<AtomicU8>,
+    evict: oneshot::Sender<()>,
+}
+
+impl Slots {
+    /// Index in `taken` of the slot to give up for the newcomer `newest`: the least advanced, then
+    /// oldest, of the busiest source's. Never the newcomer's own: it has had no time to make progress
+    /// yet, and refusing newcomers would leave the slots to whoever holds them.
+    fn victim(&self, newest: u64) -> Option<usize> {
+        let busiest = *self.per_source.values().max()?;
+        self.taken
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.id != newest && self.per_source.get(&t.source) == Some(&busiest))
+            .min_by_key(|(_, t)| (t.steps.load(Ordering::Relaxed), t.id))
+            .map(|(i, _)| i)
+    }
+
+    fn remove(&mut self, index: usize) -> Taken {
+        let gone = self.taken.remove(index);
+        if let Some(n) = self.per_source.get_mut(&gone.source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&gone.source);
+            }
+        }
+        gone
+    }
+}
+
+/// The source a connection counts against: its IPv4 address (an IPv4-mapped IPv6 one too), or the
+/// /64 of its IPv6 address.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
 }
 
 struct LogWindow {
@@ -47,6 +102,7 @@ struct LogWindow {
 pub struct Slot {
     id: u64,
     slots: Arc<Mutex<Slots>>,
+    steps: Arc<AtomicU8>,
     evict: oneshot::Receiver<()>,
 }
 
@@ -55,11 +111,23 @@ impl Slot {
     pub async fn evicted(&mut self) {
         let _ = (&mut self.evict).await;
     }
+
+    /// What records the connection's progress: call it for each handshake step the other end
+    /// completed.
+    pub fn progress(&self) -> impl FnMut() + Send + 'static {
+        let steps = self.steps.clone();
+        move || {
+            steps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.lock().taken.retain(|(id, _)| *id != self.id);
+        let mut slots = self.slots.lock();
+        if let Some(i) = slots.taken.iter().position(|t| t.id == self.id) {
+            slots.remove(i);
+        }
     }
 }
 
@@ -79,23 +147,32 @@ impl Guard {
         }
     }
 
-    /// A slot for a connection just accepted, evicting the oldest one in the handshake when all are
-    /// taken.
-    pub fn admit(&self) -> Slot {
+    /// A slot for a connection just accepted from `remote`, evicting another one in the handshake
+    /// (see the module's doc) when all are taken.
+    pub fn admit(&self, remote: IpAddr) -> Slot {
         let (tx, evict) = oneshot::channel();
+        let source = source(remote);
+        let steps = Arc::new(AtomicU8::new(0));
         let mut slots = self.slots.lock();
-        if slots.taken.len() >= self.cap {
-            if let Some((_, oldest)) = slots.taken.pop_front() {
-                let _ = oldest.send(());
+        slots.next_id += 1;
+        let id = slots.next_id;
+        slots.taken.push(Taken {
+            id,
+            source,
+            steps: steps.clone(),
+            evict: tx,
+        });
+        *slots.per_source.entry(source).or_default() += 1;
+        if slots.taken.len() > self.cap {
+            if let Some(i) = slots.victim(id) {
+                let _ = slots.remove(i).evict.send(());
                 self.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
-        slots.next_id += 1;
-        let id = slots.next_id;
-        slots.taken.push_back((id, tx));
         Slot {
             id,
             slots: self.slots.clone(),
+            steps,
             evict,
         }
     }
@@ -156,23 +233,83 @@ impl Guard {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    async fn is_evicted(slot: &mut Slot) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), slot.evicted())
+            .await
+            .is_ok()
+    }
+
     #[tokio::test]
-    async fn a_newcomer_past_the_cap_evicts_the_oldest_connection() {
+    async fn a_newcomer_past_the_cap_evicts_the_oldest_connection_of_one_source() {
         let guard = Guard::new(2);
-        let mut first = guard.admit();
-        let second = guard.admit();
+        let mut first = guard.admit(ip("10.0.0.1"));
+        let mut second = guard.admit(ip("10.0.0.1"));
         assert_eq!(guard.in_handshake(), 2);
-        let third = guard.admit();
+        let third = guard.admit(ip("10.0.0.1"));
         assert_eq!(guard.in_handshake(), 2);
         assert_eq!(guard.evicted(), 1);
-        tokio::time::timeout(Duration::from_secs(1), first.evicted())
-            .await
-            .expect("the oldest slot is evicted");
+        assert!(is_evicted(&mut first).await);
+        assert!(!is_evicted(&mut second).await);
         drop(first);
         drop(second);
         assert_eq!(guard.in_handshake(), 1);
         drop(third);
         assert_eq!(guard.in_handshake(), 0);
+        assert!(guard.slots.lock().per_source.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_flood_from_one_source_only_evicts_its_own_connections() {
+        let guard = Guard::new(4);
+        let mut peer = guard.admit(ip("10.0.0.1"));
+        let mut flood = Vec::new();
+        for _ in 0..1_000 {
+            flood.push(guard.admit(ip("10.0.0.2")));
+        }
+        assert_eq!(guard.evicted(), 997);
+        assert!(!is_evicted(&mut peer).await);
+        assert_eq!(guard.slots.lock().per_source.len(), 2);
+        drop(flood);
+        assert_eq!(guard.in_handshake(), 1);
+    }
+
+    #[tokio::test]
+    async fn among_equally_busy_sources_the_connection_that_made_no_progress_goes_first() {
+        let guard = Guard::new(3);
+        let mut peer = guard.admit(ip("10.0.0.1"));
+        let mut idle = guard.admit(ip("10.0.0.2"));
+        let mut started = guard.admit(ip("10.0.0.3"));
+        peer.progress()();
+        peer.progress()();
+        started.progress()();
+        // One slot each: the idle one goes, then the one a step behind the peer.
+        let mut newer = guard.admit(ip("10.0.0.4"));
+        assert!(is_evicted(&mut idle).await);
+        newer.progress()();
+        newer.progress()();
+        let mut newest = guard.admit(ip("10.0.0.5"));
+        assert!(is_evicted(&mut started).await);
+        // A newcomer is never refused for having made no progress yet.
+        assert!(!is_evicted(&mut newest).await);
+        assert!(!is_evicted(&mut peer).await);
+        assert!(!is_evicted(&mut newer).await);
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_64_is_one_source_and_a_mapped_ipv4_address_is_its_ipv4_one() {
+        assert_eq!(source(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(source(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        let guard = Guard::new(2);
+        let mut peer = guard.admit(ip("2001:db8:9::1"));
+        let _a = guard.admit(ip("2001:db8:1:2::1"));
+        let _b = guard.admit(ip("2001:db8:1:2::2"));
+        let _c = guard.admit(ip("2001:db8:1:2:ffff::3"));
+        assert!(!is_evicted(&mut peer).await);
+        assert_eq!(guard.evicted(), 2);
     }
 
     #[test]

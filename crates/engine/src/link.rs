@@ -38,7 +38,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: Box<dyn Listener>) {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    let slot = shared.guard.admit();
+                    let slot = shared.guard.admit(remote.ip());
                     let s = shared.clone();
                     shared.spawn(async move {
                         if let Err(e) = run(&s, stream, remote, None, Some(slot)).await {
@@ -94,10 +94,11 @@ async fn handshake(
     slot: Option<Slot>,
 ) -> Result<Opened, LinkError> {
     let timeout = shared.config.handshake_timeout;
+    let progress = slot.as_ref().map(Slot::progress);
     let steps = async {
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) =
-            crate::connection::open(stream, &shared.security, dialer).await?;
+            crate::connection::open(stream, &shared.security, dialer, progress).await?;
         let mut buf = Vec::new();
         wire::encode_frame(&hello(shared), &mut buf)?;
         writer.send(&buf).await?;

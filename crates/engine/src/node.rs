@@ -210,12 +210,36 @@ impl Shared {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         if let Some(set) = self.tasks.lock().as_mut() {
+            reap(set);
             set.spawn(fut);
         }
     }
 
+    /// Drops the tasks that finished. A `JoinSet` keeps each finished task until it is joined, so
+    /// without this every connection ever accepted would stay in memory.
+    fn reap_tasks(&self) {
+        if let Some(set) = self.tasks.lock().as_mut() {
+            reap(set);
+        }
+    }
+
+    /// Tasks the node holds, running or finished and not reaped yet: what connections leave behind.
+    pub fn tasks_held(&self) -> usize {
+        self.tasks.lock().as_ref().map_or(0, JoinSet::len)
+    }
+
     fn link_to(&self, node: &str) -> Option<Arc<LinkSlot>> {
         self.links.lock().iter().find(|l| &*l.node == node).cloned()
+    }
+}
+
+fn reap(set: &mut JoinSet<()>) {
+    while let Some(done) = set.try_join_next() {
+        if let Err(e) = done {
+            if e.is_panic() {
+                tracing::error!(error = %e, "a task of the node panicked");
+            }
+        }
     }
 }
 
@@ -561,6 +585,7 @@ async fn periodic(shared: Arc<Shared>) {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
+        shared.reap_tasks();
         let local = &shared.local;
         if local.acks.pending() > 0 {
             local.acks.expire(local.clock.wall_ms());

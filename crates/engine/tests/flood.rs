@@ -1,0 +1,221 @@
+//! Floods against a real node on loopback, from anyone who can reach its port: connections that open
+//! and close, handshakes with a wrong secret, idle sockets, and oversized frames before the hello.
+//! Each test asserts the bound the node keeps, not the memory of the test process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use peer_buckets_engine::node::{Config, Node};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+const SECRET: &str = "correct horse battery staple";
+
+fn config(id: &str, secrets: &[&str]) -> Config {
+    Config {
+        id: Some(id.into()),
+        secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(600),
+        backoff_max: Duration::from_millis(300),
+        digest_every: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn preamble(keyed: bool) -> Vec<u8> {
+    vec![b'P', b'B', b'K', b'T', 1, keyed as u8]
+}
+
+/// Opens `count` connections to `node`, `parallel` at a time; each sends `bytes` and closes.
+async fn connect_and_close(node: &Node, count: usize, parallel: usize, bytes: &[u8]) {
+    let address = node.address();
+    let mut workers = Vec::new();
+    for w in 0..parallel {
+        let bytes = bytes.to_vec();
+        let mine = count / parallel + usize::from(w < count % parallel);
+        workers.push(tokio::spawn(async move {
+            for _ in 0..mine {
+                let mut sock = TcpStream::connect(address).await.unwrap();
+                if !bytes.is_empty() {
+                    // The node may already have closed its end: that is what a refusal looks like.
+                    let _ = sock.write_all(&bytes).await;
+                }
+                drop(sock);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_connections_leave_nothing_behind() {
+    let open = Node::start(config("open", &[])).await.unwrap();
+    let keyed = Node::start(config("keyed", &[SECRET])).await.unwrap();
+    let baseline = open.shared().tasks_held();
+    assert_eq!(baseline, keyed.shared().tasks_held());
+    connect_and_close(&open, 20_000, 16, &[]).await;
+    // Wrong-secret handshakes: a preamble and a first Noise message that fails its tag.
+    let mut wrong = preamble(true);
+    wrong.extend_from_slice(&[0, 48]);
+    wrong.extend_from_slice(&[7; 48]);
+    connect_and_close(&keyed, 5_000, 16, &wrong).await;
+    for (name, node) in [("open", &open), ("keyed", &keyed)] {
+        eventually(
+            &format!("the {name} node's tasks back to {baseline}"),
+            Duration::from_secs(10),
+            || node.shared().tasks_held() <= baseline,
+        )
+        .await;
+    }
+    assert!(
+        keyed.stats().handshakes_rejected >= 4_000,
+        "{:?}",
+        keyed.stats()
+    );
+    for n in [open, keyed] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 that delays every byte by `one_way` in each direction, so a peer dialing
+/// it is that far from `target`.
+async fn far_away(target: SocketAddr, one_way: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::join!(delayed(ri, wo, one_way), delayed(ro, wi, one_way));
+            });
+        }
+    });
+    address
+}
+
+/// Copies `from` to `to`, each chunk `by` after it was read, in order.
+async fn delayed(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, by: Duration) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        let _ = tx.send((tokio::time::Instant::now() + by, buf[..n].to_vec()));
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Opens idle connections to `target` from `source` at `per_second` until `stop`, each held until the
+/// node closes it. Returns how many were opened.
+async fn idle_flood(
+    source: IpAddr,
+    target: SocketAddr,
+    per_second: u32,
+    stop: watch::Receiver<bool>,
+) -> u64 {
+    let mut opened = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let per_tick = (per_second / 100).max(1);
+    while !*stop.borrow() {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            let Ok(mut sock) = socket.connect(target).await else {
+                continue;
+            };
+            opened += 1;
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                // Reads the node's preamble and sends nothing; ends when the node closes it.
+                let mut buf = [0u8; 64];
+                loop {
+                    tokio::select! {
+                        r = sock.read(&mut buf) => if !matches!(r, Ok(1..)) { return },
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+        }
+    }
+    opened
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_joins_through_a_flood_of_idle_connections_from_another_address() {
+    let a = Node::start(Config {
+        max_handshakes: 16,
+        ..config("a", &[SECRET])
+    })
+    .await
+    .unwrap();
+    let (stop_tx, stop) = watch::channel(false);
+    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+    let flood = tokio::spawn(idle_flood(attacker, a.address(), 3_000, stop));
+    eventually(
+        "the flood to fill the handshake slots",
+        Duration::from_secs(10),
+        || a.stats().handshakes_evicted >= 100,
+    )
+    .await;
+    // 100 ms away: its handshake needs three crossings, 150 ms, far longer than a slot lasts in the
+    // flood when the oldest connection is evicted whoever opened it.
+    let via = far_away(a.address(), Duration::from_millis(50)).await;
+    let evicted_before = a.stats().handshakes_evicted;
+    let started = Instant::now();
+    let b = Node::start(Config {
+        seeds: vec![via.to_string()],
+        ..config("b", &[SECRET])
+    })
+    .await
+    .unwrap();
+    eventually(
+        "b to join a through the flood",
+        Duration::from_secs(5),
+        || a.peers().iter().any(|p| p.id == "b" && p.connected),
+    )
+    .await;
+    let joined = started.elapsed();
+    let evicted = a.stats().handshakes_evicted - evicted_before;
+    let _ = stop_tx.send(true);
+    let opened = flood.await.unwrap();
+    println!(
+        "b joined in {joined:?}; {evicted} idle connections evicted meanwhile, {opened} opened"
+    );
+    // The flood went on while b joined: far more connections than slots came and went.
+    assert!(
+        evicted >= 32,
+        "the flood was too slow to test anything: {evicted}"
+    );
+    for n in [a, b] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
