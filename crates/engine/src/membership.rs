@@ -69,8 +69,20 @@ struct Table {
 #[derive(Default)]
 pub struct Members {
     table: Mutex<Table>,
-    events: Mutex<Option<mpsc::UnboundedSender<PeerEvent>>>,
+    events: Mutex<EventSink>,
 }
+
+/// Where peer events go: held until the first subscriber comes (a link may come up before the
+/// binding's event pump subscribes, and its `peer-up` must not be lost), then sent to it.
+#[derive(Default)]
+struct EventSink {
+    subscriber: Option<mpsc::UnboundedSender<PeerEvent>>,
+    early: Vec<PeerEvent>,
+    closed: bool,
+}
+
+/// Events kept for a subscriber that has not come yet, at most (the oldest go first past it).
+const EARLY_EVENTS: usize = 1024;
 
 /// What `register` decided about a new link.
 pub enum Admission {
@@ -87,17 +99,34 @@ impl Members {
 
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.events.lock() = Some(tx);
+        let mut sink = self.events.lock();
+        for e in sink.early.drain(..) {
+            let _ = tx.send(e);
+        }
+        sink.subscriber = Some(tx);
         rx
     }
 
     fn emit(&self, kind: PeerEventKind, id: &str, address: &str) {
-        if let Some(tx) = &*self.events.lock() {
-            let _ = tx.send(PeerEvent {
-                kind,
-                id: id.to_string(),
-                address: address.to_string(),
-            });
+        let event = PeerEvent {
+            kind,
+            id: id.to_string(),
+            address: address.to_string(),
+        };
+        let mut sink = self.events.lock();
+        if sink.closed {
+            return;
+        }
+        match &sink.subscriber {
+            Some(tx) => {
+                let _ = tx.send(event);
+            }
+            None => {
+                if sink.early.len() == EARLY_EVENTS {
+                    sink.early.remove(0);
+                }
+                sink.early.push(event);
+            }
         }
     }
 
@@ -280,7 +309,10 @@ impl Members {
     /// Marks the table closed: no new members or links, no more events.
     pub fn close(&self) {
         self.table.lock().closed = true;
-        *self.events.lock() = None;
+        let mut sink = self.events.lock();
+        sink.subscriber = None;
+        sink.early.clear();
+        sink.closed = true;
     }
 
     fn start_dialing(&self, address: &str) -> bool {

@@ -351,3 +351,21 @@ async fn a_peer_that_has_not_met_its_seeds_collects_nothing() {
         n.close(Duration::from_secs(1)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_up_that_happens_before_anyone_subscribes_is_delivered_to_the_first_subscriber() {
+    let a = Node::start(config("early-a", vec![])).await.unwrap();
+    let b = Node::start(config("early-b", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("linked", || b.peers().iter().any(|p| p.connected)).await;
+    let mut events = b.events();
+    let first = tokio::time::timeout(Duration::from_secs(2), events.recv())
+        .await
+        .expect("the early peer-up is kept")
+        .expect("channel open");
+    assert_eq!(first.kind, PeerEventKind::Up);
+    assert_eq!(first.id, "early-a");
+    a.close(Duration::ZERO).await;
+    b.close(Duration::ZERO).await;
+}
