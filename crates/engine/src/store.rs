@@ -33,7 +33,8 @@
 //! - listeners hear what a key shows change, once per change: a value that is already expired when it
 //!   is stored is never announced live, and each live value that expires is reported once;
 //! - `collect` remembers every value register it drops, by key, and `merge` answers a new write older
-//!   than such a register (one it would otherwise let win) with a stand-in tombstone (`CollectedKeys`);
+//!   than such a register by the order `(hlc, origin)` (one it would otherwise let win) with a
+//!   stand-in tombstone that never beats a write newer than the register (`CollectedKeys`);
 //! - for durability, `drain_changes` returns everything changed since the last call, read under the
 //!   same lock as the changes, so that persisting it writes a state the store really was in.
 //!
@@ -234,7 +235,8 @@ pub trait Store: Send + Sync + 'static {
     /// the time `expire` last ran: a value that arrives already expired is never shown live (it is
     /// heard of only when it hides a live value, as an expiry). A value write older than a register this replica
     /// collected for its key (see `CollectedKeys`), which it would otherwise beat, first gets a
-    /// stand-in tombstone: a write of `me` at the collected register's time.
+    /// stand-in tombstone: a write of `me` at or just below the collected register (see
+    /// `CollectedKeys`).
     fn merge(
         &self,
         me: &Origin,
@@ -373,17 +375,24 @@ pub struct CollectedRecord {
 /// find nothing to lose to. Every member held the register's dot when it was collected, and every
 /// write any member held then, so such a write can only come from a replica that was away past the
 /// collection (forgotten, or cut off with a dead replica's writes). `merge` answers it with a stand-in
-/// tombstone at the collected register's time: the write loses on every replica, as it would have
-/// lost to the collected one, and nothing newer is affected.
+/// tombstone: the write loses on every replica, as it would have lost to the collected one.
+///
+/// "Older" is the whole last-writer-wins order `(hlc, origin)`: writes stamped alike on two servers
+/// are ordinary, and a collected tombstone may have won by its origin alone. A stand-in is a write of
+/// this replica, so its origin is ours: it takes our highest place at or below the collected register
+/// (its time, or one tick under it when our origin ranks above the register's), so it never beats a
+/// write newer than the collected register. Only when the old write lies in that last tick, where no
+/// place of ours fits between the two, does the stand-in take our lowest place above the old write.
 ///
 /// Records are kept for a retention the node configures; a forgotten record leaves its time in
-/// `beyond`, which then stands for every key that has no value register: a write older than it to
-/// such a key is answered with a stand-in just above it (a replica away longer than the retention
-/// loses its old writes to keys deleted meanwhile, and to keys nobody else has).
+/// `beyond`, which then stands for every key with no live register (none, or a tombstone such as the
+/// stand-in answering an earlier old write): a write stamped at or below it to such a key is answered
+/// with a stand-in just above it (a replica away longer than the retention loses its old writes to
+/// keys deleted meanwhile, and to keys nobody else has).
 #[derive(Default)]
 struct CollectedKeys {
-    /// fingerprint -> (newest collected hlc, stamp).
-    by_key: crate::hash::HashMap<u64, (Hlc, u64)>,
+    /// fingerprint -> (newest collected register, stamp).
+    by_key: crate::hash::HashMap<u64, (Collected, u64)>,
     /// (stamp, fingerprint) in collection order, to forget the oldest first.
     order: VecDeque<(u64, u64)>,
     /// The newest time among forgotten records.
@@ -392,12 +401,64 @@ struct CollectedKeys {
     newest: Hlc,
 }
 
+/// A collected register's place in the last-writer-wins order. Only its time is persisted: a record
+/// restored from disk has no origin and stands above every origin of its time (a write stamped alike
+/// then meets a stand-in whichever origin it has).
+#[derive(Clone, Debug)]
+struct Collected {
+    hlc: Hlc,
+    origin: Option<Origin>,
+}
+
+impl Collected {
+    fn place(&self) -> (Hlc, bool, Option<&Origin>) {
+        (self.hlc, self.origin.is_none(), self.origin.as_ref())
+    }
+
+    /// Whether this register beats a write at `(hlc, origin)`.
+    fn beats(&self, hlc: Hlc, origin: &Origin) -> bool {
+        self.place() > (hlc, false, Some(origin))
+    }
+
+    /// The time of a stand-in of `me` for a write at `(hlc, origin)` this register beats.
+    fn stand_in_for(&self, hlc: Hlc, origin: &Origin, me: &Origin) -> Hlc {
+        let highest = match &self.origin {
+            Some(o) if me > o => Hlc(self.hlc.0.saturating_sub(1)),
+            _ => self.hlc,
+        };
+        if beats(highest, me, hlc, origin) {
+            highest
+        } else {
+            just_above(hlc, origin, me)
+        }
+    }
+}
+
+/// The time of the lowest write of `me` that beats a write at `(hlc, origin)`.
+fn just_above(hlc: Hlc, origin: &Origin, me: &Origin) -> Hlc {
+    if me > origin {
+        hlc
+    } else {
+        Hlc(hlc.0.saturating_add(1))
+    }
+}
+
 impl CollectedKeys {
-    fn remember(&mut self, fingerprint: u64, hlc: Hlc, at_ms: u64) {
-        let slot = self.by_key.entry(fingerprint).or_insert((hlc, at_ms));
-        *slot = (slot.0.max(hlc), at_ms);
+    fn remember(&mut self, fingerprint: u64, register: Collected, at_ms: u64) {
+        self.newest = self.newest.max(register.hlc);
+        match self.by_key.entry(fingerprint) {
+            hashbrown::hash_map::Entry::Occupied(mut slot) => {
+                let (kept, stamp) = slot.get_mut();
+                if register.place() > kept.place() {
+                    *kept = register;
+                }
+                *stamp = at_ms;
+            }
+            hashbrown::hash_map::Entry::Vacant(slot) => {
+                slot.insert((register, at_ms));
+            }
+        }
         self.order.push_back((at_ms, fingerprint));
-        self.newest = self.newest.max(hlc);
     }
 
     /// Forgets records stamped before `before_ms`; returns the fingerprints dropped.
@@ -408,35 +469,42 @@ impl CollectedKeys {
             }
             self.order.pop_front();
             // A later collection of the same fingerprint re-stamped the record: it stays.
-            if let Some(&(hlc, stamp)) = self.by_key.get(&fingerprint) {
-                if stamp == at {
+            if let Some((register, stamp)) = self.by_key.get(&fingerprint) {
+                if *stamp == at {
+                    self.beyond = self.beyond.max(register.hlc);
                     self.by_key.remove(&fingerprint);
-                    self.beyond = self.beyond.max(hlc);
                     dropped.push(fingerprint);
                 }
             }
         }
     }
 
-    /// The time of a stand-in for a value write `w` of `origin` that is new here, given the key's
-    /// current value register: `Some` when a collected register of the key (or, without a record and
-    /// without a register, a forgotten one) is newer than `w` and `w` would otherwise win.
+    /// The time of a stand-in of `me` for a value write `w` of `origin` that is new here, given the
+    /// key's current value register `(hlc, origin, is a tombstone)`: `Some` when a collected register
+    /// of the key (or, without a record and without a live register, a forgotten one) beats `w` and
+    /// `w` would otherwise win.
     fn stand_in_time(
         &self,
         w: &Write,
         origin: &Origin,
-        current: Option<(Hlc, &Origin)>,
+        current: Option<(Hlc, &Origin, bool)>,
+        me: &Origin,
     ) -> Option<Hlc> {
         if w.touch || w.value.is_none() {
             return None;
         }
-        if current.is_some_and(|(hlc, o)| !beats(w.hlc, origin, hlc, o)) {
+        if current.is_some_and(|(hlc, o, _)| !beats(w.hlc, origin, hlc, o)) {
             return None; // it loses anyway
         }
         match self.by_key.get(&key_fingerprint(&w.key)) {
-            Some(&(hlc, _)) if w.hlc < hlc => Some(hlc),
-            _ if current.is_none() && w.hlc < self.beyond => Some(Hlc(w.hlc.0 + 1)),
-            _ => None,
+            Some((register, _)) => register
+                .beats(w.hlc, origin)
+                .then(|| register.stand_in_for(w.hlc, origin, me)),
+            None => {
+                let no_live_register = current.is_none_or(|(_, _, tombstone)| tombstone);
+                let forgotten = self.beyond > Hlc(0) && w.hlc <= self.beyond;
+                (no_live_register && forgotten).then(|| just_above(w.hlc, origin, me))
+            }
         }
     }
 }
@@ -951,7 +1019,11 @@ impl MemoryStore {
         let mut state = State::default();
         collected.sort_by_key(|r| r.at_ms);
         for r in collected {
-            state.collected.remember(r.fingerprint, r.hlc, r.at_ms);
+            let register = Collected {
+                hlc: r.hlc,
+                origin: None,
+            };
+            state.collected.remember(r.fingerprint, register, r.at_ms);
         }
         state.collected.beyond = collected_beyond;
         state.collected.newest = state.collected.newest.max(collected_beyond);
@@ -1123,14 +1195,14 @@ impl Store for MemoryStore {
             }
             merged.fresh += 1;
             state.see(origin, w.seq);
-            if w.hlc < state.collected.newest {
+            if w.hlc <= state.collected.newest {
                 let current = state
                     .entries
                     .get(&w.key)
                     .filter(|e| e.seq > 0)
-                    .map(|e| (e.hlc, e.origin.clone()));
-                let current = current.as_ref().map(|(h, o)| (*h, o));
-                if let Some(hlc) = state.collected.stand_in_time(&w, origin, current) {
+                    .map(|e| (e.hlc, e.origin.clone(), e.value.is_none()));
+                let current = current.as_ref().map(|(h, o, t)| (*h, o, *t));
+                if let Some(hlc) = state.collected.stand_in_time(&w, origin, current, me) {
                     state.stand_in(me, &w, hlc, on_change);
                     merged.stand_ins += 1;
                 }
@@ -1337,8 +1409,14 @@ impl Store for MemoryStore {
             let everywhere = e.writes(&key).all(|(o, w)| collectable(&o, w.seq));
             if everywhere {
                 if e.seq > 0 {
-                    let (fingerprint, hlc) = (key_fingerprint(&key), e.hlc);
-                    state.collected.remember(fingerprint, hlc, older_than_ms);
+                    let fingerprint = key_fingerprint(&key);
+                    let register = Collected {
+                        hlc: e.hlc,
+                        origin: Some(e.origin.clone()),
+                    };
+                    state
+                        .collected
+                        .remember(fingerprint, register, older_than_ms);
                     state.note_collected(fingerprint);
                 }
                 state.remove_entry(&key);
@@ -1462,10 +1540,10 @@ impl Store for MemoryStore {
                     .collected
                     .by_key
                     .get(&fingerprint)
-                    .map(|&(hlc, at_ms)| CollectedRecord {
+                    .map(|(register, at_ms)| CollectedRecord {
                         fingerprint,
-                        hlc,
-                        at_ms,
+                        hlc: register.hlc,
+                        at_ms: *at_ms,
                     });
                 (fingerprint, record)
             })
@@ -1940,8 +2018,8 @@ mod tests {
         assert_eq!(get(&s, "k"), None);
         assert_eq!(
             regs(&s, "k"),
-            vec![("me".into(), 20, None)],
-            "a tombstone at the collected time"
+            vec![("me".into(), 19, None)],
+            "a tombstone at our highest place at or below the collected one (b's at 20; me > b)"
         );
         assert!(
             s.context_of(&me).contains(1),
@@ -1977,6 +2055,137 @@ mod tests {
         );
         assert_eq!(merged.stand_ins, 0);
         assert_eq!(get(&s, "k").as_deref(), Some("new"));
+    }
+
+    /// A tombstone and a set stamped alike (the same millisecond on two servers), the tombstone winning
+    /// by its origin: once the tombstone is collected, the set coming back from a replica that was away
+    /// must not revive the key. Checked with this replica's id ranked above, between and below theirs.
+    #[test]
+    fn a_collected_tombstone_that_beat_a_set_by_origin_alone_is_not_revived() {
+        for me_name in ["m", "aa", "0"] {
+            let t = ReplicaTable::new();
+            let (me, a, b) = (origin(&t, me_name), origin(&t, "a"), origin(&t, "b"));
+            let s = MemoryStore::new();
+            let none = SeqRanges::new();
+            s.merge(&me, &b, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+            assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+            let mut shown = 0;
+            let merged = s.merge(
+                &me,
+                &a,
+                vec![w("k", 20, 1, Some("old"))],
+                &none,
+                &mut |_| shown += 1,
+            );
+            assert_eq!(merged.stand_ins, 1, "me = {me_name}");
+            assert_eq!(get(&s, "k"), None, "me = {me_name}: the key came back");
+            assert_eq!(shown, 0, "me = {me_name}: a listener heard of it");
+        }
+    }
+
+    /// The mirror case, and a stand-in's own rank: a write newer than the collected register by the
+    /// whole order `(hlc, origin)` (the same timestamp, a larger origin) wins, whether it arrives
+    /// before or after the stand-in written for an older write, and whichever way this replica's id
+    /// ranks against theirs.
+    #[test]
+    fn a_stand_in_never_beats_a_write_newer_by_the_whole_order() {
+        for me_name in ["m", "bb", "0"] {
+            let t = ReplicaTable::new();
+            let (me, a, b, c) = (
+                origin(&t, me_name),
+                origin(&t, "a"),
+                origin(&t, "b"),
+                origin(&t, "c"),
+            );
+            let s = MemoryStore::new();
+            let none = SeqRanges::new();
+            s.merge(&me, &b, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+            assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+            // An older write comes back: it meets a stand-in.
+            let merged = s.merge(
+                &me,
+                &a,
+                vec![w("k", 15, 1, Some("old"))],
+                &none,
+                &mut |_| {},
+            );
+            assert_eq!(merged.stand_ins, 1, "me = {me_name}");
+            let stand_in = registers_of(&s, &me).expect("the stand-in is this replica's write");
+            // A write stamped like the collected tombstone, by a larger origin, is newer: it wins.
+            let merged = s.merge(
+                &me,
+                &c,
+                vec![w("k", 20, 1, Some("new"))],
+                &none,
+                &mut |_| {},
+            );
+            assert_eq!(merged.stand_ins, 0, "me = {me_name}");
+            assert_eq!(get(&s, "k").as_deref(), Some("new"), "me = {me_name}");
+
+            // On a replica that held the newer write first, the stand-in that travels loses to it.
+            let other = MemoryStore::new();
+            let you = origin(&t, "you");
+            other.merge(
+                &you,
+                &c,
+                vec![w("k", 20, 1, Some("new"))],
+                &none,
+                &mut |_| {},
+            );
+            other.merge(
+                &you,
+                &me,
+                vec![w("k", stand_in, 1, None)],
+                &none,
+                &mut |_| {},
+            );
+            assert_eq!(get(&other, "k").as_deref(), Some("new"), "me = {me_name}");
+        }
+    }
+
+    /// The hlc of the stored value register of `origin` (the first found).
+    fn registers_of(s: &MemoryStore, origin: &Origin) -> Option<u64> {
+        let state = s.state.read();
+        let mut found = state
+            .origins
+            .get(origin)?
+            .index
+            .range(1, u64::MAX)
+            .filter_map(|(seq, hash)| state.entries.by_dot(hash, origin, seq))
+            .map(|(_, e)| e.hlc.0);
+        found.next()
+    }
+
+    /// Past `rememberCollected` only the newest forgotten time guards keys with no live register: the
+    /// first old write to such a key meets a stand-in, and so must a second, newer than that stand-in
+    /// but still older than the forgotten time.
+    #[test]
+    fn past_remember_collected_a_second_old_write_to_the_same_key_stays_guarded() {
+        let t = ReplicaTable::new();
+        let (me, a, c) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "c"));
+        let s = MemoryStore::new();
+        let none = SeqRanges::new();
+        s.merge(&me, &a, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+        assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+        s.forget_collected(1_001);
+        assert_eq!(s.collected_remembered(), 0);
+        let first = s.merge(
+            &me,
+            &c,
+            vec![w("k", 10, 1, Some("old"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(first.stand_ins, 1);
+        let second = s.merge(
+            &me,
+            &c,
+            vec![w("k", 15, 2, Some("older"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(second.stand_ins, 1);
+        assert_eq!(get(&s, "k"), None, "the second old write revived the key");
     }
 
     #[test]
@@ -2039,8 +2248,8 @@ mod tests {
             assert_eq!(merged.stand_ins, 1);
             assert_eq!(
                 regs(s, "other"),
-                vec![("me".into(), 16, None)],
-                "just above the old write"
+                vec![("me".into(), 15, None)],
+                "just above the old write (c's at 15; me > c)"
             );
             // ... a key holding an older register is not, and a newer write never is.
             s.merge(
