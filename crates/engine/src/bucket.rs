@@ -151,17 +151,29 @@ impl Bucket {
 
     /// Merges writes from another replica (see `Store::merge`).
     pub fn merge(&self, origin: &Origin, writes: Vec<Write>, covered: &SeqRanges) -> Merged {
+        self.merge_chunk(origin, writes, covered, &[])
+    }
+
+    /// Merges a chunk from another replica, with the superseded seqs it covered (see
+    /// `Store::merge_chunk`).
+    pub fn merge_chunk(
+        &self,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+        superseded: &[(Arc<str>, Vec<u64>)],
+    ) -> Merged {
         if let Some(max) = writes.iter().map(|w| w.hlc).max() {
             self.clock.observe(max);
         }
         let listening = self.has_subscriber.load(Ordering::Acquire);
-        let merged = self
-            .store
-            .merge(&self.me, origin, writes, covered, &mut |w| {
-                if listening {
-                    self.emit(w, origin, false)
-                }
-            });
+        let merged =
+            self.store
+                .merge_chunk(&self.me, origin, writes, covered, superseded, &mut |w| {
+                    if listening {
+                        self.emit(w, origin, false)
+                    }
+                });
         if merged.stand_ins > 0 {
             tracing::debug!(bucket = %self.name, count = merged.stand_ins, "stand-in tombstones for writes older than collected ones");
             self.signal.local_write();

@@ -548,6 +548,20 @@ impl Session {
         for w in &superseders {
             check_writes(std::slice::from_ref(*w), None)?;
         }
+        let written: BTreeSet<u64> = batch.writes.iter().map(|w| w.seq).collect();
+        for (key, seqs) in &batch.superseded {
+            if key.is_empty() || key.len() > MAX_KEY {
+                return Err(LinkError::Protocol(format!("key of {} bytes", key.len())));
+            }
+            if let Some(seq) = seqs
+                .iter()
+                .find(|&&s| !batch.covered.contains(s) || written.contains(&s))
+            {
+                return Err(LinkError::Protocol(format!(
+                    "superseded seq {seq} outside the batch's coverage or among its writes"
+                )));
+            }
+        }
         let newest = batch.writes.iter().chain(superseders).map(|w| w.hlc).max();
         if let Some(max) = newest {
             local.check_clock(max.physical_ms())?;
@@ -563,7 +577,7 @@ impl Session {
             local.count_merged(merged);
             fresh += merged.fresh;
         }
-        let merged = bucket.merge(&origin, batch.writes, &batch.covered);
+        let merged = bucket.merge_chunk(&origin, batch.writes, &batch.covered, &batch.superseded);
         local.count_merged(merged);
         fresh += merged.fresh;
         if origin != self.peer {
@@ -758,6 +772,7 @@ fn send_ranges(
                     .into_iter()
                     .map(|(o, w)| (o.id().clone(), w))
                     .collect(),
+                superseded: chunk.superseded,
             });
             wire::encode_frame(&msg, buf)?;
             from = covered_end + 1;
