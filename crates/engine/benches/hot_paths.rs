@@ -95,6 +95,7 @@ fn bench(c: &mut Criterion) {
         covered: SeqRanges::up_to(1024),
         writes: writes(1024),
         superseders: Vec::new(),
+        superseded: Vec::new(),
     });
     let mut frame = Vec::new();
     wire::encode_frame(&msg, &mut frame).expect("encodes");

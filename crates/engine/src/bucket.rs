@@ -163,6 +163,18 @@ impl Bucket {
         writes: Vec<Write>,
         covered: &SeqRanges,
     ) -> Result<Merged, TooFarAhead> {
+        self.merge_chunk(origin, writes, covered, &[])
+    }
+
+    /// Merges a chunk from another replica, with the superseded seqs it covered (see
+    /// `Store::merge_chunk`); refused whole like `merge`.
+    pub fn merge_chunk(
+        &self,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+        superseded: &[(Arc<str>, Vec<u64>)],
+    ) -> Result<Merged, TooFarAhead> {
         if let Some(max) = writes.iter().map(|w| w.hlc).max() {
             self.clock.observe(max)?;
         }
@@ -170,13 +182,18 @@ impl Bucket {
         // never shown live, and one that hides a live value is reported as its expiry.
         self.expire(self.now_ms());
         let listening = self.has_subscriber.load(Ordering::Acquire);
-        let merged = self
-            .store
-            .merge(&self.me, origin, writes, covered, &mut |shown| {
+        let merged = self.store.merge_chunk(
+            &self.me,
+            origin,
+            writes,
+            covered,
+            superseded,
+            &mut |shown| {
                 if listening {
                     self.emit(shown, origin, false)
                 }
-            });
+            },
+        );
         if merged.stand_ins > 0 {
             tracing::debug!(bucket = %self.name, count = merged.stand_ins, "stand-in tombstones for writes older than collected ones");
             self.signal.local_write();

@@ -245,6 +245,19 @@ pub trait Store: Send + Sync + 'static {
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged;
+    /// `merge` of a chunk: also records, as superseded markers, the dots of `origin` in `superseded`
+    /// (per key: the chunk covered them without their writes, which lost to the key's registers) that
+    /// were new here, in the same step. A chunk this replica sends later that covers them then carries
+    /// the key's registers too, as the first sender's did.
+    fn merge_chunk(
+        &self,
+        me: &Origin,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+        superseded: &[(Arc<str>, Vec<u64>)],
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> Merged;
     /// Reports (through `on_expired`) every key whose value expired by `now_ms` since the last call,
     /// and queues it for collection.
     fn expire(&self, now_ms: u64, on_expired: &mut dyn FnMut(&Arc<str>));
@@ -340,6 +353,9 @@ pub struct Chunk {
     /// Current registers of keys whose writes in the range were superseded, with their origins; to be
     /// delivered before `covered` is claimed.
     pub superseders: Vec<(Origin, Write)>,
+    /// The superseded seqs of the range, per key, so the receiver can relay them with their
+    /// superseders in turn.
+    pub superseded: Vec<(Arc<str>, Vec<u64>)>,
 }
 
 /// What `Store::merge` did.
@@ -1182,8 +1198,31 @@ impl Store for MemoryStore {
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
+        self.merge_chunk(me, origin, writes, covered, &[], on_change)
+    }
+
+    fn merge_chunk(
+        &self,
+        me: &Origin,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+        superseded: &[(Arc<str>, Vec<u64>)],
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> Merged {
         let mut state = self.state.write();
         state.name_me(me);
+        // Superseded dots new here: known before the writes and the coverage land.
+        let known = state
+            .origins
+            .get(origin)
+            .map(|o| o.context.clone())
+            .unwrap_or_default();
+        let fresh_superseded: Vec<(&Arc<str>, u64)> = superseded
+            .iter()
+            .flat_map(|(key, seqs)| seqs.iter().map(move |&seq| (key, seq)))
+            .filter(|&(_, seq)| !known.contains(seq))
+            .collect();
         let mut merged = Merged::default();
         for mut w in writes {
             if state
@@ -1217,6 +1256,24 @@ impl Store for MemoryStore {
                 .context
                 .union_with(covered);
             state.note_context(origin);
+        }
+        for (key, seq) in fresh_superseded {
+            let by = state
+                .entries
+                .get_key_value(key)
+                .filter(|(_, e)| e.seq > 0)
+                .map(|(k, e)| (k.clone(), e.origin.clone(), e.seq));
+            if let Some((key, by, by_seq)) = by {
+                state.origin_mut(origin).superseded.insert(
+                    seq,
+                    Marker {
+                        key: key.clone(),
+                        by,
+                        by_seq,
+                    },
+                );
+                state.note_marker(origin, seq, Some(key));
+            }
         }
         merged
     }
@@ -1321,19 +1378,27 @@ impl Store for MemoryStore {
             } else {
                 e.writes(key).map(|(o, w)| (Some(o), w)).collect()
             };
-            if items.is_empty() {
+            if is_stored && items.is_empty() {
                 continue;
             }
+            // A superseded seq travels too (a few bytes), so the receiver can back it when it relays.
             let size: usize = items
                 .iter()
                 .map(|(_, w)| w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40)
-                .sum();
+                .sum::<usize>()
+                + if is_stored { 0 } else { 8 };
             let count = chunk.writes.len() + chunk.superseders.len();
             if count > 0 && (count >= limits.max_writes || bytes + size > limits.max_bytes) {
                 last = seq - 1;
                 break;
             }
             bytes += size;
+            if !is_stored {
+                match chunk.superseded.iter_mut().find(|(k, _)| k == key) {
+                    Some((_, seqs)) => seqs.push(seq),
+                    None => chunk.superseded.push((key.clone(), vec![seq])),
+                }
+            }
             for (other, write) in items {
                 match other {
                     None => chunk.writes.push(write),
@@ -1350,6 +1415,14 @@ impl Store for MemoryStore {
         if let Some(&(_, high)) = chunk.covered.ranges().last() {
             o.shipped
                 .fetch_max(high, std::sync::atomic::Ordering::Relaxed);
+        }
+        // A superseder leaves too: an own write among them may be elsewhere from now on, and must
+        // leave a marker when it is overwritten.
+        for (other, w) in &chunk.superseders {
+            if let Some(st) = state.origins.get(other) {
+                st.shipped
+                    .fetch_max(w.seq, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         chunk
     }
@@ -1973,6 +2046,35 @@ mod tests {
         set("again");
         assert_eq!(s.marker_count(), 1, "seq 101 never left");
         assert_eq!(get(&s, "k").as_deref(), Some("again"));
+    }
+
+    /// Issue 12, behaviour 3 (own writes): a write of this replica that left only as the superseder
+    /// in a chunk of another origin may be held elsewhere; overwritten later, it keeps a marker, so a
+    /// chunk of this replica's own writes covering it carries what superseded it.
+    #[test]
+    fn an_own_write_shipped_as_a_superseder_is_covered_only_with_what_superseded_it() {
+        let t = ReplicaTable::new();
+        let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+        let clock = Clock::new(Box::new(Arc::new(ManualClock::new(1_000))));
+        let s = MemoryStore::new();
+        let none = SeqRanges::new();
+        s.merge(&me, &a, vec![w("k", 10, 1, Some("a"))], &none, &mut |_| {});
+        let set = |v: &str| {
+            let value = Some(v.as_bytes().to_vec().into_boxed_slice());
+            s.write_local(&me, &clock, "k", value, Lifetime::Forever, &mut |_| {})
+        };
+        set("mine");
+        let relayed = s.chunk(&a, 1, 1, ChunkLimits::UNLIMITED);
+        assert_eq!(relayed.superseders.len(), 1, "a's write travels with mine");
+        set("again");
+        let own = s.chunk(&me, 1, 1, ChunkLimits::UNLIMITED);
+        assert_eq!(own.covered, SeqRanges::up_to(1));
+        let carried: Vec<u64> = own.superseders.iter().map(|(_, w)| w.seq).collect();
+        assert_eq!(
+            carried,
+            vec![2],
+            "seq 1 is claimed only with seq 2, which beat it"
+        );
     }
 
     #[test]

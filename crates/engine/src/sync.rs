@@ -299,8 +299,20 @@ impl Local {
         writes: Vec<Write>,
         covered: &SeqRanges,
     ) -> Result<usize, LinkError> {
+        self.merge_chunk(bucket, origin, writes, covered, &[])
+    }
+
+    /// `merge` of a chunk with the superseded seqs it covered (see `Bucket::merge_chunk`).
+    fn merge_chunk(
+        &self,
+        bucket: &Bucket,
+        origin: &Origin,
+        writes: Vec<Write>,
+        covered: &SeqRanges,
+        superseded: &[(Arc<str>, Vec<u64>)],
+    ) -> Result<usize, LinkError> {
         let merged = bucket
-            .merge(origin, writes, covered)
+            .merge_chunk(origin, writes, covered, superseded)
             .map_err(|e| self.skew_refused(e))?;
         self.count_merged(merged);
         Ok(merged.fresh)
@@ -585,6 +597,20 @@ impl Session {
         for w in &superseders {
             check_writes(std::slice::from_ref(*w), None)?;
         }
+        let written: BTreeSet<u64> = batch.writes.iter().map(|w| w.seq).collect();
+        for (key, seqs) in &batch.superseded {
+            if key.is_empty() || key.len() > MAX_KEY {
+                return Err(LinkError::Protocol(format!("key of {} bytes", key.len())));
+            }
+            if let Some(seq) = seqs
+                .iter()
+                .find(|&&s| !batch.covered.contains(s) || written.contains(&s))
+            {
+                return Err(LinkError::Protocol(format!(
+                    "superseded seq {seq} outside the batch's coverage or among its writes"
+                )));
+            }
+        }
         local.observe(batch.writes.iter().chain(superseders))?;
         let origin = local.replicas.intern(&batch.origin);
         let bucket = local.bucket(&batch.bucket);
@@ -595,7 +621,13 @@ impl Session {
             let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
             fresh += local.merge(&bucket, &o, vec![w], &dot)?;
         }
-        fresh += local.merge(&bucket, &origin, batch.writes, &batch.covered)?;
+        fresh += local.merge_chunk(
+            &bucket,
+            &origin,
+            batch.writes,
+            &batch.covered,
+            &batch.superseded,
+        )?;
         if origin != self.peer {
             local
                 .counters
@@ -788,6 +820,7 @@ fn send_ranges(
                     .into_iter()
                     .map(|(o, w)| (o.id().clone(), w))
                     .collect(),
+                superseded: chunk.superseded,
             });
             wire::encode_frame(&msg, buf)?;
             from = covered_end + 1;

@@ -14,8 +14,9 @@ use crate::replica::ReplicaId;
 use crate::store::Write;
 
 /// Version of the message encoding; a frame with another version closes the link. 2: string values
-/// travel as themselves (`value::TAG_STRING`), which a version-1 peer would take for malformed.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// travel as themselves (`value::TAG_STRING`), which a version-1 peer would take for malformed. 3: a
+/// batch names the keys of the superseded seqs it covers (`OpsBatch::superseded`).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -125,6 +126,9 @@ pub struct OpsBatch {
     /// Current registers (of any origin) of keys whose writes in `covered` were superseded; applied
     /// before `covered` is claimed, in the same frame, so the claim is never without its backing.
     pub superseders: Vec<(ReplicaId, Write)>,
+    /// The seqs in `covered` whose writes were superseded, per key: the receiver keeps them as
+    /// markers, so that a batch it sends later covering them carries the key's registers in turn.
+    pub superseded: Vec<(Arc<str>, Vec<u64>)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -225,6 +229,7 @@ mod tests {
                 touch: false,
             }],
             superseders: Vec::new(),
+            superseded: Vec::new(),
         })
     }
 

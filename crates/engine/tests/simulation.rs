@@ -1,26 +1,53 @@
 //! Deterministic simulation of the sync protocol: five replicas exchange real encoded frames over an
-//! in-memory network that drops, duplicates and reorders them, splits into partitions, and resets
-//! links; replicas write, delete and restart empty. After healing, every replica must hold exactly the
-//! same registers and contexts.
+//! in-memory network that drops, duplicates and reorders them, splits into partitions that heal part
+//! by part, and resets links; replicas write, delete, touch and restart empty (under a new
+//! incarnation, with a clock that may jump backwards), and one at a time is cut off and forgotten
+//! while the others collect tombstones, then comes back reaching one peer first (maybe one that
+//! restarted after the collection).
+//!
+//! What it checks, besides convergence (after healing, every replica holds exactly the same registers
+//! and contexts): invariant P, that each replica stores for every key the last-writer-wins maximum, by
+//! (hlc, origin), of exactly the writes its context covers (or nothing, when that maximum is dead). A
+//! registry of every write ever made (stand-ins included) is the reference. Each replica has its own
+//! clock offset, up to just under the clock skew limit, drawn from a few values so that equal
+//! (physical, logical) timestamps across origins are common.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use peer_buckets_engine::clock::{Clock, ManualClock};
 use peer_buckets_engine::collect::Collector;
-use peer_buckets_engine::replica::Origin;
-use peer_buckets_engine::store::Lifetime;
+use peer_buckets_engine::replica::{Origin, ReplicaId};
+use peer_buckets_engine::store::{Lifetime, Write};
 use peer_buckets_engine::sync::{Inbound, Local, PullPlanner, Session};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, Message};
 
 const N: usize = 5;
 const BUCKETS: [&str; 2] = ["sessions", "carts"];
+const KEYS: u64 = 40;
+/// The clock skew limit of every replica; offsets stay just under it.
+const MAX_SKEW_MS: u64 = 2_000;
+/// Clock offsets are drawn from these: few values, so equal timestamps across origins are common.
+const OFFSETS: [i64; 4] = [0, 0, 700, MAX_SKEW_MS as i64 - 1];
+
+/// splitmix64: expands a seed (or any value) into a well-mixed one, so seeds that differ in one bit
+/// give unrelated runs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// A small, seedable generator (xorshift*), so a failing seed replays the same schedule.
 struct Rng(u64);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        // xorshift's state must not be zero; splitmix64 maps exactly one input there.
+        Rng(splitmix64(seed).max(1))
+    }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -41,6 +68,38 @@ struct Frame {
     msg: Message,
 }
 
+/// A write as the registry remembers it: enough to recompute the last-writer-wins maximum.
+#[derive(Clone, Debug)]
+struct Logged {
+    key: Arc<str>,
+    hlc: u64,
+    origin: ReplicaId,
+    seq: u64,
+    live: bool,
+    expires_ms: u64,
+    touch: bool,
+}
+
+impl Logged {
+    fn of(origin: &ReplicaId, w: &Write, live: bool) -> Logged {
+        Logged {
+            key: w.key.clone(),
+            hlc: w.hlc.0,
+            origin: origin.clone(),
+            seq: w.seq,
+            live,
+            expires_ms: w.expires_ms,
+            touch: w.touch,
+        }
+    }
+    fn order(&self) -> (u64, &ReplicaId) {
+        (self.hlc, &self.origin)
+    }
+}
+
+/// Every write ever made, per bucket and dot.
+type Registry = BTreeMap<(&'static str, ReplicaId, u64), Logged>;
+
 struct Sim {
     rng: Rng,
     time: Arc<ManualClock>,
@@ -58,21 +117,42 @@ struct Sim {
     side: [u8; N],
     loss: u64,
     restarts: u64,
+    registry: Registry,
+    /// The dots some frame delivered to another replica. A write its writer overwrote before any
+    /// frame carried it is claimed without its register (no replica but the writer can hold it):
+    /// invariant P counts it only at its writer.
+    left: std::collections::BTreeSet<(Arc<str>, ReplicaId, u64)>,
+    /// The replica that wrote last: restarting it loses writes only it holds.
+    last_writer: usize,
 }
 
-fn new_local(i: usize, incarnation: u64, time: &Arc<ManualClock>) -> Local {
+fn new_local(i: usize, incarnation: u64, time: &Arc<ManualClock>, offset_ms: i64) -> Local {
     let clock = Arc::new(Clock::new(Box::new(time.clone())));
-    let mut local = Local::new(format!("n{i}").into(), incarnation, clock, 60_000);
+    clock.set_offset_ms(offset_ms);
+    let mut local = Local::new(format!("n{i}").into(), incarnation, clock, MAX_SKEW_MS);
     local.tombstone_min_age_ms = 1_000;
     local
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with_offsets(seed, &[0; N])
+    }
+
+    /// A simulation whose replicas' clocks are drawn from `OFFSETS`.
+    fn skewed(seed: u64) -> Sim {
+        let mut rng = Rng::new(seed ^ 0x5eed);
+        let offsets: Vec<i64> = (0..N)
+            .map(|_| OFFSETS[rng.below(OFFSETS.len() as u64) as usize])
+            .collect();
+        Sim::with_offsets(seed, &offsets)
+    }
+
+    fn with_offsets(seed: u64, offsets: &[i64]) -> Sim {
         let time = Arc::new(ManualClock::new(1_700_000_000_000));
-        let locals = (0..N).map(|i| new_local(i, 1, &time)).collect();
+        let locals = (0..N).map(|i| new_local(i, 1, &time, offsets[i])).collect();
         let mut sim = Sim {
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed),
             time,
             locals,
             sessions: (0..N).map(|_| (0..N).map(|_| None).collect()).collect(),
@@ -85,6 +165,9 @@ impl Sim {
             side: [0; N],
             loss: 0,
             restarts: 0,
+            registry: Registry::new(),
+            left: Default::default(),
+            last_writer: 0,
         };
         for i in 0..N {
             for j in 0..N {
@@ -106,25 +189,43 @@ impl Sim {
             .retain(|f| !((f.from == i && f.to == j) || (f.from == j && f.to == i)));
     }
 
+    /// Replica i writes `value` (a tombstone when `None`) to `key` of `bucket`, logged.
+    fn put(
+        &mut self,
+        i: usize,
+        bucket: &'static str,
+        key: &str,
+        value: Option<&str>,
+        life: Lifetime,
+    ) {
+        let encoded = value.map(|v| value::encode_json(&format!("\"{v}\"")));
+        let w = self.locals[i].bucket(bucket).write(key, encoded, life);
+        let origin = self.locals[i].me.id().clone();
+        let logged = Logged::of(&origin, &w, value.is_some());
+        self.registry.insert((bucket, origin, w.seq), logged);
+        self.last_writer = i;
+    }
+
     fn write(&mut self) {
         let i = self.rng.below(N as u64) as usize;
-        let bucket = self.locals[i].bucket(BUCKETS[self.rng.below(2) as usize]);
-        let key = format!("k{}", self.rng.below(40));
+        let bucket = BUCKETS[self.rng.below(2) as usize];
+        let key = format!("k{}", self.rng.below(KEYS));
         if self.rng.chance(10) {
-            bucket.touch(key.into(), 200 + self.rng.below(3_000));
+            let b = self.locals[i].bucket(bucket);
+            if let Some(w) = b.touch(key.into(), 200 + self.rng.below(3_000)) {
+                let origin = self.locals[i].me.id().clone();
+                let logged = Logged::of(&origin, &w, false);
+                self.registry.insert((bucket, origin, w.seq), logged);
+            }
             return;
         }
-        let value = if self.rng.chance(20) {
-            None
-        } else {
-            Some(value::encode_json(&self.rng.below(1000).to_string()))
-        };
+        let value = (!self.rng.chance(20)).then(|| self.rng.below(1000).to_string());
         let lifetime = if self.rng.chance(30) {
             Lifetime::Ttl(200 + self.rng.below(3_000))
         } else {
             Lifetime::Forever
         };
-        bucket.write(&key, value, lifetime);
+        self.put(i, bucket, &key, value.as_deref(), lifetime);
     }
 
     /// Replica i sends what its session about j has due.
@@ -177,6 +278,26 @@ impl Sim {
             println!("deliver n{} -> n{}: {:?}", f.from, f.to, f.msg);
         }
         if let Some(session) = self.sessions[f.to][f.from].as_mut() {
+            match &f.msg {
+                Message::Ops(batch) => {
+                    let dots = batch.writes.iter().map(|w| (&batch.origin, w.seq));
+                    let more = batch.superseders.iter().map(|(o, w)| (o, w.seq));
+                    for (o, seq) in dots.chain(more) {
+                        self.left.insert((batch.bucket.clone(), o.clone(), seq));
+                    }
+                }
+                Message::FetchReply {
+                    bucket,
+                    origin: Some(o),
+                    writes,
+                    ..
+                } => {
+                    for w in writes {
+                        self.left.insert((bucket.clone(), o.clone(), w.seq));
+                    }
+                }
+                _ => {}
+            }
             let inbound = session
                 .handle(&self.locals[f.to], f.msg)
                 .expect("valid message");
@@ -211,6 +332,8 @@ impl Sim {
     }
 
     /// Cuts replica x off from everyone; the others forget it.
+
+    /// Cuts replica x off from everyone; the others forget it.
     fn exile(&mut self, x: usize) {
         self.exiled = Some(x);
         for j in 0..N {
@@ -231,15 +354,57 @@ impl Sim {
         }
     }
 
-    /// Replica i restarts empty under the same node id (a new incarnation) and reconnects to all.
+    /// Brings the exiled replica back part way: it reaches one peer first; the other links come back
+    /// later, one `relink` at a time.
+    fn recall_to_one(&mut self) {
+        if let Some(x) = self.exiled.take() {
+            let j = (x + 1 + self.rng.below(N as u64 - 1) as usize) % N;
+            self.connect(x.min(j), x.max(j));
+        }
+    }
+
+    /// Replica i restarts empty under the same node id (a new incarnation, its clock maybe behind
+    /// the old one's) and reconnects to all.
     fn restart(&mut self, i: usize) {
+        self.restart_linked(i, N);
+    }
+
+    /// As `restart`, linked at first to `links` peers at most (the others come back by `relink`).
+    fn restart_linked(&mut self, i: usize, links: usize) {
         self.restarts += 1;
-        self.locals[i] = new_local(i, 1 + self.restarts, &self.time);
+        let offset = OFFSETS[self.rng.below(OFFSETS.len() as u64) as usize];
+        self.locals[i] = new_local(i, 1 + self.restarts, &self.time, offset);
         self.planners[i] = PullPlanner::default();
+        self.collectors[i] = Collector::default();
         for j in 0..N {
-            if j != i && Some(j) != self.exiled && Some(i) != self.exiled {
-                self.connect(i, j);
+            self.sessions[i][j] = None;
+            self.sessions[j][i] = None;
+        }
+        self.net.retain(|f| f.from != i && f.to != i);
+        if Some(i) == self.exiled {
+            return;
+        }
+        let start = self.rng.below(N as u64) as usize;
+        let mut linked = 0;
+        for j in (0..N).map(|d| (start + d) % N) {
+            if linked < links && j != i && Some(j) != self.exiled {
+                self.connect(i.min(j), i.max(j));
+                linked += 1;
             }
+        }
+    }
+
+    /// Opens one missing link between replicas that are not cut off, if any.
+    fn relink(&mut self) {
+        let missing: Vec<(usize, usize)> = (0..N)
+            .flat_map(|i| (i + 1..N).map(move |j| (i, j)))
+            .filter(|&(i, j)| {
+                self.sessions[i][j].is_none() && self.exiled != Some(i) && self.exiled != Some(j)
+            })
+            .collect();
+        if !missing.is_empty() {
+            let (i, j) = missing[self.rng.below(missing.len() as u64) as usize];
+            self.connect(i, j);
         }
     }
 
@@ -255,50 +420,61 @@ impl Sim {
                     self.flush(i, j, true);
                 }
             }
-            60..=89 => self.deliver(true),
-            90..=92 => {
+            60..=88 => self.deliver(true),
+            89..=91 => {
                 let i = self.rng.below(N as u64) as usize;
                 self.plan(i);
             }
-            93..=94 => {
+            92..=93 => {
                 let i = self.rng.below(N as u64) as usize;
                 self.collect(i);
             }
-            95..=96 => {
+            94..=95 => {
                 self.time.advance(self.rng.below(400));
                 let i = self.rng.below(N as u64) as usize;
                 for b in self.locals[i].bucket_list() {
                     b.sweep();
                 }
             }
-            97 => {
+            96 => {
+                // A link reset, or a missing link back.
                 let (i, j) = (
                     self.rng.below(N as u64) as usize,
                     self.rng.below(N as u64) as usize,
                 );
                 let cut_off = self.exiled.is_some_and(|x| x == i || x == j);
-                if i != j && !cut_off {
+                if self.rng.chance(50) {
+                    self.relink();
+                } else if i != j && !cut_off {
                     self.connect(i.min(j), i.max(j));
                 }
             }
-            98 => {
-                // New partition, or healed.
-                for s in self.side.iter_mut() {
-                    *s = 0;
-                }
-                if self.rng.chance(60) {
+            97 => {
+                // A new partition, or one replica crossing back (healing part by part).
+                if self.side.iter().all(|&s| s == 0) && self.rng.chance(40) {
                     for i in 0..N {
                         self.side[i] = self.rng.below(2) as u8;
                     }
+                } else {
+                    let i = self.rng.below(N as u64) as usize;
+                    self.side[i] = 0;
                 }
+            }
+            98 => {
+                // A restart: often of the last writer (its newest writes may be only there), linked
+                // at first to one peer (its catch-up is partial when the next fault comes).
+                let i = if self.rng.chance(50) {
+                    self.last_writer
+                } else {
+                    self.rng.below(N as u64) as usize
+                };
+                let links = if self.rng.chance(50) { 1 } else { N };
+                self.restart_linked(i, links);
             }
             _ => {
                 if self.rng.chance(20) {
-                    let i = self.rng.below(N as u64) as usize;
-                    self.restart(i);
-                } else if self.rng.chance(10) {
                     if self.exiled.is_some() {
-                        self.recall();
+                        self.recall_to_one();
                     } else {
                         let x = self.rng.below(N as u64) as usize;
                         self.exile(x);
@@ -312,6 +488,13 @@ impl Sim {
     fn settle(&mut self) {
         self.side = [0; N];
         self.recall();
+        for i in 0..N {
+            for j in i + 1..N {
+                if self.sessions[i][j].is_none() {
+                    self.connect(i, j);
+                }
+            }
+        }
         for _round in 0..40 {
             self.time.advance(600);
             for i in 0..N {
@@ -339,6 +522,20 @@ impl Sim {
         for name in BUCKETS {
             let b = self.locals[i].bucket(name);
             b.scan("", &mut |k, v| out.push(format!("{name}/{k}={v:?}")));
+            for k in 0..KEYS {
+                let key = format!("k{k}");
+                for (o, w) in b.inspect(&key) {
+                    out.push(format!(
+                        "{name}/{key} {}{}:{}@{:x} {} exp {}",
+                        if w.touch { "touch " } else { "" },
+                        o.id(),
+                        w.seq,
+                        w.hlc.0,
+                        w.value.is_some(),
+                        w.expires_ms
+                    ));
+                }
+            }
             let mut ctx: Vec<String> = b
                 .store()
                 .context()
@@ -350,6 +547,90 @@ impl Sim {
         }
         out.sort();
         out
+    }
+
+    /// Adds to the registry the registers no logged write made (stand-in tombstones).
+    fn log_stand_ins(&mut self) {
+        for i in 0..N {
+            for name in BUCKETS {
+                let Some(b) = self.locals[i].existing_bucket(name) else {
+                    continue;
+                };
+                for k in 0..KEYS {
+                    for (o, w) in b.inspect(&format!("k{k}")) {
+                        let live = w.value.is_some();
+                        self.registry
+                            .entry((name, o.id().clone(), w.seq))
+                            .or_insert_with(|| Logged::of(o.id(), &w, live));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Invariant P at replica i: for every key, the registers stored are the last-writer-wins
+    /// maximum of the covered writes (the value register among value writes, the touch register
+    /// among the covered touches that beat it), or nothing when that maximum is dead (a tombstone, or
+    /// a value expired with its touches).
+    fn check_p(&self, i: usize) -> Result<(), String> {
+        let local = &self.locals[i];
+        for name in BUCKETS {
+            let Some(b) = local.existing_bucket(name) else {
+                continue;
+            };
+            let ctx: BTreeMap<ReplicaId, _> = b
+                .store()
+                .context()
+                .into_iter()
+                .map(|(o, r)| (o.id().clone(), r))
+                .collect();
+            let mut per_key: BTreeMap<Arc<str>, Vec<&Logged>> = BTreeMap::new();
+            let me = local.me.id();
+            for ((bucket, origin, seq), w) in &self.registry {
+                let counts =
+                    origin == me || self.left.contains(&(Arc::from(name), origin.clone(), *seq));
+                if *bucket == name && counts && ctx.get(origin).is_some_and(|r| r.contains(*seq)) {
+                    per_key.entry(w.key.clone()).or_default().push(w);
+                }
+            }
+            for k in 0..KEYS {
+                let key: Arc<str> = format!("k{k}").into();
+                let covered = per_key.get(&key).map_or(&[][..], |v| &v[..]);
+                let value = covered
+                    .iter()
+                    .filter(|w| !w.touch)
+                    .max_by(|a, b| a.order().cmp(&b.order()));
+                let touch = covered
+                    .iter()
+                    .filter(|w| w.touch && value.is_none_or(|v| w.order() > v.order()))
+                    .max_by(|a, b| a.order().cmp(&b.order()));
+                let dot = |w: Option<&&Logged>| w.map(|w| (w.origin.clone(), w.seq));
+                let stored = b.inspect(&key);
+                let stored_value = stored
+                    .iter()
+                    .find(|(_, w)| !w.touch)
+                    .map(|(o, w)| (o.id().clone(), w.seq));
+                let stored_touch = stored
+                    .iter()
+                    .find(|(_, w)| w.touch)
+                    .map(|(o, w)| (o.id().clone(), w.seq));
+                if stored.is_empty() {
+                    let expiry = touch.map_or(value.map_or(0, |v| v.expires_ms), |t| t.expires_ms);
+                    let dead = value.is_none_or(|v| !v.live)
+                        || (expiry != 0 && expiry <= local.clock.wall_ms() + MAX_SKEW_MS);
+                    if !dead {
+                        return Err(format!(
+                            "n{i} {name}/{key}: nothing stored, but its covered writes make it live: {value:?} {touch:?}"
+                        ));
+                    }
+                } else if stored_value != dot(value) || stored_touch != dot(touch) {
+                    return Err(format!(
+                        "n{i} {name}/{key}: stores value {stored_value:?} touch {stored_touch:?}, its covered writes say {value:?} {touch:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -370,17 +651,17 @@ fn register(sim: &Sim, i: usize, bucket: &str, key: &str) -> String {
     let Some(b) = sim.locals[i].existing_bucket(bucket) else {
         return out;
     };
-    b.store().scan_writes(key, &mut |o, w| {
-        if &*w.key == key {
+    for (o, w) in b.inspect(key) {
+        if !w.touch {
             out = format!(
-                "{}:{}@{}={}",
+                "{}:{}@{:x}={}",
                 o.id(),
                 w.seq,
-                w.hlc.0 >> 16,
+                w.hlc.0,
                 if w.value.is_some() { "v" } else { "DEL" }
             );
         }
-    });
+    }
     // SIM_DOT=node#incarnation:seq shows whether this replica's context holds that dot.
     if let Ok(dot) = std::env::var("SIM_DOT") {
         let (rid, seq) = dot.split_once(':').expect("node#inc:seq");
@@ -395,10 +676,20 @@ fn register(sim: &Sim, i: usize, bucket: &str, key: &str) -> String {
     out
 }
 
-fn run(seed: u64, steps: usize, loss: u64) {
-    let mut sim = Sim::new(seed);
+/// How often (in steps) `run` checks invariant P on every replica; 0: only at the end.
+fn p_every() -> usize {
+    std::env::var("SIM_P_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One simulated run; returns a description of the first failure.
+fn try_run(seed: u64, steps: usize, loss: u64) -> Result<(), String> {
+    let mut sim = Sim::skewed(seed);
     sim.loss = loss;
     let trace = std::env::var("SIM_TRACE").ok();
+    let every = p_every();
     let mut last = vec![String::new(); N];
     for step in 0..steps {
         let collected_before = sim.collected;
@@ -417,29 +708,49 @@ fn run(seed: u64, steps: usize, loss: u64) {
                 }
             }
         }
+        if every > 0 && step % every == 0 {
+            sim.log_stand_ins();
+            for i in 0..N {
+                sim.check_p(i)
+                    .map_err(|e| format!("seed {seed} step {step}: {e}"))?;
+            }
+        }
     }
+    sim.settle();
     if let Some((bucket, key)) = trace.as_deref().and_then(|t| t.split_once('/')) {
-        sim.settle();
         for i in 0..N {
             println!("settled n{i}: {}", register(&sim, i, bucket, key));
         }
     }
-    sim.settle();
     TOTAL_COLLECTED.fetch_add(sim.collected, std::sync::atomic::Ordering::Relaxed);
+    sim.log_stand_ins();
+    for i in 0..N {
+        sim.check_p(i)
+            .map_err(|e| format!("seed {seed}, settled: {e}"))?;
+    }
     let reference = sim.dump(0);
-    assert!(
-        reference.len() > 20,
-        "the run wrote too little to prove anything"
-    );
+    if reference.len() <= 20 {
+        return Err(format!(
+            "seed {seed}: the run wrote too little to prove anything"
+        ));
+    }
     for i in 1..N {
         let other = sim.dump(i);
         let only_n0: Vec<_> = reference.iter().filter(|l| !other.contains(l)).collect();
         let only_other: Vec<_> = other.iter().filter(|l| !reference.contains(l)).collect();
-        assert!(
-            only_n0.is_empty() && only_other.is_empty(),
-            "replica n{i} differs from n0 (seed {seed}, {} restarts): only at n0 {only_n0:?}, only at n{i} {only_other:?}",
-            sim.restarts
-        );
+        if !(only_n0.is_empty() && only_other.is_empty()) {
+            return Err(format!(
+                "replica n{i} differs from n0 (seed {seed}, {} restarts): only at n0 {only_n0:?}, only at n{i} {only_other:?}",
+                sim.restarts
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn run(seed: u64, steps: usize, loss: u64) {
+    if let Err(e) = try_run(seed, steps, loss) {
+        panic!("{e}");
     }
 }
 
@@ -463,6 +774,15 @@ fn replicas_converge_despite_loss_duplication_reordering_partitions_and_restarts
     );
 }
 
+/// Seeds differ in every bit they touch: neighbouring seeds are distinct runs.
+#[test]
+fn neighbouring_seeds_are_distinct_runs() {
+    let mut a = Rng::new(2);
+    let mut b = Rng::new(3);
+    let (x, y): (Vec<u64>, Vec<u64>) = (0..4).map(|_| (a.next(), b.next())).unzip();
+    assert_ne!(x, y);
+}
+
 #[test]
 #[ignore = "debugging aid: SIM_SEED=n SIM_TRACE=bucket/key cargo test -- --ignored --nocapture"]
 fn replay_one_seed() {
@@ -471,6 +791,38 @@ fn replay_one_seed() {
         .parse()
         .expect("a number");
     run(seed, 5_000, 15);
+}
+
+/// A seed sweep: `SIM_FROM=a SIM_TO=b [SIM_STEPS=5000] [SIM_LOSS=15] [SIM_P_EVERY=n]`; prints each
+/// failure and a one-line summary last, and fails if any seed did.
+#[test]
+#[ignore = "seed sweep: SIM_FROM=a SIM_TO=b cargo test --test simulation sweep -- --ignored --nocapture"]
+fn sweep() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (from, to) = (env("SIM_FROM", 1000), env("SIM_TO", 1100));
+    let (steps, loss) = (env("SIM_STEPS", 5_000) as usize, env("SIM_LOSS", 15));
+    let mut failed = Vec::new();
+    for seed in from..to {
+        let outcome = std::panic::catch_unwind(|| try_run(seed, steps, loss));
+        let failure = match outcome {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => format!("seed {seed}: panicked"),
+        };
+        println!("FAIL {failure}");
+        failed.push(seed);
+    }
+    println!(
+        "sweep: seeds {from}..{to}, {steps} steps, loss {loss}%, P every {}: {} failures {failed:?}",
+        p_every(),
+        failed.len()
+    );
+    assert!(failed.is_empty());
 }
 
 /// Frames of one link are dropped on purpose (the middle batches of a stream); the receiver notices
@@ -829,5 +1181,72 @@ fn a_pull_for_writes_the_sender_thinks_held_is_answered_once() {
             .expect("fill")
         {}
         assert_eq!(ops_in(&again), 0, "answered again on pass {pass}");
+    }
+}
+
+impl Sim {
+    /// Replica i sends what its session about j has due, and j handles it all at once.
+    fn pass(&mut self, i: usize, j: usize) {
+        let mut buf = Vec::new();
+        let session = self.sessions[i][j].as_mut().expect("linked");
+        while session
+            .fill(&self.locals[i], &mut buf, false)
+            .expect("fill")
+        {}
+        let mut at = 0;
+        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
+            at += used;
+            let s = self.sessions[j][i].as_mut().expect("linked");
+            s.handle(&self.locals[j], msg).expect("valid");
+        }
+    }
+
+    /// The value replica i shows for `key` of "sessions", as the text `put` wrote.
+    fn shows(&self, i: usize, key: &str) -> Option<String> {
+        let mut out = None;
+        self.locals[i].bucket("sessions").read(key, &mut |v| {
+            let text = (1..=9).map(|n| format!("v{n}"));
+            out = text
+                .into_iter()
+                .find(|t| *value::encode_json(&format!("\"{t}\"")) == *v)
+        });
+        out
+    }
+}
+
+/// Issue 12, behaviour 3: n1 receives n0's write to k (superseded) together with n2's write that
+/// superseded it, and later answers n3's pull of n0's writes. Its answer claims n0's dot, so it must
+/// carry n2's write: once n0, n1 and n2 (every replica that held n2's write) restart empty, n3 and n4
+/// (which holds n0's old write) still converge, on n2's value.
+#[test]
+fn coverage_relayed_in_a_pull_answer_travels_with_its_superseder() {
+    let mut sim = Sim::new(31);
+    sim.put(0, "sessions", "k", Some("v1"), Lifetime::Forever);
+    sim.pass(0, 4);
+    sim.time.advance(10);
+    sim.put(2, "sessions", "k", Some("v2"), Lifetime::Forever);
+    sim.pass(2, 0);
+    sim.pass(0, 1);
+    assert_eq!(sim.shows(1, "k").as_deref(), Some("v2"));
+    // n3 pulls n0's writes from n1.
+    let pull = Message::Pull {
+        bucket: "sessions".into(),
+        origin: sim.locals[0].me.id().clone(),
+        ranges: peer_buckets_engine::ranges::SeqRanges::up_to(1),
+    };
+    let s = sim.sessions[1][3].as_mut().expect("linked");
+    s.handle(&sim.locals[1], pull).expect("valid");
+    sim.pass(1, 3);
+    for i in [0, 1, 2] {
+        sim.restart(i);
+    }
+    sim.settle();
+    for i in 0..N {
+        assert_eq!(
+            sim.shows(i, "k").as_deref(),
+            Some("v2"),
+            "n{i}: {:?}",
+            sim.registers(i, "k")
+        );
     }
 }

@@ -87,6 +87,7 @@ fn ops(origin: ReplicaId, writes: Vec<Write>, superseders: Vec<(ReplicaId, Write
         covered,
         writes,
         superseders,
+        superseded: vec![],
     })
 }
 
@@ -131,6 +132,7 @@ fn a_catch_up_chunk_whose_superseder_is_stamped_too_far_ahead_is_refused_and_mov
         covered: SeqRanges::from_ranges([(1, 2)]),
         writes: vec![write("k1", 2, inside())],
         superseders: vec![(replica("d"), write("k0", 1, past()))],
+        superseded: vec![("k0".into(), vec![1])],
     });
     assert_refused_without_trace(&local, &mut session, msg);
 }
