@@ -257,7 +257,7 @@ async fn run(
     let link_id = link.id;
     let node = theirs.replica.node.clone();
     let newly_known = shared.members.learn(&node, &address);
-    match shared.members.register(&local.id, &address, link) {
+    match shared.members.register(&local.id, &address, dialed, link) {
         Admission::Reject => return Err(LinkError::Duplicate),
         Admission::Accept(replaced) => {
             for old in replaced {

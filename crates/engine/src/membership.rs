@@ -4,6 +4,13 @@
 //! One link per pair: both ends may dial at once; once both links are up, each end keeps the one dialed
 //! by the smaller node id and closes the other, so both ends choose the same link. A link from a newer
 //! incarnation of a node replaces the old one at once.
+//!
+//! The cluster size the ack levels count (`cluster_size`) never shrinks because a peer cannot reach
+//! the others: it is this peer, plus every member known now, plus every member forgotten (unreachable
+//! past the member timeout) less than a member timeout ago, plus every configured seed, counted as the
+//! node that answered there once met (so once), and not at all when it is this peer. Only a member that
+//! says goodbye (a clean close) stops counting at once. Every member that was connected within the last
+//! member timeout is in it, so it is never less than the largest connected set seen in that time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,10 +65,16 @@ struct Member {
 
 #[derive(Default)]
 struct Table {
+    /// This node's id.
+    me: Arc<str>,
+    /// Configured seed addresses, as given.
+    seeds: Vec<String>,
     members: HashMap<Arc<str>, Member>,
+    /// Members forgotten for being unreachable, and when; they count for the ack levels a while more.
+    departed: HashMap<Arc<str>, Instant>,
     /// Addresses with a dialer running.
     dialing: HashSet<String>,
-    /// Which node answered at an address.
+    /// Which node answered at an address: the address it listens on, and the one dialed to reach it.
     node_at: HashMap<String, Arc<str>>,
     closed: bool,
 }
@@ -81,8 +94,15 @@ pub enum Admission {
 }
 
 impl Members {
-    pub fn new() -> Self {
-        Members::default()
+    /// The members table of node `me`, configured with `seeds`.
+    pub fn new(me: Arc<str>, seeds: Vec<String>) -> Self {
+        let members = Members::default();
+        {
+            let mut t = members.table.lock();
+            t.me = me;
+            t.seeds = seeds;
+        }
+        members
     }
 
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
@@ -115,6 +135,7 @@ impl Members {
                 false
             }
             None => {
+                t.departed.remove(node);
                 t.members.insert(
                     node.clone(),
                     Member {
@@ -128,14 +149,25 @@ impl Members {
         }
     }
 
-    /// Admits a link that finished its handshake, applying the one-link-per-pair rule.
-    pub fn register(&self, my_id: &str, address: &str, link: LinkRef) -> Admission {
+    /// Admits a link that finished its handshake, applying the one-link-per-pair rule. `dialed`: the
+    /// address this node dialed to open it, if it did.
+    pub fn register(
+        &self,
+        my_id: &str,
+        address: &str,
+        dialed: Option<&str>,
+        link: LinkRef,
+    ) -> Admission {
         let node: Arc<str> = link.replica.node.clone();
         let mut t = self.table.lock();
         if t.closed {
             return Admission::Reject;
         }
         t.node_at.insert(address.to_string(), node.clone());
+        if let Some(dialed) = dialed {
+            t.node_at.insert(dialed.to_string(), node.clone());
+        }
+        t.departed.remove(&node);
         let member = t.members.entry(node.clone()).or_insert_with(|| Member {
             address: address.to_string(),
             links: Vec::new(),
@@ -212,10 +244,42 @@ impl Members {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let now = Instant::now();
         for id in &gone {
             t.members.remove(id);
+            t.departed.insert(id.clone(), now);
         }
         gone
+    }
+
+    /// `address` reached this very node.
+    fn mark_self(&self, address: &str) {
+        let mut t = self.table.lock();
+        let me = t.me.clone();
+        t.node_at.insert(address.to_string(), me);
+    }
+
+    /// How many peers the ack levels count as the cluster, this one included (see the module notes):
+    /// 1 for a peer with no seeds and no members, a cluster of one.
+    pub fn cluster_size(&self, member_timeout: Duration) -> usize {
+        let mut t = self.table.lock();
+        t.departed.retain(|_, at| at.elapsed() < member_timeout);
+        let t = &*t;
+        let mut counted: HashSet<&str> = t.members.keys().map(|id| &**id).collect();
+        counted.extend(t.departed.keys().map(|id| &**id));
+        let mut unmet: HashSet<&str> = HashSet::default();
+        for seed in &t.seeds {
+            match t.node_at.get(seed) {
+                Some(node) if *node == t.me => {}
+                Some(node) => {
+                    counted.insert(node);
+                }
+                None => {
+                    unmet.insert(seed);
+                }
+            }
+        }
+        1 + counted.len() + unmet.len()
     }
 
     /// Ids of every current member (linked or not).
@@ -320,7 +384,10 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
             if !linked {
                 match crate::link::dial_once(&s, &address).await {
                     Ok(()) => delay = s.config.backoff_min,
-                    Err(LinkError::SelfDial) => break,
+                    Err(LinkError::SelfDial) => {
+                        s.members.mark_self(&address);
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(%address, error = %e, "dial failed");
                         delay = (delay * 2).min(s.config.backoff_max);
