@@ -5,6 +5,13 @@
 //! by the smaller node id and closes the other, so both ends choose the same link. A link from a newer
 //! incarnation of a node replaces the old one at once.
 //!
+//! Two processes with one id: the one started last (the larger incarnation) keeps the links. A link
+//! from an older incarnation while a newer one is linked is refused, and reported: a restarted process's
+//! predecessor is gone and never dials again, so an older incarnation that does is alive, a namesake.
+//! The namesakes learn of each other from the member lists of the peers they meet (their own id at an
+//! address not theirs): each probes that address once in a while, and the link both ends then refuse
+//! (same id, another incarnation) is reported on both.
+//!
 //! The cluster size the ack levels count (`cluster_size`) never shrinks because a peer cannot reach
 //! the others: it is this peer, plus every member known now, plus every member forgotten (unreachable
 //! past the member timeout) less than a member timeout ago, plus every configured seed, counted as the
@@ -74,6 +81,8 @@ struct Table {
     departed: HashMap<Arc<str>, Instant>,
     /// Addresses with a dialer running.
     dialing: HashSet<String>,
+    /// Addresses where a member list put this node's id, and when each was last probed.
+    probed: HashMap<String, Instant>,
     /// Which node answered at an address: the address it listens on, and the one dialed to reach it.
     node_at: HashMap<String, Arc<str>>,
     closed: bool,
@@ -91,6 +100,9 @@ pub enum Admission {
     Accept(Vec<LinkRef>),
     /// A better link to the same node is up; close this one.
     Reject,
+    /// A newer incarnation of the same node is linked, from `address`: two live processes use this
+    /// id. Close this link.
+    Older { newer: u64, address: String },
 }
 
 impl Members {
@@ -183,6 +195,12 @@ impl Members {
                 link.dialed_by_me == canonical_dialed_by_me
             };
             if !keep_new {
+                if existing.replica.incarnation > link.replica.incarnation {
+                    return Admission::Older {
+                        newer: existing.replica.incarnation,
+                        address: member.address.clone(),
+                    };
+                }
                 return Admission::Reject;
             }
             replaced.push(existing.clone());
@@ -250,6 +268,24 @@ impl Members {
             t.departed.insert(id.clone(), now);
         }
         gone
+    }
+
+    /// Whether `address`, where a member list put this node's id, is due a probe (and if so, notes it
+    /// as probed now): not when it is known to reach this very node, nor within `PROBE_EVERY` of the
+    /// last probe.
+    fn probe_due(&self, address: &str) -> bool {
+        let mut t = self.table.lock();
+        if t.closed || t.node_at.get(address).is_some_and(|n| *n == t.me) {
+            return false;
+        }
+        let now = Instant::now();
+        t.probed
+            .retain(|_, at| now.duration_since(*at) < PROBE_EVERY);
+        if t.probed.contains_key(address) {
+            return false;
+        }
+        t.probed.insert(address.to_string(), now);
+        true
     }
 
     /// `address` reached this very node.
@@ -409,6 +445,26 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
             }
         }
         s.members.stop_dialing(&address);
+    });
+}
+
+/// How often an address where a member list put this node's id is probed at most.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// A member list put this node's id at `address`: dials it once, unless it is known to be this node or
+/// was probed lately. A namesake there is reported by the link's handshake (both ends); this very node
+/// under another address is remembered as such; nobody there (this node's earlier address) is nothing.
+pub fn probe_namesake(shared: &Arc<Shared>, address: &str) {
+    if address == shared.advertised.to_string() || !shared.members.probe_due(address) {
+        return;
+    }
+    let s = shared.clone();
+    let address = address.to_string();
+    shared.spawn(async move {
+        match crate::link::dial_once(&s, &address).await {
+            Err(LinkError::SelfDial) => s.members.mark_self(&address),
+            other => tracing::debug!(%address, result = ?other, "probed an address listed with this node's id"),
+        }
     });
 }
 

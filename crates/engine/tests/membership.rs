@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use peer_buckets_engine::acks::{AckLevel, AckOutcome, Registered};
+use peer_buckets_engine::membership::PeerInfo;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
+use peer_buckets_engine::warning::{Warning, WarningCode};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn config(id: &str, seeds: Vec<String>) -> Config {
@@ -291,4 +293,126 @@ async fn a_peer_listed_among_its_own_seeds_counts_itself_once() {
     );
     a.node.close(Duration::from_millis(200)).await;
     nodes[0].close(Duration::from_millis(200)).await;
+}
+
+/// Every warning `rx` holds now.
+fn drain(rx: &mut UnboundedReceiver<Warning>, into: &mut Vec<Warning>) {
+    while let Ok(w) = rx.try_recv() {
+        into.push(w);
+    }
+}
+
+fn id_conflicts(seen: &[Warning]) -> Vec<&Warning> {
+    seen.iter()
+        .filter(|w| w.code == WarningCode::IdConflict)
+        .collect()
+}
+
+/// Two processes with id x (the second started later) and a third peer c: all three report it, and
+/// the one started last keeps the links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_id_are_reported_by_both_and_by_a_third_peer() {
+    let c = Node::start(config("c", vec![])).await.unwrap();
+    let mut on_c = c.warnings();
+    let c_addr = c.address().to_string();
+    let first = Node::start(config("x", vec![c_addr.clone()]))
+        .await
+        .unwrap();
+    let mut on_first = first.warnings();
+    eventually("the first x linked to c", || connected(&first) == 1).await;
+    tokio::time::sleep(Duration::from_millis(10)).await; // a later start: a larger incarnation
+    let second = Node::start(config("x", vec![c_addr])).await.unwrap();
+    let mut on_second = second.warnings();
+    let (first_addr, second_addr) = (first.address().to_string(), second.address().to_string());
+
+    let (mut seen_c, mut seen_first, mut seen_second) = (Vec::new(), Vec::new(), Vec::new());
+    eventually("EIDCONFLICT on both processes and on c", || {
+        drain(&mut on_c, &mut seen_c);
+        drain(&mut on_first, &mut seen_first);
+        drain(&mut on_second, &mut seen_second);
+        [&seen_c, &seen_first, &seen_second]
+            .iter()
+            .all(|s| !id_conflicts(s).is_empty())
+    })
+    .await;
+    let w = id_conflicts(&seen_c)[0];
+    assert_eq!(w.peer.as_deref(), Some("x"));
+    assert_eq!(w.address.as_deref(), Some(first_addr.as_str()), "{w:?}");
+    assert!(w.message.contains(&second_addr), "{w:?}");
+    let w = id_conflicts(&seen_first)[0];
+    assert_eq!(w.address.as_deref(), Some(second_addr.as_str()), "{w:?}");
+    assert!(
+        w.message.contains("the other process started later"),
+        "{w:?}"
+    );
+    let w = id_conflicts(&seen_second)[0];
+    assert_eq!(w.address.as_deref(), Some(first_addr.as_str()), "{w:?}");
+    assert!(w.message.contains("this process started later"), "{w:?}");
+    for n in [&c, &first, &second] {
+        let counted = n.stats().warnings;
+        assert!(
+            counted
+                .iter()
+                .any(|&(k, v)| k == WarningCode::IdConflict && v >= 1),
+            "{counted:?}"
+        );
+    }
+
+    // The one started last keeps the links: c's link to x is the second's, and it replicates.
+    eventually("c linked to the second x", || {
+        c.peers()
+            == vec![PeerInfo {
+                id: "x".into(),
+                address: second_addr.clone(),
+                connected: true,
+            }]
+    })
+    .await;
+    second.bucket("s").write(
+        "from-second",
+        Some(value::encode_json("1")),
+        Lifetime::Forever,
+    );
+    eventually("the second's write on c", || {
+        c.bucket("s").contains("from-second")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(connected(&first), 0, "c refuses the first x");
+    assert_eq!(c.peers()[0].address, second_addr);
+    for n in [c, first, second] {
+        n.close(Duration::from_millis(200)).await;
+    }
+}
+
+/// A process that restarts under its id (a new incarnation, another port) is not a namesake: its
+/// predecessor is gone, and nobody reports a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_the_same_id_is_not_a_conflict() {
+    let c = Node::start(config("c", vec![])).await.unwrap();
+    let mut on_c = c.warnings();
+    let c_addr = c.address().to_string();
+    let before = start_crashable(config("x", vec![c_addr.clone()]));
+    eventually("x linked to c", || connected(&c) == 1).await;
+    before.crash();
+    let after = Node::start(config("x", vec![c_addr])).await.unwrap();
+    let mut on_after = after.warnings();
+    let after_addr = after.address().to_string();
+    eventually("c linked to the restarted x", || {
+        c.peers()
+            == vec![PeerInfo {
+                id: "x".into(),
+                address: after_addr.clone(),
+                connected: true,
+            }]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut seen = Vec::new();
+    drain(&mut on_c, &mut seen);
+    drain(&mut on_after, &mut seen);
+    assert!(id_conflicts(&seen).is_empty(), "{seen:?}");
+    for n in [c, after] {
+        n.close(Duration::from_millis(200)).await;
+    }
 }
