@@ -15,7 +15,8 @@
 //! The cluster size the ack levels count (`cluster_size`) never shrinks because a peer cannot reach
 //! the others: it is this peer, plus every member known now, plus every member forgotten (unreachable
 //! past the member timeout) less than a member timeout ago, plus every configured seed, counted as the
-//! node that answered there once met (so once), and not at all when it is this peer. Only a member that
+//! node that answered there once met, or the member known at that address (so once), and not at all
+//! when it is this peer. Only a member that
 //! says goodbye (a clean close) stops counting at once. Every member that was connected within the last
 //! member timeout is in it, so it is never less than the largest connected set seen in that time.
 
@@ -77,8 +78,9 @@ struct Table {
     /// Configured seed addresses, as given.
     seeds: Vec<String>,
     members: HashMap<Arc<str>, Member>,
-    /// Members forgotten for being unreachable, and when; they count for the ack levels a while more.
-    departed: HashMap<Arc<str>, Instant>,
+    /// Members forgotten for being unreachable, when, and their address; they count for the ack levels
+    /// a while more.
+    departed: HashMap<Arc<str>, (Instant, String)>,
     /// Addresses with a dialer running.
     dialing: HashSet<String>,
     /// Addresses where a member list put this node's id, and when each was last probed.
@@ -264,8 +266,9 @@ impl Members {
             .collect();
         let now = Instant::now();
         for id in &gone {
-            t.members.remove(id);
-            t.departed.insert(id.clone(), now);
+            if let Some(m) = t.members.remove(id) {
+                t.departed.insert(id.clone(), (now, m.address));
+            }
         }
         gone
     }
@@ -299,13 +302,20 @@ impl Members {
     /// 1 for a peer with no seeds and no members, a cluster of one.
     pub fn cluster_size(&self, member_timeout: Duration) -> usize {
         let mut t = self.table.lock();
-        t.departed.retain(|_, at| at.elapsed() < member_timeout);
+        t.departed
+            .retain(|_, (at, _)| at.elapsed() < member_timeout);
         let t = &*t;
         let mut counted: HashSet<&str> = t.members.keys().map(|id| &**id).collect();
         counted.extend(t.departed.keys().map(|id| &**id));
+        // A seed not met yet may be a member already known from member lists, at that address.
+        let listed_at = |seed: &str| {
+            let member = t.members.iter().find(|(_, m)| m.address == seed);
+            let departed = t.departed.iter().find(|(_, (_, a))| a == seed);
+            member.map(|(id, _)| id).or(departed.map(|(id, _)| id))
+        };
         let mut unmet: HashSet<&str> = HashSet::default();
         for seed in &t.seeds {
-            match t.node_at.get(seed) {
+            match t.node_at.get(seed).or_else(|| listed_at(seed)) {
                 Some(node) if *node == t.me => {}
                 Some(node) => {
                     counted.insert(node);
@@ -472,4 +482,40 @@ pub fn probe_namesake(shared: &Arc<Shared>, address: &str) {
 fn jitter(shared: &Shared, d: Duration) -> Duration {
     let f = shared.rng.lock().gen_range(0.5..=1.0);
     d.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_listed_by_others_at_a_members_address_counts_once() {
+        let members = Members::new(
+            "a".into(),
+            vec!["10.0.0.2:7070".into(), "10.0.0.3:7070".into()],
+        );
+        // Nothing met: this peer and two seeds.
+        assert_eq!(members.cluster_size(Duration::from_secs(60)), 3);
+        // b learned from a member list, at the first seed's address: the seed is b, not one more.
+        members.learn(&"b".into(), "10.0.0.2:7070");
+        assert_eq!(members.cluster_size(Duration::from_secs(60)), 3);
+        members.learn(&"c".into(), "10.0.0.9:7070");
+        assert_eq!(members.cluster_size(Duration::from_secs(60)), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_member_counts_for_one_more_member_timeout_and_its_seed_for_good() {
+        let timeout = Duration::from_secs(10);
+        let members = Members::new("a".into(), vec!["10.0.0.2:7070".into()]);
+        members.learn(&"b".into(), "10.0.0.2:7070");
+        members.learn(&"c".into(), "10.0.0.3:7070");
+        assert_eq!(members.cluster_size(timeout), 3);
+        tokio::time::advance(timeout).await;
+        assert_eq!(members.forget_unreachable(timeout).len(), 2);
+        assert!(members.list().is_empty());
+        assert_eq!(members.cluster_size(timeout), 3);
+        tokio::time::advance(timeout).await;
+        // c is gone; b's address is a seed.
+        assert_eq!(members.cluster_size(timeout), 2);
+    }
 }
