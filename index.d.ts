@@ -164,6 +164,11 @@ export interface PeerStats {
   keys: number
   /** Peers linked now. */
   peers: number
+  /**
+   * The cluster size `ack: 'majority'` and `'all'` count, this peer included: members known now,
+   * members forgotten less than `memberTimeout` ago, and configured seeds (see the README).
+   */
+  clusterSize: number
   /** Writes applied from other peers. */
   opsApplied: number
   bytesSent: number

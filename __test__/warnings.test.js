@@ -35,3 +35,21 @@ test('a peer dialing with another secret gives EAUTH on both ends, naming the ad
   expect(a.metrics()).toMatch(/^peer_buckets_warnings_total\{code="EAUTH"\} [1-9]\d*$/m)
   expect(a.peers()).toEqual([])
 })
+
+test('two peers with one id: both and a third peer report EIDCONFLICT; the one started last keeps the links', async () => {
+  const c = await createPeer({ id: 'c' })
+  const onC = collect(c)
+  const first = await createPeer({ id: 'x', peers: [c.address] })
+  const onFirst = collect(first)
+  await waitFor(() => c.peers().some((p) => p.state === 'connected'), { message: 'the first x linked to c' })
+  const second = await createPeer({ id: 'x', peers: [c.address] })
+  const onSecond = collect(second)
+  const conflicts = (seen) => seen.filter((w) => w.code === 'EIDCONFLICT')
+  await waitFor(() => [onC, onFirst, onSecond].every((seen) => conflicts(seen).length > 0), { timeout: 10_000, message: 'EIDCONFLICT on all three' })
+
+  expect(conflicts(onC)[0]).toEqual({ code: 'EIDCONFLICT', message: expect.stringContaining(second.address), peer: 'x', address: first.address })
+  expect(conflicts(onFirst)[0]).toMatchObject({ peer: 'x', address: second.address, message: expect.stringMatching(/the other process started later/) })
+  expect(conflicts(onSecond)[0]).toMatchObject({ peer: 'x', address: first.address, message: expect.stringMatching(/this process started later/) })
+  for (const p of [c, first, second]) expect(p.stats().warnings.EIDCONFLICT).toBeGreaterThanOrEqual(1)
+  await waitFor(() => c.peers().some((p) => p.id === 'x' && p.address === second.address && p.state === 'connected'), { message: 'c linked to the second x' })
+})

@@ -154,6 +154,8 @@ function check({ plan, events, history, final }) {
       if (r && !r.ended) r.ended = { kind: e.kind, t: e.t }
       lossy.push({ node: e.node, t: e.t, kind: e.kind })
     }
+    // A second process with that id acknowledged under it, and was killed.
+    if (e.kind === 'impostor-end') lossy.push({ node: e.node, t: e.t, kind: 'kill' })
   }
   const liveRuns = new Set(final.replicas.map((r) => `${r.node}.${r.run}`))
 
@@ -175,7 +177,8 @@ function check({ plan, events, history, final }) {
       return op.outcome.acked.some((node) => !lostAfter(node, t))
     }
     if (op.outcome && op.outcome.type === 'ok' && op.ack && op.ack !== 'local') {
-      const need = op.ack === 'one' ? 1 : op.ack === 'majority' ? Math.ceil((op.members || 0) / 2) : 0
+      // 'all' never needs fewer than 'majority'.
+      const need = op.ack === 'one' ? 1 : Math.ceil((op.members || 0) / 2)
       if (need === 0) return false
       const others = config.peers.map((p) => p.id).filter((id) => id !== op.node)
       const lost = others.filter((id) => lostAfter(id, t)).length

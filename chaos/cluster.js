@@ -9,8 +9,12 @@ const { fork } = require('node:child_process')
 
 const PEER = path.join(__dirname, 'peer.js')
 
+// The network slot of an impostor: a second process with a running peer's id.
+const IMPOSTOR = 'impostor'
+
 class PeerRun {
-  constructor(cluster, spec, run, skew) {
+  // `impostor`: a second process with this id, memory only, outside the history (see schedule.js).
+  constructor(cluster, spec, run, skew, impostor = false) {
     this.cluster = cluster
     this.spec = spec
     this.id = spec.id
@@ -23,6 +27,7 @@ class PeerRun {
     this.nextRid = 1
     const dir = cluster.dir
     this.log = path.join(dir, 'logs', `${this.id}.${run}.log`)
+    const slot = impostor ? IMPOSTOR : this.id
     const out = fs.openSync(this.log, 'a')
     const env = { ...process.env, PEER_BUCKETS_TEST_CLOCK_OFFSET_MS: String(skew) }
     delete env.NODE_OPTIONS
@@ -30,12 +35,13 @@ class PeerRun {
       id: this.id,
       run,
       seed: cluster.seed,
-      advertise: cluster.network.ingress.get(this.id),
+      advertise: cluster.network.ingress.get(slot),
       seeds: spec.seeds.map((s) => cluster.network.ingress.get(s)),
       options: cluster.options,
-      dataDir: spec.durable ? path.join(dir, 'data', this.id) : undefined,
-      durability: spec.durability,
-      history: path.join(dir, 'history', `${this.id}.${run}.jsonl`),
+      dataDir: spec.durable && !impostor ? path.join(dir, 'data', this.id) : undefined,
+      durability: impostor ? undefined : spec.durability,
+      history: path.join(dir, impostor ? 'impostors' : 'history', `${this.id}.${run}.jsonl`),
+      impostor,
       workload: cluster.workload,
     })
     this.child = fork(PEER, [], { env, stdio: ['ignore', out, out, 'ipc'] })
@@ -127,7 +133,9 @@ class Cluster {
     this.skews = new Map(specs.map((s) => [s.id, s.skew]))
     this.crashes = []
     this.all = [] // every PeerRun
-    for (const sub of ['logs', 'history', 'data']) fs.mkdirSync(path.join(dir, sub), { recursive: true })
+    this.impostor = null // the running impostor's PeerRun, if any
+    this.impostors = 0
+    for (const sub of ['logs', 'history', 'data', 'impostors']) fs.mkdirSync(path.join(dir, sub), { recursive: true })
   }
 
   onExit(r, code, signal) {
@@ -154,6 +162,28 @@ class Cluster {
     ])
     this.network.setPeer(id, ready.address, r.child.pid)
     return r
+  }
+
+  /** Starts a second process with `id` (see schedule.js); resolves once it listens. */
+  async startImpostor(id) {
+    const r = new PeerRun(this, this.specs.get(id), `impostor${this.impostors++}`, this.skews.get(id), true)
+    r.expectedExit = true
+    this.impostor = r
+    this.all.push(r)
+    const ready = await Promise.race([
+      r.ready,
+      new Promise((_, reject) => setTimeout(() => reject(new Error(`impostor of ${id} not ready within 20 s`)), 20000)),
+    ])
+    this.network.setPeer(IMPOSTOR, ready.address, r.child.pid)
+    return r
+  }
+
+  async killImpostor() {
+    const r = this.impostor
+    if (!r || r.exited) return
+    r.signal_('SIGKILL')
+    await r.exit
+    this.network.setPeer(IMPOSTOR, null)
   }
 
   running(id) {
@@ -206,4 +236,4 @@ class Cluster {
   }
 }
 
-module.exports = { Cluster }
+module.exports = { Cluster, IMPOSTOR }

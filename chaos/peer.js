@@ -112,9 +112,9 @@ function operate(op, key, forced = {}) {
     entry.ack = ack
     entry.timeout = timeout
     if (ack !== 'local') {
-      const peers = peer.peers()
-      entry.members = peers.length
-      entry.connected = peers.filter((p) => p.state === 'connected').length
+      // The other peers 'majority' and 'all' count (the cluster size, less this peer).
+      entry.members = peer.stats().clusterSize - 1
+      entry.connected = peer.peers().filter((p) => p.state === 'connected').length
     }
   }
   if (op === 'set') {
@@ -256,6 +256,11 @@ async function main() {
   })
   await peer.ready()
   bucket = peer.bucket('chaos')
+  if (config.impostor) {
+    // A second process with a peer's id only links and replicates: it writes nothing, not even a marker.
+    send({ type: 'ready', address: peer.address, inc: null, pid: process.pid })
+    return
+  }
   // A key only this run writes tells this replica's incarnation.
   const marker = `inc.${id}.${run}`
   await bucket.set(marker, { op: `${id}.${run}.marker` })

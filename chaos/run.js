@@ -2,7 +2,8 @@
 'use strict'
 // Chaos testing, the way Jepsen does it for databases: real peer processes on loopback, every link
 // through a fault-injecting proxy, faults on a seeded schedule (partitions, blackholes, slow and
-// one-way links, SIGKILL and restart, SIGSTOP pauses past failure detection, clock skew), a workload on
+// one-way links, partial heals, SIGKILL and restart, SIGSTOP pauses past failure detection, clock skew,
+// a second process with a running peer's id), a workload on
 // hot and unique keys from every peer with every ack level, a history of every operation, and at the
 // end a checker that proves nothing acknowledged was lost and every replica agrees.
 //
@@ -63,6 +64,7 @@ function usage(error) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+const { IMPOSTOR } = require('./cluster')
 
 async function main() {
   const args = parseArgs(process.argv.slice(2))
@@ -85,7 +87,8 @@ async function main() {
     return e
   }
 
-  const network = new Network(config.peers.map((p) => p.id))
+  // An impostor (a second process with a peer's id) gets a proxy of its own, so it is identified.
+  const network = new Network([...config.peers.map((p) => p.id), ...(schedule.some((e) => e.kind === 'impostor') ? [IMPOSTOR] : [])])
   await network.listen()
   const cluster = new Cluster({
     dir,
@@ -132,6 +135,31 @@ async function main() {
         case 'heal':
           network.heal(e.fault)
           note(base)
+          break
+        case 'isolate':
+          network.apply({ ...e, kind: 'partition' })
+          note(base)
+          break
+        case 'reach-one':
+          // The bridge first, then the isolation lifted: no moment where everything is healed.
+          network.apply({ ...e, kind: 'bridge' })
+          network.heal(e.after)
+          note(base)
+          break
+        case 'impostor': {
+          if (cluster.impostor && !cluster.impostor.exited) break
+          const r = await cluster.startImpostor(e.node).catch((err) => {
+            note({ kind: 'note', note: `impostor of ${e.node} did not start: ${err.message}` })
+            return null
+          })
+          if (r) note({ ...base, pid: r.pid })
+          break
+        }
+        case 'impostor-end':
+          if (!cluster.impostor || cluster.impostor.exited) break
+          // Whatever it held in memory is gone: the checker counts it as a loss of that id's acks.
+          note(base)
+          await cluster.killImpostor()
           break
         case 'kill': {
           const r = cluster.running(e.node)
@@ -184,6 +212,10 @@ async function main() {
 
     // --- heal everything, let it settle, read every replica ---------------------------------------
     note({ kind: 'final-heal' })
+    if (cluster.impostor && !cluster.impostor.exited) {
+      note({ kind: 'impostor-end', node: cluster.impostor.id })
+      await cluster.killImpostor()
+    }
     network.healAll()
     for (const id of cluster.current.keys()) cluster.resume(id)
     // What the schedule still had for after the end: peers coming back (with a skew back in range).

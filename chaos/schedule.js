@@ -48,6 +48,12 @@ function planConfig(seed, nodes, only = 'any') {
 /**
  * The faults, as a time-ordered list of { t (ms from the start), kind, ... } with their ends as
  * separate events: partition / asym / slow / bridge start with an id and end with { kind: 'heal', fault }.
+ * A partial heal is three events: 'isolate' (one peer cut off from all the others), 'reach-one' (it
+ * reaches one peer, which still reaches the rest: a bridge, lifting the isolation in the same step),
+ * then the bridge's heal; the isolated peer is sometimes killed and restarted meanwhile, so it comes
+ * back (empty, for a memory peer) through one peer first. An impostor is a second process with a running
+ * peer's id (memory only, no workload) from 'impostor' to 'impostor-end' (a SIGKILL): the one started
+ * last keeps the links, so the real one is cut off meanwhile.
  * At most ⌊(n-1)/2⌋ peers are down or paused at once, so a majority can still acknowledge writes.
  */
 function planFaults(config, seconds) {
@@ -60,7 +66,18 @@ function planFaults(config, seconds) {
   const downUntil = new Map() // id -> ms until which it is killed, paused or restarting
   const events = []
   let faultId = 0
-  const weights = { partition: 22, asym: 10, slow: 10, bridge: n >= 3 ? 8 : 0, kill: 20, pause: 12, restart: 10 }
+  const weights = {
+    partition: 22,
+    asym: 10,
+    slow: 10,
+    bridge: n >= 3 ? 8 : 0,
+    'partial-heal': n >= 3 ? 8 : 0,
+    impostor: n >= 2 ? 5 : 0,
+    kill: 20,
+    pause: 12,
+    restart: 10,
+  }
+  let impostorUntil = 0
   if (config.regime !== 'wide') weights['skew-out'] = 6
   if (n < 2) {
     for (const k of ['partition', 'asym', 'slow', 'bridge']) weights[k] = 0
@@ -89,6 +106,31 @@ function planFaults(config, seconds) {
       const id = `f${++faultId}`
       events.push({ t, kind, fault: id, mode: rng.chance(0.5) ? 'cut' : 'blackhole', bridge, groups: [rest.slice(0, cut), rest.slice(cut)] })
       events.push({ t: until(t, 2000, 8000), kind: 'heal', fault: id })
+    } else if (kind === 'partial-heal') {
+      const node = rng.pick(ids)
+      const others = ids.filter((x) => x !== node)
+      const first = rng.pick(others)
+      // Long enough, in the 'forget' regime, for the others to forget it and collect meanwhile.
+      const isolated = config.regime === 'forget' ? rng.int(6000, 20000) : rng.int(2000, 8000)
+      const reach = Math.min(end, t + isolated)
+      const isolation = `f${++faultId}`
+      const bridge = `f${++faultId}`
+      const mode = rng.chance(0.5) ? 'cut' : 'blackhole'
+      events.push({ t, kind: 'isolate', fault: isolation, mode, groups: [[node], others] })
+      events.push({ t: reach, kind: 'reach-one', fault: bridge, after: isolation, mode, bridge: first, groups: [[node], others.filter((x) => x !== first)] })
+      events.push({ t: until(reach, 1500, 6000), kind: 'heal', fault: bridge })
+      if (downNow < maxDown && up.includes(node) && reach - t > 1500 && rng.chance(0.4)) {
+        events.push({ t: t + rng.int(300, Math.floor((reach - t) / 2)), kind: 'kill', node })
+        events.push({ t: reach - 300, kind: 'start', node })
+        downUntil.set(node, reach + 500)
+      }
+    } else if (kind === 'impostor') {
+      if (impostorUntil > t) continue
+      const node = rng.pick(ids)
+      impostorUntil = until(t, 2000, 8000)
+      events.push({ t, kind: 'impostor', node })
+      events.push({ t: impostorUntil, kind: 'impostor-end', node })
+      impostorUntil += 1000
     } else if (kind === 'asym') {
       // Some directions drop everything while their reverse delivers.
       const pairs = []

@@ -14,6 +14,7 @@ const FIGURES = [
   ['buckets', 'buckets', 'gauge', 'Buckets open on this peer.'],
   ['keys', 'keys', 'gauge', 'Live keys over all buckets of this peer.'],
   ['peers', 'peers_connected', 'gauge', 'Peers linked to this one now.'],
+  ['clusterSize', 'cluster_size', 'gauge', "The cluster size ack 'majority' and 'all' count, this peer included."],
   ['opsApplied', 'ops_applied_total', 'counter', 'Writes from other peers applied here.'],
   ['bytesSent', 'sent_bytes_total', 'counter', 'Bytes sent to other peers.'],
   ['bytesReceived', 'received_bytes_total', 'counter', 'Bytes received from other peers.'],

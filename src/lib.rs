@@ -60,6 +60,8 @@ pub struct PeerStats {
     pub buckets: u32,
     pub keys: u32,
     pub peers: u32,
+    /// The cluster size 'majority' and 'all' count, this peer included.
+    pub cluster_size: u32,
     pub ops_applied: f64,
     pub bytes_sent: f64,
     pub bytes_received: f64,
@@ -265,6 +267,7 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         buckets: s.buckets as u32,
         keys: s.keys as u32,
         peers: s.peers as u32,
+        cluster_size: s.cluster_size as u32,
         ops_applied: s.ops_applied as f64,
         bytes_sent: s.bytes_sent as f64,
         bytes_received: s.bytes_received as f64,

@@ -1,6 +1,11 @@
 //! Write acknowledgement levels: which peers have applied a local write, and when a waiting write's
 //! level ('one', 'majority', 'all') is met or its time is up.
 //!
+//! How many peers 'majority' needs is decided by the caller, from the cluster size membership counts
+//! (`Members::cluster_size`: members known now, members forgotten less than a member timeout ago, and
+//! configured seeds); here it is a count of other peers. 'all' needs every peer connected when the write
+//! was made and never fewer than 'majority' does, so it is never the weaker of the two.
+//!
 //! Peers acknowledge cumulatively per bucket (an `Ack` after each batch, and every digest), so a waiter
 //! is met by the first ack whose `upto` reaches its seq. What each peer acknowledged is remembered, so a
 //! write registered after its ack already arrived is met at once.
@@ -18,9 +23,10 @@ pub enum AckLevel {
     Local,
     /// Applied by at least one other peer.
     One,
-    /// Applied by a majority of the known members, this one counted.
+    /// Applied by a majority of the cluster (see `Members::cluster_size`), this one counted.
     Majority,
-    /// Applied by every peer connected when the write was made (a peer that goes down stops counting).
+    /// Applied by every peer connected when the write was made (a peer that goes down stops counting),
+    /// and by at least as many as `Majority` needs.
     All,
 }
 
@@ -43,9 +49,10 @@ pub enum Registered {
     Pending(u64),
 }
 
-enum Need {
-    Count(usize),
-    Nodes(HashSet<Arc<str>>),
+/// What a waiting write needs: these peers, and at least this many other peers in all.
+struct Need {
+    nodes: HashSet<Arc<str>>,
+    count: usize,
 }
 
 struct Waiter {
@@ -60,20 +67,14 @@ struct Waiter {
 
 impl Waiter {
     fn met(&self) -> bool {
-        let acked = match &self.need {
-            Need::Count(n) => self.acked.len() >= *n,
-            Need::Nodes(nodes) => nodes.is_empty(),
-        };
-        acked && self.flush.is_none()
+        self.need.nodes.is_empty() && self.acked.len() >= self.need.count && self.flush.is_none()
     }
 
     fn add(&mut self, node: &Arc<str>) {
         if !self.acked.iter().any(|a| a == node) {
             self.acked.push(node.clone());
         }
-        if let Need::Nodes(nodes) = &mut self.need {
-            nodes.remove(node);
-        }
+        self.need.nodes.remove(node);
     }
 
     fn outcome(self, ticket: u64, met: bool) -> AckOutcome {
@@ -186,8 +187,8 @@ impl AckTracker {
     }
 
     /// Registers local write `seq` of `bucket` waiting for `level` (and, with `flush`, for that flush
-    /// generation to be on disk). `connected` are the peers linked now; `members` how many members
-    /// are known besides this one.
+    /// generation to be on disk). `connected` are the peers linked now; `others` the size of the
+    /// cluster less this peer.
     #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
@@ -196,17 +197,25 @@ impl AckTracker {
         level: AckLevel,
         deadline_ms: u64,
         connected: Vec<Arc<str>>,
-        members: usize,
+        others: usize,
         flush: Option<u64>,
     ) -> Registered {
         let flush = flush.filter(|g| *g > self.flushed.load(std::sync::atomic::Ordering::Acquire));
+        // A majority of (others + this one), this one counted.
+        let majority = others.div_ceil(2);
+        let count = |count| Need {
+            nodes: HashSet::default(),
+            count,
+        };
         let need = match level {
             AckLevel::Local if flush.is_none() => return Registered::Met(Vec::new()),
-            AckLevel::Local => Need::Count(0),
-            AckLevel::One => Need::Count(1),
-            // A majority of (members + this one), this one counted.
-            AckLevel::Majority => Need::Count(members.div_ceil(2)),
-            AckLevel::All => Need::Nodes(connected.into_iter().collect()),
+            AckLevel::Local => count(0),
+            AckLevel::One => count(1),
+            AckLevel::Majority => count(majority),
+            AckLevel::All => Need {
+                nodes: connected.into_iter().collect(),
+                count: majority,
+            },
         };
         let mut inner = self.inner.lock();
         let mut waiter = Waiter {
@@ -298,13 +307,7 @@ impl AckTracker {
             let met: Vec<u64> = inner
                 .waiters
                 .iter_mut()
-                .filter_map(|(t, w)| match &mut w.need {
-                    Need::Nodes(nodes) => {
-                        nodes.retain(|n| &**n != node);
-                        w.met().then_some(*t)
-                    }
-                    Need::Count(_) => None,
-                })
+                .filter_map(|(t, w)| (w.need.nodes.remove(node) && w.met()).then_some(*t))
                 .collect();
             for t in met {
                 let w = inner.waiters.remove(&t).expect("present");

@@ -209,18 +209,36 @@ async fn run(
         .bytes_received
         .fetch_add(n as u64, Ordering::Relaxed);
     let local = &shared.local;
+    let remote_host = theirs
+        .listen_host
+        .clone()
+        .unwrap_or_else(|| remote.ip().to_string());
+    let address = SocketAddr::new(
+        remote_host.parse().unwrap_or(remote.ip()),
+        theirs.listen_port,
+    )
+    .to_string();
     if theirs.replica.node == local.id {
-        if theirs.replica.incarnation == local.me.id().incarnation {
+        let (mine, other) = (local.me.id().incarnation, theirs.replica.incarnation);
+        if other == mine {
             return Err(LinkError::SelfDial);
         }
         counters.links_refused.fetch_add(1, Ordering::Relaxed);
+        let keeps = if mine > other {
+            "this process started later and keeps the links; the peers refuse the other's"
+        } else {
+            "the other process started later: the peers keep its links and refuse this one's"
+        };
         shared.warnings.emit(
             Warning::new(
                 WarningCode::IdConflict,
-                format!("the process at {remote} uses this peer's id {}", local.id),
+                format!(
+                    "another process uses this peer's id {}, at {address}: {keeps}",
+                    local.id
+                ),
             )
             .peer(&*local.id)
-            .address(remote.to_string()),
+            .address(&address),
         );
         return Err(LinkError::Protocol(format!(
             "another process uses my id {}",
@@ -235,15 +253,6 @@ async fn run(
             return Err(e);
         }
     };
-    let remote_host = theirs
-        .listen_host
-        .clone()
-        .unwrap_or_else(|| remote.ip().to_string());
-    let address = SocketAddr::new(
-        remote_host.parse().unwrap_or(remote.ip()),
-        theirs.listen_port,
-    )
-    .to_string();
 
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (close_tx, close_rx) = watch::channel(false);
@@ -257,8 +266,27 @@ async fn run(
     let link_id = link.id;
     let node = theirs.replica.node.clone();
     let newly_known = shared.members.learn(&node, &address);
-    match shared.members.register(&local.id, &address, link) {
+    match shared.members.register(&local.id, &address, dialed, link) {
         Admission::Reject => return Err(LinkError::Duplicate),
+        Admission::Older {
+            newer,
+            address: kept,
+        } => {
+            shared.warnings.emit(
+                Warning::new(
+                    WarningCode::IdConflict,
+                    format!(
+                        "two processes use the id {node}: the one at {address} (incarnation \
+                         {:x}) is refused, the one started later, at {kept} (incarnation \
+                         {newer:x}), keeps its links",
+                        theirs.replica.incarnation
+                    ),
+                )
+                .peer(&*node)
+                .address(&address),
+            );
+            return Err(LinkError::Duplicate);
+        }
         Admission::Accept(replaced) => {
             for old in replaced {
                 let _ = old.close.send(true);
@@ -338,6 +366,7 @@ async fn run(
 
 fn learn_member(shared: &Arc<Shared>, node: &Arc<str>, address: &str) {
     if **node == *shared.local.id {
+        crate::membership::probe_namesake(shared, address);
         return;
     }
     if shared.members.learn(node, address) {

@@ -4,6 +4,21 @@
 //! One link per pair: both ends may dial at once; once both links are up, each end keeps the one dialed
 //! by the smaller node id and closes the other, so both ends choose the same link. A link from a newer
 //! incarnation of a node replaces the old one at once.
+//!
+//! Two processes with one id: the one started last (the larger incarnation) keeps the links. A link
+//! from an older incarnation while a newer one is linked is refused, and reported: a restarted process's
+//! predecessor is gone and never dials again, so an older incarnation that does is alive, a namesake.
+//! The namesakes learn of each other from the member lists of the peers they meet (their own id at an
+//! address not theirs): each probes that address once in a while, and the link both ends then refuse
+//! (same id, another incarnation) is reported on both.
+//!
+//! The cluster size the ack levels count (`cluster_size`) never shrinks because a peer cannot reach
+//! the others: it is this peer, plus every member known now, plus every member forgotten (unreachable
+//! past the member timeout) less than a member timeout ago, plus every configured seed, counted as the
+//! node that answered there once met, or the member known at that address (so once), and not at all
+//! when it is this peer. Only a member that
+//! says goodbye (a clean close) stops counting at once. Every member that was connected within the last
+//! member timeout is in it, so it is never less than the largest connected set seen in that time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,10 +73,19 @@ struct Member {
 
 #[derive(Default)]
 struct Table {
+    /// This node's id.
+    me: Arc<str>,
+    /// Configured seed addresses, as given.
+    seeds: Vec<String>,
     members: HashMap<Arc<str>, Member>,
+    /// Members forgotten for being unreachable, when, and their address; they count for the ack levels
+    /// a while more.
+    departed: HashMap<Arc<str>, (Instant, String)>,
     /// Addresses with a dialer running.
     dialing: HashSet<String>,
-    /// Which node answered at an address.
+    /// Addresses where a member list put this node's id, and when each was last probed.
+    probed: HashMap<String, Instant>,
+    /// Which node answered at an address: the address it listens on, and the one dialed to reach it.
     node_at: HashMap<String, Arc<str>>,
     closed: bool,
 }
@@ -90,11 +114,21 @@ pub enum Admission {
     Accept(Vec<LinkRef>),
     /// A better link to the same node is up; close this one.
     Reject,
+    /// A newer incarnation of the same node is linked, from `address`: two live processes use this
+    /// id. Close this link.
+    Older { newer: u64, address: String },
 }
 
 impl Members {
-    pub fn new() -> Self {
-        Members::default()
+    /// The members table of node `me`, configured with `seeds`.
+    pub fn new(me: Arc<str>, seeds: Vec<String>) -> Self {
+        let members = Members::default();
+        {
+            let mut t = members.table.lock();
+            t.me = me;
+            t.seeds = seeds;
+        }
+        members
     }
 
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
@@ -144,6 +178,7 @@ impl Members {
                 false
             }
             None => {
+                t.departed.remove(node);
                 t.members.insert(
                     node.clone(),
                     Member {
@@ -157,14 +192,25 @@ impl Members {
         }
     }
 
-    /// Admits a link that finished its handshake, applying the one-link-per-pair rule.
-    pub fn register(&self, my_id: &str, address: &str, link: LinkRef) -> Admission {
+    /// Admits a link that finished its handshake, applying the one-link-per-pair rule. `dialed`: the
+    /// address this node dialed to open it, if it did.
+    pub fn register(
+        &self,
+        my_id: &str,
+        address: &str,
+        dialed: Option<&str>,
+        link: LinkRef,
+    ) -> Admission {
         let node: Arc<str> = link.replica.node.clone();
         let mut t = self.table.lock();
         if t.closed {
             return Admission::Reject;
         }
         t.node_at.insert(address.to_string(), node.clone());
+        if let Some(dialed) = dialed {
+            t.node_at.insert(dialed.to_string(), node.clone());
+        }
+        t.departed.remove(&node);
         let member = t.members.entry(node.clone()).or_insert_with(|| Member {
             address: address.to_string(),
             links: Vec::new(),
@@ -180,6 +226,12 @@ impl Members {
                 link.dialed_by_me == canonical_dialed_by_me
             };
             if !keep_new {
+                if existing.replica.incarnation > link.replica.incarnation {
+                    return Admission::Older {
+                        newer: existing.replica.incarnation,
+                        address: member.address.clone(),
+                    };
+                }
                 return Admission::Reject;
             }
             replaced.push(existing.clone());
@@ -241,10 +293,68 @@ impl Members {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let now = Instant::now();
         for id in &gone {
-            t.members.remove(id);
+            if let Some(m) = t.members.remove(id) {
+                t.departed.insert(id.clone(), (now, m.address));
+            }
         }
         gone
+    }
+
+    /// Whether `address`, where a member list put this node's id, is due a probe (and if so, notes it
+    /// as probed now): not when it is known to reach this very node, nor within `PROBE_EVERY` of the
+    /// last probe.
+    fn probe_due(&self, address: &str) -> bool {
+        let mut t = self.table.lock();
+        if t.closed || t.node_at.get(address).is_some_and(|n| *n == t.me) {
+            return false;
+        }
+        let now = Instant::now();
+        t.probed
+            .retain(|_, at| now.duration_since(*at) < PROBE_EVERY);
+        if t.probed.contains_key(address) {
+            return false;
+        }
+        t.probed.insert(address.to_string(), now);
+        true
+    }
+
+    /// `address` reached this very node.
+    fn mark_self(&self, address: &str) {
+        let mut t = self.table.lock();
+        let me = t.me.clone();
+        t.node_at.insert(address.to_string(), me);
+    }
+
+    /// How many peers the ack levels count as the cluster, this one included (see the module notes):
+    /// 1 for a peer with no seeds and no members, a cluster of one.
+    pub fn cluster_size(&self, member_timeout: Duration) -> usize {
+        let mut t = self.table.lock();
+        t.departed
+            .retain(|_, (at, _)| at.elapsed() < member_timeout);
+        let t = &*t;
+        let mut counted: HashSet<&str> = t.members.keys().map(|id| &**id).collect();
+        counted.extend(t.departed.keys().map(|id| &**id));
+        // A seed not met yet may be a member already known from member lists, at that address.
+        let listed_at = |seed: &str| {
+            let member = t.members.iter().find(|(_, m)| m.address == seed);
+            let departed = t.departed.iter().find(|(_, (_, a))| a == seed);
+            member.map(|(id, _)| id).or(departed.map(|(id, _)| id))
+        };
+        let mut unmet: HashSet<&str> = HashSet::default();
+        for seed in &t.seeds {
+            match t.node_at.get(seed).or_else(|| listed_at(seed)) {
+                Some(node) if *node == t.me => {}
+                Some(node) => {
+                    counted.insert(node);
+                }
+                None => {
+                    unmet.insert(seed);
+                }
+            }
+        }
+        1 + counted.len() + unmet.len()
     }
 
     /// Ids of every current member (linked or not).
@@ -352,7 +462,10 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
             if !linked {
                 match crate::link::dial_once(&s, &address).await {
                     Ok(()) => delay = s.config.backoff_min,
-                    Err(LinkError::SelfDial) => break,
+                    Err(LinkError::SelfDial) => {
+                        s.members.mark_self(&address);
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(%address, error = %e, "dial failed");
                         delay = (delay * 2).min(s.config.backoff_max);
@@ -377,8 +490,64 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
     });
 }
 
+/// How often an address where a member list put this node's id is probed at most.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// A member list put this node's id at `address`: dials it once, unless it is known to be this node or
+/// was probed lately. A namesake there is reported by the link's handshake (both ends); this very node
+/// under another address is remembered as such; nobody there (this node's earlier address) is nothing.
+pub fn probe_namesake(shared: &Arc<Shared>, address: &str) {
+    if address == shared.advertised.to_string() || !shared.members.probe_due(address) {
+        return;
+    }
+    let s = shared.clone();
+    let address = address.to_string();
+    shared.spawn(async move {
+        match crate::link::dial_once(&s, &address).await {
+            Err(LinkError::SelfDial) => s.members.mark_self(&address),
+            other => tracing::debug!(%address, result = ?other, "probed an address listed with this node's id"),
+        }
+    });
+}
+
 /// A delay between 50 % and 100 % of `d`, so peers that lost each other do not redial in lockstep.
 fn jitter(shared: &Shared, d: Duration) -> Duration {
     let f = shared.rng.lock().gen_range(0.5..=1.0);
     d.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_listed_by_others_at_a_members_address_counts_once() {
+        let members = Members::new(
+            "a".into(),
+            vec!["10.0.0.2:7070".into(), "10.0.0.3:7070".into()],
+        );
+        // Nothing met: this peer and two seeds.
+        assert_eq!(members.cluster_size(Duration::from_secs(60)), 3);
+        // b learned from a member list, at the first seed's address: the seed is b, not one more.
+        members.learn(&"b".into(), "10.0.0.2:7070");
+        assert_eq!(members.cluster_size(Duration::from_secs(60)), 3);
+        members.learn(&"c".into(), "10.0.0.9:7070");
+        assert_eq!(members.cluster_size(Duration::from_secs(60)), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_member_counts_for_one_more_member_timeout_and_its_seed_for_good() {
+        let timeout = Duration::from_secs(10);
+        let members = Members::new("a".into(), vec!["10.0.0.2:7070".into()]);
+        members.learn(&"b".into(), "10.0.0.2:7070");
+        members.learn(&"c".into(), "10.0.0.3:7070");
+        assert_eq!(members.cluster_size(timeout), 3);
+        tokio::time::advance(timeout).await;
+        assert_eq!(members.forget_unreachable(timeout).len(), 2);
+        assert!(members.list().is_empty());
+        assert_eq!(members.cluster_size(timeout), 3);
+        tokio::time::advance(timeout).await;
+        // c is gone; b's address is a seed.
+        assert_eq!(members.cluster_size(timeout), 2);
+    }
 }

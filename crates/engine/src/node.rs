@@ -125,6 +125,8 @@ pub struct Stats {
     pub buckets: usize,
     pub keys: usize,
     pub peers: usize,
+    /// The cluster size the ack levels count, this peer included (`Members::cluster_size`).
+    pub cluster_size: usize,
     pub ops_applied: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -341,11 +343,12 @@ impl Node {
             None => None,
         };
         let (stop, shutdown) = watch::channel(false);
+        let id = local.id.clone();
         let shared = Arc::new(Shared {
             local,
             address,
             advertised,
-            members: Members::new(),
+            members: Members::new(id, config.seeds.clone()),
             links: Mutex::new(Vec::new()),
             fetches: Fetches::default(),
             security,
@@ -432,7 +435,11 @@ impl Node {
             .filter(|p| p.connected)
             .map(|p| p.id.into())
             .collect();
-        let members = self.shared.members.list().len();
+        let others = self
+            .shared
+            .members
+            .cluster_size(self.shared.config.member_timeout)
+            - 1;
         let deadline = self.shared.local.clock.wall_ms() + timeout.as_millis() as u64;
         let registered = self.shared.local.acks.register(
             bucket.name(),
@@ -440,7 +447,7 @@ impl Node {
             level,
             deadline,
             connected,
-            members,
+            others,
             flush,
         );
         (write, registered)
@@ -518,6 +525,10 @@ impl Node {
             buckets: buckets.len(),
             keys: buckets.iter().map(|b| b.len()).sum(),
             peers: self.shared.members.connected_count(),
+            cluster_size: self
+                .shared
+                .members
+                .cluster_size(self.shared.config.member_timeout),
             ops_applied: c.ops_applied.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),

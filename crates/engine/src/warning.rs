@@ -12,10 +12,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Warnings of one code logged and handed over per window at most; the rest are counted only.
 const PER_WINDOW: u32 = 10;
