@@ -20,7 +20,8 @@
 //! - `collect`: when tombstones may be dropped;
 //! - `link`: one connection to one peer: handshake, then the session's frames both ways;
 //! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events;
-//! - `node`: a peer: listener, bucket registry, stats and clean shutdown.
+//! - `node`: a peer: listener, bucket registry, stats and clean shutdown;
+//! - `sim` (feature `sim`): the whole-node deterministic simulation and its history checker.
 
 pub mod acks;
 pub mod bucket;
@@ -38,6 +39,8 @@ pub mod ranges;
 pub mod replica;
 pub mod secure;
 pub mod seq_index;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod transport;
