@@ -21,7 +21,8 @@
 //! - `link`: one connection to one peer: handshake, then the session's frames both ways;
 //! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events;
 //! - `node`: a peer: listener, bucket registry, stats and clean shutdown;
-//! - `warning`: the node-wide warning sink: counted by code, logged and handed to JavaScript.
+//! - `warning`: the node-wide warning sink: counted by code, logged and handed to JavaScript;
+//! - `sim` (feature `sim`): the whole-node deterministic simulation and its history checker.
 
 pub mod acks;
 pub mod bucket;
@@ -39,6 +40,8 @@ pub mod ranges;
 pub mod replica;
 pub mod secure;
 pub mod seq_index;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod transport;

@@ -1,0 +1,376 @@
+//! The history checker. Every write is logged with the value id it carries (values are unique per
+//! write: `[op, padding]`), its `(hlc, origin)`, its ack level and how the ack ended. Checked:
+//!
+//! - while running, per replica run (a memory-only restart is a new run): every `'change'` names a
+//!   value that was written, with that write's `(hlc, origin)`; a replica never announces a write
+//!   older in `(hlc, origin)` order than one it already announced or a tombstone it already applied for
+//!   the key (no resurrection, no going back); an expiry event names a key the replica's listener sees
+//!   live (no duplicate or phantom expiry);
+//! - once the network healed and the replicas settled: every replica holds the same registers and
+//!   contexts; `len()` equals the live keys; the value each listener was last told matches what the
+//!   replica holds (no missing or extra event); every write acknowledged with `'one'` or more whose
+//!   holders (the writer and the peers that acknowledged it) did not all crash since is present or
+//!   superseded by a newer write in `(hlc, origin)` order (a collected key: superseded by a newer
+//!   delete or expiring write); writes whose ack timed out or never settled may be lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use std::sync::Arc;
+
+use crate::acks::AckLevel;
+use crate::clock::Hlc;
+use crate::replica::ReplicaId;
+use crate::store::{Change, Write};
+use crate::value::{self, ValueRef};
+
+/// How a write's acknowledgement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// `'local'`: nothing waited for.
+    Local,
+    /// Still waiting (or its writer crashed before it settled): maybe replicated, maybe not.
+    Pending,
+    Acked,
+    TimedOut,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriteRec {
+    pub at_ms: u64,
+    /// The writer's node id.
+    pub node: Arc<str>,
+    pub replica: ReplicaId,
+    pub bucket: Arc<str>,
+    pub key: Arc<str>,
+    pub hlc: Hlc,
+    pub deleted: bool,
+    pub expires_ms: u64,
+    pub level: AckLevel,
+    pub status: Status,
+    /// Node ids that acknowledged it (with `Status::Acked`).
+    pub ackers: Vec<String>,
+}
+
+/// Every write of a run, indexed by op id (its position), and what the checker found.
+#[derive(Default)]
+pub struct History {
+    pub writes: Vec<WriteRec>,
+    /// The newest touch made on each key, and the expiry it set: a value older than the touch lives
+    /// until then instead of its own expiry.
+    pub touched: BTreeMap<(Arc<str>, Arc<str>), (Hlc, u64)>,
+    /// Every key written, per bucket.
+    pub keys: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// Crash times (virtual ms) per node id.
+    pub crashes: BTreeMap<String, Vec<u64>>,
+    /// `[time] kind: what`, at most 50.
+    pub violations: Vec<String>,
+}
+
+/// Violations of these kinds are bugs the protocol has today, reported but tolerated by
+/// `Report::failed` unless the run is strict: each names the issue that fixes it.
+pub const KNOWN_OPEN: &[(&str, &str)] = &[
+    (
+        "announced-expired",
+        "issue 12 item 2: a value that arrives (or is written) already expired is announced live, and no expiry event follows",
+    ),
+    (
+        "phantom-expiry",
+        "issue 12 item 1: a second expiry event for one key (two TTL writers of one key; a touch that arrives after the key expired revives it without an event)",
+    ),
+    (
+        "size",
+        "issue 12 item 1: len() counts one key short after a touch that arrived late revived an expired key",
+    ),
+];
+
+/// The kind of a violation line.
+pub fn kind_of(line: &str) -> &str {
+    line.split_once("] ")
+        .and_then(|(_, rest)| rest.split_once(':'))
+        .map_or("", |(kind, _)| kind)
+}
+
+/// The text of the value a write carries: `[op,"padding"]`.
+pub fn value_text(op: u64, pad: usize) -> String {
+    format!("[{op},\"{}\"]", "x".repeat(pad))
+}
+
+/// The op id a stored value carries.
+pub fn op_of(stored: &[u8]) -> Option<u64> {
+    let ValueRef::Json(text) = value::decode(stored)? else {
+        return None;
+    };
+    text.strip_prefix('[')?.split(',').next()?.parse().ok()
+}
+
+fn order(hlc: Hlc, replica: &ReplicaId) -> (Hlc, ReplicaId) {
+    (hlc, replica.clone())
+}
+
+impl History {
+    pub fn record(&mut self, w: WriteRec) -> u64 {
+        self.keys
+            .entry(w.bucket.clone())
+            .or_default()
+            .insert(w.key.clone());
+        self.writes.push(w);
+        self.writes.len() as u64 - 1
+    }
+
+    /// Records a violation of `kind` (one of `KINDS`).
+    pub fn violation(&mut self, at_ms: u64, kind: &'static str, what: String) {
+        if self.violations.len() < 50 {
+            self.violations.push(format!("[{at_ms} ms] {kind}: {what}"));
+        }
+    }
+
+    /// True when a holder of the write (its writer or a peer that acknowledged it) has not crashed
+    /// since: then the write must survive.
+    fn must_survive(&self, w: &WriteRec) -> bool {
+        if w.status != Status::Acked || w.level == AckLevel::Local {
+            return false;
+        }
+        let crashed_since = |id: &str| {
+            self.crashes
+                .get(id)
+                .is_some_and(|at| at.iter().any(|&t| t >= w.at_ms))
+        };
+        !crashed_since(&w.node) || w.ackers.iter().any(|a| !crashed_since(a))
+    }
+}
+
+/// What one run of one replica told its listeners, per bucket and key.
+#[derive(Default)]
+pub struct Model {
+    /// The op id of the value each key was last announced with (absent: deleted or expired).
+    pub visible: BTreeMap<(Arc<str>, Arc<str>), u64>,
+    /// The newest `(hlc, origin)` this replica applied per key (values and tombstones).
+    newest: BTreeMap<(Arc<str>, Arc<str>), (Hlc, ReplicaId)>,
+    /// Keys last announced with a value that was already expired (see `KNOWN_OPEN`).
+    pub born_expired: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
+}
+
+impl Model {
+    /// Checks one change event. `tombstone` is the key's value register when the event removed it
+    /// (read right after the step that applied it); `now_ms` is the replica's clock then (a step
+    /// after the one that applied the change).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_change(
+        &mut self,
+        history: &mut History,
+        who: &str,
+        at_ms: u64,
+        now_ms: u64,
+        bucket: &Arc<str>,
+        change: &Change,
+        tombstone: Option<&Write>,
+        tombstone_origin: Option<&ReplicaId>,
+    ) {
+        let slot = (bucket.clone(), change.key.clone());
+        match &change.value {
+            Some(v) => {
+                let Some(op) = op_of(v).filter(|&op| (op as usize) < history.writes.len()) else {
+                    history.violation(
+                        at_ms,
+                        "never-written",
+                        format!("{who}: '{}' announced a value never written", change.key),
+                    );
+                    return;
+                };
+                let w = history.writes[op as usize].clone();
+                if w.key != change.key || w.bucket != *bucket || w.deleted {
+                    history.violation(
+                        at_ms,
+                        "never-written",
+                        format!(
+                            "{who}: '{}' announced op {op}, written to another key",
+                            change.key
+                        ),
+                    );
+                    return;
+                }
+                let at = order(w.hlc, &w.replica);
+                if let Some(seen) = self.newest.get(&slot) {
+                    if at < *seen {
+                        history.violation(at_ms, "went-back", format!(
+                            "{who}: {bucket}/'{}' went back: announced op {op} ({:?} {}) after applying {:?} {}",
+                            change.key, w.hlc, w.replica, seen.0, seen.1
+                        ));
+                    }
+                }
+                let expires_ms = match history.touched.get(&slot) {
+                    Some(&(t, until)) if t > w.hlc => until,
+                    _ => w.expires_ms,
+                };
+                let expired = expires_ms != 0 && expires_ms + 1 < now_ms;
+                let newest = self.newest.entry(slot.clone()).or_insert(at.clone());
+                if at > *newest {
+                    *newest = at;
+                }
+                if expired {
+                    let line = format!(
+                        "{who}: {bucket}/'{}' announced op {op}, expired at {} (clock {now_ms})",
+                        short(&change.key),
+                        expires_ms
+                    );
+                    history.violation(at_ms, "announced-expired", line);
+                    self.born_expired.insert(slot.clone());
+                } else {
+                    self.born_expired.remove(&slot);
+                }
+                self.visible.insert(slot, op);
+            }
+            None if change.expired => {
+                self.born_expired.remove(&slot);
+                if self.visible.remove(&slot).is_none() {
+                    history.violation(at_ms, "phantom-expiry", format!(
+                        "{who}: {bucket}/'{}' expired while its listener saw no live value (a duplicate or phantom expiry)",
+                        change.key
+                    ));
+                }
+            }
+            None => {
+                if let (Some(t), Some(origin)) = (tombstone, tombstone_origin) {
+                    let at = order(t.hlc, origin);
+                    let newest = self.newest.entry(slot.clone()).or_insert(at.clone());
+                    if at > *newest {
+                        *newest = at;
+                    }
+                }
+                self.born_expired.remove(&slot);
+                self.visible.remove(&slot);
+            }
+        }
+    }
+}
+
+/// A replica's state, as compared once the network healed: per bucket, every register (sorted lines)
+/// and the context, the live values (key -> op id), and `len()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketView {
+    pub registers: Vec<String>,
+    pub context: String,
+    pub live: BTreeMap<Arc<str>, u64>,
+    pub len: usize,
+    /// Keys a scan yields.
+    pub scanned: usize,
+    /// Value registers per key: `(hlc, origin, value op or None for a tombstone, expires_ms)`.
+    pub values: BTreeMap<Arc<str>, (Hlc, ReplicaId, Option<u64>, u64)>,
+}
+
+/// The final checks over settled replicas (`views[i]` = (name, buckets, model)).
+pub fn check_final(
+    history: &mut History,
+    at_ms: u64,
+    views: &[(String, BTreeMap<Arc<str>, BucketView>, &Model)],
+) {
+    let Some((first, reference, _)) = views.first() else {
+        return;
+    };
+    for (name, buckets, model) in views {
+        for (b, view) in buckets {
+            let same = reference
+                .get(b)
+                .is_some_and(|r| r.registers == view.registers && r.context == view.context);
+            if !same {
+                let r = reference.get(b);
+                let diff: Vec<&String> = view
+                    .registers
+                    .iter()
+                    .filter(|l| r.is_none_or(|r| !r.registers.contains(l)))
+                    .take(3)
+                    .collect();
+                history.violation(at_ms, "diverged", format!(
+                    "{name} differs from {first} in bucket {b} (registers {} vs {}, first extra: {diff:?}; contexts equal: {})",
+                    view.registers.len(),
+                    r.map_or(0, |r| r.registers.len()),
+                    r.is_some_and(|r| r.context == view.context)
+                ));
+            }
+            if view.len != view.live.len() || view.scanned != view.live.len() {
+                history.violation(
+                    at_ms,
+                    "size",
+                    format!(
+                        "{name}: bucket {b} len() is {} with {} live keys (a scan yields {})",
+                        view.len,
+                        view.live.len(),
+                        view.scanned
+                    ),
+                );
+            }
+            for (key, op) in &view.live {
+                let told = model.visible.get(&(b.clone(), key.clone()));
+                if told != Some(op) {
+                    history.violation(
+                        at_ms,
+                        "events",
+                        format!(
+                        "{name}: {b}/'{}' holds op {op} but its listener was last told {told:?}",
+                        short(key)
+                    ),
+                    );
+                }
+                let w = history.writes.get(*op as usize).cloned();
+                let genuine = w.as_ref().is_some_and(|w| {
+                    w.key == *key
+                        && !w.deleted
+                        && view
+                            .values
+                            .get(key)
+                            .is_some_and(|v| v.0 == w.hlc && v.1 == w.replica)
+                });
+                if !genuine {
+                    history.violation(
+                        at_ms,
+                        "never-written",
+                        format!("{name}: {b}/'{}' holds op {op}, not that write", short(key)),
+                    );
+                }
+            }
+            for ((mb, key), op) in &model.visible {
+                if mb == b
+                    && !view.live.contains_key(key)
+                    && !model.born_expired.contains(&(mb.clone(), key.clone()))
+                {
+                    history.violation(at_ms, "events", format!(
+                        "{name}: {b}/'{}' was last announced as op {op} but is not live (a missing delete or expiry event)",
+                        short(key)
+                    ));
+                }
+            }
+        }
+    }
+    // Acknowledged writes, on the reference replica (all are equal, or that was reported above).
+    let writes = history.writes.clone();
+    for (op, w) in writes.iter().enumerate() {
+        if !history.must_survive(w) {
+            continue;
+        }
+        let held = reference.get(&w.bucket).and_then(|v| v.values.get(&w.key));
+        let ok = match held {
+            Some((hlc, origin, _, _)) => order(*hlc, origin) >= order(w.hlc, &w.replica),
+            None => writes.iter().any(|x| {
+                x.bucket == w.bucket
+                    && x.key == w.key
+                    && (x.deleted || x.expires_ms != 0)
+                    && order(x.hlc, &x.replica) >= order(w.hlc, &w.replica)
+            }),
+        };
+        if !ok {
+            history.violation(at_ms, "lost-ack", format!(
+                "acknowledged write lost: op {op} {}/'{}' ({:?} by {} at {} ms, level {:?}, acked by {:?}); held: {held:?}",
+                w.bucket, short(&w.key), w.hlc, w.replica, w.at_ms, w.level, w.ackers
+            ));
+        }
+    }
+}
+
+/// A key as printed: long keys cut.
+pub fn short(key: &str) -> String {
+    if key.len() > 24 {
+        format!("{}…({} bytes)", &key[..16], key.len())
+    } else {
+        key.to_string()
+    }
+}

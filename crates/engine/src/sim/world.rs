@@ -1,0 +1,1067 @@
+//! The simulated cluster: turmoil hosts each running one real `Node` (memory only), the fault
+//! schedule, the operations, and the run from seed to verdict.
+//!
+//! A run has a chaos phase (operations and faults drawn from the seed every virtual millisecond), then
+//! a heal (every cut link repaired, held traffic released, crashed nodes restarted), then a quiet phase
+//! until every replica holds the same registers and contexts (or a bound passes: a failure), then the
+//! final checks. Operations are called on the nodes between steps, from outside their runtimes; they
+//! read only the simulated clocks, so they are as deterministic as the rest.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::check::{self, BucketView, History, Model, Status, WriteRec};
+use super::clock::{SimClock, SimTime};
+use super::rng::{derive, SplitMix};
+use crate::acks::{AckLevel, AckOutcome, Registered};
+use crate::clock::Clock;
+use crate::node::{Config, Node};
+use crate::store::{Change, Lifetime};
+use crate::transport::SimTcp;
+use crate::value;
+use crate::wire::{MAX_KEY, MAX_VALUE};
+
+/// The virtual time the simulation starts at (2026-01-01T00:00:00Z).
+const EPOCH_MS: u64 = 1_767_225_600_000;
+const PORT: u16 = 7000;
+const MAX_CLOCK_SKEW_MS: u64 = 2_000;
+/// How long after the heal the replicas may take to settle.
+const QUIET_MAX_MS: u64 = 60_000;
+/// The shortest quiet phase (restarted nodes rejoin, pulls finish, expiries pass).
+const QUIET_MIN_MS: u64 = 3_000;
+
+/// What a run exercises. Every fault kind is one flag; `heavy` sets them all.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
+    pub name: &'static str,
+    pub nodes: usize,
+    /// Virtual milliseconds of operations and faults before the heal.
+    pub chaos_ms: u64,
+    /// Mean virtual milliseconds between operations.
+    pub op_every_ms: u64,
+    /// Mean virtual milliseconds between faults (of the kinds enabled).
+    pub fault_every_ms: u64,
+    pub buckets: usize,
+    /// Partitions of the cluster in two that heal pair by pair.
+    pub partitions: bool,
+    pub one_way: bool,
+    /// Traffic held on a link, then released at once.
+    pub holds: bool,
+    /// Links cut for a few milliseconds: segments in flight are lost and the stream stalls.
+    pub resets: bool,
+    /// SIGKILL-equivalent crashes, restarts under the same id (empty, new incarnation).
+    pub crashes: bool,
+    /// Restarts under a new id.
+    pub new_ids: bool,
+    /// A second process with an existing node's id, for a while.
+    pub dup_ids: bool,
+    /// `memberTimeout` short enough that long partitions forget members.
+    pub forget: bool,
+    /// Nodes joining during the run.
+    pub joins: bool,
+    /// Clock offsets up to just under `maxClockSkew` apart, drift, backward jumps on restart.
+    pub clocks: bool,
+    /// Keys and values at their size limits, now and then.
+    pub big: bool,
+}
+
+const BASE: Profile = Profile {
+    name: "calm",
+    nodes: 4,
+    chaos_ms: 8_000,
+    op_every_ms: 25,
+    fault_every_ms: 700,
+    buckets: 2,
+    partitions: false,
+    one_way: false,
+    holds: false,
+    resets: false,
+    crashes: false,
+    new_ids: false,
+    dup_ids: false,
+    forget: false,
+    joins: false,
+    clocks: false,
+    big: false,
+};
+
+pub const PROFILES: &[Profile] = &[
+    BASE,
+    Profile {
+        name: "partitions",
+        partitions: true,
+        one_way: true,
+        holds: true,
+        resets: true,
+        ..BASE
+    },
+    Profile {
+        name: "crashes",
+        crashes: true,
+        new_ids: true,
+        joins: true,
+        ..BASE
+    },
+    Profile {
+        name: "clocks",
+        clocks: true,
+        crashes: true,
+        ..BASE
+    },
+    Profile {
+        name: "membership",
+        forget: true,
+        partitions: true,
+        dup_ids: true,
+        joins: true,
+        buckets: 4,
+        ..BASE
+    },
+    Profile {
+        name: "heavy",
+        nodes: 5,
+        chaos_ms: 12_000,
+        op_every_ms: 15,
+        fault_every_ms: 400,
+        buckets: 4,
+        partitions: true,
+        one_way: true,
+        holds: true,
+        resets: true,
+        crashes: true,
+        new_ids: true,
+        dup_ids: true,
+        forget: true,
+        joins: true,
+        clocks: true,
+        big: true,
+    },
+];
+
+impl Report {
+    /// The violations that fail the run: all of them when `strict`, else those not of a kind in
+    /// `check::KNOWN_OPEN`.
+    pub fn failures(&self, strict: bool) -> Vec<&String> {
+        self.violations
+            .iter()
+            .filter(|v| {
+                strict
+                    || !check::KNOWN_OPEN
+                        .iter()
+                        .any(|(k, _)| *k == check::kind_of(v))
+            })
+            .collect()
+    }
+}
+
+impl Profile {
+    pub fn named(name: &str) -> Option<Profile> {
+        PROFILES.iter().find(|p| p.name == name).copied()
+    }
+}
+
+/// The verdict of one run.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub profile: &'static str,
+    /// Virtual milliseconds simulated (one turmoil step each).
+    pub steps: u64,
+    pub ops: usize,
+    pub faults: usize,
+    pub violations: Vec<String>,
+    /// A hash of the trace and of the final state: equal for two runs of one seed.
+    pub fingerprint: u64,
+    /// The events of the run, when asked for.
+    pub trace: Vec<String>,
+}
+
+/// What a host's software publishes once its node runs.
+struct Running {
+    node: Arc<Node>,
+    changes: Vec<(Arc<str>, UnboundedReceiver<Change>)>,
+    acks: UnboundedReceiver<AckOutcome>,
+    /// Ack tickets waiting -> op id.
+    pending: BTreeMap<u64, u64>,
+}
+
+/// What the next start of a host runs as.
+#[derive(Clone)]
+struct Plan {
+    id: String,
+    seeds: Vec<String>,
+    offset_ms: i64,
+    drift_ppm: i64,
+    node_seed: u64,
+    member_timeout: Duration,
+}
+
+struct Host {
+    name: String,
+    ip: IpAddr,
+    plan: Rc<RefCell<Plan>>,
+    slot: Rc<RefCell<Option<Running>>>,
+    /// Software running (not crashed).
+    up: bool,
+    /// Restart at this time (a crashed host).
+    restart_at: Option<u64>,
+    /// Crash for good at this time (a duplicate-id host).
+    retire_at: Option<u64>,
+    /// Never restarted (a duplicate-id host once retired).
+    retired: bool,
+    generation: u64,
+    model: Model,
+}
+
+struct World<'a> {
+    seed: u64,
+    profile: Profile,
+    sim: turmoil::Sim<'a>,
+    time: SimTime,
+    rng: SplitMix,
+    hosts: Vec<Host>,
+    buckets: Vec<Arc<str>>,
+    history: History,
+    /// Directed links cut until a time.
+    cut: BTreeMap<(usize, usize), u64>,
+    /// Links (smaller index first) held until a time.
+    held: BTreeMap<(usize, usize), u64>,
+    trace: Vec<String>,
+    tracing: bool,
+    fingerprint: u64,
+    faults: usize,
+    ops: usize,
+    joined: usize,
+    dups: usize,
+}
+
+fn fnv(hash: &mut u64, text: &str) {
+    for b in text.as_bytes() {
+        *hash ^= *b as u64;
+        *hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+    *hash ^= 0xff;
+    *hash = hash.wrapping_mul(0x100_0000_01b3);
+}
+
+fn config(plan: &Plan, ip: IpAddr, time: &SimTime) -> Config {
+    let physical = SimClock::new(time.clone(), plan.offset_ms, plan.drift_ppm);
+    Config {
+        id: Some(plan.id.clone()),
+        listen: format!("0.0.0.0:{PORT}"),
+        seeds: plan.seeds.clone(),
+        advertise: Some(format!("{ip}:{PORT}")),
+        clock: Arc::new(Clock::new(Box::new(physical))),
+        heartbeat: Duration::from_millis(200),
+        dead_after: Duration::from_millis(1_200),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(1_000),
+        digest_every: Duration::from_millis(300),
+        pull_every: Duration::from_millis(300),
+        max_clock_skew: Duration::from_millis(MAX_CLOCK_SKEW_MS),
+        collect_every: Duration::from_millis(1_000),
+        member_timeout: plan.member_timeout,
+        handshake_timeout: Duration::from_millis(1_000),
+        transport: Arc::new(SimTcp),
+        seed: Some(plan.node_seed),
+        ..Config::default()
+    }
+}
+
+impl<'a> World<'a> {
+    fn now(&self) -> u64 {
+        self.sim.elapsed().as_millis() as u64
+    }
+
+    fn note(&mut self, line: String) {
+        let line = format!("[{} ms] {line}", self.now());
+        fnv(&mut self.fingerprint, &line);
+        if self.tracing {
+            self.trace.push(line);
+        }
+    }
+
+    fn offset(&mut self) -> (i64, i64) {
+        if self.profile.clocks {
+            // Pairwise just under the skew bound, drift included.
+            let bound = (MAX_CLOCK_SKEW_MS as i64) * 45 / 100;
+            let offset = self.rng.range(0, 2 * bound as u64) as i64 - bound;
+            let drift = self.rng.range(0, 400) as i64 - 200;
+            (offset, drift)
+        } else {
+            (self.rng.range(0, 100) as i64 - 50, 0)
+        }
+    }
+
+    fn add_host(&mut self, name: String, id: String, seeds: Vec<String>) -> usize {
+        let ip = self.sim.lookup(name.as_str());
+        let (offset_ms, drift_ppm) = self.offset();
+        let member_timeout = if self.profile.forget {
+            Duration::from_millis(2_500)
+        } else {
+            Duration::from_secs(300)
+        };
+        let index = self.hosts.len();
+        let plan = Rc::new(RefCell::new(Plan {
+            id,
+            seeds,
+            offset_ms,
+            drift_ppm,
+            node_seed: derive(self.seed, 1_000 + index as u64),
+            member_timeout,
+        }));
+        let slot: Rc<RefCell<Option<Running>>> = Rc::new(RefCell::new(None));
+        let (p, s, time, buckets) = (
+            plan.clone(),
+            slot.clone(),
+            self.time.clone(),
+            self.buckets.clone(),
+        );
+        self.sim.host(name.as_str(), move || {
+            let plan = p.borrow().clone();
+            let slot = s.clone();
+            let config = config(&plan, ip, &time);
+            let buckets = buckets.clone();
+            async move {
+                let node = Node::start(config).await?;
+                let changes = buckets
+                    .iter()
+                    .map(|b| (b.clone(), node.bucket(b).subscribe()))
+                    .collect();
+                let acks = node.ack_outcomes();
+                *slot.borrow_mut() = Some(Running {
+                    node: Arc::new(node),
+                    changes,
+                    acks,
+                    pending: BTreeMap::new(),
+                });
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+        self.hosts.push(Host {
+            name,
+            ip,
+            plan,
+            slot,
+            up: true,
+            restart_at: None,
+            retire_at: None,
+            retired: false,
+            generation: 0,
+            model: Model::default(),
+        });
+        index
+    }
+
+    fn address(&self, i: usize) -> String {
+        format!("{}:{PORT}", self.hosts[i].ip)
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.sim.step().map_err(|e| format!("a host failed: {e}"))?;
+        self.time.store(
+            EPOCH_MS + self.sim.elapsed().as_millis() as u64,
+            Ordering::SeqCst,
+        );
+        self.drain();
+        Ok(())
+    }
+
+    /// Takes every change event and ack outcome the last step produced, and checks the events.
+    fn drain(&mut self) {
+        let now = self.now();
+        let mut lines = Vec::new();
+        for h in 0..self.hosts.len() {
+            let host = &mut self.hosts[h];
+            let mut slot = host.slot.borrow_mut();
+            let Some(running) = slot.as_mut() else {
+                continue;
+            };
+            let who = format!("{}#{}", host.name, host.generation);
+            for (bucket, rx) in running.changes.iter_mut() {
+                while let Ok(change) = rx.try_recv() {
+                    let registers = if change.value.is_none() && !change.expired {
+                        running.node.bucket(bucket).inspect(&change.key)
+                    } else {
+                        Vec::new()
+                    };
+                    let tombstone = registers
+                        .iter()
+                        .find(|(_, w)| !w.touch && w.value.is_none());
+                    let clock = running.node.clock().now().physical_ms();
+                    lines.push(format!(
+                        "{who} change {bucket}/{} {} (clock {clock})",
+                        check::short(&change.key),
+                        match (&change.value, change.expired) {
+                            (Some(v), _) => format!("op {:?}", check::op_of(v)),
+                            (None, true) => "expired".into(),
+                            (None, false) => "deleted".into(),
+                        }
+                    ));
+                    host.model.on_change(
+                        &mut self.history,
+                        &who,
+                        now,
+                        clock,
+                        bucket,
+                        &change,
+                        tombstone.map(|(_, w)| w),
+                        tombstone.map(|(o, _)| o.id()),
+                    );
+                }
+            }
+            while let Ok(outcome) = running.acks.try_recv() {
+                if let Some(op) = running.pending.remove(&outcome.ticket) {
+                    let w = &mut self.history.writes[op as usize];
+                    w.status = if outcome.met {
+                        Status::Acked
+                    } else {
+                        Status::TimedOut
+                    };
+                    w.ackers = outcome.acked.clone();
+                    lines.push(format!(
+                        "ack op {op}: met {} by {:?}",
+                        outcome.met, outcome.acked
+                    ));
+                }
+            }
+        }
+        for line in lines {
+            self.note(line);
+        }
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].up && self.hosts[i].slot.borrow().is_some())
+            .collect()
+    }
+
+    // ---- operations ----
+
+    fn operate(&mut self) {
+        let running = self.running();
+        if running.is_empty() {
+            return;
+        }
+        let h = *self.rng.pick(&running);
+        let bucket = self.rng.pick(&self.buckets).clone();
+        let key: Arc<str> = if self.profile.big && self.rng.chance(0.01) {
+            let mut k = format!("p{}/big{}-", self.rng.below(4), self.rng.below(2));
+            k.push_str(&"k".repeat(MAX_KEY - k.len()));
+            k.into()
+        } else {
+            format!("p{}/k{}", self.rng.below(4), self.rng.below(8)).into()
+        };
+        let node = self.hosts[h].slot.borrow().as_ref().unwrap().node.clone();
+        let roll = self.rng.below(100);
+        if roll < 8 {
+            let ttl = self.rng.range(10, 3_000);
+            let touch = node.bucket(&bucket).touch(key.clone(), ttl);
+            let touched = touch.is_some();
+            if let Some(t) = touch {
+                let newest = self
+                    .history
+                    .touched
+                    .entry((bucket.clone(), key.clone()))
+                    .or_insert((t.hlc, t.expires_ms));
+                if t.hlc > newest.0 {
+                    *newest = (t.hlc, t.expires_ms);
+                }
+            }
+            self.note(format!(
+                "{} touch {bucket}/{} {ttl} ms: {touched}",
+                self.hosts[h].name,
+                check::short(&key)
+            ));
+            return;
+        }
+        if roll < 12 {
+            let peers: Vec<String> = node
+                .peers()
+                .into_iter()
+                .filter(|p| p.connected)
+                .map(|p| p.id)
+                .collect();
+            if peers.is_empty() {
+                return;
+            }
+            let from = self.rng.pick(&peers).clone();
+            let prefix = format!("p{}/", self.rng.below(4));
+            let ok = node.fetch(&bucket, &from, &prefix).is_ok();
+            self.note(format!(
+                "{} fetch {bucket}/{prefix} from {from}: {ok}",
+                self.hosts[h].name
+            ));
+            return;
+        }
+        let op = self.history.writes.len() as u64;
+        let (value, lifetime) = if roll < 30 {
+            (None, Lifetime::Forever)
+        } else {
+            let pad = if self.profile.big && self.rng.chance(0.003) {
+                MAX_VALUE - 32
+            } else {
+                self.rng.below(40) as usize
+            };
+            let lifetime = match self.rng.below(10) {
+                0..=5 => Lifetime::Forever,
+                6..=8 => Lifetime::Ttl(self.rng.range(5, 4_000)),
+                _ => {
+                    // Due already, or about to be, by some clocks.
+                    let wall = node.clock().wall_ms();
+                    Lifetime::Until(wall + self.rng.range(0, 2_000) - 1_000)
+                }
+            };
+            (
+                Some(value::encode_json(&check::value_text(op, pad))),
+                lifetime,
+            )
+        };
+        let level = match self.rng.below(10) {
+            0..=3 => AckLevel::Local,
+            4..=6 => AckLevel::One,
+            7..=8 => AckLevel::Majority,
+            _ => AckLevel::All,
+        };
+        let timeout = Duration::from_millis(self.rng.range(300, 3_000));
+        let b = node.bucket(&bucket);
+        let deleted = value.is_none();
+        let (write, registered) =
+            node.write_acked(&b, key.clone(), value, lifetime, level, timeout);
+        let (status, ackers) = match &registered {
+            Registered::Met(by) if level != AckLevel::Local => (Status::Acked, by.clone()),
+            Registered::Met(_) => (Status::Local, Vec::new()),
+            Registered::Pending(ticket) => {
+                if let Some(r) = self.hosts[h].slot.borrow_mut().as_mut() {
+                    r.pending.insert(*ticket, op);
+                }
+                (Status::Pending, Vec::new())
+            }
+        };
+        let now = self.now();
+        self.history.record(WriteRec {
+            at_ms: now,
+            node: node.id().clone(),
+            replica: node.replica().id().clone(),
+            bucket: bucket.clone(),
+            key: key.clone(),
+            hlc: write.hlc,
+            deleted,
+            expires_ms: write.expires_ms,
+            level,
+            status,
+            ackers,
+        });
+        self.ops += 1;
+        self.note(format!(
+            "{} op {op}: {} {bucket}/{} {:?} expires {} {level:?} {status:?}",
+            self.hosts[h].name,
+            if deleted { "delete" } else { "set" },
+            check::short(&key),
+            write.hlc,
+            write.expires_ms,
+        ));
+    }
+
+    // ---- faults ----
+
+    fn cut(&mut self, from: usize, to: usize, until: u64) {
+        let (a, b) = (self.hosts[from].ip, self.hosts[to].ip);
+        self.sim.partition_oneway(a, b);
+        let end = self.cut.entry((from, to)).or_insert(until);
+        *end = (*end).max(until);
+    }
+
+    fn fault(&mut self) {
+        let p = self.profile;
+        let mut kinds = Vec::new();
+        if p.partitions {
+            kinds.extend(["partition", "partition"]);
+        }
+        if p.one_way {
+            kinds.push("one-way");
+        }
+        if p.holds {
+            kinds.push("hold");
+        }
+        if p.resets {
+            kinds.push("reset");
+        }
+        if p.crashes {
+            kinds.extend(["crash", "crash"]);
+        }
+        if p.dup_ids && self.dups == 0 {
+            kinds.push("duplicate-id");
+        }
+        if p.joins && self.joined < 2 {
+            kinds.push("join");
+        }
+        if p.clocks {
+            kinds.push("clock-restart");
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let n = self.hosts.len();
+        let kind = *self.rng.pick(&kinds);
+        self.faults += 1;
+        match kind {
+            "partition" => {
+                let mut side: Vec<usize> = (0..n).filter(|_| self.rng.chance(0.4)).collect();
+                if side.is_empty() || side.len() == n {
+                    side = vec![self.rng.below(n as u64) as usize];
+                }
+                let length = if p.forget && self.rng.chance(0.3) {
+                    self.rng.range(3_000, 6_000)
+                } else {
+                    self.rng.range(200, 2_500)
+                };
+                // Pair by pair: a returning node reaches one peer first.
+                for &i in &side {
+                    for j in (0..n).filter(|j| !side.contains(j)) {
+                        let heal = now + length + self.rng.below(1_500);
+                        self.cut(i, j, heal);
+                        let heal = now + length + self.rng.below(1_500);
+                        self.cut(j, i, heal);
+                    }
+                }
+                self.note(format!(
+                    "fault: partition {side:?} for ~{length} ms, healing pair by pair"
+                ));
+            }
+            "one-way" => {
+                let (a, b) = self.two(n);
+                let until = now + self.rng.range(200, 3_000);
+                self.cut(a, b, until);
+                self.note(format!("fault: one-way {a} -> {b} cut until {until}"));
+            }
+            "hold" => {
+                let (a, b) = self.two(n);
+                let key = (a.min(b), a.max(b));
+                if !self.held.contains_key(&key) {
+                    self.sim.hold(self.hosts[a].ip, self.hosts[b].ip);
+                    let until = now + self.rng.range(50, 2_000);
+                    self.held.insert(key, until);
+                    self.note(format!("fault: hold {a} <-> {b} until {until}"));
+                }
+            }
+            "reset" => {
+                let (a, b) = self.two(n);
+                let until = now + self.rng.range(1, 5);
+                self.cut(a, b, until);
+                self.cut(b, a, until);
+                self.note(format!(
+                    "fault: reset {a} <-> {b} (segments in flight lost)"
+                ));
+            }
+            "crash" | "clock-restart" => {
+                let candidates: Vec<usize> = (0..n)
+                    .filter(|&i| self.hosts[i].up && self.hosts[i].retire_at.is_none())
+                    .collect();
+                // Keep more than half of the nodes up.
+                if candidates.len() * 2 <= n + 1 {
+                    return;
+                }
+                let h = *self.rng.pick(&candidates);
+                let down = if kind == "crash" {
+                    self.rng.range(100, 4_000)
+                } else {
+                    self.rng.range(1, 50)
+                };
+                self.crash(h);
+                self.hosts[h].restart_at = Some(now + down);
+                self.note(format!(
+                    "fault: {kind} {} for {down} ms",
+                    self.hosts[h].name
+                ));
+            }
+            "duplicate-id" => {
+                self.dups += 1;
+                let twin = self.rng.below(p.nodes as u64) as usize;
+                let id = self.hosts[twin].plan.borrow().id.clone();
+                let seeds = vec![self.address((twin + 1) % p.nodes)];
+                let name = format!("d{}", self.dups);
+                let h = self.add_host(name.clone(), id.clone(), seeds);
+                self.hosts[h].retire_at = Some(now + self.rng.range(500, 3_000));
+                self.note(format!("fault: {name} starts with {id}'s id"));
+            }
+            "join" => {
+                self.joined += 1;
+                let name = format!("j{}", self.joined);
+                let seed = self.rng.below(p.nodes as u64) as usize;
+                let seeds = vec![self.address(seed)];
+                self.add_host(name.clone(), name.clone(), seeds);
+                self.note(format!("fault: {name} joins through n{seed}"));
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    fn two(&mut self, n: usize) -> (usize, usize) {
+        let a = self.rng.below(n as u64) as usize;
+        let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+        (a, b)
+    }
+
+    /// A SIGKILL: the host's runtime is dropped with every task in it. Its outgoing links are cut
+    /// meanwhile, so what the drop sends (FINs, in an order that depends on tokio's process-wide task
+    /// ids) never leaves: a seed replays the same in any process, after any other run.
+    fn crash(&mut self, h: usize) {
+        let name = self.hosts[h].name.clone();
+        let others: Vec<usize> = (0..self.hosts.len()).filter(|&j| j != h).collect();
+        for &j in &others {
+            self.sim
+                .partition_oneway(self.hosts[h].ip, self.hosts[j].ip);
+        }
+        self.sim.crash(name.as_str());
+        for &j in &others {
+            if !self.cut.contains_key(&(h, j)) {
+                self.sim.repair_oneway(self.hosts[h].ip, self.hosts[j].ip);
+            }
+            if self.held.contains_key(&(h.min(j), h.max(j))) {
+                self.sim.hold(self.hosts[h].ip, self.hosts[j].ip);
+            }
+        }
+        self.hosts[h].up = false;
+        self.hosts[h].slot.borrow_mut().take();
+        let id = self.hosts[h].plan.borrow().id.clone();
+        let now = self.now();
+        self.history.crashes.entry(id).or_default().push(now);
+    }
+
+    fn restart(&mut self, h: usize) {
+        let new_id = self.profile.new_ids && self.rng.chance(0.3);
+        let (offset, drift) = self.offset();
+        let host = &mut self.hosts[h];
+        host.generation += 1;
+        {
+            let mut plan = host.plan.borrow_mut();
+            if new_id {
+                plan.id = format!("{}-{}", host.name, host.generation);
+            }
+            // Often earlier than before the crash: the clock jumps backwards.
+            plan.offset_ms =
+                if self.profile.clocks && offset > plan.offset_ms && host.generation % 2 == 0 {
+                    plan.offset_ms - (offset - plan.offset_ms).min(500)
+                } else {
+                    offset
+                };
+            plan.offset_ms = plan.offset_ms.max(-((MAX_CLOCK_SKEW_MS as i64) * 45 / 100));
+            plan.drift_ppm = drift;
+            plan.node_seed = derive(self.seed, 1_000 + 64 * host.generation + h as u64);
+        }
+        host.model = Model::default();
+        host.up = true;
+        host.restart_at = None;
+        let name = host.name.clone();
+        let line = {
+            let plan = host.plan.borrow();
+            format!(
+                "restart {name} as {} (clock offset {} ms)",
+                plan.id, plan.offset_ms
+            )
+        };
+        self.sim.bounce(name.as_str());
+        self.note(line);
+    }
+
+    /// Repairs what is due, restarts and retires hosts whose time came.
+    fn maintain(&mut self, heal_all: bool) {
+        let now = self.now();
+        let due: Vec<(usize, usize)> = self
+            .cut
+            .iter()
+            .filter(|(_, &t)| heal_all || t <= now)
+            .map(|(&k, _)| k)
+            .collect();
+        for (a, b) in due {
+            self.cut.remove(&(a, b));
+            self.sim.repair_oneway(self.hosts[a].ip, self.hosts[b].ip);
+        }
+        let due: Vec<(usize, usize)> = self
+            .held
+            .iter()
+            .filter(|(_, &t)| heal_all || t <= now)
+            .map(|(&k, _)| k)
+            .collect();
+        for (a, b) in due {
+            self.held.remove(&(a, b));
+            self.sim.release(self.hosts[a].ip, self.hosts[b].ip);
+        }
+        for h in 0..self.hosts.len() {
+            if self.hosts[h]
+                .retire_at
+                .is_some_and(|t| heal_all || t <= now)
+            {
+                self.hosts[h].retire_at = None;
+                self.hosts[h].retired = true;
+                if self.hosts[h].up {
+                    self.crash(h);
+                }
+                let line = format!("{} (duplicate id) killed for good", self.hosts[h].name);
+                self.note(line);
+            }
+            if !self.hosts[h].retired
+                && self.hosts[h]
+                    .restart_at
+                    .is_some_and(|t| heal_all || t <= now)
+            {
+                self.restart(h);
+            }
+        }
+    }
+
+    // ---- the settled state ----
+
+    fn views(&self) -> Vec<(String, BTreeMap<Arc<str>, BucketView>)> {
+        let mut out = Vec::new();
+        for host in &self.hosts {
+            if host.retired {
+                continue;
+            }
+            let slot = host.slot.borrow();
+            let Some(running) = slot.as_ref() else {
+                continue;
+            };
+            let mut buckets = BTreeMap::new();
+            for b in &self.buckets {
+                let bucket = running.node.bucket(b);
+                let store = bucket.store();
+                let mut registers = Vec::new();
+                let mut values = BTreeMap::new();
+                let mut live = BTreeMap::new();
+                let keys = self.history.keys.get(b).cloned().unwrap_or_default();
+                for key in &keys {
+                    for (origin, w) in store.registers(key) {
+                        let op = w.value.as_deref().and_then(check::op_of);
+                        registers.push(format!(
+                            "{}|{}|{:?}|{}|{}|{}|{:?}",
+                            check::short(key),
+                            origin.id(),
+                            w.hlc,
+                            w.seq,
+                            w.touch,
+                            w.expires_ms,
+                            op
+                        ));
+                        if !w.touch {
+                            values.insert(
+                                key.clone(),
+                                (w.hlc, origin.id().clone(), op, w.expires_ms),
+                            );
+                        }
+                    }
+                    let mut found = None;
+                    bucket.read(key, &mut |v| found = check::op_of(v));
+                    if let Some(op) = found {
+                        live.insert(key.clone(), op);
+                    }
+                }
+                registers.sort();
+                let mut context: Vec<String> = store
+                    .context()
+                    .into_iter()
+                    .map(|(o, r)| format!("{}={r:?}", o.id()))
+                    .collect();
+                context.sort();
+                buckets.insert(
+                    b.clone(),
+                    BucketView {
+                        registers,
+                        context: context.join(" "),
+                        live,
+                        len: bucket.len(),
+                        scanned: {
+                            let mut n = 0;
+                            bucket.scan("", &mut |_, _| n += 1);
+                            n
+                        },
+                        values,
+                    },
+                );
+            }
+            out.push((format!("{}#{}", host.name, host.generation), buckets));
+        }
+        out
+    }
+
+    fn equal(views: &[(String, BTreeMap<Arc<str>, BucketView>)]) -> bool {
+        views.windows(2).all(|w| {
+            w[0].1
+                .iter()
+                .zip(w[1].1.iter())
+                .all(|((_, a), (_, b))| a.registers == b.registers && a.context == b.context)
+        })
+    }
+
+    /// Sweeps every bucket of every running node (expiries due now fire) and drains the events.
+    fn sweep_all(&mut self) {
+        for host in &self.hosts {
+            if let Some(running) = host.slot.borrow().as_ref() {
+                for b in &self.buckets {
+                    running.node.bucket(b).sweep();
+                }
+            }
+        }
+        self.drain();
+    }
+}
+
+/// Runs one seed of `profile`; `trace` keeps the event lines. Each run gets a thread of its own:
+/// the runtimes turmoil builds keep per-thread state, and a run on a fresh thread is the same run
+/// whatever ran before it in the process.
+pub fn run(profile: &Profile, seed: u64, trace: bool) -> Report {
+    let profile = *profile;
+    std::thread::Builder::new()
+        .name(format!("sim-{seed}"))
+        .stack_size(16 << 20)
+        .spawn(move || run_here(&profile, seed, trace))
+        .expect("a thread for the run")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn run_here(profile: &Profile, seed: u64, trace: bool) -> Report {
+    let sim = turmoil::Builder::new()
+        .rng_seed(derive(seed, 1))
+        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
+        .simulation_duration(Duration::from_secs(3_600))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(20))
+        .tcp_capacity(4_096)
+        .build();
+    let time: SimTime = Arc::new(std::sync::atomic::AtomicU64::new(EPOCH_MS));
+    let mut world = World {
+        seed,
+        profile: *profile,
+        sim,
+        time,
+        rng: SplitMix::new(derive(seed, 2)),
+        hosts: Vec::new(),
+        buckets: (0..profile.buckets)
+            .map(|b| format!("b{b}").into())
+            .collect(),
+        history: History::default(),
+        cut: BTreeMap::new(),
+        held: BTreeMap::new(),
+        trace: Vec::new(),
+        tracing: trace,
+        fingerprint: 0xcbf2_9ce4_8422_2325,
+        faults: 0,
+        ops: 0,
+        joined: 0,
+        dups: 0,
+    };
+    // Every node seeds from the two first ones (n0 from n1), so each has seeds and none is alone.
+    for i in 0..profile.nodes {
+        let name = format!("n{i}");
+        world.sim.lookup(name.as_str());
+    }
+    for i in 0..profile.nodes {
+        let seeds = [0, 1]
+            .iter()
+            .filter(|&&s| s != i)
+            .map(|&s| format!("{}:{PORT}", world.sim.lookup(format!("n{s}").as_str())))
+            .collect();
+        world.add_host(format!("n{i}"), format!("n{i}"), seeds);
+    }
+    let result = drive(&mut world);
+    if let Err(e) = result {
+        let at = world.now();
+        world.history.violation(at, "host", e);
+    }
+    Report {
+        seed,
+        profile: profile.name,
+        steps: world.now(),
+        ops: world.ops,
+        faults: world.faults,
+        violations: std::mem::take(&mut world.history.violations),
+        fingerprint: world.fingerprint,
+        trace: std::mem::take(&mut world.trace),
+    }
+}
+
+fn drive(world: &mut World) -> Result<(), String> {
+    let profile = world.profile;
+    while world.now() < profile.chaos_ms {
+        world.maintain(false);
+        if world.rng.chance(1.0 / profile.op_every_ms as f64) {
+            world.operate();
+        }
+        if world.rng.chance(1.0 / profile.fault_every_ms as f64) {
+            world.fault();
+        }
+        world.step()?;
+    }
+    world.note("heal: every link repaired, held traffic released, crashed nodes restarted".into());
+    world.maintain(true);
+    let healed_at = world.now();
+    // Settled: every replica holds the same registers and contexts at one instant, after expiries
+    // due by then were swept and their events drained (the final checks look at that instant).
+    let mut views = None;
+    while world.now() < healed_at + QUIET_MAX_MS {
+        world.step()?;
+        let quiet = world.now() - healed_at;
+        if quiet >= QUIET_MIN_MS && quiet % 250 == 0 {
+            world.sweep_all();
+            let now = world.views();
+            if World::equal(&now) {
+                views = Some(now);
+                break;
+            }
+        }
+    }
+    let settled = views.is_some();
+    let views = match views {
+        Some(v) => v,
+        None => {
+            world.sweep_all();
+            world.views()
+        }
+    };
+    let mut summary = String::new();
+    for (name, buckets) in &views {
+        for (b, v) in buckets {
+            summary.push_str(&format!(
+                "{name} {b} {} {} {:?};",
+                v.len, v.context, v.registers
+            ));
+        }
+    }
+    fnv(&mut world.fingerprint, &summary);
+    if !settled {
+        let at = world.now();
+        world.history.violation(
+            at,
+            "unsettled",
+            format!("the replicas did not settle within {QUIET_MAX_MS} ms of the heal"),
+        );
+    }
+    let at = world.now();
+    let models: Vec<&Model> = world
+        .hosts
+        .iter()
+        .filter(|h| !h.retired && h.slot.borrow().is_some())
+        .map(|h| &h.model)
+        .collect();
+    let joined: Vec<(String, BTreeMap<Arc<str>, BucketView>, &Model)> = views
+        .into_iter()
+        .zip(models)
+        .map(|((n, b), m)| (n, b, m))
+        .collect();
+    let mut history = std::mem::take(&mut world.history);
+    check::check_final(&mut history, at, &joined);
+    world.history = history;
+    Ok(())
+}
