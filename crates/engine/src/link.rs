@@ -27,6 +27,12 @@ use crate::wire::{self, Hello, Message};
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Largest first frame (the hello) an open link takes. Before the hello nobody is authenticated on an
+/// open link, so this is what anyone who reaches the port can make a handshake slot hold; a keyed
+/// link's hello comes from a peer that proved the secret and may be up to `wire::MAX_FRAME`. It fits
+/// the contexts of a few thousand buckets, which hellos carry until they travel in parts (issue 12).
+pub const MAX_OPEN_HELLO: usize = 1024 * 1024;
+
 pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -98,7 +104,12 @@ async fn handshake(
         let mut buf = Vec::new();
         wire::encode_frame(&hello(shared), &mut buf)?;
         writer.send(&buf).await?;
-        let (first, received) = reader.read(timeout).await?;
+        let max_hello = if shared.security.is_keyed() {
+            wire::MAX_FRAME
+        } else {
+            MAX_OPEN_HELLO
+        };
+        let (first, received) = reader.read_within(timeout, max_hello).await?;
         let Message::Hello(theirs) = first else {
             return Err(LinkError::Protocol("first message was not a hello".into()));
         };

@@ -219,3 +219,38 @@ async fn a_newcomer_joins_through_a_flood_of_idle_connections_from_another_addre
         n.close(Duration::from_secs(1)).await;
     }
 }
+
+/// Connects to `node`, sends `bytes` and waits until the node closes the connection; how long it
+/// took, or `None` if it stayed open past `within`.
+async fn closed_after(node: &Node, bytes: &[u8], within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut sock = TcpStream::connect(node.address()).await.unwrap();
+    let _ = sock.write_all(bytes).await;
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), sock.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {} // the preamble
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_node_refuses_a_first_frame_past_the_hello_cap_from_its_prefix() {
+    let node = Node::start(Config {
+        handshake_timeout: Duration::from_secs(3),
+        ..config("open", &[])
+    })
+    .await
+    .unwrap();
+    // A frame prefix announcing 2 MiB, and the first 64 KiB of it: refused from the prefix, not
+    // buffered until the handshake timeout.
+    let mut bytes = preamble(false);
+    bytes.extend_from_slice(&(2u32 << 20).to_be_bytes());
+    bytes.extend_from_slice(&[0; 64 * 1024]);
+    let closed = closed_after(&node, &bytes, Duration::from_secs(2)).await;
+    assert!(closed.is_some(), "a 2 MiB first frame was waited for");
+    assert_eq!(node.stats().handshakes_rejected, 1);
+    node.close(Duration::from_secs(1)).await;
+}
