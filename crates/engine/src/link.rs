@@ -5,8 +5,9 @@
 //!
 //! The handshake is everything up to both hellos: the preamble, the Noise handshake on a keyed link
 //! (`secure`), then the hellos, within `handshake_timeout`. An accepted connection holds one of the
-//! node's handshake slots (`guard`) meanwhile. Whatever goes wrong in it closes that connection, is
-//! counted and logged (rate-limited), and touches nothing else.
+//! node's handshake slots (`guard`) meanwhile, once protected mode let it in. Whatever goes wrong in
+//! it closes that connection, is counted and logged (rate-limited), and touches nothing else. An open
+//! link's hello is at most `MAX_OPEN_HELLO` bytes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
-use crate::guard::Slot;
+use crate::guard::{self, Slot, Unprotected};
 use crate::membership::{Admission, LinkRef};
 use crate::node::{LinkSlot, Shared};
 use crate::sync::{Inbound, LinkSignal, Session, SEND_BUDGET};
@@ -39,6 +40,13 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let listen = shared.address.ip();
+                    let keyed = shared.security.is_keyed();
+                    if !guard::admits(keyed, shared.config.insecure, listen, remote.ip()) {
+                        drop(stream);
+                        shared.guard.reject(&remote, &Unprotected { listen });
+                        continue;
+                    }
                     let slot = shared.guard.admit(remote.ip());
                     let s = shared.clone();
                     shared.spawn(async move {
@@ -146,7 +154,8 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, dialer: bool, e: &LinkE
         LinkError::Io(_) if dialer => guard.warn(
             &remote,
             e,
-            "the other end closed the connection in the handshake (does it have the same secret?)",
+            "the other end closed the connection in the handshake (does it have the same secret? \
+             without one, does it accept peers from the network?)",
         ),
         LinkError::Io(_) => {
             tracing::debug!(%remote, error = %e, "connection closed in the handshake")

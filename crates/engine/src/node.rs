@@ -74,8 +74,12 @@ pub struct Config {
     pub secrets: Vec<Vec<u8>>,
     /// How long a connection may take from its first byte to both hellos; past it, it is closed.
     pub handshake_timeout: Duration,
-    /// Accepted connections in the handshake at once; past it a newcomer evicts the oldest.
+    /// Accepted connections in the handshake at once; past it a newcomer takes the slot of another
+    /// (`guard`).
     pub max_handshakes: usize,
+    /// Without secrets: the network is trusted, so accept peers from any address. Otherwise a node
+    /// without secrets listening beyond loopback accepts peers from loopback only (`guard::admits`).
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -103,6 +107,7 @@ impl Default for Config {
             secrets: Vec::new(),
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 64,
+            insecure: false,
         }
     }
 }
