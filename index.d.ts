@@ -26,6 +26,13 @@ export interface PeerOptions {
    */
   secret?: string | Buffer | Array<string | Buffer>
   /**
+   * Without a secret: the network is trusted, so accept peers from any address. By default a peer
+   * without a secret that listens beyond loopback (e.g. '0.0.0.0:7070') refuses peers from other than
+   * loopback addresses, with a 'warning' (code 'EINSECURE') saying how to set a secret. Default false;
+   * ignored with a secret.
+   */
+  insecure?: boolean
+  /**
    * Keep every bucket on disk in this directory (and reload it at start): the same id comes back with
    * its data and catches up only what it missed. A directory in use fails with EDATADIRINUSE.
    */

@@ -419,6 +419,10 @@ class Peer extends EventEmitter {
     const memberTimeoutMs = checkDuration('memberTimeout', options.memberTimeout, undefined)
     const rememberCollectedMs = checkDuration('rememberCollected', options.rememberCollected, undefined)
     const secrets = checkSecrets(options.secret)
+    if (options.insecure !== undefined && typeof options.insecure !== 'boolean') {
+      throw new TypeError('Peer: options.insecure must be a boolean')
+    }
+    const insecure = options.insecure === true
     let dataDir
     if (options.dataDir !== undefined) {
       if (typeof options.dataDir !== 'string' || options.dataDir.length === 0) {
@@ -436,7 +440,7 @@ class Peer extends EventEmitter {
     }
 
     const opened = native.peerOpen(
-      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, secrets, dataDir, durability },
+      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, secrets, insecure, dataDir, durability },
       (batch) => this.#onNative(batch),
     )
     Object.defineProperty(this, 'id', { value: opened.id, enumerable: true })

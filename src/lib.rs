@@ -113,6 +113,9 @@ pub struct OpenOptions {
     pub remember_collected_ms: Option<f64>,
     /// Cluster secrets, checked by index.js: the first is dialed with, each is accepted.
     pub secrets: Option<Vec<Buffer>>,
+    /// Without secrets: accept peers from any address, not only loopback ones, when listening beyond
+    /// loopback.
+    pub insecure: Option<bool>,
     /// Persist in this directory (memory only when absent).
     pub data_dir: Option<String>,
     /// With `data_dir`: "strict" (the default) or "relaxed".
@@ -179,6 +182,7 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
             .flatten()
             .map(|s| s.to_vec())
             .collect(),
+        insecure: options.insecure.unwrap_or(false),
         data_dir: options.data_dir.map(std::path::PathBuf::from),
         durability: match options.durability.as_deref() {
             Some("relaxed") => Durability::Relaxed,

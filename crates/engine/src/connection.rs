@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::error::LinkError;
 use crate::secure::{Handshake, HandshakeError, Opener, Sealer, Security};
 use crate::transport::{ReadHalf, Stream, WriteHalf};
-use crate::wire::{self, Message, LEN_BYTES};
+use crate::wire::{self, Message, LEN_BYTES, MAX_FRAME};
 
 /// Runs the preamble and, on a keyed link, the Noise handshake over `stream`, and returns the link's
 /// frame reader and writer. Bytes that arrived behind the handshake go to the reader. `progress` is
@@ -119,9 +119,22 @@ impl FrameDecoder {
 
     /// The next whole message and the bytes its frame took; `None` until more bytes arrive.
     pub fn next_message(&mut self) -> Result<Option<(Message, usize)>, LinkError> {
+        self.next_message_within(MAX_FRAME)
+    }
+
+    /// `next_message`, refusing a frame longer than `max_frame` from its length prefix.
+    pub fn next_message_within(
+        &mut self,
+        max_frame: usize,
+    ) -> Result<Option<(Message, usize)>, LinkError> {
         loop {
             let pending = &self.plain[self.start..];
             if let Some(len) = wire::frame_len(pending)? {
+                if len > max_frame {
+                    return Err(LinkError::Protocol(format!(
+                        "frame of {len} bytes where at most {max_frame} are accepted"
+                    )));
+                }
                 if pending.len() >= LEN_BYTES + len {
                     let msg = wire::decode_body(&pending[LEN_BYTES..LEN_BYTES + len])?;
                     self.start += LEN_BYTES + len;
@@ -158,8 +171,17 @@ impl FrameReader {
     /// Reads the next message, waiting at most `silence` for any byte to arrive. Returns the message and
     /// the number of bytes its frame took.
     pub async fn read(&mut self, silence: Duration) -> Result<(Message, usize), LinkError> {
+        self.read_within(silence, MAX_FRAME).await
+    }
+
+    /// `read`, refusing a frame longer than `max_frame` from its length prefix.
+    pub async fn read_within(
+        &mut self,
+        silence: Duration,
+        max_frame: usize,
+    ) -> Result<(Message, usize), LinkError> {
         loop {
-            if let Some(found) = self.decoder.next_message()? {
+            if let Some(found) = self.decoder.next_message_within(max_frame)? {
                 return Ok(found);
             }
             let n = tokio::time::timeout(silence, self.stream.read_buf(self.decoder.input()))
@@ -202,7 +224,7 @@ impl FrameWriter {
 mod tests {
     use super::*;
     use crate::secure::{handshake_in_memory, Outcome, MAX_RECORD};
-    use crate::wire::{encode_frame, WireError, MAX_FRAME};
+    use crate::wire::{encode_frame, WireError};
     use proptest::prelude::*;
 
     fn keyed_pair() -> (Sealer, FrameDecoder) {
@@ -274,6 +296,23 @@ mod tests {
             LinkError::Wire(WireError::FrameTooLarge(n)) if n == u32::MAX as usize
         ));
         assert!(decoder.plain.capacity() < MAX_FRAME);
+    }
+
+    #[test]
+    fn a_frame_past_the_callers_limit_is_refused_before_allocating() {
+        let mut decoder = FrameDecoder::new(None);
+        decoder
+            .input()
+            .extend_from_slice(&(MAX_FRAME as u32).to_be_bytes());
+        let err = decoder.next_message_within(1024).unwrap_err();
+        assert!(matches!(err, LinkError::Protocol(_)), "{err}");
+        assert!(decoder.plain.capacity() < 1024 * 1024);
+        // The same prefix without a limit below the maximum waits for the frame.
+        let mut decoder = FrameDecoder::new(None);
+        decoder
+            .input()
+            .extend_from_slice(&(MAX_FRAME as u32).to_be_bytes());
+        assert!(decoder.next_message().unwrap().is_none());
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //!
 //! Nothing here outlives the connections in the handshake: the per-source counts hold only the
 //! sources with a slot taken, so the memory is bounded by the cap however many connections came.
+//!
+//! Before any of that, protected mode (`admits`): a node without a secret that listens beyond
+//! loopback takes connections from loopback addresses only, unless told the network is trusted.
+//! Anyone else would be a full member, reading and writing every bucket, over plaintext.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -89,6 +93,40 @@ fn source(ip: IpAddr) -> IpAddr {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         },
+    }
+}
+
+/// Protected mode: whether a node accepts a connection from `remote` at all. A node with a secret
+/// (`keyed`) leaves that to the handshake; one without accepts anyone only when it listens on loopback
+/// (nobody else can reach it) or was told the network is trusted (`insecure`), and otherwise only
+/// connections from loopback.
+pub fn admits(keyed: bool, insecure: bool, listen: IpAddr, remote: IpAddr) -> bool {
+    keyed || insecure || is_loopback(listen) || is_loopback(remote)
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Why protected mode refused a connection, and how to let it in.
+pub struct Unprotected {
+    pub listen: IpAddr,
+}
+
+impl Display for Unprotected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this peer has no secret and listens on {}, beyond loopback, so it accepts peers from \
+             loopback only: give every peer the same `secret` (at least 16 random bytes, e.g. \
+             `openssl rand -base64 32`), or set `insecure: true` if the network is trusted",
+            self.listen
+        )
     }
 }
 
@@ -310,6 +348,39 @@ mod tests {
         let _c = guard.admit(ip("2001:db8:1:2:ffff::3"));
         assert!(!is_evicted(&mut peer).await);
         assert_eq!(guard.evicted(), 2);
+    }
+
+    #[test]
+    fn protected_mode_refuses_the_network_only_to_an_open_node_listening_on_it() {
+        let lo = ip("127.0.0.1");
+        let lo2 = ip("127.0.0.2");
+        let lo6 = ip("::1");
+        let mapped_lo = ip("::ffff:127.0.0.1");
+        let any = ip("0.0.0.0");
+        let any6 = ip("::");
+        let lan = ip("192.0.2.2");
+        let lan6 = ip("fd00::2");
+        let mapped_lan = ip("::ffff:192.0.2.2");
+        // Open, listening beyond loopback: loopback peers only.
+        for listen in [any, any6, lan, lan6] {
+            for remote in [lo, lo2, lo6, mapped_lo] {
+                assert!(admits(false, false, listen, remote), "{listen} {remote}");
+            }
+            for remote in [lan, lan6, mapped_lan, ip("203.0.113.9")] {
+                assert!(!admits(false, false, listen, remote), "{listen} {remote}");
+                // Unless the network is trusted, or a secret guards the links.
+                assert!(admits(false, true, listen, remote));
+                assert!(admits(true, false, listen, remote));
+            }
+        }
+        // Listening on loopback: only loopback can connect anyway.
+        for listen in [lo, lo6, mapped_lo] {
+            assert!(admits(false, false, listen, lan));
+        }
+        let why = Unprotected { listen: any }.to_string();
+        assert!(
+            why.contains("0.0.0.0") && why.contains("`secret`") && why.contains("insecure: true")
+        );
     }
 
     #[test]

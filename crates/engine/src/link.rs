@@ -5,8 +5,9 @@
 //!
 //! The handshake is everything up to both hellos: the preamble, the Noise handshake on a keyed link
 //! (`secure`), then the hellos, within `handshake_timeout`. An accepted connection holds one of the
-//! node's handshake slots (`guard`) meanwhile. Whatever goes wrong in it closes that connection, is
-//! counted and logged (rate-limited), and touches nothing else.
+//! node's handshake slots (`guard`) meanwhile, once protected mode let it in. Whatever goes wrong in
+//! it closes that connection, is counted and logged (rate-limited), and touches nothing else. An open
+//! link's hello is at most `MAX_OPEN_HELLO` bytes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
-use crate::guard::Slot;
+use crate::guard::{self, Slot, Unprotected};
 use crate::membership::{Admission, LinkRef};
 use crate::node::{LinkSlot, Shared};
 use crate::secure::HandshakeError;
@@ -30,6 +31,12 @@ use crate::wire::{self, Hello, Message, WireError};
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Largest first frame (the hello) an open link takes. Before the hello nobody is authenticated on an
+/// open link, so this is what anyone who reaches the port can make a handshake slot hold; a keyed
+/// link's hello comes from a peer that proved the secret and may be up to `wire::MAX_FRAME`. It fits
+/// the contexts of a few thousand buckets, which hellos carry until they travel in parts (issue 12).
+pub const MAX_OPEN_HELLO: usize = 1024 * 1024;
+
 pub async fn accept_loop(shared: Arc<Shared>, listener: Box<dyn Listener>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -38,6 +45,13 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: Box<dyn Listener>) {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let listen = shared.address.ip();
+                    let keyed = shared.security.is_keyed();
+                    if !guard::admits(keyed, shared.config.insecure, listen, remote.ip()) {
+                        drop(stream);
+                        shared.guard.reject(&remote, &Unprotected { listen });
+                        continue;
+                    }
                     let slot = shared.guard.admit(remote.ip());
                     let s = shared.clone();
                     shared.spawn(async move {
@@ -102,7 +116,12 @@ async fn handshake(
         let mut buf = Vec::new();
         wire::encode_frame(&hello(shared), &mut buf)?;
         writer.send(&buf).await?;
-        let (first, received) = reader.read(timeout).await?;
+        let max_hello = if shared.security.is_keyed() {
+            wire::MAX_FRAME
+        } else {
+            MAX_OPEN_HELLO
+        };
+        let (first, received) = reader.read_within(timeout, max_hello).await?;
         let Message::Hello(theirs) = first else {
             return Err(LinkError::Protocol("first message was not a hello".into()));
         };
@@ -171,7 +190,8 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, dialed: Option<&str>, e
         LinkError::Io(_) if dialed.is_some() => guard.warn(
             &remote,
             e,
-            "the other end closed the connection in the handshake",
+            "the other end closed the connection in the handshake (does it have the same secret? \
+             without one, does it accept peers from the network?)",
         ),
         LinkError::Io(_) => {
             tracing::debug!(%remote, error = %e, "connection closed in the handshake")

@@ -78,13 +78,17 @@ pub struct Config {
     pub secrets: Vec<Vec<u8>>,
     /// How long a connection may take from its first byte to both hellos; past it, it is closed.
     pub handshake_timeout: Duration,
-    /// Accepted connections in the handshake at once; past it a newcomer evicts the oldest.
+    /// Accepted connections in the handshake at once; past it a newcomer takes the slot of another
+    /// (`guard`).
     pub max_handshakes: usize,
     /// How links listen and dial: real TCP, or simulated TCP in the whole-node simulation.
     pub transport: Arc<dyn Transport>,
     /// Seeds the node's random choices (a random id, the incarnation's low bits, redial jitter) so a
     /// simulation replays; `None` draws them from the operating system.
     pub seed: Option<u64>,
+    /// Without secrets: the network is trusted, so accept peers from any address. Otherwise a node
+    /// without secrets listening beyond loopback accepts peers from loopback only (`guard::admits`).
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -114,6 +118,7 @@ impl Default for Config {
             max_handshakes: 64,
             transport: Arc::new(Tcp),
             seed: None,
+            insecure: false,
         }
     }
 }

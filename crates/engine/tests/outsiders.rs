@@ -1,6 +1,7 @@
-//! Floods against a real node on loopback, from anyone who can reach its port: connections that open
-//! and close, handshakes with a wrong secret, idle sockets, and oversized frames before the hello.
-//! Each test asserts the bound the node keeps, not the memory of the test process.
+//! What anyone who can reach a node's port, without the secret, can do to it, against a real node:
+//! connections that open and close, handshakes with a wrong secret, idle sockets, oversized frames
+//! before the hello, and connections from the network to an open node. Each test asserts the bound
+//! the node keeps, not the memory of the test process.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -216,6 +217,135 @@ async fn a_newcomer_joins_through_a_flood_of_idle_connections_from_another_addre
         "the flood was too slow to test anything: {evicted}"
     );
     for n in [a, b] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// Connects to `node`, sends `bytes` and waits until the node closes the connection; how long it
+/// took, or `None` if it stayed open past `within`.
+async fn closed_after(node: &Node, bytes: &[u8], within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut sock = TcpStream::connect(node.address()).await.unwrap();
+    let _ = sock.write_all(bytes).await;
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), sock.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {} // the preamble
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_node_refuses_a_first_frame_past_the_hello_cap_from_its_prefix() {
+    let node = Node::start(Config {
+        handshake_timeout: Duration::from_secs(3),
+        ..config("open", &[])
+    })
+    .await
+    .unwrap();
+    // A frame prefix announcing 2 MiB, and the first 64 KiB of it: refused from the prefix, not
+    // buffered until the handshake timeout.
+    let mut bytes = preamble(false);
+    bytes.extend_from_slice(&(2u32 << 20).to_be_bytes());
+    bytes.extend_from_slice(&[0; 64 * 1024]);
+    let closed = closed_after(&node, &bytes, Duration::from_secs(2)).await;
+    assert!(closed.is_some(), "a 2 MiB first frame was waited for");
+    assert_eq!(node.stats().handshakes_rejected, 1);
+    node.close(Duration::from_secs(1)).await;
+}
+
+/// A local address beyond loopback: the one this machine would send from toward TEST-NET-1 (a UDP
+/// socket's `connect` picks the source address and sends nothing). Connections to it stay on this
+/// machine, but their addresses are not loopback ones.
+fn network_address() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe
+        .connect("192.0.2.1:9")
+        .expect("this test needs an address beyond loopback (a route to 192.0.2.1)");
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_trusted() {
+    let lan = network_address();
+    let open_on = |id: &str, listen: String, seeds: Vec<String>, insecure: bool| Config {
+        listen,
+        seeds,
+        insecure,
+        ..config(id, &[])
+    };
+    let a = Node::start(open_on("a", "0.0.0.0:0".into(), vec![], false))
+        .await
+        .unwrap();
+    let port = a.address().port();
+    // From the network: refused before a byte is sent.
+    let from_lan = Node::start(open_on(
+        "from-lan",
+        format!("{lan}:0"),
+        vec![format!("{lan}:{port}")],
+        false,
+    ))
+    .await
+    .unwrap();
+    // From loopback: accepted.
+    let from_lo = Node::start(open_on(
+        "from-lo",
+        "127.0.0.1:0".into(),
+        vec![format!("127.0.0.1:{port}")],
+        false,
+    ))
+    .await
+    .unwrap();
+    eventually("the loopback peer to join", Duration::from_secs(5), || {
+        a.peers().iter().any(|p| p.id == "from-lo" && p.connected)
+    })
+    .await;
+    eventually(
+        "the network peer to be refused",
+        Duration::from_secs(5),
+        || a.stats().handshakes_rejected >= 2,
+    )
+    .await;
+    assert!(
+        !a.peers().iter().any(|p| p.id == "from-lan"),
+        "{:?}",
+        a.peers()
+    );
+    assert!(from_lan.peers().iter().all(|p| !p.connected));
+    let mut raw = TcpStream::connect(SocketAddr::new(lan, port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        raw.read(&mut buf).await.unwrap_or(0),
+        0,
+        "not even a preamble"
+    );
+    // Told the network is trusted, the same peers link.
+    let b = Node::start(open_on("b", "0.0.0.0:0".into(), vec![], true))
+        .await
+        .unwrap();
+    let b_port = b.address().port();
+    let to_b = Node::start(open_on(
+        "to-b",
+        format!("{lan}:0"),
+        vec![format!("{lan}:{b_port}")],
+        true,
+    ))
+    .await
+    .unwrap();
+    eventually(
+        "the trusted network peer to join",
+        Duration::from_secs(5),
+        || b.peers().iter().any(|p| p.id == "to-b" && p.connected),
+    )
+    .await;
+    assert_eq!(b.stats().handshakes_rejected, 0);
+    for n in [a, from_lan, from_lo, b, to_b] {
         n.close(Duration::from_secs(1)).await;
     }
 }
