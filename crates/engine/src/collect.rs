@@ -8,9 +8,11 @@
 //! member had seen is then in every member's context, so none can revive the key. "Older" also means
 //! older than the minimum age before every member's latest report: an expired value dies at its
 //! expiry, and a touch made before that extends it (rather than losing, as an older write loses to a
-//! tombstone), so every such touch must be in the reports, hence everywhere, before the value goes. A replica that was
-//! not a member then (away, or forgotten after the member timeout) finds, at its next hello, that its
-//! context lacks a collected dot and resyncs in full (see `sync::Session::new`); the writes it brings
+//! tombstone), so every such touch must be in the reports, hence everywhere, before the value goes. Each collection
+//! adds U to the bucket's horizon, which hellos carry and empty joiners inherit. A replica that was
+//! not a member then (away, or forgotten after the member timeout) finds, at its next hello with any
+//! peer, that its context lacks part of the horizon, and resyncs before taking writes in (see
+//! `sync::Session::new`); the writes it brings
 //! back that a collected register would have beaten meet a stand-in tombstone instead (the store
 //! remembers collected registers by key for `Local::remember_collected_ms`, see
 //! `store::CollectedKeys`).
@@ -18,15 +20,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
-
 use crate::hash::HashMap;
 
-use crate::ranges::SeqRanges;
-use crate::replica::Origin;
-use crate::sync::{Local, Session};
-
-type Context = BTreeMap<Origin, SeqRanges>;
+use crate::sync::{covers, Context, Local, Session};
 
 struct Round {
     members: Vec<Arc<str>>,
@@ -41,13 +37,6 @@ struct Round {
 #[derive(Default)]
 pub struct Collector {
     rounds: HashMap<Arc<str>, Round>,
-}
-
-fn covers(have: &Context, need: &Context) -> bool {
-    need.iter().all(|(o, r)| match have.get(o) {
-        Some(h) => r.difference(h).is_empty(),
-        None => r.is_empty(),
-    })
 }
 
 fn intersect(a: &Context, b: &Context) -> Context {
@@ -78,6 +67,11 @@ impl Collector {
         let older_than = local.clock.now().physical_ms().saturating_sub(min_age);
         let mut dropped = 0;
         for bucket in local.bucket_list() {
+            if local.is_stale(bucket.name()) {
+                // Its registers are not yet validated against the collections it missed.
+                self.rounds.remove(bucket.name());
+                continue;
+            }
             let store = bucket.store();
             store.forget_collected(older_than.saturating_sub(local.remember_collected_ms));
             let mine: Context = store.context().into_iter().collect();
@@ -98,27 +92,20 @@ impl Collector {
             let older_than = older_than.min(reported.saturating_sub(min_age));
             if let Some(prev) = self.rounds.get(bucket.name()) {
                 let settled = prev.members == members
-                    && covers(&mine, &prev.union)
-                    && reports.iter().all(|r| covers(r, &prev.union));
+                    && covers(&[&mine], &prev.union)
+                    && reports.iter().all(|r| covers(&[r], &prev.union));
                 if settled {
-                    let mut highest: BTreeMap<Origin, u64> = BTreeMap::new();
                     let n = store.collect(prev.older_than, &mut |o, seq| {
-                        let ok = prev.common.get(o).is_some_and(|r| r.contains(seq));
-                        if ok {
-                            let h = highest.entry(o.clone()).or_default();
-                            *h = (*h).max(seq);
-                        }
-                        ok
+                        prev.common.get(o).is_some_and(|r| r.contains(seq))
                     });
                     store.compact_markers(&mut |o, seq| {
                         prev.common.get(o).is_some_and(|r| r.contains(seq))
                     });
                     if n > 0 {
-                        let collected: Context = highest
-                            .into_iter()
-                            .map(|(o, max)| (o, SeqRanges::up_to(max)))
-                            .collect();
-                        bucket.note_collected(&collected);
+                        // The horizon: every dot any member held at round 1 (all hold them now). A
+                        // replica whose context lacks part of it missed this collection, and one
+                        // that covers it has seen every write the collected registers beat.
+                        bucket.note_collected(&prev.union);
                     }
                     dropped += n;
                 }

@@ -151,6 +151,26 @@ pub struct Local {
     /// Buckets are persisted: their stores journal every change for the flusher.
     pub durable: bool,
     buckets: RwLock<HashMap<Arc<str>, Arc<Bucket>>>,
+    /// Per bucket, the collection horizons this replica found it missed (it held data, and a peer's
+    /// horizon was beyond its context): until a resync against a peer that covers them validates its
+    /// registers, it takes no writes in and collects nothing there (see `Session::new`).
+    stale: Mutex<BTreeMap<Arc<str>, Context>>,
+}
+
+/// Seqs per origin: a context or a collection horizon.
+pub type Context = BTreeMap<Origin, SeqRanges>;
+
+/// Whether the union of `have` holds every seq of `need`.
+pub fn covers(have: &[&Context], need: &Context) -> bool {
+    need.iter().all(|(o, r)| {
+        let mut rest = r.clone();
+        for h in have {
+            if let Some(held) = h.get(o) {
+                rest = rest.difference(held);
+            }
+        }
+        rest.is_empty()
+    })
 }
 
 impl Local {
@@ -174,6 +194,37 @@ impl Local {
             remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
             buckets: RwLock::new(HashMap::default()),
+            stale: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether this replica missed a collection in `bucket` and has not resynced since.
+    pub fn is_stale(&self, bucket: &str) -> bool {
+        self.stale.lock().contains_key(bucket)
+    }
+
+    fn stale_horizon(&self, bucket: &str) -> Option<Context> {
+        self.stale.lock().get(bucket).cloned()
+    }
+
+    fn note_stale(&self, bucket: &Arc<str>, horizon: &Context) {
+        let mut stale = self.stale.lock();
+        let pending = stale.entry(bucket.clone()).or_default();
+        for (o, r) in horizon {
+            pending.entry(o.clone()).or_default().union_with(r);
+        }
+    }
+
+    /// A resync validated this replica's registers of `bucket` against `horizon`.
+    fn validated(&self, bucket: &Bucket, horizon: &Context) {
+        bucket.note_collected(horizon);
+        let known: Context = bucket.collected().into_iter().collect();
+        let mut stale = self.stale.lock();
+        if stale
+            .get(bucket.name())
+            .is_some_and(|pending| covers(&[&known], pending))
+        {
+            stale.remove(bucket.name());
         }
     }
 
@@ -344,6 +395,13 @@ struct BucketSession {
     reported: BTreeMap<Origin, SeqRanges>,
     /// Origins we asked `Held` about and await a reply for.
     held_asked: BTreeSet<Origin>,
+    /// The other end's collection horizon, from its hello.
+    horizon: Context,
+    /// The other end missed a collection this replica knows of: its writes are not taken in until
+    /// its context covers this replica's horizon (it resynced and caught up).
+    refused: bool,
+    /// A resync of this replica against the other end is under way.
+    resyncing: bool,
     /// When (this replica's clock, ms) the other end last reported its context (hello or digest).
     reported_at_ms: u64,
 }
@@ -374,11 +432,18 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts a session from the other end's hello. If the other end collected tombstones this replica
-    /// never saw, this replica was away past a collection: it asks which of its registers the other
-    /// end knows to be superseded (and has since dropped). Its writes the other end lacks travel as
-    /// they are: where one is older than a register the other end collected for its key, the other
-    /// end answers it with a stand-in tombstone (see `store::CollectedKeys`).
+    /// Starts a session from the other end's hello.
+    ///
+    /// Each side's hello carries its collection horizon H: every dot any member held at a collection
+    /// it made or inherited. If the other end's H is beyond this replica's context and H, this replica
+    /// missed a collection. Empty (it joined or restarted empty), it inherits that H at once, so it
+    /// can tell a returning replica in turn. Holding data, it is stale: it takes no writes in until it
+    /// has asked a peer whose context covers the horizon which of its registers that peer knows to be
+    /// superseded (and dropped them); that peer, having seen every dot of the horizon, knows. Its
+    /// writes the others lack then travel as they are: where one is older than a register the other
+    /// end collected for its key, the other end answers it with a stand-in tombstone (see
+    /// `store::CollectedKeys`). Symmetrically, writes from a peer that missed a collection this
+    /// replica knows of are refused until that peer's context covers this replica's horizon.
     pub fn new(local: &Local, theirs: &Hello) -> Result<Session, LinkError> {
         local.check_clock(theirs.wall_ms)?;
         let mut session = Session {
@@ -391,23 +456,48 @@ impl Session {
             check_bucket_name(&summary.name)?;
             let bucket = local.bucket(&summary.name);
             session.absorb_context(local, summary.name.clone(), &summary.context);
-            let missed_collection = summary.collected.iter().any(|(rid, collected)| {
-                let origin = local.replicas.intern(rid);
-                !collected
-                    .difference(&bucket.store().context_of(&origin))
-                    .is_empty()
-            });
-            if missed_collection {
-                session.resync(local, &bucket);
+            let horizon: Context = summary
+                .collected
+                .iter()
+                .map(|(rid, r)| (local.replicas.intern(rid), r.clone()))
+                .collect();
+            let mine: Context = bucket.store().context().into_iter().collect();
+            let known: Context = bucket.collected().into_iter().collect();
+            if !covers(&[&mine, &known], &horizon) {
+                if mine.is_empty() {
+                    bucket.note_collected(&horizon);
+                } else {
+                    tracing::info!(bucket = %bucket.name(), peer = %session.peer.id(), "away past a collection: resync before taking writes in");
+                    local.note_stale(bucket.name(), &horizon);
+                }
             }
+            let known: Context = bucket.collected().into_iter().collect();
+            let state = session.buckets.entry(summary.name.clone()).or_default();
+            state.refused = !covers(&[&state.reported, &horizon], &known);
+            state.horizon = horizon;
+            session.review(local, &bucket);
         }
         Ok(session)
     }
 
-    fn resync(&mut self, local: &Local, bucket: &Bucket) {
-        local.counters.full_resyncs.fetch_add(1, Ordering::Relaxed);
+    /// After the other end reported its context: takes its writes in again once it covers this
+    /// replica's horizon, and resyncs against it if this replica is stale and it covers the horizon
+    /// this replica missed.
+    fn review(&mut self, local: &Local, bucket: &Bucket) {
         let state = self.buckets.entry(bucket.name().clone()).or_default();
-        tracing::info!(bucket = %bucket.name(), peer = %self.peer.id(), "away past a collection: full resync");
+        if state.refused {
+            let known: Context = bucket.collected().into_iter().collect();
+            state.refused = !covers(&[&state.reported], &known);
+        }
+        let Some(pending) = local.stale_horizon(bucket.name()) else {
+            return;
+        };
+        let complete = covers(&[&state.reported], &state.horizon);
+        if state.resyncing || !complete || !covers(&[&state.horizon], &pending) {
+            return;
+        }
+        state.resyncing = true;
+        local.counters.full_resyncs.fetch_add(1, Ordering::Relaxed);
         for (origin, ctx) in bucket.store().context() {
             let Some(theirs) = state.reported.get(&origin) else {
                 continue;
@@ -422,6 +512,23 @@ impl Session {
                 });
             }
         }
+        self.finish_resync(local, bucket);
+    }
+
+    /// Ends a resync whose every question was answered: this replica's registers are valid under
+    /// the other end's horizon, which it adopts.
+    fn finish_resync(&mut self, local: &Local, bucket: &Bucket) {
+        let state = self.buckets.entry(bucket.name().clone()).or_default();
+        if state.resyncing && state.held_asked.is_empty() {
+            state.resyncing = false;
+            local.validated(bucket, &state.horizon);
+        }
+    }
+
+    /// Whether writes arriving on this link for `bucket` are left out: this replica is stale there,
+    /// or the other end is.
+    fn refuses(&self, local: &Local, bucket: &str) -> bool {
+        local.is_stale(bucket) || self.buckets.get(bucket).is_some_and(|s| s.refused)
     }
 
     fn absorb_context(&mut self, local: &Local, bucket: Arc<str>, ctx: &WireContext) {
@@ -463,9 +570,11 @@ impl Session {
         self.buckets.get(bucket)?.remote_has.get(origin)
     }
 
+    /// What the other end holds, per bucket and origin, in the buckets whose writes this link takes.
     fn remote_contexts(&self) -> impl Iterator<Item = (&Arc<str>, &Origin, &SeqRanges)> {
         self.buckets
             .iter()
+            .filter(|(_, s)| !s.refused)
             .flat_map(|(b, s)| s.remote_has.iter().map(move |(o, r)| (b, o, r)))
     }
 
@@ -478,8 +587,9 @@ impl Session {
             }
             Message::Digest { bucket, context } => {
                 check_bucket_name(&bucket)?;
-                local.bucket(&bucket);
+                let b = local.bucket(&bucket);
                 self.absorb_context(local, bucket, &context);
+                self.review(local, &b);
                 Ok(Inbound::Nothing)
             }
             Message::Pull {
@@ -533,8 +643,10 @@ impl Session {
                 if let Some(origin) = origin {
                     check_writes(&writes, None)?;
                     local.observe(&writes)?;
-                    let origin = local.replicas.intern(&origin);
-                    local.merge(&local.bucket(&bucket), &origin, writes, &SeqRanges::new())?;
+                    if !self.refuses(local, &bucket) {
+                        let origin = local.replicas.intern(&origin);
+                        local.merge(&local.bucket(&bucket), &origin, writes, &SeqRanges::new())?;
+                    }
                 } else if count > 0 {
                     return Err(LinkError::Protocol(
                         "fetched writes without an origin".into(),
@@ -576,7 +688,9 @@ impl Session {
                     return Err(LinkError::Protocol("a held reply nobody asked for".into()));
                 }
                 let superseded = covered.difference(&held);
-                local.bucket(&bucket).store().drop_dots(&o, &superseded);
+                let b = local.bucket(&bucket);
+                b.store().drop_dots(&o, &superseded);
+                self.finish_resync(local, &b);
                 Ok(Inbound::Nothing)
             }
             Message::Ping { wall_ms } => {
@@ -612,6 +726,9 @@ impl Session {
             }
         }
         local.observe(batch.writes.iter().chain(superseders))?;
+        if self.refuses(local, &batch.bucket) {
+            return Ok(());
+        }
         let origin = local.replicas.intern(&batch.origin);
         let bucket = local.bucket(&batch.bucket);
         let mut fresh = 0;
@@ -863,7 +980,7 @@ impl PullPlanner {
         let mut offers: BTreeMap<GapKey, Vec<(usize, SeqRanges)>> = BTreeMap::new();
         for (i, s) in sessions.iter().enumerate() {
             for (bucket, origin, has) in s.remote_contexts() {
-                if *origin == local.me {
+                if *origin == local.me || local.is_stale(bucket) {
                     continue;
                 }
                 let mine = local.bucket(bucket).store().context_of(origin);

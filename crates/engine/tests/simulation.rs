@@ -124,7 +124,13 @@ struct Sim {
     left: std::collections::BTreeSet<(Arc<str>, ReplicaId, u64)>,
     /// The replica that wrote last: restarting it loses writes only it holds.
     last_writer: usize,
+    /// While a replica is exiled: tombstones collected before it left, and the replicas restarted
+    /// since (joiners it may meet first when it returns).
+    exile_start: (usize, Vec<usize>),
 }
+
+/// Across runs: returns whose first peer had joined after a collection the returning replica missed.
+static RETURNS_TO_A_JOINER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn new_local(i: usize, incarnation: u64, time: &Arc<ManualClock>, offset_ms: i64) -> Local {
     let clock = Arc::new(Clock::new(Box::new(time.clone())));
@@ -168,6 +174,7 @@ impl Sim {
             registry: Registry::new(),
             left: Default::default(),
             last_writer: 0,
+            exile_start: (0, Vec::new()),
         };
         for i in 0..N {
             for j in 0..N {
@@ -230,7 +237,8 @@ impl Sim {
 
     /// Replica i sends what its session about j has due.
     fn flush(&mut self, i: usize, j: usize, lossy: bool) {
-        let digest_due = self.rng.chance(30);
+        // Without faults (settling), digests go out every round, as a node's do every second.
+        let digest_due = self.rng.chance(30) || !lossy;
         let Some(session) = self.sessions[i][j].as_mut() else {
             return;
         };
@@ -332,10 +340,9 @@ impl Sim {
     }
 
     /// Cuts replica x off from everyone; the others forget it.
-
-    /// Cuts replica x off from everyone; the others forget it.
     fn exile(&mut self, x: usize) {
         self.exiled = Some(x);
+        self.exile_start = (self.collected, Vec::new());
         for j in 0..N {
             self.sessions[x][j] = None;
             self.sessions[j][x] = None;
@@ -359,6 +366,9 @@ impl Sim {
     fn recall_to_one(&mut self) {
         if let Some(x) = self.exiled.take() {
             let j = (x + 1 + self.rng.below(N as u64 - 1) as usize) % N;
+            if self.collected > self.exile_start.0 && self.exile_start.1.contains(&j) {
+                RETURNS_TO_A_JOINER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.connect(x.min(j), x.max(j));
         }
     }
@@ -372,6 +382,7 @@ impl Sim {
     /// As `restart`, linked at first to `links` peers at most (the others come back by `relink`).
     fn restart_linked(&mut self, i: usize, links: usize) {
         self.restarts += 1;
+        self.exile_start.1.push(i);
         let offset = OFFSETS[self.rng.below(OFFSETS.len() as u64) as usize];
         self.locals[i] = new_local(i, 1 + self.restarts, &self.time, offset);
         self.planners[i] = PullPlanner::default();
@@ -727,6 +738,22 @@ fn try_run(seed: u64, steps: usize, loss: u64) -> Result<(), String> {
     for i in 0..N {
         sim.check_p(i)
             .map_err(|e| format!("seed {seed}, settled: {e}"))?;
+        // Settled, every replica covers the collection horizon it knows of, and none is stale.
+        for b in sim.locals[i].bucket_list() {
+            let ctx: BTreeMap<Origin, _> = b.store().context().into_iter().collect();
+            let uncovered: Vec<_> = b
+                .collected()
+                .into_iter()
+                .filter(|(o, r)| !ctx.get(o).is_some_and(|c| r.difference(c).is_empty()))
+                .collect();
+            if !uncovered.is_empty() || sim.locals[i].is_stale(b.name()) {
+                return Err(format!(
+                    "seed {seed}, settled: n{i} {}: horizon beyond the context {uncovered:?}, stale {}",
+                    b.name(),
+                    sim.locals[i].is_stale(b.name())
+                ));
+            }
+        }
     }
     let reference = sim.dump(0);
     if reference.len() <= 20 {
@@ -818,8 +845,10 @@ fn sweep() {
         failed.push(seed);
     }
     println!(
-        "sweep: seeds {from}..{to}, {steps} steps, loss {loss}%, P every {}: {} failures {failed:?}",
+        "sweep: seeds {from}..{to}, {steps} steps, loss {loss}%, P every {}: {} tombstones collected, {} returns reaching a post-collection joiner first; {} failures {failed:?}",
         p_every(),
+        TOTAL_COLLECTED.load(std::sync::atomic::Ordering::Relaxed),
+        RETURNS_TO_A_JOINER.load(std::sync::atomic::Ordering::Relaxed),
         failed.len()
     );
     assert!(failed.is_empty());
@@ -1249,4 +1278,39 @@ fn coverage_relayed_in_a_pull_answer_travels_with_its_superseder() {
             sim.registers(i, "k")
         );
     }
+}
+
+/// Issue 12, behaviour 5: n1 holds k = "v1", is cut off and forgotten; the others delete k and collect
+/// the tombstone; n3 then restarts empty and catches up (it covers the deleted write's dot without
+/// any register). n1 comes back reaching n3 first: it must find there that it missed a collection
+/// (n3 inherited the collection horizon when it joined), so "v1" never comes back, and every replica
+/// ends the same.
+#[test]
+fn a_missed_collection_is_detected_at_a_peer_that_joined_after_it() {
+    let mut sim = Sim::new(32);
+    sim.put(0, "sessions", "k", Some("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.exile(1);
+    sim.time.advance(10);
+    sim.put(2, "sessions", "k", None, Lifetime::Forever);
+    sim.exchange(12, 600, true);
+    assert!(sim.collected > 0, "the others collected without n1");
+    sim.restart(3);
+    sim.exchange(6, 100, false);
+    assert!(sim.locals[3].bucket("sessions").inspect("k").is_empty());
+    // n1 returns, linked to n3 alone.
+    sim.exiled = None;
+    sim.connect(1, 3);
+    let detected = sim.locals[1]
+        .counters
+        .full_resyncs
+        .load(std::sync::atomic::Ordering::Relaxed);
+    sim.exchange(6, 100, false);
+    sim.settle();
+    let reference = sim.dump(0);
+    for i in 0..N {
+        assert_eq!(sim.shows(i, "k"), None, "n{i}: {:?}", sim.registers(i, "k"));
+        assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
+    }
+    assert!(detected > 0, "n1 found at n3 that it missed a collection");
 }
