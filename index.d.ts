@@ -211,10 +211,10 @@ export interface PeerStats {
   replication: LinkStats[]
 }
 
-/** An error from peer-buckets that carries a code (ECLOSED, ENOTSUP, EADDRINUSE, EACKTIMEOUT, ENOTCONN, ...). */
+/** An error from peer-buckets that carries a code (ECLOSED, ENOTSUP, EADDRINUSE, EACKTIMEOUT, EDISK, ENOTCONN, ...). */
 export interface PeerBucketsError extends Error {
   code: string
-  /** With EACKTIMEOUT: ids of the other peers that had applied the write. */
+  /** With EACKTIMEOUT and EDISK: ids of the other peers that had applied the write. */
   acked?: string[]
 }
 

@@ -484,6 +484,11 @@ class Peer extends EventEmitter {
         const err = codedError('EACKTIMEOUT', `write not acknowledged at the requested level in time (acked by: ${batch[i + 2].join(', ') || 'none'})`)
         err.acked = batch[i + 2]
         waiter.reject(err)
+      } else if (kind === 'ack-disk') {
+        // The flush meant to put it on disk failed; it stays owed and is retried, unconfirmed.
+        const err = codedError('EDISK', 'write not stored: the data directory cannot be written (see the log)')
+        err.acked = batch[i + 2]
+        waiter.reject(err)
       } else {
         waiter.reject(codedError('EFETCH', `fetch(): ${batch[i + 2]}`))
       }

@@ -1,6 +1,6 @@
 'use strict'
 // dataDir: writes survive SIGKILL once their promise resolved, a restart catches up only what it
-// missed, and a directory cannot be opened twice.
+// missed, a directory cannot be opened twice, and a strict write the disk refuses rejects with EDISK.
 
 const { fork } = require('node:child_process')
 const fs = require('node:fs')
@@ -142,4 +142,51 @@ test('bad dataDir and durability options are refused with TypeError/RangeError',
   expect(() => new Peer({ dataDir: '' })).toThrow(TypeError)
   expect(() => new Peer({ durability: 'strict' })).toThrow(/dataDir/)
   expect(() => new Peer({ dataDir: '/tmp/x', durability: 'sometimes' })).toThrow(RangeError)
+})
+
+// Makes a file read-only for everyone, root included (the ext4 immutable flag); false when refused.
+function immutable(file, on) {
+  try {
+    require('node:child_process').execFileSync('chattr', [on ? '+i' : '-i', file], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
+
+test('a strict write whose flush fails rejects with EDISK; once the disk takes writes again it is stored and new writes settle', async () => {
+  const dir = tempDir()
+  const wal = path.join(dir, 'wal')
+  const a = new Peer({ id: 'disk', dataDir: dir })
+  await a.ready()
+  peers.push(a)
+  const warnings = []
+  a.on('warning', (w) => warnings.push(w))
+  const b = a.bucket('s')
+  await b.set('before', 1)
+  if (!immutable(wal, true)) {
+    console.log('SKIPPED: cannot make the log read-only here (chattr +i needs root and ext2/3/4, xfs or btrfs)')
+    return
+  }
+  let err
+  try {
+    await b.set('during', 2)
+  } catch (e) {
+    err = e
+  } finally {
+    immutable(wal, false)
+  }
+  expect(err).toBeInstanceOf(Error)
+  expect(err.code).toBe('EDISK')
+  expect(b.get('during')).toBe(2) // applied in memory, as with EACKTIMEOUT
+  expect(a.stats().warnings.EDISK).toBeGreaterThan(0)
+  await until(() => warnings.some((w) => w.code === 'EDISK'))
+  await b.set('after', 3)
+  await a.close()
+  peers.splice(peers.indexOf(a), 1)
+  const again = new Peer({ id: 'disk', dataDir: dir })
+  await again.ready()
+  peers.push(again)
+  const b2 = again.bucket('s')
+  expect([b2.get('before'), b2.get('during'), b2.get('after')]).toEqual([1, 2, 3])
 })

@@ -10,7 +10,7 @@ use peer_buckets_engine::bucket::Bucket;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use peer_buckets_engine::acks::AckOutcome;
+use peer_buckets_engine::acks::{AckEnd, AckOutcome};
 use peer_buckets_engine::membership::{PeerEvent, PeerEventKind};
 use peer_buckets_engine::node::Node;
 use peer_buckets_engine::store::Change;
@@ -95,7 +95,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the pump that hands peer events, ack outcomes, fetch results and warnings to `callback` as a
 /// flat array of triples: `[kind, a, b, ...]` with kind 'peer-up' | 'peer-down' (id, address), 'ack' |
-/// 'ack-timeout' (ticket, acked ids), 'fetched' (id, count) | 'fetch-failed' (id, reason), 'warning'
+/// 'ack-timeout' | 'ack-disk' (ticket, acked ids), 'fetched' (id, count) | 'fetch-failed' (id, reason), 'warning'
 /// (code, [message, peer or undefined, address or undefined]).
 pub fn start_pump(
     node: &Arc<Node>,
@@ -120,7 +120,11 @@ pub fn start_pump(
                         out.push_str(&p.address)?;
                     }
                     JsEvent::Ack(a) => {
-                        out.push_str(if a.met { "ack" } else { "ack-timeout" })?;
+                        out.push_str(match a.end {
+                            AckEnd::Met => "ack",
+                            AckEnd::TimedOut => "ack-timeout",
+                            AckEnd::DiskFailed => "ack-disk",
+                        })?;
                         out.push(RawValue::number(env, a.ticket as f64)?)?;
                         let mut ids = ArrayBuilder::new(env)?;
                         for id in &a.acked {

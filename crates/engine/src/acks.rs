@@ -31,11 +31,21 @@ pub enum AckLevel {
 }
 
 /// How a waiting write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckEnd {
+    /// The level was met (and, in strict durability, the write is on disk).
+    Met,
+    /// The timeout passed first.
+    TimedOut,
+    /// The flush that was to put it on disk failed (it stays owed to the disk and is retried).
+    DiskFailed,
+}
+
+/// How a waiting write ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckOutcome {
     pub ticket: u64,
-    /// False when the timeout passed first.
-    pub met: bool,
+    pub end: AckEnd,
     /// Ids of the other peers that had applied the write.
     pub acked: Vec<String>,
 }
@@ -77,10 +87,10 @@ impl Waiter {
         self.need.nodes.remove(node);
     }
 
-    fn outcome(self, ticket: u64, met: bool) -> AckOutcome {
+    fn outcome(self, ticket: u64, end: AckEnd) -> AckOutcome {
         AckOutcome {
             ticket,
-            met,
+            end,
             acked: self.acked.iter().map(|a| a.to_string()).collect(),
         }
     }
@@ -170,7 +180,28 @@ impl AckTracker {
             for t in met {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(w.outcome(t, true));
+                done.push(w.outcome(t, AckEnd::Met));
+            }
+        }
+        self.deliver(done);
+    }
+
+    /// The flush of `generation` failed: writes waiting for it, or for an earlier one, end with
+    /// `AckEnd::DiskFailed` (a later flush may still store them; nothing says it did).
+    pub fn on_flush_failed(&self, generation: u64) {
+        let mut done = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let failed: Vec<u64> = inner
+                .waiters
+                .iter()
+                .filter(|(_, w)| w.flush.is_some_and(|g| g <= generation))
+                .map(|(t, _)| *t)
+                .collect();
+            for t in failed {
+                let w = inner.waiters.remove(&t).expect("present");
+                inner.unindex(&w.bucket, w.seq, t);
+                done.push(w.outcome(t, AckEnd::DiskFailed));
             }
         }
         self.deliver(done);
@@ -282,7 +313,7 @@ impl AckTracker {
                     w.add(node);
                     if w.met() {
                         let w = waiters.remove(t).expect("present");
-                        done.push(w.outcome(*t, true));
+                        done.push(w.outcome(*t, AckEnd::Met));
                         false
                     } else {
                         true
@@ -312,7 +343,7 @@ impl AckTracker {
             for t in met {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(w.outcome(t, true));
+                done.push(w.outcome(t, AckEnd::Met));
             }
         }
         self.deliver(done);
@@ -332,7 +363,7 @@ impl AckTracker {
             for t in late {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(w.outcome(t, false));
+                done.push(w.outcome(t, AckEnd::TimedOut));
             }
         }
         self.deliver(done);
@@ -379,8 +410,8 @@ mod tests {
         t.on_ack(&b, &arc("x"), 5);
         let o = rx.try_recv().unwrap();
         assert_eq!(
-            (o.ticket, o.met, o.acked),
-            (ticket, true, vec!["x".to_string()])
+            (o.ticket, o.end, o.acked),
+            (ticket, AckEnd::Met, vec!["x".to_string()])
         );
     }
 
@@ -436,7 +467,7 @@ mod tests {
             rx.try_recv().unwrap(),
             AckOutcome {
                 ticket: first,
-                met: true,
+                end: AckEnd::Met,
                 acked: vec!["x".into()]
             }
         );
@@ -460,7 +491,7 @@ mod tests {
             rx.try_recv().unwrap(),
             AckOutcome {
                 ticket: second,
-                met: false,
+                end: AckEnd::TimedOut,
                 acked: vec!["z".into()]
             }
         );

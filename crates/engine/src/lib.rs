@@ -12,7 +12,8 @@
 //! - `transport`: the seam under links: real TCP, or simulated TCP for the whole-node simulation;
 //! - `hash`: the engine's hash maps (a fixed seed under the simulation, for replays);
 //! - `connection`: frames over a stream;
-//! - `disk`: the durable backend for a data directory (redb, group commit, clean-stop marker);
+//! - `disk`: the durable backend for a data directory (redb, the write-ahead log, group commit, the
+//!   clean-stop marker) over a file-system seam, with a simulated disk for tests;
 //! - `guard`: defences against hostile connections: the cap on handshakes, rejection counts and logs;
 //! - `bucket`: a named bucket replica with its change subscribers;
 //! - `sync`: the replication protocol without I/O: push of own writes, pulls of gaps, digests, acks;

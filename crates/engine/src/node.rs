@@ -17,6 +17,7 @@ use crate::acks::{AckLevel, AckOutcome, Registered};
 use crate::bucket::{Bucket, WriteSignal};
 use crate::clock::Clock;
 use crate::collect::Collector;
+use crate::disk::fs::{FileSystem, RealFs};
 use crate::disk::{Disk, Durability, Flusher};
 use crate::error::Error;
 use crate::guard::Guard;
@@ -73,6 +74,8 @@ pub struct Config {
     /// With `data_dir`: strict (a write settles once on disk) or relaxed (flushed every `flush_every`).
     pub durability: Durability,
     pub flush_every: Duration,
+    /// Where `data_dir` lives: the real disk, or a simulated one (`disk::sim::SimDisk`).
+    pub file_system: Arc<dyn FileSystem>,
     /// Cluster secrets: none for open, plaintext links; else the first is dialed with and each is
     /// accepted (two during a rotation). Each at least `secure::MIN_SECRET_LEN` bytes.
     pub secrets: Vec<Vec<u8>>,
@@ -113,6 +116,7 @@ impl Default for Config {
             data_dir: None,
             durability: Durability::Strict,
             flush_every: Duration::from_secs(1),
+            file_system: Arc::new(RealFs),
             secrets: Vec::new(),
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 64,
@@ -306,7 +310,12 @@ impl Node {
         // Incarnations are ordered by start time, then random, so a newer run of a node sorts after it.
         let incarnation = (config.clock.wall_ms() << 16) | (rng.gen::<u16>() as u64);
         let opened = match &config.data_dir {
-            Some(dir) => Some(Disk::open(dir, config.id.as_deref(), incarnation)?),
+            Some(dir) => Some(Disk::open_with(
+                config.file_system.clone(),
+                dir,
+                config.id.as_deref(),
+                incarnation,
+            )?),
             None => None,
         };
         let (id, incarnation): (Arc<str>, u64) = match &opened {
@@ -337,11 +346,16 @@ impl Node {
         // Made first: the disk flusher reports through it too.
         let warnings = Arc::new(Warnings::new());
         let flusher = match opened {
-            Some(o) => {
+            Some(mut o) => {
                 let buckets = o.disk.load(&local)?;
                 tracing::info!(dir = %o.disk.dir().display(), buckets, incarnation = o.incarnation, "data directory loaded");
-                let (flusher, doorbell) =
-                    Flusher::start(o.disk, local.clone(), config.durability, config.flush_every);
+                let (flusher, doorbell) = Flusher::start(
+                    o.disk,
+                    local.clone(),
+                    config.durability,
+                    config.flush_every,
+                    warnings.clone(),
+                );
                 local.signals.set_flusher(doorbell);
                 Some(flusher)
             }
@@ -574,8 +588,8 @@ impl Node {
         self.shared.members.close();
         // Last: flush what is left and mark the stop clean, once nothing changes any more.
         let flusher = self.flusher.lock().take();
-        if let Some(mut flusher) = flusher {
-            let _ = tokio::task::spawn_blocking(move || flusher.stop()).await;
+        if let Some(flusher) = flusher {
+            flusher.close().await;
         }
     }
 

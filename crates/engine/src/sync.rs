@@ -101,7 +101,7 @@ impl LinkSignal {
 #[derive(Default)]
 pub struct Signals {
     links: RwLock<Vec<Arc<LinkSignal>>>,
-    flusher: std::sync::OnceLock<crossbeam_channel::Sender<()>>,
+    flusher: std::sync::OnceLock<Arc<crate::disk::Doorbell>>,
 }
 
 impl Signals {
@@ -113,7 +113,7 @@ impl Signals {
     }
 
     /// Where to ring after every change from now on (a durable store's flusher).
-    pub fn set_flusher(&self, doorbell: crossbeam_channel::Sender<()>) {
+    pub fn set_flusher(&self, doorbell: Arc<crate::disk::Doorbell>) {
         let _ = self.flusher.set(doorbell);
     }
 }
@@ -128,7 +128,7 @@ impl WriteSignal for Signals {
 
     fn remote_change(&self) {
         if let Some(doorbell) = self.flusher.get() {
-            let _ = doorbell.try_send(());
+            doorbell.ring();
         }
     }
 }

@@ -1,16 +1,21 @@
 //! The durable backend: a node on a data directory comes back with its id and data, only catches up
-//! what it missed, makes strict writes wait for the disk, and refuses a directory in use.
+//! what it missed, makes strict writes wait for the disk, and refuses a directory in use; on a disk
+//! that fails (the simulated one), no settled write is lost and nothing unstored is claimed.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use peer_buckets_engine::acks::{AckLevel, Registered};
+use peer_buckets_engine::acks::{AckEnd, AckLevel, Registered};
 use peer_buckets_engine::bucket::Bucket;
+use peer_buckets_engine::disk::sim::{FaultKind, Faults, SimDisk};
 use peer_buckets_engine::disk::Durability;
 use peer_buckets_engine::error::Error;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
+use peer_buckets_engine::warning::WarningCode;
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -162,7 +167,7 @@ async fn strict_writes_settle_only_once_flushed() {
             .await
             .expect("flushed in time")
             .expect("open");
-        assert!(o.met);
+        assert_eq!(o.end, AckEnd::Met);
         settled += 1;
     }
     node.close(Duration::from_secs(1)).await;
@@ -324,4 +329,359 @@ async fn collected_keys_are_remembered_across_a_restart() {
     assert_eq!(get(&b, "k"), None, "the deleted key stays deleted");
     again.close(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&d);
+}
+
+// ---- A disk that fails (issue 12, behaviour 6), on the simulated disk ----
+
+fn sim_config(id: &str, disk: &SimDisk, durability: Durability, seeds: Vec<String>) -> Config {
+    Config {
+        data_dir: Some(PathBuf::from(format!("/sim/{id}"))),
+        file_system: Arc::new(disk.mount()),
+        durability,
+        flush_every: Duration::from_millis(20),
+        ..config(Some(id), None, seeds)
+    }
+}
+
+/// Writes `keys` (value: the key) with `durability` waiting for the disk, ten at a time; returns how
+/// each ended. Every write must end within the timeout: a strict write never hangs on a failing disk.
+async fn write_all(
+    node: &Node,
+    outcomes: &mut tokio::sync::mpsc::UnboundedReceiver<peer_buckets_engine::acks::AckOutcome>,
+    keys: impl IntoIterator<Item = String>,
+) -> Vec<(String, AckEnd)> {
+    let b = node.bucket("s");
+    let keys: Vec<String> = keys.into_iter().collect();
+    let mut out = Vec::new();
+    for batch in keys.chunks(10) {
+        let mut waiting = HashMap::new();
+        for key in batch {
+            let (_, r) = node.write_acked(
+                &b,
+                key.as_str().into(),
+                Some(value::encode_json(&format!("{key:?}"))),
+                Lifetime::Forever,
+                AckLevel::Local,
+                Duration::from_secs(30),
+            );
+            match r {
+                Registered::Met(_) => out.push((key.clone(), AckEnd::Met)),
+                Registered::Pending(t) => {
+                    waiting.insert(t, key.clone());
+                }
+            }
+        }
+        while !waiting.is_empty() {
+            let o = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+                .await
+                .expect("a strict write ends in time, met or failed")
+                .expect("open");
+            let key = waiting.remove(&o.ticket).expect("a ticket of this batch");
+            assert_ne!(o.end, AckEnd::TimedOut, "{key}");
+            out.push((key, o.end));
+        }
+    }
+    out
+}
+
+/// The power is cut with the node running (a SIGKILL and a lost page cache at once), then restored.
+fn crash(node: Node, disk: &SimDisk) {
+    disk.crash();
+    drop(node);
+    disk.power_on();
+}
+
+/// Every origin's context in every bucket is backed by stored writes: with distinct keys and no
+/// overwrite, each dot the context covers is in the index.
+fn context_is_backed(node: &Node) {
+    let b = node.bucket("s");
+    for (origin, ctx) in b.store().context() {
+        let stored = b.store().stored_dots(&origin, &ctx);
+        assert_eq!(
+            stored,
+            ctx,
+            "the context of {:?} claims writes the disk does not hold",
+            origin.id()
+        );
+    }
+}
+
+/// How many `EDISK` warnings `node` emitted.
+fn edisk(node: &Node) -> u64 {
+    node.stats()
+        .warnings
+        .iter()
+        .find(|(code, _)| *code == WarningCode::Disk)
+        .map_or(0, |(_, n)| *n)
+}
+
+fn holds(node: &Node, key: &str) -> bool {
+    get(&node.bucket("s"), key).as_deref() == Some(format!("{key:?}").as_str())
+}
+
+/// Strict writes while a write or a sync fails (EIO or ENOSPC, half the calls): those whose flush
+/// failed end with `DiskFailed` instead of settling; once the disk is back, new writes settle and the
+/// failed ones are stored by the next flush; after a power cut every write is there and the context
+/// claims nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_writes_during_disk_failures_end_in_edisk_and_none_is_lost_after_a_crash() {
+    let cases = [
+        (1.0, 0.0, FaultKind::Eio),
+        (0.5, 0.0, FaultKind::Enospc),
+        (0.0, 0.5, FaultKind::Eio),
+        (0.0, 1.0, FaultKind::Enospc),
+        (0.3, 0.3, FaultKind::Either),
+    ];
+    for seed in 1..=3u64 {
+        for (case, &(write, sync, kind)) in cases.iter().enumerate() {
+            let disk = SimDisk::new(seed * 100 + case as u64);
+            let node = Node::start(sim_config("a", &disk, Durability::Strict, vec![]))
+                .await
+                .unwrap();
+            let mut outcomes = node.ack_outcomes();
+            let mut warnings = node.warnings();
+            let key = |phase: &str, i: u32| format!("{phase}{i}");
+            let before = write_all(&node, &mut outcomes, (0..30).map(|i| key("before", i))).await;
+            assert!(before.iter().all(|(_, e)| *e == AckEnd::Met));
+            disk.set_faults(Faults {
+                write,
+                sync,
+                kind,
+                capacity: None,
+            });
+            let during = write_all(&node, &mut outcomes, (0..100).map(|i| key("during", i))).await;
+            let failed = during
+                .iter()
+                .filter(|(_, e)| *e == AckEnd::DiskFailed)
+                .count();
+            let case = format!("seed {seed}, write {write}, sync {sync}, {kind:?}");
+            assert!(failed > 0, "{case}: no strict write failed");
+            assert!(edisk(&node) > 0, "{case}: no EDISK warning counted");
+            let w = warnings.try_recv().expect("an EDISK warning event");
+            assert_eq!(w.code, WarningCode::Disk, "{case}: {}", w.message);
+            disk.set_faults(Faults::default());
+            let after = write_all(&node, &mut outcomes, (0..30).map(|i| key("after", i))).await;
+            assert!(
+                after.iter().all(|(_, e)| *e == AckEnd::Met),
+                "{case}: strict writes settle again once the disk is back"
+            );
+            crash(node, &disk);
+            let node = Node::start(sim_config("a", &disk, Durability::Strict, vec![]))
+                .await
+                .unwrap();
+            for (k, _) in before.iter().chain(&during).chain(&after) {
+                assert!(holds(&node, k), "{case}: {k} lost");
+            }
+            context_is_backed(&node);
+            node.close(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The power is cut while the disk still fails: every write that settled is back, what was not stored
+/// is not claimed by the stored context, in strict and relaxed mode alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_the_disk_fails_keeps_every_settled_write_and_claims_nothing_unstored() {
+    for seed in 1..=4u64 {
+        for durability in [Durability::Strict, Durability::Relaxed] {
+            let disk = SimDisk::new(seed);
+            let node = Node::start(sim_config("a", &disk, durability, vec![]))
+                .await
+                .unwrap();
+            let mut outcomes = node.ack_outcomes();
+            let settled = write_all(&node, &mut outcomes, (0..40).map(|i| format!("ok{i}"))).await;
+            // Relaxed writes settle at once: they are durable once a flush after them succeeded.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            disk.set_faults(Faults {
+                write: 0.5,
+                sync: 0.5,
+                kind: FaultKind::Either,
+                capacity: None,
+            });
+            let during = write_all(&node, &mut outcomes, (0..60).map(|i| format!("bad{i}"))).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            crash(node, &disk);
+            disk.set_faults(Faults::default());
+            let node = Node::start(sim_config("a", &disk, durability, vec![]))
+                .await
+                .unwrap();
+            let case = format!("seed {seed}, {durability:?}");
+            for (k, _) in &settled {
+                assert!(holds(&node, k), "{case}: {k} lost");
+            }
+            if durability == Durability::Strict {
+                for (k, end) in &during {
+                    assert!(
+                        *end == AckEnd::DiskFailed || holds(&node, k),
+                        "{case}: {k} settled and lost"
+                    );
+                }
+            }
+            context_is_backed(&node);
+            node.close(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Writes of a peer that arrived while this node's disk failed, and that it never stored, are not
+/// claimed by what it stored: after a power cut it pulls them again and ends with all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_failed_flush_dropped_are_pulled_again_from_peers_after_a_crash() {
+    for durability in [Durability::Strict, Durability::Relaxed] {
+        let other = Node::start(config(Some("m"), None, vec![])).await.unwrap();
+        let seeds = vec![other.address().to_string()];
+        let disk = SimDisk::new(7);
+        let node = Node::start(sim_config("a", &disk, durability, seeds.clone()))
+            .await
+            .unwrap();
+        let bm = other.bucket("s");
+        let b = node.bucket("s");
+        let write = |range: std::ops::Range<u32>| {
+            for i in range {
+                let k = format!("m{i}");
+                bm.write(
+                    k.as_str(),
+                    Some(value::encode_json(&format!("{k:?}"))),
+                    Lifetime::Forever,
+                );
+            }
+        };
+        write(0..200);
+        eventually("the first writes arrive", || b.len() == 200).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        disk.set_faults(Faults {
+            write: 1.0,
+            sync: 0.0,
+            kind: FaultKind::Enospc,
+            capacity: None,
+        });
+        write(200..400);
+        eventually("the writes during the failure arrive", || b.len() == 400).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The disk comes back for a moment: a flush that would claim what the failed ones dropped.
+        disk.set_faults(Faults::default());
+        write(400..401);
+        eventually("one more arrives", || b.len() == 401).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        crash(node, &disk);
+        let node = Node::start(sim_config("a", &disk, durability, seeds))
+            .await
+            .unwrap();
+        context_is_backed(&node);
+        let b = node.bucket("s");
+        eventually("every write is held again", || {
+            (0..401).all(|i| holds(&node, &format!("m{i}")))
+        })
+        .await;
+        assert_eq!(b.len(), 401);
+        node.close(Duration::from_secs(1)).await;
+        other.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` when this process may not mount (not root, or no mount namespace): the caller skips.
+    fn mount(name: &str, size: &str) -> Option<Tmpfs> {
+        let path = dir(name);
+        std::fs::create_dir_all(&path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&path);
+            return None;
+        }
+        Some(Tmpfs(path))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The real file system fills up (a tmpfs of 48 MB, mounted for the test; skipped, and said so, when
+/// mounting is refused): strict writes end with `DiskFailed` instead of settling, the failures are
+/// counted, and once space is freed the owed writes are stored and new writes settle again; after a
+/// restart every write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_fails_strict_writes_and_the_peer_recovers_when_space_returns() {
+    let Some(fs) = Tmpfs::mount("tmpfs", "48m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = fs.0.join("data");
+    let node = Node::start(config(Some("a"), Some(&data), vec![]))
+        .await
+        .unwrap();
+    let mut outcomes = node.ack_outcomes();
+    // What the peer does not take (the log's 8 MB and redb's first pages) is filled by another file.
+    let filler = fs.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    let big = "x".repeat(256 * 1024);
+    let b = node.bucket("s");
+    let mut ends = Vec::new();
+    for i in 0..40 {
+        let (_, r) = node.write_acked(
+            &b,
+            format!("k{i}").into(),
+            Some(value::encode_json(&format!("{big:?}"))),
+            Lifetime::Forever,
+            AckLevel::Local,
+            Duration::from_secs(30),
+        );
+        let Registered::Pending(_) = r else {
+            panic!("a strict write waits for the disk")
+        };
+        let o = tokio::time::timeout(Duration::from_secs(10), outcomes.recv())
+            .await
+            .expect("ends in time")
+            .unwrap();
+        ends.push(o.end);
+    }
+    let failed = ends.iter().filter(|e| **e == AckEnd::DiskFailed).count();
+    assert!(failed > 0, "a full disk fails strict writes: {ends:?}");
+    assert_eq!(
+        ends.iter().filter(|e| **e == AckEnd::TimedOut).count(),
+        0,
+        "none hangs"
+    );
+    assert!(edisk(&node) > 0);
+    std::fs::remove_file(&filler).unwrap();
+    let (_, r) = node.write_acked(
+        &b,
+        "after".into(),
+        Some(value::encode_json("1")),
+        Lifetime::Forever,
+        AckLevel::Local,
+        Duration::from_secs(30),
+    );
+    let Registered::Pending(_) = r else { panic!() };
+    let o = tokio::time::timeout(Duration::from_secs(10), outcomes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.end, AckEnd::Met, "settles again once space is back");
+    node.close(Duration::from_secs(1)).await;
+    let again = Node::start(config(Some("a"), Some(&data), vec![]))
+        .await
+        .unwrap();
+    let b = again.bucket("s");
+    for i in 0..40 {
+        assert!(b.contains(&format!("k{i}")), "k{i} lost");
+    }
+    assert!(b.contains("after"));
+    again.close(Duration::from_secs(1)).await;
 }

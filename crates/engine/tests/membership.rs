@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use peer_buckets_engine::acks::{AckLevel, AckOutcome, Registered};
+use peer_buckets_engine::acks::{AckEnd, AckLevel, AckOutcome, Registered};
 use peer_buckets_engine::membership::PeerInfo;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
@@ -78,7 +78,7 @@ impl Writer {
             Registered::Pending(ticket) => loop {
                 let o = self.outcomes.recv().await.expect("outcomes");
                 if o.ticket == ticket {
-                    return (o.met, o.acked);
+                    return (o.end == AckEnd::Met, o.acked);
                 }
             },
         }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::check::{self, BucketView, History, Model, Status, WriteRec};
 use super::clock::{SimClock, SimTime};
 use super::rng::{derive, SplitMix};
-use crate::acks::{AckLevel, AckOutcome, Registered};
+use crate::acks::{AckEnd, AckLevel, AckOutcome, Registered};
 use crate::clock::Clock;
 use crate::node::{Config, Node};
 use crate::store::{Change, Lifetime};
@@ -421,15 +421,16 @@ impl<'a> World<'a> {
             while let Ok(outcome) = running.acks.try_recv() {
                 if let Some(op) = running.pending.remove(&outcome.ticket) {
                     let w = &mut self.history.writes[op as usize];
-                    w.status = if outcome.met {
+                    // A write whose flush failed may or may not be stored: "maybe", as a timeout.
+                    w.status = if outcome.end == AckEnd::Met {
                         Status::Acked
                     } else {
                         Status::TimedOut
                     };
                     w.ackers = outcome.acked.clone();
                     lines.push(format!(
-                        "ack op {op}: met {} by {:?}",
-                        outcome.met, outcome.acked
+                        "ack op {op}: {:?} by {:?}",
+                        outcome.end, outcome.acked
                     ));
                 }
             }

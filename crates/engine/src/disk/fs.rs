@@ -1,0 +1,156 @@
+//! The file-system seam under the durable store: every byte the write-ahead log and redb read or write
+//! goes through a `FileSystem`, so the same code runs on the real disk (`RealFs`) and on a simulated one
+//! (`sim::SimDisk`) that loses unsynced writes and fails on a seeded schedule.
+//!
+//! The contract is the POSIX one the store relies on, no stronger: a write is durable only once a later
+//! `sync_data` of its file returned `Ok`; a failed `sync_data` says nothing about what reached the
+//! device, and retrying it proves nothing either (the kernel may have dropped the dirty pages), so a
+//! caller rewrites what it needs before syncing again. A new file's name is durable once `sync_dir` of
+//! its directory returned `Ok`.
+
+use std::fmt::Debug;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Builder, Database, DatabaseError};
+
+/// One open file, read and written at offsets.
+#[allow(clippy::len_without_is_empty)] // as `redb::StorageBackend`: a length, no emptiness
+pub trait DiskFile: Send + Sync + Debug {
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `out` from `offset`; an error if the file ends first.
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `data` at `offset`, growing the file if needed (the gap reads as zeros).
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes every write to this file so far durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// Held while a data directory is in use; dropping it releases the directory.
+pub trait DirLock: Send + Sync {}
+
+/// Where a data directory lives.
+pub trait FileSystem: Send + Sync + Debug {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the exclusive lock at `path` (creating the file); `None` when another holder has it.
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
+    /// The whole content of `path`; `None` when there is no such file.
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Opens `path` for reading and writing, creating it empty when missing.
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>>;
+    /// Makes the names of the files created in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Opens (or creates) the redb database at `path` with `builder`.
+    fn database(&self, builder: &Builder, path: &Path) -> Result<Database, DatabaseError>;
+    /// Whether a call may block on a device: the flusher then runs on its own OS thread. A simulated
+    /// disk answers at once, and its flusher runs as a task so that the simulation's clock drives it.
+    fn blocks(&self) -> bool;
+}
+
+/// The real file system (`std::fs`, redb's own file backend).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+#[derive(Debug)]
+struct RealFile(std::fs::File);
+
+/// The open lock file: the lock lasts as long as it is open.
+struct RealLock {
+    _file: std::fs::File,
+}
+
+impl DirLock for RealLock {}
+
+impl DiskFile for RealFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, out, offset)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl FileSystem for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        let file = std::fs::File::create(path)?;
+        Ok(file
+            .try_lock()
+            .is_ok()
+            .then(|| Box::new(RealLock { _file: file }) as Box<dyn DirLock>))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    fn database(&self, builder: &Builder, path: &Path) -> Result<Database, DatabaseError> {
+        builder.create(path)
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+}
+
+/// A `DiskFile` as redb's storage (what a simulated disk hands redb).
+#[derive(Debug)]
+pub struct RedbFile(pub Arc<dyn DiskFile>);
+
+impl redb::StorageBackend for RedbFile {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_at(offset, data)
+    }
+}
