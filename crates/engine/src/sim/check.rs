@@ -258,16 +258,32 @@ pub struct BucketView {
     pub values: BTreeMap<Arc<str>, (Hlc, ReplicaId, Option<u64>, u64)>,
 }
 
-/// The final checks over settled replicas (`views[i]` = (name, buckets, model)).
-pub fn check_final(
-    history: &mut History,
-    at_ms: u64,
-    views: &[(String, BTreeMap<Arc<str>, BucketView>, &Model)],
-) {
-    let Some((first, reference, _)) = views.first() else {
+/// Every bucket of one replica.
+pub type Buckets = BTreeMap<Arc<str>, BucketView>;
+
+/// One settled replica as the final checks see it.
+pub struct Settled<'a> {
+    pub name: String,
+    pub buckets: Buckets,
+    pub model: &'a Model,
+}
+
+/// The final checks over settled replicas.
+pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
+    let Some(Settled {
+        name: first,
+        buckets: reference,
+        ..
+    }) = views.first()
+    else {
         return;
     };
-    for (name, buckets, model) in views {
+    for Settled {
+        name,
+        buckets,
+        model,
+    } in views
+    {
         for (b, view) in buckets {
             let same = reference
                 .get(b)
@@ -350,12 +366,18 @@ pub fn check_final(
         let held = reference.get(&w.bucket).and_then(|v| v.values.get(&w.key));
         let ok = match held {
             Some((hlc, origin, _, _)) => order(*hlc, origin) >= order(w.hlc, &w.replica),
-            None => writes.iter().any(|x| {
-                x.bucket == w.bucket
-                    && x.key == w.key
-                    && (x.deleted || x.expires_ms != 0)
-                    && order(x.hlc, &x.replica) >= order(w.hlc, &w.replica)
-            }),
+            // Collected: a newer delete, an expiring write or a touch that set an expiry removed it.
+            None => {
+                writes.iter().any(|x| {
+                    x.bucket == w.bucket
+                        && x.key == w.key
+                        && (x.deleted || x.expires_ms != 0)
+                        && order(x.hlc, &x.replica) >= order(w.hlc, &w.replica)
+                }) || history
+                    .touched
+                    .get(&(w.bucket.clone(), w.key.clone()))
+                    .is_some_and(|&(t, _)| t > w.hlc)
+            }
         };
         if !ok {
             history.violation(at_ms, "lost-ack", format!(
