@@ -254,6 +254,8 @@ pub struct BucketView {
     pub len: usize,
     /// Keys a scan yields.
     pub scanned: usize,
+    /// The replica's clock when the view was taken.
+    pub now_ms: u64,
     /// Value registers per key: `(hlc, origin, value op or None for a tombstone, expires_ms)`.
     pub values: BTreeMap<Arc<str>, (Hlc, ReplicaId, Option<u64>, u64)>,
 }
@@ -345,15 +347,32 @@ pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
                 }
             }
             for ((mb, key), op) in &model.visible {
-                if mb == b
-                    && !view.live.contains_key(key)
-                    && !model.born_expired.contains(&(mb.clone(), key.clone()))
-                {
-                    history.violation(at_ms, "events", format!(
-                        "{name}: {b}/'{}' was last announced as op {op} but is not live (a missing delete or expiry event)",
-                        short(key)
-                    ));
+                let slot = (mb.clone(), key.clone());
+                if mb != b || view.live.contains_key(key) || model.born_expired.contains(&slot) {
+                    continue;
                 }
+                // Removed by a newer touch whose expiry had passed when it arrived: the bug of a
+                // value that arrives expired (KNOWN_OPEN), seen from the touch's side.
+                let stale_touch = history.touched.get(&slot).is_some_and(|&(t, until)| {
+                    history.writes.get(*op as usize).is_some_and(|w| t > w.hlc)
+                        && until <= view.now_ms
+                });
+                let (kind, what) = if stale_touch {
+                    (
+                        "announced-expired",
+                        "removed without an event by a newer touch, expired on arrival",
+                    )
+                } else {
+                    ("events", "is not live (a missing delete or expiry event)")
+                };
+                history.violation(
+                    at_ms,
+                    kind,
+                    format!(
+                        "{name}: {b}/'{}' was last announced as op {op} but {what}",
+                        short(key)
+                    ),
+                );
             }
         }
     }

@@ -883,6 +883,7 @@ impl<'a> World<'a> {
                         context: context.join(" "),
                         live,
                         len: bucket.len(),
+                        now_ms: running.node.clock().now().physical_ms(),
                         scanned: {
                             let mut n = 0;
                             bucket.scan("", &mut |_, _| n += 1);
