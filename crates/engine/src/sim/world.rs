@@ -271,6 +271,8 @@ fn config(plan: &Plan, ip: IpAddr, time: &SimTime) -> Config {
         handshake_timeout: Duration::from_millis(1_000),
         transport: Arc::new(SimTcp),
         seed: Some(plan.node_seed),
+        // Simulated hosts talk over 192.168.0.0/16 without a secret (links are open, see `sim`).
+        insecure: true,
         ..Config::default()
     }
 }
