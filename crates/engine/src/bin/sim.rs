@@ -112,12 +112,10 @@ fn main() -> ExitCode {
             }
         }
         if bad.is_empty() {
-            if seeds.len() == 1 || trace {
-                println!(
-                    "seed {s}: ok ({} ms simulated, {} ops, {} faults, fingerprint {:016x})",
-                    report.steps, report.ops, report.faults, report.fingerprint
-                );
-            }
+            println!(
+                "seed {s}: ok ({} ms simulated, {} ops, {} faults, fingerprint {:016x})",
+                report.steps, report.ops, report.faults, report.fingerprint
+            );
         } else {
             println!("seed {s}: FAILED ({} ms simulated)", report.steps);
             for v in &bad {

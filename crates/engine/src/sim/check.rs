@@ -254,20 +254,38 @@ pub struct BucketView {
     pub len: usize,
     /// Keys a scan yields.
     pub scanned: usize,
+    /// The replica's clock when the view was taken.
+    pub now_ms: u64,
     /// Value registers per key: `(hlc, origin, value op or None for a tombstone, expires_ms)`.
     pub values: BTreeMap<Arc<str>, (Hlc, ReplicaId, Option<u64>, u64)>,
 }
 
-/// The final checks over settled replicas (`views[i]` = (name, buckets, model)).
-pub fn check_final(
-    history: &mut History,
-    at_ms: u64,
-    views: &[(String, BTreeMap<Arc<str>, BucketView>, &Model)],
-) {
-    let Some((first, reference, _)) = views.first() else {
+/// Every bucket of one replica.
+pub type Buckets = BTreeMap<Arc<str>, BucketView>;
+
+/// One settled replica as the final checks see it.
+pub struct Settled<'a> {
+    pub name: String,
+    pub buckets: Buckets,
+    pub model: &'a Model,
+}
+
+/// The final checks over settled replicas.
+pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
+    let Some(Settled {
+        name: first,
+        buckets: reference,
+        ..
+    }) = views.first()
+    else {
         return;
     };
-    for (name, buckets, model) in views {
+    for Settled {
+        name,
+        buckets,
+        model,
+    } in views
+    {
         for (b, view) in buckets {
             let same = reference
                 .get(b)
@@ -329,15 +347,32 @@ pub fn check_final(
                 }
             }
             for ((mb, key), op) in &model.visible {
-                if mb == b
-                    && !view.live.contains_key(key)
-                    && !model.born_expired.contains(&(mb.clone(), key.clone()))
-                {
-                    history.violation(at_ms, "events", format!(
-                        "{name}: {b}/'{}' was last announced as op {op} but is not live (a missing delete or expiry event)",
-                        short(key)
-                    ));
+                let slot = (mb.clone(), key.clone());
+                if mb != b || view.live.contains_key(key) || model.born_expired.contains(&slot) {
+                    continue;
                 }
+                // Removed by a newer touch whose expiry had passed when it arrived: the bug of a
+                // value that arrives expired (KNOWN_OPEN), seen from the touch's side.
+                let stale_touch = history.touched.get(&slot).is_some_and(|&(t, until)| {
+                    history.writes.get(*op as usize).is_some_and(|w| t > w.hlc)
+                        && until <= view.now_ms
+                });
+                let (kind, what) = if stale_touch {
+                    (
+                        "announced-expired",
+                        "removed without an event by a newer touch, expired on arrival",
+                    )
+                } else {
+                    ("events", "is not live (a missing delete or expiry event)")
+                };
+                history.violation(
+                    at_ms,
+                    kind,
+                    format!(
+                        "{name}: {b}/'{}' was last announced as op {op} but {what}",
+                        short(key)
+                    ),
+                );
             }
         }
     }
@@ -350,12 +385,18 @@ pub fn check_final(
         let held = reference.get(&w.bucket).and_then(|v| v.values.get(&w.key));
         let ok = match held {
             Some((hlc, origin, _, _)) => order(*hlc, origin) >= order(w.hlc, &w.replica),
-            None => writes.iter().any(|x| {
-                x.bucket == w.bucket
-                    && x.key == w.key
-                    && (x.deleted || x.expires_ms != 0)
-                    && order(x.hlc, &x.replica) >= order(w.hlc, &w.replica)
-            }),
+            // Collected: a newer delete, an expiring write or a touch that set an expiry removed it.
+            None => {
+                writes.iter().any(|x| {
+                    x.bucket == w.bucket
+                        && x.key == w.key
+                        && (x.deleted || x.expires_ms != 0)
+                        && order(x.hlc, &x.replica) >= order(w.hlc, &w.replica)
+                }) || history
+                    .touched
+                    .get(&(w.bucket.clone(), w.key.clone()))
+                    .is_some_and(|&(t, _)| t > w.hlc)
+            }
         };
         if !ok {
             history.violation(at_ms, "lost-ack", format!(

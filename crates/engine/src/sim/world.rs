@@ -17,7 +17,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::check::{self, BucketView, History, Model, Status, WriteRec};
+use super::check::{self, BucketView, Buckets, History, Model, Settled, Status, WriteRec};
 use super::clock::{SimClock, SimTime};
 use super::rng::{derive, SplitMix};
 use crate::acks::{AckEnd, AckLevel, AckOutcome, Registered};
@@ -271,6 +271,8 @@ fn config(plan: &Plan, ip: IpAddr, time: &SimTime) -> Config {
         handshake_timeout: Duration::from_millis(1_000),
         transport: Arc::new(SimTcp),
         seed: Some(plan.node_seed),
+        // Simulated hosts talk over 192.168.0.0/16 without a secret (links are open, see `sim`).
+        insecure: true,
         ..Config::default()
     }
 }
@@ -751,12 +753,14 @@ impl<'a> World<'a> {
                 plan.id = format!("{}-{}", host.name, host.generation);
             }
             // Often earlier than before the crash: the clock jumps backwards.
-            plan.offset_ms =
-                if self.profile.clocks && offset > plan.offset_ms && host.generation % 2 == 0 {
-                    plan.offset_ms - (offset - plan.offset_ms).min(500)
-                } else {
-                    offset
-                };
+            plan.offset_ms = if self.profile.clocks
+                && offset > plan.offset_ms
+                && host.generation.is_multiple_of(2)
+            {
+                plan.offset_ms - (offset - plan.offset_ms).min(500)
+            } else {
+                offset
+            };
             plan.offset_ms = plan.offset_ms.max(-((MAX_CLOCK_SKEW_MS as i64) * 45 / 100));
             plan.drift_ppm = drift;
             plan.node_seed = derive(self.seed, 1_000 + 64 * host.generation + h as u64);
@@ -824,7 +828,7 @@ impl<'a> World<'a> {
 
     // ---- the settled state ----
 
-    fn views(&self) -> Vec<(String, BTreeMap<Arc<str>, BucketView>)> {
+    fn views(&self) -> Vec<(String, Buckets)> {
         let mut out = Vec::new();
         for host in &self.hosts {
             if host.retired {
@@ -882,6 +886,7 @@ impl<'a> World<'a> {
                         context: context.join(" "),
                         live,
                         len: bucket.len(),
+                        now_ms: running.node.clock().now().physical_ms(),
                         scanned: {
                             let mut n = 0;
                             bucket.scan("", &mut |_, _| n += 1);
@@ -896,7 +901,7 @@ impl<'a> World<'a> {
         out
     }
 
-    fn equal(views: &[(String, BTreeMap<Arc<str>, BucketView>)]) -> bool {
+    fn equal(views: &[(String, Buckets)]) -> bool {
         views.windows(2).all(|w| {
             w[0].1
                 .iter()
@@ -1014,7 +1019,7 @@ fn drive(world: &mut World) -> Result<(), String> {
     while world.now() < healed_at + QUIET_MAX_MS {
         world.step()?;
         let quiet = world.now() - healed_at;
-        if quiet >= QUIET_MIN_MS && quiet % 250 == 0 {
+        if quiet >= QUIET_MIN_MS && quiet.is_multiple_of(250) {
             world.sweep_all();
             let now = world.views();
             if World::equal(&now) {
@@ -1056,10 +1061,14 @@ fn drive(world: &mut World) -> Result<(), String> {
         .filter(|h| !h.retired && h.slot.borrow().is_some())
         .map(|h| &h.model)
         .collect();
-    let joined: Vec<(String, BTreeMap<Arc<str>, BucketView>, &Model)> = views
+    let joined: Vec<Settled> = views
         .into_iter()
         .zip(models)
-        .map(|((n, b), m)| (n, b, m))
+        .map(|((name, buckets), model)| Settled {
+            name,
+            buckets,
+            model,
+        })
         .collect();
     let mut history = std::mem::take(&mut world.history);
     check::check_final(&mut history, at, &joined);
