@@ -201,7 +201,10 @@ export interface PeerStats {
   collectedRemembered: number
   /** Old writes brought back from past a collection that met a stand-in tombstone here instead. */
   standInTombstones: number
-  /** Connections refused in their handshake: not a peer, another secret or none, malformed, silent. */
+  /**
+   * Connections refused in their handshake: not a peer, another secret or none, malformed, silent; or
+   * from the network to a peer without a secret that does not trust it (options.insecure).
+   */
   handshakesRejected: number
   /** Accepted connections closed in their handshake to make room for newer ones (a flood). */
   handshakesEvicted: number

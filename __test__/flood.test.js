@@ -98,3 +98,50 @@ test.each([
   if (options.secret) expect(stats.handshakesRejected).toBeGreaterThanOrEqual(FLOOD)
   expect(stats.peers).toBe(0)
 })
+
+/**
+ * Connects to `address` as a peer without a secret and sends a first frame announcing `size` bytes,
+ * then as much of it as the peer reads; resolves once the peer has closed the connection.
+ */
+function announceFrame(address, size) {
+  const { host, port } = hostPort(address)
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port })
+    const chunk = Buffer.alloc(1024 * 1024, 0x5a)
+    let sent = 0
+    const pump = () => {
+      while (sent < size && !sock.destroyed) {
+        sent += chunk.length
+        if (!sock.write(chunk)) return sock.once('drain', pump)
+      }
+    }
+    sock.on('connect', () => {
+      const prefix = Buffer.alloc(4)
+      prefix.writeUInt32BE(size)
+      sock.write(Buffer.concat([Buffer.from([0x50, 0x42, 0x4b, 0x54, 1, 0]), prefix]))
+      pump()
+    })
+    sock.on('data', () => {})
+    sock.on('error', () => {})
+    sock.on('close', resolve)
+  })
+}
+
+test('64 connections announcing 16 MiB first frames leave an open peer flat', async () => {
+  const peer = await spawnPeer({ id: 'target', changeEvents: false })
+  const pid = peer.child.pid
+  const before = await settledRss(pid)
+  let peak = before
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rss(pid))
+  }, 10)
+  const t0 = Date.now()
+  await Promise.all(Array.from({ length: 64 }, () => announceFrame(peer.address, 16 * MB)))
+  clearInterval(sampler)
+  console.log(
+    `64 x 16 MiB first frames: refused within ${Date.now() - t0} ms; ` +
+      `RSS ${(before / MB).toFixed(1)} MB, at most ${(peak / MB).toFixed(1)} MB meanwhile`,
+  )
+  expect(peak - before).toBeLessThanOrEqual(30 * MB)
+  expect((await peer.stats()).handshakesRejected).toBe(64)
+})

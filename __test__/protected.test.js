@@ -56,6 +56,8 @@ describe('options.insecure', () => {
   test('a peer without a secret listening beyond loopback refuses peers from the network', async () => {
     const lan = networkAddress()
     const a = await createPeer({ id: 'a', listen: '0.0.0.0:0' })
+    const warnings = []
+    a.on('warning', (w) => warnings.push(w))
     const port = portOf(a.address)
     const fromLan = await createPeer({ id: 'from-lan', listen: `${lan}:0`, peers: [`${lan}:${port}`] })
     const fromLo = await createPeer({ id: 'from-lo', peers: [`127.0.0.1:${port}`] })
@@ -65,6 +67,13 @@ describe('options.insecure', () => {
     expect(isConnected(a, 'from-lan')).toBe(false)
     expect(isConnected(fromLan, 'a')).toBe(false)
     expect(fromLo.peers().map((p) => p.id)).toContain('a')
+    expect(warnings.length).toBeGreaterThanOrEqual(1)
+    expect(warnings[0]).toMatchObject({ code: 'EINSECURE', address: expect.stringContaining(`${lan}:`) })
+    expect(warnings[0].message).toMatch(/give every peer the same `secret`.*insecure: true/)
+    // Every refusal was a warning (the peer from the network keeps redialing meanwhile).
+    const insecure = a.stats().warnings.EINSECURE
+    expect(insecure).toBeGreaterThanOrEqual(1)
+    expect(insecure).toBeLessThanOrEqual(a.stats().handshakesRejected)
     // Closed before a byte: not even a preamble.
     expect(await firstBytes(lan, port, lan)).toEqual(Buffer.alloc(0))
     // From loopback, the same port answers with its preamble.
@@ -78,5 +87,6 @@ describe('options.insecure', () => {
     const b = await createPeer({ id: 'b', listen: `${lan}:0`, insecure: true, peers: [`${lan}:${portOf(a.address)}`] })
     await waitFor(() => isConnected(a, 'b') && isConnected(b, 'a'), { message: 'a and b to link over the network address' })
     expect(a.stats().handshakesRejected).toBe(0)
+    expect(a.stats().warnings.EINSECURE).toBe(0)
   })
 })

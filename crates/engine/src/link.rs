@@ -49,7 +49,15 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: Box<dyn Listener>) {
                     let keyed = shared.security.is_keyed();
                     if !guard::admits(keyed, shared.config.insecure, listen, remote.ip()) {
                         drop(stream);
-                        shared.guard.reject(&remote, &Unprotected { listen });
+                        shared.guard.count_rejected();
+                        let why = Unprotected { listen };
+                        shared.warnings.emit(
+                            Warning::new(
+                                WarningCode::Insecure,
+                                format!("a connection from {remote} was refused: {why}"),
+                            )
+                            .address(remote.to_string()),
+                        );
                         continue;
                     }
                     let slot = shared.guard.admit(remote.ip());

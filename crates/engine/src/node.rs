@@ -151,7 +151,8 @@ pub struct Stats {
     pub collected_remembered: usize,
     /// Tombstones written in place of collected ones for old writes that came back.
     pub stand_in_tombstones: u64,
-    /// Connections refused in their handshake (not a peer, another secret or none, malformed, silent).
+    /// Connections refused in their handshake (not a peer, another secret or none, malformed, silent),
+    /// or before it by protected mode (`Config::insecure`).
     pub handshakes_rejected: u64,
     /// Accepted connections closed in their handshake to make room for newer ones.
     pub handshakes_evicted: u64,

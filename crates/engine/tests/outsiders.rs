@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::warning::WarningCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -282,7 +283,8 @@ async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_tru
         .await
         .unwrap();
     let port = a.address().port();
-    // From the network: refused before a byte is sent.
+    let mut warnings = a.warnings();
+    // From the network: refused before a byte is sent, with a warning saying how to let it in.
     let from_lan = Node::start(open_on(
         "from-lan",
         format!("{lan}:0"),
@@ -316,6 +318,21 @@ async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_tru
         a.peers()
     );
     assert!(from_lan.peers().iter().all(|p| !p.connected));
+    let warning = tokio::time::timeout(Duration::from_secs(1), warnings.recv())
+        .await
+        .expect("a warning")
+        .unwrap();
+    assert_eq!(warning.code, WarningCode::Insecure);
+    assert_eq!(warning.code.as_str(), "EINSECURE");
+    assert!(warning.address.unwrap().starts_with(&lan.to_string()));
+    assert!(
+        warning.message.contains("`secret`") && warning.message.contains("insecure: true"),
+        "{}",
+        warning.message
+    );
+    // Every refusal was a warning (the peer from the network keeps redialing meanwhile).
+    let insecure = a.shared().warnings.count(WarningCode::Insecure);
+    assert!(insecure >= 1 && insecure <= a.stats().handshakes_rejected);
     let mut raw = TcpStream::connect(SocketAddr::new(lan, port))
         .await
         .unwrap();
@@ -345,6 +362,7 @@ async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_tru
     )
     .await;
     assert_eq!(b.stats().handshakes_rejected, 0);
+    assert_eq!(b.shared().warnings.count(WarningCode::Insecure), 0);
     for n in [a, from_lan, from_lo, b, to_b] {
         n.close(Duration::from_secs(1)).await;
     }
