@@ -1990,6 +1990,29 @@ mod tests {
         assert_eq!((s.entry_count(), s.tombstone_count()), (1, 0));
     }
 
+    /// Two servers write a key with the same expiry in the same millisecond, again and again (a rolling
+    /// session): whichever write wins here, the key waits for one expiry, so the queue holds one item
+    /// for it, not one per write.
+    #[test]
+    fn a_write_that_loses_leaves_no_second_expiry_entry() {
+        let t = ReplicaTable::new();
+        let (me, a, b) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "b"));
+        let s = MemoryStore::new();
+        let none = SeqRanges::new();
+        for seq in 1..=50 {
+            for o in [&b, &a] {
+                let mut write = w("k", 7, seq, Some("v"));
+                write.hlc = Hlc(seq);
+                write.expires_ms = 10_000;
+                s.merge(&me, o, vec![write], &none, &mut |_| {});
+            }
+        }
+        assert_eq!(s.state.read().expiries.len(), 1);
+        let mut expired = 0;
+        s.expire(10_000, &mut |_| expired += 1);
+        assert_eq!((expired, s.live_len(), s.tombstone_count()), (1, 0, 1));
+    }
+
     #[test]
     fn expired_values_are_invisible() {
         let t = ReplicaTable::new();
