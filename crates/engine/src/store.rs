@@ -233,10 +233,9 @@ pub trait Store: Send + Sync + 'static {
     /// Merges writes from `origin`, then adds `covered` to the origin's context. `on_change` hears of
     /// every write that replaced a key's value register or changed whether the key is live, judged at
     /// the time `expire` last ran: a value that arrives already expired is never shown live (it is
-    /// heard of only when it hides a live value, as an expiry). A value write older than a register this replica
-    /// collected for its key (see `CollectedKeys`), which it would otherwise beat, first gets a
-    /// stand-in tombstone: a write of `me` at or just below the collected register (see
-    /// `CollectedKeys`).
+    /// heard of only when it hides a live value, as an expiry). A value write older than a register
+    /// this replica collected for its key, which it would otherwise beat, first gets a stand-in
+    /// tombstone: a write of `me` at or just below the collected register (see `CollectedKeys`).
     fn merge(
         &self,
         me: &Origin,
@@ -300,7 +299,8 @@ pub trait Store: Send + Sync + 'static {
         collectable: &mut dyn FnMut(&Origin, u64) -> bool,
     ) -> usize;
     /// Forgets the collected registers remembered under stamps before `before_ms`: from then on only
-    /// the newest of their times stands for every key (see `CollectedKeys`).
+    /// the newest of their times stands for them, guarding every key with no live register (see
+    /// `CollectedKeys`).
     fn forget_collected(&self, before_ms: u64);
     /// How many collected registers are remembered by key; for stats.
     fn collected_remembered(&self) -> usize;
