@@ -2458,6 +2458,16 @@ mod tests {
 
     proptest! {
         #[test]
+        fn collected_key_guards_converge_and_keep_the_whole_order(
+            writes in proptest::collection::vec((0usize..2, 0usize..3, 1u64..8, any::<bool>()), 1..12),
+            away in proptest::collection::vec((0usize..3, 0u64..4), 1..8),
+            names in (0usize..4, 0usize..4, 0usize..3),
+            seed in any::<u64>(),
+        ) {
+            guards_run(writes, away, names, seed)?;
+        }
+
+        #[test]
         fn merge_order_and_duplicates_do_not_matter(h in history(), seed in any::<u64>()) {
             let t = ReplicaTable::new();
             let reference = apply_all(&t, &h);
@@ -2505,6 +2515,122 @@ mod tests {
             // Merging state gives what applying every write would have given.
             prop_assert_eq!(dump(&merged(&merged(&a, &b), &c)), dump(&replica(&[&x, &y, &z])));
         }
+    }
+
+    /// Two replicas that collected every register of members `a` and `b` receive, in different orders,
+    /// the writes of `c`, a replica that was away (its id ranked below, between or above theirs), stamped mostly like theirs (equal timestamps across
+    /// origins), then exchange what they wrote meanwhile (stand-ins). Whatever the ranks of the ids:
+    /// they converge; a key whose collected tombstone beats every write of `c` stays deleted; and a
+    /// key's newest write wins when it is newer than the collected register by more than the one tick
+    /// a stand-in may have to take above an old write (see `CollectedKeys`).
+    fn guards_run(
+        writes: Vec<(usize, usize, u64, bool)>,
+        away: Vec<(usize, u64)>,
+        names: (usize, usize, usize),
+        seed: u64,
+    ) -> Result<(), TestCaseError> {
+        let ids = ["0", "ab", "bb", "z"];
+        let t = ReplicaTable::new();
+        let (a, b) = (origin(&t, "a"), origin(&t, "b"));
+        let c = origin(&t, ["00", "aa", "c"][names.2]);
+        let (m1, m2) = (
+            origin(&t, ids[names.0]),
+            origin(&t, ids[(names.0 + 1 + names.1 % 3) % 4]),
+        );
+        let none = SeqRanges::new();
+        let (r1, r2) = (MemoryStore::new(), MemoryStore::new());
+        // The members' writes: an origin never stamps two alike (its clock ticks); two origins often do.
+        let mut all: Vec<(Origin, Write)> = Vec::new();
+        let mut seqs = [0u64; 2];
+        for (o, k, hlc, value) in writes {
+            seqs[o] += 1;
+            let origin = [&a, &b][o].clone();
+            if all.iter().any(|(x, w)| *x == origin && w.hlc.0 == hlc) {
+                continue;
+            }
+            let v = value.then_some("v");
+            all.push((origin, w(&format!("k{k}"), hlc, seqs[o], v)));
+        }
+        for (o, write) in &all {
+            for r in [&r1, &r2] {
+                let me = if std::ptr::eq(r, &r1) { &m1 } else { &m2 };
+                r.merge(me, o, vec![write.clone()], &none, &mut |_| {});
+            }
+        }
+        r1.collect(1_000, &mut |_, _| true);
+        r2.collect(1_000, &mut |_, _| true);
+        // c's writes, alternately values and deletes, with rising hlcs.
+        let mut mine: Vec<Write> = Vec::new();
+        let mut hlc = 0;
+        for (i, (k, step)) in away.into_iter().enumerate() {
+            hlc += 1 + step;
+            let v = (i % 3 != 2).then_some("c");
+            mine.push(w(&format!("k{k}"), hlc, i as u64 + 1, v));
+        }
+        let mut shuffled = mine.clone();
+        let mut rng = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            shuffled.swap(i, (rng >> 33) as usize % (i + 1));
+        }
+        for write in &mine {
+            r1.merge(&m1, &c, vec![write.clone()], &none, &mut |_| {});
+        }
+        for write in &shuffled {
+            r2.merge(&m2, &c, vec![write.clone()], &none, &mut |_| {});
+        }
+        // Each sends the other its own writes (the stand-ins), superseders first.
+        for (from, to, from_me, to_me) in [(&r1, &r2, &m1, &m2), (&r2, &r1, &m2, &m1)] {
+            let ctx = from.context_of(from_me);
+            if ctx.is_empty() {
+                continue;
+            }
+            let chunk = from.chunk(from_me, 1, ctx.max(), ChunkLimits::UNLIMITED);
+            for (o, write) in chunk.superseders {
+                let dot = SeqRanges::from_ranges([(write.seq, write.seq)]);
+                to.merge(to_me, &o, vec![write], &dot, &mut |_| {});
+            }
+            to.merge(to_me, from_me, chunk.writes, &chunk.covered, &mut |_| {});
+        }
+        for k in 0..3 {
+            let key = format!("k{k}");
+            let (v1, v2) = (get(&r1, &key), get(&r2, &key));
+            prop_assert_eq!(&v1, &v2, "{} differs", key);
+            let newest = |ws: &mut dyn Iterator<Item = (&Origin, &Write)>| {
+                ws.filter(|(_, w)| *w.key == *key)
+                    .max_by(|x, y| (x.1.hlc, x.0).cmp(&(y.1.hlc, y.0)))
+                    .map(|(o, w)| (o.clone(), w.clone()))
+            };
+            let members = newest(&mut all.iter().map(|(o, w)| (o, w)));
+            let returned = newest(&mut mine.iter().map(|w| (&c, w)));
+            match (members, returned) {
+                (Some((mo, mw)), Some((_, cw))) if mw.value.is_none() => {
+                    if !beats(cw.hlc, &c, mw.hlc, &mo) {
+                        prop_assert_eq!(v1, None, "{}: deleted and collected, revived", key);
+                    } else if cw.hlc.0 > mw.hlc.0 + 1 {
+                        let want = cw.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                        prop_assert_eq!(v1, want, "{}: the newest write lost", key);
+                    }
+                }
+                (Some((mo, mw)), Some((_, cw))) => {
+                    let newest = if beats(cw.hlc, &c, mw.hlc, &mo) {
+                        cw
+                    } else {
+                        mw
+                    };
+                    let want = newest.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                    prop_assert_eq!(v1, want, "{}: last writer", key);
+                }
+                (None, Some((_, cw))) => {
+                    let want = cw.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                    prop_assert_eq!(v1, want, "{}: only c wrote it", key);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Merges everything `from` holds into `into`, as a full catch-up between two replicas would.
