@@ -203,6 +203,17 @@ impl Bucket {
         Ok(merged)
     }
 
+    /// Drops this replica's registers of `origin` with seqs in `dots`, known superseded elsewhere (a
+    /// full resync); a key that stops showing a value is reported (see `Store::drop_dots`).
+    pub fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize {
+        let listening = self.has_subscriber.load(Ordering::Acquire);
+        self.store.drop_dots(origin, dots, &mut |shown| {
+            if listening {
+                self.emit(shown, origin, false)
+            }
+        })
+    }
+
     fn emit(&self, shown: Shown<'_>, origin: &Origin, local: bool) {
         self.send(Change {
             key: shown.key.clone(),

@@ -312,7 +312,14 @@ pub trait Store: Send + Sync + 'static {
     /// The seqs of `origin` stored now (one per register), within `within`.
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
     /// Drops the registers of `origin` whose seq is in `dots` (known superseded elsewhere).
-    fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize;
+    /// `on_change` hears of every key that stops showing a value: whatever superseded it may never
+    /// come (a delete whose tombstone was collected).
+    fn drop_dots(
+        &self,
+        origin: &Origin,
+        dots: &SeqRanges,
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> usize;
     /// For durable backends: what changed since the last call, read under the same lock as the
     /// changes themselves so a flush of it is a consistent state. `None` when this store is not
     /// persisted.
@@ -1630,8 +1637,14 @@ impl Store for MemoryStore {
         })
     }
 
-    fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize {
+    fn drop_dots(
+        &self,
+        origin: &Origin,
+        dots: &SeqRanges,
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> usize {
         let mut state = self.state.write();
+        let swept = state.swept_until;
         let found: Vec<(u64, Arc<str>)> = match state.origins.get(origin) {
             Some(o) => dots
                 .ranges()
@@ -1648,6 +1661,7 @@ impl Store for MemoryStore {
             let Some(e) = state.entries.get(key) else {
                 continue;
             };
+            let was_live = State::is_live(e, swept);
             let value_dot = e.seq == *seq && e.origin == *origin;
             // Whether the key keeps a register: the other one than the dropped one.
             let left = if value_dot {
@@ -1657,6 +1671,13 @@ impl Store for MemoryStore {
             };
             if !left {
                 state.remove_entry(key);
+                if was_live {
+                    on_change(Shown {
+                        key,
+                        value: None,
+                        expired: false,
+                    });
+                }
                 continue;
             }
             state.note_key(key);
@@ -1680,6 +1701,15 @@ impl Store for MemoryStore {
             }
             if let Some(o) = state.origins.get_mut(origin) {
                 o.index.remove(*seq);
+            }
+            if was_live && !State::is_live(&r.entry, swept) {
+                // Without its value register the key is deleted; without its touch, expired.
+                let expired = r.entry.value.is_some();
+                on_change(Shown {
+                    key,
+                    value: None,
+                    expired,
+                });
             }
             state.tally(&r.entry, 1);
             let due = State::due(&r.entry, state.swept_until);

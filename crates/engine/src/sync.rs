@@ -689,7 +689,7 @@ impl Session {
                 }
                 let superseded = covered.difference(&held);
                 let b = local.bucket(&bucket);
-                b.store().drop_dots(&o, &superseded);
+                b.drop_dots(&o, &superseded);
                 self.finish_resync(local, &b);
                 Ok(Inbound::Nothing)
             }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use peer_buckets_engine::clock::{Clock, ManualClock};
 use peer_buckets_engine::collect::Collector;
 use peer_buckets_engine::replica::{Origin, ReplicaId};
-use peer_buckets_engine::store::{Lifetime, Write};
+use peer_buckets_engine::store::{Change, Lifetime, Write};
 use peer_buckets_engine::sync::{Inbound, Local, PullPlanner, Session};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, Message};
@@ -127,6 +127,13 @@ struct Sim {
     /// While a replica is exiled: tombstones collected before it left, and the replicas restarted
     /// since (joiners it may meet first when it returns).
     exile_start: (usize, Vec<usize>),
+    /// Per replica and bucket, when listening: the changes heard, and the live keys they add up to.
+    listeners: Vec<Vec<Listener>>,
+}
+
+struct Listener {
+    changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
+    heard: BTreeMap<String, Vec<u8>>,
 }
 
 /// Across runs: returns whose first peer had joined after a collection the returning replica missed.
@@ -175,6 +182,7 @@ impl Sim {
             left: Default::default(),
             last_writer: 0,
             exile_start: (0, Vec::new()),
+            listeners: Vec::new(),
         };
         for i in 0..N {
             for j in 0..N {
@@ -385,6 +393,9 @@ impl Sim {
         self.exile_start.1.push(i);
         let offset = OFFSETS[self.rng.below(OFFSETS.len() as u64) as usize];
         self.locals[i] = new_local(i, 1 + self.restarts, &self.time, offset);
+        if !self.listeners.is_empty() {
+            self.listeners[i] = self.listen_to(i);
+        }
         self.planners[i] = PullPlanner::default();
         self.collectors[i] = Collector::default();
         for j in 0..N {
@@ -526,6 +537,52 @@ impl Sim {
                 self.deliver(false);
             }
         }
+    }
+
+    /// Subscribes a listener to each of replica i's buckets.
+    fn listen_to(&self, i: usize) -> Vec<Listener> {
+        BUCKETS
+            .iter()
+            .map(|name| Listener {
+                changes: self.locals[i].bucket(name).subscribe(),
+                heard: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    /// Each bucket's listener must have heard its way to exactly the live keys (no expiry of a key it
+    /// did not hold as live), and `size` must count them.
+    fn check_listeners(&mut self) -> Result<(), String> {
+        for i in 0..N {
+            for (name, listener) in BUCKETS.iter().zip(&mut self.listeners[i]) {
+                let b = self.locals[i].bucket(name);
+                let size = b.len();
+                while let Ok(c) = listener.changes.try_recv() {
+                    let key = c.key.to_string();
+                    match c.value {
+                        Some(v) => {
+                            listener.heard.insert(key, v.to_vec());
+                        }
+                        None => {
+                            if listener.heard.remove(&key).is_none() && c.expired {
+                                return Err(format!("n{i} {name}: expiry of {key}, not live"));
+                            }
+                        }
+                    }
+                }
+                let mut live = BTreeMap::new();
+                b.scan("", &mut |k, v| {
+                    live.insert(k.to_string(), v.to_vec());
+                });
+                if size != live.len() || listener.heard != live {
+                    return Err(format!(
+                        "n{i} {name}: size {size}, live {live:?}, the listener holds {:?}",
+                        listener.heard
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn dump(&self, i: usize) -> Vec<String> {
@@ -699,6 +756,7 @@ fn p_every() -> usize {
 fn try_run(seed: u64, steps: usize, loss: u64) -> Result<(), String> {
     let mut sim = Sim::skewed(seed);
     sim.loss = loss;
+    sim.listeners = (0..N).map(|i| sim.listen_to(i)).collect();
     let trace = std::env::var("SIM_TRACE").ok();
     let every = p_every();
     let mut last = vec![String::new(); N];
@@ -734,6 +792,8 @@ fn try_run(seed: u64, steps: usize, loss: u64) -> Result<(), String> {
         }
     }
     TOTAL_COLLECTED.fetch_add(sim.collected, std::sync::atomic::Ordering::Relaxed);
+    sim.check_listeners()
+        .map_err(|e| format!("seed {seed}, settled: {e}"))?;
     sim.log_stand_ins();
     for i in 0..N {
         sim.check_p(i)
@@ -1313,4 +1373,41 @@ fn a_missed_collection_is_detected_at_a_peer_that_joined_after_it() {
         assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
     }
     assert!(detected > 0, "n1 found at n3 that it missed a collection");
+}
+
+/// A replica back from past a collection drops the registers the others know were superseded (its
+/// full resync). When the superseding write was a delete whose tombstone was collected meanwhile,
+/// nothing else ever reaches it for that key: unless the drop itself is heard, its listener keeps the
+/// old value forever, while `get` says the key is gone.
+#[test]
+fn a_register_dropped_by_a_full_resync_is_heard_as_deleted() {
+    let mut sim = Sim::new(26);
+    let json = |s: &str| Some(value::encode_json(&format!("\"{s}\"")));
+    sim.listeners = (0..N).map(|i| sim.listen_to(i)).collect();
+    sim.locals[0]
+        .bucket("sessions")
+        .write("k", json("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.exile(1);
+    sim.time.advance(10);
+    sim.locals[2]
+        .bucket("sessions")
+        .write("k", None, Lifetime::Forever);
+    sim.exchange(12, 600, true);
+    assert!(
+        sim.collected > 0,
+        "the others collected k's tombstone without n1"
+    );
+    sim.settle();
+    assert!(
+        sim.locals[1]
+            .counters
+            .full_resyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "n1 resynced in full"
+    );
+    assert!(!sim.locals[1].bucket("sessions").contains("k"));
+    sim.check_listeners()
+        .expect("listeners agree with the live keys");
 }
