@@ -186,6 +186,9 @@ pub struct Report {
 /// What a host's software publishes once its node runs.
 struct Running {
     node: Arc<Node>,
+    /// The host's runtime: operations run inside it, so what they read of tokio's clock is the
+    /// host's virtual time, never the machine's.
+    runtime: tokio::runtime::Handle,
     changes: Vec<(Arc<str>, UnboundedReceiver<Change>)>,
     acks: UnboundedReceiver<AckOutcome>,
     /// Ack tickets waiting -> op id.
@@ -340,6 +343,7 @@ impl<'a> World<'a> {
                 let acks = node.ack_outcomes();
                 *slot.borrow_mut() = Some(Running {
                     node: Arc::new(node),
+                    runtime: tokio::runtime::Handle::current(),
                     changes,
                     acks,
                     pending: BTreeMap::new(),
@@ -464,7 +468,12 @@ impl<'a> World<'a> {
         } else {
             format!("p{}/k{}", self.rng.below(4), self.rng.below(8)).into()
         };
-        let node = self.hosts[h].slot.borrow().as_ref().unwrap().node.clone();
+        let (node, runtime) = {
+            let slot = self.hosts[h].slot.borrow();
+            let running = slot.as_ref().unwrap();
+            (running.node.clone(), running.runtime.clone())
+        };
+        let _inside = runtime.enter();
         let roll = self.rng.below(100);
         if roll < 8 {
             let ttl = self.rng.range(10, 3_000);
