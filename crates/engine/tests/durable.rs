@@ -158,9 +158,15 @@ async fn strict_writes_settle_only_once_flushed() {
         );
         match r {
             Registered::Pending(t) => tickets.push(t),
-            Registered::Met(_) => panic!("a strict write cannot be met before a flush"),
+            // Met at once only when a flush that began after the write already synced it (the
+            // flusher may win that race on a fast disk); it is on disk either way.
+            Registered::Met(_) => {}
         }
     }
+    assert!(
+        !tickets.is_empty(),
+        "500 strict writes in a row all met at once: none waited for its fsync"
+    );
     let mut settled = 0;
     while settled < tickets.len() {
         let o = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
