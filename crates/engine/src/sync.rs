@@ -33,8 +33,8 @@ use crate::replica::{Origin, ReplicaId, ReplicaTable};
 use crate::store::{ChunkLimits, MemoryStore, Merged, Write};
 use crate::value;
 use crate::wire::{
-    self, BucketSummary, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_BUCKET_NAME,
-    MAX_KEY,
+    self, BucketSummary, ContextPart, Hello, MemberInfo, Message, OpsBatch, WireContext,
+    MAX_BUCKET_NAME, MAX_KEY,
 };
 
 /// Writes per Ops or FetchReply frame at most.
@@ -150,7 +150,8 @@ pub struct Local {
     pub remember_collected_ms: u64,
     /// Buckets are persisted: their stores journal every change for the flusher.
     pub durable: bool,
-    buckets: RwLock<HashMap<Arc<str>, Arc<Bucket>>>,
+    /// Ordered by name, so every pass over the buckets goes the same way without sorting them.
+    buckets: RwLock<BTreeMap<Arc<str>, Arc<Bucket>>>,
     /// Per bucket, the collection horizons this replica found it missed (it held data, and a peer's
     /// horizon was beyond its context): until a resync against a peer that covers them validates its
     /// registers, it takes no writes in and collects nothing there (see `Session::new`).
@@ -193,7 +194,7 @@ impl Local {
             tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
             remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
-            buckets: RwLock::new(HashMap::default()),
+            buckets: RwLock::new(BTreeMap::new()),
             stale: Mutex::new(BTreeMap::new()),
         }
     }
@@ -243,19 +244,20 @@ impl Local {
 
     /// Adds bucket `name` with `store` (a restored one) unless the bucket exists; returns the bucket.
     pub fn install_bucket(&self, name: &str, store: Box<dyn crate::store::Store>) -> Arc<Bucket> {
-        self.buckets
-            .write()
-            .entry_ref(name)
-            .or_insert_with(|| {
-                Arc::new(Bucket::new(
-                    name.into(),
-                    self.me.clone(),
-                    self.clock.clone(),
-                    self.signals.clone(),
-                    store,
-                ))
-            })
-            .clone()
+        let mut buckets = self.buckets.write();
+        if let Some(b) = buckets.get(name) {
+            return b.clone();
+        }
+        let name: Arc<str> = name.into();
+        let bucket = Arc::new(Bucket::new(
+            name.clone(),
+            self.me.clone(),
+            self.clock.clone(),
+            self.signals.clone(),
+            store,
+        ));
+        buckets.insert(name, bucket.clone());
+        bucket
     }
 
     /// The bucket called `name` if this replica has it.
@@ -264,9 +266,7 @@ impl Local {
     }
 
     pub fn bucket_list(&self) -> Vec<Arc<Bucket>> {
-        let mut list: Vec<_> = self.buckets.read().values().cloned().collect();
-        list.sort_by(|a, b| a.name().cmp(b.name()));
-        list
+        self.buckets.read().values().cloned().collect()
     }
 
     pub fn wire_context(&self, bucket: &Bucket) -> WireContext {
@@ -286,16 +286,16 @@ impl Local {
             listen_host,
             wall_ms: self.clock.wall_ms(),
             members,
-            buckets: self
-                .bucket_list()
-                .into_iter()
-                .map(|b| BucketSummary {
-                    name: b.name().clone(),
-                    context: self.wire_context(&b),
-                    collected: to_wire(b.collected()),
-                })
-                .collect(),
         }
+    }
+
+    /// What this replica holds, in the parts that follow its hello.
+    pub fn context_parts(&self) -> Vec<ContextPart> {
+        ContextPart::split(self.bucket_list().into_iter().map(|b| BucketSummary {
+            name: b.name().clone(),
+            context: self.wire_context(&b),
+            collected: to_wire(b.collected()),
+        }))
     }
 
     fn count_merged(&self, merged: Merged) {
@@ -427,14 +427,21 @@ pub struct Session {
     buckets: BTreeMap<Arc<str>, BucketSession>,
     /// Buckets where the other end's own writes arrived since our last ack.
     ack_due: BTreeSet<Arc<str>>,
-    /// Messages queued for the writer (pull requests, fetch requests and replies).
+    /// Messages queued for the writer (our contexts, pull requests, fetch requests and replies).
     outbox: VecDeque<Message>,
+    /// The other end's contexts have not all arrived: until they have, we cannot tell which of our
+    /// writes it lacks, and push none.
+    awaiting_contexts: bool,
+    /// The bucket where the last pass ran out of send budget; the next one starts there.
+    resume_at: Option<Arc<str>>,
 }
 
 impl Session {
-    /// Starts a session from the other end's hello.
+    /// Starts a session from the other end's hello, and queues this replica's contexts to follow its
+    /// own hello; the other end's contexts, with its horizon, arrive as `Contexts` parts
+    /// (`absorb_part`), each bucket's whole in one part.
     ///
-    /// Each side's hello carries its collection horizon H: every dot any member held at a collection
+    /// Each side's contexts carry its collection horizon H: every dot any member held at a collection
     /// it made or inherited. If the other end's H is beyond this replica's context and H, this replica
     /// missed a collection. Empty (it joined or restarted empty), it inherits that H at once, so it
     /// can tell a returning replica in turn. Holding data, it is stale: it takes no writes in until it
@@ -446,16 +453,33 @@ impl Session {
     /// replica knows of are refused until that peer's context covers this replica's horizon.
     pub fn new(local: &Local, theirs: &Hello) -> Result<Session, LinkError> {
         local.check_clock(theirs.wall_ms)?;
-        let mut session = Session {
+        Ok(Session {
             peer: local.replicas.intern(&theirs.replica),
             buckets: BTreeMap::new(),
             ack_due: BTreeSet::new(),
-            outbox: VecDeque::new(),
-        };
-        for summary in &theirs.buckets {
+            outbox: local
+                .context_parts()
+                .into_iter()
+                .map(Message::Contexts)
+                .collect(),
+            awaiting_contexts: true,
+            resume_at: None,
+        })
+    }
+
+    /// Takes one part of the other end's contexts (see `new`).
+    fn absorb_part(&mut self, local: &Local, part: ContextPart) -> Result<(), LinkError> {
+        if !self.awaiting_contexts {
+            return Err(LinkError::Protocol(
+                "contexts after the hello's last part".into(),
+            ));
+        }
+        for summary in &part.buckets {
             check_bucket_name(&summary.name)?;
+        }
+        for summary in part.buckets {
             let bucket = local.bucket(&summary.name);
-            session.absorb_context(local, summary.name.clone(), &summary.context);
+            self.absorb_context(local, summary.name.clone(), &summary.context);
             let horizon: Context = summary
                 .collected
                 .iter()
@@ -467,17 +491,18 @@ impl Session {
                 if mine.is_empty() {
                     bucket.note_collected(&horizon);
                 } else {
-                    tracing::info!(bucket = %bucket.name(), peer = %session.peer.id(), "away past a collection: resync before taking writes in");
+                    tracing::info!(bucket = %bucket.name(), peer = %self.peer.id(), "away past a collection: resync before taking writes in");
                     local.note_stale(bucket.name(), &horizon);
                 }
             }
             let known: Context = bucket.collected().into_iter().collect();
-            let state = session.buckets.entry(summary.name.clone()).or_default();
+            let state = self.buckets.entry(summary.name.clone()).or_default();
             state.refused = !covers(&[&state.reported, &horizon], &known);
             state.horizon = horizon;
-            session.review(local, &bucket);
+            self.review(local, &bucket);
         }
-        Ok(session)
+        self.awaiting_contexts = !part.last;
+        Ok(())
     }
 
     /// After the other end reported its context: takes its writes in again once it covers this
@@ -697,6 +722,10 @@ impl Session {
                 local.check_clock(wall_ms)?;
                 Ok(Inbound::Nothing)
             }
+            Message::Contexts(part) => {
+                self.absorb_part(local, part)?;
+                Ok(Inbound::Nothing)
+            }
             Message::Members(list) => Ok(Inbound::Members(list)),
             Message::Leave => Ok(Inbound::Leave),
             Message::Hello(_) => Err(LinkError::Protocol("second hello".into())),
@@ -830,7 +859,7 @@ impl Session {
                 .contiguous();
             wire::encode_frame(&Message::Ack { bucket, upto }, buf)?;
         }
-        let buckets = local.bucket_list();
+        let mut buckets = local.bucket_list();
         if digest_due {
             for b in &buckets {
                 let msg = Message::Digest {
@@ -839,6 +868,15 @@ impl Session {
                 };
                 wire::encode_frame(&msg, buf)?;
             }
+        }
+        if self.awaiting_contexts {
+            return Ok(false);
+        }
+        // Start where the last pass ran out of budget, so a catch-up over many buckets walks them once
+        // rather than once per send.
+        if let Some(at) = self.resume_at.take() {
+            let i = buckets.partition_point(|b| **b.name() < *at);
+            buckets.rotate_left(i);
         }
         for bucket in buckets {
             let state = self.buckets.entry(bucket.name().clone()).or_default();
@@ -855,6 +893,7 @@ impl Session {
                 &mut SeqRanges::new(),
                 buf,
             )? {
+                self.resume_at = Some(bucket.name().clone());
                 return Ok(true);
             }
             // Then what the other end asked for.
@@ -871,6 +910,7 @@ impl Session {
                     state.requested.insert(origin, rest);
                 }
                 if full {
+                    self.resume_at = Some(bucket.name().clone());
                     return Ok(true);
                 }
             }

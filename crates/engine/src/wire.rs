@@ -16,7 +16,9 @@ use crate::store::Write;
 /// Version of the message encoding; a frame with another version closes the link. 2: string values
 /// travel as themselves (`value::TAG_STRING`), which a version-1 peer would take for malformed. 3: a
 /// batch names the keys of the superseded seqs it covers (`OpsBatch::superseded`).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// 4: the hello carries no contexts; they follow it in `Contexts` parts, so any number of buckets
+/// links.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -27,6 +29,8 @@ pub const MAX_BUCKET_NAME: usize = 255;
 pub const MAX_KEY: usize = 64 * 1024;
 /// Largest value (JSON text or bytes), in bytes; with the key and headers it fits well in a frame.
 pub const MAX_VALUE: usize = 8 * 1024 * 1024;
+/// Bytes of contexts per `Contexts` part, roughly (one origin's ranges are never split).
+pub const CONTEXT_PART_BYTES: usize = 1024 * 1024;
 
 /// What a replica holds of one bucket: per origin, the seqs it has applied or knows to be covered.
 pub type WireContext = Vec<(ReplicaId, SeqRanges)>;
@@ -34,8 +38,8 @@ pub type WireContext = Vec<(ReplicaId, SeqRanges)>;
 /// Everything peers say to each other.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// First message on every link, from both ends: who I am, where I listen, whom I know, and what I
-    /// hold, so the other end can start sending what I lack at once.
+    /// First message on every link, from both ends: who I am, where I listen and whom I know. What I
+    /// hold follows at once in `Contexts` parts.
     Hello(Hello),
     /// Members I know of, sent when I learn new ones.
     Members(Vec<MemberInfo>),
@@ -89,6 +93,10 @@ pub enum Message {
         writes: Vec<Write>,
         done: bool,
     },
+    /// What I hold, right after my hello, in parts bounded by `CONTEXT_PART_BYTES`; the last has
+    /// `last` set. Until it arrives the other end sends me none of its writes, since it cannot yet
+    /// tell which I lack.
+    Contexts(ContextPart),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,7 +107,49 @@ pub struct Hello {
     pub listen_host: Option<String>,
     pub wall_ms: u64,
     pub members: Vec<MemberInfo>,
+}
+
+/// Part of what a replica holds: summaries of some buckets (one bucket's summary may be split over
+/// several parts, by origin; the receiver takes their union).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContextPart {
     pub buckets: Vec<BucketSummary>,
+    pub last: bool,
+}
+
+impl ContextPart {
+    /// Groups `summaries` into parts of about `CONTEXT_PART_BYTES` each (at least one part, the last
+    /// marked). A bucket's summary is never split (the receiver judges a bucket's horizon against its
+    /// whole context): one larger than a part travels alone, up to `MAX_FRAME`.
+    pub fn split(summaries: impl IntoIterator<Item = BucketSummary>) -> Vec<ContextPart> {
+        let mut parts = Vec::new();
+        let mut current = Vec::new();
+        let mut bytes = 0;
+        for summary in summaries {
+            let size = summary.name.len()
+                + 8
+                + summary
+                    .context
+                    .iter()
+                    .chain(&summary.collected)
+                    .map(|(rid, ranges)| rid.node.len() + 16 + 20 * ranges.ranges().len())
+                    .sum::<usize>();
+            if bytes + size > CONTEXT_PART_BYTES && !current.is_empty() {
+                parts.push(ContextPart {
+                    buckets: std::mem::take(&mut current),
+                    last: false,
+                });
+                bytes = 0;
+            }
+            bytes += size;
+            current.push(summary);
+        }
+        parts.push(ContextPart {
+            buckets: current,
+            last: true,
+        });
+        parts
+    }
 }
 
 /// What a replica holds of one bucket, and what it has collected (tombstones dropped once every
@@ -260,6 +310,88 @@ mod tests {
         assert_eq!(
             decode_frame(&buf),
             Err(WireError::FrameTooLarge(u32::MAX as usize))
+        );
+    }
+
+    fn summary(name: &str, origins: u64) -> BucketSummary {
+        BucketSummary {
+            name: name.into(),
+            context: (0..origins)
+                .map(|i| {
+                    (
+                        ReplicaId {
+                            node: format!("node-{i:0>40}").into(),
+                            incarnation: i,
+                        },
+                        SeqRanges::up_to(i + 1),
+                    )
+                })
+                .collect(),
+            collected: vec![(
+                ReplicaId {
+                    node: "c".into(),
+                    incarnation: 1,
+                },
+                SeqRanges::up_to(3),
+            )],
+        }
+    }
+
+    /// Contexts of any number of buckets travel in bounded frames and add up to what was split; a
+    /// bucket larger than a part travels whole, alone.
+    #[test]
+    fn contexts_of_any_size_split_into_bounded_parts_that_add_up() {
+        let mut summaries: Vec<BucketSummary> = (0..30_000)
+            .map(|i| summary(&format!("bucket-{i:0>200}"), 1))
+            .collect();
+        summaries.push(summary("wide", 60_000));
+        let parts = ContextPart::split(summaries.clone());
+        assert!(parts.len() > 8, "{} parts", parts.len());
+        assert!(parts.iter().rev().skip(1).all(|p| !p.last) && parts.last().unwrap().last);
+        let mut rebuilt: std::collections::BTreeMap<Arc<str>, BucketSummary> = Default::default();
+        for part in parts {
+            let mut buf = Vec::new();
+            encode_frame(&Message::Contexts(part.clone()), &mut buf).unwrap();
+            let wide = part.buckets.iter().any(|b| &*b.name == "wide");
+            assert!(
+                buf.len() < 2 * CONTEXT_PART_BYTES || (wide && part.buckets.len() == 1),
+                "a part of {} bytes",
+                buf.len()
+            );
+            for s in part.buckets {
+                let r = rebuilt.entry(s.name.clone()).or_insert(BucketSummary {
+                    name: s.name.clone(),
+                    context: Vec::new(),
+                    collected: Vec::new(),
+                });
+                r.context.extend(s.context);
+                r.collected.extend(s.collected);
+            }
+        }
+        summaries.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(rebuilt.into_values().collect::<Vec<_>>(), summaries);
+        let empty = ContextPart::split(Vec::new());
+        assert_eq!(
+            empty,
+            vec![ContextPart {
+                buckets: Vec::new(),
+                last: true
+            }]
+        );
+    }
+
+    /// A peer of the previous version (whose hello carried the contexts) is refused at its first
+    /// frame, with an error that names both versions.
+    #[test]
+    fn a_version_3_hello_is_refused_with_a_clear_error() {
+        let mut buf = Vec::new();
+        encode_frame(&Message::Leave, &mut buf).unwrap();
+        buf[LEN_BYTES] = 3;
+        let err = decode_frame(&buf).unwrap_err();
+        assert_eq!(err, WireError::Version(3));
+        assert_eq!(
+            err.to_string(),
+            "unsupported protocol version 3 (this peer speaks 4)"
         );
     }
 

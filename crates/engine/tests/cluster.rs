@@ -369,3 +369,69 @@ async fn a_peer_up_that_happens_before_anyone_subscribes_is_delivered_to_the_fir
     a.close(Duration::ZERO).await;
     b.close(Duration::ZERO).await;
 }
+
+/// A long bucket name (they may be up to 255 bytes): 100,000 of them alone take more than one frame.
+fn long_bucket_name(i: usize) -> String {
+    format!("{i:06}/tenant/{:x<185}", "")
+}
+
+/// Waits up to `secs` seconds (large states take a while in a debug build).
+async fn eventually_within(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_holding_100000_buckets_link_and_converge() {
+    const BUCKETS: usize = 100_000;
+    // What this test is about is the link; the periodic passes over every bucket (digests, pull
+    // planning, collection rounds) are slow over 100,000 buckets in a debug build, and are spaced
+    // out (a pull planned while the push is still under way would fetch the same writes twice).
+    let slow_digests = |c: Config| Config {
+        digest_every: Duration::from_secs(30),
+        pull_every: Duration::from_secs(30),
+        collect_every: Duration::from_secs(600),
+        dead_after: Duration::from_secs(10),
+        ..c
+    };
+    let a = Node::start(slow_digests(config("a", vec![])))
+        .await
+        .unwrap();
+    for i in 0..BUCKETS {
+        a.bucket(&long_bucket_name(i)).write(
+            "k",
+            Some(value::encode_json(&i.to_string())),
+            Lifetime::Forever,
+        );
+    }
+    let b = Node::start(slow_digests(config("b", vec![a.address().to_string()])))
+        .await
+        .unwrap();
+    b.bucket("from-b")
+        .write("k", Some(value::encode_json("1")), Lifetime::Forever);
+    let last = b.bucket(&long_bucket_name(BUCKETS - 1));
+    eventually_within(120, "b holds the last bucket of a", || {
+        get(&last, "k").is_some()
+    })
+    .await;
+    eventually_within(60, "b holds every bucket of a", || b.stats().keys > BUCKETS).await;
+    eventually_within(30, "a holds b's bucket", || {
+        get(&a.bucket("from-b"), "k").is_some()
+    })
+    .await;
+    for i in [0, BUCKETS / 2, BUCKETS - 1] {
+        assert_eq!(
+            get(&b.bucket(&long_bucket_name(i)), "k"),
+            Some(i.to_string())
+        );
+    }
+    for n in [a, b] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}

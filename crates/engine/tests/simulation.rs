@@ -207,6 +207,43 @@ impl Sim {
         self.sessions[j][i] = Some(Session::new(&self.locals[j], &hi).expect("hello accepted"));
         self.net
             .retain(|f| !((f.from == i && f.to == j) || (f.from == j && f.to == i)));
+        // The contexts follow the hellos on the same connection, which loses nothing; both are sent
+        // before either arrives.
+        let from_i = self.contexts(i, j);
+        let from_j = self.contexts(j, i);
+        self.receive_contexts(j, i, from_i);
+        self.receive_contexts(i, j, from_j);
+    }
+
+    /// What replica i's new session about j sends first: its contexts.
+    fn contexts(&mut self, i: usize, j: usize) -> Vec<Message> {
+        let mut buf = Vec::new();
+        let session = self.sessions[i][j].as_mut().expect("linked");
+        while session
+            .fill(&self.locals[i], &mut buf, false)
+            .expect("fill")
+        {}
+        let mut msgs = Vec::new();
+        let mut at = 0;
+        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("own frames decode") {
+            at += used;
+            assert!(
+                matches!(msg, Message::Contexts(_)),
+                "sent before the contexts: {msg:?}"
+            );
+            msgs.push(msg);
+        }
+        msgs
+    }
+
+    /// Replica j's session about i takes i's contexts.
+    fn receive_contexts(&mut self, j: usize, i: usize, msgs: Vec<Message>) {
+        let receiver = self.sessions[j][i].as_mut().expect("linked");
+        for msg in msgs {
+            receiver
+                .handle(&self.locals[j], msg)
+                .expect("contexts accepted");
+        }
     }
 
     /// Replica i writes `value` (a tombstone when `None`) to `key` of `bucket`, logged.
