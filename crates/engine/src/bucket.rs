@@ -129,6 +129,9 @@ impl Bucket {
         value: Option<Box<[u8]>>,
         lifetime: Lifetime,
     ) -> Write {
+        // Expiries due by now are reported first, as for a merge: a key that expired and is written
+        // over before the periodic sweep ran still showed its expiry to readers.
+        self.sweep();
         let listening = self.has_subscriber.load(Ordering::Acquire);
         // Changes are emitted under the store's lock, so listeners see them in the order they applied.
         let write = self.store.write_local(
