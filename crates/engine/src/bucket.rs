@@ -42,7 +42,7 @@ impl Bucket {
         signal: Arc<dyn WriteSignal>,
         store: Box<dyn Store>,
     ) -> Self {
-        Bucket {
+        let bucket = Bucket {
             name,
             store,
             me,
@@ -51,7 +51,12 @@ impl Bucket {
             has_subscriber: AtomicBool::new(false),
             subscriber: Mutex::new(None),
             collected: Mutex::new(BTreeMap::new()),
-        }
+        };
+        // A restored store judges expiry from time zero: sweeping it now, before anyone can listen,
+        // counts a value that died before the restart as dead without announcing it (this process
+        // never showed it).
+        bucket.expire(bucket.now_ms());
+        bucket
     }
 
     pub fn name(&self) -> &Arc<str> {
