@@ -1154,9 +1154,11 @@ impl Store for MemoryStore {
             .checked_add(1)
             .expect("sequence numbers exhausted");
         state.see(me, seq);
+        // A time to live counts from the store's now, not the stamp alone: after the wall clock
+        // stepped back the stamp may be older than what was swept, and the value would be stored dead.
         let expires_ms = match (lifetime, &value) {
             (_, None) | (Lifetime::Forever, _) => 0,
-            (Lifetime::Ttl(ms), _) => hlc.physical_ms().saturating_add(ms.max(1)),
+            (Lifetime::Ttl(ms), _) => state.now(hlc.physical_ms()).saturating_add(ms.max(1)),
             (Lifetime::Until(at), _) => at,
         };
         let mut write = Write {
@@ -1190,7 +1192,7 @@ impl Store for MemoryStore {
             hlc,
             seq,
             value: None,
-            expires_ms: hlc.physical_ms().saturating_add(ttl_ms.max(1)),
+            expires_ms: state.now(hlc.physical_ms()).saturating_add(ttl_ms.max(1)),
             touch: true,
         };
         state.apply(me, &mut write, &mut |_| {});
