@@ -1490,12 +1490,26 @@ impl Store for MemoryStore {
             }
             let everywhere = e.writes(&key).all(|(o, w)| collectable(&o, w.seq));
             if everywhere {
-                if e.seq > 0 {
+                let value = (e.seq > 0).then(|| Collected {
+                    hlc: e.hlc,
+                    origin: Some(e.origin.clone()),
+                });
+                // A touch whose expiry has passed expires every older write that comes back, as it
+                // would have under the touch: it guards the key like a tombstone at its time.
+                let touch = e
+                    .touch
+                    .as_ref()
+                    .filter(|t| t.expires_ms <= now)
+                    .map(|t| Collected {
+                        hlc: t.hlc,
+                        origin: Some(t.origin.clone()),
+                    });
+                let newest = match (value, touch) {
+                    (Some(v), Some(t)) => Some(if t.place() > v.place() { t } else { v }),
+                    (v, t) => v.or(t),
+                };
+                if let Some(register) = newest {
                     let fingerprint = key_fingerprint(&key);
-                    let register = Collected {
-                        hlc: e.hlc,
-                        origin: Some(e.origin.clone()),
-                    };
                     state
                         .collected
                         .remember(fingerprint, register, older_than_ms);
