@@ -42,7 +42,7 @@ impl Bucket {
         signal: Arc<dyn WriteSignal>,
         store: Box<dyn Store>,
     ) -> Self {
-        Bucket {
+        let bucket = Bucket {
             name,
             store,
             me,
@@ -51,7 +51,12 @@ impl Bucket {
             has_subscriber: AtomicBool::new(false),
             subscriber: Mutex::new(None),
             collected: Mutex::new(BTreeMap::new()),
-        }
+        };
+        // A restored store judges expiry from time zero: sweeping it now, before anyone can listen,
+        // counts a value that died before the restart as dead without announcing it (this process
+        // never showed it).
+        bucket.expire(bucket.now_ms());
+        bucket
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -129,6 +134,9 @@ impl Bucket {
         value: Option<Box<[u8]>>,
         lifetime: Lifetime,
     ) -> Write {
+        // Expiries due by now are reported first, as for a merge: a key that expired and is written
+        // over before the periodic sweep ran still showed its expiry to readers.
+        self.sweep();
         let listening = self.has_subscriber.load(Ordering::Acquire);
         // Changes are emitted under the store's lock, so listeners see them in the order they applied.
         let write = self.store.write_local(

@@ -1154,9 +1154,11 @@ impl Store for MemoryStore {
             .checked_add(1)
             .expect("sequence numbers exhausted");
         state.see(me, seq);
+        // A time to live counts from the store's now, not the stamp alone: after the wall clock
+        // stepped back the stamp may be older than what was swept, and the value would be stored dead.
         let expires_ms = match (lifetime, &value) {
             (_, None) | (Lifetime::Forever, _) => 0,
-            (Lifetime::Ttl(ms), _) => hlc.physical_ms().saturating_add(ms.max(1)),
+            (Lifetime::Ttl(ms), _) => state.now(hlc.physical_ms()).saturating_add(ms.max(1)),
             (Lifetime::Until(at), _) => at,
         };
         let mut write = Write {
@@ -1190,7 +1192,7 @@ impl Store for MemoryStore {
             hlc,
             seq,
             value: None,
-            expires_ms: hlc.physical_ms().saturating_add(ttl_ms.max(1)),
+            expires_ms: state.now(hlc.physical_ms()).saturating_add(ttl_ms.max(1)),
             touch: true,
         };
         state.apply(me, &mut write, &mut |_| {});
@@ -1488,12 +1490,26 @@ impl Store for MemoryStore {
             }
             let everywhere = e.writes(&key).all(|(o, w)| collectable(&o, w.seq));
             if everywhere {
-                if e.seq > 0 {
+                let value = (e.seq > 0).then(|| Collected {
+                    hlc: e.hlc,
+                    origin: Some(e.origin.clone()),
+                });
+                // A touch whose expiry has passed expires every older write that comes back, as it
+                // would have under the touch: it guards the key like a tombstone at its time.
+                let touch = e
+                    .touch
+                    .as_ref()
+                    .filter(|t| t.expires_ms <= now)
+                    .map(|t| Collected {
+                        hlc: t.hlc,
+                        origin: Some(t.origin.clone()),
+                    });
+                let newest = match (value, touch) {
+                    (Some(v), Some(t)) => Some(if t.place() > v.place() { t } else { v }),
+                    (v, t) => v.or(t),
+                };
+                if let Some(register) = newest {
                     let fingerprint = key_fingerprint(&key);
-                    let register = Collected {
-                        hlc: e.hlc,
-                        origin: Some(e.origin.clone()),
-                    };
                     state
                         .collected
                         .remember(fingerprint, register, older_than_ms);

@@ -1,0 +1,810 @@
+//! Scenarios built to break the engine's invariants, each the smallest schedule found that does.
+//!
+//! Every test drives real replicas (`Local`, `Session`, `Bucket`, `Collector`, `PullPlanner`) over real
+//! encoded frames, deterministically, and is named for the invariant it checks:
+//! - P: a replica shows for a key the last-writer-wins maximum, by `(hlc, origin)`, of exactly the
+//!   writes its context covers, none if that maximum is a tombstone or expired;
+//! - replicas that exchanged everything show the same thing for every key;
+//! - a listener hears exactly one `'change'` per change of what a key shows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peer_buckets_engine::acks::{AckLevel, Registered};
+use peer_buckets_engine::bucket::Bucket;
+use peer_buckets_engine::clock::{Clock, Hlc, ManualClock, PhysicalClock};
+use peer_buckets_engine::collect::Collector;
+use peer_buckets_engine::error::LinkError;
+use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::ranges::SeqRanges;
+use peer_buckets_engine::replica::{Origin, ReplicaId};
+use peer_buckets_engine::store::{Change, Entry, Lifetime, MemoryStore, Write};
+use peer_buckets_engine::sync::{Local, PullPlanner, Session};
+use peer_buckets_engine::value;
+use peer_buckets_engine::wire::{self, Message};
+
+const START_MS: u64 = 1_700_000_000_000;
+const BUCKET: &str = "b";
+const SKEW_MS: u64 = 60_000;
+
+fn json(v: &str) -> Box<[u8]> {
+    value::encode_json(&format!("\"{v}\""))
+}
+
+fn new_local(name: &str, incarnation: u64, time: &Arc<ManualClock>, offset_ms: i64) -> Local {
+    let clock = Arc::new(Clock::new(Box::new(time.clone())));
+    clock.set_offset_ms(offset_ms);
+    let mut local = Local::new(name.into(), incarnation, clock, SKEW_MS);
+    local.tombstone_min_age_ms = 1_000;
+    local
+}
+
+/// What `bucket` shows for `key`.
+fn shows(bucket: &Bucket, key: &str) -> Option<Vec<u8>> {
+    let mut out = None;
+    bucket.read(key, &mut |v| out = Some(v.to_vec()));
+    out
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        out.push(match (&c.value, c.expired) {
+            (Some(v), _) => format!("{} set {}", c.key, String::from_utf8_lossy(v)),
+            (None, true) => format!("{} expired", c.key),
+            (None, false) => format!("{} deleted", c.key),
+        });
+    }
+    out
+}
+
+/// How `drain` shows a set of `key` to `v`.
+fn set(key: &str, v: &str) -> String {
+    format!("{key} set {}", String::from_utf8_lossy(&json(v)))
+}
+
+/// Replicas by index, linked pairwise by sessions, exchanging real frames in order.
+struct World {
+    time: Arc<ManualClock>,
+    locals: Vec<Local>,
+    planners: Vec<PullPlanner>,
+    collectors: Vec<Collector>,
+    /// (i, j): replica i's session about replica j.
+    sessions: BTreeMap<(usize, usize), Session>,
+}
+
+impl World {
+    fn new(names: &[&str]) -> World {
+        World::skewed(&names.iter().map(|n| (*n, 0)).collect::<Vec<_>>())
+    }
+
+    /// Replicas whose wall clocks are off by the given milliseconds.
+    fn skewed(nodes: &[(&str, i64)]) -> World {
+        let time = Arc::new(ManualClock::new(START_MS));
+        let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
+        World {
+            locals: nodes
+                .iter()
+                .map(|(n, off)| new_local(n, 1, &time, *off))
+                .collect(),
+            planners: names.iter().map(|_| PullPlanner::default()).collect(),
+            collectors: names.iter().map(|_| Collector::default()).collect(),
+            sessions: BTreeMap::new(),
+            time,
+        }
+    }
+
+    fn bucket(&self, i: usize) -> Arc<Bucket> {
+        self.locals[i].bucket(BUCKET)
+    }
+
+    fn link(&mut self, i: usize, j: usize) {
+        let hi = self.locals[i].hello(7000, None, vec![]);
+        let hj = self.locals[j].hello(7000, None, vec![]);
+        let si = Session::new(&self.locals[i], &hj).expect("hello accepted");
+        let sj = Session::new(&self.locals[j], &hi).expect("hello accepted");
+        self.sessions.insert((i, j), si);
+        self.sessions.insert((j, i), sj);
+    }
+
+    fn unlink(&mut self, i: usize, j: usize) {
+        self.sessions.remove(&(i, j));
+        self.sessions.remove(&(j, i));
+    }
+
+    fn isolate(&mut self, i: usize) {
+        self.sessions.retain(|&(a, b), _| a != i && b != i);
+    }
+
+    /// Replica i restarts empty under a new incarnation, linked to nobody.
+    fn restart_empty(&mut self, i: usize, incarnation: u64) {
+        self.isolate(i);
+        let name = self.locals[i].id.to_string();
+        self.locals[i] = new_local(&name, incarnation, &self.time, 0);
+        self.planners[i] = PullPlanner::default();
+        self.collectors[i] = Collector::default();
+    }
+
+    /// The frames replica i's session about j has due.
+    fn frames(&mut self, i: usize, j: usize, digest: bool) -> Vec<Message> {
+        let Some(s) = self.sessions.get_mut(&(i, j)) else {
+            return Vec::new();
+        };
+        let mut buf = Vec::new();
+        while s.fill(&self.locals[i], &mut buf, digest).expect("fill") {}
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("own frames decode") {
+            at += used;
+            out.push(msg);
+        }
+        out
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Message) {
+        self.try_deliver(from, to, msg).expect("message accepted");
+    }
+
+    fn try_deliver(&mut self, from: usize, to: usize, msg: Message) -> Result<(), LinkError> {
+        if let Some(s) = self.sessions.get_mut(&(to, from)) {
+            s.handle(&self.locals[to], msg)?;
+        }
+        Ok(())
+    }
+
+    fn plan(&mut self, i: usize) {
+        let now = self.time.now_ms();
+        let linked: Vec<Origin> = self
+            .sessions
+            .iter()
+            .filter(|((a, _), _)| *a == i)
+            .map(|(_, s)| s.peer.clone())
+            .collect();
+        let mut sessions: Vec<&mut Session> = self
+            .sessions
+            .iter_mut()
+            .filter(|((a, _), _)| *a == i)
+            .map(|(_, s)| s)
+            .collect();
+        self.planners[i].plan(&self.locals[i], &mut sessions, now, &|o| linked.contains(o));
+    }
+
+    /// Rounds of planning and in-order delivery on every link, with digests, time moving on.
+    fn pump(&mut self) {
+        for _ in 0..12 {
+            self.time.advance(700);
+            for i in 0..self.locals.len() {
+                self.plan(i);
+            }
+            let pairs: Vec<(usize, usize)> = self.sessions.keys().copied().collect();
+            for (i, j) in pairs {
+                for msg in self.frames(i, j, true) {
+                    self.deliver(i, j, msg);
+                }
+            }
+        }
+    }
+
+    /// A collection round at replica i with `members` (the others) as the member set.
+    fn collect(&mut self, i: usize, members: &[usize]) -> usize {
+        let ids: Vec<Arc<str>> = members.iter().map(|&m| self.locals[m].id.clone()).collect();
+        let sessions: Vec<&Session> = self
+            .sessions
+            .iter()
+            .filter(|((a, _), _)| *a == i)
+            .map(|(_, s)| s)
+            .collect();
+        self.collectors[i].round(&self.locals[i], &ids, &sessions)
+    }
+
+    /// Two collection rounds among `members`, with digests between, long after the last write.
+    fn collect_among(&mut self, members: &[usize]) -> usize {
+        self.time.advance(5_000);
+        self.pump();
+        let mut n = 0;
+        for round in 0..2 {
+            for &i in members {
+                let others: Vec<usize> = members.iter().copied().filter(|&m| m != i).collect();
+                n += self.collect(i, &others);
+            }
+            if round == 0 {
+                self.pump();
+            }
+        }
+        n
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 1. Counters and events.
+
+/// A key that expired is a visible change (reads stop showing it) whatever comes next: a local
+/// write over it before the periodic sweep ran must not swallow that expiry.
+#[test]
+fn a_local_write_over_an_expired_key_reports_its_expiry_first() {
+    let time = Arc::new(ManualClock::new(START_MS));
+    let local = new_local("a", 1, &time, 0);
+    let bucket = local.bucket(BUCKET);
+    let mut rx = bucket.subscribe();
+    bucket.write("k", Some(json("v1")), Lifetime::Ttl(100));
+    time.advance(500);
+    assert_eq!(
+        shows(&bucket, "k"),
+        None,
+        "k expired: reads no longer show it"
+    );
+    bucket.write("k", Some(json("v2")), Lifetime::Forever);
+    assert_eq!(
+        drain(&mut rx),
+        vec![set("k", "v1"), "k expired".to_string(), set("k", "v2")],
+        "the listener must hear the expiry it saw happen"
+    );
+}
+
+/// The wall clock steps back (an NTP correction) on an idle replica: a value written now with a time to
+/// live must be readable for that time here, as it is on every other replica.
+#[test]
+fn a_local_ttl_write_is_readable_after_the_wall_clock_steps_back() {
+    let time = Arc::new(ManualClock::new(START_MS));
+    let local = new_local("a", 1, &time, 0);
+    let bucket = local.bucket(BUCKET);
+    let mut rx = bucket.subscribe();
+    bucket.write("old", Some(json("x")), Lifetime::Ttl(1_000));
+    time.advance(20_000);
+    assert_eq!(bucket.len(), 0, "the sweep ran at the wall clock's time");
+    drain(&mut rx);
+    time.set(START_MS + 10_000);
+    bucket.write("k", Some(json("v")), Lifetime::Ttl(5_000));
+    assert_eq!(
+        shows(&bucket, "k"),
+        Some(json("v").to_vec()),
+        "a value written with 5 s to live is readable at once"
+    );
+    assert_eq!(drain(&mut rx), vec![set("k", "v")]);
+}
+
+/// A store restored from disk judges expiry from time zero: a key that expired (and was reported)
+/// before the restart is counted live and announced as expiring again in the new process.
+#[test]
+fn a_restore_announces_no_expiry_of_a_key_dead_before_the_restart() {
+    let time = Arc::new(ManualClock::new(START_MS));
+    let local = new_local("a", 2, &time, 0);
+    let old = local.replicas.intern(&ReplicaId {
+        node: "a".into(),
+        incarnation: 1,
+    });
+    let entry = Entry {
+        value: Some(json("v")),
+        hlc: Hlc::from_parts(START_MS - 3_600_000, 0),
+        origin: old.clone(),
+        seq: 1,
+        expires_ms: START_MS - 3_000_000,
+        touch: None,
+    };
+    let store = MemoryStore::restore(
+        vec![("k".into(), entry)],
+        vec![(old, SeqRanges::up_to(1))],
+        vec![],
+        vec![],
+        Hlc(0),
+        true,
+    );
+    let bucket = local.install_bucket(BUCKET, Box::new(store));
+    let mut rx = bucket.subscribe();
+    assert_eq!(shows(&bucket, "k"), None);
+    assert_eq!(bucket.len(), 0);
+    assert_eq!(
+        drain(&mut rx),
+        Vec::<String>::new(),
+        "nothing this process showed changed"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 2. Divergence and invariant P.
+
+fn origin(local: &Local, node: &str) -> Origin {
+    local.replicas.intern(&ReplicaId {
+        node: node.into(),
+        incarnation: 1,
+    })
+}
+
+fn write(key: &str, hlc: Hlc, seq: u64, v: Option<&str>) -> Write {
+    Write {
+        key: key.into(),
+        hlc,
+        seq,
+        value: v.map(json),
+        expires_ms: 0,
+        touch: false,
+    }
+}
+
+/// Equal HLCs across origins are ordinary (same millisecond, counter 0): a tombstone that beat a set
+/// by origin alone, once collected, must still beat that set when it comes back.
+#[test]
+fn a_collected_tombstone_that_won_by_origin_alone_keeps_its_key_deleted() {
+    let time = Arc::new(ManualClock::new(START_MS));
+    let local = new_local("m", 1, &time, 0);
+    let bucket = local.bucket(BUCKET);
+    let (y, z) = (origin(&local, "y"), origin(&local, "z"));
+    let h = Hlc::from_parts(START_MS - 10_000, 0);
+    // z deleted k in the same millisecond as y set it; (h, z) > (h, y).
+    bucket
+        .merge(&z, vec![write("k", h, 1, None)], &SeqRanges::new())
+        .unwrap();
+    assert_eq!(bucket.store().collect(START_MS, &mut |_, _| true), 1);
+    // y's set comes back from a replica that was away past the collection.
+    bucket
+        .merge(&y, vec![write("k", h, 1, Some("y"))], &SeqRanges::new())
+        .unwrap();
+    assert_eq!(
+        shows(&bucket, "k"),
+        None,
+        "P: the context covers (h, z)'s tombstone, which beats (h, y)'s set"
+    );
+}
+
+/// A stand-in tombstone stands for a collected register; it must not beat a write that is newer than
+/// that register by the `(hlc, origin)` order.
+#[test]
+fn a_stand_in_never_beats_a_write_newer_than_the_collected_register() {
+    let time = Arc::new(ManualClock::new(START_MS));
+    let local = new_local("m", 1, &time, 0);
+    let bucket = local.bucket(BUCKET);
+    let (a, b, c) = (
+        origin(&local, "a"),
+        origin(&local, "b"),
+        origin(&local, "c"),
+    );
+    let h = Hlc::from_parts(START_MS - 10_000, 0);
+    bucket
+        .merge(&b, vec![write("k", h, 1, None)], &SeqRanges::new())
+        .unwrap();
+    assert_eq!(bucket.store().collect(START_MS, &mut |_, _| true), 1);
+    // An old write comes back: it meets a stand-in at the collected register's time, (h, m).
+    let older = Hlc(h.0 - 1);
+    bucket
+        .merge(
+            &a,
+            vec![write("k", older, 1, Some("old"))],
+            &SeqRanges::new(),
+        )
+        .unwrap();
+    assert_eq!(shows(&bucket, "k"), None);
+    // c set k in the same millisecond as b's delete: (h, c) > (h, b), the register collected.
+    bucket
+        .merge(&c, vec![write("k", h, 1, Some("c"))], &SeqRanges::new())
+        .unwrap();
+    assert_eq!(
+        shows(&bucket, "k"),
+        Some(json("c").to_vec()),
+        "(h, c) is newer than every write the stand-in stands for"
+    );
+}
+
+/// A touch newer than a write gives that write its expiry (the write lands under the touch register).
+/// Once the touched value expires and is collected, the same write coming back must still meet that
+/// expiry: the collected key is guarded by its value register's time only.
+#[test]
+fn a_collected_touch_still_expires_an_older_write_that_comes_back() {
+    let time = Arc::new(ManualClock::new(START_MS));
+    let local = new_local("m", 1, &time, 0);
+    let bucket = local.bucket(BUCKET);
+    let (a, b, x) = (
+        origin(&local, "a"),
+        origin(&local, "b"),
+        origin(&local, "x"),
+    );
+    let at = |ms: u64| Hlc::from_parts(START_MS + ms, 0);
+    // a sets k with a ttl; b touches it later; x's write (made in between, away) has not arrived.
+    let mut v = write("k", at(0), 1, Some("a"));
+    v.expires_ms = START_MS + 1_000;
+    let touch = Write {
+        key: "k".into(),
+        hlc: at(200),
+        seq: 1,
+        value: None,
+        expires_ms: START_MS + 2_000,
+        touch: true,
+    };
+    bucket.merge(&a, vec![v], &SeqRanges::new()).unwrap();
+    bucket.merge(&b, vec![touch], &SeqRanges::new()).unwrap();
+    time.advance(10_000);
+    assert_eq!(bucket.len(), 0, "k expired at the touch's expiry");
+    assert_eq!(
+        bucket.store().collect(START_MS + 5_000, &mut |_, _| true),
+        1
+    );
+    // x's write, older than the touch, comes back: under the touch it is expired.
+    bucket
+        .merge(
+            &x,
+            vec![write("k", at(100), 1, Some("x"))],
+            &SeqRanges::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        shows(&bucket, "k"),
+        None,
+        "P: b's touch (newer than x's write) gives it an expiry long past"
+    );
+}
+
+/// A replica away past a collection must detect it whichever peer it meets first; here it meets one
+/// that joined after the collection and holds the collected dots as bare coverage.
+#[test]
+fn a_missed_collection_is_detected_through_a_peer_that_joined_after_it() {
+    let (a, b, x, j) = (0, 1, 2, 3);
+    let mut w = World::new(&["a", "b", "x", "j"]);
+    w.link(a, b);
+    w.link(a, x);
+    w.link(b, x);
+    w.bucket(a).write("k", Some(json("v1")), Lifetime::Forever);
+    w.pump();
+    assert_eq!(shows(&w.bucket(x), "k"), Some(json("v1").to_vec()));
+    // x goes away and is forgotten; a deletes k; a and b collect the tombstone.
+    w.isolate(x);
+    w.bucket(a).write("k", None, Lifetime::Forever);
+    w.pump();
+    assert!(w.collect_among(&[a, b]) > 0, "the tombstone was collected");
+    // j joins through a, then x comes back and meets j first.
+    w.link(j, a);
+    w.pump();
+    w.link(x, j);
+    w.pump();
+    // Everyone heals.
+    w.link(x, a);
+    w.link(x, b);
+    w.link(j, b);
+    w.pump();
+    let seen: Vec<Option<Vec<u8>>> = [a, b, x, j]
+        .iter()
+        .map(|&i| shows(&w.bucket(i), "k"))
+        .collect();
+    assert!(
+        seen.iter().all(|s| s.is_none()),
+        "every replica covers a's delete, so none shows k (a, b, x, j): {seen:?}"
+    );
+}
+
+/// A full resync drops registers the peer reports covered but not held (superseded there). The
+/// superseder must be held first: otherwise, if the peer is lost before sending it, the dropped
+/// register is gone from a replica whose context still covers it, while every other replica shows it.
+#[test]
+#[ignore = "open: a held reply drops superseded registers before the superseder is held here"]
+fn a_resync_never_drops_a_register_before_holding_what_superseded_it() {
+    let (a, c, r, x, d) = (0, 1, 2, 3, 4);
+    let mut w = World::new(&["a", "c", "r", "x", "d"]);
+    for (i, j) in [(a, c), (a, r), (a, x), (c, r), (c, x), (r, x)] {
+        w.link(i, j);
+    }
+    w.bucket(a).write("k", Some(json("v")), Lifetime::Forever);
+    w.bucket(a).write("j", Some(json("j")), Lifetime::Forever);
+    w.pump();
+    // x goes away and is forgotten; a deletes j, and a, c, r collect it.
+    w.isolate(x);
+    w.bucket(a).write("j", None, Lifetime::Forever);
+    w.pump();
+    assert!(
+        w.collect_among(&[a, c, r]) > 0,
+        "j's tombstone was collected"
+    );
+    // r is cut from a and c; d writes k through r only, and is gone for good.
+    w.unlink(a, r);
+    w.unlink(c, r);
+    w.link(d, r);
+    w.bucket(d).write("k", Some(json("d")), Lifetime::Forever);
+    w.pump();
+    w.isolate(d);
+    assert_eq!(shows(&w.bucket(r), "k"), Some(json("d").to_vec()));
+    // x comes back and meets r first: x asks which of its registers r knows superseded.
+    w.link(x, r);
+    for msg in w.frames(x, r, false) {
+        w.deliver(x, r, msg);
+    }
+    for msg in w.frames(r, x, false) {
+        let reply = matches!(msg, Message::HeldReply { .. });
+        w.deliver(r, x, msg);
+        if reply {
+            break; // the link resets right after the reply
+        }
+    }
+    // r crashes and restarts empty: d's write is lost with it.
+    w.restart_empty(r, 2);
+    for (i, j) in [(a, c), (a, r), (a, x), (c, r), (c, x), (r, x)] {
+        w.link(i, j);
+    }
+    w.pump();
+    let seen: Vec<Option<Vec<u8>>> = [a, c, r, x]
+        .iter()
+        .map(|&i| shows(&w.bucket(i), "k"))
+        .collect();
+    assert!(
+        seen.windows(2).all(|p| p[0] == p[1]),
+        "replicas that exchanged everything show the same k (a, c, r, x): {seen:?}"
+    );
+}
+
+/// A full resync drops a live register the peer reports superseded and collected: what the key shows
+/// changes (it stops showing the value), so the listener must hear it.
+#[test]
+fn a_resync_that_drops_a_live_register_reports_the_change() {
+    let (a, b, x) = (0, 1, 2);
+    let mut w = World::new(&["a", "b", "x"]);
+    for (i, j) in [(a, b), (a, x), (b, x)] {
+        w.link(i, j);
+    }
+    w.bucket(a).write("k", Some(json("v")), Lifetime::Forever);
+    w.pump();
+    let mut rx = w.bucket(x).subscribe();
+    // x goes away and is forgotten; a deletes k, and a and b collect the tombstone.
+    w.isolate(x);
+    w.bucket(a).write("k", None, Lifetime::Forever);
+    w.pump();
+    assert!(w.collect_among(&[a, b]) > 0, "k's tombstone was collected");
+    w.link(x, a);
+    w.link(x, b);
+    w.pump();
+    assert_eq!(shows(&w.bucket(x), "k"), None, "x learned k is deleted");
+    assert_eq!(
+        drain(&mut rx),
+        vec!["k deleted".to_string()],
+        "x's listener heard k go"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 3. Clock.
+
+/// A frame stamped exactly at the ceiling is accepted; the next local write must still stay under the
+/// ceiling, or a peer with the very same wall clock refuses it.
+#[test]
+#[ignore = "open: a tick after observing a stamp at the ceiling must order after it, so it lands past the ceiling"]
+fn a_write_after_a_timestamp_at_the_ceiling_stays_under_the_ceiling() {
+    let (a, b) = (0, 1);
+    let mut w = World::new(&["a", "b"]);
+    w.link(a, b);
+    let c = origin(&w.locals[a], "c");
+    let ceiling = w.locals[a].clock.ceiling();
+    w.bucket(a)
+        .merge(
+            &c,
+            vec![write("j", ceiling, 1, Some("c"))],
+            &SeqRanges::new(),
+        )
+        .expect("a timestamp at the ceiling is allowed");
+    let own = w.bucket(a).write("k", Some(json("a")), Lifetime::Forever);
+    assert!(
+        own.hlc <= w.locals[a].clock.ceiling(),
+        "a's clock moved past wall + maxClockSkew: {:?} > {:?}",
+        own.hlc,
+        w.locals[a].clock.ceiling()
+    );
+    for msg in w.frames(a, b, false) {
+        w.try_deliver(a, b, msg)
+            .expect("b, whose wall clock is a's, accepts a's own write");
+    }
+}
+
+/// a is 30 s ahead of b and 50 s behind c: both links are within the allowed 60 s. c's writes push a's
+/// clock 80 s ahead of b's; a's own writes, stamped after them, must not get a refused by b.
+#[test]
+#[ignore = "open: a clock moved ahead by a third peer stamps writes a peer within skew refuses"]
+fn a_peer_within_skew_is_not_refused_for_the_clock_of_a_third() {
+    let (a, b, c) = (0, 1, 2);
+    let mut w = World::skewed(&[("a", 0), ("b", -30_000), ("c", 50_000)]);
+    w.link(a, c);
+    w.bucket(c).write("j", Some(json("c")), Lifetime::Forever);
+    w.pump();
+    w.link(a, b);
+    w.bucket(a).write("k", Some(json("a")), Lifetime::Forever);
+    let refused: Vec<String> = w
+        .frames(a, b, false)
+        .into_iter()
+        .filter_map(|msg| w.try_deliver(a, b, msg).err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "b refused a, 30 s off, for a write of a's own: {refused:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 4. Acknowledgement levels, on real nodes over loopback.
+
+fn node_config(id: &str, seeds: Vec<String>) -> Config {
+    Config {
+        id: Some(id.into()),
+        seeds,
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(600),
+        backoff_max: Duration::from_millis(300),
+        digest_every: Duration::from_millis(200),
+        member_timeout: Duration::from_millis(1_500),
+        ..Config::default()
+    }
+}
+
+/// A peer given a seed it has not reached yet is not a cluster of one: 'majority' needs a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_is_not_met_by_the_writer_alone_while_a_seed_is_unreached() {
+    // A listener that never answers: the seed exists but is not reached.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let seed = silent.local_addr().unwrap().to_string();
+    let a = Node::start(node_config("a", vec![seed])).await.unwrap();
+    let bucket = a.bucket("s");
+    let (_, registered) = a.write_acked(
+        &bucket,
+        "k".into(),
+        Some(json("v")),
+        Lifetime::Forever,
+        AckLevel::Majority,
+        Duration::from_secs(5),
+    );
+    a.close(Duration::from_secs(1)).await;
+    assert!(
+        matches!(registered, Registered::Pending(_)),
+        "'majority' settled with no other replica holding the write: {registered:?}"
+    );
+}
+
+/// Members that were known and are forgotten after `memberTimeout` (they crashed: no leave) still
+/// count toward 'majority', or the write waits: the writer alone is not a majority of three.
+#[test]
+fn majority_is_not_met_by_the_writer_alone_after_its_members_are_forgotten() {
+    let rt = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (rt_a, rt_others) = (rt(1), rt(1));
+    let a = rt_a
+        .block_on(Node::start(node_config("a", vec![])))
+        .unwrap();
+    let seed = vec![a.address().to_string()];
+    let _b = rt_others
+        .block_on(Node::start(node_config("b", seed.clone())))
+        .unwrap();
+    let _c = rt_others
+        .block_on(Node::start(node_config("c", seed)))
+        .unwrap();
+    let until = |what: &str, check: &dyn Fn() -> bool| {
+        for _ in 0..400 {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("timed out waiting for {what}");
+    };
+    until("a linked to b and c", &|| {
+        a.peers().iter().filter(|p| p.connected).count() == 2
+    });
+    // b and c crash: their runtime stops under them, no leave is sent.
+    rt_others.shutdown_background();
+    until("a forgets b and c", &|| a.peers().is_empty());
+    let bucket = a.bucket("s");
+    let (_, registered) = a.write_acked(
+        &bucket,
+        "k".into(),
+        Some(json("v")),
+        Lifetime::Forever,
+        AckLevel::Majority,
+        Duration::from_secs(5),
+    );
+    rt_a.block_on(a.close(Duration::from_secs(1)));
+    assert!(
+        matches!(registered, Registered::Pending(_)),
+        "'majority' of a, b, c settled by a alone: {registered:?}"
+    );
+}
+
+/// A replica that joins while a stale one returns: the missed collection is checked at the hello
+/// only, so registers it pulls afterwards from the stale replica escape the check.
+#[test]
+fn a_joiner_never_takes_a_collected_write_from_a_stale_replica() {
+    let (a, b, x, d, j) = (0, 1, 2, 3, 4);
+    let mut w = World::new(&["a", "b", "x", "d", "j"]);
+    for (p, q) in [(a, b), (a, x), (a, d), (b, x), (b, d), (x, d)] {
+        w.link(p, q);
+    }
+    w.bucket(d).write("k", Some(json("v")), Lifetime::Forever);
+    w.pump();
+    // d's last write reaches x alone; then d is gone for good and x goes away (forgotten).
+    w.unlink(a, d);
+    w.unlink(b, d);
+    w.bucket(d).write("k2", Some(json("w")), Lifetime::Forever);
+    w.pump();
+    w.isolate(d);
+    w.isolate(x);
+    // a deletes k; a and b collect the tombstone.
+    w.bucket(a).write("k", None, Lifetime::Forever);
+    w.pump();
+    assert!(w.collect_among(&[a, b]) > 0, "k's tombstone was collected");
+    // x returns while j joins: links to a and between them open at once. x learns from a's hello it
+    // missed a collection and resyncs; j pulls d's writes from x, which holds the most of them.
+    w.link(x, a);
+    w.link(j, a);
+    w.link(j, x);
+    w.plan(j);
+    for msg in w.frames(j, x, false) {
+        w.deliver(j, x, msg);
+    }
+    for msg in w.frames(x, j, false) {
+        w.deliver(x, j, msg);
+    }
+    w.pump();
+    // Everyone heals.
+    for (p, q) in [(b, x), (b, j)] {
+        w.link(p, q);
+    }
+    w.pump();
+    let seen: Vec<Option<Vec<u8>>> = [a, b, x, j]
+        .iter()
+        .map(|&i| shows(&w.bucket(i), "k"))
+        .collect();
+    assert!(
+        seen.iter().all(|s| s.is_none()),
+        "every replica covers a's delete, so none shows k (a, b, x, j): {seen:?}"
+    );
+}
+
+/// 'all' waits for the peers connected at the write; a peer that crashes before holding it must not
+/// turn the write into one settled by the writer alone.
+#[test]
+fn all_is_not_met_by_the_writer_alone_when_its_peer_crashes() {
+    let rt = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (rt_a, rt_b) = (rt(1), rt(1));
+    let a = rt_a
+        .block_on(Node::start(node_config("a", vec![])))
+        .unwrap();
+    let seed = vec![a.address().to_string()];
+    let _b = rt_b.block_on(Node::start(node_config("b", seed))).unwrap();
+    for _ in 0..400 {
+        if a.peers().iter().any(|p| p.connected) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(a.peers().iter().any(|p| p.connected), "a linked to b");
+    let mut outcomes = a.ack_outcomes();
+    // b crashes (no leave); a still counts it connected when it writes.
+    rt_b.shutdown_background();
+    let bucket = a.bucket("s");
+    let (_, registered) = a.write_acked(
+        &bucket,
+        "k".into(),
+        Some(json("v")),
+        Lifetime::Forever,
+        AckLevel::All,
+        Duration::from_secs(10),
+    );
+    let outcome = match registered {
+        Registered::Met(acked) => Some((true, acked)),
+        Registered::Pending(ticket) => rt_a.block_on(async {
+            let got = tokio::time::timeout(Duration::from_secs(5), outcomes.recv()).await;
+            got.ok().flatten().map(|o| {
+                assert_eq!(o.ticket, ticket);
+                (o.end == peer_buckets_engine::acks::AckEnd::Met, o.acked)
+            })
+        }),
+    };
+    rt_a.block_on(a.close(Duration::from_secs(1)));
+    if let Some((met, acked)) = outcome {
+        assert!(
+            !met || !acked.is_empty(),
+            "'all' settled with no other replica holding the write"
+        );
+    }
+}
