@@ -135,8 +135,14 @@ impl Bucket {
         lifetime: Lifetime,
     ) -> Write {
         // Expiries due by now are reported first, as for a merge: a key that expired and is written
-        // over before the periodic sweep ran still showed its expiry to readers.
-        self.sweep();
+        // over before the periodic sweep ran still showed its expiry to readers. An expiry given as
+        // an instant may be past already: then the store is swept up to now even with nothing due,
+        // so such a value is never shown live (a time to live counts from now and cannot be).
+        if matches!(lifetime, Lifetime::Until(_)) {
+            self.expire(self.now_ms());
+        } else {
+            self.sweep();
+        }
         let listening = self.has_subscriber.load(Ordering::Acquire);
         // Changes are emitted under the store's lock, so listeners see them in the order they applied.
         let write = self.store.write_local(

@@ -278,6 +278,29 @@ fn a_value_that_arrives_already_expired_is_never_announced_live() {
     assert_eq!(rs[0].dump(), rs[1].dump(), "the replicas converged");
 }
 
+/// A set written with an absolute expiry (`Lifetime::Until`) already past by the writer's own clock,
+/// while no sweep ran since: stored and shipped like any write, but never shown live, and heard as an
+/// expiry when it hid a live value.
+#[test]
+fn a_value_written_already_expired_is_never_announced_live() {
+    let mut a = Replica::new("a", 0);
+    a.set("held", "a's", Lifetime::Forever);
+    a.check("after the live write");
+    a.time.advance(1_000);
+    a.set("fresh", "late", Lifetime::Until(START_MS + 500));
+    a.set("held", "late", Lifetime::Until(START_MS + 500));
+    a.check("after the expired writes");
+    assert_eq!(a.announced, ["held"], "only the live write was announced");
+    assert_eq!(a.expiries_heard, 1, "the live value the write hid expired");
+    assert!(!a.bucket.inspect("fresh").is_empty(), "the register is stored");
+    let b = Replica::new("b", 1_000);
+    let rs = [a, b];
+    ship_all(&rs, 0, 1);
+    let [_, mut b] = rs;
+    b.check("after the expired writes arrived");
+    assert!(b.announced.is_empty(), "nothing live reached b");
+}
+
 /// A small seedable generator (xorshift*), so a failing seed replays the same run.
 struct Rng(u64);
 
