@@ -152,7 +152,7 @@ pub struct Model {
 
 impl Model {
     /// Checks one change event. `tombstone` is the key's value register when the event removed it
-    /// (read right after the step that applied it); `now_ms` is the replica's clock then (a step
+    /// (read right after the step that applied it); `now_ms` is the replica's wall clock then (a step
     /// after the one that applied the change).
     #[allow(clippy::too_many_arguments)]
     pub fn on_change(

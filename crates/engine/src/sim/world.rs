@@ -402,7 +402,9 @@ impl<'a> World<'a> {
                     let tombstone = registers
                         .iter()
                         .find(|(_, w)| !w.touch && w.value.is_none());
-                    let clock = running.node.clock().now().physical_ms();
+                    // The wall clock, not the HLC: within the step the node may have observed a
+                    // peer's later timestamp after it announced a value that was live then.
+                    let clock = running.node.clock().wall_ms();
                     lines.push(format!(
                         "{who} change {bucket}/{} {} (clock {clock})",
                         check::short(&change.key),
