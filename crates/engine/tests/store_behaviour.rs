@@ -292,7 +292,10 @@ fn a_value_written_already_expired_is_never_announced_live() {
     a.check("after the expired writes");
     assert_eq!(a.announced, ["held"], "only the live write was announced");
     assert_eq!(a.expiries_heard, 1, "the live value the write hid expired");
-    assert!(!a.bucket.inspect("fresh").is_empty(), "the register is stored");
+    assert!(
+        !a.bucket.inspect("fresh").is_empty(),
+        "the register is stored"
+    );
     let b = Replica::new("b", 1_000);
     let rs = [a, b];
     ship_all(&rs, 0, 1);

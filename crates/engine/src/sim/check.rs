@@ -68,20 +68,10 @@ pub struct History {
 
 /// Violations of these kinds are bugs the protocol has today, reported but tolerated by
 /// `Report::failed` unless the run is strict: each names the issue that fixes it.
-pub const KNOWN_OPEN: &[(&str, &str)] = &[
-    (
-        "announced-expired",
-        "issue 12 item 2: a value that arrives (or is written) already expired is announced live, and no expiry event follows",
-    ),
-    (
-        "phantom-expiry",
-        "issue 12 item 1: a second expiry event for one key (two TTL writers of one key; a touch that arrives after the key expired revives it without an event)",
-    ),
-    (
-        "size",
-        "issue 12 item 1: len() counts one key short after a touch that arrived late revived an expired key",
-    ),
-];
+pub const KNOWN_OPEN: &[(&str, &str)] = &[(
+    "announced-expired",
+    "issue 12 item 2: a value is announced live when the touch that expired it lands after it (later in one chunk, or in another origin's chunk), then heard expired",
+)];
 
 /// The kind of a violation line.
 pub fn kind_of(line: &str) -> &str {
