@@ -243,7 +243,9 @@ pub trait Store: Send + Sync + 'static {
         writes: Vec<Write>,
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(Shown<'_>),
-    ) -> Merged;
+    ) -> Merged {
+        self.merge_chunk(me, origin, writes, covered, &[], on_change)
+    }
     /// `merge` of a chunk: also records, as superseded markers, the dots of `origin` in `superseded`
     /// (per key: the chunk covered them without their writes, which lost to the key's registers) that
     /// were new here, in the same step. A chunk this replica sends later that covers them then carries
@@ -1197,17 +1199,6 @@ impl Store for MemoryStore {
         };
         state.apply(me, &mut write, &mut |_| {});
         Some(write)
-    }
-
-    fn merge(
-        &self,
-        me: &Origin,
-        origin: &Origin,
-        writes: Vec<Write>,
-        covered: &SeqRanges,
-        on_change: &mut dyn FnMut(Shown<'_>),
-    ) -> Merged {
-        self.merge_chunk(me, origin, writes, covered, &[], on_change)
     }
 
     fn merge_chunk(
