@@ -4,7 +4,11 @@ import { EventEmitter } from 'node:events'
 
 /** Anything JSON can carry. */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue }
-/** What a bucket stores: a JSON value, or bytes (a Uint8Array is stored and returned as a Buffer). */
+/**
+ * What a bucket stores: a JSON value, or bytes (a Uint8Array is stored and returned as a Buffer). Other
+ * binary views (Int16Array, DataView, ArrayBuffer, ...) throw a TypeError; anything else is stored as
+ * `JSON.stringify` writes it (NaN and Infinity as null, a Map or Set as {}, a Date as its ISO string).
+ */
 export type Value = JsonValue | Buffer | Uint8Array
 
 export interface PeerOptions {
@@ -94,7 +98,10 @@ export interface WriteOptions {
    * made (a peer declared down meanwhile stops counting).
    */
   ack?: AckLevel
-  /** Milliseconds to wait for the ack level (default 5000); past it the write rejects with EACKTIMEOUT. */
+  /**
+   * Milliseconds to wait for the ack level (default 5000, at most `Number.MAX_SAFE_INTEGER`, else a
+   * RangeError); past it the write rejects with EACKTIMEOUT.
+   */
   timeout?: number
 }
 

@@ -70,6 +70,9 @@ function checkPrefix(fn, prefix) {
 }
 
 const DEFAULT_ACK_TIMEOUT = 5000
+// The largest ack timeout: an integer number of ms exact in a double, whose deadline (now + timeout) the
+// native side computes in 64-bit milliseconds without overflow.
+const MAX_ACK_TIMEOUT = Number.MAX_SAFE_INTEGER
 
 // A time to live in milliseconds: a positive finite number.
 function checkTtl(what, ttl) {
@@ -92,6 +95,9 @@ function checkWriteOptions(fn, options, allowTtl, defaultTtl) {
   if (options.timeout !== undefined) {
     if (typeof options.timeout !== 'number' || !(options.timeout > 0) || !Number.isFinite(options.timeout)) {
       throw new RangeError(`${fn}: options.timeout must be a positive number of milliseconds`)
+    }
+    if (options.timeout > MAX_ACK_TIMEOUT) {
+      throw new RangeError(`${fn}: options.timeout must be at most ${MAX_ACK_TIMEOUT} ms (got ${options.timeout})`)
     }
     timeout = options.timeout
   }
@@ -213,6 +219,11 @@ class SharedBucket extends EventEmitter {
       }
       return settleWrite(this.#peer, hot.setString(this.#handle, key, value, ttl, ack, timeout), cb)
     } else {
+      // JSON would turn any other binary view into an object of indices (or {}), silently.
+      if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer || value instanceof SharedArrayBuffer) {
+        const kind = Object.prototype.toString.call(value).slice(8, -1)
+        throw new TypeError(`set(): value is a${/^[AEIOU]/.test(kind) ? 'n' : ''} ${kind}: only a Uint8Array (or Buffer) is stored as bytes; pass new Uint8Array(buffer, offset, length) over its bytes`)
+      }
       if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
         throw new TypeError('set(): value must be JSON-serialisable or a Buffer (got ' + typeof value + ')')
       }

@@ -813,6 +813,73 @@ describe('bad arguments', () => {
     expect(bucket.get('kept')).toBe(1)
     expect(bucket.size).toBe(1)
   })
+
+  test('an ack timeout beyond the deadline arithmetic throws RangeError naming the bound; one within it waits', async () => {
+    const peer = await createPeer({ id: 'patient' }) // alone: 'one' cannot be met
+    const bucket = peer.bucket('timeout')
+    for (const [label, timeout] of [['Number.MAX_VALUE', Number.MAX_VALUE], ['2^64 ms', 2 ** 64], ['MAX_SAFE_INTEGER + 2', Number.MAX_SAFE_INTEGER + 2]]) {
+      for (const [form, call] of [
+        ['set', () => bucket.set('k', 1, { ack: 'one', timeout })],
+        ['delete', () => bucket.delete('k', { ack: 'one', timeout })],
+      ]) {
+        const err = await captureError(call)
+        try {
+          expectArgError(err, RangeError, /options\.timeout must be at most 9007199254740991/)
+        } catch (e) {
+          e.message = `${form} timeout ${label}: ${describeError(err)}\n${e.message}`
+          throw e
+        }
+      }
+    }
+    expect(bucket.has('k')).toBe(false)
+    // The bound itself is a deadline like any other: the write waits for its ack, then close() ends it.
+    const waiting = captureError(() => bucket.set('k', 1, { ack: 'one', timeout: Number.MAX_SAFE_INTEGER }))
+    const early = await Promise.race([waiting, sleep(300).then(() => 'still waiting')])
+    expect(early).toBe('still waiting')
+    await peer.close()
+    expectCode(await waiting, 'ECLOSED')
+  })
+
+  test('typed arrays other than Uint8Array, DataViews and ArrayBuffers throw TypeError naming the kind; nothing is stored', async () => {
+    const peer = await createPeer()
+    const bucket = peer.bucket('typed')
+    const bytes = new Uint8Array([1, 2, 3, 4])
+    const cases = [
+      ['Int16Array', new Int16Array([1, -2])],
+      ['Float64Array', new Float64Array([0.5])],
+      ['Uint8ClampedArray', new Uint8ClampedArray([1, 2])],
+      ['BigInt64Array', new BigInt64Array([1n])],
+      ['DataView', new DataView(bytes.buffer)],
+      ['ArrayBuffer', bytes.buffer],
+      ['SharedArrayBuffer', new SharedArrayBuffer(4)],
+    ]
+    for (const [label, value] of cases) {
+      const err = await captureError(() => bucket.set('k', value))
+      try {
+        expectArgError(err, TypeError, new RegExp(`value is an? ${label}`))
+      } catch (e) {
+        e.message = `set(${label}): ${describeError(err)}\n${e.message}`
+        throw e
+      }
+    }
+    expect(bucket.has('k')).toBe(false)
+    expect(bucket.size).toBe(0)
+  })
+
+  test('values JSON cannot carry are stored as JSON.stringify writes them (NaN as null, a Map as {}, a nested typed array as an object)', async () => {
+    const peer = await createPeer()
+    const bucket = peer.bucket('json')
+    await bucket.set('nan', NaN)
+    await bucket.set('map', new Map([['a', 1]]))
+    await bucket.set('date', { at: new Date(0) })
+    await bucket.set('holes', { a: undefined, b: [undefined, Infinity] })
+    expect(bucket.get('nan')).toBe(null)
+    expect(bucket.get('map')).toEqual({})
+    expect(bucket.get('date')).toEqual({ at: '1970-01-01T00:00:00.000Z' })
+    expect(bucket.get('holes')).toEqual({ b: [null, null] })
+    await bucket.set('nested', { samples: new Float32Array([1.5]) })
+    expect(bucket.get('nested')).toEqual({ samples: { 0: 1.5 } })
+  })
 })
 
 // ---------------------------------------------------------------------------------------------------
