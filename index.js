@@ -4,32 +4,18 @@
 // offers promise and callback forms, and turns native batches into EventEmitter events.
 
 const { EventEmitter } = require('node:events')
-const native = require('./native.js')
-
-// After hot.get returns a string, VALUE_KIND[0] says whether it is JSON text to parse (1) or
-// a string value as it is (0): strings are stored as themselves, so reading one costs no JSON.parse.
-const VALUE_KIND = new Int32Array(1)
-native.bindValueKind(VALUE_KIND)
-// get, has, set and delete: plain Node-API callbacks (see src/hot.rs), taking a bucket handle first.
-const hot = native.hotCalls()
+const { native, hot, VALUE_KIND, ACK_LEVELS, CHANGE, codedError, fromNative } = require('./lib/native.js')
 const { formatMetrics } = require('./lib/metrics.js')
 const { version: VERSION } = require('./package.json')
 
 const MAX_KEY_BYTES = 64 * 1024
 const MAX_VALUE_BYTES = 8 * 1024 * 1024
 const MAX_BUCKET_NAME_BYTES = 255
-const ACK_LEVELS = ['local', 'one', 'majority', 'all']
 const RESOLVED = Promise.resolve()
 const RESOLVED_TRUE = Promise.resolve(true)
 const RESOLVED_FALSE = Promise.resolve(false)
 
 // Errors -----------------------------------------------------------------------------------------
-
-function codedError(code, message) {
-  const err = new Error(message)
-  err.code = code
-  return err
-}
 
 function closedError(what) {
   return codedError('ECLOSED', `${what}: the peer is closed`)
@@ -37,16 +23,6 @@ function closedError(what) {
 
 function notBuilt(what) {
   return codedError('ENOTSUP', `${what} is not supported yet by this version of peer-buckets`)
-}
-
-// Native errors come from another realm (and fail instanceof Error under jest): re-create them here.
-function fromNative(err) {
-  if (err instanceof Error) return err
-  const message = String((err && err.message) || err)
-  if (message.startsWith('ECLOSED')) return codedError('ECLOSED', message.replace(/^ECLOSED: /, ''))
-  const out = new Error(message)
-  if (err && err.code) out.code = err.code
-  return out
 }
 
 function checkKey(fn, key) {
@@ -82,9 +58,11 @@ function checkTtl(what, ttl) {
   return ttl
 }
 
+const ACK_LOCAL = ACK_LEVELS.get('local')
+
 // Write options, checked; returns [ack level code for the native side, timeout in ms, ttl in ms or 0].
 function checkWriteOptions(fn, options, allowTtl, defaultTtl) {
-  if (options === undefined || options === null) return [0, DEFAULT_ACK_TIMEOUT, defaultTtl]
+  if (options === undefined || options === null) return [ACK_LOCAL, DEFAULT_ACK_TIMEOUT, defaultTtl]
   if (typeof options !== 'object') throw new TypeError(`${fn}: options must be an object`)
   let ttl = defaultTtl
   if (options.ttl !== undefined) {
@@ -101,11 +79,11 @@ function checkWriteOptions(fn, options, allowTtl, defaultTtl) {
     }
     timeout = options.timeout
   }
-  let ack = 0
+  let ack = ACK_LOCAL
   if (options.ack !== undefined) {
-    ack = ACK_LEVELS.indexOf(options.ack)
-    if (ack < 0) {
-      throw new RangeError(`${fn}: options.ack must be one of ${ACK_LEVELS.map((a) => `'${a}'`).join(', ')}`)
+    ack = ACK_LEVELS.get(options.ack)
+    if (ack === undefined) {
+      throw new RangeError(`${fn}: options.ack must be one of ${[...ACK_LEVELS.keys()].map((a) => `'${a}'`).join(', ')}`)
     }
   }
   return [ack, timeout, ttl]
@@ -172,18 +150,24 @@ class SharedBucket extends EventEmitter {
   #deliver(batch) {
     let firstError
     const listeners = this.listeners('change')
-    for (let i = 0; i < batch.length; i += 5) {
-      const raw = batch[i + 1]
+    for (let i = 0; i < batch.length; i += CHANGE.STRIDE) {
+      const raw = batch[i + CHANGE.VALUE]
       let value
       try {
         value = raw === undefined ? undefined : decodeValue(raw)
       } catch (err) {
         // A value that is not JSON can only come from a broken peer: report it, deliver the rest.
-        firstError = firstError || Object.assign(new Error(`change of '${batch[i]}': stored value is not valid JSON`), { cause: err })
+        firstError = firstError || Object.assign(new Error(`change of '${batch[i + CHANGE.KEY]}': stored value is not valid JSON`), { cause: err })
         continue
       }
-      const event = { key: batch[i], value, deleted: raw === undefined, local: batch[i + 3], origin: batch[i + 2] }
-      if (batch[i + 4]) event.expired = true
+      const event = {
+        key: batch[i + CHANGE.KEY],
+        value,
+        deleted: raw === undefined,
+        local: batch[i + CHANGE.LOCAL],
+        origin: batch[i + CHANGE.ORIGIN],
+      }
+      if (batch[i + CHANGE.EXPIRED]) event.expired = true
       // Each listener is called on its own, so one that throws costs no other listener its event.
       for (const listener of listeners) {
         try {
@@ -326,7 +310,7 @@ class SharedBucket extends EventEmitter {
       id = native.bucketFetch(this.#handle, from, prefix)
     } catch (err) {
       const e = fromNative(err)
-      if (/^ENOTCONN/.test(e.message)) {
+      if (e.code === 'ENOTCONN') {
         return Promise.reject(codedError('ENOTCONN', `fetch(): peer '${from}' is not connected`))
       }
       return Promise.reject(e)
@@ -469,41 +453,53 @@ class Peer extends EventEmitter {
     this.#keepAlive = setInterval(() => {}, 1 << 30)
   }
 
-  // Peer events, ack outcomes, fetch results and warnings, in triples (see the native side).
-  #onNative(batch) {
-    for (let i = 0; i < batch.length; i += 3) {
-      const kind = batch[i]
-      if (kind === 'peer-up' || kind === 'peer-down') {
-        this.emit(kind, { id: batch[i + 1], address: batch[i + 2] })
-        continue
-      }
-      if (kind === 'warning') {
-        const [message, peer, address] = batch[i + 2]
-        const warning = { code: batch[i + 1], message }
-        if (peer !== undefined) warning.peer = peer
-        if (address !== undefined) warning.address = address
-        this.emit('warning', warning)
-        continue
-      }
-      const key = kind === 'fetched' || kind === 'fetch-failed' ? 'f' + batch[i + 1] : batch[i + 1]
-      const waiter = this.#waiting.get(key)
-      if (!waiter) continue
-      this.#waiting.delete(key)
-      if (kind === 'ack' || kind === 'fetched') {
-        waiter.resolve(kind === 'fetched' ? batch[i + 2] : undefined)
-      } else if (kind === 'ack-timeout') {
-        const err = codedError('EACKTIMEOUT', `write not acknowledged at the requested level in time (acked by: ${batch[i + 2].join(', ') || 'none'})`)
-        err.acked = batch[i + 2]
-        waiter.reject(err)
-      } else if (kind === 'ack-disk') {
-        // The flush meant to put it on disk failed; it stays owed and is retried, unconfirmed.
-        const err = codedError('EDISK', 'write not stored: the data directory cannot be written (see the log)')
-        err.acked = batch[i + 2]
-        waiter.reject(err)
-      } else {
-        waiter.reject(codedError('EFETCH', `fetch(): ${batch[i + 2]}`))
+  // Peer events, ack outcomes, fetch results and warnings: PeerEvent objects (src/contract.rs).
+  #onNative(events) {
+    for (const e of events) {
+      switch (e.kind) {
+        case 'peer-up':
+        case 'peer-down':
+          this.emit(e.kind, { id: e.id, address: e.address })
+          break
+        case 'warning': {
+          const warning = { code: e.code, message: e.message }
+          if (e.peer != null) warning.peer = e.peer
+          if (e.address != null) warning.address = e.address
+          this.emit('warning', warning)
+          break
+        }
+        case 'ack':
+          this.#settle(e.ticket, null)
+          break
+        case 'ack-timeout':
+          this.#settle(e.ticket, Object.assign(
+            codedError('EACKTIMEOUT', `write not acknowledged at the requested level in time (acked by: ${e.acked.join(', ') || 'none'})`),
+            { acked: e.acked },
+          ))
+          break
+        case 'ack-disk':
+          // The flush meant to put it on disk failed; it stays owed and is retried, unconfirmed.
+          this.#settle(e.ticket, Object.assign(
+            codedError('EDISK', 'write not stored: the data directory cannot be written (see the log)'),
+            { acked: e.acked },
+          ))
+          break
+        case 'fetched':
+          this.#settle('f' + e.id, null, e.count)
+          break
+        case 'fetch-failed':
+          this.#settle('f' + e.id, codedError('EFETCH', `fetch(): ${e.reason}`))
+          break
       }
     }
+  }
+
+  #settle(key, err, value) {
+    const waiter = this.#waiting.get(key)
+    if (!waiter) return
+    this.#waiting.delete(key)
+    if (err) waiter.reject(err)
+    else waiter.resolve(value)
   }
 
   // Promises for native tickets (ack waits) and fetch ids; kept apart by a prefix.

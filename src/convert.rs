@@ -332,6 +332,16 @@ impl ArrayBuilder {
         Ok(())
     }
 
+    /// Sets element `index` (the array grows to hold it).
+    pub fn set(&mut self, index: u32, v: RawValue) -> Result<()> {
+        let status = unsafe { sys::napi_set_element(self.env, self.array, index, v.0) };
+        if status != sys::Status::napi_ok {
+            return Err(Error::from_reason("cannot fill an array"));
+        }
+        self.len = self.len.max(index + 1);
+        Ok(())
+    }
+
     pub fn push_str(&mut self, s: &str) -> Result<()> {
         let v = RawValue::string(self.env, s)?;
         self.push(v)

@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use peer_buckets_engine::acks::{AckEnd, AckOutcome};
-use peer_buckets_engine::membership::{PeerEvent, PeerEventKind};
+use peer_buckets_engine::membership::{self, PeerEventKind};
 use peer_buckets_engine::node::Node;
 use peer_buckets_engine::store::Change;
 use peer_buckets_engine::warning::Warning;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::contract::{ChangeSlot, PeerEvent, CHANGE_STRIDE};
 use crate::convert::{ArrayBuilder, RawValue};
 
 /// Most events handed over in one call.
@@ -35,6 +36,8 @@ async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
     Some(batch)
 }
 
+/// Starts the pump that hands the bucket's changes to `callback`, a batch per call, laid out as
+/// `contract::ChangeSlot` says.
 pub fn pump_changes(
     bucket: Arc<Bucket>,
     runtime: &Handle,
@@ -47,15 +50,17 @@ pub fn pump_changes(
         .build_callback(|ctx: ThreadsafeCallContext<Vec<Change>>| {
             let env = ctx.env.raw();
             let mut out = ArrayBuilder::new(env)?;
-            for c in ctx.value {
-                out.push_str(&c.key)?;
-                out.push(match &c.value {
+            for (i, c) in ctx.value.into_iter().enumerate() {
+                let at = i as u32 * CHANGE_STRIDE;
+                let value = match &c.value {
                     Some(stored) => RawValue::from_stored(env, stored)?,
                     None => RawValue::undefined(env),
-                })?;
-                out.push_str(c.origin.node())?;
-                out.push(RawValue::boolean(env, c.local))?;
-                out.push(RawValue::boolean(env, c.expired))?;
+                };
+                out.set(at + ChangeSlot::Key as u32, RawValue::string(env, &c.key)?)?;
+                out.set(at + ChangeSlot::Value as u32, value)?;
+                out.set(at + ChangeSlot::Origin as u32, RawValue::string(env, c.origin.node())?)?;
+                out.set(at + ChangeSlot::Local as u32, RawValue::boolean(env, c.local))?;
+                out.set(at + ChangeSlot::Expired as u32, RawValue::boolean(env, c.expired))?;
             }
             Ok(out.finish())
         })?;
@@ -70,9 +75,9 @@ pub fn pump_changes(
     Ok(())
 }
 
-/// What reaches a Peer's JavaScript callback, besides bucket changes.
-pub enum JsEvent {
-    Peer(PeerEvent),
+/// What the engine reports for a Peer's JavaScript callback, besides bucket changes.
+pub enum EngineEvent {
+    Peer(membership::PeerEvent),
     Ack(AckOutcome),
     /// A fetch ended: how many entries arrived, or why it failed.
     Fetched {
@@ -82,10 +87,51 @@ pub enum JsEvent {
     Warning(Warning),
 }
 
+impl From<EngineEvent> for PeerEvent {
+    fn from(e: EngineEvent) -> Self {
+        match e {
+            EngineEvent::Peer(p) => match p.kind {
+                PeerEventKind::Up => PeerEvent::PeerUp {
+                    id: p.id,
+                    address: p.address,
+                },
+                PeerEventKind::Down => PeerEvent::PeerDown {
+                    id: p.id,
+                    address: p.address,
+                },
+            },
+            EngineEvent::Ack(a) => {
+                let (ticket, acked) = (a.ticket as f64, a.acked);
+                match a.end {
+                    AckEnd::Met => PeerEvent::Ack { ticket, acked },
+                    AckEnd::TimedOut => PeerEvent::AckTimeout { ticket, acked },
+                    AckEnd::DiskFailed => PeerEvent::AckDisk { ticket, acked },
+                }
+            }
+            EngineEvent::Fetched { id, result } => match result {
+                Ok(count) => PeerEvent::Fetched {
+                    id: id as f64,
+                    count: count as f64,
+                },
+                Err(reason) => PeerEvent::FetchFailed {
+                    id: id as f64,
+                    reason,
+                },
+            },
+            EngineEvent::Warning(w) => PeerEvent::Warning {
+                code: w.code.as_str().to_string(),
+                message: w.message,
+                peer: w.peer,
+                address: w.address,
+            },
+        }
+    }
+}
+
 /// The sending side of a peer's event stream to JavaScript.
 #[derive(Clone)]
 pub struct PeerEvents {
-    tx: mpsc::UnboundedSender<JsEvent>,
+    tx: mpsc::UnboundedSender<EngineEvent>,
     runtime: Handle,
     next_fetch: Arc<AtomicU64>,
 }
@@ -93,80 +139,26 @@ pub struct PeerEvents {
 /// How long a fetch may take before it fails.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts the pump that hands peer events, ack outcomes, fetch results and warnings to `callback` as a
-/// flat array of triples: `[kind, a, b, ...]` with kind 'peer-up' | 'peer-down' (id, address), 'ack' |
-/// 'ack-timeout' | 'ack-disk' (ticket, acked ids), 'fetched' (id, count) | 'fetch-failed' (id, reason), 'warning'
-/// (code, [message, peer or undefined, address or undefined]).
+/// Starts the pump that hands peer events, ack outcomes, fetch results and warnings to `callback` as
+/// arrays of `contract::PeerEvent`.
 pub fn start_pump(
     node: &Arc<Node>,
     runtime: &Handle,
-    callback: Function<RawValue, ()>,
+    callback: Function<Vec<PeerEvent>, ()>,
 ) -> Result<PeerEvents> {
     let tsfn = callback
-        .build_threadsafe_function::<Vec<JsEvent>>()
+        .build_threadsafe_function::<Vec<EngineEvent>>()
         .callee_handled::<false>()
         .weak::<true>()
-        .build_callback(|ctx: ThreadsafeCallContext<Vec<JsEvent>>| {
-            let env = ctx.env.raw();
-            let mut out = ArrayBuilder::new(env)?;
-            for e in ctx.value {
-                match e {
-                    JsEvent::Peer(p) => {
-                        out.push_str(match p.kind {
-                            PeerEventKind::Up => "peer-up",
-                            PeerEventKind::Down => "peer-down",
-                        })?;
-                        out.push_str(&p.id)?;
-                        out.push_str(&p.address)?;
-                    }
-                    JsEvent::Ack(a) => {
-                        out.push_str(match a.end {
-                            AckEnd::Met => "ack",
-                            AckEnd::TimedOut => "ack-timeout",
-                            AckEnd::DiskFailed => "ack-disk",
-                        })?;
-                        out.push(RawValue::number(env, a.ticket as f64)?)?;
-                        let mut ids = ArrayBuilder::new(env)?;
-                        for id in &a.acked {
-                            ids.push_str(id)?;
-                        }
-                        out.push(ids.finish())?;
-                    }
-                    JsEvent::Fetched { id, result } => {
-                        out.push_str(if result.is_ok() {
-                            "fetched"
-                        } else {
-                            "fetch-failed"
-                        })?;
-                        out.push(RawValue::number(env, id as f64)?)?;
-                        match result {
-                            Ok(count) => out.push(RawValue::number(env, count as f64)?)?,
-                            Err(reason) => out.push_str(&reason)?,
-                        }
-                    }
-                    JsEvent::Warning(w) => {
-                        out.push_str("warning")?;
-                        out.push_str(w.code.as_str())?;
-                        let mut rest = ArrayBuilder::new(env)?;
-                        rest.push_str(&w.message)?;
-                        for part in [&w.peer, &w.address] {
-                            rest.push(match part {
-                                Some(s) => RawValue::string(env, s)?,
-                                None => RawValue::undefined(env),
-                            })?;
-                        }
-                        out.push(rest.finish())?;
-                    }
-                }
-            }
-            Ok(out.finish())
+        .build_callback(|ctx: ThreadsafeCallContext<Vec<EngineEvent>>| {
+            Ok(ctx.value.into_iter().map(PeerEvent::from).collect::<Vec<_>>())
         })?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut peer_events = node.events();
     let forward = tx.clone();
     runtime.spawn(async move {
         while let Some(e) = peer_events.recv().await {
-            if forward.send(JsEvent::Peer(e)).is_err() {
+            if forward.send(EngineEvent::Peer(e)).is_err() {
                 break;
             }
         }
@@ -175,7 +167,7 @@ pub fn start_pump(
     let forward = tx.clone();
     runtime.spawn(async move {
         while let Some(w) = warnings.recv().await {
-            if forward.send(JsEvent::Warning(w)).is_err() {
+            if forward.send(EngineEvent::Warning(w)).is_err() {
                 break;
             }
         }
@@ -184,7 +176,7 @@ pub fn start_pump(
     let forward = tx.clone();
     runtime.spawn(async move {
         while let Some(a) = acks.recv().await {
-            if forward.send(JsEvent::Ack(a)).is_err() {
+            if forward.send(EngineEvent::Ack(a)).is_err() {
                 break;
             }
         }
@@ -213,7 +205,7 @@ pub fn await_fetch(events: &PeerEvents, rx: oneshot::Receiver<usize>) -> u64 {
             Ok(Err(_)) => Err("the link closed before the fetch finished".to_string()),
             Err(_) => Err(format!("no complete answer within {FETCH_TIMEOUT:?}")),
         };
-        let _ = tx.send(JsEvent::Fetched { id, result });
+        let _ = tx.send(EngineEvent::Fetched { id, result });
     });
     id
 }

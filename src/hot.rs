@@ -15,9 +15,10 @@ use napi_derive::napi;
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
 
+use crate::contract::{self, closed, internal, Code};
 use crate::convert::{typed_array, KeyArg, RawValue, TextArg};
 use crate::handles::with_bucket;
-use crate::{closed, lifetime, write};
+use crate::{lifetime, write};
 
 /// The arguments of one call; missing ones read as `undefined` (and fail their conversion).
 struct Args<const N: usize> {
@@ -26,7 +27,7 @@ struct Args<const N: usize> {
 }
 
 impl<const N: usize> Args<N> {
-    unsafe fn read(env: sys::napi_env, info: sys::napi_callback_info) -> Result<Self> {
+    unsafe fn read(env: sys::napi_env, info: sys::napi_callback_info) -> contract::Result<Self> {
         let mut argc = N;
         let mut argv = [ptr::null_mut(); N];
         let status = unsafe {
@@ -40,21 +41,21 @@ impl<const N: usize> Args<N> {
             )
         };
         if status != sys::Status::napi_ok {
-            return Err(Error::from_reason("cannot read the call's arguments"));
+            return Err(Error::new(Code::Internal, "cannot read the call's arguments"));
         }
         Ok(Args { env, argv })
     }
 
-    fn get<T: FromNapiValue>(&self, i: usize) -> Result<T> {
-        unsafe { T::from_napi_value(self.env, self.argv[i]) }
+    fn get<T: FromNapiValue>(&self, i: usize) -> contract::Result<T> {
+        unsafe { T::from_napi_value(self.env, self.argv[i]) }.map_err(internal)
     }
 
     /// A `Uint8Array` argument's bytes (a Buffer is one).
-    fn bytes(&self, i: usize) -> Result<&[u8]> {
+    fn bytes(&self, i: usize) -> contract::Result<&[u8]> {
         let Some((sys::TypedarrayType::uint8_array, len, data)) =
             (unsafe { typed_array(self.env, self.argv[i]) })
         else {
-            return Err(Error::new(Status::InvalidArg, "expected a Uint8Array"));
+            return Err(Error::new(Code::InvalidArg, "expected a Uint8Array"));
         };
         if len == 0 {
             return Ok(&[]);
@@ -66,8 +67,12 @@ impl<const N: usize> Args<N> {
 }
 
 /// Runs a callback body: its value, or a thrown error (a panic becomes one too).
-fn guarded(env: sys::napi_env, body: impl FnOnce() -> Result<RawValue>) -> sys::napi_value {
-    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|p| Err(panic_to_error(p)));
+fn guarded(
+    env: sys::napi_env,
+    body: impl FnOnce() -> contract::Result<RawValue>,
+) -> sys::napi_value {
+    let outcome =
+        catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|p| Err(internal(panic_to_error(p))));
     match outcome {
         Ok(v) => v.raw(),
         Err(e) => {
@@ -86,7 +91,7 @@ unsafe extern "C" fn get(env: sys::napi_env, info: sys::napi_callback_info) -> s
         with_bucket(bucket, |b| {
             let mut out = Ok(RawValue::undefined(env));
             b.read(key.as_str(), &mut |stored| {
-                out = RawValue::from_stored_for_get(env, stored);
+                out = RawValue::from_stored_for_get(env, stored).map_err(internal);
             });
             out
         })
@@ -113,7 +118,7 @@ fn finish_write(
     stored: Option<Box<[u8]>>,
     at: usize,
     has_ttl: bool,
-) -> Result<RawValue> {
+) -> contract::Result<RawValue> {
     let life = if has_ttl {
         lifetime(args.get::<f64>(at)?)
     } else {
@@ -122,7 +127,7 @@ fn finish_write(
     let at = at + has_ttl as usize;
     let (ack, timeout): (u32, f64) = (args.get(at)?, args.get(at + 1)?);
     let ticket = write(bucket, key, stored, life, ack, timeout)?;
-    RawValue::number(args.env, ticket)
+    RawValue::number(args.env, ticket).map_err(internal)
 }
 
 /// `setJson(bucket, key, jsonText, ttlMs, ack, timeoutMs)` (`TAG` = `value::TAG_JSON`) and
@@ -170,7 +175,7 @@ type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> 
     catch_unwind,
     ts_return_type = "{ get: Function, has: Function, setJson: Function, setString: Function, setBytes: Function, delete: Function }"
 )]
-pub fn hot_calls(env: Env) -> Result<RawValue> {
+pub fn hot_calls(env: Env) -> contract::Result<RawValue> {
     let env = env.raw();
     let calls: [(&str, Callback); 6] = [
         ("get", get),
@@ -203,10 +208,10 @@ pub fn hot_calls(env: Env) -> Result<RawValue> {
     Ok(RawValue::from_raw(object))
 }
 
-fn check(status: sys::napi_status) -> Result<()> {
+fn check(status: sys::napi_status) -> contract::Result<()> {
     if status == sys::Status::napi_ok {
         Ok(())
     } else {
-        Err(Error::from_reason("cannot build the hot calls"))
+        Err(Error::new(Code::Internal, "cannot build the hot calls"))
     }
 }

@@ -7,6 +7,7 @@
 //! buffer and values are written straight from the store into a JS string or Buffer, so a read does
 //! one copy each way.
 
+mod contract;
 mod convert;
 mod events;
 mod handles;
@@ -17,13 +18,14 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use peer_buckets_engine::acks::{AckLevel, Registered};
+use peer_buckets_engine::acks::{self, Registered};
 use peer_buckets_engine::clock::Clock;
 use peer_buckets_engine::disk::Durability;
 use peer_buckets_engine::error::Error as EngineError;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 
+use contract::{closed, internal, AckLevel, Code, PeerEvent, Result};
 use convert::{KeyArg, KindSlot, RawValue};
 use handles::{with_bucket, PeerEntry, BUCKETS};
 
@@ -82,10 +84,6 @@ pub struct PeerStats {
     pub replication: Vec<LinkStats>,
 }
 
-pub(crate) fn closed() -> Error {
-    Error::new(Status::GenericFailure, "ECLOSED: the peer is closed")
-}
-
 fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -132,18 +130,15 @@ fn ms(v: f64) -> Duration {
 
 /// Starts a peer on its own tokio runtime. Binding errors are reported in the result, not thrown, so
 /// that `ready()` can reject with them.
-#[napi(
-    catch_unwind,
-    ts_args_type = "options: OpenOptions, callback: (events: Array<string | number | boolean | string[] | Array<string | undefined>>) => void"
-)]
-pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Result<PeerOpened> {
+#[napi(catch_unwind)]
+pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -> Result<PeerOpened> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("peer-buckets")
         .enable_all()
         .build()
-        .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| Error::new(Code::Internal, format!("cannot start the runtime: {e}")))?;
     let clock = Arc::new(Clock::default());
     if let Some(offset) = std::env::var(CLOCK_OFFSET_ENV)
         .ok()
@@ -195,7 +190,8 @@ pub fn peer_open(options: OpenOptions, callback: Function<RawValue, ()>) -> Resu
             let address = node.address().to_string();
             let id = node.id().to_string();
             let node = Arc::new(node);
-            let events = events::start_pump(&node, runtime.handle(), callback)?;
+            let events =
+                events::start_pump(&node, runtime.handle(), callback).map_err(internal)?;
             let handle = handles::add_peer(PeerEntry {
                 node,
                 runtime,
@@ -439,6 +435,9 @@ pub(crate) fn lifetime(ttl_ms: f64) -> Lifetime {
     }
 }
 
+/// The largest ack timeout, `Number.MAX_SAFE_INTEGER` ms.
+const MAX_ACK_TIMEOUT_MS: f64 = 9_007_199_254_740_991.0;
+
 pub(crate) fn write(
     bucket: u32,
     key: KeyArg,
@@ -447,14 +446,9 @@ pub(crate) fn write(
     ack: u32,
     timeout_ms: f64,
 ) -> Result<f64> {
-    let level = match ack {
-        0 => AckLevel::Local,
-        1 => AckLevel::One,
-        2 => AckLevel::Majority,
-        3 => AckLevel::All,
-        _ => return Err(Error::new(Status::InvalidArg, "unknown ack level")),
-    };
-    let (key, stored) = if level == AckLevel::Local {
+    let level = AckLevel::from_code(ack)
+        .ok_or_else(|| Error::new(Code::InvalidArg, format!("unknown ack level {ack}")))?;
+    let (key, stored) = if level == acks::AckLevel::Local {
         // The hot path: write and return, unless the write must wait for the disk.
         let pending = handles::with_slot(bucket, move |slot| {
             if slot.strict {
@@ -472,7 +466,9 @@ pub(crate) fn write(
         (key, stored)
     };
     let (b, node) = handles::bucket_and_node(bucket).ok_or_else(closed)?;
-    let timeout = Duration::from_millis(timeout_ms.max(0.0) as u64);
+    // index.js refuses more than 2^53 - 1 ms; the clamp keeps the engine's deadline (now + timeout,
+    // in u64 ms) from overflowing whatever the caller passes.
+    let timeout = Duration::from_millis(timeout_ms.clamp(0.0, MAX_ACK_TIMEOUT_MS) as u64);
     match node
         .write_acked(&b, key.into_arc(), stored, lifetime, level, timeout)
         .1
@@ -490,7 +486,7 @@ pub fn bucket_fetch(bucket: u32, from: String, prefix: String) -> Result<f64> {
     let events = handles::peer_events_for_bucket(bucket).ok_or_else(closed)?;
     let rx = node
         .fetch(b.name(), &from, &prefix)
-        .map_err(|e| Error::new(Status::GenericFailure, format!("ENOTCONN: {e}")))?;
+        .map_err(|e| Error::new(Code::NotConnected, e.to_string()))?;
     Ok(events::await_fetch(&events, rx) as f64)
 }
 
@@ -509,7 +505,7 @@ pub fn bucket_keys(bucket: u32, prefix: String) -> Result<Vec<String>> {
 pub fn bucket_entries(env: Env, bucket: u32, prefix: String) -> Result<RawValue> {
     let raw_env = env.raw();
     with_bucket(bucket, |b| {
-        let mut items = convert::ArrayBuilder::new(raw_env)?;
+        let mut items = convert::ArrayBuilder::new(raw_env).map_err(internal)?;
         let mut result = Ok(());
         b.scan(&prefix, &mut |k, stored| {
             if result.is_ok() {
@@ -518,14 +514,13 @@ pub fn bucket_entries(env: Env, bucket: u32, prefix: String) -> Result<RawValue>
                     .and_then(|_| items.push(RawValue::from_stored(raw_env, stored)?));
             }
         });
-        result.map(|_| items.finish())
+        result.map(|_| items.finish()).map_err(internal)
     })
     .ok_or_else(closed)?
 }
 
-/// Starts (or, with `null`, stops) delivering the bucket's changes to `callback` in batches, as a flat
-/// array `[key, value, origin, local, expired, ...]` where value is JSON text, a Buffer or undefined
-/// (deleted or expired).
+/// Starts (or, with `null`, stops) delivering the bucket's changes to `callback` in batches, each a
+/// flat array of `CHANGE_STRIDE` slots per change at the offsets `ChangeSlot` names.
 #[napi(
     catch_unwind,
     ts_args_type = "bucket: number, callback: ((events: Array<string | Buffer | boolean | undefined>) => void) | null"
@@ -537,6 +532,6 @@ pub fn bucket_listen(bucket: u32, callback: Option<Function<RawValue, ()>>) -> R
             b.unsubscribe();
             Ok(())
         }
-        Some(cb) => events::pump_changes(b, &runtime, cb),
+        Some(cb) => events::pump_changes(b, &runtime, cb).map_err(internal),
     }
 }

@@ -1,0 +1,43 @@
+'use strict'
+// The JavaScript side of the contract with the addon (src/contract.rs declares it; native.d.ts types it):
+// the loaded binding, its hot calls and value-kind slot, the numbers of the ack levels, the layout of a
+// change batch, and native errors turned into this realm's errors. Nothing else in lib/ loads native.js.
+
+const native = require('../native.js')
+
+// After hot.get returns a string, VALUE_KIND[0] says whether it is JSON text to parse (1) or a string
+// value as it is (0): strings are stored as themselves, so reading one costs no JSON.parse.
+const VALUE_KIND = new Int32Array(1)
+native.bindValueKind(VALUE_KIND)
+
+// get, has, setJson, setString, setBytes and delete: plain Node-API callbacks (src/hot.rs), taking a
+// bucket handle first.
+const hot = native.hotCalls()
+
+// 'local' -> native.AckLevel.Local, ...: the names users write, the numbers the addon takes.
+const ACK_LEVELS = new Map(Object.entries(native.AckLevel).map(([name, code]) => [name.toLowerCase(), code]))
+
+// A change batch is flat: CHANGE_STRIDE slots per change, at these offsets.
+const CHANGE = Object.freeze({
+  STRIDE: native.CHANGE_STRIDE,
+  KEY: native.ChangeSlot.Key,
+  VALUE: native.ChangeSlot.Value,
+  ORIGIN: native.ChangeSlot.Origin,
+  LOCAL: native.ChangeSlot.Local,
+  EXPIRED: native.ChangeSlot.Expired,
+})
+
+function codedError(code, message) {
+  const err = new Error(message)
+  err.code = code
+  return err
+}
+
+// Native errors come from another realm (and fail instanceof Error under jest): re-create them here,
+// keeping the code the addon gave them (src/contract.rs, Code).
+function fromNative(err) {
+  if (err instanceof Error) return err
+  return codedError(err && err.code, String((err && err.message) || err))
+}
+
+module.exports = { native, hot, VALUE_KIND, ACK_LEVELS, CHANGE, codedError, fromNative }
