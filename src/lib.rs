@@ -22,7 +22,7 @@ use peer_buckets_engine::acks::{self, Registered};
 use peer_buckets_engine::clock::Clock;
 use peer_buckets_engine::disk::Durability;
 use peer_buckets_engine::error::Error as EngineError;
-use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::node::{Config, LinkStats as EngineLinkStats, Node, Stats};
 use peer_buckets_engine::store::Lifetime;
 
 use contract::{closed, internal, AckLevel, Code, PeerEvent, Result};
@@ -56,6 +56,7 @@ pub struct LinkStats {
     pub bytes_received: f64,
 }
 
+/// What `stats()` returns; `lib/stats.js` declares each figure's meaning and metric.
 #[napi(object)]
 pub struct PeerStats {
     pub id: String,
@@ -258,47 +259,80 @@ pub fn peer_peers(peer: u32) -> Result<Vec<PeerInfo>> {
         .collect())
 }
 
+/// `stats()`: the engine's figures as they are. The destructuring names every field of the engine's
+/// `Stats` (no `..`), so a figure the engine gains fails to compile here until it is passed on; the
+/// JavaScript side's list (`lib/stats.js`) is checked against this struct by `__test__/stats.test.js`.
 #[napi(catch_unwind)]
 pub fn peer_stats(peer: u32) -> Result<PeerStats> {
     let node = handles::node(peer).ok_or_else(closed)?;
-    let s = node.stats();
+    let Stats {
+        id,
+        buckets,
+        keys,
+        peers,
+        cluster_size,
+        ops_applied,
+        bytes_sent,
+        bytes_received,
+        clock_skew_refused,
+        pulls_sent,
+        pulls_served,
+        catchup_writes_received,
+        protocol_errors,
+        tombstones,
+        tombstones_collected,
+        full_resyncs,
+        collected_remembered,
+        stand_in_tombstones,
+        handshakes_rejected,
+        handshakes_evicted,
+        warnings,
+        links,
+    } = node.stats();
     Ok(PeerStats {
-        id: s.id,
-        buckets: s.buckets as u32,
-        keys: s.keys as u32,
-        peers: s.peers as u32,
-        cluster_size: s.cluster_size as u32,
-        ops_applied: s.ops_applied as f64,
-        bytes_sent: s.bytes_sent as f64,
-        bytes_received: s.bytes_received as f64,
-        clock_skew_refused: s.clock_skew_refused as f64,
-        pulls_sent: s.pulls_sent as f64,
-        pulls_served: s.pulls_served as f64,
-        catchup_writes_received: s.catchup_writes_received as f64,
-        protocol_errors: s.protocol_errors as f64,
-        tombstones: s.tombstones as u32,
-        tombstones_collected: s.tombstones_collected as f64,
-        full_resyncs: s.full_resyncs as f64,
-        collected_remembered: s.collected_remembered as u32,
-        stand_in_tombstones: s.stand_in_tombstones as f64,
-        handshakes_rejected: s.handshakes_rejected as f64,
-        handshakes_evicted: s.handshakes_evicted as f64,
-        warnings: s
-            .warnings
+        id,
+        buckets: buckets as u32,
+        keys: keys as u32,
+        peers: peers as u32,
+        cluster_size: cluster_size as u32,
+        ops_applied: ops_applied as f64,
+        bytes_sent: bytes_sent as f64,
+        bytes_received: bytes_received as f64,
+        clock_skew_refused: clock_skew_refused as f64,
+        pulls_sent: pulls_sent as f64,
+        pulls_served: pulls_served as f64,
+        catchup_writes_received: catchup_writes_received as f64,
+        protocol_errors: protocol_errors as f64,
+        tombstones: tombstones as u32,
+        tombstones_collected: tombstones_collected as f64,
+        full_resyncs: full_resyncs as f64,
+        collected_remembered: collected_remembered as u32,
+        stand_in_tombstones: stand_in_tombstones as f64,
+        handshakes_rejected: handshakes_rejected as f64,
+        handshakes_evicted: handshakes_evicted as f64,
+        warnings: warnings
             .iter()
             .map(|(code, n)| (code.as_str().to_string(), *n as f64))
             .collect(),
-        replication: s
-            .links
+        replication: links
             .into_iter()
-            .map(|l| LinkStats {
-                id: l.id,
-                address: l.address,
-                lag_ops: l.lag_ops as f64,
-                lag_ms: l.lag_ms as f64,
-                bytes_sent: l.bytes_sent as f64,
-                bytes_received: l.bytes_received as f64,
-            })
+            .map(
+                |EngineLinkStats {
+                     id,
+                     address,
+                     lag_ops,
+                     lag_ms,
+                     bytes_sent,
+                     bytes_received,
+                 }| LinkStats {
+                    id,
+                    address,
+                    lag_ops: lag_ops as f64,
+                    lag_ms: lag_ms as f64,
+                    bytes_sent: bytes_sent as f64,
+                    bytes_received: bytes_received as f64,
+                },
+            )
             .collect(),
     })
 }

@@ -1,0 +1,44 @@
+'use strict'
+// The figures of peer.stats(), declared once: each numeric field, whether it is a gauge (a level now)
+// or a counter (a total since start), its Prometheus name and its help text. lib/metrics.js exports
+// them from this table; __test__/stats.test.js fails when the addon's PeerStats (src/lib.rs, typed in
+// native.d.ts), index.d.ts's PeerStats or what stats() returns name a figure this table does not, or
+// the other way round.
+
+// [stats() field, metric name (without the 'peer_buckets_' prefix), type, help]
+const FIGURES = [
+  ['buckets', 'buckets', 'gauge', 'Buckets open on this peer.'],
+  ['keys', 'keys', 'gauge', 'Live keys over all buckets of this peer.'],
+  ['peers', 'peers_connected', 'gauge', 'Peers linked to this one now.'],
+  ['clusterSize', 'cluster_size', 'gauge', "The cluster size ack 'majority' and 'all' count, this peer included."],
+  ['opsApplied', 'ops_applied_total', 'counter', 'Writes from other peers applied here.'],
+  ['bytesSent', 'sent_bytes_total', 'counter', 'Bytes sent to other peers.'],
+  ['bytesReceived', 'received_bytes_total', 'counter', 'Bytes received from other peers.'],
+  ['clockSkewRefused', 'clock_skew_refused_total', 'counter', 'Links refused because the other clock was too far off.'],
+  ['pullsSent', 'pulls_sent_total', 'counter', 'Requests for missing writes sent to other peers.'],
+  ['pullsServed', 'pulls_served_total', 'counter', 'Requests for missing writes served for other peers.'],
+  ['catchupWritesReceived', 'catchup_writes_received_total', 'counter', 'Writes of third peers received while catching up.'],
+  ['protocolErrors', 'protocol_errors_total', 'counter', 'Links closed for breaking the protocol.'],
+  ['tombstones', 'tombstones', 'gauge', 'Tombstones (deleted or expired keys not yet collected) held now.'],
+  ['tombstonesCollected', 'tombstones_collected_total', 'counter', 'Tombstones dropped once every member held them.'],
+  ['fullResyncs', 'full_resyncs_total', 'counter', 'Times this peer found it had missed a collection and resynced in full.'],
+  ['collectedRemembered', 'collected_remembered', 'gauge', 'Deleted or expired keys remembered after their tombstones were collected.'],
+  ['standInTombstones', 'stand_in_tombstones_total', 'counter', 'Old writes brought back from past a collection that met a stand-in tombstone here.'],
+  ['handshakesRejected', 'handshakes_rejected_total', 'counter', 'Connections refused in their handshake (not a peer, another secret or none, malformed, silent).'],
+  ['handshakesEvicted', 'handshakes_evicted_total', 'counter', 'Accepted connections closed in their handshake to make room for newer ones.'],
+].map(([field, metric, type, help]) => Object.freeze({ field, metric, type, help }))
+
+// Per linked peer, from stats().replication: scale turns the field's unit into the metric's.
+const LINK_FIGURES = [
+  ['lagOps', 'replication_lag_ops', 'gauge', "This peer's writes the linked peer has not acknowledged yet.", 1],
+  ['lagMs', 'replication_lag_seconds', 'gauge', "How long the linked peer has been behind on this peer's writes (0 when caught up).", 1e-3],
+  ['bytesSent', 'link_sent_bytes_total', 'counter', 'Bytes sent to the linked peer over its current link.', 1],
+  ['bytesReceived', 'link_received_bytes_total', 'counter', 'Bytes received from the linked peer over its current link.', 1],
+].map(([field, metric, type, help, scale]) => Object.freeze({ field, metric, type, help, scale }))
+
+// The fields of stats() that are not figures of FIGURES: its id, the warnings by code and the links.
+const OTHER_FIELDS = ['id', 'warnings', 'replication']
+// The fields of a link in stats().replication that are not figures: who it links to.
+const OTHER_LINK_FIELDS = ['id', 'address']
+
+module.exports = { FIGURES, LINK_FIGURES, OTHER_FIELDS, OTHER_LINK_FIELDS }
