@@ -221,7 +221,7 @@ export interface PeerStats {
   replication: LinkStats[]
 }
 
-/** An error from peer-buckets that carries a code (ECLOSED, ENOTSUP, EADDRINUSE, EACKTIMEOUT, EDISK, ENOTCONN, ...). */
+/** An error from peer-buckets that carries a code (ECLOSED, EADDRINUSE, EACKTIMEOUT, EDISK, ENOTCONN, EFETCH, ...). */
 export interface PeerBucketsError extends Error {
   code: string
   /** With EACKTIMEOUT and EDISK: ids of the other peers that had applied the write. */

@@ -1,5 +1,5 @@
 'use strict'
-// The public API of peer-buckets (API.md), exercised with Peers inside the jest process.
+// The public API of peer-buckets (README: API reference), exercised with Peers inside the jest process.
 
 const net = require('node:net')
 const { Peer, SharedBucket } = require('..')
@@ -884,15 +884,7 @@ describe('bad arguments', () => {
 
 // ---------------------------------------------------------------------------------------------------
 
-describe('ENOTSUP for features not built yet', () => {
-  // metrics() was here; it is built now (see metrics.test.js).
-})
-
-// ---------------------------------------------------------------------------------------------------
-// The brief for this suite listed ack levels other than 'local', fetch() and maxClockSkew as not built
-// (ENOTSUP); they landed since (commit 0c503e9), so they are held to API.md instead.
-
-describe('ack levels, fetch() and maxClockSkew (API.md)', () => {
+describe('ack levels, fetch() and maxClockSkew', () => {
   test("set/delete with ack 'one' / 'majority' / 'all' settle once other peers have applied the write", async () => {
     const [a, b, c] = await createCluster(3, 'ack')
     const ba = a.bucket('acks')

@@ -1,6 +1,7 @@
 'use strict'
-// Security (API.md): peers with a secret accept only peers with the same secret; hostile bytes, silent
-// sockets and a flood of idle ones are dropped while the real peers go on replicating.
+// Security (README: API reference, Security): peers with a secret accept only peers with the same
+// secret; hostile bytes, silent sockets and a flood of idle ones are dropped while the real peers go on
+// replicating.
 
 const net = require('node:net')
 const { randomBytes } = require('node:crypto')

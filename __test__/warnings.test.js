@@ -1,6 +1,6 @@
 'use strict'
-// The 'warning' event (API.md): misconfiguration a peer survives is reported on the peer itself,
-// counted by code in stats() and metrics(), with the address or peer it concerns.
+// The 'warning' event (README: API reference, Warnings): misconfiguration a peer survives is reported
+// on the peer itself, counted by code in stats() and metrics(), with the address or peer it concerns.
 
 const { createPeer, closeAll } = require('./helpers/peers')
 const { waitFor } = require('./helpers/wait')

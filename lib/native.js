@@ -1,7 +1,7 @@
 'use strict'
 // The JavaScript side of the contract with the addon (src/contract.rs declares it; native.d.ts types it):
-// the loaded binding, its hot calls and value-kind slot, the numbers of the ack levels, the layout of a
-// change batch, and native errors turned into this realm's errors. Nothing else in lib/ loads native.js.
+// the loaded binding, its hot calls and value-kind slot, the numbers of the ack levels and the layout
+// of a change batch. Nothing else in lib/ loads native.js.
 
 const native = require('../native.js')
 
@@ -27,17 +27,4 @@ const CHANGE = Object.freeze({
   EXPIRED: native.ChangeSlot.Expired,
 })
 
-function codedError(code, message) {
-  const err = new Error(message)
-  err.code = code
-  return err
-}
-
-// Native errors come from another realm (and fail instanceof Error under jest): re-create them here,
-// keeping the code the addon gave them (src/contract.rs, Code).
-function fromNative(err) {
-  if (err instanceof Error) return err
-  return codedError(err && err.code, String((err && err.message) || err))
-}
-
-module.exports = { native, hot, VALUE_KIND, ACK_LEVELS, CHANGE, codedError, fromNative }
+module.exports = { native, hot, VALUE_KIND, ACK_LEVELS, CHANGE }

@@ -1,0 +1,241 @@
+'use strict'
+// SharedBucket: one named bucket of a Peer. It owns the encoding of values (a string as itself, a
+// Uint8Array as bytes, anything else as JSON text) and their decoding, the promise and callback forms of
+// each call, and the delivery of change batches as 'change' events (one listener's throw costs no other
+// listener its event). Every call goes through the bucket's handle; the Peer settles what waits on acks.
+
+const { EventEmitter } = require('node:events')
+const { native, hot, VALUE_KIND, CHANGE } = require('./native.js')
+const { codedError, closedError, fromNative } = require('./errors.js')
+const {
+  MAX_VALUE_BYTES,
+  checkKey,
+  checkPrefix,
+  checkTtl,
+  checkWriteOptions,
+  splitOptionsAndCallback,
+} = require('./validation.js')
+
+const RESOLVED = Promise.resolve()
+const RESOLVED_TRUE = Promise.resolve(true)
+const RESOLVED_FALSE = Promise.resolve(false)
+
+function settle(cb, err) {
+  if (cb) {
+    process.nextTick(cb, err)
+    return undefined
+  }
+  return err ? Promise.reject(err) : RESOLVED
+}
+
+// Settles a write that waits for an ack level: at once when the native side says it is met (ticket 0).
+function settleWrite(peer, ticket, cb) {
+  if (ticket === 0) return settle(cb, null)
+  const done = peer._awaitTicket(ticket)
+  if (!cb) return done
+  done.then(() => cb(null), cb)
+  return undefined
+}
+
+function decodeValue(raw) {
+  return typeof raw === 'string' ? JSON.parse(raw) : raw
+}
+
+class SharedBucket extends EventEmitter {
+  #peer
+  #handle
+  #listening = false
+  #ttl = 0
+
+  constructor(peer, name, handle) {
+    super()
+    this.#peer = peer
+    this.#handle = handle
+    Object.defineProperty(this, 'name', { value: name, enumerable: true })
+    this.on('newListener', (event) => {
+      if (event === 'change' && !this.#listening) this.#listen(true)
+    })
+    this.on('removeListener', (event) => {
+      if (event === 'change' && this.#listening && this.listenerCount('change') === 0) this.#listen(false)
+    })
+  }
+
+  #listen(on) {
+    if (this.#peer.closed) return
+    this.#listening = on
+    native.bucketListen(this.#handle, on ? (batch) => this.#deliver(batch) : null)
+  }
+
+  #deliver(batch) {
+    let firstError
+    const listeners = this.listeners('change')
+    for (let i = 0; i < batch.length; i += CHANGE.STRIDE) {
+      const raw = batch[i + CHANGE.VALUE]
+      let value
+      try {
+        value = raw === undefined ? undefined : decodeValue(raw)
+      } catch (err) {
+        // A value that is not JSON can only come from a broken peer: report it, deliver the rest.
+        firstError = firstError || Object.assign(new Error(`change of '${batch[i + CHANGE.KEY]}': stored value is not valid JSON`), { cause: err })
+        continue
+      }
+      const event = {
+        key: batch[i + CHANGE.KEY],
+        value,
+        deleted: raw === undefined,
+        local: batch[i + CHANGE.LOCAL],
+        origin: batch[i + CHANGE.ORIGIN],
+      }
+      if (batch[i + CHANGE.EXPIRED]) event.expired = true
+      // Each listener is called on its own, so one that throws costs no other listener its event.
+      for (const listener of listeners) {
+        try {
+          listener.call(this, event)
+        } catch (err) {
+          firstError = firstError || err
+        }
+      }
+    }
+    // A throwing listener must not cost the other listeners their events; its error is reported the
+    // way Node reports any listener error: as 'error' if someone listens for it, else uncaught.
+    if (firstError) {
+      if (this.listenerCount('error') > 0) this.emit('error', firstError)
+      else process.nextTick(() => { throw firstError })
+    }
+  }
+
+  set(key, value, options, cb) {
+    ;[options, cb] = splitOptionsAndCallback('set()', options, cb)
+    checkKey('set()', key)
+    const [ack, timeout, ttl] = checkWriteOptions('set()', options, true, this.#ttl)
+    if (this.#peer.closed) return settle(cb, closedError('set()'))
+    if (value instanceof Uint8Array) {
+      if (value.byteLength > MAX_VALUE_BYTES) {
+        throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${value.byteLength})`)
+      }
+      return settleWrite(this.#peer, hot.setBytes(this.#handle, key, value, ttl, ack, timeout), cb)
+    } else if (typeof value === 'string' && value.isWellFormed()) {
+      // Stored as the string itself (a lone surrogate could not travel as UTF-8: such strings go as
+      // JSON text, which escapes it).
+      if (value.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(value) > MAX_VALUE_BYTES) {
+        throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${Buffer.byteLength(value)})`)
+      }
+      return settleWrite(this.#peer, hot.setString(this.#handle, key, value, ttl, ack, timeout), cb)
+    } else {
+      // JSON would turn any other binary view into an object of indices (or {}), silently.
+      if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer || value instanceof SharedArrayBuffer) {
+        const kind = Object.prototype.toString.call(value).slice(8, -1)
+        throw new TypeError(`set(): value is a${/^[AEIOU]/.test(kind) ? 'n' : ''} ${kind}: only a Uint8Array (or Buffer) is stored as bytes; pass new Uint8Array(buffer, offset, length) over its bytes`)
+      }
+      if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
+        throw new TypeError('set(): value must be JSON-serialisable or a Buffer (got ' + typeof value + ')')
+      }
+      let json
+      try {
+        json = JSON.stringify(value)
+      } catch (err) {
+        throw new TypeError(`set(): value cannot be serialised as JSON: ${err.message}`)
+      }
+      if (json === undefined) throw new TypeError('set(): value cannot be serialised as JSON')
+      if (json.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(json) > MAX_VALUE_BYTES) {
+        throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes as JSON (got ${Buffer.byteLength(json)})`)
+      }
+      return settleWrite(this.#peer, hot.setJson(this.#handle, key, json, ttl, ack, timeout), cb)
+    }
+  }
+
+  get(key) {
+    checkKey('get()', key)
+    if (this.#peer.closed) throw closedError('get()')
+    const raw = hot.get(this.#handle, key)
+    return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
+  }
+
+  has(key) {
+    checkKey('has()', key)
+    if (this.#peer.closed) throw closedError('has()')
+    return hot.has(this.#handle, key)
+  }
+
+  delete(key, options, cb) {
+    ;[options, cb] = splitOptionsAndCallback('delete()', options, cb)
+    checkKey('delete()', key)
+    const [ack, timeout] = checkWriteOptions('delete()', options, false, 0)
+    if (this.#peer.closed) return settle(cb, closedError('delete()'))
+    return settleWrite(this.#peer, hot.delete(this.#handle, key, ack, timeout), cb)
+  }
+
+  touch(key, ttl, cb) {
+    checkKey('touch()', key)
+    checkTtl('touch(): ttl', ttl)
+    if (cb !== undefined && typeof cb !== 'function') throw new TypeError('touch(): callback must be a function')
+    if (this.#peer.closed) return settle(cb, closedError('touch()'))
+    const touched = native.bucketTouch(this.#handle, key, ttl)
+    if (cb) {
+      process.nextTick(cb, null, touched)
+      return undefined
+    }
+    return touched ? RESOLVED_TRUE : RESOLVED_FALSE
+  }
+
+  /** The bucket's default time to live in ms (0: none); set with `peer.bucket(name, { ttl })`. */
+  get ttl() {
+    return this.#ttl
+  }
+
+  _setTtl(ttl) {
+    this.#ttl = ttl
+  }
+
+  keys(prefix) {
+    prefix = checkPrefix('keys()', prefix)
+    if (this.#peer.closed) throw closedError('keys()')
+    return native.bucketKeys(this.#handle, prefix)
+  }
+
+  entries(prefix) {
+    prefix = checkPrefix('entries()', prefix)
+    if (this.#peer.closed) throw closedError('entries()')
+    const flat = native.bucketEntries(this.#handle, prefix)
+    const out = new Array(flat.length / 2)
+    for (let i = 0; i < flat.length; i += 2) out[i / 2] = [flat[i], decodeValue(flat[i + 1])]
+    return out
+  }
+
+  get size() {
+    if (this.#peer.closed) throw closedError('size')
+    return native.bucketSize(this.#handle)
+  }
+
+  /**
+   * What this replica stores for `key`, live or not: `{ deleted, hlc, time, origin, incarnation, seq,
+   * expires, touch? }` of the winning write (a tombstone when deleted), or undefined when nothing is
+   * stored. For debugging and tests (the chaos checker reads it); `get` is the way to read values.
+   */
+  inspect(key) {
+    checkKey('inspect()', key)
+    if (this.#peer.closed) throw closedError('inspect()')
+    return native.bucketInspect(this.#handle, key) ?? undefined
+  }
+
+  fetch(options) {
+    if (options === null || typeof options !== 'object') throw new TypeError('fetch(): options must be an object')
+    const { from, prefix = '' } = options
+    if (typeof from !== 'string' || from.length === 0) throw new TypeError('fetch(): options.from must be a peer id')
+    if (typeof prefix !== 'string') throw new TypeError('fetch(): options.prefix must be a string')
+    if (this.#peer.closed) return Promise.reject(closedError('fetch()'))
+    let id
+    try {
+      id = native.bucketFetch(this.#handle, from, prefix)
+    } catch (err) {
+      const e = fromNative(err)
+      if (e.code === 'ENOTCONN') {
+        return Promise.reject(codedError('ENOTCONN', `fetch(): peer '${from}' is not connected`))
+      }
+      return Promise.reject(e)
+    }
+    return this.#peer._awaitFetch(id)
+  }
+}
+
+module.exports = { SharedBucket }

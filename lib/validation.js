@@ -1,0 +1,166 @@
+'use strict'
+// Argument checks of the public API, and the limits they enforce: every bad argument becomes a
+// TypeError or RangeError naming the call and the argument before anything reaches the addon, so a
+// call that throws has changed nothing.
+
+const { isIPv4, isIPv6 } = require('node:net')
+const { ACK_LEVELS } = require('./native.js')
+
+const MAX_KEY_BYTES = 64 * 1024
+const MAX_VALUE_BYTES = 8 * 1024 * 1024
+const MAX_BUCKET_NAME_BYTES = 255
+const MAX_ID_BYTES = 255
+const MIN_SECRET_BYTES = 16
+const MAX_SECRETS = 2
+
+function checkKey(fn, key) {
+  if (typeof key !== 'string' || key.length === 0) {
+    throw new TypeError(`${fn}: key must be a non-empty string`)
+  }
+  // Keys travel as UTF-8: a lone surrogate would turn into U+FFFD and merge distinct keys.
+  if (!key.isWellFormed()) {
+    throw new TypeError(`${fn}: key must be well-formed Unicode (it has a lone surrogate)`)
+  }
+  // A UTF-16 unit is at most 3 bytes of UTF-8, so only long keys need measuring.
+  if (key.length * 3 > MAX_KEY_BYTES && Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) {
+    throw new RangeError(`${fn}: key must be at most ${MAX_KEY_BYTES} bytes of UTF-8`)
+  }
+}
+
+function checkPrefix(fn, prefix) {
+  if (prefix === undefined) return ''
+  if (typeof prefix !== 'string') throw new TypeError(`${fn}: prefix must be a string`)
+  return prefix
+}
+
+const DEFAULT_ACK_TIMEOUT = 5000
+// The largest ack timeout: an integer number of ms exact in a double, whose deadline (now + timeout) the
+// native side computes in 64-bit milliseconds without overflow.
+const MAX_ACK_TIMEOUT = Number.MAX_SAFE_INTEGER
+
+// A time to live in milliseconds: a positive finite number.
+function checkTtl(what, ttl) {
+  if (typeof ttl !== 'number' || !(ttl > 0) || !Number.isFinite(ttl)) {
+    throw new RangeError(`${what} must be a positive number of milliseconds`)
+  }
+  return ttl
+}
+
+const ACK_LOCAL = ACK_LEVELS.get('local')
+
+// Write options, checked; returns [ack level code for the native side, timeout in ms, ttl in ms or 0].
+function checkWriteOptions(fn, options, allowTtl, defaultTtl) {
+  if (options === undefined || options === null) return [ACK_LOCAL, DEFAULT_ACK_TIMEOUT, defaultTtl]
+  if (typeof options !== 'object') throw new TypeError(`${fn}: options must be an object`)
+  let ttl = defaultTtl
+  if (options.ttl !== undefined) {
+    if (!allowTtl) throw new TypeError(`${fn}: ttl is not an option of delete`)
+    ttl = checkTtl(`${fn}: options.ttl`, options.ttl)
+  }
+  let timeout = DEFAULT_ACK_TIMEOUT
+  if (options.timeout !== undefined) {
+    if (typeof options.timeout !== 'number' || !(options.timeout > 0) || !Number.isFinite(options.timeout)) {
+      throw new RangeError(`${fn}: options.timeout must be a positive number of milliseconds`)
+    }
+    if (options.timeout > MAX_ACK_TIMEOUT) {
+      throw new RangeError(`${fn}: options.timeout must be at most ${MAX_ACK_TIMEOUT} ms (got ${options.timeout})`)
+    }
+    timeout = options.timeout
+  }
+  let ack = ACK_LOCAL
+  if (options.ack !== undefined) {
+    ack = ACK_LEVELS.get(options.ack)
+    if (ack === undefined) {
+      throw new RangeError(`${fn}: options.ack must be one of ${[...ACK_LEVELS.keys()].map((a) => `'${a}'`).join(', ')}`)
+    }
+  }
+  return [ack, timeout, ttl]
+}
+
+// set(key, value[, options][, cb]) and delete(key[, options][, cb]) argument shapes.
+function splitOptionsAndCallback(fn, a, b) {
+  if (typeof a === 'function') {
+    if (b !== undefined) throw new TypeError(`${fn}: the callback must be the last argument`)
+    return [undefined, a]
+  }
+  if (b !== undefined && typeof b !== 'function') throw new TypeError(`${fn}: callback must be a function`)
+  return [a, b]
+}
+
+// A bucket name: 1 to MAX_BUCKET_NAME_BYTES bytes of well-formed Unicode.
+function checkBucketName(name) {
+  if (typeof name !== 'string' || name.length === 0) throw new TypeError('bucket(): name must be a non-empty string')
+  if (!name.isWellFormed()) throw new TypeError('bucket(): name must be well-formed Unicode (it has a lone surrogate)')
+  if (Buffer.byteLength(name) > MAX_BUCKET_NAME_BYTES) {
+    throw new RangeError(`bucket(): name must be at most ${MAX_BUCKET_NAME_BYTES} bytes`)
+  }
+}
+
+function checkAddress(what, value) {
+  if (typeof value === 'number') {
+    if (!Number.isInteger(value) || value < 0 || value > 65535) {
+      throw new RangeError(`${what} must be a port number from 0 to 65535 or 'host:port'`)
+    }
+    return `127.0.0.1:${value}`
+  }
+  if (typeof value !== 'string') throw new TypeError(`${what} must be 'host:port' or a port number`)
+  const m = /^(.*):(\d+)$/.exec(value)
+  if (!m || m[1] === '' || Number(m[2]) > 65535) {
+    if (/^\d+$/.test(value) && Number(value) <= 65535) return `127.0.0.1:${value}`
+    throw new RangeError(`${what} must be 'host:port' (got '${value}')`)
+  }
+  return value
+}
+
+// 'ip:port' with an IPv4 address or a bracketed IPv6 one.
+function isIpLiteral(address) {
+  const host = address.slice(0, address.lastIndexOf(':'))
+  if (host.startsWith('[') && host.endsWith(']')) return isIPv6(host.slice(1, -1))
+  return isIPv4(host)
+}
+
+// options.secret: a string or Buffer, or during a rotation an array of two (the first is dialled with,
+// both are accepted). Returns the secrets as Buffers; undefined for an open peer.
+function checkSecrets(value) {
+  if (value === undefined) return undefined
+  const many = Array.isArray(value)
+  const list = many ? value : [value]
+  if (list.length === 0 || list.length > MAX_SECRETS) {
+    throw new RangeError(`Peer: options.secret must be a secret, or an array of at most ${MAX_SECRETS} during a rotation`)
+  }
+  return list.map((secret, i) => {
+    const what = many ? `options.secret[${i}]` : 'options.secret'
+    let bytes
+    if (typeof secret === 'string') bytes = Buffer.from(secret, 'utf8')
+    else if (secret instanceof Uint8Array) bytes = Buffer.from(secret)
+    else throw new TypeError(`Peer: ${what} must be a string or a Buffer`)
+    if (bytes.length < MIN_SECRET_BYTES) {
+      throw new RangeError(`Peer: ${what} must be at least ${MIN_SECRET_BYTES} bytes (got ${bytes.length})`)
+    }
+    return bytes
+  })
+}
+
+function checkDuration(name, value, fallback) {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
+    throw new RangeError(`Peer: options.${name} must be a positive number of milliseconds`)
+  }
+  return value
+}
+
+module.exports = {
+  MAX_KEY_BYTES,
+  MAX_VALUE_BYTES,
+  MAX_ID_BYTES,
+  checkKey,
+  checkPrefix,
+  checkTtl,
+  checkWriteOptions,
+  splitOptionsAndCallback,
+  checkBucketName,
+  checkAddress,
+  isIpLiteral,
+  checkSecrets,
+  checkDuration,
+}
