@@ -1,9 +1,9 @@
 'use strict'
-// Peers in real child processes (fixtures/peer-process.js), talking over loopback TCP.
+// Peers in real child processes (fixtures/peer-child.js), talking over loopback TCP.
 
 const net = require('node:net')
 const { randomBytes } = require('node:crypto')
-const { spawnPeer, killAll } = require('./helpers/peer-process')
+const { spawnPeer, killAll } = require('./helpers/spawn-peer')
 const { decodeValue } = require('./helpers/values')
 const { waitFor, sleep } = require('./helpers/wait')
 

@@ -7,7 +7,7 @@
 
 const fs = require('node:fs')
 const net = require('node:net')
-const { spawnPeer, killAll } = require('./helpers/peer-process')
+const { spawnPeer, killAll } = require('./helpers/spawn-peer')
 const { sleep } = require('./helpers/wait')
 
 jest.setTimeout(900_000)

@@ -5,7 +5,7 @@
 const express = require('express')
 const request = require('supertest')
 const { createPeer, createCluster, closeAll } = require('./helpers/peers')
-const { spawnPeer, killAll } = require('./helpers/peer-process')
+const { spawnPeer, killAll } = require('./helpers/spawn-peer')
 const { waitFor, sleep } = require('./helpers/wait')
 const { formatMetrics, CONTENT_TYPE } = require('../lib/metrics')
 

@@ -4,7 +4,7 @@
 // during it), restart under the same id, and partial fetch. Each test starts its own processes and
 // kills them all afterwards, whatever happened.
 
-const { spawnPeer, killAll } = require('./helpers/peer-process')
+const { spawnPeer, killAll } = require('./helpers/spawn-peer')
 const { waitFor, sleep } = require('./helpers/wait')
 
 jest.setTimeout(40_000)

@@ -6,6 +6,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const { fork } = require('node:child_process')
+const { Channel } = require('../support/ipc')
 
 const PEER = path.join(__dirname, 'peer.js')
 
@@ -23,8 +24,6 @@ class PeerRun {
     this.expectedExit = false
     this.exited = false
     this.paused = false
-    this.pending = new Map()
-    this.nextRid = 1
     const dir = cluster.dir
     this.log = path.join(dir, 'logs', `${this.id}.${run}.log`)
     const slot = impostor ? IMPOSTOR : this.id
@@ -46,8 +45,7 @@ class PeerRun {
     })
     this.child = fork(PEER, [], { env, stdio: ['ignore', out, out, 'ipc'] })
     fs.closeSync(out)
-    this.child.on('error', () => {})
-    this.child.on('message', (msg) => this.onMessage(msg))
+    this.channel = new Channel(this.child, { name: `${this.id}.${run}`, onMessage: (msg) => this.onMessage(msg) })
     this.ready = new Promise((resolve, reject) => {
       this.resolveReady = resolve
       this.rejectReady = reject
@@ -58,8 +56,6 @@ class PeerRun {
         this.exited = true
         this.code = code
         this.signal = signal
-        for (const p of this.pending.values()) p.reject(new Error(`${this.id}.${this.run} exited (${code ?? signal})`))
-        this.pending.clear()
         this.rejectReady(new Error(`${this.id}.${this.run} exited before ready (${code ?? signal})`))
         cluster.onExit(this, code, signal)
         resolve({ code, signal })
@@ -68,7 +64,6 @@ class PeerRun {
   }
 
   onMessage(msg) {
-    if (!msg || typeof msg !== 'object') return
     if (msg.type === 'ready') {
       this.address = msg.address
       this.inc = msg.inc
@@ -76,40 +71,11 @@ class PeerRun {
       this.resolveReady(msg)
     } else if (msg.type === 'fatal') {
       this.rejectReady(new Error(`${this.id}.${this.run} failed to start: ${msg.error.message}`))
-    } else if (msg.type === 'reply') {
-      const p = this.pending.get(msg.rid)
-      if (!p) return
-      this.pending.delete(msg.rid)
-      if (msg.error) p.reject(Object.assign(new Error(`${this.id}: ${msg.error.message}`), { code: msg.error.code }))
-      else p.resolve(msg.result)
     }
   }
 
   request(cmd, args = {}, timeout = 30000) {
-    if (this.exited || !this.child.connected) return Promise.reject(new Error(`${this.id}.${this.run} is not running`))
-    const rid = this.nextRid++
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(rid)
-        reject(new Error(`${this.id}.${this.run}: ${cmd} did not answer within ${timeout} ms`))
-      }, timeout)
-      this.pending.set(rid, {
-        resolve: (v) => {
-          clearTimeout(timer)
-          resolve(v)
-        },
-        reject: (e) => {
-          clearTimeout(timer)
-          reject(e)
-        },
-      })
-      this.child.send({ rid, cmd, ...args }, (err) => {
-        if (err && this.pending.delete(rid)) {
-          clearTimeout(timer)
-          reject(err)
-        }
-      })
-    })
+    return this.channel.request(cmd, args, timeout)
   }
 
   signal_(sig) {

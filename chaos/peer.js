@@ -4,8 +4,8 @@
 // synchronous write before and after each step, so a SIGKILL loses nothing that happened).
 //
 // Configuration: env CHAOS_PEER (JSON, see run.js); the engine's clock offset comes from
-// PEER_BUCKETS_TEST_CLOCK_OFFSET_MS. Commands from the harness arrive over IPC as { rid, cmd, ... } and
-// each gets { type: 'reply', rid, result | error }.
+// PEER_BUCKETS_TEST_CLOCK_OFFSET_MS. Commands from the harness arrive as requests of support/ipc.js,
+// each answered by one handler of `commands`.
 //
 // History records (one per line; `t` is the real time in ms, Date.now(), comparable across peers):
 //   { type: 'start', node, run, pid, skew, dataDir }
@@ -21,6 +21,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { Peer } = require(path.join(__dirname, '..'))
 const { Rng } = require('./rng')
+const { serve, send, exitWithParent } = require('../support/ipc')
 
 const config = JSON.parse(process.env.CHAOS_PEER)
 const { id, run } = config
@@ -32,11 +33,7 @@ function record(entry) {
   fs.writeSync(historyFd, JSON.stringify(entry) + '\n')
 }
 
-function send(message) {
-  if (process.connected) process.send(message)
-}
-
-process.on('disconnect', () => process.exit(0))
+exitWithParent()
 
 const rng = new Rng(config.seed, `workload/${id}/${run}`)
 let peer
@@ -232,17 +229,7 @@ const commands = {
   },
 }
 
-process.on('message', async (msg) => {
-  if (!msg || typeof msg !== 'object' || msg.rid === undefined) return
-  try {
-    const handler = commands[msg.cmd]
-    if (!handler) throw new Error(`unknown command ${msg.cmd}`)
-    const result = await handler(msg)
-    send({ type: 'reply', rid: msg.rid, result: result === undefined ? null : result })
-  } catch (err) {
-    send({ type: 'reply', rid: msg.rid, error: { message: String(err && err.message), code: err && err.code } })
-  }
-})
+serve(commands)
 
 async function main() {
   record({ type: 'start', node: id, run, pid: process.pid, skew: Number(process.env.PEER_BUCKETS_TEST_CLOCK_OFFSET_MS || 0), dataDir: !!config.dataDir })

@@ -7,6 +7,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const { fork } = require('node:child_process')
+const { Channel } = require('../../support/ipc')
 
 const PIDFILE = path.join(__dirname, '..', 'results', '.running-pids.json')
 const live = new Map() // pid -> { child, cmd, cleanup }
@@ -112,25 +113,7 @@ function spawnWorker(file, { name = path.basename(file, '.js'), execArgv = [] } 
     env: { ...process.env, BENCH_WORKER_NAME: name },
   })
   register(child)
-  let nextId = 1
-  const pending = new Map()
-  let exited = null
-  child.on('message', (msg) => {
-    const p = pending.get(msg.id)
-    if (!p) return
-    pending.delete(msg.id)
-    clearTimeout(p.timer)
-    if (msg.ok) p.resolve(msg.result)
-    else p.reject(new Error(`${name}: ${msg.error}`))
-  })
-  child.on('exit', (code, signal) => {
-    exited = { code, signal }
-    for (const p of pending.values()) {
-      clearTimeout(p.timer)
-      p.reject(new Error(`${name} exited (code ${code}, signal ${signal}) during '${p.cmd}'`))
-    }
-    pending.clear()
-  })
+  const channel = new Channel(child, { name })
   const ready = new Promise((resolve, reject) => {
     child.once('spawn', resolve)
     child.once('error', reject)
@@ -141,23 +124,12 @@ function spawnWorker(file, { name = path.basename(file, '.js'), execArgv = [] } 
     pid: child.pid,
     ready,
     call(cmd, args = {}, timeoutMs = 60_000) {
-      if (exited) return Promise.reject(new Error(`${name} has exited`))
-      const id = nextId++
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          pending.delete(id)
-          reject(new Error(`${name}: '${cmd}' timed out after ${timeoutMs} ms`))
-        }, timeoutMs)
-        pending.set(id, { resolve, reject, timer, cmd })
-        child.send({ id, cmd, args })
-      })
+      return channel.request(cmd, args, timeoutMs)
     },
     async kill(graceMs = 2000) {
-      if (exited) return
+      if (channel.exited) return
       const gone = new Promise((r) => child.once('exit', r))
-      try {
-        child.send({ id: 0, cmd: 'exit', args: {} })
-      } catch {}
+      channel.request('exit', {}, graceMs).catch(() => {})
       const t = setTimeout(() => child.kill('SIGKILL'), graceMs)
       await gone
       clearTimeout(t)

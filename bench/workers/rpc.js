@@ -1,29 +1,21 @@
 'use strict'
-// The worker side of bench/lib/procs.js: answers { id, cmd, args } messages with { id, ok, result|error }.
-// A worker ends when asked ('exit'), or when its parent goes away (the IPC channel closes).
+// The worker side of bench/lib/procs.js: serves its commands over support/ipc.js, plus 'exit', which
+// runs the worker's cleanup, answers, and ends the process. A worker also ends when its parent goes away.
+
+const ipc = require('../../support/ipc')
 
 function serve(handlers, onExit) {
-  process.on('message', async (msg) => {
-    if (!msg || typeof msg !== 'object') return
-    const { id, cmd, args } = msg
-    if (cmd === 'exit') {
+  ipc.serve({
+    ...handlers,
+    async exit() {
       try {
         if (onExit) await onExit()
       } finally {
-        process.exit(0)
+        setImmediate(() => process.exit(0))
       }
-      return
-    }
-    const h = handlers[cmd]
-    try {
-      if (!h) throw new Error(`unknown command '${cmd}'`)
-      const result = await h(args || {})
-      process.send({ id, ok: true, result })
-    } catch (err) {
-      process.send({ id, ok: false, error: (err && err.stack) || String(err) })
-    }
+      return true
+    },
   })
-  process.on('disconnect', () => process.exit(0))
 }
 
 /** Polls `check()` until it returns true; the pause after each call scales with what the call cost

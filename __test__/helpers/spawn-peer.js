@@ -1,4 +1,16 @@
 'use strict'
+// The parent's side of peers in child processes: spawns fixtures/peer-child.js, waits for its address,
+// sends commands (over support/ipc.js) and collects the events it forwards, pauses and kills it. Every
+// child is tracked so a suite can kill them all in afterEach/afterAll, whatever happened in the test.
+
+const path = require('node:path')
+const { fork } = require('node:child_process')
+const { encodeValue, decodeValue } = require('./values')
+const { withTimeout } = require('./wait')
+const { Channel } = require('../../support/ipc')
+
+const FIXTURE = path.join(__dirname, '..', 'fixtures', 'peer-child.js')
+const live = new Set()
 
 // A signal is delivered asynchronously: until every thread of the child is stopped it may still answer
 // (and acknowledge writes). Waits, bounded, until /proc shows every thread stopped ('T').
@@ -21,17 +33,6 @@ function waitStopped(pid, ms = 2000) {
     Atomics.wait(tick, 0, 0, 2)
   }
 }
-// Spawns fixtures/peer-process.js children and talks to them: wait for the address, send commands
-// with timeouts, collect forwarded events, kill. Every child is tracked so a suite can kill them all
-// in afterEach/afterAll, whatever happened in the test.
-
-const path = require('node:path')
-const { fork } = require('node:child_process')
-const { encodeValue, decodeValue } = require('./values')
-const { withTimeout } = require('./wait')
-
-const FIXTURE = path.join(__dirname, '..', 'fixtures', 'peer-process.js')
-const live = new Set()
 
 class PeerProcess {
   constructor(child, name) {
@@ -44,25 +45,22 @@ class PeerProcess {
     this.stderr = ''
     this.exitCode = undefined
     this.signal = undefined
-    this._nextRid = 1
-    this._pending = new Map()
     this._waiters = new Set()
+    this.channel = new Channel(child, {
+      name,
+      onMessage: (msg) => this._onMessage(msg),
+      describeExit: () => `stderr: ${this.stderr}`,
+    })
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         this.exitCode = code
         this.signal = signal
         live.delete(this)
-        for (const { reject } of this._pending.values()) {
-          reject(new Error(`${this.name} exited (code ${code}, signal ${signal}) with a command pending; stderr: ${this.stderr}`))
-        }
-        this._pending.clear()
         resolve({ code, signal })
       })
     })
     child.stdout.on('data', (d) => (this.stdout += d))
     child.stderr.on('data', (d) => (this.stderr += d))
-    child.on('message', (msg) => this._onMessage(msg))
-    child.on('error', () => {}) // e.g. EPIPE on send to a dead child; surfaced through exit / timeouts
   }
 
   get running() {
@@ -70,41 +68,16 @@ class PeerProcess {
   }
 
   _onMessage(msg) {
-    if (!msg || typeof msg !== 'object') return
-    if (msg.type === 'reply') {
-      const pending = this._pending.get(msg.rid)
-      if (!pending) return
-      this._pending.delete(msg.rid)
-      if (msg.error) {
-        const err = new Error(`${this.name}: ${msg.error.message}`)
-        err.code = msg.error.code
-        err.remoteName = msg.error.name
-        if (msg.error.acked) err.acked = msg.error.acked
-        pending.reject(err)
-      } else {
-        pending.resolve(msg.result)
-      }
-    } else if (msg.type === 'event') {
-      const event = { name: msg.name, data: msg.data, at: Date.now() }
-      if (msg.name === 'change') event.data = { ...msg.data, value: decodeValue(msg.data.value) }
-      this.events.push(event)
-      for (const waiter of [...this._waiters]) waiter(event)
-    }
+    if (msg.type !== 'event') return
+    const event = { name: msg.name, data: msg.data, at: Date.now() }
+    if (msg.name === 'change') event.data = { ...msg.data, value: decodeValue(msg.data.value) }
+    this.events.push(event)
+    for (const waiter of [...this._waiters]) waiter(event)
   }
 
   /** Sends a command and resolves with its result; rejects on a remote error or after `timeout` ms. */
   request(cmd, args = {}, timeout = 5000) {
-    if (!this.running || !this.child.connected) {
-      return Promise.reject(new Error(`${this.name} is not running; cannot send ${cmd}`))
-    }
-    const rid = this._nextRid++
-    const reply = new Promise((resolve, reject) => {
-      this._pending.set(rid, { resolve, reject })
-      this.child.send({ rid, cmd, ...args }, (err) => {
-        if (err && this._pending.delete(rid)) reject(err)
-      })
-    })
-    return withTimeout(reply, timeout, `${this.name}.${cmd}`).finally(() => this._pending.delete(rid))
+    return this.channel.request(cmd, args, timeout)
   }
 
   set(key, value, timeout) {
@@ -197,7 +170,7 @@ async function spawnPeer({ id, seeds = [], bucket, listen, timeout = 10000, opti
   Object.assign(env, extraEnv)
   delete env.NODE_OPTIONS // jest's own flags are not for the children
   const child = fork(FIXTURE, [], { env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] })
-  const proc = new PeerProcess(child, `peer-process(${id || child.pid})`)
+  const proc = new PeerProcess(child, `peer-child(${id || child.pid})`)
   live.add(proc)
   const ready = new Promise((resolve, reject) => {
     child.on('message', (msg) => {
