@@ -11,6 +11,7 @@ const { SessionStore } = require('..')
 const { createPeer, closeAll } = require('./helpers/peers')
 const { createSessionApp } = require('./helpers/session-app')
 const { waitFor, sleep, withTimeout } = require('./helpers/wait')
+const { Channel } = require('../support/ipc')
 
 jest.setTimeout(60_000)
 
@@ -301,16 +302,7 @@ function spawnServerB(seeds, appOptions) {
   let stderr = ''
   child.stderr.on('data', (d) => (stderr += d))
   child.on('exit', () => children.delete(child))
-  let nextRid = 1
-  const pending = new Map()
-  child.on('message', (msg) => {
-    if (msg && msg.type === 'reply' && pending.has(msg.rid)) {
-      const { resolve, reject } = pending.get(msg.rid)
-      pending.delete(msg.rid)
-      if (msg.error) reject(new Error(msg.error.message))
-      else resolve(msg.result)
-    }
-  })
+  const channel = new Channel(child, { name: 'server B', describeExit: () => `stderr: ${stderr}` })
   const ready = new Promise((resolve, reject) => {
     child.on('message', (msg) => {
       if (msg && msg.type === 'ready') resolve(msg)
@@ -320,17 +312,7 @@ function spawnServerB(seeds, appOptions) {
   })
   const b = {
     child,
-    ask(cmd, timeout = 5000) {
-      const rid = nextRid++
-      return withTimeout(
-        new Promise((resolve, reject) => {
-          pending.set(rid, { resolve, reject })
-          child.send({ rid, cmd })
-        }),
-        timeout,
-        `server B ${cmd}`,
-      )
-    },
+    ask: (cmd, timeout = 5000) => channel.request(cmd, {}, timeout),
   }
   return withTimeout(ready, 20_000, 'server B start').then((msg) => Object.assign(b, msg))
 }
