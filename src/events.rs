@@ -58,9 +58,18 @@ pub fn pump_changes(
                 };
                 out.set(at + ChangeSlot::Key as u32, RawValue::string(env, &c.key)?)?;
                 out.set(at + ChangeSlot::Value as u32, value)?;
-                out.set(at + ChangeSlot::Origin as u32, RawValue::string(env, c.origin.node())?)?;
-                out.set(at + ChangeSlot::Local as u32, RawValue::boolean(env, c.local))?;
-                out.set(at + ChangeSlot::Expired as u32, RawValue::boolean(env, c.expired))?;
+                out.set(
+                    at + ChangeSlot::Origin as u32,
+                    RawValue::string(env, c.origin.node())?,
+                )?;
+                out.set(
+                    at + ChangeSlot::Local as u32,
+                    RawValue::boolean(env, c.local),
+                )?;
+                out.set(
+                    at + ChangeSlot::Expired as u32,
+                    RawValue::boolean(env, c.expired),
+                )?;
             }
             Ok(out.finish())
         })?;
@@ -151,7 +160,11 @@ pub fn start_pump(
         .callee_handled::<false>()
         .weak::<true>()
         .build_callback(|ctx: ThreadsafeCallContext<Vec<EngineEvent>>| {
-            Ok(ctx.value.into_iter().map(PeerEvent::from).collect::<Vec<_>>())
+            Ok(ctx
+                .value
+                .into_iter()
+                .map(PeerEvent::from)
+                .collect::<Vec<_>>())
         })?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut peer_events = node.events();

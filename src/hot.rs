@@ -41,7 +41,10 @@ impl<const N: usize> Args<N> {
             )
         };
         if status != sys::Status::napi_ok {
-            return Err(Error::new(Code::Internal, "cannot read the call's arguments"));
+            return Err(Error::new(
+                Code::Internal,
+                "cannot read the call's arguments",
+            ));
         }
         Ok(Args { env, argv })
     }

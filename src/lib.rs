@@ -132,7 +132,10 @@ fn ms(v: f64) -> Duration {
 /// Starts a peer on its own tokio runtime. Binding errors are reported in the result, not thrown, so
 /// that `ready()` can reject with them.
 #[napi(catch_unwind)]
-pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -> Result<PeerOpened> {
+pub fn peer_open(
+    options: OpenOptions,
+    callback: Function<Vec<PeerEvent>, ()>,
+) -> Result<PeerOpened> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -191,8 +194,7 @@ pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -
             let address = node.address().to_string();
             let id = node.id().to_string();
             let node = Arc::new(node);
-            let events =
-                events::start_pump(&node, runtime.handle(), callback).map_err(internal)?;
+            let events = events::start_pump(&node, runtime.handle(), callback).map_err(internal)?;
             let handle = handles::add_peer(PeerEntry {
                 node,
                 runtime,

@@ -12,6 +12,19 @@ function median(xs) {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
+/** Runs `fn(i)` for i in 0..count-1 (async), at most `inflight` of them at a time. */
+async function inFlight(count, inflight, fn) {
+  let next = 0
+  const worker = async () => {
+    for (;;) {
+      const i = next++
+      if (i >= count) return
+      await fn(i)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(inflight, count) }, worker))
+}
+
 /** Nearest-rank percentile of an array of numbers (p in 0..100). */
 function percentile(xs, p) {
   if (xs.length === 0) return null
@@ -62,4 +75,4 @@ function machine() {
   }
 }
 
-module.exports = { now, sleep, nsToMs, median, percentile, waitFor, withTimeout, fmtNum, machine }
+module.exports = { now, sleep, nsToMs, median, percentile, inFlight, waitFor, withTimeout, fmtNum, machine }

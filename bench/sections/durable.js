@@ -17,24 +17,12 @@ const os = require('node:os')
 const path = require('node:path')
 const { Peer } = require('../..')
 const { SESSION, keys: makeKeys } = require('../lib/workload')
-const { now, median } = require('../lib/util')
+const { now, median, inFlight } = require('../lib/util')
 const { startRedis, info } = require('../lib/redis')
 
 const KEYSPACE = 8192
 const MASK = KEYSPACE - 1
 const INFLIGHT = 256
-
-async function inFlight(count, inflight, fn) {
-  let next = 0
-  const worker = async () => {
-    for (;;) {
-      const i = next++
-      if (i >= count) return
-      await fn(i)
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(inflight, count) }, worker))
-}
 
 async function round(n, fn) {
   const t0 = now()

@@ -6,7 +6,7 @@
 
 const { Peer } = require('../..')
 const { SESSION, SESSION_JSON, SHORT, keys: makeKeys } = require('../lib/workload')
-const { now, median } = require('../lib/util')
+const { now, median, inFlight } = require('../lib/util')
 
 const KEYSPACE = 8192 // keys cycled through by every loop (a power of two: i & MASK)
 const MASK = KEYSPACE - 1
@@ -17,18 +17,6 @@ async function round(n, fn) {
   const t0 = now()
   await fn(n)
   return n / (Number(now() - t0) / 1e9)
-}
-
-async function inFlight(count, inflight, fn) {
-  let next = 0
-  const worker = async () => {
-    for (;;) {
-      const i = next++
-      if (i >= count) return
-      await fn(i)
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(inflight, count) }, worker))
 }
 
 async function setupPeerBuckets() {

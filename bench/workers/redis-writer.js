@@ -5,21 +5,10 @@
 const Redis = require('ioredis')
 const { serve } = require('./rpc')
 const { SESSION, keys: makeKeys } = require('../lib/workload')
+const { inFlight } = require('../lib/util')
 
 const now = () => process.hrtime.bigint()
 let redis = null
-
-async function inFlight(count, inflight, fn) {
-  let next = 0
-  const worker = async () => {
-    for (;;) {
-      const i = next++
-      if (i >= count) return
-      await fn(i)
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(inflight, count) }, worker))
-}
 
 serve(
   {
