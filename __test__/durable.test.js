@@ -7,6 +7,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { Peer } = require('..')
+const { Channel } = require('../support/ipc')
 
 const children = new Set()
 const peers = []
@@ -23,7 +24,7 @@ function spawnWriter(dataDir, id, seed, mode) {
   children.add(child)
   child.on('exit', () => children.delete(child))
   child.messages = []
-  child.on('message', (m) => child.messages.push(m))
+  child.ipc = new Channel(child, { name: `durable-writer(${id})`, onMessage: (m) => child.messages.push(m) })
   return child
 }
 
@@ -78,15 +79,12 @@ test('SIGKILL during a write load loses no write whose promise resolved, and the
   const ready = await waitMessage(again, (m) => m.ready || m.error)
   expect(ready.error).toBeUndefined()
   expect(ready.size).toBeGreaterThan(acknowledged) // from disk, before any peer could send anything
-  again.send({ op: 'check', upto: acknowledged })
-  const report = await waitMessage(again, (m) => m.checked)
+  const report = await again.ipc.request('check', { upto: acknowledged })
   expect(report.missing).toEqual([])
   // It converges with the other peer (which got some writes the disk may not have had).
   const theirs = other.bucket('durable')
   await until(async () => {
-    again.messages = again.messages.filter((m) => !m.checked)
-    again.send({ op: 'check', upto: acknowledged })
-    const r = await waitMessage(again, (m) => m.checked)
+    const r = await again.ipc.request('check', { upto: acknowledged })
     return r.size === theirs.size && r.size > acknowledged
   })
   console.log(`durable: ${acknowledged + 1} writes acknowledged before SIGKILL; all present after restart; ${theirs.size} keys on both`)
