@@ -1,7 +1,8 @@
 'use strict'
 // The JavaScript side of the contract with the addon (src/contract.rs declares it; native.d.ts types it):
 // the loaded binding, its hot calls and value-kind slot, the numbers of the ack levels and the layout
-// of a change batch. Nothing else in lib/ loads native.js.
+// of a change batch. It is the only module that loads the addon (the root native.js, written by
+// `napi build`).
 
 const native = require('../native.js')
 
