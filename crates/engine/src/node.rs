@@ -460,7 +460,12 @@ impl Node {
             .members
             .cluster_size(self.shared.config.member_timeout)
             - 1;
-        let deadline = self.shared.local.clock.wall_ms() + timeout.as_millis() as u64;
+        let deadline = self
+            .shared
+            .local
+            .clock
+            .wall_ms()
+            .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let registered = self.shared.local.acks.register(
             bucket.name(),
             write.seq,

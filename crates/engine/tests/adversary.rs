@@ -651,6 +651,33 @@ async fn majority_is_not_met_by_the_writer_alone_while_a_seed_is_unreached() {
     );
 }
 
+/// An ack timeout too long for the deadline arithmetic (any `Duration`, up to `Duration::MAX`) waits
+/// instead of overflowing the deadline: no panic, and no write that settles at once as timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_timeout_of_any_length_never_overflows_the_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = Node::start(node_config(
+        "a",
+        vec![silent.local_addr().unwrap().to_string()],
+    ))
+    .await
+    .unwrap();
+    let bucket = a.bucket("s");
+    let (_, registered) = a.write_acked(
+        &bucket,
+        "k".into(),
+        Some(json("v")),
+        Lifetime::Forever,
+        AckLevel::All,
+        Duration::MAX,
+    );
+    a.close(Duration::from_secs(1)).await;
+    assert!(
+        matches!(registered, Registered::Pending(_)),
+        "a write waiting for a seed never reached settled at once: {registered:?}"
+    );
+}
+
 /// Members that were known and are forgotten after `memberTimeout` (they crashed: no leave) still
 /// count toward 'majority', or the write waits: the writer alone is not a majority of three.
 #[test]
