@@ -14,6 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use peer_buckets_engine::clock::{Clock, Hlc, ManualClock};
 use peer_buckets_engine::error::LinkError;
+use peer_buckets_engine::membership::PeerEventKind;
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::ranges::SeqRanges;
 use peer_buckets_engine::replica::ReplicaId;
@@ -290,6 +291,74 @@ async fn a_peer_refused_for_its_clock_is_reported_with_the_measured_skew_and_its
     assert!((119_000..=121_000).contains(&ms), "{}", w.message);
     assert!(a.stats().clock_skew_refused >= 2);
     for n in [a, b] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// Real nodes on one machine: `a` is within 2 s of `b` (1.9 s behind it) and of `c` (1.9 s ahead),
+/// and `b` refuses `c`, 3.8 s off. What `c` writes, and what `a` writes after it, reach `b` through
+/// `a` once `b`'s clock is within the skew of them: the link `a`–`b` never goes down meanwhile, and
+/// `b` reports the delayed writes (`ESKEW`, naming `a`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_relayed_past_the_skew_arrive_late_over_a_link_that_stays_up() {
+    let config = |id: &str, offset_ms: i64, seeds: Vec<String>| {
+        let config = Config {
+            max_clock_skew: Duration::from_secs(2),
+            ..node_config(id, seeds)
+        };
+        config.clock.set_offset_ms(offset_ms);
+        config
+    };
+    let a = Node::start(config("a", 0, vec![])).await.unwrap();
+    let b = Node::start(config("b", -1_900, vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    let mut b_warnings = b.warnings();
+    let mut b_events = b.events();
+    let c = Node::start(config("c", 1_900, vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    let linked = |n: &Node, id: &str| n.peers().iter().any(|p| p.id == id && p.connected);
+    for _ in 0..200 {
+        if linked(&b, "a") && linked(&c, "a") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (bc, ba, bb) = (c.bucket("s"), a.bucket("s"), b.bucket("s"));
+    for i in 0..20 {
+        bc.write(
+            format!("c{i}"),
+            Some(value::encode_json("1")),
+            Lifetime::Forever,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ba.write(
+            format!("a{i}"),
+            Some(value::encode_json("1")),
+            Lifetime::Forever,
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while bb.len() < 40 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bb.len(), 40, "b holds every write of a's and c's");
+    let mut reported = false;
+    while let Ok(w) = b_warnings.try_recv() {
+        if w.code == WarningCode::Skew && w.peer.as_deref() == Some("a") {
+            assert!(w.message.contains("stamped"), "{}", w.message);
+            reported = true;
+        }
+    }
+    assert!(reported, "b reported writes from a dropped for skew");
+    while let Ok(e) = b_events.try_recv() {
+        assert!(
+            !(e.id == "a" && e.kind == PeerEventKind::Down),
+            "b's link to a went down"
+        );
+    }
+    for n in [a, b, c] {
         n.close(Duration::from_secs(1)).await;
     }
 }
