@@ -6,11 +6,17 @@
 //! so a later local write is ordered after everything this replica has seen, whatever the wall clocks say.
 //!
 //! Invariants: no remote timestamp moves the clock past its ceiling, `max_skew_ms` ahead of its wall
-//! clock (`observe` refuses such a timestamp whole and changes nothing, so the caller can refuse the
+//! clock (`observe` refuses such a timestamp whole and changes nothing, so the caller can drop the
 //! frame that carried it); no input, up to `u64::MAX`, and no wall clock, however far off, overflows
 //! the packing or the arithmetic (physical time saturates at 48 bits, the counter at the end of the
 //! range). Only this replica's own stored timestamps (`resume`) bypass the ceiling: they were issued
 //! here, and later writes must order after them even if the wall clock went back.
+//!
+//! At the ceiling, causality wins over the ceiling: a tick after adopting a timestamp at the ceiling
+//! orders after it, so it passes the ceiling by its own count (a millisecond at most per 65,536
+//! ticks). Clamping it instead would stamp a local write before a write it follows, and it would lose
+//! to that write, even on this replica. A peer on the same wall clock drops the frame carrying such a
+//! tick and takes it once its clock moved on (see `sync`, clock skew guard).
 //!
 //! The physical source is injectable (`PhysicalClock`) so tests can drive time by hand, and every clock
 //! carries an offset knob used by tests and the chaos harness to simulate a skewed machine.

@@ -276,8 +276,12 @@ async fn run(
     let session = match Session::new(local, &theirs) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(%remote, peer = %theirs.replica.node, error = %e, "link refused");
             counters.links_refused.fetch_add(1, Ordering::Relaxed);
+            if let LinkError::ClockSkew { ahead_ms } = e {
+                skew_refused(shared, &theirs.replica.node, &address, ahead_ms);
+            } else {
+                tracing::warn!(%remote, peer = %theirs.replica.node, error = %e, "link refused");
+            }
             return Err(e);
         }
     };
@@ -376,12 +380,8 @@ async fn run(
             .peer(&*node)
             .address(&address),
         );
-    } else if let Err(e @ LinkError::ClockSkew { .. }) = &result {
-        shared.guard.warn(
-            &format_args!("{node} at {address}"),
-            e,
-            "link closed: the peer's writes are stamped past the allowed clock skew",
-        );
+    } else if let Err(LinkError::ClockSkew { ahead_ms }) = result {
+        skew_refused(shared, &node, &address, ahead_ms);
     } else {
         tracing::debug!(peer = %node, %address, reason = ?result, "link down");
     }
@@ -390,6 +390,42 @@ async fn run(
         Err(_) if dialed.is_some() => Ok(()),
         other => other,
     }
+}
+
+/// Reports (`ESKEW`) a peer refused because its wall clock, measured in its hello or a ping, runs
+/// `ahead_ms` ahead of this one's.
+fn skew_refused(shared: &Shared, node: &str, address: &str, ahead_ms: u64) {
+    shared.warnings.emit(
+        Warning::new(
+            WarningCode::Skew,
+            format!(
+                "the peer {node} at {address} was refused: its clock is {ahead_ms} ms ahead of \
+                 this peer's, past maxClockSkew ({} ms)",
+                shared.local.max_clock_skew_ms
+            ),
+        )
+        .peer(node)
+        .address(address),
+    );
+}
+
+/// Reports (`ESKEW`) writes a link brought stamped `ahead_ms` ahead of this clock: the link's other
+/// end is within the skew, but some member that stamped them is not. They were dropped, and come
+/// again once this clock is within the skew of them.
+fn skewed_writes(shared: &Shared, slot: &LinkSlot, ahead_ms: u64) {
+    shared.warnings.emit(
+        Warning::new(
+            WarningCode::Skew,
+            format!(
+                "writes from the peer {} at {} are stamped {ahead_ms} ms ahead of this peer's \
+                 clock, past maxClockSkew ({} ms): a member's clock runs that far ahead; they are \
+                 taken once this clock is within the skew of them",
+                slot.node, slot.address, shared.local.max_clock_skew_ms
+            ),
+        )
+        .peer(&*slot.node)
+        .address(&slot.address),
+    );
 }
 
 fn learn_member(shared: &Arc<Shared>, node: &Arc<str>, address: &str) {
@@ -422,7 +458,14 @@ async fn read_loop(
             .bytes_received
             .fetch_add(n as u64, Ordering::Relaxed);
         slot.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-        let inbound = slot.session.lock().handle(&shared.local, msg)?;
+        let (inbound, skewed) = {
+            let mut session = slot.session.lock();
+            let inbound = session.handle(&shared.local, msg)?;
+            (inbound, session.take_skewed())
+        };
+        if let Some(ahead_ms) = skewed {
+            skewed_writes(shared, slot, ahead_ms);
+        }
         match inbound {
             Inbound::Nothing => {}
             Inbound::Members(list) => {

@@ -11,10 +11,13 @@
 //!   period, so writes still in flight from their origin are not fetched twice.
 //! - **Digests** (per bucket, the whole context) go out periodically; they also acknowledge writes.
 //! - **Acks** are cumulative per bucket and sent once per writer pass, not once per write.
-//! - **Clock skew guard.** A peer whose wall clock (hello, pings) or whose writes' hybrid timestamps (in
-//!   any frame that carries writes) run further ahead of ours than `max_clock_skew_ms` is refused as a
-//!   link, never op by op, so replicas never disagree about which writes exist: every such frame goes
-//!   through `Local::observe` before any of its writes is applied.
+//! - **Clock skew guard.** A peer whose wall clock (hello, pings) runs further ahead of ours than
+//!   `max_clock_skew_ms` is refused as a link. Hybrid timestamps are not the sender's clock: a member
+//!   within the skew of both ends may have stamped them, so a frame holding one past this clock's
+//!   ceiling is dropped whole and the link stays (skew is not transitive). Every frame that carries
+//!   writes goes through `Local::observe` before any of them is applied; a dropped frame applies
+//!   nothing and claims no coverage, so its writes stay a gap, pulled again every `PULL_TIMEOUT_MS`
+//!   until this clock has come within the skew of them: delayed, never lost, never taken by halves.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,6 +147,9 @@ pub struct Local {
     pub acks: AckTracker,
     /// Remote clocks further ahead than this are refused.
     pub max_clock_skew_ms: u64,
+    /// (bucket, origin) of frames dropped for skew: their sender counts them as delivered and pushes
+    /// them no more, so the planner pulls these gaps without waiting for the origin's stream to stall.
+    skew_gaps: Mutex<BTreeSet<GapKey>>,
     /// Tombstones younger than this are never collected.
     pub tombstone_min_age_ms: u64,
     /// How long collected registers are remembered by key (see `store::CollectedKeys`).
@@ -191,6 +197,7 @@ impl Local {
             counters: Counters::default(),
             acks: AckTracker::new(),
             max_clock_skew_ms,
+            skew_gaps: Mutex::new(BTreeSet::new()),
             tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
             remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
@@ -321,13 +328,18 @@ impl Local {
     }
 
     /// Observes the newest timestamp of a frame's writes before any of them is applied: a frame with
-    /// one write stamped too far ahead is refused whole and moves no clock.
+    /// one write stamped past the clock's ceiling is refused whole (counted, for the caller to drop)
+    /// and moves no clock.
     pub fn observe<'a>(
         &self,
         writes: impl IntoIterator<Item = &'a Write>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<(), TooFarAhead> {
         match writes.into_iter().map(|w| w.hlc).max() {
-            Some(newest) => self.clock.observe(newest).map_err(|e| self.skew_refused(e)),
+            Some(newest) => self.clock.observe(newest).inspect_err(|_| {
+                self.counters
+                    .clock_skew_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }),
             None => Ok(()),
         }
     }
@@ -434,6 +446,9 @@ pub struct Session {
     awaiting_contexts: bool,
     /// The bucket where the last pass ran out of send budget; the next one starts there.
     resume_at: Option<Arc<str>>,
+    /// How far ahead (ms) of this clock the furthest write of a frame dropped for skew was stamped,
+    /// since the link last reported it (`take_skewed`).
+    skewed: Option<u64>,
 }
 
 impl Session {
@@ -464,6 +479,7 @@ impl Session {
                 .collect(),
             awaiting_contexts: true,
             resume_at: None,
+            skewed: None,
         })
     }
 
@@ -585,6 +601,16 @@ impl Session {
         self.buckets.get(bucket).map_or(0, |b| b.reported_at_ms)
     }
 
+    /// How far ahead of this clock (ms) writes this link brought were stamped, if a frame of them was
+    /// dropped for skew since the last call: the link reports it (`ESKEW`).
+    pub fn take_skewed(&mut self) -> Option<u64> {
+        self.skewed.take()
+    }
+
+    fn dropped_for_skew(&mut self, e: TooFarAhead) {
+        self.skewed = Some(self.skewed.unwrap_or(0).max(e.ahead_ms));
+    }
+
     /// Queues a message for the writer.
     pub fn queue(&mut self, msg: Message) {
         self.outbox.push_back(msg);
@@ -667,7 +693,10 @@ impl Session {
                 let count = writes.len();
                 if let Some(origin) = origin {
                     check_writes(&writes, None)?;
-                    local.observe(&writes)?;
+                    if let Err(e) = local.observe(&writes) {
+                        self.dropped_for_skew(e);
+                        return Ok(Inbound::Fetched { id, count: 0, done });
+                    }
                     if !self.refuses(local, &bucket) {
                         let origin = local.replicas.intern(&origin);
                         local.merge(&local.bucket(&bucket), &origin, writes, &SeqRanges::new())?;
@@ -754,7 +783,12 @@ impl Session {
                 )));
             }
         }
-        local.observe(batch.writes.iter().chain(superseders))?;
+        if let Err(e) = local.observe(batch.writes.iter().chain(superseders)) {
+            let origin = local.replicas.intern(&batch.origin);
+            local.skew_gaps.lock().insert((batch.bucket, origin));
+            self.dropped_for_skew(e);
+            return Ok(());
+        }
         if self.refuses(local, &batch.bucket) {
             return Ok(());
         }
@@ -1047,7 +1081,8 @@ impl PullPlanner {
             if missing.is_empty() {
                 continue;
             }
-            let wanted = if is_pushed(&key.1) {
+            let dropped_for_skew = local.skew_gaps.lock().contains(&key);
+            let wanted = if is_pushed(&key.1) && !dropped_for_skew {
                 // Only what was already missing at the previous pass (not what is in flight), and only
                 // when nothing of that origin arrived since (its stream is stalled, not just long).
                 let held = local.bucket(&key.0).store().context_of(&key.1).count();
@@ -1088,6 +1123,11 @@ impl PullPlanner {
                 })
                 .or_insert((ask, now_ms + PULL_TIMEOUT_MS));
         }
+        // A gap that closed (or that no linked peer can fill any more) needs no pulling at once.
+        local
+            .skew_gaps
+            .lock()
+            .retain(|key| missing_now.contains_key(key) || self.inflight.contains_key(key));
         self.previous = missing_now;
         self.held = held_now;
         touched.sort_unstable();
