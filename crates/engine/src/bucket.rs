@@ -177,19 +177,21 @@ impl Bucket {
         writes: Vec<Write>,
         covered: &SeqRanges,
     ) -> Result<Merged, TooFarAhead> {
-        self.merge_chunk(origin, writes, covered, &[])
+        self.merge_chunk(origin, writes, covered, &[], Vec::new())
     }
 
-    /// Merges a chunk from another replica, with the superseded seqs it covered (see
-    /// `Store::merge_chunk`); refused whole like `merge`.
+    /// Merges a chunk from another replica in one step, with the superseded seqs it covered and the
+    /// registers it carries for them (see `Store::merge_chunk`); refused whole like `merge`.
     pub fn merge_chunk(
         &self,
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
         superseded: &[(Arc<str>, Vec<u64>)],
+        superseders: Vec<(Origin, Write)>,
     ) -> Result<Merged, TooFarAhead> {
-        if let Some(max) = writes.iter().map(|w| w.hlc).max() {
+        let stamps = writes.iter().chain(superseders.iter().map(|(_, w)| w));
+        if let Some(max) = stamps.map(|w| w.hlc).max() {
             self.clock.observe(max)?;
         }
         // Expiries are swept up to now first: a value whose expiry is past when it arrives is then
@@ -202,6 +204,7 @@ impl Bucket {
             writes,
             covered,
             superseded,
+            superseders,
             &mut |shown| {
                 if listening {
                     self.emit(shown, origin, false)

@@ -244,12 +244,16 @@ pub trait Store: Send + Sync + 'static {
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
-        self.merge_chunk(me, origin, writes, covered, &[], on_change)
+        self.merge_chunk(me, origin, writes, covered, &[], Vec::new(), on_change)
     }
-    /// `merge` of a chunk: also records, as superseded markers, the dots of `origin` in `superseded`
+    /// `merge` of a whole chunk in one step: its `superseders` (registers of any origin, each
+    /// covering its own dot) with its writes, touch registers first, so that listeners hear each
+    /// key's net change and never a value shown live for a moment under a touch of the same chunk
+    /// that had expired it. Also records, as superseded markers, the dots of `origin` in `superseded`
     /// (per key: the chunk covered them without their writes, which lost to the key's registers) that
-    /// were new here, in the same step. A chunk this replica sends later that covers them then carries
-    /// the key's registers too, as the first sender's did.
+    /// were new here. A chunk this replica sends later that covers them then carries the key's
+    /// registers too, as the first sender's did.
+    #[allow(clippy::too_many_arguments)]
     fn merge_chunk(
         &self,
         me: &Origin,
@@ -257,6 +261,7 @@ pub trait Store: Send + Sync + 'static {
         writes: Vec<Write>,
         covered: &SeqRanges,
         superseded: &[(Arc<str>, Vec<u64>)],
+        superseders: Vec<(Origin, Write)>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged;
     /// Reports (through `on_expired`) every key whose value expired by `now_ms` since the last call,
@@ -271,7 +276,8 @@ pub trait Store: Send + Sync + 'static {
     /// The stored writes of `origin` with seqs in `start..=end`, within `limits`, plus the part of the
     /// context they stand for (`start..=last` where `last` is `end` unless the limits cut the walk short,
     /// intersected with the context) and the current registers of keys whose writes in that part were
-    /// superseded. Read under one lock, so they agree.
+    /// superseded, and the touch register of every key whose value register it carries (newer than
+    /// the value: it may have expired it). Read under one lock, so they agree.
     fn chunk(&self, origin: &Origin, start: u64, end: u64, limits: ChunkLimits) -> Chunk;
     /// Visits every stored register under `prefix` (tombstones and expired entries too) as a write of
     /// its origin; what a partial fetch sends (so each counts as shipped, like a chunk's).
@@ -359,8 +365,9 @@ pub struct Chunk {
     pub writes: Vec<Write>,
     /// The seqs they stand for.
     pub covered: SeqRanges,
-    /// Current registers of keys whose writes in the range were superseded, with their origins; to be
-    /// delivered before `covered` is claimed.
+    /// Current registers of keys whose writes in the range were superseded, and the touch registers
+    /// of keys whose value registers are among `writes`, with their origins; merged with the writes
+    /// in one step (`Store::merge_chunk`).
     pub superseders: Vec<(Origin, Write)>,
     /// The superseded seqs of the range, per key, so the receiver can relay them with their
     /// superseders in turn.
@@ -1208,6 +1215,7 @@ impl Store for MemoryStore {
         writes: Vec<Write>,
         covered: &SeqRanges,
         superseded: &[(Arc<str>, Vec<u64>)],
+        superseders: Vec<(Origin, Write)>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
         let mut state = self.state.write();
@@ -1224,16 +1232,22 @@ impl Store for MemoryStore {
             .filter(|&(_, seq)| !known.contains(seq))
             .collect();
         let mut merged = Merged::default();
-        for mut w in writes {
+        // A chunk holds at most one value and one touch register per key, both from its sender's one
+        // reading: with the touch in first, a value it expired lands dead and is never shown.
+        let all = superseders
+            .into_iter()
+            .chain(writes.into_iter().map(|w| (origin.clone(), w)));
+        let (touches, values): (Vec<_>, Vec<_>) = all.partition(|(_, w)| w.touch);
+        for (o, mut w) in touches.into_iter().chain(values) {
             if state
                 .origins
-                .get(origin)
-                .is_some_and(|o| o.context.contains(w.seq))
+                .get(&o)
+                .is_some_and(|st| st.context.contains(w.seq))
             {
                 continue;
             }
             merged.fresh += 1;
-            state.see(origin, w.seq);
+            state.see(&o, w.seq);
             if w.hlc <= state.collected.newest {
                 let current = state
                     .entries
@@ -1241,12 +1255,12 @@ impl Store for MemoryStore {
                     .filter(|e| e.seq > 0)
                     .map(|e| (e.hlc, e.origin.clone(), e.value.is_none()));
                 let current = current.as_ref().map(|(h, o, t)| (*h, o, *t));
-                if let Some(hlc) = state.collected.stand_in_time(&w, origin, current, me) {
+                if let Some(hlc) = state.collected.stand_in_time(&w, &o, current, me) {
                     state.stand_in(me, &w, hlc, on_change);
                     merged.stand_ins += 1;
                 }
             }
-            state.apply(origin, &mut w, on_change);
+            state.apply(&o, &mut w, on_change);
         }
         if !covered.is_empty() {
             state
@@ -1369,9 +1383,21 @@ impl Store for MemoryStore {
                 continue;
             };
             let items: Vec<(Option<Origin>, Write)> = if is_stored {
-                e.write_for(key, origin, seq)
-                    .map(|w| (None, w))
+                let w = e.write_for(key, origin, seq);
+                // A value goes with the key's touch register, newer than it: the receiver must not
+                // show live a value this replica holds expired.
+                let touch = match &w {
+                    Some(w) if !w.touch => e.touch_write(key).filter(|(o, t)| {
+                        !chunk
+                            .superseders
+                            .iter()
+                            .any(|(so, s)| so == o && s.seq == t.seq)
+                    }),
+                    _ => None,
+                };
+                w.map(|w| (None, w))
                     .into_iter()
+                    .chain(touch.map(|(o, t)| (Some(o), t)))
                     .collect()
             } else if chunk.superseders.iter().any(|(_, w)| w.key == *key) {
                 Vec::new()

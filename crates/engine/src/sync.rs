@@ -362,10 +362,11 @@ impl Local {
         writes: Vec<Write>,
         covered: &SeqRanges,
     ) -> Result<usize, LinkError> {
-        self.merge_chunk(bucket, origin, writes, covered, &[])
+        self.merge_chunk(bucket, origin, writes, covered, &[], Vec::new())
     }
 
-    /// `merge` of a chunk with the superseded seqs it covered (see `Bucket::merge_chunk`).
+    /// `merge` of a whole chunk: the superseded seqs it covered and the registers it carries with
+    /// them (see `Bucket::merge_chunk`).
     fn merge_chunk(
         &self,
         bucket: &Bucket,
@@ -373,9 +374,10 @@ impl Local {
         writes: Vec<Write>,
         covered: &SeqRanges,
         superseded: &[(Arc<str>, Vec<u64>)],
+        superseders: Vec<(Origin, Write)>,
     ) -> Result<usize, LinkError> {
         let merged = bucket
-            .merge_chunk(origin, writes, covered, superseded)
+            .merge_chunk(origin, writes, covered, superseded, superseders)
             .map_err(|e| self.skew_refused(e))?;
         self.count_merged(merged);
         Ok(merged.fresh)
@@ -794,19 +796,20 @@ impl Session {
         }
         let origin = local.replicas.intern(&batch.origin);
         let bucket = local.bucket(&batch.bucket);
-        let mut fresh = 0;
-        // What superseded the covered writes lands first, so the coverage is never claimed without it.
-        for (rid, w) in batch.superseders {
-            let o = local.replicas.intern(&rid);
-            let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
-            fresh += local.merge(&bucket, &o, vec![w], &dot)?;
-        }
-        fresh += local.merge_chunk(
+        // One step: the coverage is never claimed without what superseded it, and a value never
+        // shows live for a moment under a touch the same batch carries.
+        let superseders = batch
+            .superseders
+            .into_iter()
+            .map(|(rid, w)| (local.replicas.intern(&rid), w))
+            .collect();
+        let fresh = local.merge_chunk(
             &bucket,
             &origin,
             batch.writes,
             &batch.covered,
             &batch.superseded,
+            superseders,
         )?;
         if origin != self.peer {
             local
@@ -828,11 +831,16 @@ impl Session {
 
     fn answer_fetch(&mut self, local: &Local, id: u64, bucket: Arc<str>, prefix: &str) {
         let b = local.bucket(&bucket);
-        let mut by_origin: BTreeMap<Origin, Vec<crate::store::Write>> = BTreeMap::new();
+        // Touch registers first: each reply is merged on its own, and a value must land under the
+        // touch that may have expired it, never be shown live before it.
+        let mut by_origin: BTreeMap<(bool, Origin), Vec<crate::store::Write>> = BTreeMap::new();
         b.store().scan_writes(prefix, &mut |origin, w| {
-            by_origin.entry(origin.clone()).or_default().push(w)
+            by_origin
+                .entry((!w.touch, origin.clone()))
+                .or_default()
+                .push(w)
         });
-        for (origin, writes) in by_origin {
+        for ((_, origin), writes) in by_origin {
             let mut frame = Vec::new();
             let mut bytes = 0;
             for w in writes {

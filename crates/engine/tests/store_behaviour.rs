@@ -8,7 +8,7 @@
 //! - replicas that exchanged everything hold identical registers and contexts.
 //!
 //! Writes travel as the protocol ships them: chunks of one origin's index (`Store::chunk`), the
-//! superseders merged before the coverage is claimed, delivered late, out of order and twice.
+//! superseders merged with the writes in one step, delivered late, out of order and twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +18,9 @@ use peer_buckets_engine::clock::{Clock, ManualClock};
 use peer_buckets_engine::ranges::SeqRanges;
 use peer_buckets_engine::replica::ReplicaId;
 use peer_buckets_engine::store::{Change, ChunkLimits, Lifetime};
-use peer_buckets_engine::sync::Local;
+use peer_buckets_engine::sync::{Local, Session};
 use peer_buckets_engine::value;
+use peer_buckets_engine::wire::{self, Message};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const START_MS: u64 = 1_700_000_000_000;
@@ -144,7 +145,7 @@ impl Replica {
     }
 }
 
-/// A chunk of one origin's writes as it travels: the superseders, then the writes and what they cover.
+/// A chunk of one origin's writes as it travels: the superseders, the writes and what they cover.
 struct Shipment {
     to: usize,
     origin: ReplicaId,
@@ -175,16 +176,14 @@ fn pack(from: &Replica, to: usize, origin: &ReplicaId, start: u64, end: u64) -> 
 
 /// Delivers a shipment as a link's reader does.
 fn deliver(to: &Replica, s: Shipment) {
-    for (rid, w) in s.superseders {
-        let o = to.local.replicas.intern(&rid);
-        let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
-        to.bucket
-            .merge(&o, vec![w], &dot)
-            .expect("clocks within the allowed skew");
-    }
+    let superseders = s
+        .superseders
+        .into_iter()
+        .map(|(rid, w)| (to.local.replicas.intern(&rid), w))
+        .collect();
     let origin = to.local.replicas.intern(&s.origin);
     to.bucket
-        .merge(&origin, s.writes, &s.covered)
+        .merge_chunk(&origin, s.writes, &s.covered, &[], superseders)
         .expect("clocks within the allowed skew");
 }
 
@@ -302,6 +301,126 @@ fn a_value_written_already_expired_is_never_announced_live() {
     let [_, mut b] = rs;
     b.check("after the expired writes arrived");
     assert!(b.announced.is_empty(), "nothing live reached b");
+}
+
+/// A value, then a touch that shortened its life, both held by the sender when it ships them; by
+/// the time they reach another replica the touch has expired the value. The receiver never shows it
+/// live, whichever way they travel: in one chunk of one origin (the value's write comes first in it),
+/// as a value of one origin whose touch another origin made (a chunk of the value's origin carries
+/// the key's newer touch register, and a merge applies a whole chunk before it announces anything),
+/// or in the answer to a partial fetch (touch registers go first).
+#[test]
+fn a_value_expired_by_its_newer_touch_in_the_same_chunk_is_never_announced_live() {
+    let a = Replica::new("a", 0);
+    let b = Replica::new("b", 0);
+    a.set("k", "v", Lifetime::Ttl(10_000));
+    a.time.advance(1);
+    a.bucket.touch("k".into(), 100).expect("the key is live");
+    a.time.advance(500);
+    b.time.advance(501);
+    let rs = [a, b];
+    ship_all(&rs, 0, 1);
+    let [a, mut b] = rs;
+    b.check("after the chunk");
+    assert!(b.announced.is_empty(), "announced {:?}", b.announced);
+    assert_eq!(
+        b.expiries_heard, 0,
+        "nothing live was shown, so nothing expired"
+    );
+    assert_eq!(a.dump(), b.dump(), "the replicas converged");
+}
+
+/// A replica holding a value written at `a`, and its own touch (`c`) that expired it.
+fn value_and_touch_of_another_origin() -> [Replica; 3] {
+    let a = Replica::new("a", 0);
+    let c = Replica::new("c", 0);
+    let b = Replica::new("b", 0);
+    a.set("k", "v", Lifetime::Ttl(10_000));
+    let mut rs = [a, b, c];
+    ship_all(&rs, 0, 2);
+    rs[2].time.advance(1);
+    rs[2]
+        .bucket
+        .touch("k".into(), 100)
+        .expect("the key is live");
+    for r in &mut rs {
+        r.time.advance(600);
+        r.check("before the exchange");
+    }
+    rs
+}
+
+#[test]
+fn a_value_expired_by_a_touch_of_another_origin_is_never_announced_live() {
+    let mut rs = value_and_touch_of_another_origin();
+    // c ships a's writes first (contexts go in origin order), then its own.
+    ship_all(&rs, 2, 1);
+    rs[1].check("after the chunks");
+    assert!(
+        rs[1].announced.is_empty(),
+        "announced {:?}",
+        rs[1].announced
+    );
+    assert_eq!(rs[1].expiries_heard, 0);
+    assert_eq!(rs[1].dump(), rs[2].dump(), "the replicas converged");
+}
+
+#[test]
+fn a_value_expired_by_a_touch_of_another_origin_is_never_announced_live_by_a_fetch() {
+    let mut rs = value_and_touch_of_another_origin();
+    let [_, b, c] = &mut rs;
+    let hello = b.local.hello(7000, None, vec![]);
+    let mut session = Session::new(&c.local, &hello).expect("hello accepted");
+    let request = Message::FetchRequest {
+        id: 1,
+        bucket: BUCKET.into(),
+        prefix: String::new(),
+    };
+    session
+        .handle(&c.local, request)
+        .expect("a fetch is served");
+    let mut buf = Vec::new();
+    session.fill(&c.local, &mut buf, false).expect("encodes");
+    let mut at = 0;
+    let mut replies = 0;
+    while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
+        at += used;
+        if let Message::FetchReply {
+            origin: Some(origin),
+            writes,
+            ..
+        } = msg
+        {
+            // Each reply as the link's reader applies it.
+            let o = b.local.replicas.intern(&origin);
+            b.bucket
+                .merge(&o, writes, &SeqRanges::new())
+                .expect("clocks within the allowed skew");
+            replies += 1;
+        }
+    }
+    assert_eq!(replies, 2, "one reply per origin");
+    b.check("after the fetch");
+    assert!(b.announced.is_empty(), "announced {:?}", b.announced);
+    assert_eq!(b.expiries_heard, 0);
+}
+
+/// The other side of the rule: a replica that receives a value from a sender that does not hold the
+/// touch that expired it elsewhere shows it live, as its sender does, and hears it expire once the
+/// touch arrives (ordinary eventual consistency, as for a set that arrives before a newer delete).
+#[test]
+fn a_value_from_a_sender_without_its_touch_is_shown_until_the_touch_arrives() {
+    let mut rs = value_and_touch_of_another_origin();
+    ship_all(&rs, 0, 1);
+    rs[1].check("after the value arrived from its writer");
+    assert_eq!(rs[1].announced, ["k"], "shown live, as its sender shows it");
+    ship_all(&rs, 2, 1);
+    rs[1].check("after the touch arrived");
+    assert_eq!(
+        rs[1].expiries_heard, 1,
+        "heard expired once the touch arrived"
+    );
+    assert_eq!(rs[1].dump(), rs[2].dump(), "the replicas converged");
 }
 
 /// A small seedable generator (xorshift*), so a failing seed replays the same run.

@@ -5,7 +5,10 @@
 //!   value that was written, with that write's `(hlc, origin)`; a replica never announces a write
 //!   older in `(hlc, origin)` order than one it already announced or a tombstone it already applied for
 //!   the key (no resurrection, no going back); an expiry event names a key the replica's listener sees
-//!   live (no duplicate or phantom expiry);
+//!   live (no duplicate or phantom expiry); a value is never announced live once expired, by its own
+//!   expiry or by a newer touch, unless the touch reached neither the replica nor whoever sent it
+//!   the value: the replica did not hold the touch before, and another replica held the value
+//!   without the touch recently enough for a frame of it to be arriving (`may_lack_touch`);
 //! - once the network healed and the replicas settled: every replica holds the same registers and
 //!   contexts; `len()` equals the live keys; the value each listener was last told matches what the
 //!   replica holds (no missing or extra event); every write acknowledged with `'one'` or more whose
@@ -45,6 +48,8 @@ pub struct WriteRec {
     pub hlc: Hlc,
     pub deleted: bool,
     pub expires_ms: u64,
+    /// The write's seq at its writer: with `replica` and `bucket`, its dot.
+    pub seq: u64,
     pub level: AckLevel,
     pub status: Status,
     /// Node ids that acknowledged it (with `Status::Acked`).
@@ -55,9 +60,16 @@ pub struct WriteRec {
 #[derive(Default)]
 pub struct History {
     pub writes: Vec<WriteRec>,
-    /// The newest touch made on each key, and the expiry it set: a value older than the touch lives
-    /// until then instead of its own expiry.
-    pub touched: BTreeMap<(Arc<str>, Arc<str>), (Hlc, u64)>,
+    /// The newest touch made on each key: a value older than the touch lives until the touch's
+    /// expiry instead of its own.
+    pub touched: BTreeMap<(Arc<str>, Arc<str>), Touch>,
+    /// The dot of every touch made, in order.
+    pub touches: Vec<Dot>,
+    /// Every run of every replica, with what it held and since when (see `Model::poll`).
+    pub runs: Vec<Run>,
+    /// Traffic held between two hosts (names) from one time to another: frames sent meanwhile arrive
+    /// up to the release.
+    pub holds: Vec<(String, String, u64, u64)>,
     /// Every key written, per bucket.
     pub keys: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
     /// Crash times (virtual ms) per node id.
@@ -68,10 +80,66 @@ pub struct History {
 
 /// Violations of these kinds are bugs the protocol has today, reported but tolerated by
 /// `Report::failed` unless the run is strict: each names the issue that fixes it.
-pub const KNOWN_OPEN: &[(&str, &str)] = &[(
-    "announced-expired",
-    "issue 12 item 2: a value is announced live when the touch that expired it lands after it (later in one chunk, or in another origin's chunk), then heard expired",
-)];
+pub const KNOWN_OPEN: &[(&str, &str)] = &[];
+
+/// The longest a frame takes from its sender's step to its receiver's when its link's traffic is
+/// not held: the simulated network's largest latency (20 ms) and a step.
+pub const FLIGHT_MS: u64 = 21;
+
+/// A write's dot: its bucket, origin replica and seq.
+pub type Dot = (Arc<str>, ReplicaId, u64);
+
+/// A touch as the checks need it.
+#[derive(Debug, Clone)]
+pub struct Touch {
+    pub hlc: Hlc,
+    /// The expiry it set.
+    pub until: u64,
+    pub dot: Dot,
+}
+
+/// One run of one replica (a memory-only restart is a new run): which dots of the history it held,
+/// first seen at the end of which step.
+pub struct Run {
+    host: String,
+    /// The last step it was seen running.
+    last_ms: u64,
+    held: BTreeMap<Dot, u64>,
+    /// Dots of the history not held yet, and how far into the writes and touches they were listed.
+    pending: Vec<Dot>,
+    writes_listed: usize,
+    touches_listed: usize,
+}
+
+impl Run {
+    /// Whether this run held `value` without `touch` at a step from which a frame could reach `host`
+    /// at `at_ms`: frames travel `FLIGHT_MS` at most, or until the release of a hold on their link.
+    fn may_have_sent_without(
+        &self,
+        value: &Dot,
+        touch: &Dot,
+        to_host: &str,
+        at_ms: u64,
+        holds: &[(String, String, u64, u64)],
+    ) -> bool {
+        let Some(&first) = self.held.get(value) else {
+            return false;
+        };
+        // It lacked the touch before the step that first saw it (and maybe in that step).
+        let lacked = self.held.get(touch).copied().unwrap_or(u64::MAX);
+        let last = lacked.min(self.last_ms).min(at_ms.saturating_sub(1));
+        if first > last {
+            return false;
+        }
+        if last + FLIGHT_MS >= at_ms {
+            return true;
+        }
+        holds.iter().any(|(a, b, from, until)| {
+            let pair = (a == &self.host && b == to_host) || (b == &self.host && a == to_host);
+            pair && *from <= last && *until >= first && until + FLIGHT_MS >= at_ms
+        })
+    }
+}
 
 /// The kind of a violation line.
 pub fn kind_of(line: &str) -> &str {
@@ -98,6 +166,23 @@ fn order(hlc: Hlc, replica: &ReplicaId) -> (Hlc, ReplicaId) {
 }
 
 impl History {
+    /// Records a touch made at `replica`.
+    pub fn touch(&mut self, bucket: &Arc<str>, replica: &ReplicaId, t: &Write) {
+        let touch = Touch {
+            hlc: t.hlc,
+            until: t.expires_ms,
+            dot: (bucket.clone(), replica.clone(), t.seq),
+        };
+        self.touches.push(touch.dot.clone());
+        let newest = self
+            .touched
+            .entry((bucket.clone(), t.key.clone()))
+            .or_insert(touch.clone());
+        if touch.hlc > newest.hlc {
+            *newest = touch;
+        }
+    }
+
     pub fn record(&mut self, w: WriteRec) -> u64 {
         self.keys
             .entry(w.bucket.clone())
@@ -136,11 +221,74 @@ pub struct Model {
     pub visible: BTreeMap<(Arc<str>, Arc<str>), u64>,
     /// The newest `(hlc, origin)` this replica applied per key (values and tombstones).
     newest: BTreeMap<(Arc<str>, Arc<str>), (Hlc, ReplicaId)>,
-    /// Keys last announced with a value that was already expired (see `KNOWN_OPEN`).
+    /// Keys last announced with a value that was already expired (a violation).
     pub born_expired: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
+    /// This run in `History::runs`, once polled.
+    run: Option<usize>,
 }
 
 impl Model {
+    /// Notes, at the end of a step, which dots of the history this run of `host` holds now
+    /// (`holds`: its context covers the dot).
+    pub fn poll(
+        &mut self,
+        history: &mut History,
+        host: &str,
+        now_ms: u64,
+        holds: &mut dyn FnMut(&Dot) -> bool,
+    ) {
+        let History {
+            runs,
+            writes,
+            touches,
+            ..
+        } = history;
+        let run = *self.run.get_or_insert_with(|| {
+            runs.push(Run {
+                host: host.to_string(),
+                last_ms: now_ms,
+                held: BTreeMap::new(),
+                pending: Vec::new(),
+                writes_listed: 0,
+                touches_listed: 0,
+            });
+            runs.len() - 1
+        });
+        let r = &mut runs[run];
+        for w in &writes[r.writes_listed..] {
+            r.pending.push((w.bucket.clone(), w.replica.clone(), w.seq));
+        }
+        r.writes_listed = writes.len();
+        r.pending
+            .extend(touches[r.touches_listed..].iter().cloned());
+        r.touches_listed = touches.len();
+        r.last_ms = now_ms;
+        let held = &mut r.held;
+        r.pending.retain(|dot| {
+            let now = holds(dot);
+            if now {
+                held.insert(dot.clone(), now_ms);
+            }
+            !now
+        });
+    }
+
+    /// Whether the touch that expired `value` may have reached neither this run, before the step
+    /// ending at `at_ms`, nor the replica that sent it the value: then showing the value live was
+    /// ordinary eventual consistency (as for a set that arrives before a newer delete).
+    fn may_lack_touch(&self, history: &History, value: &Dot, touch: &Dot, at_ms: u64) -> bool {
+        let Some(me) = self.run.map(|r| &history.runs[r]) else {
+            return true;
+        };
+        if me.held.get(touch).is_some_and(|&t| t < at_ms) {
+            return false;
+        }
+        history.runs.iter().any(|r| {
+            r.host != me.host
+                && r.may_have_sent_without(value, touch, &me.host, at_ms, &history.holds)
+        })
+    }
+
     /// Checks one change event. `tombstone` is the key's value register when the event removed it
     /// (read right after the step that applied it); `now_ms` is the replica's wall clock then (a step
     /// after the one that applied the change).
@@ -188,11 +336,13 @@ impl Model {
                         ));
                     }
                 }
-                let expires_ms = match history.touched.get(&slot) {
-                    Some(&(t, until)) if t > w.hlc => until,
-                    _ => w.expires_ms,
-                };
-                let expired = expires_ms != 0 && expires_ms + 1 < now_ms;
+                let touch = history.touched.get(&slot).filter(|t| t.hlc > w.hlc);
+                let expires_ms = touch.map_or(w.expires_ms, |t| t.until);
+                let value_dot = (bucket.clone(), w.replica.clone(), w.seq);
+                let expired = expires_ms != 0
+                    && expires_ms + 1 < now_ms
+                    && !touch
+                        .is_some_and(|t| self.may_lack_touch(history, &value_dot, &t.dot, at_ms));
                 let newest = self.newest.entry(slot.clone()).or_insert(at.clone());
                 if at > *newest {
                     *newest = at;
@@ -341,11 +491,15 @@ pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
                 if mb != b || view.live.contains_key(key) || model.born_expired.contains(&slot) {
                     continue;
                 }
-                // Removed by a newer touch whose expiry had passed when it arrived: the bug of a
-                // value that arrives expired (KNOWN_OPEN), seen from the touch's side.
-                let stale_touch = history.touched.get(&slot).is_some_and(|&(t, until)| {
-                    history.writes.get(*op as usize).is_some_and(|w| t > w.hlc)
-                        && until <= view.now_ms
+                // Removed by a newer touch whose expiry had passed when it arrived, without an
+                // expiry event: a value shown live under a touch that expired it, seen from the
+                // touch's side.
+                let stale_touch = history.touched.get(&slot).is_some_and(|t| {
+                    history
+                        .writes
+                        .get(*op as usize)
+                        .is_some_and(|w| t.hlc > w.hlc)
+                        && t.until <= view.now_ms
                 });
                 let (kind, what) = if stale_touch {
                     (
@@ -385,7 +539,7 @@ pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
                 }) || history
                     .touched
                     .get(&(w.bucket.clone(), w.key.clone()))
-                    .is_some_and(|&(t, _)| t > w.hlc)
+                    .is_some_and(|t| t.hlc > w.hlc)
             }
         };
         if !ok {

@@ -23,6 +23,8 @@ use super::rng::{derive, SplitMix};
 use crate::acks::{AckEnd, AckLevel, AckOutcome, Registered};
 use crate::clock::Clock;
 use crate::node::{Config, Node};
+use crate::ranges::SeqRanges;
+use crate::replica::ReplicaId;
 use crate::store::{Change, Lifetime};
 use crate::transport::SimTcp;
 use crate::value;
@@ -384,6 +386,30 @@ impl<'a> World<'a> {
     /// Takes every change event and ack outcome the last step produced, and checks the events.
     fn drain(&mut self) {
         let now = self.now();
+        for host in &mut self.hosts {
+            let slot = host.slot.borrow();
+            let Some(running) = slot.as_ref() else {
+                continue;
+            };
+            let mut contexts: BTreeMap<Arc<str>, Vec<(ReplicaId, SeqRanges)>> = BTreeMap::new();
+            host.model.poll(&mut self.history, &host.name, now, &mut |(
+                bucket,
+                replica,
+                seq,
+            )| {
+                contexts
+                    .entry(bucket.clone())
+                    .or_insert_with(|| {
+                        let context = running.node.bucket(bucket).store().context();
+                        context
+                            .into_iter()
+                            .map(|(o, c)| (o.id().clone(), c))
+                            .collect()
+                    })
+                    .iter()
+                    .any(|(o, c)| o == replica && c.contains(*seq))
+            });
+        }
         let mut lines = Vec::new();
         for h in 0..self.hosts.len() {
             let host = &mut self.hosts[h];
@@ -482,14 +508,7 @@ impl<'a> World<'a> {
             let touch = node.bucket(&bucket).touch(key.clone(), ttl);
             let touched = touch.is_some();
             if let Some(t) = touch {
-                let newest = self
-                    .history
-                    .touched
-                    .entry((bucket.clone(), key.clone()))
-                    .or_insert((t.hlc, t.expires_ms));
-                if t.hlc > newest.0 {
-                    *newest = (t.hlc, t.expires_ms);
-                }
+                self.history.touch(&bucket, node.replica().id(), &t);
             }
             self.note(format!(
                 "{} touch {bucket}/{} {ttl} ms: {touched}",
@@ -571,6 +590,7 @@ impl<'a> World<'a> {
             hlc: write.hlc,
             deleted,
             expires_ms: write.expires_ms,
+            seq: write.seq,
             level,
             status,
             ackers,
@@ -666,6 +686,8 @@ impl<'a> World<'a> {
                     self.sim.hold(self.hosts[a].ip, self.hosts[b].ip);
                     let until = now + self.rng.range(50, 2_000);
                     self.held.insert(key, until);
+                    let names = (self.hosts[a].name.clone(), self.hosts[b].name.clone());
+                    self.history.holds.push((names.0, names.1, now, until));
                     self.note(format!("fault: hold {a} <-> {b} until {until}"));
                 }
             }
