@@ -98,6 +98,14 @@ pub struct Touch {
     pub dot: Dot,
 }
 
+impl Touch {
+    /// Whether it is newer than a write at `(hlc, replica)` in the last-writer-wins order (a touch
+    /// and a set stamped alike on two replicas are ordinary: the origin decides).
+    pub fn beats(&self, hlc: Hlc, replica: &ReplicaId) -> bool {
+        order(self.hlc, &self.dot.1) > order(hlc, replica)
+    }
+}
+
 /// One run of one replica (a memory-only restart is a new run): which dots of the history it held,
 /// first seen at the end of which step.
 pub struct Run {
@@ -178,7 +186,7 @@ impl History {
             .touched
             .entry((bucket.clone(), t.key.clone()))
             .or_insert(touch.clone());
-        if touch.hlc > newest.hlc {
+        if touch.beats(newest.hlc, &newest.dot.1) {
             *newest = touch;
         }
     }
@@ -336,7 +344,7 @@ impl Model {
                         ));
                     }
                 }
-                let touch = history.touched.get(&slot).filter(|t| t.hlc > w.hlc);
+                let touch = history.touched.get(&slot).filter(|t| t.beats(w.hlc, &w.replica));
                 let expires_ms = touch.map_or(w.expires_ms, |t| t.until);
                 let value_dot = (bucket.clone(), w.replica.clone(), w.seq);
                 let expired = expires_ms != 0
@@ -498,7 +506,7 @@ pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
                     history
                         .writes
                         .get(*op as usize)
-                        .is_some_and(|w| t.hlc > w.hlc)
+                        .is_some_and(|w| t.beats(w.hlc, &w.replica))
                         && t.until <= view.now_ms
                 });
                 let (kind, what) = if stale_touch {
@@ -539,7 +547,7 @@ pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
                 }) || history
                     .touched
                     .get(&(w.bucket.clone(), w.key.clone()))
-                    .is_some_and(|t| t.hlc > w.hlc)
+                    .is_some_and(|t| t.beats(w.hlc, &w.replica))
             }
         };
         if !ok {
