@@ -17,8 +17,10 @@ use crate::store::Write;
 /// travel as themselves (`value::TAG_STRING`), which a version-1 peer would take for malformed. 3: a
 /// batch names the keys of the superseded seqs it covers (`OpsBatch::superseded`).
 /// 4: the hello carries no contexts; they follow it in `Contexts` parts, so any number of buckets
-/// links.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// links. 5: a batch carrying a value carries the key's newer touch register among its
+/// `superseders`, and a fetch answer sends touch registers first (a receiver relies on it never to
+/// show live a value its sender holds expired).
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -391,7 +393,7 @@ mod tests {
         assert_eq!(err, WireError::Version(3));
         assert_eq!(
             err.to_string(),
-            "unsupported protocol version 3 (this peer speaks 4)"
+            "unsupported protocol version 3 (this peer speaks 5)"
         );
     }
 

@@ -1,7 +1,6 @@
 //! The whole-node simulation in `cargo test`: a fixed set of seeds of every profile (real nodes over
 //! simulated TCP, one skewed clock each, every fault kind; see `peer_buckets_engine::sim`), each
-//! checked by the history checker. Bugs still open (`sim::check::KNOWN_OPEN`) are reported, not
-//! failed on; everything else fails the test with the seed to replay:
+//! checked by the history checker. Any violation fails the test with the seed to replay:
 //! `npm run sim -- --seed N --profile NAME --trace`.
 
 use peer_buckets_engine::sim::{run, Profile};
@@ -11,7 +10,7 @@ fn sweep(profile: &str, seeds: std::ops::Range<u64>) {
     let mut failures = Vec::new();
     for seed in seeds {
         let report = run(&p, seed, false);
-        let bad = report.failures(false);
+        let bad = &report.violations;
         if !bad.is_empty() {
             failures.push(format!("seed {seed} of {profile}: {bad:#?}"));
         }
@@ -53,14 +52,7 @@ fn every_fault_at_once_converges() {
 /// which order some events; a replay is always a fresh `npm run sim` process).
 fn trace_of(seed: u64, profile: &str) -> Vec<String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim"))
-        .args([
-            "--seed",
-            &seed.to_string(),
-            "--profile",
-            profile,
-            "--trace",
-            "--allow-known",
-        ])
+        .args(["--seed", &seed.to_string(), "--profile", profile, "--trace"])
         .output()
         .expect("the sim binary runs");
     String::from_utf8(out.stdout)

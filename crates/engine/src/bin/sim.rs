@@ -4,21 +4,18 @@
 //! sim --from A --to B --profile NAME   # seeds A..B (B excluded); non-zero exit on any failure
 //! sim --seed N --profile NAME --trace  # one seed, every event printed
 //! sim --seed N --profile NAME --twice  # one seed run twice: the fingerprints must match
-//! sim ... --allow-known                # violations of a known open bug (check::KNOWN_OPEN) are
-//!                                      # counted, not failures
 //! ```
 //! The last line printed is always a one-line summary.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use peer_buckets_engine::sim::check::{kind_of, KNOWN_OPEN};
 use peer_buckets_engine::sim::{run, Profile, PROFILES};
 
 fn usage() -> ExitCode {
     let names: Vec<&str> = PROFILES.iter().map(|p| p.name).collect();
     eprintln!(
-        "usage: sim (--from A --to B | --seed N [--trace] [--twice]) [--profile {}] [--allow-known]",
+        "usage: sim (--from A --to B | --seed N [--trace] [--twice]) [--profile {}]",
         names.join("|")
     );
     ExitCode::from(2)
@@ -32,7 +29,6 @@ fn main() -> ExitCode {
     let mut profile = "heavy".to_string();
     let mut trace = false;
     let mut twice = false;
-    let mut allow_known = false;
     let mut i = 0;
     while i < args.len() {
         let value = args.get(i + 1).cloned();
@@ -49,11 +45,6 @@ fn main() -> ExitCode {
             }
             "--twice" => {
                 twice = true;
-                i += 1;
-                continue;
-            }
-            "--allow-known" => {
-                allow_known = true;
                 i += 1;
                 continue;
             }
@@ -77,7 +68,6 @@ fn main() -> ExitCode {
     let mut steps = 0;
     let mut ops = 0;
     let mut faults = 0;
-    let mut known: Vec<(u64, String)> = Vec::new();
     for &s in &seeds {
         let report = run(&p, s, trace || twice);
         if trace {
@@ -88,12 +78,7 @@ fn main() -> ExitCode {
         steps += report.steps;
         ops += report.ops;
         faults += report.faults;
-        let mut bad: Vec<String> = report.failures(!allow_known).into_iter().cloned().collect();
-        for (kind, _) in KNOWN_OPEN {
-            if allow_known && report.violations.iter().any(|v| kind_of(v) == *kind) {
-                known.push((s, kind.to_string()));
-            }
-        }
+        let mut bad = report.violations.clone();
         if twice {
             let again = run(&p, s, true);
             if again.fingerprint != report.fingerprint {
@@ -124,27 +109,12 @@ fn main() -> ExitCode {
             failed.push(s);
         }
     }
-    for (kind, why) in KNOWN_OPEN {
-        let hit: Vec<u64> = known
-            .iter()
-            .filter(|(_, k)| k == kind)
-            .map(|(s, _)| *s)
-            .collect();
-        if !hit.is_empty() {
-            println!(
-                "known open bug {kind} ({why}) seen in {} seeds: {hit:?}",
-                hit.len()
-            );
-        }
-    }
-    let known_seeds: std::collections::BTreeSet<u64> = known.iter().map(|(s, _)| *s).collect();
     println!(
-        "sim profile={} seeds={} failed={} {:?} known={} steps={} ops={} faults={} wall={:.1}s",
+        "sim profile={} seeds={} failed={} {:?} steps={} ops={} faults={} wall={:.1}s",
         p.name,
         seeds.len(),
         failed.len(),
         failed,
-        known_seeds.len(),
         steps,
         ops,
         faults,

@@ -78,10 +78,6 @@ pub struct History {
     pub violations: Vec<String>,
 }
 
-/// Violations of these kinds are bugs the protocol has today, reported but tolerated by
-/// `Report::failed` unless the run is strict: each names the issue that fixes it.
-pub const KNOWN_OPEN: &[(&str, &str)] = &[];
-
 /// The longest a frame takes from its sender's step to its receiver's when its link's traffic is
 /// not held: the simulated network's largest latency (20 ms) and a step.
 pub const FLIGHT_MS: u64 = 21;
@@ -149,13 +145,6 @@ impl Run {
     }
 }
 
-/// The kind of a violation line.
-pub fn kind_of(line: &str) -> &str {
-    line.split_once("] ")
-        .and_then(|(_, rest)| rest.split_once(':'))
-        .map_or("", |(kind, _)| kind)
-}
-
 /// The text of the value a write carries: `[op,"padding"]`.
 pub fn value_text(op: u64, pad: usize) -> String {
     format!("[{op},\"{}\"]", "x".repeat(pad))
@@ -200,7 +189,7 @@ impl History {
         self.writes.len() as u64 - 1
     }
 
-    /// Records a violation of `kind` (one of `KINDS`).
+    /// Records a violation of `kind`.
     pub fn violation(&mut self, at_ms: u64, kind: &'static str, what: String) {
         if self.violations.len() < 50 {
             self.violations.push(format!("[{at_ms} ms] {kind}: {what}"));
@@ -344,7 +333,10 @@ impl Model {
                         ));
                     }
                 }
-                let touch = history.touched.get(&slot).filter(|t| t.beats(w.hlc, &w.replica));
+                let touch = history
+                    .touched
+                    .get(&slot)
+                    .filter(|t| t.beats(w.hlc, &w.replica));
                 let expires_ms = touch.map_or(w.expires_ms, |t| t.until);
                 let value_dot = (bucket.clone(), w.replica.clone(), w.seq);
                 let expired = expires_ms != 0

@@ -147,22 +147,6 @@ pub const PROFILES: &[Profile] = &[
     },
 ];
 
-impl Report {
-    /// The violations that fail the run: all of them when `strict`, else those not of a kind in
-    /// `check::KNOWN_OPEN`.
-    pub fn failures(&self, strict: bool) -> Vec<&String> {
-        self.violations
-            .iter()
-            .filter(|v| {
-                strict
-                    || !check::KNOWN_OPEN
-                        .iter()
-                        .any(|(k, _)| *k == check::kind_of(v))
-            })
-            .collect()
-    }
-}
-
 impl Profile {
     pub fn named(name: &str) -> Option<Profile> {
         PROFILES.iter().find(|p| p.name == name).copied()
