@@ -18,7 +18,9 @@ use crate::store::Write;
 /// batch names the keys of the superseded seqs it covers (`OpsBatch::superseded`).
 /// 4: the hello carries no contexts; they follow it in `Contexts` parts, so any number of buckets
 /// links.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// 5: `Collected` frames follow the contexts: the collected registers a peer remembers by key, which
+/// the receiver remembers too.
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -97,6 +99,26 @@ pub enum Message {
     /// `last` set. Until it arrives the other end sends me none of its writes, since it cannot yet
     /// tell which I lack.
     Contexts(ContextPart),
+    /// Collected registers I remember by key in `bucket`, right after my contexts (in frames of at
+    /// most `COLLECTED_PER_FRAME`): a dot I cover without its register may be one of them, and the
+    /// other end, covering it in turn, must answer a write it beat as I would.
+    Collected {
+        bucket: Arc<str>,
+        keys: Vec<CollectedKey>,
+    },
+}
+
+/// Collected registers per `Collected` frame at most (about 50 bytes each).
+pub const COLLECTED_PER_FRAME: usize = 100_000;
+
+/// A collected register remembered by key (see `store::CollectedRecord`), with its origin when known.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectedKey {
+    pub fingerprint: u64,
+    pub hlc: crate::clock::Hlc,
+    pub origin: Option<ReplicaId>,
+    /// When (the sender's clock, ms) it was collected: it is forgotten `rememberCollected` later.
+    pub at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -391,7 +413,7 @@ mod tests {
         assert_eq!(err, WireError::Version(3));
         assert_eq!(
             err.to_string(),
-            "unsupported protocol version 3 (this peer speaks 4)"
+            "unsupported protocol version 3 (this peer speaks 5)"
         );
     }
 
