@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, TooFarAhead};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use crate::store::{Change, Lifetime, Merged, Shown, Store, Write};
+use crate::store::{Change, CollectedRecord, Lifetime, Merged, Shown, Store, Write};
 
 /// Told about changes: every local write (link writers must send it, a durable store persist it) and
 /// every merged remote change (a durable store must persist it).
@@ -229,6 +229,23 @@ impl Bucket {
                 self.emit(shown, origin, false)
             }
         })
+    }
+
+    /// Remembers collected registers a peer reported (see `Store::learn_collected`); a stand-in it
+    /// writes is a local write, heard and sent like one. Returns the stand-ins written.
+    pub fn learn_collected(&self, records: Vec<(CollectedRecord, Option<Origin>)>) -> usize {
+        let listening = self.has_subscriber.load(Ordering::Acquire);
+        let stand_ins = self.store.learn_collected(&self.me, records, &mut |shown| {
+            if listening {
+                self.emit(shown, &self.me, true)
+            }
+        });
+        if stand_ins > 0 {
+            self.signal.local_write();
+        } else {
+            self.signal.remote_change();
+        }
+        stand_ins
     }
 
     fn emit(&self, shown: Shown<'_>, origin: &Origin, local: bool) {

@@ -9,13 +9,14 @@
 //! older than the minimum age before every member's latest report: an expired value dies at its
 //! expiry, and a touch made before that extends it (rather than losing, as an older write loses to a
 //! tombstone), so every such touch must be in the reports, hence everywhere, before the value goes. Each collection
-//! adds U to the bucket's horizon, which hellos carry and empty joiners inherit. A replica that was
-//! not a member then (away, or forgotten after the member timeout) finds, at its next hello with any
-//! peer, that its context lacks part of the horizon, and resyncs before taking writes in (see
-//! `sync::Session::new`); the writes it brings
-//! back that a collected register would have beaten meet a stand-in tombstone instead (the store
-//! remembers collected registers by key for `Local::remember_collected_ms`, see
-//! `store::CollectedKeys`).
+//! adds U to the bucket's horizon, which hellos carry (as far as the sender covers it) and empty
+//! joiners inherit. A replica that was not a member then (away, or forgotten after the member
+//! timeout) finds, at its next hello with any peer, that its context lacks part of the horizon, and
+//! resyncs before taking writes in (see `sync::Session::new`); the writes it brings back that a
+//! collected register would have beaten meet a stand-in tombstone instead (the store remembers
+//! collected registers by key for `Local::remember_collected_ms`, see `store::CollectedKeys`, and
+//! every hello passes them on, so a replica that covers a collected dot knows its key's register
+//! even when every replica that collected it has restarted empty since).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

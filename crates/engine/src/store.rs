@@ -312,6 +312,19 @@ pub trait Store: Send + Sync + 'static {
     fn forget_collected(&self, before_ms: u64);
     /// How many collected registers are remembered by key; for stats.
     fn collected_remembered(&self) -> usize;
+    /// The collected registers remembered by key, with their origins (unknown for a record restored
+    /// from disk), as a peer learns them (`learn_collected`).
+    fn collected_records(&self) -> Vec<(CollectedRecord, Option<Origin>)>;
+    /// Remembers collected registers a peer remembers, as if collected here: a replica that covers a
+    /// collected dot, wherever it learned the dot, knows the key's register, so a write it beat that
+    /// comes back meets a stand-in here too. A stored value register one of them beats gets a stand-in
+    /// at once, as it would have arriving after the record. Returns the stand-ins written.
+    fn learn_collected(
+        &self,
+        me: &Origin,
+        records: Vec<(CollectedRecord, Option<Origin>)>,
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> usize;
     /// Drops superseded markers whose key's current registers `everywhere` accepts (every member holds
     /// them), or whose key is gone. Returns how many were dropped.
     fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
@@ -1582,6 +1595,70 @@ impl Store for MemoryStore {
         self.state.read().collected.by_key.len()
     }
 
+    fn collected_records(&self) -> Vec<(CollectedRecord, Option<Origin>)> {
+        let state = self.state.read();
+        state
+            .collected
+            .by_key
+            .iter()
+            .map(|(&fingerprint, (register, at_ms))| {
+                let record = CollectedRecord {
+                    fingerprint,
+                    hlc: register.hlc,
+                    at_ms: *at_ms,
+                };
+                (record, register.origin.clone())
+            })
+            .collect()
+    }
+
+    fn learn_collected(
+        &self,
+        me: &Origin,
+        records: Vec<(CollectedRecord, Option<Origin>)>,
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> usize {
+        let mut state = self.state.write();
+        state.name_me(me);
+        let mut raised = crate::hash::HashMap::default();
+        for (r, origin) in records {
+            let register = Collected { hlc: r.hlc, origin };
+            let higher = state
+                .collected
+                .by_key
+                .get(&r.fingerprint)
+                .is_none_or(|(kept, _)| register.place() > kept.place());
+            if higher {
+                state
+                    .collected
+                    .remember(r.fingerprint, register.clone(), r.at_ms);
+                state.note_collected(r.fingerprint);
+                raised.insert(r.fingerprint, register);
+            }
+        }
+        if raised.is_empty() {
+            return 0;
+        }
+        // Value registers stored here that a learned record beats: the record's key lost to it
+        // everywhere that held it.
+        let beaten: Vec<(Write, Hlc)> = state
+            .entries
+            .iter()
+            .filter_map(|(key, e)| {
+                let register = raised.get(&key_fingerprint(key))?;
+                let w = e.value_write(key).filter(|w| w.value.is_some())?;
+                register
+                    .beats(w.hlc, &e.origin)
+                    .then(|| (register.stand_in_for(w.hlc, &e.origin, me), w))
+                    .map(|(hlc, w)| (w, hlc))
+            })
+            .collect();
+        for (w, hlc) in &beaten {
+            state.stand_in(me, w, *hlc, on_change);
+        }
+        beaten.len()
+    }
+
     fn marker_count(&self) -> usize {
         let state = self.state.read();
         state.origins.values().map(|o| o.superseded.len()).sum()
@@ -2374,6 +2451,68 @@ mod tests {
         );
         assert_eq!(second.stand_ins, 1);
         assert_eq!(get(&s, "k"), None, "the second old write revived the key");
+    }
+
+    /// A replica that learns another's collected registers (they follow every hello) answers a
+    /// write one of them beat as the collector would, and a value it already held that one beats
+    /// gets a stand-in at once; a write newer than the register is untouched, and the record is
+    /// journaled for the disk.
+    #[test]
+    fn collected_registers_learned_from_a_peer_answer_what_they_beat() {
+        let t = ReplicaTable::new();
+        let (me, a, c) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "c"));
+        let none = SeqRanges::new();
+        let collector = MemoryStore::new();
+        collector.merge(&me, &a, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+        collector.merge(&me, &a, vec![w("j", 20, 2, None)], &none, &mut |_| {});
+        assert_eq!(collector.collect(1_000, &mut |_, _| true), 2);
+        let learner = MemoryStore::journaled();
+        learner.merge(
+            &me,
+            &c,
+            vec![w("j", 10, 1, Some("old"))],
+            &none,
+            &mut |_| {},
+        );
+        learner.merge(
+            &me,
+            &c,
+            vec![w("n", 10, 2, Some("other"))],
+            &none,
+            &mut |_| {},
+        );
+        learner.drain_changes();
+        let mut heard = Vec::new();
+        let stand_ins = learner.learn_collected(&me, collector.collected_records(), &mut |s| {
+            heard.push((s.key.to_string(), s.value.is_some()))
+        });
+        assert_eq!(
+            stand_ins, 1,
+            "the value of j it held lost to the collected tombstone"
+        );
+        assert_eq!(heard, vec![("j".to_string(), false)]);
+        assert_eq!(get(&learner, "j"), None);
+        assert_eq!(get(&learner, "n").as_deref(), Some("other"));
+        let changes = learner.drain_changes().expect("journaled");
+        assert_eq!(changes.collected.len(), 2, "both records are persisted");
+        let old = learner.merge(
+            &me,
+            &c,
+            vec![w("k", 15, 3, Some("older"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(old.stand_ins, 1, "an older write of k meets a stand-in");
+        assert_eq!(get(&learner, "k"), None, "the collected delete was revived");
+        let newer = learner.merge(
+            &me,
+            &c,
+            vec![w("k", 25, 4, Some("newer"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(newer.stand_ins, 0);
+        assert_eq!(get(&learner, "k").as_deref(), Some("newer"));
     }
 
     #[test]

@@ -33,11 +33,11 @@ use crate::clock::{Clock, TooFarAhead};
 use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::{Origin, ReplicaId, ReplicaTable};
-use crate::store::{ChunkLimits, MemoryStore, Merged, Write};
+use crate::store::{ChunkLimits, CollectedRecord, MemoryStore, Merged, Write};
 use crate::value;
 use crate::wire::{
-    self, BucketSummary, ContextPart, Hello, MemberInfo, Message, OpsBatch, WireContext,
-    MAX_BUCKET_NAME, MAX_KEY,
+    self, BucketSummary, CollectedKey, ContextPart, Hello, MemberInfo, Message, OpsBatch,
+    WireContext, COLLECTED_PER_FRAME, MAX_BUCKET_NAME, MAX_KEY,
 };
 
 /// Writes per Ops or FetchReply frame at most.
@@ -158,10 +158,10 @@ pub struct Local {
     pub durable: bool,
     /// Ordered by name, so every pass over the buckets goes the same way without sorting them.
     buckets: RwLock<BTreeMap<Arc<str>, Arc<Bucket>>>,
-    /// Per bucket, the collection horizons this replica found it missed (it held data, and a peer's
-    /// horizon was beyond its context): until a resync against a peer that covers them validates its
-    /// registers, it takes no writes in and collects nothing there (see `Session::new`).
-    stale: Mutex<BTreeMap<Arc<str>, Context>>,
+    /// The buckets where this replica found it missed a collection (it held data, and a peer's
+    /// horizon was beyond its context): until a resync validates its registers, it takes no writes
+    /// in and collects nothing there (see `Session::new`).
+    stale: Mutex<BTreeSet<Arc<str>>>,
 }
 
 /// Seqs per origin: a context or a collection horizon.
@@ -202,38 +202,26 @@ impl Local {
             remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
             buckets: RwLock::new(BTreeMap::new()),
-            stale: Mutex::new(BTreeMap::new()),
+            stale: Mutex::new(BTreeSet::new()),
         }
     }
 
     /// Whether this replica missed a collection in `bucket` and has not resynced since.
     pub fn is_stale(&self, bucket: &str) -> bool {
-        self.stale.lock().contains_key(bucket)
+        self.stale.lock().contains(bucket)
     }
 
-    fn stale_horizon(&self, bucket: &str) -> Option<Context> {
-        self.stale.lock().get(bucket).cloned()
+    fn note_stale(&self, bucket: &Arc<str>) {
+        self.stale.lock().insert(bucket.clone());
     }
 
-    fn note_stale(&self, bucket: &Arc<str>, horizon: &Context) {
-        let mut stale = self.stale.lock();
-        let pending = stale.entry(bucket.clone()).or_default();
-        for (o, r) in horizon {
-            pending.entry(o.clone()).or_default().union_with(r);
-        }
-    }
-
-    /// A resync validated this replica's registers of `bucket` against `horizon`.
+    /// A resync validated this replica's registers of `bucket` against a peer's `horizon`, which it
+    /// adopts. (A peer whose horizon is beyond it still refuses this replica's writes until its
+    /// context covers that horizon, and its collected registers, learned at its hello, answer what
+    /// they beat.)
     fn validated(&self, bucket: &Bucket, horizon: &Context) {
         bucket.note_collected(horizon);
-        let known: Context = bucket.collected().into_iter().collect();
-        let mut stale = self.stale.lock();
-        if stale
-            .get(bucket.name())
-            .is_some_and(|pending| covers(&[&known], pending))
-        {
-            stale.remove(bucket.name());
-        }
+        self.stale.lock().remove(bucket.name());
     }
 
     /// The bucket called `name`, created empty if this replica has not seen it yet.
@@ -298,11 +286,41 @@ impl Local {
 
     /// What this replica holds, in the parts that follow its hello.
     pub fn context_parts(&self) -> Vec<ContextPart> {
-        ContextPart::split(self.bucket_list().into_iter().map(|b| BucketSummary {
-            name: b.name().clone(),
-            context: self.wire_context(&b),
-            collected: to_wire(b.collected()),
+        ContextPart::split(self.bucket_list().into_iter().map(|b| {
+            let context = b.store().context();
+            let mine: Context = context.iter().cloned().collect();
+            BucketSummary {
+                name: b.name().clone(),
+                collected: to_wire(vouched(&b, &mine).into_iter().collect()),
+                context: to_wire(context),
+            }
         }))
+    }
+
+    /// The collected registers this replica remembers, per bucket, in the frames that follow its
+    /// contexts.
+    pub fn collected_frames(&self) -> Vec<Message> {
+        let mut frames = Vec::new();
+        for b in self.bucket_list() {
+            let keys: Vec<CollectedKey> = b
+                .store()
+                .collected_records()
+                .into_iter()
+                .map(|(r, origin)| CollectedKey {
+                    fingerprint: r.fingerprint,
+                    hlc: r.hlc,
+                    origin: origin.map(|o| o.id().clone()),
+                    at_ms: r.at_ms,
+                })
+                .collect();
+            for chunk in keys.chunks(COLLECTED_PER_FRAME) {
+                frames.push(Message::Collected {
+                    bucket: b.name().clone(),
+                    keys: chunk.to_vec(),
+                });
+            }
+        }
+        frames
     }
 
     fn count_merged(&self, merged: Merged) {
@@ -384,6 +402,21 @@ impl Local {
     }
 }
 
+/// The part of `bucket`'s horizon that `mine` (its context) covers: what this replica can vouch for
+/// in a resync (it knows the fate of each of those dots). A horizon inherited from a peer that did
+/// not cover it all may hold dots no replica covers any more: nobody can answer for them, so they
+/// never make another replica stale.
+fn vouched(bucket: &Bucket, mine: &Context) -> Context {
+    bucket
+        .collected()
+        .into_iter()
+        .filter_map(|(o, r)| {
+            let i = r.intersect(mine.get(&o)?);
+            (!i.is_empty()).then_some((o, i))
+        })
+        .collect()
+}
+
 fn to_wire(ctx: Vec<(Origin, SeqRanges)>) -> WireContext {
     ctx.into_iter().map(|(o, r)| (o.id().clone(), r)).collect()
 }
@@ -409,6 +442,8 @@ struct BucketSession {
     reported: BTreeMap<Origin, SeqRanges>,
     /// Origins we asked `Held` about and await a reply for.
     held_asked: BTreeSet<Origin>,
+    /// Origins whose `Held` reply came: a second copy of one (a duplicated frame) changes nothing.
+    held_answered: BTreeSet<Origin>,
     /// The other end's collection horizon, from its hello.
     horizon: Context,
     /// The other end missed a collection this replica knows of: its writes are not taken in until
@@ -459,15 +494,22 @@ impl Session {
     /// (`absorb_part`), each bucket's whole in one part.
     ///
     /// Each side's contexts carry its collection horizon H: every dot any member held at a collection
-    /// it made or inherited. If the other end's H is beyond this replica's context and H, this replica
+    /// it made or inherited, as far as its own context covers it (`vouched`: a horizon inherited from
+    /// a peer that did not cover it all may name dots no replica covers any more, and nobody could
+    /// answer for those). If the other end's H is beyond this replica's context and H, this replica
     /// missed a collection. Empty (it joined or restarted empty), it inherits that H at once, so it
     /// can tell a returning replica in turn. Holding data, it is stale: it takes no writes in until it
-    /// has asked a peer whose context covers the horizon which of its registers that peer knows to be
-    /// superseded (and dropped them); that peer, having seen every dot of the horizon, knows. Its
-    /// writes the others lack then travel as they are: where one is older than a register the other
-    /// end collected for its key, the other end answers it with a stand-in tombstone (see
-    /// `store::CollectedKeys`). Symmetrically, writes from a peer that missed a collection this
-    /// replica knows of are refused until that peer's context covers this replica's horizon.
+    /// has asked a peer (the one that showed it, first) which of its registers that peer covers and
+    /// no longer stores (superseded, or collected), and dropped them; a peer covers every dot of the
+    /// H it sends, so it knows their fate, and no returning replica waits for a peer that may never
+    /// come back. The collected registers each side remembers by key follow its
+    /// contexts (`Message::Collected`), and the receiver remembers them too: a dot covered without
+    /// its register may be a collected one, and whoever covers it must answer a write it beat. So
+    /// the writes a stale replica keeps travel as they are: where one is older than a register
+    /// collected for its key, the receiver answers it with a stand-in tombstone (see
+    /// `store::CollectedKeys`), and a register the replica itself holds that a record it learns
+    /// beats gets one at once. Symmetrically, writes from a peer that missed a collection this
+    /// replica knows of are refused until that peer's context covers this replica's vouched horizon.
     pub fn new(local: &Local, theirs: &Hello) -> Result<Session, LinkError> {
         local.check_clock(theirs.wall_ms)?;
         Ok(Session {
@@ -478,6 +520,7 @@ impl Session {
                 .context_parts()
                 .into_iter()
                 .map(Message::Contexts)
+                .chain(local.collected_frames())
                 .collect(),
             awaiting_contexts: true,
             resume_at: None,
@@ -510,10 +553,11 @@ impl Session {
                     bucket.note_collected(&horizon);
                 } else {
                     tracing::info!(bucket = %bucket.name(), peer = %self.peer.id(), "away past a collection: resync before taking writes in");
-                    local.note_stale(bucket.name(), &horizon);
+                    local.note_stale(bucket.name());
                 }
             }
-            let known: Context = bucket.collected().into_iter().collect();
+            let mine: Context = bucket.store().context().into_iter().collect();
+            let known = vouched(&bucket, &mine);
             let state = self.buckets.entry(summary.name.clone()).or_default();
             state.refused = !covers(&[&state.reported, &horizon], &known);
             state.horizon = horizon;
@@ -524,19 +568,14 @@ impl Session {
     }
 
     /// After the other end reported its context: takes its writes in again once it covers this
-    /// replica's horizon, and resyncs against it if this replica is stale and it covers the horizon
-    /// this replica missed.
+    /// replica's vouched horizon, and resyncs against it if this replica is stale.
     fn review(&mut self, local: &Local, bucket: &Bucket) {
         let state = self.buckets.entry(bucket.name().clone()).or_default();
         if state.refused {
-            let known: Context = bucket.collected().into_iter().collect();
-            state.refused = !covers(&[&state.reported], &known);
+            let mine: Context = bucket.store().context().into_iter().collect();
+            state.refused = !covers(&[&state.reported], &vouched(bucket, &mine));
         }
-        let Some(pending) = local.stale_horizon(bucket.name()) else {
-            return;
-        };
-        let complete = covers(&[&state.reported], &state.horizon);
-        if state.resyncing || !complete || !covers(&[&state.horizon], &pending) {
+        if state.resyncing || !local.is_stale(bucket.name()) {
             return;
         }
         state.resyncing = true;
@@ -736,13 +775,16 @@ impl Session {
             } => {
                 check_bucket_name(&bucket)?;
                 let o = local.replicas.intern(&origin);
-                let asked = self
-                    .buckets
-                    .get_mut(&bucket)
-                    .is_some_and(|s| s.held_asked.remove(&o));
-                if !asked {
+                let Some(state) = self.buckets.get_mut(&bucket) else {
+                    return Err(LinkError::Protocol("a held reply nobody asked for".into()));
+                };
+                if !state.held_asked.remove(&o) {
+                    if state.held_answered.contains(&o) {
+                        return Ok(Inbound::Nothing);
+                    }
                     return Err(LinkError::Protocol("a held reply nobody asked for".into()));
                 }
+                state.held_answered.insert(o.clone());
                 let superseded = covered.difference(&held);
                 let b = local.bucket(&bucket);
                 b.drop_dots(&o, &superseded);
@@ -755,6 +797,33 @@ impl Session {
             }
             Message::Contexts(part) => {
                 self.absorb_part(local, part)?;
+                Ok(Inbound::Nothing)
+            }
+            Message::Collected { bucket, keys } => {
+                check_bucket_name(&bucket)?;
+                // A stand-in takes a record's time: one too far ahead is refused like a write.
+                if let Some(newest) = keys.iter().map(|k| k.hlc).max() {
+                    local
+                        .clock
+                        .observe(newest)
+                        .map_err(|e| local.skew_refused(e))?;
+                }
+                let records = keys
+                    .into_iter()
+                    .map(|k| {
+                        let record = CollectedRecord {
+                            fingerprint: k.fingerprint,
+                            hlc: k.hlc,
+                            at_ms: k.at_ms,
+                        };
+                        (record, k.origin.map(|rid| local.replicas.intern(&rid)))
+                    })
+                    .collect();
+                let stand_ins = local.bucket(&bucket).learn_collected(records);
+                local
+                    .counters
+                    .stand_in_tombstones
+                    .fetch_add(stand_ins as u64, Ordering::Relaxed);
                 Ok(Inbound::Nothing)
             }
             Message::Members(list) => Ok(Inbound::Members(list)),

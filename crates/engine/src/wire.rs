@@ -19,7 +19,8 @@ use crate::store::Write;
 /// 4: the hello carries no contexts; they follow it in `Contexts` parts, so any number of buckets
 /// links. 5: a batch carrying a value carries the key's newer touch register among its
 /// `superseders`, and a fetch answer sends touch registers first (a receiver relies on it never to
-/// show live a value its sender holds expired).
+/// show live a value its sender holds expired); `Collected` frames follow the contexts:
+/// the collected registers a peer remembers by key, which the receiver remembers too.
 pub const PROTOCOL_VERSION: u8 = 5;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -99,6 +100,26 @@ pub enum Message {
     /// `last` set. Until it arrives the other end sends me none of its writes, since it cannot yet
     /// tell which I lack.
     Contexts(ContextPart),
+    /// Collected registers I remember by key in `bucket`, right after my contexts (in frames of at
+    /// most `COLLECTED_PER_FRAME`): a dot I cover without its register may be one of them, and the
+    /// other end, covering it in turn, must answer a write it beat as I would.
+    Collected {
+        bucket: Arc<str>,
+        keys: Vec<CollectedKey>,
+    },
+}
+
+/// Collected registers per `Collected` frame at most (about 50 bytes each).
+pub const COLLECTED_PER_FRAME: usize = 100_000;
+
+/// A collected register remembered by key (see `store::CollectedRecord`), with its origin when known.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectedKey {
+    pub fingerprint: u64,
+    pub hlc: crate::clock::Hlc,
+    pub origin: Option<ReplicaId>,
+    /// When (the sender's clock, ms) it was collected: it is forgotten `rememberCollected` later.
+    pub at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
