@@ -1,8 +1,8 @@
 'use strict'
 // The JavaScript side of the contract with the addon (src/contract.rs declares it; native.d.ts types it):
 // the loaded binding, its hot calls and value-kind slot, the numbers of the ack levels and the layout
-// of a change batch. It is the only module that loads the addon (the root native.js, written by
-// `napi build`).
+// of a change batch. It is the only module that loads the addon (through the root native.js, which
+// finds the binary built for this platform).
 
 const native = require('../native.js')
 
