@@ -41,9 +41,14 @@ function platformOf(triple) {
   return `${os}-${cpu}${abi ? `-${abi}` : ''}`
 }
 
-function run(cmd, args, opts = {}) {
-  console.log(`$ ${cmd} ${args.join(' ')}`)
-  return execFileSync(cmd, args, { cwd: ROOT, stdio: 'inherit', ...opts })
+// npm is a .cmd script on Windows, which Node spawns only through a shell.
+const SHELL = process.platform === 'win32'
+
+function napi(args) {
+  const cli = require('@napi-rs/cli/package.json')
+  const bin = path.join(path.dirname(require.resolve('@napi-rs/cli/package.json')), cli.bin.napi)
+  console.log(`$ napi ${args.join(' ')}`)
+  execFileSync(process.execPath, [bin, ...args], { cwd: ROOT, stdio: 'inherit' })
 }
 
 function hostTriple() {
@@ -57,7 +62,6 @@ function hostTriple() {
  * their own platform with the system linker.
  */
 function build(triple, isHost) {
-  const napi = path.join(ROOT, 'node_modules', '.bin', 'napi')
   const args = ['build', '--platform', '--release', '--no-js', '--dts', 'native.d.ts']
   if (triple.includes('-linux-')) {
     try {
@@ -72,7 +76,7 @@ function build(triple, isHost) {
   } else {
     args.push('--target', triple)
   }
-  run(napi, args)
+  napi(args)
   const file = `${pkg.napi.binaryName}.${platformOf(triple)}.node`
   const built = path.join(ROOT, file)
   fs.copyFileSync(built, path.join(ROOT, 'npm', platformOf(triple), file))
@@ -105,6 +109,7 @@ function pack(dir, expected) {
   const out = execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', DIST], {
     cwd: dir,
     encoding: 'utf8',
+    shell: SHELL,
   })
   const [info] = JSON.parse(out)
   const files = info.files.map((f) => f.path).sort()
