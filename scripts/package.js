@@ -94,7 +94,10 @@ function checkLinux(file, triple) {
   const newest = versions.reduce((a, b) => (b[0] > a[0] || (b[0] === a[0] && b[1] > a[1]) ? b : a), [0, 0])
   if (triple.endsWith('-musl')) {
     if (versions.length > 0) throw new Error(`${file} is a musl build but needs glibc symbols`)
-    console.log(`${path.basename(file)}: ${arch}, musl, no glibc symbol`)
+    // Dynamically linked (Node on Alpine loads addons with dlopen): musl's loader serves `libc.so` itself.
+    const needed = execFileSync('objdump', ['-p', file], { encoding: 'utf8' })
+    if (!/NEEDED\s+libc\.so\b/.test(needed)) throw new Error(`${file} does not link musl's libc.so dynamically`)
+    console.log(`${path.basename(file)}: ${arch}, musl (NEEDED libc.so), no glibc symbol`)
     return
   }
   const [fm, fn] = GLIBC_FLOOR
