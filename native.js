@@ -116,7 +116,7 @@ function load(platform) {
 
 function buildFromSource(platform) {
   return (
-    `To build it from source (needs Rust 1.88 or later with cargo): clone ${pkg.homepage.replace(/#.*$/, '')}, ` +
+    `To build it from source (needs Rust 1.88 or later with cargo): clone the peer-buckets source repository, ` +
     `run \`npm ci\` in the clone (it builds ${pkg.napi.binaryName}.${platform}.node there), then either ` +
     '`npm install <path of the clone>` in your project, or set PEER_BUCKETS_NATIVE_PATH to that .node file.'
   )
