@@ -54,6 +54,10 @@ pub const SEND_BUDGET: usize = 512 * 1024;
 /// How long collected registers are remembered by key, by default: a replica away longer than this
 /// past a collection loses its old writes to keys nobody else holds (see `store::CollectedKeys`).
 pub const REMEMBER_COLLECTED_MS: u64 = 60 * 60 * 1000;
+/// Bytes of answers (`Session::owed`) a link may owe the other end before it stops reading its
+/// requests until the writer has sent them: a peer that asks without reading is paused, then dropped
+/// by the writer's stall timeout, instead of growing this replica's memory.
+pub const OWED_LIMIT: usize = 4 * 1024 * 1024;
 /// How long a pull may stay unanswered before it is asked again.
 pub const PULL_TIMEOUT_MS: u64 = 5_000;
 
@@ -476,8 +480,13 @@ pub struct Session {
     buckets: BTreeMap<Arc<str>, BucketSession>,
     /// Buckets where the other end's own writes arrived since our last ack.
     ack_due: BTreeSet<Arc<str>>,
-    /// Messages queued for the writer (our contexts, pull requests, fetch requests and replies).
-    outbox: VecDeque<Message>,
+    /// Messages queued for the writer (our contexts, pull requests, fetch requests and replies), each
+    /// with the bytes it counts in `owed`.
+    outbox: VecDeque<(Message, usize)>,
+    /// Bytes of answers to the other end's requests (`FetchReply`, `HeldReply`) queued and not yet
+    /// sent, roughly: the link stops reading requests past `OWED_LIMIT`, so what one peer can make
+    /// this replica hold for it is bounded whether or not it reads.
+    owed: usize,
     /// The other end's contexts have not all arrived: until they have, we cannot tell which of our
     /// writes it lacks, and push none.
     awaiting_contexts: bool,
@@ -521,7 +530,9 @@ impl Session {
                 .into_iter()
                 .map(Message::Contexts)
                 .chain(local.collected_frames())
+                .map(|msg| (msg, 0))
                 .collect(),
+            owed: 0,
             awaiting_contexts: true,
             resume_at: None,
             skewed: None,
@@ -587,11 +598,12 @@ impl Session {
             let query = bucket.store().stored_dots(&origin, &ctx.intersect(theirs));
             if !query.is_empty() {
                 state.held_asked.insert(origin.clone());
-                self.outbox.push_back(Message::Held {
+                let held = Message::Held {
                     bucket: bucket.name().clone(),
                     origin: origin.id().clone(),
                     query,
-                });
+                };
+                self.outbox.push_back((held, 0));
             }
         }
         self.finish_resync(local, bucket);
@@ -654,7 +666,18 @@ impl Session {
 
     /// Queues a message for the writer.
     pub fn queue(&mut self, msg: Message) {
-        self.outbox.push_back(msg);
+        self.outbox.push_back((msg, 0));
+    }
+
+    /// Queues an answer to the other end's request, of about `bytes`.
+    fn answer(&mut self, msg: Message, bytes: usize) {
+        self.owed += bytes;
+        self.outbox.push_back((msg, bytes));
+    }
+
+    /// Bytes of answers to the other end queued and not yet sent (see `OWED_LIMIT`).
+    pub fn owed(&self) -> usize {
+        self.owed
     }
 
     /// Seqs of `origin` in `bucket` the other end holds, as far as this session knows.
@@ -759,12 +782,16 @@ impl Session {
                 let o = local.replicas.intern(&origin);
                 let covered = query.intersect(&b.store().context_of(&o));
                 let held = b.store().stored_dots(&o, &covered);
-                self.outbox.push_back(Message::HeldReply {
-                    bucket,
-                    origin,
-                    covered,
-                    held,
-                });
+                let bytes = 64 + 20 * (covered.ranges().len() + held.ranges().len());
+                self.answer(
+                    Message::HeldReply {
+                        bucket,
+                        origin,
+                        covered,
+                        held,
+                    },
+                    bytes,
+                );
                 Ok(Inbound::Nothing)
             }
             Message::HeldReply {
@@ -916,35 +943,38 @@ impl Session {
                 let size = w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 32;
                 if !frame.is_empty() && (frame.len() >= CHUNK_WRITES || bytes + size > CHUNK_BYTES)
                 {
-                    self.outbox.push_back(Message::FetchReply {
+                    let reply = Message::FetchReply {
                         id,
                         bucket: bucket.clone(),
                         origin: Some(origin.id().clone()),
                         writes: std::mem::take(&mut frame),
                         done: false,
-                    });
+                    };
+                    self.answer(reply, bytes);
                     bytes = 0;
                 }
                 bytes += size;
                 frame.push(w);
             }
             if !frame.is_empty() {
-                self.outbox.push_back(Message::FetchReply {
+                let reply = Message::FetchReply {
                     id,
                     bucket: bucket.clone(),
                     origin: Some(origin.id().clone()),
                     writes: frame,
                     done: false,
-                });
+                };
+                self.answer(reply, bytes);
             }
         }
-        self.outbox.push_back(Message::FetchReply {
+        let done = Message::FetchReply {
             id,
             bucket,
             origin: None,
             writes: Vec::new(),
             done: true,
-        });
+        };
+        self.answer(done, 64);
     }
 
     /// Encodes into `buf` what is due on this link: queued messages, acks, digests (when
@@ -956,7 +986,8 @@ impl Session {
         buf: &mut Vec<u8>,
         digest_due: bool,
     ) -> Result<bool, LinkError> {
-        while let Some(msg) = self.outbox.pop_front() {
+        while let Some((msg, owed)) = self.outbox.pop_front() {
+            self.owed -= owed;
             wire::encode_frame(&msg, buf)?;
             if buf.len() >= SEND_BUDGET {
                 return Ok(true);
