@@ -544,6 +544,11 @@ async fn read_loop(
                 }
             }
         }
+        let refused = shared
+            .local
+            .counters
+            .buckets_refused
+            .load(Ordering::Relaxed);
         let (inbound, skewed) = {
             let mut session = slot.session.lock();
             let inbound = session.handle(&shared.local, msg)?;
@@ -551,6 +556,26 @@ async fn read_loop(
         };
         if let Some(ahead_ms) = skewed {
             skewed_writes(shared, slot, ahead_ms);
+        }
+        if shared
+            .local
+            .counters
+            .buckets_refused
+            .load(Ordering::Relaxed)
+            > refused
+        {
+            shared.warnings.emit(
+                Warning::new(
+                    WarningCode::Limit,
+                    format!(
+                        "the peer named more buckets than maxBuckets ({}) allows: what it sent \
+                         for the new ones is ignored",
+                        shared.config.max_buckets
+                    ),
+                )
+                .peer(&*slot.node)
+                .address(&slot.address),
+            );
         }
         match inbound {
             Inbound::Nothing => {}

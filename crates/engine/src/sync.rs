@@ -58,6 +58,9 @@ pub const REMEMBER_COLLECTED_MS: u64 = 60 * 60 * 1000;
 /// requests until the writer has sent them: a peer that asks without reading is paused, then dropped
 /// by the writer's stall timeout, instead of growing this replica's memory.
 pub const OWED_LIMIT: usize = 4 * 1024 * 1024;
+/// Buckets a replica holds at most before it ignores peers' writes and contexts for new ones, by
+/// default (`Local::max_buckets`).
+pub const DEFAULT_MAX_BUCKETS: usize = 10_000;
 /// How long a pull may stay unanswered before it is asked again.
 pub const PULL_TIMEOUT_MS: u64 = 5_000;
 
@@ -75,6 +78,8 @@ pub struct Counters {
     pub protocol_errors: AtomicU64,
     pub tombstones_collected: AtomicU64,
     pub full_resyncs: AtomicU64,
+    /// Buckets a peer named that were not created: this replica held `Local::max_buckets` already.
+    pub buckets_refused: AtomicU64,
     /// Tombstones written in place of collected ones, for old writes that came back (see
     /// `store::CollectedKeys`).
     pub stand_in_tombstones: AtomicU64,
@@ -160,6 +165,8 @@ pub struct Local {
     pub remember_collected_ms: u64,
     /// Buckets are persisted: their stores journal every change for the flusher.
     pub durable: bool,
+    /// Past this many buckets, a bucket a peer names is not created (`remote_bucket`).
+    pub max_buckets: usize,
     /// Ordered by name, so every pass over the buckets goes the same way without sorting them.
     buckets: RwLock<BTreeMap<Arc<str>, Arc<Bucket>>>,
     /// The buckets where this replica found it missed a collection (it held data, and a peer's
@@ -205,6 +212,7 @@ impl Local {
             tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
             remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
+            max_buckets: DEFAULT_MAX_BUCKETS,
             buckets: RwLock::new(BTreeMap::new()),
             stale: Mutex::new(BTreeSet::new()),
         }
@@ -257,6 +265,22 @@ impl Local {
         ));
         buckets.insert(name, bucket.clone());
         bucket
+    }
+
+    /// The bucket called `name` for a peer that named it: created empty unless this replica holds
+    /// `max_buckets` already; then `None`, counted in `buckets_refused`, and what the peer sent for it
+    /// is ignored. A member cannot grow every replica's state without bound this way.
+    pub fn remote_bucket(&self, name: &str) -> Option<Arc<Bucket>> {
+        if let Some(b) = self.existing_bucket(name) {
+            return Some(b);
+        }
+        if self.buckets.read().len() >= self.max_buckets {
+            self.counters
+                .buckets_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.bucket(name))
     }
 
     /// The bucket called `name` if this replica has it.
@@ -550,7 +574,9 @@ impl Session {
             check_bucket_name(&summary.name)?;
         }
         for summary in part.buckets {
-            let bucket = local.bucket(&summary.name);
+            let Some(bucket) = local.remote_bucket(&summary.name) else {
+                continue;
+            };
             self.absorb_context(local, summary.name.clone(), &summary.context);
             let horizon: Context = summary
                 .collected
@@ -702,9 +728,10 @@ impl Session {
             }
             Message::Digest { bucket, context } => {
                 check_bucket_name(&bucket)?;
-                let b = local.bucket(&bucket);
-                self.absorb_context(local, bucket, &context);
-                self.review(local, &b);
+                if let Some(b) = local.remote_bucket(&bucket) {
+                    self.absorb_context(local, bucket, &context);
+                    self.review(local, &b);
+                }
                 Ok(Inbound::Nothing)
             }
             Message::Pull {
@@ -713,7 +740,9 @@ impl Session {
                 ranges,
             } => {
                 check_bucket_name(&bucket)?;
-                let b = local.bucket(&bucket);
+                let Some(b) = local.existing_bucket(&bucket) else {
+                    return Ok(Inbound::Nothing);
+                };
                 let origin = local.replicas.intern(&origin);
                 let held = b.store().context_of(&origin);
                 let wanted = ranges.intersect(&held);
@@ -763,7 +792,9 @@ impl Session {
                     }
                     if !self.refuses(local, &bucket) {
                         let origin = local.replicas.intern(&origin);
-                        local.merge(&local.bucket(&bucket), &origin, writes, &SeqRanges::new())?;
+                        if let Some(b) = local.remote_bucket(&bucket) {
+                            local.merge(&b, &origin, writes, &SeqRanges::new())?;
+                        }
                     }
                 } else if count > 0 {
                     return Err(LinkError::Protocol(
@@ -778,10 +809,15 @@ impl Session {
                 query,
             } => {
                 check_bucket_name(&bucket)?;
-                let b = local.bucket(&bucket);
                 let o = local.replicas.intern(&origin);
-                let covered = query.intersect(&b.store().context_of(&o));
-                let held = b.store().stored_dots(&o, &covered);
+                let (covered, held) = match local.existing_bucket(&bucket) {
+                    Some(b) => {
+                        let covered = query.intersect(&b.store().context_of(&o));
+                        let held = b.store().stored_dots(&o, &covered);
+                        (covered, held)
+                    }
+                    None => (SeqRanges::new(), SeqRanges::new()),
+                };
                 let bytes = 64 + 20 * (covered.ranges().len() + held.ranges().len());
                 self.answer(
                     Message::HeldReply {
@@ -846,11 +882,13 @@ impl Session {
                         (record, k.origin.map(|rid| local.replicas.intern(&rid)))
                     })
                     .collect();
-                let stand_ins = local.bucket(&bucket).learn_collected(records);
-                local
-                    .counters
-                    .stand_in_tombstones
-                    .fetch_add(stand_ins as u64, Ordering::Relaxed);
+                if let Some(b) = local.remote_bucket(&bucket) {
+                    let stand_ins = b.learn_collected(records);
+                    local
+                        .counters
+                        .stand_in_tombstones
+                        .fetch_add(stand_ins as u64, Ordering::Relaxed);
+                }
                 Ok(Inbound::Nothing)
             }
             Message::Members(list) => Ok(Inbound::Members(list)),
@@ -891,7 +929,9 @@ impl Session {
             return Ok(());
         }
         let origin = local.replicas.intern(&batch.origin);
-        let bucket = local.bucket(&batch.bucket);
+        let Some(bucket) = local.remote_bucket(&batch.bucket) else {
+            return Ok(());
+        };
         // One step: the coverage is never claimed without what superseded it, and a value never
         // shows live for a moment under a touch the same batch carries.
         let superseders = batch
@@ -926,16 +966,17 @@ impl Session {
     }
 
     fn answer_fetch(&mut self, local: &Local, id: u64, bucket: Arc<str>, prefix: &str) {
-        let b = local.bucket(&bucket);
         // Touch registers first: each reply is merged on its own, and a value must land under the
         // touch that may have expired it, never be shown live before it.
         let mut by_origin: BTreeMap<(bool, Origin), Vec<crate::store::Write>> = BTreeMap::new();
-        b.store().scan_writes(prefix, &mut |origin, w| {
-            by_origin
-                .entry((!w.touch, origin.clone()))
-                .or_default()
-                .push(w)
-        });
+        if let Some(b) = local.existing_bucket(&bucket) {
+            b.store().scan_writes(prefix, &mut |origin, w| {
+                by_origin
+                    .entry((!w.touch, origin.clone()))
+                    .or_default()
+                    .push(w)
+            });
+        }
         for ((_, origin), writes) in by_origin {
             let mut frame = Vec::new();
             let mut bytes = 0;

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use peer_buckets_engine::connection::{self, FrameReader, FrameWriter};
 use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::ranges::SeqRanges;
 use peer_buckets_engine::replica::ReplicaId;
 use peer_buckets_engine::secure::Security;
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::sync::OWED_LIMIT;
 use peer_buckets_engine::value;
+use peer_buckets_engine::warning::WarningCode;
 use peer_buckets_engine::wire::{encode_frame, ContextPart, Hello, MemberInfo, Message};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -386,5 +388,76 @@ async fn gossiped_members_that_never_answer_are_dialed_with_backoff_then_forgott
         "members learned again were dialed at once"
     );
     drop(reader);
+    victim.close(Duration::from_secs(1)).await;
+}
+
+/// A member that names 5,000 buckets (a digest of one write each, about 250 KB) makes a peer whose
+/// `max_buckets` is 100 hold 100 buckets, not 5,000: what it sends for the others is ignored and
+/// counted, with a rate-limited `ELIMIT` warning; the peer keeps replicating the buckets it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_make_a_peer_create_buckets_past_its_limit() {
+    let victim = Node::start(Config {
+        max_buckets: 100,
+        ..config("victim")
+    })
+    .await
+    .unwrap();
+    let mut warnings = victim.warnings();
+    fill(&victim, 1, 10);
+    let Member { reader, writer } = Member::join(&victim, "spammer", Vec::new(), true).await;
+    let spammer = keep_talking(writer);
+    let named = 5_000;
+    let mut frames = Vec::new();
+    for i in 0..named {
+        let digest = Message::Digest {
+            bucket: format!("b{i:05}").into(),
+            context: vec![(
+                ReplicaId {
+                    node: "spammer".into(),
+                    incarnation: 1,
+                },
+                SeqRanges::from_ranges([(1, 1)]),
+            )],
+        };
+        encode_frame(&digest, &mut frames).unwrap();
+    }
+    spammer.send(frames).unwrap();
+    eventually("every digest to be taken", Duration::from_secs(60), || {
+        victim.stats().buckets_refused >= named - 99
+    })
+    .await;
+    let stats = victim.stats();
+    assert_eq!(stats.buckets, 100);
+    assert_eq!(stats.buckets_refused, named - 99);
+    let limit = stats
+        .warnings
+        .iter()
+        .find(|(code, _)| *code == WarningCode::Limit)
+        .map_or(0, |(_, n)| *n);
+    assert!(limit > 0, "no ELIMIT warning counted");
+    let mut handed = 0;
+    while let Ok(w) = warnings.try_recv() {
+        handed += (w.code == WarningCode::Limit) as usize;
+    }
+    assert!(
+        (1..=10).contains(&handed),
+        "{handed} ELIMIT warnings handed over for {limit} counted"
+    );
+    // A bucket it holds still takes the member's writes... and its own replicate (to an honest peer).
+    let honest = Node::start(Config {
+        seeds: vec![victim.address().to_string()],
+        ..config("honest")
+    })
+    .await
+    .unwrap();
+    victim
+        .bucket(BUCKET)
+        .write("after", Some(value::encode_json("1")), Lifetime::Forever);
+    eventually("a write to replicate", Duration::from_secs(10), || {
+        honest.bucket(BUCKET).contains("after")
+    })
+    .await;
+    drop(reader);
+    honest.close(Duration::from_secs(1)).await;
     victim.close(Duration::from_secs(1)).await;
 }
