@@ -58,6 +58,12 @@ export interface PeerOptions {
    * A peer away longer than this past a collection loses its old writes to keys nobody else holds.
    */
   rememberCollected?: number
+  /**
+   * Most buckets this peer holds before it ignores what peers send for new ones (an `ELIMIT`
+   * `'warning'`, rate-limited): a member cannot grow every peer's state without bound. Buckets this
+   * process opens itself are not limited. A whole number from 1 to 2^32 - 1; default 10000.
+   */
+  maxBuckets?: number
 }
 
 export interface BucketOptions {
@@ -138,7 +144,8 @@ export interface PeerEvent {
  * What a `'warning'` is about: EAUTH (a handshake failed on the secret), ESKEW (a clock too far off),
  * EVERSION (another protocol version), EIDCONFLICT (two processes with one id), EDISK (the data
  * directory could not be written), EPROTOCOL (a peer broke the protocol), EINSECURE (an unencrypted
- * connection refused off loopback), EUNREACHABLE (a seed silent for long).
+ * connection refused off loopback), EUNREACHABLE (a seed silent for long), ELIMIT (what a peer sent
+ * went past a limit of this peer, `maxBuckets`, and was ignored).
  */
 export type WarningCode =
   | 'EAUTH'
@@ -149,6 +156,7 @@ export type WarningCode =
   | 'EPROTOCOL'
   | 'EINSECURE'
   | 'EUNREACHABLE'
+  | 'ELIMIT'
 
 /** Something an operator must hear about while the peer keeps serving. */
 export interface PeerWarning {

@@ -1,6 +1,6 @@
 'use strict'
 // The public API of peer-buckets (README: API reference), one concern per api-*.test.js suite.
-// Ack levels, fetch() and the options that bound them (rememberCollected, maxClockSkew).
+// Ack levels, fetch() and the options that bound them (rememberCollected, maxClockSkew, maxBuckets).
 
 const { Peer } = require('..')
 const { createPeer, createCluster, closeAll } = require('./helpers/peers')
@@ -109,6 +109,25 @@ describe('ack levels, fetch() and maxClockSkew', () => {
       if (made) await made.close().catch(() => {})
       expect(err).toBeInstanceOf(RangeError)
       expect(err.message).toMatch(/rememberCollected/)
+    }
+  })
+
+  test('maxBuckets is accepted; a bad one throws TypeError/RangeError naming it', async () => {
+    const peer = await createPeer({ maxBuckets: 5 })
+    expect(peer.address).toMatch(/^127\.0\.0\.1:\d+$/)
+    for (const [bad, Kind] of [
+      ['10', TypeError],
+      [null, TypeError],
+      [0, RangeError],
+      [-1, RangeError],
+      [1.5, RangeError],
+      [NaN, RangeError],
+      [Infinity, RangeError],
+      [2 ** 32, RangeError],
+    ]) {
+      const err = await captureError(() => new Peer({ maxBuckets: bad }))
+      expect(err).toBeInstanceOf(Kind)
+      expect(err.message).toMatch(/maxBuckets/)
     }
   })
 

@@ -17,6 +17,7 @@ const {
   isIpLiteral,
   checkSecrets,
   checkDuration,
+  checkMaxBuckets,
 } = require('./validation.js')
 const { version: VERSION } = require('../package.json')
 
@@ -58,6 +59,7 @@ class Peer extends EventEmitter {
     const tombstoneMinAgeMs = checkDuration('tombstoneMinAge', options.tombstoneMinAge, undefined)
     const memberTimeoutMs = checkDuration('memberTimeout', options.memberTimeout, undefined)
     const rememberCollectedMs = checkDuration('rememberCollected', options.rememberCollected, undefined)
+    const maxBuckets = checkMaxBuckets(options.maxBuckets)
     const secrets = checkSecrets(options.secret)
     if (options.insecure !== undefined && typeof options.insecure !== 'boolean') {
       throw new TypeError('Peer: options.insecure must be a boolean')
@@ -80,7 +82,7 @@ class Peer extends EventEmitter {
     }
 
     const opened = native.peerOpen(
-      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, secrets, insecure, dataDir, durability },
+      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, insecure, dataDir, durability },
       (batch) => this.#onNative(batch),
     )
     Object.defineProperty(this, 'id', { value: opened.id, enumerable: true })

@@ -141,6 +141,19 @@ function checkSecrets(value) {
   })
 }
 
+/** Most buckets a peer holds before it ignores what peers send for new ones, by default. */
+const MAX_BUCKETS_DEFAULT = 10000
+const MAX_BUCKETS_LIMIT = 0xffffffff
+
+function checkMaxBuckets(value) {
+  if (value === undefined) return MAX_BUCKETS_DEFAULT
+  if (typeof value !== 'number') throw new TypeError('Peer: options.maxBuckets must be a number')
+  if (!Number.isSafeInteger(value) || value < 1 || value > MAX_BUCKETS_LIMIT) {
+    throw new RangeError(`Peer: options.maxBuckets must be a whole number from 1 to ${MAX_BUCKETS_LIMIT} (got ${value})`)
+  }
+  return value
+}
+
 function checkDuration(name, value, fallback) {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
@@ -163,4 +176,5 @@ module.exports = {
   isIpLiteral,
   checkSecrets,
   checkDuration,
+  checkMaxBuckets,
 }

@@ -110,6 +110,8 @@ pub struct OpenOptions {
     pub tombstone_min_age_ms: Option<f64>,
     pub member_timeout_ms: Option<f64>,
     pub remember_collected_ms: Option<f64>,
+    /// Most buckets before peers' new ones are ignored, checked by lib/validation.js.
+    pub max_buckets: Option<f64>,
     /// Cluster secrets, checked by index.js: the first is dialed with, each is accepted.
     pub secrets: Option<Vec<Buffer>>,
     /// Without secrets: accept peers from any address, not only loopback ones, when listening beyond
@@ -161,6 +163,9 @@ pub fn peer_open(
         max_clock_skew: ms(options.max_clock_skew_ms),
         tombstone_min_age: options.tombstone_min_age_ms.map(ms),
         remember_collected: options.remember_collected_ms.map(ms),
+        max_buckets: options
+            .max_buckets
+            .map_or(defaults.max_buckets, |n| n as usize),
         // A short minimum age is only useful if collection rounds (and the digests they read) keep up.
         collect_every: options
             .tombstone_min_age_ms
@@ -284,6 +289,8 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         tombstones,
         tombstones_collected,
         full_resyncs,
+        // Counted in the engine; a JavaScript stat for it is not there yet (the ELIMIT warnings are).
+        buckets_refused: _,
         collected_remembered,
         stand_in_tombstones,
         handshakes_rejected,

@@ -194,6 +194,9 @@ impl FrameReader {
     }
 }
 
+/// Bytes the other end must take within a link's stall timeout (`FrameWriter::send_within`).
+pub const SEND_PIECE: usize = 64 * 1024;
+
 pub struct FrameWriter {
     stream: WriteHalf,
     sealer: Option<Sealer>,
@@ -211,6 +214,25 @@ impl FrameWriter {
                 sealer.seal(frames, &mut self.sealed)?;
                 self.stream.write_all(&self.sealed).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// `send`, failing with `LinkError::Stalled` when the other end takes no `SEND_PIECE` bytes
+    /// for `stall`: a peer that stops reading is dropped, one that reads slowly is only waited for.
+    pub async fn send_within(&mut self, frames: &[u8], stall: Duration) -> Result<(), LinkError> {
+        let bytes = match &mut self.sealer {
+            None => frames,
+            Some(sealer) => {
+                self.sealed.clear();
+                sealer.seal(frames, &mut self.sealed)?;
+                &self.sealed
+            }
+        };
+        for piece in bytes.chunks(SEND_PIECE) {
+            tokio::time::timeout(stall, self.stream.write_all(piece))
+                .await
+                .map_err(|_| LinkError::Stalled(stall))??;
         }
         Ok(())
     }

@@ -40,6 +40,8 @@ pub enum LinkError {
     Evicted,
     #[error("no frame for {0:?}")]
     Silent(std::time::Duration),
+    #[error("the other side read nothing for {0:?}")]
+    Stalled(std::time::Duration),
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("dialed myself")]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::connection::{FrameReader, FrameWriter};
@@ -24,7 +24,7 @@ use crate::guard::{self, Slot, Unprotected};
 use crate::membership::{Admission, LinkRef};
 use crate::node::{LinkSlot, Shared};
 use crate::secure::HandshakeError;
-use crate::sync::{Inbound, LinkSignal, Session, SEND_BUDGET};
+use crate::sync::{Inbound, LinkSignal, Session, OWED_LIMIT, SEND_BUDGET};
 use crate::transport::{Listener, Stream};
 use crate::warning::{Warning, WarningCode};
 use crate::wire::{self, Hello, Message, WireError};
@@ -353,8 +353,16 @@ async fn run(
     slot.signal.wake();
 
     let result = {
-        let write_side = write_loop(shared, &mut writer, &slot, ctl_rx, close_rx.clone());
-        let read_side = read_loop(shared, &mut reader, &slot, close_rx);
+        let drained = Notify::new();
+        let write_side = write_loop(
+            shared,
+            &mut writer,
+            &slot,
+            ctl_rx,
+            close_rx.clone(),
+            &drained,
+        );
+        let read_side = read_loop(shared, &mut reader, &slot, close_rx, &drained);
         tokio::select! {
             biased;
             r = write_side => r,
@@ -379,6 +387,12 @@ async fn run(
             )
             .peer(&*node)
             .address(&address),
+        );
+    } else if let Err(e @ LinkError::Stalled(_)) = &result {
+        shared.guard.warn(
+            &format_args!("{node} at {address}"),
+            e,
+            "link dropped: the peer stopped reading what it is owed",
         );
     } else if let Err(LinkError::ClockSkew { ahead_ms }) = result {
         skew_refused(shared, &node, &address, ahead_ms);
@@ -438,14 +452,72 @@ fn learn_member(shared: &Arc<Shared>, node: &Arc<str>, address: &str) {
     }
 }
 
+/// Requests that make this replica send what it holds, per link: a token bucket of `burst`
+/// requests refilled at `per_sec`. Past it the link stops reading until the next token, so a member
+/// cannot make this replica scan and send faster than that, and an honest burst is only delayed.
+struct Allowance {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+/// A peer that takes none of this link's bytes for this many times `Config::dead_after` is dropped
+/// (`FrameWriter::send_within`); longer than silence, since a reader may be busy merging a batch.
+const STALL_FACTOR: u32 = 4;
+
+/// Fetch requests per link: a burst, then per second (each may scan a whole bucket).
+const FETCH_BURST: f64 = 16.0;
+const FETCHES_PER_SEC: f64 = 8.0;
+/// Pull and held requests per link: a burst, then per second. Honest pulls come at most one per
+/// bucket and origin per planning pass, helds one per origin per resync.
+const PULL_BURST: f64 = 4096.0;
+const PULLS_PER_SEC: f64 = 1024.0;
+
+impl Allowance {
+    fn new(burst: f64, per_sec: f64) -> Self {
+        Allowance {
+            tokens: burst,
+            burst,
+            per_sec,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
+        }
+    }
+}
+
 async fn read_loop(
     shared: &Arc<Shared>,
     reader: &mut FrameReader,
     slot: &LinkSlot,
     mut close: watch::Receiver<bool>,
+    drained: &Notify,
 ) -> Result<(), LinkError> {
     let silence = shared.config.dead_after;
+    let mut fetches = Allowance::new(FETCH_BURST, FETCHES_PER_SEC);
+    let mut pulls = Allowance::new(PULL_BURST, PULLS_PER_SEC);
     loop {
+        // Paused while the other end is owed too much: it must read before it may ask more.
+        while slot.session.lock().owed() > OWED_LIMIT {
+            tokio::select! {
+                biased;
+                _ = close.changed() => return Err(LinkError::Duplicate),
+                _ = drained.notified() => {}
+            }
+        }
         // Shutdown is the writer's to handle: it says Leave first.
         let (msg, n) = tokio::select! {
             biased;
@@ -458,6 +530,25 @@ async fn read_loop(
             .bytes_received
             .fetch_add(n as u64, Ordering::Relaxed);
         slot.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+        let allowance = match &msg {
+            Message::FetchRequest { .. } => Some(&mut fetches),
+            Message::Pull { .. } | Message::Held { .. } => Some(&mut pulls),
+            _ => None,
+        };
+        if let Some(allowance) = allowance {
+            while let Err(wait) = allowance.take() {
+                tokio::select! {
+                    biased;
+                    _ = close.changed() => return Err(LinkError::Duplicate),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        let refused = shared
+            .local
+            .counters
+            .buckets_refused
+            .load(Ordering::Relaxed);
         let (inbound, skewed) = {
             let mut session = slot.session.lock();
             let inbound = session.handle(&shared.local, msg)?;
@@ -465,6 +556,26 @@ async fn read_loop(
         };
         if let Some(ahead_ms) = skewed {
             skewed_writes(shared, slot, ahead_ms);
+        }
+        if shared
+            .local
+            .counters
+            .buckets_refused
+            .load(Ordering::Relaxed)
+            > refused
+        {
+            shared.warnings.emit(
+                Warning::new(
+                    WarningCode::Limit,
+                    format!(
+                        "the peer named more buckets than maxBuckets ({}) allows: what it sent \
+                         for the new ones is ignored",
+                        shared.config.max_buckets
+                    ),
+                )
+                .peer(&*slot.node)
+                .address(&slot.address),
+            );
         }
         match inbound {
             Inbound::Nothing => {}
@@ -486,7 +597,9 @@ async fn write_loop(
     slot: &LinkSlot,
     mut ctl: mpsc::UnboundedReceiver<Message>,
     mut close: watch::Receiver<bool>,
+    drained: &Notify,
 ) -> Result<(), LinkError> {
+    let stall = shared.config.dead_after * STALL_FACTOR;
     let mut shutdown = shared.shutdown.clone();
     let heartbeat = shared.config.heartbeat;
     let digest_every = shared.config.digest_every;
@@ -512,8 +625,10 @@ async fn write_loop(
             };
             wire::encode_frame(&ping, &mut buf)?;
         }
+        // The reader may be waiting for the answers just taken from the session to be gone.
+        drained.notify_one();
         if !buf.is_empty() {
-            writer.send(&buf).await?;
+            writer.send_within(&buf, stall).await?;
             let n = buf.len() as u64;
             shared
                 .local
@@ -541,7 +656,7 @@ async fn write_loop(
                 if let Some(msg) = msg {
                     buf.clear();
                     wire::encode_frame(&msg, &mut buf)?;
-                    writer.send(&buf).await?;
+                    writer.send_within(&buf, stall).await?;
                 }
             }
             _ = tokio::time::sleep(heartbeat.min(digest_every)) => {}

@@ -87,6 +87,10 @@ struct Table {
     probed: HashMap<String, Instant>,
     /// Which node answered at an address: the address it listens on, and the one dialed to reach it.
     node_at: HashMap<String, Arc<str>>,
+    /// Learned addresses that did not answer: the delay before the next dial and when it was set. A
+    /// member forgotten and learned again from gossip resumes that backoff rather than starting over,
+    /// until the entry is older than `UNANSWERED_BACKOFF_MAX` twice.
+    unanswered: HashMap<String, (Duration, Instant)>,
     closed: bool,
 }
 
@@ -425,6 +429,47 @@ impl Members {
         sink.closed = true;
     }
 
+    /// Whether some member is listed at `address`.
+    fn is_listed(&self, address: &str) -> bool {
+        self.table
+            .lock()
+            .members
+            .values()
+            .any(|m| m.address == address)
+    }
+
+    /// The backoff a learned address that did not answer left off at, if recent.
+    fn unanswered_delay(&self, address: &str) -> Option<Duration> {
+        let mut t = self.table.lock();
+        t.unanswered
+            .retain(|_, (_, at)| at.elapsed() < UNANSWERED_BACKOFF_MAX * 2);
+        t.unanswered.get(address).map(|(d, _)| *d)
+    }
+
+    /// Records how long to wait before dialing `address` again (`None`: it answered).
+    fn note_unanswered(&self, address: &str, delay: Option<Duration>) {
+        let mut t = self.table.lock();
+        match delay {
+            Some(d) => {
+                if t.unanswered.len() >= UNANSWERED_KEPT && !t.unanswered.contains_key(address) {
+                    let oldest = t
+                        .unanswered
+                        .iter()
+                        .min_by_key(|(_, (_, at))| *at)
+                        .map(|(a, _)| a.clone());
+                    if let Some(oldest) = oldest {
+                        t.unanswered.remove(&oldest);
+                    }
+                }
+                t.unanswered
+                    .insert(address.to_string(), (d, Instant::now()));
+            }
+            None => {
+                t.unanswered.remove(address);
+            }
+        }
+    }
+
     fn start_dialing(&self, address: &str) -> bool {
         let mut t = self.table.lock();
         !t.closed && t.dialing.insert(address.to_string())
@@ -435,9 +480,17 @@ impl Members {
     }
 }
 
+/// Longest wait between dials of a learned address that never answered: gossip may list any
+/// address, and this node must not become a scanner of them.
+pub const UNANSWERED_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Unanswered learned addresses whose backoff is remembered, at most (the oldest go first).
+const UNANSWERED_KEPT: usize = 4096;
+
 /// Starts (once per address) a task that keeps a link to `address` up until the node shuts down.
-/// A seed is dialed even before anyone vouches for it; a learned member's dialer stops when the member
-/// leaves.
+/// A seed is dialed even before anyone vouches for it, with backoff capped at `backoff_max`; a
+/// learned member's dialer stops when no member is listed at its address any more (it left, or was
+/// forgotten past the member timeout), and an address where no node ever answered is dialed with
+/// backoff growing to `UNANSWERED_BACKOFF_MAX`.
 pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
     if !shared.members.start_dialing(&address) {
         return;
@@ -446,15 +499,28 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
     shared.spawn(async move {
         let mut shutdown = s.shutdown.clone();
         let mut delay = s.config.backoff_min;
+        if !seed {
+            if let Some(left_off) = s.members.unanswered_delay(&address) {
+                // Learned again after it was forgotten: the backoff goes on where it stopped.
+                delay = left_off;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(jitter(&s, delay)) => {}
+                }
+            }
+        }
         loop {
             if s.is_shutting_down() {
                 break;
             }
             let known_node = s.members.node_at(&address);
-            if let Some(node) = &known_node {
-                if !seed && !s.members.is_member(node) {
-                    break; // it left
-                }
+            let listed = match &known_node {
+                Some(node) => s.members.is_member(node),
+                None => s.members.is_listed(&address),
+            };
+            if !seed && !listed {
+                break; // it left, or was forgotten
             }
             let linked = known_node
                 .as_deref()
@@ -468,8 +534,20 @@ pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
                     }
                     Err(e) => {
                         tracing::debug!(%address, error = %e, "dial failed");
-                        delay = (delay * 2).min(s.config.backoff_max);
+                        let answered = seed || s.members.node_at(&address).is_some();
+                        let cap = if answered {
+                            s.config.backoff_max
+                        } else {
+                            UNANSWERED_BACKOFF_MAX.max(s.config.backoff_max)
+                        };
+                        delay = (delay * 2).min(cap);
+                        if !answered {
+                            s.members.note_unanswered(&address, Some(delay));
+                        }
                     }
+                }
+                if delay == s.config.backoff_min {
+                    s.members.note_unanswered(&address, None);
                 }
             }
             let jittered = jitter(

@@ -89,6 +89,9 @@ pub struct Config {
     /// Seeds the node's random choices (a random id, the incarnation's low bits, redial jitter) so a
     /// simulation replays; `None` draws them from the operating system.
     pub seed: Option<u64>,
+    /// Past this many buckets, a bucket a peer names is not created and what it sends for it is
+    /// ignored, with a warning (`sync::Local::remote_bucket`).
+    pub max_buckets: usize,
     /// Without secrets: the network is trusted, so accept peers from any address. Otherwise a node
     /// without secrets listening beyond loopback accepts peers from loopback only (`guard::admits`).
     pub insecure: bool,
@@ -123,6 +126,7 @@ impl Default for Config {
             transport: Arc::new(Tcp),
             seed: None,
             insecure: false,
+            max_buckets: crate::sync::DEFAULT_MAX_BUCKETS,
         }
     }
 }
@@ -147,6 +151,8 @@ pub struct Stats {
     pub tombstones: usize,
     pub tombstones_collected: u64,
     pub full_resyncs: u64,
+    /// Buckets peers named that were not created (`Config::max_buckets`).
+    pub buckets_refused: u64,
     /// Collected registers remembered by key (see `store::CollectedKeys`).
     pub collected_remembered: usize,
     /// Tombstones written in place of collected ones for old writes that came back.
@@ -343,6 +349,7 @@ impl Node {
             local.remember_collected_ms = keep.as_millis() as u64;
         }
         local.durable = opened.is_some();
+        local.max_buckets = config.max_buckets;
         let local = Arc::new(local);
         // Made first: the disk flusher reports through it too.
         let warnings = Arc::new(Warnings::new());
@@ -565,6 +572,7 @@ impl Node {
             tombstones: buckets.iter().map(|b| b.store().tombstone_count()).sum(),
             tombstones_collected: c.tombstones_collected.load(Ordering::Relaxed),
             full_resyncs: c.full_resyncs.load(Ordering::Relaxed),
+            buckets_refused: c.buckets_refused.load(Ordering::Relaxed),
             collected_remembered: buckets
                 .iter()
                 .map(|b| b.store().collected_remembered())

@@ -54,6 +54,13 @@ pub const SEND_BUDGET: usize = 512 * 1024;
 /// How long collected registers are remembered by key, by default: a replica away longer than this
 /// past a collection loses its old writes to keys nobody else holds (see `store::CollectedKeys`).
 pub const REMEMBER_COLLECTED_MS: u64 = 60 * 60 * 1000;
+/// Bytes of answers (`Session::owed`) a link may owe the other end before it stops reading its
+/// requests until the writer has sent them: a peer that asks without reading is paused, then dropped
+/// by the writer's stall timeout, instead of growing this replica's memory.
+pub const OWED_LIMIT: usize = 4 * 1024 * 1024;
+/// Buckets a replica holds at most before it ignores peers' writes and contexts for new ones, by
+/// default (`Local::max_buckets`).
+pub const DEFAULT_MAX_BUCKETS: usize = 10_000;
 /// How long a pull may stay unanswered before it is asked again.
 pub const PULL_TIMEOUT_MS: u64 = 5_000;
 
@@ -71,6 +78,8 @@ pub struct Counters {
     pub protocol_errors: AtomicU64,
     pub tombstones_collected: AtomicU64,
     pub full_resyncs: AtomicU64,
+    /// Buckets a peer named that were not created: this replica held `Local::max_buckets` already.
+    pub buckets_refused: AtomicU64,
     /// Tombstones written in place of collected ones, for old writes that came back (see
     /// `store::CollectedKeys`).
     pub stand_in_tombstones: AtomicU64,
@@ -156,6 +165,8 @@ pub struct Local {
     pub remember_collected_ms: u64,
     /// Buckets are persisted: their stores journal every change for the flusher.
     pub durable: bool,
+    /// Past this many buckets, a bucket a peer names is not created (`remote_bucket`).
+    pub max_buckets: usize,
     /// Ordered by name, so every pass over the buckets goes the same way without sorting them.
     buckets: RwLock<BTreeMap<Arc<str>, Arc<Bucket>>>,
     /// The buckets where this replica found it missed a collection (it held data, and a peer's
@@ -201,6 +212,7 @@ impl Local {
             tombstone_min_age_ms: max_clock_skew_ms.saturating_mul(3),
             remember_collected_ms: REMEMBER_COLLECTED_MS,
             durable: false,
+            max_buckets: DEFAULT_MAX_BUCKETS,
             buckets: RwLock::new(BTreeMap::new()),
             stale: Mutex::new(BTreeSet::new()),
         }
@@ -253,6 +265,22 @@ impl Local {
         ));
         buckets.insert(name, bucket.clone());
         bucket
+    }
+
+    /// The bucket called `name` for a peer that named it: created empty unless this replica holds
+    /// `max_buckets` already; then `None`, counted in `buckets_refused`, and what the peer sent for it
+    /// is ignored. A member cannot grow every replica's state without bound this way.
+    pub fn remote_bucket(&self, name: &str) -> Option<Arc<Bucket>> {
+        if let Some(b) = self.existing_bucket(name) {
+            return Some(b);
+        }
+        if self.buckets.read().len() >= self.max_buckets {
+            self.counters
+                .buckets_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.bucket(name))
     }
 
     /// The bucket called `name` if this replica has it.
@@ -476,8 +504,13 @@ pub struct Session {
     buckets: BTreeMap<Arc<str>, BucketSession>,
     /// Buckets where the other end's own writes arrived since our last ack.
     ack_due: BTreeSet<Arc<str>>,
-    /// Messages queued for the writer (our contexts, pull requests, fetch requests and replies).
-    outbox: VecDeque<Message>,
+    /// Messages queued for the writer (our contexts, pull requests, fetch requests and replies), each
+    /// with the bytes it counts in `owed`.
+    outbox: VecDeque<(Message, usize)>,
+    /// Bytes of answers to the other end's requests (`FetchReply`, `HeldReply`) queued and not yet
+    /// sent, roughly: the link stops reading requests past `OWED_LIMIT`, so what one peer can make
+    /// this replica hold for it is bounded whether or not it reads.
+    owed: usize,
     /// The other end's contexts have not all arrived: until they have, we cannot tell which of our
     /// writes it lacks, and push none.
     awaiting_contexts: bool,
@@ -521,7 +554,9 @@ impl Session {
                 .into_iter()
                 .map(Message::Contexts)
                 .chain(local.collected_frames())
+                .map(|msg| (msg, 0))
                 .collect(),
+            owed: 0,
             awaiting_contexts: true,
             resume_at: None,
             skewed: None,
@@ -539,7 +574,9 @@ impl Session {
             check_bucket_name(&summary.name)?;
         }
         for summary in part.buckets {
-            let bucket = local.bucket(&summary.name);
+            let Some(bucket) = local.remote_bucket(&summary.name) else {
+                continue;
+            };
             self.absorb_context(local, summary.name.clone(), &summary.context);
             let horizon: Context = summary
                 .collected
@@ -587,11 +624,12 @@ impl Session {
             let query = bucket.store().stored_dots(&origin, &ctx.intersect(theirs));
             if !query.is_empty() {
                 state.held_asked.insert(origin.clone());
-                self.outbox.push_back(Message::Held {
+                let held = Message::Held {
                     bucket: bucket.name().clone(),
                     origin: origin.id().clone(),
                     query,
-                });
+                };
+                self.outbox.push_back((held, 0));
             }
         }
         self.finish_resync(local, bucket);
@@ -654,7 +692,18 @@ impl Session {
 
     /// Queues a message for the writer.
     pub fn queue(&mut self, msg: Message) {
-        self.outbox.push_back(msg);
+        self.outbox.push_back((msg, 0));
+    }
+
+    /// Queues an answer to the other end's request, of about `bytes`.
+    fn answer(&mut self, msg: Message, bytes: usize) {
+        self.owed += bytes;
+        self.outbox.push_back((msg, bytes));
+    }
+
+    /// Bytes of answers to the other end queued and not yet sent (see `OWED_LIMIT`).
+    pub fn owed(&self) -> usize {
+        self.owed
     }
 
     /// Seqs of `origin` in `bucket` the other end holds, as far as this session knows.
@@ -679,9 +728,10 @@ impl Session {
             }
             Message::Digest { bucket, context } => {
                 check_bucket_name(&bucket)?;
-                let b = local.bucket(&bucket);
-                self.absorb_context(local, bucket, &context);
-                self.review(local, &b);
+                if let Some(b) = local.remote_bucket(&bucket) {
+                    self.absorb_context(local, bucket, &context);
+                    self.review(local, &b);
+                }
                 Ok(Inbound::Nothing)
             }
             Message::Pull {
@@ -690,7 +740,9 @@ impl Session {
                 ranges,
             } => {
                 check_bucket_name(&bucket)?;
-                let b = local.bucket(&bucket);
+                let Some(b) = local.existing_bucket(&bucket) else {
+                    return Ok(Inbound::Nothing);
+                };
                 let origin = local.replicas.intern(&origin);
                 let held = b.store().context_of(&origin);
                 let wanted = ranges.intersect(&held);
@@ -740,7 +792,9 @@ impl Session {
                     }
                     if !self.refuses(local, &bucket) {
                         let origin = local.replicas.intern(&origin);
-                        local.merge(&local.bucket(&bucket), &origin, writes, &SeqRanges::new())?;
+                        if let Some(b) = local.remote_bucket(&bucket) {
+                            local.merge(&b, &origin, writes, &SeqRanges::new())?;
+                        }
                     }
                 } else if count > 0 {
                     return Err(LinkError::Protocol(
@@ -755,16 +809,25 @@ impl Session {
                 query,
             } => {
                 check_bucket_name(&bucket)?;
-                let b = local.bucket(&bucket);
                 let o = local.replicas.intern(&origin);
-                let covered = query.intersect(&b.store().context_of(&o));
-                let held = b.store().stored_dots(&o, &covered);
-                self.outbox.push_back(Message::HeldReply {
-                    bucket,
-                    origin,
-                    covered,
-                    held,
-                });
+                let (covered, held) = match local.existing_bucket(&bucket) {
+                    Some(b) => {
+                        let covered = query.intersect(&b.store().context_of(&o));
+                        let held = b.store().stored_dots(&o, &covered);
+                        (covered, held)
+                    }
+                    None => (SeqRanges::new(), SeqRanges::new()),
+                };
+                let bytes = 64 + 20 * (covered.ranges().len() + held.ranges().len());
+                self.answer(
+                    Message::HeldReply {
+                        bucket,
+                        origin,
+                        covered,
+                        held,
+                    },
+                    bytes,
+                );
                 Ok(Inbound::Nothing)
             }
             Message::HeldReply {
@@ -819,11 +882,13 @@ impl Session {
                         (record, k.origin.map(|rid| local.replicas.intern(&rid)))
                     })
                     .collect();
-                let stand_ins = local.bucket(&bucket).learn_collected(records);
-                local
-                    .counters
-                    .stand_in_tombstones
-                    .fetch_add(stand_ins as u64, Ordering::Relaxed);
+                if let Some(b) = local.remote_bucket(&bucket) {
+                    let stand_ins = b.learn_collected(records);
+                    local
+                        .counters
+                        .stand_in_tombstones
+                        .fetch_add(stand_ins as u64, Ordering::Relaxed);
+                }
                 Ok(Inbound::Nothing)
             }
             Message::Members(list) => Ok(Inbound::Members(list)),
@@ -864,7 +929,9 @@ impl Session {
             return Ok(());
         }
         let origin = local.replicas.intern(&batch.origin);
-        let bucket = local.bucket(&batch.bucket);
+        let Some(bucket) = local.remote_bucket(&batch.bucket) else {
+            return Ok(());
+        };
         // One step: the coverage is never claimed without what superseded it, and a value never
         // shows live for a moment under a touch the same batch carries.
         let superseders = batch
@@ -899,16 +966,17 @@ impl Session {
     }
 
     fn answer_fetch(&mut self, local: &Local, id: u64, bucket: Arc<str>, prefix: &str) {
-        let b = local.bucket(&bucket);
         // Touch registers first: each reply is merged on its own, and a value must land under the
         // touch that may have expired it, never be shown live before it.
         let mut by_origin: BTreeMap<(bool, Origin), Vec<crate::store::Write>> = BTreeMap::new();
-        b.store().scan_writes(prefix, &mut |origin, w| {
-            by_origin
-                .entry((!w.touch, origin.clone()))
-                .or_default()
-                .push(w)
-        });
+        if let Some(b) = local.existing_bucket(&bucket) {
+            b.store().scan_writes(prefix, &mut |origin, w| {
+                by_origin
+                    .entry((!w.touch, origin.clone()))
+                    .or_default()
+                    .push(w)
+            });
+        }
         for ((_, origin), writes) in by_origin {
             let mut frame = Vec::new();
             let mut bytes = 0;
@@ -916,35 +984,38 @@ impl Session {
                 let size = w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 32;
                 if !frame.is_empty() && (frame.len() >= CHUNK_WRITES || bytes + size > CHUNK_BYTES)
                 {
-                    self.outbox.push_back(Message::FetchReply {
+                    let reply = Message::FetchReply {
                         id,
                         bucket: bucket.clone(),
                         origin: Some(origin.id().clone()),
                         writes: std::mem::take(&mut frame),
                         done: false,
-                    });
+                    };
+                    self.answer(reply, bytes);
                     bytes = 0;
                 }
                 bytes += size;
                 frame.push(w);
             }
             if !frame.is_empty() {
-                self.outbox.push_back(Message::FetchReply {
+                let reply = Message::FetchReply {
                     id,
                     bucket: bucket.clone(),
                     origin: Some(origin.id().clone()),
                     writes: frame,
                     done: false,
-                });
+                };
+                self.answer(reply, bytes);
             }
         }
-        self.outbox.push_back(Message::FetchReply {
+        let done = Message::FetchReply {
             id,
             bucket,
             origin: None,
             writes: Vec::new(),
             done: true,
-        });
+        };
+        self.answer(done, 64);
     }
 
     /// Encodes into `buf` what is due on this link: queued messages, acks, digests (when
@@ -956,7 +1027,8 @@ impl Session {
         buf: &mut Vec<u8>,
         digest_due: bool,
     ) -> Result<bool, LinkError> {
-        while let Some(msg) = self.outbox.pop_front() {
+        while let Some((msg, owed)) = self.outbox.pop_front() {
+            self.owed -= owed;
             wire::encode_frame(&msg, buf)?;
             if buf.len() >= SEND_BUDGET {
                 return Ok(true);

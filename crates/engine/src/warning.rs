@@ -43,11 +43,13 @@ pub enum WarningCode {
     Insecure,
     /// A seed that has not answered for a long time.
     Unreachable,
+    /// What a peer sent went past a limit of this peer (`maxBuckets`) and was ignored.
+    Limit,
 }
 
 impl WarningCode {
     /// Every code, in the order counts are reported.
-    pub const ALL: [WarningCode; 8] = [
+    pub const ALL: [WarningCode; 9] = [
         WarningCode::Auth,
         WarningCode::Skew,
         WarningCode::Version,
@@ -56,6 +58,7 @@ impl WarningCode {
         WarningCode::Protocol,
         WarningCode::Insecure,
         WarningCode::Unreachable,
+        WarningCode::Limit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl WarningCode {
             WarningCode::Protocol => "EPROTOCOL",
             WarningCode::Insecure => "EINSECURE",
             WarningCode::Unreachable => "EUNREACHABLE",
+            WarningCode::Limit => "ELIMIT",
         }
     }
 
@@ -282,7 +286,8 @@ mod tests {
                 "EDISK",
                 "EPROTOCOL",
                 "EINSECURE",
-                "EUNREACHABLE"
+                "EUNREACHABLE",
+                "ELIMIT"
             ]
         );
     }

@@ -393,7 +393,9 @@ async fn two_nodes_holding_100000_buckets_link_and_converge() {
     // What this test is about is the link; the periodic passes over every bucket (digests, pull
     // planning, collection rounds) are slow over 100,000 buckets in a debug build, and are spaced
     // out (a pull planned while the push is still under way would fetch the same writes twice).
+    // Each holds more buckets than the default `max_buckets` lets a peer create.
     let slow_digests = |c: Config| Config {
+        max_buckets: 2 * BUCKETS,
         digest_every: Duration::from_secs(30),
         pull_every: Duration::from_secs(30),
         collect_every: Duration::from_secs(600),
