@@ -84,10 +84,12 @@ async fn finished_connections_leave_nothing_behind() {
         )
         .await;
     }
+    // Each wrong handshake ends refused: rejected on its bad tag, or evicted unfinished when the
+    // handshake slots were full (how many of each depends on how busy the machine is).
+    let stats = keyed.stats();
     assert!(
-        keyed.stats().handshakes_rejected >= 4_000,
-        "{:?}",
-        keyed.stats()
+        stats.handshakes_rejected + stats.handshakes_evicted >= 4_000 && stats.peers == 0,
+        "{stats:?}"
     );
     for n in [open, keyed] {
         n.close(Duration::from_secs(1)).await;
