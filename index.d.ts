@@ -216,6 +216,8 @@ export interface PeerStats {
   collectedRemembered: number
   /** Old writes brought back from past a collection that met a stand-in tombstone here instead. */
   standInTombstones: number
+  /** Buckets peers asked this peer to create past `maxBuckets`, refused (each also an `ELIMIT` warning, rate-limited). */
+  bucketsRefused: number
   /**
    * Connections refused in their handshake: not a peer, another secret or none, malformed, silent; or
    * from the network to a peer without a secret that does not trust it (options.insecure).

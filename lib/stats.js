@@ -24,6 +24,7 @@ const FIGURES = [
   ['fullResyncs', 'full_resyncs_total', 'counter', 'Times this peer found it had missed a collection and resynced in full.'],
   ['collectedRemembered', 'collected_remembered', 'gauge', 'Deleted or expired keys remembered after their tombstones were collected.'],
   ['standInTombstones', 'stand_in_tombstones_total', 'counter', 'Old writes brought back from past a collection that met a stand-in tombstone here.'],
+  ['bucketsRefused', 'buckets_refused_total', 'counter', 'Buckets peers asked this peer to create past maxBuckets, refused.'],
   ['handshakesRejected', 'handshakes_rejected_total', 'counter', 'Connections refused in their handshake (not a peer, another secret or none, malformed, silent).'],
   ['handshakesEvicted', 'handshakes_evicted_total', 'counter', 'Accepted connections closed in their handshake to make room for newer ones.'],
 ].map(([field, metric, type, help]) => Object.freeze({ field, metric, type, help }))

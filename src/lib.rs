@@ -78,6 +78,7 @@ pub struct PeerStats {
     pub full_resyncs: f64,
     pub collected_remembered: u32,
     pub stand_in_tombstones: f64,
+    pub buckets_refused: f64,
     pub handshakes_rejected: f64,
     pub handshakes_evicted: f64,
     /// Warnings emitted so far, by code ('EAUTH', ...), every code present.
@@ -289,8 +290,7 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         tombstones,
         tombstones_collected,
         full_resyncs,
-        // Counted in the engine; a JavaScript stat for it is not there yet (the ELIMIT warnings are).
-        buckets_refused: _,
+        buckets_refused,
         collected_remembered,
         stand_in_tombstones,
         handshakes_rejected,
@@ -317,6 +317,7 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         full_resyncs: full_resyncs as f64,
         collected_remembered: collected_remembered as u32,
         stand_in_tombstones: stand_in_tombstones as f64,
+        buckets_refused: buckets_refused as f64,
         handshakes_rejected: handshakes_rejected as f64,
         handshakes_evicted: handshakes_evicted as f64,
         warnings: warnings
