@@ -351,12 +351,18 @@ impl<'a> World<'a> {
             Duration::from_secs(300)
         };
         let index = self.hosts.len();
-        let disk = (disk_allowed && self.rng.below(100) < self.profile.disks)
-            .then(|| SimDisk::new(derive(self.seed, 5_000 + index as u64)));
-        let durability = if self.rng.chance(0.75) {
-            Durability::Strict
+        // Drawn only by profiles with disks: the others replay the schedules they had before.
+        let (disk, durability) = if self.profile.disks > 0 {
+            let disk = (disk_allowed && self.rng.below(100) < self.profile.disks)
+                .then(|| SimDisk::new(derive(self.seed, 5_000 + index as u64)));
+            let durability = if self.rng.chance(0.75) {
+                Durability::Strict
+            } else {
+                Durability::Relaxed
+            };
+            (disk, durability)
         } else {
-            Durability::Relaxed
+            (None, Durability::Strict)
         };
         let plan = Rc::new(RefCell::new(Plan {
             id,
