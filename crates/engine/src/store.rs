@@ -1607,6 +1607,7 @@ impl Store for MemoryStore {
                 let record = CollectedRecord {
                     fingerprint,
                     hlc: register.hlc,
+                    origin: register.origin.clone(),
                     at_ms: *at_ms,
                 };
                 (record, register.origin.clone())
