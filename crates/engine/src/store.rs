@@ -405,11 +405,13 @@ pub fn key_fingerprint(key: &str) -> u64 {
 }
 
 /// A remembered collected register, as a durable backend persists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectedRecord {
     pub fingerprint: u64,
     /// The newest collected value register of the keys with this fingerprint.
     pub hlc: Hlc,
+    /// Its origin; `None` in a record persisted without one (a data directory of format 2).
+    pub origin: Option<Origin>,
     /// The stamp it was collected under (`Store::collect`'s `older_than_ms`).
     pub at_ms: u64,
 }
@@ -446,9 +448,9 @@ struct CollectedKeys {
     newest: Hlc,
 }
 
-/// A collected register's place in the last-writer-wins order. Only its time is persisted: a record
-/// restored from disk has no origin and stands above every origin of its time (a write stamped alike
-/// then meets a stand-in whichever origin it has).
+/// A collected register's place in the last-writer-wins order. A record restored without its origin
+/// (persisted by format 2, which kept only the time) stands above every origin of its time: a write
+/// stamped alike then meets a stand-in whichever origin it has.
 #[derive(Clone, Debug)]
 struct Collected {
     hlc: Hlc,
@@ -1066,7 +1068,7 @@ impl MemoryStore {
         for r in collected {
             let register = Collected {
                 hlc: r.hlc,
-                origin: None,
+                origin: r.origin,
             };
             state.collected.remember(r.fingerprint, register, r.at_ms);
         }
@@ -1605,6 +1607,7 @@ impl Store for MemoryStore {
                 let record = CollectedRecord {
                     fingerprint,
                     hlc: register.hlc,
+                    origin: register.origin.clone(),
                     at_ms: *at_ms,
                 };
                 (record, register.origin.clone())
@@ -1733,6 +1736,7 @@ impl Store for MemoryStore {
                     .map(|(register, at_ms)| CollectedRecord {
                         fingerprint,
                         hlc: register.hlc,
+                        origin: register.origin.clone(),
                         at_ms: *at_ms,
                     });
                 (fingerprint, record)
@@ -2538,6 +2542,7 @@ mod tests {
                 Some(CollectedRecord {
                     fingerprint: key_fingerprint("k"),
                     hlc: Hlc(20),
+                    origin: Some(a.clone()),
                     at_ms: 1_000
                 })
             )]

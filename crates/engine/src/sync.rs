@@ -874,12 +874,14 @@ impl Session {
                 let records = keys
                     .into_iter()
                     .map(|k| {
+                        let origin = k.origin.map(|rid| local.replicas.intern(&rid));
                         let record = CollectedRecord {
                             fingerprint: k.fingerprint,
                             hlc: k.hlc,
+                            origin: origin.clone(),
                             at_ms: k.at_ms,
                         };
-                        (record, k.origin.map(|rid| local.replicas.intern(&rid)))
+                        (record, origin)
                     })
                     .collect();
                 if let Some(b) = local.remote_bucket(&bucket) {

@@ -337,6 +337,69 @@ async fn collected_keys_are_remembered_across_a_restart() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A collected key's register keeps its whole place in the last-writer-wins order `(hlc, origin)`
+/// across a restart: a write stamped with the collected tombstone's very time by an origin that ranks
+/// above the tombstone's beat it, and still does after the restart (it is applied, not answered with
+/// a stand-in), while one by an origin ranking below stays guarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_collected_key_guards_only_writes_it_beats_by_origin() {
+    use peer_buckets_engine::ranges::SeqRanges;
+    use peer_buckets_engine::replica::{ReplicaId, ReplicaTable};
+    use peer_buckets_engine::store::Write;
+
+    let d = dir("collected-origin");
+    let fast = |data: &PathBuf| Config {
+        tombstone_min_age: Some(Duration::from_millis(100)),
+        collect_every: Duration::from_millis(100),
+        ..config(Some("m"), Some(data), vec![])
+    };
+    let node = Node::start(fast(&d)).await.unwrap();
+    let b = node.bucket("s");
+    b.write("k", Some(value::encode_json("1")), Lifetime::Forever);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let delete = b.write("k", None, Lifetime::Forever);
+    eventually("the tombstone collected", || {
+        node.stats().tombstones == 0 && node.stats().collected_remembered == 1
+    })
+    .await;
+    node.close(Duration::from_secs(1)).await;
+
+    let again = Node::start(fast(&d)).await.unwrap();
+    let b = again.bucket("s");
+    assert_eq!(again.stats().collected_remembered, 1);
+    let table = ReplicaTable::new();
+    let twin = |node: &str, value: &str| {
+        let origin = table.intern(&ReplicaId {
+            node: node.into(),
+            incarnation: 1,
+        });
+        let write = Write {
+            key: "k".into(),
+            hlc: delete.hlc,
+            seq: 1,
+            value: Some(value::encode_json(value)),
+            expires_ms: 0,
+            touch: false,
+        };
+        (origin, write)
+    };
+    // "a" ranks below "m": the tombstone beat it, and still guards the key.
+    let (below, lost) = twin("a", "\"lost\"");
+    let merged = b.merge(&below, vec![lost], &SeqRanges::new()).unwrap();
+    assert_eq!(merged.stand_ins, 1, "a write the tombstone beat is guarded");
+    assert_eq!(get(&b, "k"), None);
+    // "z" ranks above "m": its write beat the tombstone and must win here as everywhere.
+    let (above, won) = twin("z", "\"won\"");
+    let merged = b.merge(&above, vec![won], &SeqRanges::new()).unwrap();
+    assert_eq!(
+        merged.stand_ins, 0,
+        "no stand-in for a write newer than the tombstone"
+    );
+    assert_eq!(get(&b, "k").as_deref(), Some("\"won\""));
+    again.close(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 // ---- A disk that fails (issue 12, behaviour 6), on the simulated disk ----
 
 fn sim_config(id: &str, disk: &SimDisk, durability: Durability, seeds: Vec<String>) -> Config {

@@ -39,6 +39,11 @@ fn skewed_drifting_clocks_that_jump_back_on_restart_keep_replicas_identical() {
 }
 
 #[test]
+fn data_directories_through_power_cuts_eio_and_enospc_keep_every_settled_strict_write() {
+    sweep("disk", 1..4);
+}
+
+#[test]
 fn forgotten_members_duplicate_ids_and_joins_converge() {
     sweep("membership", 1..3);
 }

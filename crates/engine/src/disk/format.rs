@@ -26,14 +26,22 @@ pub(super) const COLLECTED: TableDefinition<&str, &[u8]> = TableDefinition::new(
 /// (bucket, key fingerprint) -> (hlc, stamp) of the newest collected register of those keys
 pub(super) const COLLECTED_KEYS: TableDefinition<(&str, u64), (u64, u64)> =
     TableDefinition::new("collected_keys");
+/// (bucket, key fingerprint) -> origin of that register (format 3; a record without one, written by
+/// format 2, stands above every origin of its time)
+pub(super) const COLLECTED_ORIGINS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("collected_origins");
 /// bucket -> the newest time among forgotten collected registers
 pub(super) const COLLECTED_BEYOND: TableDefinition<&str, u64> =
     TableDefinition::new("collected_beyond");
 
-/// The data format written. 2: string values stored as themselves, collected keys, the log. A
-/// directory of format 1 opens as it is (it holds nothing of those) and is marked 2.
-pub(super) const FORMAT: &[u8] = b"peer-buckets/2";
-pub(super) const FORMATS_READ: [&[u8]; 2] = [b"peer-buckets/1", FORMAT];
+/// The data format written. 2: string values stored as themselves, collected keys, the log. 3: the
+/// origin of each collected key (`COLLECTED_ORIGINS`, and in log records). A directory of format 1
+/// or 2 opens as it is (its log records are read in their own layout, `LegacyBucketChanges`) and is
+/// marked 3; its collected keys keep no origin until collected again.
+pub(super) const FORMAT: &[u8] = b"peer-buckets/3";
+pub(super) const FORMATS_READ: [&[u8]; 3] = [b"peer-buckets/1", b"peer-buckets/2", FORMAT];
+/// Formats whose log records lack the collected keys' origins.
+pub(super) const FORMATS_LEGACY_LOG: [&[u8]; 2] = [b"peer-buckets/1", b"peer-buckets/2"];
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct DiskTouch {
@@ -54,6 +62,14 @@ pub(super) struct DiskEntry {
     pub(super) touch: Option<DiskTouch>,
 }
 
+/// A remembered collected register: its time, the stamp it was collected under, its origin.
+#[derive(Serialize, Deserialize)]
+pub(super) struct DiskCollected {
+    hlc: u64,
+    at_ms: u64,
+    origin: Option<ReplicaId>,
+}
+
 /// What changed in one bucket, in the on-disk form: what a flush writes into redb, and what a log
 /// record holds.
 #[derive(Serialize, Deserialize, Default)]
@@ -62,10 +78,47 @@ pub(super) struct BucketChanges {
     entries: Vec<(String, Option<DiskEntry>)>,
     contexts: Vec<(ReplicaId, SeqRanges)>,
     markers: Vec<(ReplicaId, u64, Option<String>)>,
-    collected_keys: Vec<(u64, Option<(u64, u64)>)>,
+    collected_keys: Vec<(u64, Option<DiskCollected>)>,
     collected_beyond: Option<u64>,
     /// The whole collected vector (empty: unchanged).
     collected: Vec<(ReplicaId, SeqRanges)>,
+}
+
+/// `BucketChanges` as a log record of format 2 holds them (collected keys without their origin).
+#[derive(Deserialize)]
+pub(super) struct LegacyBucketChanges {
+    name: String,
+    entries: Vec<(String, Option<DiskEntry>)>,
+    contexts: Vec<(ReplicaId, SeqRanges)>,
+    markers: Vec<(ReplicaId, u64, Option<String>)>,
+    collected_keys: Vec<(u64, Option<(u64, u64)>)>,
+    collected_beyond: Option<u64>,
+    collected: Vec<(ReplicaId, SeqRanges)>,
+}
+
+impl From<LegacyBucketChanges> for BucketChanges {
+    fn from(c: LegacyBucketChanges) -> Self {
+        BucketChanges {
+            name: c.name,
+            entries: c.entries,
+            contexts: c.contexts,
+            markers: c.markers,
+            collected_keys: c
+                .collected_keys
+                .into_iter()
+                .map(|(f, r)| {
+                    let r = r.map(|(hlc, at_ms)| DiskCollected {
+                        hlc,
+                        at_ms,
+                        origin: None,
+                    });
+                    (f, r)
+                })
+                .collect(),
+            collected_beyond: c.collected_beyond,
+            collected: c.collected,
+        }
+    }
 }
 
 impl BucketChanges {
@@ -103,7 +156,14 @@ impl BucketChanges {
             collected_keys: c
                 .collected
                 .into_iter()
-                .map(|(f, r)| (f, r.map(|r| (r.hlc.0, r.at_ms))))
+                .map(|(f, r)| {
+                    let r = r.map(|r| DiskCollected {
+                        hlc: r.hlc.0,
+                        at_ms: r.at_ms,
+                        origin: r.origin.map(|o| o.id().clone()),
+                    });
+                    (f, r)
+                })
                 .collect(),
             collected_beyond: c.collected_beyond.map(|h| h.0),
             collected: bucket
@@ -170,6 +230,7 @@ pub(super) fn write_changes(
     let mut markers = tx.open_table(MARKERS).map_err(storage)?;
     let mut collected = tx.open_table(COLLECTED).map_err(storage)?;
     let mut collected_keys = tx.open_table(COLLECTED_KEYS).map_err(storage)?;
+    let mut collected_origins = tx.open_table(COLLECTED_ORIGINS).map_err(storage)?;
     let mut collected_beyond = tx.open_table(COLLECTED_BEYOND).map_err(storage)?;
     for c in changes {
         let name: &str = &c.name;
@@ -210,11 +271,21 @@ pub(super) fn write_changes(
             match record {
                 Some(r) => {
                     collected_keys
-                        .insert((name, *fingerprint), *r)
+                        .insert((name, *fingerprint), (r.hlc, r.at_ms))
                         .map_err(storage)?;
+                    match &r.origin {
+                        Some(o) => collected_origins
+                            .insert((name, *fingerprint), encode(o).as_slice())
+                            .map(drop),
+                        None => collected_origins.remove((name, *fingerprint)).map(drop),
+                    }
+                    .map_err(storage)?;
                 }
                 None => {
                     collected_keys
+                        .remove((name, *fingerprint))
+                        .map_err(storage)?;
+                    collected_origins
                         .remove((name, *fingerprint))
                         .map_err(storage)?;
                 }

@@ -4,7 +4,7 @@
 //!
 //! - **What is on disk:** the node id and incarnation, and per bucket every entry (both registers with
 //!   their hlc and dot), the context of every origin, the superseded markers, the collected vector and
-//!   the collected registers remembered by key (`store::CollectedKeys`).
+//!   the collected registers remembered by key with their time and origin (`store::CollectedKeys`).
 //!   The per-origin index, counters and expiry queues are derived again at load.
 //! - **Group commit.** Every change is journaled under the store's lock; the flusher drains the journals
 //!   of all buckets at once. A write in strict mode waits for the flush generation that was current
@@ -47,7 +47,8 @@ use crate::sync::Local;
 pub use flusher::{Doorbell, Flusher};
 use format::{
     absorb, decode, storage, write_changes, BucketChanges, DiskEntry, COLLECTED, COLLECTED_BEYOND,
-    COLLECTED_KEYS, CONTEXTS, ENTRIES, FORMAT, FORMATS_READ, MARKERS, META,
+    COLLECTED_KEYS, COLLECTED_ORIGINS, CONTEXTS, ENTRIES, FORMAT, FORMATS_LEGACY_LOG, FORMATS_READ,
+    MARKERS, META,
 };
 use fs::{DirLock, FileSystem, RealFs};
 use wal::Wal;
@@ -118,30 +119,34 @@ impl Disk {
             .map_err(storage)?
             .ok_or_else(|| Error::DataDirInUse(dir.display().to_string()))?;
         let db = open_database(&*fs, dir)?;
-        let (stored_id, stored_incarnation, clean) = {
+        let (stored_id, stored_incarnation, clean, legacy_log) = {
             let tx = db.begin_read().map_err(storage)?;
             match tx.open_table(META) {
                 Ok(meta) => {
                     let get = |k: &str| -> Result<Option<Vec<u8>>, Error> {
                         Ok(meta.get(k).map_err(storage)?.map(|v| v.value().to_vec()))
                     };
-                    if let Some(format) = get("format")? {
+                    let format = get("format")?;
+                    if let Some(format) = &format {
                         if !FORMATS_READ.contains(&format.as_slice()) {
                             return Err(Error::Storage(format!(
                                 "{} holds data of another format ({})",
                                 dir.display(),
-                                String::from_utf8_lossy(&format)
+                                String::from_utf8_lossy(format)
                             )));
                         }
                     }
+                    let legacy_log = format
+                        .as_deref()
+                        .is_some_and(|f| FORMATS_LEGACY_LOG.contains(&f));
                     let id = get("node_id")?.map(|v| String::from_utf8_lossy(&v).into_owned());
                     let incarnation = get("incarnation")?
                         .and_then(|v| v.try_into().ok())
                         .map(u64::from_be_bytes);
                     let clean = get("clean")?.is_some_and(|v| v == [1]);
-                    (id, incarnation, clean)
+                    (id, incarnation, clean, legacy_log)
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => (None, None, false),
+                Err(redb::TableError::TableDoesNotExist(_)) => (None, None, false, false),
                 Err(e) => return Err(storage(e)),
             }
         };
@@ -160,7 +165,7 @@ impl Disk {
             (true, Some(i)) => i,
             _ => fresh_incarnation,
         };
-        let wal = Self::recover(&*fs, &db, dir)?;
+        let wal = Self::recover(&*fs, &db, dir, legacy_log)?;
         // From now on a crash must not be taken for a clean stop.
         let tx = db.begin_write().map_err(storage)?;
         {
@@ -216,8 +221,9 @@ impl Disk {
         done
     }
 
-    /// Replays into redb the log records newer than its last checkpoint and opens the log.
-    fn recover(fs: &dyn FileSystem, db: &Database, dir: &Path) -> Result<Wal, Error> {
+    /// Replays into redb the log records newer than its last checkpoint and opens the log. A log of
+    /// format 2 (`legacy`) is ended once replayed: later records are written in the current layout.
+    fn recover(fs: &dyn FileSystem, db: &Database, dir: &Path, legacy: bool) -> Result<Wal, Error> {
         let checkpointed = {
             let tx = db.begin_read().map_err(storage)?;
             match tx.open_table(META) {
@@ -229,7 +235,7 @@ impl Disk {
                 Err(_) => 0,
             }
         };
-        let (wal, records) = Wal::open(fs, dir, checkpointed)?;
+        let (mut wal, records) = Wal::open(fs, dir, checkpointed, legacy)?;
         if let Some(last) = records.last().map(|r| r.seq) {
             let changes: Vec<BucketChanges> = records.into_iter().flat_map(|r| r.buckets).collect();
             let tx = db.begin_write().map_err(storage)?;
@@ -240,6 +246,9 @@ impl Disk {
                     .map_err(storage)?;
             }
             tx.commit().map_err(storage)?;
+        }
+        if legacy {
+            wal.clear()?;
         }
         Ok(wal)
     }
@@ -377,10 +386,21 @@ impl Disk {
             }
         }
         if let Ok(t) = tx.open_table(COLLECTED_KEYS) {
+            let origins = tx.open_table(COLLECTED_ORIGINS).ok();
             for item in t.iter().map_err(storage)? {
                 let (k, v) = item.map_err(storage)?;
                 let (bucket, fingerprint) = k.value();
                 let (hlc, at_ms) = v.value();
+                let origin = match &origins {
+                    Some(origins) => match origins.get((bucket, fingerprint)).map_err(storage)? {
+                        Some(o) => {
+                            let rid: ReplicaId = decode(o.value(), "replica id")?;
+                            Some(replicas.intern(&rid))
+                        }
+                        None => None,
+                    },
+                    None => None,
+                };
                 per_bucket
                     .entry(bucket.to_string())
                     .or_default()
@@ -388,6 +408,7 @@ impl Disk {
                     .push(CollectedRecord {
                         fingerprint,
                         hlc: Hlc(hlc),
+                        origin,
                         at_ms,
                     });
             }
@@ -504,7 +525,7 @@ mod tests {
         u64::from_be_bytes(v.value().try_into().unwrap())
     }
 
-    /// A directory written by format 1 opens as it is, and is marked format 2; another format is refused.
+    /// A directory written by format 1 opens as it is, and is marked format 3; another format is refused.
     #[test]
     fn a_format_1_directory_opens_and_an_unknown_format_is_refused() {
         let dir = temp_dir("format");
@@ -526,6 +547,70 @@ mod tests {
         set_format(b"peer-buckets/9");
         let err = Disk::open(&dir, Some("n"), 1).err().expect("refused");
         assert!(err.to_string().contains("another format"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A format-2 directory whose log still holds a record (a crash before its checkpoint) opens: the
+    /// record is read in format 2's layout (a collected key without its origin) and replayed, the log
+    /// is ended, and records written after the upgrade replay in the new layout.
+    #[test]
+    fn a_format_2_log_replays_and_later_records_use_the_new_layout() {
+        let dir = temp_dir("format2");
+        drop(Disk::open(&dir, Some("n"), 1).unwrap());
+        let fingerprint = crate::store::key_fingerprint("gone");
+        // A format-2 record: (seq, [(name, entries, contexts, markers, collected_keys,
+        // collected_beyond, collected)]); empty lists encode alike whatever they hold.
+        let payload = format::encode(&(
+            1u64,
+            vec![(
+                "s".to_string(),
+                Vec::<()>::new(),
+                Vec::<()>::new(),
+                Vec::<()>::new(),
+                vec![(fingerprint, Some((77u64, 1_000u64)))],
+                None::<u64>,
+                Vec::<()>::new(),
+            )],
+        ));
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&wal::wal_check(&payload));
+        frame.extend_from_slice(&payload);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("wal"))
+                .unwrap();
+            f.write_all_at(&frame, 0).unwrap();
+            let db = Database::open(dir.join("peer-buckets.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("format", b"peer-buckets/2".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        {
+            let mut opened = Disk::open(&dir, Some("n"), 2).unwrap();
+            let l = local("n", 2);
+            opened.disk.load(&l).unwrap();
+            assert_eq!(l.bucket("s").store().collected_remembered(), 1);
+            l.bucket("s")
+                .write("k", Some(crate::value::encode_json("1")), Lifetime::Forever);
+            assert!(opened.disk.log(&l).unwrap());
+            // A crash: no checkpoint, no clean stop.
+        }
+        assert_eq!(wal_seq(&dir), 1, "the format-2 record is in redb");
+        let mut opened = Disk::open(&dir, Some("n"), 3).unwrap();
+        let l = local("n", 3);
+        opened.disk.load(&l).unwrap();
+        assert_eq!(l.bucket("s").store().collected_remembered(), 1);
+        assert!(
+            value_of(&l, "k").is_some(),
+            "the record logged after the upgrade"
+        );
+        drop(opened);
+        assert_eq!(wal_seq(&dir), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -193,8 +193,11 @@ impl State {
         let f = self.file(path)?;
         match error {
             None => {
-                f.durable = f.live.clone();
-                f.pending.clear();
+                // The pending writes, not a copy of the whole file: a log file is megabytes long
+                // and is synced after every record.
+                for op in std::mem::take(&mut f.pending) {
+                    apply(&mut f.durable, &op);
+                }
                 Ok(())
             }
             Some(e) => {
@@ -230,6 +233,11 @@ impl SimDisk {
     /// How many calls failed by injection (or a full disk) so far.
     pub fn injected(&self) -> u64 {
         self.state.lock().injected
+    }
+
+    /// The bytes the files take now (what `Faults::capacity` is compared with).
+    pub fn used(&self) -> u64 {
+        self.state.lock().used()
     }
 
     /// Cuts the power: each pending write is kept, dropped or torn (one crash in ten keeps them all),

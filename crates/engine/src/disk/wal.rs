@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::format::{decode, encode, storage, BucketChanges};
+use super::format::{decode, encode, storage, BucketChanges, LegacyBucketChanges};
 use super::fs::{DiskFile, FileSystem};
 use crate::error::Error;
 
@@ -39,7 +39,7 @@ pub(super) struct WalRecord {
 }
 
 /// A record's check: the first 8 bytes of its BLAKE2s digest.
-fn wal_check(payload: &[u8]) -> [u8; 8] {
+pub(super) fn wal_check(payload: &[u8]) -> [u8; 8] {
     use blake2::{Blake2s256, Digest};
     let digest = Blake2s256::digest(payload);
     let mut out = [0u8; 8];
@@ -47,9 +47,28 @@ fn wal_check(payload: &[u8]) -> [u8; 8] {
     out
 }
 
+/// A record as a log of format 2 holds it (see `LegacyBucketChanges`).
+#[derive(Deserialize)]
+struct LegacyWalRecord {
+    seq: u64,
+    buckets: Vec<LegacyBucketChanges>,
+}
+
+/// One record's payload, in the current layout or (`legacy`) in format 2's.
+fn decode_record(payload: &[u8], legacy: bool) -> Result<WalRecord, Error> {
+    if !legacy {
+        return decode(payload, "log record");
+    }
+    let r: LegacyWalRecord = decode(payload, "log record")?;
+    Ok(WalRecord {
+        seq: r.seq,
+        buckets: r.buckets.into_iter().map(BucketChanges::from).collect(),
+    })
+}
+
 /// The valid records of a log, in order: `[length u32 LE][check 8][payload]` each (see the module
-/// notes for where a reader stops).
-pub(super) fn read_wal(bytes: &[u8]) -> Vec<WalRecord> {
+/// notes for where a reader stops); `legacy`: written by format 2.
+pub(super) fn read_wal(bytes: &[u8], legacy: bool) -> Vec<WalRecord> {
     let mut out: Vec<WalRecord> = Vec::new();
     let mut at = 0;
     while bytes.len() >= at + 12 {
@@ -60,7 +79,7 @@ pub(super) fn read_wal(bytes: &[u8]) -> Vec<WalRecord> {
         if bytes[at + 4..at + 12] != wal_check(payload) {
             break;
         }
-        match decode::<WalRecord>(payload, "log record") {
+        match decode_record(payload, legacy) {
             Ok(r) if out.last().is_none_or(|prev| r.seq == prev.seq + 1) => out.push(r),
             _ => break,
         }
@@ -79,16 +98,18 @@ pub(super) struct Wal {
 }
 
 impl Wal {
-    /// Reads the log of `dir`: the records newer than `checkpointed`, in order, and the log opened for
-    /// appending after them (the file made full size and durable first).
+    /// Reads the log of `dir` (`legacy`: written by format 2): the records newer than `checkpointed`,
+    /// in order, and the log opened for appending after them (the file made full size and durable
+    /// first).
     pub(super) fn open(
         fs: &dyn FileSystem,
         dir: &Path,
         checkpointed: u64,
+        legacy: bool,
     ) -> Result<(Wal, Vec<WalRecord>), Error> {
         let path = dir.join(WAL_FILE);
         let bytes = fs.read(&path).map_err(storage)?.unwrap_or_default();
-        let records: Vec<WalRecord> = read_wal(&bytes)
+        let records: Vec<WalRecord> = read_wal(&bytes, legacy)
             .into_iter()
             .filter(|r| r.seq > checkpointed)
             .collect();
@@ -132,6 +153,13 @@ impl Wal {
         self.next_seq += 1;
         self.offset += frame.len() as u64;
         Ok(())
+    }
+
+    /// Ends the log at its start (after its records went into redb): what the file holds is then
+    /// never read again, whatever layout it has.
+    pub(super) fn clear(&mut self) -> Result<(), Error> {
+        self.file.write_at(0, &[0u8; 12]).map_err(storage)?;
+        self.file.sync_data().map_err(storage)
     }
 
     /// Whether the records should go into redb now.

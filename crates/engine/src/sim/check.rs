@@ -9,12 +9,17 @@
 //!   expiry or by a newer touch, unless the touch reached neither the replica nor whoever sent it
 //!   the value: the replica did not hold the touch before, and another replica held the value
 //!   without the touch recently enough for a frame of it to be arriving (`may_lack_touch`);
+//! - when a node comes back from its data directory: every strict write it settled (on disk, by
+//!   its contract) since the directory was made and before the crash is there or superseded, so a
+//!   flush that could not store a write must have failed it with EDISK (honest acks);
 //! - once the network healed and the replicas settled: every replica holds the same registers and
 //!   contexts; `len()` equals the live keys; the value each listener was last told matches what the
-//!   replica holds (no missing or extra event); every write acknowledged with `'one'` or more whose
-//!   holders (the writer and the peers that acknowledged it) did not all crash since is present or
-//!   superseded by a newer write in `(hlc, origin)` order (a collected key: superseded by a newer
-//!   delete or expiring write); writes whose ack timed out or never settled may be lost.
+//!   replica holds (no missing or extra event); on every replica, every write acknowledged with
+//!   `'one'` or more, and every settled strict write, is present or superseded by a newer write in
+//!   `(hlc, origin)` order (a collected key: superseded by a newer delete or expiring write), unless
+//!   none of its holders kept it (the writer crashed since without coming back from its directory,
+//!   or with a write only in memory, and every peer that acknowledged it crashed since); writes
+//!   whose ack timed out, failed with EDISK or never settled may be lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +40,8 @@ pub enum Status {
     Pending,
     Acked,
     TimedOut,
+    /// A strict write whose flush failed (EDISK): maybe stored, maybe not.
+    DiskFailed,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +58,8 @@ pub struct WriteRec {
     /// The write's seq at its writer: with `replica` and `bucket`, its dot.
     pub seq: u64,
     pub level: AckLevel,
+    /// The writer ran with a data directory in strict durability: an `Acked` write was on its disk.
+    pub strict: bool,
     pub status: Status,
     /// Node ids that acknowledged it (with `Status::Acked`).
     pub ackers: Vec<String>,
@@ -72,8 +81,8 @@ pub struct History {
     pub holds: Vec<(String, String, u64, u64)>,
     /// Every key written, per bucket.
     pub keys: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
-    /// Crash times (virtual ms) per node id.
-    pub crashes: BTreeMap<String, Vec<u64>>,
+    /// Crashes per node id: (virtual ms, whether the node came back from its data directory).
+    pub crashes: BTreeMap<String, Vec<(u64, bool)>>,
     /// `[time] kind: what`, at most 50.
     pub violations: Vec<String>,
 }
@@ -196,18 +205,86 @@ impl History {
         }
     }
 
-    /// True when a holder of the write (its writer or a peer that acknowledged it) has not crashed
-    /// since: then the write must survive.
+    /// True when a holder of an acknowledged write still holds it: its writer, if it has not crashed
+    /// since or (a strict write, on its disk) came back from its data directory after every crash
+    /// since; or a peer that acknowledged it and has not crashed since (a peer acknowledges what it
+    /// applied, not what it synced). Then the write must survive.
     fn must_survive(&self, w: &WriteRec) -> bool {
-        if w.status != Status::Acked || w.level == AckLevel::Local {
+        if w.status != Status::Acked || (w.level == AckLevel::Local && !w.strict) {
             return false;
         }
-        let crashed_since = |id: &str| {
+        let crashes_since = |id: &str| {
             self.crashes
                 .get(id)
-                .is_some_and(|at| at.iter().any(|&t| t >= w.at_ms))
+                .into_iter()
+                .flatten()
+                .filter(|(t, _)| *t >= w.at_ms)
+                .map(|(_, from_dir)| *from_dir)
+                .collect::<Vec<bool>>()
         };
-        !crashed_since(&w.node) || w.ackers.iter().any(|a| !crashed_since(a))
+        let writer = crashes_since(&w.node);
+        writer.is_empty()
+            || (w.strict && writer.iter().all(|&from_dir| from_dir))
+            || w.ackers.iter().any(|a| crashes_since(a).is_empty())
+    }
+
+    /// A node restarted from its data directory must hold every strict write it settled while the
+    /// directory existed and before the crash (`made`), or what superseded it: a settled strict
+    /// write is on the disk, whatever failed (a flush that could not store it must have failed the
+    /// write with EDISK instead).
+    pub fn check_restored(
+        &mut self,
+        who: &str,
+        id: &str,
+        made: std::ops::Range<u64>,
+        restored: &Restored,
+        at_ms: u64,
+    ) {
+        let lost: Vec<(usize, WriteRec)> = self
+            .writes
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                &*w.node == id
+                    && w.strict
+                    && w.status == Status::Acked
+                    && made.contains(&w.at_ms)
+                    && !self.keeps(
+                        w,
+                        restored
+                            .registers
+                            .get(&(w.bucket.clone(), w.key.clone()))
+                            .map(|(hlc, origin)| (*hlc, origin)),
+                    )
+            })
+            .map(|(op, w)| (op, w.clone()))
+            .collect();
+        for (op, w) in lost {
+            self.violation(at_ms, "unsynced-ack", format!(
+                "{who} came back from its directory without strict write op {op} {}/'{}' ({:?} at {} ms, level {:?}) it had settled",
+                w.bucket, short(&w.key), w.hlc, w.at_ms, w.level
+            ));
+        }
+    }
+
+    /// Whether a replica whose value register for `w`'s key is `held` keeps `w`: it holds `w` or a
+    /// newer write in `(hlc, origin)` order, or (no register: collected) a newer delete, expiring
+    /// write or touch that set an expiry removed it.
+    pub fn keeps(&self, w: &WriteRec, held: Option<(Hlc, &ReplicaId)>) -> bool {
+        match held {
+            Some((hlc, origin)) => order(hlc, origin) >= order(w.hlc, &w.replica),
+            None => {
+                self.writes.iter().any(|x| {
+                    x.bucket == w.bucket
+                        && x.key == w.key
+                        && (x.deleted || x.expires_ms != 0)
+                        && order(x.hlc, &x.replica) >= order(w.hlc, &w.replica)
+                }) || self
+                    .touched
+                    .get(&(w.bucket.clone(), w.key.clone()))
+                    .is_some_and(|t| t.beats(w.hlc, &w.replica))
+            }
+        }
     }
 }
 
@@ -222,6 +299,16 @@ pub struct Model {
     pub born_expired: std::collections::BTreeSet<(Arc<str>, Arc<str>)>,
     /// This run in `History::runs`, once polled.
     run: Option<usize>,
+}
+
+/// What a replica held when it started (loaded from its data directory; nothing when memory only),
+/// read before its listeners were subscribed.
+#[derive(Default)]
+pub struct Restored {
+    /// (bucket, key) -> op id of each live value.
+    pub live: BTreeMap<(Arc<str>, Arc<str>), u64>,
+    /// (bucket, key) -> the value register (value or tombstone).
+    pub registers: BTreeMap<(Arc<str>, Arc<str>), (Hlc, ReplicaId)>,
 }
 
 impl Model {
@@ -284,6 +371,16 @@ impl Model {
             r.host != me.host
                 && r.may_have_sent_without(value, touch, &me.host, at_ms, &history.holds)
         })
+    }
+
+    /// The model of a run that starts with what `restored` holds: its listeners saw those values
+    /// live, and a write older than a restored register would be going back.
+    pub fn restored(restored: &Restored) -> Model {
+        Model {
+            visible: restored.live.clone(),
+            newest: restored.registers.clone(),
+            ..Model::default()
+        }
     }
 
     /// Checks one change event. `tombstone` is the key's value register when the event removed it
@@ -520,33 +617,21 @@ pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
             }
         }
     }
-    // Acknowledged writes, on the reference replica (all are equal, or that was reported above).
+    // Acknowledged writes, on every replica (those that came back from their directory too).
     let writes = history.writes.clone();
     for (op, w) in writes.iter().enumerate() {
         if !history.must_survive(w) {
             continue;
         }
-        let held = reference.get(&w.bucket).and_then(|v| v.values.get(&w.key));
-        let ok = match held {
-            Some((hlc, origin, _, _)) => order(*hlc, origin) >= order(w.hlc, &w.replica),
-            // Collected: a newer delete, an expiring write or a touch that set an expiry removed it.
-            None => {
-                writes.iter().any(|x| {
-                    x.bucket == w.bucket
-                        && x.key == w.key
-                        && (x.deleted || x.expires_ms != 0)
-                        && order(x.hlc, &x.replica) >= order(w.hlc, &w.replica)
-                }) || history
-                    .touched
-                    .get(&(w.bucket.clone(), w.key.clone()))
-                    .is_some_and(|t| t.beats(w.hlc, &w.replica))
+        for Settled { name, buckets, .. } in views {
+            let held = buckets.get(&w.bucket).and_then(|v| v.values.get(&w.key));
+            if !history.keeps(w, held.map(|(hlc, origin, _, _)| (*hlc, origin))) {
+                history.violation(at_ms, "lost-ack", format!(
+                    "acknowledged write lost on {name}: op {op} {}/'{}' ({:?} by {} at {} ms, level {:?}, strict {}, acked by {:?}); held: {held:?}",
+                    w.bucket, short(&w.key), w.hlc, w.replica, w.at_ms, w.level, w.strict, w.ackers
+                ));
+                break;
             }
-        };
-        if !ok {
-            history.violation(at_ms, "lost-ack", format!(
-                "acknowledged write lost: op {op} {}/'{}' ({:?} by {} at {} ms, level {:?}, acked by {:?}); held: {held:?}",
-                w.bucket, short(&w.key), w.hlc, w.replica, w.at_ms, w.level, w.ackers
-            ));
         }
     }
 }

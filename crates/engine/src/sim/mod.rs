@@ -8,8 +8,10 @@
 //!   (up to just under `maxClockSkew` apart), a drift, and a new offset at each restart (often an
 //!   earlier one: the clock jumps backwards);
 //! - `world`: the hosts, the fault schedule (partitions that heal pair by pair, one-way links, held
-//!   and released traffic, link resets, crashes and restarts under the same or a new id, two nodes with
-//!   one id, members forgotten and relearned, nodes joining mid-run) and the operations;
+//!   and released traffic, link resets, crashes and restarts under the same or a new id, from the
+//!   node's data directory on a `SimDisk` or without it, EIO and ENOSPC on disk writes and fsyncs,
+//!   two nodes with one id, members forgotten and relearned, nodes joining mid-run) and the
+//!   operations;
 //! - `check`: the history checker run on every event and once the network healed.
 //!
 //! Invariants kept: a run is a pure function of (seed, profile): the same seed gives the same trace,

@@ -1,5 +1,7 @@
-//! The simulated cluster: turmoil hosts each running one real `Node` (memory only), the fault
-//! schedule, the operations, and the run from seed to verdict.
+//! The simulated cluster: turmoil hosts each running one real `Node` (memory only, or on a data
+//! directory of its own `SimDisk`), the fault schedule, the operations, and the run from seed to
+//! verdict. A crash cuts the disk's power before the host's runtime is dropped, so nothing the
+//! teardown writes lands, and unsynced writes are kept, lost or torn as the disk draws.
 //!
 //! A run has a chaos phase (operations and faults drawn from the seed every virtual millisecond), then
 //! a heal (every cut link repaired, held traffic released, crashed nodes restarted), then a quiet phase
@@ -17,11 +19,15 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::check::{self, BucketView, Buckets, History, Model, Settled, Status, WriteRec};
+use super::check::{
+    self, BucketView, Buckets, History, Model, Restored, Settled, Status, WriteRec,
+};
 use super::clock::{SimClock, SimTime};
 use super::rng::{derive, SplitMix};
 use crate::acks::{AckEnd, AckLevel, AckOutcome, Registered};
 use crate::clock::Clock;
+use crate::disk::sim::{FaultKind, Faults, SimDisk};
+use crate::disk::Durability;
 use crate::node::{Config, Node};
 use crate::ranges::SeqRanges;
 use crate::replica::ReplicaId;
@@ -72,6 +78,12 @@ pub struct Profile {
     pub clocks: bool,
     /// Keys and values at their size limits, now and then.
     pub big: bool,
+    /// Percent of the nodes that keep a data directory on a simulated disk (strict or relaxed, drawn
+    /// per node); a crash cuts its power (unsynced writes lost or torn) and the node comes back from
+    /// the directory, or without it (lost with the machine).
+    pub disks: u64,
+    /// Episodes of EIO and ENOSPC on a node's disk writes and fsyncs, and of a full disk.
+    pub disk_faults: bool,
 }
 
 const BASE: Profile = Profile {
@@ -92,6 +104,8 @@ const BASE: Profile = Profile {
     joins: false,
     clocks: false,
     big: false,
+    disks: 0,
+    disk_faults: false,
 };
 
 pub const PROFILES: &[Profile] = &[
@@ -109,6 +123,8 @@ pub const PROFILES: &[Profile] = &[
         crashes: true,
         new_ids: true,
         joins: true,
+        disks: 50,
+        disk_faults: true,
         ..BASE
     },
     Profile {
@@ -144,6 +160,16 @@ pub const PROFILES: &[Profile] = &[
         joins: true,
         clocks: true,
         big: true,
+        disks: 60,
+        disk_faults: true,
+    },
+    Profile {
+        name: "disk",
+        crashes: true,
+        disks: 100,
+        disk_faults: true,
+        fault_every_ms: 500,
+        ..BASE
     },
 ];
 
@@ -179,6 +205,8 @@ struct Running {
     acks: UnboundedReceiver<AckOutcome>,
     /// Ack tickets waiting -> op id.
     pending: BTreeMap<u64, u64>,
+    /// What the node held when it started, until the world has read it.
+    restored: Option<Restored>,
 }
 
 /// What the next start of a host runs as.
@@ -190,6 +218,9 @@ struct Plan {
     drift_ppm: i64,
     node_seed: u64,
     member_timeout: Duration,
+    /// The node's data directory, on this disk (shared by its runs until the directory is lost).
+    disk: Option<SimDisk>,
+    durability: Durability,
 }
 
 struct Host {
@@ -207,6 +238,12 @@ struct Host {
     retired: bool,
     generation: u64,
     model: Model,
+    /// When the current data directory was created: the strict writes made since are on it.
+    dir_since: u64,
+    /// The last crash: its time, whether the next run gets a new id, whether it keeps the directory.
+    crashed: Option<(u64, bool, bool)>,
+    /// Disk errors injected until this time.
+    disk_faults_until: Option<u64>,
 }
 
 struct World<'a> {
@@ -242,7 +279,15 @@ fn fnv(hash: &mut u64, text: &str) {
 
 fn config(plan: &Plan, ip: IpAddr, time: &SimTime) -> Config {
     let physical = SimClock::new(time.clone(), plan.offset_ms, plan.drift_ppm);
+    let (data_dir, file_system): (_, Arc<dyn crate::disk::fs::FileSystem>) = match &plan.disk {
+        // A mount per run: a task of a crashed run reaches nothing.
+        Some(disk) => (Some("/data".into()), Arc::new(disk.mount())),
+        None => (None, Arc::new(crate::disk::fs::RealFs)),
+    };
     Config {
+        data_dir,
+        file_system,
+        durability: plan.durability,
         id: Some(plan.id.clone()),
         listen: format!("0.0.0.0:{PORT}"),
         seeds: plan.seeds.clone(),
@@ -291,7 +336,13 @@ impl<'a> World<'a> {
         }
     }
 
-    fn add_host(&mut self, name: String, id: String, seeds: Vec<String>) -> usize {
+    fn add_host(
+        &mut self,
+        name: String,
+        id: String,
+        seeds: Vec<String>,
+        disk_allowed: bool,
+    ) -> usize {
         let ip = self.sim.lookup(name.as_str());
         let (offset_ms, drift_ppm) = self.offset();
         let member_timeout = if self.profile.forget {
@@ -300,6 +351,19 @@ impl<'a> World<'a> {
             Duration::from_secs(300)
         };
         let index = self.hosts.len();
+        // Drawn only by profiles with disks: the others replay the schedules they had before.
+        let (disk, durability) = if self.profile.disks > 0 {
+            let disk = (disk_allowed && self.rng.below(100) < self.profile.disks)
+                .then(|| SimDisk::new(derive(self.seed, 5_000 + index as u64)));
+            let durability = if self.rng.chance(0.75) {
+                Durability::Strict
+            } else {
+                Durability::Relaxed
+            };
+            (disk, durability)
+        } else {
+            (None, Durability::Strict)
+        };
         let plan = Rc::new(RefCell::new(Plan {
             id,
             seeds,
@@ -307,6 +371,8 @@ impl<'a> World<'a> {
             drift_ppm,
             node_seed: derive(self.seed, 1_000 + index as u64),
             member_timeout,
+            disk,
+            durability,
         }));
         let slot: Rc<RefCell<Option<Running>>> = Rc::new(RefCell::new(None));
         let (p, s, time, buckets) = (
@@ -322,9 +388,27 @@ impl<'a> World<'a> {
             let buckets = buckets.clone();
             async move {
                 let node = Node::start(config).await?;
+                // Read with the listeners subscribed, before anything else runs.
+                let mut restored = Restored::default();
                 let changes = buckets
                     .iter()
-                    .map(|b| (b.clone(), node.bucket(b).subscribe()))
+                    .map(|b| {
+                        let bucket = node.bucket(b);
+                        bucket.scan("", &mut |key, v| {
+                            if let Some(op) = check::op_of(v) {
+                                restored.live.insert((b.clone(), key.into()), op);
+                            }
+                        });
+                        bucket.store().scan_writes("", &mut |origin, w| {
+                            if !w.touch {
+                                restored.registers.insert(
+                                    (b.clone(), w.key.clone()),
+                                    (w.hlc, origin.id().clone()),
+                                );
+                            }
+                        });
+                        (b.clone(), bucket.subscribe())
+                    })
                     .collect();
                 let acks = node.ack_outcomes();
                 *slot.borrow_mut() = Some(Running {
@@ -333,6 +417,7 @@ impl<'a> World<'a> {
                     changes,
                     acks,
                     pending: BTreeMap::new(),
+                    restored: Some(restored),
                 });
                 std::future::pending::<()>().await;
                 Ok(())
@@ -349,6 +434,9 @@ impl<'a> World<'a> {
             retired: false,
             generation: 0,
             model: Model::default(),
+            dir_since: self.now(),
+            crashed: None,
+            disk_faults_until: None,
         });
         index
     }
@@ -402,6 +490,23 @@ impl<'a> World<'a> {
                 continue;
             };
             let who = format!("{}#{}", host.name, host.generation);
+            if let Some(restored) = running.restored.take() {
+                host.model = Model::restored(&restored);
+                if let Some((crashed_at, _, true)) = host.crashed {
+                    lines.push(format!(
+                        "{who} restored {} live keys from its directory",
+                        restored.live.len()
+                    ));
+                    let id = host.plan.borrow().id.clone();
+                    self.history.check_restored(
+                        &who,
+                        &id,
+                        host.dir_since..crashed_at,
+                        &restored,
+                        now,
+                    );
+                }
+            }
             for (bucket, rx) in running.changes.iter_mut() {
                 while let Ok(change) = rx.try_recv() {
                     let registers = if change.value.is_none() && !change.expired {
@@ -440,10 +545,10 @@ impl<'a> World<'a> {
                 if let Some(op) = running.pending.remove(&outcome.ticket) {
                     let w = &mut self.history.writes[op as usize];
                     // A write whose flush failed may or may not be stored: "maybe", as a timeout.
-                    w.status = if outcome.end == AckEnd::Met {
-                        Status::Acked
-                    } else {
-                        Status::TimedOut
+                    w.status = match outcome.end {
+                        AckEnd::Met => Status::Acked,
+                        AckEnd::TimedOut => Status::TimedOut,
+                        AckEnd::DiskFailed => Status::DiskFailed,
                     };
                     w.ackers = outcome.acked.clone();
                     lines.push(format!(
@@ -554,8 +659,11 @@ impl<'a> World<'a> {
         let deleted = value.is_none();
         let (write, registered) =
             node.write_acked(&b, key.clone(), value, lifetime, level, timeout);
+        let strict = node.is_strict();
         let (status, ackers) = match &registered {
-            Registered::Met(by) if level != AckLevel::Local => (Status::Acked, by.clone()),
+            Registered::Met(by) if level != AckLevel::Local || strict => {
+                (Status::Acked, by.clone())
+            }
             Registered::Met(_) => (Status::Local, Vec::new()),
             Registered::Pending(ticket) => {
                 if let Some(r) = self.hosts[h].slot.borrow_mut().as_mut() {
@@ -576,6 +684,7 @@ impl<'a> World<'a> {
             expires_ms: write.expires_ms,
             seq: write.seq,
             level,
+            strict,
             status,
             ackers,
         });
@@ -625,6 +734,9 @@ impl<'a> World<'a> {
         }
         if p.clocks {
             kinds.push("clock-restart");
+        }
+        if p.disk_faults {
+            kinds.extend(["disk-errors", "disk-full"]);
         }
         if kinds.is_empty() {
             return;
@@ -692,7 +804,18 @@ impl<'a> World<'a> {
                 if candidates.len() * 2 <= n + 1 {
                     return;
                 }
-                let h = *self.rng.pick(&candidates);
+                // Half the time on a failing disk, if there is one: what a flush could not
+                // store is then lost, and the checker sees whether a write claimed it.
+                let failing: Vec<usize> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.hosts[i].disk_faults_until.is_some())
+                    .collect();
+                let h = if !failing.is_empty() && self.rng.chance(0.5) {
+                    *self.rng.pick(&failing)
+                } else {
+                    *self.rng.pick(&candidates)
+                };
                 let down = if kind == "crash" {
                     self.rng.range(100, 4_000)
                 } else {
@@ -700,10 +823,45 @@ impl<'a> World<'a> {
                 };
                 self.crash(h);
                 self.hosts[h].restart_at = Some(now + down);
+                let next = match self.hosts[h].crashed {
+                    Some((_, true, _)) => "a new id, without its directory",
+                    Some((_, false, true)) => "its directory",
+                    _ if self.hosts[h].plan.borrow().disk.is_some() => "its directory lost",
+                    _ => "memory only",
+                };
                 self.note(format!(
-                    "fault: {kind} {} for {down} ms",
+                    "fault: {kind} {} for {down} ms (back with {next})",
                     self.hosts[h].name
                 ));
+            }
+            "disk-errors" | "disk-full" => {
+                let candidates: Vec<usize> = (0..n)
+                    .filter(|&i| self.hosts[i].up && self.hosts[i].plan.borrow().disk.is_some())
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                let h = *self.rng.pick(&candidates);
+                let disk = self.hosts[h].plan.borrow().disk.clone().expect("a disk");
+                let faults = if kind == "disk-errors" {
+                    let rate = self.rng.range(5, 60) as f64 / 100.0;
+                    Faults {
+                        write: rate,
+                        sync: rate,
+                        kind: FaultKind::Either,
+                        capacity: None,
+                    }
+                } else {
+                    Faults {
+                        capacity: Some(disk.used() + self.rng.range(0, 64 * 1024)),
+                        ..Faults::default()
+                    }
+                };
+                let line = format!("fault: {kind} on {} ({faults:?})", self.hosts[h].name);
+                disk.set_faults(faults);
+                let until = now + self.rng.range(50, 2_000);
+                self.hosts[h].disk_faults_until = Some(until);
+                self.note(format!("{line} until {until}"));
             }
             "duplicate-id" => {
                 self.dups += 1;
@@ -711,7 +869,7 @@ impl<'a> World<'a> {
                 let id = self.hosts[twin].plan.borrow().id.clone();
                 let seeds = vec![self.address((twin + 1) % p.nodes)];
                 let name = format!("d{}", self.dups);
-                let h = self.add_host(name.clone(), id.clone(), seeds);
+                let h = self.add_host(name.clone(), id.clone(), seeds, false);
                 self.hosts[h].retire_at = Some(now + self.rng.range(500, 3_000));
                 self.note(format!("fault: {name} starts with {id}'s id"));
             }
@@ -720,7 +878,7 @@ impl<'a> World<'a> {
                 let name = format!("j{}", self.joined);
                 let seed = self.rng.below(p.nodes as u64) as usize;
                 let seeds = vec![self.address(seed)];
-                self.add_host(name.clone(), name.clone(), seeds);
+                self.add_host(name.clone(), name.clone(), seeds, true);
                 self.note(format!("fault: {name} joins through n{seed}"));
             }
             _ => unreachable!(),
@@ -737,6 +895,14 @@ impl<'a> World<'a> {
     /// meanwhile, so what the drop sends (FINs, in an order that depends on tokio's process-wide task
     /// ids) never leaves: a seed replays the same in any process, after any other run.
     fn crash(&mut self, h: usize) {
+        // The power first: what the teardown would still write reaches nothing, and the disk is
+        // sound again when the machine comes back (the error episode ends with it).
+        let disk = self.hosts[h].plan.borrow().disk.clone();
+        if let Some(disk) = &disk {
+            disk.crash();
+            disk.set_faults(Faults::default());
+        }
+        self.hosts[h].disk_faults_until = None;
         let name = self.hosts[h].name.clone();
         let others: Vec<usize> = (0..self.hosts.len()).filter(|&j| j != h).collect();
         for &j in &others {
@@ -756,18 +922,42 @@ impl<'a> World<'a> {
         self.hosts[h].slot.borrow_mut().take();
         let id = self.hosts[h].plan.borrow().id.clone();
         let now = self.now();
-        self.history.crashes.entry(id).or_default().push(now);
+        // A new id needs a new directory (the old one belongs to the old id); else the directory
+        // survives most crashes (a process killed) and is sometimes lost with its machine.
+        let new_id = self.profile.new_ids && self.rng.chance(0.3);
+        let keep = disk.is_some() && !new_id && self.rng.chance(0.8);
+        self.hosts[h].crashed = Some((now, new_id, keep));
+        self.history
+            .crashes
+            .entry(id)
+            .or_default()
+            .push((now, keep));
     }
 
     fn restart(&mut self, h: usize) {
-        let new_id = self.profile.new_ids && self.rng.chance(0.3);
+        let (new_id, keep) = self.hosts[h]
+            .crashed
+            .map_or((false, false), |(_, new_id, keep)| (new_id, keep));
         let (offset, drift) = self.offset();
+        let now = self.now();
+        let seed = self.seed;
         let host = &mut self.hosts[h];
         host.generation += 1;
         {
             let mut plan = host.plan.borrow_mut();
             if new_id {
                 plan.id = format!("{}-{}", host.name, host.generation);
+            }
+            if let Some(disk) = &plan.disk {
+                if keep {
+                    disk.power_on();
+                } else {
+                    plan.disk = Some(SimDisk::new(derive(
+                        seed,
+                        5_000 + 64 * host.generation + h as u64,
+                    )));
+                    host.dir_since = now;
+                }
             }
             // Often earlier than before the crash: the clock jumps backwards.
             plan.offset_ms = if self.profile.clocks
@@ -821,6 +1011,17 @@ impl<'a> World<'a> {
             self.sim.release(self.hosts[a].ip, self.hosts[b].ip);
         }
         for h in 0..self.hosts.len() {
+            if self.hosts[h]
+                .disk_faults_until
+                .is_some_and(|t| heal_all || t <= now)
+            {
+                self.hosts[h].disk_faults_until = None;
+                if let Some(disk) = &self.hosts[h].plan.borrow().disk {
+                    disk.set_faults(Faults::default());
+                }
+                let line = format!("{}'s disk sound again", self.hosts[h].name);
+                self.note(line);
+            }
             if self.hosts[h]
                 .retire_at
                 .is_some_and(|t| heal_all || t <= now)
@@ -996,7 +1197,7 @@ fn run_here(profile: &Profile, seed: u64, trace: bool) -> Report {
             .filter(|&&s| s != i)
             .map(|&s| format!("{}:{PORT}", world.sim.lookup(format!("n{s}").as_str())))
             .collect();
-        world.add_host(format!("n{i}"), format!("n{i}"), seeds);
+        world.add_host(format!("n{i}"), format!("n{i}"), seeds, true);
     }
     let result = drive(&mut world);
     if let Err(e) = result {
