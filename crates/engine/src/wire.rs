@@ -17,8 +17,9 @@ use crate::store::Write;
 /// travel as themselves (`value::TAG_STRING`), which a version-1 peer would take for malformed. 3: a
 /// batch names the keys of the superseded seqs it covers (`OpsBatch::superseded`).
 /// 4: the hello carries no contexts; they follow it in `Contexts` parts, so any number of buckets
-/// links.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// links. 5: a held reply comes in parts carrying the registers that superseded what it reports
+/// superseded (`Message::HeldReply`).
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -77,13 +78,17 @@ pub enum Message {
         origin: ReplicaId,
         query: SeqRanges,
     },
-    /// Answer to `Held`: of the query, the dots I have seen (`covered`) and those I still store (`held`).
-    /// A dot covered but not held was superseded.
+    /// Answer to `Held`, in parts (the last has `last` set): of the query, the dots I have seen
+    /// (`covered`) and those I still store (`held`). A dot covered but not held was superseded;
+    /// `superseders` are the current registers (of any origin) of such dots' keys that I still know,
+    /// to be applied before anything is dropped.
     HeldReply {
         bucket: Arc<str>,
         origin: ReplicaId,
         covered: SeqRanges,
         held: SeqRanges,
+        superseders: Vec<(ReplicaId, Write)>,
+        last: bool,
     },
     /// Entries for a fetch, grouped by origin; the last frame of a reply has `done` set.
     FetchReply {
@@ -391,7 +396,7 @@ mod tests {
         assert_eq!(err, WireError::Version(3));
         assert_eq!(
             err.to_string(),
-            "unsupported protocol version 3 (this peer speaks 4)"
+            "unsupported protocol version 3 (this peer speaks 5)"
         );
     }
 
