@@ -459,6 +459,52 @@ fn check_bucket_name(name: &str) -> Result<(), LinkError> {
     Ok(())
 }
 
+/// This replica's last seq in `bucket` (0 if it holds no such bucket).
+fn own_last_seq(local: &Local, bucket: &str) -> u64 {
+    local
+        .existing_bucket(bucket)
+        .map_or(0, |b| b.store().context_of(&local.me).max())
+}
+
+/// Refuses a claim on this replica's own writes past its last seq: nobody can hold a write it never
+/// made, and taking the claim would hide its next writes from the claimant, or exhaust its sequence.
+fn check_own_claim(
+    local: &Local,
+    bucket: &str,
+    rid: &ReplicaId,
+    max: u64,
+) -> Result<(), LinkError> {
+    if *rid != *local.me.id() {
+        return Ok(());
+    }
+    let own = own_last_seq(local, bucket);
+    if max > own {
+        return Err(LinkError::Protocol(format!(
+            "a claim on this peer's own seq {max} in bucket {bucket}, past its last write {own}"
+        )));
+    }
+    Ok(())
+}
+
+/// `check_own_claim` for every origin of a context or horizon.
+fn check_own_claims(local: &Local, bucket: &str, ctx: &WireContext) -> Result<(), LinkError> {
+    for (rid, ranges) in ctx {
+        check_own_claim(local, bucket, rid, ranges.max())?;
+    }
+    Ok(())
+}
+
+/// `check_own_claim` for writes of `origin`.
+fn check_own_writes(
+    local: &Local,
+    bucket: &str,
+    origin: &ReplicaId,
+    writes: &[Write],
+) -> Result<(), LinkError> {
+    let max = writes.iter().map(|w| w.seq).max().unwrap_or(0);
+    check_own_claim(local, bucket, origin, max)
+}
+
 /// What a link knows about the other end's hold of one bucket.
 #[derive(Default)]
 struct BucketSession {
@@ -468,10 +514,15 @@ struct BucketSession {
     requested: BTreeMap<Origin, SeqRanges>,
     /// The other end's context as it reported it (hello and digests only): what it surely holds.
     reported: BTreeMap<Origin, SeqRanges>,
-    /// Origins we asked `Held` about and await a reply for.
-    held_asked: BTreeSet<Origin>,
-    /// Origins whose `Held` reply came: a second copy of one (a duplicated frame) changes nothing.
+    /// Per origin, the `Held` query we asked and await (the rest of) a reply for: a reply answers
+    /// within it or is a protocol error.
+    held_asked: BTreeMap<Origin, SeqRanges>,
+    /// Origins whose `Held` reply came whole: a second copy of one (a duplicated frame) changes
+    /// nothing.
     held_answered: BTreeSet<Origin>,
+    /// Per origin other than the other end's, the seqs we pulled from it: writes of another origin
+    /// arrive only as answers to a pull, and cover only what was pulled.
+    pulled: BTreeMap<ReplicaId, SeqRanges>,
     /// The other end's collection horizon, from its hello.
     horizon: Context,
     /// The other end missed a collection this replica knows of: its writes are not taken in until
@@ -519,6 +570,8 @@ pub struct Session {
     /// How far ahead (ms) of this clock the furthest write of a frame dropped for skew was stamped,
     /// since the link last reported it (`take_skewed`).
     skewed: Option<u64>,
+    /// Fetches asked on this link and not yet answered to the end: a fetch reply names one of them.
+    fetches_asked: BTreeSet<u64>,
 }
 
 impl Session {
@@ -560,6 +613,7 @@ impl Session {
             awaiting_contexts: true,
             resume_at: None,
             skewed: None,
+            fetches_asked: BTreeSet::new(),
         })
     }
 
@@ -572,6 +626,8 @@ impl Session {
         }
         for summary in &part.buckets {
             check_bucket_name(&summary.name)?;
+            check_own_claims(local, &summary.name, &summary.context)?;
+            check_own_claims(local, &summary.name, &summary.collected)?;
         }
         for summary in part.buckets {
             let Some(bucket) = local.remote_bucket(&summary.name) else {
@@ -623,7 +679,7 @@ impl Session {
             };
             let query = bucket.store().stored_dots(&origin, &ctx.intersect(theirs));
             if !query.is_empty() {
-                state.held_asked.insert(origin.clone());
+                state.held_asked.insert(origin.clone(), query.clone());
                 let held = Message::Held {
                     bucket: bucket.name().clone(),
                     origin: origin.id().clone(),
@@ -690,8 +746,28 @@ impl Session {
         self.skewed = Some(self.skewed.unwrap_or(0).max(e.ahead_ms));
     }
 
-    /// Queues a message for the writer.
+    /// Queues a message for the writer, remembering the requests among them: only their replies are
+    /// taken.
     pub fn queue(&mut self, msg: Message) {
+        match &msg {
+            Message::Pull {
+                bucket,
+                origin,
+                ranges,
+            } => {
+                self.buckets
+                    .entry(bucket.clone())
+                    .or_default()
+                    .pulled
+                    .entry(origin.clone())
+                    .or_default()
+                    .union_with(ranges);
+            }
+            Message::FetchRequest { id, .. } => {
+                self.fetches_asked.insert(*id);
+            }
+            _ => {}
+        }
         self.outbox.push_back((msg, 0));
     }
 
@@ -728,6 +804,7 @@ impl Session {
             }
             Message::Digest { bucket, context } => {
                 check_bucket_name(&bucket)?;
+                check_own_claims(local, &bucket, &context)?;
                 if let Some(b) = local.remote_bucket(&bucket) {
                     self.absorb_context(local, bucket, &context);
                     self.review(local, &b);
@@ -760,13 +837,23 @@ impl Session {
             }
             Message::Ack { bucket, upto } => {
                 check_bucket_name(&bucket)?;
-                self.buckets
+                let own = own_last_seq(local, &bucket);
+                if upto > own {
+                    return Err(LinkError::Protocol(format!(
+                        "an ack of seq {upto} in bucket {bucket}, past this peer's last write {own}"
+                    )));
+                }
+                // An ack stands only for what went out on this link (or what the other end
+                // reported holding): an honest peer may have had the rest from a third, but an
+                // ack for writes the other end was never sent proves nothing.
+                let has = self
+                    .buckets
                     .entry(bucket.clone())
                     .or_default()
                     .remote_has
                     .entry(local.me.clone())
-                    .or_default()
-                    .insert_range(1, upto);
+                    .or_default();
+                let upto = upto.min(has.contiguous());
                 local.acks.on_ack(&bucket, &self.peer.id().node, upto);
                 Ok(Inbound::Nothing)
             }
@@ -783,9 +870,18 @@ impl Session {
                 done,
             } => {
                 check_bucket_name(&bucket)?;
+                if !self.fetches_asked.contains(&id) {
+                    return Err(LinkError::Protocol(format!(
+                        "a fetch reply nobody asked for (fetch {id})"
+                    )));
+                }
+                if done {
+                    self.fetches_asked.remove(&id);
+                }
                 let count = writes.len();
                 if let Some(origin) = origin {
                     check_writes(&writes, None)?;
+                    check_own_writes(local, &bucket, &origin, &writes)?;
                     if let Err(e) = local.observe(&writes) {
                         self.dropped_for_skew(e);
                         return Ok(Inbound::Fetched { id, count: 0, done });
@@ -809,25 +905,7 @@ impl Session {
                 query,
             } => {
                 check_bucket_name(&bucket)?;
-                let o = local.replicas.intern(&origin);
-                let (covered, held) = match local.existing_bucket(&bucket) {
-                    Some(b) => {
-                        let covered = query.intersect(&b.store().context_of(&o));
-                        let held = b.store().stored_dots(&o, &covered);
-                        (covered, held)
-                    }
-                    None => (SeqRanges::new(), SeqRanges::new()),
-                };
-                let bytes = 64 + 20 * (covered.ranges().len() + held.ranges().len());
-                self.answer(
-                    Message::HeldReply {
-                        bucket,
-                        origin,
-                        covered,
-                        held,
-                    },
-                    bytes,
-                );
+                self.answer_held(local, bucket, origin, &query);
                 Ok(Inbound::Nothing)
             }
             Message::HeldReply {
@@ -835,23 +913,52 @@ impl Session {
                 origin,
                 covered,
                 held,
+                superseders,
+                last,
             } => {
                 check_bucket_name(&bucket)?;
                 let o = local.replicas.intern(&origin);
-                let Some(state) = self.buckets.get_mut(&bucket) else {
+                let Some(state) = self.buckets.get(&bucket) else {
                     return Err(LinkError::Protocol("a held reply nobody asked for".into()));
                 };
-                if !state.held_asked.remove(&o) {
+                let Some(query) = state.held_asked.get(&o) else {
                     if state.held_answered.contains(&o) {
+                        // A second copy of a reply already taken whole.
                         return Ok(Inbound::Nothing);
                     }
                     return Err(LinkError::Protocol("a held reply nobody asked for".into()));
+                };
+                if !covered.difference(query).is_empty() || !held.difference(&covered).is_empty() {
+                    return Err(LinkError::Protocol(
+                        "a held reply beyond the question asked".into(),
+                    ));
                 }
-                state.held_answered.insert(o.clone());
-                let superseded = covered.difference(&held);
+                for (rid, w) in &superseders {
+                    check_writes(std::slice::from_ref(w), None)?;
+                    check_own_writes(local, &bucket, rid, std::slice::from_ref(w))?;
+                }
+                if let Err(e) = local.observe(superseders.iter().map(|(_, w)| w)) {
+                    // Dropped whole, as any frame stamped past this clock's ceiling: nothing is
+                    // dropped here without what superseded it, and the question stays open.
+                    self.dropped_for_skew(e);
+                    return Ok(Inbound::Nothing);
+                }
                 let b = local.bucket(&bucket);
-                b.drop_dots(&o, &superseded);
-                self.finish_resync(local, &b);
+                // What superseded the registers about to be dropped lands first: none is dropped
+                // before this replica holds something at least as new for its key.
+                for (rid, w) in superseders {
+                    let so = local.replicas.intern(&rid);
+                    let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
+                    local.merge(&b, &so, vec![w], &dot)?;
+                }
+                b.drop_dots(&o, &covered.difference(&held));
+                if last {
+                    if let Some(s) = self.buckets.get_mut(&bucket) {
+                        s.held_asked.remove(&o);
+                        s.held_answered.insert(o.clone());
+                    }
+                    self.finish_resync(local, &b);
+                }
                 Ok(Inbound::Nothing)
             }
             Message::Ping { wall_ms } => {
@@ -921,6 +1028,23 @@ impl Session {
                 )));
             }
         }
+        check_own_claim(local, &batch.bucket, &batch.origin, batch.covered.max())?;
+        for (rid, w) in &batch.superseders {
+            check_own_writes(local, &batch.bucket, rid, std::slice::from_ref(w))?;
+        }
+        if batch.origin != *self.peer.id() {
+            // Writes of another origin come only as the answer to a pull, within what was pulled.
+            let pulled = self
+                .buckets
+                .get(&batch.bucket)
+                .and_then(|s| s.pulled.get(&batch.origin));
+            if !pulled.is_some_and(|p| batch.covered.difference(p).is_empty()) {
+                return Err(LinkError::Protocol(format!(
+                    "writes of {} in bucket {} that were not pulled",
+                    batch.origin, batch.bucket
+                )));
+            }
+        }
         if let Err(e) = local.observe(batch.writes.iter().chain(superseders)) {
             let origin = local.replicas.intern(&batch.origin);
             local.skew_gaps.lock().insert((batch.bucket, origin));
@@ -965,6 +1089,91 @@ impl Session {
             self.ack_due.insert(batch.bucket);
         }
         Ok(())
+    }
+
+    /// Answers a `Held` query: of the query, the dots this replica has seen and those it still
+    /// stores, with the current registers of the keys whose dots it saw superseded (as a chunk carries
+    /// them), so the asker holds what superseded a register before it drops it. In parts of about a
+    /// chunk's size, each about a range of seqs; the last is marked.
+    fn answer_held(
+        &mut self,
+        local: &Local,
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        query: &SeqRanges,
+    ) {
+        let o = local.replicas.intern(&origin);
+        let Some(b) = local.existing_bucket(&bucket) else {
+            // Nothing of it here: nothing seen, nothing held.
+            let reply = Message::HeldReply {
+                bucket,
+                origin,
+                covered: SeqRanges::new(),
+                held: SeqRanges::new(),
+                superseders: Vec::new(),
+                last: true,
+            };
+            self.answer(reply, 64);
+            return;
+        };
+        let store = b.store();
+        let covered = query.intersect(&store.context_of(&o));
+        let held = store.stored_dots(&o, &covered);
+        let part = |lo: u64, hi: u64, superseders, last| Message::HeldReply {
+            bucket: bucket.clone(),
+            origin: origin.clone(),
+            covered: covered.clamp(lo, hi),
+            held: held.clamp(lo, hi),
+            superseders,
+            last,
+        };
+        let mut parts = Vec::new();
+        let mut from = 1;
+        let mut superseders = Vec::new();
+        let mut bytes = 0;
+        for &(start, end) in covered.difference(&held).ranges() {
+            let mut at = start;
+            while at <= end {
+                let chunk = store.chunk(&o, at, end, CHUNK_LIMITS);
+                let Some(&(_, hi)) = chunk.covered.ranges().last() else {
+                    break;
+                };
+                for (so, w) in chunk.superseders {
+                    bytes += w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40;
+                    superseders.push((so.id().clone(), w));
+                }
+                if superseders.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES {
+                    parts.push(part(from, hi, std::mem::take(&mut superseders), false));
+                    bytes = 0;
+                    from = hi.saturating_add(1);
+                }
+                match hi.checked_add(1) {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            }
+        }
+        parts.push(part(from, u64::MAX, superseders, true));
+        for p in parts {
+            let bytes = match &p {
+                Message::HeldReply {
+                    covered,
+                    held,
+                    superseders,
+                    ..
+                } => {
+                    64 + 20 * (covered.ranges().len() + held.ranges().len())
+                        + superseders
+                            .iter()
+                            .map(|(_, w)| {
+                                w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40
+                            })
+                            .sum::<usize>()
+                }
+                _ => 0,
+            };
+            self.answer(p, bytes);
+        }
     }
 
     fn answer_fetch(&mut self, local: &Local, id: u64, bucket: Arc<str>, prefix: &str) {

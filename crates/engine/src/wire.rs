@@ -20,7 +20,8 @@ use crate::store::Write;
 /// links. 5: a batch carrying a value carries the key's newer touch register among its
 /// `superseders`, and a fetch answer sends touch registers first (a receiver relies on it never to
 /// show live a value its sender holds expired); `Collected` frames follow the contexts:
-/// the collected registers a peer remembers by key, which the receiver remembers too.
+/// the collected registers a peer remembers by key, which the receiver remembers too; a held reply comes in parts
+/// carrying the registers that superseded what it reports superseded (`Message::HeldReply`).
 pub const PROTOCOL_VERSION: u8 = 5;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -80,13 +81,17 @@ pub enum Message {
         origin: ReplicaId,
         query: SeqRanges,
     },
-    /// Answer to `Held`: of the query, the dots I have seen (`covered`) and those I still store (`held`).
-    /// A dot covered but not held was superseded.
+    /// Answer to `Held`, in parts (the last has `last` set): of the query, the dots I have seen
+    /// (`covered`) and those I still store (`held`). A dot covered but not held was superseded;
+    /// `superseders` are the current registers (of any origin) of such dots' keys that I still know,
+    /// to be applied before anything is dropped.
     HeldReply {
         bucket: Arc<str>,
         origin: ReplicaId,
         covered: SeqRanges,
         held: SeqRanges,
+        superseders: Vec<(ReplicaId, Write)>,
+        last: bool,
     },
     /// Entries for a fetch, grouped by origin; the last frame of a reply has `done` set.
     FetchReply {

@@ -1434,7 +1434,9 @@ fn coverage_relayed_in_a_pull_answer_travels_with_its_superseder() {
         ranges: peer_buckets_engine::ranges::SeqRanges::up_to(1),
     };
     let s = sim.sessions[1][3].as_mut().expect("linked");
-    s.handle(&sim.locals[1], pull).expect("valid");
+    s.handle(&sim.locals[1], pull.clone()).expect("valid");
+    // n3 asked it (a pull reply nobody asked for is refused).
+    sim.sessions[3][1].as_mut().expect("linked").queue(pull);
     sim.pass(1, 3);
     for i in [0, 1, 2] {
         sim.restart(i);

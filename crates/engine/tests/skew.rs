@@ -27,7 +27,8 @@ use peer_buckets_engine::wire::{Message, OpsBatch};
 const NOW_MS: u64 = 1_700_000_000_000;
 const SKEW_MS: u64 = 60_000;
 
-/// A receiver and a session with the peer `b`.
+/// A receiver and a session with the peer `b`, asked for every write of `c` (a pull) and for fetch 1:
+/// the replies below answer those requests (a reply nobody asked for is refused before any skew check).
 fn receiver() -> (Local, Session) {
     let time = Arc::new(ManualClock::new(NOW_MS));
     let local = Local::new(
@@ -37,7 +38,18 @@ fn receiver() -> (Local, Session) {
         SKEW_MS,
     );
     let peer = Local::new("b".into(), 1, Arc::new(Clock::new(Box::new(time))), SKEW_MS);
-    let session = Session::new(&local, &peer.hello(7000, None, vec![])).expect("hello accepted");
+    let mut session =
+        Session::new(&local, &peer.hello(7000, None, vec![])).expect("hello accepted");
+    session.queue(Message::Pull {
+        bucket: "s".into(),
+        origin: replica("c"),
+        ranges: SeqRanges::from_ranges([(1, u64::MAX)]),
+    });
+    session.queue(Message::FetchRequest {
+        id: 1,
+        bucket: "s".into(),
+        prefix: String::new(),
+    });
     (local, session)
 }
 

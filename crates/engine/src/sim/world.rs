@@ -203,6 +203,8 @@ struct Running {
     runtime: tokio::runtime::Handle,
     changes: Vec<(Arc<str>, UnboundedReceiver<Change>)>,
     acks: UnboundedReceiver<AckOutcome>,
+    /// The node's warnings: every peer here is honest, so none may report a protocol error.
+    warnings: UnboundedReceiver<crate::warning::Warning>,
     /// Ack tickets waiting -> op id.
     pending: BTreeMap<u64, u64>,
     /// What the node held when it started, until the world has read it.
@@ -411,11 +413,13 @@ impl<'a> World<'a> {
                     })
                     .collect();
                 let acks = node.ack_outcomes();
+                let warnings = node.warnings();
                 *slot.borrow_mut() = Some(Running {
                     node: Arc::new(node),
                     runtime: tokio::runtime::Handle::current(),
                     changes,
                     acks,
+                    warnings,
                     pending: BTreeMap::new(),
                     restored: Some(restored),
                 });
@@ -539,6 +543,12 @@ impl<'a> World<'a> {
                         tombstone.map(|(_, w)| w),
                         tombstone.map(|(o, _)| o.id()),
                     );
+                }
+            }
+            while let Ok(w) = running.warnings.try_recv() {
+                if w.code == crate::warning::WarningCode::Protocol {
+                    self.history
+                        .violation(now, "protocol-error", format!("{who}: {}", w.message));
                 }
             }
             while let Ok(outcome) = running.acks.try_recv() {

@@ -1,0 +1,542 @@
+//! A member that knows the secret and breaks the protocol on purpose: it answers questions nobody
+//! asked, claims coverage it does not back, and acknowledges writes it never received. Each test
+//! scripts such a member frame by frame against a real replica (`Local` and `Session` over encoded
+//! frames, or a real node over loopback with the cluster's secret) and checks the bound:
+//! - a reply without a matching request is a protocol error (fetch replies, held replies, pull
+//!   replies, which are `Ops` of an origin other than the sender);
+//! - a claim on the receiver's own origin beyond its own sequence is a protocol error, whichever frame
+//!   carries it;
+//! - an ack beyond the receiver's own sequence is a protocol error, and one beyond what went out on
+//!   the link acknowledges only what did;
+//! - the offending link is closed, counted and reported as an EPROTOCOL warning naming the peer, and
+//!   the node keeps serving the others.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peer_buckets_engine::acks::{AckLevel, Registered};
+use peer_buckets_engine::clock::{Clock, Hlc, ManualClock, PhysicalClock};
+use peer_buckets_engine::connection;
+use peer_buckets_engine::error::LinkError;
+use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::ranges::SeqRanges;
+use peer_buckets_engine::replica::ReplicaId;
+use peer_buckets_engine::secure::Security;
+use peer_buckets_engine::store::{Lifetime, Write};
+use peer_buckets_engine::sync::{Local, Session};
+use peer_buckets_engine::value;
+use peer_buckets_engine::warning::WarningCode;
+use peer_buckets_engine::wire::{
+    self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext,
+};
+
+const START_MS: u64 = 1_700_000_000_000;
+const BUCKET: &str = "b";
+const SKEW_MS: u64 = 60_000;
+const SECRET: &str = "correct horse battery staple";
+
+fn json(v: &str) -> Box<[u8]> {
+    value::encode_json(&format!("\"{v}\""))
+}
+
+fn write(key: &str, hlc: Hlc, seq: u64, v: &str) -> Write {
+    Write {
+        key: key.into(),
+        hlc,
+        seq,
+        value: Some(json(v)),
+        expires_ms: 0,
+        touch: false,
+    }
+}
+
+fn rid(node: &str) -> ReplicaId {
+    ReplicaId {
+        node: node.into(),
+        incarnation: 1,
+    }
+}
+
+/// What every frame goes through on a link: encoded, then decoded.
+fn on_the_wire(msg: Message) -> Message {
+    let mut buf = Vec::new();
+    wire::encode_frame(&msg, &mut buf).expect("encodes");
+    wire::decode_frame(&buf).expect("decodes").expect("whole").0
+}
+
+fn frames(session: &mut Session, local: &Local) -> Vec<Message> {
+    let mut buf = Vec::new();
+    while session.fill(local, &mut buf, false).expect("fill") {}
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("own frames decode") {
+        at += used;
+        out.push(msg);
+    }
+    out
+}
+
+fn is_protocol_error(r: Result<impl std::fmt::Debug, LinkError>) -> bool {
+    matches!(r, Err(LinkError::Protocol(_)))
+}
+
+/// The victim `v`, an honest peer `h`, and mallory `m` linked to the victim: `v_m` is the victim's
+/// session about mallory, whose hello and (empty) contexts have arrived.
+struct Scene {
+    time: Arc<ManualClock>,
+    v: Local,
+    h: Local,
+    v_h: Session,
+    h_v: Session,
+    v_m: Session,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let time = Arc::new(ManualClock::new(START_MS));
+        let local = |name: &str| {
+            let clock = Arc::new(Clock::new(Box::new(time.clone())));
+            Local::new(name.into(), 1, clock, SKEW_MS)
+        };
+        let (v, h) = (local("v"), local("h"));
+        v.bucket(BUCKET);
+        h.bucket(BUCKET);
+        let v_h = Session::new(&v, &h.hello(7000, None, vec![])).unwrap();
+        let h_v = Session::new(&h, &v.hello(7000, None, vec![])).unwrap();
+        let mallory = Hello {
+            replica: rid("m"),
+            listen_port: 7000,
+            listen_host: None,
+            wall_ms: START_MS,
+            members: vec![],
+        };
+        let v_m = Session::new(&v, &mallory).unwrap();
+        let mut scene = Scene {
+            time,
+            v,
+            h,
+            v_h,
+            h_v,
+            v_m,
+        };
+        scene.exchange();
+        scene
+            .mallory_sends(Message::Contexts(ContextPart {
+                buckets: vec![],
+                last: true,
+            }))
+            .expect("mallory's contexts");
+        scene
+    }
+
+    /// Delivers everything due between the victim and the honest peer, both ways, until quiet.
+    fn exchange(&mut self) {
+        for _ in 0..4 {
+            for msg in frames(&mut self.h_v, &self.h) {
+                self.v_h.handle(&self.v, msg).expect("honest frames");
+            }
+            for msg in frames(&mut self.v_h, &self.v) {
+                self.h_v.handle(&self.h, msg).expect("honest frames");
+            }
+        }
+    }
+
+    fn mallory_sends(&mut self, msg: Message) -> Result<(), LinkError> {
+        self.v_m.handle(&self.v, on_the_wire(msg)).map(|_| ())
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.v.bucket(BUCKET).contains(key)
+    }
+}
+
+fn ops(origin: ReplicaId, covered: SeqRanges, writes: Vec<Write>) -> Message {
+    Message::Ops(OpsBatch {
+        bucket: BUCKET.into(),
+        origin,
+        covered,
+        writes,
+        superseders: vec![],
+        superseded: vec![],
+    })
+}
+
+fn everything() -> SeqRanges {
+    SeqRanges::from_ranges([(1, u64::MAX)])
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Replies nobody asked for.
+
+/// A fetch reply for a fetch the victim never asked on that link is refused, and what it carried is
+/// not taken in.
+#[test]
+fn a_fetch_reply_nobody_asked_for_is_a_protocol_error() {
+    let mut s = Scene::new();
+    let hlc = s.time_hlc();
+    let reply = Message::FetchReply {
+        id: 7,
+        bucket: BUCKET.into(),
+        origin: Some(rid("h")),
+        writes: vec![write("planted", hlc, 1, "x")],
+        done: true,
+    };
+    assert!(is_protocol_error(s.mallory_sends(reply)));
+    assert!(!s.holds("planted"), "an unasked fetch reply was merged");
+}
+
+/// Writes of another origin arrive only as answers to a pull: a batch of the honest peer's origin
+/// that the victim never pulled from mallory is refused, and the honest peer's later writes still
+/// land (before, the claimed coverage made the victim drop them all).
+#[test]
+fn a_pull_reply_nobody_asked_for_is_a_protocol_error() {
+    let mut s = Scene::new();
+    assert!(is_protocol_error(s.mallory_sends(ops(
+        rid("h"),
+        everything(),
+        vec![]
+    ))));
+    s.h.bucket(BUCKET)
+        .write("later", Some(json("h")), Lifetime::Forever);
+    s.exchange();
+    assert!(s.holds("later"), "the honest peer's write was dropped");
+}
+
+/// A pull reply covers only what was pulled: asked for seqs 1..=2 of the honest peer, mallory may not
+/// cover the honest peer's future.
+#[test]
+fn a_pull_reply_beyond_what_was_pulled_is_a_protocol_error() {
+    let mut s = Scene::new();
+    s.v_m.queue(Message::Pull {
+        bucket: BUCKET.into(),
+        origin: rid("h"),
+        ranges: SeqRanges::up_to(2),
+    });
+    let hlc = s.time_hlc();
+    let w = |seq| write("k", hlc, seq, "m");
+    assert!(
+        s.mallory_sends(ops(rid("h"), SeqRanges::up_to(1), vec![w(1)]))
+            .is_ok(),
+        "a reply within the pull is taken"
+    );
+    assert!(is_protocol_error(s.mallory_sends(ops(
+        rid("h"),
+        SeqRanges::from_ranges([(2, 3)]),
+        vec![w(2)]
+    ))));
+}
+
+/// A held reply answers the question asked, no more: the victim, away past a collection, asks mallory
+/// which of its registers mallory knows superseded; a reply covering dots it never asked about is
+/// refused, and nothing is dropped (before, one reply could wipe every register it named).
+#[test]
+fn a_held_reply_beyond_the_question_is_a_protocol_error() {
+    let mut s = Scene::new();
+    let seq =
+        s.v.bucket(BUCKET)
+            .write("mine", Some(json("v")), Lifetime::Forever)
+            .seq;
+    s.h.bucket(BUCKET)
+        .write("theirs", Some(json("h")), Lifetime::Forever);
+    s.exchange();
+    // Mallory reports a collection the victim missed, and holds everything the victim holds.
+    let mallory = Hello {
+        replica: rid("m2"),
+        listen_port: 7000,
+        listen_host: None,
+        wall_ms: START_MS,
+        members: vec![],
+    };
+    s.v_m = Session::new(&s.v, &mallory).unwrap();
+    let horizon: WireContext = vec![(rid("gone"), SeqRanges::up_to(3))];
+    let mut context = horizon.clone();
+    context.push((rid("v"), SeqRanges::up_to(seq)));
+    context.push((rid("h"), SeqRanges::up_to(1)));
+    s.mallory_sends(Message::Contexts(ContextPart {
+        buckets: vec![BucketSummary {
+            name: BUCKET.into(),
+            context,
+            collected: horizon,
+        }],
+        last: true,
+    }))
+    .unwrap();
+    let asked: Vec<(ReplicaId, SeqRanges)> = frames(&mut s.v_m, &s.v)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Held { origin, query, .. } => Some((origin, query)),
+            _ => None,
+        })
+        .collect();
+    let (origin, query) = asked
+        .into_iter()
+        .find(|(o, _)| o.node.as_ref() == "h")
+        .expect("the victim asks about the honest peer's registers");
+    let mut beyond = query.clone();
+    beyond.insert(query.max() + 1);
+    let reply = Message::HeldReply {
+        bucket: BUCKET.into(),
+        origin,
+        covered: beyond,
+        held: SeqRanges::new(),
+        superseders: vec![],
+        last: true,
+    };
+    assert!(is_protocol_error(s.mallory_sends(reply)));
+    assert!(s.holds("theirs"), "a refused reply dropped a register");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Coverage of the receiver's own origin.
+
+/// A batch claiming the victim's own origin beyond its own sequence is refused; before, every later
+/// local write failed with "sequence numbers exhausted".
+#[test]
+fn a_batch_claiming_the_receivers_own_future_is_a_protocol_error() {
+    let mut s = Scene::new();
+    s.v.bucket(BUCKET)
+        .write("mine", Some(json("v")), Lifetime::Forever);
+    assert!(is_protocol_error(s.mallory_sends(ops(
+        rid("v"),
+        everything(),
+        vec![]
+    ))));
+    let after = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.v.bucket(BUCKET)
+            .write("next", Some(json("v")), Lifetime::Forever)
+    }));
+    assert!(after.is_ok(), "the victim can no longer write");
+}
+
+/// A digest, or a context part, claiming the victim's own origin beyond its own sequence is refused:
+/// it would acknowledge writes never made and hide the victim's future writes from that link.
+#[test]
+fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
+    let mut s = Scene::new();
+    s.v.bucket(BUCKET)
+        .write("mine", Some(json("v")), Lifetime::Forever);
+    let claim: WireContext = vec![(rid("v"), SeqRanges::up_to(5))];
+    assert!(is_protocol_error(s.mallory_sends(Message::Digest {
+        bucket: BUCKET.into(),
+        context: claim.clone(),
+    })));
+    let mut fresh = Scene::new();
+    let mallory = Hello {
+        replica: rid("m2"),
+        listen_port: 7000,
+        listen_host: None,
+        wall_ms: START_MS,
+        members: vec![],
+    };
+    fresh.v_m = Session::new(&fresh.v, &mallory).unwrap();
+    let part = Message::Contexts(ContextPart {
+        buckets: vec![BucketSummary {
+            name: BUCKET.into(),
+            context: vec![],
+            collected: claim,
+        }],
+        last: true,
+    });
+    assert!(
+        is_protocol_error(fresh.mallory_sends(part)),
+        "a horizon on the victim's own future made it stale for good"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Acks.
+
+/// An ack beyond the victim's own sequence is refused; one beyond what went out on the link
+/// acknowledges only what did (nothing here: mallory's contexts never came, so nothing was sent).
+#[test]
+fn an_ack_beyond_what_was_sent_on_the_link_acknowledges_nothing_more() {
+    let time = Arc::new(ManualClock::new(START_MS));
+    let v = Local::new(
+        "v".into(),
+        1,
+        Arc::new(Clock::new(Box::new(time.clone()))),
+        SKEW_MS,
+    );
+    let bucket = v.bucket(BUCKET);
+    let seq = bucket.write("k", Some(json("v")), Lifetime::Forever).seq;
+    let mallory = Hello {
+        replica: rid("m"),
+        listen_port: 7000,
+        listen_host: None,
+        wall_ms: START_MS,
+        members: vec![],
+    };
+    let mut v_m = Session::new(&v, &mallory).unwrap();
+    let ack = |upto| {
+        on_the_wire(Message::Ack {
+            bucket: BUCKET.into(),
+            upto,
+        })
+    };
+    assert!(is_protocol_error(v_m.handle(&v, ack(u64::MAX))));
+    let mut v_m = Session::new(&v, &mallory).unwrap();
+    v_m.handle(&v, ack(seq))
+        .expect("an ack within the sequence");
+    assert_eq!(
+        v.acks.acked_upto(BUCKET, "m"),
+        0,
+        "a write never sent on the link was acknowledged"
+    );
+    // Once the write went out, the same ack counts.
+    v_m.handle(
+        &v,
+        Message::Contexts(ContextPart {
+            buckets: vec![],
+            last: true,
+        }),
+    )
+    .unwrap();
+    assert!(!frames(&mut v_m, &v).is_empty());
+    v_m.handle(&v, ack(seq)).unwrap();
+    assert_eq!(v.acks.acked_upto(BUCKET, "m"), seq);
+}
+
+impl Scene {
+    fn time_hlc(&self) -> Hlc {
+        Hlc::from_parts(self.time.now_ms(), 0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A real node over loopback, with the cluster's secret.
+
+fn config(id: &str, seeds: Vec<String>) -> Config {
+    Config {
+        id: Some(id.into()),
+        seeds,
+        secrets: vec![SECRET.as_bytes().to_vec()],
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(600),
+        backoff_max: Duration::from_millis(300),
+        digest_every: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Mallory dials with the secret, says hello and an empty context, waits until the victim pushes a
+/// write made with `ack: 'all'`, then acknowledges everything the victim could ever write. The link
+/// is closed, counted and reported (EPROTOCOL, naming mallory); the write is not settled by mallory;
+/// the victim goes on replicating with an honest peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_acknowledging_what_it_never_received_is_cut_off_and_the_node_keeps_serving() {
+    let v = Node::start(config("v", vec![])).await.unwrap();
+    let mut warnings = v.warnings();
+    let mut outcomes = v.ack_outcomes();
+    let stream = tokio::net::TcpStream::connect(v.address()).await.unwrap();
+    let security = Security::from_secrets(&[SECRET]).unwrap();
+    let (mut reader, mut writer) =
+        connection::open(Box::new(stream), &security, true, None::<fn()>)
+            .await
+            .expect("mallory knows the secret");
+    let mut out = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for msg in [
+        Message::Hello(Hello {
+            replica: rid("mallory"),
+            listen_port: 1,
+            listen_host: Some("127.0.0.1".into()),
+            wall_ms: now,
+            members: vec![],
+        }),
+        Message::Contexts(ContextPart {
+            buckets: vec![],
+            last: true,
+        }),
+    ] {
+        wire::encode_frame(&msg, &mut out).unwrap();
+    }
+    writer.send(&out).await.unwrap();
+    eventually("mallory to be linked", || {
+        v.peers().iter().any(|p| p.id == "mallory" && p.connected)
+    })
+    .await;
+    let bucket = v.bucket("s");
+    let (_, registered) = v.write_acked(
+        &bucket,
+        "k".into(),
+        Some(json("v")),
+        Lifetime::Forever,
+        AckLevel::All,
+        Duration::from_secs(3),
+    );
+    let Registered::Pending(ticket) = registered else {
+        panic!("'all' met before mallory acknowledged: {registered:?}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (msg, _) = reader.read(Duration::from_secs(5)).await.unwrap();
+        if matches!(&msg, Message::Ops(b) if &*b.bucket == "s") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the write never reached mallory");
+    }
+    out.clear();
+    wire::encode_frame(
+        &Message::Ack {
+            bucket: "s".into(),
+            upto: u64::MAX,
+        },
+        &mut out,
+    )
+    .unwrap();
+    writer.send(&out).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if reader.read(Duration::from_secs(5)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the victim kept the link open");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+        .await
+        .expect("the write settles or times out")
+        .unwrap();
+    assert_eq!(outcome.ticket, ticket);
+    assert!(
+        !outcome.acked.iter().any(|a| a == "mallory"),
+        "mallory acknowledged a write it never held: {outcome:?}"
+    );
+    let mut seen = Vec::new();
+    while let Ok(w) = warnings.try_recv() {
+        seen.push(w);
+    }
+    assert!(
+        seen.iter().any(|w| w.code == WarningCode::Protocol
+            && w.peer.as_deref() == Some("mallory")
+            && w.message.contains("ack")),
+        "no EPROTOCOL warning naming mallory: {seen:?}"
+    );
+    assert!(v.stats().protocol_errors >= 1);
+    let h = Node::start(config("h", vec![v.address().to_string()]))
+        .await
+        .unwrap();
+    h.bucket("s")
+        .write("from-h", Some(json("h")), Lifetime::Forever);
+    eventually("the honest peer's write to reach the victim", || {
+        v.bucket("s").contains("from-h")
+    })
+    .await;
+    for n in [v, h] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
