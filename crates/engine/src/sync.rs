@@ -1047,6 +1047,16 @@ impl Session {
         }
         if let Err(e) = local.observe(batch.writes.iter().chain(superseders)) {
             let origin = local.replicas.intern(&batch.origin);
+            // The sender holds what it covered: the planner must see the gap now, not after its next
+            // digest (a pass before that would forget the gap, and an origin that keeps writing never
+            // looks stalled).
+            self.buckets
+                .entry(batch.bucket.clone())
+                .or_default()
+                .remote_has
+                .entry(origin.clone())
+                .or_default()
+                .union_with(&batch.covered);
             local.skew_gaps.lock().insert((batch.bucket, origin));
             self.dropped_for_skew(e);
             return Ok(());

@@ -605,6 +605,52 @@ fn a_write_after_a_timestamp_at_the_ceiling_orders_after_it_and_reaches_a_peer_o
     );
 }
 
+/// A push dropped for skew leaves a gap its sender counts as delivered; the receiver pulls it as soon
+/// as its clock allows, even when the planner runs before any digest of the sender told it that the
+/// sender holds those writes (on a node, pulls are planned every 500 ms and digests go out every
+/// 1,000 ms), and even while the origin keeps writing, so its stream never looks stalled.
+#[test]
+fn a_push_dropped_for_skew_is_pulled_again_while_its_origin_keeps_writing() {
+    let (a, b) = (0, 1);
+    let mut w = World::new(&["a", "b"]);
+    w.link(a, b);
+    w.pump();
+    let c = origin(&w.locals[a], "c");
+    let ceiling = w.locals[a].clock.ceiling();
+    w.bucket(a)
+        .merge(
+            &c,
+            vec![write("i", ceiling, 1, Some("c"))],
+            &SeqRanges::new(),
+        )
+        .expect("a timestamp at the ceiling is allowed");
+    w.bucket(a).write("j", Some(json("a")), Lifetime::Forever);
+    for msg in w.frames(a, b, false) {
+        w.try_deliver(a, b, msg)
+            .expect("b, whose wall clock is a's, keeps the link");
+    }
+    assert_eq!(shows(&w.bucket(b), "j"), None, "one tick past b's ceiling");
+    // b plans before a's next digest; then a keeps writing, pushing each write at once, with a digest
+    // every other pass, as a node does.
+    for round in 0..30 {
+        w.time.advance(500);
+        w.plan(b);
+        w.plan(a);
+        w.bucket(a)
+            .write(format!("k{round}"), Some(json("a")), Lifetime::Forever);
+        for (from, to) in [(a, b), (b, a)] {
+            for msg in w.frames(from, to, round % 2 == 1) {
+                w.deliver(from, to, msg);
+            }
+        }
+    }
+    assert_eq!(
+        shows(&w.bucket(b), "j"),
+        Some(json("a").to_vec()),
+        "15 s after b's clock came within the skew of a's write, b still lacks it"
+    );
+}
+
 /// a is 30 s ahead of b and 50 s behind c: both links are within the allowed 60 s, but c is 80 s
 /// ahead of b. c's writes push a's clock 80 s ahead of b's; a's own writes, stamped after them, must
 /// not get a refused by b, and b must take each write of a's and c's once its clock is within the
