@@ -16,7 +16,8 @@
 //!   within the skew of both ends may have stamped them, so a frame holding one past this clock's
 //!   ceiling is dropped whole and the link stays (skew is not transitive). Every frame that carries
 //!   writes goes through `Local::observe` before any of them is applied; a dropped frame applies
-//!   nothing and claims no coverage, so its writes stay a gap, pulled again every `PULL_TIMEOUT_MS`
+//!   nothing and claims no coverage (nor does the rest of its fetch answer: its touch registers may
+//!   have expired the values that follow), so its writes stay a gap, pulled again every `PULL_TIMEOUT_MS`
 //!   until this clock has come within the skew of them: delayed, never lost, never taken by halves.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -572,6 +573,10 @@ pub struct Session {
     skewed: Option<u64>,
     /// Fetches asked on this link and not yet answered to the end: a fetch reply names one of them.
     fetches_asked: BTreeSet<u64>,
+    /// Fetches asked on this link of which a reply frame was dropped for skew: the rest of their
+    /// answer is dropped too, since the frame of touch registers dropped may have expired the values
+    /// that follow (they come with their touches through the sync instead).
+    skewed_fetches: BTreeSet<u64>,
 }
 
 impl Session {
@@ -614,6 +619,7 @@ impl Session {
             resume_at: None,
             skewed: None,
             fetches_asked: BTreeSet::new(),
+            skewed_fetches: BTreeSet::new(),
         })
     }
 
@@ -878,15 +884,19 @@ impl Session {
                 if done {
                     self.fetches_asked.remove(&id);
                 }
-                let count = writes.len();
+                let mut count = writes.len();
                 if let Some(origin) = origin {
                     check_writes(&writes, None)?;
                     check_own_writes(local, &bucket, &origin, &writes)?;
-                    if let Err(e) = local.observe(&writes) {
-                        self.dropped_for_skew(e);
-                        return Ok(Inbound::Fetched { id, count: 0, done });
+                    if !self.skewed_fetches.contains(&id) {
+                        if let Err(e) = local.observe(&writes) {
+                            self.dropped_for_skew(e);
+                            self.skewed_fetches.insert(id);
+                        }
                     }
-                    if !self.refuses(local, &bucket) {
+                    if self.skewed_fetches.contains(&id) {
+                        count = 0;
+                    } else if !self.refuses(local, &bucket) {
                         let origin = local.replicas.intern(&origin);
                         if let Some(b) = local.remote_bucket(&bucket) {
                             local.merge(&b, &origin, writes, &SeqRanges::new())?;
@@ -896,6 +906,9 @@ impl Session {
                     return Err(LinkError::Protocol(
                         "fetched writes without an origin".into(),
                     ));
+                }
+                if done {
+                    self.skewed_fetches.remove(&id);
                 }
                 Ok(Inbound::Fetched { id, count, done })
             }

@@ -651,6 +651,73 @@ fn a_push_dropped_for_skew_is_pulled_again_while_its_origin_keeps_writing() {
     );
 }
 
+/// A fetch answer sends touch registers first, each origin's in frames of their own, so that a value
+/// lands under the touch that expired it. When a frame of touches is dropped for skew (another touch
+/// in it was stamped past the receiver's ceiling), the values that follow must not be taken without
+/// them: a value the sender holds expired by its newer touch is never announced live.
+#[test]
+fn a_fetch_whose_touches_were_dropped_for_skew_never_announces_a_value_they_expired() {
+    let (a, b) = (0, 1);
+    let mut w = World::skewed(&[("a", 30_000), ("b", 0)]);
+    w.link(a, b);
+    w.pump();
+    let (o, p) = (origin(&w.locals[a], "o"), origin(&w.locals[a], "p"));
+    let now = w.locals[a].clock.wall_ms();
+    let at = |ms: u64| Hlc::from_parts(ms, 0);
+    let touch = |key: &str, hlc: Hlc, seq: u64, expires_ms: u64| Write {
+        touch: true,
+        expires_ms,
+        ..write(key, hlc, seq, None)
+    };
+    // o set k1 and k2; p's touch expired k1 a second ago, and p's clock (within a's skew, 90 s
+    // ahead of b's) stamped a touch of k2.
+    w.bucket(a)
+        .merge(
+            &o,
+            vec![
+                write("k1", at(now - 5_000), 1, Some("o")),
+                write("k2", at(now - 5_000), 2, Some("o")),
+            ],
+            &SeqRanges::new(),
+        )
+        .expect("within the skew");
+    w.bucket(a)
+        .merge(
+            &p,
+            vec![
+                touch("k1", at(now - 3_000), 1, now - 1_000),
+                touch("k2", at(now + 60_000), 2, now + 600_000),
+            ],
+            &SeqRanges::new(),
+        )
+        .expect("at a's ceiling");
+    assert_eq!(shows(&w.bucket(a), "k1"), None, "a holds k1 expired");
+    let mut heard = w.bucket(b).subscribe();
+    w.sessions
+        .get_mut(&(b, a))
+        .expect("linked")
+        .queue(Message::FetchRequest {
+            id: 1,
+            bucket: BUCKET.into(),
+            prefix: String::new(),
+        });
+    for msg in w.frames(b, a, false) {
+        w.deliver(b, a, msg);
+    }
+    for msg in w.frames(a, b, false) {
+        w.deliver(a, b, msg);
+    }
+    assert_eq!(
+        shows(&w.bucket(b), "k1"),
+        None,
+        "b shows k1, which the sender holds expired by p's touch"
+    );
+    assert!(
+        !drain(&mut heard).contains(&set("k1", "o")),
+        "b announced k1 live"
+    );
+}
+
 /// a is 30 s ahead of b and 50 s behind c: both links are within the allowed 60 s, but c is 80 s
 /// ahead of b. c's writes push a's clock 80 s ahead of b's; a's own writes, stamped after them, must
 /// not get a refused by b, and b must take each write of a's and c's once its clock is within the

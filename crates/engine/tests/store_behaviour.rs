@@ -152,6 +152,7 @@ struct Shipment {
     superseders: Vec<(ReplicaId, peer_buckets_engine::store::Write)>,
     writes: Vec<peer_buckets_engine::store::Write>,
     covered: SeqRanges,
+    superseded: Vec<(Arc<str>, Vec<u64>)>,
 }
 
 /// What replica `from` sends `to` of `origin`'s writes with seqs in `start..=end`.
@@ -171,6 +172,7 @@ fn pack(from: &Replica, to: usize, origin: &ReplicaId, start: u64, end: u64) -> 
             .collect(),
         writes: c.writes,
         covered: c.covered,
+        superseded: c.superseded,
     }
 }
 
@@ -183,7 +185,7 @@ fn deliver(to: &Replica, s: Shipment) {
         .collect();
     let origin = to.local.replicas.intern(&s.origin);
     to.bucket
-        .merge_chunk(&origin, s.writes, &s.covered, &[], superseders)
+        .merge_chunk(&origin, s.writes, &s.covered, &s.superseded, superseders)
         .expect("clocks within the allowed skew");
 }
 
@@ -495,6 +497,7 @@ fn ttl_run(seed: u64, steps: usize) {
                             superseders: s.superseders.clone(),
                             writes: s.writes.clone(),
                             covered: s.covered.clone(),
+                            superseded: s.superseded.clone(),
                         }
                     } else {
                         net.swap_remove(pick)
