@@ -24,6 +24,17 @@
 //! - `node`: a peer: listener, bucket registry, stats and clean shutdown;
 //! - `warning`: the node-wide warning sink: counted by code, logged and handed to JavaScript;
 //! - `sim` (feature `sim`): the whole-node deterministic simulation and its history checker.
+//!
+//! Locks (`parking_lot`; none is held across an `.await`, which the compiler enforces in spawned
+//! tasks since their guards are not `Send`). Where several are held at once they are taken in this
+//! order, never the reverse:
+//! 1. a link's `Session` (the housekeeping task locks every link's at once, always in the order of
+//!    the node's link list, which is itself only cloned under its lock, never held);
+//! 2. the replica's bucket registry and its stale set (`sync::Local`);
+//! 3. one bucket's store state (`MemoryStore`'s single `RwLock`), never two stores at once;
+//! 4. leaves, which call out to no other lock: acknowledgement waiters (`acks`), the membership
+//!    table (then its event sink), the replica table, pending fetches, the warning sink, a bucket's
+//!    subscriber and the link writers' wake-ups.
 
 pub mod acks;
 pub mod bucket;
