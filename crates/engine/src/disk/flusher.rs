@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{Disk, Durability};
-use crate::sync::Local;
+use crate::sync::{Local, Ring};
 use crate::warning::{Warning, WarningCode, Warnings};
 
 /// How often a strict flusher looks for work without a ring (and retries what is owed).
@@ -36,15 +36,17 @@ pub struct Doorbell {
     task: Notify,
 }
 
-impl Doorbell {
-    pub fn ring(&self) {
+impl Ring for Doorbell {
+    fn ring(&self) {
         if !self.rung.swap(true, Ordering::AcqRel) {
             drop(self.lock.lock());
             self.thread.notify_one();
             self.task.notify_one();
         }
     }
+}
 
+impl Doorbell {
     /// Waits for a ring up to `timeout`; returns whether it rang.
     fn wait_blocking(&self, timeout: Duration) -> bool {
         let mut guard = self.lock.lock();

@@ -1,0 +1,1030 @@
+//! Unit and property tests of the store: the last-writer-wins apply, expiry, markers, collection and
+//! collected keys, each named for the behaviour it proves.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::clock::{Clock, Hlc};
+use crate::ranges::SeqRanges;
+use crate::replica::Origin;
+use crate::replica::{ReplicaId, ReplicaTable};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+fn origin(t: &ReplicaTable, name: &str) -> Origin {
+    t.intern(&ReplicaId {
+        node: name.into(),
+        incarnation: 1,
+    })
+}
+
+fn w(key: &str, hlc: u64, seq: u64, value: Option<&str>) -> Write {
+    Write {
+        key: key.into(),
+        hlc: Hlc(hlc),
+        seq,
+        value: value.map(|v| v.as_bytes().into()),
+        expires_ms: 0,
+        touch: false,
+    }
+}
+
+fn get(s: &MemoryStore, key: &str) -> Option<String> {
+    let mut out = None;
+    s.read(key, &|| 0, &mut |v| {
+        out = Some(String::from_utf8(v.to_vec()).unwrap())
+    });
+    out
+}
+
+#[test]
+fn larger_hlc_wins_and_ties_go_to_the_larger_origin() {
+    let t = ReplicaTable::new();
+    let (a, b) = (origin(&t, "a"), origin(&t, "b"));
+    let s = MemoryStore::new();
+    s.merge(
+        &origin(&t, "me"),
+        &a,
+        vec![w("k", 10, 1, Some("a1"))],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    s.merge(
+        &origin(&t, "me"),
+        &b,
+        vec![w("k", 9, 1, Some("b1"))],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    assert_eq!(get(&s, "k").as_deref(), Some("a1"));
+    s.merge(
+        &origin(&t, "me"),
+        &b,
+        vec![w("k", 10, 2, Some("b2"))],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    assert_eq!(get(&s, "k").as_deref(), Some("b2"));
+}
+
+#[test]
+fn a_delete_is_a_write_that_hides_the_key() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let s = MemoryStore::new();
+    s.merge(
+        &origin(&t, "me"),
+        &a,
+        vec![w("k", 1, 1, Some("v")), w("k", 2, 2, None)],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    assert_eq!(get(&s, "k"), None);
+    assert_eq!(s.live_len(), 0);
+    assert_eq!(s.entry_count(), 1);
+}
+
+#[test]
+fn superseded_writes_leave_the_index_but_stay_in_the_context() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let clock = Clock::new(Box::new(ManualClock::new(1_000)));
+    let s = MemoryStore::new();
+    for i in 0..5 {
+        s.write_local(
+            &a,
+            &clock,
+            "k",
+            Some(format!("v{i}").into_bytes().into()),
+            Lifetime::Forever,
+            &mut |_| {},
+        );
+    }
+    let c = s.chunk(&a, 1, 5, ChunkLimits::writes(100));
+    assert_eq!(c.writes.len(), 1);
+    assert_eq!(c.writes[0].seq, 5);
+    assert_eq!(c.covered.ranges(), &[(1, 5)]);
+    assert!(
+        c.superseders.is_empty(),
+        "the superseder is in the chunk itself"
+    );
+}
+
+#[test]
+fn a_chunk_covering_a_superseded_write_carries_its_superseder() {
+    let t = ReplicaTable::new();
+    let (a, b) = (origin(&t, "a"), origin(&t, "b"));
+    let s = MemoryStore::new();
+    s.merge(
+        &origin(&t, "me"),
+        &a,
+        vec![w("k", 1, 1, Some("old")), w("j", 2, 2, Some("x"))],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    s.merge(
+        &origin(&t, "me"),
+        &b,
+        vec![w("k", 5, 1, Some("new"))],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    let c = s.chunk(&a, 1, 2, ChunkLimits::writes(100));
+    assert_eq!(c.writes.len(), 1);
+    assert_eq!(c.covered.ranges(), &[(1, 2)]);
+    assert_eq!(c.superseders.len(), 1);
+    assert_eq!(
+        (c.superseders[0].0.clone(), c.superseders[0].1.seq),
+        (b.clone(), 1)
+    );
+    // Once every member holds b:1, the marker goes and chunks stop carrying it.
+    assert_eq!(s.compact_markers(&mut |o, seq| *o == b && seq == 1), 1);
+    assert!(s
+        .chunk(&a, 1, 2, ChunkLimits::writes(100))
+        .superseders
+        .is_empty());
+}
+
+#[test]
+fn chunk_limit_cuts_coverage_at_the_last_write_sent() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let clock = Clock::new(Box::new(ManualClock::new(1_000)));
+    let s = MemoryStore::new();
+    for i in 0..10 {
+        s.write_local(
+            &a,
+            &clock,
+            &format!("k{i}"),
+            Some(b"x".to_vec().into()),
+            Lifetime::Forever,
+            &mut |_| {},
+        );
+    }
+    let c = s.chunk(&a, 1, 10, ChunkLimits::writes(4));
+    assert_eq!(c.writes.len(), 4);
+    assert_eq!(c.covered.ranges(), &[(1, 4)]);
+}
+
+#[test]
+fn chunk_bytes_limit_keeps_frames_small_but_always_moves() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let clock = Clock::new(Box::new(ManualClock::new(1_000)));
+    let s = MemoryStore::new();
+    for i in 0..10 {
+        let big = vec![b'x'; 100_000].into_boxed_slice();
+        s.write_local(
+            &a,
+            &clock,
+            &format!("k{i}"),
+            Some(big),
+            Lifetime::Forever,
+            &mut |_| {},
+        );
+    }
+    let limits = ChunkLimits {
+        max_writes: 1024,
+        max_bytes: 250_000,
+    };
+    let c = s.chunk(&a, 1, 10, limits);
+    assert_eq!(c.writes.len(), 2);
+    assert_eq!(c.covered.ranges(), &[(1, 2)]);
+    let tiny = ChunkLimits {
+        max_writes: 1024,
+        max_bytes: 1,
+    };
+    assert_eq!(
+        s.chunk(&a, 3, 10, tiny).writes.len(),
+        1,
+        "one write even when it alone is over"
+    );
+}
+
+#[test]
+fn a_touch_extends_a_live_key_but_never_revives_or_reverts() {
+    let t = ReplicaTable::new();
+    let (a, b) = (origin(&t, "a"), origin(&t, "b"));
+    let source = Arc::new(ManualClock::new(10_000));
+    let clock = Clock::new(Box::new(source.clone()));
+    let s = MemoryStore::new();
+    let set = s.write_local(
+        &a,
+        &clock,
+        "k",
+        Some(b"v".to_vec().into()),
+        Lifetime::Ttl(100),
+        &mut |_| {},
+    );
+    assert_eq!(set.expires_ms, 10_100);
+    let touch = s
+        .touch_local(&a, &clock, "k".into(), 1_000)
+        .expect("live key");
+    assert!(touch.touch && touch.expires_ms == 11_000);
+    assert!(
+        s.read("k", &|| 10_500, &mut |_| {}),
+        "the touch extended it"
+    );
+    assert!(s.touch_local(&a, &clock, "missing".into(), 1_000).is_none());
+    // A newer set from elsewhere replaces the expiry along with the value.
+    let mut newer = w("k", Hlc::from_parts(20_000, 0).0, 1, Some("n"));
+    newer.expires_ms = 20_050;
+    s.merge(
+        &origin(&t, "me"),
+        &b,
+        vec![newer],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    assert!(s.read("k", &|| 20_000, &mut |_| {}));
+    assert!(!s.read("k", &|| 20_050, &mut |_| {}));
+    // A touch older than a delete leaves the key deleted.
+    s.merge(
+        &origin(&t, "me"),
+        &b,
+        vec![w("k", Hlc::from_parts(30_000, 0).0, 2, None)],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    let mut old_touch = w("k", Hlc::from_parts(25_000, 0).0, 3, None);
+    old_touch.touch = true;
+    old_touch.expires_ms = 99_999;
+    s.merge(
+        &origin(&t, "me"),
+        &b,
+        vec![old_touch],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    assert!(!s.read("k", &|| 30_000, &mut |_| {}));
+    assert_eq!(s.live_len(), 0);
+}
+
+#[test]
+fn expiry_is_swept_reported_once_and_collected_like_a_tombstone() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let source = Arc::new(ManualClock::new(10_000));
+    let clock = Clock::new(Box::new(source.clone()));
+    let s = MemoryStore::new();
+    for i in 0..10 {
+        s.write_local(
+            &a,
+            &clock,
+            &format!("k{i}"),
+            Some(b"v".to_vec().into()),
+            Lifetime::Ttl(50 + i),
+            &mut |_| {},
+        );
+    }
+    s.write_local(
+        &a,
+        &clock,
+        "forever",
+        Some(b"v".to_vec().into()),
+        Lifetime::Forever,
+        &mut |_| {},
+    );
+    assert_eq!(s.live_len(), 11);
+    let mut expired = Vec::new();
+    // Expiries 10_050..=10_059: those up to and including 10_055 are due.
+    s.expire(10_055, &mut |k| expired.push(k.to_string()));
+    assert_eq!(expired.len(), 6);
+    assert_eq!(s.live_len(), 5);
+    s.expire(10_055, &mut |k| expired.push(k.to_string()));
+    assert_eq!(expired.len(), 6, "reported once");
+    s.expire(20_000, &mut |k| expired.push(k.to_string()));
+    assert_eq!(
+        (expired.len(), s.live_len(), s.tombstone_count()),
+        (10, 1, 10)
+    );
+    assert_eq!(s.collect(15_000, &mut |_, _| true), 10);
+    assert_eq!((s.entry_count(), s.tombstone_count()), (1, 0));
+}
+
+/// Two servers write a key with the same expiry in the same millisecond, again and again (a rolling
+/// session): whichever write wins here, the key waits for one expiry, so the queue holds one item
+/// for it, not one per write.
+#[test]
+fn a_write_that_loses_leaves_no_second_expiry_entry() {
+    let t = ReplicaTable::new();
+    let (me, a, b) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "b"));
+    let s = MemoryStore::new();
+    let none = SeqRanges::new();
+    for seq in 1..=50 {
+        for o in [&b, &a] {
+            let mut write = w("k", 7, seq, Some("v"));
+            write.hlc = Hlc(seq);
+            write.expires_ms = 10_000;
+            s.merge(&me, o, vec![write], &none, &mut |_| {});
+        }
+    }
+    assert_eq!(s.state.read().expiries.len(), 1);
+    let mut expired = 0;
+    s.expire(10_000, &mut |_| expired += 1);
+    assert_eq!((expired, s.live_len(), s.tombstone_count()), (1, 0, 1));
+}
+
+#[test]
+fn expired_values_are_invisible() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let s = MemoryStore::new();
+    let mut write = w("k", 1, 1, Some("v"));
+    write.expires_ms = 100;
+    s.merge(
+        &origin(&t, "me"),
+        &a,
+        vec![write],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    let mut seen = false;
+    assert!(s.read("k", &|| 99, &mut |_| seen = true));
+    assert!(!s.read("k", &|| 100, &mut |_| {}));
+    assert!(seen);
+}
+
+/// The registers of `key` as (origin, hlc, value).
+fn regs(s: &MemoryStore, key: &str) -> Vec<(String, u64, Option<String>)> {
+    s.registers(key)
+        .into_iter()
+        .map(|(o, w)| {
+            let v = w.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+            (o.id().node.to_string(), w.hlc.0, v)
+        })
+        .collect()
+}
+
+#[test]
+fn an_own_write_overwritten_before_any_chunk_covered_it_leaves_no_marker() {
+    let t = ReplicaTable::new();
+    let me = origin(&t, "me");
+    let clock = Clock::new(Box::new(Arc::new(ManualClock::new(1_000))));
+    let s = MemoryStore::new();
+    let set = |v: &str| {
+        let value = Some(v.as_bytes().to_vec().into_boxed_slice());
+        s.write_local(&me, &clock, "k", value, Lifetime::Forever, &mut |_| {})
+    };
+    for i in 0..100 {
+        set(&i.to_string());
+    }
+    assert_eq!(s.marker_count(), 0, "none of them ever left this replica");
+    let chunk = s.chunk(&me, 1, 100, ChunkLimits::UNLIMITED);
+    assert_eq!((chunk.writes.len(), chunk.covered.count()), (1, 100));
+    set("shipped over");
+    assert_eq!(
+        s.marker_count(),
+        1,
+        "seq 100 was covered by a chunk: it may be elsewhere"
+    );
+    set("again");
+    assert_eq!(s.marker_count(), 1, "seq 101 never left");
+    assert_eq!(get(&s, "k").as_deref(), Some("again"));
+}
+
+/// Issue 12, behaviour 3 (own writes): a write of this replica that left only as the superseder
+/// in a chunk of another origin may be held elsewhere; overwritten later, it keeps a marker, so a
+/// chunk of this replica's own writes covering it carries what superseded it.
+#[test]
+fn an_own_write_shipped_as_a_superseder_is_covered_only_with_what_superseded_it() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let clock = Clock::new(Box::new(Arc::new(ManualClock::new(1_000))));
+    let s = MemoryStore::new();
+    let none = SeqRanges::new();
+    s.merge(&me, &a, vec![w("k", 10, 1, Some("a"))], &none, &mut |_| {});
+    let set = |v: &str| {
+        let value = Some(v.as_bytes().to_vec().into_boxed_slice());
+        s.write_local(&me, &clock, "k", value, Lifetime::Forever, &mut |_| {})
+    };
+    set("mine");
+    let relayed = s.chunk(&a, 1, 1, ChunkLimits::UNLIMITED);
+    assert_eq!(relayed.superseders.len(), 1, "a's write travels with mine");
+    set("again");
+    let own = s.chunk(&me, 1, 1, ChunkLimits::UNLIMITED);
+    assert_eq!(own.covered, SeqRanges::up_to(1));
+    let carried: Vec<u64> = own.superseders.iter().map(|(_, w)| w.seq).collect();
+    assert_eq!(
+        carried,
+        vec![2],
+        "seq 1 is claimed only with seq 2, which beat it"
+    );
+}
+
+#[test]
+fn a_write_older_than_a_collected_tombstone_meets_a_stand_in() {
+    let t = ReplicaTable::new();
+    let (me, a, b, c) = (
+        origin(&t, "me"),
+        origin(&t, "a"),
+        origin(&t, "b"),
+        origin(&t, "c"),
+    );
+    let s = MemoryStore::new();
+    let none = SeqRanges::new();
+    s.merge(&me, &a, vec![w("k", 10, 1, Some("v1"))], &none, &mut |_| {});
+    s.merge(&me, &b, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+    s.merge(
+        &me,
+        &a,
+        vec![w("live", 5, 2, Some("l"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+    assert_eq!((s.entry_count(), s.collected_remembered()), (1, 1));
+
+    // c was away: its write of k, older than the collected tombstone, comes back.
+    let mut changes = 0;
+    let merged = s.merge(
+        &me,
+        &c,
+        vec![w("k", 15, 1, Some("old"))],
+        &none,
+        &mut |_| changes += 1,
+    );
+    assert_eq!(
+        merged,
+        Merged {
+            fresh: 1,
+            stand_ins: 1
+        }
+    );
+    assert_eq!(changes, 0, "listeners never see the old value");
+    assert_eq!(get(&s, "k"), None);
+    assert_eq!(
+        regs(&s, "k"),
+        vec![("me".into(), 19, None)],
+        "a tombstone at our highest place at or below the collected one (b's at 20; me > b)"
+    );
+    assert!(
+        s.context_of(&me).contains(1),
+        "the stand-in is a write of this replica"
+    );
+    assert!(s.context_of(&c).contains(1), "the old write's dot is held");
+
+    // Newer writes are untouched: one newer than the collected tombstone wins as usual, and an old
+    // write to a key that still holds an older register is plain last-writer-wins.
+    let merged = s.merge(
+        &me,
+        &c,
+        vec![w("k", 30, 2, Some("new")), w("live", 7, 3, Some("l2"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(
+        merged,
+        Merged {
+            fresh: 2,
+            stand_ins: 0
+        }
+    );
+    assert_eq!(get(&s, "k").as_deref(), Some("new"));
+    assert_eq!(get(&s, "live").as_deref(), Some("l2"));
+    // An old write that loses anyway needs nothing either.
+    let merged = s.merge(
+        &me,
+        &c,
+        vec![w("k", 12, 3, Some("older"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(merged.stand_ins, 0);
+    assert_eq!(get(&s, "k").as_deref(), Some("new"));
+}
+
+/// A tombstone and a set stamped alike (the same millisecond on two servers), the tombstone winning
+/// by its origin: once the tombstone is collected, the set coming back from a replica that was away
+/// must not revive the key. Checked with this replica's id ranked above, between and below theirs.
+#[test]
+fn a_collected_tombstone_that_beat_a_set_by_origin_alone_is_not_revived() {
+    for me_name in ["m", "aa", "0"] {
+        let t = ReplicaTable::new();
+        let (me, a, b) = (origin(&t, me_name), origin(&t, "a"), origin(&t, "b"));
+        let s = MemoryStore::new();
+        let none = SeqRanges::new();
+        s.merge(&me, &b, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+        assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+        let mut shown = 0;
+        let merged = s.merge(
+            &me,
+            &a,
+            vec![w("k", 20, 1, Some("old"))],
+            &none,
+            &mut |_| shown += 1,
+        );
+        assert_eq!(merged.stand_ins, 1, "me = {me_name}");
+        assert_eq!(get(&s, "k"), None, "me = {me_name}: the key came back");
+        assert_eq!(shown, 0, "me = {me_name}: a listener heard of it");
+    }
+}
+
+/// The mirror case, and a stand-in's own rank: a write newer than the collected register by the
+/// whole order `(hlc, origin)` (the same timestamp, a larger origin) wins, whether it arrives
+/// before or after the stand-in written for an older write, and whichever way this replica's id
+/// ranks against theirs.
+#[test]
+fn a_stand_in_never_beats_a_write_newer_by_the_whole_order() {
+    for me_name in ["m", "bb", "0"] {
+        let t = ReplicaTable::new();
+        let (me, a, b, c) = (
+            origin(&t, me_name),
+            origin(&t, "a"),
+            origin(&t, "b"),
+            origin(&t, "c"),
+        );
+        let s = MemoryStore::new();
+        let none = SeqRanges::new();
+        s.merge(&me, &b, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+        assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+        // An older write comes back: it meets a stand-in.
+        let merged = s.merge(
+            &me,
+            &a,
+            vec![w("k", 15, 1, Some("old"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(merged.stand_ins, 1, "me = {me_name}");
+        let stand_in = registers_of(&s, &me).expect("the stand-in is this replica's write");
+        // A write stamped like the collected tombstone, by a larger origin, is newer: it wins.
+        let merged = s.merge(
+            &me,
+            &c,
+            vec![w("k", 20, 1, Some("new"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(merged.stand_ins, 0, "me = {me_name}");
+        assert_eq!(get(&s, "k").as_deref(), Some("new"), "me = {me_name}");
+
+        // On a replica that held the newer write first, the stand-in that travels loses to it.
+        let other = MemoryStore::new();
+        let you = origin(&t, "you");
+        other.merge(
+            &you,
+            &c,
+            vec![w("k", 20, 1, Some("new"))],
+            &none,
+            &mut |_| {},
+        );
+        other.merge(
+            &you,
+            &me,
+            vec![w("k", stand_in, 1, None)],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(get(&other, "k").as_deref(), Some("new"), "me = {me_name}");
+    }
+}
+
+/// The hlc of the stored value register of `origin` (the first found).
+fn registers_of(s: &MemoryStore, origin: &Origin) -> Option<u64> {
+    let state = s.state.read();
+    let mut found = state
+        .origins
+        .get(origin)?
+        .index
+        .range(1, u64::MAX)
+        .filter_map(|(seq, hash)| state.entries.by_dot(hash, origin, seq))
+        .map(|(_, e)| e.hlc.0);
+    found.next()
+}
+
+/// Past `rememberCollected` only the newest forgotten time guards keys with no live register: the
+/// first old write to such a key meets a stand-in, and so must a second, newer than that stand-in
+/// but still older than the forgotten time.
+#[test]
+fn past_remember_collected_a_second_old_write_to_the_same_key_stays_guarded() {
+    let t = ReplicaTable::new();
+    let (me, a, c) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "c"));
+    let s = MemoryStore::new();
+    let none = SeqRanges::new();
+    s.merge(&me, &a, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+    assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+    s.forget_collected(1_001);
+    assert_eq!(s.collected_remembered(), 0);
+    let first = s.merge(
+        &me,
+        &c,
+        vec![w("k", 10, 1, Some("old"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(first.stand_ins, 1);
+    let second = s.merge(
+        &me,
+        &c,
+        vec![w("k", 15, 2, Some("older"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(second.stand_ins, 1);
+    assert_eq!(get(&s, "k"), None, "the second old write revived the key");
+}
+
+/// A replica that learns another's collected registers (they follow every hello) answers a
+/// write one of them beat as the collector would, and a value it already held that one beats
+/// gets a stand-in at once; a write newer than the register is untouched, and the record is
+/// journaled for the disk.
+#[test]
+fn collected_registers_learned_from_a_peer_answer_what_they_beat() {
+    let t = ReplicaTable::new();
+    let (me, a, c) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "c"));
+    let none = SeqRanges::new();
+    let collector = MemoryStore::new();
+    collector.merge(&me, &a, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+    collector.merge(&me, &a, vec![w("j", 20, 2, None)], &none, &mut |_| {});
+    assert_eq!(collector.collect(1_000, &mut |_, _| true), 2);
+    let learner = MemoryStore::journaled();
+    learner.merge(
+        &me,
+        &c,
+        vec![w("j", 10, 1, Some("old"))],
+        &none,
+        &mut |_| {},
+    );
+    learner.merge(
+        &me,
+        &c,
+        vec![w("n", 10, 2, Some("other"))],
+        &none,
+        &mut |_| {},
+    );
+    learner.drain_changes();
+    let mut heard = Vec::new();
+    let stand_ins = learner.learn_collected(&me, collector.collected_records(), &mut |s| {
+        heard.push((s.key.to_string(), s.value.is_some()))
+    });
+    assert_eq!(
+        stand_ins, 1,
+        "the value of j it held lost to the collected tombstone"
+    );
+    assert_eq!(heard, vec![("j".to_string(), false)]);
+    assert_eq!(get(&learner, "j"), None);
+    assert_eq!(get(&learner, "n").as_deref(), Some("other"));
+    let changes = learner.drain_changes().expect("journaled");
+    assert_eq!(changes.collected.len(), 2, "both records are persisted");
+    let old = learner.merge(
+        &me,
+        &c,
+        vec![w("k", 15, 3, Some("older"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(old.stand_ins, 1, "an older write of k meets a stand-in");
+    assert_eq!(get(&learner, "k"), None, "the collected delete was revived");
+    let newer = learner.merge(
+        &me,
+        &c,
+        vec![w("k", 25, 4, Some("newer"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(newer.stand_ins, 0);
+    assert_eq!(get(&learner, "k").as_deref(), Some("newer"));
+}
+
+#[test]
+fn forgotten_collected_registers_still_guard_keys_without_a_register() {
+    let t = ReplicaTable::new();
+    let (me, a, c) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "c"));
+    let s = MemoryStore::journaled();
+    let none = SeqRanges::new();
+    s.merge(&me, &a, vec![w("k", 20, 1, None)], &none, &mut |_| {});
+    s.merge(
+        &me,
+        &a,
+        vec![w("kept", 5, 2, Some("x"))],
+        &none,
+        &mut |_| {},
+    );
+    assert_eq!(s.collect(1_000, &mut |_, _| true), 1);
+    let first = s.drain_changes().expect("journaled");
+    assert_eq!(
+        first.collected,
+        vec![(
+            key_fingerprint("k"),
+            Some(CollectedRecord {
+                fingerprint: key_fingerprint("k"),
+                hlc: Hlc(20),
+                origin: Some(a.clone()),
+                at_ms: 1_000
+            })
+        )]
+    );
+    s.forget_collected(1_000);
+    assert_eq!(
+        s.collected_remembered(),
+        1,
+        "stamped at 1 000: not before it"
+    );
+    s.forget_collected(1_001);
+    assert_eq!(s.collected_remembered(), 0);
+    let forgotten = s.drain_changes().expect("journaled");
+    assert_eq!(forgotten.collected, vec![(key_fingerprint("k"), None)]);
+    assert_eq!(forgotten.collected_beyond, Some(Hlc(20)));
+
+    // Restored from what was persisted, the store answers the same way.
+    let restored = MemoryStore::restore(
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Hlc(20),
+        false,
+    );
+    for s in [&s, &restored] {
+        // Without a record, any key with no register is guarded up to the forgotten time...
+        let merged = s.merge(
+            &me,
+            &c,
+            vec![w("other", 15, 1, Some("old"))],
+            &none,
+            &mut |_| {},
+        );
+        assert_eq!(merged.stand_ins, 1);
+        assert_eq!(
+            regs(s, "other"),
+            vec![("me".into(), 15, None)],
+            "just above the old write (c's at 15; me > c)"
+        );
+        // ... a key holding an older register is not, and a newer write never is.
+        s.merge(
+            &me,
+            &c,
+            vec![w("kept", 10, 2, Some("y")), w("k", 25, 3, Some("z"))],
+            &none,
+            &mut |_| {},
+        );
+    }
+    assert_eq!(get(&s, "kept").as_deref(), Some("y"));
+    assert_eq!(get(&s, "k").as_deref(), Some("z"));
+    assert_eq!(get(&restored, "k").as_deref(), Some("z"));
+}
+
+/// A store's registers and contexts, for equality checks.
+type Dump = (
+    Vec<(String, Option<Vec<u8>>, u64)>,
+    Vec<(String, SeqRanges)>,
+);
+
+fn dump(s: &MemoryStore) -> Dump {
+    let state = s.state.read();
+    let mut entries: Vec<_> = state
+        .entries
+        .iter()
+        .map(|(k, e)| (k.to_string(), e.value.as_ref().map(|v| v.to_vec()), e.hlc.0))
+        .collect();
+    entries.sort();
+    let mut ctx: Vec<_> = state
+        .origins
+        .iter()
+        .filter(|(_, o)| !o.context.is_empty())
+        .map(|(o, st)| (o.id().to_string(), st.context.clone()))
+        .collect();
+    ctx.sort_by(|a, b| a.0.cmp(&b.0));
+    (entries, ctx)
+}
+
+/// Generated history: writes by three origins to a handful of keys, with unique dots.
+fn history() -> impl Strategy<Value = Vec<(usize, Write)>> {
+    proptest::collection::vec(
+        (
+            0usize..3,
+            0usize..4,
+            0u64..20,
+            proptest::option::of("[a-c]{1,2}"),
+        ),
+        1..40,
+    )
+    .prop_map(|raw| {
+        // Like a real origin: seqs count up and each write's hlc is above the last one's.
+        // Different origins may still tie on hlc, which exercises the origin tie-break.
+        let mut seqs = [0u64; 3];
+        let mut clocks = [0u64; 3];
+        raw.into_iter()
+            .map(|(o, k, step, v)| {
+                seqs[o] += 1;
+                clocks[o] += 1 + step % 4;
+                (o, w(&format!("k{k}"), clocks[o], seqs[o], v.as_deref()))
+            })
+            .collect()
+    })
+}
+
+fn apply_all(t: &ReplicaTable, ops: &[(usize, Write)]) -> MemoryStore {
+    let s = MemoryStore::new();
+    let me = origin(t, "me");
+    for (o, write) in ops {
+        let origin = origin(t, ["a", "b", "c"][*o]);
+        s.merge(
+            &me,
+            &origin,
+            vec![write.clone()],
+            &SeqRanges::new(),
+            &mut |_| {},
+        );
+    }
+    s
+}
+
+proptest! {
+    #[test]
+    fn collected_key_guards_converge_and_keep_the_whole_order(
+        writes in proptest::collection::vec((0usize..2, 0usize..3, 1u64..8, any::<bool>()), 1..12),
+        away in proptest::collection::vec((0usize..3, 0u64..4), 1..8),
+        names in (0usize..4, 0usize..4, 0usize..3),
+        seed in any::<u64>(),
+    ) {
+        guards_run(writes, away, names, seed)?;
+    }
+
+    #[test]
+    fn merge_order_and_duplicates_do_not_matter(h in history(), seed in any::<u64>()) {
+        let t = ReplicaTable::new();
+        let reference = apply_all(&t, &h);
+        // Another replica receives the same writes shuffled, with some delivered twice.
+        let mut shuffled = h.clone();
+        let mut rng = seed;
+        for i in (1..shuffled.len()).rev() {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (rng >> 33) as usize % (i + 1));
+        }
+        let dups: Vec<_> = shuffled.iter().step_by(3).cloned().collect();
+        shuffled.extend(dups);
+        prop_assert_eq!(dump(&reference), dump(&apply_all(&t, &shuffled)));
+    }
+
+    #[test]
+    fn merging_replicas_is_commutative_associative_and_idempotent(
+        x in history(), y in history(), z in history()
+    ) {
+        let t = ReplicaTable::new();
+        // Three replicas that saw different writes. Their dots are kept apart by a seq offset and
+        // their hlcs interleaved, so one origin never stamps two writes alike.
+        let shift = |h: Vec<(usize, Write)>, part: u64| -> Vec<(usize, Write)> {
+            h.into_iter().map(|(o, mut w)| {
+                w.seq += part * 1000;
+                w.hlc = Hlc(w.hlc.0 * 3 + part);
+                (o, w)
+            }).collect()
+        };
+        let (x, y, z) = (shift(x, 0), shift(y, 1), shift(z, 2));
+        let replica = |parts: &[&Vec<(usize, Write)>]| {
+            let all: Vec<_> = parts.iter().flat_map(|p| p.iter().cloned()).collect();
+            apply_all(&t, &all)
+        };
+        let merged = |a: &MemoryStore, b: &MemoryStore| {
+            let out = MemoryStore::new();
+            absorb(&out, a);
+            absorb(&out, b);
+            out
+        };
+        let (a, b, c) = (replica(&[&x]), replica(&[&y]), replica(&[&z]));
+        prop_assert_eq!(dump(&merged(&a, &b)), dump(&merged(&b, &a)));
+        prop_assert_eq!(dump(&merged(&merged(&a, &b), &c)), dump(&merged(&a, &merged(&b, &c))));
+        prop_assert_eq!(dump(&merged(&a, &a)), dump(&a));
+        // Merging state gives what applying every write would have given.
+        prop_assert_eq!(dump(&merged(&merged(&a, &b), &c)), dump(&replica(&[&x, &y, &z])));
+    }
+}
+
+/// Two replicas that collected every register of members `a` and `b` receive, in different orders,
+/// the writes of `c`, a replica that was away (its id ranked below, between or above theirs), stamped mostly like theirs (equal timestamps across
+/// origins), then exchange what they wrote meanwhile (stand-ins). Whatever the ranks of the ids:
+/// they converge; a key whose collected tombstone beats every write of `c` stays deleted; and a
+/// key's newest write wins when it is newer than the collected register by more than the one tick
+/// a stand-in may have to take above an old write (see `CollectedKeys`).
+fn guards_run(
+    writes: Vec<(usize, usize, u64, bool)>,
+    away: Vec<(usize, u64)>,
+    names: (usize, usize, usize),
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let ids = ["0", "ab", "bb", "z"];
+    let t = ReplicaTable::new();
+    let (a, b) = (origin(&t, "a"), origin(&t, "b"));
+    let c = origin(&t, ["00", "aa", "c"][names.2]);
+    let (m1, m2) = (
+        origin(&t, ids[names.0]),
+        origin(&t, ids[(names.0 + 1 + names.1 % 3) % 4]),
+    );
+    let none = SeqRanges::new();
+    let (r1, r2) = (MemoryStore::new(), MemoryStore::new());
+    // The members' writes: an origin never stamps two alike (its clock ticks); two origins often do.
+    let mut all: Vec<(Origin, Write)> = Vec::new();
+    let mut seqs = [0u64; 2];
+    for (o, k, hlc, value) in writes {
+        seqs[o] += 1;
+        let origin = [&a, &b][o].clone();
+        if all.iter().any(|(x, w)| *x == origin && w.hlc.0 == hlc) {
+            continue;
+        }
+        let v = value.then_some("v");
+        all.push((origin, w(&format!("k{k}"), hlc, seqs[o], v)));
+    }
+    for (o, write) in &all {
+        for r in [&r1, &r2] {
+            let me = if std::ptr::eq(r, &r1) { &m1 } else { &m2 };
+            r.merge(me, o, vec![write.clone()], &none, &mut |_| {});
+        }
+    }
+    r1.collect(1_000, &mut |_, _| true);
+    r2.collect(1_000, &mut |_, _| true);
+    // c's writes, alternately values and deletes, with rising hlcs.
+    let mut mine: Vec<Write> = Vec::new();
+    let mut hlc = 0;
+    for (i, (k, step)) in away.into_iter().enumerate() {
+        hlc += 1 + step;
+        let v = (i % 3 != 2).then_some("c");
+        mine.push(w(&format!("k{k}"), hlc, i as u64 + 1, v));
+    }
+    let mut shuffled = mine.clone();
+    let mut rng = seed | 1;
+    for i in (1..shuffled.len()).rev() {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        shuffled.swap(i, (rng >> 33) as usize % (i + 1));
+    }
+    for write in &mine {
+        r1.merge(&m1, &c, vec![write.clone()], &none, &mut |_| {});
+    }
+    for write in &shuffled {
+        r2.merge(&m2, &c, vec![write.clone()], &none, &mut |_| {});
+    }
+    // Each sends the other its own writes (the stand-ins), superseders first.
+    for (from, to, from_me, to_me) in [(&r1, &r2, &m1, &m2), (&r2, &r1, &m2, &m1)] {
+        let ctx = from.context_of(from_me);
+        if ctx.is_empty() {
+            continue;
+        }
+        let chunk = from.chunk(from_me, 1, ctx.max(), ChunkLimits::UNLIMITED);
+        for (o, write) in chunk.superseders {
+            let dot = SeqRanges::from_ranges([(write.seq, write.seq)]);
+            to.merge(to_me, &o, vec![write], &dot, &mut |_| {});
+        }
+        to.merge(to_me, from_me, chunk.writes, &chunk.covered, &mut |_| {});
+    }
+    for k in 0..3 {
+        let key = format!("k{k}");
+        let (v1, v2) = (get(&r1, &key), get(&r2, &key));
+        prop_assert_eq!(&v1, &v2, "{} differs", key);
+        let newest = |ws: &mut dyn Iterator<Item = (&Origin, &Write)>| {
+            ws.filter(|(_, w)| *w.key == *key)
+                .max_by(|x, y| (x.1.hlc, x.0).cmp(&(y.1.hlc, y.0)))
+                .map(|(o, w)| (o.clone(), w.clone()))
+        };
+        let members = newest(&mut all.iter().map(|(o, w)| (o, w)));
+        let returned = newest(&mut mine.iter().map(|w| (&c, w)));
+        match (members, returned) {
+            (Some((mo, mw)), Some((_, cw))) if mw.value.is_none() => {
+                if !beats(cw.hlc, &c, mw.hlc, &mo) {
+                    prop_assert_eq!(v1, None, "{}: deleted and collected, revived", key);
+                } else if cw.hlc.0 > mw.hlc.0 + 1 {
+                    let want = cw.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                    prop_assert_eq!(v1, want, "{}: the newest write lost", key);
+                }
+            }
+            (Some((mo, mw)), Some((_, cw))) => {
+                let newest = if beats(cw.hlc, &c, mw.hlc, &mo) {
+                    cw
+                } else {
+                    mw
+                };
+                let want = newest.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                prop_assert_eq!(v1, want, "{}: last writer", key);
+            }
+            (None, Some((_, cw))) => {
+                let want = cw.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                prop_assert_eq!(v1, want, "{}: only c wrote it", key);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Merges everything `from` holds into `into`, as a full catch-up between two replicas would.
+fn absorb(into: &MemoryStore, from: &MemoryStore) {
+    let me = ReplicaTable::new().intern(&ReplicaId {
+        node: "me".into(),
+        incarnation: 1,
+    });
+    for (origin, ctx) in from.context() {
+        let c = from.chunk(&origin, 1, ctx.max(), ChunkLimits::UNLIMITED);
+        for (o, w) in c.superseders {
+            let seq = w.seq;
+            into.merge(
+                &me,
+                &o,
+                vec![w],
+                &SeqRanges::from_ranges([(seq, seq)]),
+                &mut |_| {},
+            );
+        }
+        into.merge(&me, &origin, c.writes, &c.covered, &mut |_| {});
+    }
+}

@@ -1,0 +1,99 @@
+//! What an incoming frame must satisfy before anything of it is applied: sane bucket names, keys and
+//! values, seqs inside what the frame covers, and no claim about this replica's own writes beyond the
+//! last seq it issued (a member cannot make a replica skip its own future).
+
+use super::Local;
+use crate::error::LinkError;
+use crate::ranges::SeqRanges;
+use crate::replica::ReplicaId;
+use crate::store::Write;
+use crate::value;
+use crate::wire::{self, WireContext, MAX_BUCKET_NAME, MAX_KEY};
+
+pub(super) fn check_bucket_name(name: &str) -> Result<(), LinkError> {
+    if name.is_empty() || name.len() > MAX_BUCKET_NAME {
+        return Err(LinkError::Protocol(format!(
+            "bucket name of {} bytes",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+/// This replica's last seq in `bucket` (0 if it holds no such bucket).
+pub(super) fn own_last_seq(local: &Local, bucket: &str) -> u64 {
+    local
+        .existing_bucket(bucket)
+        .map_or(0, |b| b.store().context_of(&local.me).max())
+}
+
+/// Refuses a claim on this replica's own writes past its last seq: nobody can hold a write it never
+/// made, and taking the claim would hide its next writes from the claimant, or exhaust its sequence.
+pub(super) fn check_own_claim(
+    local: &Local,
+    bucket: &str,
+    rid: &ReplicaId,
+    max: u64,
+) -> Result<(), LinkError> {
+    if *rid != *local.me.id() {
+        return Ok(());
+    }
+    let own = own_last_seq(local, bucket);
+    if max > own {
+        return Err(LinkError::Protocol(format!(
+            "a claim on this peer's own seq {max} in bucket {bucket}, past its last write {own}"
+        )));
+    }
+    Ok(())
+}
+
+/// `check_own_claim` for every origin of a context or horizon.
+pub(super) fn check_own_claims(
+    local: &Local,
+    bucket: &str,
+    ctx: &WireContext,
+) -> Result<(), LinkError> {
+    for (rid, ranges) in ctx {
+        check_own_claim(local, bucket, rid, ranges.max())?;
+    }
+    Ok(())
+}
+
+/// `check_own_claim` for writes of `origin`.
+pub(super) fn check_own_writes(
+    local: &Local,
+    bucket: &str,
+    origin: &ReplicaId,
+    writes: &[Write],
+) -> Result<(), LinkError> {
+    let max = writes.iter().map(|w| w.seq).max().unwrap_or(0);
+    check_own_claim(local, bucket, origin, max)
+}
+
+/// Checks writes from the wire: sane keys and values, and (for pushed batches) seqs inside `covered`.
+pub(super) fn check_writes(
+    writes: &[crate::store::Write],
+    covered: Option<&SeqRanges>,
+) -> Result<(), LinkError> {
+    for w in writes {
+        if w.key.is_empty() || w.key.len() > MAX_KEY {
+            return Err(LinkError::Protocol(format!("key of {} bytes", w.key.len())));
+        }
+        if w.seq == 0 || covered.is_some_and(|c| !c.contains(w.seq)) {
+            return Err(LinkError::Protocol(format!(
+                "write seq {} outside the batch's coverage",
+                w.seq
+            )));
+        }
+        if w.value.as_deref().is_some_and(|v| !value::is_valid(v)) {
+            return Err(LinkError::Protocol("malformed value".into()));
+        }
+        if w.value
+            .as_ref()
+            .is_some_and(|v| v.len() > wire::MAX_VALUE + 1)
+        {
+            return Err(LinkError::Protocol("value over the maximum size".into()));
+        }
+    }
+    Ok(())
+}
