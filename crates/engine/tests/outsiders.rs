@@ -255,6 +255,11 @@ async fn an_open_node_refuses_a_first_frame_past_the_hello_cap_from_its_prefix()
     bytes.extend_from_slice(&[0; 64 * 1024]);
     let closed = closed_after(&node, &bytes, Duration::from_secs(2)).await;
     assert!(closed.is_some(), "a 2 MiB first frame was waited for");
+    // The refusal is counted as the connection task ends, which may be just after the close is seen.
+    eventually("the refusal counted", Duration::from_secs(2), || {
+        node.stats().handshakes_rejected >= 1
+    })
+    .await;
     assert_eq!(node.stats().handshakes_rejected, 1);
     node.close(Duration::from_secs(1)).await;
 }
