@@ -150,13 +150,7 @@ impl Store for MemoryStore {
             None => Arc::from(key),
         };
         let hlc = clock.tick();
-        let seq = state
-            .origins
-            .get(me)
-            .map_or(0, |o| o.context.max())
-            .checked_add(1)
-            .expect("sequence numbers exhausted");
-        state.see(me, seq);
+        let seq = state.next_own_seq(me);
         // A time to live counts from the store's now, not the stamp alone: after the wall clock
         // stepped back the stamp may be older than what was swept, and the value would be stored dead.
         let expires_ms = match (lifetime, &value) {
@@ -183,13 +177,7 @@ impl Store for MemoryStore {
         let now = state.now(clock.now().physical_ms());
         state.entries.get(&key)?.live_value(now)?;
         let hlc = clock.tick();
-        let seq = state
-            .origins
-            .get(me)
-            .map_or(0, |o| o.context.max())
-            .checked_add(1)
-            .expect("sequence numbers exhausted");
-        state.see(me, seq);
+        let seq = state.next_own_seq(me);
         let mut write = Write {
             key,
             hlc,

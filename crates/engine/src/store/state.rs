@@ -66,6 +66,18 @@ impl State {
         }
     }
 
+    /// Takes the next seq of this replica's own origin `me` into its context and returns it.
+    pub(super) fn next_own_seq(&mut self, me: &Origin) -> u64 {
+        let seq = self
+            .origins
+            .get(me)
+            .map_or(0, |o| o.context.max())
+            .checked_add(1)
+            .expect("sequence numbers exhausted");
+        self.see(me, seq);
+        seq
+    }
+
     /// Adds `seq` to `origin`'s context.
     pub(super) fn see(&mut self, origin: &Origin, seq: u64) {
         self.origin_mut(origin).context.insert(seq);

@@ -643,76 +643,56 @@ impl Session {
         query: &SeqRanges,
     ) {
         let o = local.replicas.intern(&origin);
-        let Some(b) = local.existing_bucket(&bucket) else {
-            // Nothing of it here: nothing seen, nothing held.
-            let reply = Message::HeldReply {
-                bucket,
-                origin,
-                covered: SeqRanges::new(),
-                held: SeqRanges::new(),
-                superseders: Vec::new(),
-                last: true,
-            };
-            self.answer(reply, 64);
-            return;
-        };
-        let store = b.store();
-        let covered = query.intersect(&store.context_of(&o));
-        let held = store.stored_dots(&o, &covered);
-        let part = |lo: u64, hi: u64, superseders, last| Message::HeldReply {
-            bucket: bucket.clone(),
-            origin: origin.clone(),
-            covered: covered.clamp(lo, hi),
-            held: held.clamp(lo, hi),
-            superseders,
-            last,
-        };
+        let b = local.existing_bucket(&bucket);
+        // Without the bucket here: nothing seen, nothing held, one empty part.
+        let (covered, held) = b.as_ref().map_or_else(Default::default, |b| {
+            let covered = query.intersect(&b.store().context_of(&o));
+            let held = b.store().stored_dots(&o, &covered);
+            (covered, held)
+        });
+        // Parts as (first seq, last seq, superseders, their bytes).
         let mut parts = Vec::new();
-        let mut from = 1;
-        let mut superseders = Vec::new();
-        let mut bytes = 0;
-        for &(start, end) in covered.difference(&held).ranges() {
-            let mut at = start;
-            while at <= end {
-                let chunk = store.chunk(&o, at, end, CHUNK_LIMITS);
-                let Some(&(_, hi)) = chunk.covered.ranges().last() else {
-                    break;
-                };
-                for (so, w) in chunk.superseders {
-                    bytes += w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40;
-                    superseders.push((so.id().clone(), w));
-                }
-                if superseders.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES {
-                    parts.push(part(from, hi, std::mem::take(&mut superseders), false));
-                    bytes = 0;
-                    from = hi.saturating_add(1);
-                }
-                match hi.checked_add(1) {
-                    Some(next) => at = next,
-                    None => break,
+        let (mut from, mut superseders, mut bytes) = (1, Vec::new(), 0);
+        if let Some(b) = &b {
+            let store = b.store();
+            for &(start, end) in covered.difference(&held).ranges() {
+                let mut at = start;
+                while at <= end {
+                    let chunk = store.chunk(&o, at, end, CHUNK_LIMITS);
+                    let Some(&(_, hi)) = chunk.covered.ranges().last() else {
+                        break;
+                    };
+                    for (so, w) in chunk.superseders {
+                        bytes += w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40;
+                        superseders.push((so.id().clone(), w));
+                    }
+                    if superseders.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES {
+                        parts.push((from, hi, std::mem::take(&mut superseders), bytes));
+                        bytes = 0;
+                        from = hi.saturating_add(1);
+                    }
+                    match hi.checked_add(1) {
+                        Some(next) => at = next,
+                        None => break,
+                    }
                 }
             }
         }
-        parts.push(part(from, u64::MAX, superseders, true));
-        for p in parts {
-            let bytes = match &p {
-                Message::HeldReply {
-                    covered,
-                    held,
-                    superseders,
-                    ..
-                } => {
-                    64 + 20 * (covered.ranges().len() + held.ranges().len())
-                        + superseders
-                            .iter()
-                            .map(|(_, w)| {
-                                w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40
-                            })
-                            .sum::<usize>()
-                }
-                _ => 0,
+        parts.push((from, u64::MAX, superseders, bytes));
+        let count = parts.len();
+        for (i, (lo, hi, superseders, bytes)) in parts.into_iter().enumerate() {
+            let covered = covered.clamp(lo, hi);
+            let held = held.clamp(lo, hi);
+            let bytes = 64 + 20 * (covered.ranges().len() + held.ranges().len()) + bytes;
+            let reply = Message::HeldReply {
+                bucket: bucket.clone(),
+                origin: origin.clone(),
+                covered,
+                held,
+                superseders,
+                last: i + 1 == count,
             };
-            self.answer(p, bytes);
+            self.answer(reply, bytes);
         }
     }
 
