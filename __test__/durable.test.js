@@ -107,7 +107,9 @@ test('a restart after missing 1,000 writes out of 100,000 receives a small fract
   const again = new Peer({ id: 'disk', dataDir: dir, durability: 'relaxed', peers: [other.address] })
   peers.push(again)
   await again.ready()
-  expect(again.bucket('durable').size).toBe(99_000)
+  // Loaded from disk: at least the 99,000 it held (the 1,000 it missed may already have arrived; that
+  // they came alone is what the byte count below proves).
+  expect(again.bucket('durable').size).toBeGreaterThanOrEqual(99_000)
   await until(() => again.bucket('durable').size === 100_000)
   const catchUp = again.stats().bytesReceived
   console.log(`durable: catch-up received ${catchUp} bytes after missing 1,000 writes; the first sync took ${fullResyncBytes} bytes (${((100 * catchUp) / fullResyncBytes).toFixed(2)}%)`)
