@@ -21,10 +21,20 @@ function isConnected(peer, otherId) {
 
 /** Waits until every peer in `peers` sees every other one as connected. */
 async function waitConnected(peers, timeout = 5000) {
-  await waitFor(
-    () => peers.every((p) => peers.every((q) => p === q || isConnected(p, q.id))),
-    { timeout, message: `peers ${peers.map((p) => p.id).join(', ')} to connect to each other` },
-  )
+  try {
+    await waitFor(
+      () => peers.every((p) => peers.every((q) => p === q || isConnected(p, q.id))),
+      { timeout, message: `peers ${peers.map((p) => p.id).join(', ')} to connect to each other` },
+    )
+  } catch (e) {
+    // What each one saw, so that a failure says which link is missing and why.
+    const views = peers.map((p) => {
+      const s = p.stats()
+      return `${p.id} at ${p.address}: peers ${JSON.stringify(p.peers())}; warnings ${JSON.stringify(s.warnings)}; handshakesRejected ${s.handshakesRejected}`
+    })
+    e.message += `\n${views.join('\n')}`
+    throw e
+  }
 }
 
 /** Two (or more) peers, each later one seeded with the first, all connected. */
