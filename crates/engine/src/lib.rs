@@ -19,8 +19,11 @@
 //! - `sync`: the replication protocol without I/O: push of own writes, pulls of gaps, digests, acks;
 //! - `acks`: write acknowledgement levels and their timeouts;
 //! - `collect`: when tombstones may be dropped;
+//! - `config`: how a node is started, with its defaults;
+//! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events; its dialers
+//!   open links through the `Dialing` seam, so it imports neither links nor the node;
+//! - `shared`: what every task of a running node shares (configuration, replica, members, links);
 //! - `link`: one connection to one peer: handshake, then the session's frames both ways;
-//! - `membership`: members, one link per pair, dialers with backoff, peer-up/down events;
 //! - `node`: a peer: listener, bucket registry, stats and clean shutdown;
 //! - `warning`: the node-wide warning sink: counted by code, logged and handed to JavaScript;
 //! - `sim` (feature `sim`): the whole-node deterministic simulation and its history checker.
@@ -40,6 +43,7 @@ pub mod acks;
 pub mod bucket;
 pub mod clock;
 pub mod collect;
+pub mod config;
 pub mod connection;
 pub mod disk;
 pub mod error;
@@ -52,6 +56,7 @@ pub mod ranges;
 pub mod replica;
 pub mod secure;
 pub mod seq_index;
+pub mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;

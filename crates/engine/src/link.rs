@@ -9,21 +9,23 @@
 //! it closes that connection, is counted and logged (rate-limited), and touches nothing else. An open
 //! link's hello is at most `MAX_OPEN_HELLO` bytes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rand::rngs::StdRng;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
 use crate::guard::{self, Slot, Unprotected};
-use crate::membership::{Admission, LinkRef};
-use crate::node::{LinkSlot, Shared};
+use crate::membership::{Admission, Dialing, LinkRef, Members};
 use crate::secure::HandshakeError;
+use crate::shared::{resolve, LinkSlot, Shared};
 use crate::sync::{Inbound, LinkSignal, Session, OWED_LIMIT, SEND_BUDGET};
 use crate::transport::{Listener, Stream};
 use crate::warning::{Warning, WarningCode};
@@ -79,7 +81,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: Box<dyn Listener>) {
 
 /// Dials `address` and runs the link until it closes. `Ok` if a link was established.
 pub async fn dial_once(shared: &Arc<Shared>, address: &str) -> Result<(), LinkError> {
-    let target = crate::node::resolve(address)
+    let target = resolve(address)
         .await
         .map_err(|e| LinkError::Protocol(e.to_string()))?;
     let timeout = shared.config.handshake_timeout;
@@ -87,6 +89,40 @@ pub async fn dial_once(shared: &Arc<Shared>, address: &str) -> Result<(), LinkEr
         .await
         .map_err(|_| LinkError::Silent(timeout))??;
     run(shared, stream, target, Some(address), None).await
+}
+
+/// Membership's dialers open links here.
+impl Dialing for Shared {
+    fn members(&self) -> &Members {
+        &self.members
+    }
+
+    fn backoff(&self) -> (Duration, Duration) {
+        (self.config.backoff_min, self.config.backoff_max)
+    }
+
+    fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    fn rng(&self) -> &Mutex<StdRng> {
+        &self.rng
+    }
+
+    fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        Shared::spawn(self, task)
+    }
+
+    fn dial_once(
+        node: &Arc<Self>,
+        address: &str,
+    ) -> impl Future<Output = Result<(), LinkError>> + Send {
+        dial_once(node, address)
+    }
 }
 
 fn hello(shared: &Shared) -> Message {

@@ -20,17 +20,19 @@
 //! says goodbye (a clean close) stops counting at once. Every member that was connected within the last
 //! member timeout is in it, so it is never less than the largest connected set seen in that time.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::error::LinkError;
 use crate::hash::{HashMap, HashSet};
-use crate::node::Shared;
 use crate::replica::ReplicaId;
 use crate::wire::{MemberInfo, Message};
 
@@ -480,6 +482,27 @@ impl Members {
     }
 }
 
+/// The node as membership's dialers see it. Membership sits below links and the node: its dialers
+/// open links through this seam, implemented where links live, so it imports neither.
+pub trait Dialing: Send + Sync + 'static {
+    fn members(&self) -> &Members;
+    /// The redial backoff: first delay and cap.
+    fn backoff(&self) -> (Duration, Duration);
+    /// The address hellos tell other peers to dial.
+    fn advertised(&self) -> SocketAddr;
+    /// The node's random choices (redial jitter).
+    fn rng(&self) -> &Mutex<StdRng>;
+    /// Turns true when the node shuts down.
+    fn shutdown(&self) -> watch::Receiver<bool>;
+    /// Runs `task` until it ends or the node does.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static);
+    /// Dials `address` and runs the link until it closes: `Ok` if a link was established.
+    fn dial_once(
+        node: &Arc<Self>,
+        address: &str,
+    ) -> impl Future<Output = Result<(), LinkError>> + Send;
+}
+
 /// Longest wait between dials of a learned address that never answered: gossip may list any
 /// address, and this node must not become a scanner of them.
 pub const UNANSWERED_BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -491,80 +514,74 @@ const UNANSWERED_KEPT: usize = 4096;
 /// learned member's dialer stops when no member is listed at its address any more (it left, or was
 /// forgotten past the member timeout), and an address where no node ever answered is dialed with
 /// backoff growing to `UNANSWERED_BACKOFF_MAX`.
-pub fn dial(shared: &Arc<Shared>, address: String, seed: bool) {
-    if !shared.members.start_dialing(&address) {
+pub fn dial<N: Dialing>(node: &Arc<N>, address: String, seed: bool) {
+    if !node.members().start_dialing(&address) {
         return;
     }
-    let s = shared.clone();
-    shared.spawn(async move {
-        let mut shutdown = s.shutdown.clone();
-        let mut delay = s.config.backoff_min;
+    let s = node.clone();
+    node.spawn(async move {
+        let mut shutdown = s.shutdown();
+        let (backoff_min, backoff_max) = s.backoff();
+        let mut delay = backoff_min;
         if !seed {
-            if let Some(left_off) = s.members.unanswered_delay(&address) {
+            if let Some(left_off) = s.members().unanswered_delay(&address) {
                 // Learned again after it was forgotten: the backoff goes on where it stopped.
                 delay = left_off;
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {}
-                    _ = tokio::time::sleep(jitter(&s, delay)) => {}
+                    _ = tokio::time::sleep(jitter(&*s, delay)) => {}
                 }
             }
         }
         loop {
-            if s.is_shutting_down() {
+            if *shutdown.borrow() {
                 break;
             }
-            let known_node = s.members.node_at(&address);
+            let known_node = s.members().node_at(&address);
             let listed = match &known_node {
-                Some(node) => s.members.is_member(node),
-                None => s.members.is_listed(&address),
+                Some(node) => s.members().is_member(node),
+                None => s.members().is_listed(&address),
             };
             if !seed && !listed {
                 break; // it left, or was forgotten
             }
             let linked = known_node
                 .as_deref()
-                .is_some_and(|n| s.members.is_linked(n));
+                .is_some_and(|n| s.members().is_linked(n));
             if !linked {
-                match crate::link::dial_once(&s, &address).await {
-                    Ok(()) => delay = s.config.backoff_min,
+                match N::dial_once(&s, &address).await {
+                    Ok(()) => delay = backoff_min,
                     Err(LinkError::SelfDial) => {
-                        s.members.mark_self(&address);
+                        s.members().mark_self(&address);
                         break;
                     }
                     Err(e) => {
                         tracing::debug!(%address, error = %e, "dial failed");
-                        let answered = seed || s.members.node_at(&address).is_some();
+                        let answered = seed || s.members().node_at(&address).is_some();
                         let cap = if answered {
-                            s.config.backoff_max
+                            backoff_max
                         } else {
-                            UNANSWERED_BACKOFF_MAX.max(s.config.backoff_max)
+                            UNANSWERED_BACKOFF_MAX.max(backoff_max)
                         };
                         delay = (delay * 2).min(cap);
                         if !answered {
-                            s.members.note_unanswered(&address, Some(delay));
+                            s.members().note_unanswered(&address, Some(delay));
                         }
                     }
                 }
-                if delay == s.config.backoff_min {
-                    s.members.note_unanswered(&address, None);
+                if delay == backoff_min {
+                    s.members().note_unanswered(&address, None);
                 }
             }
-            let jittered = jitter(
-                &s,
-                if linked {
-                    s.config.backoff_min * 2
-                } else {
-                    delay
-                },
-            );
+            let jittered = jitter(&*s, if linked { backoff_min * 2 } else { delay });
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 _ = tokio::time::sleep(jittered) => {}
             }
         }
-        s.members.stop_dialing(&address);
+        s.members().stop_dialing(&address);
     });
 }
 
@@ -574,23 +591,23 @@ const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// A member list put this node's id at `address`: dials it once, unless it is known to be this node or
 /// was probed lately. A namesake there is reported by the link's handshake (both ends); this very node
 /// under another address is remembered as such; nobody there (this node's earlier address) is nothing.
-pub fn probe_namesake(shared: &Arc<Shared>, address: &str) {
-    if address == shared.advertised.to_string() || !shared.members.probe_due(address) {
+pub fn probe_namesake<N: Dialing>(node: &Arc<N>, address: &str) {
+    if address == node.advertised().to_string() || !node.members().probe_due(address) {
         return;
     }
-    let s = shared.clone();
+    let s = node.clone();
     let address = address.to_string();
-    shared.spawn(async move {
-        match crate::link::dial_once(&s, &address).await {
-            Err(LinkError::SelfDial) => s.members.mark_self(&address),
+    node.spawn(async move {
+        match N::dial_once(&s, &address).await {
+            Err(LinkError::SelfDial) => s.members().mark_self(&address),
             other => tracing::debug!(%address, result = ?other, "probed an address listed with this node's id"),
         }
     });
 }
 
 /// A delay between 50 % and 100 % of `d`, so peers that lost each other do not redial in lockstep.
-fn jitter(shared: &Shared, d: Duration) -> Duration {
-    let f = shared.rng.lock().gen_range(0.5..=1.0);
+fn jitter(node: &impl Dialing, d: Duration) -> Duration {
+    let f = node.rng().lock().gen_range(0.5..=1.0);
     d.mul_f64(f)
 }
 

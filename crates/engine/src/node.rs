@@ -17,7 +17,6 @@ use crate::acks::{AckLevel, AckOutcome, Registered};
 use crate::bucket::{Bucket, WriteSignal};
 use crate::clock::Clock;
 use crate::collect::Collector;
-use crate::disk::fs::{FileSystem, RealFs};
 use crate::disk::{Disk, Durability, Flusher};
 use crate::error::Error;
 use crate::guard::Guard;
@@ -25,111 +24,13 @@ use crate::link;
 use crate::membership::{Members, PeerEvent, PeerInfo};
 use crate::replica::Origin;
 use crate::secure::Security;
+use crate::shared::{resolve, LinkSlot, Shared};
 use crate::store::{Lifetime, Write};
-use crate::sync::{Fetches, LinkSignal, Local, PullPlanner, Session};
-use crate::transport::{Tcp, Transport};
+use crate::sync::{Fetches, Local, PullPlanner, Session};
 use crate::warning::{Warning, WarningCode, Warnings};
 use crate::wire::Message;
 
-/// How a node is started.
-#[derive(Clone)]
-pub struct Config {
-    /// Node id; random when `None`.
-    pub id: Option<String>,
-    /// `host:port` to listen on (port 0 for an ephemeral one).
-    pub listen: String,
-    /// Addresses to dial first; the rest of the network is learned from them.
-    pub seeds: Vec<String>,
-    /// `ip:port` other peers are told to dial (in hellos, hence in every member list) instead of the
-    /// bound address: for a peer behind NAT or a port forward, or a proxy in front of it (the chaos
-    /// harness routes every link through its fault-injecting proxies this way). `None`: the bound one.
-    pub advertise: Option<String>,
-    /// The clock to stamp writes with (tests inject a manual or skewed one).
-    pub clock: Arc<Clock>,
-    /// How often an idle link sends a ping.
-    pub heartbeat: Duration,
-    /// A link that receives nothing for this long is declared dead.
-    pub dead_after: Duration,
-    /// Reconnect backoff: first delay and cap (jittered).
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// How often each link sends its digests.
-    pub digest_every: Duration,
-    /// How often missing writes of other origins are planned and pulled.
-    pub pull_every: Duration,
-    /// Remote clocks further ahead than this are refused.
-    pub max_clock_skew: Duration,
-    /// Tombstones younger than this are kept; default three times `max_clock_skew`.
-    pub tombstone_min_age: Option<Duration>,
-    /// How long collected registers are remembered by key (see `store::CollectedKeys`); default
-    /// `sync::REMEMBER_COLLECTED_MS`.
-    pub remember_collected: Option<Duration>,
-    /// How often a tombstone collection round runs.
-    pub collect_every: Duration,
-    /// A member unreachable for this long is forgotten (it stops holding up collection); if it comes
-    /// back it resyncs in full.
-    pub member_timeout: Duration,
-    /// Persist everything in this directory (and reload it at start); memory only when `None`.
-    pub data_dir: Option<std::path::PathBuf>,
-    /// With `data_dir`: strict (a write settles once on disk) or relaxed (flushed every `flush_every`).
-    pub durability: Durability,
-    pub flush_every: Duration,
-    /// Where `data_dir` lives: the real disk, or a simulated one (`disk::sim::SimDisk`).
-    pub file_system: Arc<dyn FileSystem>,
-    /// Cluster secrets: none for open, plaintext links; else the first is dialed with and each is
-    /// accepted (two during a rotation). Each at least `secure::MIN_SECRET_LEN` bytes.
-    pub secrets: Vec<Vec<u8>>,
-    /// How long a connection may take from its first byte to both hellos; past it, it is closed.
-    pub handshake_timeout: Duration,
-    /// Accepted connections in the handshake at once; past it a newcomer takes the slot of another
-    /// (`guard`).
-    pub max_handshakes: usize,
-    /// How links listen and dial: real TCP, or simulated TCP in the whole-node simulation.
-    pub transport: Arc<dyn Transport>,
-    /// Seeds the node's random choices (a random id, the incarnation's low bits, redial jitter) so a
-    /// simulation replays; `None` draws them from the operating system.
-    pub seed: Option<u64>,
-    /// Past this many buckets, a bucket a peer names is not created and what it sends for it is
-    /// ignored, with a warning (`sync::Local::remote_bucket`).
-    pub max_buckets: usize,
-    /// Without secrets: the network is trusted, so accept peers from any address. Otherwise a node
-    /// without secrets listening beyond loopback accepts peers from loopback only (`guard::admits`).
-    pub insecure: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            id: None,
-            listen: "127.0.0.1:0".into(),
-            seeds: Vec::new(),
-            advertise: None,
-            clock: Arc::new(Clock::default()),
-            heartbeat: Duration::from_millis(500),
-            dead_after: Duration::from_millis(3_000),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_millis(3_000),
-            digest_every: Duration::from_millis(1_000),
-            pull_every: Duration::from_millis(500),
-            max_clock_skew: Duration::from_secs(60),
-            tombstone_min_age: None,
-            remember_collected: None,
-            collect_every: Duration::from_secs(2),
-            member_timeout: Duration::from_secs(300),
-            data_dir: None,
-            durability: Durability::Strict,
-            flush_every: Duration::from_secs(1),
-            file_system: Arc::new(RealFs),
-            secrets: Vec::new(),
-            handshake_timeout: Duration::from_secs(5),
-            max_handshakes: 64,
-            transport: Arc::new(Tcp),
-            seed: None,
-            insecure: false,
-            max_buckets: crate::sync::DEFAULT_MAX_BUCKETS,
-        }
-    }
-}
+pub use crate::config::Config;
 
 /// A point-in-time view of the counters and sizes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,87 +81,6 @@ pub struct LinkStats {
     pub bytes_received: u64,
 }
 
-/// A live link as the node's periodic tasks see it.
-pub struct LinkSlot {
-    pub id: u64,
-    pub node: Arc<str>,
-    pub address: String,
-    pub session: Arc<Mutex<Session>>,
-    pub signal: Arc<LinkSignal>,
-    pub bytes_sent: Arc<std::sync::atomic::AtomicU64>,
-    pub bytes_received: Arc<std::sync::atomic::AtomicU64>,
-    /// When the peer was last seen fully caught up on our writes.
-    pub caught_up_at: Mutex<Instant>,
-}
-
-/// State shared by every task of a node.
-pub struct Shared {
-    pub config: Config,
-    pub local: Arc<Local>,
-    pub address: SocketAddr,
-    /// What hellos tell other peers to dial: `Config::advertise`, else `address`.
-    pub advertised: SocketAddr,
-    pub members: Members,
-    pub links: Mutex<Vec<Arc<LinkSlot>>>,
-    pub fetches: Fetches,
-    pub security: Security,
-    pub guard: Guard,
-    /// Where every part of the node reports what an operator must hear about.
-    pub warnings: Arc<Warnings>,
-    pub shutdown: watch::Receiver<bool>,
-    /// The node's random choices (see `Config::seed`).
-    pub rng: Mutex<StdRng>,
-    tasks: Mutex<Option<JoinSet<()>>>,
-}
-
-impl Shared {
-    pub fn bucket(&self, name: &str) -> Arc<Bucket> {
-        self.local.bucket(name)
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    /// Spawns a task that ends with the node; tasks spawned after shutdown began are dropped.
-    pub fn spawn<F>(&self, fut: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        if let Some(set) = self.tasks.lock().as_mut() {
-            reap(set);
-            set.spawn(fut);
-        }
-    }
-
-    /// Drops the tasks that finished. A `JoinSet` keeps each finished task until it is joined, so
-    /// without this every connection ever accepted would stay in memory.
-    fn reap_tasks(&self) {
-        if let Some(set) = self.tasks.lock().as_mut() {
-            reap(set);
-        }
-    }
-
-    /// Tasks the node holds, running or finished and not reaped yet: what connections leave behind.
-    pub fn tasks_held(&self) -> usize {
-        self.tasks.lock().as_ref().map_or(0, JoinSet::len)
-    }
-
-    fn link_to(&self, node: &str) -> Option<Arc<LinkSlot>> {
-        self.links.lock().iter().find(|l| &*l.node == node).cloned()
-    }
-}
-
-fn reap(set: &mut JoinSet<()>) {
-    while let Some(done) = set.try_join_next() {
-        if let Err(e) = done {
-            if e.is_panic() {
-                tracing::error!(error = %e, "a task of the node panicked");
-            }
-        }
-    }
-}
-
 /// A running peer.
 pub struct Node {
     shared: Arc<Shared>,
@@ -270,20 +90,6 @@ pub struct Node {
 
 fn random_id(rng: &mut StdRng) -> String {
     format!("peer-{:012x}", rng.gen::<u64>() & 0xffff_ffff_ffff)
-}
-
-/// Parses `host:port` or a bare port (then on 127.0.0.1), resolving names.
-pub async fn resolve(address: &str) -> Result<SocketAddr, Error> {
-    let spec = if address.parse::<u16>().is_ok() {
-        format!("127.0.0.1:{address}")
-    } else {
-        address.to_string()
-    };
-    tokio::net::lookup_host(&spec)
-        .await
-        .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| Error::BadAddress(address.to_string()))
 }
 
 impl Node {

@@ -7,45 +7,20 @@
 //! - replicas that exchanged everything show the same thing for every key;
 //! - a listener hears exactly one `'change'` per change of what a key shows.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use peer_buckets_engine::acks::{AckLevel, Registered};
-use peer_buckets_engine::bucket::Bucket;
-use peer_buckets_engine::clock::{Clock, Hlc, ManualClock, PhysicalClock};
-use peer_buckets_engine::collect::Collector;
-use peer_buckets_engine::error::LinkError;
+use peer_buckets_engine::clock::{Hlc, ManualClock};
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::ranges::SeqRanges;
 use peer_buckets_engine::replica::{Origin, ReplicaId};
 use peer_buckets_engine::store::{Change, Entry, Lifetime, MemoryStore, Write};
-use peer_buckets_engine::sync::{Local, PullPlanner, Session};
-use peer_buckets_engine::value;
-use peer_buckets_engine::wire::{self, Message};
+use peer_buckets_engine::sync::Local;
+use peer_buckets_engine::wire::Message;
 
-const START_MS: u64 = 1_700_000_000_000;
-const BUCKET: &str = "b";
-const SKEW_MS: u64 = 60_000;
-
-fn json(v: &str) -> Box<[u8]> {
-    value::encode_json(&format!("\"{v}\""))
-}
-
-fn new_local(name: &str, incarnation: u64, time: &Arc<ManualClock>, offset_ms: i64) -> Local {
-    let clock = Arc::new(Clock::new(Box::new(time.clone())));
-    clock.set_offset_ms(offset_ms);
-    let mut local = Local::new(name.into(), incarnation, clock, SKEW_MS);
-    local.tombstone_min_age_ms = 1_000;
-    local
-}
-
-/// What `bucket` shows for `key`.
-fn shows(bucket: &Bucket, key: &str) -> Option<Vec<u8>> {
-    let mut out = None;
-    bucket.read(key, &mut |v| out = Some(v.to_vec()));
-    out
-}
+mod common;
+use common::*;
 
 fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>) -> Vec<String> {
     let mut out = Vec::new();
@@ -64,158 +39,6 @@ fn set(key: &str, v: &str) -> String {
     format!("{key} set {}", String::from_utf8_lossy(&json(v)))
 }
 
-/// Replicas by index, linked pairwise by sessions, exchanging real frames in order.
-struct World {
-    time: Arc<ManualClock>,
-    locals: Vec<Local>,
-    planners: Vec<PullPlanner>,
-    collectors: Vec<Collector>,
-    /// (i, j): replica i's session about replica j.
-    sessions: BTreeMap<(usize, usize), Session>,
-}
-
-impl World {
-    fn new(names: &[&str]) -> World {
-        World::skewed(&names.iter().map(|n| (*n, 0)).collect::<Vec<_>>())
-    }
-
-    /// Replicas whose wall clocks are off by the given milliseconds.
-    fn skewed(nodes: &[(&str, i64)]) -> World {
-        let time = Arc::new(ManualClock::new(START_MS));
-        let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
-        World {
-            locals: nodes
-                .iter()
-                .map(|(n, off)| new_local(n, 1, &time, *off))
-                .collect(),
-            planners: names.iter().map(|_| PullPlanner::default()).collect(),
-            collectors: names.iter().map(|_| Collector::default()).collect(),
-            sessions: BTreeMap::new(),
-            time,
-        }
-    }
-
-    fn bucket(&self, i: usize) -> Arc<Bucket> {
-        self.locals[i].bucket(BUCKET)
-    }
-
-    fn link(&mut self, i: usize, j: usize) {
-        let hi = self.locals[i].hello(7000, None, vec![]);
-        let hj = self.locals[j].hello(7000, None, vec![]);
-        let si = Session::new(&self.locals[i], &hj).expect("hello accepted");
-        let sj = Session::new(&self.locals[j], &hi).expect("hello accepted");
-        self.sessions.insert((i, j), si);
-        self.sessions.insert((j, i), sj);
-    }
-
-    fn unlink(&mut self, i: usize, j: usize) {
-        self.sessions.remove(&(i, j));
-        self.sessions.remove(&(j, i));
-    }
-
-    fn isolate(&mut self, i: usize) {
-        self.sessions.retain(|&(a, b), _| a != i && b != i);
-    }
-
-    /// Replica i restarts empty under a new incarnation, linked to nobody.
-    fn restart_empty(&mut self, i: usize, incarnation: u64) {
-        self.isolate(i);
-        let name = self.locals[i].id.to_string();
-        self.locals[i] = new_local(&name, incarnation, &self.time, 0);
-        self.planners[i] = PullPlanner::default();
-        self.collectors[i] = Collector::default();
-    }
-
-    /// The frames replica i's session about j has due.
-    fn frames(&mut self, i: usize, j: usize, digest: bool) -> Vec<Message> {
-        let Some(s) = self.sessions.get_mut(&(i, j)) else {
-            return Vec::new();
-        };
-        let mut buf = Vec::new();
-        while s.fill(&self.locals[i], &mut buf, digest).expect("fill") {}
-        let mut out = Vec::new();
-        let mut at = 0;
-        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("own frames decode") {
-            at += used;
-            out.push(msg);
-        }
-        out
-    }
-
-    fn deliver(&mut self, from: usize, to: usize, msg: Message) {
-        self.try_deliver(from, to, msg).expect("message accepted");
-    }
-
-    fn try_deliver(&mut self, from: usize, to: usize, msg: Message) -> Result<(), LinkError> {
-        if let Some(s) = self.sessions.get_mut(&(to, from)) {
-            s.handle(&self.locals[to], msg)?;
-        }
-        Ok(())
-    }
-
-    fn plan(&mut self, i: usize) {
-        let now = self.time.now_ms();
-        let linked: Vec<Origin> = self
-            .sessions
-            .iter()
-            .filter(|((a, _), _)| *a == i)
-            .map(|(_, s)| s.peer.clone())
-            .collect();
-        let mut sessions: Vec<&mut Session> = self
-            .sessions
-            .iter_mut()
-            .filter(|((a, _), _)| *a == i)
-            .map(|(_, s)| s)
-            .collect();
-        self.planners[i].plan(&self.locals[i], &mut sessions, now, &|o| linked.contains(o));
-    }
-
-    /// Rounds of planning and in-order delivery on every link, with digests, time moving on.
-    fn pump(&mut self) {
-        for _ in 0..12 {
-            self.time.advance(700);
-            for i in 0..self.locals.len() {
-                self.plan(i);
-            }
-            let pairs: Vec<(usize, usize)> = self.sessions.keys().copied().collect();
-            for (i, j) in pairs {
-                for msg in self.frames(i, j, true) {
-                    self.deliver(i, j, msg);
-                }
-            }
-        }
-    }
-
-    /// A collection round at replica i with `members` (the others) as the member set.
-    fn collect(&mut self, i: usize, members: &[usize]) -> usize {
-        let ids: Vec<Arc<str>> = members.iter().map(|&m| self.locals[m].id.clone()).collect();
-        let sessions: Vec<&Session> = self
-            .sessions
-            .iter()
-            .filter(|((a, _), _)| *a == i)
-            .map(|(_, s)| s)
-            .collect();
-        self.collectors[i].round(&self.locals[i], &ids, &sessions)
-    }
-
-    /// Two collection rounds among `members`, with digests between, long after the last write.
-    fn collect_among(&mut self, members: &[usize]) -> usize {
-        self.time.advance(5_000);
-        self.pump();
-        let mut n = 0;
-        for round in 0..2 {
-            for &i in members {
-                let others: Vec<usize> = members.iter().copied().filter(|&m| m != i).collect();
-                n += self.collect(i, &others);
-            }
-            if round == 0 {
-                self.pump();
-            }
-        }
-        n
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // 1. Counters and events.
 
@@ -224,7 +47,7 @@ impl World {
 #[test]
 fn a_local_write_over_an_expired_key_reports_its_expiry_first() {
     let time = Arc::new(ManualClock::new(START_MS));
-    let local = new_local("a", 1, &time, 0);
+    let local = collecting_local("a", 1, &time, 0, SKEW_MS);
     let bucket = local.bucket(BUCKET);
     let mut rx = bucket.subscribe();
     bucket.write("k", Some(json("v1")), Lifetime::Ttl(100));
@@ -247,7 +70,7 @@ fn a_local_write_over_an_expired_key_reports_its_expiry_first() {
 #[test]
 fn a_local_ttl_write_is_readable_after_the_wall_clock_steps_back() {
     let time = Arc::new(ManualClock::new(START_MS));
-    let local = new_local("a", 1, &time, 0);
+    let local = collecting_local("a", 1, &time, 0, SKEW_MS);
     let bucket = local.bucket(BUCKET);
     let mut rx = bucket.subscribe();
     bucket.write("old", Some(json("x")), Lifetime::Ttl(1_000));
@@ -269,7 +92,7 @@ fn a_local_ttl_write_is_readable_after_the_wall_clock_steps_back() {
 #[test]
 fn a_restore_announces_no_expiry_of_a_key_dead_before_the_restart() {
     let time = Arc::new(ManualClock::new(START_MS));
-    let local = new_local("a", 2, &time, 0);
+    let local = collecting_local("a", 2, &time, 0, SKEW_MS);
     let old = local.replicas.intern(&ReplicaId {
         node: "a".into(),
         incarnation: 1,
@@ -305,21 +128,7 @@ fn a_restore_announces_no_expiry_of_a_key_dead_before_the_restart() {
 // 2. Divergence and invariant P.
 
 fn origin(local: &Local, node: &str) -> Origin {
-    local.replicas.intern(&ReplicaId {
-        node: node.into(),
-        incarnation: 1,
-    })
-}
-
-fn write(key: &str, hlc: Hlc, seq: u64, v: Option<&str>) -> Write {
-    Write {
-        key: key.into(),
-        hlc,
-        seq,
-        value: v.map(json),
-        expires_ms: 0,
-        touch: false,
-    }
+    local.replicas.intern(&rid(node))
 }
 
 /// Equal HLCs across origins are ordinary (same millisecond, counter 0): a tombstone that beat a set
@@ -327,7 +136,7 @@ fn write(key: &str, hlc: Hlc, seq: u64, v: Option<&str>) -> Write {
 #[test]
 fn a_collected_tombstone_that_won_by_origin_alone_keeps_its_key_deleted() {
     let time = Arc::new(ManualClock::new(START_MS));
-    let local = new_local("m", 1, &time, 0);
+    let local = collecting_local("m", 1, &time, 0, SKEW_MS);
     let bucket = local.bucket(BUCKET);
     let (y, z) = (origin(&local, "y"), origin(&local, "z"));
     let h = Hlc::from_parts(START_MS - 10_000, 0);
@@ -352,7 +161,7 @@ fn a_collected_tombstone_that_won_by_origin_alone_keeps_its_key_deleted() {
 #[test]
 fn a_stand_in_never_beats_a_write_newer_than_the_collected_register() {
     let time = Arc::new(ManualClock::new(START_MS));
-    let local = new_local("m", 1, &time, 0);
+    let local = collecting_local("m", 1, &time, 0, SKEW_MS);
     let bucket = local.bucket(BUCKET);
     let (a, b, c) = (
         origin(&local, "a"),
@@ -391,7 +200,7 @@ fn a_stand_in_never_beats_a_write_newer_than_the_collected_register() {
 #[test]
 fn a_collected_touch_still_expires_an_older_write_that_comes_back() {
     let time = Arc::new(ManualClock::new(START_MS));
-    let local = new_local("m", 1, &time, 0);
+    let local = collecting_local("m", 1, &time, 0, SKEW_MS);
     let bucket = local.bucket(BUCKET);
     let (a, b, x) = (
         origin(&local, "a"),
@@ -811,14 +620,8 @@ fn a_peer_within_skew_is_not_refused_for_the_clock_of_a_third() {
 
 fn node_config(id: &str, seeds: Vec<String>) -> Config {
     Config {
-        id: Some(id.into()),
-        seeds,
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
         member_timeout: Duration::from_millis(1_500),
-        ..Config::default()
+        ..config(id, seeds)
     }
 }
 

@@ -19,33 +19,16 @@ use peer_buckets_engine::wire::{encode_frame, ContextPart, Hello, MemberInfo, Me
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-const SECRET: &str = "correct horse battery staple";
+mod common;
+use common::*;
+
 const BUCKET: &str = "s";
 
-fn config(id: &str) -> Config {
-    Config {
-        id: Some(id.into()),
-        secrets: vec![SECRET.as_bytes().to_vec()],
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
-}
-
-async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out after {within:?} waiting for: {what}");
-}
-
 /// Fills `bucket` of `node` with `keys` values of `size` bytes each.
+fn config(id: &str) -> Config {
+    keyed(id, vec![], &[SECRET])
+}
+
 fn fill(node: &Node, keys: usize, size: usize) {
     let b = node.bucket(BUCKET);
     let text = format!("\"{}\"", "x".repeat(size));
@@ -166,7 +149,7 @@ async fn a_member_that_asks_without_reading_is_paused_then_dropped() {
     .await
     .unwrap();
     fill(&victim, 50, 10_000);
-    eventually("the honest peer to link", Duration::from_secs(5), || {
+    eventually_within("the honest peer to link", Duration::from_secs(5), || {
         linked(&victim, "honest")
     })
     .await;
@@ -202,7 +185,7 @@ async fn a_member_that_asks_without_reading_is_paused_then_dropped() {
     );
     assert!(most > 0, "the member was never owed anything");
     let last = format!("live{}", (n - 1) / 20 * 20);
-    eventually(
+    eventually_within(
         "the writes made meanwhile to reach the honest peer",
         Duration::from_secs(10),
         || honest.bucket(BUCKET).contains(&last),
@@ -343,7 +326,7 @@ async fn gossiped_members_that_never_answer_are_dialed_with_backoff_then_forgott
         .collect();
     let Member { reader, writer } = Member::join(&victim, "gossip", list.clone(), false).await;
     let gossip = keep_talking(writer);
-    eventually(
+    eventually_within(
         "the fake members to be known",
         Duration::from_secs(2),
         || victim.peers().len() > fakes,
@@ -375,7 +358,7 @@ async fn gossiped_members_that_never_answer_are_dialed_with_backoff_then_forgott
     let mut buf = Vec::new();
     encode_frame(&Message::Members(list), &mut buf).unwrap();
     gossip.send(buf).unwrap();
-    eventually(
+    eventually_within(
         "the fake members to be known again",
         Duration::from_secs(2),
         || victim.peers().len() > fakes,
@@ -422,7 +405,7 @@ async fn a_member_cannot_make_a_peer_create_buckets_past_its_limit() {
         encode_frame(&digest, &mut frames).unwrap();
     }
     spammer.send(frames).unwrap();
-    eventually("every digest to be taken", Duration::from_secs(60), || {
+    eventually_within("every digest to be taken", Duration::from_secs(60), || {
         victim.stats().buckets_refused >= named - 99
     })
     .await;
@@ -453,7 +436,7 @@ async fn a_member_cannot_make_a_peer_create_buckets_past_its_limit() {
     victim
         .bucket(BUCKET)
         .write("after", Some(value::encode_json("1")), Lifetime::Forever);
-    eventually("a write to replicate", Duration::from_secs(10), || {
+    eventually_within("a write to replicate", Duration::from_secs(10), || {
         honest.bucket(BUCKET).contains("after")
     })
     .await;

@@ -10,45 +10,14 @@ use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
 
-fn config(id: &str, seeds: Vec<String>) -> Config {
-    Config {
-        id: Some(id.into()),
-        seeds,
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
-}
-
-fn get(b: &Bucket, key: &str) -> Option<String> {
-    let mut out = None;
-    b.read(key, &mut |v| {
-        out = Some(match value::decode(v).unwrap() {
-            value::ValueRef::Json(t) => t.to_string(),
-            value::ValueRef::Str(t) => value::quote_json(t),
-            value::ValueRef::Bytes(_) => "<bytes>".into(),
-        })
-    });
-    out
-}
+mod common;
+use common::*;
 
 fn contents(b: &Bucket) -> Vec<(String, String)> {
     let mut out = Vec::new();
     b.scan("", &mut |k, v| out.push((k.to_string(), format!("{v:?}"))));
     out.sort();
     out
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 async fn trio() -> (Node, Node, Node) {
@@ -375,18 +344,6 @@ fn long_bucket_name(i: usize) -> String {
     format!("{i:06}/tenant/{:x<185}", "")
 }
 
-/// Waits up to `secs` seconds (large states take a while in a debug build).
-async fn eventually_within(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_holding_100000_buckets_link_and_converge() {
     const BUCKETS: usize = 100_000;
@@ -418,12 +375,17 @@ async fn two_nodes_holding_100000_buckets_link_and_converge() {
     b.bucket("from-b")
         .write("k", Some(value::encode_json("1")), Lifetime::Forever);
     let last = b.bucket(&long_bucket_name(BUCKETS - 1));
-    eventually_within(120, "b holds the last bucket of a", || {
-        get(&last, "k").is_some()
+    eventually_within(
+        "b holds the last bucket of a",
+        Duration::from_secs(120),
+        || get(&last, "k").is_some(),
+    )
+    .await;
+    eventually_within("b holds every bucket of a", Duration::from_secs(60), || {
+        b.stats().keys > BUCKETS
     })
     .await;
-    eventually_within(60, "b holds every bucket of a", || b.stats().keys > BUCKETS).await;
-    eventually_within(30, "a holds b's bucket", || {
+    eventually_within("a holds b's bucket", Duration::from_secs(30), || {
         get(&a.bucket("from-b"), "k").is_some()
     })
     .await;

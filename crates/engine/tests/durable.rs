@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peer_buckets_engine::acks::{AckEnd, AckLevel, Registered};
-use peer_buckets_engine::bucket::Bucket;
 use peer_buckets_engine::disk::sim::{FaultKind, Faults, SimDisk};
 use peer_buckets_engine::disk::Durability;
 use peer_buckets_engine::error::Error;
@@ -16,6 +15,9 @@ use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
 use peer_buckets_engine::warning::WarningCode;
+
+mod common;
+use common::*;
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -37,34 +39,9 @@ fn rand_suffix() -> u64 {
 fn config(id: Option<&str>, data: Option<&PathBuf>, seeds: Vec<String>) -> Config {
     Config {
         id: id.map(String::from),
-        seeds,
         data_dir: data.cloned(),
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
+        ..common::config("", seeds)
     }
-}
-
-fn get(b: &Bucket, key: &str) -> Option<String> {
-    let mut out = None;
-    b.read(key, &mut |v| {
-        if let Some(value::ValueRef::Json(t)) = value::decode(v) {
-            out = Some(t.to_string())
-        }
-    });
-    out
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

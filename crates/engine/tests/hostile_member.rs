@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::acks::{AckLevel, Registered};
-use peer_buckets_engine::clock::{Clock, Hlc, ManualClock, PhysicalClock};
+use peer_buckets_engine::clock::{Hlc, ManualClock, PhysicalClock};
 use peer_buckets_engine::connection;
 use peer_buckets_engine::error::LinkError;
 use peer_buckets_engine::node::{Config, Node};
@@ -24,101 +24,45 @@ use peer_buckets_engine::replica::ReplicaId;
 use peer_buckets_engine::secure::Security;
 use peer_buckets_engine::store::{Lifetime, Write};
 use peer_buckets_engine::sync::{Local, Session};
-use peer_buckets_engine::value;
 use peer_buckets_engine::warning::WarningCode;
 use peer_buckets_engine::wire::{
     self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext,
 };
 
-const START_MS: u64 = 1_700_000_000_000;
-const BUCKET: &str = "b";
-const SKEW_MS: u64 = 60_000;
-const SECRET: &str = "correct horse battery staple";
-
-fn json(v: &str) -> Box<[u8]> {
-    value::encode_json(&format!("\"{v}\""))
-}
-
-fn write(key: &str, hlc: Hlc, seq: u64, v: &str) -> Write {
-    Write {
-        key: key.into(),
-        hlc,
-        seq,
-        value: Some(json(v)),
-        expires_ms: 0,
-        touch: false,
-    }
-}
-
-fn rid(node: &str) -> ReplicaId {
-    ReplicaId {
-        node: node.into(),
-        incarnation: 1,
-    }
-}
-
-/// What every frame goes through on a link: encoded, then decoded.
-fn on_the_wire(msg: Message) -> Message {
-    let mut buf = Vec::new();
-    wire::encode_frame(&msg, &mut buf).expect("encodes");
-    wire::decode_frame(&buf).expect("decodes").expect("whole").0
-}
-
-fn frames(session: &mut Session, local: &Local) -> Vec<Message> {
-    let mut buf = Vec::new();
-    while session.fill(local, &mut buf, false).expect("fill") {}
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("own frames decode") {
-        at += used;
-        out.push(msg);
-    }
-    out
-}
+mod common;
+use common::*;
 
 fn is_protocol_error(r: Result<impl std::fmt::Debug, LinkError>) -> bool {
     matches!(r, Err(LinkError::Protocol(_)))
 }
 
-/// The victim `v`, an honest peer `h`, and mallory `m` linked to the victim: `v_m` is the victim's
-/// session about mallory, whose hello and (empty) contexts have arrived.
+/// The victim `v` (replica 0 of the world), an honest peer `h` (replica 1) linked to it, and mallory
+/// `m` linked to the victim: `v_m` is the victim's session about mallory, whose hello and (empty)
+/// contexts have arrived.
 struct Scene {
-    time: Arc<ManualClock>,
-    v: Local,
-    h: Local,
-    v_h: Session,
-    h_v: Session,
+    world: World,
     v_m: Session,
+}
+
+/// The hello of a member named `node` that holds nothing.
+fn hello(node: &str) -> Hello {
+    Hello {
+        replica: rid(node),
+        listen_port: 7000,
+        listen_host: None,
+        wall_ms: START_MS,
+        members: vec![],
+    }
 }
 
 impl Scene {
     fn new() -> Scene {
-        let time = Arc::new(ManualClock::new(START_MS));
-        let local = |name: &str| {
-            let clock = Arc::new(Clock::new(Box::new(time.clone())));
-            Local::new(name.into(), 1, clock, SKEW_MS)
-        };
-        let (v, h) = (local("v"), local("h"));
-        v.bucket(BUCKET);
-        h.bucket(BUCKET);
-        let v_h = Session::new(&v, &h.hello(7000, None, vec![])).unwrap();
-        let h_v = Session::new(&h, &v.hello(7000, None, vec![])).unwrap();
-        let mallory = Hello {
-            replica: rid("m"),
-            listen_port: 7000,
-            listen_host: None,
-            wall_ms: START_MS,
-            members: vec![],
-        };
-        let v_m = Session::new(&v, &mallory).unwrap();
-        let mut scene = Scene {
-            time,
-            v,
-            h,
-            v_h,
-            h_v,
-            v_m,
-        };
+        let mut world = World::new(&["v", "h"]);
+        world.bucket(0);
+        world.bucket(1);
+        world.link(0, 1);
+        let v_m = Session::new(&world.locals[0], &hello("m")).unwrap();
+        let mut scene = Scene { world, v_m };
         scene.exchange();
         scene
             .mallory_sends(Message::Contexts(ContextPart {
@@ -129,24 +73,35 @@ impl Scene {
         scene
     }
 
+    fn v(&self) -> &Local {
+        &self.world.locals[0]
+    }
+
+    fn h(&self) -> &Local {
+        &self.world.locals[1]
+    }
+
     /// Delivers everything due between the victim and the honest peer, both ways, until quiet.
     fn exchange(&mut self) {
         for _ in 0..4 {
-            for msg in frames(&mut self.h_v, &self.h) {
-                self.v_h.handle(&self.v, msg).expect("honest frames");
-            }
-            for msg in frames(&mut self.v_h, &self.v) {
-                self.h_v.handle(&self.h, msg).expect("honest frames");
-            }
+            self.world.send(1, 0);
+            self.world.send(0, 1);
         }
     }
 
     fn mallory_sends(&mut self, msg: Message) -> Result<(), LinkError> {
-        self.v_m.handle(&self.v, on_the_wire(msg)).map(|_| ())
+        self.v_m
+            .handle(&self.world.locals[0], on_the_wire(msg))
+            .map(|_| ())
+    }
+
+    /// What the victim sends mallory.
+    fn to_mallory(&mut self) -> Vec<Message> {
+        due(&mut self.v_m, &self.world.locals[0], false)
     }
 
     fn holds(&self, key: &str) -> bool {
-        self.v.bucket(BUCKET).contains(key)
+        self.v().bucket(BUCKET).contains(key)
     }
 }
 
@@ -178,7 +133,7 @@ fn a_fetch_reply_nobody_asked_for_is_a_protocol_error() {
         id: 7,
         bucket: BUCKET.into(),
         origin: Some(rid("h")),
-        writes: vec![write("planted", hlc, 1, "x")],
+        writes: vec![write("planted", hlc, 1, Some("x"))],
         done: true,
     };
     assert!(is_protocol_error(s.mallory_sends(reply)));
@@ -196,7 +151,8 @@ fn a_pull_reply_nobody_asked_for_is_a_protocol_error() {
         everything(),
         vec![]
     ))));
-    s.h.bucket(BUCKET)
+    s.h()
+        .bucket(BUCKET)
         .write("later", Some(json("h")), Lifetime::Forever);
     s.exchange();
     assert!(s.holds("later"), "the honest peer's write was dropped");
@@ -213,7 +169,7 @@ fn a_pull_reply_beyond_what_was_pulled_is_a_protocol_error() {
         ranges: SeqRanges::up_to(2),
     });
     let hlc = s.time_hlc();
-    let w = |seq| write("k", hlc, seq, "m");
+    let w = |seq| write("k", hlc, seq, Some("m"));
     assert!(
         s.mallory_sends(ops(rid("h"), SeqRanges::up_to(1), vec![w(1)]))
             .is_ok(),
@@ -232,22 +188,17 @@ fn a_pull_reply_beyond_what_was_pulled_is_a_protocol_error() {
 #[test]
 fn a_held_reply_beyond_the_question_is_a_protocol_error() {
     let mut s = Scene::new();
-    let seq =
-        s.v.bucket(BUCKET)
-            .write("mine", Some(json("v")), Lifetime::Forever)
-            .seq;
-    s.h.bucket(BUCKET)
+    let seq = s
+        .v()
+        .bucket(BUCKET)
+        .write("mine", Some(json("v")), Lifetime::Forever)
+        .seq;
+    s.h()
+        .bucket(BUCKET)
         .write("theirs", Some(json("h")), Lifetime::Forever);
     s.exchange();
     // Mallory reports a collection the victim missed, and holds everything the victim holds.
-    let mallory = Hello {
-        replica: rid("m2"),
-        listen_port: 7000,
-        listen_host: None,
-        wall_ms: START_MS,
-        members: vec![],
-    };
-    s.v_m = Session::new(&s.v, &mallory).unwrap();
+    s.v_m = Session::new(s.v(), &hello("m2")).unwrap();
     let horizon: WireContext = vec![(rid("gone"), SeqRanges::up_to(3))];
     let mut context = horizon.clone();
     context.push((rid("v"), SeqRanges::up_to(seq)));
@@ -261,7 +212,8 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
         last: true,
     }))
     .unwrap();
-    let asked: Vec<(ReplicaId, SeqRanges)> = frames(&mut s.v_m, &s.v)
+    let asked: Vec<(ReplicaId, SeqRanges)> = s
+        .to_mallory()
         .into_iter()
         .filter_map(|m| match m {
             Message::Held { origin, query, .. } => Some((origin, query)),
@@ -294,7 +246,8 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
 #[test]
 fn a_batch_claiming_the_receivers_own_future_is_a_protocol_error() {
     let mut s = Scene::new();
-    s.v.bucket(BUCKET)
+    s.v()
+        .bucket(BUCKET)
         .write("mine", Some(json("v")), Lifetime::Forever);
     assert!(is_protocol_error(s.mallory_sends(ops(
         rid("v"),
@@ -302,7 +255,8 @@ fn a_batch_claiming_the_receivers_own_future_is_a_protocol_error() {
         vec![]
     ))));
     let after = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        s.v.bucket(BUCKET)
+        s.v()
+            .bucket(BUCKET)
             .write("next", Some(json("v")), Lifetime::Forever)
     }));
     assert!(after.is_ok(), "the victim can no longer write");
@@ -313,7 +267,8 @@ fn a_batch_claiming_the_receivers_own_future_is_a_protocol_error() {
 #[test]
 fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
     let mut s = Scene::new();
-    s.v.bucket(BUCKET)
+    s.v()
+        .bucket(BUCKET)
         .write("mine", Some(json("v")), Lifetime::Forever);
     let claim: WireContext = vec![(rid("v"), SeqRanges::up_to(5))];
     assert!(is_protocol_error(s.mallory_sends(Message::Digest {
@@ -321,14 +276,7 @@ fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
         context: claim.clone(),
     })));
     let mut fresh = Scene::new();
-    let mallory = Hello {
-        replica: rid("m2"),
-        listen_port: 7000,
-        listen_host: None,
-        wall_ms: START_MS,
-        members: vec![],
-    };
-    fresh.v_m = Session::new(&fresh.v, &mallory).unwrap();
+    fresh.v_m = Session::new(fresh.v(), &hello("m2")).unwrap();
     let part = Message::Contexts(ContextPart {
         buckets: vec![BucketSummary {
             name: BUCKET.into(),
@@ -350,22 +298,10 @@ fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
 /// acknowledges only what did (nothing here: mallory's contexts never came, so nothing was sent).
 #[test]
 fn an_ack_beyond_what_was_sent_on_the_link_acknowledges_nothing_more() {
-    let time = Arc::new(ManualClock::new(START_MS));
-    let v = Local::new(
-        "v".into(),
-        1,
-        Arc::new(Clock::new(Box::new(time.clone()))),
-        SKEW_MS,
-    );
+    let v = local("v", 1, &Arc::new(ManualClock::new(START_MS)));
     let bucket = v.bucket(BUCKET);
     let seq = bucket.write("k", Some(json("v")), Lifetime::Forever).seq;
-    let mallory = Hello {
-        replica: rid("m"),
-        listen_port: 7000,
-        listen_host: None,
-        wall_ms: START_MS,
-        members: vec![],
-    };
+    let mallory = hello("m");
     let mut v_m = Session::new(&v, &mallory).unwrap();
     let ack = |upto| {
         on_the_wire(Message::Ack {
@@ -391,14 +327,14 @@ fn an_ack_beyond_what_was_sent_on_the_link_acknowledges_nothing_more() {
         }),
     )
     .unwrap();
-    assert!(!frames(&mut v_m, &v).is_empty());
+    assert!(!due(&mut v_m, &v, false).is_empty());
     v_m.handle(&v, ack(seq)).unwrap();
     assert_eq!(v.acks.acked_upto(BUCKET, "m"), seq);
 }
 
 impl Scene {
     fn time_hlc(&self) -> Hlc {
-        Hlc::from_parts(self.time.now_ms(), 0)
+        Hlc::from_parts(self.world.time.now_ms(), 0)
     }
 }
 
@@ -406,26 +342,7 @@ impl Scene {
 // A real node over loopback, with the cluster's secret.
 
 fn config(id: &str, seeds: Vec<String>) -> Config {
-    Config {
-        id: Some(id.into()),
-        seeds,
-        secrets: vec![SECRET.as_bytes().to_vec()],
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    keyed(id, seeds, &[SECRET])
 }
 
 /// Mallory dials with the secret, says hello and an empty context, waits until the victim pushes a

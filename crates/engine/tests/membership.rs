@@ -11,36 +11,13 @@ use peer_buckets_engine::value;
 use peer_buckets_engine::warning::{Warning, WarningCode};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-fn config(id: &str, seeds: Vec<String>) -> Config {
-    Config {
-        id: Some(id.into()),
-        seeds,
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
-}
+mod common;
+use common::*;
 
 /// A port nobody listens on now (a node may listen there later).
 fn free_address() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-fn connected(n: &Node) -> usize {
-    n.peers().iter().filter(|p| p.connected).count()
 }
 
 /// A node and its ack outcomes.
@@ -137,7 +114,7 @@ async fn majority_and_all_are_not_met_alone_while_a_seed_is_unreached() {
     })
     .await
     .unwrap();
-    eventually("a linked to its seed", || connected(&a.node) == 1).await;
+    eventually("a linked to its seed", || connected(&a.node).len() == 1).await;
     assert_eq!(
         a.write(AckLevel::Majority, 5_000).await,
         (true, vec!["b".to_string()])
@@ -167,7 +144,7 @@ async fn majority_counts_crashed_members_for_a_member_timeout_after_they_are_for
     let a_addr = a.node.address().to_string();
     let b = start_crashable(config("b", vec![a_addr.clone()]));
     let c = start_crashable(config("c", vec![a_addr]));
-    eventually("a linked to b and c", || connected(&a.node) == 2).await;
+    eventually("a linked to b and c", || connected(&a.node).len() == 2).await;
     let (met, mut acked) = a.write(AckLevel::Majority, 5_000).await;
     acked.sort();
     assert!(met && !acked.is_empty(), "{acked:?}");
@@ -208,7 +185,7 @@ async fn a_seed_counts_for_majority_after_its_member_was_forgotten() {
         .await
         .unwrap(),
     );
-    eventually("a linked to b", || connected(&a.node) == 1).await;
+    eventually("a linked to b", || connected(&a.node).len() == 1).await;
     b.crash();
     eventually("b forgotten", || a.node.peers().is_empty()).await;
     tokio::time::sleep(member_timeout * 3).await;
@@ -224,7 +201,7 @@ async fn a_member_that_left_stops_counting_at_once() {
     let b = Node::start(config("b", vec![a.node.address().to_string()]))
         .await
         .unwrap();
-    eventually("linked", || connected(&a.node) == 1).await;
+    eventually("linked", || connected(&a.node).len() == 1).await;
     b.close(Duration::from_millis(500)).await;
     eventually("b gone", || a.node.peers().is_empty()).await;
     assert_eq!(a.write(AckLevel::Majority, 5_000).await, (true, vec![]));
@@ -244,11 +221,11 @@ async fn all_waits_for_a_majority_even_when_fewer_peers_are_connected() {
         .iter()
         .map(|id| start_crashable(config(id, vec![a_addr.clone()])))
         .collect();
-    eventually("a linked to four", || connected(&a.node) == 4).await;
+    eventually("a linked to four", || connected(&a.node).len() == 4).await;
     for n in others {
         n.crash();
     }
-    eventually("c, d, e down", || connected(&a.node) == 1).await;
+    eventually("c, d, e down", || connected(&a.node).len() == 1).await;
     // Five members known: a majority is three, and a and b are two.
     assert_eq!(
         a.write(AckLevel::All, 300).await,
@@ -277,7 +254,10 @@ async fn a_peer_listed_among_its_own_seeds_counts_itself_once() {
             .unwrap(),
         );
     }
-    eventually("full mesh", || nodes.iter().all(|n| connected(n) == 2)).await;
+    eventually("full mesh", || {
+        nodes.iter().all(|n| connected(n).len() == 2)
+    })
+    .await;
     let size = |n: &Node| n.shared().members.cluster_size(Duration::from_secs(300));
     eventually("each counts three", || nodes.iter().all(|n| size(n) == 3)).await;
     let c = nodes.pop().unwrap();
@@ -293,13 +273,6 @@ async fn a_peer_listed_among_its_own_seeds_counts_itself_once() {
     );
     a.node.close(Duration::from_millis(200)).await;
     nodes[0].close(Duration::from_millis(200)).await;
-}
-
-/// Every warning `rx` holds now.
-fn drain(rx: &mut UnboundedReceiver<Warning>, into: &mut Vec<Warning>) {
-    while let Ok(w) = rx.try_recv() {
-        into.push(w);
-    }
 }
 
 fn id_conflicts(seen: &[Warning]) -> Vec<&Warning> {
@@ -319,7 +292,7 @@ async fn two_processes_with_one_id_are_reported_by_both_and_by_a_third_peer() {
         .await
         .unwrap();
     let mut on_first = first.warnings();
-    eventually("the first x linked to c", || connected(&first) == 1).await;
+    eventually("the first x linked to c", || connected(&first).len() == 1).await;
     tokio::time::sleep(Duration::from_millis(10)).await; // a later start: a larger incarnation
     let second = Node::start(config("x", vec![c_addr])).await.unwrap();
     let mut on_second = second.warnings();
@@ -327,9 +300,9 @@ async fn two_processes_with_one_id_are_reported_by_both_and_by_a_third_peer() {
 
     let (mut seen_c, mut seen_first, mut seen_second) = (Vec::new(), Vec::new(), Vec::new());
     eventually("EIDCONFLICT on both processes and on c", || {
-        drain(&mut on_c, &mut seen_c);
-        drain(&mut on_first, &mut seen_first);
-        drain(&mut on_second, &mut seen_second);
+        seen_c.extend(drain_warnings(&mut on_c));
+        seen_first.extend(drain_warnings(&mut on_first));
+        seen_second.extend(drain_warnings(&mut on_second));
         [&seen_c, &seen_first, &seen_second]
             .iter()
             .all(|s| !id_conflicts(s).is_empty())
@@ -378,7 +351,7 @@ async fn two_processes_with_one_id_are_reported_by_both_and_by_a_third_peer() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(connected(&first), 0, "c refuses the first x");
+    assert_eq!(connected(&first).len(), 0, "c refuses the first x");
     assert_eq!(c.peers()[0].address, second_addr);
     for n in [c, first, second] {
         n.close(Duration::from_millis(200)).await;
@@ -393,7 +366,7 @@ async fn a_restart_under_the_same_id_is_not_a_conflict() {
     let mut on_c = c.warnings();
     let c_addr = c.address().to_string();
     let before = start_crashable(config("x", vec![c_addr.clone()]));
-    eventually("x linked to c", || connected(&c) == 1).await;
+    eventually("x linked to c", || connected(&c).len() == 1).await;
     before.crash();
     let after = Node::start(config("x", vec![c_addr])).await.unwrap();
     let mut on_after = after.warnings();
@@ -409,8 +382,8 @@ async fn a_restart_under_the_same_id_is_not_a_conflict() {
     .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mut seen = Vec::new();
-    drain(&mut on_c, &mut seen);
-    drain(&mut on_after, &mut seen);
+    seen.extend(drain_warnings(&mut on_c));
+    seen.extend(drain_warnings(&mut on_after));
     assert!(id_conflicts(&seen).is_empty(), "{seen:?}");
     for n in [c, after] {
         n.close(Duration::from_millis(200)).await;

@@ -13,32 +13,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-const SECRET: &str = "correct horse battery staple";
+mod common;
+use common::*;
 
 fn config(id: &str, secrets: &[&str]) -> Config {
-    Config {
-        id: Some(id.into()),
-        secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
-}
-
-async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check() {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {within:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn preamble(keyed: bool) -> Vec<u8> {
-    vec![b'P', b'B', b'K', b'T', 1, keyed as u8]
+    keyed(id, vec![], secrets)
 }
 
 /// Opens `count` connections to `node`, `parallel` at a time; each sends `bytes` and closes.
@@ -77,7 +56,7 @@ async fn finished_connections_leave_nothing_behind() {
     wrong.extend_from_slice(&[7; 48]);
     connect_and_close(&keyed, 5_000, 16, &wrong).await;
     for (name, node) in [("open", &open), ("keyed", &keyed)] {
-        eventually(
+        eventually_within(
             &format!("the {name} node's tasks back to {baseline}"),
             Duration::from_secs(10),
             || node.shared().tasks_held() <= baseline,
@@ -184,7 +163,7 @@ async fn a_newcomer_joins_through_a_flood_of_idle_connections_from_another_addre
     let (stop_tx, stop) = watch::channel(false);
     let attacker: IpAddr = "127.0.0.2".parse().unwrap();
     let flood = tokio::spawn(idle_flood(attacker, a.address(), 3_000, stop));
-    eventually(
+    eventually_within(
         "the flood to fill the handshake slots",
         Duration::from_secs(10),
         || a.stats().handshakes_evicted >= 100,
@@ -201,7 +180,7 @@ async fn a_newcomer_joins_through_a_flood_of_idle_connections_from_another_addre
     })
     .await
     .unwrap();
-    eventually(
+    eventually_within(
         "b to join a through the flood",
         Duration::from_secs(5),
         || a.peers().iter().any(|p| p.id == "b" && p.connected),
@@ -256,7 +235,7 @@ async fn an_open_node_refuses_a_first_frame_past_the_hello_cap_from_its_prefix()
     let closed = closed_after(&node, &bytes, Duration::from_secs(2)).await;
     assert!(closed.is_some(), "a 2 MiB first frame was waited for");
     // The refusal is counted as the connection task ends, which may be just after the close is seen.
-    eventually("the refusal counted", Duration::from_secs(2), || {
+    eventually_within("the refusal counted", Duration::from_secs(2), || {
         node.stats().handshakes_rejected >= 1
     })
     .await;
@@ -309,11 +288,11 @@ async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_tru
     ))
     .await
     .unwrap();
-    eventually("the loopback peer to join", Duration::from_secs(5), || {
+    eventually_within("the loopback peer to join", Duration::from_secs(5), || {
         a.peers().iter().any(|p| p.id == "from-lo" && p.connected)
     })
     .await;
-    eventually(
+    eventually_within(
         "the network peer to be refused",
         Duration::from_secs(5),
         || a.stats().handshakes_rejected >= 2,
@@ -362,7 +341,7 @@ async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_tru
     ))
     .await
     .unwrap();
-    eventually(
+    eventually_within(
         "the trusted network peer to join",
         Duration::from_secs(5),
         || b.peers().iter().any(|p| p.id == "to-b" && p.connected),

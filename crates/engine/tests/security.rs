@@ -6,50 +6,17 @@ use std::time::{Duration, Instant};
 use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
-use peer_buckets_engine::warning::{Warning, WarningCode};
+use peer_buckets_engine::warning::WarningCode;
 use peer_buckets_engine::wire::{encode_frame, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SECRET: &str = "correct horse battery staple";
-
-fn config(id: &str, seeds: Vec<String>, secrets: &[&str]) -> Config {
-    Config {
-        id: Some(id.into()),
-        seeds,
-        secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
-}
+mod common;
+use common::*;
 
 async fn start(id: &str, seeds: &[&Node], secrets: &[&str]) -> Node {
     let seeds = seeds.iter().map(|n| n.address().to_string()).collect();
-    Node::start(config(id, seeds, secrets)).await.unwrap()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-fn connected(n: &Node) -> Vec<String> {
-    let mut ids: Vec<String> = n
-        .peers()
-        .into_iter()
-        .filter(|p| p.connected)
-        .map(|p| p.id)
-        .collect();
-    ids.sort();
-    ids
+    Node::start(keyed(id, seeds, secrets)).await.unwrap()
 }
 
 fn write(n: &Node, key: &str) {
@@ -78,10 +45,6 @@ async fn closed_within(sock: &mut TcpStream, within: Duration) {
             Ok(Ok(_)) => {} // the preamble
         }
     }
-}
-
-fn preamble(keyed: bool) -> Vec<u8> {
-    vec![b'P', b'B', b'K', b'T', 1, keyed as u8]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +99,7 @@ async fn a_rotation_keeps_the_cluster_linked() {
 async fn hostile_bytes_close_the_connection_and_the_node_keeps_serving() {
     let quick = |id, secrets| Config {
         handshake_timeout: Duration::from_secs(1),
-        ..config(id, vec![], secrets)
+        ..keyed(id, vec![], secrets)
     };
     let open = Node::start(quick("open", &[])).await.unwrap();
     let keyed = Node::start(quick("keyed", &[SECRET])).await.unwrap();
@@ -208,7 +171,7 @@ async fn hostile_bytes_close_the_connection_and_the_node_keeps_serving() {
 async fn a_flood_of_idle_sockets_does_not_keep_real_peers_out() {
     let a = Node::start(Config {
         max_handshakes: 16,
-        ..config("a", vec![], &[SECRET])
+        ..keyed("a", vec![], &[SECRET])
     })
     .await
     .unwrap();
@@ -236,15 +199,6 @@ async fn a_flood_of_idle_sockets_does_not_keep_real_peers_out() {
     }
 }
 
-/// Every warning `rx` holds now.
-fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Warning>) -> Vec<Warning> {
-    let mut out = Vec::new();
-    while let Ok(w) = rx.try_recv() {
-        out.push(w);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatched_secret_is_a_warning_on_both_ends_naming_the_address() {
     let a = start("a", &[], &[SECRET]).await;
@@ -255,9 +209,9 @@ async fn a_mismatched_secret_is_a_warning_on_both_ends_naming_the_address() {
     let mut on_open = open.warnings();
     let (mut seen_a, mut seen_other, mut seen_open) = (Vec::new(), Vec::new(), Vec::new());
     eventually("EAUTH on every end", || {
-        seen_a.extend(drain(&mut on_a));
-        seen_other.extend(drain(&mut on_other));
-        seen_open.extend(drain(&mut on_open));
+        seen_a.extend(drain_warnings(&mut on_a));
+        seen_other.extend(drain_warnings(&mut on_other));
+        seen_open.extend(drain_warnings(&mut on_open));
         seen_a
             .iter()
             .filter(|w| w.code == WarningCode::Auth)

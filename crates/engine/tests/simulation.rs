@@ -15,13 +15,16 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use peer_buckets_engine::clock::{Clock, ManualClock};
+use peer_buckets_engine::clock::ManualClock;
 use peer_buckets_engine::collect::Collector;
 use peer_buckets_engine::replica::{Origin, ReplicaId};
 use peer_buckets_engine::store::{key_fingerprint, Change, Lifetime, Write};
 use peer_buckets_engine::sync::{Inbound, Local, PullPlanner, Session};
 use peer_buckets_engine::value;
-use peer_buckets_engine::wire::{self, Message};
+use peer_buckets_engine::wire::Message;
+
+mod common;
+use common::*;
 
 const N: usize = 5;
 const BUCKETS: [&str; 2] = ["sessions", "carts"];
@@ -30,37 +33,6 @@ const KEYS: u64 = 40;
 const MAX_SKEW_MS: u64 = 2_000;
 /// Clock offsets are drawn from these: few values, so equal timestamps across origins are common.
 const OFFSETS: [i64; 4] = [0, 0, 700, MAX_SKEW_MS as i64 - 1];
-
-/// splitmix64: expands a seed (or any value) into a well-mixed one, so seeds that differ in one bit
-/// give unrelated runs.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A small, seedable generator (xorshift*), so a failing seed replays the same schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // xorshift's state must not be zero; splitmix64 maps exactly one input there.
-        Rng(splitmix64(seed).max(1))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 struct Frame {
     from: usize,
@@ -144,11 +116,7 @@ struct Listener {
 static RETURNS_TO_A_JOINER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn new_local(i: usize, incarnation: u64, time: &Arc<ManualClock>, offset_ms: i64) -> Local {
-    let clock = Arc::new(Clock::new(Box::new(time.clone())));
-    clock.set_offset_ms(offset_ms);
-    let mut local = Local::new(format!("n{i}").into(), incarnation, clock, MAX_SKEW_MS);
-    local.tombstone_min_age_ms = 1_000;
-    local
+    collecting_local(&format!("n{i}"), incarnation, time, offset_ms, MAX_SKEW_MS)
 }
 
 impl Sim {
@@ -217,21 +185,13 @@ impl Sim {
 
     /// What replica i's new session about j sends first: its contexts and collected registers.
     fn contexts(&mut self, i: usize, j: usize) -> Vec<Message> {
-        let mut buf = Vec::new();
         let session = self.sessions[i][j].as_mut().expect("linked");
-        while session
-            .fill(&self.locals[i], &mut buf, false)
-            .expect("fill")
-        {}
-        let mut msgs = Vec::new();
-        let mut at = 0;
-        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("own frames decode") {
-            at += used;
+        let msgs = due(session, &self.locals[i], false);
+        for msg in &msgs {
             assert!(
                 matches!(msg, Message::Contexts(_) | Message::Collected { .. }),
                 "sent before the contexts: {msg:?}"
             );
-            msgs.push(msg);
         }
         msgs
     }
@@ -297,9 +257,7 @@ impl Sim {
             .fill(&self.locals[i], &mut buf, digest_due)
             .expect("fill")
         {}
-        let mut at = 0;
-        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("own frames decode") {
-            at += used;
+        for msg in decode_all(&buf) {
             if lossy && (self.side[i] != self.side[j] || self.rng.chance(self.loss)) {
                 continue;
             }
@@ -1039,15 +997,8 @@ fn a_gap_from_dropped_frames_is_detected_and_filled() {
             Lifetime::Forever,
         );
     }
-    let mut buf = Vec::new();
     let session = sim.sessions[0][1].as_mut().expect("linked");
-    while session.fill(&sim.locals[0], &mut buf, false).expect("fill") {}
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
-        at += used;
-        frames.push(msg);
-    }
+    let frames = due(session, &sim.locals[0], false);
     assert!(
         frames.len() >= 3,
         "expected several batches, got {}",
@@ -1117,17 +1068,7 @@ impl Sim {
             .bucket("sessions")
             .inspect(key)
             .into_iter()
-            .map(|(o, w)| {
-                format!(
-                    "{}{}:{}@{} {:?} exp {}",
-                    if w.touch { "touch " } else { "" },
-                    o.id(),
-                    w.seq,
-                    w.hlc.0,
-                    w.value.as_deref().map(value::decode),
-                    w.expires_ms
-                )
-            })
+            .map(|(o, w)| register_text(&o, &w))
             .collect();
         out.sort();
         out
@@ -1251,12 +1192,8 @@ fn an_expired_value_is_not_collected_while_a_touch_made_before_the_expiry_is_in_
     // Everyone reports holding it (digests).
     for i in 0..N {
         for j in (0..N).filter(|&j| j != i) {
-            let mut buf = Vec::new();
             let session = sim.sessions[i][j].as_mut().expect("linked");
-            while session.fill(&sim.locals[i], &mut buf, true).expect("fill") {}
-            let mut at = 0;
-            while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
-                at += used;
+            for msg in due(session, &sim.locals[i], true) {
                 let s = sim.sessions[j][i].as_mut().expect("linked");
                 s.handle(&sim.locals[j], msg).expect("valid");
             }
@@ -1362,13 +1299,10 @@ fn a_pull_for_writes_the_sender_thinks_held_is_answered_once() {
     let session = sim.sessions[0][1].as_mut().expect("linked");
     session.handle(&sim.locals[0], pull).expect("valid");
     let ops_in = |buf: &[u8]| {
-        let mut at = 0;
-        let mut n = 0;
-        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
-            at += used;
-            n += matches!(msg, Message::Ops(_)) as usize;
-        }
-        n
+        decode_all(buf)
+            .iter()
+            .filter(|m| matches!(m, Message::Ops(_)))
+            .count()
     };
     let mut buf = Vec::new();
     while session.fill(&sim.locals[0], &mut buf, false).expect("fill") {}
@@ -1386,15 +1320,8 @@ fn a_pull_for_writes_the_sender_thinks_held_is_answered_once() {
 impl Sim {
     /// Replica i sends what its session about j has due, and j handles it all at once.
     fn pass(&mut self, i: usize, j: usize) {
-        let mut buf = Vec::new();
         let session = self.sessions[i][j].as_mut().expect("linked");
-        while session
-            .fill(&self.locals[i], &mut buf, false)
-            .expect("fill")
-        {}
-        let mut at = 0;
-        while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
-            at += used;
+        for msg in due(session, &self.locals[i], false) {
             let s = self.sessions[j][i].as_mut().expect("linked");
             s.handle(&self.locals[j], msg).expect("valid");
         }

@@ -24,25 +24,20 @@ use peer_buckets_engine::value;
 use peer_buckets_engine::warning::{Warning, WarningCode};
 use peer_buckets_engine::wire::{Message, OpsBatch};
 
-const NOW_MS: u64 = 1_700_000_000_000;
-const SKEW_MS: u64 = 60_000;
+mod common;
+use common::*;
 
 /// A receiver and a session with the peer `b`, asked for every write of `c` (a pull) and for fetch 1:
 /// the replies below answer those requests (a reply nobody asked for is refused before any skew check).
 fn receiver() -> (Local, Session) {
-    let time = Arc::new(ManualClock::new(NOW_MS));
-    let local = Local::new(
-        "a".into(),
-        1,
-        Arc::new(Clock::new(Box::new(time.clone()))),
-        SKEW_MS,
-    );
-    let peer = Local::new("b".into(), 1, Arc::new(Clock::new(Box::new(time))), SKEW_MS);
+    let time = Arc::new(ManualClock::new(START_MS));
+    let local = local("a", 1, &time);
+    let peer = common::local("b", 1, &time);
     let mut session =
         Session::new(&local, &peer.hello(7000, None, vec![])).expect("hello accepted");
     session.queue(Message::Pull {
         bucket: "s".into(),
-        origin: replica("c"),
+        origin: rid("c"),
         ranges: SeqRanges::from_ranges([(1, u64::MAX)]),
     });
     session.queue(Message::FetchRequest {
@@ -53,30 +48,12 @@ fn receiver() -> (Local, Session) {
     (local, session)
 }
 
-fn replica(node: &str) -> ReplicaId {
-    ReplicaId {
-        node: node.into(),
-        incarnation: 1,
-    }
-}
-
-fn write(key: &str, seq: u64, hlc: Hlc) -> Write {
-    Write {
-        key: key.into(),
-        hlc,
-        seq,
-        value: Some(value::encode_json("1")),
-        expires_ms: 0,
-        touch: false,
-    }
-}
-
 /// Just inside the skew, and just past it (the wall clock stands still in these tests).
 fn inside() -> Hlc {
-    Hlc::from_parts(NOW_MS + SKEW_MS, u16::MAX)
+    Hlc::from_parts(START_MS + SKEW_MS, u16::MAX)
 }
 fn past() -> Hlc {
-    Hlc::from_parts(NOW_MS + SKEW_MS + 1, 0)
+    Hlc::from_parts(START_MS + SKEW_MS + 1, 0)
 }
 
 /// Hands `msg` to the session and checks it was dropped for skew, leaving no trace but the count and
@@ -123,8 +100,11 @@ fn a_pushed_batch_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
     let (local, mut session) = receiver();
     // One write past the skew among good ones: the whole frame goes, not just that write.
     let msg = ops(
-        replica("b"),
-        vec![write("k1", 1, inside()), write("k2", 2, past())],
+        rid("b"),
+        vec![
+            write("k1", inside(), 1, Some("1")),
+            write("k2", past(), 2, Some("1")),
+        ],
         vec![],
     );
     assert_refused_without_trace(&local, &mut session, msg);
@@ -132,7 +112,7 @@ fn a_pushed_batch_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
     session
         .handle(
             &local,
-            ops(replica("b"), vec![write("k1", 1, inside())], vec![]),
+            ops(rid("b"), vec![write("k1", inside(), 1, Some("1"))], vec![]),
         )
         .expect("a batch inside the skew is applied");
     assert_eq!(local.bucket("s").len(), 1);
@@ -143,9 +123,17 @@ fn a_pushed_batch_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
 fn a_pull_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
     let (local, mut session) = receiver();
     // Writes of a third replica, as a pull for them is answered.
-    let msg = ops(replica("c"), vec![write("k", u64::MAX, past())], vec![]);
+    let msg = ops(
+        rid("c"),
+        vec![write("k", past(), u64::MAX, Some("1"))],
+        vec![],
+    );
     assert_refused_without_trace(&local, &mut session, msg);
-    let msg = ops(replica("c"), vec![write("k", 1, Hlc(u64::MAX))], vec![]);
+    let msg = ops(
+        rid("c"),
+        vec![write("k", Hlc(u64::MAX), 1, Some("1"))],
+        vec![],
+    );
     assert_refused_without_trace(&local, &mut session, msg);
 }
 
@@ -155,10 +143,10 @@ fn a_catch_up_chunk_whose_superseder_is_stamped_too_far_ahead_is_refused_and_mov
     // The chunk's own write is fine; the register that superseded a covered write is not.
     let msg = Message::Ops(OpsBatch {
         bucket: "s".into(),
-        origin: replica("c"),
+        origin: rid("c"),
         covered: SeqRanges::from_ranges([(1, 2)]),
-        writes: vec![write("k1", 2, inside())],
-        superseders: vec![(replica("d"), write("k0", 1, past()))],
+        writes: vec![write("k1", inside(), 2, Some("1"))],
+        superseders: vec![(rid("d"), write("k0", past(), 1, Some("1")))],
         superseded: vec![("k0".into(), vec![1])],
     });
     assert_refused_without_trace(&local, &mut session, msg);
@@ -171,8 +159,11 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
         let msg = Message::FetchReply {
             id: 1,
             bucket: "s".into(),
-            origin: Some(replica("c")),
-            writes: vec![write("k1", 1, inside()), write("k2", 2, hlc)],
+            origin: Some(rid("c")),
+            writes: vec![
+                write("k1", inside(), 1, Some("1")),
+                write("k2", hlc, 2, Some("1")),
+            ],
             done: false,
         };
         assert_refused_without_trace(&local, &mut session, msg);
@@ -189,8 +180,8 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
     let msg = Message::FetchReply {
         id: 1,
         bucket: "s".into(),
-        origin: Some(replica("c")),
-        writes: vec![write("k1", 1, inside())],
+        origin: Some(rid("c")),
+        writes: vec![write("k1", inside(), 1, Some("1"))],
         done: true,
     };
     session
@@ -201,7 +192,7 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
 
 #[test]
 fn a_peer_whose_own_wall_clock_runs_past_the_skew_is_refused_in_its_hello_and_its_pings() {
-    let time = Arc::new(ManualClock::new(NOW_MS));
+    let time = Arc::new(ManualClock::new(START_MS));
     let local = Local::new(
         "a".into(),
         1,
@@ -221,14 +212,14 @@ fn a_peer_whose_own_wall_clock_runs_past_the_skew_is_refused_in_its_hello_and_it
         .handle(
             &local,
             Message::Ping {
-                wall_ms: NOW_MS + SKEW_MS,
+                wall_ms: START_MS + SKEW_MS,
             },
         )
         .expect("a wall clock at the skew is within it");
     let closed = session.handle(
         &local,
         Message::Ping {
-            wall_ms: NOW_MS + SKEW_MS + 1,
+            wall_ms: START_MS + SKEW_MS + 1,
         },
     );
     assert!(
@@ -236,18 +227,6 @@ fn a_peer_whose_own_wall_clock_runs_past_the_skew_is_refused_in_its_hello_and_it
         "{closed:?}"
     );
     assert_eq!(local.counters.clock_skew_refused.load(Ordering::Relaxed), 1);
-}
-
-fn node_config(id: &str, seeds: Vec<String>) -> Config {
-    Config {
-        id: Some(id.into()),
-        seeds,
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
 }
 
 /// The next `ESKEW` warning, and the skew its message gives.
@@ -275,9 +254,9 @@ async fn next_skew_warning(warnings: &mut UnboundedReceiver<Warning>) -> (Warnin
 /// warning naming it, its address and the skew measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_refused_for_its_clock_is_reported_with_the_measured_skew_and_its_address() {
-    let a = Node::start(node_config("a", vec![])).await.unwrap();
+    let a = Node::start(config("a", vec![])).await.unwrap();
     let mut warnings = a.warnings();
-    let ahead = node_config("ahead", vec![a.address().to_string()]);
+    let ahead = config("ahead", vec![a.address().to_string()]);
     ahead.clock.set_offset_ms(5 * 60_000);
     let ahead = Node::start(ahead).await.unwrap();
     let (w, ms) = next_skew_warning(&mut warnings).await;
@@ -287,7 +266,7 @@ async fn a_peer_refused_for_its_clock_is_reported_with_the_measured_skew_and_its
     ahead.close(Duration::from_secs(1)).await;
 
     // A peer whose clock jumps ahead once linked is refused on its next ping.
-    let b = Node::start(node_config("b", vec![a.address().to_string()]))
+    let b = Node::start(config("b", vec![a.address().to_string()]))
         .await
         .unwrap();
     for _ in 0..200 {
@@ -316,7 +295,7 @@ async fn writes_relayed_past_the_skew_arrive_late_over_a_link_that_stays_up() {
     let config = |id: &str, offset_ms: i64, seeds: Vec<String>| {
         let config = Config {
             max_clock_skew: Duration::from_secs(2),
-            ..node_config(id, seeds)
+            ..config(id, seeds)
         };
         config.clock.set_offset_ms(offset_ms);
         config

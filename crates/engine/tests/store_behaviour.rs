@@ -14,17 +14,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use peer_buckets_engine::bucket::Bucket;
-use peer_buckets_engine::clock::{Clock, ManualClock};
+use peer_buckets_engine::clock::ManualClock;
 use peer_buckets_engine::ranges::SeqRanges;
 use peer_buckets_engine::replica::ReplicaId;
 use peer_buckets_engine::store::{Change, ChunkLimits, Lifetime};
 use peer_buckets_engine::sync::{Local, Session};
-use peer_buckets_engine::value;
-use peer_buckets_engine::wire::{self, Message};
+use peer_buckets_engine::wire::Message;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-const START_MS: u64 = 1_700_000_000_000;
-const BUCKET: &str = "sessions";
+mod common;
+use common::*;
 
 /// One replica with its own physical clock and a listener on the bucket.
 struct Replica {
@@ -42,8 +41,7 @@ struct Replica {
 impl Replica {
     fn new(name: &str, offset_ms: u64) -> Replica {
         let time = Arc::new(ManualClock::new(START_MS + offset_ms));
-        let clock = Arc::new(Clock::new(Box::new(time.clone())));
-        let local = Local::new(name.into(), 1, clock, 60_000);
+        let local = local(name, 1, &time);
         let bucket = local.bucket(BUCKET);
         let changes = bucket.subscribe();
         Replica {
@@ -58,8 +56,7 @@ impl Replica {
     }
 
     fn set(&self, key: &str, v: &str, lifetime: Lifetime) {
-        let json = value::encode_json(&format!("\"{v}\""));
-        self.bucket.write(key, Some(json), lifetime);
+        self.bucket.write(key, Some(json(v)), lifetime);
     }
 
     /// Applies the changes heard since the last call to the listener's view. An expiry of a key the
@@ -126,15 +123,7 @@ impl Replica {
         let mut out = Vec::new();
         for key in keys {
             for (o, w) in self.bucket.inspect(&key) {
-                out.push(format!(
-                    "{key} {}{}:{} @{} {:?} exp {}",
-                    if w.touch { "touch " } else { "" },
-                    o.id(),
-                    w.seq,
-                    w.hlc.0,
-                    w.value.as_deref().map(value::decode),
-                    w.expires_ms
-                ));
+                out.push(format!("{key} {}", register_text(&o, &w)));
             }
         }
         for (o, ctx) in self.bucket.store().context() {
@@ -383,10 +372,8 @@ fn a_value_expired_by_a_touch_of_another_origin_is_never_announced_live_by_a_fet
         .expect("a fetch is served");
     let mut buf = Vec::new();
     session.fill(&c.local, &mut buf, false).expect("encodes");
-    let mut at = 0;
     let mut replies = 0;
-    while let Some((msg, used)) = wire::decode_frame(&buf[at..]).expect("decodes") {
-        at += used;
+    for msg in decode_all(&buf) {
         if let Message::FetchReply {
             origin: Some(origin),
             writes,
@@ -423,24 +410,6 @@ fn a_value_from_a_sender_without_its_touch_is_shown_until_the_touch_arrives() {
         "heard expired once the touch arrived"
     );
     assert_eq!(rs[1].dump(), rs[2].dump(), "the replicas converged");
-}
-
-/// A small seedable generator (xorshift*), so a failing seed replays the same run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// One randomized run: 2 or 3 replicas (clocks up to 300 ms apart) set, touch and delete a handful of
