@@ -281,13 +281,25 @@ export declare class SharedBucket extends EventEmitter {
 }
 
 export declare class Peer extends EventEmitter {
+  /**
+   * Checks the options (a TypeError or RangeError when bad) and returns at once: binding the port,
+   * opening and loading the data directory and dialing the seeds happen off the JavaScript thread.
+   * Until `ready()` resolves, writes (`set`, `delete`, `touch`, `fetch`) are queued and made in call
+   * order once it does (or fail with its error), and synchronous reads (`get`, `has`, `keys`,
+   * `entries`, `size`, `inspect`, `peers()`, `stats()`, `metrics()`) throw `code: 'ENOTREADY'`.
+   */
   constructor(options?: PeerOptions)
+  /** The id given, or a random one; with a `dataDir` and no `id`, the directory's, set once ready. */
   readonly id: string
-  /** The 'host:port' actually bound. */
+  /** The 'host:port' actually bound; undefined until ready. */
   readonly address: string
-  /** True once close() was called or the peer could not listen. */
+  /** True once close() was called or the peer could not open. */
   readonly closed: boolean
-  /** Resolves once listening; rejects (code 'EADDRINUSE', ...) if it cannot. */
+  /**
+   * Resolves once the peer listens and its data directory is loaded; rejects with a `code`
+   * ('EADDRINUSE', 'EADDRNOTAVAIL', 'EACCES', 'EDATADIRINUSE', 'ESTORAGE', ...) if it cannot. The same
+   * error is an 'error' event, thrown as uncaught when nothing listens for it and ready() was not called.
+   */
   ready(): Promise<void>
   /** The bucket called name (the same object for the same name). */
   bucket(name: string, options?: BucketOptions): SharedBucket
@@ -300,8 +312,14 @@ export declare class Peer extends EventEmitter {
    * `text/plain; version=0.0.4`, e.g. `app.get('/metrics', (req, res) => res.type('text/plain; version=0.0.4').send(peer.metrics()))`.
    */
   metrics(): string
-  /** Leaves the network and frees the port and threads. */
-  close(): Promise<void>
+  /**
+   * Leaves the network and frees the port and threads, never blocking the event loop. It drains
+   * first: this peer's writes made before it go on to the linked peers until each acknowledged them or
+   * `timeout` ms pass (default 2000; 0: no wait), and a data directory takes them; then writes still
+   * waiting for an ack level fail with ECLOSED. Calls after it fail with ECLOSED. Every call returns
+   * the same promise.
+   */
+  close(options?: CloseOptions): Promise<CloseResult>
   unref(): this
   ref(): this
   on(event: 'peer-up' | 'peer-down', listener: (peer: PeerEvent) => void): this
@@ -311,7 +329,25 @@ export declare class Peer extends EventEmitter {
    * counted in `stats().warnings` and `metrics()` whether delivered or not.
    */
   on(event: 'warning', listener: (warning: PeerWarning) => void): this
+  /** Why the peer could not open (the error `ready()` rejects with). */
+  on(event: 'error', listener: (err: Error & { code: string }) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
+}
+
+export interface CloseOptions {
+  /** Milliseconds to wait for linked peers to acknowledge this peer's writes; default 2000. */
+  timeout?: number
+}
+
+/** What `close()` left undone. */
+export interface CloseResult {
+  /**
+   * Per peer linked at close() that had not acknowledged every write this peer made before it (when
+   * the timeout passed, or its link went down first): how many it lacked. `{}` when all got through.
+   */
+  unacknowledged: Record<string, number>
+  /** False when the data directory did not take every write (they stay owed; the next start is not a clean one); true otherwise, and without a data directory. */
+  flushed: boolean
 }
 
 export interface SessionStoreOptions {

@@ -3,7 +3,8 @@
 // `npm run bench`: peer-buckets side by side with Redis (ioredis) and scuttlebutt, in one run, on one
 // machine. `--quick` shrinks every size (both sides alike); `--json` ends the output with one JSON line.
 // Figures (issue 6): 1 get, 2 set, 3 three writers until converged, 4 write→event latency, 5 join,
-// 6 catch-up, 7 memory per key; and (issue 7) set with a dataDir against Redis with an AOF. Every process it starts is killed at the end.
+// 6 catch-up, 7 memory per key; (issue 7) set with a dataDir against Redis with an AOF; (issue 14) the
+// event loop's longest stalls while a dataDir opens and closes and while a peer joins (bench/lifecycle.js). Every process it starts is killed at the end.
 
 const fs = require('node:fs')
 const path = require('node:path')
@@ -17,6 +18,7 @@ const latency = require('./sections/latency')
 const join = require('./sections/join')
 const catchup = require('./sections/catchup')
 const durable = require('./sections/durable')
+const lifecycle = require('./lifecycle')
 
 /** Which build of the product was measured: the commit, whether the tree differs, and the addon file. */
 function productState() {
@@ -46,7 +48,7 @@ function productState() {
 
 const argv = process.argv.slice(2)
 if (argv.includes('--help') || argv.includes('-h')) {
-  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
+  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup,lifecycle] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
   process.exit(0)
 }
 const QUICK = argv.includes('--quick')
@@ -81,6 +83,7 @@ const CONFIG = {
     durableRedisOps: 50_000,
     durableSeqOps: 1_000,
     durableRounds: 5,
+    lifecycleN: 1_000_000,
     budgetMs: 10 * 60_000,
   },
   quick: {
@@ -104,6 +107,7 @@ const CONFIG = {
     durableRedisOps: 20_000,
     durableSeqOps: 300,
     durableRounds: 3,
+    lifecycleN: 100_000,
     budgetMs: 170_000,
   },
 }
@@ -323,6 +327,16 @@ async function main() {
       if (c) {
         details.catchup = c
         figures.catchup_bytes_per_missed_byte = c.bytes_per_missed_byte
+      }
+    }
+
+    // Issue 14: the event loop's longest stall while a dataDir opens and closes, and while a peer joins.
+    if (want('lifecycle')) {
+      log(`\n[L] event-loop stalls: open and close of a dataDir, and a join, of ${cfg.lifecycleN.toLocaleString()} keys (goal ≤ 20 ms each)`)
+      const l = await section('lifecycle stalls', () => lifecycle.run({ n: cfg.lifecycleN, log }))
+      if (l) {
+        details.lifecycle = l
+        extra.lifecycle_stalls_ms = { open: l.open_stall_ms, close: l.close_stall_ms, join: l.join_stall_ms }
       }
     }
   } finally {

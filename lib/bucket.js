@@ -3,10 +3,12 @@
 // Uint8Array as bytes, anything else as JSON text) and their decoding, the promise and callback forms of
 // each call, and the delivery of change batches as 'change' events (one listener's throw costs no other
 // listener its event). Every call goes through the bucket's handle; the Peer settles what waits on acks.
+// Until the peer opens the handle is 0: writes go to the Peer's queue (values encoded at the call) and
+// synchronous reads throw ENOTREADY.
 
 const { EventEmitter } = require('node:events')
 const { native, hot, VALUE_KIND, CHANGE } = require('./native.js')
-const { codedError, closedError, fromNative } = require('./errors.js')
+const { codedError, closedError, notReadyError, fromNative } = require('./errors.js')
 const {
   MAX_VALUE_BYTES,
   checkKey,
@@ -32,6 +34,17 @@ function settle(cb, err) {
 function settleWrite(peer, ticket, cb) {
   if (ticket === 0) return settle(cb, null)
   const done = peer._awaitTicket(ticket)
+  if (!cb) return done
+  done.then(() => cb(null), cb)
+  return undefined
+}
+
+// A write made before the peer opened: `run(handle)` makes it once the peer opens, in call order.
+function settleLater(peer, bucket, run, cb) {
+  const done = peer._whenOpen(() => {
+    const ticket = run(bucket._handle)
+    return ticket === 0 ? undefined : peer._awaitTicket(ticket)
+  })
   if (!cb) return done
   done.then(() => cb(null), cb)
   return undefined
@@ -63,7 +76,23 @@ class SharedBucket extends EventEmitter {
   #listen(on) {
     if (this.#peer.closed) return
     this.#listening = on
-    native.bucketListen(this.#handle, on ? (batch) => this.#deliver(batch) : null)
+    if (this.#handle !== 0) native.bucketListen(this.#handle, on ? (batch) => this.#deliver(batch) : null)
+  }
+
+  // The peer opened: the bucket's handle, and its change listeners attached before.
+  _open(handle) {
+    this.#handle = handle
+    if (this.#listening && !this.#peer.closed) native.bucketListen(handle, (batch) => this.#deliver(batch))
+  }
+
+  get _handle() {
+    return this.#handle
+  }
+
+  // Undefined once the peer is open (or closed); before, a promise of its opening (for callers that
+  // read, such as the SessionStore).
+  _opening() {
+    return this.#handle === 0 && !this.#peer.closed ? this.#peer._whenOpen(() => undefined) : undefined
   }
 
   #deliver(batch) {
@@ -113,6 +142,10 @@ class SharedBucket extends EventEmitter {
       if (value.byteLength > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${value.byteLength})`)
       }
+      if (this.#handle === 0) {
+        const bytes = Buffer.from(value) // a copy: the caller may change its own before the peer opens
+        return settleLater(this.#peer, this, (h) => hot.setBytes(h, key, bytes, ttl, ack, timeout), cb)
+      }
       return settleWrite(this.#peer, hot.setBytes(this.#handle, key, value, ttl, ack, timeout), cb)
     } else if (typeof value === 'string' && value.isWellFormed()) {
       // Stored as the string itself (a lone surrogate could not travel as UTF-8: such strings go as
@@ -120,6 +153,7 @@ class SharedBucket extends EventEmitter {
       if (value.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(value) > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes (got ${Buffer.byteLength(value)})`)
       }
+      if (this.#handle === 0) return settleLater(this.#peer, this, (h) => hot.setString(h, key, value, ttl, ack, timeout), cb)
       return settleWrite(this.#peer, hot.setString(this.#handle, key, value, ttl, ack, timeout), cb)
     } else {
       // JSON would turn any other binary view into an object of indices (or {}), silently.
@@ -140,6 +174,7 @@ class SharedBucket extends EventEmitter {
       if (json.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(json) > MAX_VALUE_BYTES) {
         throw new RangeError(`set(): value must be at most ${MAX_VALUE_BYTES} bytes as JSON (got ${Buffer.byteLength(json)})`)
       }
+      if (this.#handle === 0) return settleLater(this.#peer, this, (h) => hot.setJson(h, key, json, ttl, ack, timeout), cb)
       return settleWrite(this.#peer, hot.setJson(this.#handle, key, json, ttl, ack, timeout), cb)
     }
   }
@@ -147,6 +182,7 @@ class SharedBucket extends EventEmitter {
   get(key) {
     checkKey('get()', key)
     if (this.#peer.closed) throw closedError('get()')
+    if (this.#handle === 0) throw notReadyError('get()')
     const raw = hot.get(this.#handle, key)
     return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
   }
@@ -154,6 +190,7 @@ class SharedBucket extends EventEmitter {
   has(key) {
     checkKey('has()', key)
     if (this.#peer.closed) throw closedError('has()')
+    if (this.#handle === 0) throw notReadyError('has()')
     return hot.has(this.#handle, key)
   }
 
@@ -162,6 +199,7 @@ class SharedBucket extends EventEmitter {
     checkKey('delete()', key)
     const [ack, timeout] = checkWriteOptions('delete()', options, false, 0)
     if (this.#peer.closed) return settle(cb, closedError('delete()'))
+    if (this.#handle === 0) return settleLater(this.#peer, this, (h) => hot.delete(h, key, ack, timeout), cb)
     return settleWrite(this.#peer, hot.delete(this.#handle, key, ack, timeout), cb)
   }
 
@@ -170,6 +208,12 @@ class SharedBucket extends EventEmitter {
     checkTtl('touch(): ttl', ttl)
     if (cb !== undefined && typeof cb !== 'function') throw new TypeError('touch(): callback must be a function')
     if (this.#peer.closed) return settle(cb, closedError('touch()'))
+    if (this.#handle === 0) {
+      const done = this.#peer._whenOpen(() => native.bucketTouch(this.#handle, key, ttl))
+      if (!cb) return done
+      done.then((touched) => cb(null, touched), cb)
+      return undefined
+    }
     const touched = native.bucketTouch(this.#handle, key, ttl)
     if (cb) {
       process.nextTick(cb, null, touched)
@@ -190,12 +234,14 @@ class SharedBucket extends EventEmitter {
   keys(prefix) {
     prefix = checkPrefix('keys()', prefix)
     if (this.#peer.closed) throw closedError('keys()')
+    if (this.#handle === 0) throw notReadyError('keys()')
     return native.bucketKeys(this.#handle, prefix)
   }
 
   entries(prefix) {
     prefix = checkPrefix('entries()', prefix)
     if (this.#peer.closed) throw closedError('entries()')
+    if (this.#handle === 0) throw notReadyError('entries()')
     const flat = native.bucketEntries(this.#handle, prefix)
     const out = new Array(flat.length / 2)
     for (let i = 0; i < flat.length; i += 2) out[i / 2] = [flat[i], decodeValue(flat[i + 1])]
@@ -204,6 +250,7 @@ class SharedBucket extends EventEmitter {
 
   get size() {
     if (this.#peer.closed) throw closedError('size')
+    if (this.#handle === 0) throw notReadyError('size')
     return native.bucketSize(this.#handle)
   }
 
@@ -215,6 +262,7 @@ class SharedBucket extends EventEmitter {
   inspect(key) {
     checkKey('inspect()', key)
     if (this.#peer.closed) throw closedError('inspect()')
+    if (this.#handle === 0) throw notReadyError('inspect()')
     return native.bucketInspect(this.#handle, key) ?? undefined
   }
 
@@ -224,6 +272,11 @@ class SharedBucket extends EventEmitter {
     if (typeof from !== 'string' || from.length === 0) throw new TypeError('fetch(): options.from must be a peer id')
     if (typeof prefix !== 'string') throw new TypeError('fetch(): options.prefix must be a string')
     if (this.#peer.closed) return Promise.reject(closedError('fetch()'))
+    if (this.#handle === 0) return this.#peer._whenOpen(() => this.#fetch(from, prefix))
+    return this.#fetch(from, prefix)
+  }
+
+  #fetch(from, prefix) {
     let id
     try {
       id = native.bucketFetch(this.#handle, from, prefix)

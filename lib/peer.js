@@ -1,12 +1,20 @@
 'use strict'
 // Peer: one node of the network. It owns the options check, the addon's peer handle, the buckets by
 // name (the same SharedBucket object per name), the promises waiting on ack tickets and fetch ids, the
-// peer events ('peer-up', 'peer-down', 'warning'), and the keep-alive timer that holds the process open
-// until close() or unref().
+// peer events ('peer-up', 'peer-down', 'warning', 'error'), and the keep-alive timer that holds the
+// process open until close() or unref().
+//
+// Its life: `new Peer()` checks the options and returns; the addon opens the node off the JavaScript
+// thread (bind, data directory, seeds) and reports `opened` or `open-failed`. Until then write calls
+// (set, delete, touch, fetch) are queued in call order, with their values already encoded, and made
+// once it opens (or fail as ready() does); synchronous reads throw ENOTREADY, since the replica is not
+// loaded yet. close() drains in the addon and reports `closed` with what was left unacknowledged. An
+// open or a close in flight holds the process (unref() or not), as a pending fs call does.
 
 const { EventEmitter } = require('node:events')
 const { native } = require('./native.js')
-const { codedError, closedError, fromNative } = require('./errors.js')
+const { randomBytes } = require('node:crypto')
+const { codedError, closedError, notReadyError, fromNative } = require('./errors.js')
 const { formatMetrics } = require('./metrics.js')
 const { SharedBucket } = require('./bucket.js')
 const {
@@ -21,15 +29,40 @@ const {
 } = require('./validation.js')
 const { version: VERSION } = require('../package.json')
 
-const RESOLVED = Promise.resolve()
+// How long close() waits, by default, for linked peers to acknowledge this peer's writes.
+const CLOSE_TIMEOUT_MS = 2000
+const HOLD_MS = 1 << 30
+const noop = () => {}
+
+function checkCloseOptions(options) {
+  if (options === undefined) return CLOSE_TIMEOUT_MS
+  if (options === null || typeof options !== 'object') throw new TypeError('close(): options must be an object')
+  const { timeout } = options
+  if (timeout === undefined) return CLOSE_TIMEOUT_MS
+  if (typeof timeout !== 'number' || !(timeout >= 0) || timeout > Number.MAX_SAFE_INTEGER) {
+    throw new RangeError('close(): options.timeout must be a number of milliseconds, 0 or more')
+  }
+  return timeout
+}
 
 class Peer extends EventEmitter {
   #handle = 0
+  #id
+  #address
+  #open = false
+  #failed = false
   #buckets = new Map()
   #ready
+  #readyAsked = false
+  #settleReady
+  // Calls made before the peer opened: { run, resolve, reject }, made in this order once it does.
+  #queue = []
   #keepAlive
+  // Ref'd timers while the open, or the close, is in flight.
+  #openHold
+  #closeHold
   #closing
-  #closed = false
+  #settleClose
   #waiting = new Map()
 
   constructor(options = {}) {
@@ -81,23 +114,77 @@ class Peer extends EventEmitter {
       durability = options.durability
     }
 
-    const opened = native.peerOpen(
-      { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, insecure, dataDir, durability },
-      (batch) => this.#onNative(batch),
-    )
-    Object.defineProperty(this, 'id', { value: opened.id, enumerable: true })
-    if (opened.error) {
-      this.#closed = true
-      const err = codedError(opened.code, `Peer: ${opened.error}`)
-      this.#ready = Promise.reject(err)
-      this.#ready.catch(() => {}) // reported through ready(); not an unhandled rejection by itself
-      return
-    }
-    this.#handle = opened.handle
-    this.address = opened.address
-    this.#ready = Promise.resolve()
+    // Without an id or a data directory (which keeps one), a random id, known at once.
+    if (id === undefined && dataDir === undefined) id = `peer-${randomBytes(6).toString('hex')}`
+    this.#id = id
+    this.#ready = new Promise((resolve, reject) => {
+      this.#settleReady = { resolve, reject }
+    })
+    this.#ready.catch(noop) // reported through ready(), queued calls and 'error'
+    this.#openHold = setInterval(noop, HOLD_MS)
     // An open Peer keeps the process alive, like a listening net.Server, until close() or unref().
-    this.#keepAlive = setInterval(() => {}, 1 << 30)
+    this.#keepAlive = setInterval(noop, HOLD_MS)
+    try {
+      this.#handle = native.peerOpen(
+        { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, insecure, dataDir, durability },
+        (batch) => this.#onNative(batch),
+      )
+    } catch (err) {
+      clearInterval(this.#openHold)
+      clearInterval(this.#keepAlive)
+      throw fromNative(err)
+    }
+  }
+
+  #opened(e) {
+    clearInterval(this.#openHold)
+    this.#id = e.id
+    this.#address = e.address
+    this.#open = true
+    for (const b of this.#buckets.values()) b._open(native.peerBucket(this.#handle, b.name))
+    const queue = this.#queue
+    this.#queue = []
+    for (const q of queue) {
+      try {
+        q.resolve(q.run())
+      } catch (err) {
+        q.reject(fromNative(err))
+      }
+    }
+    this.#settleReady.resolve()
+  }
+
+  #openFailed(e) {
+    clearInterval(this.#openHold)
+    clearInterval(this.#keepAlive)
+    this.#failed = true
+    native.peerRelease(this.#handle)
+    const err = codedError(e.code, `Peer: ${e.message}`)
+    for (const q of this.#queue.splice(0)) q.reject(err)
+    this.#settleReady.reject(err)
+    // Never silent: like a net.Server that cannot listen, an 'error' event, which is thrown when
+    // nobody listens for it and nobody asked ready() (nor called close()).
+    if (this.listenerCount('error') > 0 || (!this.#readyAsked && !this.#closing)) {
+      process.nextTick(() => this.emit('error', err))
+    }
+  }
+
+  #onClosed(e) {
+    clearInterval(this.#closeHold)
+    for (const waiter of this.#waiting.values()) waiter.reject(closedError('close()'))
+    this.#waiting.clear()
+    native.peerRelease(this.#handle)
+    const unacknowledged = {}
+    for (const u of e.unacknowledged) unacknowledged[u.peer] = u.writes
+    this.#settleClose.resolve({ unacknowledged, flushed: e.flushed })
+  }
+
+  // Runs `run` now when open, else once the peer opens (after the calls queued before it); the
+  // promise settles with what `run` returns, or rejects as ready() does.
+  _whenOpen(run) {
+    if (this.#open) return Promise.resolve(run())
+    if (this.#failed) return this.#ready.then(run)
+    return new Promise((resolve, reject) => this.#queue.push({ run, resolve, reject }))
   }
 
   // Peer events, ack outcomes, fetch results and warnings: PeerEvent objects (src/contract.rs).
@@ -137,6 +224,15 @@ class Peer extends EventEmitter {
         case 'fetch-failed':
           this.#settle('f' + e.id, codedError('EFETCH', `fetch(): ${e.reason}`))
           break
+        case 'opened':
+          this.#opened(e)
+          break
+        case 'open-failed':
+          this.#openFailed(e)
+          break
+        case 'closed':
+          this.#onClosed(e)
+          break
       }
     }
   }
@@ -158,13 +254,30 @@ class Peer extends EventEmitter {
     return new Promise((resolve, reject) => this.#waiting.set('f' + id, { resolve, reject }))
   }
 
-  /** True once close() was called (or the peer could not listen). */
-  get closed() {
-    return this.#closed
+  /** This peer's id: the one given, or drawn at random; with a dataDir and no id, known once ready. */
+  get id() {
+    return this.#id
   }
 
+  /** The `host:port` bound, once ready. */
+  get address() {
+    return this.#address
+  }
+
+  /** True once close() was called (or the peer could not open). */
+  get closed() {
+    return this.#closing !== undefined || this.#failed
+  }
+
+  /** Resolves once the peer listens and its data is loaded; rejects with why it could not open. */
   ready() {
+    this.#readyAsked = true
     return this.#ready
+  }
+
+  #checkOpen(what) {
+    if (this.closed) throw closedError(what)
+    if (!this.#open) throw notReadyError(what)
   }
 
   bucket(name, options) {
@@ -176,7 +289,7 @@ class Peer extends EventEmitter {
     if (this.closed) throw closedError('bucket()')
     let b = this.#buckets.get(name)
     if (!b) {
-      b = new SharedBucket(this, name, native.peerBucket(this.#handle, name))
+      b = new SharedBucket(this, name, this.#open ? native.peerBucket(this.#handle, name) : 0)
       this.#buckets.set(name, b)
     }
     // The same object per name; a ttl given again replaces the bucket's default for later writes.
@@ -185,18 +298,18 @@ class Peer extends EventEmitter {
   }
 
   peers() {
-    if (this.closed) throw closedError('peers()')
+    this.#checkOpen('peers()')
     return native.peerPeers(this.#handle)
   }
 
   stats() {
-    if (this.closed) throw closedError('stats()')
+    this.#checkOpen('stats()')
     return native.peerStats(this.#handle)
   }
 
   /** Prometheus text exposition of stats() and peers(), per-peer lag included (see lib/metrics.js). */
   metrics() {
-    if (this.closed) throw closedError('metrics()')
+    this.#checkOpen('metrics()')
     return formatMetrics(native.peerStats(this.#handle), native.peerPeers(this.#handle), VERSION)
   }
 
@@ -210,18 +323,23 @@ class Peer extends EventEmitter {
     return this
   }
 
-  close() {
+  /**
+   * Leaves the network: waits up to `timeout` ms (default 2000) for the linked peers to acknowledge
+   * this peer's writes (and for the data directory to take them), then closes. Resolves with
+   * `{ unacknowledged: { [peerId]: writes }, flushed }`; the same promise for every call.
+   */
+  close(options) {
+    const timeout = checkCloseOptions(options)
     if (this.#closing) return this.#closing
-    this.#closed = true
+    this.#closing = new Promise((resolve) => {
+      this.#settleClose = { resolve }
+    })
     clearInterval(this.#keepAlive)
-    for (const waiter of this.#waiting.values()) waiter.reject(closedError('close()'))
-    this.#waiting.clear()
-    try {
-      if (this.#handle) native.peerClose(this.#handle)
-      this.#closing = RESOLVED
-    } catch (err) {
-      this.#closing = Promise.reject(fromNative(err))
-    }
+    this.#closeHold = setInterval(noop, HOLD_MS)
+    this.#ready.then(
+      () => native.peerClose(this.#handle, timeout),
+      () => this.#onClosed({ unacknowledged: [], flushed: true }),
+    )
     return this.#closing
   }
 }

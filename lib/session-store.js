@@ -29,10 +29,13 @@ try {
 
 // Runs `work` (sync, or returning a promise) and reports its outcome to `cb`, or as a promise when
 // there is no callback. A callback is always called once, on a later tick, outside any try block.
-function finish(cb, work) {
+// `bucket`, for calls that read: until its peer opens they wait for it (synchronous reads would throw
+// ENOTREADY), as writes do by themselves.
+function finish(cb, work, bucket) {
   let result
+  const opening = bucket && typeof bucket._opening === 'function' ? bucket._opening() : undefined
   try {
-    result = Promise.resolve(work())
+    result = opening ? opening.then(work) : Promise.resolve(work())
   } catch (err) {
     result = Promise.reject(err)
   }
@@ -189,7 +192,7 @@ function createSessionStore() {
           throw new TypeError(`SessionStore.get(): the value under '${this.#key(sid)}' is not a session (no cookie)`)
         }
         return session
-      })
+      }, this.#bucket)
     }
 
     /** Stores the session (as JSON) with the TTL its cookie gives; an already expired one is deleted. */
@@ -238,12 +241,12 @@ function createSessionStore() {
           if (session !== null && typeof session === 'object' && !Array.isArray(session)) session.id = key.slice(n)
           return session
         })
-      })
+      }, this.#bucket)
     }
 
     /** cb(err, count): how many live sessions there are. */
     length(cb) {
-      return finish(cb, () => this.#bucket.keys(this.#prefix).length)
+      return finish(cb, () => this.#bucket.keys(this.#prefix).length, this.#bucket)
     }
 
     /** cb(err, ids): the ids of the live sessions. */
@@ -251,7 +254,7 @@ function createSessionStore() {
       return finish(cb, () => {
         const n = this.#prefix.length
         return this.#bucket.keys(this.#prefix).map((key) => key.slice(n))
-      })
+      }, this.#bucket)
     }
 
     /** Deletes every session (every key under the prefix), on every peer. */
@@ -260,7 +263,7 @@ function createSessionStore() {
         const keys = this.#bucket.keys(this.#prefix)
         await Promise.all(keys.map((key) => this.#bucket.delete(key, this.#writeOptions)))
         return undefined
-      })
+      }, this.#bucket)
     }
   }
 }

@@ -81,6 +81,25 @@ pub enum PeerEvent {
         peer: Option<String>,
         address: Option<String>,
     },
+    /// The peer listens and its data is loaded (always the first event of an opened peer).
+    Opened { id: String, address: String },
+    /// The peer could not open (its only event): `code` 'EADDRINUSE', 'EDATADIRINUSE', ... and why.
+    OpenFailed { code: String, message: String },
+    /// `peerClose` ended (the last event): what linked peers had not acknowledged, and whether the
+    /// data directory (if any) took every write.
+    Closed {
+        unacknowledged: Vec<Unacknowledged>,
+        flushed: bool,
+    },
+}
+
+/// A peer that had not acknowledged every write of this one when it closed.
+#[napi(object)]
+pub struct Unacknowledged {
+    /// Its id.
+    pub peer: String,
+    /// How many of this peer's writes it lacked.
+    pub writes: f64,
 }
 
 /// The `code` of an error the binding throws (napi's `Status` is a closed set, so the binding's calls

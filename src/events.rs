@@ -18,7 +18,7 @@ use peer_buckets_engine::warning::Warning;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::contract::{ChangeSlot, PeerEvent, CHANGE_STRIDE};
+use crate::contract::{ChangeSlot, PeerEvent, Unacknowledged, CHANGE_STRIDE};
 use crate::convert::{ArrayBuilder, RawValue};
 
 /// Most events handed over in one call.
@@ -94,6 +94,18 @@ pub enum EngineEvent {
         result: std::result::Result<usize, String>,
     },
     Warning(Warning),
+    Opened {
+        id: String,
+        address: String,
+    },
+    OpenFailed {
+        code: &'static str,
+        message: String,
+    },
+    Closed {
+        unacknowledged: Vec<(String, u64)>,
+        flushed: bool,
+    },
 }
 
 impl From<EngineEvent> for PeerEvent {
@@ -133,6 +145,24 @@ impl From<EngineEvent> for PeerEvent {
                 peer: w.peer,
                 address: w.address,
             },
+            EngineEvent::Opened { id, address } => PeerEvent::Opened { id, address },
+            EngineEvent::OpenFailed { code, message } => PeerEvent::OpenFailed {
+                code: code.to_string(),
+                message,
+            },
+            EngineEvent::Closed {
+                unacknowledged,
+                flushed,
+            } => PeerEvent::Closed {
+                unacknowledged: unacknowledged
+                    .into_iter()
+                    .map(|(peer, writes)| Unacknowledged {
+                        peer,
+                        writes: writes as f64,
+                    })
+                    .collect(),
+                flushed,
+            },
         }
     }
 }
@@ -148,64 +178,73 @@ pub struct PeerEvents {
 /// How long a fetch may take before it fails.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts the pump that hands peer events, ack outcomes, fetch results and warnings to `callback` as
-/// arrays of `contract::PeerEvent`.
-pub fn start_pump(
-    node: &Arc<Node>,
-    runtime: &Handle,
-    callback: Function<Vec<PeerEvent>, ()>,
-) -> Result<PeerEvents> {
-    let tsfn = callback
-        .build_threadsafe_function::<Vec<EngineEvent>>()
-        .callee_handled::<false>()
-        .weak::<true>()
-        .build_callback(|ctx: ThreadsafeCallContext<Vec<EngineEvent>>| {
-            Ok(ctx
-                .value
-                .into_iter()
-                .map(PeerEvent::from)
-                .collect::<Vec<_>>())
-        })?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut peer_events = node.events();
-    let forward = tx.clone();
-    runtime.spawn(async move {
-        while let Some(e) = peer_events.recv().await {
-            if forward.send(EngineEvent::Peer(e)).is_err() {
-                break;
+impl PeerEvents {
+    /// Starts the pump that hands peer events, ack outcomes, fetch results, warnings and the open and
+    /// close outcomes to `callback` as arrays of `contract::PeerEvent`. It starts before the node
+    /// exists, so the open's outcome is the first event; `attach` adds the node's own.
+    pub fn start(runtime: &Handle, callback: Function<Vec<PeerEvent>, ()>) -> Result<PeerEvents> {
+        let tsfn = callback
+            .build_threadsafe_function::<Vec<EngineEvent>>()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build_callback(|ctx: ThreadsafeCallContext<Vec<EngineEvent>>| {
+                Ok(ctx
+                    .value
+                    .into_iter()
+                    .map(PeerEvent::from)
+                    .collect::<Vec<_>>())
+            })?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        runtime.spawn(async move {
+            while let Some(batch) = next_batch(&mut rx).await {
+                if tsfn.call(batch, ThreadsafeFunctionCallMode::NonBlocking) == Status::Closing {
+                    break;
+                }
             }
-        }
-    });
-    let mut warnings = node.warnings();
-    let forward = tx.clone();
-    runtime.spawn(async move {
-        while let Some(w) = warnings.recv().await {
-            if forward.send(EngineEvent::Warning(w)).is_err() {
-                break;
+        });
+        Ok(PeerEvents {
+            tx,
+            runtime: runtime.clone(),
+            next_fetch: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Reports `event` after those reported before it.
+    pub fn send(&self, event: EngineEvent) {
+        let _ = self.tx.send(event);
+    }
+
+    /// Forwards the node's peer events, warnings (those emitted while it started first) and ack
+    /// outcomes from now on.
+    pub fn attach(&self, node: &Node) {
+        let mut peer_events = node.events();
+        let forward = self.tx.clone();
+        self.runtime.spawn(async move {
+            while let Some(e) = peer_events.recv().await {
+                if forward.send(EngineEvent::Peer(e)).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let mut acks = node.ack_outcomes();
-    let forward = tx.clone();
-    runtime.spawn(async move {
-        while let Some(a) = acks.recv().await {
-            if forward.send(EngineEvent::Ack(a)).is_err() {
-                break;
+        });
+        let mut warnings = node.warnings();
+        let forward = self.tx.clone();
+        self.runtime.spawn(async move {
+            while let Some(w) = warnings.recv().await {
+                if forward.send(EngineEvent::Warning(w)).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    runtime.spawn(async move {
-        while let Some(batch) = next_batch(&mut rx).await {
-            if tsfn.call(batch, ThreadsafeFunctionCallMode::NonBlocking) == Status::Closing {
-                break;
+        });
+        let mut acks = node.ack_outcomes();
+        let forward = self.tx.clone();
+        self.runtime.spawn(async move {
+            while let Some(a) = acks.recv().await {
+                if forward.send(EngineEvent::Ack(a)).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    Ok(PeerEvents {
-        tx,
-        runtime: runtime.clone(),
-        next_fetch: Arc::new(AtomicU64::new(0)),
-    })
+        });
+    }
 }
 
 /// Waits (on the peer's runtime) for a fetch to finish and reports it; returns the id reported.

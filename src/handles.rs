@@ -1,5 +1,8 @@
 //! Process-wide tables of open peers and their buckets, indexed by the numbers JavaScript holds.
-//! Handle 0 is never issued. A closed peer's slots are emptied, so later calls fail with ECLOSED.
+//! Handle 0 is never issued. A peer's handle is issued before its node exists (the node opens off the
+//! JavaScript thread); until it does, and once it closes, calls on it fail with ECLOSED (index.js
+//! makes none then). A closing peer's bucket slots are emptied at once; the peer's own slot goes when
+//! JavaScript releases it, once its close (or failed open) was reported.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +15,8 @@ use tokio::runtime::{Handle, Runtime};
 use crate::events::PeerEvents;
 
 pub struct PeerEntry {
-    pub node: Arc<Node>,
+    /// `None` while the node opens, and for good when it could not.
+    pub node: Option<Arc<Node>>,
     pub runtime: Runtime,
     pub events: PeerEvents,
     /// Bucket handles issued for this peer.
@@ -48,6 +52,34 @@ pub fn add_peer(entry: PeerEntry) -> u32 {
     (peers.len() - 1) as u32
 }
 
+/// Gives an opening peer its node; false when the slot is gone.
+pub fn set_node(peer: u32, node: Arc<Node>) -> bool {
+    match PEERS.lock().get_mut(peer as usize).and_then(Option::as_mut) {
+        Some(slot) => {
+            slot.entry.node = Some(node);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Starts closing a peer: its buckets' slots are emptied and no bucket is issued any more. Returns its
+/// node (taken: `None` when it never opened), where its events go, and its runtime.
+pub fn close_peer(peer: u32) -> Option<(Option<Arc<Node>>, PeerEvents, Handle)> {
+    let mut peers = PEERS.lock();
+    let slot = peers.get_mut(peer as usize)?.as_mut()?;
+    let mut buckets = BUCKETS.write();
+    for b in slot.entry.buckets.drain(..) {
+        buckets[b as usize] = None;
+    }
+    slot.by_name.clear();
+    Some((
+        slot.entry.node.take(),
+        slot.entry.events.clone(),
+        slot.entry.runtime.handle().clone(),
+    ))
+}
+
 pub fn remove_peer(peer: u32) -> Option<PeerEntry> {
     PEERS
         .lock()
@@ -61,7 +93,7 @@ pub fn node(peer: u32) -> Option<Arc<Node>> {
         .lock()
         .get(peer as usize)
         .and_then(Option::as_ref)
-        .map(|s| s.entry.node.clone())
+        .and_then(|s| s.entry.node.clone())
 }
 
 /// The handle of the peer's bucket `name`, issuing one on first use.
@@ -71,15 +103,16 @@ pub fn bucket_handle(peer: u32, name: &str) -> Option<u32> {
     if let Some(&h) = slot.by_name.get(name) {
         return Some(h);
     }
-    let bucket = slot.entry.node.bucket(name);
+    let node = slot.entry.node.clone()?;
+    let bucket = node.bucket(name);
     let mut buckets = BUCKETS.write();
     if buckets.is_empty() {
         buckets.push(None);
     }
     buckets.push(Some(BucketSlot {
         bucket,
-        strict: slot.entry.node.is_strict(),
-        node: slot.entry.node.clone(),
+        strict: node.is_strict(),
+        node,
         runtime: slot.entry.runtime.handle().clone(),
         events: slot.entry.events.clone(),
     }));

@@ -27,17 +27,8 @@ use peer_buckets_engine::store::Lifetime;
 
 use contract::{closed, internal, AckLevel, Code, PeerEvent, Result};
 use convert::{KeyArg, KindSlot, RawValue};
-use handles::{with_bucket, PeerEntry, BUCKETS};
-
-/// What `peerOpen` reports: the handle, and either the bound address or why binding failed.
-#[napi(object)]
-pub struct PeerOpened {
-    pub handle: u32,
-    pub id: String,
-    pub address: Option<String>,
-    pub error: Option<String>,
-    pub code: Option<String>,
-}
+use events::EngineEvent;
+use handles::{with_bucket, PeerEntry};
 
 #[napi(object)]
 pub struct PeerInfo {
@@ -132,20 +123,25 @@ fn ms(v: f64) -> Duration {
     Duration::from_millis(v.max(0.0) as u64)
 }
 
-/// Starts a peer on its own tokio runtime. Binding errors are reported in the result, not thrown, so
-/// that `ready()` can reject with them.
-#[napi(catch_unwind)]
-pub fn peer_open(
-    options: OpenOptions,
-    callback: Function<Vec<PeerEvent>, ()>,
-) -> Result<PeerOpened> {
-    init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("peer-buckets")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::new(Code::Internal, format!("cannot start the runtime: {e}")))?;
+/// The `code` `ready()` rejects with for an engine error.
+fn open_error_code(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::Listen { source, .. } => match source.kind() {
+            std::io::ErrorKind::AddrInUse => "EADDRINUSE",
+            std::io::ErrorKind::AddrNotAvailable => "EADDRNOTAVAIL",
+            std::io::ErrorKind::PermissionDenied => "EACCES",
+            _ => "ELISTEN",
+        },
+        EngineError::BadAddress(_) => "EINVALIDADDRESS",
+        EngineError::Closed => "ECLOSED",
+        EngineError::NotConnected(_) => "ENOTCONN",
+        EngineError::DataDirInUse(_) => "EDATADIRINUSE",
+        EngineError::Storage(_) => "ESTORAGE",
+        EngineError::Secret(_) => "EINVAL",
+    }
+}
+
+fn config_of(options: OpenOptions) -> Config {
     let clock = Arc::new(Clock::default());
     if let Some(offset) = std::env::var(CLOCK_OFFSET_ENV)
         .ok()
@@ -154,9 +150,8 @@ pub fn peer_open(
         clock.set_offset_ms(offset);
     }
     let defaults = Config::default();
-    let id = options.id.unwrap_or_default();
-    let config = Config {
-        id: (!id.is_empty()).then(|| id.clone()),
+    Config {
+        id: options.id.filter(|id| !id.is_empty()),
         listen: options.listen,
         seeds: options.seeds,
         advertise: options.advertise,
@@ -194,52 +189,51 @@ pub fn peer_open(
             _ => Durability::Strict,
         },
         ..defaults
-    };
-    match runtime.block_on(Node::start(config)) {
-        Ok(node) => {
-            let address = node.address().to_string();
-            let id = node.id().to_string();
-            let node = Arc::new(node);
-            let events = events::start_pump(&node, runtime.handle(), callback).map_err(internal)?;
-            let handle = handles::add_peer(PeerEntry {
-                node,
-                runtime,
-                events,
-                buckets: Vec::new(),
-            });
-            Ok(PeerOpened {
-                handle,
-                id,
-                address: Some(address),
-                error: None,
-                code: None,
-            })
-        }
-        Err(e) => {
-            let code = match &e {
-                EngineError::Listen { source, .. } => match source.kind() {
-                    std::io::ErrorKind::AddrInUse => "EADDRINUSE",
-                    std::io::ErrorKind::AddrNotAvailable => "EADDRNOTAVAIL",
-                    std::io::ErrorKind::PermissionDenied => "EACCES",
-                    _ => "ELISTEN",
-                },
-                EngineError::BadAddress(_) => "EINVALIDADDRESS",
-                EngineError::Closed => "ECLOSED",
-                EngineError::NotConnected(_) => "ENOTCONN",
-                EngineError::DataDirInUse(_) => "EDATADIRINUSE",
-                EngineError::Storage(_) => "ESTORAGE",
-                EngineError::Secret(_) => "EINVAL",
-            };
-            runtime.shutdown_background();
-            Ok(PeerOpened {
-                handle: 0,
-                id,
-                address: None,
-                error: Some(e.to_string()),
-                code: Some(code.into()),
-            })
-        }
     }
+}
+
+/// Starts a peer on its own tokio runtime and returns its handle at once: binding the port, opening
+/// and loading the data directory and dialing the seeds happen on that runtime, never on the
+/// JavaScript thread. The outcome is the first event `callback` gets: `opened` (id and address) or
+/// `open-failed` (code and message), after which JavaScript calls `peerRelease`.
+#[napi(catch_unwind)]
+pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -> Result<u32> {
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("peer-buckets")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::new(Code::Internal, format!("cannot start the runtime: {e}")))?;
+    let config = config_of(options);
+    let on = runtime.handle().clone();
+    let events = events::PeerEvents::start(&on, callback).map_err(internal)?;
+    let handle = handles::add_peer(PeerEntry {
+        node: None,
+        runtime,
+        events: events.clone(),
+        buckets: Vec::new(),
+    });
+    on.spawn(async move {
+        match Node::start(config).await {
+            Ok(node) => {
+                let node = Arc::new(node);
+                let (id, address) = (node.id().to_string(), node.address().to_string());
+                if handles::set_node(handle, node.clone()) {
+                    events.send(EngineEvent::Opened { id, address });
+                    events.attach(&node);
+                } else {
+                    // Released before it opened (index.js waits for the open first): stop it again.
+                    node.close(Duration::ZERO).await;
+                }
+            }
+            Err(e) => events.send(EngineEvent::OpenFailed {
+                code: open_error_code(&e),
+                message: e.to_string(),
+            }),
+        }
+    });
+    Ok(handle)
 }
 
 /// The handle of bucket `name` of a peer (the same handle for the same name).
@@ -347,19 +341,54 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
     })
 }
 
-/// Leaves the network and frees the port and threads. Idempotent.
+/// How long the node's tasks get to end once the links are told (`Node::close`).
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Closes a peer off the JavaScript thread: waits up to `timeout_ms` for the linked peers to
+/// acknowledge this peer's writes, leaves the network and flushes the data directory; the `closed`
+/// event (the last) reports what was left unacknowledged, after which JavaScript calls `peerRelease`.
+/// A peer already closing or released reports nothing.
 #[napi(catch_unwind)]
-pub fn peer_close(peer: u32) -> Result<()> {
-    let Some(entry) = handles::remove_peer(peer) else {
+pub fn peer_close(peer: u32, timeout_ms: f64) -> Result<()> {
+    let Some((node, events, runtime)) = handles::close_peer(peer) else {
         return Ok(());
     };
-    for b in &entry.buckets {
-        BUCKETS.write()[*b as usize] = None;
+    let Some(node) = node else {
+        events.send(EngineEvent::Closed {
+            unacknowledged: Vec::new(),
+            flushed: true,
+        });
+        return Ok(());
+    };
+    let timeout = Duration::from_millis(timeout_ms.clamp(0.0, MAX_ACK_TIMEOUT_MS) as u64);
+    runtime.spawn(async move {
+        let unacknowledged = node.drain(timeout).await;
+        let flushed = node.close(CLOSE_GRACE).await;
+        events.send(EngineEvent::Closed {
+            unacknowledged,
+            flushed,
+        });
+    });
+    Ok(())
+}
+
+/// Frees a peer's slot and its runtime's threads, once its close or failed open was reported. The
+/// runtime is shut down on a thread of its own, so this never waits.
+#[napi(catch_unwind)]
+pub fn peer_release(peer: u32) -> Result<()> {
+    if let Some(entry) = handles::remove_peer(peer) {
+        let PeerEntry {
+            node,
+            runtime,
+            events,
+            ..
+        } = entry;
+        drop((node, events));
+        std::thread::Builder::new()
+            .name("peer-buckets-release".into())
+            .spawn(move || runtime.shutdown_timeout(Duration::from_millis(200)))
+            .map_err(|e| Error::new(Code::Internal, format!("cannot stop the runtime: {e}")))?;
     }
-    entry
-        .runtime
-        .block_on(entry.node.close(Duration::from_millis(500)));
-    entry.runtime.shutdown_timeout(Duration::from_millis(200));
     Ok(())
 }
 

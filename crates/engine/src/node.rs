@@ -391,9 +391,70 @@ impl Node {
         }
     }
 
+    /// Waits until every peer linked now has acknowledged every write this replica made so far, or
+    /// `timeout` passes. Returns, for each of those peers that had not, how many of these writes it
+    /// lacked: when the timeout passed, or when its link went down (it cannot acknowledge any more
+    /// then, so it is not waited for).
+    pub async fn drain(&self, timeout: Duration) -> Vec<(String, u64)> {
+        let local = &self.shared.local;
+        // The writes made so far: each bucket's own seqs up to here.
+        let made: Vec<(Arc<Bucket>, u64)> = local
+            .bucket_list()
+            .into_iter()
+            .map(|b| {
+                let upto = b.store().context_of(&local.me).max();
+                (b, upto)
+            })
+            .filter(|(_, upto)| *upto > 0)
+            .collect();
+        let lacking = |peer: &str| -> u64 {
+            made.iter()
+                .map(|(b, upto)| upto.saturating_sub(local.acks.acked_upto(b.name(), peer)))
+                .sum()
+        };
+        let linked = || -> Vec<Arc<str>> {
+            self.shared
+                .links
+                .lock()
+                .iter()
+                .map(|l| l.node.clone())
+                .collect()
+        };
+        let mut peers = linked();
+        peers.sort();
+        peers.dedup();
+        let mut waiting: Vec<(Arc<str>, u64)> = peers.into_iter().map(|p| (p, 0)).collect();
+        let deadline = Instant::now() + timeout;
+        let mut left = Vec::new();
+        loop {
+            let now_linked = linked();
+            let mut still = Vec::with_capacity(waiting.len());
+            for (peer, _) in waiting {
+                let lacks = lacking(&peer);
+                if lacks == 0 {
+                    continue;
+                }
+                if now_linked.contains(&peer) {
+                    still.push((peer, lacks));
+                } else {
+                    left.push((peer.to_string(), lacks));
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        left.extend(waiting.into_iter().map(|(p, n)| (p.to_string(), n)));
+        left
+    }
+
     /// Leaves the network: tells every linked peer, closes the links and the listener, and waits (up to
-    /// `grace`) for every task to end; what is still running then is aborted.
-    pub async fn close(&self, grace: Duration) {
+    /// `grace`) for every task to end; what is still running then is aborted. Returns false when the
+    /// data directory did not take every write (they stay owed; the stop is not clean), true otherwise
+    /// (and without a data directory).
+    pub async fn close(&self, grace: Duration) -> bool {
         let _ = self.stop.send(true);
         let set = self.shared.tasks.lock().take();
         if let Some(mut set) = set {
@@ -408,8 +469,9 @@ impl Node {
         self.shared.members.close();
         // Last: flush what is left and mark the stop clean, once nothing changes any more.
         let flusher = self.flusher.lock().take();
-        if let Some(flusher) = flusher {
-            flusher.close().await;
+        match flusher {
+            Some(flusher) => flusher.close().await,
+            None => true,
         }
     }
 

@@ -399,3 +399,44 @@ async fn two_nodes_holding_100000_buckets_link_and_converge() {
         n.close(Duration::from_secs(1)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_returns_once_every_linked_peer_holds_every_write_made_before_it() {
+    let a = Node::start(config("a", vec![])).await.unwrap();
+    let b = Node::start(config("b", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("linked", || {
+        a.peers().iter().any(|p| p.connected) && b.peers().iter().any(|p| p.connected)
+    })
+    .await;
+    let (mine, theirs) = (a.bucket("s"), b.bucket("s"));
+    for k in 0..20_000 {
+        mine.write(
+            format!("k{k}"),
+            Some(value::encode_json(&k.to_string())),
+            Lifetime::Forever,
+        );
+    }
+    // Measured at once, the burst is not acknowledged yet: the drain reports what b lacks.
+    let early = a.drain(Duration::ZERO).await;
+    assert!(
+        matches!(early.as_slice(), [(peer, n)] if peer == "b" && *n > 0),
+        "{early:?}"
+    );
+    let left = a.drain(Duration::from_secs(20)).await;
+    assert!(left.is_empty(), "{left:?}");
+    // Acknowledged means applied: b holds every write the moment the drain returns.
+    assert_eq!(theirs.len(), 20_000);
+    // A peer no longer linked is not waited for.
+    b.close(Duration::from_secs(1)).await;
+    eventually("b gone", || a.peers().iter().all(|p| !p.connected)).await;
+    mine.write("after", Some(value::encode_json("1")), Lifetime::Forever);
+    let started = std::time::Instant::now();
+    assert!(a.drain(Duration::from_secs(20)).await.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        a.close(Duration::from_secs(1)).await,
+        "no data directory: nothing owed"
+    );
+}

@@ -92,8 +92,9 @@ impl Rounds {
         !self.strict && rang && !stopping
     }
 
-    /// One flush (and a checkpoint when due); the last one also records a clean stop.
-    fn round(&mut self, stopping: bool) {
+    /// One flush (and a checkpoint when due); the last one also records a clean stop. True when the
+    /// flush, the checkpoint and (stopping) the clean stop were all written.
+    fn round(&mut self, stopping: bool) -> bool {
         // Writes that read a generation up to `gen` were journaled before this drain.
         let gen = self.local.acks.next_flush_generation();
         let flushed = if self.strict {
@@ -106,15 +107,23 @@ impl Rounds {
             Ok(_) => self.local.acks.on_flushed(gen),
             Err(_) => self.local.acks.on_flush_failed(gen),
         }
-        match flushed.and(checkpointed) {
-            Ok(()) => self.recovered(),
-            Err(e) => self.failed(e),
-        }
+        let mut stored = match flushed.and(checkpointed) {
+            Ok(()) => {
+                self.recovered();
+                true
+            }
+            Err(e) => {
+                self.failed(e);
+                false
+            }
+        };
         if stopping {
             if let Err(e) = self.disk.mark_clean() {
                 tracing::error!(error = %e, dir = %self.disk.dir().display(), "cannot record the clean stop");
+                stored = false;
             }
         }
+        stored
     }
 
     fn failed(&mut self, e: crate::error::Error) {
@@ -135,9 +144,10 @@ impl Rounds {
     }
 }
 
+/// The flusher's loop; it ends with whether its last round (the stop) stored everything.
 enum Runner {
-    Thread(std::thread::JoinHandle<()>),
-    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<bool>),
+    Task(tokio::task::JoinHandle<bool>),
 }
 
 /// The running flusher.
@@ -178,9 +188,9 @@ impl Flusher {
                     if rounds.paced(rang, stopping) {
                         std::thread::sleep(rounds.interval);
                     }
-                    rounds.round(stopping);
+                    let stored = rounds.round(stopping);
                     if stopping {
-                        break;
+                        break stored;
                     }
                 })
                 .expect("spawn the flusher thread");
@@ -193,9 +203,9 @@ impl Flusher {
                     if rounds.paced(rang, stopping) {
                         tokio::time::sleep(rounds.interval).await;
                     }
-                    rounds.round(stopping);
+                    let stored = rounds.round(stopping);
                     if stopping {
-                        break;
+                        break stored;
                     }
                 }
             }))
@@ -210,18 +220,17 @@ impl Flusher {
         )
     }
 
-    /// Flushes what is left, records the clean stop and waits for the flusher to end.
-    pub async fn close(mut self) {
+    /// Flushes what is left, records the clean stop and waits for the flusher to end. False when the
+    /// data directory did not take everything (writes stay owed; the stop is not clean).
+    pub async fn close(mut self) -> bool {
         self.stop.store(true, Ordering::Release);
         self.doorbell.ring();
         match self.runner.take() {
-            Some(Runner::Thread(t)) => {
-                let _ = tokio::task::spawn_blocking(move || t.join()).await;
-            }
-            Some(Runner::Task(t)) => {
-                let _ = t.await;
-            }
-            None => {}
+            Some(Runner::Thread(t)) => tokio::task::spawn_blocking(move || t.join())
+                .await
+                .is_ok_and(|joined| joined.unwrap_or(false)),
+            Some(Runner::Task(t)) => t.await.unwrap_or(false),
+            None => true,
         }
     }
 }
