@@ -96,7 +96,7 @@ impl Scene {
     }
 
     /// What the victim sends mallory.
-    fn to_mallory(&mut self) -> Vec<Message> {
+    fn sent_to_mallory(&mut self) -> Vec<Message> {
         due(&mut self.v_m, &self.world.locals[0], false)
     }
 
@@ -213,7 +213,7 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
     }))
     .unwrap();
     let asked: Vec<(ReplicaId, SeqRanges)> = s
-        .to_mallory()
+        .sent_to_mallory()
         .into_iter()
         .filter_map(|m| match m {
             Message::Held { origin, query, .. } => Some((origin, query)),
