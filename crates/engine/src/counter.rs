@@ -102,7 +102,7 @@ impl Tally {
 
 enum Suffix {
     Writer(WriterId),
-    Reset(u64),
+    Reset,
 }
 
 fn parse_suffix(suffix: &str) -> Option<Suffix> {
@@ -115,7 +115,10 @@ fn parse_suffix(suffix: &str) -> Option<Suffix> {
         let (token, end) = rest.split_once(':')?;
         Some(Suffix::Writer((hex(token)?, hex(end)?)))
     } else {
-        suffix.strip_prefix('r').and_then(hex).map(Suffix::Reset)
+        suffix
+            .strip_prefix('r')
+            .and_then(hex)
+            .map(|_| Suffix::Reset)
     }
 }
 
@@ -195,7 +198,7 @@ impl KeyState {
                     *slot = slot.max(t);
                 }
             }
-            Some(Suffix::Reset(_)) => {
+            Some(Suffix::Reset) => {
                 for (id, floor) in decode_floors(raw).unwrap_or_default() {
                     let slot = self.floors.entry(id).or_default();
                     *slot = slot.max(floor);
