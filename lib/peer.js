@@ -9,6 +9,7 @@ const { native } = require('./native.js')
 const { codedError, closedError, fromNative } = require('./errors.js')
 const { formatMetrics } = require('./metrics.js')
 const { SharedBucket } = require('./bucket.js')
+const { SharedCounter, checkCounterArgs } = require('./counter.js')
 const {
   MAX_ID_BYTES,
   checkTtl,
@@ -26,6 +27,7 @@ const RESOLVED = Promise.resolve()
 class Peer extends EventEmitter {
   #handle = 0
   #buckets = new Map()
+  #counters = new Map()
   #ready
   #keepAlive
   #closing
@@ -182,6 +184,19 @@ class Peer extends EventEmitter {
     // The same object per name; a ttl given again replaces the bucket's default for later writes.
     if (ttl !== undefined) b._setTtl(ttl)
     return b
+  }
+
+  counter(name, options) {
+    const ttl = checkCounterArgs(name, options)
+    if (this.closed) throw closedError('counter()')
+    let c = this.#counters.get(name)
+    if (!c) {
+      c = new SharedCounter(this, name, native.peerCounter(this.#handle, name))
+      this.#counters.set(name, c)
+    }
+    // The same object per name; a ttl given again replaces the counter's default window.
+    if (ttl !== undefined) c._setTtl(ttl)
+    return c
   }
 
   peers() {

@@ -67,6 +67,11 @@ pub fn bucket_name(name: &str) -> String {
     format!("{BUCKET_PREFIX}{name}")
 }
 
+/// A token for a new `Counter`: random, so no two processes (nor two runs of one) share one.
+pub fn fresh_token() -> u64 {
+    rand::random()
+}
+
 /// Splits a stored register key into the counter key and the register suffix; `None` for a key no
 /// counter wrote (a malformed one from a broken peer is ignored, never counted).
 pub fn split_key(stored: &str) -> Option<(&str, &str)> {
