@@ -100,6 +100,8 @@ test('keys and size list the keys whose value is not 0, under a prefix', async (
   expect(c.keys('ip:')).toEqual(['ip:1', 'ip:2'])
   expect(c.keys().sort()).toEqual(['ip:1', 'ip:2', 'user:1'])
   expect(c.size).toBe(3)
+  // A counter's registers are not keys of stats() (which counts what users store in buckets).
+  expect(peer.stats().keys).toBe(0)
 })
 
 test('bad arguments throw, and a bucket name of a counter cannot be opened', async () => {
