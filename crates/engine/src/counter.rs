@@ -164,7 +164,7 @@ fn encode_floors(floors: &BTreeMap<WriterId, Tally>) -> Vec<u8> {
 }
 
 fn decode_floors(bytes: &[u8]) -> Option<Vec<(WriterId, Tally)>> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return None;
     }
     let n = |c: &[u8], i: usize| u64_at(c, i * 8).unwrap_or(0);
