@@ -1,5 +1,5 @@
-//! Counters on real nodes over loopback: increments made concurrently on every node, while links
-//! drop and a node restarts empty, end as the exact total on every node.
+//! Counters on real nodes over loopback: increments made concurrently on every node end as the exact
+//! total on every node, and a node restarted empty counts on without overwriting what it counted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,17 +7,8 @@ use std::time::Duration;
 use peer_buckets_engine::counter::{bucket_name, Counter};
 use peer_buckets_engine::node::{Config, Node};
 
-fn config(id: &str, seeds: Vec<String>) -> Config {
-    Config {
-        id: Some(id.into()),
-        seeds,
-        heartbeat: Duration::from_millis(100),
-        dead_after: Duration::from_millis(600),
-        backoff_max: Duration::from_millis(300),
-        digest_every: Duration::from_millis(200),
-        ..Config::default()
-    }
-}
+mod common;
+use common::*;
 
 fn counter(node: &Node, token: u64) -> Arc<Counter> {
     Arc::new(Counter::new(
@@ -34,16 +25,6 @@ fn add(ctr: &Counter, key: &str, by: i64, ttl_ms: u64) -> i64 {
         bucket.write(w.key, Some(w.value), w.lifetime);
     })
     .1
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
