@@ -280,6 +280,97 @@ export declare class SharedBucket extends EventEmitter {
   on(event: string | symbol, listener: (...args: any[]) => void): this
 }
 
+export interface CounterOptions {
+  /**
+   * Milliseconds of a window: the first increment of a key with no live window opens one ending this
+   * long after it, at the same absolute time on every replica; after it ends the count restarts.
+   * Default: none (a key counts forever).
+   */
+  ttl?: number
+}
+
+export interface CounterWriteOptions extends WriteOptions {
+  /** The window to open if the key has none live; default the counter's ttl. */
+  ttl?: number
+}
+
+export interface CounterChangeEvent {
+  key: string
+  /** The merged value of the key here after the change (0 when nothing counts). */
+  value: number
+  /** True when the change was made by this peer (or, for a window's end, applied here). */
+  local: boolean
+  /** Id of the peer that made it. */
+  origin: string
+}
+
+export type CounterCallback = (err: PeerBucketsError | null, value?: number) => void
+
+/**
+ * A counter whose increments merge (a CRDT): every increment counts exactly once on every replica,
+ * concurrent ones included. See the README's Counters section for the rules.
+ */
+export declare class SharedCounter extends EventEmitter {
+  readonly name: string
+  /** Adds `by` (default 1); resolves with the value seen here after it, once the ack level is met. It
+   * is applied here even when the ack wait fails: the error (`EACKTIMEOUT`, `EDISK`) then carries that
+   * value as `value`. */
+  incr(key: string, by?: number, options?: CounterWriteOptions): Promise<number>
+  incr(key: string, options: CounterWriteOptions): Promise<number>
+  incr(key: string, cb: CounterCallback): void
+  incr(key: string, by: number, cb: CounterCallback): void
+  incr(key: string, by: number, options: CounterWriteOptions | undefined, cb: CounterCallback): void
+  /** Subtracts `by` (default 1); resolves with the value seen here after it. */
+  decr(key: string, by?: number, options?: CounterWriteOptions): Promise<number>
+  decr(key: string, options: CounterWriteOptions): Promise<number>
+  decr(key: string, cb: CounterCallback): void
+  decr(key: string, by: number, cb: CounterCallback): void
+  decr(key: string, by: number, options: CounterWriteOptions | undefined, cb: CounterCallback): void
+  /** The value here, synchronously: 0 when absent. */
+  get(key: string): number
+  /** Clears the increments seen here, on every replica; increments concurrent with it stay. */
+  reset(key: string, options?: WriteOptions): Promise<void>
+  reset(key: string, cb: Callback): void
+  reset(key: string, options: WriteOptions | undefined, cb: Callback): void
+  /** When the window new increments of `key` join ends (ms since the epoch); undefined without one. */
+  expiresAt(key: string): number | undefined
+  /** Keys (optionally under `prefix`) whose value is not 0. */
+  keys(prefix?: string): string[]
+  /** How many keys have a value other than 0. */
+  readonly size: number
+  /** The counter's default window in ms (0: none). */
+  readonly ttl: number
+  on(event: 'change', listener: (event: CounterChangeEvent) => void): this
+  on(event: 'error', listener: (err: Error) => void): this
+  on(event: string | symbol, listener: (...args: any[]) => void): this
+}
+
+export interface RateLimitStoreOptions {
+  peer: Peer
+  /** Put before every client key (default 'rl:'). */
+  prefix?: string
+  /** The counter's name (default 'rate-limit'). */
+  counter?: string
+  /** What an increment waits for (default 'all': every connected peer), up to `timeout`. */
+  ack?: AckLevel
+  /** Milliseconds an increment waits for `ack` (default 1000); past it the count seen here is used. */
+  timeout?: number
+}
+
+/** An express-rate-limit (v7 and later) store whose counts every server of the network shares. */
+export declare class RateLimitStore {
+  constructor(options: RateLimitStoreOptions)
+  readonly prefix: string
+  readonly localKeys: false
+  init(options: { windowMs: number }): void
+  get(key: string): Promise<{ totalHits: number; resetTime: Date | undefined } | undefined>
+  increment(key: string): Promise<{ totalHits: number; resetTime: Date | undefined }>
+  decrement(key: string): Promise<void>
+  resetKey(key: string): Promise<void>
+  resetAll(): Promise<void>
+  shutdown(): Promise<void>
+}
+
 export declare class Peer extends EventEmitter {
   /**
    * Checks the options (a TypeError or RangeError when bad) and returns at once: binding the port,
@@ -303,6 +394,8 @@ export declare class Peer extends EventEmitter {
   ready(): Promise<void>
   /** The bucket called name (the same object for the same name). */
   bucket(name: string, options?: BucketOptions): SharedBucket
+  /** The counter called name (the same object for the same name); increments merge. */
+  counter(name: string, options?: CounterOptions): SharedCounter
   peers(): PeerInfo[]
   stats(): PeerStats
   /**

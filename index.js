@@ -1,13 +1,16 @@
 'use strict'
 // The JavaScript face of peer-buckets: what `require('peer-buckets')` exports. Each part lives in lib/:
 // peer.js (Peer), bucket.js (SharedBucket), validation.js (argument checks and limits), errors.js (coded
-// errors), native.js (the contract with the addon), stats.js and metrics.js (stats() figures and their
+// errors), native.js (the contract with the addon), counter.js (SharedCounter), rate-limit-store.js (an
+// express-rate-limit store), stats.js and metrics.js (stats() figures and their
 // Prometheus text), session-store.js (the express-session store).
 
 const { Peer } = require('./lib/peer.js')
 const { SharedBucket } = require('./lib/bucket.js')
+const { SharedCounter } = require('./lib/counter.js')
+const { RateLimitStore } = require('./lib/rate-limit-store.js')
 
-module.exports = { Peer, SharedBucket }
+module.exports = { Peer, SharedBucket, SharedCounter, RateLimitStore }
 
 // SessionStore (an express-session store) is loaded on first use, so that require('peer-buckets')
 // neither needs nor loads express-session. `lazy.SessionStore` keeps the getter in the one shape

@@ -12,7 +12,8 @@
 //
 // Routes:
 //   GET  /          a small page: who you are here, a login form, links to the other servers
-//   POST /login     { user, password } (JSON or a form): starts a session
+//   POST /login     { user, password } (JSON or a form): starts a session; at most 5 failed logins per
+//                   user name per 15 minutes, counted by all the servers together (429 past them)
 //   GET  /me        200 { user, theme, ... } with a session, 401 without
 //   POST /theme     { theme }: changes the session (a write that replicates)
 //   POST /logout    ends the session on every server
@@ -21,7 +22,8 @@
 const http = require('node:http')
 const express = require('express')
 const session = require('express-session')
-const { Peer, SessionStore } = require('..')
+const { rateLimit } = require('express-rate-limit')
+const { Peer, SessionStore, RateLimitStore } = require('..')
 
 const id = process.env.AUTH_ID || 'auth-1'
 const [httpHost, httpPort] = splitAddress(process.env.AUTH_HTTP || '127.0.0.1:0')
@@ -77,7 +79,18 @@ async function main() {
     server: id,
   })
 
-  app.post('/login', (req, res, next) => {
+  // Failed logins per user name, in a counter every server shares: guesses spread over the servers
+  // meet one limit. A successful login takes its attempt back.
+  const loginLimit = rateLimit({
+    windowMs: 15 * 60 * 1000,
+    limit: 5,
+    store: new RateLimitStore({ peer, prefix: 'login:' }),
+    keyGenerator: (req) => String((req.body && req.body.user) || ''),
+    skipSuccessfulRequests: true,
+    message: { error: 'too many failed logins for this user: try again later', server: id },
+  })
+
+  app.post('/login', loginLimit, (req, res, next) => {
     const { user, password } = req.body || {}
     if (!user || USERS[user] !== password) {
       if (fromBrowser(req)) return res.redirect(303, '/?error=login')

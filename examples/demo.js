@@ -2,7 +2,8 @@
 // `npm run demo`: three Express auth servers in three processes (examples/auth-server.js), one
 // peer-buckets network, login sessions in a SessionStore. A user logs in on one server and is known on
 // the others; a server is killed, writes go on, it restarts empty and catches up; a logout on one
-// server ends the session everywhere. Every step says what it checked. Exits 0 when every step held,
+// server ends the session everywhere; a password guesser spreading its attempts over the three servers is
+// stopped after 5. Every step says what it checked. Exits 0 when every step held,
 // 1 (with what failed) otherwise. Loopback only.
 //
 // `npm run demo -- --serve` then keeps the servers up (HTTP on ports 3001-3003, peers on 7071-7073;
@@ -257,6 +258,22 @@ async function main() {
   const lines = m1.split('\n').filter((l) => /^peer_buckets_(keys|peers_connected|ops_applied_total|replication_lag_ops|peer_connected)[ {]/.test(l))
   for (const line of lines) info(line)
   check(settled.ok, 'one live session (grace), and auth-2 and auth-3 hold every write of auth-1 (replication lag 0)')
+
+  step("Brute force: guess ada's password, spreading the guesses over the three servers")
+  info('each server allows 5 failed logins per user name per 15 minutes, counted together (RateLimitStore)')
+  const guesses = []
+  for (let i = 0; i < 12; i++) {
+    guesses.push((await call(IDS[i % 3], 'POST', '/login', { body: { user: 'ada', password: `guess-${i}` } })).status)
+  }
+  info(`statuses: ${guesses.join(' ')}`)
+  check(
+    guesses.slice(0, 5).every((s) => s === 401) && guesses.slice(5).every((s) => s === 429),
+    'the first 5 guesses were refused as wrong (401), every later one as too many (429), whichever server took it',
+  )
+  const right = await login('auth-2', 'ada', 'lovelace')
+  check(right.status === 429, `even the right password is turned away for now (POST auth-2/login as ada → ${right.status})`)
+  const other = await login('auth-3', 'grace', 'hopper')
+  check(other.status === 200, `another user is not affected (POST auth-3/login as grace → ${other.status})`)
 
   console.log(`\n${green(bold('Every step held'))} ${dim(`(${((Date.now() - started) / 1000).toFixed(1)} s)`)}`)
 }

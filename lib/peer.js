@@ -17,6 +17,7 @@ const { randomBytes } = require('node:crypto')
 const { codedError, closedError, notReadyError, fromNative } = require('./errors.js')
 const { formatMetrics } = require('./metrics.js')
 const { SharedBucket } = require('./bucket.js')
+const { SharedCounter, checkCounterArgs } = require('./counter.js')
 const {
   MAX_ID_BYTES,
   checkTtl,
@@ -52,6 +53,7 @@ class Peer extends EventEmitter {
   #open = false
   #failed = false
   #buckets = new Map()
+  #counters = new Map()
   #ready
   #readyAsked = false
   #settleReady
@@ -142,6 +144,7 @@ class Peer extends EventEmitter {
     this.#address = e.address
     this.#open = true
     for (const b of this.#buckets.values()) b._open(native.peerBucket(this.#handle, b.name))
+    for (const c of this.#counters.values()) c._open(native.peerCounter(this.#handle, c.name))
     const queue = this.#queue
     this.#queue = []
     for (const q of queue) {
@@ -295,6 +298,19 @@ class Peer extends EventEmitter {
     // The same object per name; a ttl given again replaces the bucket's default for later writes.
     if (ttl !== undefined) b._setTtl(ttl)
     return b
+  }
+
+  counter(name, options) {
+    const ttl = checkCounterArgs(name, options)
+    if (this.closed) throw closedError('counter()')
+    let c = this.#counters.get(name)
+    if (!c) {
+      c = new SharedCounter(this, name, this.#open ? native.peerCounter(this.#handle, name) : 0)
+      this.#counters.set(name, c)
+    }
+    // The same object per name; a ttl given again replaces the counter's default window.
+    if (ttl !== undefined) c._setTtl(ttl)
+    return c
   }
 
   peers() {

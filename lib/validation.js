@@ -91,6 +91,8 @@ function splitOptionsAndCallback(fn, a, b) {
 function checkBucketName(name) {
   if (typeof name !== 'string' || name.length === 0) throw new TypeError('bucket(): name must be a non-empty string')
   if (!name.isWellFormed()) throw new TypeError('bucket(): name must be well-formed Unicode (it has a lone surrogate)')
+  // Names starting with NUL carry counters (lib/counter.js).
+  if (name.charCodeAt(0) === 0) throw new RangeError('bucket(): name must not start with NUL (reserved for counters)')
   if (Buffer.byteLength(name) > MAX_BUCKET_NAME_BYTES) {
     throw new RangeError(`bucket(): name must be at most ${MAX_BUCKET_NAME_BYTES} bytes`)
   }

@@ -9,6 +9,7 @@
 
 mod contract;
 mod convert;
+mod counter;
 mod events;
 mod handles;
 pub mod hot;
@@ -509,7 +510,7 @@ pub(crate) fn lifetime(ttl_ms: f64) -> Lifetime {
 }
 
 /// The largest ack timeout, `Number.MAX_SAFE_INTEGER` ms.
-const MAX_ACK_TIMEOUT_MS: f64 = 9_007_199_254_740_991.0;
+pub(crate) const MAX_ACK_TIMEOUT_MS: f64 = 9_007_199_254_740_991.0;
 
 pub(crate) fn write(
     bucket: u32,

@@ -16,6 +16,7 @@
 //!   clean-stop marker) over a file-system seam, with a simulated disk for tests;
 //! - `guard`: defences against hostile connections: the cap on handshakes, rejection counts and logs;
 //! - `bucket`: a named bucket replica with its change subscribers;
+//! - `counter`: counters that merge (a CRDT of single-writer registers carried by a hidden bucket);
 //! - `sync`: the replication protocol without I/O: push of own writes, pulls of gaps, digests, acks;
 //! - `acks`: write acknowledgement levels and their timeouts;
 //! - `collect`: when tombstones may be dropped;
@@ -45,6 +46,7 @@ pub mod clock;
 pub mod collect;
 pub mod config;
 pub mod connection;
+pub mod counter;
 pub mod disk;
 pub mod error;
 pub mod guard;

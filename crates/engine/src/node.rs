@@ -37,6 +37,7 @@ pub use crate::config::Config;
 pub struct Stats {
     pub id: String,
     pub buckets: usize,
+    /// Live keys of the buckets users open (a counter's registers are not keys of its own).
     pub keys: usize,
     pub peers: usize,
     /// The cluster size the ack levels count, this peer included (`Members::cluster_size`).
@@ -361,7 +362,11 @@ impl Node {
         Stats {
             id: local.id.to_string(),
             buckets: buckets.len(),
-            keys: buckets.iter().map(|b| b.len()).sum(),
+            keys: buckets
+                .iter()
+                .filter(|b| !b.name().starts_with(crate::counter::BUCKET_PREFIX))
+                .map(|b| b.len())
+                .sum(),
             peers: self.shared.members.connected_count(),
             cluster_size: self
                 .shared
