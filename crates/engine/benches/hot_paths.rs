@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
         bucket: "sessions".into(),
         origin: other.id().clone(),
         covered: SeqRanges::up_to(1024),
-        writes: writes(1024),
+        writes: writes(1024).into_iter().map(Into::into).collect(),
         superseders: Vec::new(),
         superseded: Vec::new(),
     });

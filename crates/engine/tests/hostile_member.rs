@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use peer_buckets_engine::connection;
 use peer_buckets_engine::wire::{
-    self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext,
+    self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext, WireWrite,
 };
 use peer_buckets_engine::LinkError;
 use peer_buckets_engine::ReplicaId;
@@ -110,7 +110,7 @@ fn ops(origin: ReplicaId, covered: SeqRanges, writes: Vec<Write>) -> Message {
         bucket: BUCKET.into(),
         origin,
         covered,
-        writes,
+        writes: writes.into_iter().map(WireWrite::from).collect(),
         superseders: vec![],
         superseded: vec![],
     })
@@ -133,7 +133,7 @@ fn a_fetch_reply_nobody_asked_for_is_a_protocol_error() {
         id: 7,
         bucket: BUCKET.into(),
         origin: Some(rid("h")),
-        writes: vec![write("planted", hlc, 1, Some("x"))],
+        writes: vec![write("planted", hlc, 1, Some("x")).into()],
         done: true,
     };
     assert!(is_protocol_error(s.mallory_sends(reply)));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use peer_buckets_engine::value;
-use peer_buckets_engine::wire::{Message, OpsBatch};
+use peer_buckets_engine::wire::{Message, OpsBatch, WireWrite};
 use peer_buckets_engine::LinkError;
 use peer_buckets_engine::PeerEventKind;
 use peer_buckets_engine::ReplicaId;
@@ -89,8 +89,11 @@ fn ops(origin: ReplicaId, writes: Vec<Write>, superseders: Vec<(ReplicaId, Write
         bucket: "s".into(),
         origin,
         covered,
-        writes,
-        superseders,
+        writes: writes.into_iter().map(WireWrite::from).collect(),
+        superseders: superseders
+            .into_iter()
+            .map(|(rid, w)| (rid, w.into()))
+            .collect(),
         superseded: vec![],
     })
 }
@@ -145,8 +148,8 @@ fn a_catch_up_chunk_whose_superseder_is_stamped_too_far_ahead_is_refused_and_mov
         bucket: "s".into(),
         origin: rid("c"),
         covered: SeqRanges::from_ranges([(1, 2)]),
-        writes: vec![write("k1", inside(), 2, Some("1"))],
-        superseders: vec![(rid("d"), write("k0", past(), 1, Some("1")))],
+        writes: vec![write("k1", inside(), 2, Some("1")).into()],
+        superseders: vec![(rid("d"), write("k0", past(), 1, Some("1")).into())],
         superseded: vec![("k0".into(), vec![1])],
     });
     assert_refused_without_trace(&local, &mut session, msg);
@@ -161,8 +164,8 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
             bucket: "s".into(),
             origin: Some(rid("c")),
             writes: vec![
-                write("k1", inside(), 1, Some("1")),
-                write("k2", hlc, 2, Some("1")),
+                write("k1", inside(), 1, Some("1")).into(),
+                write("k2", hlc, 2, Some("1")).into(),
             ],
             done: false,
         };
@@ -181,7 +184,7 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
         id: 1,
         bucket: "s".into(),
         origin: Some(rid("c")),
-        writes: vec![write("k1", inside(), 1, Some("1"))],
+        writes: vec![write("k1", inside(), 1, Some("1")).into()],
         done: true,
     };
     session

@@ -384,7 +384,11 @@ fn a_value_expired_by_a_touch_of_another_origin_is_never_announced_live_by_a_fet
             // Each reply as the link's reader applies it.
             let o = b.local.replicas().intern(&origin);
             b.bucket
-                .merge(&o, writes, &SeqRanges::new())
+                .merge(
+                    &o,
+                    writes.into_iter().map(Into::into).collect(),
+                    &SeqRanges::new(),
+                )
                 .expect("clocks within the allowed skew");
             replies += 1;
         }
