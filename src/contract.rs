@@ -13,7 +13,7 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use peer_buckets_engine::acks;
+use peer_buckets_engine as engine;
 
 /// How many peers must have applied a write before it settles (`options.ack` of set and delete).
 #[napi]
@@ -26,12 +26,12 @@ pub enum AckLevel {
 
 impl AckLevel {
     /// The level behind a number received from JavaScript; `None` for a number that names none.
-    pub fn from_code(code: u32) -> Option<acks::AckLevel> {
+    pub fn from_code(code: u32) -> Option<engine::AckLevel> {
         Some(match code {
-            c if c == AckLevel::Local as u32 => acks::AckLevel::Local,
-            c if c == AckLevel::One as u32 => acks::AckLevel::One,
-            c if c == AckLevel::Majority as u32 => acks::AckLevel::Majority,
-            c if c == AckLevel::All as u32 => acks::AckLevel::All,
+            c if c == AckLevel::Local as u32 => engine::AckLevel::Local,
+            c if c == AckLevel::One as u32 => engine::AckLevel::One,
+            c if c == AckLevel::Majority as u32 => engine::AckLevel::Majority,
+            c if c == AckLevel::All as u32 => engine::AckLevel::All,
             _ => return None,
         })
     }

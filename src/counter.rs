@@ -10,8 +10,8 @@ use std::time::Duration;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use parking_lot::RwLock;
-use peer_buckets_engine::acks::{self, Registered};
 use peer_buckets_engine::counter::{self, Counter, RegisterWrite};
+use peer_buckets_engine::{AckLevel as EngineAckLevel, Registered};
 
 use crate::contract::{closed, AckLevel, Code, Result};
 use crate::handles;
@@ -34,7 +34,7 @@ fn store(handle: u32, w: RegisterWrite, ack: u32, timeout_ms: f64) -> Result<f64
     let level = AckLevel::from_code(ack)
         .ok_or_else(|| Error::new(Code::InvalidArg, format!("unknown ack level {ack}")))?;
     let (bucket, node) = handles::bucket_and_node(handle).ok_or_else(closed)?;
-    if level == acks::AckLevel::Local && !node.is_strict() {
+    if level == EngineAckLevel::Local && !node.is_strict() {
         bucket.write(w.key, Some(w.value), w.lifetime);
         return Ok(0.0);
     }

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunctionCallMode};
-use peer_buckets_engine::bucket::Bucket;
+use peer_buckets_engine::Bucket;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use peer_buckets_engine::acks::{AckEnd, AckOutcome};
-use peer_buckets_engine::membership::{self, PeerEventKind};
-use peer_buckets_engine::node::Node;
-use peer_buckets_engine::store::Change;
-use peer_buckets_engine::warning::Warning;
+use peer_buckets_engine::Change;
+use peer_buckets_engine::Node;
+use peer_buckets_engine::PeerEventKind;
+use peer_buckets_engine::Warning;
+use peer_buckets_engine::{AckEnd, AckOutcome};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -86,7 +86,7 @@ pub fn pump_changes(
 
 /// What the engine reports for a Peer's JavaScript callback, besides bucket changes.
 pub enum EngineEvent {
-    Peer(membership::PeerEvent),
+    Peer(peer_buckets_engine::PeerEvent),
     Ack(AckOutcome),
     /// A fetch ended: how many entries arrived, or why it failed.
     Fetched {

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use peer_buckets_engine::bucket::Bucket;
-use peer_buckets_engine::node::Node;
+use peer_buckets_engine::Bucket;
+use peer_buckets_engine::Node;
 use tokio::runtime::{Handle, Runtime};
 
 use crate::events::PeerEvents;

@@ -12,8 +12,8 @@ use std::ptr;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
-use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
+use peer_buckets_engine::Lifetime;
 
 use crate::contract::{self, closed, internal, Code};
 use crate::convert::{typed_array, KeyArg, RawValue, TextArg};

@@ -9,7 +9,7 @@
 
 mod contract;
 mod convert;
-mod counter;
+pub mod counter;
 mod events;
 mod handles;
 pub mod hot;
@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use peer_buckets_engine::acks::{self, Registered};
-use peer_buckets_engine::clock::Clock;
-use peer_buckets_engine::disk::Durability;
-use peer_buckets_engine::error::Error as EngineError;
-use peer_buckets_engine::node::{Config, LinkStats as EngineLinkStats, Node, Stats};
-use peer_buckets_engine::store::Lifetime;
+use peer_buckets_engine::Clock;
+use peer_buckets_engine::Durability;
+use peer_buckets_engine::Error as EngineError;
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::Registered;
+use peer_buckets_engine::{Config, LinkStats as EngineLinkStats, Node, Stats};
 
 use contract::{closed, internal, AckLevel, Code, PeerEvent, Result};
 use convert::{KeyArg, KindSlot, RawValue};
@@ -430,8 +430,8 @@ pub struct KeyInfo {
 }
 
 fn register_info(
-    origin: &peer_buckets_engine::replica::Origin,
-    w: &peer_buckets_engine::store::Write,
+    origin: &peer_buckets_engine::Origin,
+    w: &peer_buckets_engine::Write,
 ) -> RegisterInfo {
     RegisterInfo {
         hlc: w.hlc.0.to_string(),
@@ -522,7 +522,7 @@ pub(crate) fn write(
 ) -> Result<f64> {
     let level = AckLevel::from_code(ack)
         .ok_or_else(|| Error::new(Code::InvalidArg, format!("unknown ack level {ack}")))?;
-    let (key, stored) = if level == acks::AckLevel::Local {
+    let (key, stored) = if level == peer_buckets_engine::AckLevel::Local {
         // The hot path: write and return, unless the write must wait for the disk.
         let pending = handles::with_slot(bucket, move |slot| {
             if slot.strict {

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use peer_buckets_engine::connection::FrameDecoder;
-use peer_buckets_engine::secure::{Handshake, Security, LINK_VERSION, MAGIC};
+use peer_buckets_engine::{Handshake, Security, LINK_VERSION, MAGIC};
 
 fn keyed() -> &'static Security {
     static KEYED: OnceLock<Security> = OnceLock::new();

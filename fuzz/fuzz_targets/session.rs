@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use peer_buckets_engine::clock::{Clock, ManualClock};
-use peer_buckets_engine::ranges::SeqRanges;
-use peer_buckets_engine::replica::ReplicaId;
-use peer_buckets_engine::store::Lifetime;
-use peer_buckets_engine::sync::{Local, Session};
+use peer_buckets_engine::{Clock, ManualClock};
+use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::ReplicaId;
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::{Local, Session};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, BucketSummary, ContextPart, Hello, Message};
 
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     for key in ["a", "b", "a"] {
         bucket.write(key, Some(value::encode_json("1")), Lifetime::Forever);
     }
-    let own = bucket.store().context_of(&local.me).max();
+    let own = bucket.store().context_of(&local.me()).max();
     let hello = Hello {
         replica: ReplicaId {
             node: "m".into(),
@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
             name: BUCKET.into(),
             context: vec![
                 (gone.clone(), SeqRanges::up_to(2)),
-                (local.me.id().clone(), SeqRanges::up_to(own)),
+                (local.me().id().clone(), SeqRanges::up_to(own)),
             ],
             collected: vec![(gone.clone(), SeqRanges::up_to(2))],
         }],
@@ -83,6 +83,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut out = Vec::new();
     let _ = session.fill(&local, &mut out, true);
-    assert_eq!(bucket.store().context_of(&local.me).max(), own);
-    assert!(local.acks.acked_upto(BUCKET, "m") <= own);
+    assert_eq!(bucket.store().context_of(&local.me()).max(), own);
+    assert!(local.acks().acked_upto(BUCKET, "m") <= own);
 });

@@ -3,12 +3,12 @@
 //! `cargo bench -p peer-buckets-engine`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use peer_buckets_engine::clock::{Clock, Hlc};
-use peer_buckets_engine::ranges::SeqRanges;
-use peer_buckets_engine::replica::{ReplicaId, ReplicaTable};
-use peer_buckets_engine::store::{ChunkLimits, Lifetime, MemoryStore, Store, Write};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, Message, OpsBatch};
+use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::{ChunkLimits, Lifetime, MemoryStore, Store, Write};
+use peer_buckets_engine::{Clock, Hlc};
+use peer_buckets_engine::{ReplicaId, ReplicaTable};
 
 fn session() -> Box<[u8]> {
     value::encode_json(&format!(
@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
         bucket: "sessions".into(),
         origin: other.id().clone(),
         covered: SeqRanges::up_to(1024),
-        writes: writes(1024),
+        writes: writes(1024).into_iter().map(Into::into).collect(),
         superseders: Vec::new(),
         superseded: Vec::new(),
     });

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use peer_buckets_engine::bucket::Bucket;
-use peer_buckets_engine::store::Lifetime;
-use peer_buckets_engine::sync::Local;
 use peer_buckets_engine::value;
+use peer_buckets_engine::Bucket;
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::Local;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

@@ -216,6 +216,7 @@ impl Guard {
     }
 
     /// Accepted connections in the handshake now.
+    #[cfg(test)]
     pub fn in_handshake(&self) -> usize {
         self.slots.lock().taken.len()
     }

@@ -94,7 +94,7 @@ pub async fn dial_once(shared: &Arc<Shared>, address: &str) -> Result<(), LinkEr
 /// Membership's dialers open links here.
 impl Dialing for Shared {
     fn members(&self) -> &Members {
-        &self.members
+        Shared::members(self)
     }
 
     fn backoff(&self) -> (Duration, Duration) {

@@ -30,7 +30,7 @@ use crate::sync::{Fetches, Local, PullPlanner, Session};
 use crate::warning::{Warning, WarningCode, Warnings};
 use crate::wire::Message;
 
-pub use crate::config::Config;
+use crate::config::Config;
 
 /// A point-in-time view of the counters and sizes.
 #[derive(Debug, Clone, PartialEq, Eq)]

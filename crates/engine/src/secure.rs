@@ -382,6 +382,7 @@ impl Opener {
 }
 
 /// How one end of an in-memory handshake ended.
+#[cfg(test)]
 pub enum Outcome {
     Established(Option<(Sealer, Opener)>),
     Refused(HandshakeError),
@@ -391,6 +392,7 @@ pub enum Outcome {
 
 /// Runs a handshake between two ends in memory, for tests and the fuzz targets: the dialer's outcome,
 /// then the acceptor's.
+#[cfg(test)]
 pub fn handshake_in_memory(dialer: &Security, acceptor: &Security) -> [Outcome; 2] {
     let (mut ends, mut failed) = match (
         Handshake::new(dialer, true),

@@ -98,10 +98,6 @@ impl SeqIndex {
         self.run.len() - self.removed + self.side.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn merge_side(&mut self) {
         let side = std::mem::take(&mut self.side);
         let mut merged = Vec::with_capacity(self.len());

@@ -36,27 +36,41 @@ pub struct LinkSlot {
 
 /// State shared by every task of a node.
 pub struct Shared {
-    pub config: Config,
-    pub local: Arc<Local>,
-    pub address: SocketAddr,
+    pub(crate) config: Config,
+    pub(crate) local: Arc<Local>,
+    pub(crate) address: SocketAddr,
     /// What hellos tell other peers to dial: `Config::advertise`, else `address`.
-    pub advertised: SocketAddr,
-    pub members: Members,
-    pub links: Mutex<Vec<Arc<LinkSlot>>>,
-    pub fetches: Fetches,
-    pub security: Security,
-    pub guard: Guard,
+    pub(crate) advertised: SocketAddr,
+    pub(crate) members: Members,
+    pub(crate) links: Mutex<Vec<Arc<LinkSlot>>>,
+    pub(crate) fetches: Fetches,
+    pub(crate) security: Security,
+    pub(crate) guard: Guard,
     /// Where every part of the node reports what an operator must hear about.
-    pub warnings: Arc<Warnings>,
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) warnings: Arc<Warnings>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     /// The node's random choices (see `Config::seed`).
-    pub rng: Mutex<StdRng>,
+    pub(crate) rng: Mutex<StdRng>,
     pub(crate) tasks: Mutex<Option<JoinSet<()>>>,
 }
 
 impl Shared {
     pub fn bucket(&self, name: &str) -> Arc<Bucket> {
         self.local.bucket(name)
+    }
+
+    /// The member table (tests read the cluster size the acks count).
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    pub fn warnings(&self) -> &Warnings {
+        &self.warnings
+    }
+
+    /// The live links now.
+    pub fn links(&self) -> Vec<Arc<LinkSlot>> {
+        self.links.lock().clone()
     }
 
     pub fn is_shutting_down(&self) -> bool {

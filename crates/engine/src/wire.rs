@@ -5,10 +5,12 @@
 //! decoding is bounded by the frame, so hostile bytes produce an error, never a panic or a huge
 //! allocation.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Hlc;
 use crate::ranges::SeqRanges;
 use crate::replica::ReplicaId;
 use crate::store::Write;
@@ -22,7 +24,9 @@ use crate::store::Write;
 /// show live a value its sender holds expired); `Collected` frames follow the contexts:
 /// the collected registers a peer remembers by key, which the receiver remembers too; a held reply comes in parts
 /// carrying the registers that superseded what it reports superseded (`Message::HeldReply`).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// 6: writes travel as `WireWrite`, a type of the wire's own (`WriteOp`: set, delete or touch; a set's
+/// expiry an `Option`), not as the storage's `store::Write`.
+pub const PROTOCOL_VERSION: u8 = 6;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -90,7 +94,7 @@ pub enum Message {
         origin: ReplicaId,
         covered: SeqRanges,
         held: SeqRanges,
-        superseders: Vec<(ReplicaId, Write)>,
+        superseders: Vec<(ReplicaId, WireWrite)>,
         last: bool,
     },
     /// Entries for a fetch, grouped by origin; the last frame of a reply has `done` set.
@@ -98,7 +102,7 @@ pub enum Message {
         id: u64,
         bucket: Arc<str>,
         origin: Option<ReplicaId>,
-        writes: Vec<Write>,
+        writes: Vec<WireWrite>,
         done: bool,
     },
     /// What I hold, right after my hello, in parts bounded by `CONTEXT_PART_BYTES`; the last has
@@ -200,13 +204,81 @@ pub struct OpsBatch {
     pub bucket: Arc<str>,
     pub origin: ReplicaId,
     pub covered: SeqRanges,
-    pub writes: Vec<Write>,
+    pub writes: Vec<WireWrite>,
     /// Current registers (of any origin) of keys whose writes in `covered` were superseded; applied
     /// before `covered` is claimed, in the same frame, so the claim is never without its backing.
-    pub superseders: Vec<(ReplicaId, Write)>,
+    pub superseders: Vec<(ReplicaId, WireWrite)>,
     /// The seqs in `covered` whose writes were superseded, per key: the receiver keeps them as
     /// markers, so that a batch it sends later covering them carries the key's registers in turn.
     pub superseded: Vec<(Arc<str>, Vec<u64>)>,
+}
+
+/// A register write as it travels between replicas; the origin travels once per batch beside it.
+/// The wire's own type: storage converts to and from it here, so a field added to `store::Write`
+/// changes no frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireWrite {
+    pub key: Arc<str>,
+    pub hlc: Hlc,
+    pub seq: u64,
+    pub op: WriteOp,
+}
+
+/// What a write does to its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// A value (encoded, see `value`) that expires at `expires_ms`, physical milliseconds since the
+    /// epoch, or never.
+    Set {
+        #[serde(with = "serde_bytes")]
+        value: Box<[u8]>,
+        expires_ms: Option<NonZeroU64>,
+    },
+    /// A tombstone.
+    Delete,
+    /// A later expiry for the value stored: writes only the key's touch register.
+    Touch { expires_ms: u64 },
+}
+
+impl From<Write> for WireWrite {
+    fn from(w: Write) -> Self {
+        let op = match (w.touch, w.value) {
+            (true, _) => WriteOp::Touch {
+                expires_ms: w.expires_ms,
+            },
+            (false, Some(value)) => WriteOp::Set {
+                value,
+                expires_ms: NonZeroU64::new(w.expires_ms),
+            },
+            (false, None) => WriteOp::Delete,
+        };
+        WireWrite {
+            key: w.key,
+            hlc: w.hlc,
+            seq: w.seq,
+            op,
+        }
+    }
+}
+
+impl From<WireWrite> for Write {
+    fn from(w: WireWrite) -> Self {
+        let (value, expires_ms, touch) = match w.op {
+            WriteOp::Set { value, expires_ms } => {
+                (Some(value), expires_ms.map_or(0, NonZeroU64::get), false)
+            }
+            WriteOp::Delete => (None, 0, false),
+            WriteOp::Touch { expires_ms } => (None, expires_ms, true),
+        };
+        Write {
+            key: w.key,
+            hlc: w.hlc,
+            seq: w.seq,
+            value,
+            expires_ms,
+            touch,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -298,13 +370,14 @@ mod tests {
                 incarnation: 42,
             },
             covered: SeqRanges::from_ranges([(1, 3)]),
-            writes: vec![Write {
+            writes: vec![WireWrite {
                 key: "sess:1".into(),
                 hlc: Hlc(7 << 16),
                 seq: 3,
-                value: Some(b"\x00{}".to_vec().into()),
-                expires_ms: 0,
-                touch: false,
+                op: WriteOp::Set {
+                    value: b"\x00{}".to_vec().into(),
+                    expires_ms: None,
+                },
             }],
             superseders: Vec::new(),
             superseded: Vec::new(),
@@ -419,7 +492,7 @@ mod tests {
         assert_eq!(err, WireError::Version(3));
         assert_eq!(
             err.to_string(),
-            "unsupported protocol version 3 (this peer speaks 5)"
+            format!("unsupported protocol version 3 (this peer speaks {PROTOCOL_VERSION})")
         );
     }
 

@@ -10,14 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer_buckets_engine::acks::{AckLevel, Registered};
-use peer_buckets_engine::clock::{Hlc, ManualClock};
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::ranges::SeqRanges;
-use peer_buckets_engine::replica::{Origin, ReplicaId};
-use peer_buckets_engine::store::{Change, Entry, Lifetime, MemoryStore, Write};
-use peer_buckets_engine::sync::Local;
 use peer_buckets_engine::wire::Message;
+use peer_buckets_engine::Local;
+use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::{AckLevel, Registered};
+use peer_buckets_engine::{Change, Entry, Lifetime, MemoryStore, Write};
+use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Hlc, ManualClock};
+use peer_buckets_engine::{Origin, ReplicaId};
 
 mod common;
 use common::*;
@@ -93,7 +93,7 @@ fn a_local_ttl_write_is_readable_after_the_wall_clock_steps_back() {
 fn a_restore_announces_no_expiry_of_a_key_dead_before_the_restart() {
     let time = Arc::new(ManualClock::new(START_MS));
     let local = collecting_local("a", 2, &time, 0, SKEW_MS);
-    let old = local.replicas.intern(&ReplicaId {
+    let old = local.replicas().intern(&ReplicaId {
         node: "a".into(),
         incarnation: 1,
     });
@@ -128,7 +128,7 @@ fn a_restore_announces_no_expiry_of_a_key_dead_before_the_restart() {
 // 2. Divergence and invariant P.
 
 fn origin(local: &Local, node: &str) -> Origin {
-    local.replicas.intern(&rid(node))
+    local.replicas().intern(&rid(node))
 }
 
 /// Equal HLCs across origins are ordinary (same millisecond, counter 0): a tombstone that beat a set
@@ -425,7 +425,7 @@ fn a_write_after_a_timestamp_at_the_ceiling_orders_after_it_and_reaches_a_peer_o
     w.link(a, b);
     w.pump();
     let c = origin(&w.locals[a], "c");
-    let ceiling = w.locals[a].clock.ceiling();
+    let ceiling = w.locals[a].clock().ceiling();
     w.bucket(a)
         .merge(
             &c,
@@ -446,7 +446,7 @@ fn a_write_after_a_timestamp_at_the_ceiling_orders_after_it_and_reaches_a_peer_o
             .expect("b, whose wall clock is a's, keeps the link");
     }
     assert_eq!(shows(&w.bucket(b), "j"), None, "one tick past b's ceiling");
-    assert!(w.locals[b].clock.now() <= w.locals[b].clock.ceiling());
+    assert!(w.locals[b].clock().now() <= w.locals[b].clock().ceiling());
     w.pump();
     assert_eq!(
         shows(&w.bucket(b), "j"),
@@ -466,7 +466,7 @@ fn a_push_dropped_for_skew_is_pulled_again_while_its_origin_keeps_writing() {
     w.link(a, b);
     w.pump();
     let c = origin(&w.locals[a], "c");
-    let ceiling = w.locals[a].clock.ceiling();
+    let ceiling = w.locals[a].clock().ceiling();
     w.bucket(a)
         .merge(
             &c,
@@ -512,7 +512,7 @@ fn a_fetch_whose_touches_were_dropped_for_skew_never_announces_a_value_they_expi
     w.link(a, b);
     w.pump();
     let (o, p) = (origin(&w.locals[a], "o"), origin(&w.locals[a], "p"));
-    let now = w.locals[a].clock.wall_ms();
+    let now = w.locals[a].clock().wall_ms();
     let at = |ms: u64| Hlc::from_parts(ms, 0);
     let touch = |key: &str, hlc: Hlc, seq: u64, expires_ms: u64| Write {
         touch: true,
@@ -601,13 +601,13 @@ fn a_peer_within_skew_is_not_refused_for_the_clock_of_a_third() {
             }
         }
         // What came within b's skew 8 s ago (a pull timeout and a pass) is held by b by now.
-        let settled = w.locals[b].clock.wall_ms() + SKEW_MS - 8_000;
+        let settled = w.locals[b].clock().wall_ms() + SKEW_MS - 8_000;
         for (key, hlc) in &written {
             if hlc.physical_ms() <= settled {
                 assert!(
                     shows(&w.bucket(b), key).is_some(),
                     "round {round}: b lacks {key}, stamped {} ms ahead of its clock",
-                    hlc.physical_ms() - w.locals[b].clock.wall_ms()
+                    hlc.physical_ms() - w.locals[b].clock().wall_ms()
                 );
             }
         }
@@ -820,7 +820,7 @@ fn all_is_not_met_by_the_writer_alone_when_its_peer_crashes() {
             let got = tokio::time::timeout(Duration::from_secs(5), outcomes.recv()).await;
             got.ok().flatten().map(|o| {
                 assert_eq!(o.ticket, ticket);
-                (o.end == peer_buckets_engine::acks::AckEnd::Met, o.acked)
+                (o.end == peer_buckets_engine::AckEnd::Met, o.acked)
             })
         }),
     };

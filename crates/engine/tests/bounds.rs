@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::connection::{self, FrameReader, FrameWriter};
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::ranges::SeqRanges;
-use peer_buckets_engine::replica::ReplicaId;
-use peer_buckets_engine::secure::Security;
-use peer_buckets_engine::store::Lifetime;
-use peer_buckets_engine::sync::OWED_LIMIT;
 use peer_buckets_engine::value;
-use peer_buckets_engine::warning::WarningCode;
 use peer_buckets_engine::wire::{encode_frame, ContextPart, Hello, MemberInfo, Message};
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::ReplicaId;
+use peer_buckets_engine::Security;
+use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::WarningCode;
+use peer_buckets_engine::OWED_LIMIT;
+use peer_buckets_engine::{Config, Node};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -128,8 +128,7 @@ fn linked(node: &Node, id: &str) -> bool {
 /// Bytes of answers the node's link to `id` owes it, 0 without a link.
 fn owed(node: &Node, id: &str) -> usize {
     node.shared()
-        .links
-        .lock()
+        .links()
         .iter()
         .filter(|l| &*l.node == id)
         .map(|l| l.session.lock().owed())

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer_buckets_engine::bucket::Bucket;
-use peer_buckets_engine::membership::PeerEventKind;
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
+use peer_buckets_engine::Bucket;
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::PeerEventKind;
+use peer_buckets_engine::{Config, Node};
 
 mod common;
 use common::*;

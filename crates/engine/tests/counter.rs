@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peer_buckets_engine::counter::{bucket_name, Counter};
-use peer_buckets_engine::node::{Config, Node};
+use peer_buckets_engine::{Config, Node};
 
 mod common;
 use common::*;

@@ -13,12 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use peer_buckets_engine::clock::Clock;
 use peer_buckets_engine::counter::{bucket_name, Counter};
-use peer_buckets_engine::node::{Config, Node};
 use peer_buckets_engine::sim::clock::{SimClock, SimTime};
 use peer_buckets_engine::sim::rng::{derive, SplitMix};
-use peer_buckets_engine::transport::SimTcp;
+use peer_buckets_engine::{Clock, Config, Node, SimTcp};
 
 const EPOCH_MS: u64 = 1_767_225_600_000;
 const PORT: u16 = 7000;

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer_buckets_engine::acks::{AckEnd, AckLevel, Registered};
-use peer_buckets_engine::disk::sim::{FaultKind, Faults, SimDisk};
-use peer_buckets_engine::disk::Durability;
-use peer_buckets_engine::error::Error;
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
-use peer_buckets_engine::warning::WarningCode;
+use peer_buckets_engine::Durability;
+use peer_buckets_engine::Error;
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::WarningCode;
+use peer_buckets_engine::{AckEnd, AckLevel, Registered};
+use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{FaultKind, Faults, SimDisk};
 
 mod common;
 use common::*;
@@ -234,7 +234,7 @@ async fn relaxed_writes_settle_at_once_and_still_reach_the_disk() {
 async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
     let d = dir("clock");
     let ahead = Config {
-        clock: std::sync::Arc::new(peer_buckets_engine::clock::Clock::default()),
+        clock: std::sync::Arc::new(peer_buckets_engine::Clock::default()),
         ..config(Some("c"), Some(&d), vec![])
     };
     ahead.clock.set_offset_ms(20_000);
@@ -269,10 +269,10 @@ async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
 /// tombstone that arrives after the restart still meets a stand-in tombstone, not an empty key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collected_keys_are_remembered_across_a_restart() {
-    use peer_buckets_engine::clock::Hlc;
-    use peer_buckets_engine::ranges::SeqRanges;
-    use peer_buckets_engine::replica::{ReplicaId, ReplicaTable};
-    use peer_buckets_engine::store::Write;
+    use peer_buckets_engine::Hlc;
+    use peer_buckets_engine::SeqRanges;
+    use peer_buckets_engine::Write;
+    use peer_buckets_engine::{ReplicaId, ReplicaTable};
 
     let d = dir("collected");
     let fast = |data: &PathBuf| Config {
@@ -320,9 +320,9 @@ async fn collected_keys_are_remembered_across_a_restart() {
 /// a stand-in), while one by an origin ranking below stays guarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_collected_key_guards_only_writes_it_beats_by_origin() {
-    use peer_buckets_engine::ranges::SeqRanges;
-    use peer_buckets_engine::replica::{ReplicaId, ReplicaTable};
-    use peer_buckets_engine::store::Write;
+    use peer_buckets_engine::SeqRanges;
+    use peer_buckets_engine::Write;
+    use peer_buckets_engine::{ReplicaId, ReplicaTable};
 
     let d = dir("collected-origin");
     let fast = |data: &PathBuf| Config {
@@ -393,7 +393,7 @@ fn sim_config(id: &str, disk: &SimDisk, durability: Durability, seeds: Vec<Strin
 /// each ended. Every write must end within the timeout: a strict write never hangs on a failing disk.
 async fn write_all(
     node: &Node,
-    outcomes: &mut tokio::sync::mpsc::UnboundedReceiver<peer_buckets_engine::acks::AckOutcome>,
+    outcomes: &mut tokio::sync::mpsc::UnboundedReceiver<peer_buckets_engine::AckOutcome>,
     keys: impl IntoIterator<Item = String>,
 ) -> Vec<(String, AckEnd)> {
     let b = node.bucket("s");

@@ -14,20 +14,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peer_buckets_engine::acks::{AckLevel, Registered};
-use peer_buckets_engine::clock::{Hlc, ManualClock, PhysicalClock};
 use peer_buckets_engine::connection;
-use peer_buckets_engine::error::LinkError;
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::ranges::SeqRanges;
-use peer_buckets_engine::replica::ReplicaId;
-use peer_buckets_engine::secure::Security;
-use peer_buckets_engine::store::{Lifetime, Write};
-use peer_buckets_engine::sync::{Local, Session};
-use peer_buckets_engine::warning::WarningCode;
 use peer_buckets_engine::wire::{
-    self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext,
+    self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext, WireWrite,
 };
+use peer_buckets_engine::LinkError;
+use peer_buckets_engine::ReplicaId;
+use peer_buckets_engine::Security;
+use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::WarningCode;
+use peer_buckets_engine::{AckLevel, Registered};
+use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Hlc, ManualClock, PhysicalClock};
+use peer_buckets_engine::{Lifetime, Write};
+use peer_buckets_engine::{Local, Session};
 
 mod common;
 use common::*;
@@ -110,7 +110,7 @@ fn ops(origin: ReplicaId, covered: SeqRanges, writes: Vec<Write>) -> Message {
         bucket: BUCKET.into(),
         origin,
         covered,
-        writes,
+        writes: writes.into_iter().map(WireWrite::from).collect(),
         superseders: vec![],
         superseded: vec![],
     })
@@ -133,7 +133,7 @@ fn a_fetch_reply_nobody_asked_for_is_a_protocol_error() {
         id: 7,
         bucket: BUCKET.into(),
         origin: Some(rid("h")),
-        writes: vec![write("planted", hlc, 1, Some("x"))],
+        writes: vec![write("planted", hlc, 1, Some("x")).into()],
         done: true,
     };
     assert!(is_protocol_error(s.mallory_sends(reply)));
@@ -314,7 +314,7 @@ fn an_ack_beyond_what_was_sent_on_the_link_acknowledges_nothing_more() {
     v_m.handle(&v, ack(seq))
         .expect("an ack within the sequence");
     assert_eq!(
-        v.acks.acked_upto(BUCKET, "m"),
+        v.acks().acked_upto(BUCKET, "m"),
         0,
         "a write never sent on the link was acknowledged"
     );
@@ -329,7 +329,7 @@ fn an_ack_beyond_what_was_sent_on_the_link_acknowledges_nothing_more() {
     .unwrap();
     assert!(!due(&mut v_m, &v, false).is_empty());
     v_m.handle(&v, ack(seq)).unwrap();
-    assert_eq!(v.acks.acked_upto(BUCKET, "m"), seq);
+    assert_eq!(v.acks().acked_upto(BUCKET, "m"), seq);
 }
 
 impl Scene {

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use peer_buckets_engine::acks::{AckEnd, AckLevel, AckOutcome, Registered};
-use peer_buckets_engine::membership::PeerInfo;
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
-use peer_buckets_engine::warning::{Warning, WarningCode};
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::PeerInfo;
+use peer_buckets_engine::{AckEnd, AckLevel, AckOutcome, Registered};
+use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Warning, WarningCode};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
@@ -258,7 +258,7 @@ async fn a_peer_listed_among_its_own_seeds_counts_itself_once() {
         nodes.iter().all(|n| connected(n).len() == 2)
     })
     .await;
-    let size = |n: &Node| n.shared().members.cluster_size(Duration::from_secs(300));
+    let size = |n: &Node| n.shared().members().cluster_size(Duration::from_secs(300));
     eventually("each counts three", || nodes.iter().all(|n| size(n) == 3)).await;
     let c = nodes.pop().unwrap();
     c.close(Duration::from_millis(200)).await;

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::warning::WarningCode;
+use peer_buckets_engine::WarningCode;
+use peer_buckets_engine::{Config, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -317,7 +317,7 @@ async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_tru
         warning.message
     );
     // Every refusal was a warning (the peer from the network keeps redialing meanwhile).
-    let insecure = a.shared().warnings.count(WarningCode::Insecure);
+    let insecure = a.shared().warnings().count(WarningCode::Insecure);
     assert!(insecure >= 1 && insecure <= a.stats().handshakes_rejected);
     let mut raw = TcpStream::connect(SocketAddr::new(lan, port))
         .await
@@ -348,7 +348,7 @@ async fn an_open_node_on_the_network_refuses_peers_from_it_unless_told_it_is_tru
     )
     .await;
     assert_eq!(b.stats().handshakes_rejected, 0);
-    assert_eq!(b.shared().warnings.count(WarningCode::Insecure), 0);
+    assert_eq!(b.shared().warnings().count(WarningCode::Insecure), 0);
     for n in [a, from_lan, from_lo, b, to_b] {
         n.close(Duration::from_secs(1)).await;
     }

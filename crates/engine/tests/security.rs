@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::store::Lifetime;
 use peer_buckets_engine::value;
-use peer_buckets_engine::warning::WarningCode;
 use peer_buckets_engine::wire::{encode_frame, Message};
+use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::WarningCode;
+use peer_buckets_engine::{Config, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -15,13 +15,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use peer_buckets_engine::clock::ManualClock;
-use peer_buckets_engine::collect::Collector;
-use peer_buckets_engine::replica::{Origin, ReplicaId};
-use peer_buckets_engine::store::{key_fingerprint, Change, Lifetime, Write};
-use peer_buckets_engine::sync::{Inbound, Local, PullPlanner, Session};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::Message;
+use peer_buckets_engine::Collector;
+use peer_buckets_engine::ManualClock;
+use peer_buckets_engine::{key_fingerprint, Change, Lifetime, Write};
+use peer_buckets_engine::{Inbound, Local, PullPlanner, Session};
+use peer_buckets_engine::{Origin, ReplicaId};
 
 mod common;
 use common::*;
@@ -217,7 +217,7 @@ impl Sim {
     ) {
         let encoded = value.map(|v| value::encode_json(&format!("\"{v}\"")));
         let w = self.locals[i].bucket(bucket).write(key, encoded, life);
-        let origin = self.locals[i].me.id().clone();
+        let origin = self.locals[i].me().id().clone();
         let logged = Logged::of(&origin, &w, value.is_some());
         self.registry.insert((bucket, origin, w.seq), logged);
         self.last_writer = i;
@@ -230,7 +230,7 @@ impl Sim {
         if self.rng.chance(10) {
             let b = self.locals[i].bucket(bucket);
             if let Some(w) = b.touch(key.into(), 200 + self.rng.below(3_000)) {
-                let origin = self.locals[i].me.id().clone();
+                let origin = self.locals[i].me().id().clone();
                 let logged = Logged::of(&origin, &w, false);
                 self.registry.insert((bucket, origin, w.seq), logged);
             }
@@ -341,7 +341,7 @@ impl Sim {
         }
         let members: Vec<Arc<str>> = (0..N)
             .filter(|&j| j != i && Some(j) != self.exiled)
-            .map(|j| self.locals[j].id.clone())
+            .map(|j| self.locals[j].id().clone())
             .collect();
         let sessions: Vec<&Session> = self.sessions[i].iter().flatten().collect();
         self.collected += self.collectors[i].round(&self.locals[i], &members, &sessions);
@@ -689,7 +689,7 @@ impl Sim {
                 .map(|(o, r)| (o.id().clone(), r))
                 .collect();
             let mut per_key: BTreeMap<Arc<str>, Vec<&Logged>> = BTreeMap::new();
-            let me = local.me.id();
+            let me = local.me().id();
             for ((bucket, origin, seq), w) in &self.registry {
                 let counts =
                     origin == me || self.left.contains(&(Arc::from(name), origin.clone(), *seq));
@@ -737,7 +737,7 @@ impl Sim {
                 if stored.is_empty() {
                     let expiry = touch.map_or(value.map_or(0, |v| v.expires_ms), |t| t.expires_ms);
                     let dead = value.is_none_or(|v| !v.live || collected_beats(v))
-                        || (expiry != 0 && expiry <= local.clock.wall_ms() + MAX_SKEW_MS);
+                        || (expiry != 0 && expiry <= local.clock().wall_ms() + MAX_SKEW_MS);
                     if !dead {
                         return Err(format!(
                             "n{i} {name}/{key}: nothing stored, but its covered writes make it live: {value:?} {touch:?}"
@@ -760,7 +760,7 @@ trait NowForTest {
 
 impl NowForTest for ManualClock {
     fn now_ms_for_test(&self) -> u64 {
-        use peer_buckets_engine::clock::PhysicalClock;
+        use peer_buckets_engine::PhysicalClock;
         self.now_ms()
     }
 }
@@ -1016,7 +1016,7 @@ fn a_gap_from_dropped_frames_is_detected_and_filled() {
     assert!(received < 3000, "the drop must leave a gap");
     let ctx = b1
         .store()
-        .context_of(&sim.locals[1].replicas.intern(sim.locals[0].me.id()));
+        .context_of(&sim.locals[1].replicas().intern(sim.locals[0].me().id()));
     assert!(
         ctx.ranges().len() > 1,
         "the receiver sees a gap: {:?}",
@@ -1027,7 +1027,7 @@ fn a_gap_from_dropped_frames_is_detected_and_filled() {
     assert_eq!(b1.len(), 3000);
     assert!(
         sim.locals[1]
-            .counters
+            .counters()
             .pulls_sent
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
@@ -1105,7 +1105,7 @@ fn resync_after(seed: u64, away: impl FnOnce(&Sim)) -> Sim {
     sim.sessions[2][1] = None;
     sim.exchange(20, 100, false);
     let resyncs = sim.locals[1]
-        .counters
+        .counters()
         .full_resyncs
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(resyncs > 0, "n1 resynced in full");
@@ -1290,11 +1290,11 @@ fn a_pull_for_writes_the_sender_thinks_held_is_answered_once() {
     }
     sim.exchange(3, 100, false);
     // n1 asks n0 for n0's writes 1..=5, which n0 knows n1 holds.
-    let origin = sim.locals[0].me.id().clone();
+    let origin = sim.locals[0].me().id().clone();
     let pull = Message::Pull {
         bucket: "sessions".into(),
         origin,
-        ranges: peer_buckets_engine::ranges::SeqRanges::up_to(5),
+        ranges: peer_buckets_engine::SeqRanges::up_to(5),
     };
     let session = sim.sessions[0][1].as_mut().expect("linked");
     session.handle(&sim.locals[0], pull).expect("valid");
@@ -1357,8 +1357,8 @@ fn coverage_relayed_in_a_pull_answer_travels_with_its_superseder() {
     // n3 pulls n0's writes from n1.
     let pull = Message::Pull {
         bucket: "sessions".into(),
-        origin: sim.locals[0].me.id().clone(),
-        ranges: peer_buckets_engine::ranges::SeqRanges::up_to(1),
+        origin: sim.locals[0].me().id().clone(),
+        ranges: peer_buckets_engine::SeqRanges::up_to(1),
     };
     let s = sim.sessions[1][3].as_mut().expect("linked");
     s.handle(&sim.locals[1], pull.clone()).expect("valid");
@@ -1401,7 +1401,7 @@ fn a_missed_collection_is_detected_at_a_peer_that_joined_after_it() {
     sim.exiled = None;
     sim.connect(1, 3);
     let detected = sim.locals[1]
-        .counters
+        .counters()
         .full_resyncs
         .load(std::sync::atomic::Ordering::Relaxed);
     sim.exchange(6, 100, false);
@@ -1440,7 +1440,7 @@ fn a_register_dropped_by_a_full_resync_is_heard_as_deleted() {
     sim.settle();
     assert!(
         sim.locals[1]
-            .counters
+            .counters()
             .full_resyncs
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0,

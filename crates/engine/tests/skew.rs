@@ -12,17 +12,17 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use peer_buckets_engine::clock::{Clock, Hlc, ManualClock};
-use peer_buckets_engine::error::LinkError;
-use peer_buckets_engine::membership::PeerEventKind;
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::ranges::SeqRanges;
-use peer_buckets_engine::replica::ReplicaId;
-use peer_buckets_engine::store::{Lifetime, Write};
-use peer_buckets_engine::sync::{Inbound, Local, Session};
 use peer_buckets_engine::value;
-use peer_buckets_engine::warning::{Warning, WarningCode};
-use peer_buckets_engine::wire::{Message, OpsBatch};
+use peer_buckets_engine::wire::{Message, OpsBatch, WireWrite};
+use peer_buckets_engine::LinkError;
+use peer_buckets_engine::PeerEventKind;
+use peer_buckets_engine::ReplicaId;
+use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::{Clock, Hlc, ManualClock};
+use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Inbound, Local, Session};
+use peer_buckets_engine::{Lifetime, Write};
+use peer_buckets_engine::{Warning, WarningCode};
 
 mod common;
 use common::*;
@@ -59,10 +59,10 @@ fn past() -> Hlc {
 /// Hands `msg` to the session and checks it was dropped for skew, leaving no trace but the count and
 /// the report, with the link kept.
 fn assert_refused_without_trace(local: &Local, session: &mut Session, msg: Message) {
-    let clock_before = local.clock.now();
+    let clock_before = local.clock().now();
     let context_before = local.bucket("s").store().context();
     let len_before = local.bucket("s").len();
-    let refused_before = local.counters.clock_skew_refused.load(Ordering::Relaxed);
+    let refused_before = local.counters().clock_skew_refused.load(Ordering::Relaxed);
     let result = session.handle(local, msg);
     assert!(
         matches!(
@@ -73,11 +73,11 @@ fn assert_refused_without_trace(local: &Local, session: &mut Session, msg: Messa
     );
     let ahead = session.take_skewed().expect("the drop is reported");
     assert!(ahead > SKEW_MS, "reported {ahead} ms ahead");
-    assert_eq!(local.clock.now(), clock_before, "the clock moved");
+    assert_eq!(local.clock().now(), clock_before, "the clock moved");
     assert_eq!(local.bucket("s").store().context(), context_before);
     assert_eq!(local.bucket("s").len(), len_before, "a write was applied");
     assert_eq!(
-        local.counters.clock_skew_refused.load(Ordering::Relaxed),
+        local.counters().clock_skew_refused.load(Ordering::Relaxed),
         refused_before + 1,
         "the refusal was not counted"
     );
@@ -89,8 +89,11 @@ fn ops(origin: ReplicaId, writes: Vec<Write>, superseders: Vec<(ReplicaId, Write
         bucket: "s".into(),
         origin,
         covered,
-        writes,
-        superseders,
+        writes: writes.into_iter().map(WireWrite::from).collect(),
+        superseders: superseders
+            .into_iter()
+            .map(|(rid, w)| (rid, w.into()))
+            .collect(),
         superseded: vec![],
     })
 }
@@ -116,7 +119,7 @@ fn a_pushed_batch_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
         )
         .expect("a batch inside the skew is applied");
     assert_eq!(local.bucket("s").len(), 1);
-    assert_eq!(local.clock.now(), inside());
+    assert_eq!(local.clock().now(), inside());
 }
 
 #[test]
@@ -145,8 +148,8 @@ fn a_catch_up_chunk_whose_superseder_is_stamped_too_far_ahead_is_refused_and_mov
         bucket: "s".into(),
         origin: rid("c"),
         covered: SeqRanges::from_ranges([(1, 2)]),
-        writes: vec![write("k1", inside(), 2, Some("1"))],
-        superseders: vec![(rid("d"), write("k0", past(), 1, Some("1")))],
+        writes: vec![write("k1", inside(), 2, Some("1")).into()],
+        superseders: vec![(rid("d"), write("k0", past(), 1, Some("1")).into())],
         superseded: vec![("k0".into(), vec![1])],
     });
     assert_refused_without_trace(&local, &mut session, msg);
@@ -161,8 +164,8 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
             bucket: "s".into(),
             origin: Some(rid("c")),
             writes: vec![
-                write("k1", inside(), 1, Some("1")),
-                write("k2", hlc, 2, Some("1")),
+                write("k1", inside(), 1, Some("1")).into(),
+                write("k2", hlc, 2, Some("1")).into(),
             ],
             done: false,
         };
@@ -181,7 +184,7 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
         id: 1,
         bucket: "s".into(),
         origin: Some(rid("c")),
-        writes: vec![write("k1", inside(), 1, Some("1"))],
+        writes: vec![write("k1", inside(), 1, Some("1")).into()],
         done: true,
     };
     session
@@ -226,7 +229,10 @@ fn a_peer_whose_own_wall_clock_runs_past_the_skew_is_refused_in_its_hello_and_it
         matches!(closed, Err(LinkError::ClockSkew { ahead_ms }) if ahead_ms == SKEW_MS + 1),
         "{closed:?}"
     );
-    assert_eq!(local.counters.clock_skew_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        local.counters().clock_skew_refused.load(Ordering::Relaxed),
+        1
+    );
 }
 
 /// The next `ESKEW` warning, and the skew its message gives.

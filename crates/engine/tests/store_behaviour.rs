@@ -13,13 +13,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use peer_buckets_engine::bucket::Bucket;
-use peer_buckets_engine::clock::ManualClock;
-use peer_buckets_engine::ranges::SeqRanges;
-use peer_buckets_engine::replica::ReplicaId;
-use peer_buckets_engine::store::{Change, ChunkLimits, Lifetime};
-use peer_buckets_engine::sync::{Local, Session};
 use peer_buckets_engine::wire::Message;
+use peer_buckets_engine::Bucket;
+use peer_buckets_engine::ManualClock;
+use peer_buckets_engine::ReplicaId;
+use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::{Change, ChunkLimits, Lifetime};
+use peer_buckets_engine::{Local, Session};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
@@ -75,7 +75,7 @@ impl Replica {
                     assert!(
                         self.heard.remove(&key).is_some(),
                         "{}: expiry of {key}, which the listener did not hold as live",
-                        self.local.id
+                        self.local.id()
                     );
                 }
                 None => {
@@ -103,12 +103,13 @@ impl Replica {
             size,
             live.len(),
             "{} {context}: size is not the live keys",
-            self.local.id
+            self.local.id()
         );
         assert_eq!(
-            self.heard, live,
+            self.heard,
+            live,
             "{} {context}: the listener's view is not the live keys",
-            self.local.id
+            self.local.id()
         );
     }
 
@@ -138,15 +139,15 @@ impl Replica {
 struct Shipment {
     to: usize,
     origin: ReplicaId,
-    superseders: Vec<(ReplicaId, peer_buckets_engine::store::Write)>,
-    writes: Vec<peer_buckets_engine::store::Write>,
+    superseders: Vec<(ReplicaId, peer_buckets_engine::Write)>,
+    writes: Vec<peer_buckets_engine::Write>,
     covered: SeqRanges,
     superseded: Vec<(Arc<str>, Vec<u64>)>,
 }
 
 /// What replica `from` sends `to` of `origin`'s writes with seqs in `start..=end`.
 fn pack(from: &Replica, to: usize, origin: &ReplicaId, start: u64, end: u64) -> Shipment {
-    let o = from.local.replicas.intern(origin);
+    let o = from.local.replicas().intern(origin);
     let c = from
         .bucket
         .store()
@@ -170,9 +171,9 @@ fn deliver(to: &Replica, s: Shipment) {
     let superseders = s
         .superseders
         .into_iter()
-        .map(|(rid, w)| (to.local.replicas.intern(&rid), w))
+        .map(|(rid, w)| (to.local.replicas().intern(&rid), w))
         .collect();
-    let origin = to.local.replicas.intern(&s.origin);
+    let origin = to.local.replicas().intern(&s.origin);
     to.bucket
         .merge_chunk(&origin, s.writes, &s.covered, &s.superseded, superseders)
         .expect("clocks within the allowed skew");
@@ -197,7 +198,7 @@ fn concurrent_ttl_writers_leave_an_exact_size_and_one_expiry_per_key() {
         for replica in &r {
             replica.set(
                 &format!("s{i}"),
-                replica.local.id.as_ref(),
+                replica.local.id().as_ref(),
                 Lifetime::Ttl(1_000),
             );
         }
@@ -381,9 +382,13 @@ fn a_value_expired_by_a_touch_of_another_origin_is_never_announced_live_by_a_fet
         } = msg
         {
             // Each reply as the link's reader applies it.
-            let o = b.local.replicas.intern(&origin);
+            let o = b.local.replicas().intern(&origin);
             b.bucket
-                .merge(&o, writes, &SeqRanges::new())
+                .merge(
+                    &o,
+                    writes.into_iter().map(Into::into).collect(),
+                    &SeqRanges::new(),
+                )
                 .expect("clocks within the allowed skew");
             replies += 1;
         }
@@ -488,7 +493,7 @@ fn ttl_run(seed: u64, steps: usize) {
                 let same = contexts.windows(2).all(|w| {
                     let ids = |c: &Vec<(_, SeqRanges)>| -> Vec<(ReplicaId, SeqRanges)> {
                         c.iter()
-                            .map(|(o, s): &(peer_buckets_engine::replica::Origin, _)| {
+                            .map(|(o, s): &(peer_buckets_engine::Origin, _)| {
                                 (o.id().clone(), s.clone())
                             })
                             .collect()
@@ -537,7 +542,7 @@ fn ttl_run(seed: u64, steps: usize) {
 
 impl Replica {
     fn time_ms(&self) -> u64 {
-        use peer_buckets_engine::clock::PhysicalClock;
+        use peer_buckets_engine::PhysicalClock;
         self.time.now_ms()
     }
 }

@@ -44,13 +44,13 @@ use crate::ranges::SeqRanges;
 use crate::replica::ReplicaId;
 use crate::store::{CollectedRecord, Entry, MemoryStore, TouchRegister};
 use crate::sync::Local;
-pub use flusher::{Doorbell, Flusher};
+pub use flusher::Flusher;
 use format::{
     absorb, decode, storage, write_changes, BucketChanges, DiskEntry, COLLECTED, COLLECTED_BEYOND,
     COLLECTED_KEYS, COLLECTED_ORIGINS, CONTEXTS, ENTRIES, FORMAT, FORMATS_LEGACY_LOG, FORMATS_READ,
     MARKERS, META,
 };
-use fs::{DirLock, FileSystem, RealFs};
+use fs::{DirLock, FileSystem};
 use wal::Wal;
 
 /// The redb file's name in the data directory.
@@ -97,12 +97,13 @@ fn open_database(fs: &dyn FileSystem, dir: &Path) -> Result<Database, Error> {
 impl Disk {
     /// Opens (or creates) the data directory. `requested_id` must match the stored id when there is
     /// one. `fresh_incarnation` is used unless the last run closed cleanly.
+    #[cfg(test)]
     pub fn open(
         dir: &Path,
         requested_id: Option<&str>,
         fresh_incarnation: u64,
     ) -> Result<Opened, Error> {
-        Self::open_with(Arc::new(RealFs), dir, requested_id, fresh_incarnation)
+        Self::open_with(Arc::new(fs::RealFs), dir, requested_id, fresh_incarnation)
     }
 
     /// `open` on the file system `fs` (a `SimDisk` in simulations).

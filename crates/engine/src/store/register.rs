@@ -11,14 +11,14 @@ use crate::clock::Hlc;
 use crate::replica::Origin;
 use std::sync::Arc;
 
-/// A register write as it travels between replicas; the origin travels once per batch beside it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A register write as the store applies it and hands it out; the origin goes beside it. The wire
+/// carries it as `wire::WireWrite`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Write {
     pub key: Arc<str>,
     pub hlc: Hlc,
     pub seq: u64,
     /// Encoded value (see `value` module), or `None` for a delete (or a touch).
-    #[serde(with = "serde_bytes")]
     pub value: Option<Box<[u8]>>,
     /// Absolute expiry in physical milliseconds since the epoch; 0 means never.
     pub expires_ms: u64,

@@ -39,8 +39,4 @@ impl Fetches {
             *total += count;
         }
     }
-
-    pub fn cancel(&self, id: u64) {
-        self.pending.lock().remove(&id);
-    }
 }

@@ -20,26 +20,26 @@ use std::sync::Arc;
 
 /// One replica's data and identity: everything the protocol reads and writes, with no I/O.
 pub struct Local {
-    pub id: Arc<str>,
-    pub me: Origin,
-    pub clock: Arc<Clock>,
-    pub replicas: ReplicaTable,
-    pub signals: Arc<Signals>,
-    pub counters: Counters,
-    pub acks: AckTracker,
+    pub(crate) id: Arc<str>,
+    pub(crate) me: Origin,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) replicas: ReplicaTable,
+    pub(crate) signals: Arc<Signals>,
+    pub(crate) counters: Counters,
+    pub(crate) acks: AckTracker,
     /// Remote clocks further ahead than this are refused.
-    pub max_clock_skew_ms: u64,
+    pub(crate) max_clock_skew_ms: u64,
     /// (bucket, origin) of frames dropped for skew: their sender counts them as delivered and pushes
     /// them no more, so the planner pulls these gaps without waiting for the origin's stream to stall.
     pub(super) skew_gaps: Mutex<BTreeSet<GapKey>>,
     /// Tombstones younger than this are never collected.
-    pub tombstone_min_age_ms: u64,
+    pub(crate) tombstone_min_age_ms: u64,
     /// How long collected registers are remembered by key (see `store::CollectedKeys`).
-    pub remember_collected_ms: u64,
+    pub(crate) remember_collected_ms: u64,
     /// Buckets are persisted: their stores journal every change for the flusher.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// Past this many buckets, a bucket a peer names is not created (`remote_bucket`).
-    pub max_buckets: usize,
+    pub(crate) max_buckets: usize,
     /// Ordered by name, so every pass over the buckets goes the same way without sorting them.
     pub(super) buckets: RwLock<BTreeMap<Arc<str>, Arc<Bucket>>>,
     /// The buckets where this replica found it missed a collection (it held data, and a peer's
@@ -73,6 +73,37 @@ impl Local {
             buckets: RwLock::new(BTreeMap::new()),
             stale: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// This replica (node id and incarnation), interned.
+    pub fn me(&self) -> &Origin {
+        &self.me
+    }
+
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// Every replica this one has heard of, interned.
+    pub fn replicas(&self) -> &ReplicaTable {
+        &self.replicas
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn acks(&self) -> &AckTracker {
+        &self.acks
+    }
+
+    /// Collects tombstones (and expired values) as young as `ms` (by default three clock skews).
+    pub fn set_tombstone_min_age_ms(&mut self, ms: u64) {
+        self.tombstone_min_age_ms = ms;
     }
 
     /// Whether this replica missed a collection in `bucket` and has not resynced since.

@@ -14,7 +14,10 @@ use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::{Origin, ReplicaId};
 use crate::store::CollectedRecord;
-use crate::wire::{self, ContextPart, Hello, MemberInfo, Message, OpsBatch, WireContext, MAX_KEY};
+use crate::store::Write;
+use crate::wire::{
+    self, ContextPart, Hello, MemberInfo, Message, OpsBatch, WireContext, WireWrite, MAX_KEY,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -393,6 +396,7 @@ impl Session {
                 done,
             } => {
                 check_bucket_name(&bucket)?;
+                let writes: Vec<Write> = writes.into_iter().map(Write::from).collect();
                 if !self.fetches_asked.contains(&id) {
                     return Err(LinkError::Protocol(format!(
                         "a fetch reply nobody asked for (fetch {id})"
@@ -447,6 +451,10 @@ impl Session {
                 last,
             } => {
                 check_bucket_name(&bucket)?;
+                let superseders: Vec<(ReplicaId, Write)> = superseders
+                    .into_iter()
+                    .map(|(rid, w)| (rid, w.into()))
+                    .collect();
                 let o = local.replicas.intern(&origin);
                 let Some(state) = self.buckets.get(&bucket) else {
                     return Err(LinkError::Protocol("a held reply nobody asked for".into()));
@@ -538,13 +546,18 @@ impl Session {
 
     pub(super) fn apply_ops(&mut self, local: &Local, batch: OpsBatch) -> Result<(), LinkError> {
         check_bucket_name(&batch.bucket)?;
-        check_writes(&batch.writes, Some(&batch.covered))?;
-        let superseders: Vec<&crate::store::Write> =
-            batch.superseders.iter().map(|(_, w)| w).collect();
+        let writes: Vec<Write> = batch.writes.into_iter().map(Write::from).collect();
+        let remote_superseders: Vec<(ReplicaId, Write)> = batch
+            .superseders
+            .into_iter()
+            .map(|(rid, w)| (rid, w.into()))
+            .collect();
+        check_writes(&writes, Some(&batch.covered))?;
+        let superseders: Vec<&Write> = remote_superseders.iter().map(|(_, w)| w).collect();
         for w in &superseders {
             check_writes(std::slice::from_ref(*w), None)?;
         }
-        let written: BTreeSet<u64> = batch.writes.iter().map(|w| w.seq).collect();
+        let written: BTreeSet<u64> = writes.iter().map(|w| w.seq).collect();
         for (key, seqs) in &batch.superseded {
             if key.is_empty() || key.len() > MAX_KEY {
                 return Err(LinkError::Protocol(format!("key of {} bytes", key.len())));
@@ -559,7 +572,7 @@ impl Session {
             }
         }
         check_own_claim(local, &batch.bucket, &batch.origin, batch.covered.max())?;
-        for (rid, w) in &batch.superseders {
+        for (rid, w) in &remote_superseders {
             check_own_writes(local, &batch.bucket, rid, std::slice::from_ref(w))?;
         }
         if batch.origin != *self.peer.id() {
@@ -575,7 +588,7 @@ impl Session {
                 )));
             }
         }
-        if let Err(e) = local.observe(batch.writes.iter().chain(superseders)) {
+        if let Err(e) = local.observe(writes.iter().chain(superseders)) {
             let origin = local.replicas.intern(&batch.origin);
             // The sender holds what it covered: the planner must see the gap now, not after its next
             // digest (a pass before that would forget the gap, and an origin that keeps writing never
@@ -600,15 +613,14 @@ impl Session {
         };
         // One step: the coverage is never claimed without what superseded it, and a value never
         // shows live for a moment under a touch the same batch carries.
-        let superseders = batch
-            .superseders
+        let superseders = remote_superseders
             .into_iter()
             .map(|(rid, w)| (local.replicas.intern(&rid), w))
             .collect();
         let fresh = local.merge_chunk(
             &bucket,
             &origin,
-            batch.writes,
+            writes,
             &batch.covered,
             &batch.superseded,
             superseders,
@@ -664,7 +676,7 @@ impl Session {
                     };
                     for (so, w) in chunk.superseders {
                         bytes += w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40;
-                        superseders.push((so.id().clone(), w));
+                        superseders.push((so.id().clone(), w.into()));
                     }
                     if superseders.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES {
                         parts.push((from, hi, std::mem::take(&mut superseders), bytes));
@@ -726,7 +738,7 @@ impl Session {
                     bytes = 0;
                 }
                 bytes += size;
-                frame.push(w);
+                frame.push(w.into());
             }
             if !frame.is_empty() {
                 let reply = Message::FetchReply {
@@ -857,11 +869,11 @@ pub(super) fn send_ranges(
                 bucket: bucket.name().clone(),
                 origin: origin.id().clone(),
                 covered: chunk.covered,
-                writes: chunk.writes,
+                writes: chunk.writes.into_iter().map(WireWrite::from).collect(),
                 superseders: chunk
                     .superseders
                     .into_iter()
-                    .map(|(o, w)| (o.id().clone(), w))
+                    .map(|(o, w)| (o.id().clone(), w.into()))
                     .collect(),
                 superseded: chunk.superseded,
             });

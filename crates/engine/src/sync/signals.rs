@@ -32,7 +32,7 @@ impl LinkSignal {
     }
 }
 
-/// Something to ring after every change: the durable store's flusher (`disk::Doorbell`). A trait, so
+/// Something to ring after every change: the durable store's flusher (`disk::flusher::Doorbell`). A trait, so
 /// that the protocol does not depend on the disk, which depends on it.
 pub trait Ring: Send + Sync {
     fn ring(&self);

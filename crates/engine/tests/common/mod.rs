@@ -11,17 +11,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer_buckets_engine::bucket::Bucket;
-use peer_buckets_engine::clock::{Clock, Hlc, ManualClock, PhysicalClock};
-use peer_buckets_engine::collect::Collector;
-use peer_buckets_engine::error::LinkError;
-use peer_buckets_engine::node::{Config, Node};
-use peer_buckets_engine::replica::{Origin, ReplicaId};
-use peer_buckets_engine::store::Write;
-use peer_buckets_engine::sync::{Local, PullPlanner, Session};
 use peer_buckets_engine::value;
-use peer_buckets_engine::warning::Warning;
 use peer_buckets_engine::wire::{self, Message};
+use peer_buckets_engine::Bucket;
+use peer_buckets_engine::Collector;
+use peer_buckets_engine::LinkError;
+use peer_buckets_engine::Warning;
+use peer_buckets_engine::Write;
+use peer_buckets_engine::{Clock, Hlc, ManualClock, PhysicalClock};
+use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Local, PullPlanner, Session};
+use peer_buckets_engine::{Origin, ReplicaId};
 
 /// The wall clock's start in tests driven by hand (November 2023).
 pub const START_MS: u64 = 1_700_000_000_000;
@@ -147,7 +147,7 @@ pub fn collecting_local(
     let clock = Arc::new(Clock::new(Box::new(time.clone())));
     clock.set_offset_ms(offset_ms);
     let mut local = Local::new(name.into(), incarnation, clock, max_skew_ms);
-    local.tombstone_min_age_ms = 1_000;
+    local.set_tombstone_min_age_ms(1_000);
     local
 }
 
@@ -207,7 +207,7 @@ impl World {
     /// Replica i restarts empty under a new incarnation, linked to nobody.
     pub fn restart_empty(&mut self, i: usize, incarnation: u64) {
         self.isolate(i);
-        let name = self.locals[i].id.to_string();
+        let name = self.locals[i].id().to_string();
         self.locals[i] = collecting_local(&name, incarnation, &self.time, 0, SKEW_MS);
         self.planners[i] = PullPlanner::default();
         self.collectors[i] = Collector::default();
@@ -274,7 +274,10 @@ impl World {
 
     /// A collection round at replica i with `members` (the others) as the member set.
     pub fn collect(&mut self, i: usize, members: &[usize]) -> usize {
-        let ids: Vec<Arc<str>> = members.iter().map(|&m| self.locals[m].id.clone()).collect();
+        let ids: Vec<Arc<str>> = members
+            .iter()
+            .map(|&m| self.locals[m].id().clone())
+            .collect();
         let sessions: Vec<&Session> = self
             .sessions
             .iter()
