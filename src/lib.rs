@@ -12,6 +12,7 @@ mod convert;
 mod events;
 mod handles;
 pub mod hot;
+mod paging;
 
 use std::sync::Arc;
 use std::time::Duration;

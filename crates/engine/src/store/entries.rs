@@ -39,10 +39,14 @@ pub(super) struct Record {
 
 /// The key -> entry table. Records sit behind one pointer per slot, so the table's slots stay small: a
 /// table at half load (as after each doubling) costs its slots twice over.
+///
+/// `reshaped` counts the inserts that found the table full, each of which grows or rehashes it and so
+/// moves records to other slots: a scan cursor (a slot) is good only while it is unchanged.
 #[derive(Default)]
 pub(super) struct Entries {
     pub(super) table: hashbrown::HashTable<Box<Record>>,
     pub(super) hasher: crate::hash::DefaultHashBuilder,
+    pub(super) reshaped: u64,
 }
 
 impl Entries {
@@ -97,6 +101,10 @@ impl Entries {
 
     /// `insert` with the key's hash already computed.
     pub(super) fn insert_hashed(&mut self, hash: u64, record: Box<Record>) {
+        // `capacity` is the records held plus the room left before the table must grow or rehash.
+        if self.table.len() == self.table.capacity() {
+            self.reshaped += 1;
+        }
         let hasher = &self.hasher;
         self.table.insert_unique(hash, record, |r| {
             use std::hash::BuildHasher;
@@ -106,6 +114,26 @@ impl Entries {
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
         self.table.iter().map(|r| (&r.key, &r.entry))
+    }
+
+    /// Visits the records in slots `from..` until `f` returns false or `max_slots` slots were looked
+    /// at; returns the first slot not looked at, `None` past the last one.
+    pub(super) fn walk_slots(
+        &self,
+        from: usize,
+        max_slots: usize,
+        f: &mut dyn FnMut(&Arc<str>, &Entry) -> bool,
+    ) -> Option<usize> {
+        let end = self.table.num_buckets();
+        let stop = from.saturating_add(max_slots).min(end);
+        for slot in from..stop {
+            if let Some(r) = self.table.get_bucket(slot) {
+                if !f(&r.key, &r.entry) {
+                    return Some(slot + 1).filter(|&s| s < end);
+                }
+            }
+        }
+        (stop < end).then_some(stop)
     }
 
     pub(super) fn len(&self) -> usize {

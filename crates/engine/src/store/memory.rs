@@ -5,7 +5,7 @@
 
 use super::{
     key_fingerprint, Changes, Chunk, ChunkLimits, Collected, CollectedRecord, Entry, Journal,
-    Lifetime, Marker, Merged, Record, Shown, State, Store, Write,
+    Lifetime, Marker, Merged, Record, ScanCursor, Shown, State, Store, Write,
 };
 use crate::clock::{Clock, Hlc};
 use crate::ranges::SeqRanges;
@@ -130,6 +130,62 @@ impl Store for MemoryStore {
                 }
             }
         }
+    }
+
+    fn count(&self, prefix: &str, now_ms: u64) -> usize {
+        let state = self.state.read();
+        let now = state.now(now_ms);
+        state
+            .entries
+            .iter()
+            .filter(|(k, e)| k.starts_with(prefix) && e.live_value(now).is_some())
+            .count()
+    }
+
+    fn scan_page(
+        &self,
+        prefix: &str,
+        now_ms: u64,
+        from: ScanCursor,
+        limit: usize,
+        f: &mut dyn FnMut(&str, &[u8]),
+    ) -> Option<ScanCursor> {
+        // Slots looked at per page: a sparse prefix costs one page a bounded stretch, not the table.
+        const SLOTS_PER_KEY: usize = 16;
+        let state = self.state.read();
+        let now = state.now(now_ms);
+        let reshaped = state.entries.reshaped;
+        let slot = if from.reshaped == reshaped {
+            from.slot as usize
+        } else {
+            0
+        };
+        let limit = limit.max(1);
+        let mut left = limit;
+        let next =
+            state
+                .entries
+                .walk_slots(slot, limit.saturating_mul(SLOTS_PER_KEY), &mut |k, e| {
+                    if k.starts_with(prefix) {
+                        if let Some(v) = e.live_value(now) {
+                            f(k, v);
+                            left -= 1;
+                        }
+                    }
+                    left > 0
+                });
+        next.map(|slot| ScanCursor {
+            reshaped,
+            slot: slot as u64,
+        })
+    }
+
+    fn expiry_of(&self, key: &str, now_ms: u64) -> Option<u64> {
+        let state = self.state.read();
+        let now = state.now(now_ms);
+        let e = state.entries.get(key)?;
+        e.live_value(now)?;
+        Some(e.expiry())
     }
 
     fn write_local(

@@ -1028,3 +1028,92 @@ fn absorb(into: &MemoryStore, from: &MemoryStore) {
         into.merge(&me, &origin, c.writes, &c.covered, &mut |_| {});
     }
 }
+
+fn scan_all(
+    s: &MemoryStore,
+    prefix: &str,
+    limit: usize,
+    between: &mut dyn FnMut(usize),
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor = ScanCursor::default();
+    let mut page = 0;
+    loop {
+        let next = s.scan_page(prefix, 0, cursor, limit, &mut |k, _| {
+            seen.push(k.to_string())
+        });
+        page += 1;
+        match next {
+            Some(c) => cursor = c,
+            None => return seen,
+        }
+        between(page);
+    }
+}
+
+#[test]
+fn a_paged_scan_visits_every_key_live_throughout_it_even_when_the_table_grows_between_pages() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    let writes: Vec<Write> = (1..=500)
+        .map(|i| w(&format!("sess:{i}"), i, i, Some("v")))
+        .chain((501..=600).map(|i| w(&format!("other:{i}"), i, i, Some("v"))))
+        .collect();
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    let mut seq = 600;
+    // Between pages: deletes of keys outside the prefix, and enough new keys to grow the table.
+    let seen = scan_all(&s, "sess:", 7, &mut |page| {
+        let mut batch = vec![w(&format!("other:{}", 500 + page), seq + 1, seq + 1, None)];
+        seq += 1;
+        for _ in 0..40 {
+            seq += 1;
+            batch.push(w(&format!("new:{seq}"), seq, seq, Some("v")));
+        }
+        s.merge(&me, &a, batch, &SeqRanges::new(), &mut |_| {});
+    });
+    let unique: std::collections::BTreeSet<_> = seen.iter().cloned().collect();
+    let want: std::collections::BTreeSet<_> = (1..=500).map(|i| format!("sess:{i}")).collect();
+    assert_eq!(unique, want, "every key live throughout is visited");
+    assert!(seen.iter().all(|k| k.starts_with("sess:")));
+}
+
+#[test]
+fn a_page_stops_at_its_limit_and_a_quiet_table_is_visited_once() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    let writes = (1..=300)
+        .map(|i| w(&format!("k{i}"), i, i, Some("v")))
+        .collect();
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    let mut first = 0;
+    s.scan_page("", 0, ScanCursor::default(), 10, &mut |_, _| first += 1);
+    assert_eq!(first, 10);
+    let seen = scan_all(&s, "", 10, &mut |_| {});
+    assert_eq!(seen.len(), 300, "no key twice without a reshape");
+}
+
+#[test]
+fn count_and_expiry_of_see_only_live_keys() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    let mut expiring = w("sess:b", 2, 2, Some("v"));
+    expiring.expires_ms = 1_000;
+    let writes = vec![
+        w("sess:a", 1, 1, Some("v")),
+        expiring,
+        w("sess:c", 3, 3, None),
+        w("other", 4, 4, Some("v")),
+    ];
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    assert_eq!(s.count("sess:", 500), 2);
+    assert_eq!(s.count("sess:", 1_000), 1);
+    assert_eq!(s.count("", 500), 3);
+    assert_eq!(s.expiry_of("sess:a", 500), Some(0));
+    assert_eq!(s.expiry_of("sess:b", 500), Some(1_000));
+    assert_eq!(s.expiry_of("sess:b", 1_000), None);
+    assert_eq!(s.expiry_of("sess:c", 500), None);
+    assert_eq!(s.expiry_of("missing", 500), None);
+}
