@@ -291,6 +291,11 @@ class SharedBucket extends EventEmitter {
     return touched ? RESOLVED_TRUE : RESOLVED_FALSE
   }
 
+  /** The Peer this bucket belongs to. */
+  get peer() {
+    return this.#peer
+  }
+
   /** The bucket's default time to live in ms (0: none); set with `peer.bucket(name, { ttl })`. */
   get defaultTtl() {
     return this.#ttl
