@@ -477,7 +477,7 @@ export interface SessionStoreOptions<S extends SessionData = SessionData> {
   /**
    * Seconds, as in connect-redis: a session lives `ttl(session)` seconds when a function, else until
    * its cookie's expiry, else `ttl` seconds; default the bucket's ttl, else one day (86400). Over 366
-   * days is a RangeError: it can only be milliseconds, the unit before peer-buckets 0.2.
+   * days is a RangeError: it can only be milliseconds, the unit of peer-buckets 0.1.
    */
   ttl?: number | ((session: S) => number)
   /** No touch ever writes (as connect-redis): a session expires `ttl` after its last save. */

@@ -31,7 +31,7 @@ const { EventEmitter } = require('node:events')
 const { setImmediate: nextTurn } = require('node:timers/promises')
 
 const DEFAULT_TTL_SECONDS = 24 * 60 * 60 // one day, as connect-redis, for sessions whose cookie has no expiry
-// The largest ttl taken, in seconds: 366 days. ttl was in milliseconds before 0.2; any value above this
+// The largest ttl taken, in seconds: 366 days. peer-buckets 0.1 took ttl in milliseconds; any value above this
 // can only be one (a day in ms is 86,400,000 s, 2.7 years), so it is refused rather than kept 1000 times too long.
 const MAX_TTL_SECONDS = 366 * 24 * 60 * 60
 const ACK_LEVELS = ['local', 'one', 'majority', 'all']
@@ -80,7 +80,7 @@ function checkSeconds(what, value) {
   if (!(value > 0) || !Number.isFinite(value)) throw new RangeError(`SessionStore: ${what} must be a positive number of seconds`)
   if (value > MAX_TTL_SECONDS) {
     throw new RangeError(
-      `SessionStore: ${what} is in seconds, as in connect-redis (it was milliseconds before peer-buckets 0.2); ` +
+      `SessionStore: ${what} is in seconds, as in connect-redis (peer-buckets 0.1 took milliseconds); ` +
         `${value} is over 366 days: for ${value} ms write ${Math.max(1, Math.round(value / 1000))}`,
     )
   }
