@@ -1,6 +1,6 @@
 //! The bucket calls that read a bucket a part at a time or without copying it out: `count`, paged
 //! `scan` and a key's time left. A scan cursor crosses to JavaScript as an opaque string,
-//! `"<reshaped>.<slot>"` (see `ScanCursor`): the empty string starts a scan and is returned when it is done.
+//! `"<reshaped>.<moves>.<slot>"` (see `ScanCursor`): the empty string starts a scan and is returned when it is done.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -20,11 +20,13 @@ fn parse_cursor(cursor: &str) -> Option<ScanCursor> {
     if cursor.is_empty() {
         return Some(ScanCursor::default());
     }
-    let (reshaped, slot) = cursor.split_once('.')?;
-    Some(ScanCursor {
-        reshaped: reshaped.parse().ok()?,
-        slot: slot.parse().ok()?,
-    })
+    let mut parts = cursor.split('.').map(|p| p.parse::<u64>().ok());
+    let c = ScanCursor {
+        reshaped: parts.next()??,
+        moves: parts.next()??,
+        slot: parts.next()??,
+    };
+    parts.next().is_none().then_some(c)
 }
 
 /// One page of live entries under `prefix` from `cursor` on, at most `limit`: a flat array of keys
@@ -60,7 +62,9 @@ pub fn bucket_scan(
             }
         });
         result.map_err(internal)?;
-        let next = next.map_or(String::new(), |c| format!("{}.{}", c.reshaped, c.slot));
+        let next = next.map_or(String::new(), |c| {
+            format!("{}.{}.{}", c.reshaped, c.moves, c.slot)
+        });
         items.push_str(&next).map_err(internal)?;
         Ok(items.finish())
     })

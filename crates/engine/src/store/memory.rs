@@ -154,28 +154,38 @@ impl Store for MemoryStore {
         const SLOTS_PER_KEY: usize = 16;
         let state = self.state.read();
         let now = state.now(now_ms);
-        let reshaped = state.entries.reshaped;
-        let slot = if from.reshaped == reshaped {
-            from.slot as usize
-        } else {
-            0
-        };
+        let entries = &state.entries;
         let limit = limit.max(1);
         let mut left = limit;
-        let next =
-            state
-                .entries
-                .walk_slots(slot, limit.saturating_mul(SLOTS_PER_KEY), &mut |k, e| {
-                    if k.starts_with(prefix) {
-                        if let Some(v) = e.live_value(now) {
-                            f(k, v);
-                            left -= 1;
-                        }
+        let mut visit = |k: &Arc<str>, e: &Entry| {
+            if k.starts_with(prefix) {
+                if let Some(v) = e.live_value(now) {
+                    f(k, v);
+                    left = left.saturating_sub(1);
+                }
+            }
+            left > 0
+        };
+        let oldest_logged = entries.moved.front().map_or(entries.moves + 1, |m| m.n);
+        let slot = if from.reshaped != entries.reshaped || from.moves + 1 < oldest_logged {
+            0
+        } else {
+            // Keys moved since the last page from a slot ahead of it to one behind it.
+            let cursor = from.slot as usize;
+            for m in entries.moved.iter().filter(|m| m.n > from.moves) {
+                if m.from >= cursor && m.to < cursor {
+                    if let Some(e) = entries.get(&m.key) {
+                        visit(&m.key, e);
                     }
-                    left > 0
-                });
+                }
+            }
+            cursor
+        };
+        // Moved keys count toward the limit; a page they filled still walks to its first record.
+        let next = entries.walk_slots(slot, limit.saturating_mul(SLOTS_PER_KEY), &mut visit);
         next.map(|slot| ScanCursor {
-            reshaped,
+            reshaped: entries.reshaped,
+            moves: entries.moves,
             slot: slot as u64,
         })
     }

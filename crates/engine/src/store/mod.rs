@@ -97,12 +97,15 @@ pub struct Shown<'a> {
     pub expired: bool,
 }
 
-/// Where a paged scan (`Store::scan_page`) resumes. A scan whose `reshaped` no longer matches the
-/// store's starts over from the first slot: every key live throughout a scan is visited at least
-/// once, and one may be visited twice when the table grew between pages.
+/// Where a paged scan (`Store::scan_page`) resumes: the next slot of the key table, and how many times
+/// the table was reshaped and records moved when the page before ended. Every key live throughout a
+/// scan is visited at least once: a key a rewrite moved from a slot ahead of the cursor to one behind it
+/// is visited with the next page, and a scan whose table was reshaped, or that missed more moves than
+/// are logged, starts over. A key may therefore be visited twice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanCursor {
     pub reshaped: u64,
+    pub moves: u64,
     pub slot: u64,
 }
 

@@ -1117,3 +1117,78 @@ fn count_and_expiry_of_see_only_live_keys() {
     assert_eq!(s.expiry_of("sess:c", 500), None);
     assert_eq!(s.expiry_of("missing", 500), None);
 }
+
+#[test]
+fn a_key_rewritten_from_ahead_of_a_scan_into_a_slot_behind_it_is_still_visited() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    // Near the load limit, so some records sit past their home slot, behind records of other keys.
+    let writes = (1..=3500u64)
+        .map(|i| w(&format!("k{i}"), i, i, Some("v")))
+        .collect();
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    // A key K at slot `at` whose probe window from its home slot holds another key X at `x` < `at`
+    // (every slot between home and `at` is taken: nothing was removed yet).
+    let (key, x_key, x, at) = {
+        let state = s.state.read();
+        let e = &state.entries;
+        let mask = e.table.num_buckets() - 1;
+        (1..=3500u64)
+            .find_map(|i| {
+                let key = format!("k{i}");
+                let hash = e.hash(&key);
+                let at = e.table.find_bucket_index(hash, |r| *r.key == *key)?;
+                let home = hash as usize & mask;
+                (home < at && at - home < 16).then_some(())?;
+                let x = home;
+                let x_key = e.table.get_bucket(x)?.key.to_string();
+                Some((key, x_key, x, at))
+            })
+            .expect("a displaced key")
+    };
+    // A scan stands between X and K: it has passed X's slot, not K's.
+    let cursor = {
+        let state = s.state.read();
+        ScanCursor {
+            reshaped: state.entries.reshaped,
+            moves: state.entries.moves,
+            slot: x as u64 + 1,
+        }
+    };
+    assert!(cursor.slot <= at as u64);
+    // X is deleted and collected, then K is rewritten: it lands in X's slot, behind the scan.
+    s.merge(
+        &me,
+        &a,
+        vec![w(&x_key, 10_000, 10_000, None)],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    s.collect(u64::MAX, &mut |_, _| true);
+    s.merge(
+        &me,
+        &a,
+        vec![w(&key, 10_001, 10_001, Some("v2"))],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    assert_eq!(
+        s.state
+            .read()
+            .entries
+            .table
+            .find_bucket_index(s.state.read().entries.hash(&key), |r| *r.key == *key),
+        Some(x),
+        "the rewrite moved K behind the scan"
+    );
+    let mut seen = Vec::new();
+    let mut next = Some(cursor);
+    while let Some(c) = next {
+        next = s.scan_page("", 0, c, 50, &mut |k, _| seen.push(k.to_string()));
+    }
+    assert!(
+        seen.contains(&key),
+        "K was live throughout the scan, so it is visited"
+    );
+}
