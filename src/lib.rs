@@ -12,7 +12,7 @@ mod convert;
 mod events;
 mod handles;
 pub mod hot;
-mod paging;
+pub mod paging;
 
 use std::sync::Arc;
 use std::time::Duration;
