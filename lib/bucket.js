@@ -2,7 +2,9 @@
 // SharedBucket: one named bucket of a Peer. It owns the encoding of values (a string as itself, a
 // Uint8Array as bytes, anything else as JSON text) and their decoding, the promise and callback forms of
 // each call, and the delivery of change batches as 'change' events (one listener's throw costs no other
-// listener its event). Every call goes through the bucket's handle; the Peer settles what waits on acks.
+// listener its event), paged reads (scan, values, iteration: each native call looks at a bounded part of
+// the bucket) and batched writes that check every entry before the first write and settle once
+// (setMany, deletePrefix). Every call goes through the bucket's handle; the Peer settles what waits on acks.
 // Until the peer opens the handle is 0: writes go to the Peer's queue (values encoded at the call) and
 // synchronous reads throw ENOTREADY.
 
