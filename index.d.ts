@@ -1,6 +1,7 @@
-// Types for peer-buckets: Peer and SharedBucket.
+// Types for peer-buckets: Peer, SharedBucket<T> and SessionStore.
 
 import { EventEmitter } from 'node:events'
+import type { SessionData, Store } from 'express-session'
 
 /** Anything JSON can carry. */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue }
@@ -10,6 +11,47 @@ export type JsonValue = string | number | boolean | null | JsonValue[] | { [key:
  * `JSON.stringify` writes it (NaN and Infinity as null, a Map or Set as {}, a Date as its ISO string).
  */
 export type Value = JsonValue | Buffer | Uint8Array
+
+/**
+ * A type a bucket can hold and give back as itself: JSON-shaped (interfaces and type aliases alike,
+ * optional fields included) or bytes. A function, symbol, bigint, undefined, Date or class instance
+ * with methods anywhere in it makes `Storable<T>` refuse T: none comes back from `get` as itself (a Date
+ * comes back as its ISO string: declare the field `string` and write the Date, see `Writable`).
+ */
+export type Storable<T> = T extends string | number | boolean | null | Buffer | Uint8Array
+  ? T
+  : T extends Function | symbol | bigint | undefined
+    ? never
+    : T extends ReadonlyArray<infer U>
+      ? ReadonlyArray<Storable<U>>
+      : { [K in keyof T]: Storable<T[K]> }
+
+/**
+ * What a write takes for a stored T: T itself, with a Date accepted wherever T has a string (JSON
+ * writes a Date as its ISO string, which is what `get` gives back).
+ */
+export type Writable<T> = T extends string
+  ? T | Date
+  : T extends Buffer | Uint8Array
+    ? T
+    : T extends ReadonlyArray<infer U>
+      ? ReadonlyArray<Writable<U>>
+      : T extends object
+        ? { [K in keyof T]: Writable<T[K]> }
+        : T
+
+/** For a bucket whose type is not given: any value JSON carries, interfaces and Dates included. */
+export type AnyWritable<V> = V extends string | number | boolean | null | Buffer | Uint8Array | Date
+  ? V
+  : V extends Function | symbol | bigint | undefined
+    ? never
+    : V extends ReadonlyArray<infer U>
+      ? ReadonlyArray<AnyWritable<U>>
+      : { [K in keyof V]: AnyWritable<V[K]> }
+
+type IsAny<T> = 0 extends 1 & T ? true : false
+/** The value a write of `SharedBucket<T>` takes, for the argument `V` it was given. */
+export type WriteValue<T, V> = IsAny<T> extends true ? AnyWritable<V> : Writable<T>
 
 export interface PeerOptions {
   /** Node id; default a random id. */
@@ -116,10 +158,10 @@ export interface SetOptions extends WriteOptions {
   ttl?: number
 }
 
-export interface ChangeEvent {
+export interface ChangeEvent<T = any> {
   key: string
   /** The new value; undefined when deleted. */
-  value: Value | undefined
+  value: T | undefined
   deleted: boolean
   /** True when the change was written by this peer (or, for an expiry, applied here). */
   local: boolean
@@ -240,14 +282,44 @@ export interface PeerBucketsError extends Error {
 
 export type Callback = (err: PeerBucketsError | null) => void
 
-export declare class SharedBucket extends EventEmitter {
+/** The events of a `SharedBucket<T>`, by name. */
+export interface BucketEvents<T> {
+  change: [event: ChangeEvent<T>]
+  error: [err: Error]
+}
+
+/** One page of `scan`: the entries (or keys, with `keysOnly`) and the cursor of the next page, null at the end. */
+export interface ScanPage<T> {
+  entries: Array<[string, T]>
+  cursor: string | null
+}
+export interface ScanKeysPage {
+  keys: string[]
+  cursor: string | null
+}
+export interface ScanOptions {
+  /** Only keys starting with it. */
+  prefix?: string
+  /** The cursor a previous page returned; null or absent to start. */
+  cursor?: string | null
+  /** Most entries in the page, 1 to 100000; default 100. A page may hold fewer, even none, before the end. */
+  limit?: number
+}
+
+/**
+ * A named bucket, shared by every peer that opens it. `T` is the type of its values (`peer.bucket<T>(name)`);
+ * without it values are `any`.
+ */
+export declare class SharedBucket<T = any> extends EventEmitter {
   readonly name: string
+  /** The Peer this bucket belongs to. */
+  readonly peer: Peer
   /** Writes locally and replicates; settles once the ack level is met. */
-  set(key: string, value: Value, options?: SetOptions): Promise<void>
-  set(key: string, value: Value, cb: Callback): void
-  set(key: string, value: Value, options: SetOptions | undefined, cb: Callback): void
+  set<V>(key: string, value: V & WriteValue<T, V>, options?: SetOptions): Promise<void>
+  set<V>(key: string, value: V & WriteValue<T, V>, cb: Callback): void
+  set<V>(key: string, value: V & WriteValue<T, V>, options: SetOptions | undefined, cb: Callback): void
   /** Synchronous read of the local replica; never waits on the network. A fresh copy each time. */
-  get(key: string): any
+  get(key: string): T | undefined
   has(key: string): boolean
   /** Deletes (a tombstone that replicates). */
   delete(key: string, options?: WriteOptions): Promise<void>
@@ -259,11 +331,36 @@ export declare class SharedBucket extends EventEmitter {
    */
   touch(key: string, ttl: number): Promise<boolean>
   touch(key: string, ttl: number, cb: (err: PeerBucketsError | null, touched?: boolean) => void): void
-  /** The bucket's default time to live in ms (0: none). */
-  readonly ttl: number
+  /** Milliseconds until `key` expires: Infinity when it never does, undefined when it is absent. */
+  ttl(key: string): number | undefined
+  /** The bucket's default time to live in ms (0: none), set with `peer.bucket(name, { ttl })`. */
+  readonly defaultTtl: number
   keys(prefix?: string): string[]
-  entries(prefix?: string): Array<[string, any]>
+  entries(prefix?: string): Array<[string, T]>
+  /** The live values under `prefix`. */
+  values(prefix?: string): T[]
+  /** The live entries, read a page at a time. */
+  [Symbol.iterator](): Iterator<[string, T]>
   readonly size: number
+  /** How many live keys start with `prefix`, counted in place (no array is built). */
+  count(prefix?: string): number
+  /**
+   * One page of the live entries under `prefix`. Every key live from the first page to the last is
+   * returned at least once; one may come twice when the bucket grew during the scan.
+   */
+  scan(options?: ScanOptions & { keysOnly?: false }): ScanPage<T>
+  scan(options: ScanOptions & { keysOnly: true }): ScanKeysPage
+  /**
+   * Writes every `[key, value]` with the same options; settles once, when all met the ack level. Every
+   * entry is checked before the first write: a call that throws wrote nothing.
+   */
+  setMany<V>(entries: Iterable<readonly [string, V & WriteValue<T, V>]>, options?: SetOptions): Promise<void>
+  setMany<V>(entries: Iterable<readonly [string, V & WriteValue<T, V>]>, cb: Callback): void
+  setMany<V>(entries: Iterable<readonly [string, V & WriteValue<T, V>]>, options: SetOptions | undefined, cb: Callback): void
+  /** Deletes every live key under `prefix`; settles once, with how many were deleted. */
+  deletePrefix(prefix: string, options?: WriteOptions): Promise<number>
+  deletePrefix(prefix: string, cb: (err: PeerBucketsError | null, deleted?: number) => void): void
+  deletePrefix(prefix: string, options: WriteOptions | undefined, cb: (err: PeerBucketsError | null, deleted?: number) => void): void
   /**
    * What this replica stores for `key`, live or not: the winning write's registers (a tombstone when
    * `deleted`), or undefined when nothing is stored. For debugging and tests; read values with `get`.
@@ -275,9 +372,30 @@ export declare class SharedBucket extends EventEmitter {
    * closes before the answer is complete (ask again once it is back).
    */
   fetch(options: { from: string; prefix?: string }): Promise<number>
-  on(event: 'change', listener: (event: ChangeEvent) => void): this
-  on(event: 'error', listener: (err: Error) => void): this
-  on(event: string | symbol, listener: (...args: any[]) => void): this
+  // Events by name only: a name that is not one of them (a typo) does not compile.
+  on<E extends keyof BucketEvents<T>>(event: E, listener: (...args: BucketEvents<T>[E]) => void): this
+  once<E extends keyof BucketEvents<T>>(event: E, listener: (...args: BucketEvents<T>[E]) => void): this
+  off<E extends keyof BucketEvents<T>>(event: E, listener: (...args: BucketEvents<T>[E]) => void): this
+  addListener<E extends keyof BucketEvents<T>>(event: E, listener: (...args: BucketEvents<T>[E]) => void): this
+  removeListener<E extends keyof BucketEvents<T>>(event: E, listener: (...args: BucketEvents<T>[E]) => void): this
+  prependListener<E extends keyof BucketEvents<T>>(event: E, listener: (...args: BucketEvents<T>[E]) => void): this
+  prependOnceListener<E extends keyof BucketEvents<T>>(event: E, listener: (...args: BucketEvents<T>[E]) => void): this
+}
+
+/** The events of a Peer, by name. */
+export interface PeerEvents {
+  'peer-up': [peer: PeerEvent]
+  'peer-down': [peer: PeerEvent]
+  /**
+   * Misconfiguration and faults the peer survives but an operator must hear about (a peer with another
+   * secret, two processes with one id, ...). Rate-limited per code (at most 10 per 10 s); every one is
+   * counted in `stats().warnings` and `metrics()` whether delivered or not.
+   */
+  warning: [warning: PeerWarning]
+  /** close() was called. */
+  close: []
+  /** Why the peer could not open (the error `ready()` rejects with). */
+  error: [err: PeerBucketsError]
 }
 
 export interface CounterOptions {
@@ -305,6 +423,12 @@ export interface CounterChangeEvent {
 }
 
 export type CounterCallback = (err: PeerBucketsError | null, value?: number) => void
+
+/** The events of a `SharedCounter`, by name. */
+export interface CounterEvents {
+  change: [event: CounterChangeEvent]
+  error: [err: Error]
+}
 
 /**
  * A counter whose increments merge (a CRDT): every increment counts exactly once on every replica,
@@ -340,9 +464,14 @@ export declare class SharedCounter extends EventEmitter {
   readonly size: number
   /** The counter's default window in ms (0: none). */
   readonly ttl: number
-  on(event: 'change', listener: (event: CounterChangeEvent) => void): this
-  on(event: 'error', listener: (err: Error) => void): this
-  on(event: string | symbol, listener: (...args: any[]) => void): this
+  // Events by name only: a name that is not one of them (a typo) does not compile.
+  on<E extends keyof CounterEvents>(event: E, listener: (...args: CounterEvents[E]) => void): this
+  once<E extends keyof CounterEvents>(event: E, listener: (...args: CounterEvents[E]) => void): this
+  off<E extends keyof CounterEvents>(event: E, listener: (...args: CounterEvents[E]) => void): this
+  addListener<E extends keyof CounterEvents>(event: E, listener: (...args: CounterEvents[E]) => void): this
+  removeListener<E extends keyof CounterEvents>(event: E, listener: (...args: CounterEvents[E]) => void): this
+  prependListener<E extends keyof CounterEvents>(event: E, listener: (...args: CounterEvents[E]) => void): this
+  prependOnceListener<E extends keyof CounterEvents>(event: E, listener: (...args: CounterEvents[E]) => void): this
 }
 
 export interface RateLimitStoreOptions {
@@ -392,8 +521,11 @@ export declare class Peer extends EventEmitter {
    * error is an 'error' event, thrown as uncaught when nothing listens for it and ready() was not called.
    */
   ready(): Promise<void>
-  /** The bucket called name (the same object for the same name). */
-  bucket(name: string, options?: BucketOptions): SharedBucket
+  /**
+   * The bucket called name (the same object for the same name). `T` types its values: any interface
+   * or type JSON carries as itself (see `Storable`).
+   */
+  bucket<T extends string | number | boolean | null | Uint8Array | { [K in keyof T]: Storable<T[K]> } = any>(name: string, options?: BucketOptions): SharedBucket<T>
   /** The counter called name (the same object for the same name); increments merge. */
   counter(name: string, options?: CounterOptions): SharedCounter
   peers(): PeerInfo[]
@@ -415,16 +547,14 @@ export declare class Peer extends EventEmitter {
   close(options?: CloseOptions): Promise<CloseResult>
   unref(): this
   ref(): this
-  on(event: 'peer-up' | 'peer-down', listener: (peer: PeerEvent) => void): this
-  /**
-   * Misconfiguration and faults the peer survives but an operator must hear about (a peer with another
-   * secret, two processes with one id, ...). Rate-limited per code (at most 10 per 10 s); every one is
-   * counted in `stats().warnings` and `metrics()` whether delivered or not.
-   */
-  on(event: 'warning', listener: (warning: PeerWarning) => void): this
-  /** Why the peer could not open (the error `ready()` rejects with). */
-  on(event: 'error', listener: (err: Error & { code: string }) => void): this
-  on(event: string | symbol, listener: (...args: any[]) => void): this
+  // Events by name only: a name that is not one of them (a typo) does not compile.
+  on<E extends keyof PeerEvents>(event: E, listener: (...args: PeerEvents[E]) => void): this
+  once<E extends keyof PeerEvents>(event: E, listener: (...args: PeerEvents[E]) => void): this
+  off<E extends keyof PeerEvents>(event: E, listener: (...args: PeerEvents[E]) => void): this
+  addListener<E extends keyof PeerEvents>(event: E, listener: (...args: PeerEvents[E]) => void): this
+  removeListener<E extends keyof PeerEvents>(event: E, listener: (...args: PeerEvents[E]) => void): this
+  prependListener<E extends keyof PeerEvents>(event: E, listener: (...args: PeerEvents[E]) => void): this
+  prependOnceListener<E extends keyof PeerEvents>(event: E, listener: (...args: PeerEvents[E]) => void): this
 }
 
 export interface CloseOptions {
@@ -443,67 +573,104 @@ export interface CloseResult {
   flushed: boolean
 }
 
-export interface SessionStoreOptions {
+export interface SessionStoreOptions<S extends SessionData = SessionData> {
   /** The bucket sessions are kept in, e.g. `peer.bucket('sessions')`. */
-  bucket: SharedBucket
+  bucket: SharedBucket<any>
   /** Key prefix of the sessions in that bucket; default 'sess:'. */
   prefix?: string
   /**
-   * Milliseconds a session lives when its cookie has no expiry (no `maxAge`/`expires`); default the
-   * bucket's ttl, else one day. A cookie's expiry always wins.
+   * Seconds, as in connect-redis: a session lives `ttl(session)` seconds when a function, else until
+   * its cookie's expiry, else `ttl` seconds; default the bucket's ttl, else one day (86400). Over 366
+   * days is a RangeError: it can only be milliseconds, the unit of peer-buckets 0.1.
    */
-  ttl?: number
+  ttl?: number | ((session: S) => number)
+  /** No touch ever writes (as connect-redis): a session expires `ttl` after its last save. */
+  disableTouch?: boolean
   /**
-   * Ack level of session writes and deletes; default 'local'. With 'one', 'majority' or 'all' the
-   * response that saved (or destroyed) a session waits until other servers hold it.
+   * Seconds, as in connect-mongo: a touch that would move the expiry by less is skipped, so read-only
+   * requests replicate nothing. Default 0 (every touch writes).
+   */
+  touchAfter?: number
+  /** How sessions are stored: a string `stringify` makes and `parse` reads back; default plain JSON values. */
+  serializer?: { stringify(session: S): string; parse(text: string): S }
+  /**
+   * The user a session belongs to (nothing for an anonymous one): each session of a user is then
+   * indexed (one key per session, `userPrefix + uid + ':' + sid`, with the session's expiry), for
+   * `sessionsOf` and `destroyUser`.
+   */
+  userOf?: (session: S) => string | number | undefined | null
+  /** Key prefix of that index; default 'user:' + prefix. Must not start with `prefix`. */
+  userPrefix?: string
+  /**
+   * Ack level of session writes and deletes; default 'local'. With 'one', 'majority' or 'all' a save
+   * waits until other servers hold the session.
    */
   ack?: AckLevel
-  /** Milliseconds to wait for that ack level (default 5000); past it the request fails with EACKTIMEOUT. */
+  /**
+   * Milliseconds to wait for that ack level (default 5000). Past it the write stays applied here and
+   * keeps replicating, and the store emits 'warning' (an EACKTIMEOUT error; `process.emitWarning` when
+   * nobody listens): express-session saves after the response headers are sent, where an error could
+   * only break the response. See `ackTimeout`.
+   */
   timeout?: number
+  /** 'warn' (default): an ack timeout is a 'warning', the call succeeds. 'fail': the call fails with EACKTIMEOUT. */
+  ackTimeout?: 'warn' | 'fail'
 }
 
-/** A session as stored: what express-session keeps, as JSON. */
-export interface StoredSession {
-  cookie: { originalMaxAge?: number | null; expires?: string | Date | null; maxAge?: number | null; [key: string]: any }
-  [key: string]: any
+/** The events of a SessionStore, by name: express-session's, and 'warning' for ack timeouts. */
+export interface SessionStoreEvents {
+  connect: []
+  disconnect: []
+  warning: [err: PeerBucketsError]
 }
 
 /**
  * An express-session store over a SharedBucket (it extends express-session's `Store`; express-session
- * is loaded on first use of this class). Each session's TTL follows its cookie's expiry, or `ttl` when
- * the cookie has none; reads come from the local replica and never wait on the network. Every method
- * takes an express-session style callback, or returns a promise without one.
+ * is loaded on first use of this class), with connect-redis's options and units. Sessions are typed
+ * with express-session's `SessionData` (extend it with `declare module 'express-session'`). Reads come
+ * from the local replica and never wait on the network. Every method takes an express-session style
+ * callback, or returns a promise without one.
  */
-export declare class SessionStore extends EventEmitter {
+export declare class SessionStore extends Store {
   constructor(options: SessionStoreOptions)
-  readonly bucket: SharedBucket
+  readonly bucket: SharedBucket<any>
   readonly prefix: string
-  /** Milliseconds a session lives when its cookie has no expiry. */
+  readonly userPrefix: string
+  /** Seconds a session lives when its cookie has no expiry (a number ttl, else the bucket's, else 86400). */
   readonly ttl: number
-  /** Milliseconds `session` has to live: its cookie's expires, else its maxAge, else `ttl` (<= 0: expired). */
-  ttlFor(session: StoredSession | undefined | null, now?: number): number
+  /** Milliseconds `session` has to live, as connect-redis reckons it (<= 0: expired). */
+  ttlFor(session: { cookie?: { expires?: Date | string | number | null; maxAge?: number | null } } | undefined | null, now?: number): number
 
-  get(sid: string): Promise<StoredSession | undefined>
-  get(sid: string, callback: (err: any, session?: StoredSession | null) => void): void
-  set(sid: string, session: StoredSession): Promise<void>
-  set(sid: string, session: StoredSession, callback: (err?: any) => void): void
+  get(sid: string): Promise<SessionData | undefined>
+  get(sid: string, callback: (err: any, session?: SessionData | null) => void): void
+  set(sid: string, session: SessionData): Promise<void>
+  set(sid: string, session: SessionData, callback?: (err?: any) => void): void
   destroy(sid: string): Promise<void>
-  destroy(sid: string, callback: (err?: any) => void): void
+  destroy(sid: string, callback?: (err?: any) => void): void
   /** Extends the session's expiry on every peer without rewriting it; a session that is gone stays gone. */
-  touch(sid: string, session: StoredSession): Promise<void>
-  touch(sid: string, session: StoredSession, callback: (err?: any) => void): void
-  /** Every live session, each with its `id`. */
-  all(): Promise<Array<StoredSession & { id: string }>>
-  all(callback: (err: any, sessions?: Array<StoredSession & { id: string }> | null) => void): void
+  touch(sid: string, session: SessionData): Promise<void>
+  touch(sid: string, session: SessionData, callback?: () => void): void
+  /** Every live session, each with its `id`; read a page at a time. */
+  all(): Promise<Array<SessionData & { id: string }>>
+  all(callback: (err: any, sessions?: Array<SessionData & { id: string }> | { [sid: string]: SessionData } | null) => void): void
   length(): Promise<number>
   length(callback: (err: any, length?: number) => void): void
   ids(): Promise<string[]>
   ids(callback: (err: any, ids?: string[]) => void): void
   clear(): Promise<void>
-  clear(callback: (err?: any) => void): void
+  clear(callback?: (err?: any) => void): void
+  /** The ids of the live sessions of `userId` (needs `userOf`). */
+  sessionsOf(userId: string | number): Promise<string[]>
+  sessionsOf(userId: string | number, callback: (err: any, ids?: string[]) => void): void
+  /** Logs `userId` out on every server: destroys each of their sessions; resolves with how many (needs `userOf`). */
+  destroyUser(userId: string | number): Promise<number>
+  destroyUser(userId: string | number, callback: (err: any, destroyed?: number) => void): void
 
-  // From express-session's Store.
-  regenerate(req: any, callback: (err?: any) => any): void
-  load(sid: string, callback: (err: any, session?: any) => any): void
-  createSession(req: any, session: any): any
+  on<E extends keyof SessionStoreEvents>(event: E, listener: (...args: SessionStoreEvents[E]) => void): this
+  once<E extends keyof SessionStoreEvents>(event: E, listener: (...args: SessionStoreEvents[E]) => void): this
+  off<E extends keyof SessionStoreEvents>(event: E, listener: (...args: SessionStoreEvents[E]) => void): this
+  addListener<E extends keyof SessionStoreEvents>(event: E, listener: (...args: SessionStoreEvents[E]) => void): this
+  removeListener<E extends keyof SessionStoreEvents>(event: E, listener: (...args: SessionStoreEvents[E]) => void): this
+  prependListener<E extends keyof SessionStoreEvents>(event: E, listener: (...args: SessionStoreEvents[E]) => void): this
+  prependOnceListener<E extends keyof SessionStoreEvents>(event: E, listener: (...args: SessionStoreEvents[E]) => void): this
 }

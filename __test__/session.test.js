@@ -80,7 +80,7 @@ describe('require and construction', () => {
     expect(store).toBeInstanceOf(Store)
     expect(typeof store.regenerate).toBe('function')
     expect(store.prefix).toBe('sess:')
-    expect(store.ttl).toBe(DAY)
+    expect(store.ttl).toBe(DAY / 1000)
   })
 
   test('bad options are refused with errors naming the option', async () => {
@@ -96,6 +96,16 @@ describe('require and construction', () => {
     expect(() => new SessionStore({ bucket, ttl: '1h' })).toThrow(TypeError)
     expect(() => new SessionStore({ bucket, ttl: '1h' })).toThrow(/options\.ttl/)
     for (const ttl of [0, -1, NaN, Infinity]) expect(() => new SessionStore({ bucket, ttl })).toThrow(/options\.ttl/)
+    // ttl is in seconds now: a value that can only be milliseconds is refused, saying what to write.
+    expect(() => new SessionStore({ bucket, ttl: 86_400_000 })).toThrow(RangeError)
+    expect(() => new SessionStore({ bucket, ttl: 86_400_000 })).toThrow(/in seconds.*write 86400/)
+    expect(new SessionStore({ bucket, ttl: 366 * 86400 }).ttl).toBe(366 * 86400)
+    expect(() => new SessionStore({ bucket, touchAfter: -1 })).toThrow(/options\.touchAfter/)
+    expect(() => new SessionStore({ bucket, disableTouch: 'yes' })).toThrow(/options\.disableTouch/)
+    expect(() => new SessionStore({ bucket, serializer: JSON.stringify })).toThrow(/options\.serializer/)
+    expect(() => new SessionStore({ bucket, userOf: 'userId' })).toThrow(/options\.userOf/)
+    expect(() => new SessionStore({ bucket, userPrefix: 'sess:u:' })).toThrow(/must not start with the session prefix/)
+    expect(() => new SessionStore({ bucket, ackTimeout: 'ignore' })).toThrow(/options\.ackTimeout/)
     expect(() => new SessionStore({ bucket, ack: 'quorum' })).toThrow(/options\.ack/)
     expect(() => new SessionStore({ bucket, timeout: 0 })).toThrow(/options\.timeout/)
     expect(() => new SessionStore({ bucket, maxAge: 1000 })).toThrow(/unknown option 'maxAge'/)
@@ -209,7 +219,7 @@ describe('Store methods on one peer', () => {
 
   test("the TTL follows the cookie's expires, else its maxAge, else the store's ttl", async () => {
     const now = 1_700_000_000_000
-    const custom = new SessionStore({ bucket, ttl: 90_000 })
+    const custom = new SessionStore({ bucket, ttl: 90 })
     // cookie.expires as a Date (a live Cookie), as an ISO string (as stored), as a timestamp
     expect(store.ttlFor({ cookie: { expires: new Date(now + 5000) } }, now)).toBe(5000)
     expect(store.ttlFor({ cookie: { expires: new Date(now + 5000).toISOString(), maxAge: 99 } }, now)).toBe(5000)
@@ -225,18 +235,23 @@ describe('Store methods on one peer', () => {
     expect(store.ttlFor({ cookie: { expires: new Date(now - 1) } }, now)).toBeLessThanOrEqual(0)
     // the bucket's ttl is the default when the store has none
     const short = new SessionStore({ bucket: peer.bucket('short', { ttl: 120_000 }) })
-    expect(short.ttl).toBe(120_000)
+    expect(short.ttl).toBe(120)
     expect(short.ttlFor({ cookie: {} }, now)).toBe(120_000)
     // A real express-session Cookie: its expires is now + maxAge.
     const live = new Cookie({ maxAge: 10_000 })
     const ttl = store.ttlFor({ cookie: live })
     expect(ttl).toBeGreaterThan(9000)
     expect(ttl).toBeLessThanOrEqual(10_000)
+    // ttl as a function of the session (seconds) wins over the cookie, as in connect-redis
+    const byRole = new SessionStore({ bucket, ttl: (s) => (s.admin ? 600 : 3600) })
+    expect(byRole.ttlFor({ cookie: live, admin: true }, now)).toBe(600_000)
+    expect(byRole.ttlFor({ cookie: live }, now)).toBe(3_600_000)
+    expect(() => new SessionStore({ bucket, ttl: () => 86_400_000 }).ttlFor({ cookie: live })).toThrow(/in seconds/)
   })
 
   test('each write carries that TTL to the bucket, and the session expires then', async () => {
     const spy = jest.spyOn(bucket, 'set')
-    const custom = new SessionStore({ bucket, ttl: 90_000 })
+    const custom = new SessionStore({ bucket, ttl: 90 })
     await store.set('cookie-expiry', { cookie: cookie(30_000), user: 'ada' })
     await custom.set('no-expiry', { cookie: new Cookie(), user: 'bob' })
     const ttls = Object.fromEntries(spy.mock.calls.map(([key, , options]) => [key, options.ttl]))

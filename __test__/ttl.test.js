@@ -62,7 +62,7 @@ test("a bucket's ttl applies to every write without one; a write's ttl overrides
   const a = await open()
   const b = a.bucket('short', { ttl: 300 })
   expect(a.bucket('short')).toBe(b)
-  expect(b.ttl).toBe(300)
+  expect(b.defaultTtl).toBe(300)
   await b.set('default', 1)
   await b.set('longer', 2, { ttl: 60_000 })
   await sleep(500)

@@ -19,6 +19,7 @@ const join = require('./sections/join')
 const catchup = require('./sections/catchup')
 const durable = require('./sections/durable')
 const lifecycle = require('./lifecycle')
+const scan = require('./sections/scan')
 
 /** Which build of the product was measured: the commit, whether the tree differs, and the addon file. */
 function productState() {
@@ -48,7 +49,7 @@ function productState() {
 
 const argv = process.argv.slice(2)
 if (argv.includes('--help') || argv.includes('-h')) {
-  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup,lifecycle] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
+  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup,lifecycle,scan] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
   process.exit(0)
 }
 const QUICK = argv.includes('--quick')
@@ -79,6 +80,7 @@ const CONFIG = {
     joinTimeoutMs: 120_000,
     catchupTotal: 200_000,
     catchupMissed: 10_000,
+    scanN: 1_000_000,
     durableOps: 100_000,
     durableRedisOps: 50_000,
     durableSeqOps: 1_000,
@@ -103,6 +105,7 @@ const CONFIG = {
     joinTimeoutMs: 45_000,
     catchupTotal: 20_000,
     catchupMissed: 1_000,
+    scanN: 100_000,
     durableOps: 30_000,
     durableRedisOps: 20_000,
     durableSeqOps: 300,
@@ -338,6 +341,12 @@ async function main() {
         details.lifecycle = l
         extra.lifecycle_stalls_ms = { open: l.open_stall_ms, close: l.close_stall_ms, join: l.join_stall_ms }
       }
+    }
+
+    // count(prefix) and a full paged scan, with the longest event-loop stall of each.
+    if (want('scan')) {
+      const sc = await section('count and scan', () => scan.run(ctx))
+      if (sc) details.scan = sc
     }
   } finally {
     await Promise.all(servers.map((s) => s.stop().catch(() => {})))

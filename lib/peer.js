@@ -350,6 +350,7 @@ class Peer extends EventEmitter {
     this.#closing = new Promise((resolve) => {
       this.#settleClose = { resolve }
     })
+    process.nextTick(() => this.emit('close'))
     clearInterval(this.#keepAlive)
     this.#closeHold = setInterval(noop, HOLD_MS)
     this.#ready.then(

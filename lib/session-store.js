@@ -1,22 +1,43 @@
 'use strict'
-// SessionStore: an express-session store over a SharedBucket.
+// SessionStore: an express-session store over a SharedBucket, with connect-redis's options and units.
 //
-// Each session is one key, `${prefix}${sid}`, whose value is the session as JSON. Its time to live
-// follows the session cookie's expiry (`cookie.expires`, else `cookie.maxAge`), or the store's `ttl`
-// when the cookie has none; expiry is replicated with the value, so every peer drops the session at the
-// same moment. touch() extends the expiry with bucket.touch(), without rewriting the value, and never
-// brings back a session deleted meanwhile (a logout on another server wins over a late touch).
+// Each session is one key, `${prefix}${sid}`, whose value is the session as JSON (or, with a
+// `serializer`, the string it makes). Its time to live is connect-redis's: `ttl(session)` when ttl is a
+// function, else the cookie's `expires`, else `ttl` seconds (default: the bucket's ttl, else one day);
+// expiry is replicated with the value, so every peer drops the session at the same moment. touch()
+// extends the expiry with bucket.touch(), without rewriting the value, and never brings back a session
+// deleted meanwhile (a logout on another server wins over a late touch); with `touchAfter` a touch that
+// would move the expiry by less is skipped, so read-only requests replicate nothing.
 // Reads come from the local replica: they never wait on the network, whatever state the peers are in.
+//
+// With `userOf(session)`, each session of a user also has an index key, `${userPrefix}${uid}:${sid}`
+// (uid URI-encoded, so one user's keys are never under another's prefix), with the session's expiry:
+// one key per session, so two logins on two servers at once never overwrite each other's entry.
+// destroyUser(uid) deletes every session the index names whose session still belongs to that user.
+//
+// An ack timeout (EACKTIMEOUT, options.ack above 'local') on a write the store makes is not an error:
+// the write is applied here and keeps replicating, and express-session makes its auto-save after the
+// response headers are out, where an error can only break the response. The store emits 'warning'
+// with it instead (or, without a listener, process.emitWarning). `ackTimeout: 'fail'` makes it an error.
+//
+// all(), length(), ids() and clear() walk the bucket a page at a time (bucket.scan), yielding to the
+// event loop between pages, so a store of a million sessions never stalls the process for long.
 //
 // express-session is a peer dependency of this part only. This file is loaded on first use of
 // `SessionStore` (index.js defines it as a getter), never by `require('peer-buckets')` itself. Without
 // express-session installed, SessionStore is a stand-in whose constructor says what to install.
 
 const { EventEmitter } = require('node:events')
+const { setImmediate: nextTurn } = require('node:timers/promises')
 
-const DEFAULT_TTL = 24 * 60 * 60 * 1000 // one day, for sessions whose cookie has no expiry
+const DEFAULT_TTL_SECONDS = 24 * 60 * 60 // one day, as connect-redis, for sessions whose cookie has no expiry
+// The largest ttl taken, in seconds: 366 days. peer-buckets 0.1 took ttl in milliseconds; any value above this
+// can only be one (a day in ms is 86,400,000 s, 2.7 years), so it is refused rather than kept 1000 times too long.
+const MAX_TTL_SECONDS = 366 * 24 * 60 * 60
 const ACK_LEVELS = ['local', 'one', 'majority', 'all']
-const OPTIONS = ['bucket', 'prefix', 'ttl', 'ack', 'timeout']
+const OPTIONS = ['bucket', 'prefix', 'ttl', 'ack', 'timeout', 'ackTimeout', 'disableTouch', 'touchAfter', 'serializer', 'userOf', 'userPrefix']
+// Sessions read per page by all(), length(), ids() and clear().
+const PAGE = 1000
 
 let Store = null
 let missing = null
@@ -29,8 +50,7 @@ try {
 
 // Runs `work` (sync, or returning a promise) and reports its outcome to `cb`, or as a promise when
 // there is no callback. A callback is always called once, on a later tick, outside any try block.
-// `bucket`, for calls that read: until its peer opens they wait for it (synchronous reads would throw
-// ENOTREADY), as writes do by themselves.
+// Until the bucket's peer opens, `work` waits for it (its synchronous reads would throw ENOTREADY).
 function finish(cb, work, bucket) {
   let result
   const opening = bucket && typeof bucket._opening === 'function' ? bucket._opening() : undefined
@@ -51,8 +71,20 @@ function isBucket(bucket) {
   return (
     bucket !== null &&
     typeof bucket === 'object' &&
-    ['get', 'set', 'delete', 'touch', 'keys', 'entries'].every((m) => typeof bucket[m] === 'function')
+    ['get', 'set', 'delete', 'touch', 'keys', 'scan', 'ttl'].every((m) => typeof bucket[m] === 'function')
   )
+}
+
+function checkSeconds(what, value) {
+  if (typeof value !== 'number') throw new TypeError(`SessionStore: ${what} must be a number of seconds`)
+  if (!(value > 0) || !Number.isFinite(value)) throw new RangeError(`SessionStore: ${what} must be a positive number of seconds`)
+  if (value > MAX_TTL_SECONDS) {
+    throw new RangeError(
+      `SessionStore: ${what} is in seconds, as in connect-redis (peer-buckets 0.1 took milliseconds); ` +
+        `${value} is over 366 days: for ${value} ms write ${Math.max(1, Math.round(value / 1000))}`,
+    )
+  }
+  return value
 }
 
 function checkOptions(options) {
@@ -64,17 +96,18 @@ function checkOptions(options) {
       throw new TypeError(`SessionStore: unknown option '${name}' (the options are ${OPTIONS.join(', ')})`)
     }
   }
-  const { bucket, prefix = 'sess:', ttl, ack, timeout } = options
+  const { bucket, prefix = 'sess:', ttl, ack, timeout, ackTimeout = 'warn', disableTouch = false, touchAfter = 0, serializer, userOf } = options
   if (!isBucket(bucket)) {
     throw new TypeError('SessionStore: options.bucket must be a SharedBucket (from peer.bucket(name))')
   }
   if (typeof prefix !== 'string') throw new TypeError('SessionStore: options.prefix must be a string')
-  if (ttl !== undefined) {
-    if (typeof ttl !== 'number') throw new TypeError('SessionStore: options.ttl must be a number of milliseconds')
-    if (!(ttl > 0) || !Number.isFinite(ttl)) {
-      throw new RangeError('SessionStore: options.ttl must be a positive number of milliseconds')
-    }
+  const userPrefix = options.userPrefix === undefined ? `user:${prefix}` : options.userPrefix
+  if (typeof userPrefix !== 'string' || userPrefix === '') throw new TypeError('SessionStore: options.userPrefix must be a non-empty string')
+  if (userPrefix.startsWith(prefix) && prefix !== '' && userPrefix !== prefix) {
+    // Index keys under the session prefix would be listed as sessions by all(), ids() and length().
+    throw new RangeError(`SessionStore: options.userPrefix '${userPrefix}' must not start with the session prefix '${prefix}'`)
   }
+  if (ttl !== undefined && typeof ttl !== 'function') checkSeconds('options.ttl', ttl)
   if (ack !== undefined && !ACK_LEVELS.includes(ack)) {
     throw new TypeError(`SessionStore: options.ack must be one of ${ACK_LEVELS.map((a) => `'${a}'`).join(', ')}`)
   }
@@ -84,13 +117,27 @@ function checkOptions(options) {
       throw new RangeError('SessionStore: options.timeout must be a positive number of milliseconds')
     }
   }
-  return { bucket, prefix, ttl, ack, timeout }
+  if (ackTimeout !== 'warn' && ackTimeout !== 'fail') throw new TypeError("SessionStore: options.ackTimeout must be 'warn' or 'fail'")
+  if (typeof disableTouch !== 'boolean') throw new TypeError('SessionStore: options.disableTouch must be a boolean')
+  if (touchAfter !== 0) checkSeconds('options.touchAfter', touchAfter)
+  if (serializer !== undefined && (serializer === null || typeof serializer.stringify !== 'function' || typeof serializer.parse !== 'function')) {
+    throw new TypeError('SessionStore: options.serializer must have stringify(session) and parse(string), as JSON does')
+  }
+  if (userOf !== undefined && typeof userOf !== 'function') throw new TypeError('SessionStore: options.userOf must be a function (session) => user id')
+  return { bucket, prefix, ttl, ack, timeout, ackTimeout, disableTouch, touchAfter, serializer, userOf, userPrefix }
 }
 
 function checkSid(method, sid) {
   if (typeof sid !== 'string' || sid.length === 0) {
     throw new TypeError(`SessionStore.${method}(): sid must be a non-empty string`)
   }
+}
+
+function checkUser(method, userId) {
+  if ((typeof userId !== 'string' || userId === '') && !Number.isFinite(userId)) {
+    throw new TypeError(`SessionStore.${method}(): userId must be a non-empty string or a number`)
+  }
+  return String(userId)
 }
 
 // The milliseconds left until `expires` (a Date, an ISO string as JSON carries it, or a timestamp);
@@ -122,27 +169,40 @@ function createSessionStore() {
     #prefix
     #ttl
     #writeOptions
+    #failOnAckTimeout
+    #disableTouch
+    #touchAfterMs
+    #serializer
+    #userOf
+    #userPrefix
 
-    /**
-     * @param {object} options
-     * @param {SharedBucket} options.bucket where sessions live, e.g. peer.bucket('sessions')
-     * @param {string} [options.prefix='sess:'] key prefix of the sessions in that bucket
-     * @param {number} [options.ttl] ms a session lives when its cookie has no expiry; default the
-     *   bucket's ttl, else one day
-     * @param {string} [options.ack] ack level of session writes and deletes ('local' by default): with
-     *   'one', 'majority' or 'all' a response that saved a session waits until other servers hold it
-     * @param {number} [options.timeout] ms to wait for that ack level (default 5000)
-     */
+    /** See SessionStoreOptions in index.d.ts; ttl and touchAfter in seconds, as connect-redis. */
     constructor(options) {
-      const { bucket, prefix, ttl, ack, timeout } = checkOptions(options)
+      const o = checkOptions(options)
       super()
-      this.#bucket = bucket
-      this.#prefix = prefix
-      this.#ttl = ttl
+      this.#bucket = o.bucket
+      this.#prefix = o.prefix
+      this.#ttl = o.ttl
+      this.#failOnAckTimeout = o.ackTimeout === 'fail'
+      this.#disableTouch = o.disableTouch
+      this.#touchAfterMs = o.touchAfter * 1000
+      this.#serializer = o.serializer
+      this.#userOf = o.userOf
+      this.#userPrefix = o.userPrefix
       const writeOptions = {}
-      if (ack !== undefined) writeOptions.ack = ack
-      if (timeout !== undefined) writeOptions.timeout = timeout
+      if (o.ack !== undefined) writeOptions.ack = o.ack
+      if (o.timeout !== undefined) writeOptions.timeout = o.timeout
       this.#writeOptions = Object.keys(writeOptions).length ? writeOptions : undefined
+      // express-session serves requests without sessions while its store is disconnected: the store
+      // is usable from the peer's start to its close.
+      const peer = o.bucket.peer
+      if (peer && typeof peer.on === 'function') {
+        if (peer.closed) process.nextTick(() => this.emit('disconnect'))
+        else {
+          peer.ready().then(() => { if (!peer.closed) this.emit('connect') }, () => {})
+          peer.once('close', () => this.emit('disconnect'))
+        }
+      }
     }
 
     /** The bucket sessions are kept in. */
@@ -155,47 +215,88 @@ function createSessionStore() {
       return this.#prefix
     }
 
-    /** ms a session lives when its cookie has no expiry: options.ttl, else the bucket's ttl, else one day. */
-    get ttl() {
-      return this.#ttl || this.#bucket.ttl || DEFAULT_TTL
+    /** The key prefix of the user index (see userOf). */
+    get userPrefix() {
+      return this.#userPrefix
     }
 
     /**
-     * How many ms `session` has to live: until its cookie's `expires`, else its cookie's `maxAge`, else
-     * the store's ttl. Zero or less means already expired.
+     * Seconds a session lives when its cookie has no expiry: options.ttl (a number), else the bucket's
+     * default ttl, else one day.
+     */
+    get ttl() {
+      if (typeof this.#ttl === 'number') return this.#ttl
+      return this.#bucket.defaultTtl ? this.#bucket.defaultTtl / 1000 : DEFAULT_TTL_SECONDS
+    }
+
+    /**
+     * How many ms `session` has to live, as connect-redis reckons it: options.ttl(session) seconds when
+     * ttl is a function, else until its cookie's `expires`, else its cookie's `maxAge`, else the
+     * store's ttl. Zero or less means already expired.
      */
     ttlFor(session, now = Date.now()) {
+      if (typeof this.#ttl === 'function') return checkSeconds('options.ttl(session)', this.#ttl(session)) * 1000
       const cookie = session && session.cookie
       if (cookie && typeof cookie === 'object') {
         const left = msUntil(cookie.expires, now)
         if (left !== undefined) return left
         if (typeof cookie.maxAge === 'number' && Number.isFinite(cookie.maxAge)) return cookie.maxAge
       }
-      return this.ttl
+      return this.ttl * 1000
     }
 
     #key(sid) {
       return this.#prefix + sid
     }
 
+    #userKey(userId, sid) {
+      return `${this.#userPrefix}${encodeURIComponent(userId)}:${sid}`
+    }
+
+    #userOfSession(session) {
+      if (!this.#userOf || session === undefined) return undefined
+      const user = this.#userOf(session)
+      return user === undefined || user === null || user === '' ? undefined : String(user)
+    }
+
     #writeOptionsWith(ttl) {
       return this.#writeOptions ? { ...this.#writeOptions, ttl } : { ttl }
+    }
+
+    // A write's outcome, an ack timeout turned into a 'warning' unless ackTimeout is 'fail'.
+    #settled(promise, op, sid) {
+      if (this.#failOnAckTimeout) return promise
+      return promise.catch((err) => {
+        if (!err || err.code !== 'EACKTIMEOUT') throw err
+        err.message = `SessionStore.${op}('${sid}'): ${err.message}; the write is applied here and keeps replicating`
+        if (this.listenerCount('warning') > 0) this.emit('warning', err)
+        else process.emitWarning(err)
+      })
+    }
+
+    #decode(key, raw) {
+      if (raw === undefined) return undefined
+      const session = this.#serializer && typeof raw === 'string' ? this.#serializer.parse(raw) : raw
+      if (session === null || typeof session !== 'object' || typeof session.cookie !== 'object' || session.cookie === null) {
+        throw new TypeError(`SessionStore.get(): the value under '${key}' is not a session (no cookie)`)
+      }
+      return session
+    }
+
+    #read(sid) {
+      const key = this.#key(sid)
+      return this.#decode(key, this.#bucket.get(key))
     }
 
     /** cb(err, session): the session, or undefined when there is none (or it expired). */
     get(sid, cb) {
       return finish(cb, () => {
         checkSid('get', sid)
-        const session = this.#bucket.get(this.#key(sid))
-        if (session === undefined) return undefined
-        if (session === null || typeof session !== 'object' || typeof session.cookie !== 'object' || session.cookie === null) {
-          throw new TypeError(`SessionStore.get(): the value under '${this.#key(sid)}' is not a session (no cookie)`)
-        }
-        return session
+        return this.#read(sid)
       }, this.#bucket)
     }
 
-    /** Stores the session (as JSON) with the TTL its cookie gives; an already expired one is deleted. */
+    /** Stores the session with the TTL ttlFor gives; an already expired one is deleted. */
     set(sid, session, cb) {
       return finish(cb, () => {
         checkSid('set', sid)
@@ -203,66 +304,189 @@ function createSessionStore() {
           throw new TypeError('SessionStore.set(): session must be an object')
         }
         const ttl = this.ttlFor(session)
-        if (!(ttl > 0)) return this.#bucket.delete(this.#key(sid), this.#writeOptions)
-        return this.#bucket.set(this.#key(sid), session, this.#writeOptionsWith(Math.ceil(ttl)))
-      })
+        if (!(ttl > 0)) return this.#destroy(sid)
+        const value = this.#serializer ? this.#serializer.stringify(session) : session
+        const user = this.#userOfSession(session)
+        const options = this.#writeOptionsWith(Math.ceil(ttl))
+        // The user the session had here before: a session that changed hands leaves its old entry.
+        const before = this.#userOf ? this.#userBefore(sid) : undefined
+        const writes = [this.#bucket.set(this.#key(sid), value, options)]
+        if (user !== undefined) writes.push(this.#bucket.set(this.#userKey(user, sid), sid, options))
+        if (before !== undefined && before !== user) writes.push(this.#bucket.delete(this.#userKey(before, sid), this.#writeOptions))
+        return this.#settled(Promise.all(writes), 'set', sid)
+      }, this.#bucket)
     }
 
-    /** Deletes the session on every peer. */
+    // The user of the session stored here under `sid`, if any.
+    #userBefore(sid) {
+      try {
+        return this.#userOfSession(this.#read(sid))
+      } catch {
+        return undefined // not a session: nothing indexed for it
+      }
+    }
+
+    #destroy(sid) {
+      const user = this.#userBefore(sid)
+      const deletes = [this.#bucket.delete(this.#key(sid), this.#writeOptions)]
+      if (user !== undefined) deletes.push(this.#bucket.delete(this.#userKey(user, sid), this.#writeOptions))
+      return this.#settled(Promise.all(deletes), 'destroy', sid)
+    }
+
+    /** Deletes the session (and its user index entry) on every peer. */
     destroy(sid, cb) {
       return finish(cb, () => {
         checkSid('destroy', sid)
-        return this.#bucket.delete(this.#key(sid), this.#writeOptions)
-      })
+        return this.#destroy(sid)
+      }, this.#bucket)
     }
 
     /**
-     * Extends the session's expiry to what its cookie now says, on every peer, without rewriting it.
-     * A session that is gone (logged out elsewhere, expired) stays gone.
+     * Extends the session's expiry to what ttlFor says, on every peer, without rewriting it. A session
+     * that is gone (logged out elsewhere, expired) stays gone. Nothing is written with disableTouch, or
+     * when the expiry would move by less than touchAfter.
      */
     touch(sid, session, cb) {
       return finish(cb, async () => {
         checkSid('touch', sid)
+        if (this.#disableTouch) return undefined
         const ttl = this.ttlFor(session)
+        const key = this.#key(sid)
         if (!(ttl > 0)) {
-          await this.#bucket.delete(this.#key(sid), this.#writeOptions)
+          await this.#destroy(sid)
           return undefined
         }
-        await this.#bucket.touch(this.#key(sid), Math.ceil(ttl))
+        if (this.#touchAfterMs > 0) {
+          const left = this.#bucket.ttl(key)
+          if (left === undefined || ttl - left < this.#touchAfterMs) return undefined
+        }
+        if (await this.#bucket.touch(key, Math.ceil(ttl))) {
+          const user = this.#userOfSession(session)
+          if (user !== undefined) await this.#bucket.touch(this.#userKey(user, sid), Math.ceil(ttl))
+        }
         return undefined
-      })
+      }, this.#bucket)
+    }
+
+    // Every page of live keys (with values unless keysOnly) under `prefix`, yielding between pages.
+    async #eachPage(prefix, keysOnly, visit) {
+      let cursor = null
+      do {
+        const page = this.#bucket.scan({ prefix, cursor, limit: PAGE, keysOnly })
+        visit(keysOnly ? page.keys : page.entries)
+        cursor = page.cursor
+        if (cursor !== null) await nextTurn()
+      } while (cursor !== null)
     }
 
     /** cb(err, sessions): every live session, as an array, each with its `id`. */
     all(cb) {
-      return finish(cb, () => {
+      return finish(cb, async () => {
         const n = this.#prefix.length
-        return this.#bucket.entries(this.#prefix).map(([key, session]) => {
-          if (session !== null && typeof session === 'object' && !Array.isArray(session)) session.id = key.slice(n)
-          return session
+        const sessions = []
+        await this.#eachPage(this.#prefix, false, (entries) => {
+          for (const [key, raw] of entries) {
+            if (this.#isIndexKey(key)) continue
+            const session = this.#serializer && typeof raw === 'string' ? this.#serializer.parse(raw) : raw
+            if (session !== null && typeof session === 'object' && !Array.isArray(session)) session.id = key.slice(n)
+            sessions.push(session)
+          }
         })
+        return sessions
       }, this.#bucket)
+    }
+
+    // With the session prefix '' the user index sits among the sessions: its keys are not sessions.
+    #isIndexKey(key) {
+      return this.#prefix === '' && key.startsWith(this.#userPrefix)
     }
 
     /** cb(err, count): how many live sessions there are. */
     length(cb) {
-      return finish(cb, () => this.#bucket.keys(this.#prefix).length, this.#bucket)
+      return finish(cb, async () => {
+        let count = 0
+        await this.#eachPage(this.#prefix, true, (keys) => {
+          for (const key of keys) if (!this.#isIndexKey(key)) count++
+        })
+        return count
+      }, this.#bucket)
     }
 
     /** cb(err, ids): the ids of the live sessions. */
     ids(cb) {
-      return finish(cb, () => {
+      return finish(cb, async () => {
         const n = this.#prefix.length
-        return this.#bucket.keys(this.#prefix).map((key) => key.slice(n))
+        const ids = []
+        await this.#eachPage(this.#prefix, true, (keys) => {
+          for (const key of keys) if (!this.#isIndexKey(key)) ids.push(key.slice(n))
+        })
+        return ids
       }, this.#bucket)
     }
 
-    /** Deletes every session (every key under the prefix), on every peer. */
+    /** Deletes every session (every key under the prefix) and the user index, on every peer. */
     clear(cb) {
       return finish(cb, async () => {
-        const keys = this.#bucket.keys(this.#prefix)
-        await Promise.all(keys.map((key) => this.#bucket.delete(key, this.#writeOptions)))
+        const deletes = []
+        for (const prefix of this.#userOf ? [this.#prefix, this.#userPrefix] : [this.#prefix]) {
+          await this.#eachPage(prefix, true, (keys) => {
+            for (const key of keys) deletes.push(this.#settled(this.#bucket.delete(key, this.#writeOptions), 'clear', key))
+          })
+        }
+        await Promise.all(deletes)
         return undefined
+      }, this.#bucket)
+    }
+
+    // The index entries of `userId` this replica holds: [key, sid, session] each, the session as read
+    // here (undefined when it is gone, or has not arrived yet).
+    #indexOf(userId) {
+      const prefix = `${this.#userPrefix}${encodeURIComponent(userId)}:`
+      return this.#bucket.keys(prefix).map((key) => {
+        const sid = key.slice(prefix.length)
+        let session
+        try {
+          session = this.#read(sid)
+        } catch {
+          session = undefined
+        }
+        return [key, sid, session]
+      })
+    }
+
+    /** cb(err, ids): the ids of the live sessions of `userId` (needs options.userOf). */
+    sessionsOf(userId, cb) {
+      return finish(cb, () => {
+        if (!this.#userOf) throw new TypeError('SessionStore.sessionsOf(): needs options.userOf')
+        const user = checkUser('sessionsOf', userId)
+        return this.#indexOf(user)
+          .filter(([, , session]) => session !== undefined && this.#userOfSession(session) === user)
+          .map(([, sid]) => sid)
+      }, this.#bucket)
+    }
+
+    /**
+     * Logs `userId` out everywhere: deletes each of their sessions this replica knows, and its index
+     * entry, on every peer; cb(err, count) with how many sessions were deleted (needs options.userOf).
+     */
+    destroyUser(userId, cb) {
+      return finish(cb, async () => {
+        if (!this.#userOf) throw new TypeError('SessionStore.destroyUser(): needs options.userOf')
+        const user = checkUser('destroyUser', userId)
+        const deletes = []
+        let destroyed = 0
+        for (const [key, sid, session] of this.#indexOf(user)) {
+          const owner = this.#userOfSession(session)
+          // A session not here yet is deleted all the same: the delete is newer than its write and
+          // wins wherever it lands. One that now belongs to another user keeps its session.
+          if (owner === undefined || owner === user) {
+            if (session !== undefined) destroyed++
+            deletes.push(this.#settled(this.#bucket.delete(this.#key(sid), this.#writeOptions), 'destroyUser', sid))
+          }
+          deletes.push(this.#settled(this.#bucket.delete(key, this.#writeOptions), 'destroyUser', sid))
+        }
+        await Promise.all(deletes)
+        return destroyed
       }, this.#bucket)
     }
   }
@@ -270,4 +494,4 @@ function createSessionStore() {
 
 const SessionStore = createSessionStore()
 
-module.exports = { SessionStore, DEFAULT_TTL }
+module.exports = { SessionStore, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS }

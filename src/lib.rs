@@ -13,6 +13,7 @@ pub mod counter;
 mod events;
 mod handles;
 pub mod hot;
+pub mod paging;
 
 use std::sync::Arc;
 use std::time::Duration;

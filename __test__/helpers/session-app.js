@@ -12,11 +12,11 @@ const SECRET = 'session-suite secret, the same on every server'
 
 /**
  * options: { bucket, name, maxAge (cookie ms; undefined: a browser-session cookie), rolling, resave,
- *   store: further SessionStore options }
+ *   userIndex (index sessions by their user: userOf = session.user), store: further SessionStore options }
  * Returns { app, store, calls }.
  */
-function createSessionApp({ bucket, name, maxAge, rolling = false, resave = false, store: storeOptions = {} }) {
-  const store = new SessionStore({ bucket, ...storeOptions })
+function createSessionApp({ bucket, name, maxAge, rolling = false, resave = false, userIndex = false, store: storeOptions = {} }) {
+  const store = new SessionStore({ bucket, ...(userIndex ? { userOf: (s) => s.user } : {}), ...storeOptions })
   const calls = { get: 0, set: 0, touch: 0, destroy: 0 }
   for (const method of Object.keys(calls)) {
     const original = store[method].bind(store)

@@ -28,3 +28,9 @@ async function counters(peer: Peer): Promise<void> {
 }
 
 export { counters }
+
+// A counter's events by name only.
+export function counterEventTypo(peer: Peer): void {
+  // @ts-expect-error: not an event of a SharedCounter
+  peer.counter('c').on('chnage', () => {})
+}

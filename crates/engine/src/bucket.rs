@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, TooFarAhead};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use crate::store::{Change, CollectedRecord, Lifetime, Merged, Shown, Store, Write};
+use crate::store::{Change, CollectedRecord, Lifetime, Merged, ScanCursor, Shown, Store, Write};
 
 /// Told about changes: every local write (link writers must send it, a durable store persist it) and
 /// every merged remote change (a durable store must persist it).
@@ -118,6 +118,30 @@ impl Bucket {
 
     pub fn scan(&self, prefix: &str, f: &mut dyn FnMut(&str, &[u8])) {
         self.store.scan(prefix, self.now_ms(), f)
+    }
+
+    /// How many live keys are under `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.store.count(prefix, self.now_ms())
+    }
+
+    /// One page of a scan of the live keys under `prefix` (see `Store::scan_page`).
+    pub fn scan_page(
+        &self,
+        prefix: &str,
+        from: ScanCursor,
+        limit: usize,
+        f: &mut dyn FnMut(&str, &[u8]),
+    ) -> Option<ScanCursor> {
+        self.store.scan_page(prefix, self.now_ms(), from, limit, f)
+    }
+
+    /// Milliseconds until `key`'s live value expires: `Some(None)` when it never does, `None` when the
+    /// key has no live value.
+    pub fn ttl_left(&self, key: &str) -> Option<Option<u64>> {
+        let now = self.now_ms();
+        let expiry = self.store.expiry_of(key, now)?;
+        Some((expiry != 0).then(|| expiry.saturating_sub(now).max(1)))
     }
 
     /// The registers stored for `key`, live or not (a tombstone, an expired value), with their

@@ -39,11 +39,33 @@ pub(super) struct Record {
 
 /// The key -> entry table. Records sit behind one pointer per slot, so the table's slots stay small: a
 /// table at half load (as after each doubling) costs its slots twice over.
+///
+/// A paged scan walks the slots in order, so it must hear of every record that moves: `reshaped`
+/// counts the inserts that found the table full, each of which grows or rehashes it and moves records
+/// anywhere (a scan then starts over); `moved` logs the last `MOVES_KEPT` records a rewrite (a remove
+/// then an insert of the same key, as every write is applied) put in another slot, numbered by `moves`,
+/// so a scan that had passed the new slot but not the old one visits the key all the same.
 #[derive(Default)]
 pub(super) struct Entries {
     pub(super) table: hashbrown::HashTable<Box<Record>>,
     pub(super) hasher: crate::hash::DefaultHashBuilder,
+    pub(super) reshaped: u64,
+    pub(super) moves: u64,
+    pub(super) moved: std::collections::VecDeque<Moved>,
+    /// The hash and slot of the record removed last, until the next insert.
+    removed_at: Option<(u64, usize)>,
 }
+
+/// A record a rewrite put in another slot: the `n`th move.
+pub(super) struct Moved {
+    pub(super) n: u64,
+    pub(super) from: usize,
+    pub(super) to: usize,
+    pub(super) key: Arc<str>,
+}
+
+/// How many moves are logged: a scan whose next page comes after more moves than this starts over.
+pub(super) const MOVES_KEPT: usize = 4096;
 
 impl Entries {
     pub(super) fn hash(&self, key: &str) -> u64 {
@@ -84,10 +106,9 @@ impl Entries {
 
     /// `remove` with the key's hash already computed.
     pub(super) fn remove_hashed(&mut self, hash: u64, key: &str) -> Option<Box<Record>> {
-        self.table
-            .find_entry(hash, |r| &*r.key == key)
-            .ok()
-            .map(|e| e.remove().0)
+        let entry = self.table.find_entry(hash, |r| &*r.key == key).ok()?;
+        self.removed_at = Some((hash, entry.bucket_index()));
+        Some(entry.remove().0)
     }
 
     /// Adds a record whose key is not in the table.
@@ -97,15 +118,57 @@ impl Entries {
 
     /// `insert` with the key's hash already computed.
     pub(super) fn insert_hashed(&mut self, hash: u64, record: Box<Record>) {
+        // `capacity` is the records held plus the room left before the table must grow or rehash.
+        if self.table.len() == self.table.capacity() {
+            self.reshaped += 1;
+        }
         let hasher = &self.hasher;
-        self.table.insert_unique(hash, record, |r| {
+        let entry = self.table.insert_unique(hash, record, |r| {
             use std::hash::BuildHasher;
             hasher.hash_one(&*r.key)
         });
+        let to = entry.bucket_index();
+        if let Some((removed_hash, from)) = self.removed_at.take() {
+            // The same hash: the key removed last, put back (another key of that hash only costs a
+            // scan a second visit of it).
+            if removed_hash == hash && from != to {
+                let key = entry.get().key.clone();
+                self.moves += 1;
+                if self.moved.len() == MOVES_KEPT {
+                    self.moved.pop_front();
+                }
+                self.moved.push_back(Moved {
+                    n: self.moves,
+                    from,
+                    to,
+                    key,
+                });
+            }
+        }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
         self.table.iter().map(|r| (&r.key, &r.entry))
+    }
+
+    /// Visits the records in slots `from..` until `f` returns false or `max_slots` slots were looked
+    /// at; returns the first slot not looked at, `None` past the last one.
+    pub(super) fn walk_slots(
+        &self,
+        from: usize,
+        max_slots: usize,
+        f: &mut dyn FnMut(&Arc<str>, &Entry) -> bool,
+    ) -> Option<usize> {
+        let end = self.table.num_buckets();
+        let stop = from.saturating_add(max_slots).min(end);
+        for slot in from..stop {
+            if let Some(r) = self.table.get_bucket(slot) {
+                if !f(&r.key, &r.entry) {
+                    return Some(slot + 1).filter(|&s| s < end);
+                }
+            }
+        }
+        (stop < end).then_some(stop)
     }
 
     pub(super) fn len(&self) -> usize {

@@ -5,7 +5,7 @@
 
 use super::{
     key_fingerprint, Changes, Chunk, ChunkLimits, Collected, CollectedRecord, Entry, Journal,
-    Lifetime, Marker, Merged, Record, Shown, State, Store, Write,
+    Lifetime, Marker, Merged, Record, ScanCursor, Shown, State, Store, Write,
 };
 use crate::clock::{Clock, Hlc};
 use crate::ranges::SeqRanges;
@@ -130,6 +130,72 @@ impl Store for MemoryStore {
                 }
             }
         }
+    }
+
+    fn count(&self, prefix: &str, now_ms: u64) -> usize {
+        let state = self.state.read();
+        let now = state.now(now_ms);
+        state
+            .entries
+            .iter()
+            .filter(|(k, e)| k.starts_with(prefix) && e.live_value(now).is_some())
+            .count()
+    }
+
+    fn scan_page(
+        &self,
+        prefix: &str,
+        now_ms: u64,
+        from: ScanCursor,
+        limit: usize,
+        f: &mut dyn FnMut(&str, &[u8]),
+    ) -> Option<ScanCursor> {
+        // Slots looked at per page: a sparse prefix costs one page a bounded stretch, not the table.
+        const SLOTS_PER_KEY: usize = 16;
+        let state = self.state.read();
+        let now = state.now(now_ms);
+        let entries = &state.entries;
+        let limit = limit.max(1);
+        let mut left = limit;
+        let mut visit = |k: &Arc<str>, e: &Entry| {
+            if k.starts_with(prefix) {
+                if let Some(v) = e.live_value(now) {
+                    f(k, v);
+                    left = left.saturating_sub(1);
+                }
+            }
+            left > 0
+        };
+        let oldest_logged = entries.moved.front().map_or(entries.moves + 1, |m| m.n);
+        let slot = if from.reshaped != entries.reshaped || from.moves + 1 < oldest_logged {
+            0
+        } else {
+            // Keys moved since the last page from a slot ahead of it to one behind it.
+            let cursor = from.slot as usize;
+            for m in entries.moved.iter().filter(|m| m.n > from.moves) {
+                if m.from >= cursor && m.to < cursor {
+                    if let Some(e) = entries.get(&m.key) {
+                        visit(&m.key, e);
+                    }
+                }
+            }
+            cursor
+        };
+        // Moved keys count toward the limit; a page they filled still walks to its first record.
+        let next = entries.walk_slots(slot, limit.saturating_mul(SLOTS_PER_KEY), &mut visit);
+        next.map(|slot| ScanCursor {
+            reshaped: entries.reshaped,
+            moves: entries.moves,
+            slot: slot as u64,
+        })
+    }
+
+    fn expiry_of(&self, key: &str, now_ms: u64) -> Option<u64> {
+        let state = self.state.read();
+        let now = state.now(now_ms);
+        let e = state.entries.get(key)?;
+        e.live_value(now)?;
+        Some(e.expiry())
     }
 
     fn write_local(

@@ -97,6 +97,18 @@ pub struct Shown<'a> {
     pub expired: bool,
 }
 
+/// Where a paged scan (`Store::scan_page`) resumes: the next slot of the key table, and how many times
+/// the table was reshaped and records moved when the page before ended. Every key live throughout a
+/// scan is visited at least once: a key a rewrite moved from a slot ahead of the cursor to one behind it
+/// is visited with the next page, and a scan whose table was reshaped, or that missed more moves than
+/// are logged, starts over. A key may therefore be visited twice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanCursor {
+    pub reshaped: u64,
+    pub moves: u64,
+    pub slot: u64,
+}
+
 /// Storage backend of one bucket replica. See the module comment for what an implementation promises.
 pub trait Store: Send + Sync + 'static {
     /// Calls `f` with the live value of `key` at time `now_ms()` (asked only when the key can expire);
@@ -106,6 +118,26 @@ pub trait Store: Send + Sync + 'static {
     fn live_len(&self) -> usize;
     /// Visits every live key under `prefix` with its value.
     fn scan(&self, prefix: &str, now_ms: u64, f: &mut dyn FnMut(&str, &[u8]));
+    /// How many live keys are under `prefix`.
+    fn count(&self, prefix: &str, now_ms: u64) -> usize {
+        let mut n = 0;
+        self.scan(prefix, now_ms, &mut |_, _| n += 1);
+        n
+    }
+    /// One page of a scan: visits live keys under `prefix` from `from` on, at most `limit` of them and
+    /// over a bounded stretch of the table (so a page may be empty), and returns where the next page
+    /// starts, `None` once the whole table was walked. See `ScanCursor` for what a scan promises.
+    fn scan_page(
+        &self,
+        prefix: &str,
+        now_ms: u64,
+        from: ScanCursor,
+        limit: usize,
+        f: &mut dyn FnMut(&str, &[u8]),
+    ) -> Option<ScanCursor>;
+    /// The expiry in force of `key`'s live value (ms since the epoch; 0 for never), `None` when it has
+    /// none live.
+    fn expiry_of(&self, key: &str, now_ms: u64) -> Option<u64>;
     /// Applies a local write (a value, or a tombstone when `value` is `None`): ticks `clock`, takes the
     /// next seq of `me`, stores it (a local write always wins) and returns it as it will travel.
     fn write_local(

@@ -1028,3 +1028,167 @@ fn absorb(into: &MemoryStore, from: &MemoryStore) {
         into.merge(&me, &origin, c.writes, &c.covered, &mut |_| {});
     }
 }
+
+fn scan_all(
+    s: &MemoryStore,
+    prefix: &str,
+    limit: usize,
+    between: &mut dyn FnMut(usize),
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor = ScanCursor::default();
+    let mut page = 0;
+    loop {
+        let next = s.scan_page(prefix, 0, cursor, limit, &mut |k, _| {
+            seen.push(k.to_string())
+        });
+        page += 1;
+        match next {
+            Some(c) => cursor = c,
+            None => return seen,
+        }
+        between(page);
+    }
+}
+
+#[test]
+fn a_paged_scan_visits_every_key_live_throughout_it_even_when_the_table_grows_between_pages() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    let writes: Vec<Write> = (1..=500)
+        .map(|i| w(&format!("sess:{i}"), i, i, Some("v")))
+        .chain((501..=600).map(|i| w(&format!("other:{i}"), i, i, Some("v"))))
+        .collect();
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    let mut seq = 600;
+    // Between pages: deletes of keys outside the prefix, and enough new keys to grow the table.
+    let seen = scan_all(&s, "sess:", 7, &mut |page| {
+        let mut batch = vec![w(&format!("other:{}", 500 + page), seq + 1, seq + 1, None)];
+        seq += 1;
+        for _ in 0..40 {
+            seq += 1;
+            batch.push(w(&format!("new:{seq}"), seq, seq, Some("v")));
+        }
+        s.merge(&me, &a, batch, &SeqRanges::new(), &mut |_| {});
+    });
+    let unique: std::collections::BTreeSet<_> = seen.iter().cloned().collect();
+    let want: std::collections::BTreeSet<_> = (1..=500).map(|i| format!("sess:{i}")).collect();
+    assert_eq!(unique, want, "every key live throughout is visited");
+    assert!(seen.iter().all(|k| k.starts_with("sess:")));
+}
+
+#[test]
+fn a_page_stops_at_its_limit_and_a_quiet_table_is_visited_once() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    let writes = (1..=300)
+        .map(|i| w(&format!("k{i}"), i, i, Some("v")))
+        .collect();
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    let mut first = 0;
+    s.scan_page("", 0, ScanCursor::default(), 10, &mut |_, _| first += 1);
+    assert_eq!(first, 10);
+    let seen = scan_all(&s, "", 10, &mut |_| {});
+    assert_eq!(seen.len(), 300, "no key twice without a reshape");
+}
+
+#[test]
+fn count_and_expiry_of_see_only_live_keys() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    let mut expiring = w("sess:b", 2, 2, Some("v"));
+    expiring.expires_ms = 1_000;
+    let writes = vec![
+        w("sess:a", 1, 1, Some("v")),
+        expiring,
+        w("sess:c", 3, 3, None),
+        w("other", 4, 4, Some("v")),
+    ];
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    assert_eq!(s.count("sess:", 500), 2);
+    assert_eq!(s.count("sess:", 1_000), 1);
+    assert_eq!(s.count("", 500), 3);
+    assert_eq!(s.expiry_of("sess:a", 500), Some(0));
+    assert_eq!(s.expiry_of("sess:b", 500), Some(1_000));
+    assert_eq!(s.expiry_of("sess:b", 1_000), None);
+    assert_eq!(s.expiry_of("sess:c", 500), None);
+    assert_eq!(s.expiry_of("missing", 500), None);
+}
+
+#[test]
+fn a_key_rewritten_from_ahead_of_a_scan_into_a_slot_behind_it_is_still_visited() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = MemoryStore::new();
+    // Near the load limit, so some records sit past their home slot, behind records of other keys.
+    let writes = (1..=3500u64)
+        .map(|i| w(&format!("k{i}"), i, i, Some("v")))
+        .collect();
+    s.merge(&me, &a, writes, &SeqRanges::new(), &mut |_| {});
+    // A key K at slot `at` whose probe window from its home slot holds another key X at `x` < `at`
+    // (every slot between home and `at` is taken: nothing was removed yet).
+    let (key, x_key, x, at) = {
+        let state = s.state.read();
+        let e = &state.entries;
+        let mask = e.table.num_buckets() - 1;
+        (1..=3500u64)
+            .find_map(|i| {
+                let key = format!("k{i}");
+                let hash = e.hash(&key);
+                let at = e.table.find_bucket_index(hash, |r| *r.key == *key)?;
+                let home = hash as usize & mask;
+                (home < at && at - home < 16).then_some(())?;
+                let x = home;
+                let x_key = e.table.get_bucket(x)?.key.to_string();
+                Some((key, x_key, x, at))
+            })
+            .expect("a displaced key")
+    };
+    // A scan stands between X and K: it has passed X's slot, not K's.
+    let cursor = {
+        let state = s.state.read();
+        ScanCursor {
+            reshaped: state.entries.reshaped,
+            moves: state.entries.moves,
+            slot: x as u64 + 1,
+        }
+    };
+    assert!(cursor.slot <= at as u64);
+    // X is deleted and collected, then K is rewritten: it lands in X's slot, behind the scan.
+    s.merge(
+        &me,
+        &a,
+        vec![w(&x_key, 10_000, 10_000, None)],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    s.collect(u64::MAX, &mut |_, _| true);
+    s.merge(
+        &me,
+        &a,
+        vec![w(&key, 10_001, 10_001, Some("v2"))],
+        &SeqRanges::new(),
+        &mut |_| {},
+    );
+    assert_eq!(
+        s.state
+            .read()
+            .entries
+            .table
+            .find_bucket_index(s.state.read().entries.hash(&key), |r| *r.key == *key),
+        Some(x),
+        "the rewrite moved K behind the scan"
+    );
+    let mut seen = Vec::new();
+    let mut next = Some(cursor);
+    while let Some(c) = next {
+        next = s.scan_page("", 0, c, 50, &mut |k, _| seen.push(k.to_string()));
+    }
+    assert!(
+        seen.contains(&key),
+        "K was live throughout the scan, so it is visited"
+    );
+}

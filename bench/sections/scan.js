@@ -1,0 +1,66 @@
+'use strict'
+// count(prefix) and a full paged scan over a bucket of `cfg.scanN` session-like keys (plus as many
+// other keys, so the prefix selects half the bucket), each with the longest time the event loop was
+// held: count is one synchronous call; a scan is one call per page, with a turn of the loop between.
+
+const { Peer } = require('../..')
+const { SESSION } = require('../lib/workload')
+
+const PAGE = 1000
+
+async function run({ cfg, log }) {
+  const n = cfg.scanN
+  const peer = new Peer({ id: 'bench-scan' })
+  await peer.ready()
+  try {
+    const bucket = peer.bucket('scan')
+    for (let i = 0; i < n; i += 10_000) {
+      const batch = []
+      for (let j = i; j < Math.min(n, i + 10_000); j++) batch.push([`sess:${j}`, SESSION], [`other:${j}`, j])
+      await bucket.setMany(batch)
+    }
+
+    let t0 = performance.now()
+    const counted = bucket.count('sess:')
+    const countMs = performance.now() - t0
+    if (counted !== n) throw new Error(`count('sess:') gave ${counted}, not ${n}`)
+
+    let cursor = null
+    let pages = 0
+    let seen = 0
+    let longest = 0
+    const start = performance.now()
+    do {
+      t0 = performance.now()
+      const page = bucket.scan({ prefix: 'sess:', cursor, limit: PAGE })
+      longest = Math.max(longest, performance.now() - t0)
+      seen += page.entries.length
+      cursor = page.cursor
+      pages++
+      await new Promise(setImmediate)
+    } while (cursor !== null)
+    const scanMs = performance.now() - start
+    if (seen !== n) throw new Error(`the scan gave ${seen} entries, not ${n}`)
+
+    const out = {
+      keys: 2 * n,
+      prefix_keys: n,
+      count_ms: round(countMs),
+      count_stall_ms: round(countMs),
+      scan_ms: round(scanMs),
+      scan_pages: pages,
+      scan_longest_page_ms: round(longest),
+    }
+    log(`  count('sess:') over ${2 * n} keys: ${out.count_ms} ms (one call: the loop is held that long)`)
+    log(`  scan 'sess:' in pages of ${PAGE}: ${out.scan_ms} ms in ${pages} pages, longest page ${out.scan_longest_page_ms} ms`)
+    return out
+  } finally {
+    await peer.close()
+  }
+}
+
+function round(ms) {
+  return Math.round(ms * 100) / 100
+}
+
+module.exports = { run }

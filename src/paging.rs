@@ -1,0 +1,83 @@
+//! The bucket calls that read a bucket a part at a time or without copying it out: `count`, paged
+//! `scan` and a key's time left. A scan cursor crosses to JavaScript as an opaque string,
+//! `"<reshaped>.<moves>.<slot>"` (see `ScanCursor`): the empty string starts a scan and is returned when it is done.
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use peer_buckets_engine::store::ScanCursor;
+
+use crate::contract::{closed, internal, Code, Result};
+use crate::convert::{ArrayBuilder, RawValue};
+use crate::handles::with_bucket;
+
+/// How many live keys are under `prefix`.
+#[napi(catch_unwind)]
+pub fn bucket_count(bucket: u32, prefix: String) -> Result<u32> {
+    with_bucket(bucket, |b| b.count(&prefix) as u32).ok_or_else(closed)
+}
+
+fn parse_cursor(cursor: &str) -> Option<ScanCursor> {
+    if cursor.is_empty() {
+        return Some(ScanCursor::default());
+    }
+    let mut parts = cursor.split('.').map(|p| p.parse::<u64>().ok());
+    let c = ScanCursor {
+        reshaped: parts.next()??,
+        moves: parts.next()??,
+        slot: parts.next()??,
+    };
+    parts.next().is_none().then_some(c)
+}
+
+/// One page of live entries under `prefix` from `cursor` on, at most `limit`: a flat array of keys
+/// (each followed by its value, as in get, when `values`), ending with the next cursor ('' when done).
+#[napi(catch_unwind, ts_return_type = "Array<string | Buffer>")]
+pub fn bucket_scan(
+    env: Env,
+    bucket: u32,
+    prefix: String,
+    cursor: String,
+    limit: u32,
+    values: bool,
+) -> Result<RawValue> {
+    let from = parse_cursor(&cursor).ok_or_else(|| {
+        Error::new(
+            Code::InvalidArg,
+            format!("scan(): options.cursor '{cursor}' is not a cursor a scan returned"),
+        )
+    })?;
+    let raw_env = env.raw();
+    with_bucket(bucket, |b| {
+        let mut items = ArrayBuilder::new(raw_env).map_err(internal)?;
+        let mut result = Ok(());
+        let next = b.scan_page(&prefix, from, limit as usize, &mut |k, stored| {
+            if result.is_ok() {
+                result = items.push_str(k).and_then(|_| {
+                    if values {
+                        items.push(RawValue::from_stored(raw_env, stored)?)
+                    } else {
+                        Ok(())
+                    }
+                });
+            }
+        });
+        result.map_err(internal)?;
+        let next = next.map_or(String::new(), |c| {
+            format!("{}.{}.{}", c.reshaped, c.moves, c.slot)
+        });
+        items.push_str(&next).map_err(internal)?;
+        Ok(items.finish())
+    })
+    .ok_or_else(closed)?
+}
+
+/// Milliseconds until `key`'s live value expires: `Infinity` when it never does, undefined when the
+/// key has no live value.
+#[napi(catch_unwind)]
+pub fn bucket_ttl(bucket: u32, key: String) -> Result<Option<f64>> {
+    with_bucket(bucket, |b| {
+        b.ttl_left(&key)
+            .map(|left| left.map_or(f64::INFINITY, |ms| ms as f64))
+    })
+    .ok_or_else(closed)
+}
