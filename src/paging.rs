@@ -4,7 +4,7 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use peer_buckets_engine::store::ScanCursor;
+use peer_buckets_engine::ScanCursor;
 
 use crate::contract::{closed, internal, Code, Result};
 use crate::convert::{ArrayBuilder, RawValue};

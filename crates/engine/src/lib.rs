@@ -93,7 +93,7 @@ pub use disk::sim::{FaultKind, Faults, SimDisk};
 pub use ranges::SeqRanges;
 pub use secure::{Handshake, Security, LINK_VERSION, MAGIC};
 pub use shared::Shared;
-pub use store::{key_fingerprint, ChunkLimits, Entry, MemoryStore, Store};
+pub use store::{key_fingerprint, ChunkLimits, Entry, MemoryStore, ScanCursor, Store};
 pub use sync::{Inbound, Local, PullPlanner, Session, OWED_LIMIT};
 #[cfg(feature = "sim")]
 pub use transport::SimTcp;
