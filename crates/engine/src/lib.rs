@@ -54,6 +54,7 @@ pub mod membership;
 pub mod node;
 pub mod ranges;
 pub mod replica;
+pub mod resolve;
 pub mod secure;
 pub mod seq_index;
 pub mod shared;

@@ -195,7 +195,11 @@ impl Node {
         shared.spawn(link::accept_loop(shared.clone(), listener));
         shared.spawn(periodic(shared.clone()));
         for seed in shared.config.seeds.clone() {
-            crate::membership::dial(&shared, seed, true);
+            if crate::resolve::is_literal(&seed) {
+                crate::membership::dial(&shared, seed, true);
+            } else {
+                crate::resolve::watch(&shared, seed);
+            }
         }
         Ok(Node {
             shared,
