@@ -12,6 +12,7 @@ mod convert;
 mod events;
 mod handles;
 pub mod hot;
+mod logging;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,18 +78,6 @@ pub struct PeerStats {
     pub replication: Vec<LinkStats>,
 }
 
-fn init_logging() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Ok(filter) = std::env::var("PEER_BUCKETS_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_writer(std::io::stderr)
-                .try_init();
-        }
-    });
-}
-
 /// Options of `peerOpen`, checked by index.js.
 #[napi(object)]
 pub struct OpenOptions {
@@ -113,6 +102,10 @@ pub struct OpenOptions {
     pub data_dir: Option<String>,
     /// With `data_dir`: "strict" (the default) or "relaxed".
     pub durability: Option<String>,
+    /// Log lines go to the JavaScript `logger` (as `log` events) instead of stderr.
+    pub logger: Option<bool>,
+    /// How often seed host names are resolved again.
+    pub resolve_interval_ms: Option<f64>,
 }
 
 /// Environment variable that shifts the engine's physical clock by this many milliseconds (may be
@@ -154,6 +147,9 @@ fn config_of(options: OpenOptions) -> Config {
         id: options.id.filter(|id| !id.is_empty()),
         listen: options.listen,
         seeds: options.seeds,
+        resolve_every: options
+            .resolve_interval_ms
+            .map_or(defaults.resolve_every, ms),
         advertise: options.advertise,
         clock,
         max_clock_skew: ms(options.max_clock_skew_ms),
@@ -198,16 +194,22 @@ fn config_of(options: OpenOptions) -> Config {
 /// `open-failed` (code and message), after which JavaScript calls `peerRelease`.
 #[napi(catch_unwind)]
 pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -> Result<u32> {
-    init_logging();
+    logging::init();
+    let sink = logging::Sink::new(options.logger.unwrap_or(false));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("peer-buckets")
+        .on_thread_start({
+            let sink = sink.clone();
+            move || sink.enter()
+        })
         .enable_all()
         .build()
         .map_err(|e| Error::new(Code::Internal, format!("cannot start the runtime: {e}")))?;
     let config = config_of(options);
     let on = runtime.handle().clone();
     let events = events::PeerEvents::start(&on, callback).map_err(internal)?;
+    sink.connect(events.sender());
     let handle = handles::add_peer(PeerEntry {
         node: None,
         runtime,
@@ -219,6 +221,7 @@ pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -
             Ok(node) => {
                 let node = Arc::new(node);
                 let (id, address) = (node.id().to_string(), node.address().to_string());
+                sink.set_id(&id);
                 if handles::set_node(handle, node.clone()) {
                     events.send(EngineEvent::Opened { id, address });
                     events.attach(&node);
