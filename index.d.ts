@@ -248,6 +248,18 @@ export interface PeerStats {
   warnings: Record<WarningCode, number>
   /** Per linked peer. */
   replication: LinkStats[]
+  /** Writes made on this peer since it started (sets, deletes and touches). */
+  localWrites: number
+  /** Writes whose ack level was not met within their timeout (EACKTIMEOUT). */
+  ackTimeouts: number
+  /**
+   * Per ack level, how long writes waited for it, as a histogram: `counts[i]` writes waited at most
+   * `leMs[i]` ms; `count` and `sumMs` over all. Writes with nothing to wait for (ack 'local' without a
+   * strict dataDir) are not counted.
+   */
+  ackLatency: Record<'local' | 'one' | 'majority' | 'all', { leMs: number[]; counts: number[]; count: number; sumMs: number }>
+  /** Live keys per bucket name. */
+  bucketKeys: Record<string, number>
 }
 
 /** An error from peer-buckets that carries a code (ECLOSED, EADDRINUSE, EACKTIMEOUT, EDISK, ENOTCONN, EFETCH, ...). */

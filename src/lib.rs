@@ -48,6 +48,18 @@ pub struct LinkStats {
     pub bytes_received: f64,
 }
 
+/// How long writes waited for one ack level: a histogram as Prometheus counts it.
+#[napi(object)]
+pub struct AckLatency {
+    /// Upper bounds of the buckets, in ms (`acks::LATENCY_BOUNDS_MS`).
+    pub le_ms: Vec<f64>,
+    /// Writes that waited at most each bound (cumulative, as `le_ms`).
+    pub counts: Vec<f64>,
+    /// Writes counted, slower than the last bound included.
+    pub count: f64,
+    pub sum_ms: f64,
+}
+
 /// What `stats()` returns; `lib/stats.js` declares each figure's meaning and metric.
 #[napi(object)]
 pub struct PeerStats {
@@ -76,6 +88,12 @@ pub struct PeerStats {
     /// Warnings emitted so far, by code ('EAUTH', ...), every code present.
     pub warnings: std::collections::BTreeMap<String, f64>,
     pub replication: Vec<LinkStats>,
+    pub local_writes: f64,
+    pub ack_timeouts: f64,
+    /// Per ack level ('local', 'one', 'majority', 'all'), writes that waited for it.
+    pub ack_latency: std::collections::BTreeMap<String, AckLatency>,
+    /// Live keys per bucket name.
+    pub bucket_keys: std::collections::BTreeMap<String, u32>,
 }
 
 /// Options of `peerOpen`, checked by index.js.
@@ -294,6 +312,10 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         handshakes_evicted,
         warnings,
         links,
+        local_writes,
+        ack_timeouts,
+        ack_latency,
+        bucket_keys,
     } = node.stats();
     Ok(PeerStats {
         id,
@@ -340,6 +362,32 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
                     bytes_received: bytes_received as f64,
                 },
             )
+            .collect(),
+        local_writes: local_writes as f64,
+        ack_timeouts: ack_timeouts as f64,
+        ack_latency: ack_latency
+            .into_iter()
+            .map(|l| {
+                let counts: Vec<f64> = l
+                    .counts
+                    .iter()
+                    .scan(0u64, |total, n| {
+                        *total += n;
+                        Some(*total as f64)
+                    })
+                    .collect();
+                let latency = AckLatency {
+                    le_ms: acks::LATENCY_BOUNDS_MS.iter().map(|&b| b as f64).collect(),
+                    counts: counts[..acks::LATENCY_BOUNDS_MS.len()].to_vec(),
+                    count: counts.last().copied().unwrap_or(0.0),
+                    sum_ms: l.sum_us as f64 / 1_000.0,
+                };
+                (l.level.as_str().to_string(), latency)
+            })
+            .collect(),
+        bucket_keys: bucket_keys
+            .into_iter()
+            .map(|(name, n)| (name, n as u32))
             .collect(),
     })
 }

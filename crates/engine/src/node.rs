@@ -66,6 +66,14 @@ pub struct Stats {
     /// Warnings emitted so far, by code (every code, zeros included).
     pub warnings: Vec<(WarningCode, u64)>,
     pub links: Vec<LinkStats>,
+    /// Writes made here by this incarnation (sets, deletes and touches): its own seqs.
+    pub local_writes: u64,
+    /// Writes whose ack level was not met within their timeout.
+    pub ack_timeouts: u64,
+    /// How long writes waited for their ack level, per level (`AckTracker::latency`).
+    pub ack_latency: Vec<crate::acks::LatencyStats>,
+    /// Live keys per bucket, by name.
+    pub bucket_keys: Vec<(String, usize)>,
 }
 
 /// Per linked peer.
@@ -392,6 +400,16 @@ impl Node {
             handshakes_evicted: self.shared.guard.evicted(),
             warnings: self.shared.warnings.counts(),
             links,
+            local_writes: buckets
+                .iter()
+                .map(|b| b.store().context_of(&local.me).max())
+                .sum(),
+            ack_timeouts: local.acks.timeouts(),
+            ack_latency: local.acks.latency(),
+            bucket_keys: buckets
+                .iter()
+                .map(|b| (b.name().to_string(), b.len()))
+                .collect(),
         }
     }
 
