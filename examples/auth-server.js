@@ -3,7 +3,7 @@
 // peer-buckets SessionStore, so a cookie set by any server of the network is recognised by every other.
 //
 // Configuration (environment):
-//   AUTH_ID        server and peer id (default auth-1)
+//   AUTH_ID        server and peer id (default: the host name, a container's or pod's own)
 //   AUTH_HTTP      HTTP 'host:port' (default 127.0.0.1:0, an ephemeral port)
 //   AUTH_PEER      peer-buckets 'host:port' (default 127.0.0.1:0)
 //   AUTH_SEEDS     comma-separated peer addresses, or host names resolving to them (a Compose
@@ -28,7 +28,7 @@ const express = require('express')
 const session = require('express-session')
 const { Peer, SessionStore } = require('..')
 
-const id = process.env.AUTH_ID || 'auth-1'
+const id = process.env.AUTH_ID || require('node:os').hostname()
 const [httpHost, httpPort] = splitAddress(process.env.AUTH_HTTP || '127.0.0.1:0')
 const seeds = (process.env.AUTH_SEEDS || '').split(',').filter(Boolean)
 const servers = (process.env.AUTH_SERVERS || '')
