@@ -338,6 +338,10 @@ impl Node {
     pub fn stats(&self) -> Stats {
         let local = &self.shared.local;
         let buckets = local.bucket_list();
+        let bucket_keys: Vec<(String, usize)> = buckets
+            .iter()
+            .map(|b| (b.name().to_string(), b.len()))
+            .collect();
         let c = &local.counters;
         let links = self
             .shared
@@ -373,7 +377,7 @@ impl Node {
         Stats {
             id: local.id.to_string(),
             buckets: buckets.len(),
-            keys: buckets.iter().map(|b| b.len()).sum(),
+            keys: bucket_keys.iter().map(|(_, n)| n).sum(),
             peers: self.shared.members.connected_count(),
             cluster_size: self
                 .shared
@@ -406,10 +410,7 @@ impl Node {
                 .sum(),
             ack_timeouts: local.acks.timeouts(),
             ack_latency: local.acks.latency(),
-            bucket_keys: buckets
-                .iter()
-                .map(|b| (b.name().to_string(), b.len()))
-                .collect(),
+            bucket_keys,
         }
     }
 
