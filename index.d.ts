@@ -58,8 +58,19 @@ export interface PeerOptions {
   id?: string
   /** 'host:port' or a port number to listen on; default '127.0.0.1:0' (an ephemeral port). */
   listen?: string | number
-  /** Seed addresses; the rest of the network is learned from them. */
+  /**
+   * Seeds: 'ip:port' addresses, ports, or 'host:port' names; the rest of the network is learned from
+   * them. A name may resolve to several addresses (a Compose service with replicas, a Kubernetes
+   * headless Service): each is dialed, and the name is resolved again every `resolveInterval`.
+   */
   peers?: Array<string | number>
+  /** How often (ms) host names among `peers` are resolved again; default 30000. */
+  resolveInterval?: number
+  /**
+   * Where this peer's log lines go instead of stderr: pino, winston and console fit. Lines at 'warn'
+   * by default (`PEER_BUCKETS_LOG` sets the level), rate-limited.
+   */
+  logger?: Logger
   /**
    * 'ip:port' the other peers are told to dial (it travels in hellos and member lists) instead of the
    * bound address: for a peer behind NAT, a port forward or a proxy. An IP address, not a name.
@@ -106,6 +117,14 @@ export interface PeerOptions {
    * process opens itself are not limited. A whole number from 1 to 2^32 - 1; default 10000.
    */
   maxBuckets?: number
+}
+
+/** A destination for log lines: one method per level, each called with the line. */
+export interface Logger {
+  error(message: string): unknown
+  warn(message: string): unknown
+  info(message: string): unknown
+  debug(message: string): unknown
 }
 
 export interface BucketOptions {
@@ -271,6 +290,18 @@ export interface PeerStats {
   warnings: Record<WarningCode, number>
   /** Per linked peer. */
   replication: LinkStats[]
+  /** Writes made on this peer since it started (sets, deletes and touches). */
+  localWrites: number
+  /** Writes whose ack level was not met within their timeout (EACKTIMEOUT). */
+  ackTimeouts: number
+  /**
+   * Per ack level, how long writes waited for it, as a histogram: `counts[i]` writes waited at most
+   * `leMs[i]` ms; `count` and `sumMs` over all. Writes with nothing to wait for (ack 'local' without a
+   * strict dataDir) are not counted.
+   */
+  ackLatency: Record<'local' | 'one' | 'majority' | 'all', { leMs: number[]; counts: number[]; count: number; sumMs: number }>
+  /** Live keys per bucket name. */
+  bucketKeys: Record<string, number>
 }
 
 /** An error from peer-buckets that carries a code (ECLOSED, EADDRINUSE, EACKTIMEOUT, EDISK, ENOTCONN, EFETCH, ...). */

@@ -63,17 +63,22 @@ function parseExposition(text) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)( -?\d+)?$/.exec(line)
     if (!m) throw new Error(`${where}: not a sample line`)
     const [, name, labelText, valueText] = m
-    const family = families.get(name)
-    if (!family || current !== name) throw new Error(`${where}: sample of ${name} outside its family`)
+    // A histogram's series are named for its family with _bucket, _sum or _count.
+    const histogram = /^(.*)_(bucket|sum|count)$/.exec(name)
+    const base = families.has(name) || !histogram ? name : histogram[1]
+    const family = families.get(base)
+    if (!family || current !== base) throw new Error(`${where}: sample of ${name} outside its family`)
+    if (base !== name && family.type !== 'histogram') throw new Error(`${where}: ${name} in a family of type ${family.type}`)
     if (family.type === undefined) throw new Error(`${where}: sample before its TYPE`)
     const labels = parseLabels(labelText || '', where)
     const value = valueText === '+Inf' ? Infinity : valueText === '-Inf' ? -Infinity : valueText === 'NaN' ? NaN : Number(valueText)
     if (Number.isNaN(value) && valueText !== 'NaN') throw new Error(`${where}: bad value`)
     if (family.type === 'counter' && !(value >= 0)) throw new Error(`${where}: negative counter`)
+    if (base !== name && histogram[2] === 'bucket' && labels.le === undefined) throw new Error(`${where}: a bucket without le`)
     const series = name + JSON.stringify(Object.entries(labels).sort())
     if (seen.has(series)) throw new Error(`${where}: duplicate series`)
     seen.add(series)
-    family.samples.push({ labels, value })
+    family.samples.push({ labels, value, series: name })
   })
   for (const [name, family] of families) {
     if (family.type === undefined) throw new Error(`family ${name} has no TYPE`)
@@ -95,11 +100,15 @@ function parseLabels(text, where) {
   return labels
 }
 
-/** The value of one series (a family name and, optionally, labels to match); undefined when absent. */
+/**
+ * The value of one series (a family name and, optionally, labels to match; a histogram's series by
+ * their own name: `x_bucket`, `x_sum`, `x_count`); undefined when absent.
+ */
 function value(families, name, labels = {}) {
-  const family = families.get(name)
+  const histogram = /^(.*)_(bucket|sum|count)$/.exec(name)
+  const family = families.get(name) || (histogram && families.get(histogram[1]))
   if (!family) return undefined
-  const sample = family.samples.find((s) => Object.entries(labels).every(([k, v]) => s.labels[k] === v))
+  const sample = family.samples.find((s) => s.series === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))
   return sample && sample.value
 }
 
@@ -131,6 +140,11 @@ const EXPECTED = {
   peer_buckets_replication_lag_seconds: 'gauge',
   peer_buckets_link_sent_bytes_total: 'counter',
   peer_buckets_link_received_bytes_total: 'counter',
+  peer_buckets_local_writes_total: 'counter',
+  peer_buckets_ack_timeouts_total: 'counter',
+  peer_buckets_ack_latency_seconds: 'histogram',
+  peer_buckets_bucket_keys: 'gauge',
+  peer_buckets_warnings_total: 'counter',
 }
 
 test('a lone peer: valid exposition text with every expected family, HELP and TYPE', async () => {
@@ -266,4 +280,40 @@ test('metrics() after close fails with ECLOSED', async () => {
   const peer = await createPeer()
   await peer.close()
   expect(() => peer.metrics()).toThrow(expect.objectContaining({ code: 'ECLOSED' }))
+})
+
+test('local writes, ack latency by level, ack timeouts and keys per bucket', async () => {
+  const [a, b] = await createCluster(2, 'h')
+  const sessions = a.bucket('sessions')
+  const carts = a.bucket('carts')
+  for (let i = 0; i < 5; i++) await sessions.set(`s${i}`, i, { ack: 'one' })
+  for (let i = 0; i < 3; i++) await carts.set(`c${i}`, i, { ack: 'majority' })
+  await sessions.delete('s0')
+  await sessions.touch('s1', 60_000)
+  let m = scrape(a)
+  expect(value(m, 'peer_buckets_local_writes_total')).toBe(10)
+  expect(value(scrape(b), 'peer_buckets_local_writes_total')).toBe(0)
+  expect(value(m, 'peer_buckets_bucket_keys', { bucket: 'sessions' })).toBe(4)
+  expect(value(m, 'peer_buckets_bucket_keys', { bucket: 'carts' })).toBe(3)
+  // Histogram by level: every write that waited counted once, buckets cumulative up to +Inf.
+  expect(value(m, 'peer_buckets_ack_latency_seconds_count', { level: 'one' })).toBe(5)
+  expect(value(m, 'peer_buckets_ack_latency_seconds_count', { level: 'majority' })).toBe(3)
+  expect(value(m, 'peer_buckets_ack_latency_seconds_count', { level: 'all' })).toBe(0)
+  expect(value(m, 'peer_buckets_ack_latency_seconds_bucket', { level: 'one', le: '+Inf' })).toBe(5)
+  expect(value(m, 'peer_buckets_ack_latency_seconds_sum', { level: 'one' })).toBeGreaterThan(0)
+  const buckets = families(m, 'peer_buckets_ack_latency_seconds').filter((s) => s.series.endsWith('_bucket') && s.labels.level === 'one')
+  const bounds = buckets.map((s) => Number(s.labels.le))
+  expect(bounds).toEqual([...bounds].sort((x, y) => x - y))
+  expect(bounds[0]).toBe(0.001)
+  for (let i = 1; i < buckets.length; i++) expect(buckets[i].value).toBeGreaterThanOrEqual(buckets[i - 1].value)
+  expect(value(m, 'peer_buckets_ack_timeouts_total')).toBe(0)
+
+  // b stops answering: a write waiting for it times out, and is counted.
+  await b.close()
+  await waitFor(() => a.stats().peers === 0, { message: 'a to see b gone' })
+  await expect(sessions.set('late', 1, { ack: 'one', timeout: 100 })).rejects.toMatchObject({ code: 'EACKTIMEOUT' })
+  m = scrape(a)
+  expect(value(m, 'peer_buckets_ack_timeouts_total')).toBe(1)
+  expect(value(m, 'peer_buckets_ack_latency_seconds_count', { level: 'one' })).toBe(5)
+  expect(value(m, 'peer_buckets_local_writes_total')).toBe(11)
 })

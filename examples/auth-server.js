@@ -3,10 +3,11 @@
 // peer-buckets SessionStore, so a cookie set by any server of the network is recognised by every other.
 //
 // Configuration (environment):
-//   AUTH_ID        server and peer id (default auth-1)
+//   AUTH_ID        server and peer id (default: the host name, a container's or pod's own)
 //   AUTH_HTTP      HTTP 'host:port' (default 127.0.0.1:0, an ephemeral port)
 //   AUTH_PEER      peer-buckets 'host:port' (default 127.0.0.1:0)
-//   AUTH_SEEDS     comma-separated peer addresses to join (default none: the first server)
+//   AUTH_SEEDS     comma-separated peer addresses, or host names resolving to them (a Compose
+//                  service, a Kubernetes headless Service), to join (default none: the first server)
 //   AUTH_SERVERS   comma-separated 'id=url' of all the servers, for the links on the home page
 //   PEER_SECRET    cluster secret (at least 16 bytes): peer links are authenticated and encrypted
 //
@@ -18,6 +19,10 @@
 //   POST /theme     { theme }: changes the session (a write that replicates)
 //   POST /logout    ends the session on every server
 //   GET  /metrics   peer.metrics(): Prometheus text
+//   GET  /slow?ms=N answers after N ms (at most 30000): a request in flight, to watch a graceful stop
+//
+// SIGTERM (or SIGINT) stops it gracefully: no new HTTP connections, requests in flight finish (up to
+// 10 s), the peer closes (leaving the network, its writes handed over), then exit 0.
 
 const http = require('node:http')
 const express = require('express')
@@ -25,7 +30,7 @@ const session = require('express-session')
 const { rateLimit } = require('express-rate-limit')
 const { Peer, SessionStore, RateLimitStore } = require('..')
 
-const id = process.env.AUTH_ID || 'auth-1'
+const id = process.env.AUTH_ID || require('node:os').hostname()
 const [httpHost, httpPort] = splitAddress(process.env.AUTH_HTTP || '127.0.0.1:0')
 const seeds = (process.env.AUTH_SEEDS || '').split(',').filter(Boolean)
 const servers = (process.env.AUTH_SERVERS || '')
@@ -133,6 +138,11 @@ async function main() {
     res.type('text/plain; version=0.0.4; charset=utf-8').send(peer.metrics())
   })
 
+  app.get('/slow', (req, res) => {
+    const ms = Math.min(Math.max(Number(req.query.ms) || 0, 0), 30_000)
+    setTimeout(() => res.json({ waited: ms, server: id }), ms)
+  })
+
   app.get('/', (req, res) => res.type('html').send(page(req, whoAmI(req))))
 
   const server = http.createServer(app)
@@ -142,11 +152,20 @@ async function main() {
   })
   const url = `http://${httpHost}:${server.address().port}`
 
-  const stop = async () => {
-    server.close()
-    server.closeAllConnections()
-    await peer.close()
-    process.exit(0)
+  // Graceful stop: refuse new connections, let requests in flight finish (idle keep-alive connections
+  // are closed now, busy ones once their response is sent), then close the peer and exit.
+  let stopping
+  const stop = () => {
+    stopping ??= (async () => {
+      const drained = new Promise((resolve) => server.close(resolve))
+      server.closeIdleConnections()
+      const late = setTimeout(() => server.closeAllConnections(), 10_000)
+      await drained
+      clearTimeout(late)
+      await peer.close({ timeout: 5_000 })
+      process.exit(0)
+    })()
+    return stopping
   }
   process.on('SIGTERM', stop)
   process.on('SIGINT', stop)

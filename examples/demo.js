@@ -291,27 +291,47 @@ function printServe() {
   console.log(dim(`   curl ${url('auth-1')}/metrics`))
 }
 
-function stopAll() {
+/** Stops every server as an orchestrator does: SIGTERM (a graceful stop), then SIGKILL past `grace` ms. */
+async function stopAll(grace = 12_000) {
+  await Promise.all(
+    [...servers.values()].map(({ child }) => {
+      if (child.exitCode !== null || child.signalCode !== null) return undefined
+      return new Promise((resolve) => {
+        const late = setTimeout(() => child.kill('SIGKILL'), grace)
+        child.once('exit', () => {
+          clearTimeout(late)
+          resolve()
+        })
+        child.kill('SIGTERM')
+      })
+    }),
+  )
+}
+
+function exitAfterStop(code) {
+  stopAll().then(() => process.exit(code))
+}
+
+// Last resort, if this process exits some other way: nothing can be awaited in 'exit'.
+process.on('exit', () => {
   for (const { child } of servers.values()) {
     try {
       child.kill('SIGKILL')
     } catch {}
   }
-}
-
-process.on('exit', stopAll)
-process.on('SIGINT', () => process.exit(0))
-process.on('SIGTERM', () => process.exit(0))
+})
+process.on('SIGINT', () => exitAfterStop(0))
+process.on('SIGTERM', () => exitAfterStop(0))
 
 main().then(
   () => {
     if (SERVE) return printServe()
-    process.exit(0)
+    exitAfterStop(0)
   },
   (err) => {
     console.log(`\n${red(bold(`✘ Step ${stepNo} did not hold:`))} ${err.message}`)
     if (!(err instanceof StepFailed)) console.log(err.stack)
     for (const [id, { stderr }] of servers) if (stderr.trim()) console.log(dim(`   ${id} stderr: ${stderr.trim().split('\n').slice(-5).join('\n   ')}`))
-    process.exit(1)
+    exitAfterStop(1)
   },
 )

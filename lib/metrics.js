@@ -10,7 +10,7 @@
 const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 const PREFIX = 'peer_buckets_'
 
-const { FIGURES, LINK_FIGURES, OTHER_FIELDS } = require('./stats.js')
+const { FIGURES, LINK_FIGURES, LABELLED_FIGURES, ACK_LATENCY, OTHER_FIELDS } = require('./stats.js')
 
 const KNOWN = new Set([...OTHER_FIELDS, ...FIGURES.map((f) => f.field)])
 
@@ -49,10 +49,11 @@ function snake(name) {
  */
 function formatMetrics(stats, members, version) {
   const out = []
+  // samples: [labels, value] or, for a histogram's series, [labels, value, suffix].
   const family = (name, type, help, samples) => {
     out.push(`# HELP ${PREFIX}${name} ${escapeHelp(help)}`)
     out.push(`# TYPE ${PREFIX}${name} ${type}`)
-    for (const [labelPairs, value] of samples) out.push(`${PREFIX}${name}${labels(labelPairs)} ${number(value)}`)
+    for (const [labelPairs, value, suffix = ''] of samples) out.push(`${PREFIX}${name}${suffix}${labels(labelPairs)} ${number(value)}`)
   }
 
   family('info', 'gauge', 'Always 1; its labels name this peer and the peer-buckets version.', [[{ id: stats.id, version }, 1]])
@@ -65,13 +66,18 @@ function formatMetrics(stats, members, version) {
     }
   }
 
-  const warnings = stats.warnings && typeof stats.warnings === 'object' ? stats.warnings : {}
-  family(
-    'warnings_total',
-    'counter',
-    "Warnings emitted (the 'warning' event), by code, rate-limited ones included.",
-    Object.entries(warnings).map(([code, n]) => [{ code }, n]),
-  )
+  for (const { field, metric, type, help, label } of LABELLED_FIGURES) {
+    const byLabel = stats[field] && typeof stats[field] === 'object' ? stats[field] : {}
+    family(metric, type, help, Object.entries(byLabel).map(([name, n]) => [{ [label]: name }, n]))
+  }
+  const latency = stats[ACK_LATENCY.field] && typeof stats[ACK_LATENCY.field] === 'object' ? stats[ACK_LATENCY.field] : {}
+  const histogram = []
+  for (const [level, h] of Object.entries(latency)) {
+    const at = { [ACK_LATENCY.label]: level }
+    h.leMs.forEach((le, i) => histogram.push([{ ...at, le: number(le / 1000) }, h.counts[i], '_bucket']))
+    histogram.push([{ ...at, le: '+Inf' }, h.count, '_bucket'], [at, h.sumMs / 1000, '_sum'], [at, h.count, '_count'])
+  }
+  family(ACK_LATENCY.metric, 'histogram', ACK_LATENCY.help, histogram)
   family(
     'members',
     'gauge',

@@ -27,6 +27,7 @@ const {
   checkSecrets,
   checkDuration,
   checkMaxBuckets,
+  checkLogger,
 } = require('./validation.js')
 const { version: VERSION } = require('../package.json')
 
@@ -66,6 +67,7 @@ class Peer extends EventEmitter {
   #closing
   #settleClose
   #waiting = new Map()
+  #logger
 
   constructor(options = {}) {
     super()
@@ -95,6 +97,8 @@ class Peer extends EventEmitter {
     const memberTimeoutMs = checkDuration('memberTimeout', options.memberTimeout, undefined)
     const rememberCollectedMs = checkDuration('rememberCollected', options.rememberCollected, undefined)
     const maxBuckets = checkMaxBuckets(options.maxBuckets)
+    const resolveIntervalMs = checkDuration('resolveInterval', options.resolveInterval, undefined)
+    this.#logger = checkLogger(options.logger)
     const secrets = checkSecrets(options.secret)
     if (options.insecure !== undefined && typeof options.insecure !== 'boolean') {
       throw new TypeError('Peer: options.insecure must be a boolean')
@@ -128,7 +132,7 @@ class Peer extends EventEmitter {
     this.#keepAlive = setInterval(noop, HOLD_MS)
     try {
       this.#handle = native.peerOpen(
-        { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, insecure, dataDir, durability },
+        { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, insecure, dataDir, durability, logger: this.#logger !== undefined, resolveIntervalMs },
         (batch) => this.#onNative(batch),
       )
     } catch (err) {
@@ -205,6 +209,15 @@ class Peer extends EventEmitter {
           this.emit('warning', warning)
           break
         }
+        case 'log':
+          try {
+            this.#logger[e.level](e.message)
+          } catch (err) {
+            process.nextTick(() => {
+              throw err
+            })
+          }
+          break
         case 'ack':
           this.#settle(e.ticket, null)
           break

@@ -12,6 +12,8 @@ const FIGURES = [
   ['peers', 'peers_connected', 'gauge', 'Peers linked to this one now.'],
   ['clusterSize', 'cluster_size', 'gauge', "The cluster size ack 'majority' and 'all' count, this peer included."],
   ['opsApplied', 'ops_applied_total', 'counter', 'Writes from other peers applied here.'],
+  ['localWrites', 'local_writes_total', 'counter', 'Writes made on this peer since it started (sets, deletes and touches).'],
+  ['ackTimeouts', 'ack_timeouts_total', 'counter', 'Writes whose ack level was not met within their timeout (EACKTIMEOUT).'],
   ['bytesSent', 'sent_bytes_total', 'counter', 'Bytes sent to other peers.'],
   ['bytesReceived', 'received_bytes_total', 'counter', 'Bytes received from other peers.'],
   ['clockSkewRefused', 'clock_skew_refused_total', 'counter', 'Links refused because the other clock was too far off.'],
@@ -37,9 +39,24 @@ const LINK_FIGURES = [
   ['bytesReceived', 'link_received_bytes_total', 'counter', 'Bytes received from the linked peer over its current link.', 1],
 ].map(([field, metric, type, help, scale]) => Object.freeze({ field, metric, type, help, scale }))
 
-// The fields of stats() that are not figures of FIGURES: its id, the warnings by code and the links.
-const OTHER_FIELDS = ['id', 'warnings', 'replication']
+// Families of stats() fields keyed by a label: [stats() field, metric name, type, help, label].
+const LABELLED_FIGURES = [
+  ['bucketKeys', 'bucket_keys', 'gauge', 'Live keys per bucket.', 'bucket'],
+  ['warnings', 'warnings_total', 'counter', "Warnings emitted (the 'warning' event), by code, rate-limited ones included.", 'code'],
+].map(([field, metric, type, help, label]) => Object.freeze({ field, metric, type, help, label }))
+
+// stats().ackLatency: per ack level, a histogram of how long writes waited for it (in ms; the metric in
+// seconds). Writes with ack 'local' and nothing to wait for (no strict dataDir) are not counted.
+const ACK_LATENCY = Object.freeze({
+  field: 'ackLatency',
+  metric: 'ack_latency_seconds',
+  help: 'How long writes waited for their ack level, by level (writes with nothing to wait for not counted).',
+  label: 'level',
+})
+
+// The fields of stats() that are not figures of FIGURES: its id, the links and the families above.
+const OTHER_FIELDS = ['id', 'replication', ...LABELLED_FIGURES.map((f) => f.field), ACK_LATENCY.field]
 // The fields of a link in stats().replication that are not figures: who it links to.
 const OTHER_LINK_FIELDS = ['id', 'address']
 
-module.exports = { FIGURES, LINK_FIGURES, OTHER_FIELDS, OTHER_LINK_FIELDS }
+module.exports = { FIGURES, LINK_FIGURES, LABELLED_FIGURES, ACK_LATENCY, OTHER_FIELDS, OTHER_LINK_FIELDS }

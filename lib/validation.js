@@ -164,6 +164,21 @@ function checkDuration(name, value, fallback) {
   return value
 }
 
+/** The methods options.logger must have (pino, winston and console all do): one per level of a line. */
+const LOGGER_METHODS = ['error', 'warn', 'info', 'debug']
+
+// options.logger: an object with a function for each of LOGGER_METHODS; undefined: stderr.
+function checkLogger(value) {
+  if (value === undefined) return undefined
+  if (value === null || typeof value !== 'object') {
+    throw new TypeError('Peer: options.logger must be an object with error, warn, info and debug methods')
+  }
+  for (const m of LOGGER_METHODS) {
+    if (typeof value[m] !== 'function') throw new TypeError(`Peer: options.logger.${m} must be a function`)
+  }
+  return value
+}
+
 module.exports = {
   MAX_KEY_BYTES,
   MAX_VALUE_BYTES,
@@ -179,4 +194,5 @@ module.exports = {
   checkSecrets,
   checkDuration,
   checkMaxBuckets,
+  checkLogger,
 }

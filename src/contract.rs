@@ -91,6 +91,8 @@ pub enum PeerEvent {
         unacknowledged: Vec<Unacknowledged>,
         flushed: bool,
     },
+    /// A log line of the engine, for the peer's `logger` (`level`: its method, 'warn', 'info', ...).
+    Log { level: String, message: String },
 }
 
 /// A peer that had not acknowledged every write of this one when it closed.

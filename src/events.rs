@@ -106,6 +106,8 @@ pub enum EngineEvent {
         unacknowledged: Vec<(String, u64)>,
         flushed: bool,
     },
+    /// A log line for the peer's JavaScript logger (`logging.rs`).
+    Log(tracing::Level, String),
 }
 
 impl From<EngineEvent> for PeerEvent {
@@ -163,6 +165,10 @@ impl From<EngineEvent> for PeerEvent {
                     .collect(),
                 flushed,
             },
+            EngineEvent::Log(level, message) => PeerEvent::Log {
+                level: crate::logging::method(level).to_string(),
+                message,
+            },
         }
     }
 }
@@ -179,6 +185,11 @@ pub struct PeerEvents {
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PeerEvents {
+    /// Where the peer's log lines go when it has a JavaScript logger.
+    pub fn sender(&self) -> mpsc::UnboundedSender<EngineEvent> {
+        self.tx.clone()
+    }
+
     /// Starts the pump that hands peer events, ack outcomes, fetch results, warnings and the open and
     /// close outcomes to `callback` as arrays of `contract::PeerEvent`. It starts before the node
     /// exists, so the open's outcome is the first event; `attach` adds the node's own.

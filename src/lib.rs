@@ -13,6 +13,7 @@ pub mod counter;
 mod events;
 mod handles;
 pub mod hot;
+mod logging;
 pub mod paging;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use peer_buckets_engine::Durability;
 use peer_buckets_engine::Error as EngineError;
 use peer_buckets_engine::Lifetime;
 use peer_buckets_engine::Registered;
+use peer_buckets_engine::LATENCY_BOUNDS_MS;
 use peer_buckets_engine::{Config, LinkStats as EngineLinkStats, Node, Stats};
 
 use contract::{closed, internal, AckLevel, Code, PeerEvent, Result};
@@ -47,6 +49,18 @@ pub struct LinkStats {
     pub lag_ms: f64,
     pub bytes_sent: f64,
     pub bytes_received: f64,
+}
+
+/// How long writes waited for one ack level: a histogram as Prometheus counts it.
+#[napi(object)]
+pub struct AckLatency {
+    /// Upper bounds of the buckets, in ms (`LATENCY_BOUNDS_MS`).
+    pub le_ms: Vec<f64>,
+    /// Writes that waited at most each bound (cumulative, as `le_ms`).
+    pub counts: Vec<f64>,
+    /// Writes counted, slower than the last bound included.
+    pub count: f64,
+    pub sum_ms: f64,
 }
 
 /// What `stats()` returns; `lib/stats.js` declares each figure's meaning and metric.
@@ -77,18 +91,12 @@ pub struct PeerStats {
     /// Warnings emitted so far, by code ('EAUTH', ...), every code present.
     pub warnings: std::collections::BTreeMap<String, f64>,
     pub replication: Vec<LinkStats>,
-}
-
-fn init_logging() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Ok(filter) = std::env::var("PEER_BUCKETS_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_writer(std::io::stderr)
-                .try_init();
-        }
-    });
+    pub local_writes: f64,
+    pub ack_timeouts: f64,
+    /// Per ack level ('local', 'one', 'majority', 'all'), writes that waited for it.
+    pub ack_latency: std::collections::BTreeMap<String, AckLatency>,
+    /// Live keys per bucket name.
+    pub bucket_keys: std::collections::BTreeMap<String, u32>,
 }
 
 /// Options of `peerOpen`, checked by index.js.
@@ -115,6 +123,10 @@ pub struct OpenOptions {
     pub data_dir: Option<String>,
     /// With `data_dir`: "strict" (the default) or "relaxed".
     pub durability: Option<String>,
+    /// Log lines go to the JavaScript `logger` (as `log` events) instead of stderr.
+    pub logger: Option<bool>,
+    /// How often seed host names are resolved again.
+    pub resolve_interval_ms: Option<f64>,
 }
 
 /// Environment variable that shifts the engine's physical clock by this many milliseconds (may be
@@ -156,6 +168,9 @@ fn config_of(options: OpenOptions) -> Config {
         id: options.id.filter(|id| !id.is_empty()),
         listen: options.listen,
         seeds: options.seeds,
+        resolve_every: options
+            .resolve_interval_ms
+            .map_or(defaults.resolve_every, ms),
         advertise: options.advertise,
         clock,
         max_clock_skew: ms(options.max_clock_skew_ms),
@@ -200,16 +215,22 @@ fn config_of(options: OpenOptions) -> Config {
 /// `open-failed` (code and message), after which JavaScript calls `peerRelease`.
 #[napi(catch_unwind)]
 pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -> Result<u32> {
-    init_logging();
+    logging::init();
+    let sink = logging::Sink::new(options.logger.unwrap_or(false));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("peer-buckets")
+        .on_thread_start({
+            let sink = sink.clone();
+            move || sink.enter()
+        })
         .enable_all()
         .build()
         .map_err(|e| Error::new(Code::Internal, format!("cannot start the runtime: {e}")))?;
     let config = config_of(options);
     let on = runtime.handle().clone();
     let events = events::PeerEvents::start(&on, callback).map_err(internal)?;
+    sink.connect(events.sender());
     let handle = handles::add_peer(PeerEntry {
         node: None,
         runtime,
@@ -221,6 +242,7 @@ pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -
             Ok(node) => {
                 let node = Arc::new(node);
                 let (id, address) = (node.id().to_string(), node.address().to_string());
+                sink.set_id(&id);
                 if handles::set_node(handle, node.clone()) {
                     events.send(EngineEvent::Opened { id, address });
                     events.attach(&node);
@@ -293,6 +315,10 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
         handshakes_evicted,
         warnings,
         links,
+        local_writes,
+        ack_timeouts,
+        ack_latency,
+        bucket_keys,
     } = node.stats();
     Ok(PeerStats {
         id,
@@ -339,6 +365,32 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
                     bytes_received: bytes_received as f64,
                 },
             )
+            .collect(),
+        local_writes: local_writes as f64,
+        ack_timeouts: ack_timeouts as f64,
+        ack_latency: ack_latency
+            .into_iter()
+            .map(|l| {
+                let counts: Vec<f64> = l
+                    .counts
+                    .iter()
+                    .scan(0u64, |total, n| {
+                        *total += n;
+                        Some(*total as f64)
+                    })
+                    .collect();
+                let latency = AckLatency {
+                    le_ms: LATENCY_BOUNDS_MS.iter().map(|&b| b as f64).collect(),
+                    counts: counts[..LATENCY_BOUNDS_MS.len()].to_vec(),
+                    count: counts.last().copied().unwrap_or(0.0),
+                    sum_ms: l.sum_us as f64 / 1_000.0,
+                };
+                (l.level.as_str().to_string(), latency)
+            })
+            .collect(),
+        bucket_keys: bucket_keys
+            .into_iter()
+            .map(|(name, n)| (name, n as u32))
             .collect(),
     })
 }

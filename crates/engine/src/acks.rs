@@ -11,7 +11,9 @@
 //! write registered after its ack already arrived is met at once.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::hash::{HashMap, HashSet};
 use parking_lot::Mutex;
@@ -28,6 +30,48 @@ pub enum AckLevel {
     /// Applied by every peer connected when the write was made (a peer that goes down stops counting),
     /// and by at least as many as `Majority` needs.
     All,
+}
+
+impl AckLevel {
+    /// Every level, in the order `AckTracker::latency` reports them.
+    pub const ALL: [AckLevel; 4] = [
+        AckLevel::Local,
+        AckLevel::One,
+        AckLevel::Majority,
+        AckLevel::All,
+    ];
+
+    /// The name JavaScript gives the level (`options.ack`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckLevel::Local => "local",
+            AckLevel::One => "one",
+            AckLevel::Majority => "majority",
+            AckLevel::All => "all",
+        }
+    }
+}
+
+/// Upper bounds (ms) of the buckets of the acknowledgement latency histogram; one more bucket counts
+/// the writes slower than the last.
+pub const LATENCY_BOUNDS_MS: [u64; 13] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000,
+];
+
+/// How long writes that waited for a level took to meet it, for one level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencyStats {
+    pub level: AckLevel,
+    /// Writes per bucket of `LATENCY_BOUNDS_MS` (not cumulative), and past the last bound.
+    pub counts: Vec<u64>,
+    /// Their waits added up, in microseconds.
+    pub sum_us: u64,
+}
+
+#[derive(Default)]
+struct Latency {
+    counts: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
+    sum_us: AtomicU64,
 }
 
 /// How a waiting write ended.
@@ -73,6 +117,8 @@ struct Waiter {
     deadline_ms: u64,
     /// In strict durability: the flush generation that must be on disk first.
     flush: Option<u64>,
+    level: AckLevel,
+    registered: Instant,
 }
 
 impl Waiter {
@@ -108,6 +154,10 @@ struct Inner {
 
 pub struct AckTracker {
     inner: Mutex<Inner>,
+    /// Per level (`AckLevel::ALL` order): how long writes that met it waited.
+    latency: [Latency; AckLevel::ALL.len()],
+    /// Writes whose time was up before their level was met.
+    timeouts: AtomicU64,
     outcomes: Mutex<Option<mpsc::UnboundedSender<AckOutcome>>>,
     /// Generation of the next flush to disk; a write journaled now is on disk once it is flushed.
     flush_generation: std::sync::atomic::AtomicU64,
@@ -118,6 +168,8 @@ impl Default for AckTracker {
     fn default() -> Self {
         AckTracker {
             inner: Mutex::default(),
+            latency: Default::default(),
+            timeouts: AtomicU64::new(0),
             outcomes: Mutex::default(),
             flush_generation: std::sync::atomic::AtomicU64::new(1),
             flushed: std::sync::atomic::AtomicU64::new(0),
@@ -135,6 +187,52 @@ impl AckTracker {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.outcomes.lock() = Some(tx);
         rx
+    }
+
+    /// Ends waiter `w` (ticket `ticket`) with `end`, counting how long it waited or that it timed out.
+    fn finish(&self, w: Waiter, ticket: u64, end: AckEnd) -> AckOutcome {
+        match end {
+            AckEnd::Met => self.record(w.level, w.registered),
+            AckEnd::TimedOut => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            AckEnd::DiskFailed => {}
+        }
+        w.outcome(ticket, end)
+    }
+
+    fn record(&self, level: AckLevel, since: Instant) {
+        let waited = since.elapsed();
+        // Prometheus buckets count what is at most their bound (`le`).
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|&b| waited <= std::time::Duration::from_millis(b))
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        let l = &self.latency[level as usize];
+        l.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        l.sum_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How long writes that waited for each level took to meet it (writes with `ack: 'local'` and
+    /// nothing to wait for are not counted).
+    pub fn latency(&self) -> Vec<LatencyStats> {
+        AckLevel::ALL
+            .iter()
+            .map(|&level| {
+                let l = &self.latency[level as usize];
+                LatencyStats {
+                    level,
+                    counts: l.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+                    sum_us: l.sum_us.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Writes whose time was up before their ack level was met.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
     }
 
     fn deliver(&self, outcomes: Vec<AckOutcome>) {
@@ -180,7 +278,7 @@ impl AckTracker {
             for t in met {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(w.outcome(t, AckEnd::Met));
+                done.push(self.finish(w, t, AckEnd::Met));
             }
         }
         self.deliver(done);
@@ -201,7 +299,7 @@ impl AckTracker {
             for t in failed {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(w.outcome(t, AckEnd::DiskFailed));
+                done.push(self.finish(w, t, AckEnd::DiskFailed));
             }
         }
         self.deliver(done);
@@ -256,6 +354,8 @@ impl AckTracker {
             acked: Vec::new(),
             deadline_ms,
             flush,
+            level,
+            registered: Instant::now(),
         };
         let already: Vec<Arc<str>> = inner
             .acked_upto
@@ -267,6 +367,7 @@ impl AckTracker {
             waiter.add(node);
         }
         if waiter.met() {
+            self.record(level, waiter.registered);
             return Registered::Met(waiter.acked.iter().map(|a| a.to_string()).collect());
         }
         inner.next += 1;
@@ -313,7 +414,7 @@ impl AckTracker {
                     w.add(node);
                     if w.met() {
                         let w = waiters.remove(t).expect("present");
-                        done.push(w.outcome(*t, AckEnd::Met));
+                        done.push(self.finish(w, *t, AckEnd::Met));
                         false
                     } else {
                         true
@@ -343,7 +444,7 @@ impl AckTracker {
             for t in met {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(w.outcome(t, AckEnd::Met));
+                done.push(self.finish(w, t, AckEnd::Met));
             }
         }
         self.deliver(done);
@@ -363,7 +464,7 @@ impl AckTracker {
             for t in late {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(w.outcome(t, AckEnd::TimedOut));
+                done.push(self.finish(w, t, AckEnd::TimedOut));
             }
         }
         self.deliver(done);
@@ -393,6 +494,31 @@ mod tests {
 
     fn arc(s: &str) -> Arc<str> {
         s.into()
+    }
+
+    #[test]
+    fn waits_are_counted_by_level_in_their_latency_bucket_and_timeouts_apart() {
+        let t = AckTracker::new();
+        let _rx = t.subscribe();
+        let b = arc("s");
+        t.register(&b, 1, AckLevel::One, 1_000, vec![arc("x")], 2, None);
+        t.register(&b, 2, AckLevel::Majority, 1_000, vec![arc("x")], 2, None);
+        t.register(&b, 3, AckLevel::All, 1_000, vec![arc("x")], 2, None);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        t.on_ack(&b, &arc("x"), 2);
+        t.expire(1_000);
+        let latency = t.latency();
+        let levels: Vec<&str> = latency.iter().map(|l| l.level.as_str()).collect();
+        assert_eq!(levels, ["local", "one", "majority", "all"]);
+        let counted: Vec<u64> = latency.iter().map(|l| l.counts.iter().sum()).collect();
+        assert_eq!(counted, [0, 1, 1, 0], "the 'all' write timed out");
+        // 30 ms and more, and well under a second: in the buckets from 50 ms to 1 s.
+        let one = &latency[1];
+        let from = LATENCY_BOUNDS_MS.iter().position(|&b| b == 50).unwrap();
+        let to = LATENCY_BOUNDS_MS.iter().position(|&b| b == 1_000).unwrap();
+        assert_eq!(one.counts[from..=to].iter().sum::<u64>(), 1, "{one:?}");
+        assert!(one.sum_us >= 30_000, "{one:?}");
+        assert_eq!(t.timeouts(), 1);
     }
 
     #[test]

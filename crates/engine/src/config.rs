@@ -15,8 +15,15 @@ pub struct Config {
     pub id: Option<String>,
     /// `host:port` to listen on (port 0 for an ephemeral one).
     pub listen: String,
-    /// Addresses to dial first; the rest of the network is learned from them.
+    /// Addresses to dial first, or host names each resolving to some (`resolve`); the rest of the
+    /// network is learned from them.
     pub seeds: Vec<String>,
+    /// How seed names are resolved: the system resolver, or one a test injects.
+    pub resolver: Arc<dyn crate::resolve::Resolver>,
+    /// How often seed names are resolved again.
+    pub resolve_every: Duration,
+    /// A seed without a link (or a seed name without an answer) this long is reported (`EUNREACHABLE`).
+    pub unreachable_after: Duration,
     /// `ip:port` other peers are told to dial (in hellos, hence in every member list) instead of the
     /// bound address: for a peer behind NAT or a port forward, or a proxy in front of it (the chaos
     /// harness routes every link through its fault-injecting proxies this way). `None`: the bound one.
@@ -80,6 +87,9 @@ impl Default for Config {
             id: None,
             listen: "127.0.0.1:0".into(),
             seeds: Vec::new(),
+            resolver: Arc::new(crate::resolve::SystemResolver),
+            resolve_every: Duration::from_secs(30),
+            unreachable_after: Duration::from_secs(60),
             advertise: None,
             clock: Arc::new(Clock::default()),
             heartbeat: Duration::from_millis(500),

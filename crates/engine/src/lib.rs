@@ -56,6 +56,7 @@ mod membership;
 mod node;
 mod ranges;
 mod replica;
+mod resolve;
 mod secure;
 mod seq_index;
 mod shared;
@@ -75,7 +76,7 @@ pub mod wire;
 // `counter` (a counter's registers and the hidden bucket that carries them).
 
 // A node, as the N-API binding starts and drives it.
-pub use acks::{AckEnd, AckLevel, AckOutcome, Registered};
+pub use acks::{AckEnd, AckLevel, AckOutcome, Registered, LATENCY_BOUNDS_MS};
 pub use bucket::Bucket;
 pub use clock::{Clock, Hlc, ManualClock, PhysicalClock};
 pub use config::Config;
@@ -84,7 +85,9 @@ pub use error::{Error, LinkError};
 pub use membership::{PeerEvent, PeerEventKind, PeerInfo};
 pub use node::{LinkStats, Node, Stats};
 pub use replica::{Origin, ReplicaId, ReplicaTable};
+pub use resolve::{Resolver, SystemResolver};
 pub use store::{Change, Lifetime, Write};
+pub use transport::BoxFuture;
 pub use warning::{Warning, WarningCode};
 
 // The protocol's parts without I/O and the seams under a node, as the tests drive them.

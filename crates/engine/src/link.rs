@@ -113,6 +113,14 @@ impl Dialing for Shared {
         self.shutdown.clone()
     }
 
+    fn unreachable_after(&self) -> Duration {
+        self.config.unreachable_after
+    }
+
+    fn warn(&self, warning: Warning) {
+        self.warnings.emit(warning)
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         Shared::spawn(self, task)
     }

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::error::LinkError;
 use crate::hash::{HashMap, HashSet};
 use crate::replica::ReplicaId;
+use crate::warning::{Warning, WarningCode};
 use crate::wire::{MemberInfo, Message};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +78,10 @@ struct Member {
 struct Table {
     /// This node's id.
     me: Arc<str>,
-    /// Configured seed addresses, as given.
+    /// Configured seeds, as given: addresses, or names (`resolve`).
     seeds: Vec<String>,
+    /// What each seed name resolved to last (names that never resolved are absent).
+    resolved: HashMap<String, Vec<String>>,
     members: HashMap<Arc<str>, Member>,
     /// Members forgotten for being unreachable, when, and their address; they count for the ack levels
     /// a while more.
@@ -349,7 +352,12 @@ impl Members {
             member.map(|(id, _)| id).or(departed.map(|(id, _)| id))
         };
         let mut unmet: HashSet<&str> = HashSet::default();
-        for seed in &t.seeds {
+        // A name stands for the addresses it last resolved to; one that never resolved, for itself.
+        let seeds = t.seeds.iter().flat_map(|seed| match t.resolved.get(seed) {
+            Some(addresses) => addresses.iter().map(String::as_str).collect(),
+            None => vec![seed.as_str()],
+        });
+        for seed in seeds {
             match t.node_at.get(seed).or_else(|| listed_at(seed)) {
                 Some(node) if *node == t.me => {}
                 Some(node) => {
@@ -472,6 +480,23 @@ impl Members {
         }
     }
 
+    /// Records what seed `name` resolved to now (addresses no longer in it stop being seeds).
+    pub fn set_resolved(&self, name: &str, addresses: Vec<String>) {
+        self.table
+            .lock()
+            .resolved
+            .insert(name.to_string(), addresses);
+    }
+
+    /// Whether `address` is what a seed name resolved to last.
+    fn is_resolved_seed(&self, address: &str) -> bool {
+        self.table
+            .lock()
+            .resolved
+            .values()
+            .any(|addresses| addresses.iter().any(|a| a == address))
+    }
+
     fn start_dialing(&self, address: &str) -> bool {
         let mut t = self.table.lock();
         !t.closed && t.dialing.insert(address.to_string())
@@ -494,6 +519,10 @@ pub trait Dialing: Send + Sync + 'static {
     fn rng(&self) -> &Mutex<StdRng>;
     /// Turns true when the node shuts down.
     fn shutdown(&self) -> watch::Receiver<bool>;
+    /// How long a seed may stay without a link before it is reported (`EUNREACHABLE`).
+    fn unreachable_after(&self) -> Duration;
+    /// Reports `warning` (the node's warning sink).
+    fn warn(&self, warning: Warning);
     /// Runs `task` until it ends or the node does.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static);
     /// Dials `address` and runs the link until it closes: `Ok` if a link was established.
@@ -510,11 +539,12 @@ pub const UNANSWERED_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const UNANSWERED_KEPT: usize = 4096;
 
 /// Starts (once per address) a task that keeps a link to `address` up until the node shuts down.
-/// A seed is dialed even before anyone vouches for it, with backoff capped at `backoff_max`; a
-/// learned member's dialer stops when no member is listed at its address any more (it left, or was
-/// forgotten past the member timeout), and an address where no node ever answered is dialed with
-/// backoff growing to `UNANSWERED_BACKOFF_MAX`.
-pub fn dial<N: Dialing>(node: &Arc<N>, address: String, seed: bool) {
+/// A seed (`configured_seed`, or an address a seed name resolves to now) is dialed even before anyone
+/// vouches for it, with backoff capped at `backoff_max`, and reported (`EUNREACHABLE`) once it has not
+/// linked for `Dialing::unreachable_after`; a learned member's dialer stops when no member is listed
+/// at its address any more (it left, or was forgotten past the member timeout), and an address where
+/// no node ever answered is dialed with backoff growing to `UNANSWERED_BACKOFF_MAX`.
+pub fn dial<N: Dialing>(node: &Arc<N>, address: String, configured_seed: bool) {
     if !node.members().start_dialing(&address) {
         return;
     }
@@ -523,7 +553,11 @@ pub fn dial<N: Dialing>(node: &Arc<N>, address: String, seed: bool) {
         let mut shutdown = s.shutdown();
         let (backoff_min, backoff_max) = s.backoff();
         let mut delay = backoff_min;
-        if !seed {
+        let is_seed = || configured_seed || s.members().is_resolved_seed(&address);
+        // Since when this address has been without a link, while a seed; whether that was reported.
+        let mut unlinked_since: Option<Instant> = None;
+        let mut reported = false;
+        if !is_seed() {
             if let Some(left_off) = s.members().unanswered_delay(&address) {
                 // Learned again after it was forgotten: the backoff goes on where it stopped.
                 delay = left_off;
@@ -538,6 +572,7 @@ pub fn dial<N: Dialing>(node: &Arc<N>, address: String, seed: bool) {
             if *shutdown.borrow() {
                 break;
             }
+            let seed = is_seed();
             let known_node = s.members().node_at(&address);
             let listed = match &known_node {
                 Some(node) => s.members().is_member(node),
@@ -549,15 +584,28 @@ pub fn dial<N: Dialing>(node: &Arc<N>, address: String, seed: bool) {
             let linked = known_node
                 .as_deref()
                 .is_some_and(|n| s.members().is_linked(n));
+            if linked || !seed {
+                unlinked_since = None;
+                reported = false;
+            }
             if !linked {
+                let started = *unlinked_since.get_or_insert_with(Instant::now);
                 match N::dial_once(&s, &address).await {
-                    Ok(()) => delay = backoff_min,
+                    Ok(()) => {
+                        delay = backoff_min;
+                        unlinked_since = None;
+                        reported = false;
+                    }
                     Err(LinkError::SelfDial) => {
                         s.members().mark_self(&address);
                         break;
                     }
                     Err(e) => {
                         tracing::debug!(%address, error = %e, "dial failed");
+                        if seed && !reported && started.elapsed() >= s.unreachable_after() {
+                            reported = true;
+                            s.warn(unreachable(&address, started.elapsed(), &e));
+                        }
                         let answered = seed || s.members().node_at(&address).is_some();
                         let cap = if answered {
                             backoff_max
@@ -583,6 +631,18 @@ pub fn dial<N: Dialing>(node: &Arc<N>, address: String, seed: bool) {
         }
         s.members().stop_dialing(&address);
     });
+}
+
+/// The warning (`EUNREACHABLE`) for a seed that has not linked for `since`, with the last dial's error.
+fn unreachable(address: &str, since: Duration, last: &LinkError) -> Warning {
+    Warning::new(
+        WarningCode::Unreachable,
+        format!(
+            "the seed {address} has not answered for {} s (last attempt: {last}); it is still dialed",
+            since.as_secs()
+        ),
+    )
+    .address(address)
 }
 
 /// How often an address where a member list put this node's id is probed at most.

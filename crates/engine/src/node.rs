@@ -67,6 +67,14 @@ pub struct Stats {
     /// Warnings emitted so far, by code (every code, zeros included).
     pub warnings: Vec<(WarningCode, u64)>,
     pub links: Vec<LinkStats>,
+    /// Writes made here by this incarnation (sets, deletes and touches): its own seqs.
+    pub local_writes: u64,
+    /// Writes whose ack level was not met within their timeout.
+    pub ack_timeouts: u64,
+    /// How long writes waited for their ack level, per level (`AckTracker::latency`).
+    pub ack_latency: Vec<crate::acks::LatencyStats>,
+    /// Live keys per bucket, by name.
+    pub bucket_keys: Vec<(String, usize)>,
 }
 
 /// Per linked peer.
@@ -196,7 +204,11 @@ impl Node {
         shared.spawn(link::accept_loop(shared.clone(), listener));
         shared.spawn(periodic(shared.clone()));
         for seed in shared.config.seeds.clone() {
-            crate::membership::dial(&shared, seed, true);
+            if crate::resolve::is_literal(&seed) {
+                crate::membership::dial(&shared, seed, true);
+            } else {
+                crate::resolve::watch(&shared, seed);
+            }
         }
         Ok(Node {
             shared,
@@ -327,6 +339,12 @@ impl Node {
     pub fn stats(&self) -> Stats {
         let local = &self.shared.local;
         let buckets = local.bucket_list();
+        // Users' buckets only: a counter's hidden bucket holds registers, not keys of its own.
+        let bucket_keys: Vec<(String, usize)> = buckets
+            .iter()
+            .filter(|b| !b.name().starts_with(crate::counter::BUCKET_PREFIX))
+            .map(|b| (b.name().to_string(), b.len()))
+            .collect();
         let c = &local.counters;
         let links = self
             .shared
@@ -362,11 +380,7 @@ impl Node {
         Stats {
             id: local.id.to_string(),
             buckets: buckets.len(),
-            keys: buckets
-                .iter()
-                .filter(|b| !b.name().starts_with(crate::counter::BUCKET_PREFIX))
-                .map(|b| b.len())
-                .sum(),
+            keys: bucket_keys.iter().map(|(_, n)| n).sum(),
             peers: self.shared.members.connected_count(),
             cluster_size: self
                 .shared
@@ -393,6 +407,13 @@ impl Node {
             handshakes_evicted: self.shared.guard.evicted(),
             warnings: self.shared.warnings.counts(),
             links,
+            local_writes: buckets
+                .iter()
+                .map(|b| b.store().context_of(&local.me).max())
+                .sum(),
+            ack_timeouts: local.acks.timeouts(),
+            ack_latency: local.acks.latency(),
+            bucket_keys,
         }
     }
 
