@@ -1344,11 +1344,9 @@ fn drive(world: &mut World) -> Result<(), String> {
         .map(|h| h.name.clone())
         .collect();
     if !down.is_empty() {
-        world.history.violation(
-            at,
-            "down",
-            format!("{down:?} not running after the heal"),
-        );
+        world
+            .history
+            .violation(at, "down", format!("{down:?} not running after the heal"));
     }
     let views = match views {
         Some(v) => v,
