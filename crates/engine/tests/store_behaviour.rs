@@ -445,7 +445,7 @@ fn a_resync_that_drops_the_touch_that_expired_a_value_never_shows_the_value_agai
     assert_eq!(rs[1].announced, ["k"]);
     assert_eq!(rs[1].expiries_heard, 1);
     // The resync: c's touch is covered at the peer and no longer stored there.
-    let c_origin = rs[1].local.replicas.intern(rs[2].local.me.id());
+    let c_origin = rs[1].local.replicas().intern(rs[2].local.me().id());
     rs[1]
         .bucket
         .drop_dots(&c_origin, &SeqRanges::from_ranges([(touch.seq, touch.seq)]));
