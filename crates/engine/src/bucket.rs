@@ -247,6 +247,8 @@ impl Bucket {
     /// Drops this replica's registers of `origin` with seqs in `dots`, known superseded elsewhere (a
     /// full resync); a key that stops showing a value is reported (see `Store::drop_dots`).
     pub fn drop_dots(&self, origin: &Origin, dots: &SeqRanges) -> usize {
+        // Judged at now, as a merge is: a key whose expiry is due is heard expired first.
+        self.expire(self.now_ms());
         let listening = self.has_subscriber.load(Ordering::Acquire);
         self.store.drop_dots(origin, dots, &mut |shown| {
             if listening {

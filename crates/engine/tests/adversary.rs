@@ -411,6 +411,46 @@ fn a_resync_that_drops_a_live_register_reports_the_change() {
     );
 }
 
+/// A full resync brings, with each register the peer reports superseded, the key's current
+/// registers: here a newer value and the touch that expired it there. They land in one step, touch
+/// first, as a chunk's do: the newer value is never shown live for a moment before its touch.
+#[test]
+fn a_resync_never_announces_live_a_superseding_value_its_touch_expired() {
+    let (a, b, x) = (0, 1, 2);
+    let mut w = World::new(&["a", "b", "x"]);
+    for (i, j) in [(a, b), (a, x), (b, x)] {
+        w.link(i, j);
+    }
+    w.bucket(a).write("k", Some(json("v")), Lifetime::Forever);
+    w.bucket(a).write("j", Some(json("j")), Lifetime::Forever);
+    w.pump();
+    let mut rx = w.bucket(x).subscribe();
+    // x goes away and is forgotten; a deletes j, and a and b collect the tombstone.
+    w.isolate(x);
+    w.bucket(a).write("j", None, Lifetime::Forever);
+    w.pump();
+    assert!(w.collect_among(&[a, b]) > 0, "j's tombstone was collected");
+    // a sets k again and shortens its life with a touch; it expires before x is back.
+    w.bucket(a).write("k", Some(json("w")), Lifetime::Forever);
+    w.bucket(a).touch("k".into(), 100).expect("k is live");
+    w.pump();
+    assert_eq!(shows(&w.bucket(a), "k"), None, "k expired at a");
+    // x comes back, misses the collection, and asks a which of its registers a knows superseded.
+    w.link(x, a);
+    w.link(x, b);
+    w.pump();
+    assert_eq!(shows(&w.bucket(x), "k"), None, "x holds k expired");
+    let heard: Vec<String> = drain(&mut rx)
+        .into_iter()
+        .filter(|c| c.starts_with("k "))
+        .collect();
+    assert_eq!(
+        heard,
+        vec!["k expired".to_string()],
+        "x's listener saw v expire, never w live"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 3. Clock.
 

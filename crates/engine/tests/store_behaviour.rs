@@ -417,6 +417,58 @@ fn a_value_from_a_sender_without_its_touch_is_shown_until_the_touch_arrives() {
     assert_eq!(rs[1].dump(), rs[2].dump(), "the replicas converged");
 }
 
+/// A full resync drops the registers its peer covers and no longer stores. A touch register can go
+/// that way with nothing superseding it sent: the peer compacted its marker once every member it
+/// knew held the newer write, this replica being forgotten meanwhile. Whatever superseded the touch
+/// is at least as new as it, so it beats the value under the touch too: a value the touch had
+/// expired is never shown again (it was heard expired; a listener would hear it neither come back
+/// nor expire twice) until that newer write arrives, and then it is heard live once and expires once.
+#[test]
+fn a_resync_that_drops_the_touch_that_expired_a_value_never_shows_the_value_again() {
+    let a = Replica::new("a", 0);
+    let b = Replica::new("b", 0);
+    let c = Replica::new("c", 0);
+    a.set("k", "v", Lifetime::Forever);
+    let mut rs = [a, b, c];
+    ship_all(&rs, 0, 1);
+    ship_all(&rs, 0, 2);
+    rs[2].time.advance(1);
+    let touch = rs[2]
+        .bucket
+        .touch("k".into(), 100)
+        .expect("the key is live");
+    ship_all(&rs, 2, 1);
+    for r in &mut rs {
+        r.time.advance(600);
+    }
+    rs[1].check("after the touch expired k");
+    assert_eq!(rs[1].announced, ["k"]);
+    assert_eq!(rs[1].expiries_heard, 1);
+    // The resync: c's touch is covered at the peer and no longer stored there.
+    let c_origin = rs[1].local.replicas().intern(rs[2].local.me().id());
+    rs[1]
+        .bucket
+        .drop_dots(&c_origin, &SeqRanges::from_ranges([(touch.seq, touch.seq)]));
+    rs[1].check("after the resync dropped the touch");
+    assert!(!rs[1].bucket.contains("k"), "k stays expired");
+    // What superseded it: a newer touch, made at a, for 10 s.
+    rs[0]
+        .bucket
+        .touch("k".into(), 10_000)
+        .expect("k is live at a, which never had c's touch");
+    ship_all(&rs, 0, 1);
+    rs[1].check("after the newer touch arrived");
+    assert_eq!(rs[1].announced, ["k", "k"], "live again, heard once");
+    for r in &mut rs {
+        r.time.advance(10_001);
+    }
+    rs[1].check("after the newer touch expired");
+    assert_eq!(rs[1].expiries_heard, 2, "each life of k expired once");
+    ship_all(&rs, 1, 0);
+    ship_all(&rs, 2, 0);
+    assert_eq!(rs[0].dump(), rs[1].dump(), "the replicas converged");
+}
+
 /// One randomized run: 2 or 3 replicas (clocks up to 300 ms apart) set, touch and delete a handful of
 /// keys with short times to live, mostly in the same milliseconds (equal timestamps across origins),
 /// and ship chunks of each other's writes that arrive late, reordered and duplicated, while time

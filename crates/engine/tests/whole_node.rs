@@ -69,6 +69,28 @@ fn dead_registers_held_up_by_a_departed_id_are_collected_once_it_is_forgotten() 
     );
 }
 
+/// `disk` seed 20639: n3's disk fails (EIO, then ENOSPC) from the first millisecond, before its
+/// store opened. Its start fails, as a real process's would: the node is restarted on the same
+/// directory under the same id until it opens, and then checked like every other replica (the run
+/// used to end there, counted as a failure of the simulation itself).
+#[test]
+fn a_node_whose_data_directory_fails_to_open_is_restarted_on_it_and_checked() {
+    let p = Profile::named("disk").expect("a profile");
+    let report = run(&p, 20639, true);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    let failed = report
+        .trace
+        .iter()
+        .position(|l| l.contains("n3#0 failed to start"))
+        .expect("n3's first start failed");
+    assert!(
+        report.trace[failed..]
+            .iter()
+            .any(|l| l.contains("n3#") && l.contains("restored")),
+        "n3 came back from its directory"
+    );
+}
+
 /// One seed's trace, from a fresh process (runs in one process share tokio's process-wide task ids,
 /// which order some events; a replay is always a fresh `npm run sim` process).
 fn trace_of(seed: u64, profile: &str) -> Vec<String> {

@@ -232,6 +232,9 @@ struct Host {
     ip: IpAddr,
     plan: Rc<RefCell<Plan>>,
     slot: Rc<RefCell<Option<Running>>>,
+    /// Why the last start failed (the node could not open its data directory), until the world has
+    /// read it: the process exited, and is restarted later, as an operator's supervisor would.
+    failed: Rc<RefCell<Option<String>>>,
     /// Software running (not crashed).
     up: bool,
     /// Restart at this time (a crashed host).
@@ -384,19 +387,27 @@ impl<'a> World<'a> {
             durability,
         }));
         let slot: Rc<RefCell<Option<Running>>> = Rc::new(RefCell::new(None));
-        let (p, s, time, buckets) = (
+        let failed: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+        let (p, s, f, time, buckets) = (
             plan.clone(),
             slot.clone(),
+            failed.clone(),
             self.time.clone(),
             self.buckets.clone(),
         );
         self.sim.host(name.as_str(), move || {
             let plan = p.borrow().clone();
-            let slot = s.clone();
+            let (slot, failed) = (s.clone(), f.clone());
             let config = config(&plan, ip, &time);
             let buckets = buckets.clone();
             async move {
-                let node = Node::start(config).await?;
+                let node = match Node::start(config).await {
+                    Ok(node) => node,
+                    Err(e) => {
+                        *failed.borrow_mut() = Some(e.to_string());
+                        return Ok(());
+                    }
+                };
                 // Read with the listeners subscribed, before anything else runs.
                 let mut restored = Restored::default();
                 let changes = buckets
@@ -439,6 +450,7 @@ impl<'a> World<'a> {
             ip,
             plan,
             slot,
+            failed,
             up: true,
             restart_at: None,
             retire_at: None,
@@ -462,8 +474,33 @@ impl<'a> World<'a> {
             EPOCH_MS + self.sim.elapsed().as_millis() as u64,
             Ordering::SeqCst,
         );
+        for h in 0..self.hosts.len() {
+            let failed = self.hosts[h].failed.borrow_mut().take();
+            if let Some(error) = failed {
+                self.failed_start(h, error);
+            }
+        }
         self.drain();
         Ok(())
+    }
+
+    /// A node that could not open its data directory (the disk failed under it) exited, as a real
+    /// process does; its supervisor starts it again, on the same directory under the same id, a
+    /// little later. It never ran, so nothing of it is lost but what its last run would lose.
+    fn failed_start(&mut self, h: usize, error: String) {
+        let now = self.now();
+        let back = now + self.rng.range(100, 1_000);
+        let host = &mut self.hosts[h];
+        host.up = false;
+        host.restart_at = Some(back);
+        // Back from the same directory: what the last run settled must be on it (checked then).
+        let crashed_at = host.crashed.map_or(now, |(at, _, _)| at);
+        host.crashed = Some((crashed_at, false, true));
+        let line = format!(
+            "{}#{} failed to start ({error}); restarted at {back}",
+            host.name, host.generation
+        );
+        self.note(line);
     }
 
     /// Takes every change event and ack outcome the last step produced, and checks the events.
@@ -1279,6 +1316,8 @@ fn drive(world: &mut World) -> Result<(), String> {
     let mut observed = false;
     let mut deadline = healed_at + QUIET_MAX_MS;
     while world.now() < deadline {
+        // A node whose start failed during the chaos comes back at once.
+        world.maintain(true);
         world.step()?;
         let quiet = world.now() - healed_at;
         if quiet >= QUIET_MIN_MS && quiet.is_multiple_of(250) {
@@ -1295,6 +1334,20 @@ fn drive(world: &mut World) -> Result<(), String> {
         }
     }
     let settled = views.is_some();
+    // Every node takes part in the final checks: one that is still not running (its data directory
+    // no longer opens) is a failure, never a replica left out.
+    let at = world.now();
+    let down: Vec<String> = world
+        .hosts
+        .iter()
+        .filter(|h| !h.retired && h.slot.borrow().is_none())
+        .map(|h| h.name.clone())
+        .collect();
+    if !down.is_empty() {
+        world
+            .history
+            .violation(at, "down", format!("{down:?} not running after the heal"));
+    }
     let views = match views {
         Some(v) => v,
         None => {

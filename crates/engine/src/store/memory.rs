@@ -804,12 +804,24 @@ impl Store for MemoryStore {
                 .collect(),
             None => return 0,
         };
+        let mut dropped = 0;
         for (seq, key) in &found {
             let Some(e) = state.entries.get(key) else {
                 continue;
             };
             let was_live = State::is_live(e, swept);
             let value_dot = e.seq == *seq && e.origin == *origin;
+            // A touch that expired its value stays: what superseded it elsewhere is at least as new
+            // as it, so it beats the value too, and the value must not show again before it arrives
+            // (it beats this touch then) or the dead key is collected.
+            let revives = !value_dot
+                && !was_live
+                && e.value.is_some()
+                && (e.expires_ms == 0 || e.expires_ms > swept);
+            if revives {
+                continue;
+            }
+            dropped += 1;
             // Whether the key keeps a register: the other one than the dropped one.
             let left = if value_dot {
                 e.touch.is_some()
@@ -865,6 +877,6 @@ impl Store for MemoryStore {
                 state.schedule_due(key, due);
             }
         }
-        found.len()
+        dropped
     }
 }

@@ -254,9 +254,11 @@ pub trait Store: Send + Sync + 'static {
     fn marker_count(&self) -> usize;
     /// The seqs of `origin` stored now (one per register), within `within`.
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
-    /// Drops the registers of `origin` whose seq is in `dots` (known superseded elsewhere).
-    /// `on_change` hears of every key that stops showing a value: whatever superseded it may never
-    /// come (a delete whose tombstone was collected).
+    /// Drops the registers of `origin` whose seq is in `dots` (known superseded elsewhere), except
+    /// a touch register that expired its key's value: whatever superseded it is newer than the
+    /// value too, so dropping it never shows the value again. `on_change` hears of every key that
+    /// stops showing a value: whatever superseded it may never come (a delete whose tombstone was
+    /// collected). Returns how many were dropped.
     fn drop_dots(
         &self,
         origin: &Origin,

@@ -483,12 +483,14 @@ impl Session {
                 }
                 let b = local.bucket(&bucket);
                 // What superseded the registers about to be dropped lands first: none is dropped
-                // before this replica holds something at least as new for its key.
-                for (rid, w) in superseders {
-                    let so = local.replicas.intern(&rid);
-                    let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
-                    local.merge(&b, &so, vec![w], &dot)?;
-                }
+                // before this replica holds something at least as new for its key. In one step, as
+                // a chunk's (each covering its own dot), touches first: a value a touch expired
+                // there is never shown live here for a moment.
+                let superseders = superseders
+                    .into_iter()
+                    .map(|(rid, w)| (local.replicas.intern(&rid), w))
+                    .collect();
+                local.merge_chunk(&b, &o, Vec::new(), &SeqRanges::new(), &[], superseders)?;
                 b.drop_dots(&o, &covered.difference(&held));
                 if last {
                     if let Some(s) = self.buckets.get_mut(&bucket) {
