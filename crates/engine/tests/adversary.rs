@@ -339,7 +339,6 @@ fn a_missed_collection_is_detected_through_a_peer_that_joined_after_it() {
 /// meanwhile was dropped, though it counts as delivered. Once taken in again, those writes are
 /// pulled even while it keeps writing (its stream never stalls).
 #[test]
-#[ignore = "open: pushes dropped while refused count as delivered at the sender; once taken in again, the planner pulls a pushed origin's gap only when its held count stops growing, never while it keeps writing"]
 fn writes_pushed_while_refused_for_a_missed_collection_are_pulled_while_their_origin_keeps_writing()
 {
     let (a, b, x) = (0, 1, 2);
