@@ -19,6 +19,7 @@ use peer_buckets_engine::value;
 use peer_buckets_engine::wire::Message;
 use peer_buckets_engine::Collector;
 use peer_buckets_engine::ManualClock;
+use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{key_fingerprint, Change, Lifetime, Write};
 use peer_buckets_engine::{Inbound, Local, PullPlanner, Session};
 use peer_buckets_engine::{Origin, ReplicaId};
@@ -672,6 +673,29 @@ impl Sim {
         }
     }
 
+    /// With `SIM_WHY` set, every write of `key` ever made, one a line, with whether `ctx` covers it
+    /// and whether a frame ever carried it to another replica: why a failing key's covered writes
+    /// are what they are.
+    fn history(&self, name: &str, key: &str, ctx: &BTreeMap<ReplicaId, SeqRanges>) -> String {
+        if std::env::var("SIM_WHY").is_err() {
+            return String::new();
+        }
+        self.registry
+            .iter()
+            .filter(|((b, _, _), w)| *b == name && &*w.key == key)
+            .map(|((_, o, seq), w)| {
+                format!(
+                    "\n  {o}:{seq} @{:x} live {} touch {} covered {} left {}",
+                    w.hlc,
+                    w.live,
+                    w.touch,
+                    ctx.get(o).is_some_and(|r| r.contains(*seq)),
+                    self.left.contains(&(Arc::from(name), o.clone(), *seq))
+                )
+            })
+            .collect()
+    }
+
     /// Invariant P at replica i: for every key, the registers stored are the last-writer-wins
     /// maximum of the covered writes (the value register among value writes, the touch register
     /// among the covered touches that beat it), or nothing when that maximum is dead (a tombstone, or
@@ -740,12 +764,14 @@ impl Sim {
                         || (expiry != 0 && expiry <= local.clock().wall_ms() + MAX_SKEW_MS);
                     if !dead {
                         return Err(format!(
-                            "n{i} {name}/{key}: nothing stored, but its covered writes make it live: {value:?} {touch:?}"
+                            "n{i} {name}/{key}: nothing stored, but its covered writes make it live: {value:?} {touch:?}{}",
+                            self.history(name, &key, &ctx)
                         ));
                     }
                 } else if stored_value != dot(value) || stored_touch != dot(touch) {
                     return Err(format!(
-                        "n{i} {name}/{key}: stores value {stored_value:?} touch {stored_touch:?}, its covered writes say {value:?} {touch:?}"
+                        "n{i} {name}/{key}: stores value {stored_value:?} touch {stored_touch:?}, its covered writes say {value:?} {touch:?}, collected {:?}",
+                        remembered.get(&key_fingerprint(&key))
                     ));
                 }
             }

@@ -131,6 +131,19 @@ impl CollectedKeys {
         }
     }
 
+    /// Whether `w` of `origin`, a tombstone or a touch, is dead under a collected register of its key
+    /// that beats it or is it: it can neither show nor expire anything (an older value comes back to
+    /// a stand-in, a newer one beats it too), so it is covered and not stored, as it was collected
+    /// with that register (storing it would leave a register older than a covered one).
+    pub(super) fn settles(&self, w: &Write, origin: &Origin) -> bool {
+        if !(w.touch || w.value.is_none()) || w.hlc > self.newest {
+            return false;
+        }
+        self.by_key
+            .get(&key_fingerprint(&w.key))
+            .is_some_and(|(register, _)| register.place() >= (w.hlc, false, Some(origin)))
+    }
+
     /// The time of a stand-in of `me` for a value write `w` of `origin` that is new here, given the
     /// key's current value register `(hlc, origin, is a tombstone)`: `Some` when a collected register
     /// of the key (or, without a record and without a live register, a forgotten one) beats `w` and

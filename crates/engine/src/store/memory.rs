@@ -296,6 +296,9 @@ impl Store for MemoryStore {
             }
             merged.fresh += 1;
             state.see(&o, w.seq);
+            if state.collected.settles(&w, &o) {
+                continue;
+            }
             if w.hlc <= state.collected.newest {
                 let current = state
                     .entries

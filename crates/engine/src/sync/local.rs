@@ -29,8 +29,9 @@ pub struct Local {
     pub(crate) acks: AckTracker,
     /// Remote clocks further ahead than this are refused.
     pub(crate) max_clock_skew_ms: u64,
-    /// (bucket, origin) of frames dropped for skew: their sender counts them as delivered and pushes
-    /// them no more, so the planner pulls these gaps without waiting for the origin's stream to stall.
+    /// (bucket, origin) of frames dropped for skew, or pushed by a peer while it was refused for a
+    /// missed collection: their sender counts them as delivered and pushes them no more, so the
+    /// planner pulls these gaps without waiting for the origin's stream to stall.
     pub(super) skew_gaps: Mutex<BTreeSet<GapKey>>,
     /// Tombstones younger than this are never collected.
     pub(crate) tombstone_min_age_ms: u64,

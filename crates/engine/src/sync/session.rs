@@ -193,6 +193,14 @@ impl Session {
         if state.refused {
             let mine: Context = bucket.store().context().into_iter().collect();
             state.refused = !covers(&[&state.reported], &vouched(bucket, &mine));
+            if !state.refused {
+                // What it pushed while refused was dropped here, yet counts as delivered there: it
+                // is pushed no more, and its stream never stalls while it keeps writing.
+                local
+                    .skew_gaps
+                    .lock()
+                    .insert((bucket.name().clone(), self.peer.clone()));
+            }
         }
         if state.resyncing || !local.is_stale(bucket.name()) {
             return;
