@@ -253,7 +253,7 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, dialed: Option<&str>, e
             WarningCode::Auth,
             format!(
                 "the peer at {address} was refused: {e}; it holds the cluster secret and may be \
-                 impersonating {id} (pin each id's key with peerKeys)"
+                 impersonating {id} (pinning each id to its key prevents it)"
             ),
         ),
         LinkError::Handshake(HandshakeError::TheyHaveASecret) => warn(
