@@ -9,7 +9,6 @@
 //! - `value`: how values are tagged (JSON text or raw bytes);
 //! - `wire`: the versioned message enum and its length-prefixed frames;
 //! - `secure`: the preamble, the Noise handshake bound to the cluster key, and encrypted records;
-//! - `keys`: which static key may speak for which peer id, and this node's own key;
 //! - `transport`: the seam under links: real TCP, or simulated TCP for the whole-node simulation;
 //! - `hash`: the engine's hash maps (a fixed seed under the simulation, for replays);
 //! - `connection`: frames over a stream;
@@ -52,7 +51,6 @@ mod disk;
 mod error;
 mod guard;
 mod hash;
-mod keys;
 mod link;
 mod membership;
 mod node;

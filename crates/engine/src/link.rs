@@ -23,9 +23,8 @@ use tokio::time::Instant;
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
 use crate::guard::{self, Slot, Unprotected};
-use crate::keys::{self, KeyAdmitted};
 use crate::membership::{Admission, Dialing, LinkRef, Members};
-use crate::secure::{HandshakeError, Proven};
+use crate::secure::HandshakeError;
 use crate::shared::{resolve, LinkSlot, Shared};
 use crate::sync::{Inbound, LinkSignal, Session, OWED_LIMIT, SEND_BUDGET};
 use crate::transport::{Listener, Stream};
@@ -178,9 +177,6 @@ async fn handshake(
         let Message::Hello(theirs) = first else {
             return Err(LinkError::Protocol("first message was not a hello".into()));
         };
-        if let Some(proven) = reader.proven() {
-            admit_key(shared, &theirs, proven)?;
-        }
         Ok(Opened {
             reader,
             writer,
@@ -201,33 +197,6 @@ async fn handshake(
             _ = slot.evicted() => Err(LinkError::Evicted),
             r = bounded => r,
         },
-    }
-}
-
-/// A keyed link speaks only as the id its proven static key may speak for (`keys`), so a member
-/// cannot say hello under another peer's id and take over its links. Its own id is left to the
-/// namesake rules of `run`: only a process holding this node's key proves it.
-fn admit_key(shared: &Shared, theirs: &Hello, proven: Proven) -> Result<(), LinkError> {
-    let id = &theirs.replica.node;
-    if **id == *shared.local.id {
-        return Ok(());
-    }
-    let linked = shared.members.is_linked(id);
-    match shared.keys.admit(id, proven, linked) {
-        Ok(KeyAdmitted::Replaced(old)) => {
-            tracing::info!(
-                peer = %id,
-                old = %keys::to_hex(&old),
-                new = %keys::to_hex(&proven.key),
-                "a peer whose key was drawn per process came back with a new one"
-            );
-            Ok(())
-        }
-        Ok(_) => Ok(()),
-        Err(why) => Err(LinkError::KeyRefused {
-            id: id.to_string(),
-            why,
-        }),
     }
 }
 
@@ -256,13 +225,6 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, dialed: Option<&str>, e
         LinkError::Handshake(HandshakeError::KeyRefused) => warn(
             WarningCode::Auth,
             format!("the peer at {address} refused this peer's secret: it holds another one"),
-        ),
-        LinkError::KeyRefused { id, .. } => warn(
-            WarningCode::Auth,
-            format!(
-                "the peer at {address} was refused: {e}; it holds the cluster secret and may be \
-                 impersonating {id} (pinning each id to its key prevents it)"
-            ),
         ),
         LinkError::Handshake(HandshakeError::TheyHaveASecret) => warn(
             WarningCode::Auth,

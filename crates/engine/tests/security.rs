@@ -1,6 +1,5 @@
 //! Real nodes on loopback: keyed links, peers with another secret or none, hostile bytes, silent
-//! connections and a flood of idle sockets, and ids bound to static keys (pinned, or learned and
-//! released by a restart).
+//! connections and a flood of idle sockets.
 
 use std::time::{Duration, Instant};
 
@@ -213,11 +212,11 @@ async fn a_mismatched_secret_is_a_warning_on_both_ends_naming_the_address() {
         seen_a.extend(drain_warnings(&mut on_a));
         seen_other.extend(drain_warnings(&mut on_other));
         seen_open.extend(drain_warnings(&mut on_open));
-        // Both kinds on `a`: the open peer redials, so two warnings may both be its own.
-        seen_a.iter().any(|w| w.message.contains("another secret"))
-            && seen_a
-                .iter()
-                .any(|w| w.message.contains("has no secret and this peer has one"))
+        seen_a
+            .iter()
+            .filter(|w| w.code == WarningCode::Auth)
+            .count()
+            >= 2
             && !seen_other.is_empty()
             && !seen_open.is_empty()
     })
@@ -270,94 +269,6 @@ async fn a_mismatched_secret_is_a_warning_on_both_ends_naming_the_address() {
     );
     assert!(connected(&a).is_empty());
     for n in [a, other, open] {
-        n.close(Duration::from_millis(200)).await;
-    }
-}
-
-/// An id pinned to a key (`peer_keys`) links only with that key: the peer `g` proving another is
-/// refused with an EAUTH warning naming it; pinned to the key `g` proves, it links.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_id_pinned_to_a_key_refuses_any_other_and_links_with_its_own() {
-    let g = start("g", &[], &[SECRET]).await;
-    let key = *g.public_key().expect("a keyed node has a static key");
-    let pinned = |to| Config {
-        peer_keys: vec![("g".into(), to)],
-        ..keyed("v", vec![g.address().to_string()], &[SECRET])
-    };
-    let v = Node::start(pinned([1; 32])).await.unwrap();
-    let mut on_v = v.warnings();
-    let mut seen = Vec::new();
-    eventually("v to refuse g's key", || {
-        seen.extend(drain_warnings(&mut on_v));
-        seen.iter()
-            .any(|w| w.code == WarningCode::Auth && w.message.contains("impersonating g"))
-    })
-    .await;
-    assert!(connected(&v).is_empty() && connected(&g).is_empty());
-    v.close(Duration::from_millis(200)).await;
-    let v = Node::start(pinned(key)).await.unwrap();
-    eventually("v to link with g", || connected(&v) == ["g"]).await;
-    replicates(&g, &v, "from-g").await;
-    for n in [v, g] {
-        n.close(Duration::from_millis(200)).await;
-    }
-}
-
-/// A data directory for one test, removed when it ends.
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("pb-security-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A peer restarted under its id links again: with a data directory it proves the same key; without
-/// one it proves a new key, which replaces the old once the id has been quiet for the handshake
-/// timeout (a forger could not have taken it while the peer was linked).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_peer_links_again_with_its_kept_key_or_a_new_one_once_quiet() {
-    let quick = |id: &str, seeds: Vec<String>| Config {
-        handshake_timeout: Duration::from_secs(1),
-        ..keyed(id, seeds, &[SECRET])
-    };
-    let v = Node::start(quick("v", vec![])).await.unwrap();
-    let seeds = vec![v.address().to_string()];
-    let dir = Dir::new("restart");
-    let kept = || Config {
-        data_dir: Some(dir.0.clone()),
-        ..quick("d", seeds.clone())
-    };
-    let d = Node::start(kept()).await.unwrap();
-    let p = start("p", &[&v], &[SECRET]).await;
-    eventually("v to link with d and p", || connected(&v) == ["d", "p"]).await;
-    let (d_key, p_key) = (*d.public_key().unwrap(), *p.public_key().unwrap());
-    for n in [d, p] {
-        n.close(Duration::from_millis(200)).await;
-    }
-    let d = Node::start(kept()).await.unwrap();
-    assert_eq!(
-        d.public_key(),
-        Some(&d_key),
-        "the data directory keeps the key"
-    );
-    let p = start("p", &[&v], &[SECRET]).await;
-    assert_ne!(
-        p.public_key(),
-        Some(&p_key),
-        "a process without one draws a key"
-    );
-    eventually("v to link with both again", || connected(&v) == ["d", "p"]).await;
-    replicates(&p, &v, "from-p").await;
-    for n in [v, d, p] {
         n.close(Duration::from_millis(200)).await;
     }
 }

@@ -403,12 +403,5 @@ pub fn drain_warnings(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Warning>) ->
 
 /// The first bytes a dialer sends: the magic, the preamble version, whether the link is keyed.
 pub fn preamble(keyed: bool) -> Vec<u8> {
-    vec![
-        b'P',
-        b'B',
-        b'K',
-        b'T',
-        peer_buckets_engine::LINK_VERSION,
-        keyed as u8,
-    ]
+    vec![b'P', b'B', b'K', b'T', 1, keyed as u8]
 }
