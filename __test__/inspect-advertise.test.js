@@ -75,7 +75,8 @@ describe('the advertise option', () => {
       const b = await createPeer({ id: 'adv-b', peers: [a.address] })
       await waitFor(() => b.peers().some((x) => x.id === 'adv-a' && x.state === 'connected'))
       expect(b.peers().find((x) => x.id === 'adv-a').address).toBe(`127.0.0.1:${port}`)
-      const c = await createPeer({ id: 'adv-c', peers: [b.address] })
+      // C advertises a closed port, so A cannot reach it first: the link must be C's dial.
+      const c = await createPeer({ id: 'adv-c', peers: [b.address], advertise: '127.0.0.1:1' })
       await waitFor(() => c.peers().some((x) => x.id === 'adv-a' && x.state === 'connected'), { timeout: 10000 })
       expect(relayed).toBeGreaterThan(0)
       await a.bucket('x').set('k', 1)
