@@ -12,6 +12,8 @@ const path = require('node:path')
 const net = require('node:net')
 const { spawn } = require('node:child_process')
 const { Peer, SessionStore } = require('..')
+const { allStopped } = require('./helpers/stopped')
+const { waitFor } = require('./helpers/wait')
 
 jest.setTimeout(60_000)
 
@@ -385,6 +387,8 @@ describe('close({ timeout })', () => {
       p.on('peer-up', () => console.log('up'));`, { SEED: p.address })
     await until(() => child.stdoutText().includes('up') && p.peers().some((x) => x.id === 'stopped' && x.state === 'connected'))
     child.kill('SIGSTOP')
+    // Its threads stop one by one: until all have, it may still acknowledge.
+    await waitFor(() => allStopped(child.pid), { timeout: 5000, message: 'the child to stop' })
     try {
       const b = p.bucket('x')
       for (let i = 0; i < 100; i++) b.set(`k${i}`, i)

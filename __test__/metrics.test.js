@@ -7,6 +7,7 @@ const request = require('supertest')
 const { createPeer, createCluster, closeAll } = require('./helpers/peers')
 const { spawnPeer, killAll } = require('./helpers/spawn-peer')
 const { waitFor, sleep } = require('./helpers/wait')
+const { allStopped } = require('./helpers/stopped')
 const { formatMetrics, CONTENT_TYPE } = require('../lib/metrics')
 
 jest.setTimeout(60_000)
@@ -202,25 +203,6 @@ test('the figures move with use: keys, buckets, bytes, ops applied, tombstones, 
   expect(value(ma, 'peer_buckets_peer_connected', { peer: 'm2' }) || 0).toBe(0)
   expect(value(ma, 'peer_buckets_replication_lag_ops', { peer: 'm2' })).toBeUndefined()
 })
-
-/** True once every thread of process `pid` is stopped (where /proc tells; elsewhere after a pause). */
-async function allStopped(pid) {
-  const fs = require('node:fs')
-  let tasks
-  try {
-    tasks = fs.readdirSync(`/proc/${pid}/task`)
-  } catch {
-    await sleep(200)
-    return true
-  }
-  return tasks.every((t) => {
-    try {
-      return /^[tT]$/.test(fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8').split(') ').pop()[0])
-    } catch {
-      return true
-    }
-  })
-}
 
 function families(parsed, name) {
   return parsed.get(name).samples
