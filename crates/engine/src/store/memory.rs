@@ -2,6 +2,10 @@
 //!
 //! Reads take the lock shared; every write, merge, sweep and collection takes it exclusively, which is
 //! what makes each `merge` atomic with respect to `chunk` and the contexts.
+//!
+//! The live-key count and the earliest pending expiry are also published in atomics as each exclusive
+//! section ends (still under the lock), so `live_len` and `next_expiry` never wait for a merge: each
+//! reads exactly what the last finished section left, never a count halfway through one.
 
 use super::{
     key_fingerprint, Changes, Chunk, ChunkLimits, Collected, CollectedRecord, Entry, Journal,
@@ -10,14 +14,63 @@ use super::{
 use crate::clock::{Clock, Hlc};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use std::cmp::Reverse;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The default backend: everything in memory behind one reader-writer lock.
-#[derive(Default)]
 pub struct MemoryStore {
     pub(super) state: RwLock<State>,
+    /// `State::live_entries` as the last exclusive section left it.
+    live: AtomicUsize,
+    /// The earliest pending expiry as the last exclusive section left it; `NO_EXPIRY` when none.
+    next_expiry: AtomicU64,
+}
+
+/// `next_expiry` with nothing pending (an expiry at `u64::MAX` is never due either).
+const NO_EXPIRY: u64 = u64::MAX;
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::from_state(State::default())
+    }
+}
+
+/// The exclusive lock on the state; publishes the figures read without the lock when it is released.
+struct Writing<'a> {
+    guard: RwLockWriteGuard<'a, State>,
+    live: &'a AtomicUsize,
+    next_expiry: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Writing<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Writing<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        // Stored before the lock is released, so the figures follow the sections' order.
+        publish(&self.guard, self.live, self.next_expiry);
+    }
+}
+
+fn publish(state: &State, live: &AtomicUsize, next_expiry: &AtomicU64) {
+    live.store(state.live_entries, Ordering::Release);
+    let at = state
+        .expiries
+        .peek()
+        .map_or(NO_EXPIRY, |Reverse((at, _))| *at);
+    next_expiry.store(at, Ordering::Release);
 }
 
 impl MemoryStore {
@@ -25,10 +78,30 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    fn from_state(state: State) -> Self {
+        let live = AtomicUsize::new(0);
+        let next_expiry = AtomicU64::new(NO_EXPIRY);
+        publish(&state, &live, &next_expiry);
+        MemoryStore {
+            state: RwLock::new(state),
+            live,
+            next_expiry,
+        }
+    }
+
+    /// Takes the lock exclusively. Every change to the state goes through here.
+    fn write(&self) -> Writing<'_> {
+        Writing {
+            guard: self.state.write(),
+            live: &self.live,
+            next_expiry: &self.next_expiry,
+        }
+    }
+
     /// A store that records what changes, for a durable backend to drain and persist.
     pub fn journaled() -> Self {
         let store = MemoryStore::default();
-        store.state.write().journal = Some(Journal::default());
+        store.write().journal = Some(Journal::default());
         store
     }
 
@@ -93,9 +166,7 @@ impl MemoryStore {
         if journaled {
             state.journal = Some(Journal::default());
         }
-        MemoryStore {
-            state: RwLock::new(state),
-        }
+        MemoryStore::from_state(state)
     }
 }
 
@@ -117,7 +188,7 @@ impl Store for MemoryStore {
     }
 
     fn live_len(&self) -> usize {
-        self.state.read().live_entries
+        self.live.load(Ordering::Acquire)
     }
 
     fn scan(&self, prefix: &str, now_ms: u64, f: &mut dyn FnMut(&str, &[u8])) {
@@ -207,7 +278,7 @@ impl Store for MemoryStore {
         lifetime: Lifetime,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Write {
-        let mut state = self.state.write();
+        let mut state = self.write();
         state.name_me(me);
         // An overwrite shares the stored key rather than allocating another.
         let hash = state.entries.hash(key);
@@ -238,7 +309,7 @@ impl Store for MemoryStore {
     }
 
     fn touch_local(&self, me: &Origin, clock: &Clock, key: Arc<str>, ttl_ms: u64) -> Option<Write> {
-        let mut state = self.state.write();
+        let mut state = self.write();
         state.name_me(me);
         let now = state.now(clock.now().physical_ms());
         state.entries.get(&key)?.live_value(now)?;
@@ -266,7 +337,7 @@ impl Store for MemoryStore {
         superseders: Vec<(Origin, Write)>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
-        let mut state = self.state.write();
+        let mut state = self.write();
         state.name_me(me);
         // Superseded dots new here: known before the writes and the coverage land.
         let known = state
@@ -344,7 +415,7 @@ impl Store for MemoryStore {
     }
 
     fn expire(&self, now_ms: u64, on_expired: &mut dyn FnMut(&Arc<str>)) {
-        let mut state = self.state.write();
+        let mut state = self.write();
         let now = state.now(now_ms);
         let before = state.swept_until;
         state.swept_until = now;
@@ -375,11 +446,10 @@ impl Store for MemoryStore {
     }
 
     fn next_expiry(&self) -> Option<u64> {
-        self.state
-            .read()
-            .expiries
-            .peek()
-            .map(|Reverse((at, _))| *at)
+        match self.next_expiry.load(Ordering::Acquire) {
+            NO_EXPIRY => None,
+            at => Some(at),
+        }
     }
 
     fn context(&self) -> Vec<(Origin, SeqRanges)> {
@@ -541,7 +611,7 @@ impl Store for MemoryStore {
         older_than_ms: u64,
         collectable: &mut dyn FnMut(&Origin, u64) -> bool,
     ) -> usize {
-        let mut state = self.state.write();
+        let mut state = self.write();
         let mut dropped = 0;
         let mut keep = Vec::new();
         let now = state.swept_until;
@@ -615,7 +685,7 @@ impl Store for MemoryStore {
     }
 
     fn forget_collected(&self, before_ms: u64) {
-        let mut state = self.state.write();
+        let mut state = self.write();
         let beyond = state.collected.beyond;
         let mut dropped = Vec::new();
         state.collected.forget(before_ms, &mut dropped);
@@ -657,7 +727,7 @@ impl Store for MemoryStore {
         records: Vec<(CollectedRecord, Option<Origin>)>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> usize {
-        let mut state = self.state.write();
+        let mut state = self.write();
         state.name_me(me);
         let mut raised = crate::hash::HashMap::default();
         for (r, origin) in records {
@@ -704,7 +774,7 @@ impl Store for MemoryStore {
     }
 
     fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize {
-        let mut state = self.state.write();
+        let mut state = self.write();
         let state = &mut *state;
         let entries = &state.entries;
         let mut removed = Vec::new();
@@ -739,7 +809,7 @@ impl Store for MemoryStore {
     }
 
     fn drain_changes(&self) -> Option<Changes> {
-        let mut state = self.state.write();
+        let mut state = self.write();
         let journal = std::mem::take(state.journal.as_mut()?);
         let entries = journal
             .keys
@@ -793,7 +863,7 @@ impl Store for MemoryStore {
         dots: &SeqRanges,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> usize {
-        let mut state = self.state.write();
+        let mut state = self.write();
         let swept = state.swept_until;
         let found: Vec<(u64, Arc<str>)> = match state.origins.get(origin) {
             Some(o) => dots

@@ -1192,3 +1192,80 @@ fn a_key_rewritten_from_ahead_of_a_scan_into_a_slot_behind_it_is_still_visited()
         "K was live throughout the scan, so it is visited"
     );
 }
+
+/// A read of the size (and of the next expiry, which a size read checks first) on the JS thread must
+/// not wait while a merge holds the store: a catch-up chunk can hold it for hundreds of milliseconds.
+#[test]
+fn the_size_is_read_without_waiting_for_the_store_lock() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let clock = Clock::new(Box::new(Arc::new(ManualClock::new(10_000))));
+    let s = Arc::new(MemoryStore::new());
+    let v = || Some(b"v".to_vec().into());
+    s.write_local(&a, &clock, "k", v(), Lifetime::Ttl(50), &mut |_| {});
+    let held = s.state.write();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = s.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send((reader.live_len(), reader.next_expiry()));
+    });
+    let read = rx.recv_timeout(std::time::Duration::from_secs(2));
+    drop(held);
+    assert_eq!(read, Ok((1, Some(10_050))));
+}
+
+/// The size read without the lock is the exact count the store keeps, whichever writes, overwrites,
+/// deletes and TTL expiries run beside it: under the shared lock (no section running) the two agree.
+#[test]
+fn concurrent_ttl_writers_leave_an_exact_size() {
+    use crate::clock::PhysicalClock;
+    let t = ReplicaTable::new();
+    let s = Arc::new(MemoryStore::new());
+    let source = Arc::new(ManualClock::new(10_000));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let (s, done) = (s.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut checks = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let state = s.state.read();
+                assert_eq!(s.live_len(), state.live_entries);
+                drop(state);
+                checks += 1;
+            }
+            checks
+        })
+    };
+    let writers: Vec<_> = (0..3)
+        .map(|n| {
+            let (s, source) = (s.clone(), source.clone());
+            let me = origin(&t, &format!("w{n}"));
+            std::thread::spawn(move || {
+                let clock = Clock::new(Box::new(source.clone()));
+                for i in 0..3_000u64 {
+                    let key = format!("k{}", i % 200);
+                    let value = (i % 7 != 3).then(|| b"v".to_vec().into());
+                    let lifetime = match i % 3 {
+                        0 => Lifetime::Forever,
+                        _ => Lifetime::Ttl(1 + i % 40),
+                    };
+                    s.write_local(&me, &clock, &key, value, lifetime, &mut |_| {});
+                    if i % 5 == 0 {
+                        source.advance(3);
+                        s.expire(source.now_ms(), &mut |_| {});
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(checker.join().unwrap() > 0);
+    let now = source.now_ms();
+    s.expire(now, &mut |_| {});
+    let mut live = 0;
+    s.scan("", now, &mut |_, _| live += 1);
+    assert_eq!(s.live_len(), live);
+}
