@@ -123,8 +123,9 @@ await peer.close()
   assert.match(rb.out, /saw a/)
 })
 
-check('SessionStore loads and stores a session (with express-session installed)', () => {
-  npm(['install', '--no-audit', '--no-fund', '--loglevel=error', 'express-session@1'])
+check('SessionStore loads and stores a session (with express-session and its types installed)', () => {
+  // As a user of the store installs them; the typings of SessionStore extend express-session's.
+  npm(['install', '--no-audit', '--no-fund', '--loglevel=error', 'express-session@1', '@types/express-session@1'])
   const r = node([
     '-e',
     `const { Peer, SessionStore } = require('peer-buckets')
