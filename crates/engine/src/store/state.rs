@@ -338,13 +338,7 @@ impl State {
         hlc: Hlc,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) {
-        let seq = self
-            .origins
-            .get(me)
-            .map_or(0, |o| o.context.max())
-            .checked_add(1)
-            .expect("sequence numbers exhausted");
-        self.see(me, seq);
+        let seq = self.next_own_seq(me);
         let mut tombstone = Write {
             key: w.key.clone(),
             hlc,
