@@ -2,7 +2,7 @@
 //! periodic tasks (pull planning, ack timeouts) and the clean shutdown of all of it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,30 @@ use crate::warning::{Warning, WarningCode, Warnings};
 use crate::wire::Message;
 
 use crate::config::Config;
+
+/// The last incarnation this process gave a node it started (seeded nodes, which must replay alike,
+/// take theirs from the seed alone).
+static LAST_INCARNATION: AtomicU64 = AtomicU64::new(0);
+
+/// `drawn`, or one past the last incarnation this process gave out, whichever is larger: two nodes
+/// started in one millisecond by one process still sort in the order they started, so a restart
+/// in-process (or a second process's id, in a test) is never taken for the older run by the random
+/// half of the number.
+fn later_than_any_before(drawn: u64) -> u64 {
+    let mut last = LAST_INCARNATION.load(Ordering::Relaxed);
+    loop {
+        let next = drawn.max(last.saturating_add(1));
+        match LAST_INCARNATION.compare_exchange_weak(
+            last,
+            next,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
 
 /// A point-in-time view of the counters and sizes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +154,11 @@ impl Node {
             None => StdRng::from_entropy(),
         };
         // Incarnations are ordered by start time, then random, so a newer run of a node sorts after it.
-        let incarnation = (config.clock.wall_ms() << 16) | (rng.gen::<u16>() as u64);
+        let drawn = (config.clock.wall_ms() << 16) | (rng.gen::<u16>() as u64);
+        let incarnation = match config.seed {
+            Some(_) => drawn,
+            None => later_than_any_before(drawn),
+        };
         let opened = match &config.data_dir {
             Some(dir) => Some(Disk::open_with(
                 config.file_system.clone(),
@@ -583,5 +611,19 @@ fn plan_pulls(shared: &Shared, planner: &mut PullPlanner) {
     drop(guards);
     for i in touched {
         links[i].signal.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::later_than_any_before;
+
+    #[test]
+    fn two_nodes_started_in_one_millisecond_sort_in_the_order_they_started() {
+        let ms = 1_796_056_133_154u64 << 16;
+        let first = later_than_any_before(ms | 0x8b91);
+        // The second start draws a smaller random half in the same millisecond.
+        let second = later_than_any_before(ms | 0x6a19);
+        assert!(second > first, "{second:x} must sort after {first:x}");
     }
 }
