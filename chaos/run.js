@@ -3,7 +3,7 @@
 // Chaos testing, the way Jepsen does it for databases: real peer processes on loopback, every link
 // through a fault-injecting proxy, faults on a seeded schedule (partitions, blackholes, slow and
 // one-way links, partial heals, SIGKILL and restart, SIGSTOP pauses past failure detection, clock skew,
-// a second process with a running peer's id), a workload on
+// a second process with a running peer's id, a member that sends forbidden frames: hostile.js), a workload on
 // hot and unique keys from every peer with every ack level, a history of every operation, and at the
 // end a checker that proves nothing acknowledged was lost and every replica agrees.
 //
@@ -26,7 +26,7 @@ const { Cluster } = require('./cluster')
 const { check, explain, summarize, loadRun } = require('./checker')
 
 function parseArgs(argv) {
-  const args = { seconds: 30, nodes: 5, rate: 40, hot: 200, concurrency: 8, quiet: false, regime: 'any' }
+  const args = { seconds: 30, nodes: 5, rate: 40, hot: 200, concurrency: 8, quiet: false, regime: 'any', hostile: true }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const next = () => {
@@ -45,6 +45,7 @@ function parseArgs(argv) {
       if (!['any', 'wide', 'tight', 'forget'].includes(args.regime)) usage('--regime must be any, wide, tight or forget')
     }
     else if (a === '--quiet') args.quiet = true
+    else if (a === '--no-hostile') args.hostile = false
     else if (a === '--help' || a === '-h') usage()
     else usage(`unknown argument ${a}`)
   }
@@ -59,12 +60,13 @@ function parseArgs(argv) {
 
 function usage(error) {
   if (error) console.error(`chaos: ${error}`)
-  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--regime any|wide|tight|forget] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--quiet]')
+  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--regime any|wide|tight|forget] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--no-hostile] [--quiet]')
   process.exit(2)
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 const { IMPOSTOR } = require('./cluster')
+const { Mallory } = require('./hostile')
 
 async function main() {
   const args = parseArgs(process.argv.slice(2))
@@ -101,6 +103,7 @@ async function main() {
   })
   const startFailures = []
   let harnessError
+  let mallory = null
 
   const startPeer = async (id, skew) => {
     try {
@@ -119,6 +122,10 @@ async function main() {
     for (const r of cluster.live()) await r.request('go')
     const t0 = Date.now()
     note({ kind: 'go' })
+    if (args.hostile) {
+      mallory = new Mallory({ dir, seed: args.seed, cluster, bucket: 'chaos', note, log })
+      mallory.start()
+    }
     const counts = {}
     const apply = async (e) => {
       const { t, ...rest } = e
@@ -211,6 +218,7 @@ async function main() {
     clearInterval(progress)
 
     // --- heal everything, let it settle, read every replica ---------------------------------------
+    if (mallory) await mallory.stop()
     note({ kind: 'final-heal' })
     if (cluster.impostor && !cluster.impostor.exited) {
       note({ kind: 'impostor-end', node: cluster.impostor.id })
@@ -255,7 +263,7 @@ async function main() {
     const bypass = []
     for (const r of cluster.live()) {
       const peers = await r.request('peers').catch(() => [])
-      for (const p of peers) if (!proxies.has(p.address)) bypass.push(`${r.id} knows ${p.id} at ${p.address}`)
+      for (const p of peers) if (p.id !== 'mallory' && !proxies.has(p.address)) bypass.push(`${r.id} knows ${p.id} at ${p.address}`)
     }
 
     // Shut down cleanly: from here on no exit is a crash.
@@ -292,18 +300,21 @@ async function main() {
     const faultText = Object.entries(counts).filter(([k]) => k !== 'heal' && k !== 'resume' && k !== 'start').map(([k, n]) => `${k} ${n}`).join(', ')
     const refused = Object.values(stats).reduce((a, st) => a + (st.clockSkewRefused || 0), 0)
     const collected = Object.values(stats).reduce((a, st) => a + (st.tombstonesCollected || 0), 0)
-    const passed = result.report.passed && settledIn.converged && bypass.length === 0
+    const hostile = mallory ? mallory.verdict() : null
+    const passed = result.report.passed && settledIn.converged && bypass.length === 0 && (!hostile || hostile.violations.length === 0)
     console.log(
       `chaos seed ${args.seed} (${args.seconds} s, ${args.nodes} nodes, ${config.regime}): ` +
         `operations ${s.ops} (set ${opCounts.set}, delete ${opCounts.delete}, touch ${opCounts.touch}; ${acked} acknowledged, ${timeouts} ack timeouts, ${s.raced} raced) · ` +
         `faults ${faultTotal} (${faultText || 'none'}; ${refused} links refused for skew, ${collected} tombstones collected, ${(network.stats.deliveredBytes / 1e6).toFixed(1)} MB through the proxies) · ` +
-        `checks: ${summarize(result)}${settledIn.converged ? '' : ', convergence FAILED'}${bypass.length ? ', proxy bypassed' : ''} → ${passed ? 'PASS' : 'FAIL'}`,
+        (hostile ? `hostile member: ${hostile.attacks} attacks (closed/kept: ${hostile.summary}) · ` : '') +
+        `checks: ${summarize(result)}${settledIn.converged ? '' : ', convergence FAILED'}${bypass.length ? ', proxy bypassed' : ''}${hostile && hostile.violations.length ? ', hostile member not refused' : ''} → ${passed ? 'PASS' : 'FAIL'}`,
     )
     if (!passed) {
       const first = result.report.first()
       console.log(`FAILED with seed ${args.seed} (replay: npm run chaos -- --seconds ${args.seconds} --seed ${args.seed} --nodes ${args.nodes}${args.regime === 'any' ? '' : ` --regime ${args.regime}`}); run directory ${dir}`)
       if (!settledIn.converged) console.log(`  replicas did not converge within 120 s of the final heal: ${settledIn.detail}`)
       if (bypass.length) console.log(`  links that bypassed the proxies: ${bypass.join('; ')}`)
+      if (hostile && hostile.violations.length) console.log(`  hostile member: ${hostile.violations.slice(0, 5).join('; ')}`)
       if (first) {
         console.log(`  first violation, check ${first.check} (${first.name}): ${first.message}`)
         for (const line of explain(result, run, first)) console.log(line)
@@ -314,6 +325,7 @@ async function main() {
   } catch (err) {
     harnessError = err
   } finally {
+    if (mallory) await mallory.stop().catch(() => {})
     for (const r of cluster.all) {
       if (!r.exited) {
         r.expectedExit = true
