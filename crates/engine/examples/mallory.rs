@@ -253,7 +253,12 @@ async fn run(args: &Args) -> Result<Option<u64>, String> {
         }
         // The reader's own silence bound lies past the watch, so only a close ends the read early.
         match tokio::time::timeout(left, reader.read(watch * 2)).await {
-            Err(_) => return Ok(None),
+            Err(_) => {
+                // Kept, as it should be: mallory leaves as a member does, or the victim would wait
+                // for it until the member timeout before collecting tombstones.
+                let _ = send(&mut writer, &[Message::Leave]).await;
+                return Ok(None);
+            }
             Ok(Ok(_)) => continue,
             Ok(Err(_)) => return Ok(Some(sent.elapsed().as_millis() as u64)),
         }

@@ -418,7 +418,17 @@ async fn run(
     shared.fetches.link_closed(link_id);
     writer.shutdown().await;
     let left = matches!(result, Err(LinkError::Remote));
-    shared.members.unregister(&node, link_id, left);
+    let broke = matches!(
+        result,
+        Err(LinkError::Protocol(_) | LinkError::Wire(_) | LinkError::Record(_))
+    );
+    if broke {
+        shared
+            .members
+            .expel(&node, link_id, shared.config.member_timeout);
+    } else {
+        shared.members.unregister(&node, link_id, left);
+    }
     if !shared.members.is_linked(&node) {
         local.acks.on_peer_down(&node);
     }
@@ -491,7 +501,7 @@ fn learn_member(shared: &Arc<Shared>, node: &Arc<str>, address: &str) {
         crate::membership::probe_namesake(shared, address);
         return;
     }
-    if shared.members.learn(node, address) {
+    if shared.members.learn_listed(node, address) {
         crate::membership::dial(shared, address.to_string(), false);
     }
 }

@@ -86,6 +86,9 @@ struct Table {
     /// Members forgotten for being unreachable, when, and their address; they count for the ack levels
     /// a while more.
     departed: HashMap<Arc<str>, (Instant, String)>,
+    /// Members cut off for breaking the protocol, and until when other members' lists are not
+    /// believed about them (see `expel`).
+    expelled: HashMap<Arc<str>, Instant>,
     /// Addresses with a dialer running.
     dialing: HashSet<String>,
     /// Addresses where a member list put this node's id, and when each was last probed.
@@ -199,6 +202,34 @@ impl Members {
                 true
             }
         }
+    }
+
+    /// The same for a member named in another member's list: not believed about a member this node
+    /// expelled less than its `ignore_for` ago (it would hold up collection again, see `expel`).
+    pub fn learn_listed(&self, node: &Arc<str>, address: &str) -> bool {
+        {
+            let mut t = self.table.lock();
+            let now = Instant::now();
+            t.expelled.retain(|_, until| *until > now);
+            if t.expelled.contains_key(node) {
+                return false;
+            }
+        }
+        self.learn(node, address)
+    }
+
+    /// Forgets `node` at once (as if it had left) once its link `link_id` was closed for breaking
+    /// the protocol, and ignores it in other members' lists for `ignore_for`. A member that is merely
+    /// unreachable holds up tombstone collection until the member timeout; one that broke the
+    /// protocol would otherwise do so again each time it linked and broke it once more. Forgetting
+    /// is safe: a forgotten replica that comes back is checked against the horizon like any other
+    /// (see `collect`). A link it opens itself makes it a member again.
+    pub fn expel(&self, node: &Arc<str>, link_id: u64, ignore_for: Duration) {
+        self.unregister(node, link_id, true);
+        let mut t = self.table.lock();
+        let now = Instant::now();
+        t.expelled.retain(|_, until| *until > now);
+        t.expelled.insert(node.clone(), now + ignore_for);
     }
 
     /// Admits a link that finished its handshake, applying the one-link-per-pair rule. `dialed`: the

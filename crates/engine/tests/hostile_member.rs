@@ -457,3 +457,90 @@ async fn a_member_acknowledging_what_it_never_received_is_cut_off_and_the_node_k
         n.close(Duration::from_secs(1)).await;
     }
 }
+
+/// Mallory links to the victim, which tells its honest peer of the new member, then breaks the
+/// protocol. Had the victim kept mallory as a member that is merely unreachable, no tombstone would
+/// be collected for `member_timeout` (five minutes here), and a member that links and breaks the
+/// protocol once per timeout would stop collection for good. The victim forgets it at once and
+/// ignores it in member lists for as long, so its deletes are collected within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_for_breaking_the_protocol_does_not_hold_up_collection() {
+    let quick = |c: Config| Config {
+        collect_every: Duration::from_millis(200),
+        tombstone_min_age: Some(Duration::from_millis(200)),
+        member_timeout: Duration::from_secs(300),
+        ..c
+    };
+    let v = Node::start(quick(config("v", vec![]))).await.unwrap();
+    let h = Node::start(quick(config("h", vec![v.address().to_string()])))
+        .await
+        .unwrap();
+    eventually("h and v to link", || connected(&v) == ["h"]).await;
+
+    let stream = tokio::net::TcpStream::connect(v.address()).await.unwrap();
+    let security = Security::from_secrets(&[SECRET]).unwrap();
+    let (mut reader, mut writer) =
+        connection::open(Box::new(stream), &security, true, None::<fn()>)
+            .await
+            .expect("mallory knows the secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut out = Vec::new();
+    for msg in [
+        Message::Hello(Hello {
+            replica: rid("mallory"),
+            listen_port: 1,
+            listen_host: Some("127.0.0.1".into()),
+            wall_ms: now,
+            members: vec![],
+        }),
+        Message::Contexts(ContextPart {
+            buckets: vec![],
+            last: true,
+        }),
+    ] {
+        wire::encode_frame(&msg, &mut out).unwrap();
+    }
+    writer.send(&out).await.unwrap();
+    eventually("mallory to be a member of v and h", || {
+        v.peers().iter().any(|p| p.id == "mallory") && h.peers().iter().any(|p| p.id == "mallory")
+    })
+    .await;
+    out.clear();
+    wire::encode_frame(
+        &Message::FetchReply {
+            id: 7,
+            bucket: "s".into(),
+            origin: None,
+            writes: vec![],
+            done: true,
+        },
+        &mut out,
+    )
+    .unwrap();
+    writer.send(&out).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while reader.read(Duration::from_secs(5)).await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the victim kept the link open");
+    assert!(
+        !v.peers().iter().any(|p| p.id == "mallory"),
+        "v still counts mallory as a member: {:?}",
+        v.peers()
+    );
+
+    let bucket = v.bucket("s");
+    bucket.write("k", Some(json("x")), Lifetime::Forever);
+    eventually("the write to reach h", || h.bucket("s").contains("k")).await;
+    bucket.write("k", None, Lifetime::Forever);
+    eventually("v to collect the tombstone", || {
+        v.stats().tombstones_collected >= 1
+    })
+    .await;
+    for n in [v, h] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
