@@ -130,6 +130,11 @@ export interface Logger {
 export interface BucketOptions {
   /** Default time to live of values written to this bucket, in ms (expiry is replicated with the value). */
   ttl?: number
+  /**
+   * What `get` returns for a JSON value: `'fresh'` (default), a new object each time; `'frozen'`, one
+   * deeply frozen object per key, the same until the key changes (no JSON.parse per get).
+   */
+  reads?: 'fresh' | 'frozen'
 }
 
 /** One register of a key, as `inspect` reports it. */
@@ -366,6 +371,8 @@ export declare class SharedBucket<T = any> extends EventEmitter {
   ttl(key: string): number | undefined
   /** The bucket's default time to live in ms (0: none), set with `peer.bucket(name, { ttl })`. */
   readonly defaultTtl: number
+  /** How `get` hands out JSON values: `'fresh'` or `'frozen'` (see `BucketOptions.reads`). */
+  readonly reads: 'fresh' | 'frozen'
   keys(prefix?: string): string[]
   entries(prefix?: string): Array<[string, T]>
   /** The live values under `prefix`. */

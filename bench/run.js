@@ -188,6 +188,7 @@ async function main() {
       if (l) {
         details.local = l.pb
         figures.get_obj_ops = l.pb.get_obj.median
+        figures.get_obj_frozen_ops = l.pb.get_obj_frozen.median
         figures.get_str_ops = l.pb.get_str.median
         figures.set_ops = l.pb.set.median
         if (l.redis) {
@@ -305,6 +306,11 @@ async function main() {
       if (mem) {
         details.memory = mem
         figures.bytes_per_key = mem.bytes_per_key
+      }
+      const memFrozen = await section("memory peer-buckets, reads 'frozen'", () => join.peerMemory(ctx, { frozen: true }))
+      if (memFrozen) {
+        details.memory_frozen = memFrozen
+        figures.bytes_per_key_frozen = memFrozen.bytes_per_key
       }
     }
     if (want('join')) {

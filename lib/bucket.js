@@ -11,6 +11,7 @@
 const { EventEmitter } = require('node:events')
 const { native, hot, VALUE_KIND, CHANGE } = require('./native.js')
 const { codedError, closedError, notReadyError, fromNative } = require('./errors.js')
+const { FrozenReads } = require('./frozen-reads.js')
 const {
   MAX_VALUE_BYTES,
   checkKey,
@@ -135,6 +136,8 @@ class SharedBucket extends EventEmitter {
   #handle
   #listening = false
   #ttl = 0
+  // With `{ reads: 'frozen' }`: the decoded values get hands out (see frozen-reads.js).
+  #frozen = null
 
   constructor(peer, name, handle) {
     super()
@@ -254,6 +257,17 @@ class SharedBucket extends EventEmitter {
     checkKey('get()', key)
     if (this.#peer.closed) throw closedError('get()')
     if (this.#handle === 0) throw notReadyError('get()')
+    if (this.#frozen !== null) return this.#frozen.get(this.#handle, key)
+    const raw = hot.get(this.#handle, key)
+    return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
+  }
+
+  // get() as without `{ reads: 'frozen' }`: a fresh object the caller may change (the SessionStore
+  // hands its sessions to express-session, which does).
+  _getFresh(key) {
+    checkKey('get()', key)
+    if (this.#peer.closed) throw closedError('get()')
+    if (this.#handle === 0) throw notReadyError('get()')
     const raw = hot.get(this.#handle, key)
     return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
   }
@@ -271,6 +285,7 @@ class SharedBucket extends EventEmitter {
     const [ack, timeout] = checkWriteOptions('delete()', options, false, 0)
     if (this.#peer.closed) return settle(cb, closedError('delete()'))
     if (this.#handle === 0) return settleLater(this.#peer, this, (h) => hot.delete(h, key, ack, timeout), cb)
+    if (this.#frozen !== null) this.#frozen.forget(key)
     return settleWrite(this.#peer, hot.delete(this.#handle, key, ack, timeout), cb)
   }
 
@@ -313,6 +328,21 @@ class SharedBucket extends EventEmitter {
 
   _setTtl(ttl) {
     this.#ttl = ttl
+  }
+
+  /** What get returns for a JSON value: `'fresh'` (a new object each time) or `'frozen'`. */
+  get reads() {
+    return this.#frozen === null ? 'fresh' : 'frozen'
+  }
+
+  // How many decoded values get keeps with reads: 'frozen' (for the tests of its bounds).
+  get _keptCount() {
+    return this.#frozen === null ? 0 : this.#frozen.size
+  }
+
+  _setReads(reads) {
+    if (reads === 'fresh') this.#frozen = null
+    else if (this.#frozen === null) this.#frozen = new FrozenReads()
   }
 
   keys(prefix) {

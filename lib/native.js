@@ -7,11 +7,12 @@
 const native = require('../native.js')
 
 // After hot.get returns a string, VALUE_KIND[0] says whether it is JSON text to parse (1) or a string
-// value as it is (0): strings are stored as themselves, so reading one costs no JSON.parse.
-const VALUE_KIND = new Int32Array(1)
+// value as it is (0): strings are stored as themselves, so reading one costs no JSON.parse. Elements
+// 1 to 4 carry a value's stamp to and from hot.getChanged (see lib/frozen-reads.js).
+const VALUE_KIND = new Int32Array(5)
 native.bindValueKind(VALUE_KIND)
 
-// get, has, setJson, setString, setBytes and delete: plain Node-API callbacks (src/hot.rs), taking a
+// get, getChanged, has, setJson, setString, setBytes and delete: plain Node-API callbacks (src/hot.rs), taking a
 // bucket handle first.
 const hot = native.hotCalls()
 

@@ -22,6 +22,7 @@ const {
   MAX_ID_BYTES,
   checkTtl,
   checkBucketName,
+  checkReads,
   checkAddress,
   isIpLiteral,
   checkSecrets,
@@ -302,14 +303,17 @@ class Peer extends EventEmitter {
       throw new TypeError('bucket(): options must be an object')
     }
     const ttl = options && options.ttl !== undefined ? checkTtl('bucket(): options.ttl', options.ttl) : undefined
+    const reads = options && options.reads !== undefined ? checkReads(options.reads) : undefined
     if (this.closed) throw closedError('bucket()')
     let b = this.#buckets.get(name)
     if (!b) {
       b = new SharedBucket(this, name, this.#open ? native.peerBucket(this.#handle, name) : 0)
       this.#buckets.set(name, b)
     }
-    // The same object per name; a ttl given again replaces the bucket's default for later writes.
+    // The same object per name; a ttl given again replaces the bucket's default for later writes, a
+    // reads mode given again the way get hands out values.
     if (ttl !== undefined) b._setTtl(ttl)
+    if (reads !== undefined) b._setReads(reads)
     return b
   }
 

@@ -285,7 +285,9 @@ function createSessionStore() {
 
     #read(sid) {
       const key = this.#key(sid)
-      return this.#decode(key, this.#bucket.get(key))
+      // A fresh object even from a bucket with reads: 'frozen': express-session changes the session.
+      const raw = typeof this.#bucket._getFresh === 'function' ? this.#bucket._getFresh(key) : this.#bucket.get(key)
+      return this.#decode(key, raw)
     }
 
     /** cb(err, session): the session, or undefined when there is none (or it expired). */

@@ -179,6 +179,15 @@ function checkLogger(value) {
   return value
 }
 
+// What bucket(name, { reads }) takes: how get hands out JSON values.
+function checkReads(reads) {
+  if (reads !== 'fresh' && reads !== 'frozen') {
+    const got = typeof reads === 'string' ? `'${reads}'` : String(reads)
+    throw new TypeError(`bucket(): options.reads must be 'fresh' or 'frozen' (got ${got})`)
+  }
+  return reads
+}
+
 module.exports = {
   MAX_KEY_BYTES,
   MAX_VALUE_BYTES,
@@ -189,6 +198,7 @@ module.exports = {
   checkWriteOptions,
   splitOptionsAndCallback,
   checkBucketName,
+  checkReads,
   checkAddress,
   isIpLiteral,
   checkSecrets,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use peer_buckets_engine::value::{self, ValueRef};
+use peer_buckets_engine::Stamp;
 
 /// Keys up to this many bytes are read without a heap allocation.
 const INLINE_KEY: usize = 128;
@@ -133,8 +134,10 @@ impl<const TAG: u8> FromNapiValue for TextArg<TAG> {
 thread_local! {
     /// Where `hotCalls().get` tells the calling thread's JavaScript which kind of string it returned (1:
     /// JSON text to parse, 0: a string value as it is): the first element of an Int32Array bound by
-    /// `bindValueKind`, kept alive by a reference that is never released.
-    static KIND_SLOT: std::cell::Cell<*mut i32> = const { std::cell::Cell::new(ptr::null_mut()) };
+    /// `bindValueKind`, kept alive by a reference that is never released. Elements 1 to 4, when the
+    /// array has them, hold a value's stamp for `hotCalls().getChanged` (see `stamp_is_known`).
+    static KIND_SLOT: std::cell::Cell<(*mut i32, usize)> =
+        const { std::cell::Cell::new((ptr::null_mut(), 0)) };
 }
 
 /// The element type, length and data of a typed array (the data already moved by the array's offset
@@ -193,20 +196,47 @@ impl FromNapiValue for KindSlot {
         if status != sys::Status::napi_ok {
             return Err(Error::from_reason("cannot keep the value-kind slot"));
         }
-        KIND_SLOT.with(|slot| slot.set(data.cast()));
+        let len = unsafe { typed_array(env, v) }.map_or(1, |(_, len, _)| len);
+        KIND_SLOT.with(|slot| slot.set((data.cast(), len)));
         Ok(KindSlot)
     }
 }
 
 fn tell_kind(json: bool) {
     KIND_SLOT.with(|slot| {
-        let p = slot.get();
+        let (p, _) = slot.get();
         if !p.is_null() {
             // SAFETY: the slot points into an Int32Array of this thread's JavaScript, kept alive by a
             // reference; only this thread runs JavaScript on it.
             unsafe { p.write(json as i32) };
         }
     });
+}
+
+/// Whether `stamp` is the one elements 1 to 4 of the calling thread's value-kind slot hold (the
+/// caller's decoded copy of the value is current); when it is not, they take it. A live value's
+/// stamp is never all zeros (its origin has an address), so zeros there match nothing.
+pub fn stamp_is_known(stamp: Stamp) -> bool {
+    let origin = stamp.origin as u64;
+    let words = [
+        stamp.hlc as i32,
+        (stamp.hlc >> 32) as i32,
+        origin as i32,
+        (origin >> 32) as i32,
+    ];
+    KIND_SLOT.with(|slot| {
+        let (p, len) = slot.get();
+        if p.is_null() || len < 5 {
+            return false;
+        }
+        // SAFETY: as in `tell_kind`; the array has at least 5 elements.
+        let known = unsafe { std::slice::from_raw_parts_mut(p.add(1), 4) };
+        if *known == words {
+            return true;
+        }
+        known.copy_from_slice(&words);
+        false
+    })
 }
 
 /// A JavaScript value made by hand on the calling thread.

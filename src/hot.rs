@@ -1,4 +1,5 @@
-//! The hot calls (`get`, `has`, `set` of each value kind, `delete`) as plain Node-API callbacks.
+//! The hot calls (`get`, `getChanged`, `has`, `set` of each value kind, `delete`) as plain Node-API
+//! callbacks.
 //!
 //! A `#[napi]` function opens and closes a borrow scope on every call (it keeps arguments borrowed
 //! across async work alive, which these calls never do); measured here, that scope cost about 60 ns of
@@ -16,7 +17,7 @@ use peer_buckets_engine::value;
 use peer_buckets_engine::Lifetime;
 
 use crate::contract::{self, closed, internal, Code};
-use crate::convert::{typed_array, KeyArg, RawValue, TextArg};
+use crate::convert::{stamp_is_known, typed_array, KeyArg, RawValue, TextArg};
 use crate::handles::with_bucket;
 use crate::{lifetime, write};
 
@@ -102,6 +103,31 @@ unsafe extern "C" fn get(env: sys::napi_env, info: sys::napi_callback_info) -> s
     })
 }
 
+/// `getChanged(bucket, key)`: `true` when the live value's stamp is the one the calling thread's
+/// value-kind slot holds (the caller's decoded copy is current), else what `get` returns, the slot
+/// then holding the value's stamp; undefined when there is no live value.
+unsafe extern "C" fn get_changed(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    guarded(env, || {
+        let args = unsafe { Args::<2>::read(env, info)? };
+        let (bucket, key): (u32, KeyArg) = (args.get(0)?, args.get(1)?);
+        with_bucket(bucket, |b| {
+            let mut out = Ok(RawValue::undefined(env));
+            b.read_stamped(key.as_str(), &mut |stored, stamp| {
+                out = if stamp_is_known(stamp) {
+                    Ok(RawValue::boolean(env, true))
+                } else {
+                    RawValue::from_stored_for_get(env, stored).map_err(internal)
+                };
+            });
+            out
+        })
+        .ok_or_else(closed)?
+    })
+}
+
 /// `has(bucket, key)`.
 unsafe extern "C" fn has(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
     guarded(env, || {
@@ -172,16 +198,17 @@ unsafe extern "C" fn delete(env: sys::napi_env, info: sys::napi_callback_info) -
 
 type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value;
 
-/// The hot calls, as an object `{ get, has, setJson, setString, setBytes, delete }` of functions
-/// taking a bucket handle first.
+/// The hot calls, as an object `{ get, getChanged, has, setJson, setString, setBytes, delete }` of
+/// functions taking a bucket handle first.
 #[napi(
     catch_unwind,
-    ts_return_type = "{ get: Function, has: Function, setJson: Function, setString: Function, setBytes: Function, delete: Function }"
+    ts_return_type = "{ get: Function, getChanged: Function, has: Function, setJson: Function, setString: Function, setBytes: Function, delete: Function }"
 )]
 pub fn hot_calls(env: Env) -> contract::Result<RawValue> {
     let env = env.raw();
-    let calls: [(&str, Callback); 6] = [
+    let calls: [(&str, Callback); 7] = [
         ("get", get),
+        ("getChanged", get_changed),
         ("has", has),
         ("setJson", set_text::<{ value::TAG_JSON }>),
         ("setString", set_text::<{ value::TAG_STRING }>),

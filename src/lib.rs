@@ -447,7 +447,8 @@ pub fn peer_release(peer: u32) -> Result<()> {
 }
 
 /// Binds the calling thread's value-kind slot: after `hotCalls().get` returns a string, its first
-/// element says whether that string is JSON text (1) or a string value (0).
+/// element says whether that string is JSON text (1) or a string value (0). Elements 1 to 4, when
+/// the array has them, hold the stamp `hotCalls().getChanged` compares and updates.
 #[napi(catch_unwind, ts_args_type = "slot: Int32Array")]
 pub fn bind_value_kind(slot: KindSlot) {
     let _ = slot;

@@ -16,6 +16,10 @@ async function usage(): Promise<void> {
     if (err) console.log(err.code, err.acked)
   })
   const value: unknown = sessions.get('sess:42')
+  const frozen: SharedBucket = peer.bucket('frozen', { reads: 'frozen' })
+  const reads: 'fresh' | 'frozen' = frozen.reads
+  // @ts-expect-error a reads mode that does not exist
+  peer.bucket('cold', { reads: 'cold' })
   const has: boolean = sessions.has('sess:42')
   const touched: boolean = await sessions.touch('sess:42', 1000)
   const keys: string[] = sessions.keys('sess:')

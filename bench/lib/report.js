@@ -11,6 +11,8 @@ const JSON_KEYS = [
   // Issue 7: set with a dataDir against Redis with an AOF (added after the 17 keys of issue 6).
   'set_strict_ops', 'set_relaxed_ops', 'set_memory_inflight_ops', 'redis_aof_always_ops', 'redis_aof_everysec_ops',
   'set_strict_seq_ops', 'redis_aof_always_seq_ops',
+  // Issue 16: get with reads: 'frozen', and the memory per key with every key read that way.
+  'get_obj_frozen_ops', 'bytes_per_key_frozen',
 ]
 
 /**
@@ -20,6 +22,7 @@ const JSON_KEYS = [
 function comparisons(f, extra) {
   const rows = [
     { n: '1', short: 'get object vs Redis GET+parse', what: 'get, session object (ops/s)', ours: f.get_obj_ops, alt: 'ioredis GET+JSON.parse, 256 in flight', theirs: f.redis_get_pipelined_ops, better: 'higher', goal: 10 },
+    { n: '1', short: "get object, reads 'frozen' vs GET+parse", what: "get, session object, reads 'frozen' (ops/s)", ours: f.get_obj_frozen_ops, alt: 'ioredis GET+JSON.parse, 256 in flight', theirs: f.redis_get_pipelined_ops, better: 'higher', goal: 10 },
     { n: '1', short: 'get string vs Redis GET', what: 'get, short string (ops/s)', ours: f.get_str_ops, alt: 'ioredis GET, 256 in flight', theirs: extra.redis_get_str_ops, better: 'higher', goal: 25 },
     { n: '2', short: 'set vs Redis SET', what: "set, ack 'local' (ops/s)", ours: f.set_ops, alt: 'ioredis SET, 256 in flight', theirs: f.redis_set_pipelined_ops, better: 'higher', goal: 5 },
     { n: '3', short: '3 writers vs scuttlebutt', what: '3 writers until converged (ops/s)', ours: f.replicated_3w_ops, alt: 'scuttlebutt Model ×3, two-way', theirs: f.scuttlebutt_3w_ops, better: 'higher', goal: 10 },
@@ -29,6 +32,7 @@ function comparisons(f, extra) {
     { n: '5', short: `join ${fmtNum(extra.join_n)} keys vs Redis full sync`, what: `join, ${fmtNum(extra.join_n)} keys (ms)`, ours: f.join_1m_ms, alt: 'new Redis replica, full sync', theirs: f.redis_join_1m_ms, better: 'lower', goal: 1, strict: true },
     { n: '6', short: 'catch-up after missing writes', what: 'catch-up (bytes per missed byte)', ours: f.catchup_bytes_per_missed_byte, alt: '(goal ≤ 1.5, no alternative)', theirs: null, better: 'lower', goal: null, absGoal: 1.5 },
     { n: '7', short: 'memory per key vs Redis', what: `memory per key, ${fmtNum(extra.mem_n)} keys (bytes)`, ours: f.bytes_per_key, alt: 'Redis used_memory', theirs: f.redis_bytes_per_key, better: 'lower', goal: 1 / 1.5 },
+    { n: '7', short: "memory per key, reads 'frozen', vs Redis", what: `memory per key, ${fmtNum(extra.mem_n)} keys, reads 'frozen', all read (bytes)`, ours: f.bytes_per_key_frozen, alt: 'Redis used_memory', theirs: f.redis_bytes_per_key, better: 'lower', goal: 1 / 1.5 },
     { n: 'D', short: "set dataDir 'strict' vs AOF always", what: "set, dataDir 'strict', 256 in flight (ops/s)", ours: f.set_strict_ops, alt: 'Redis appendfsync always, 256 in flight', theirs: f.redis_aof_always_ops, better: 'higher', goal: 1 },
     { n: 'D', short: "set dataDir 'relaxed' vs AOF everysec", what: "set, dataDir 'relaxed', 256 in flight (ops/s)", ours: f.set_relaxed_ops, alt: 'Redis appendfsync everysec, 256 in flight', theirs: f.redis_aof_everysec_ops, better: 'higher', goal: 1 },
     { n: 'D', short: "set 'strict' vs AOF always, 1 at a time", what: "set, dataDir 'strict', one at a time (ops/s)", ours: f.set_strict_seq_ops, alt: 'Redis appendfsync always, one at a time', theirs: f.redis_aof_always_seq_ops, better: 'higher', goal: 1 },

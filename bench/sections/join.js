@@ -13,13 +13,14 @@ const { startPeerMesh } = require('./replicated')
 
 const WORKERS = path.join(__dirname, '..', 'workers')
 
-async function peerMemory(ctx) {
+/** Memory per key of a bucket of cfg.memN keys; with `frozen`, reads: 'frozen' and every key read once. */
+async function peerMemory(ctx, { frozen = false } = {}) {
   const { cfg, log } = ctx
-  const w = spawnWorker(path.join(WORKERS, 'peer.js'), { name: 'pb-mem', execArgv: ['--expose-gc'] })
+  const w = spawnWorker(path.join(WORKERS, 'peer.js'), { name: frozen ? 'pb-mem-frozen' : 'pb-mem', execArgv: ['--expose-gc'] })
   try {
-    const r = await w.call('memory', { count: cfg.memN }, 300_000)
+    const r = await w.call('memory', { count: cfg.memN, frozen }, 300_000)
     const perKey = (r.after - r.before) / cfg.memN
-    log(`  peer-buckets: RSS +${((r.after - r.before) / 2 ** 20).toFixed(1)} MiB over ${cfg.memN.toLocaleString()} keys = ${perKey.toFixed(0)} B/key ` +
+    log(`  peer-buckets${frozen ? ", reads 'frozen', every key read once" : ''}: RSS +${((r.after - r.before) / 2 ** 20).toFixed(1)} MiB over ${cfg.memN.toLocaleString()} keys = ${perKey.toFixed(0)} B/key ` +
       `(of which V8's heap reservation ${(r.heapTotalGrowth / cfg.memN).toFixed(0)} B/key: a fixed cost that small runs overstate)`)
     return { bytes_per_key: perKey, ...r, n: cfg.memN }
   } finally {

@@ -109,11 +109,14 @@ serve(
       return gcRss()
     },
 
-    /** Standalone memory figure: RSS growth of this process over `count` keys. */
-    async memory({ count, slice = 50_000, settleMs = 300 }) {
+    /**
+     * Standalone memory figure: RSS growth of this process over `count` keys. With `frozen`, the bucket
+     * has reads: 'frozen' and every key is read once, so the decoded objects it keeps are counted too.
+     */
+    async memory({ count, slice = 50_000, settleMs = 300, frozen = false }) {
       peer = new Peer({ id: 'mem', listen: '127.0.0.1:0' })
       await peer.ready()
-      bucket = peer.bucket('sessions')
+      bucket = frozen ? peer.bucket('sessions', { reads: 'frozen' }) : peer.bucket('sessions')
       await new Promise((r) => setTimeout(r, 100))
       const before = gcRss()
       const heapBefore = process.memoryUsage().heapUsed
@@ -121,6 +124,14 @@ serve(
       for (let s = 0; s < count; s += slice) {
         writeRange(s, Math.min(slice, count - s))
         await new Promise(setImmediate)
+      }
+      if (frozen) {
+        for (let s = 0; s < count; s += slice) {
+          for (const key of makeKeys(s, Math.min(slice, count - s))) {
+            if (bucket.get(key).user === undefined) throw new Error(`memory: ${key} read wrong`)
+          }
+          await new Promise(setImmediate)
+        }
       }
       await new Promise((r) => setTimeout(r, settleMs))
       const after = gcRss()

@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, TooFarAhead};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
-use crate::store::{Change, CollectedRecord, Lifetime, Merged, ScanCursor, Shown, Store, Write};
+use crate::store::{
+    Change, CollectedRecord, Lifetime, Merged, ScanCursor, Shown, Stamp, Store, Write,
+};
 
 /// Told about changes: every local write (link writers must send it, a durable store persist it) and
 /// every merged remote change (a durable store must persist it).
@@ -74,6 +76,11 @@ impl Bucket {
     /// Calls `f` with the live stored value of `key`; returns whether there was one.
     pub fn read(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> bool {
         self.store.read(key, &|| self.now_ms(), f)
+    }
+
+    /// `read`, with the stamp of the write the value came from (see `Stamp`).
+    pub fn read_stamped(&self, key: &str, f: &mut dyn FnMut(&[u8], Stamp)) -> bool {
+        self.store.read_stamped(key, &|| self.now_ms(), f)
     }
 
     pub fn contains(&self, key: &str) -> bool {

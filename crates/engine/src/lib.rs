@@ -86,7 +86,7 @@ pub use membership::{PeerEvent, PeerEventKind, PeerInfo};
 pub use node::{LinkStats, Node, Stats};
 pub use replica::{Origin, ReplicaId, ReplicaTable};
 pub use resolve::{Resolver, SystemResolver};
-pub use store::{Change, Lifetime, Write};
+pub use store::{Change, Lifetime, Stamp, Write};
 pub use transport::BoxFuture;
 pub use warning::{Warning, WarningCode};
 

@@ -38,6 +38,11 @@ impl Origin {
     pub fn node(&self) -> &Arc<str> {
         &self.0.node
     }
+    /// The interned replica's address: it names the replica for as long as its table lives (a table
+    /// never lets an origin go), so a reader may keep it to tell origins apart without the origin.
+    pub fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
 }
 
 impl PartialEq for Origin {

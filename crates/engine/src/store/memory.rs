@@ -9,7 +9,7 @@
 
 use super::{
     key_fingerprint, Changes, Chunk, ChunkLimits, Collected, CollectedRecord, Entry, Journal,
-    Lifetime, Marker, Merged, Record, ScanCursor, Shown, State, Store, Write,
+    Lifetime, Marker, Merged, Record, ScanCursor, Shown, Stamp, State, Store, Write,
 };
 use crate::clock::{Clock, Hlc};
 use crate::ranges::SeqRanges;
@@ -171,16 +171,28 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn read(&self, key: &str, now_ms: &dyn Fn() -> u64, f: &mut dyn FnMut(&[u8])) -> bool {
+    fn read_stamped(
+        &self,
+        key: &str,
+        now_ms: &dyn Fn() -> u64,
+        f: &mut dyn FnMut(&[u8], Stamp),
+    ) -> bool {
         let state = self.state.read();
+        let Some(e) = state.entries.get(key) else {
+            return false;
+        };
         // The clock is read only for a key that can expire.
-        let value = state.entries.get(key).and_then(|e| match e.expiry() {
+        let value = match e.expiry() {
             0 => e.value.as_deref(),
             _ => e.live_value(state.now(now_ms())),
-        });
+        };
         match value {
             Some(v) => {
-                f(v);
+                let stamp = Stamp {
+                    hlc: e.hlc.0,
+                    origin: e.origin.addr(),
+                };
+                f(v, stamp);
                 true
             }
             None => false,

@@ -97,6 +97,17 @@ pub struct Shown<'a> {
     pub expired: bool,
 }
 
+/// Which write a key's live value came from: its `(hlc, origin)`, the pair last-writer-wins orders
+/// by, with the origin named by its address (`Origin::addr`). A key's value register is replaced only
+/// by a write that beats it, which never has the same pair, so while a key shows a value with the
+/// same stamp it shows the same value; a reader can keep a decoded value with its stamp and trust it
+/// as long as the stamp is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub hlc: u64,
+    pub origin: usize,
+}
+
 /// Where a paged scan (`Store::scan_page`) resumes: the next slot of the key table, and how many times
 /// the table was reshaped and records moved when the page before ended. Every key live throughout a
 /// scan is visited at least once: a key a rewrite moved from a slot ahead of the cursor to one behind it
@@ -113,7 +124,16 @@ pub struct ScanCursor {
 pub trait Store: Send + Sync + 'static {
     /// Calls `f` with the live value of `key` at time `now_ms()` (asked only when the key can expire);
     /// returns whether there was one.
-    fn read(&self, key: &str, now_ms: &dyn Fn() -> u64, f: &mut dyn FnMut(&[u8])) -> bool;
+    fn read(&self, key: &str, now_ms: &dyn Fn() -> u64, f: &mut dyn FnMut(&[u8])) -> bool {
+        self.read_stamped(key, now_ms, &mut |v, _| f(v))
+    }
+    /// `read`, with the stamp of the write the value came from.
+    fn read_stamped(
+        &self,
+        key: &str,
+        now_ms: &dyn Fn() -> u64,
+        f: &mut dyn FnMut(&[u8], Stamp),
+    ) -> bool;
     /// How many keys are live; exact once `expire` has run up to now.
     fn live_len(&self) -> usize;
     /// Visits every live key under `prefix` with its value.

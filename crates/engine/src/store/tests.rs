@@ -1269,3 +1269,47 @@ fn concurrent_ttl_writers_leave_an_exact_size() {
     s.scan("", now, &mut |_, _| live += 1);
     assert_eq!(s.live_len(), live);
 }
+
+fn stamp_of(s: &MemoryStore, key: &str) -> Option<Stamp> {
+    let mut out = None;
+    s.read_stamped(key, &|| 0, &mut |_, stamp| out = Some(stamp));
+    out
+}
+
+#[test]
+fn a_stamp_changes_with_every_write_that_replaces_the_value_even_at_the_same_hlc() {
+    let t = ReplicaTable::new();
+    let (me, a, b) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "b"));
+    let s = MemoryStore::new();
+    let merge = |from: &Origin, write: Write| {
+        s.merge(&me, from, vec![write], &SeqRanges::new(), &mut |_| {});
+    };
+    merge(&a, w("k", 10, 1, Some("same")));
+    let first = stamp_of(&s, "k").unwrap();
+    assert_eq!(stamp_of(&s, "k"), Some(first));
+    // The same value and hlc from another origin that wins the tie: another write, another stamp.
+    merge(&b, w("k", 10, 1, Some("same")));
+    let second = stamp_of(&s, "k").unwrap();
+    assert_ne!(second, first);
+    // A write that loses changes nothing.
+    merge(&a, w("k", 9, 2, Some("older")));
+    assert_eq!(stamp_of(&s, "k"), Some(second));
+    // A local write of an equal value.
+    let clock = Clock::new(Box::new(ManualClock::new(1_000)));
+    s.write_local(
+        &me,
+        &clock,
+        "k",
+        Some(b"same".as_slice().into()),
+        Lifetime::Forever,
+        &mut |_| {},
+    );
+    let third = stamp_of(&s, "k").unwrap();
+    assert!(third != first && third != second);
+    // A touch keeps the value, and its stamp.
+    s.touch_local(&me, &clock, "k".into(), 60_000).unwrap();
+    assert_eq!(stamp_of(&s, "k"), Some(third));
+    // A tombstone has none.
+    merge(&b, w("k", u64::MAX >> 1, 2, None));
+    assert_eq!(stamp_of(&s, "k"), None);
+}
