@@ -70,7 +70,7 @@ async function settledRss(pid) {
 }
 
 /** A preamble with a secret and a first Noise message whose tag fails under any key. */
-const wrongSecret = Buffer.concat([Buffer.from([0x50, 0x42, 0x4b, 0x54, 1, 1, 0, 48]), Buffer.alloc(48, 7)])
+const wrongSecret = Buffer.concat([Buffer.from([0x50, 0x42, 0x4b, 0x54, 2, 1, 0, 48]), Buffer.alloc(48, 7)])
 
 test.each([
   ['connect-and-close', {}, Buffer.alloc(0)],
@@ -118,7 +118,7 @@ function announceFrame(address, size) {
     sock.on('connect', () => {
       const prefix = Buffer.alloc(4)
       prefix.writeUInt32BE(size)
-      sock.write(Buffer.concat([Buffer.from([0x50, 0x42, 0x4b, 0x54, 1, 0]), prefix]))
+      sock.write(Buffer.concat([Buffer.from([0x50, 0x42, 0x4b, 0x54, 2, 0]), prefix]))
       pump()
     })
     sock.on('data', () => {})

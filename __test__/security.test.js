@@ -44,8 +44,8 @@ function rawSocket(address, bytes, { end = false } = {}) {
   })
 }
 
-/** The 6-byte preamble a peer opens with: "PBKT", link version 1, mode (1: with a secret). */
-const preamble = (keyed) => Buffer.from([0x50, 0x42, 0x4b, 0x54, 1, keyed ? 1 : 0])
+/** The 6-byte preamble a peer opens with: "PBKT", link version 2, mode (1: with a secret). */
+const preamble = (keyed) => Buffer.from([0x50, 0x42, 0x4b, 0x54, 2, keyed ? 1 : 0])
 
 describe('options.secret', () => {
   test.each([

@@ -79,6 +79,9 @@ pub struct Config {
     /// Without secrets: the network is trusted, so accept peers from any address. Otherwise a node
     /// without secrets listening beyond loopback accepts peers from loopback only (`guard::admits`).
     pub insecure: bool,
+    /// With secrets: ids whose links only these static keys may speak for (`keys::KeyBook`); other
+    /// ids are bound to the first key they prove.
+    pub peer_keys: Vec<(String, crate::secure::PublicKey)>,
 }
 
 impl Default for Config {
@@ -113,6 +116,7 @@ impl Default for Config {
             transport: Arc::new(Tcp),
             seed: None,
             insecure: false,
+            peer_keys: Vec::new(),
             max_buckets: crate::sync::DEFAULT_MAX_BUCKETS,
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::LinkError;
-use crate::secure::{Handshake, HandshakeError, Opener, Sealer, Security};
+use crate::secure::{Handshake, HandshakeError, Opener, Proven, Sealer, Security};
 use crate::transport::{ReadHalf, Stream, WriteHalf};
 use crate::wire::{self, Message, LEN_BYTES, MAX_FRAME};
 
@@ -56,6 +56,7 @@ pub async fn open(
             return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
+    let proven = handshake.proven();
     let (sealer, opener) = match handshake.into_cipher() {
         Some((sealer, opener)) => (Some(sealer), Some(opener)),
         None => (None, None),
@@ -66,6 +67,7 @@ pub async fn open(
         FrameReader {
             stream: rd,
             decoder,
+            proven,
         },
         FrameWriter {
             stream: wr,
@@ -165,9 +167,15 @@ fn compact(buf: &mut Vec<u8>, start: &mut usize) {
 pub struct FrameReader {
     stream: ReadHalf,
     decoder: FrameDecoder,
+    proven: Option<Proven>,
 }
 
 impl FrameReader {
+    /// The static key the other end proved in the handshake: `None` on an open link.
+    pub fn proven(&self) -> Option<Proven> {
+        self.proven
+    }
+
     /// Reads the next message, waiting at most `silence` for any byte to arrive. Returns the message and
     /// the number of bytes its frame took.
     pub async fn read(&mut self, silence: Duration) -> Result<(Message, usize), LinkError> {

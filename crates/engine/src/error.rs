@@ -44,6 +44,11 @@ pub enum LinkError {
     Stalled(std::time::Duration),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("the peer says it is {id}, but {why}")]
+    KeyRefused {
+        id: String,
+        why: crate::keys::KeyRefused,
+    },
     #[error("dialed myself")]
     SelfDial,
     #[error("a link to this peer already exists")]

@@ -9,6 +9,7 @@
 //! - `value`: how values are tagged (JSON text or raw bytes);
 //! - `wire`: the versioned message enum and its length-prefixed frames;
 //! - `secure`: the preamble, the Noise handshake bound to the cluster key, and encrypted records;
+//! - `keys`: which static key may speak for which peer id, and this node's own key;
 //! - `transport`: the seam under links: real TCP, or simulated TCP for the whole-node simulation;
 //! - `hash`: the engine's hash maps (a fixed seed under the simulation, for replays);
 //! - `connection`: frames over a stream;
@@ -51,6 +52,7 @@ mod disk;
 mod error;
 mod guard;
 mod hash;
+mod keys;
 mod link;
 mod membership;
 mod node;
@@ -93,8 +95,9 @@ pub use warning::{Warning, WarningCode};
 // The protocol's parts without I/O and the seams under a node, as the tests drive them.
 pub use collect::Collector;
 pub use disk::sim::{FaultKind, Faults, SimDisk};
+pub use keys::{key_from_hex, key_to_hex};
 pub use ranges::SeqRanges;
-pub use secure::{Handshake, Security, LINK_VERSION, MAGIC};
+pub use secure::{Handshake, PublicKey, Security, LINK_VERSION, MAGIC};
 pub use shared::Shared;
 pub use store::{key_fingerprint, ChunkLimits, Entry, MemoryStore, ScanCursor, Store};
 pub use sync::{Inbound, Local, PullPlanner, Session, OWED_LIMIT};

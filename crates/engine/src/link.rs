@@ -23,8 +23,9 @@ use tokio::time::Instant;
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
 use crate::guard::{self, Slot, Unprotected};
+use crate::keys::{self, KeyAdmitted, KeyLease};
 use crate::membership::{Admission, Dialing, LinkRef, Members};
-use crate::secure::HandshakeError;
+use crate::secure::{HandshakeError, Proven};
 use crate::shared::{resolve, LinkSlot, Shared};
 use crate::sync::{Inbound, LinkSignal, Session, OWED_LIMIT, SEND_BUDGET};
 use crate::transport::{Listener, Stream};
@@ -148,6 +149,8 @@ struct Opened {
     reader: FrameReader,
     writer: FrameWriter,
     theirs: Hello,
+    /// A keyed link's hold on the other end's id, kept until the link closes.
+    _lease: Option<KeyLease>,
     sent: usize,
     received: usize,
 }
@@ -177,10 +180,15 @@ async fn handshake(
         let Message::Hello(theirs) = first else {
             return Err(LinkError::Protocol("first message was not a hello".into()));
         };
+        let lease = match reader.proven() {
+            Some(proven) => admit_key(shared, &theirs, proven)?,
+            None => None,
+        };
         Ok(Opened {
             reader,
             writer,
             theirs,
+            _lease: lease,
             sent: buf.len(),
             received,
         })
@@ -198,6 +206,49 @@ async fn handshake(
             r = bounded => r,
         },
     }
+}
+
+/// A keyed link speaks only as the id its proven static key may speak for (`keys`), so a member
+/// cannot say hello under the id of a linked peer and take over its links; the lease holds the id
+/// for the link's life. Its own id is left to the namesake rules of `run`: only a process holding
+/// this node's key proves it.
+fn admit_key(
+    shared: &Shared,
+    theirs: &Hello,
+    proven: Proven,
+) -> Result<Option<KeyLease>, LinkError> {
+    let id = &theirs.replica.node;
+    if **id == *shared.local.id {
+        return Ok(None);
+    }
+    let (admitted, lease) = shared
+        .keys
+        .admit(id, proven)
+        .map_err(|why| LinkError::KeyRefused {
+            id: id.to_string(),
+            why,
+        })?;
+    if let KeyAdmitted::Replaced { old, old_stable } = admitted {
+        let kept = if old_stable {
+            "its old key was kept in a data directory, so either that directory was lost"
+        } else {
+            "its old key was drawn for one process, so either it restarted without a data directory"
+        };
+        shared.warnings.emit(
+            Warning::new(
+                WarningCode::IdKey,
+                format!(
+                    "the peer {id} came back with a new key ({}, was {}) while none of its links \
+                     was up: {kept}, or a member holding the cluster secret took its id while it \
+                     is down (peerKeys pins an id to its key)",
+                    keys::key_to_hex(&proven.key),
+                    keys::key_to_hex(&old),
+                ),
+            )
+            .peer(&**id),
+        );
+    }
+    Ok(Some(lease))
 }
 
 /// Counts and logs a connection that failed its handshake. What the other end did wrong is a
@@ -225,6 +276,13 @@ fn handshake_failed(shared: &Shared, remote: SocketAddr, dialed: Option<&str>, e
         LinkError::Handshake(HandshakeError::KeyRefused) => warn(
             WarningCode::Auth,
             format!("the peer at {address} refused this peer's secret: it holds another one"),
+        ),
+        LinkError::KeyRefused { id, .. } => warn(
+            WarningCode::Auth,
+            format!(
+                "the peer at {address} was refused: {e}; it holds the cluster secret and may be \
+                 impersonating {id} (pinning each id to its key prevents it)"
+            ),
         ),
         LinkError::Handshake(HandshakeError::TheyHaveASecret) => warn(
             WarningCode::Auth,
@@ -270,6 +328,7 @@ async fn run(
         mut reader,
         mut writer,
         theirs,
+        _lease,
         sent,
         received: n,
     } = opened;

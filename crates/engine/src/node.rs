@@ -20,10 +20,11 @@ use crate::collect::Collector;
 use crate::disk::{Disk, Durability, Flusher};
 use crate::error::Error;
 use crate::guard::Guard;
+use crate::keys::KeyBook;
 use crate::link;
 use crate::membership::{Members, PeerEvent, PeerInfo};
 use crate::replica::Origin;
-use crate::secure::Security;
+use crate::secure::{PublicKey, Security};
 use crate::shared::{resolve, LinkSlot, Shared};
 use crate::store::{Lifetime, Write};
 use crate::sync::{Fetches, Local, PullPlanner, Session};
@@ -168,6 +169,20 @@ impl Node {
             )?),
             None => None,
         };
+        // Keyed: the node's static key lives in its data directory, next to its id.
+        let security = if security.is_keyed() {
+            security.with_identity(crate::keys::identity(
+                &*config.file_system,
+                config.data_dir.as_deref(),
+            )?)
+        } else {
+            security
+        };
+        let keys = KeyBook::open(
+            &config.peer_keys,
+            config.file_system.clone(),
+            config.data_dir.as_deref().filter(|_| security.is_keyed()),
+        )?;
         let (id, incarnation): (Arc<str>, u64) = match &opened {
             Some(o) => (o.node_id.as_str().into(), o.incarnation),
             None => (
@@ -222,6 +237,7 @@ impl Node {
             links: Mutex::new(Vec::new()),
             fetches: Fetches::default(),
             security,
+            keys,
             guard: Guard::new(config.max_handshakes),
             warnings,
             shutdown,
@@ -255,6 +271,12 @@ impl Node {
 
     pub fn address(&self) -> SocketAddr {
         self.shared.address
+    }
+
+    /// The static key this node proves on keyed links (`None` without a secret): what other peers
+    /// pin for its id.
+    pub fn public_key(&self) -> Option<&PublicKey> {
+        self.shared.security.public_key()
     }
 
     pub fn clock(&self) -> &Arc<Clock> {

@@ -1,19 +1,24 @@
 //! Link security, without I/O: the preamble every connection opens with, the Noise handshake that
-//! proves both ends hold the cluster key, and the records that carry the frame stream after it.
+//! proves both ends hold the cluster key and each end's static key, and the records that carry the
+//! frame stream after it.
 //!
 //! Both ends of a connection first send a 6-byte preamble, `"PBKT" | link version | mode` (0: open,
 //! 1: keyed), and read the other's. Bytes that are not a peer's (HTTP, noise, a length prefix) are
 //! refused from the first of them, and a mode mismatch (a secret on one end only) ends the connection
 //! before either end has said anything else: an open peer never sends its hello to a keyed one.
 //!
-//! An open link then carries plaintext frames. A keyed link runs `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`
-//! with the pre-shared key derived from the cluster secret: the dialer sends `psk, e` and the acceptor
-//! answers `e, ee`. The first message already carries a tag under the key, so the acceptor tells a
-//! wrong secret from the right one (trying each secret it accepts, which is how a rotation works) before
-//! it sends a byte of Noise; the answer proves the acceptor's key to the dialer, and `ee` gives the link
-//! keys forward secrecy. Each Noise message travels as `len: u16 (big endian) | message`; after the
-//! handshake the frame stream is cut into transport messages of at most 65,535 bytes (tag included), so
-//! a batch of frames larger than that is several records, and a record may end mid-frame.
+//! An open link then carries plaintext frames. A keyed link runs `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s`
+//! with the pre-shared key derived from the cluster secret: the dialer sends `psk, e`, the acceptor
+//! answers `e, ee, s, es` and the dialer ends with `s, se`. The first message already carries a tag
+//! under the key, so the acceptor tells a wrong secret from the right one (trying each secret it
+//! accepts, which is how a rotation works) before it sends a byte of Noise, and it hands its static
+//! key only to an end that proved the secret; the answer proves the acceptor's key to the dialer, the
+//! third message the dialer's static key to the acceptor, and `ee` gives the link keys forward secrecy.
+//! The payload of the second and third messages is one byte: whether that end's static key is stable
+//! (kept in a data directory) or drawn for this process; `keys` decides what a proven key may claim.
+//! Each Noise message travels as `len: u16 (big endian) | message`; after the handshake the frame
+//! stream is cut into transport messages of at most 65,535 bytes (tag included), so a batch of frames
+//! larger than that is several records, and a record may end mid-frame.
 
 use std::sync::Arc;
 
@@ -23,7 +28,7 @@ use snow::{Builder, HandshakeState, StatelessTransportState};
 /// First bytes of every connection between peers.
 pub const MAGIC: [u8; 4] = *b"PBKT";
 /// Version of the preamble, handshake and record layout; another version is refused.
-pub const LINK_VERSION: u8 = 1;
+pub const LINK_VERSION: u8 = 2;
 /// Bytes of the preamble: magic, version, mode.
 pub const PREAMBLE_LEN: usize = 6;
 /// Shortest secret accepted, in bytes.
@@ -38,31 +43,91 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_RECORD_PAYLOAD: usize = MAX_RECORD - TAG_LEN;
 /// Bytes of the length prefix of a handshake message or record.
 pub const RECORD_LEN_BYTES: usize = 2;
-/// Each of the two handshake messages: an ephemeral public key and the tag of the empty payload.
-pub const HANDSHAKE_MSG_LEN: usize = 32 + TAG_LEN;
+/// Bytes of a public or private X25519 key.
+pub const KEY_LEN: usize = 32;
+/// The dialer's first message: its ephemeral key and the tag of the empty payload.
+pub const FIRST_MSG_LEN: usize = KEY_LEN + TAG_LEN;
+/// The acceptor's answer: its ephemeral key, its encrypted static key, and the one-byte payload.
+pub const ANSWER_MSG_LEN: usize = KEY_LEN + (KEY_LEN + TAG_LEN) + 1 + TAG_LEN;
+/// The dialer's last message: its encrypted static key and the one-byte payload.
+pub const LAST_MSG_LEN: usize = (KEY_LEN + TAG_LEN) + 1 + TAG_LEN;
+/// The largest handshake message.
+const MAX_HANDSHAKE_MSG: usize = ANSWER_MSG_LEN;
 
 const MODE_OPEN: u8 = 0;
 const MODE_KEYED: u8 = 1;
-const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+const NOISE_PARAMS: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Hashed ahead of the secret, so the key serves this protocol only.
 const PSK_CONTEXT: &[u8] = b"peer-buckets cluster key v1\0";
 
 type Psk = [u8; 32];
+/// A static public key: what a keyed handshake proves about the other end.
+pub type PublicKey = [u8; KEY_LEN];
 
-/// How a node's links are secured: not at all, or by the keys derived from its secrets.
+/// This node's static key pair, proven to the other end of every keyed link. `stable` when it is kept
+/// in a data directory (the same key every run), else drawn for this process.
+#[derive(Clone)]
+pub struct Identity {
+    private: [u8; KEY_LEN],
+    public: PublicKey,
+    stable: bool,
+}
+
+impl Identity {
+    /// A fresh key pair for this process.
+    pub fn generate() -> Identity {
+        let mut private = [0u8; KEY_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut private);
+        Identity::from_private(private, false)
+    }
+
+    /// The key pair of a stored private key (`stable`: it is kept across runs).
+    pub fn from_private(private: [u8; KEY_LEN], stable: bool) -> Identity {
+        use snow::resolvers::CryptoResolver;
+        let mut dh = snow::resolvers::DefaultResolver
+            .resolve_dh(&snow::params::DHChoice::Curve25519)
+            .expect("snow resolves X25519");
+        dh.set(&private);
+        let mut public = [0u8; KEY_LEN];
+        public.copy_from_slice(dh.pubkey());
+        Identity {
+            private,
+            public,
+            stable,
+        }
+    }
+
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    pub fn private(&self) -> &[u8; KEY_LEN] {
+        &self.private
+    }
+
+    pub fn is_stable(&self) -> bool {
+        self.stable
+    }
+}
+
+/// How a node's links are secured: not at all, or by the keys derived from its secrets and its
+/// static key pair.
 #[derive(Clone, Default)]
 pub enum Security {
     #[default]
     Open,
     /// The first key is the one this node dials with; each is accepted.
-    Keyed(Arc<[Psk]>),
+    Keyed {
+        keys: Arc<[Psk]>,
+        identity: Arc<Identity>,
+    },
 }
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Security::Open => f.write_str("Open"),
-            Security::Keyed(keys) => write!(f, "Keyed({} secrets)", keys.len()),
+            Security::Keyed { keys, .. } => write!(f, "Keyed({} secrets)", keys.len()),
         }
     }
 }
@@ -76,7 +141,8 @@ pub enum SecretError {
 }
 
 impl Security {
-    /// No secrets: an open node. Otherwise the first secret is dialed with and all are accepted.
+    /// No secrets: an open node. Otherwise the first secret is dialed with and all are accepted, and
+    /// the node proves a static key drawn for this process (`with_identity` sets a stored one).
     pub fn from_secrets<S: AsRef<[u8]>>(secrets: &[S]) -> Result<Security, SecretError> {
         if secrets.is_empty() {
             return Ok(Security::Open);
@@ -98,11 +164,33 @@ impl Security {
             hash.update(secret);
             keys.push(hash.finalize().into());
         }
-        Ok(Security::Keyed(keys.into()))
+        Ok(Security::Keyed {
+            keys: keys.into(),
+            identity: Arc::new(Identity::generate()),
+        })
+    }
+
+    /// The same secrets, proving `identity`; an open node has no identity to prove.
+    pub fn with_identity(self, identity: Identity) -> Security {
+        match self {
+            Security::Open => Security::Open,
+            Security::Keyed { keys, .. } => Security::Keyed {
+                keys,
+                identity: Arc::new(identity),
+            },
+        }
     }
 
     pub fn is_keyed(&self) -> bool {
-        matches!(self, Security::Keyed(_))
+        matches!(self, Security::Keyed { .. })
+    }
+
+    /// The static key this node proves on keyed links.
+    pub fn public_key(&self) -> Option<&PublicKey> {
+        match self {
+            Security::Open => None,
+            Security::Keyed { identity, .. } => Some(identity.public()),
+        }
     }
 
     fn preamble(&self) -> [u8; PREAMBLE_LEN] {
@@ -128,8 +216,8 @@ pub enum HandshakeError {
     TheyHaveNoSecret,
     #[error("unknown link mode {0}")]
     Mode(u8),
-    #[error("handshake message of {0} bytes (expected {HANDSHAKE_MSG_LEN})")]
-    MessageLength(usize),
+    #[error("handshake message of {0} bytes (expected {1})")]
+    MessageLength(usize, usize),
     #[error("the other end does not hold the cluster secret")]
     WrongSecret,
     /// Seen by a dialer: the other end closed the connection on its first Noise message, the one that
@@ -144,20 +232,33 @@ fn noise_error(e: snow::Error) -> HandshakeError {
     HandshakeError::Noise(e.to_string())
 }
 
-fn builder(psk: &Psk) -> Result<Builder<'_>, HandshakeError> {
+fn builder<'a>(psk: &'a Psk, identity: &'a Identity) -> Result<Builder<'a>, HandshakeError> {
     let params = NOISE_PARAMS.parse().map_err(noise_error)?;
     Builder::new(params)
         .prologue(&MAGIC)
         .and_then(|b| b.psk(0, psk))
+        .and_then(|b| b.local_private_key(identity.private()))
         .map_err(noise_error)
+}
+
+/// What a keyed handshake proved about the other end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proven {
+    pub key: PublicKey,
+    /// The other end keeps this key across runs (a data directory).
+    pub stable: bool,
 }
 
 enum Stage {
     /// Waiting for the other end's preamble; a dialer's Noise state waits with it.
     Preamble(Option<Box<HandshakeState>>),
-    /// Keyed: waiting for the other end's Noise message (an acceptor has no state until it arrives).
+    /// Keyed: waiting for the other end's next Noise message. An acceptor has no state until the
+    /// first arrives; then, like the dialer, it waits with its state for the one after its own.
     Noise(Option<Box<HandshakeState>>),
-    Established(Option<Arc<StatelessTransportState>>),
+    Established {
+        cipher: Option<Arc<StatelessTransportState>>,
+        proven: Option<Proven>,
+    },
 }
 
 /// One end of a connection from its first byte until it is a link (or refused).
@@ -176,9 +277,11 @@ impl Handshake {
     pub fn new(security: &Security, dialer: bool) -> Result<Handshake, HandshakeError> {
         let mut out = security.preamble().to_vec();
         let mut noise = None;
-        if let (Security::Keyed(keys), true) = (security, dialer) {
-            let mut state = builder(&keys[0])?.build_initiator().map_err(noise_error)?;
-            write_message(&mut state, &mut out)?;
+        if let (Security::Keyed { keys, identity }, true) = (security, dialer) {
+            let mut state = builder(&keys[0], identity)?
+                .build_initiator()
+                .map_err(noise_error)?;
+            write_message(&mut state, &[], &mut out)?;
             noise = Some(Box::new(state));
         }
         Ok(Handshake {
@@ -194,18 +297,29 @@ impl Handshake {
     }
 
     pub fn is_established(&self) -> bool {
-        matches!(self.stage, Stage::Established(_))
+        matches!(self.stage, Stage::Established { .. })
     }
 
     /// True for a dialer whose key went out and whose answer has not come yet.
     pub fn awaits_key_answer(&self) -> bool {
-        matches!(self.stage, Stage::Noise(Some(_)))
+        matches!(&self.stage, Stage::Noise(Some(state)) if state.is_initiator())
+    }
+
+    /// What the handshake proved about the other end's static key: `None` on an open link.
+    pub fn proven(&self) -> Option<Proven> {
+        match self.stage {
+            Stage::Established { proven, .. } => proven,
+            _ => None,
+        }
     }
 
     /// The link's cipher once established: `None` for an open link.
     pub fn into_cipher(self) -> Option<(Sealer, Opener)> {
         match self.stage {
-            Stage::Established(Some(state)) => Some((
+            Stage::Established {
+                cipher: Some(state),
+                ..
+            } => Some((
                 Sealer {
                     state: state.clone(),
                     nonce: 0,
@@ -232,10 +346,13 @@ impl Handshake {
                     return Err(HandshakeError::Version(preamble[4]));
                 }
                 self.stage = match (preamble[5], &self.security) {
-                    (MODE_OPEN, Security::Open) => Stage::Established(None),
-                    (MODE_KEYED, Security::Keyed(_)) => Stage::Noise(noise.take()),
+                    (MODE_OPEN, Security::Open) => Stage::Established {
+                        cipher: None,
+                        proven: None,
+                    },
+                    (MODE_KEYED, Security::Keyed { .. }) => Stage::Noise(noise.take()),
                     (MODE_KEYED, Security::Open) => return Err(HandshakeError::TheyHaveASecret),
-                    (MODE_OPEN, Security::Keyed(_)) => {
+                    (MODE_OPEN, Security::Keyed { .. }) => {
                         return Err(HandshakeError::TheyHaveNoSecret)
                     }
                     (mode, _) => return Err(HandshakeError::Mode(mode)),
@@ -247,41 +364,74 @@ impl Handshake {
                     return Ok(0);
                 };
                 let len = u16::from_be_bytes([prefix[0], prefix[1]]) as usize;
-                if len != HANDSHAKE_MSG_LEN {
-                    return Err(HandshakeError::MessageLength(len));
+                let expected = match noise.as_deref() {
+                    None => FIRST_MSG_LEN,
+                    Some(state) if state.is_initiator() => ANSWER_MSG_LEN,
+                    Some(_) => LAST_MSG_LEN,
+                };
+                if len != expected {
+                    return Err(HandshakeError::MessageLength(len, expected));
                 }
                 let Some(message) = input.get(RECORD_LEN_BYTES..RECORD_LEN_BYTES + len) else {
                     return Ok(0);
                 };
-                let state = match noise.take() {
-                    Some(mut state) => {
-                        state
-                            .read_message(message, &mut [])
-                            .map_err(|_| HandshakeError::WrongSecret)?;
-                        state
-                    }
-                    None => {
-                        let Security::Keyed(keys) = &self.security else {
-                            unreachable!("only a keyed handshake reaches the noise stage");
-                        };
-                        let mut state = accept_with_any(keys, message)?;
-                        write_message(&mut state, &mut self.out)?;
-                        state
+                let Security::Keyed { keys, identity } = &self.security else {
+                    unreachable!("only a keyed handshake reaches the noise stage");
+                };
+                let stable = [u8::from(identity.is_stable())];
+                let Some(mut state) = noise.take() else {
+                    let mut state = accept_with_any(keys, identity, message)?;
+                    write_message(&mut state, &stable, &mut self.out)?;
+                    self.stage = Stage::Noise(Some(state));
+                    return Ok(RECORD_LEN_BYTES + len);
+                };
+                let mut payload = [0u8; MAX_HANDSHAKE_MSG];
+                let n = state
+                    .read_message(message, &mut payload)
+                    .map_err(|_| HandshakeError::WrongSecret)?;
+                let their_stable = match &payload[..n] {
+                    [0] => false,
+                    [1] => true,
+                    other => {
+                        return Err(HandshakeError::Noise(format!(
+                            "a handshake payload of {other:02x?} (one byte, 0 or 1, expected)"
+                        )))
                     }
                 };
+                if state.is_initiator() {
+                    write_message(&mut state, &stable, &mut self.out)?;
+                }
+                let mut key = [0u8; KEY_LEN];
+                key.copy_from_slice(
+                    state
+                        .get_remote_static()
+                        .ok_or_else(|| HandshakeError::Noise("no static key proven".into()))?,
+                );
                 let transport = state.into_stateless_transport_mode().map_err(noise_error)?;
-                self.stage = Stage::Established(Some(Arc::new(transport)));
+                self.stage = Stage::Established {
+                    cipher: Some(Arc::new(transport)),
+                    proven: Some(Proven {
+                        key,
+                        stable: their_stable,
+                    }),
+                };
                 Ok(RECORD_LEN_BYTES + len)
             }
-            Stage::Established(_) => Ok(0),
+            Stage::Established { .. } => Ok(0),
         }
     }
 }
 
 /// The acceptor's side of the first message: the state of the first accepted key it authenticates under.
-fn accept_with_any(keys: &[Psk], message: &[u8]) -> Result<Box<HandshakeState>, HandshakeError> {
+fn accept_with_any(
+    keys: &[Psk],
+    identity: &Identity,
+    message: &[u8],
+) -> Result<Box<HandshakeState>, HandshakeError> {
     for psk in keys {
-        let mut state = builder(psk)?.build_responder().map_err(noise_error)?;
+        let mut state = builder(psk, identity)?
+            .build_responder()
+            .map_err(noise_error)?;
         if state.read_message(message, &mut []).is_ok() {
             return Ok(Box::new(state));
         }
@@ -289,11 +439,15 @@ fn accept_with_any(keys: &[Psk], message: &[u8]) -> Result<Box<HandshakeState>, 
     Err(HandshakeError::WrongSecret)
 }
 
-/// Appends the next handshake message (with an empty payload), length-prefixed, to `out`.
-fn write_message(state: &mut HandshakeState, out: &mut Vec<u8>) -> Result<(), HandshakeError> {
-    let mut message = [0u8; HANDSHAKE_MSG_LEN];
+/// Appends the next handshake message (carrying `payload`), length-prefixed, to `out`.
+fn write_message(
+    state: &mut HandshakeState,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), HandshakeError> {
+    let mut message = [0u8; MAX_HANDSHAKE_MSG];
     let len = state
-        .write_message(&[], &mut message)
+        .write_message(payload, &mut message)
         .map_err(noise_error)?;
     out.extend_from_slice(&(len as u16).to_be_bytes());
     out.extend_from_slice(&message[..len]);
@@ -402,7 +556,7 @@ pub fn handshake_in_memory(dialer: &Security, acceptor: &Security) -> [Outcome; 
         (Err(e), _) | (_, Err(e)) => return [Outcome::Refused(e), Outcome::Unfinished],
     };
     let mut inboxes = [Vec::new(), Vec::new()];
-    // Preamble and first message, answer, and a round to read it: three rounds finish any handshake.
+    // Preamble and first message, the answer, then the last message: three rounds finish any handshake.
     for _ in 0..3 {
         for i in 0..2 {
             let out = ends[i].take_output();
@@ -479,6 +633,43 @@ mod tests {
     }
 
     #[test]
+    fn each_end_learns_the_static_key_the_other_proved_and_whether_it_is_kept() {
+        let s = keyed(&["correct horse battery staple"]);
+        let stored = Identity::from_private([7; KEY_LEN], true);
+        let d = s.clone().with_identity(stored.clone());
+        let mut dialer = Handshake::new(&d, true).unwrap();
+        let mut acceptor = Handshake::new(&s, false).unwrap();
+        let mut rounds = 0;
+        while !(dialer.is_established() && acceptor.is_established()) {
+            let to_acceptor = dialer.take_output();
+            let to_dialer = acceptor.take_output();
+            feed(&mut acceptor, &to_acceptor, &[64]).unwrap();
+            feed(&mut dialer, &to_dialer, &[64]).unwrap();
+            rounds += 1;
+            assert!(rounds < 4, "the handshake does not finish");
+        }
+        assert_eq!(
+            acceptor.proven(),
+            Some(Proven {
+                key: *stored.public(),
+                stable: true
+            })
+        );
+        assert_eq!(
+            dialer.proven(),
+            Some(Proven {
+                key: *s.public_key().unwrap(),
+                stable: false
+            })
+        );
+        assert_eq!(
+            Identity::from_private([7; KEY_LEN], false).public(),
+            stored.public(),
+            "the public key follows from the private one"
+        );
+    }
+
+    #[test]
     fn a_batch_larger_than_a_noise_message_is_split_into_records() {
         let s = keyed(&["correct horse battery staple"]);
         let [d, a] = handshake_in_memory(&s, &s);
@@ -524,15 +715,23 @@ mod tests {
         let mut dialer = Handshake::new(&ours, true).unwrap();
         dialer.take_output();
         let theirs = keyed(&["the other cluster's secret"]);
-        let mut impostor = builder(match &theirs {
-            Security::Keyed(k) => &k[0],
-            Security::Open => unreachable!(),
-        })
-        .unwrap()
-        .build_initiator()
-        .unwrap();
+        let Security::Keyed { keys, identity } = &theirs else {
+            unreachable!()
+        };
+        // The impostor answers as if the dialer's first message had passed under its own key.
+        let mut mine = builder(&keys[0], identity)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut first = Vec::new();
+        write_message(&mut mine, &[], &mut first).unwrap();
+        let mut impostor = builder(&keys[0], identity)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        impostor.read_message(&first[2..], &mut []).unwrap();
         let mut reply = theirs.preamble().to_vec();
-        write_message(&mut impostor, &mut reply).unwrap();
+        write_message(&mut impostor, &[0], &mut reply).unwrap();
         assert_eq!(dialer.receive(&reply), Ok(PREAMBLE_LEN));
         assert_eq!(
             dialer.receive(&reply[PREAMBLE_LEN..]),
@@ -596,7 +795,7 @@ mod tests {
         assert_eq!(hs.receive(&input), Ok(PREAMBLE_LEN));
         assert_eq!(
             hs.receive(&input[PREAMBLE_LEN..]),
-            Err(HandshakeError::MessageLength(0xffff))
+            Err(HandshakeError::MessageLength(0xffff, FIRST_MSG_LEN))
         );
     }
 
@@ -721,10 +920,13 @@ mod tests {
             let mut acceptor = Handshake::new(&s, false).unwrap();
             let hello = dialer.take_output();
             prop_assert_eq!(feed(&mut acceptor, &hello, &cuts), Ok(hello.len()));
-            prop_assert!(acceptor.is_established());
+            prop_assert!(!acceptor.is_established());
             let answer = acceptor.take_output();
             prop_assert_eq!(feed(&mut dialer, &answer, &cuts), Ok(answer.len()));
             prop_assert!(dialer.is_established());
+            let last = dialer.take_output();
+            prop_assert_eq!(feed(&mut acceptor, &last, &cuts), Ok(last.len()));
+            prop_assert!(acceptor.is_established());
         }
 
         #[test]

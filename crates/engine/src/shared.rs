@@ -16,6 +16,7 @@ use crate::bucket::Bucket;
 use crate::config::Config;
 use crate::error::Error;
 use crate::guard::Guard;
+use crate::keys::KeyBook;
 use crate::membership::Members;
 use crate::secure::Security;
 use crate::sync::{Fetches, LinkSignal, Local, Session};
@@ -45,6 +46,8 @@ pub struct Shared {
     pub(crate) links: Mutex<Vec<Arc<LinkSlot>>>,
     pub(crate) fetches: Fetches,
     pub(crate) security: Security,
+    /// Which static key may speak for which id on keyed links.
+    pub(crate) keys: KeyBook,
     pub(crate) guard: Guard,
     /// Where every part of the node reports what an operator must hear about.
     pub(crate) warnings: Arc<Warnings>,

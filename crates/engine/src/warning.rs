@@ -45,11 +45,13 @@ pub enum WarningCode {
     Unreachable,
     /// What a peer sent went past a limit of this peer (`maxBuckets`) and was ignored.
     Limit,
+    /// A peer id none of whose links was up came back with another static key (`keys`).
+    IdKey,
 }
 
 impl WarningCode {
     /// Every code, in the order counts are reported.
-    pub const ALL: [WarningCode; 9] = [
+    pub const ALL: [WarningCode; 10] = [
         WarningCode::Auth,
         WarningCode::Skew,
         WarningCode::Version,
@@ -59,6 +61,7 @@ impl WarningCode {
         WarningCode::Insecure,
         WarningCode::Unreachable,
         WarningCode::Limit,
+        WarningCode::IdKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl WarningCode {
             WarningCode::Insecure => "EINSECURE",
             WarningCode::Unreachable => "EUNREACHABLE",
             WarningCode::Limit => "ELIMIT",
+            WarningCode::IdKey => "EIDKEY",
         }
     }
 
@@ -287,7 +291,8 @@ mod tests {
                 "EPROTOCOL",
                 "EINSECURE",
                 "EUNREACHABLE",
-                "ELIMIT"
+                "ELIMIT",
+                "EIDKEY"
             ]
         );
     }

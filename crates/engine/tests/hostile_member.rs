@@ -8,6 +8,8 @@
 //!   carries it;
 //! - an ack beyond the receiver's own sequence is a protocol error, and one beyond what went out on
 //!   the link acknowledges only what did;
+//! - a hello under another peer's id, from a key that id never proved, is refused (EAUTH), and the
+//!   real peer's link stays up;
 //! - the offending link is closed, counted and reported as an EPROTOCOL warning naming the peer, and
 //!   the node keeps serving the others.
 
@@ -19,6 +21,7 @@ use peer_buckets_engine::wire::{
     self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext, WireWrite,
 };
 use peer_buckets_engine::LinkError;
+use peer_buckets_engine::PeerEventKind;
 use peer_buckets_engine::ReplicaId;
 use peer_buckets_engine::Security;
 use peer_buckets_engine::SeqRanges;
@@ -541,6 +544,96 @@ async fn a_member_cut_off_for_breaking_the_protocol_does_not_hold_up_collection(
     })
     .await;
     for n in [v, h] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// Mallory holds the secret, dials the victim and says hello as the honest peer `g`, with the highest
+/// incarnation there is. Before ids were bound to keys, the victim took it for a restart of `g`, closed
+/// `g`'s link and handed its traffic to mallory. Now the hello is refused (EAUTH, naming `g`), `g`'s
+/// link never goes down, and `g`'s writes keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_take_over_another_peers_link_with_a_forged_hello() {
+    let v = Node::start(config("v", vec![])).await.unwrap();
+    let g = Node::start(config("g", vec![v.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("g to link", || {
+        v.peers().iter().any(|p| p.id == "g" && p.connected)
+    })
+    .await;
+    let mut events = v.events();
+    let mut warnings = v.warnings();
+    let stream = tokio::net::TcpStream::connect(v.address()).await.unwrap();
+    let security = Security::from_secrets(&[SECRET]).unwrap();
+    let (mut reader, mut writer) =
+        connection::open(Box::new(stream), &security, true, None::<fn()>)
+            .await
+            .expect("mallory knows the secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut out = Vec::new();
+    for msg in [
+        Message::Hello(Hello {
+            replica: ReplicaId {
+                node: "g".into(),
+                incarnation: u64::MAX,
+            },
+            listen_port: 1,
+            listen_host: Some("127.0.0.1".into()),
+            wall_ms: now,
+            members: vec![],
+        }),
+        Message::Contexts(ContextPart {
+            buckets: vec![],
+            last: true,
+        }),
+    ] {
+        wire::encode_frame(&msg, &mut out).unwrap();
+    }
+    writer.send(&out).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if reader.read(Duration::from_secs(5)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the victim kept talking to mallory as g: the forged hello took g's link"
+    );
+    g.bucket("s")
+        .write("from-g", Some(json("g")), Lifetime::Forever);
+    eventually("g's write to reach the victim", || {
+        v.bucket("s").contains("from-g")
+    })
+    .await;
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !(event.id == "g" && event.kind == PeerEventKind::Down),
+            "g's link went down: {event:?}"
+        );
+    }
+    let mut seen = Vec::new();
+    eventually("an EAUTH warning naming g", || {
+        while let Ok(w) = warnings.try_recv() {
+            seen.push(w);
+        }
+        seen.iter()
+            .any(|w| w.code == WarningCode::Auth && w.message.contains("impersonating g"))
+    })
+    .await;
+    assert!(
+        !v.peers()
+            .iter()
+            .any(|p| p.id == "g" && p.address.ends_with(":1")),
+        "mallory's address stands for g"
+    );
+    for n in [v, g] {
         n.close(Duration::from_secs(1)).await;
     }
 }

@@ -62,34 +62,6 @@ impl Writer {
     }
 }
 
-/// A node on a runtime of its own, so that the test can crash it: dropping the runtime drops its tasks
-/// and closes its sockets without the goodbye a clean close sends, as a killed process does.
-struct Crashable {
-    runtime: tokio::runtime::Runtime,
-    node: Node,
-}
-
-fn start_crashable(config: Config) -> Crashable {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let node = runtime.block_on(Node::start(config)).unwrap();
-        Crashable { runtime, node }
-    })
-    .join()
-    .unwrap()
-}
-
-impl Crashable {
-    fn crash(self) {
-        self.runtime.shutdown_background();
-        drop(self.node);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_one_meets_majority_and_all_at_once() {
     let mut a = Writer::new(Node::start(config("a", vec![])).await.unwrap());

@@ -1,8 +1,10 @@
 //! Real nodes on loopback: keyed links, peers with another secret or none, hostile bytes, silent
-//! connections and a flood of idle sockets.
+//! connections and a flood of idle sockets, and ids bound to static keys (pinned, or learned and
+//! released by a restart).
 
 use std::time::{Duration, Instant};
 
+use peer_buckets_engine::key_to_hex;
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{encode_frame, Message};
 use peer_buckets_engine::Lifetime;
@@ -212,11 +214,11 @@ async fn a_mismatched_secret_is_a_warning_on_both_ends_naming_the_address() {
         seen_a.extend(drain_warnings(&mut on_a));
         seen_other.extend(drain_warnings(&mut on_other));
         seen_open.extend(drain_warnings(&mut on_open));
-        seen_a
-            .iter()
-            .filter(|w| w.code == WarningCode::Auth)
-            .count()
-            >= 2
+        // Both kinds on `a`: the open peer redials, so two warnings may both be its own.
+        seen_a.iter().any(|w| w.message.contains("another secret"))
+            && seen_a
+                .iter()
+                .any(|w| w.message.contains("has no secret and this peer has one"))
             && !seen_other.is_empty()
             && !seen_open.is_empty()
     })
@@ -269,6 +271,219 @@ async fn a_mismatched_secret_is_a_warning_on_both_ends_naming_the_address() {
     );
     assert!(connected(&a).is_empty());
     for n in [a, other, open] {
+        n.close(Duration::from_millis(200)).await;
+    }
+}
+
+/// An id pinned to a key (`peer_keys`) links only with that key: the peer `g` proving another is
+/// refused with an EAUTH warning naming it; pinned to the key `g` proves, it links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_pinned_to_a_key_refuses_any_other_and_links_with_its_own() {
+    let g = start("g", &[], &[SECRET]).await;
+    let key = *g.public_key().expect("a keyed node has a static key");
+    let pinned = |to| Config {
+        peer_keys: vec![("g".into(), to)],
+        ..keyed("v", vec![g.address().to_string()], &[SECRET])
+    };
+    let v = Node::start(pinned([1; 32])).await.unwrap();
+    let mut on_v = v.warnings();
+    let mut seen = Vec::new();
+    eventually("v to refuse g's key", || {
+        seen.extend(drain_warnings(&mut on_v));
+        seen.iter()
+            .any(|w| w.code == WarningCode::Auth && w.message.contains("impersonating g"))
+    })
+    .await;
+    assert!(
+        connected(&v).is_empty(),
+        "v linked with a key g is not pinned to"
+    );
+    // g took v's key on first sight and may have been linked for a moment, until v closed.
+    eventually("g to see the refused link closed", || {
+        connected(&g).is_empty()
+    })
+    .await;
+    v.close(Duration::from_millis(200)).await;
+    let v = Node::start(pinned(key)).await.unwrap();
+    eventually("v to link with g", || connected(&v) == ["g"]).await;
+    replicates(&g, &v, "from-g").await;
+    for n in [v, g] {
+        n.close(Duration::from_millis(200)).await;
+    }
+}
+
+/// A data directory for one test, removed when it ends.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("pb-security-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A peer closed and started again under its id links again: with a data directory it proves the
+/// same key; without one it proves a new key, which replaces the old once none of the id's links is
+/// up (a forger could not have taken it while the peer was linked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_links_again_with_its_kept_key_or_a_new_one() {
+    let quick = |id: &str, seeds: Vec<String>| Config {
+        handshake_timeout: Duration::from_secs(1),
+        ..keyed(id, seeds, &[SECRET])
+    };
+    let v = Node::start(quick("v", vec![])).await.unwrap();
+    let seeds = vec![v.address().to_string()];
+    let dir = Dir::new("restart");
+    let kept = || Config {
+        data_dir: Some(dir.0.clone()),
+        ..quick("d", seeds.clone())
+    };
+    let d = Node::start(kept()).await.unwrap();
+    let p = start("p", &[&v], &[SECRET]).await;
+    eventually("v to link with d and p", || connected(&v) == ["d", "p"]).await;
+    let (d_key, p_key) = (*d.public_key().unwrap(), *p.public_key().unwrap());
+    for n in [d, p] {
+        n.close(Duration::from_millis(200)).await;
+    }
+    let d = Node::start(kept()).await.unwrap();
+    assert_eq!(
+        d.public_key(),
+        Some(&d_key),
+        "the data directory keeps the key"
+    );
+    let p = start("p", &[&v], &[SECRET]).await;
+    assert_ne!(
+        p.public_key(),
+        Some(&p_key),
+        "a process without one draws a key"
+    );
+    eventually("v to link with both again", || connected(&v) == ["d", "p"]).await;
+    replicates(&p, &v, "from-p").await;
+    for n in [v, d, p] {
+        n.close(Duration::from_millis(200)).await;
+    }
+}
+
+/// The most common deployment: peers without a data directory, one killed (no goodbye) and started
+/// again under its id on the same port, with a key drawn anew. Its old links are all down once the
+/// others see it gone, so the new key is taken at once (an EIDKEY warning on each, naming it), not
+/// refused as an impersonation: it links to both again, and writes flow both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_peer_restarted_with_a_new_key_gets_back_in() {
+    let v = start("v", &[], &[SECRET]).await;
+    let w = start("w", &[&v], &[SECRET]).await;
+    let p_config = |listen: String| Config {
+        listen,
+        ..keyed("p", vec![v.address().to_string()], &[SECRET])
+    };
+    let p = start_crashable(p_config("127.0.0.1:0".into()));
+    let p_address = p.node.address().to_string();
+    let old_key = *p.node.public_key().unwrap();
+    eventually("v and w to link with p", || {
+        connected(&v) == ["p", "w"] && connected(&w) == ["p", "v"]
+    })
+    .await;
+    let (mut on_v, mut on_w) = (v.warnings(), w.warnings());
+    p.crash();
+    eventually("v and w to see p down", || {
+        connected(&v) == ["w"] && connected(&w) == ["v"]
+    })
+    .await;
+    let p = start_crashable(p_config(p_address));
+    assert_ne!(
+        p.node.public_key(),
+        Some(&old_key),
+        "a new process, a new key"
+    );
+    eventually_within(
+        "v and w to link with the new p",
+        Duration::from_secs(4),
+        || connected(&v) == ["p", "w"] && connected(&w) == ["p", "v"],
+    )
+    .await;
+    replicates(&p.node, &v, "from-new-p").await;
+    replicates(&p.node, &w, "from-new-p-too").await;
+    replicates(&w, &p.node, "to-new-p").await;
+    let (seen_v, seen_w) = (drain_warnings(&mut on_v), drain_warnings(&mut on_w));
+    for seen in [&seen_v, &seen_w] {
+        assert!(
+            !seen.iter().any(|w| w.code == WarningCode::Auth),
+            "the restarted p was refused: {seen:?}"
+        );
+        assert!(
+            seen.iter().any(|w| w.code == WarningCode::IdKey
+                && w.peer.as_deref() == Some("p")
+                && w.message.contains(&key_to_hex(&old_key))),
+            "no EIDKEY warning naming p and its old key: {seen:?}"
+        );
+    }
+    p.crash();
+    for n in [v, w] {
+        n.close(Duration::from_millis(200)).await;
+    }
+}
+
+/// Pinned, an id takes no new key even with all its links down: `p` pinned on `v` and crashed comes
+/// back without a data directory, so with a new key, and `v` refuses it (EAUTH naming `p`) however
+/// long it waits, while `w`, which pins nothing, takes it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_id_refuses_a_new_key() {
+    let p_config = |listen: String, seeds: Vec<String>| Config {
+        listen,
+        ..keyed("p", seeds, &[SECRET])
+    };
+    let p = start_crashable(p_config("127.0.0.1:0".into(), vec![]));
+    let p_address = p.node.address().to_string();
+    let v = Node::start(Config {
+        peer_keys: vec![("p".into(), *p.node.public_key().unwrap())],
+        ..keyed("v", vec![p_address.clone()], &[SECRET])
+    })
+    .await
+    .unwrap();
+    let w = start("w", &[&v], &[SECRET]).await;
+    eventually("v and w to link with p", || {
+        connected(&v) == ["p", "w"] && connected(&w) == ["p", "v"]
+    })
+    .await;
+    p.crash();
+    eventually("v and w to see p down", || {
+        connected(&v) == ["w"] && connected(&w) == ["v"]
+    })
+    .await;
+    let mut on_v = v.warnings();
+    let p = start_crashable(p_config(p_address, vec![v.address().to_string()]));
+    eventually("w to take the new p back", || connected(&w) == ["p", "v"]).await;
+    let mut seen = Vec::new();
+    eventually("v to refuse the new p's key", || {
+        seen.extend(drain_warnings(&mut on_v));
+        seen.iter().any(|w| {
+            w.code == WarningCode::Auth
+                && w.message.contains("impersonating p")
+                && w.message.contains("pinned")
+        })
+    })
+    .await;
+    // Past any dead_after and redial backoff: still refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        connected(&v),
+        ["w"],
+        "v linked with a key p is not pinned to"
+    );
+    seen.extend(drain_warnings(&mut on_v));
+    assert!(
+        !seen.iter().any(|w| w.code == WarningCode::IdKey),
+        "a pinned id took a new key: {seen:?}"
+    );
+    p.crash();
+    for n in [v, w] {
         n.close(Duration::from_millis(200)).await;
     }
 }

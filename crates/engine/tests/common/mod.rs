@@ -392,6 +392,34 @@ pub fn connected(node: &Node) -> Vec<String> {
     ids
 }
 
+/// A node on a runtime of its own, so that the test can crash it: dropping the runtime drops its tasks
+/// and closes its sockets without the goodbye a clean close sends, as a killed process does.
+pub struct Crashable {
+    runtime: tokio::runtime::Runtime,
+    pub node: Node,
+}
+
+pub fn start_crashable(config: Config) -> Crashable {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = runtime.block_on(Node::start(config)).unwrap();
+        Crashable { runtime, node }
+    })
+    .join()
+    .unwrap()
+}
+
+impl Crashable {
+    pub fn crash(self) {
+        self.runtime.shutdown_background();
+        drop(self.node);
+    }
+}
+
 /// The warnings waiting in `rx`.
 pub fn drain_warnings(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Warning>) -> Vec<Warning> {
     let mut out = Vec::new();
@@ -403,5 +431,12 @@ pub fn drain_warnings(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Warning>) ->
 
 /// The first bytes a dialer sends: the magic, the preamble version, whether the link is keyed.
 pub fn preamble(keyed: bool) -> Vec<u8> {
-    vec![b'P', b'B', b'K', b'T', 1, keyed as u8]
+    vec![
+        b'P',
+        b'B',
+        b'K',
+        b'T',
+        peer_buckets_engine::LINK_VERSION,
+        keyed as u8,
+    ]
 }
