@@ -83,6 +83,15 @@ export interface PeerOptions {
    */
   secret?: string | Buffer | Array<string | Buffer>
   /**
+   * With a secret: ids pinned to their key, `{ [id]: publicKey }` (another peer's `peer.publicKey`, 64
+   * hex digits). A pinned id links only with that key; any other is refused (`EAUTH`). Ids not listed
+   * are bound to the first key they prove, strictly while one of their links is up; a new key for an
+   * id whose links are all down (a restart without dataDir) replaces it, with an `EIDKEY` warning.
+   * Not an object, or without a secret: TypeError; an empty or too long id, or a key that is not 64
+   * hex digits: RangeError.
+   */
+  peerKeys?: Record<string, string>
+  /**
    * Without a secret: the network is trusted, so accept peers from any address. By default a peer
    * without a secret that listens beyond loopback (e.g. '0.0.0.0:7070') refuses peers from other than
    * loopback addresses, with a 'warning' (code 'EINSECURE') saying how to set a secret. Default false;
@@ -211,7 +220,8 @@ export interface PeerEvent {
  * EVERSION (another protocol version), EIDCONFLICT (two processes with one id), EDISK (the data
  * directory could not be written), EPROTOCOL (a peer broke the protocol), EINSECURE (an unencrypted
  * connection refused off loopback), EUNREACHABLE (a seed silent for long), ELIMIT (what a peer sent
- * went past a limit of this peer, `maxBuckets`, and was ignored).
+ * went past a limit of this peer, `maxBuckets`, and was ignored), EIDKEY (a peer id none of whose
+ * links was up came back with a new key: a restart without dataDir, or a member taking its id).
  */
 export type WarningCode =
   | 'EAUTH'
@@ -223,6 +233,7 @@ export type WarningCode =
   | 'EINSECURE'
   | 'EUNREACHABLE'
   | 'ELIMIT'
+  | 'EIDKEY'
 
 /** Something an operator must hear about while the peer keeps serving. */
 export interface PeerWarning {
@@ -551,6 +562,11 @@ export declare class Peer extends EventEmitter {
   readonly id: string
   /** The 'host:port' actually bound; undefined until ready. */
   readonly address: string
+  /**
+   * With a secret, the static key this peer proves to others (64 hex digits), kept in `dataDir` or
+   * drawn per process: what other peers pin in `peerKeys`. Null without a secret, and until ready.
+   */
+  readonly publicKey: string | null
   /** True once close() was called or the peer could not open. */
   readonly closed: boolean
   /**

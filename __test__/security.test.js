@@ -1,7 +1,8 @@
 'use strict'
 // Security (README: API reference, Security): peers with a secret accept only peers with the same
 // secret; hostile bytes, silent sockets and a flood of idle ones are dropped while the real peers go on
-// replicating.
+// replicating; ids are bound to keys (peerKeys pins them), and a peer restarted without dataDir, with a
+// new key, gets back in.
 
 const net = require('node:net')
 const { randomBytes } = require('node:crypto')
@@ -9,11 +10,13 @@ const { Peer } = require('..')
 const { createPeer, waitConnected, isConnected, closeAll } = require('./helpers/peers')
 const { waitFor, sleep } = require('./helpers/wait')
 const { captureError } = require('./helpers/errors')
+const { spawnPeer, killAll } = require('./helpers/spawn-peer')
 
 jest.setTimeout(60_000)
 
 afterEach(async () => {
   await closeAll()
+  await killAll()
 })
 
 const SECRET = 'correct horse battery staple'
@@ -177,6 +180,107 @@ describe('hostile connections', () => {
       expect(stats.handshakesEvicted).toBeGreaterThanOrEqual(400)
     } finally {
       for (const sock of idle) sock.destroy()
+    }
+  })
+})
+
+describe('ids bound to keys', () => {
+  const HEX64 = /^[0-9a-f]{64}$/
+
+  test('peer.publicKey is 64 hex digits with a secret, kept in dataDir, null without a secret', async () => {
+    const open = await createPeer()
+    expect(open.publicKey).toBeNull()
+    const fs = require('node:fs')
+    const dir = fs.mkdtempSync(require('node:path').join(require('node:os').tmpdir(), 'pb-key-'))
+    try {
+      const first = await createPeer({ secret: SECRET, dataDir: dir })
+      expect(first.publicKey).toMatch(HEX64)
+      const key = first.publicKey
+      await first.close()
+      const again = await createPeer({ secret: SECRET, dataDir: dir })
+      expect(again.publicKey).toBe(key)
+      await again.close()
+      const memory = await createPeer({ secret: SECRET })
+      expect(memory.publicKey).toMatch(HEX64)
+      expect(memory.publicKey).not.toBe(key)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  test.each([
+    ['not an object', 'abc', TypeError, /options\.peerKeys must be an object/],
+    ['an array', [], TypeError, /options\.peerKeys must be an object/],
+    ['null', null, TypeError, /options\.peerKeys must be an object/],
+    ['a key that is not a string', { a: 7 }, TypeError, /options\.peerKeys\["a"\] must be a string/],
+    ['a key too short', { a: 'ab' }, RangeError, /options\.peerKeys\["a"\] must be 64 hex digits.*got 2 characters/],
+    ['a key with a non-hex digit', { a: 'g'.repeat(64) }, RangeError, /must be 64 hex digits/],
+    ['an empty id', { '': 'a'.repeat(64) }, RangeError, /empty id/],
+    ['an id over 255 bytes', { ['x'.repeat(256)]: 'a'.repeat(64) }, RangeError, /longer than 255 bytes/],
+  ])('peerKeys: %s throws', async (label, peerKeys, Type, message) => {
+    const err = await captureError(() => new Peer({ secret: SECRET, peerKeys }))
+    expect(err).toBeInstanceOf(Type)
+    expect(err.message).toMatch(message)
+  })
+
+  test('peerKeys without a secret throws a TypeError', async () => {
+    const err = await captureError(() => new Peer({ peerKeys: {} }))
+    expect(err).toBeInstanceOf(TypeError)
+    expect(err.message).toMatch(/peerKeys needs options\.secret/)
+  })
+
+  test('a pinned id links only with its key: another is refused with EAUTH naming it', async () => {
+    const g = await createPeer({ id: 'g', secret: SECRET })
+    const wrong = await createPeer({ id: 'v', secret: SECRET, peers: [g.address], peerKeys: { g: 'ab'.repeat(32) } })
+    const seen = []
+    wrong.on('warning', (w) => seen.push(w))
+    await waitFor(() => seen.some((w) => w.code === 'EAUTH' && /impersonating g/.test(w.message)), {
+      timeout: 10_000,
+      message: 'EAUTH naming g on the peer that pinned another key',
+    })
+    expect(isConnected(wrong, 'g')).toBe(false)
+    await wrong.close()
+    const right = await createPeer({ id: 'w', secret: SECRET, peers: [g.address], peerKeys: { g: g.publicKey.toUpperCase() } })
+    await waitConnected([g, right])
+    await replicates(g, right, 'pinned')
+  })
+
+  // The demo's case: auth servers without a data directory, in three processes; one is killed (no
+  // goodbye) and started again under its id on its port, drawing a new key. Both others take it back
+  // as soon as they see its old links down, with an EIDKEY warning each, and writes flow both ways.
+  test('a peer without dataDir killed with SIGKILL and restarted with a new key links to both others again within 5 s and replicates', async () => {
+    const options = { secret: SECRET }
+    const a = await spawnPeer({ id: 'auth-1', options })
+    const b = await spawnPeer({ id: 'auth-2', seeds: [a.address], options })
+    const c = await spawnPeer({ id: 'auth-3', seeds: [a.address], options })
+    const linked = async (p, id) => (await p.peers()).some((q) => q.id === id && q.state === 'connected')
+    const bothSee = async (want) => (await linked(a, 'auth-2')) === want && (await linked(c, 'auth-2')) === want
+    await waitFor(async () => (await bothSee(true)) && (await linked(a, 'auth-3')), {
+      timeout: 10_000,
+      message: 'the three linked',
+    })
+    const oldKey = b.publicKey
+    expect(oldKey).toMatch(HEX64)
+    await b.kill('SIGKILL')
+    await waitFor(() => bothSee(false), { timeout: 10_000, message: 'auth-1 and auth-3 to see auth-2 down' })
+    const b2 = await spawnPeer({ id: 'auth-2', seeds: [a.address], listen: b.address, options })
+    expect(b2.publicKey).toMatch(HEX64)
+    expect(b2.publicKey).not.toBe(oldKey)
+    await waitFor(() => bothSee(true), { timeout: 5000, message: 'auth-1 and auth-3 to link with the restarted auth-2' })
+    await b2.set('after-restart', 'from the new auth-2')
+    await waitFor(async () => (await a.has('after-restart')) && (await c.has('after-restart')), {
+      timeout: 5000,
+      message: "the restarted auth-2's write to reach both",
+    })
+    await a.set('to-the-new-one', 1)
+    await waitFor(() => b2.has('to-the-new-one'), { timeout: 5000, message: "auth-1's write to reach the restarted auth-2" })
+    for (const p of [a, c]) {
+      const warnings = p.events.filter((e) => e.name === 'warning').map((e) => e.data)
+      expect(warnings.filter((w) => w.code === 'EAUTH')).toEqual([])
+      expect(warnings).toContainEqual(
+        expect.objectContaining({ code: 'EIDKEY', peer: 'auth-2', message: expect.stringContaining(oldKey) }),
+      )
+      expect((await p.stats()).warnings.EIDKEY).toBeGreaterThanOrEqual(1)
     }
   })
 })

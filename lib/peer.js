@@ -26,6 +26,7 @@ const {
   checkAddress,
   isIpLiteral,
   checkSecrets,
+  checkPeerKeys,
   checkDuration,
   checkMaxBuckets,
   checkLogger,
@@ -52,6 +53,7 @@ class Peer extends EventEmitter {
   #handle = 0
   #id
   #address
+  #publicKey = null
   #open = false
   #failed = false
   #buckets = new Map()
@@ -101,6 +103,7 @@ class Peer extends EventEmitter {
     const resolveIntervalMs = checkDuration('resolveInterval', options.resolveInterval, undefined)
     this.#logger = checkLogger(options.logger)
     const secrets = checkSecrets(options.secret)
+    const peerKeys = checkPeerKeys(options.peerKeys, secrets)
     if (options.insecure !== undefined && typeof options.insecure !== 'boolean') {
       throw new TypeError('Peer: options.insecure must be a boolean')
     }
@@ -133,7 +136,7 @@ class Peer extends EventEmitter {
     this.#keepAlive = setInterval(noop, HOLD_MS)
     try {
       this.#handle = native.peerOpen(
-        { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, insecure, dataDir, durability, logger: this.#logger !== undefined, resolveIntervalMs },
+        { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, peerKeys, insecure, dataDir, durability, logger: this.#logger !== undefined, resolveIntervalMs },
         (batch) => this.#onNative(batch),
       )
     } catch (err) {
@@ -147,6 +150,7 @@ class Peer extends EventEmitter {
     clearInterval(this.#openHold)
     this.#id = e.id
     this.#address = e.address
+    this.#publicKey = e.publicKey ?? null
     this.#open = true
     for (const b of this.#buckets.values()) b._open(native.peerBucket(this.#handle, b.name))
     for (const c of this.#counters.values()) c._open(native.peerCounter(this.#handle, c.name))
@@ -279,6 +283,15 @@ class Peer extends EventEmitter {
   /** The `host:port` bound, once ready. */
   get address() {
     return this.#address
+  }
+
+  /**
+   * The static key this peer proves on links with a secret (64 hex digits), once ready: what other
+   * peers list in `peerKeys` to pin its id. Kept in dataDir, else drawn per process; null without a
+   * secret.
+   */
+  get publicKey() {
+    return this.#publicKey
   }
 
   /** True once close() was called (or the peer could not open). */

@@ -143,6 +143,33 @@ function checkSecrets(value) {
   })
 }
 
+/** A peer's public key as `peer.publicKey` gives it: 64 hex digits. */
+const PUBLIC_KEY = /^[0-9a-fA-F]{64}$/
+
+// options.peerKeys: { [id]: publicKey }, ids only that key may speak for; it needs a secret (open
+// links prove no key). Returns [{ id, key }] for the native layer; undefined when absent.
+function checkPeerKeys(value, secrets) {
+  if (value === undefined) return undefined
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new TypeError('Peer: options.peerKeys must be an object mapping peer ids to their publicKey')
+  }
+  if (secrets === undefined) {
+    throw new TypeError('Peer: options.peerKeys needs options.secret (links without a secret prove no key)')
+  }
+  return Object.entries(value).map(([id, key]) => {
+    const what = `options.peerKeys[${JSON.stringify(id)}]`
+    if (id.length === 0) throw new RangeError('Peer: options.peerKeys has an empty id')
+    if (Buffer.byteLength(id) > MAX_ID_BYTES) {
+      throw new RangeError(`Peer: options.peerKeys has an id longer than ${MAX_ID_BYTES} bytes`)
+    }
+    if (typeof key !== 'string') throw new TypeError(`Peer: ${what} must be a string, the peer's publicKey`)
+    if (!PUBLIC_KEY.test(key)) {
+      throw new RangeError(`Peer: ${what} must be 64 hex digits, the peer's publicKey (got ${key.length} characters)`)
+    }
+    return { id, key: key.toLowerCase() }
+  })
+}
+
 /** Most buckets a peer holds before it ignores what peers send for new ones, by default. */
 const MAX_BUCKETS_DEFAULT = 10000
 const MAX_BUCKETS_LIMIT = 0xffffffff
@@ -202,6 +229,7 @@ module.exports = {
   checkAddress,
   isIpLiteral,
   checkSecrets,
+  checkPeerKeys,
   checkDuration,
   checkMaxBuckets,
   checkLogger,

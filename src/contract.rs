@@ -81,8 +81,13 @@ pub enum PeerEvent {
         peer: Option<String>,
         address: Option<String>,
     },
-    /// The peer listens and its data is loaded (always the first event of an opened peer).
-    Opened { id: String, address: String },
+    /// The peer listens and its data is loaded (always the first event of an opened peer);
+    /// `public_key`: the static key it proves on keyed links (64 hex digits), `None` without a secret.
+    Opened {
+        id: String,
+        address: String,
+        public_key: Option<String>,
+    },
     /// The peer could not open (its only event): `code` 'EADDRINUSE', 'EDATADIRINUSE', ... and why.
     OpenFailed { code: String, message: String },
     /// `peerClose` ended (the last event): what linked peers had not acknowledged, and whether the

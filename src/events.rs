@@ -97,6 +97,7 @@ pub enum EngineEvent {
     Opened {
         id: String,
         address: String,
+        public_key: Option<String>,
     },
     OpenFailed {
         code: &'static str,
@@ -147,7 +148,15 @@ impl From<EngineEvent> for PeerEvent {
                 peer: w.peer,
                 address: w.address,
             },
-            EngineEvent::Opened { id, address } => PeerEvent::Opened { id, address },
+            EngineEvent::Opened {
+                id,
+                address,
+                public_key,
+            } => PeerEvent::Opened {
+                id,
+                address,
+                public_key,
+            },
             EngineEvent::OpenFailed { code, message } => PeerEvent::OpenFailed {
                 code: code.to_string(),
                 message,

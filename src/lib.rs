@@ -127,6 +127,15 @@ pub struct OpenOptions {
     pub logger: Option<bool>,
     /// How often seed host names are resolved again.
     pub resolve_interval_ms: Option<f64>,
+    /// With secrets: ids only the given static key may speak for, checked by lib/validation.js.
+    pub peer_keys: Option<Vec<PeerKey>>,
+}
+
+/// One pinned id of `OpenOptions::peer_keys`: the id and its public key as 64 hex digits.
+#[napi(object)]
+pub struct PeerKey {
+    pub id: String,
+    pub key: String,
 }
 
 /// Environment variable that shifts the engine's physical clock by this many milliseconds (may be
@@ -155,7 +164,19 @@ fn open_error_code(e: &EngineError) -> &'static str {
     }
 }
 
-fn config_of(options: OpenOptions) -> Config {
+fn config_of(options: OpenOptions) -> Result<Config> {
+    let peer_keys = options
+        .peer_keys
+        .into_iter()
+        .flatten()
+        .map(|p| match peer_buckets_engine::key_from_hex(&p.key) {
+            Some(key) => Ok((p.id, key)),
+            None => Err(Error::new(
+                Code::InvalidArg,
+                format!("the key pinned for {} is not 64 hex digits", p.id),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let clock = Arc::new(Clock::default());
     if let Some(offset) = std::env::var(CLOCK_OFFSET_ENV)
         .ok()
@@ -164,7 +185,7 @@ fn config_of(options: OpenOptions) -> Config {
         clock.set_offset_ms(offset);
     }
     let defaults = Config::default();
-    Config {
+    Ok(Config {
         id: options.id.filter(|id| !id.is_empty()),
         listen: options.listen,
         seeds: options.seeds,
@@ -205,8 +226,9 @@ fn config_of(options: OpenOptions) -> Config {
             Some("relaxed") => Durability::Relaxed,
             _ => Durability::Strict,
         },
+        peer_keys,
         ..defaults
-    }
+    })
 }
 
 /// Starts a peer on its own tokio runtime and returns its handle at once: binding the port, opening
@@ -217,6 +239,7 @@ fn config_of(options: OpenOptions) -> Config {
 pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -> Result<u32> {
     logging::init();
     let sink = logging::Sink::new(options.logger.unwrap_or(false));
+    let config = config_of(options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("peer-buckets")
@@ -227,7 +250,6 @@ pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -
         .enable_all()
         .build()
         .map_err(|e| Error::new(Code::Internal, format!("cannot start the runtime: {e}")))?;
-    let config = config_of(options);
     let on = runtime.handle().clone();
     let events = events::PeerEvents::start(&on, callback).map_err(internal)?;
     sink.connect(events.sender());
@@ -242,9 +264,14 @@ pub fn peer_open(options: OpenOptions, callback: Function<Vec<PeerEvent>, ()>) -
             Ok(node) => {
                 let node = Arc::new(node);
                 let (id, address) = (node.id().to_string(), node.address().to_string());
+                let public_key = node.public_key().map(peer_buckets_engine::key_to_hex);
                 sink.set_id(&id);
                 if handles::set_node(handle, node.clone()) {
-                    events.send(EngineEvent::Opened { id, address });
+                    events.send(EngineEvent::Opened {
+                        id,
+                        address,
+                        public_key,
+                    });
                     events.attach(&node);
                 } else {
                     // Released before it opened (index.js waits for the open first): stop it again.

@@ -40,6 +40,7 @@ class PeerProcess {
     this.name = name
     this.id = undefined
     this.address = undefined
+    this.publicKey = undefined
     this.events = [] // { name, data, at }
     this.stdout = ''
     this.stderr = ''
@@ -185,6 +186,7 @@ async function spawnPeer({ id, seeds = [], bucket, listen, timeout = 10000, opti
     const msg = await withTimeout(ready, timeout, `${proc.name} start`)
     proc.id = msg.id
     proc.address = msg.address
+    proc.publicKey = msg.publicKey
   } catch (err) {
     await proc.kill().catch(() => {})
     throw err

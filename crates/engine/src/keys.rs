@@ -41,7 +41,7 @@ pub fn key_to_hex(key: &[u8; KEY_LEN]) -> String {
 /// 64 hex digits as a key; `None` for anything else.
 pub fn key_from_hex(text: &str) -> Option<[u8; KEY_LEN]> {
     let text = text.trim();
-    if text.len() != 2 * KEY_LEN || !text.is_ascii() {
+    if text.len() != 2 * KEY_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut key = [0u8; KEY_LEN];
