@@ -9,6 +9,9 @@ async function usage(): Promise<void> {
   const id: string = peer.id
   const address: string = peer.address
   const closed: boolean = peer.closed
+  const publicKey: string | null = peer.publicKey
+  const pinned = new Peer({ secret: 'a secret of sixteen bytes', peerKeys: { 'auth-1': publicKey ?? '' } })
+  await pinned.close()
   const sessions: SharedBucket = peer.bucket('sessions', { ttl: 30 * 60_000 })
   await sessions.set('sess:42', { user: 'ada', roles: ['admin'] })
   await sessions.set('bytes', new Uint8Array([1, 2]), { ack: 'majority', timeout: 2000, ttl: 1000 })
@@ -38,7 +41,7 @@ async function usage(): Promise<void> {
   const ttl: number = store.ttlFor({ cookie: { maxAge: 1000 } })
   peer.unref().ref()
   await peer.close()
-  console.log(id, address, closed, value, has, touched, keys, entries, size, info, fetched, lag, text, ttl)
+  console.log(id, address, closed, publicKey, value, has, touched, keys, entries, size, info, fetched, lag, text, ttl)
 }
 
 // What the typings refuse.
@@ -51,6 +54,10 @@ function refused(bucket: SharedBucket): void {
   bucket.delete('k', { ttl: 5 })
   // @ts-expect-error durability is 'strict' or 'relaxed'
   new Peer({ durability: 'eventual' })
+  // @ts-expect-error a pinned key is a string, peer.publicKey
+  new Peer({ secret: 'a secret of sixteen bytes', peerKeys: { a: new Uint8Array(32) } })
+  // @ts-expect-error publicKey is read-only
+  new Peer().publicKey = 'x'
 }
 
 export { usage, refused }
