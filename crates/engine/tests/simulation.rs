@@ -1527,3 +1527,56 @@ fn a_returning_replica_converges_after_every_collector_restarted_empty() {
         );
     }
 }
+
+/// Issue 12, behaviour 3, after marker compaction: n1 holds k1 = "v1" (n0's) and is cut off and
+/// forgotten; the others overwrite k1 with "v2" (n2's) and, once every member holds it, compact
+/// n0's superseded marker. n3 then restarts empty and takes n0's push, which covers n0's dot
+/// without its register or a marker; before n3 pulls "v2", every replica that held it restarts
+/// empty. Had n3 taken the coverage, it would claim n0's write without showing it while n1 comes
+/// back holding it: replicas with equal contexts and different values. n3 must take that coverage
+/// only once it covers what its sender covered (so holds what superseded the write), and every
+/// replica ends the same, each showing the last-writer-wins maximum of the writes it covers.
+#[test]
+fn coverage_without_a_marker_is_taken_only_once_the_sender_is_caught_up_with() {
+    let mut sim = Sim::new(34);
+    sim.put(0, "sessions", "k1", Some("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.exile(1);
+    sim.time.advance(10);
+    sim.put(2, "sessions", "k1", Some("v2"), Lifetime::Forever);
+    let before: usize = (0..N)
+        .map(|i| sim.locals[i].bucket("sessions").store().marker_count())
+        .sum();
+    sim.exchange(12, 600, true);
+    let after: usize = (0..N)
+        .map(|i| sim.locals[i].bucket("sessions").store().marker_count())
+        .sum();
+    assert!(
+        before > 0 && after == 0,
+        "markers compacted: {before} -> {after}"
+    );
+    // n3 restarts empty and hears from n0 alone: n0's own writes, covering its dot of k bare.
+    sim.restart_linked(3, 0);
+    sim.connect(0, 3);
+    sim.pass(0, 3);
+    // Every replica that held "v2" restarts empty before n3 pulls it.
+    for i in [0, 2, 4] {
+        sim.restart(i);
+    }
+    sim.exiled = None;
+    sim.settle();
+    sim.log_stand_ins();
+    for i in 0..N {
+        sim.check_p(i).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let reference = sim.dump(0);
+    for i in 0..N {
+        assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
+        assert_eq!(
+            sim.shows(i, "k1").as_deref(),
+            Some("v1"),
+            "n{i}: {:?}",
+            sim.registers(i, "k1")
+        );
+    }
+}

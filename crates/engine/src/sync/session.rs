@@ -49,6 +49,13 @@ pub(super) struct BucketSession {
     pub(super) resyncing: bool,
     /// When (this replica's clock, ms) the other end last reported its context (hello or digest).
     pub(super) reported_at_ms: u64,
+    /// Per origin, seqs a chunk from the other end covered bare (neither a write nor a superseded
+    /// seq with its key's registers: a marker it compacted, a collected register, a write its
+    /// origin overwrote before sending it), not yet in this replica's context. Whatever beat them
+    /// is in the other end's context, maybe only there: they are taken once this replica covers
+    /// what the other end reported, or its horizon for those under it (`adopt_bare`), and
+    /// forgotten with the link.
+    pub(super) bare: Context,
 }
 
 /// What the node must do about a message the session handled.
@@ -342,6 +349,7 @@ impl Session {
                 if let Some(b) = local.remote_bucket(&bucket) {
                     self.absorb_context(local, bucket, &context);
                     self.review(local, &b);
+                    self.adopt_bare(local, &b)?;
                 }
                 Ok(Inbound::Nothing)
             }
@@ -622,7 +630,18 @@ impl Session {
             return Ok(());
         };
         // One step: the coverage is never claimed without what superseded it, and a value never
-        // shows live for a moment under a touch the same batch carries.
+        // shows live for a moment under a touch the same batch carries. Seqs covered bare wait
+        // until this replica covers what the sender reported (`adopt_bare`).
+        let mut backed = SeqRanges::new();
+        for seq in written.iter().copied().chain(
+            batch
+                .superseded
+                .iter()
+                .flat_map(|(_, seqs)| seqs.iter().copied()),
+        ) {
+            backed.insert(seq);
+        }
+        let bare = batch.covered.difference(&backed);
         let superseders = remote_superseders
             .into_iter()
             .map(|(rid, w)| (local.replicas.intern(&rid), w))
@@ -631,7 +650,7 @@ impl Session {
             &bucket,
             &origin,
             writes,
-            &batch.covered,
+            &batch.covered.intersect(&backed),
             &batch.superseded,
             superseders,
         )?;
@@ -647,8 +666,62 @@ impl Session {
             .entry(origin.clone())
             .or_default()
             .union_with(&batch.covered);
+        let bare = bare.difference(&bucket.store().context_of(&origin));
+        if !bare.is_empty() {
+            state
+                .bare
+                .entry(origin.clone())
+                .or_default()
+                .union_with(&bare);
+        }
+        self.adopt_bare(local, &bucket)?;
         if origin == self.peer {
             self.ack_due.insert(batch.bucket);
+        }
+        Ok(())
+    }
+
+    /// Takes into this replica's context the seqs the other end covered bare (`BucketSession::bare`)
+    /// once this replica covers what backs them, counting the bare seqs themselves: for those under
+    /// the other end's horizon, that horizon (every member held each of its dots at a collection,
+    /// so what beat one is in it too, or was held by every member at a later one, this replica
+    /// among them); for the rest, everything the other end reported holding, once it reported
+    /// them too (a marker is compacted only once every member holds the superseder, so a member
+    /// covered it already and a later joiner hears a hello sent after). Taken early by a replica
+    /// that then loses every holder of the superseder before pulling it, the coverage would claim
+    /// a write it never shows while a replica back from away shows it, with equal contexts.
+    pub(super) fn adopt_bare(&mut self, local: &Local, bucket: &Bucket) -> Result<(), LinkError> {
+        let Some(state) = self.buckets.get_mut(bucket.name()) else {
+            return Ok(());
+        };
+        if state.bare.is_empty() {
+            return Ok(());
+        }
+        let mine: Context = bucket.store().context().into_iter().collect();
+        let under: Context = state
+            .bare
+            .iter()
+            .filter_map(|(o, r)| {
+                let i = r.intersect(state.horizon.get(o)?);
+                (!i.is_empty()).then(|| (o.clone(), i))
+            })
+            .collect();
+        let backed = |need: &Context| covers(&[&mine, &state.bare], need);
+        let take = if covers(&[&state.reported], &state.bare) && backed(&state.reported) {
+            std::mem::take(&mut state.bare)
+        } else if !under.is_empty() && backed(&state.horizon) {
+            for (o, r) in &under {
+                if let Some(rest) = state.bare.get_mut(o) {
+                    *rest = rest.difference(r);
+                }
+            }
+            state.bare.retain(|_, r| !r.is_empty());
+            under
+        } else {
+            return Ok(());
+        };
+        for (origin, seqs) in take {
+            local.merge(bucket, &origin, Vec::new(), &seqs)?;
         }
         Ok(())
     }
@@ -788,11 +861,17 @@ impl Session {
             }
         }
         for bucket in std::mem::take(&mut self.ack_due) {
-            let upto = local
-                .bucket(&bucket)
-                .store()
-                .context_of(&self.peer)
-                .contiguous();
+            // Its writes covered bare count as taken: the other end's own write it overwrote
+            // before sending is acknowledged with the write that overwrote it, as it always was.
+            let mut taken = local.bucket(&bucket).store().context_of(&self.peer);
+            if let Some(bare) = self
+                .buckets
+                .get(&bucket)
+                .and_then(|s| s.bare.get(&self.peer))
+            {
+                taken.union_with(bare);
+            }
+            let upto = taken.contiguous();
             wire::encode_frame(&Message::Ack { bucket, upto }, buf)?;
         }
         let mut buckets = local.bucket_list();
