@@ -47,6 +47,9 @@ pub struct Local {
     /// horizon was beyond its context): until a resync validates its registers, it takes no writes
     /// in and collects nothing there (see `Session::new`).
     pub(super) stale: Mutex<BTreeSet<Arc<str>>>,
+    /// Per bucket and linked peer, the seqs (per origin) that peer's chunks covered bare, not yet
+    /// in the context (see `Session::adopt_bare`); a new link to the peer's node forgets them.
+    pub(super) bare: Mutex<BTreeMap<Arc<str>, BTreeMap<Origin, Context>>>,
 }
 
 impl Local {
@@ -73,6 +76,7 @@ impl Local {
             max_buckets: DEFAULT_MAX_BUCKETS,
             buckets: RwLock::new(BTreeMap::new()),
             stale: Mutex::new(BTreeSet::new()),
+            bare: Mutex::new(BTreeMap::new()),
         }
     }
 

@@ -49,13 +49,6 @@ pub(super) struct BucketSession {
     pub(super) resyncing: bool,
     /// When (this replica's clock, ms) the other end last reported its context (hello or digest).
     pub(super) reported_at_ms: u64,
-    /// Per origin, seqs a chunk from the other end covered bare (neither a write nor a superseded
-    /// seq with its key's registers: a marker it compacted, a collected register, a write its
-    /// origin overwrote before sending it), not yet in this replica's context. Whatever beat them
-    /// is in the other end's context, maybe only there: they are taken once this replica covers
-    /// what the other end reported, or its horizon for those under it (`adopt_bare`), and
-    /// forgotten with the link.
-    pub(super) bare: Context,
 }
 
 /// What the node must do about a message the session handled.
@@ -126,8 +119,12 @@ impl Session {
     /// replica knows of are refused until that peer's context covers this replica's vouched horizon.
     pub fn new(local: &Local, theirs: &Hello) -> Result<Session, LinkError> {
         local.check_clock(theirs.wall_ms)?;
+        let peer = local.replicas.intern(&theirs.replica);
+        for per_peer in local.bare.lock().values_mut() {
+            per_peer.retain(|p, _| p.node() != peer.node());
+        }
         Ok(Session {
-            peer: local.replicas.intern(&theirs.replica),
+            peer,
             buckets: BTreeMap::new(),
             ack_due: BTreeSet::new(),
             outbox: local
@@ -668,8 +665,13 @@ impl Session {
             .union_with(&batch.covered);
         let bare = bare.difference(&bucket.store().context_of(&origin));
         if !bare.is_empty() {
-            state
+            local
                 .bare
+                .lock()
+                .entry(batch.bucket.clone())
+                .or_default()
+                .entry(self.peer.clone())
+                .or_default()
                 .entry(origin.clone())
                 .or_default()
                 .union_with(&bare);
@@ -681,44 +683,63 @@ impl Session {
         Ok(())
     }
 
-    /// Takes into this replica's context the seqs the other end covered bare (`BucketSession::bare`)
-    /// once this replica covers what backs them, counting the bare seqs themselves: for those under
+    /// Takes into this replica's context the seqs the other end covered bare (`Local::bare`) once
+    /// this replica covers what backs them, counting what every link covered bare: for those under
     /// the other end's horizon, that horizon (every member held each of its dots at a collection,
     /// so what beat one is in it too, or was held by every member at a later one, this replica
     /// among them); for the rest, everything the other end reported holding, once it reported
-    /// them too (a marker is compacted only once every member holds the superseder, so a member
-    /// covered it already and a later joiner hears a hello sent after). Taken early by a replica
-    /// that then loses every holder of the superseder before pulling it, the coverage would claim
-    /// a write it never shows while a replica back from away shows it, with equal contexts.
+    /// those of other origins too (a marker is compacted only once every member holds the
+    /// superseder, so a member covered it already and a later joiner hears a hello sent after;
+    /// a seq of another origin that end holds bare it took only once covering what backs it, which
+    /// its next report shows). Taken early by a replica that then loses every holder of the
+    /// superseder before pulling it, the coverage would claim a write it never shows while a
+    /// replica back from away shows it, with equal contexts.
     pub(super) fn adopt_bare(&mut self, local: &Local, bucket: &Bucket) -> Result<(), LinkError> {
-        let Some(state) = self.buckets.get_mut(bucket.name()) else {
+        let Some(state) = self.buckets.get(bucket.name()) else {
             return Ok(());
         };
-        if state.bare.is_empty() {
-            return Ok(());
-        }
-        let mine: Context = bucket.store().context().into_iter().collect();
-        let under: Context = state
-            .bare
-            .iter()
-            .filter_map(|(o, r)| {
-                let i = r.intersect(state.horizon.get(o)?);
-                (!i.is_empty()).then(|| (o.clone(), i))
-            })
-            .collect();
-        let backed = |need: &Context| covers(&[&mine, &state.bare], need);
-        let take = if covers(&[&state.reported], &state.bare) && backed(&state.reported) {
-            std::mem::take(&mut state.bare)
-        } else if !under.is_empty() && backed(&state.horizon) {
-            for (o, r) in &under {
-                if let Some(rest) = state.bare.get_mut(o) {
-                    *rest = rest.difference(r);
+        let mut known: Context = bucket.store().context().into_iter().collect();
+        let take = {
+            let mut all = local.bare.lock();
+            let Some(per_peer) = all.get_mut(bucket.name()) else {
+                return Ok(());
+            };
+            // Seqs covered bare by any peer count as covered here: each waits for what backs it
+            // on its own link, and a peer's context often holds what this one's bare seqs wait on.
+            for ctx in per_peer.values() {
+                for (o, r) in ctx {
+                    known.entry(o.clone()).or_default().union_with(r);
                 }
             }
-            state.bare.retain(|_, r| !r.is_empty());
-            under
-        } else {
-            return Ok(());
+            let Some(ours) = per_peer.get_mut(&self.peer) else {
+                return Ok(());
+            };
+            let under: Context = ours
+                .iter()
+                .filter_map(|(o, r)| {
+                    let i = r.intersect(state.horizon.get(o)?);
+                    (!i.is_empty()).then(|| (o.clone(), i))
+                })
+                .collect();
+            // The other end's own seqs need no report of their own (see above).
+            let mut relayed = ours.clone();
+            relayed.remove(&self.peer);
+            let take = if covers(&[&state.reported], &relayed) && covers(&[&known], &state.reported)
+            {
+                std::mem::take(ours)
+            } else if !under.is_empty() && covers(&[&known], &state.horizon) {
+                for (o, r) in &under {
+                    if let Some(rest) = ours.get_mut(o) {
+                        *rest = rest.difference(r);
+                    }
+                }
+                ours.retain(|_, r| !r.is_empty());
+                under
+            } else {
+                return Ok(());
+            };
+            per_peer.retain(|_, c| !c.is_empty());
+            take
         };
         for (origin, seqs) in take {
             local.merge(bucket, &origin, Vec::new(), &seqs)?;
@@ -864,10 +885,12 @@ impl Session {
             // Its writes covered bare count as taken: the other end's own write it overwrote
             // before sending is acknowledged with the write that overwrote it, as it always was.
             let mut taken = local.bucket(&bucket).store().context_of(&self.peer);
-            if let Some(bare) = self
-                .buckets
+            if let Some(bare) = local
+                .bare
+                .lock()
                 .get(&bucket)
-                .and_then(|s| s.bare.get(&self.peer))
+                .and_then(|m| m.get(&self.peer))
+                .and_then(|c| c.get(&self.peer))
             {
                 taken.union_with(bare);
             }
