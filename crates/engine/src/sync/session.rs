@@ -698,12 +698,15 @@ impl Session {
         let Some(state) = self.buckets.get(bucket.name()) else {
             return Ok(());
         };
-        let mut known: Context = bucket.store().context().into_iter().collect();
         let take = {
             let mut all = local.bare.lock();
             let Some(per_peer) = all.get_mut(bucket.name()) else {
                 return Ok(());
             };
+            if !per_peer.contains_key(&self.peer) {
+                return Ok(());
+            }
+            let mut known: Context = bucket.store().context().into_iter().collect();
             // Seqs covered bare by any peer count as covered here: each waits for what backs it
             // on its own link, and a peer's context often holds what this one's bare seqs wait on.
             for ctx in per_peer.values() {
