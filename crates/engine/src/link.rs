@@ -133,21 +133,22 @@ impl Dialing for Shared {
     }
 }
 
-fn hello(shared: &Shared) -> Message {
+fn hello(shared: &Shared, members: Vec<wire::MemberInfo>) -> Message {
     let host = shared.advertised.ip();
     Message::Hello(shared.local.hello(
         shared.advertised.port(),
         (!host.is_unspecified()).then(|| host.to_string()),
-        shared.members.known(),
+        members,
     ))
 }
 
-/// What a finished handshake hands to the link: its reader and writer, the other end's hello, and
-/// the bytes the hellos took each way.
+/// What a finished handshake hands to the link: its reader and writer, the other end's hello, the
+/// members this node's hello listed, and the bytes the hellos took each way.
 struct Opened {
     reader: FrameReader,
     writer: FrameWriter,
     theirs: Hello,
+    told: Vec<Arc<str>>,
     sent: usize,
     received: usize,
 }
@@ -165,8 +166,10 @@ async fn handshake(
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) =
             crate::connection::open(stream, &shared.security, dialer, progress).await?;
+        let known = shared.members.known();
+        let told = known.iter().map(|m| m.node.clone()).collect();
         let mut buf = Vec::new();
-        wire::encode_frame(&hello(shared), &mut buf)?;
+        wire::encode_frame(&hello(shared, known), &mut buf)?;
         writer.send(&buf).await?;
         let max_hello = if shared.security.is_keyed() {
             wire::MAX_FRAME
@@ -181,6 +184,7 @@ async fn handshake(
             reader,
             writer,
             theirs,
+            told,
             sent: buf.len(),
             received,
         })
@@ -270,6 +274,7 @@ async fn run(
         mut reader,
         mut writer,
         theirs,
+        told,
         sent,
         received: n,
     } = opened;
@@ -340,6 +345,7 @@ async fn run(
         close: close_tx,
     };
     let link_id = link.id;
+    let to_this_link = link.ctl.clone();
     let node = theirs.replica.node.clone();
     let newly_known = shared.members.learn(&node, &address);
     match shared.members.register(&local.id, &address, dialed, link) {
@@ -370,6 +376,18 @@ async fn run(
         }
     }
     tracing::debug!(peer = %node, %address, "link up");
+    // A member learned after this node's hello went out and before this link counted among its
+    // links was broadcast to the links of that moment only: the other end hears of it here (members
+    // are pushed, never polled). From now on every member learned reaches this link by broadcast.
+    let untold: Vec<wire::MemberInfo> = shared
+        .members
+        .known()
+        .into_iter()
+        .filter(|m| m.node != node && !told.contains(&m.node))
+        .collect();
+    if !untold.is_empty() {
+        let _ = to_this_link.send(Message::Members(untold));
+    }
     if newly_known {
         shared
             .members
