@@ -134,23 +134,24 @@ impl Dialing for Shared {
     }
 }
 
-fn hello(shared: &Shared) -> Message {
+fn hello(shared: &Shared, members: Vec<wire::MemberInfo>) -> Message {
     let host = shared.advertised.ip();
     Message::Hello(shared.local.hello(
         shared.advertised.port(),
         (!host.is_unspecified()).then(|| host.to_string()),
-        shared.members.known(),
+        members,
     ))
 }
 
-/// What a finished handshake hands to the link: its reader and writer, the other end's hello, and
-/// the bytes the hellos took each way.
+/// What a finished handshake hands to the link: its reader and writer, the other end's hello, the
+/// members this node's hello listed, and the bytes the hellos took each way.
 struct Opened {
     reader: FrameReader,
     writer: FrameWriter,
     theirs: Hello,
     /// A keyed link's hold on the other end's id, kept until the link closes.
     _lease: Option<KeyLease>,
+    told: Vec<Arc<str>>,
     sent: usize,
     received: usize,
 }
@@ -168,8 +169,10 @@ async fn handshake(
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) =
             crate::connection::open(stream, &shared.security, dialer, progress).await?;
+        let known = shared.members.known();
+        let told = known.iter().map(|m| m.node.clone()).collect();
         let mut buf = Vec::new();
-        wire::encode_frame(&hello(shared), &mut buf)?;
+        wire::encode_frame(&hello(shared, known), &mut buf)?;
         writer.send(&buf).await?;
         let max_hello = if shared.security.is_keyed() {
             wire::MAX_FRAME
@@ -189,6 +192,7 @@ async fn handshake(
             writer,
             theirs,
             _lease: lease,
+            told,
             sent: buf.len(),
             received,
         })
@@ -329,6 +333,7 @@ async fn run(
         mut writer,
         theirs,
         _lease,
+        told,
         sent,
         received: n,
     } = opened;
@@ -399,6 +404,7 @@ async fn run(
         close: close_tx,
     };
     let link_id = link.id;
+    let to_this_link = link.ctl.clone();
     let node = theirs.replica.node.clone();
     let newly_known = shared.members.learn(&node, &address);
     match shared.members.register(&local.id, &address, dialed, link) {
@@ -429,6 +435,18 @@ async fn run(
         }
     }
     tracing::debug!(peer = %node, %address, "link up");
+    // A member learned after this node's hello went out and before this link counted among its
+    // links was broadcast to the links of that moment only: the other end hears of it here (members
+    // are pushed, never polled). From now on every member learned reaches this link by broadcast.
+    let untold: Vec<wire::MemberInfo> = shared
+        .members
+        .known()
+        .into_iter()
+        .filter(|m| m.node != node && !told.contains(&m.node))
+        .collect();
+    if !untold.is_empty() {
+        let _ = to_this_link.send(Message::Members(untold));
+    }
     if newly_known {
         shared
             .members

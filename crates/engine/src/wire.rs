@@ -26,7 +26,9 @@ use crate::store::Write;
 /// carrying the registers that superseded what it reports superseded (`Message::HeldReply`).
 /// 6: writes travel as `WireWrite`, a type of the wire's own (`WriteOp`: set, delete or touch; a set's
 /// expiry an `Option`), not as the storage's `store::Write`.
-pub const PROTOCOL_VERSION: u8 = 6;
+/// 7: `Horizon` frames follow the digests of a bucket whose horizon holds dots its sender's context
+/// does not cover, so a peer resynced past a collection is taken in again by those that refused it.
+pub const PROTOCOL_VERSION: u8 = 7;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -115,6 +117,14 @@ pub enum Message {
     Collected {
         bucket: Arc<str>,
         keys: Vec<CollectedKey>,
+    },
+    /// The part of my collection horizon of `bucket` that my context does not cover (dots of a
+    /// collection I missed and resynced past, or inherited), with my digests while there is any: a
+    /// peer that refuses my writes for a collection I missed takes them again once my context and
+    /// this cover the horizon it vouches for.
+    Horizon {
+        bucket: Arc<str>,
+        beyond: WireContext,
     },
 }
 

@@ -361,3 +361,68 @@ async fn a_restart_under_the_same_id_is_not_a_conflict() {
         n.close(Duration::from_millis(200)).await;
     }
 }
+
+/// b's handshake with a is in flight (a's hello, listing nobody, has reached b; b's has not reached
+/// a) when c links to a. a broadcast c to the links it had then, which b's was not yet one of, and
+/// b would never hear of c (members are pushed, never polled): a tells each new link, once it
+/// counts among a's links, the members its hello did not list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_links_during_a_handshake_is_told_to_the_peer_at_the_other_end() {
+    use peer_buckets_engine::connection;
+    use peer_buckets_engine::wire::{self, ContextPart, Hello, Message};
+    use peer_buckets_engine::{ReplicaId, Security};
+
+    let a = Node::start(config("a", vec![])).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(a.address()).await.unwrap();
+    let no_secret: &[&str] = &[];
+    let security = Security::from_secrets(no_secret).unwrap();
+    let (mut reader, mut writer) =
+        connection::open(Box::new(stream), &security, true, None::<fn()>)
+            .await
+            .unwrap();
+    let (first, _) = reader.read(Duration::from_secs(5)).await.unwrap();
+    let Message::Hello(theirs) = first else {
+        panic!("a's first frame was not its hello: {first:?}");
+    };
+    assert!(theirs.members.is_empty(), "{:?}", theirs.members);
+    let c = Node::start(config("c", vec![a.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("c linked to a", || connected(&a) == ["c"]).await;
+    let mut out = Vec::new();
+    for msg in [
+        Message::Hello(Hello {
+            replica: ReplicaId {
+                node: "b".into(),
+                incarnation: 1,
+            },
+            listen_port: 1,
+            listen_host: Some("127.0.0.1".into()),
+            wall_ms: a.clock().wall_ms(),
+            members: vec![],
+        }),
+        Message::Contexts(ContextPart {
+            buckets: vec![],
+            last: true,
+        }),
+    ] {
+        wire::encode_frame(&msg, &mut out).unwrap();
+    }
+    writer.send(&out).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut heard: Vec<String> = Vec::new();
+    // a pings an idle link every 100 ms, and drops it once b has been silent past `dead_after`.
+    while tokio::time::Instant::now() < deadline && !heard.iter().any(|m| m == "c") {
+        let Ok((msg, _)) = reader.read(Duration::from_secs(3)).await else {
+            break;
+        };
+        if let Message::Members(list) = msg {
+            heard.extend(list.into_iter().map(|m| m.node.to_string()));
+        }
+    }
+    assert!(
+        heard.iter().any(|m| m == "c"),
+        "b never heard of c from a (members heard: {heard:?})"
+    );
+    drop(c);
+}

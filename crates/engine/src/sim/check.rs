@@ -8,7 +8,9 @@
 //!   live (no duplicate or phantom expiry); a value is never announced live once expired, by its own
 //!   expiry or by a newer touch, unless the touch reached neither the replica nor whoever sent it
 //!   the value: the replica did not hold the touch before, and another replica held the value
-//!   without the touch recently enough for a frame of it to be arriving (`may_lack_touch`);
+//!   without the touch recently enough for a frame of it to be arriving (`may_lack_touch`); a
+//!   replica holds a touch with its register or one that beat it, not by covering its dot alone
+//!   (a writer covers an own write it overwrote before sending it without either);
 //! - when a node comes back from its data directory: every strict write it settled (on disk, by
 //!   its contract) since the directory was made and before the crash is there or superseded, so a
 //!   flush that could not store a write must have failed it with EDISK (honest acks);
@@ -72,8 +74,8 @@ pub struct History {
     /// The newest touch made on each key: a value older than the touch lives until the touch's
     /// expiry instead of its own.
     pub touched: BTreeMap<(Arc<str>, Arc<str>), Touch>,
-    /// The dot of every touch made, in order.
-    pub touches: Vec<Dot>,
+    /// Every touch made, in order.
+    pub touches: Vec<Touch>,
     /// Every run of every replica, with what it held and since when (see `Model::poll`).
     pub runs: Vec<Run>,
     /// Traffic held between two hosts (names) from one time to another: frames sent meanwhile arrive
@@ -97,6 +99,7 @@ pub type Dot = (Arc<str>, ReplicaId, u64);
 /// A touch as the checks need it.
 #[derive(Debug, Clone)]
 pub struct Touch {
+    pub key: Arc<str>,
     pub hlc: Hlc,
     /// The expiry it set.
     pub until: u64,
@@ -118,8 +121,9 @@ pub struct Run {
     /// The last step it was seen running.
     last_ms: u64,
     held: BTreeMap<Dot, u64>,
-    /// Dots of the history not held yet, and how far into the writes and touches they were listed.
+    /// Writes and touches of the history not held yet, and how far into each they were listed.
     pending: Vec<Dot>,
+    pending_touches: Vec<Touch>,
     writes_listed: usize,
     touches_listed: usize,
 }
@@ -175,11 +179,12 @@ impl History {
     /// Records a touch made at `replica`.
     pub fn touch(&mut self, bucket: &Arc<str>, replica: &ReplicaId, t: &Write) {
         let touch = Touch {
+            key: t.key.clone(),
             hlc: t.hlc,
             until: t.expires_ms,
             dot: (bucket.clone(), replica.clone(), t.seq),
         };
-        self.touches.push(touch.dot.clone());
+        self.touches.push(touch.clone());
         let newest = self
             .touched
             .entry((bucket.clone(), t.key.clone()))
@@ -313,13 +318,15 @@ pub struct Restored {
 
 impl Model {
     /// Notes, at the end of a step, which dots of the history this run of `host` holds now
-    /// (`holds`: its context covers the dot).
+    /// (`holds`: its context covers the dot; for a touch, `backs` too: it stores the touch or a
+    /// register of its key that beats it).
     pub fn poll(
         &mut self,
         history: &mut History,
         host: &str,
         now_ms: u64,
         holds: &mut dyn FnMut(&Dot) -> bool,
+        backs: &mut dyn FnMut(&Touch) -> bool,
     ) {
         let History {
             runs,
@@ -333,6 +340,7 @@ impl Model {
                 last_ms: now_ms,
                 held: BTreeMap::new(),
                 pending: Vec::new(),
+                pending_touches: Vec::new(),
                 writes_listed: 0,
                 touches_listed: 0,
             });
@@ -343,7 +351,7 @@ impl Model {
             r.pending.push((w.bucket.clone(), w.replica.clone(), w.seq));
         }
         r.writes_listed = writes.len();
-        r.pending
+        r.pending_touches
             .extend(touches[r.touches_listed..].iter().cloned());
         r.touches_listed = touches.len();
         r.last_ms = now_ms;
@@ -352,6 +360,16 @@ impl Model {
             let now = holds(dot);
             if now {
                 held.insert(dot.clone(), now_ms);
+            }
+            !now
+        });
+        // A touch is held with its register or one that beat it: a writer covers an own write it
+        // overwrote before any frame carried it without either (no other replica can hold it), so
+        // a peer covering that dot does not know of the touch.
+        r.pending_touches.retain(|t| {
+            let now = holds(&t.dot) && backs(t);
+            if now {
+                held.insert(t.dot.clone(), now_ms);
             }
             !now
         });
@@ -642,5 +660,90 @@ pub fn short(key: &str) -> String {
         format!("{}…({} bytes)", &key[..16], key.len())
     } else {
         key.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::ReplicaTable;
+
+    fn replica(node: &str) -> ReplicaId {
+        ReplicaId {
+            node: node.into(),
+            incarnation: 1,
+        }
+    }
+
+    /// n1 writes op 0 (b/k, live until 10,000); n2 touches it to expire at 1,000. `b` covers the
+    /// touch's dot at 100 (`backed`: with the touch register, or else with nothing: its writer
+    /// overwrote it before sending it); n1, which never has the touch, holds the value and covers
+    /// the touch's dot at 190 without it. At 200 `b` announces op 0 live, its clock at 2,000.
+    fn announced_after_covering_the_touch(backed: bool) -> Vec<String> {
+        let mut history = History::default();
+        let (bucket, key): (Arc<str>, Arc<str>) = ("b".into(), "k".into());
+        let (n1, n2) = (replica("n1"), replica("n2"));
+        history.record(WriteRec {
+            at_ms: 0,
+            node: "n1".into(),
+            replica: n1.clone(),
+            bucket: bucket.clone(),
+            key: key.clone(),
+            hlc: Hlc::from_parts(10, 0),
+            deleted: false,
+            expires_ms: 10_000,
+            seq: 1,
+            level: AckLevel::One,
+            strict: false,
+            status: Status::Local,
+            ackers: Vec::new(),
+        });
+        let touch = Write {
+            key: key.clone(),
+            hlc: Hlc::from_parts(20, 0),
+            seq: 1,
+            value: None,
+            expires_ms: 1_000,
+            touch: true,
+        };
+        history.touch(&bucket, &n2, &touch);
+        let value_dot: Dot = (bucket.clone(), n1.clone(), 1);
+        let touch_dot: Dot = (bucket.clone(), n2.clone(), 1);
+        let (mut writer, mut receiver) = (Model::default(), Model::default());
+        writer.poll(&mut history, "n1", 1, &mut |d| *d == value_dot, &mut |_| {
+            false
+        });
+        receiver.poll(
+            &mut history,
+            "b",
+            100,
+            &mut |d| *d == touch_dot,
+            &mut |_| backed,
+        );
+        writer.poll(&mut history, "n1", 190, &mut |_| true, &mut |_| false);
+        let change = Change {
+            key: key.clone(),
+            value: Some(value::encode_json(&value_text(0, 0))),
+            origin: ReplicaTable::new().intern(&n1),
+            local: false,
+            expired: false,
+        };
+        receiver.on_change(&mut history, "b", 200, 2_000, &bucket, &change, None, None);
+        history.violations
+    }
+
+    #[test]
+    fn a_value_announced_by_a_replica_holding_the_touch_that_expired_it_is_a_violation() {
+        let found = announced_after_covering_the_touch(true);
+        assert!(
+            found.iter().any(|v| v.contains("announced-expired")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn covering_a_touch_its_writer_overwrote_before_sending_it_is_not_holding_the_touch() {
+        let found = announced_after_covering_the_touch(false);
+        assert!(found.is_empty(), "{found:?}");
     }
 }

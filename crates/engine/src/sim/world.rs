@@ -512,23 +512,32 @@ impl<'a> World<'a> {
                 continue;
             };
             let mut contexts: BTreeMap<Arc<str>, Vec<(ReplicaId, SeqRanges)>> = BTreeMap::new();
-            host.model.poll(&mut self.history, &host.name, now, &mut |(
-                bucket,
-                replica,
-                seq,
-            )| {
-                contexts
-                    .entry(bucket.clone())
-                    .or_insert_with(|| {
-                        let context = running.node.bucket(bucket).store().context();
-                        context
-                            .into_iter()
-                            .map(|(o, c)| (o.id().clone(), c))
-                            .collect()
-                    })
-                    .iter()
-                    .any(|(o, c)| o == replica && c.contains(*seq))
-            });
+            host.model.poll(
+                &mut self.history,
+                &host.name,
+                now,
+                &mut |(bucket, replica, seq)| {
+                    contexts
+                        .entry(bucket.clone())
+                        .or_insert_with(|| {
+                            let context = running.node.bucket(bucket).store().context();
+                            context
+                                .into_iter()
+                                .map(|(o, c)| (o.id().clone(), c))
+                                .collect()
+                        })
+                        .iter()
+                        .any(|(o, c)| o == replica && c.contains(*seq))
+                },
+                &mut |touch| {
+                    running
+                        .node
+                        .bucket(&touch.dot.0)
+                        .inspect(&touch.key)
+                        .iter()
+                        .any(|(o, w)| !touch.beats(w.hlc, o.id()))
+                },
+            );
         }
         let mut lines = Vec::new();
         for h in 0..self.hosts.len() {

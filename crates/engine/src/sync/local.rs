@@ -185,8 +185,23 @@ impl Local {
         self.buckets.read().values().cloned().collect()
     }
 
-    pub fn wire_context(&self, bucket: &Bucket) -> WireContext {
-        to_wire(bucket.store().context())
+    /// What a digest of `bucket` says: its context, and the part of its horizon that context does
+    /// not cover (`Message::Horizon`, sent when not empty).
+    pub fn wire_context(&self, bucket: &Bucket) -> (WireContext, WireContext) {
+        let context = bucket.store().context();
+        let mine: Context = context.iter().cloned().collect();
+        let beyond = bucket
+            .collected()
+            .into_iter()
+            .filter_map(|(o, r)| {
+                let rest = match mine.get(&o) {
+                    Some(held) => r.difference(held),
+                    None => r,
+                };
+                (!rest.is_empty()).then_some((o, rest))
+            })
+            .collect::<Vec<_>>();
+        (to_wire(context), to_wire(beyond))
     }
 
     /// The hello this replica sends on a new link.

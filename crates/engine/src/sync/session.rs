@@ -42,6 +42,9 @@ pub(super) struct BucketSession {
     pub(super) pulled: BTreeMap<ReplicaId, SeqRanges>,
     /// The other end's collection horizon, from its hello.
     pub(super) horizon: Context,
+    /// The part of the other end's horizon its context does not cover, as it said since
+    /// (`Message::Horizon`): it knows of the collections behind those dots.
+    pub(super) beyond: Context,
     /// The other end missed a collection this replica knows of: its writes are not taken in until
     /// its context covers this replica's horizon (it resynced and caught up).
     pub(super) refused: bool,
@@ -196,7 +199,10 @@ impl Session {
         let state = self.buckets.entry(bucket.name().clone()).or_default();
         if state.refused {
             let mine: Context = bucket.store().context().into_iter().collect();
-            state.refused = !covers(&[&state.reported], &vouched(bucket, &mine));
+            // Its context caught up, or its horizon did: it resynced past the collection it
+            // missed (two sides of a partition that each collected without the other both do,
+            // and neither context can catch up while each refuses the other's writes).
+            state.refused = !covers(&[&state.reported, &state.beyond], &vouched(bucket, &mine));
             if !state.refused {
                 // What it pushed while refused was dropped here, yet counts as delivered there: it
                 // is pushed no more, and its stream never stalls while it keeps writing.
@@ -553,6 +559,19 @@ impl Session {
                 }
                 Ok(Inbound::Nothing)
             }
+            Message::Horizon { bucket, beyond } => {
+                check_bucket_name(&bucket)?;
+                check_own_claims(local, &bucket, &beyond)?;
+                if let Some(b) = local.remote_bucket(&bucket) {
+                    let state = self.buckets.entry(bucket).or_default();
+                    for (rid, ranges) in &beyond {
+                        let origin = local.replicas.intern(rid);
+                        state.beyond.entry(origin).or_default().union_with(ranges);
+                    }
+                    self.review(local, &b);
+                }
+                Ok(Inbound::Nothing)
+            }
             Message::Members(list) => Ok(Inbound::Members(list)),
             Message::Leave => Ok(Inbound::Leave),
             Message::Hello(_) => Err(LinkError::Protocol("second hello".into())),
@@ -903,11 +922,19 @@ impl Session {
         let mut buckets = local.bucket_list();
         if digest_due {
             for b in &buckets {
+                let (context, beyond) = local.wire_context(b);
                 let msg = Message::Digest {
                     bucket: b.name().clone(),
-                    context: local.wire_context(b),
+                    context,
                 };
                 wire::encode_frame(&msg, buf)?;
+                if !beyond.is_empty() {
+                    let msg = Message::Horizon {
+                        bucket: b.name().clone(),
+                        beyond,
+                    };
+                    wire::encode_frame(&msg, buf)?;
+                }
             }
         }
         if self.awaiting_contexts {
