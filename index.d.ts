@@ -318,6 +318,12 @@ export interface PeerStats {
   ackLatency: Record<'local' | 'one' | 'majority' | 'all', { leMs: number[]; counts: number[]; count: number; sumMs: number }>
   /** Live keys per bucket name. */
   bucketKeys: Record<string, number>
+  /**
+   * The longest the event loop was blocked (ms) since this peer was made, and over the last 10 to 20
+   * s, as a timer every 10 ms sees it: any code in the process counts, this package's and the app's.
+   */
+  eventLoopDelayMaxMs: number
+  eventLoopDelayRecentMs: number
 }
 
 /** An error from peer-buckets that carries a code (ECLOSED, EADDRINUSE, EACKTIMEOUT, EDISK, ENOTCONN, EFETCH, ...). */

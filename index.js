@@ -3,7 +3,8 @@
 // peer.js (Peer), bucket.js (SharedBucket), validation.js (argument checks and limits), errors.js (coded
 // errors), native.js (the contract with the addon), counter.js (SharedCounter), rate-limit-store.js (an
 // express-rate-limit store), stats.js and metrics.js (stats() figures and their
-// Prometheus text), session-store.js (the express-session store).
+// Prometheus text), loop-delay.js (the event-loop delay a peer observes), session-store.js (the
+// express-session store).
 
 const { Peer } = require('./lib/peer.js')
 const { SharedBucket } = require('./lib/bucket.js')

@@ -146,6 +146,8 @@ const EXPECTED = {
   peer_buckets_ack_latency_seconds: 'histogram',
   peer_buckets_bucket_keys: 'gauge',
   peer_buckets_warnings_total: 'counter',
+  peer_buckets_event_loop_delay_max_seconds: 'gauge',
+  peer_buckets_event_loop_delay_recent_seconds: 'gauge',
 }
 
 test('a lone peer: valid exposition text with every expected family, HELP and TYPE', async () => {

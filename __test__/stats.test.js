@@ -5,7 +5,7 @@
 
 const fs = require('node:fs')
 const path = require('node:path')
-const { FIGURES, LINK_FIGURES, OTHER_FIELDS, OTHER_LINK_FIELDS } = require('../lib/stats')
+const { FIGURES, LINK_FIGURES, LOOP_FIGURES, OTHER_FIELDS, OTHER_LINK_FIELDS } = require('../lib/stats')
 const { createCluster, closeAll } = require('./helpers/peers')
 
 afterEach(async () => {
@@ -33,11 +33,13 @@ function interfaceFields(file, name) {
   return fields
 }
 
-const statsFields = sorted([...OTHER_FIELDS, ...FIGURES.map((f) => f.field)])
+// The addon's; stats() adds LOOP_FIGURES.
+const nativeFields = sorted([...OTHER_FIELDS, ...FIGURES.map((f) => f.field)])
+const statsFields = sorted([...nativeFields, ...LOOP_FIGURES.map((f) => f.field)])
 const linkFields = sorted([...OTHER_LINK_FIELDS, ...LINK_FIGURES.map((f) => f.field)])
 
 test('the figures table is well formed: one entry per field and per metric, counters named *_total', () => {
-  for (const table of [FIGURES, LINK_FIGURES]) {
+  for (const table of [FIGURES, LINK_FIGURES, LOOP_FIGURES]) {
     expect(new Set(table.map((f) => f.field)).size).toBe(table.length)
     expect(new Set(table.map((f) => f.metric)).size).toBe(table.length)
     for (const f of table) {
@@ -49,7 +51,7 @@ test('the figures table is well formed: one entry per field and per metric, coun
 })
 
 test("the addon's PeerStats and LinkStats (native.d.ts) name exactly the table's fields", () => {
-  expect(sorted(interfaceFields('native.d.ts', 'PeerStats'))).toEqual(statsFields)
+  expect(sorted(interfaceFields('native.d.ts', 'PeerStats'))).toEqual(nativeFields)
   expect(sorted(interfaceFields('native.d.ts', 'LinkStats'))).toEqual(linkFields)
 })
 
@@ -62,8 +64,27 @@ test("stats() returns exactly the table's fields, every figure a number, per lin
   const [a] = await createCluster(2, 'figures')
   const stats = a.stats()
   expect(sorted(Object.keys(stats))).toEqual(statsFields)
-  for (const { field } of FIGURES) expect(typeof stats[field]).toBe('number')
+  for (const { field } of [...FIGURES, ...LOOP_FIGURES]) expect(typeof stats[field]).toBe('number')
   expect(stats.replication.length).toBe(1)
   expect(sorted(Object.keys(stats.replication[0]))).toEqual(linkFields)
   for (const { field } of LINK_FIGURES) expect(typeof stats.replication[0][field]).toBe('number')
+})
+
+test('the event-loop delay figures record a blocked loop: 100 ms of busy JavaScript shows as 50 ms or more', async () => {
+  const [a] = await createCluster(1, 'loop-delay')
+  const before = a.stats()
+  expect(before.eventLoopDelayMaxMs).toBeGreaterThanOrEqual(0)
+  expect(before.eventLoopDelayRecentMs).toBeLessThanOrEqual(before.eventLoopDelayMaxMs)
+  const until = Date.now() + 100
+  while (Date.now() < until) {
+    // the loop is blocked
+  }
+  // The delay is recorded when the monitor's timer runs again.
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  const after = a.stats()
+  expect(after.eventLoopDelayMaxMs).toBeGreaterThanOrEqual(50)
+  expect(after.eventLoopDelayRecentMs).toBeGreaterThanOrEqual(50)
+  const text = a.metrics()
+  const seconds = Number(/^peer_buckets_event_loop_delay_max_seconds (\S+)$/m.exec(text)[1])
+  expect(seconds).toBeGreaterThanOrEqual(0.05)
 })

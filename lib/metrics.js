@@ -10,9 +10,9 @@
 const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 const PREFIX = 'peer_buckets_'
 
-const { FIGURES, LINK_FIGURES, LABELLED_FIGURES, ACK_LATENCY, OTHER_FIELDS } = require('./stats.js')
+const { FIGURES, LINK_FIGURES, LABELLED_FIGURES, ACK_LATENCY, LOOP_FIGURES, OTHER_FIELDS } = require('./stats.js')
 
-const KNOWN = new Set([...OTHER_FIELDS, ...FIGURES.map((f) => f.field)])
+const KNOWN = new Set([...OTHER_FIELDS, ...FIGURES.map((f) => f.field), ...LOOP_FIGURES.map((f) => f.field)])
 
 function escapeLabel(value) {
   return String(value).replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')
@@ -59,6 +59,9 @@ function formatMetrics(stats, members, version) {
   family('info', 'gauge', 'Always 1; its labels name this peer and the peer-buckets version.', [[{ id: stats.id, version }, 1]])
   for (const { field, metric, type, help } of FIGURES) {
     if (typeof stats[field] === 'number') family(metric, type, help, [[{}, stats[field]]])
+  }
+  for (const { field, metric, type, help, scale } of LOOP_FIGURES) {
+    if (typeof stats[field] === 'number') family(metric, type, help, [[{}, stats[field] * scale]])
   }
   for (const field of Object.keys(stats)) {
     if (!KNOWN.has(field) && typeof stats[field] === 'number') {

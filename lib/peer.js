@@ -16,6 +16,7 @@ const { native } = require('./native.js')
 const { randomBytes } = require('node:crypto')
 const { codedError, closedError, notReadyError, fromNative } = require('./errors.js')
 const { formatMetrics } = require('./metrics.js')
+const { LoopDelay } = require('./loop-delay.js')
 const { SharedBucket } = require('./bucket.js')
 const { SharedCounter, checkCounterArgs } = require('./counter.js')
 const {
@@ -71,6 +72,7 @@ class Peer extends EventEmitter {
   #settleClose
   #waiting = new Map()
   #logger
+  #loopDelay
 
   constructor(options = {}) {
     super()
@@ -144,6 +146,7 @@ class Peer extends EventEmitter {
       clearInterval(this.#keepAlive)
       throw fromNative(err)
     }
+    this.#loopDelay = new LoopDelay()
   }
 
   #opened(e) {
@@ -170,6 +173,7 @@ class Peer extends EventEmitter {
     clearInterval(this.#openHold)
     clearInterval(this.#keepAlive)
     this.#failed = true
+    this.#loopDelay.stop()
     native.peerRelease(this.#handle)
     const err = codedError(e.code, `Peer: ${e.message}`)
     for (const q of this.#queue.splice(0)) q.reject(err)
@@ -183,6 +187,7 @@ class Peer extends EventEmitter {
 
   #onClosed(e) {
     clearInterval(this.#closeHold)
+    this.#loopDelay.stop()
     for (const waiter of this.#waiting.values()) waiter.reject(closedError('close()'))
     this.#waiting.clear()
     native.peerRelease(this.#handle)
@@ -350,13 +355,14 @@ class Peer extends EventEmitter {
 
   stats() {
     this.#checkOpen('stats()')
-    return native.peerStats(this.#handle)
+    const { maxMs, recentMs } = this.#loopDelay.read()
+    return { ...native.peerStats(this.#handle), eventLoopDelayMaxMs: maxMs, eventLoopDelayRecentMs: recentMs }
   }
 
   /** Prometheus text exposition of stats() and peers(), per-peer lag included (see lib/metrics.js). */
   metrics() {
     this.#checkOpen('metrics()')
-    return formatMetrics(native.peerStats(this.#handle), native.peerPeers(this.#handle), VERSION)
+    return formatMetrics(this.stats(), native.peerPeers(this.#handle), VERSION)
   }
 
   unref() {

@@ -2,8 +2,8 @@
 // The figures of peer.stats(), declared once: each numeric field, whether it is a gauge (a level now)
 // or a counter (a total since start), its Prometheus name and its help text. lib/metrics.js exports
 // them from this table; __test__/stats.test.js fails when the addon's PeerStats (src/lib.rs, typed in
-// native.d.ts), index.d.ts's PeerStats or what stats() returns name a figure this table does not, or
-// the other way round.
+// native.d.ts; all but LOOP_FIGURES), index.d.ts's PeerStats or what stats() returns name a figure
+// this table does not, or the other way round.
 
 // [stats() field, metric name (without the 'peer_buckets_' prefix), type, help]
 const FIGURES = [
@@ -54,9 +54,16 @@ const ACK_LATENCY = Object.freeze({
   label: 'level',
 })
 
+// Figures stats() adds on the JavaScript side, not the addon's: how long the event loop was blocked, as
+// this peer observes it (lib/loop-delay.js), in ms; the metric in seconds (scale).
+const LOOP_FIGURES = [
+  ['eventLoopDelayMaxMs', 'event_loop_delay_max_seconds', 'gauge', 'The longest the event loop was blocked since this peer was made (by any code in the process).', 1e-3],
+  ['eventLoopDelayRecentMs', 'event_loop_delay_recent_seconds', 'gauge', 'The longest the event loop was blocked over the last 10 to 20 seconds (by any code in the process).', 1e-3],
+].map(([field, metric, type, help, scale]) => Object.freeze({ field, metric, type, help, scale }))
+
 // The fields of stats() that are not figures of FIGURES: its id, the links and the families above.
 const OTHER_FIELDS = ['id', 'replication', ...LABELLED_FIGURES.map((f) => f.field), ACK_LATENCY.field]
 // The fields of a link in stats().replication that are not figures: who it links to.
 const OTHER_LINK_FIELDS = ['id', 'address']
 
-module.exports = { FIGURES, LINK_FIGURES, LABELLED_FIGURES, ACK_LATENCY, OTHER_FIELDS, OTHER_LINK_FIELDS }
+module.exports = { FIGURES, LINK_FIGURES, LABELLED_FIGURES, ACK_LATENCY, LOOP_FIGURES, OTHER_FIELDS, OTHER_LINK_FIELDS }
