@@ -101,7 +101,9 @@ const roles = {
     return { address: p.address, keep: true }
   },
 
-  /** Joins the holder and waits until it holds its n keys, measuring the stall. */
+  /** Joins the holder and waits until it holds its n keys, reading a key every millisecond as a
+   *  server would: measures the stall, and the longest single `get` (one waits for a merge in
+   *  progress). */
   async join(address, n) {
     const Peer = loadPeer()
     const stalls = stallMonitor()
@@ -111,11 +113,21 @@ const roles = {
     const p = new Peer({ id: 'bench-joiner', peers: [address] })
     await p.ready()
     const b = p.bucket('sessions')
+    let longestGet = 0n
+    let i = 0
+    const reader = setInterval(() => {
+      i = (i + 7919) % n
+      const t = process.hrtime.bigint()
+      b.get(key(i))
+      const took = process.hrtime.bigint() - t
+      if (took > longestGet) longestGet = took
+    }, 1)
     while (b.size < n) await new Promise((r) => setTimeout(r, 20))
+    clearInterval(reader)
     const joinMs = Number(process.hrtime.bigint() - t0) / 1e6
     const joinStall = stalls.take()
     await p.close()
-    return { joinMs, joinStall }
+    return { joinMs, joinStall, longestGetMs: Math.round(Number(longestGet) / 1e5) / 10 }
   },
 }
 
@@ -166,13 +178,14 @@ async function run({ n, log = console.log }) {
     const holder = await play('hold', n)
     log(`  a peer holding ${n.toLocaleString()} keys is up (${((Date.now() - t0) / 1000).toFixed(1)} s)`)
     const join = await play('join', holder.address, n)
-    log(`  join:  longest stall ${join.joinStall} ms (held every key after ${join.joinMs.toFixed(0)} ms)`)
+    log(`  join:  longest stall ${join.joinStall} ms, longest get ${join.longestGetMs} ms (held every key after ${join.joinMs.toFixed(0)} ms)`)
     return {
       n,
       idle_stall_ms: idleStall,
       open_stall_ms: open.openStall,
       close_stall_ms: open.closeStall,
       join_stall_ms: join.joinStall,
+      join_longest_get_ms: join.longestGetMs,
       open_ms: Math.round(open.openMs),
       close_ms: Math.round(open.closeMs),
       join_ms: Math.round(join.joinMs),

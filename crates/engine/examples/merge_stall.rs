@@ -1,0 +1,84 @@
+//! How long a reader of a bucket waits while a peer joining it merges N keys, engine only (no Node):
+//! merges N session-like writes in chunks of the sync protocol's size into an empty store while
+//! another thread reads keys in a loop, and reports the longest merge of one chunk and the longest
+//! single read. `cargo run --profile checked --example merge_stall -- 1000000`
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peer_buckets_engine::value;
+use peer_buckets_engine::{Hlc, MemoryStore, ReplicaId, ReplicaTable, SeqRanges, Store, Write};
+
+/// Writes per chunk, as `sync` cuts them.
+const CHUNK: usize = 1024;
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let table = ReplicaTable::new();
+    let me = table.intern(&ReplicaId {
+        node: "joiner".into(),
+        incarnation: 1,
+    });
+    let holder = table.intern(&ReplicaId {
+        node: "holder".into(),
+        incarnation: 1,
+    });
+    let value = value::encode_json(&format!(
+        "{{\"user\":\"user-00000\",\"roles\":[\"reader\",\"writer\"],\"csrf\":\"{}\",\"ip\":\"10.1.2.3\"}}",
+        "x".repeat(120)
+    ));
+    let store = Arc::new(MemoryStore::new());
+    let done = Arc::new(AtomicBool::new(false));
+    let longest_read = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (store, done, longest_read) = (store.clone(), done.clone(), longest_read.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let key = format!("sess:{}", i % n as u64);
+                let t = Instant::now();
+                store.read(&key, &|| 0, &mut |_| {});
+                longest_read.fetch_max(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                i = i.wrapping_add(7919);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    };
+    let mut longest = (Duration::ZERO, 0usize);
+    let started = Instant::now();
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let writes: Vec<Write> = (start..end)
+            .map(|i| Write {
+                key: format!("sess:{i}").into(),
+                hlc: Hlc::from_parts(1_764_000_000_000, 0),
+                seq: i as u64 + 1,
+                value: Some(value.clone()),
+                expires_ms: 0,
+                touch: false,
+            })
+            .collect();
+        let mut covered = SeqRanges::new();
+        covered.insert_range(start as u64 + 1, end as u64);
+        let t = Instant::now();
+        store.merge(&me, &holder, writes, &covered, &mut |_| {});
+        let took = t.elapsed();
+        if took > longest.0 {
+            longest = (took, start);
+        }
+    }
+    let total = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    reader.join().expect("reader");
+    println!(
+        "{n} keys merged in {:.0} ms; longest chunk merge {:.2} ms (at key {}); longest read {:.2} ms",
+        total.as_secs_f64() * 1e3,
+        longest.0.as_secs_f64() * 1e3,
+        longest.1,
+        longest_read.load(Ordering::Relaxed) as f64 / 1e6,
+    );
+}
