@@ -254,20 +254,20 @@ class SharedBucket extends EventEmitter {
   }
 
   get(key) {
-    checkKey('get()', key)
-    if (this.#peer.closed) throw closedError('get()')
-    if (this.#handle === 0) throw notReadyError('get()')
-    if (this.#frozen !== null) return this.#frozen.get(this.#handle, key)
-    const raw = hot.get(this.#handle, key)
-    return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
+    return this.#read(key, this.#frozen)
   }
 
   // get() as without `{ reads: 'frozen' }`: a fresh object the caller may change (the SessionStore
   // hands its sessions to express-session, which does).
   _getFresh(key) {
+    return this.#read(key, null)
+  }
+
+  #read(key, frozen) {
     checkKey('get()', key)
     if (this.#peer.closed) throw closedError('get()')
     if (this.#handle === 0) throw notReadyError('get()')
+    if (frozen !== null) return frozen.get(this.#handle, key)
     const raw = hot.get(this.#handle, key)
     return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
   }

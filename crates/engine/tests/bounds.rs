@@ -6,17 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peer_buckets_engine::connection::{self, FrameReader, FrameWriter};
+use peer_buckets_engine::connection::{FrameReader, FrameWriter};
 use peer_buckets_engine::value;
-use peer_buckets_engine::wire::{encode_frame, ContextPart, Hello, MemberInfo, Message};
+use peer_buckets_engine::wire::{encode_frame, MemberInfo, Message};
 use peer_buckets_engine::Lifetime;
 use peer_buckets_engine::ReplicaId;
-use peer_buckets_engine::Security;
 use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::WarningCode;
 use peer_buckets_engine::OWED_LIMIT;
 use peer_buckets_engine::{Config, Node};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 mod common;
@@ -51,32 +50,9 @@ impl Member {
     /// Dials `node`, says hello (holding nothing, listing `members`) and reads the node's hello;
     /// with the secret when `keyed` (else the node must be open).
     async fn join(node: &Node, id: &str, members: Vec<MemberInfo>, keyed: bool) -> Member {
-        let stream = TcpStream::connect(node.address()).await.unwrap();
-        stream.set_nodelay(true).unwrap();
         let secrets: &[&str] = if keyed { &[SECRET] } else { &[] };
-        let security = Security::from_secrets(secrets).unwrap();
-        let (mut reader, mut writer) =
-            connection::open(Box::new(stream), &security, true, None::<fn()>)
-                .await
-                .unwrap();
-        let hello = Message::Hello(Hello {
-            replica: ReplicaId {
-                node: id.into(),
-                incarnation: 1,
-            },
-            listen_port: 1,
-            listen_host: Some("127.0.0.1".into()),
-            wall_ms: node.clock().wall_ms(),
-            members,
-        });
-        let contexts = Message::Contexts(ContextPart {
-            buckets: Vec::new(),
-            last: true,
-        });
-        let mut buf = Vec::new();
-        encode_frame(&hello, &mut buf).unwrap();
-        encode_frame(&contexts, &mut buf).unwrap();
-        writer.send(&buf).await.unwrap();
+        let (mut reader, mut writer) = dial(node, secrets).await;
+        say_hello(&mut writer, node, rid(id), members).await;
         let (first, _) = reader.read(Duration::from_secs(5)).await.unwrap();
         assert!(matches!(first, Message::Hello(_)), "{first:?}");
         Member { reader, writer }

@@ -16,14 +16,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peer_buckets_engine::connection;
 use peer_buckets_engine::wire::{
     self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext, WireWrite,
 };
 use peer_buckets_engine::LinkError;
 use peer_buckets_engine::PeerEventKind;
 use peer_buckets_engine::ReplicaId;
-use peer_buckets_engine::Security;
 use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::WarningCode;
 use peer_buckets_engine::{AckLevel, Registered};
@@ -357,33 +355,8 @@ async fn a_member_acknowledging_what_it_never_received_is_cut_off_and_the_node_k
     let v = Node::start(config("v", vec![])).await.unwrap();
     let mut warnings = v.warnings();
     let mut outcomes = v.ack_outcomes();
-    let stream = tokio::net::TcpStream::connect(v.address()).await.unwrap();
-    let security = Security::from_secrets(&[SECRET]).unwrap();
-    let (mut reader, mut writer) =
-        connection::open(Box::new(stream), &security, true, None::<fn()>)
-            .await
-            .expect("mallory knows the secret");
-    let mut out = Vec::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    for msg in [
-        Message::Hello(Hello {
-            replica: rid("mallory"),
-            listen_port: 1,
-            listen_host: Some("127.0.0.1".into()),
-            wall_ms: now,
-            members: vec![],
-        }),
-        Message::Contexts(ContextPart {
-            buckets: vec![],
-            last: true,
-        }),
-    ] {
-        wire::encode_frame(&msg, &mut out).unwrap();
-    }
-    writer.send(&out).await.unwrap();
+    let (mut reader, mut writer) = dial(&v, &[SECRET]).await;
+    say_hello(&mut writer, &v, rid("mallory"), vec![]).await;
     eventually("mallory to be linked", || {
         v.peers().iter().any(|p| p.id == "mallory" && p.connected)
     })
@@ -408,7 +381,7 @@ async fn a_member_acknowledging_what_it_never_received_is_cut_off_and_the_node_k
         }
         assert!(Instant::now() < deadline, "the write never reached mallory");
     }
-    out.clear();
+    let mut out = Vec::new();
     wire::encode_frame(
         &Message::Ack {
             bucket: "s".into(),
@@ -480,38 +453,13 @@ async fn a_member_cut_off_for_breaking_the_protocol_does_not_hold_up_collection(
         .unwrap();
     eventually("h and v to link", || connected(&v) == ["h"]).await;
 
-    let stream = tokio::net::TcpStream::connect(v.address()).await.unwrap();
-    let security = Security::from_secrets(&[SECRET]).unwrap();
-    let (mut reader, mut writer) =
-        connection::open(Box::new(stream), &security, true, None::<fn()>)
-            .await
-            .expect("mallory knows the secret");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let mut out = Vec::new();
-    for msg in [
-        Message::Hello(Hello {
-            replica: rid("mallory"),
-            listen_port: 1,
-            listen_host: Some("127.0.0.1".into()),
-            wall_ms: now,
-            members: vec![],
-        }),
-        Message::Contexts(ContextPart {
-            buckets: vec![],
-            last: true,
-        }),
-    ] {
-        wire::encode_frame(&msg, &mut out).unwrap();
-    }
-    writer.send(&out).await.unwrap();
+    let (mut reader, mut writer) = dial(&v, &[SECRET]).await;
+    say_hello(&mut writer, &v, rid("mallory"), vec![]).await;
     eventually("mallory to be a member of v and h", || {
         v.peers().iter().any(|p| p.id == "mallory") && h.peers().iter().any(|p| p.id == "mallory")
     })
     .await;
-    out.clear();
+    let mut out = Vec::new();
     wire::encode_frame(
         &Message::FetchReply {
             id: 7,
@@ -564,36 +512,17 @@ async fn a_member_cannot_take_over_another_peers_link_with_a_forged_hello() {
     .await;
     let mut events = v.events();
     let mut warnings = v.warnings();
-    let stream = tokio::net::TcpStream::connect(v.address()).await.unwrap();
-    let security = Security::from_secrets(&[SECRET]).unwrap();
-    let (mut reader, mut writer) =
-        connection::open(Box::new(stream), &security, true, None::<fn()>)
-            .await
-            .expect("mallory knows the secret");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let mut out = Vec::new();
-    for msg in [
-        Message::Hello(Hello {
-            replica: ReplicaId {
-                node: "g".into(),
-                incarnation: u64::MAX,
-            },
-            listen_port: 1,
-            listen_host: Some("127.0.0.1".into()),
-            wall_ms: now,
-            members: vec![],
-        }),
-        Message::Contexts(ContextPart {
-            buckets: vec![],
-            last: true,
-        }),
-    ] {
-        wire::encode_frame(&msg, &mut out).unwrap();
-    }
-    writer.send(&out).await.unwrap();
+    let (mut reader, mut writer) = dial(&v, &[SECRET]).await;
+    say_hello(
+        &mut writer,
+        &v,
+        ReplicaId {
+            node: "g".into(),
+            incarnation: u64::MAX,
+        },
+        vec![],
+    )
+    .await;
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if reader.read(Duration::from_secs(5)).await.is_err() {

@@ -368,18 +368,10 @@ async fn a_restart_under_the_same_id_is_not_a_conflict() {
 /// counts among a's links, the members its hello did not list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_links_during_a_handshake_is_told_to_the_peer_at_the_other_end() {
-    use peer_buckets_engine::connection;
-    use peer_buckets_engine::wire::{self, ContextPart, Hello, Message};
-    use peer_buckets_engine::{ReplicaId, Security};
+    use peer_buckets_engine::wire::Message;
 
     let a = Node::start(config("a", vec![])).await.unwrap();
-    let stream = tokio::net::TcpStream::connect(a.address()).await.unwrap();
-    let no_secret: &[&str] = &[];
-    let security = Security::from_secrets(no_secret).unwrap();
-    let (mut reader, mut writer) =
-        connection::open(Box::new(stream), &security, true, None::<fn()>)
-            .await
-            .unwrap();
+    let (mut reader, mut writer) = dial(&a, &[]).await;
     let (first, _) = reader.read(Duration::from_secs(5)).await.unwrap();
     let Message::Hello(theirs) = first else {
         panic!("a's first frame was not its hello: {first:?}");
@@ -389,26 +381,7 @@ async fn a_member_that_links_during_a_handshake_is_told_to_the_peer_at_the_other
         .await
         .unwrap();
     eventually("c linked to a", || connected(&a) == ["c"]).await;
-    let mut out = Vec::new();
-    for msg in [
-        Message::Hello(Hello {
-            replica: ReplicaId {
-                node: "b".into(),
-                incarnation: 1,
-            },
-            listen_port: 1,
-            listen_host: Some("127.0.0.1".into()),
-            wall_ms: a.clock().wall_ms(),
-            members: vec![],
-        }),
-        Message::Contexts(ContextPart {
-            buckets: vec![],
-            last: true,
-        }),
-    ] {
-        wire::encode_frame(&msg, &mut out).unwrap();
-    }
-    writer.send(&out).await.unwrap();
+    say_hello(&mut writer, &a, rid("b"), vec![]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let mut heard: Vec<String> = Vec::new();
     // a pings an idle link every 100 ms, and drops it once b has been silent past `dead_after`.

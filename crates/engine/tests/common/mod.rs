@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use peer_buckets_engine::connection::{self, FrameReader, FrameWriter};
 use peer_buckets_engine::value;
-use peer_buckets_engine::wire::{self, Message};
+use peer_buckets_engine::wire::{self, ContextPart, Hello, MemberInfo, Message};
 use peer_buckets_engine::Bucket;
 use peer_buckets_engine::Collector;
 use peer_buckets_engine::LinkError;
+use peer_buckets_engine::Security;
 use peer_buckets_engine::Warning;
 use peer_buckets_engine::Write;
 use peer_buckets_engine::{Clock, Hlc, ManualClock, PhysicalClock};
@@ -439,4 +441,44 @@ pub fn preamble(keyed: bool) -> Vec<u8> {
         peer_buckets_engine::LINK_VERSION,
         keyed as u8,
     ]
+}
+
+/// A scripted member's link to `node` over loopback, opened as a peer dials: the preamble and, with
+/// `secrets` (none for an open node), the handshake. Nothing is sent or read after it.
+pub async fn dial(node: &Node, secrets: &[&str]) -> (FrameReader, FrameWriter) {
+    let stream = tokio::net::TcpStream::connect(node.address())
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let security = Security::from_secrets(secrets).unwrap();
+    connection::open(Box::new(stream), &security, true, None::<fn()>)
+        .await
+        .expect("the scripted member's handshake")
+}
+
+/// Says hello on a scripted member's link as `replica`, listening nowhere (port 1), listing
+/// `members`, at `node`'s wall time, then reports holding nothing.
+pub async fn say_hello(
+    writer: &mut FrameWriter,
+    node: &Node,
+    replica: ReplicaId,
+    members: Vec<MemberInfo>,
+) {
+    let mut out = Vec::new();
+    for msg in [
+        Message::Hello(Hello {
+            replica,
+            listen_port: 1,
+            listen_host: Some("127.0.0.1".into()),
+            wall_ms: node.clock().wall_ms(),
+            members,
+        }),
+        Message::Contexts(ContextPart {
+            buckets: vec![],
+            last: true,
+        }),
+    ] {
+        wire::encode_frame(&msg, &mut out).unwrap();
+    }
+    writer.send(&out).await.unwrap();
 }
