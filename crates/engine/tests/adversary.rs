@@ -710,6 +710,54 @@ fn a_peer_within_skew_is_not_refused_for_the_clock_of_a_third() {
     assert_eq!(w.bucket(b).len(), written.len(), "b holds every write");
 }
 
+/// A resync's answer is a frame that carries writes: stamped past the asker's ceiling, it is dropped
+/// whole, like any other. x (30 s behind a) comes back past a collection and asks a which of its
+/// registers a no longer stores; a's answer carries what superseded k, written by c (50 s ahead of
+/// a, so 80 s ahead of x) before c left for good. The answer must come again once x's clock is
+/// within the skew of it: x must not stay stale, taking none of a's writes in, for as long as the
+/// link stays up.
+#[test]
+fn a_resync_answer_dropped_for_skew_is_taken_once_the_clock_allows_it() {
+    let (a, c, x) = (0, 1, 2);
+    let mut w = World::skewed(&[("a", 0), ("c", 50_000), ("x", -30_000)]);
+    w.link(a, c);
+    w.link(a, x);
+    w.bucket(a).write("k", Some(json("v")), Lifetime::Forever);
+    w.bucket(a).write("j", Some(json("j")), Lifetime::Forever);
+    w.pump();
+    assert_eq!(shows(&w.bucket(x), "k"), Some(json("v").to_vec()));
+    // x goes away and is forgotten; a deletes j, and a and c collect it.
+    w.isolate(x);
+    w.bucket(a).write("j", None, Lifetime::Forever);
+    w.pump();
+    assert!(w.collect_among(&[a, c]) > 0, "j's tombstone was collected");
+    // c overwrites k, a takes it, and c is gone for good.
+    let late = w.bucket(c).write("k", Some(json("c")), Lifetime::Forever);
+    w.pump();
+    assert_eq!(shows(&w.bucket(a), "k"), Some(json("c").to_vec()));
+    w.isolate(c);
+    // x comes back to a: it missed the collection and resyncs; a keeps writing.
+    w.link(a, x);
+    w.send(a, x);
+    assert!(w.locals[x].is_stale(BUCKET), "x missed a collection");
+    for round in 0..12 {
+        w.bucket(a)
+            .write(&format!("n{round}"), Some(json("a")), Lifetime::Forever);
+        w.pump();
+    }
+    assert!(
+        !w.locals[x].is_stale(BUCKET),
+        "x is still stale {} ms after c's write came within its skew ({} frames dropped for skew)",
+        (w.locals[x].clock().wall_ms() + SKEW_MS).saturating_sub(late.hlc.physical_ms()),
+        w.locals[x]
+            .counters()
+            .clock_skew_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(shows(&w.bucket(x), "k"), Some(json("c").to_vec()));
+    assert_eq!(shows(&w.bucket(x), "n0"), Some(json("a").to_vec()));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 4. Acknowledgement levels, on real nodes over loopback.
 
