@@ -50,6 +50,9 @@ pub(super) struct BucketSession {
     pub(super) refused: bool,
     /// A resync of this replica against the other end is under way.
     pub(super) resyncing: bool,
+    /// A part of the resync's answer was dropped for skew: once the rest has come, the resync is
+    /// asked again (at the next review), until this clock is within the skew of what it carries.
+    pub(super) held_skewed: bool,
     /// When (this replica's clock, ms) the other end last reported its context (hello or digest).
     pub(super) reported_at_ms: u64,
 }
@@ -241,8 +244,22 @@ impl Session {
         let state = self.buckets.entry(bucket.name().clone()).or_default();
         if state.resyncing && state.held_asked.is_empty() {
             state.resyncing = false;
-            local.validated(bucket, &state.horizon);
+            if !std::mem::take(&mut state.held_skewed) {
+                local.validated(bucket, &state.horizon);
+            }
         }
+    }
+
+    /// After a part of the answer about `origin`'s registers: on its `last`, the question is closed.
+    fn answered(&mut self, local: &Local, bucket: &Bucket, origin: &Origin, last: bool) {
+        if !last {
+            return;
+        }
+        if let Some(s) = self.buckets.get_mut(bucket.name()) {
+            s.held_asked.remove(origin);
+            s.held_answered.insert(origin.clone());
+        }
+        self.finish_resync(local, bucket);
     }
 
     /// Whether writes arriving on this link for `bucket` are left out: this replica is stale there,
@@ -494,13 +511,17 @@ impl Session {
                     check_writes(std::slice::from_ref(w), None)?;
                     check_own_writes(local, &bucket, rid, std::slice::from_ref(w))?;
                 }
+                let b = local.bucket(&bucket);
                 if let Err(e) = local.observe(superseders.iter().map(|(_, w)| w)) {
                     // Dropped whole, as any frame stamped past this clock's ceiling: nothing is
-                    // dropped here without what superseded it, and the question stays open.
+                    // dropped here without what superseded it, and the question is asked again.
                     self.dropped_for_skew(e);
+                    if let Some(s) = self.buckets.get_mut(&bucket) {
+                        s.held_skewed = true;
+                    }
+                    self.answered(local, &b, &o, last);
                     return Ok(Inbound::Nothing);
                 }
-                let b = local.bucket(&bucket);
                 // What superseded the registers about to be dropped lands first: none is dropped
                 // before this replica holds something at least as new for its key. In one step, as
                 // a chunk's (each covering its own dot), touches first: a value a touch expired
@@ -511,13 +532,7 @@ impl Session {
                     .collect();
                 local.merge_chunk(&b, &o, Vec::new(), &SeqRanges::new(), &[], superseders)?;
                 b.drop_dots(&o, &covered.difference(&held));
-                if last {
-                    if let Some(s) = self.buckets.get_mut(&bucket) {
-                        s.held_asked.remove(&o);
-                        s.held_answered.insert(o.clone());
-                    }
-                    self.finish_resync(local, &b);
-                }
+                self.answered(local, &b, &o, last);
                 Ok(Inbound::Nothing)
             }
             Message::Ping { wall_ms } => {
