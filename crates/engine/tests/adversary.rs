@@ -758,6 +758,33 @@ fn a_resync_answer_dropped_for_skew_is_taken_once_the_clock_allows_it() {
     assert_eq!(shows(&w.bucket(x), "n0"), Some(json("a").to_vec()));
 }
 
+/// Collected registers follow a hello's contexts, and their timestamps are a third's: c (59 s ahead
+/// of a) deletes k, and c collects the tombstone; a learns the record of it from c's next hello. x
+/// (59 s behind a, within its skew) then links to a: the record, past x's ceiling, must not close
+/// the link (only a peer's own wall clock refuses it), as a write stamped that far ahead leaves the
+/// link up.
+#[test]
+fn a_collected_record_stamped_by_a_third_past_the_skew_does_not_refuse_the_link() {
+    let (a, c, x) = (0, 1, 2);
+    let mut w = World::skewed(&[("a", 0), ("c", 59_000), ("x", -59_000)]);
+    w.link(a, c);
+    w.bucket(a).write("k", Some(json("v")), Lifetime::Forever);
+    w.pump();
+    w.bucket(c).write("k", None, Lifetime::Forever);
+    w.pump();
+    assert!(w.collect_among(&[a, c]) > 0, "k's tombstone was collected");
+    // c's link to a resets: a learns the record of k's tombstone from c's hello.
+    w.link(a, c);
+    w.send(c, a);
+    assert_eq!(w.bucket(a).store().collected_records().len(), 1);
+    w.link(a, x);
+    for msg in w.frames(a, x, false) {
+        if let Err(e) = w.try_deliver(a, x, msg) {
+            panic!("x refused a, whose clock is within the skew: {e}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 4. Acknowledgement levels, on real nodes over loopback.
 
