@@ -742,7 +742,7 @@ fn a_resync_answer_dropped_for_skew_is_taken_once_the_clock_allows_it() {
     assert!(w.locals[x].is_stale(BUCKET), "x missed a collection");
     for round in 0..12 {
         w.bucket(a)
-            .write(&format!("n{round}"), Some(json("a")), Lifetime::Forever);
+            .write(format!("n{round}"), Some(json("a")), Lifetime::Forever);
         w.pump();
     }
     assert!(
