@@ -545,7 +545,18 @@ impl Session {
             }
             Message::Collected { bucket, keys } => {
                 check_bucket_name(&bucket)?;
-                // A stand-in takes a record's time: one too far ahead is refused like a write.
+                // A stand-in takes a record's time, so a record past this clock's ceiling is
+                // dropped, as a write stamped that far ahead is: its time is a third's (the
+                // collector's), and only the sender's own wall clock may refuse the link.
+                let (keys, ahead): (Vec<_>, Vec<_>) = keys
+                    .into_iter()
+                    .partition(|k| local.clock.check(k.hlc).is_ok());
+                if !ahead.is_empty() {
+                    local
+                        .counters
+                        .clock_skew_refused
+                        .fetch_add(ahead.len() as u64, Ordering::Relaxed);
+                }
                 if let Some(newest) = keys.iter().map(|k| k.hlc).max() {
                     local
                         .clock
