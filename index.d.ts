@@ -401,7 +401,7 @@ export declare class SharedBucket<T = any> extends EventEmitter {
   count(prefix?: string): number
   /**
    * One page of the live entries under `prefix`. Every key live from the first page to the last is
-   * returned at least once; one may come twice when the bucket grew during the scan.
+   * returned exactly once, however the bucket grows meanwhile; no key comes twice.
    */
   scan(options?: ScanOptions & { keysOnly?: false }): ScanPage<T>
   scan(options: ScanOptions & { keysOnly: true }): ScanKeysPage

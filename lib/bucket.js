@@ -374,8 +374,8 @@ class SharedBucket extends EventEmitter {
    * One page of the live entries under `prefix`: `{ entries, cursor }` (`{ keys, cursor }` with
    * `keysOnly`), at most `limit` of them (default 100), and the cursor to pass for the next page,
    * null once the scan is complete. A page may be short, even empty, before the end: each call looks
-   * at a bounded part of the bucket. Every key live from the first page to the last is returned at
-   * least once; a key can come twice when the bucket grew during the scan.
+   * at a bounded part of the bucket. Every key live from the first page to the last is returned exactly
+   * once, however the bucket grows meanwhile; no key comes twice.
    */
   scan(options = {}) {
     if (options === null || typeof options !== 'object') throw new TypeError('scan(): options must be an object')

@@ -1,6 +1,6 @@
 //! The bucket calls that read a bucket a part at a time or without copying it out: `count`, paged
-//! `scan` and a key's time left. A scan cursor crosses to JavaScript as an opaque string,
-//! `"<reshaped>.<moves>.<slot>"` (see `ScanCursor`): the empty string starts a scan and is returned when it is done.
+//! `scan` and a key's time left. A scan cursor crosses to JavaScript as an opaque string, the decimal
+//! position it holds (see `ScanCursor`): the empty string starts a scan and is returned when it is done.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -20,13 +20,8 @@ fn parse_cursor(cursor: &str) -> Option<ScanCursor> {
     if cursor.is_empty() {
         return Some(ScanCursor::default());
     }
-    let mut parts = cursor.split('.').map(|p| p.parse::<u64>().ok());
-    let c = ScanCursor {
-        reshaped: parts.next()??,
-        moves: parts.next()??,
-        slot: parts.next()??,
-    };
-    parts.next().is_none().then_some(c)
+    let position = cursor.parse().ok()?;
+    Some(ScanCursor { position })
 }
 
 /// One page of live entries under `prefix` from `cursor` on, at most `limit`: a flat array of keys
@@ -62,9 +57,7 @@ pub fn bucket_scan(
             }
         });
         result.map_err(internal)?;
-        let next = next.map_or(String::new(), |c| {
-            format!("{}.{}.{}", c.reshaped, c.moves, c.slot)
-        });
+        let next = next.map_or(String::new(), |c| c.position.to_string());
         items.push_str(&next).map_err(internal)?;
         Ok(items.finish())
     })

@@ -1,8 +1,11 @@
 //! The tables one bucket replica keeps: the key -> entry map, and per origin its context, the index of
 //! the dots stored now and the superseded markers.
 //!
-//! Invariant: an origin's index holds exactly the dots of the registers stored now; a dot that lost to
-//! a newer write is a marker until every member holds what superseded it.
+//! Invariants: an origin's index holds exactly the dots of the registers stored now; a dot that lost to
+//! a newer write is a marker until every member holds what superseded it. The key table holds each key
+//! once, in the chain its hash names, in `old` (below `drained`) or in `buckets`, never both; a growth
+//! ends before the next one begins; a key's place in a scan's order is its hash, bit-reversed, and
+//! nothing the table does changes it.
 
 use super::Entry;
 use crate::ranges::SeqRanges;
@@ -31,41 +34,123 @@ pub(super) struct Marker {
     pub(super) by_seq: u64,
 }
 
-/// A key and its registers, in one allocation.
+/// A key and its registers, in one allocation, chained to the next record of its bucket.
+///
+/// `Clone` only lets `vec![None; n]` build a bucket array from zeroed memory, which the allocator hands
+/// out as fresh pages mapped as they are first used, rather than writing every bucket under the lock.
+#[derive(Clone)]
 pub(super) struct Record {
     pub(super) key: Arc<str>,
     pub(super) entry: Entry,
+    /// The key's hash: the bucket the record chains in, and its place in a scan's order.
+    hash: u64,
+    next: Option<Box<Record>>,
 }
 
-/// The key -> entry table. Records sit behind one pointer per slot, so the table's slots stay small: a
-/// table at half load (as after each doubling) costs its slots twice over.
+impl Record {
+    pub(super) fn new(key: Arc<str>, entry: Entry) -> Box<Record> {
+        Box::new(Record {
+            key,
+            entry,
+            hash: 0,
+            next: None,
+        })
+    }
+}
+
+/// A bucket: the head of a chain of records whose hashes share its low bits.
+type Bucket = Option<Box<Record>>;
+
+/// The key -> entry table: a power-of-two array of buckets, each a chain of the records whose hash's low
+/// bits are its index. Records sit behind one pointer per bucket, so the array stays small: a table
+/// at half load (as after each doubling) costs its buckets twice over.
 ///
-/// A paged scan walks the slots in order, so it must hear of every record that moves: `reshaped`
-/// counts the inserts that found the table full, each of which grows or rehashes it and moves records
-/// anywhere (a scan then starts over); `moved` logs the last `MOVES_KEPT` records a rewrite (a remove
-/// then an insert of the same key, as every write is applied) put in another slot, numbered by `moves`,
-/// so a scan that had passed the new slot but not the old one visits the key all the same.
-#[derive(Default)]
+/// Growth is spread over the writes that follow it. An insert that finds as many records as buckets
+/// keeps the array as `old` and starts one twice its size; from then on every insert and remove first
+/// moves the chains of the next `DRAIN_BUCKETS` buckets of `old` over, and `old` is dropped once walked.
+/// The next growth waits for as many records as the new array has buckets, at least one insert per
+/// bucket of `old`: `old` is drained long before. Grown in one step, the table moved every record
+/// under the store's exclusive lock, and each read waited that long (0.7 s at a million keys).
+///
+/// A paged scan visits the keys in the order of their bit-reversed hashes (the order in which Redis's
+/// `SCAN` walks its buckets): the records of a bucket of `n` bits are a stretch of that order, the same
+/// stretch split in two in a table of `n + 1` bits, so a page reads whole stretches from either array.
+/// A key never changes place in it, however the table grows or its chain changes: a cursor is just a
+/// position in that order.
 pub(super) struct Entries {
-    pub(super) table: hashbrown::HashTable<Box<Record>>,
+    /// Bucket `i` chains the records whose hash's low bits are `i` (`MIN_BUCKETS` or more of them).
+    buckets: Box<[Bucket]>,
+    /// During a growth, the buckets before it (half as many), drained into `buckets`; empty between
+    /// growths.
+    old: Box<[Bucket]>,
+    /// The buckets of `old` below this one are drained: empty.
+    drained: usize,
+    len: usize,
     pub(super) hasher: crate::hash::DefaultHashBuilder,
-    pub(super) reshaped: u64,
-    pub(super) moves: u64,
-    pub(super) moved: std::collections::VecDeque<Moved>,
-    /// The hash and slot of the record removed last, until the next insert.
-    removed_at: Option<(u64, usize)>,
+    /// Records a growth moved from `old` to `buckets`.
+    #[cfg(test)]
+    pub(super) relocated: u64,
 }
 
-/// A record a rewrite put in another slot: the `n`th move.
-pub(super) struct Moved {
-    pub(super) n: u64,
-    pub(super) from: usize,
-    pub(super) to: usize,
-    pub(super) key: Arc<str>,
+/// The buckets of an empty table.
+const MIN_BUCKETS: usize = 8;
+
+/// Buckets of `Entries::old` drained by each insert and remove: at most as many chains (of one record
+/// on average, at the load a growth starts at) move per write a merge applies, whatever the table's
+/// size.
+const DRAIN_BUCKETS: usize = 2;
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries {
+            buckets: vec![None; MIN_BUCKETS].into_boxed_slice(),
+            old: Box::default(),
+            drained: 0,
+            len: 0,
+            hasher: Default::default(),
+            #[cfg(test)]
+            relocated: 0,
+        }
+    }
 }
 
-/// How many moves are logged: a scan whose next page comes after more moves than this starts over.
-pub(super) const MOVES_KEPT: usize = 4096;
+impl Drop for Entries {
+    /// Unlinks each chain a record at a time: dropped whole, a chain would recurse once per record.
+    fn drop(&mut self) {
+        for bucket in self.old.iter_mut().chain(self.buckets.iter_mut()) {
+            let mut next = bucket.take();
+            while let Some(mut r) = next {
+                next = r.next.take();
+            }
+        }
+    }
+}
+
+/// The records of a chain, from its head.
+fn chain(bucket: &Bucket) -> impl Iterator<Item = &Record> {
+    std::iter::successors(bucket.as_deref(), |r| r.next.as_deref())
+}
+
+/// The bucket of `hash` in an array of `len` (a power of two) buckets.
+fn bucket_of(hash: u64, len: usize) -> usize {
+    hash as usize & (len - 1)
+}
+
+/// Takes the record of hash `hash` that `eq` picks out of a chain.
+fn unlink(bucket: &mut Bucket, hash: u64, eq: impl Fn(&Record) -> bool) -> Option<Box<Record>> {
+    let mut at = bucket;
+    while at.as_ref().is_some_and(|r| !(r.hash == hash && eq(r))) {
+        at = &mut at.as_mut().expect("checked").next;
+    }
+    let mut r = at.take()?;
+    *at = r.next.take();
+    Some(r)
+}
+
+fn push(bucket: &mut Bucket, mut r: Box<Record>) {
+    r.next = bucket.take();
+    *bucket = Some(r);
+}
 
 impl Entries {
     pub(super) fn hash(&self, key: &str) -> u64 {
@@ -83,8 +168,7 @@ impl Entries {
 
     /// `get_key_value` with the key's hash already computed.
     pub(super) fn get_hashed(&self, hash: u64, key: &str) -> Option<(&Arc<str>, &Entry)> {
-        self.table
-            .find(hash, |r| &*r.key == key)
+        self.find(hash, |r| &*r.key == key)
             .map(|r| (&r.key, &r.entry))
     }
 
@@ -95,9 +179,19 @@ impl Entries {
         origin: &Origin,
         seq: u64,
     ) -> Option<(&Arc<str>, &Entry)> {
-        self.table
-            .find(hash, |r| r.entry.write_for(&r.key, origin, seq).is_some())
+        self.find(hash, |r| r.entry.write_for(&r.key, origin, seq).is_some())
             .map(|r| (&r.key, &r.entry))
+    }
+
+    /// The record of hash `hash` that `eq` picks, in whichever array holds it.
+    fn find(&self, hash: u64, eq: impl Fn(&Record) -> bool) -> Option<&Record> {
+        let eq = |r: &&Record| r.hash == hash && eq(r);
+        let bucket = &self.buckets[bucket_of(hash, self.buckets.len())];
+        chain(bucket).find(eq).or_else(|| {
+            let at = bucket_of(hash, self.old.len().max(1));
+            let old = self.old.get(at).filter(|_| at >= self.drained)?;
+            chain(old).find(eq)
+        })
     }
 
     pub(super) fn remove(&mut self, key: &str) -> Option<Box<Record>> {
@@ -106,9 +200,18 @@ impl Entries {
 
     /// `remove` with the key's hash already computed.
     pub(super) fn remove_hashed(&mut self, hash: u64, key: &str) -> Option<Box<Record>> {
-        let entry = self.table.find_entry(hash, |r| &*r.key == key).ok()?;
-        self.removed_at = Some((hash, entry.bucket_index()));
-        Some(entry.remove().0)
+        self.drain();
+        let eq = |r: &Record| &*r.key == key;
+        let at = bucket_of(hash, self.buckets.len());
+        let r = match unlink(&mut self.buckets[at], hash, eq) {
+            Some(r) => r,
+            None => {
+                let at = bucket_of(hash, self.old.len().max(1));
+                unlink(self.old.get_mut(at)?, hash, eq)?
+            }
+        };
+        self.len -= 1;
+        Some(r)
     }
 
     /// Adds a record whose key is not in the table.
@@ -117,61 +220,112 @@ impl Entries {
     }
 
     /// `insert` with the key's hash already computed.
-    pub(super) fn insert_hashed(&mut self, hash: u64, record: Box<Record>) {
-        // `capacity` is the records held plus the room left before the table must grow or rehash.
-        if self.table.len() == self.table.capacity() {
-            self.reshaped += 1;
+    pub(super) fn insert_hashed(&mut self, hash: u64, mut record: Box<Record>) {
+        self.drain();
+        if self.len == self.buckets.len() {
+            self.grow();
         }
-        let hasher = &self.hasher;
-        let entry = self.table.insert_unique(hash, record, |r| {
-            use std::hash::BuildHasher;
-            hasher.hash_one(&*r.key)
-        });
-        let to = entry.bucket_index();
-        if let Some((removed_hash, from)) = self.removed_at.take() {
-            // The same hash: the key removed last, put back (another key of that hash only costs a
-            // scan a second visit of it).
-            if removed_hash == hash && from != to {
-                let key = entry.get().key.clone();
-                self.moves += 1;
-                if self.moved.len() == MOVES_KEPT {
-                    self.moved.pop_front();
+        record.hash = hash;
+        let at = bucket_of(hash, self.buckets.len());
+        push(&mut self.buckets[at], record);
+        self.len += 1;
+    }
+
+    /// Starts a growth: the full array becomes `old`, drained into one twice its size.
+    fn grow(&mut self) {
+        debug_assert!(self.old.is_empty(), "a growth ends before the next begins");
+        let buckets = vec![None; 2 * self.buckets.len()].into_boxed_slice();
+        self.old = std::mem::replace(&mut self.buckets, buckets);
+        self.drained = 0;
+    }
+
+    /// Moves the chains of the next `DRAIN_BUCKETS` buckets of `old` into `buckets`; drops `old` once
+    /// it is walked.
+    fn drain(&mut self) {
+        if self.old.is_empty() {
+            return;
+        }
+        let stop = (self.drained + DRAIN_BUCKETS).min(self.old.len());
+        for at in self.drained..stop {
+            let mut next = self.old[at].take();
+            while let Some(mut r) = next {
+                next = r.next.take();
+                let to = bucket_of(r.hash, self.buckets.len());
+                push(&mut self.buckets[to], r);
+                #[cfg(test)]
+                {
+                    self.relocated += 1;
                 }
-                self.moved.push_back(Moved {
-                    n: self.moves,
-                    from,
-                    to,
-                    key,
-                });
             }
+        }
+        self.drained = stop;
+        if stop == self.old.len() {
+            self.old = Box::default();
+            self.drained = 0;
         }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
-        self.table.iter().map(|r| (&r.key, &r.entry))
+        self.old[self.drained..]
+            .iter()
+            .chain(self.buckets.iter())
+            .flat_map(chain)
+            .map(|r| (&r.key, &r.entry))
     }
 
-    /// Visits the records in slots `from..` until `f` returns false or `max_slots` slots were looked
-    /// at; returns the first slot not looked at, `None` past the last one.
-    pub(super) fn walk_slots(
+    /// Visits the records at positions `from..` of a scan's order, in that order, until `f` returns
+    /// false (then the rest of the records of the same position too: a next page cannot start
+    /// between them) or the records of `max_buckets` buckets were looked at; returns the position of
+    /// the first record not visited, `None` past the last one.
+    pub(super) fn walk_from(
         &self,
-        from: usize,
-        max_slots: usize,
+        from: u64,
+        max_buckets: usize,
         f: &mut dyn FnMut(&Arc<str>, &Entry) -> bool,
-    ) -> Option<usize> {
-        let end = self.table.num_buckets();
-        let stop = from.saturating_add(max_slots).min(end);
-        for slot in from..stop {
-            if let Some(r) = self.table.get_bucket(slot) {
+    ) -> Option<u64> {
+        let position = |r: &&Record| r.hash.reverse_bits();
+        // During a growth a stretch is one bucket of `old` and two of `buckets`.
+        let stretches = if self.old.is_empty() {
+            self.buckets.len()
+        } else {
+            self.old.len()
+        };
+        let shift = u64::BITS - stretches.trailing_zeros();
+        let mut stretch = from >> shift;
+        let mut records: Vec<&Record> = Vec::new();
+        for _ in 0..max_buckets.max(1) {
+            let at = (stretch << shift).reverse_bits() as usize;
+            let old = self.old.get(at).into_iter();
+            let new = self.buckets.iter().skip(at).step_by(stretches);
+            records.clear();
+            records.extend(old.chain(new).flat_map(chain));
+            records.retain(|r| position(r) >= from);
+            records.sort_unstable_by_key(position);
+            for (i, r) in records.iter().enumerate() {
                 if !f(&r.key, &r.entry) {
-                    return Some(slot + 1).filter(|&s| s < end);
+                    let at = position(r);
+                    for r in records[i + 1..].iter().take_while(|r| position(r) == at) {
+                        f(&r.key, &r.entry);
+                    }
+                    return at.checked_add(1);
                 }
             }
+            stretch += 1;
+            if stretch == stretches as u64 {
+                return None;
+            }
         }
-        (stop < end).then_some(stop)
+        Some(stretch << shift)
     }
 
     pub(super) fn len(&self) -> usize {
-        self.table.len()
+        self.len
+    }
+
+    /// The keys of the chain `hash` names in `buckets`, from its head.
+    #[cfg(test)]
+    pub(super) fn chain_keys(&self, hash: u64) -> Vec<Arc<str>> {
+        let bucket = &self.buckets[bucket_of(hash, self.buckets.len())];
+        chain(bucket).map(|r| r.key.clone()).collect()
     }
 }

@@ -154,10 +154,7 @@ impl MemoryStore {
             let registers: Vec<(Origin, u64)> =
                 entry.writes(&key).map(|(o, w)| (o, w.seq)).collect();
             state.tally(&entry, 1);
-            state.entries.insert(Box::new(Record {
-                key: key.clone(),
-                entry,
-            }));
+            state.entries.insert(Record::new(key.clone(), entry));
             for (origin, seq) in registers {
                 state.index_insert(&origin, seq, &key);
             }
@@ -233,11 +230,10 @@ impl Store for MemoryStore {
         limit: usize,
         f: &mut dyn FnMut(&str, &[u8]),
     ) -> Option<ScanCursor> {
-        // Slots looked at per page: a sparse prefix costs one page a bounded stretch, not the table.
-        const SLOTS_PER_KEY: usize = 16;
+        // Buckets looked at per page: a sparse prefix costs one page a bounded stretch, not the table.
+        const BUCKETS_PER_KEY: usize = 16;
         let state = self.state.read();
         let now = state.now(now_ms);
-        let entries = &state.entries;
         let limit = limit.max(1);
         let mut left = limit;
         let mut visit = |k: &Arc<str>, e: &Entry| {
@@ -249,28 +245,11 @@ impl Store for MemoryStore {
             }
             left > 0
         };
-        let oldest_logged = entries.moved.front().map_or(entries.moves + 1, |m| m.n);
-        let slot = if from.reshaped != entries.reshaped || from.moves + 1 < oldest_logged {
-            0
-        } else {
-            // Keys moved since the last page from a slot ahead of it to one behind it.
-            let cursor = from.slot as usize;
-            for m in entries.moved.iter().filter(|m| m.n > from.moves) {
-                if m.from >= cursor && m.to < cursor {
-                    if let Some(e) = entries.get(&m.key) {
-                        visit(&m.key, e);
-                    }
-                }
-            }
-            cursor
-        };
-        // Moved keys count toward the limit; a page they filled still walks to its first record.
-        let next = entries.walk_slots(slot, limit.saturating_mul(SLOTS_PER_KEY), &mut visit);
-        next.map(|slot| ScanCursor {
-            reshaped: entries.reshaped,
-            moves: entries.moves,
-            slot: slot as u64,
-        })
+        let max_buckets = limit.saturating_mul(BUCKETS_PER_KEY);
+        let next = state
+            .entries
+            .walk_from(from.position, max_buckets, &mut visit);
+        next.map(|position| ScanCursor { position })
     }
 
     fn expiry_of(&self, key: &str, now_ms: u64) -> Option<u64> {

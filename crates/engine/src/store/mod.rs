@@ -108,16 +108,14 @@ pub struct Stamp {
     pub origin: usize,
 }
 
-/// Where a paged scan (`Store::scan_page`) resumes: the next slot of the key table, and how many times
-/// the table was reshaped and records moved when the page before ended. Every key live throughout a
-/// scan is visited at least once: a key a rewrite moved from a slot ahead of the cursor to one behind it
-/// is visited with the next page, and a scan whose table was reshaped, or that missed more moves than
-/// are logged, starts over. A key may therefore be visited twice.
+/// Where a paged scan (`Store::scan_page`) resumes: a position in the order in which a scan visits the
+/// keys, that of their hashes with the bits reversed. A key's position never changes, however the key
+/// table grows or is rewritten between pages, and each page visits the keys from its cursor on up to
+/// the cursor it returns: every key live throughout a scan is visited exactly once, and a key written
+/// or deleted during it at most once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanCursor {
-    pub reshaped: u64,
-    pub moves: u64,
-    pub slot: u64,
+    pub position: u64,
 }
 
 /// Storage backend of one bucket replica. See the module comment for what an implementation promises.
@@ -144,9 +142,10 @@ pub trait Store: Send + Sync + 'static {
         self.scan(prefix, now_ms, &mut |_, _| n += 1);
         n
     }
-    /// One page of a scan: visits live keys under `prefix` from `from` on, at most `limit` of them and
-    /// over a bounded stretch of the table (so a page may be empty), and returns where the next page
-    /// starts, `None` once the whole table was walked. See `ScanCursor` for what a scan promises.
+    /// One page of a scan: visits live keys under `prefix` from `from` on, at most `limit` of them (more
+    /// only when keys share a whole 64-bit hash: a page takes every key of the position it stops at)
+    /// and over a bounded stretch of the table (so a page may be empty), and returns where the next
+    /// page starts, `None` once the whole table was walked. See `ScanCursor` for what a scan promises.
     fn scan_page(
         &self,
         prefix: &str,

@@ -213,12 +213,7 @@ impl State {
             }
             None => (false, None),
         };
-        let fresh = |entry| {
-            Box::new(Record {
-                key: key.clone(),
-                entry,
-            })
-        };
+        let fresh = |entry| Record::new(key.clone(), entry);
         let (record, value_replaced) = match (old, w.touch) {
             (None, false) => (
                 fresh(Entry {
