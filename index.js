@@ -1,10 +1,10 @@
 'use strict'
 // The JavaScript face of peer-buckets: what `require('peer-buckets')` exports. Each part lives in lib/:
-// peer.js (Peer), bucket.js (SharedBucket), validation.js (argument checks and limits), errors.js (coded
-// errors), native.js (the contract with the addon), counter.js (SharedCounter), rate-limit-store.js (an
-// express-rate-limit store), stats.js and metrics.js (stats() figures and their
-// Prometheus text), loop-delay.js (the event-loop delay a peer observes), session-store.js (the
-// express-session store).
+// peer.js (Peer), bucket.js (SharedBucket), counter.js (SharedCounter), handle.js (what the two share),
+// validation.js (argument checks and limits), errors.js (coded errors), native.js (the contract with the
+// addon), rate-limit-store.js (an express-rate-limit store), stats.js and metrics.js (stats() figures and
+// their Prometheus text), loop-delay.js (the event-loop delay a peer observes), session-store.js (the
+// express-session store), platform.js (the platform packages' names, for the loader native.js).
 
 const { Peer } = require('./lib/peer.js')
 const { SharedBucket } = require('./lib/bucket.js')

@@ -15,18 +15,7 @@
 const { existsSync, readFileSync } = require('node:fs')
 const { join, resolve } = require('node:path')
 const pkg = require('./package.json')
-
-const ARCH = { x86_64: 'x64', aarch64: 'arm64', i686: 'ia32', armv7: 'arm' }
-
-// 'x86_64-unknown-linux-gnu' -> 'linux-x64-gnu', 'aarch64-apple-darwin' -> 'darwin-arm64',
-// 'x86_64-pc-windows-msvc' -> 'win32-x64-msvc': the names napi-rs gives the platform packages.
-function platformOf(triple) {
-  const [arch, , os, abi] = triple.split('-')
-  const cpu = ARCH[arch] || arch
-  if (os === 'darwin') return `darwin-${cpu}`
-  if (os === 'windows') return `win32-${cpu}-${abi}`
-  return `${os}-${cpu}${abi ? `-${abi}` : ''}`
-}
+const { platformOf } = require('./lib/platform.js')
 
 // glibc and musl builds of Node differ in what they load; `ldd` names musl on musl systems, and
 // Node's report carries the glibc version only when it runs on glibc.

@@ -168,18 +168,12 @@ async function main() {
           note(base)
           await cluster.killImpostor()
           break
-        case 'kill': {
-          const r = cluster.running(e.node)
-          if (!r) break
-          note({ ...base, run: r.run })
-          await cluster.kill(e.node)
-          break
-        }
+        case 'kill':
         case 'stop': {
           const r = cluster.running(e.node)
           if (!r) break
           note({ ...base, run: r.run })
-          await cluster.stop(e.node)
+          await (e.kind === 'kill' ? cluster.kill(e.node) : cluster.stop(e.node))
           break
         }
         case 'start': {

@@ -4,13 +4,12 @@
 // each call, and the delivery of change batches as 'change' events (one listener's throw costs no other
 // listener its event), paged reads (scan, values, iteration: each native call looks at a bounded part of
 // the bucket) and batched writes that check every entry before the first write and settle once
-// (setMany, deletePrefix). Every call goes through the bucket's handle; the Peer settles what waits on acks.
-// Until the peer opens the handle is 0: writes go to the Peer's queue (values encoded at the call) and
-// synchronous reads throw ENOTREADY.
+// (setMany, deletePrefix). The handle, the 'change' subscription, the calls made before the peer opens
+// (a write's value is encoded at the call) and how each call settles are BucketHandle's (handle.js).
 
-const { EventEmitter } = require('node:events')
 const { native, hot, VALUE_KIND, CHANGE } = require('./native.js')
-const { codedError, closedError, notReadyError, fromNative } = require('./errors.js')
+const { codedError, closedError, fromNative } = require('./errors.js')
+const { BucketHandle } = require('./handle.js')
 const { FrozenReads } = require('./frozen-reads.js')
 const {
   MAX_VALUE_BYTES,
@@ -20,59 +19,6 @@ const {
   checkWriteOptions,
   splitOptionsAndCallback,
 } = require('./validation.js')
-
-const RESOLVED = Promise.resolve()
-const RESOLVED_TRUE = Promise.resolve(true)
-const RESOLVED_FALSE = Promise.resolve(false)
-
-function settle(cb, err) {
-  if (cb) {
-    process.nextTick(cb, err)
-    return undefined
-  }
-  return err ? Promise.reject(err) : RESOLVED
-}
-
-// Settles a write that waits for an ack level: at once when the native side says it is met (ticket 0).
-function settleWrite(peer, ticket, cb) {
-  if (ticket === 0) return settle(cb, null)
-  const done = peer._awaitTicket(ticket)
-  if (!cb) return done
-  done.then(() => cb(null), cb)
-  return undefined
-}
-
-// A write made before the peer opened: `run(handle)` makes it once the peer opens, in call order.
-function settleLater(peer, bucket, run, cb) {
-  const done = peer._whenOpen(() => {
-    const ticket = run(bucket._handle)
-    return ticket === 0 ? undefined : peer._awaitTicket(ticket)
-  })
-  if (!cb) return done
-  done.then(() => cb(null), cb)
-  return undefined
-}
-
-// settleAll for writes made before the peer opened: `run(handle)` makes them once it opens and returns
-// their tickets (with the value to settle with as `.value`).
-function settleAllLater(peer, bucket, run, cb) {
-  const done = peer._whenOpen(() => {
-    const tickets = run(bucket._handle)
-    return settleAll(peer, tickets, undefined, tickets.value)
-  })
-  if (!cb) return done
-  done.then((v) => cb(null, v), cb)
-  return undefined
-}
-
-// Settles once every ticket settled (or with the first failure), with `value`.
-function settleAll(peer, tickets, cb, value) {
-  const waits = tickets.filter((t) => t !== 0).map((t) => peer._awaitTicket(t))
-  const done = waits.length === 0 ? Promise.resolve(value) : Promise.all(waits).then(() => value)
-  if (!cb) return done
-  done.then((v) => cb(null, v), cb)
-  return undefined
-}
 
 const BYTES = 0
 const STRING = 1
@@ -131,50 +77,11 @@ function decodeValue(raw) {
   return typeof raw === 'string' ? JSON.parse(raw) : raw
 }
 
-class SharedBucket extends EventEmitter {
-  #peer
-  #handle
-  #listening = false
-  #ttl = 0
+class SharedBucket extends BucketHandle {
   // With `{ reads: 'frozen' }`: the decoded values get hands out (see frozen-reads.js).
   #frozen = null
 
-  constructor(peer, name, handle) {
-    super()
-    this.#peer = peer
-    this.#handle = handle
-    Object.defineProperty(this, 'name', { value: name, enumerable: true })
-    this.on('newListener', (event) => {
-      if (event === 'change' && !this.#listening) this.#listen(true)
-    })
-    this.on('removeListener', (event) => {
-      if (event === 'change' && this.#listening && this.listenerCount('change') === 0) this.#listen(false)
-    })
-  }
-
-  #listen(on) {
-    if (this.#peer.closed) return
-    this.#listening = on
-    if (this.#handle !== 0) native.bucketListen(this.#handle, on ? (batch) => this.#deliver(batch) : null)
-  }
-
-  // The peer opened: the bucket's handle, and its change listeners attached before.
-  _open(handle) {
-    this.#handle = handle
-    if (this.#listening && !this.#peer.closed) native.bucketListen(handle, (batch) => this.#deliver(batch))
-  }
-
-  get _handle() {
-    return this.#handle
-  }
-
-  // Undefined once the peer is open (or closed); before, a promise of its opening (for callers that
-  // read, such as the SessionStore).
-  _opening() {
-    return this.#handle === 0 && !this.#peer.closed ? this.#peer._whenOpen(() => undefined) : undefined
-  }
-
-  #deliver(batch) {
+  _deliver(batch) {
     let firstError
     const listeners = this.listeners('change')
     for (let i = 0; i < batch.length; i += CHANGE.STRIDE) {
@@ -195,34 +102,19 @@ class SharedBucket extends EventEmitter {
         origin: batch[i + CHANGE.ORIGIN],
       }
       if (batch[i + CHANGE.EXPIRED]) event.expired = true
-      // Each listener is called on its own, so one that throws costs no other listener its event.
-      for (const listener of listeners) {
-        try {
-          listener.call(this, event)
-        } catch (err) {
-          firstError = firstError || err
-        }
-      }
+      firstError = this._tell(listeners, event, firstError)
     }
-    // A throwing listener must not cost the other listeners their events; its error is reported the
-    // way Node reports any listener error: as 'error' if someone listens for it, else uncaught.
-    if (firstError) {
-      if (this.listenerCount('error') > 0) this.emit('error', firstError)
-      else process.nextTick(() => { throw firstError })
-    }
+    if (firstError) this._report(firstError)
   }
 
   set(key, value, options, cb) {
     ;[options, cb] = splitOptionsAndCallback('set()', options, cb)
     checkKey('set()', key)
-    const [ack, timeout, ttl] = checkWriteOptions('set()', options, true, this.#ttl)
-    if (this.#peer.closed) return settle(cb, closedError('set()'))
+    const [ack, timeout, ttl] = checkWriteOptions('set()', options, true, this._defaultTtl)
     let [kind, payload] = encodeValue('set()', value)
-    if (this.#handle === 0) {
-      if (kind === BYTES) payload = Buffer.from(payload) // a copy: the caller may change its own before the peer opens
-      return settleLater(this.#peer, this, (h) => write(h, key, kind, payload, ttl, ack, timeout), cb)
-    }
-    return settleWrite(this.#peer, write(this.#handle, key, kind, payload, ttl, ack, timeout), cb)
+    // A copy, when the write waits for the peer to open: the caller may change its own before then.
+    if (kind === BYTES && this._handle === 0) payload = Buffer.from(payload)
+    return this._call('set()', (h) => this._acked(write(h, key, kind, payload, ttl, ack, timeout)), cb)
   }
 
   /**
@@ -235,7 +127,7 @@ class SharedBucket extends EventEmitter {
     if (entries === null || typeof entries !== 'object' || typeof entries[Symbol.iterator] !== 'function') {
       throw new TypeError('setMany(): entries must be an iterable of [key, value] pairs (an array or a Map)')
     }
-    const [ack, timeout, ttl] = checkWriteOptions('setMany()', options, true, this.#ttl)
+    const [ack, timeout, ttl] = checkWriteOptions('setMany()', options, true, this._defaultTtl)
     const writes = []
     for (const pair of entries) {
       if (!Array.isArray(pair) || pair.length !== 2) {
@@ -244,13 +136,9 @@ class SharedBucket extends EventEmitter {
       checkKey(`setMany(): entry ${writes.length}`, pair[0])
       writes.push([pair[0], ...encodeValue(`setMany(): entry ${writes.length}`, pair[1])])
     }
-    if (this.#peer.closed) return settle(cb, closedError('setMany()'))
-    const run = (h) => writes.map(([key, kind, payload]) => write(h, key, kind, payload, ttl, ack, timeout))
-    if (this.#handle === 0) {
-      for (const w of writes) if (w[1] === BYTES) w[2] = Buffer.from(w[2]) // copies, as set() makes
-      return settleAllLater(this.#peer, this, run, cb)
-    }
-    return settleAll(this.#peer, run(this.#handle), cb, undefined)
+    if (this._handle === 0) for (const w of writes) if (w[1] === BYTES) w[2] = Buffer.from(w[2]) // copies, as set() makes
+    const run = (h) => this._allAcked(writes.map(([key, kind, payload]) => write(h, key, kind, payload, ttl, ack, timeout)))
+    return this._call('setMany()', run, cb)
   }
 
   get(key) {
@@ -265,69 +153,46 @@ class SharedBucket extends EventEmitter {
 
   #read(key, frozen) {
     checkKey('get()', key)
-    if (this.#peer.closed) throw closedError('get()')
-    if (this.#handle === 0) throw notReadyError('get()')
-    if (frozen !== null) return frozen.get(this.#handle, key)
-    const raw = hot.get(this.#handle, key)
+    const h = this._readable('get()')
+    if (frozen !== null) return frozen.get(h, key)
+    const raw = hot.get(h, key)
     return typeof raw === 'string' && VALUE_KIND[0] === 1 ? JSON.parse(raw) : raw
   }
 
   has(key) {
     checkKey('has()', key)
-    if (this.#peer.closed) throw closedError('has()')
-    if (this.#handle === 0) throw notReadyError('has()')
-    return hot.has(this.#handle, key)
+    return hot.has(this._readable('has()'), key)
   }
 
   delete(key, options, cb) {
     ;[options, cb] = splitOptionsAndCallback('delete()', options, cb)
     checkKey('delete()', key)
     const [ack, timeout] = checkWriteOptions('delete()', options, false, 0)
-    if (this.#peer.closed) return settle(cb, closedError('delete()'))
-    if (this.#handle === 0) return settleLater(this.#peer, this, (h) => hot.delete(h, key, ack, timeout), cb)
     if (this.#frozen !== null) this.#frozen.forget(key)
-    return settleWrite(this.#peer, hot.delete(this.#handle, key, ack, timeout), cb)
+    return this._call('delete()', (h) => this._acked(hot.delete(h, key, ack, timeout)), cb)
   }
 
   touch(key, ttl, cb) {
     checkKey('touch()', key)
     checkTtl('touch(): ttl', ttl)
     if (cb !== undefined && typeof cb !== 'function') throw new TypeError('touch(): callback must be a function')
-    if (this.#peer.closed) return settle(cb, closedError('touch()'))
-    if (this.#handle === 0) {
-      const done = this.#peer._whenOpen(() => native.bucketTouch(this.#handle, key, ttl))
-      if (!cb) return done
-      done.then((touched) => cb(null, touched), cb)
-      return undefined
-    }
-    const touched = native.bucketTouch(this.#handle, key, ttl)
-    if (cb) {
-      process.nextTick(cb, null, touched)
-      return undefined
-    }
-    return touched ? RESOLVED_TRUE : RESOLVED_FALSE
+    return this._call('touch()', (h) => native.bucketTouch(h, key, ttl), cb)
   }
 
   /** The Peer this bucket belongs to. */
   get peer() {
-    return this.#peer
+    return this._peer
   }
 
   /** The bucket's default time to live in ms (0: none); set with `peer.bucket(name, { ttl })`. */
   get defaultTtl() {
-    return this.#ttl
+    return this._defaultTtl
   }
 
   /** Milliseconds until `key` expires: Infinity when it never does, undefined when it is absent. */
   ttl(key) {
     checkKey('ttl()', key)
-    if (this.#peer.closed) throw closedError('ttl()')
-    if (this.#handle === 0) throw notReadyError('ttl()')
-    return native.bucketTtl(this.#handle, key) ?? undefined
-  }
-
-  _setTtl(ttl) {
-    this.#ttl = ttl
+    return native.bucketTtl(this._readable('ttl()'), key) ?? undefined
   }
 
   /** What get returns for a JSON value: `'fresh'` (a new object each time) or `'frozen'`. */
@@ -347,16 +212,14 @@ class SharedBucket extends EventEmitter {
 
   keys(prefix) {
     prefix = checkPrefix('keys()', prefix)
-    if (this.#peer.closed) throw closedError('keys()')
-    if (this.#handle === 0) throw notReadyError('keys()')
-    return native.bucketKeys(this.#handle, prefix)
+    const h = this._readable('keys()')
+    return native.bucketKeys(h, prefix)
   }
 
   entries(prefix) {
     prefix = checkPrefix('entries()', prefix)
-    if (this.#peer.closed) throw closedError('entries()')
-    if (this.#handle === 0) throw notReadyError('entries()')
-    const flat = native.bucketEntries(this.#handle, prefix)
+    const h = this._readable('entries()')
+    const flat = native.bucketEntries(h, prefix)
     const out = new Array(flat.length / 2)
     for (let i = 0; i < flat.length; i += 2) out[i / 2] = [flat[i], decodeValue(flat[i + 1])]
     return out
@@ -365,9 +228,8 @@ class SharedBucket extends EventEmitter {
   /** How many live keys start with `prefix`, counted in place (no array is built). */
   count(prefix) {
     prefix = checkPrefix('count()', prefix)
-    if (this.#peer.closed) throw closedError('count()')
-    if (this.#handle === 0) throw notReadyError('count()')
-    return native.bucketCount(this.#handle, prefix)
+    const h = this._readable('count()')
+    return native.bucketCount(h, prefix)
   }
 
   /**
@@ -388,11 +250,10 @@ class SharedBucket extends EventEmitter {
       throw new RangeError(`scan(): options.limit must be a whole number from 1 to ${MAX_SCAN_LIMIT}`)
     }
     if (typeof keysOnly !== 'boolean') throw new TypeError('scan(): options.keysOnly must be a boolean')
-    if (this.#peer.closed) throw closedError('scan()')
-    if (this.#handle === 0) throw notReadyError('scan()')
+    const h = this._readable('scan()')
     let flat
     try {
-      flat = native.bucketScan(this.#handle, prefix, cursor ?? '', limit, !keysOnly)
+      flat = native.bucketScan(h, prefix, cursor ?? '', limit, !keysOnly)
     } catch (err) {
       const e = fromNative(err)
       throw e.code === 'EINVAL' ? new TypeError(e.message) : e
@@ -418,7 +279,7 @@ class SharedBucket extends EventEmitter {
 
   /** Iterates the live `[key, value]` entries a page at a time (see scan()). */
   [Symbol.iterator]() {
-    if (this.#peer.closed) throw closedError('[Symbol.iterator]()')
+    if (this._peer.closed) throw closedError('[Symbol.iterator]()')
     return this.#pages('')
   }
 
@@ -439,23 +300,15 @@ class SharedBucket extends EventEmitter {
     ;[options, cb] = splitOptionsAndCallback('deletePrefix()', options, cb)
     if (typeof prefix !== 'string') throw new TypeError('deletePrefix(): prefix must be a string')
     const [ack, timeout] = checkWriteOptions('deletePrefix()', options, false, 0)
-    if (this.#peer.closed) return settle(cb, closedError('deletePrefix()'))
-    if (this.#handle === 0) {
-      // The keys are those present once the peer opens.
-      return settleAllLater(this.#peer, this, (h) => {
-        const keys = native.bucketKeys(h, prefix)
-        return Object.assign(keys.map((key) => hot.delete(h, key, ack, timeout)), { value: keys.length })
-      }, cb)
-    }
-    const keys = native.bucketKeys(this.#handle, prefix)
-    const tickets = keys.map((key) => hot.delete(this.#handle, key, ack, timeout))
-    return settleAll(this.#peer, tickets, cb, keys.length)
+    // Before the peer opens: the keys present once it does.
+    return this._call('deletePrefix()', (h) => {
+      const keys = native.bucketKeys(h, prefix)
+      return this._allAcked(keys.map((key) => hot.delete(h, key, ack, timeout)), keys.length)
+    }, cb)
   }
 
   get size() {
-    if (this.#peer.closed) throw closedError('size')
-    if (this.#handle === 0) throw notReadyError('size')
-    return native.bucketSize(this.#handle)
+    return native.bucketSize(this._readable('size'))
   }
 
   /**
@@ -465,9 +318,7 @@ class SharedBucket extends EventEmitter {
    */
   inspect(key) {
     checkKey('inspect()', key)
-    if (this.#peer.closed) throw closedError('inspect()')
-    if (this.#handle === 0) throw notReadyError('inspect()')
-    return native.bucketInspect(this.#handle, key) ?? undefined
+    return native.bucketInspect(this._readable('inspect()'), key) ?? undefined
   }
 
   fetch(options) {
@@ -475,15 +326,13 @@ class SharedBucket extends EventEmitter {
     const { from, prefix = '' } = options
     if (typeof from !== 'string' || from.length === 0) throw new TypeError('fetch(): options.from must be a peer id')
     if (typeof prefix !== 'string') throw new TypeError('fetch(): options.prefix must be a string')
-    if (this.#peer.closed) return Promise.reject(closedError('fetch()'))
-    if (this.#handle === 0) return this.#peer._whenOpen(() => this.#fetch(from, prefix))
-    return this.#fetch(from, prefix)
+    return this._call('fetch()', (h) => this.#fetch(h, from, prefix))
   }
 
-  #fetch(from, prefix) {
+  #fetch(h, from, prefix) {
     let id
     try {
-      id = native.bucketFetch(this.#handle, from, prefix)
+      id = native.bucketFetch(h, from, prefix)
     } catch (err) {
       const e = fromNative(err)
       if (e.code === 'ENOTCONN') {
@@ -491,7 +340,7 @@ class SharedBucket extends EventEmitter {
       }
       return Promise.reject(e)
     }
-    return this.#peer._awaitFetch(id)
+    return this._peer._awaitFetch(id)
   }
 }
 

@@ -323,13 +323,9 @@ class Peer extends EventEmitter {
     const ttl = options && options.ttl !== undefined ? checkTtl('bucket(): options.ttl', options.ttl) : undefined
     const reads = options && options.reads !== undefined ? checkReads(options.reads) : undefined
     if (this.closed) throw closedError('bucket()')
-    let b = this.#buckets.get(name)
-    if (!b) {
-      b = new SharedBucket(this, name, this.#open ? native.peerBucket(this.#handle, name) : 0)
-      this.#buckets.set(name, b)
-    }
-    // The same object per name; a ttl given again replaces the bucket's default for later writes, a
-    // reads mode given again the way get hands out values.
+    const b = this.#named(this.#buckets, name, SharedBucket, native.peerBucket)
+    // A ttl given again replaces the bucket's default for later writes, a reads mode given again the
+    // way get hands out values.
     if (ttl !== undefined) b._setTtl(ttl)
     if (reads !== undefined) b._setReads(reads)
     return b
@@ -338,14 +334,21 @@ class Peer extends EventEmitter {
   counter(name, options) {
     const ttl = checkCounterArgs(name, options)
     if (this.closed) throw closedError('counter()')
-    let c = this.#counters.get(name)
-    if (!c) {
-      c = new SharedCounter(this, name, this.#open ? native.peerCounter(this.#handle, name) : 0)
-      this.#counters.set(name, c)
-    }
-    // The same object per name; a ttl given again replaces the counter's default window.
+    const c = this.#named(this.#counters, name, SharedCounter, native.peerCounter)
+    // A ttl given again replaces the counter's default window.
     if (ttl !== undefined) c._setTtl(ttl)
     return c
+  }
+
+  // The same object per name in `named`, made on first use: with the addon's handle (`open(peer
+  // handle, name)`) when the peer is open, else with 0 until it opens.
+  #named(named, name, Class, open) {
+    let made = named.get(name)
+    if (!made) {
+      made = new Class(this, name, this.#open ? open(this.#handle, name) : 0)
+      named.set(name, made)
+    }
+    return made
   }
 
   peers() {

@@ -24,22 +24,14 @@ const path = require('node:path')
 const ROOT = path.join(__dirname, '..')
 const DIST = path.join(ROOT, 'dist')
 const pkg = require('../package.json')
+const { platformOf } = require('../lib/platform.js')
 
 /** The newest glibc a Linux gnu addon may need: RHEL/CentOS 7's, what napi-rs's own toolchain targets. */
 const GLIBC_FLOOR = [2, 17]
 /** What this machine cross-builds with `--cross` (zig links them; Rust's std for each comes from rustup). */
 const CROSS = ['x86_64-unknown-linux-musl', 'aarch64-unknown-linux-gnu', 'aarch64-unknown-linux-musl']
-const ARCH = { x86_64: 'x64', aarch64: 'arm64', i686: 'ia32', armv7: 'arm' }
 /** The `Machine:` that `readelf -h` (which reads every architecture's ELF files) gives each one. */
 const ELF_ARCH = { x86_64: 'Advanced Micro Devices X86-64', aarch64: 'AArch64' }
-
-function platformOf(triple) {
-  const [arch, , os, abi] = triple.split('-')
-  const cpu = ARCH[arch] || arch
-  if (os === 'darwin') return `darwin-${cpu}`
-  if (os === 'windows') return `win32-${cpu}-${abi}`
-  return `${os}-${cpu}${abi ? `-${abi}` : ''}`
-}
 
 // npm is a .cmd script on Windows, which Node spawns only through a shell.
 const SHELL = process.platform === 'win32'

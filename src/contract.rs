@@ -100,6 +100,16 @@ pub enum PeerEvent {
     Log { level: String, message: String },
 }
 
+/// The logger method `lib/peer.js` calls for a line of `level` (`Log::level`; no `trace` there).
+pub fn log_method(level: tracing::Level) -> &'static str {
+    match level {
+        tracing::Level::ERROR => "error",
+        tracing::Level::WARN => "warn",
+        tracing::Level::INFO => "info",
+        _ => "debug",
+    }
+}
+
 /// A peer that had not acknowledged every write of this one when it closed.
 #[napi(object)]
 pub struct Unacknowledged {

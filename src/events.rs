@@ -175,7 +175,7 @@ impl From<EngineEvent> for PeerEvent {
                 flushed,
             },
             EngineEvent::Log(level, message) => PeerEvent::Log {
-                level: crate::logging::method(level).to_string(),
+                level: crate::contract::log_method(level).to_string(),
                 message,
             },
         }
@@ -237,29 +237,21 @@ impl PeerEvents {
     /// Forwards the node's peer events, warnings (those emitted while it started first) and ack
     /// outcomes from now on.
     pub fn attach(&self, node: &Node) {
-        let mut peer_events = node.events();
-        let forward = self.tx.clone();
+        self.forward(node.events(), EngineEvent::Peer);
+        self.forward(node.warnings(), EngineEvent::Warning);
+        self.forward(node.ack_outcomes(), EngineEvent::Ack);
+    }
+
+    /// Reports each item `from` yields, as `wrap` makes it an event, until either end closes.
+    fn forward<T: Send + 'static>(
+        &self,
+        mut from: mpsc::UnboundedReceiver<T>,
+        wrap: fn(T) -> EngineEvent,
+    ) {
+        let to = self.tx.clone();
         self.runtime.spawn(async move {
-            while let Some(e) = peer_events.recv().await {
-                if forward.send(EngineEvent::Peer(e)).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut warnings = node.warnings();
-        let forward = self.tx.clone();
-        self.runtime.spawn(async move {
-            while let Some(w) = warnings.recv().await {
-                if forward.send(EngineEvent::Warning(w)).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut acks = node.ack_outcomes();
-        let forward = self.tx.clone();
-        self.runtime.spawn(async move {
-            while let Some(a) = acks.recv().await {
-                if forward.send(EngineEvent::Ack(a)).is_err() {
+            while let Some(item) = from.recv().await {
+                if to.send(wrap(item)).is_err() {
                     break;
                 }
             }

@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use peer_buckets_engine::Throttle;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -118,36 +119,17 @@ pub fn init() {
 /// Sends each line to its peer's sink (stderr without one), rate-limited as the module notes say.
 #[derive(Default)]
 struct Router {
-    windows: Mutex<HashMap<(usize, String), Window>>,
-}
-
-struct Window {
-    started: Instant,
-    passed: u32,
-    left_out: u64,
+    windows: Mutex<HashMap<(usize, String), Throttle>>,
 }
 
 impl Router {
     /// Whether a line of this key may go now, and how many of it were left out before it.
     fn admit(&self, key: (usize, String)) -> Option<u64> {
         let mut windows = self.windows.lock();
-        let w = windows.entry(key).or_insert_with(|| Window {
-            started: Instant::now(),
-            passed: 0,
-            left_out: 0,
-        });
-        let mut carried = 0;
-        if w.started.elapsed() >= WINDOW {
-            carried = std::mem::take(&mut w.left_out);
-            w.started = Instant::now();
-            w.passed = 0;
-        }
-        if w.passed >= PER_WINDOW {
-            w.left_out += 1;
-            return None;
-        }
-        w.passed += 1;
-        Some(carried)
+        windows
+            .entry(key)
+            .or_insert_with(|| Throttle::new(PER_WINDOW, WINDOW))
+            .admit()
     }
 }
 
@@ -256,14 +238,4 @@ fn utc_now() -> String {
         rest % 60,
         since.subsec_millis()
     )
-}
-
-/// The name `lib/peer.js` calls the logger's method by for a line of `level` (no `trace` there).
-pub fn method(level: Level) -> &'static str {
-    match level {
-        Level::ERROR => "error",
-        Level::WARN => "warn",
-        Level::INFO => "info",
-        _ => "debug",
-    }
 }

@@ -262,47 +262,20 @@ impl AckTracker {
     pub fn on_flushed(&self, generation: u64) {
         self.flushed
             .fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
-        let mut done = Vec::new();
-        {
-            let mut inner = self.inner.lock();
-            let met: Vec<u64> = inner
-                .waiters
-                .iter_mut()
-                .filter_map(|(t, w)| {
-                    if w.flush.is_some_and(|g| g <= generation) {
-                        w.flush = None;
-                    }
-                    w.met().then_some(*t)
-                })
-                .collect();
-            for t in met {
-                let w = inner.waiters.remove(&t).expect("present");
-                inner.unindex(&w.bucket, w.seq, t);
-                done.push(self.finish(w, t, AckEnd::Met));
+        self.end_where(AckEnd::Met, |w| {
+            if w.flush.is_some_and(|g| g <= generation) {
+                w.flush = None;
             }
-        }
-        self.deliver(done);
+            w.met()
+        });
     }
 
     /// The flush of `generation` failed: writes waiting for it, or for an earlier one, end with
     /// `AckEnd::DiskFailed` (a later flush may still store them; nothing says it did).
     pub fn on_flush_failed(&self, generation: u64) {
-        let mut done = Vec::new();
-        {
-            let mut inner = self.inner.lock();
-            let failed: Vec<u64> = inner
-                .waiters
-                .iter()
-                .filter(|(_, w)| w.flush.is_some_and(|g| g <= generation))
-                .map(|(t, _)| *t)
-                .collect();
-            for t in failed {
-                let w = inner.waiters.remove(&t).expect("present");
-                inner.unindex(&w.bucket, w.seq, t);
-                done.push(self.finish(w, t, AckEnd::DiskFailed));
-            }
-        }
-        self.deliver(done);
+        self.end_where(AckEnd::DiskFailed, |w| {
+            w.flush.is_some_and(|g| g <= generation)
+        });
     }
 
     /// The highest seq of `bucket` that `node` acknowledged.
@@ -433,38 +406,29 @@ impl AckTracker {
 
     /// A peer was declared down: writes waiting for 'all' stop waiting for it.
     pub fn on_peer_down(&self, node: &str) {
-        let mut done = Vec::new();
-        {
-            let mut inner = self.inner.lock();
-            let met: Vec<u64> = inner
-                .waiters
-                .iter_mut()
-                .filter_map(|(t, w)| (w.need.nodes.remove(node) && w.met()).then_some(*t))
-                .collect();
-            for t in met {
-                let w = inner.waiters.remove(&t).expect("present");
-                inner.unindex(&w.bucket, w.seq, t);
-                done.push(self.finish(w, t, AckEnd::Met));
-            }
-        }
-        self.deliver(done);
+        self.end_where(AckEnd::Met, |w| w.need.nodes.remove(node) && w.met());
     }
 
     /// Ends every waiter whose deadline passed.
     pub fn expire(&self, now_ms: u64) {
+        self.end_where(AckEnd::TimedOut, |w| w.deadline_ms <= now_ms);
+    }
+
+    /// Ends with `end` every waiter `pick` chooses (it may update a waiter as it looks at it), then
+    /// delivers their outcomes, outside the lock.
+    fn end_where(&self, end: AckEnd, mut pick: impl FnMut(&mut Waiter) -> bool) {
         let mut done = Vec::new();
         {
             let mut inner = self.inner.lock();
-            let late: Vec<u64> = inner
+            let picked: Vec<u64> = inner
                 .waiters
-                .iter()
-                .filter(|(_, w)| w.deadline_ms <= now_ms)
-                .map(|(t, _)| *t)
+                .iter_mut()
+                .filter_map(|(t, w)| pick(w).then_some(*t))
                 .collect();
-            for t in late {
+            for t in picked {
                 let w = inner.waiters.remove(&t).expect("present");
                 inner.unindex(&w.bucket, w.seq, t);
-                done.push(self.finish(w, t, AckEnd::TimedOut));
+                done.push(self.finish(w, t, end));
             }
         }
         self.deliver(done);

@@ -19,7 +19,7 @@ pub struct Config {
     /// network is learned from them.
     pub seeds: Vec<String>,
     /// How seed names are resolved: the system resolver, or one a test injects.
-    pub resolver: Arc<dyn crate::resolve::Resolver>,
+    pub resolver: Arc<dyn crate::transport::Resolver>,
     /// How often seed names are resolved again.
     pub resolve_every: Duration,
     /// A seed without a link (or a seed name without an answer) this long is reported (`EUNREACHABLE`).
@@ -90,7 +90,7 @@ impl Default for Config {
             id: None,
             listen: "127.0.0.1:0".into(),
             seeds: Vec::new(),
-            resolver: Arc::new(crate::resolve::SystemResolver),
+            resolver: Arc::new(crate::transport::SystemResolver),
             resolve_every: Duration::from_secs(30),
             unreachable_after: Duration::from_secs(60),
             advertise: None,

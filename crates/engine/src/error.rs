@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::secure::{HandshakeError, RecordError, SecretError};
+use crate::secure::{key_to_hex, HandshakeError, PublicKey, RecordError, SecretError};
 use crate::wire::WireError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,15 @@ pub enum Error {
     Storage(String),
     #[error("invalid secret: {0}")]
     Secret(#[from] SecretError),
+}
+
+/// Why a key may not speak as an id (`keys::KeyBook::admit`).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum KeyRefused {
+    #[error("the id is pinned to the key {}", key_to_hex(.0))]
+    Pinned(PublicKey),
+    #[error("the id is linked with the key {}", key_to_hex(.0))]
+    InUse(PublicKey),
 }
 
 /// Why a link was closed; logged with the remote address.
@@ -45,10 +54,7 @@ pub enum LinkError {
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("the peer says it is {id}, but {why}")]
-    KeyRefused {
-        id: String,
-        why: crate::keys::KeyRefused,
-    },
+    KeyRefused { id: String, why: KeyRefused },
     #[error("dialed myself")]
     SelfDial,
     #[error("a link to this peer already exists")]

@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+
+use crate::report::Throttle;
 
 /// Refusals logged per window at most; the rest are counted and reported with the next line.
 const LOG_LINES: u32 = 10;
@@ -39,7 +40,7 @@ pub struct Guard {
     slots: Arc<Mutex<Slots>>,
     rejected: AtomicU64,
     evicted: AtomicU64,
-    log: Mutex<LogWindow>,
+    log: Mutex<Throttle>,
 }
 
 #[derive(Default)]
@@ -130,12 +131,6 @@ impl Display for Unprotected {
     }
 }
 
-struct LogWindow {
-    started: Instant,
-    lines: u32,
-    suppressed: u64,
-}
-
 /// An accepted connection's place among those in the handshake; freed when dropped.
 pub struct Slot {
     id: u64,
@@ -177,11 +172,7 @@ impl Guard {
             slots: Arc::default(),
             rejected: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
-            log: Mutex::new(LogWindow {
-                started: Instant::now(),
-                lines: 0,
-                suppressed: 0,
-            }),
+            log: Mutex::new(Throttle::new(LOG_LINES, LOG_WINDOW)),
         }
     }
 
@@ -245,20 +236,8 @@ impl Guard {
     /// Logs a warning about a hostile or broken connection, unless this window's lines are spent;
     /// the next line logged says how many were left out.
     pub fn warn(&self, remote: &dyn Display, reason: &dyn Display, what: &str) {
-        let suppressed = {
-            let mut w = self.log.lock();
-            let mut carried = 0;
-            if w.started.elapsed() >= LOG_WINDOW {
-                carried = std::mem::take(&mut w.suppressed);
-                w.started = Instant::now();
-                w.lines = 0;
-            }
-            if w.lines >= LOG_LINES {
-                w.suppressed += 1;
-                return;
-            }
-            w.lines += 1;
-            carried
+        let Some(suppressed) = self.log.lock().admit() else {
+            return;
         };
         if suppressed > 0 {
             tracing::warn!(%remote, %reason, suppressed, "{what} (and {suppressed} more not logged)");
@@ -391,6 +370,6 @@ mod tests {
             guard.reject(&"127.0.0.1:1", &"noise");
         }
         assert_eq!(guard.rejected(), 100);
-        assert_eq!(guard.log.lock().suppressed, 100 - LOG_LINES as u64);
+        assert_eq!(guard.log.lock().left_out(), 100 - LOG_LINES as u64);
     }
 }

@@ -25,31 +25,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::disk::fs::FileSystem;
-use crate::error::Error;
-use crate::secure::{Identity, Proven, PublicKey, KEY_LEN};
+use crate::error::{Error, KeyRefused};
+use crate::secure::{key_from_hex, key_to_hex, Identity, Proven, PublicKey};
 
 /// The file of this node's private key in a data directory.
 pub const NODE_KEY_FILE: &str = "node.key";
 /// The file of the bindings learned on first sight in a data directory, one per line, appended.
 pub const PEER_KEYS_FILE: &str = "peer-keys";
-
-/// A public key as 64 hex digits.
-pub fn key_to_hex(key: &[u8; KEY_LEN]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// 64 hex digits as a key; `None` for anything else.
-pub fn key_from_hex(text: &str) -> Option<[u8; KEY_LEN]> {
-    let text = text.trim();
-    if text.len() != 2 * KEY_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut key = [0u8; KEY_LEN];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(key)
-}
 
 fn storage(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("cannot {what} {}: {e}", path.display()))
@@ -95,15 +77,6 @@ struct Bound {
 }
 
 type Bindings = Arc<Mutex<HashMap<Arc<str>, Bound>>>;
-
-/// Why a key may not speak as an id.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum KeyRefused {
-    #[error("the id is pinned to the key {}", key_to_hex(.0))]
-    Pinned(PublicKey),
-    #[error("the id is linked with the key {}", key_to_hex(.0))]
-    InUse(PublicKey),
-}
 
 /// What the book did with a key it let speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +260,7 @@ impl std::str::FromStr for Kind {
 mod tests {
     use super::*;
     use crate::disk::fs::RealFs;
+    use crate::secure::KEY_LEN;
 
     fn proven(byte: u8, stable: bool) -> Proven {
         Proven {
@@ -409,13 +383,5 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
-    }
-
-    #[test]
-    fn keys_read_back_from_hex() {
-        let key = [0xab; KEY_LEN];
-        assert_eq!(key_from_hex(&key_to_hex(&key)), Some(key));
-        assert_eq!(key_from_hex("ab"), None);
-        assert_eq!(key_from_hex(&"zz".repeat(KEY_LEN)), None);
     }
 }

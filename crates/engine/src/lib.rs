@@ -10,7 +10,8 @@
 //! - `wire`: the versioned message enum and its length-prefixed frames;
 //! - `secure`: the preamble, the Noise handshake bound to the cluster key, and encrypted records;
 //! - `keys`: which static key may speak for which peer id, and this node's own key;
-//! - `transport`: the seam under links: real TCP, or simulated TCP for the whole-node simulation;
+//! - `transport`: the seams under links: real TCP, or simulated TCP for the whole-node simulation,
+//!   and the resolver of seed names (the system's, or one a test injects);
 //! - `hash`: the engine's hash maps (a fixed seed under the simulation, for replays);
 //! - `connection`: frames over a stream;
 //! - `disk`: the durable backend for a data directory (redb, the write-ahead log, group commit, the
@@ -28,6 +29,8 @@
 //! - `link`: one connection to one peer: handshake, then the session's frames both ways;
 //! - `node`: a peer: listener, bucket registry, stats and clean shutdown;
 //! - `warning`: the node-wide warning sink: counted by code, logged and handed to JavaScript;
+//! - `report`: reporting outward without a flood: log lines within a budget per window, and events
+//!   held for a subscriber that has not come yet;
 //! - `sim` (feature `sim`): the whole-node deterministic simulation and its history checker.
 //!
 //! Locks (`parking_lot`; none is held across an `.await`, which the compiler enforces in spawned
@@ -58,6 +61,7 @@ mod membership;
 mod node;
 mod ranges;
 mod replica;
+mod report;
 mod resolve;
 mod secure;
 mod seq_index;
@@ -87,17 +91,16 @@ pub use error::{Error, LinkError};
 pub use membership::{PeerEvent, PeerEventKind, PeerInfo};
 pub use node::{LinkStats, Node, Stats};
 pub use replica::{Origin, ReplicaId, ReplicaTable};
-pub use resolve::{Resolver, SystemResolver};
+pub use report::Throttle;
 pub use store::{Change, Lifetime, Stamp, Write};
-pub use transport::BoxFuture;
+pub use transport::{BoxFuture, Resolver, SystemResolver};
 pub use warning::{Warning, WarningCode};
 
 // The protocol's parts without I/O and the seams under a node, as the tests drive them.
 pub use collect::Collector;
 pub use disk::sim::{FaultKind, Faults, SimDisk};
-pub use keys::{key_from_hex, key_to_hex};
 pub use ranges::SeqRanges;
-pub use secure::{Handshake, PublicKey, Security, LINK_VERSION, MAGIC};
+pub use secure::{key_from_hex, key_to_hex, Handshake, PublicKey, Security, LINK_VERSION, MAGIC};
 pub use shared::Shared;
 pub use store::{key_fingerprint, ChunkLimits, Entry, MemoryStore, ScanCursor, Store};
 pub use sync::{Inbound, Local, PullPlanner, Session, OWED_LIMIT};

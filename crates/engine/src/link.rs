@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::connection::{FrameReader, FrameWriter};
 use crate::error::LinkError;
 use crate::guard::{self, Slot, Unprotected};
-use crate::keys::{self, KeyAdmitted, KeyLease};
+use crate::keys::{KeyAdmitted, KeyLease};
 use crate::membership::{Admission, Dialing, LinkRef, Members};
 use crate::secure::{HandshakeError, Proven};
 use crate::shared::{resolve, LinkSlot, Shared};
@@ -245,8 +245,8 @@ fn admit_key(
                     "the peer {id} came back with a new key ({}, was {}) while none of its links \
                      was up: {kept}, or a member holding the cluster secret took its id while it \
                      is down (peerKeys pins an id to its key)",
-                    keys::key_to_hex(&proven.key),
-                    keys::key_to_hex(&old),
+                    crate::secure::key_to_hex(&proven.key),
+                    crate::secure::key_to_hex(&old),
                 ),
             )
             .peer(&**id),

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use crate::error::LinkError;
 use crate::hash::{HashMap, HashSet};
 use crate::replica::ReplicaId;
+use crate::report::Handoff;
 use crate::warning::{Warning, WarningCode};
 use crate::wire::{MemberInfo, Message};
 
@@ -105,16 +106,9 @@ struct Table {
 #[derive(Default)]
 pub struct Members {
     table: Mutex<Table>,
-    events: Mutex<EventSink>,
-}
-
-/// Where peer events go: held until the first subscriber comes (a link may come up before the
-/// binding's event pump subscribes, and its `peer-up` must not be lost), then sent to it.
-#[derive(Default)]
-struct EventSink {
-    subscriber: Option<mpsc::UnboundedSender<PeerEvent>>,
-    early: Vec<PeerEvent>,
-    closed: bool,
+    /// Where peer events go: held until the first subscriber comes (a link may come up before the
+    /// binding's event pump subscribes, and its `peer-up` must not be lost), then sent to it.
+    events: Mutex<Handoff<PeerEvent, EARLY_EVENTS>>,
 }
 
 /// Events kept for a subscriber that has not come yet, at most (the oldest go first past it).
@@ -144,13 +138,7 @@ impl Members {
     }
 
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut sink = self.events.lock();
-        for e in sink.early.drain(..) {
-            let _ = tx.send(e);
-        }
-        sink.subscriber = Some(tx);
-        rx
+        self.events.lock().subscribe()
     }
 
     fn emit(&self, kind: PeerEventKind, id: &str, address: &str) {
@@ -159,21 +147,7 @@ impl Members {
             id: id.to_string(),
             address: address.to_string(),
         };
-        let mut sink = self.events.lock();
-        if sink.closed {
-            return;
-        }
-        match &sink.subscriber {
-            Some(tx) => {
-                let _ = tx.send(event);
-            }
-            None => {
-                if sink.early.len() == EARLY_EVENTS {
-                    sink.early.remove(0);
-                }
-                sink.early.push(event);
-            }
-        }
+        self.events.lock().send(event);
     }
 
     /// Records a member; returns true when it was not known before.
@@ -464,10 +438,7 @@ impl Members {
     /// Marks the table closed: no new members or links, no more events.
     pub fn close(&self) {
         self.table.lock().closed = true;
-        let mut sink = self.events.lock();
-        sink.subscriber = None;
-        sink.early.clear();
-        sink.closed = true;
+        self.events.lock().close();
     }
 
     /// Whether some member is listed at `address`.

@@ -22,22 +22,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::shared::Shared;
-use crate::transport::BoxFuture;
 use crate::warning::{Warning, WarningCode};
-
-/// Turns `host:port` into the addresses to dial. The engine's seam for DNS: tests inject their own.
-pub trait Resolver: Send + Sync {
-    fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>>;
-}
-
-/// The system resolver (`getaddrinfo`, run on tokio's blocking pool by `tokio::net::lookup_host`).
-pub struct SystemResolver;
-
-impl Resolver for SystemResolver {
-    fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
-        Box::pin(async move { Ok(tokio::net::lookup_host(name).await?.collect()) })
-    }
-}
 
 /// Whether a seed is an address as it is (`ip:port`, `[ipv6]:port` or a bare port) rather than a name
 /// to resolve.

@@ -64,6 +64,24 @@ type Psk = [u8; 32];
 /// A static public key: what a keyed handshake proves about the other end.
 pub type PublicKey = [u8; KEY_LEN];
 
+/// A key as 64 hex digits.
+pub fn key_to_hex(key: &[u8; KEY_LEN]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 64 hex digits as a key; `None` for anything else.
+pub fn key_from_hex(text: &str) -> Option<[u8; KEY_LEN]> {
+    let text = text.trim();
+    if text.len() != 2 * KEY_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut key = [0u8; KEY_LEN];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
+}
+
 /// This node's static key pair, proven to the other end of every keyed link. `stable` when it is kept
 /// in a data directory (the same key every run), else drawn for this process.
 #[derive(Clone)]
@@ -588,6 +606,14 @@ pub fn handshake_in_memory(dialer: &Security, acceptor: &Security) -> [Outcome; 
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn keys_read_back_from_hex() {
+        let key = [0xab; KEY_LEN];
+        assert_eq!(key_from_hex(&key_to_hex(&key)), Some(key));
+        assert_eq!(key_from_hex("ab"), None);
+        assert_eq!(key_from_hex(&"zz".repeat(KEY_LEN)), None);
+    }
 
     fn keyed(secrets: &[&str]) -> Security {
         Security::from_secrets(secrets).unwrap()

@@ -1,6 +1,7 @@
-//! The seam under links: how a node listens, accepts and dials. Production uses real TCP (`Tcp`);
-//! the whole-node simulation swaps in turmoil's simulated TCP (`SimTcp`, behind the `sim` feature, so
-//! production builds never compile turmoil).
+//! The seams under links: how a node listens, accepts and dials, and how it resolves a seed's name.
+//! Production uses real TCP (`Tcp`) and the system resolver (`SystemResolver`); the whole-node
+//! simulation swaps in turmoil's simulated TCP (`SimTcp`, behind the `sim` feature, so production
+//! builds never compile turmoil), and tests inject their own `Resolver`.
 //!
 //! Everything above the seam (the Noise handshake, frames, sessions, membership) is the same code
 //! whichever transport runs under it. Streams are boxed: one dynamic call per read or write syscall
@@ -15,6 +16,20 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Turns `host:port` into the addresses to dial. The engine's seam for DNS: tests inject their own.
+pub trait Resolver: Send + Sync {
+    fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>>;
+}
+
+/// The system resolver (`getaddrinfo`, run on tokio's blocking pool by `tokio::net::lookup_host`).
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host(name).await?.collect()) })
+    }
+}
 
 /// The receiving half of a split stream.
 pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;

@@ -9,14 +9,14 @@
 //! how many of it were left out. Warnings emitted before anyone subscribed (while the node starts) wait,
 //! a bounded few, for the first subscriber.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+
+use crate::report::{Handoff, Throttle};
 
 /// Warnings of one code logged and handed over per window at most; the rest are counted only.
 const PER_WINDOW: u32 = 10;
@@ -120,22 +120,11 @@ impl Warning {
     }
 }
 
-struct Window {
-    started: Instant,
-    passed: u32,
-    left_out: u64,
-}
-
-struct Delivery {
-    subscriber: Option<mpsc::UnboundedSender<Warning>>,
-    early: VecDeque<Warning>,
-}
-
 /// A node's warning sink; see the module notes.
 pub struct Warnings {
     counts: [AtomicU64; WarningCode::ALL.len()],
-    windows: Mutex<[Window; WarningCode::ALL.len()]>,
-    delivery: Mutex<Delivery>,
+    windows: Mutex<[Throttle; WarningCode::ALL.len()]>,
+    delivery: Mutex<Handoff<Warning, EARLY_KEPT>>,
 }
 
 impl Default for Warnings {
@@ -146,18 +135,10 @@ impl Default for Warnings {
 
 impl Warnings {
     pub fn new() -> Warnings {
-        let now = Instant::now();
         Warnings {
             counts: Default::default(),
-            windows: Mutex::new(std::array::from_fn(|_| Window {
-                started: now,
-                passed: 0,
-                left_out: 0,
-            })),
-            delivery: Mutex::new(Delivery {
-                subscriber: None,
-                early: VecDeque::new(),
-            }),
+            windows: Mutex::new(std::array::from_fn(|_| Throttle::new(PER_WINDOW, WINDOW))),
+            delivery: Mutex::default(),
         }
     }
 
@@ -165,21 +146,8 @@ impl Warnings {
     pub fn emit(&self, w: Warning) {
         let i = w.code.index();
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let left_out = {
-            let mut windows = self.windows.lock();
-            let win = &mut windows[i];
-            let mut carried = 0;
-            if win.started.elapsed() >= WINDOW {
-                carried = std::mem::take(&mut win.left_out);
-                win.started = Instant::now();
-                win.passed = 0;
-            }
-            if win.passed >= PER_WINDOW {
-                win.left_out += 1;
-                return;
-            }
-            win.passed += 1;
-            carried
+        let Some(left_out) = self.windows.lock()[i].admit() else {
+            return;
         };
         let peer = w.peer.as_deref().unwrap_or("-");
         let address = w.address.as_deref().unwrap_or("-");
@@ -188,30 +156,13 @@ impl Warnings {
         } else {
             tracing::warn!(code = %w.code, %peer, %address, "{}", w.message);
         }
-        let mut d = self.delivery.lock();
-        match &d.subscriber {
-            Some(tx) => {
-                let _ = tx.send(w);
-            }
-            None => {
-                if d.early.len() == EARLY_KEPT {
-                    d.early.pop_front();
-                }
-                d.early.push_back(w);
-            }
-        }
+        self.delivery.lock().send(w);
     }
 
     /// Where warnings are handed from now on (one receiver at a time); those emitted before the first
     /// subscriber arrive first.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Warning> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut d = self.delivery.lock();
-        for w in d.early.drain(..) {
-            let _ = tx.send(w);
-        }
-        d.subscriber = Some(tx);
-        rx
+        self.delivery.lock().subscribe()
     }
 
     /// How many warnings of `code` were emitted so far (left-out ones included).

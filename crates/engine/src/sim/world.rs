@@ -289,6 +289,23 @@ fn fnv(hash: &mut u64, text: &str) {
     *hash = hash.wrapping_mul(0x100_0000_01b3);
 }
 
+/// Takes out of `until` the links whose time is up (every one with `heal_all`), in key order.
+fn take_due(
+    until: &mut BTreeMap<(usize, usize), u64>,
+    now: u64,
+    heal_all: bool,
+) -> Vec<(usize, usize)> {
+    let mut due = Vec::new();
+    until.retain(|&link, &mut t| {
+        let up = heal_all || t <= now;
+        if up {
+            due.push(link);
+        }
+        !up
+    });
+    due
+}
+
 fn config(plan: &Plan, ip: IpAddr, time: &SimTime) -> Config {
     let physical = SimClock::new(time.clone(), plan.offset_ms, plan.drift_ppm);
     let (data_dir, file_system): (_, Arc<dyn crate::disk::fs::FileSystem>) = match &plan.disk {
@@ -1056,24 +1073,10 @@ impl<'a> World<'a> {
     /// Repairs what is due, restarts and retires hosts whose time came.
     fn maintain(&mut self, heal_all: bool) {
         let now = self.now();
-        let due: Vec<(usize, usize)> = self
-            .cut
-            .iter()
-            .filter(|(_, &t)| heal_all || t <= now)
-            .map(|(&k, _)| k)
-            .collect();
-        for (a, b) in due {
-            self.cut.remove(&(a, b));
+        for (a, b) in take_due(&mut self.cut, now, heal_all) {
             self.sim.repair_oneway(self.hosts[a].ip, self.hosts[b].ip);
         }
-        let due: Vec<(usize, usize)> = self
-            .held
-            .iter()
-            .filter(|(_, &t)| heal_all || t <= now)
-            .map(|(&k, _)| k)
-            .collect();
-        for (a, b) in due {
-            self.held.remove(&(a, b));
+        for (a, b) in take_due(&mut self.held, now, heal_all) {
             self.sim.release(self.hosts[a].ip, self.hosts[b].ip);
         }
         for h in 0..self.hosts.len() {
