@@ -5,8 +5,9 @@
 //! applied; coverage sent on a link is always backed by the writes or markers it stands for.
 
 use super::{
-    check_bucket_name, check_own_claim, check_own_claims, check_own_writes, check_writes, covers,
-    own_last_seq, vouched, Context, Local, CHUNK_BYTES, CHUNK_LIMITS, CHUNK_WRITES, SEND_BUDGET,
+    check_bucket_name, check_own_claim, check_own_claims, check_own_writes, check_possible,
+    check_writes, covers, own_last_seq, vouched, Context, Local, CHUNK_BYTES, CHUNK_LIMITS,
+    CHUNK_WRITES, SEND_BUDGET,
 };
 use crate::bucket::Bucket;
 use crate::clock::TooFarAhead;
@@ -430,6 +431,7 @@ impl Session {
                     check_own_writes(local, &bucket, &origin, &writes)?;
                     if !self.skewed_fetches.contains(&id) {
                         if let Err(e) = local.observe(&writes) {
+                            check_possible(local, e)?;
                             self.dropped_for_skew(e);
                             self.skewed_fetches.insert(id);
                         }
@@ -495,6 +497,7 @@ impl Session {
                     check_own_writes(local, &bucket, rid, std::slice::from_ref(w))?;
                 }
                 if let Err(e) = local.observe(superseders.iter().map(|(_, w)| w)) {
+                    check_possible(local, e)?;
                     // Dropped whole, as any frame stamped past this clock's ceiling: nothing is
                     // dropped here without what superseded it, and the question stays open.
                     self.dropped_for_skew(e);
@@ -623,6 +626,7 @@ impl Session {
             }
         }
         if let Err(e) = local.observe(writes.iter().chain(superseders)) {
+            check_possible(local, e)?;
             let origin = local.replicas.intern(&batch.origin);
             // The sender holds what it covered: the planner must see the gap now, not after its next
             // digest (a pass before that would forget the gap, and an origin that keeps writing never
