@@ -691,3 +691,67 @@ async fn a_member_stamping_its_writes_at_the_end_of_time_does_not_hold_up_collec
         n.close(Duration::from_secs(1)).await;
     }
 }
+
+/// Mallory links to the victim listing 20 members nobody can reach, and the victim tells its honest
+/// peer of mallory; then mallory breaks the protocol. The victim forgets mallory and every member
+/// known only through it (it never linked to them), and tells its peers, which forget mallory too
+/// (they knew it only from the victim): both collect within seconds. Before, each waited out the
+/// member timeout (five minutes here) for members that never existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_known_only_through_an_expelled_member_do_not_hold_up_collection() {
+    let v = Node::start(collecting(config("v", vec![]))).await.unwrap();
+    let h = Node::start(collecting(config("h", vec![v.address().to_string()])))
+        .await
+        .unwrap();
+    eventually("h and v to link", || connected(&v) == ["h"]).await;
+    let fakes: Vec<wire::MemberInfo> = (2..22)
+        .map(|port| wire::MemberInfo {
+            node: format!("fake{port}").into(),
+            address: format!("127.0.0.1:{port}"),
+        })
+        .collect();
+    let (mut reader, mut writer) = dial(&v, &[SECRET]).await;
+    say_hello(&mut writer, &v, rid("mallory"), fakes).await;
+    eventually("v to know the fakes and h to know mallory", || {
+        v.peers().len() == 22 && h.peers().iter().any(|p| p.id == "mallory")
+    })
+    .await;
+    let mut out = Vec::new();
+    wire::encode_frame(
+        &Message::FetchReply {
+            id: 7,
+            bucket: "s".into(),
+            origin: None,
+            writes: vec![],
+            done: true,
+        },
+        &mut out,
+    )
+    .unwrap();
+    writer.send(&out).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while reader.read(Duration::from_secs(5)).await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the victim kept the link open");
+
+    let bucket = v.bucket("s");
+    bucket.write("k", Some(json("x")), Lifetime::Forever);
+    eventually("the write to reach h", || h.bucket("s").contains("k")).await;
+    bucket.write("k", None, Lifetime::Forever);
+    eventually("both honest peers to collect the tombstone", || {
+        v.stats().tombstones_collected >= 1 && h.stats().tombstones_collected >= 1
+    })
+    .await;
+    assert_eq!(connected(&v), ["h"]);
+    assert_eq!(
+        v.peers().len(),
+        1,
+        "v still lists members only mallory vouched for: {:?}",
+        v.peers()
+    );
+    assert_eq!(h.peers().len(), 1, "h still lists mallory: {:?}", h.peers());
+    for n in [v, h] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}

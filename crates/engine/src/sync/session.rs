@@ -60,6 +60,8 @@ pub(super) struct BucketSession {
 pub enum Inbound {
     Nothing,
     Members(Vec<MemberInfo>),
+    /// The other end forgot these members for cause (`Message::Forgotten`).
+    Forgotten(Vec<Arc<str>>),
     Leave,
     /// Entries of fetch `id` arrived (`count` of them); `done` on its last frame.
     Fetched {
@@ -576,6 +578,7 @@ impl Session {
                 Ok(Inbound::Nothing)
             }
             Message::Members(list) => Ok(Inbound::Members(list)),
+            Message::Forgotten(list) => Ok(Inbound::Forgotten(list)),
             Message::Leave => Ok(Inbound::Leave),
             Message::Hello(_) => Err(LinkError::Protocol("second hello".into())),
         }
