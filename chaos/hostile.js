@@ -2,9 +2,9 @@
 // The hostile member of a chaos run: while the faults run, every couple of seconds a member named
 // `mallory` dials one running peer directly (it is a member, not a peer behind a proxy) and sends one
 // frame the protocol forbids (the engine's `mallory` example: claims on the victim's own future, acks
-// of writes never sent, replies nobody asked for, garbage) or a write stamped an hour ahead. The
-// victim must close the link at once on every protocol error, keep it on the stamp, and, as the
-// checker proves at the end, lose nothing of the honest peers' writes.
+// of writes never sent, replies nobody asked for, garbage, a write stamped an hour ahead). The victim
+// must close the link at once on every one, and, as the checker proves at the end, lose nothing of
+// the honest peers' writes.
 //
 // The attacks cycle through every kind from a seeded start; the victims are drawn from the seed too,
 // among the peers running and not paused. An attack whose victim was paused, killed or restarted

@@ -456,7 +456,7 @@ async fn run(
             }]));
     }
     for m in &theirs.members {
-        learn_member(shared, &m.node, &m.address);
+        learn_member(shared, &m.node, &m.address, &node);
     }
 
     let slot = Arc::new(LinkSlot {
@@ -500,9 +500,10 @@ async fn run(
         Err(LinkError::Protocol(_) | LinkError::Wire(_) | LinkError::Record(_))
     );
     if broke {
-        shared
+        let forgotten = shared
             .members
             .expel(&node, link_id, shared.config.member_timeout);
+        shared.members.broadcast(&Message::Forgotten(forgotten));
     } else {
         shared.members.unregister(&node, link_id, left);
     }
@@ -573,12 +574,13 @@ fn skewed_writes(shared: &Shared, slot: &LinkSlot, ahead_ms: u64) {
     );
 }
 
-fn learn_member(shared: &Arc<Shared>, node: &Arc<str>, address: &str) {
+/// A member named in the list of `by`, a linked peer.
+fn learn_member(shared: &Arc<Shared>, node: &Arc<str>, address: &str, by: &Arc<str>) {
     if **node == *shared.local.id {
         crate::membership::probe_namesake(shared, address);
         return;
     }
-    if shared.members.learn_listed(node, address) {
+    if shared.members.learn_listed(node, address, by) {
         crate::membership::dial(shared, address.to_string(), false);
     }
 }
@@ -712,7 +714,17 @@ async fn read_loop(
             Inbound::Nothing => {}
             Inbound::Members(list) => {
                 for m in list {
-                    learn_member(shared, &m.node, &m.address);
+                    learn_member(shared, &m.node, &m.address, &slot.node);
+                }
+            }
+            Inbound::Forgotten(list) => {
+                // Passed on as this node's own word: peers that knew them only from here forget them.
+                let forgotten: Vec<Arc<str>> = list
+                    .into_iter()
+                    .filter(|n| shared.members.disown(n, &slot.node))
+                    .collect();
+                if !forgotten.is_empty() {
+                    shared.members.broadcast(&Message::Forgotten(forgotten));
                 }
             }
             Inbound::Leave => return Err(LinkError::Remote),

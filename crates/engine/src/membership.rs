@@ -73,6 +73,11 @@ struct Member {
     links: Vec<LinkRef>,
     /// When its last link went down (or when it was learned, if never linked).
     unreachable_since: Option<Instant>,
+    /// The linked peers whose member lists named it and that have not disowned it since (see
+    /// `disown`).
+    introducers: HashSet<Arc<str>>,
+    /// Whether it ever linked to this node: then it exists, whoever vouches for it.
+    linked: bool,
 }
 
 #[derive(Default)]
@@ -171,6 +176,8 @@ impl Members {
                         address: address.to_string(),
                         links: Vec::new(),
                         unreachable_since: Some(Instant::now()),
+                        introducers: HashSet::default(),
+                        linked: false,
                     },
                 );
                 true
@@ -178,9 +185,10 @@ impl Members {
         }
     }
 
-    /// The same for a member named in another member's list: not believed about a member this node
-    /// expelled less than its `ignore_for` ago (it would hold up collection again, see `expel`).
-    pub fn learn_listed(&self, node: &Arc<str>, address: &str) -> bool {
+    /// The same for a member named in the list of the linked peer `by`, which is remembered as one
+    /// that vouches for it: not believed about a member this node expelled less than its
+    /// `ignore_for` ago (it would hold up collection again, see `expel`).
+    pub fn learn_listed(&self, node: &Arc<str>, address: &str, by: &Arc<str>) -> bool {
         {
             let mut t = self.table.lock();
             let now = Instant::now();
@@ -189,7 +197,34 @@ impl Members {
                 return false;
             }
         }
-        self.learn(node, address)
+        let new = self.learn(node, address);
+        if let Some(m) = self.table.lock().members.get_mut(node) {
+            if node != by {
+                m.introducers.insert(by.clone());
+            }
+        }
+        new
+    }
+
+    /// `by`, a linked peer, forgot `node` for cause (see `expel`) and no longer vouches for it.
+    /// Forgets `node` too, and returns true, when no other peer vouches for it and it never linked
+    /// here: a member this node has no other word of would hold up collection until the member
+    /// timeout. One that is real and linked to others (merely cut off from this node and `by`) is
+    /// forgotten like a member away past the timeout, which is safe: it is checked against the
+    /// horizon when it comes back (see `collect`).
+    pub fn disown(&self, node: &Arc<str>, by: &Arc<str>) -> bool {
+        let mut t = self.table.lock();
+        let t = &mut *t;
+        let Some(m) = t.members.get_mut(node) else {
+            return false;
+        };
+        m.introducers.remove(by);
+        let vouched = m.introducers.iter().any(|i| !t.expelled.contains_key(i));
+        if m.linked || !m.links.is_empty() || vouched {
+            return false;
+        }
+        t.members.remove(node);
+        true
     }
 
     /// Forgets `node` at once (as if it had left) once its link `link_id` was closed for breaking
@@ -198,12 +233,35 @@ impl Members {
     /// protocol would otherwise do so again each time it linked and broke it once more. Forgetting
     /// is safe: a forgotten replica that comes back is checked against the horizon like any other
     /// (see `collect`). A link it opens itself makes it a member again.
-    pub fn expel(&self, node: &Arc<str>, link_id: u64, ignore_for: Duration) {
+    ///
+    /// Members only expelled ones vouched for, and that never linked here, are forgotten and
+    /// ignored with it: an expelled member's list is no evidence that they exist. Returns every id
+    /// forgotten, `node` first, for the linked peers to hear (`Message::Forgotten`).
+    pub fn expel(&self, node: &Arc<str>, link_id: u64, ignore_for: Duration) -> Vec<Arc<str>> {
         self.unregister(node, link_id, true);
         let mut t = self.table.lock();
         let now = Instant::now();
         t.expelled.retain(|_, until| *until > now);
         t.expelled.insert(node.clone(), now + ignore_for);
+        let t = &mut *t;
+        let vouched_by_expelled: Vec<Arc<str>> = t
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                !m.linked
+                    && m.links.is_empty()
+                    && !m.introducers.is_empty()
+                    && m.introducers.iter().all(|i| t.expelled.contains_key(i))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut forgotten = vec![node.clone()];
+        for id in vouched_by_expelled {
+            t.members.remove(&id);
+            t.expelled.insert(id.clone(), now + ignore_for);
+            forgotten.push(id);
+        }
+        forgotten
     }
 
     /// Admits a link that finished its handshake, applying the one-link-per-pair rule. `dialed`: the
@@ -229,6 +287,8 @@ impl Members {
             address: address.to_string(),
             links: Vec::new(),
             unreachable_since: None,
+            introducers: HashSet::default(),
+            linked: true,
         });
         let mut replaced = Vec::new();
         for existing in &member.links {
@@ -255,6 +315,7 @@ impl Members {
             .links
             .retain(|l| !replaced.iter().any(|r| r.id == l.id));
         member.links.push(link);
+        member.linked = true;
         member.address = address.to_string();
         member.unreachable_since = None;
         drop(t);
@@ -690,6 +751,35 @@ mod tests {
         assert_eq!(members.cluster_size(Duration::from_secs(60)), 3);
         members.learn(&"c".into(), "10.0.0.9:7070");
         assert_eq!(members.cluster_size(Duration::from_secs(60)), 4);
+    }
+
+    /// An expelled member's list is no evidence: what only it named goes with it, on this node and
+    /// on the peers it tells. A member another peer vouches for, or that linked here once, stays
+    /// (it may be real, merely cut off from us) until the member timeout.
+    #[test]
+    fn members_only_an_expelled_member_vouched_for_go_with_it() {
+        let members = Members::new("a".into(), vec![]);
+        let (m, h): (Arc<str>, Arc<str>) = ("mallory".into(), "h".into());
+        members.learn(&m, "10.0.0.9:7070");
+        members.learn_listed(&"fake".into(), "10.0.0.10:7070", &m);
+        members.learn_listed(&"real".into(), "10.0.0.11:7070", &m);
+        members.learn_listed(&"real".into(), "10.0.0.11:7070", &h);
+        members.learn_listed(&"other".into(), "10.0.0.12:7070", &h);
+        let forgotten = members.expel(&m, 0, Duration::from_secs(60));
+        assert_eq!(forgotten, [m.clone(), "fake".into()]);
+        let ids = |members: &Members| {
+            let mut ids: Vec<String> = members.list().into_iter().map(|p| p.id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&members), ["other", "real"]);
+        // Mallory's word is ignored as long as it is expelled: "fake" is not learned again.
+        assert!(!members.learn_listed(&"fake".into(), "10.0.0.10:7070", &m));
+        // h forgets "real" for cause: only the expelled mallory still vouches for it, so it goes.
+        assert!(members.disown(&"real".into(), &h));
+        // A peer that does not vouch for a member cannot make this node forget it.
+        assert!(!members.disown(&"other".into(), &m));
+        assert_eq!(ids(&members), ["other"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,7 +28,9 @@ use crate::store::Write;
 /// expiry an `Option`), not as the storage's `store::Write`.
 /// 7: `Horizon` frames follow the digests of a bucket whose horizon holds dots its sender's context
 /// does not cover, so a peer resynced past a collection is taken in again by those that refused it.
-pub const PROTOCOL_VERSION: u8 = 7;
+/// 8: `Forgotten` frames name the members their sender forgot for cause, so peers that knew them
+/// only from it forget them too; a write stamped past twice `maxClockSkew` is a protocol error.
+pub const PROTOCOL_VERSION: u8 = 8;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -126,6 +128,11 @@ pub enum Message {
         bucket: Arc<str>,
         beyond: WireContext,
     },
+    /// Members I forgot for cause: cut off for breaking the protocol, or known to me only through
+    /// such a member and never linked to me. I no longer vouch for them; forget those you know only
+    /// from peers that no longer do (`Members::disown`), or they hold up your collection until the
+    /// member timeout.
+    Forgotten(Vec<Arc<str>>),
 }
 
 /// Collected registers per `Collected` frame at most (about 50 bytes each).

@@ -566,3 +566,192 @@ async fn a_member_cannot_take_over_another_peers_link_with_a_forged_hello() {
         n.close(Duration::from_secs(1)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Collection held up by a member's own writes.
+
+/// Timers of a cluster that collects within a second: rounds every 200 ms, tombstones 200 ms old,
+/// and a member timeout far past the test, so only a fix can let collection through.
+fn collecting(c: Config) -> Config {
+    Config {
+        collect_every: Duration::from_millis(200),
+        tombstone_min_age: Some(Duration::from_millis(200)),
+        member_timeout: Duration::from_secs(300),
+        ..c
+    }
+}
+
+/// Mallory, linked to `node` and kept linked (it reads everything and says something every 150 ms),
+/// pushes its own write `hlc` in bucket `s` and reports holding it in every digest; when the link
+/// closes it dials again and does the same. Runs until aborted.
+fn stamping_member(node: &Node, hlc: Hlc) -> tokio::task::JoinHandle<()> {
+    let address = node.address();
+    let wall = node.clock().clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            };
+            let security = peer_buckets_engine::Security::from_secrets(&[SECRET]).unwrap();
+            let Ok((mut reader, mut writer)) = peer_buckets_engine::connection::open(
+                Box::new(stream),
+                &security,
+                true,
+                None::<fn()>,
+            )
+            .await
+            else {
+                continue;
+            };
+            let drain =
+                tokio::spawn(
+                    async move { while reader.read(Duration::from_secs(30)).await.is_ok() {} },
+                );
+            let mine = rid("mallory");
+            let own = Message::Ops(OpsBatch {
+                bucket: "s".into(),
+                origin: mine.clone(),
+                covered: SeqRanges::up_to(1),
+                writes: vec![write("ahead", hlc, 1, Some("m")).into()],
+                superseders: vec![],
+                superseded: vec![],
+            });
+            let digest = Message::Digest {
+                bucket: "s".into(),
+                context: vec![(mine.clone(), SeqRanges::up_to(1))],
+            };
+            let hello = Message::Hello(Hello {
+                replica: mine,
+                listen_port: 1,
+                listen_host: Some("127.0.0.1".into()),
+                wall_ms: wall.wall_ms(),
+                members: vec![],
+            });
+            let contexts = Message::Contexts(ContextPart {
+                buckets: vec![],
+                last: true,
+            });
+            let mut first = true;
+            loop {
+                let mut out = Vec::new();
+                let frames = if first {
+                    vec![&hello, &contexts, &own, &digest]
+                } else {
+                    vec![&digest]
+                };
+                first = false;
+                for msg in frames {
+                    wire::encode_frame(msg, &mut out).unwrap();
+                }
+                if writer.send(&out).await.is_err() || drain.is_finished() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            drain.abort();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// Mallory stamps its own write at the end of time, on its links to both honest peers, over and over.
+/// No honest peer can ever take it (a frame past the ceiling is dropped whole, and the link stays),
+/// so a collection round that waits for every member to hold what any member holds would wait for it
+/// for as long as mallory stays a member. Both honest peers still collect their tombstones within
+/// seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stamping_its_writes_at_the_end_of_time_does_not_hold_up_collection() {
+    let v = Node::start(collecting(config("v", vec![]))).await.unwrap();
+    let h = Node::start(collecting(config("h", vec![v.address().to_string()])))
+        .await
+        .unwrap();
+    eventually("h and v to link", || connected(&v) == ["h"]).await;
+    let end_of_time = Hlc(u64::MAX);
+    let mallory = [
+        stamping_member(&v, end_of_time),
+        stamping_member(&h, end_of_time),
+    ];
+    eventually("mallory's write to be dropped by both", || {
+        v.stats().clock_skew_refused >= 1 && h.stats().clock_skew_refused >= 1
+    })
+    .await;
+    let bucket = v.bucket("s");
+    bucket.write("k", Some(json("x")), Lifetime::Forever);
+    eventually("the write to reach h", || h.bucket("s").contains("k")).await;
+    bucket.write("k", None, Lifetime::Forever);
+    eventually("both honest peers to collect the tombstone", || {
+        v.stats().tombstones_collected >= 1 && h.stats().tombstones_collected >= 1
+    })
+    .await;
+    for m in mallory {
+        m.abort();
+    }
+    for n in [v, h] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// Mallory links to the victim listing 20 members nobody can reach, and the victim tells its honest
+/// peer of mallory; then mallory breaks the protocol. The victim forgets mallory and every member
+/// known only through it (it never linked to them), and tells its peers, which forget mallory too
+/// (they knew it only from the victim): both collect within seconds. Before, each waited out the
+/// member timeout (five minutes here) for members that never existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_known_only_through_an_expelled_member_do_not_hold_up_collection() {
+    let v = Node::start(collecting(config("v", vec![]))).await.unwrap();
+    let h = Node::start(collecting(config("h", vec![v.address().to_string()])))
+        .await
+        .unwrap();
+    eventually("h and v to link", || connected(&v) == ["h"]).await;
+    let fakes: Vec<wire::MemberInfo> = (2..22)
+        .map(|port| wire::MemberInfo {
+            node: format!("fake{port}").into(),
+            address: format!("127.0.0.1:{port}"),
+        })
+        .collect();
+    let (mut reader, mut writer) = dial(&v, &[SECRET]).await;
+    say_hello(&mut writer, &v, rid("mallory"), fakes).await;
+    eventually("v to know the fakes and h to know mallory", || {
+        v.peers().len() == 22 && h.peers().iter().any(|p| p.id == "mallory")
+    })
+    .await;
+    let mut out = Vec::new();
+    wire::encode_frame(
+        &Message::FetchReply {
+            id: 7,
+            bucket: "s".into(),
+            origin: None,
+            writes: vec![],
+            done: true,
+        },
+        &mut out,
+    )
+    .unwrap();
+    writer.send(&out).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while reader.read(Duration::from_secs(5)).await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the victim kept the link open");
+
+    let bucket = v.bucket("s");
+    bucket.write("k", Some(json("x")), Lifetime::Forever);
+    eventually("the write to reach h", || h.bucket("s").contains("k")).await;
+    bucket.write("k", None, Lifetime::Forever);
+    eventually("both honest peers to collect the tombstone", || {
+        v.stats().tombstones_collected >= 1 && h.stats().tombstones_collected >= 1
+    })
+    .await;
+    assert_eq!(connected(&v), ["h"]);
+    assert_eq!(
+        v.peers().len(),
+        1,
+        "v still lists members only mallory vouched for: {:?}",
+        v.peers()
+    );
+    assert_eq!(h.peers().len(), 1, "h still lists mallory: {:?}", h.peers());
+    for n in [v, h] {
+        n.close(Duration::from_secs(1)).await;
+    }
+}

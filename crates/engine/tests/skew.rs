@@ -4,7 +4,8 @@
 //! for the link's `ESKEW` warning, nothing applied, no clock moved, and the link kept (a timestamp may
 //! come from a member other than the link's other end). A frame inside the skew is applied. Only the
 //! other end's own wall clock (hello, pings) refuses the link. (`Held` replies carry dots, no
-//! timestamps.)
+//! timestamps.) A write stamped past twice the skew (and a second of slack) no peer within the skew
+//! can hold: its frame is a protocol error, and still applies nothing and moves no clock.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,6 +56,13 @@ fn inside() -> Hlc {
 fn past() -> Hlc {
     Hlc::from_parts(START_MS + SKEW_MS + 1, 0)
 }
+/// The latest stamp a peer within the skew can hold, and the first past it.
+fn last_possible() -> Hlc {
+    Hlc::from_parts(START_MS + 2 * SKEW_MS + 1_000, u16::MAX)
+}
+fn impossible() -> Hlc {
+    Hlc::from_parts(START_MS + 2 * SKEW_MS + 1_001, 0)
+}
 
 /// Hands `msg` to the session and checks it was dropped for skew, leaving no trace but the count and
 /// the report, with the link kept.
@@ -81,6 +89,21 @@ fn assert_refused_without_trace(local: &Local, session: &mut Session, msg: Messa
         refused_before + 1,
         "the refusal was not counted"
     );
+}
+
+/// Hands `msg` to the session and checks it was refused as a protocol error, applying nothing and
+/// moving no clock.
+fn assert_impossible(local: &Local, session: &mut Session, msg: Message) {
+    let clock_before = local.clock().now();
+    let context_before = local.bucket("s").store().context();
+    let result = session.handle(local, msg);
+    assert!(
+        matches!(result, Err(LinkError::Protocol(_))),
+        "expected a protocol error, got {result:?}"
+    );
+    assert_eq!(local.clock().now(), clock_before, "the clock moved");
+    assert_eq!(local.bucket("s").store().context(), context_before);
+    assert_eq!(local.bucket("s").len(), 0, "a write was applied");
 }
 
 fn ops(origin: ReplicaId, writes: Vec<Write>, superseders: Vec<(ReplicaId, Write)>) -> Message {
@@ -120,6 +143,17 @@ fn a_pushed_batch_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
         .expect("a batch inside the skew is applied");
     assert_eq!(local.bucket("s").len(), 1);
     assert_eq!(local.clock().now(), inside());
+    // The sender's own write where no peer within the skew can have stamped it.
+    let (local, mut session) = receiver();
+    let msg = ops(
+        rid("b"),
+        vec![
+            write("k1", inside(), 1, Some("1")),
+            write("k2", impossible(), 2, Some("1")),
+        ],
+        vec![],
+    );
+    assert_impossible(&local, &mut session, msg);
 }
 
 #[test]
@@ -134,10 +168,14 @@ fn a_pull_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
     assert_refused_without_trace(&local, &mut session, msg);
     let msg = ops(
         rid("c"),
-        vec![write("k", Hlc(u64::MAX), 1, Some("1"))],
+        vec![write("k", last_possible(), 1, Some("1"))],
         vec![],
     );
     assert_refused_without_trace(&local, &mut session, msg);
+    for hlc in [impossible(), Hlc(u64::MAX)] {
+        let msg = ops(rid("c"), vec![write("k", hlc, 1, Some("1"))], vec![]);
+        assert_impossible(&local, &mut session, msg);
+    }
 }
 
 #[test]
@@ -157,7 +195,7 @@ fn a_catch_up_chunk_whose_superseder_is_stamped_too_far_ahead_is_refused_and_mov
 
 #[test]
 fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
-    for hlc in [past(), Hlc(u64::MAX)] {
+    for hlc in [past(), last_possible()] {
         let (local, mut session) = receiver();
         let msg = Message::FetchReply {
             id: 1,
@@ -178,6 +216,17 @@ fn a_fetch_reply_stamped_too_far_ahead_is_refused_and_moves_no_clock() {
             "a local write after the refusal: {:?}",
             w.hlc
         );
+    }
+    for hlc in [impossible(), Hlc(u64::MAX)] {
+        let (local, mut session) = receiver();
+        let msg = Message::FetchReply {
+            id: 1,
+            bucket: "s".into(),
+            origin: Some(rid("c")),
+            writes: vec![write("k2", hlc, 2, Some("1")).into()],
+            done: false,
+        };
+        assert_impossible(&local, &mut session, msg);
     }
     let (local, mut session) = receiver();
     let msg = Message::FetchReply {

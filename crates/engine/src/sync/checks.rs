@@ -1,8 +1,10 @@
 //! What an incoming frame must satisfy before anything of it is applied: sane bucket names, keys and
-//! values, seqs inside what the frame covers, and no claim about this replica's own writes beyond the
-//! last seq it issued (a member cannot make a replica skip its own future).
+//! values, seqs inside what the frame covers, no claim about this replica's own writes beyond the
+//! last seq it issued (a member cannot make a replica skip its own future), and no write stamped
+//! where no peer linked to this one could have stamped or taken it (`check_possible`).
 
 use super::Local;
+use crate::clock::TooFarAhead;
 use crate::error::LinkError;
 use crate::ranges::SeqRanges;
 use crate::replica::ReplicaId;
@@ -94,6 +96,40 @@ pub(super) fn check_writes(
         {
             return Err(LinkError::Protocol("value over the maximum size".into()));
         }
+    }
+    Ok(())
+}
+
+/// How far past twice the skew a stamp may still come from an honest peer: the ticks a replica
+/// makes past its ceiling (one millisecond per 65,536 writes there), with a wide margin.
+const STAMP_SLACK_MS: u64 = 1_000;
+
+/// Refuses a frame dropped for skew (`e`) whose newest write no honest linked peer could hold. A
+/// replica takes in stamps up to its own ceiling only (its wall clock plus `maxClockSkew`) and stamps
+/// its own writes at most a few ticks past it, and a linked peer's wall clock runs at most
+/// `maxClockSkew` ahead of this one's (else the link is refused): so whatever a linked peer sends,
+/// its own writes or those it relays, was stamped at most twice the skew ahead of this clock when
+/// the peer made or took it, and this clock (its hybrid time, which never goes back) has only moved
+/// on since. A stamp past that is a lie, not a clock: dropping its frame and keeping the link would
+/// let the sender hold a dot no peer can ever take, and tombstone collection waits for every member
+/// to hold every dot any member reports. Frames within the bound are dropped and taken later, as the
+/// clock skew guard says; the only honest sender refused here is one whose clock ran more than the
+/// skew ahead of this one's while it made or took the write, until this clock is within twice the
+/// skew of it.
+pub(super) fn check_possible(local: &Local, e: TooFarAhead) -> Result<(), LinkError> {
+    let stamp_ms = local.clock.wall_ms().saturating_add(e.ahead_ms);
+    let bound = local
+        .clock
+        .now()
+        .physical_ms()
+        .saturating_add(local.max_clock_skew_ms.saturating_mul(2))
+        .saturating_add(STAMP_SLACK_MS);
+    if stamp_ms > bound {
+        return Err(LinkError::Protocol(format!(
+            "a write stamped {} ms ahead of this clock, past twice maxClockSkew ({} ms): no peer \
+             within the skew can hold it",
+            e.ahead_ms, local.max_clock_skew_ms
+        )));
     }
     Ok(())
 }

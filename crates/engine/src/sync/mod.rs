@@ -40,8 +40,8 @@ use crate::store::ChunkLimits;
 use std::collections::BTreeMap;
 
 use checks::{
-    check_bucket_name, check_own_claim, check_own_claims, check_own_writes, check_writes,
-    own_last_seq,
+    check_bucket_name, check_own_claim, check_own_claims, check_own_writes, check_possible,
+    check_writes, own_last_seq,
 };
 pub use counters::Counters;
 pub use fetch::Fetches;

@@ -5,8 +5,9 @@
 //! applied; coverage sent on a link is always backed by the writes or markers it stands for.
 
 use super::{
-    check_bucket_name, check_own_claim, check_own_claims, check_own_writes, check_writes, covers,
-    own_last_seq, vouched, Context, Local, CHUNK_BYTES, CHUNK_LIMITS, CHUNK_WRITES, SEND_BUDGET,
+    check_bucket_name, check_own_claim, check_own_claims, check_own_writes, check_possible,
+    check_writes, covers, own_last_seq, vouched, Context, Local, CHUNK_BYTES, CHUNK_LIMITS,
+    CHUNK_WRITES, SEND_BUDGET,
 };
 use crate::bucket::Bucket;
 use crate::clock::TooFarAhead;
@@ -62,6 +63,8 @@ pub(super) struct BucketSession {
 pub enum Inbound {
     Nothing,
     Members(Vec<MemberInfo>),
+    /// The other end forgot these members for cause (`Message::Forgotten`).
+    Forgotten(Vec<Arc<str>>),
     Leave,
     /// Entries of fetch `id` arrived (`count` of them); `done` on its last frame.
     Fetched {
@@ -447,6 +450,7 @@ impl Session {
                     check_own_writes(local, &bucket, &origin, &writes)?;
                     if !self.skewed_fetches.contains(&id) {
                         if let Err(e) = local.observe(&writes) {
+                            check_possible(local, e)?;
                             self.dropped_for_skew(e);
                             self.skewed_fetches.insert(id);
                         }
@@ -513,6 +517,7 @@ impl Session {
                 }
                 let b = local.bucket(&bucket);
                 if let Err(e) = local.observe(superseders.iter().map(|(_, w)| w)) {
+                    check_possible(local, e)?;
                     // Dropped whole, as any frame stamped past this clock's ceiling: nothing is
                     // dropped here without what superseded it, and the question is asked again.
                     self.dropped_for_skew(e);
@@ -599,6 +604,7 @@ impl Session {
                 Ok(Inbound::Nothing)
             }
             Message::Members(list) => Ok(Inbound::Members(list)),
+            Message::Forgotten(list) => Ok(Inbound::Forgotten(list)),
             Message::Leave => Ok(Inbound::Leave),
             Message::Hello(_) => Err(LinkError::Protocol("second hello".into())),
         }
@@ -649,6 +655,7 @@ impl Session {
             }
         }
         if let Err(e) = local.observe(writes.iter().chain(superseders)) {
+            check_possible(local, e)?;
             let origin = local.replicas.intern(&batch.origin);
             // The sender holds what it covered: the planner must see the gap now, not after its next
             // digest (a pass before that would forget the gap, and an origin that keeps writing never
