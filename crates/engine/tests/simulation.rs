@@ -1581,6 +1581,52 @@ fn coverage_without_a_marker_is_taken_only_once_the_sender_is_caught_up_with() {
     }
 }
 
+/// The resync path, after marker compaction: n1 and n4 hold k1 = "v1" (n0's) and are cut off and
+/// forgotten; the others overwrite k1 with "v2" (n2's), delete k2, collect the tombstone and, once
+/// every member holds "v2", compact n0's superseded marker. n1 comes back reaching n3 first: it
+/// missed a collection, so it resyncs, and n3 covers n0's dot without storing it and without a
+/// marker to name what superseded it. Before n1 pulls "v2", every replica that held it restarts
+/// empty. Had n1 dropped "v1" without holding what superseded it, it would cover n0's write without
+/// showing it while n4, with the same context, shows it: replicas that differ for good. Every
+/// replica ends the same, each showing the last-writer-wins maximum of the writes it covers.
+#[test]
+fn a_resync_never_drops_a_register_whose_superseder_it_cannot_hold() {
+    let mut sim = Sim::new(35);
+    let away = [1, 4];
+    sim.put(0, "sessions", "k1", Some("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.split(&away);
+    sim.time.advance(10);
+    sim.put(2, "sessions", "k1", Some("v2"), Lifetime::Forever);
+    sim.put(3, "sessions", "k2", None, Lifetime::Forever);
+    sim.exchange_split(&away, 12, 600);
+    assert!(sim.collected > 0, "the others collected without n1 and n4");
+    assert_eq!(
+        sim.locals[3].bucket("sessions").store().marker_count(),
+        0,
+        "n3 compacted n0's marker"
+    );
+    // n1 reaches n3 first, and resyncs against it alone.
+    sim.connect(1, 3);
+    assert!(sim.locals[1].is_stale("sessions"), "n1 missed a collection");
+    sim.pass(1, 3);
+    sim.pass(3, 1);
+    assert!(!sim.locals[1].is_stale("sessions"), "n1 resynced");
+    // Every replica that held "v2" restarts empty before n1 pulls it.
+    for i in [0, 2, 3] {
+        sim.restart_linked(i, 0);
+    }
+    sim.settle();
+    sim.log_stand_ins();
+    for i in 0..N {
+        sim.check_p(i).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let reference = sim.dump(0);
+    for i in 0..N {
+        assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
+    }
+}
+
 impl Sim {
     /// Cuts every link between `half` and the other replicas: each side forgets the other.
     fn split(&mut self, half: &[usize]) {
