@@ -954,6 +954,18 @@ fn replicas_converge_through_collection_episodes() {
     );
 }
 
+/// Found by a sweep of collection episodes (seeds 4000-4300): in seed 4060 a returning replica's
+/// resyncs drop registers whose superseders they never carry (their markers compacted), and those
+/// superseders are lost with the replicas that restart empty after; the coverage is passed on, and
+/// after the heal every replica covers n1's write of k32 (incarnation 16, seq 9) and shows nothing.
+/// Each replica must show the last-writer-wins maximum of the writes it covers.
+#[test]
+fn resyncs_of_collection_episodes_keep_invariant_p_seed_4060() {
+    if let Err(e) = try_run_with(4060, 5_000, 15, true) {
+        panic!("{e}");
+    }
+}
+
 /// Seeds differ in every bit they touch: neighbouring seeds are distinct runs.
 #[test]
 fn neighbouring_seeds_are_distinct_runs() {
