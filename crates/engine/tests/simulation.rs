@@ -954,11 +954,11 @@ fn replicas_converge_through_collection_episodes() {
     );
 }
 
-/// Found by a sweep of collection episodes (seeds 4000-4300): in seed 4060 a returning replica's
-/// resyncs drop registers whose superseders they never carry (their markers compacted), and those
-/// superseders are lost with the replicas that restart empty after; the coverage is passed on, and
-/// after the heal every replica covers n1's write of k32 (incarnation 16, seq 9) and shows nothing.
-/// Each replica must show the last-writer-wins maximum of the writes it covers.
+/// Found by a sweep of collection episodes (seeds 4000-4300): in seed 4060, n2 back from away drops
+/// live values of n1 (k29, k32) at step 3331 while covering no newer write of either key (with
+/// `SIM_P_EVERY=1` invariant P fails there at once), which only a resync does; after the heal n0
+/// covers n1's write of k32 (incarnation 16, seq 9) and no replica shows anything for k32. Each
+/// replica must show the last-writer-wins maximum of the writes it covers.
 #[test]
 fn resyncs_of_collection_episodes_keep_invariant_p_seed_4060() {
     if let Err(e) = try_run_with(4060, 5_000, 15, true) {
