@@ -28,7 +28,9 @@ use crate::store::Write;
 /// expiry an `Option`), not as the storage's `store::Write`.
 /// 7: `Horizon` frames follow the digests of a bucket whose horizon holds dots its sender's context
 /// does not cover, so a peer resynced past a collection is taken in again by those that refused it.
-pub const PROTOCOL_VERSION: u8 = 7;
+/// 8: `HeldKeys` asks, by key, the current registers of the dots a held reply reported superseded
+/// without sending what superseded them (a marker compacted); `HeldKeysReply` answers.
+pub const PROTOCOL_VERSION: u8 = 8;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -125,6 +127,21 @@ pub enum Message {
     Horizon {
         bucket: Arc<str>,
         beyond: WireContext,
+    },
+    /// The keys of dots of `origin` a `HeldReply` reported covered and no longer stored, of which it
+    /// sent nothing superseding (a marker it compacted): what do you store for them now?
+    HeldKeys {
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        keys: Vec<Arc<str>>,
+    },
+    /// Answer to `HeldKeys`, in frames each naming the `keys` it answers: every register (of any
+    /// origin) I store for them now. A key with none was collected here.
+    HeldKeysReply {
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        keys: Vec<Arc<str>>,
+        registers: Vec<(ReplicaId, WireWrite)>,
     },
 }
 

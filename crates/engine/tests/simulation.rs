@@ -313,6 +313,13 @@ impl Sim {
                         self.left.insert((bucket.clone(), o.clone(), w.seq));
                     }
                 }
+                Message::HeldKeysReply {
+                    bucket, registers, ..
+                } => {
+                    for (o, w) in registers {
+                        self.left.insert((bucket.clone(), o.clone(), w.seq));
+                    }
+                }
                 _ => {}
             }
             let inbound = session
@@ -1621,9 +1628,17 @@ fn a_resync_never_drops_a_register_whose_superseder_it_cannot_hold() {
     // n1 reaches n3 first, and resyncs against it alone.
     sim.connect(1, 3);
     assert!(sim.locals[1].is_stale("sessions"), "n1 missed a collection");
-    sim.pass(1, 3);
-    sim.pass(3, 1);
+    // Its questions by dot, then by key for what n3 reported superseded without a superseder.
+    for _ in 0..2 {
+        sim.pass(1, 3);
+        sim.pass(3, 1);
+    }
     assert!(!sim.locals[1].is_stale("sessions"), "n1 resynced");
+    assert_eq!(
+        sim.shows(1, "k1").as_deref(),
+        Some("v2"),
+        "n1 dropped \"v1\" only with what superseded it"
+    );
     // Every replica that held "v2" restarts empty before n1 pulls it.
     for i in [0, 2, 3] {
         sim.restart_linked(i, 0);
@@ -1632,6 +1647,56 @@ fn a_resync_never_drops_a_register_whose_superseder_it_cannot_hold() {
     sim.log_stand_ins();
     for i in 0..N {
         sim.check_p(i).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let reference = sim.dump(0);
+    for i in 0..N {
+        assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
+    }
+}
+
+/// The resync path when the peer holds nothing of the key any more: n1 holds k1 = "v1" (n0's) and
+/// is cut off and forgotten; the others delete k1, collect the tombstone and, past
+/// `rememberCollected`, forget its record too. n1 comes back reaching n3 first, which covers n0's
+/// dot and can name nothing that superseded it: asked by key, it stores nothing there. n1 must
+/// neither show "v1" again nor keep it as the only replica holding it: every replica ends the same,
+/// none showing k1.
+#[test]
+fn a_resync_drops_a_register_whose_key_its_peer_collected_and_forgot() {
+    let mut sim = Sim::new(36);
+    let away = [1];
+    sim.put(0, "sessions", "k1", Some("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.split(&away);
+    sim.time.advance(10);
+    sim.put(2, "sessions", "k1", None, Lifetime::Forever);
+    sim.exchange_split(&away, 12, 600);
+    assert!(sim.collected > 0, "the others collected without n1");
+    sim.exchange_split(&away, 3, 1_300_000);
+    assert_eq!(
+        sim.locals[3]
+            .bucket("sessions")
+            .store()
+            .collected_remembered(),
+        0,
+        "n3 forgot k1's collected register"
+    );
+    sim.connect(1, 3);
+    assert!(sim.locals[1].is_stale("sessions"), "n1 missed a collection");
+    for _ in 0..2 {
+        sim.pass(1, 3);
+        sim.pass(3, 1);
+    }
+    assert!(!sim.locals[1].is_stale("sessions"), "n1 resynced");
+    assert_eq!(sim.shows(1, "k1"), None, "n1 dropped \"v1\"");
+    sim.settle();
+    for i in 0..N {
+        sim.check_p(i).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            sim.shows(i, "k1"),
+            None,
+            "n{i}: {:?}",
+            sim.registers(i, "k1")
+        );
     }
     let reference = sim.dump(0);
     for i in 0..N {
