@@ -665,7 +665,9 @@ async fn read_loop(
         slot.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
         let allowance = match &msg {
             Message::FetchRequest { .. } => Some(&mut fetches),
-            Message::Pull { .. } | Message::Held { .. } => Some(&mut pulls),
+            Message::Pull { .. } | Message::Held { .. } | Message::HeldKeys { .. } => {
+                Some(&mut pulls)
+            }
             _ => None,
         };
         if let Some(allowance) = allowance {

@@ -29,7 +29,9 @@ use crate::store::Write;
 /// 7: `Horizon` frames follow the digests of a bucket whose horizon holds dots its sender's context
 /// does not cover, so a peer resynced past a collection is taken in again by those that refused it.
 /// 8: `Forgotten` frames name the members their sender forgot for cause, so peers that knew them
-/// only from it forget them too; a write stamped past twice `maxClockSkew` is a protocol error.
+/// only from it forget them too; a write stamped past twice `maxClockSkew` is a protocol error;
+/// `HeldKeys` asks, by key, the current registers of the dots a held reply reported superseded
+/// without sending what superseded them (a marker compacted); `HeldKeysReply` answers.
 pub const PROTOCOL_VERSION: u8 = 8;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -133,6 +135,21 @@ pub enum Message {
     /// from peers that no longer do (`Members::disown`), or they hold up your collection until the
     /// member timeout.
     Forgotten(Vec<Arc<str>>),
+    /// The keys of dots of `origin` a `HeldReply` reported covered and no longer stored, of which it
+    /// sent nothing superseding (a marker it compacted): what do you store for them now?
+    HeldKeys {
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        keys: Vec<Arc<str>>,
+    },
+    /// Answer to `HeldKeys`, in frames each naming the `keys` it answers: every register (of any
+    /// origin) I store for them now. A key with none was collected here.
+    HeldKeysReply {
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        keys: Vec<Arc<str>>,
+        registers: Vec<(ReplicaId, WireWrite)>,
+    },
 }
 
 /// Collected registers per `Collected` frame at most (about 50 bytes each).

@@ -313,6 +313,13 @@ impl Sim {
                         self.left.insert((bucket.clone(), o.clone(), w.seq));
                     }
                 }
+                Message::HeldKeysReply {
+                    bucket, registers, ..
+                } => {
+                    for (o, w) in registers {
+                        self.left.insert((bucket.clone(), o.clone(), w.seq));
+                    }
+                }
                 _ => {}
             }
             let inbound = session
@@ -954,6 +961,18 @@ fn replicas_converge_through_collection_episodes() {
     );
 }
 
+/// Found by a sweep of collection episodes (seeds 4000-4300): in seed 4060, n2 back from away drops
+/// live values of n1 (k29, k32) at step 3331 while covering no newer write of either key (with
+/// `SIM_P_EVERY=1` invariant P fails there at once), which only a resync does; after the heal n0
+/// covers n1's write of k32 (incarnation 16, seq 9) and no replica shows anything for k32. Each
+/// replica must show the last-writer-wins maximum of the writes it covers.
+#[test]
+fn resyncs_of_collection_episodes_keep_invariant_p_seed_4060() {
+    if let Err(e) = try_run_with(4060, 5_000, 15, true) {
+        panic!("{e}");
+    }
+}
+
 /// Seeds differ in every bit they touch: neighbouring seeds are distinct runs.
 #[test]
 fn neighbouring_seeds_are_distinct_runs() {
@@ -1578,6 +1597,110 @@ fn coverage_without_a_marker_is_taken_only_once_the_sender_is_caught_up_with() {
             "n{i}: {:?}",
             sim.registers(i, "k1")
         );
+    }
+}
+
+/// The resync path, after marker compaction: n1 and n4 hold k1 = "v1" (n0's) and are cut off and
+/// forgotten; the others overwrite k1 with "v2" (n2's), delete k2, collect the tombstone and, once
+/// every member holds "v2", compact n0's superseded marker. n1 comes back reaching n3 first: it
+/// missed a collection, so it resyncs, and n3 covers n0's dot without storing it and without a
+/// marker to name what superseded it. Before n1 pulls "v2", every replica that held it restarts
+/// empty. Had n1 dropped "v1" without holding what superseded it, it would cover n0's write without
+/// showing it while n4, with the same context, shows it: replicas that differ for good. Every
+/// replica ends the same, each showing the last-writer-wins maximum of the writes it covers.
+#[test]
+fn a_resync_never_drops_a_register_whose_superseder_it_cannot_hold() {
+    let mut sim = Sim::new(35);
+    let away = [1, 4];
+    sim.put(0, "sessions", "k1", Some("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.split(&away);
+    sim.time.advance(10);
+    sim.put(2, "sessions", "k1", Some("v2"), Lifetime::Forever);
+    sim.put(3, "sessions", "k2", None, Lifetime::Forever);
+    sim.exchange_split(&away, 12, 600);
+    assert!(sim.collected > 0, "the others collected without n1 and n4");
+    assert_eq!(
+        sim.locals[3].bucket("sessions").store().marker_count(),
+        0,
+        "n3 compacted n0's marker"
+    );
+    // n1 reaches n3 first, and resyncs against it alone.
+    sim.connect(1, 3);
+    assert!(sim.locals[1].is_stale("sessions"), "n1 missed a collection");
+    // Its questions by dot, then by key for what n3 reported superseded without a superseder.
+    for _ in 0..2 {
+        sim.pass(1, 3);
+        sim.pass(3, 1);
+    }
+    assert!(!sim.locals[1].is_stale("sessions"), "n1 resynced");
+    assert_eq!(
+        sim.shows(1, "k1").as_deref(),
+        Some("v2"),
+        "n1 dropped \"v1\" only with what superseded it"
+    );
+    // Every replica that held "v2" restarts empty before n1 pulls it.
+    for i in [0, 2, 3] {
+        sim.restart_linked(i, 0);
+    }
+    sim.settle();
+    sim.log_stand_ins();
+    for i in 0..N {
+        sim.check_p(i).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let reference = sim.dump(0);
+    for i in 0..N {
+        assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
+    }
+}
+
+/// The resync path when the peer holds nothing of the key any more: n1 holds k1 = "v1" (n0's) and
+/// is cut off and forgotten; the others delete k1, collect the tombstone and, past
+/// `rememberCollected`, forget its record too. n1 comes back reaching n3 first, which covers n0's
+/// dot and can name nothing that superseded it: asked by key, it stores nothing there. n1 must
+/// neither show "v1" again nor keep it as the only replica holding it: every replica ends the same,
+/// none showing k1.
+#[test]
+fn a_resync_drops_a_register_whose_key_its_peer_collected_and_forgot() {
+    let mut sim = Sim::new(36);
+    let away = [1];
+    sim.put(0, "sessions", "k1", Some("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.split(&away);
+    sim.time.advance(10);
+    sim.put(2, "sessions", "k1", None, Lifetime::Forever);
+    sim.exchange_split(&away, 12, 600);
+    assert!(sim.collected > 0, "the others collected without n1");
+    sim.exchange_split(&away, 3, 1_300_000);
+    assert_eq!(
+        sim.locals[3]
+            .bucket("sessions")
+            .store()
+            .collected_remembered(),
+        0,
+        "n3 forgot k1's collected register"
+    );
+    sim.connect(1, 3);
+    assert!(sim.locals[1].is_stale("sessions"), "n1 missed a collection");
+    for _ in 0..2 {
+        sim.pass(1, 3);
+        sim.pass(3, 1);
+    }
+    assert!(!sim.locals[1].is_stale("sessions"), "n1 resynced");
+    assert_eq!(sim.shows(1, "k1"), None, "n1 dropped \"v1\"");
+    sim.settle();
+    for i in 0..N {
+        sim.check_p(i).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            sim.shows(i, "k1"),
+            None,
+            "n{i}: {:?}",
+            sim.registers(i, "k1")
+        );
+    }
+    let reference = sim.dump(0);
+    for i in 0..N {
+        assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
     }
 }
 

@@ -848,6 +848,38 @@ impl Store for MemoryStore {
         })
     }
 
+    fn keys_of_dots(&self, origin: &Origin, dots: &SeqRanges) -> Vec<(Arc<str>, u64)> {
+        let state = self.state.read();
+        let Some(o) = state.origins.get(origin) else {
+            return Vec::new();
+        };
+        dots.ranges()
+            .iter()
+            .flat_map(|&(a, b)| o.index.range(a, b))
+            .filter_map(|(s, hash)| {
+                let (key, _) = state.entries.by_dot(hash, origin, s)?;
+                Some((key.clone(), s))
+            })
+            .collect()
+    }
+
+    fn ship_registers(&self, keys: &[Arc<str>]) -> Vec<(Origin, Write)> {
+        let state = self.state.read();
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some((k, e)) = state.entries.get_key_value(key) {
+                for (o, w) in e.writes(k) {
+                    if let Some(st) = state.origins.get(&o) {
+                        st.shipped
+                            .fetch_max(w.seq, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    out.push((o, w));
+                }
+            }
+        }
+        out
+    }
+
     fn drop_dots(
         &self,
         origin: &Origin,

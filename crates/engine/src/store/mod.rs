@@ -273,6 +273,12 @@ pub trait Store: Send + Sync + 'static {
     fn marker_count(&self) -> usize;
     /// The seqs of `origin` stored now (one per register), within `within`.
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
+    /// The keys of the registers of `origin` stored now with a seq in `dots`, with those seqs.
+    fn keys_of_dots(&self, origin: &Origin, dots: &SeqRanges) -> Vec<(Arc<str>, u64)>;
+    /// The registers stored for each of `keys` (a tombstone's, an expired value's too) as writes of
+    /// their origins, each counted as shipped, as a chunk's superseders are: what a resync's keyed
+    /// question is answered with.
+    fn ship_registers(&self, keys: &[Arc<str>]) -> Vec<(Origin, Write)>;
     /// Drops the registers of `origin` whose seq is in `dots` (known superseded elsewhere), except
     /// a touch register that expired its key's value: whatever superseded it is newer than the
     /// value too, so dropping it never shows the value again. `on_change` hears of every key that

@@ -38,6 +38,10 @@ pub(super) struct BucketSession {
     /// Origins whose `Held` reply came whole: a second copy of one (a duplicated frame) changes
     /// nothing.
     pub(super) held_answered: BTreeSet<Origin>,
+    /// Per origin, the keys asked in `HeldKeys`: their registers of that origin a held reply reported
+    /// superseded without sending what superseded them, with the dots to drop once the key's answer
+    /// is in; `None` once it is.
+    pub(super) held_keys: BTreeMap<Origin, BTreeMap<Arc<str>, Option<SeqRanges>>>,
     /// Per origin other than the other end's, the seqs we pulled from it: writes of another origin
     /// arrive only as answers to a pull, and cover only what was pulled.
     pub(super) pulled: BTreeMap<ReplicaId, SeqRanges>,
@@ -245,7 +249,11 @@ impl Session {
     /// the other end's horizon, which it adopts.
     pub(super) fn finish_resync(&mut self, local: &Local, bucket: &Bucket) {
         let state = self.buckets.entry(bucket.name().clone()).or_default();
-        if state.resyncing && state.held_asked.is_empty() {
+        let keys_answered = state
+            .held_keys
+            .values()
+            .all(|keys| keys.values().all(Option::is_none));
+        if state.resyncing && state.held_asked.is_empty() && keys_answered {
             state.resyncing = false;
             if !std::mem::take(&mut state.held_skewed) {
                 local.validated(bucket, &state.horizon);
@@ -536,8 +544,34 @@ impl Session {
                     .map(|(rid, w)| (local.replicas.intern(&rid), w))
                     .collect();
                 local.merge_chunk(&b, &o, Vec::new(), &SeqRanges::new(), &[], superseders)?;
-                b.drop_dots(&o, &covered.difference(&held));
+                // What is still stored of what it reports superseded came without a superseder (it
+                // compacted the marker naming the key, or holds nothing of the key any more):
+                // asked again by key, and dropped only with the answer, after what it holds there.
+                let unbacked = b.store().stored_dots(&o, &covered.difference(&held));
+                self.ask_held_keys(&b, &o, &unbacked);
                 self.answered(local, &b, &o, last);
+                Ok(Inbound::Nothing)
+            }
+            Message::HeldKeys {
+                bucket,
+                origin,
+                keys,
+            } => {
+                check_bucket_name(&bucket)?;
+                if let Some(k) = keys.iter().find(|k| k.is_empty() || k.len() > MAX_KEY) {
+                    return Err(LinkError::Protocol(format!("key of {} bytes", k.len())));
+                }
+                self.answer_held_keys(local, bucket, origin, keys);
+                Ok(Inbound::Nothing)
+            }
+            Message::HeldKeysReply {
+                bucket,
+                origin,
+                keys,
+                registers,
+            } => {
+                check_bucket_name(&bucket)?;
+                self.take_held_keys(local, &bucket, &origin, keys, registers)?;
                 Ok(Inbound::Nothing)
             }
             Message::Ping { wall_ms } => {
@@ -865,6 +899,167 @@ impl Session {
             };
             self.answer(reply, bytes);
         }
+    }
+
+    /// Asks the other end, by key, what it stores now for the keys of `dots` (this replica's
+    /// registers of `origin` it reported superseded without sending what superseded them), in parts
+    /// of about a chunk's size.
+    fn ask_held_keys(&mut self, bucket: &Bucket, origin: &Origin, dots: &SeqRanges) {
+        if dots.is_empty() {
+            return;
+        }
+        let found = bucket.store().keys_of_dots(origin, dots);
+        let state = self.buckets.entry(bucket.name().clone()).or_default();
+        let asked = state.held_keys.entry(origin.clone()).or_default();
+        let mut fresh = BTreeSet::new();
+        for (key, seq) in found {
+            let pending = asked.entry(key.clone()).or_default();
+            pending.get_or_insert_with(SeqRanges::new).insert(seq);
+            fresh.insert(key);
+        }
+        let (mut keys, mut bytes) = (Vec::new(), 0);
+        let count = fresh.len();
+        for (i, key) in fresh.into_iter().enumerate() {
+            bytes += key.len() + 8;
+            keys.push(key);
+            if keys.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES || i + 1 == count {
+                let ask = Message::HeldKeys {
+                    bucket: bucket.name().clone(),
+                    origin: origin.id().clone(),
+                    keys: std::mem::take(&mut keys),
+                };
+                self.outbox.push_back((ask, 0));
+                bytes = 0;
+            }
+        }
+    }
+
+    /// Answers a `HeldKeys` question: every register stored now for each key, in frames of about a
+    /// chunk's size, each naming the keys it answers.
+    fn answer_held_keys(
+        &mut self,
+        local: &Local,
+        bucket: Arc<str>,
+        origin: ReplicaId,
+        keys: Vec<Arc<str>>,
+    ) {
+        let registers = local
+            .existing_bucket(&bucket)
+            .map(|b| b.store().ship_registers(&keys))
+            .unwrap_or_default();
+        let mut by_key: BTreeMap<Arc<str>, Vec<(Origin, Write)>> = BTreeMap::new();
+        for (o, w) in registers {
+            by_key.entry(w.key.clone()).or_default().push((o, w));
+        }
+        let (mut frame_keys, mut frame, mut bytes) = (Vec::new(), Vec::new(), 0);
+        let count = keys.len();
+        for (i, key) in keys.into_iter().enumerate() {
+            bytes += key.len() + 8;
+            for (o, w) in by_key.remove(&key).unwrap_or_default() {
+                bytes += w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40;
+                frame.push((o.id().clone(), w.into()));
+            }
+            frame_keys.push(key);
+            if frame_keys.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES || i + 1 == count {
+                let reply = Message::HeldKeysReply {
+                    bucket: bucket.clone(),
+                    origin: origin.clone(),
+                    keys: std::mem::take(&mut frame_keys),
+                    registers: std::mem::take(&mut frame),
+                };
+                self.answer(reply, 64 + bytes);
+                bytes = 0;
+            }
+        }
+    }
+
+    /// Takes a `HeldKeysReply`: applies the registers the other end stores for the keys it answers
+    /// (touches first, in one step, as a chunk's superseders), then drops this replica's registers
+    /// it reported superseded under those keys: none is dropped before what superseded it is held
+    /// here, or it was collected there.
+    fn take_held_keys(
+        &mut self,
+        local: &Local,
+        bucket: &Arc<str>,
+        origin: &ReplicaId,
+        keys: Vec<Arc<str>>,
+        registers: Vec<(ReplicaId, WireWrite)>,
+    ) -> Result<(), LinkError> {
+        let o = local.replicas.intern(origin);
+        let Some(asked) = self.buckets.get(bucket).and_then(|s| s.held_keys.get(&o)) else {
+            return Err(LinkError::Protocol(
+                "a held keys reply nobody asked for".into(),
+            ));
+        };
+        let keys: BTreeSet<Arc<str>> = keys.into_iter().collect();
+        if keys.iter().any(|k| !asked.contains_key(k)) {
+            return Err(LinkError::Protocol(
+                "a held keys reply beyond the keys asked".into(),
+            ));
+        }
+        let registers: Vec<(ReplicaId, Write)> =
+            registers.into_iter().map(|(r, w)| (r, w.into())).collect();
+        for (rid, w) in &registers {
+            if !keys.contains(&w.key) {
+                return Err(LinkError::Protocol(
+                    "a register of a key the held keys reply does not answer".into(),
+                ));
+            }
+            check_writes(std::slice::from_ref(w), None)?;
+            check_own_writes(local, bucket, rid, std::slice::from_ref(w))?;
+        }
+        // Keys answered before (a second copy of a frame) change nothing.
+        let answering: BTreeMap<Arc<str>, SeqRanges> = keys
+            .into_iter()
+            .filter_map(|k| asked.get(&k).cloned().flatten().map(|d| (k, d)))
+            .collect();
+        if answering.is_empty() {
+            return Ok(());
+        }
+        let b = local.bucket(bucket);
+        if let Err(e) = local.observe(registers.iter().map(|(_, w)| w)) {
+            // Dropped whole, as a held reply stamped past this clock's ceiling: nothing is dropped
+            // here, and the resync is asked again once the rest of its answer has come.
+            self.dropped_for_skew(e);
+            if let Some(s) = self.buckets.get_mut(bucket) {
+                s.held_skewed = true;
+            }
+            self.keys_answered(local, &b, &o, answering.keys());
+            return Ok(());
+        }
+        let registers = registers
+            .into_iter()
+            .filter(|(_, w)| answering.contains_key(&w.key))
+            .map(|(rid, w)| (local.replicas.intern(&rid), w))
+            .collect();
+        local.merge_chunk(&b, &o, Vec::new(), &SeqRanges::new(), &[], registers)?;
+        let mut dots = SeqRanges::new();
+        for d in answering.values() {
+            dots.union_with(d);
+        }
+        b.drop_dots(&o, &dots);
+        self.keys_answered(local, &b, &o, answering.keys());
+        Ok(())
+    }
+
+    /// After a `HeldKeysReply` answering `keys` of `origin`: they are asked no more.
+    fn keys_answered<'k>(
+        &mut self,
+        local: &Local,
+        bucket: &Bucket,
+        origin: &Origin,
+        keys: impl Iterator<Item = &'k Arc<str>>,
+    ) {
+        if let Some(asked) = self
+            .buckets
+            .get_mut(bucket.name())
+            .and_then(|s| s.held_keys.get_mut(origin))
+        {
+            for k in keys {
+                asked.insert(k.clone(), None);
+            }
+        }
+        self.finish_resync(local, bucket);
     }
 
     pub(super) fn answer_fetch(&mut self, local: &Local, id: u64, bucket: Arc<str>, prefix: &str) {
