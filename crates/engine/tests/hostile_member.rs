@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use peer_buckets_engine::connection::{FrameReader, FrameWriter};
 use peer_buckets_engine::wire::{
     self, BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext, WireWrite,
 };
@@ -459,24 +460,7 @@ async fn a_member_cut_off_for_breaking_the_protocol_does_not_hold_up_collection(
         v.peers().iter().any(|p| p.id == "mallory") && h.peers().iter().any(|p| p.id == "mallory")
     })
     .await;
-    let mut out = Vec::new();
-    wire::encode_frame(
-        &Message::FetchReply {
-            id: 7,
-            bucket: "s".into(),
-            origin: None,
-            writes: vec![],
-            done: true,
-        },
-        &mut out,
-    )
-    .unwrap();
-    writer.send(&out).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while reader.read(Duration::from_secs(5)).await.is_ok() {}
-    })
-    .await;
-    assert!(closed.is_ok(), "the victim kept the link open");
+    break_the_protocol(&mut reader, &mut writer).await;
     assert!(
         !v.peers().iter().any(|p| p.id == "mallory"),
         "v still counts mallory as a member: {:?}",
@@ -572,6 +556,29 @@ async fn a_member_cannot_take_over_another_peers_link_with_a_forged_hello() {
 
 /// Timers of a cluster that collects within a second: rounds every 200 ms, tombstones 200 ms old,
 /// and a member timeout far past the test, so only a fix can let collection through.
+/// Sends, on a scripted member's link, a fetch reply nobody asked for (a protocol error), and
+/// expects the victim to close the link within 5 s.
+async fn break_the_protocol(reader: &mut FrameReader, writer: &mut FrameWriter) {
+    let mut out = Vec::new();
+    wire::encode_frame(
+        &Message::FetchReply {
+            id: 7,
+            bucket: "s".into(),
+            origin: None,
+            writes: vec![],
+            done: true,
+        },
+        &mut out,
+    )
+    .unwrap();
+    writer.send(&out).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while reader.read(Duration::from_secs(5)).await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the victim kept the link open");
+}
+
 fn collecting(c: Config) -> Config {
     Config {
         collect_every: Duration::from_millis(200),
@@ -716,24 +723,7 @@ async fn members_known_only_through_an_expelled_member_do_not_hold_up_collection
         v.peers().len() == 22 && h.peers().iter().any(|p| p.id == "mallory")
     })
     .await;
-    let mut out = Vec::new();
-    wire::encode_frame(
-        &Message::FetchReply {
-            id: 7,
-            bucket: "s".into(),
-            origin: None,
-            writes: vec![],
-            done: true,
-        },
-        &mut out,
-    )
-    .unwrap();
-    writer.send(&out).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while reader.read(Duration::from_secs(5)).await.is_ok() {}
-    })
-    .await;
-    assert!(closed.is_ok(), "the victim kept the link open");
+    break_the_protocol(&mut reader, &mut writer).await;
 
     let bucket = v.bucket("s");
     bucket.write("k", Some(json("x")), Lifetime::Forever);
