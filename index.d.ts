@@ -254,6 +254,12 @@ export interface LinkStats {
   lagMs: number
   bytesSent: number
   bytesReceived: number
+  /** Answers (fetch, pull and held replies) queued for this peer and not yet sent, in bytes. */
+  sendQueueBytes: number
+  /** Writes that arrived from this peer over its current link, applied or already held. */
+  writesReceived: number
+  /** Time spent applying them (store, journal, change events queued), in ms. */
+  applyMs: number
 }
 
 export interface PeerStats {

@@ -266,6 +266,12 @@ describe('peers() and stats()', () => {
     expect(s1b.opsApplied).toBeGreaterThan(s0b.opsApplied)
     expect(s1b.opsApplied).toBeGreaterThanOrEqual(9)
     expect(s1a.opsApplied).toBeGreaterThanOrEqual(s0a.opsApplied)
+    // Per link: b took a's writes over its link to a (ten sets and the delete, the set of k0 possibly
+    // sent as superseded), spent time applying them, and owes a nothing once all is quiet.
+    const fromA = s1b.replication.find((l) => l.id === 'stats1')
+    expect(fromA.writesReceived).toBeGreaterThanOrEqual(10)
+    expect(fromA.applyMs).toBeGreaterThan(0)
+    expect(fromA.sendQueueBytes).toBe(0)
     for (const k of ['bytesSent', 'bytesReceived']) {
       expect(Number.isInteger(s1a[k])).toBe(true)
       expect(s1a[k]).toBeGreaterThanOrEqual(0)

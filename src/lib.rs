@@ -49,6 +49,12 @@ pub struct LinkStats {
     pub lag_ms: f64,
     pub bytes_sent: f64,
     pub bytes_received: f64,
+    /// Answers (fetch, pull and held replies) queued for the peer and not yet sent, in bytes.
+    pub send_queue_bytes: f64,
+    /// Writes that arrived on this link, applied or already held.
+    pub writes_received: f64,
+    /// Time spent applying them, in ms.
+    pub apply_ms: f64,
 }
 
 /// How long writes waited for one ack level: a histogram as Prometheus counts it.
@@ -383,6 +389,9 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
                      lag_ms,
                      bytes_sent,
                      bytes_received,
+                     send_queue_bytes,
+                     writes_received,
+                     apply_us,
                  }| LinkStats {
                     id,
                     address,
@@ -390,6 +399,9 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
                     lag_ms: lag_ms as f64,
                     bytes_sent: bytes_sent as f64,
                     bytes_received: bytes_received as f64,
+                    send_queue_bytes: send_queue_bytes as f64,
+                    writes_received: writes_received as f64,
+                    apply_ms: apply_us as f64 / 1000.0,
                 },
             )
             .collect(),

@@ -468,6 +468,8 @@ async fn run(
         bytes_sent: Arc::new(AtomicU64::new(sent as u64)),
         bytes_received: Arc::new(AtomicU64::new(n as u64)),
         caught_up_at: Mutex::new(Instant::now()),
+        writes_received: AtomicU64::new(0),
+        apply_us: AtomicU64::new(0),
     });
     shared.links.lock().push(slot.clone());
     local.signals.add(slot.signal.clone());
@@ -684,11 +686,19 @@ async fn read_loop(
             .counters
             .buckets_refused
             .load(Ordering::Relaxed);
+        let carried = msg.writes_carried();
+        let applying = (carried > 0).then(Instant::now);
         let (inbound, skewed) = {
             let mut session = slot.session.lock();
             let inbound = session.handle(&shared.local, msg)?;
             (inbound, session.take_skewed())
         };
+        if let Some(started) = applying {
+            let us = started.elapsed().as_micros() as u64;
+            slot.apply_us.fetch_add(us, Ordering::Relaxed);
+            slot.writes_received
+                .fetch_add(carried as u64, Ordering::Relaxed);
+        }
         if let Some(ahead_ms) = skewed {
             skewed_writes(shared, slot, ahead_ms);
         }

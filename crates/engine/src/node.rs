@@ -113,6 +113,12 @@ pub struct LinkStats {
     pub lag_ms: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Answers (fetch, pull and held replies) queued for the peer and not yet sent, in bytes.
+    pub send_queue_bytes: u64,
+    /// Writes that arrived on this link, applied or already held.
+    pub writes_received: u64,
+    /// Time spent handling the frames that carried them, in microseconds.
+    pub apply_us: u64,
 }
 
 /// A running peer.
@@ -396,10 +402,9 @@ impl Node {
             .map(|b| (b.name().to_string(), b.len()))
             .collect();
         let c = &local.counters;
-        let links = self
-            .shared
-            .links
-            .lock()
+        // Cloned out so that no session lock is taken under the links lock.
+        let slots: Vec<_> = self.shared.links.lock().clone();
+        let links = slots
             .iter()
             .map(|l| {
                 let lag_ops: u64 = buckets
@@ -409,6 +414,7 @@ impl Node {
                         mine.saturating_sub(local.acks.acked_upto(b.name(), &l.node))
                     })
                     .sum();
+                let send_queue_bytes = l.session.lock().owed() as u64;
                 let mut caught_up = l.caught_up_at.lock();
                 if lag_ops == 0 {
                     *caught_up = Instant::now();
@@ -424,6 +430,9 @@ impl Node {
                     },
                     bytes_sent: l.bytes_sent.load(Ordering::Relaxed),
                     bytes_received: l.bytes_received.load(Ordering::Relaxed),
+                    send_queue_bytes,
+                    writes_received: l.writes_received.load(Ordering::Relaxed),
+                    apply_us: l.apply_us.load(Ordering::Relaxed),
                 }
             })
             .collect();

@@ -33,6 +33,11 @@ pub struct LinkSlot {
     pub bytes_received: Arc<std::sync::atomic::AtomicU64>,
     /// When the peer was last seen fully caught up on our writes.
     pub caught_up_at: Mutex<Instant>,
+    /// Writes that arrived on this link (`Message::writes_carried`), applied or already held.
+    pub writes_received: std::sync::atomic::AtomicU64,
+    /// Time this link's reader spent handling frames that carry writes, in microseconds: what
+    /// applying the peer's writes costs here (store locks, merge, journal, change events queued).
+    pub apply_us: std::sync::atomic::AtomicU64,
 }
 
 /// State shared by every task of a node.

@@ -152,6 +152,20 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// How many writes (or registers) the frame carries for the receiver to apply; 0 for frames
+    /// that carry none. Per-link statistics count with it.
+    pub fn writes_carried(&self) -> usize {
+        match self {
+            Message::Ops(b) => b.writes.len() + b.superseders.len(),
+            Message::FetchReply { writes, .. } => writes.len(),
+            Message::HeldReply { superseders, .. } => superseders.len(),
+            Message::HeldKeysReply { registers, .. } => registers.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Collected registers per `Collected` frame at most (about 50 bytes each).
 pub const COLLECTED_PER_FRAME: usize = 100_000;
 

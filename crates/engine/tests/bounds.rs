@@ -101,13 +101,13 @@ fn linked(node: &Node, id: &str) -> bool {
     node.stats().links.iter().any(|l| l.id == id)
 }
 
-/// Bytes of answers the node's link to `id` owes it, 0 without a link.
+/// Bytes of answers the node's link to `id` owes it, as its statistics report them; 0 without a link.
 fn owed(node: &Node, id: &str) -> usize {
-    node.shared()
-        .links()
+    node.stats()
+        .links
         .iter()
-        .filter(|l| &*l.node == id)
-        .map(|l| l.session.lock().owed())
+        .filter(|l| l.id == id)
+        .map(|l| l.send_queue_bytes as usize)
         .sum()
 }
 
