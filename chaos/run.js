@@ -26,7 +26,7 @@ const { Cluster } = require('./cluster')
 const { check, explain, summarize, loadRun } = require('./checker')
 
 function parseArgs(argv) {
-  const args = { seconds: 30, nodes: 5, rate: 40, hot: 200, concurrency: 8, quiet: false, regime: 'any', hostile: true }
+  const args = { seconds: 30, nodes: 5, rate: 40, hot: 200, concurrency: 8, quiet: false, regime: 'any', security: 'any', hostile: true }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const next = () => {
@@ -44,6 +44,10 @@ function parseArgs(argv) {
       args.regime = next()
       if (!['any', 'wide', 'tight', 'forget'].includes(args.regime)) usage('--regime must be any, wide, tight or forget')
     }
+    else if (a === '--security') {
+      args.security = next()
+      if (!['any', 'secret', 'open'].includes(args.security)) usage('--security must be any, secret or open')
+    }
     else if (a === '--quiet') args.quiet = true
     else if (a === '--no-hostile') args.hostile = false
     else if (a === '--help' || a === '-h') usage()
@@ -60,7 +64,7 @@ function parseArgs(argv) {
 
 function usage(error) {
   if (error) console.error(`chaos: ${error}`)
-  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--regime any|wide|tight|forget] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--no-hostile] [--quiet]')
+  console.error('usage: npm run chaos -- --seconds S --seed N [--nodes 5] [--regime any|wide|tight|forget] [--security any|secret|open] [--rate ops/s per peer] [--hot keys] [--dir DIR] [--no-hostile] [--quiet]')
   process.exit(2)
 }
 
@@ -70,13 +74,13 @@ const { Mallory } = require('./hostile')
 
 async function main() {
   const args = parseArgs(process.argv.slice(2))
-  const { config, events: schedule } = plan({ seed: args.seed, seconds: args.seconds, nodes: args.nodes, regime: args.regime })
+  const { config, events: schedule } = plan({ seed: args.seed, seconds: args.seconds, nodes: args.nodes, regime: args.regime, security: args.security })
   const dir = args.dir || fs.mkdtempSync(path.join(os.tmpdir(), `peer-buckets-chaos-${args.seed}-`))
   fs.mkdirSync(dir, { recursive: true })
   const log = (line) => {
     if (!args.quiet) console.log(line)
   }
-  console.log(`chaos: seed ${args.seed}, ${args.seconds} s, ${args.nodes} nodes, regime ${config.regime}; run directory ${dir}`)
+  console.log(`chaos: seed ${args.seed}, ${args.seconds} s, ${args.nodes} nodes, regime ${config.regime}, ${config.options.secret ? 'with a secret' : 'open'}; run directory ${dir}`)
   fs.writeFileSync(path.join(dir, 'plan.json'), JSON.stringify({ args, config, schedule }, null, 1))
   log(`  peers: ${config.peers.map((p) => `${p.id}${p.durable ? `(dataDir ${p.durability})` : '(memory)'} skew ${p.skew} ms`).join(', ')}`)
 
@@ -103,7 +107,8 @@ async function main() {
   })
   const startFailures = []
   let harnessError
-  let mallory = null
+  // Built (when it is not up to date) before any peer starts, so the build takes nothing from the run.
+  const mallory = args.hostile ? new Mallory({ dir, seed: args.seed, cluster, bucket: 'chaos', secret: config.options.secret, note, log }) : null
 
   const startPeer = async (id, skew) => {
     try {
@@ -122,10 +127,7 @@ async function main() {
     for (const r of cluster.live()) await r.request('go')
     const t0 = Date.now()
     note({ kind: 'go' })
-    if (args.hostile) {
-      mallory = new Mallory({ dir, seed: args.seed, cluster, bucket: 'chaos', note, log })
-      mallory.start()
-    }
+    if (mallory) mallory.start()
     const counts = {}
     const apply = async (e) => {
       const { t, ...rest } = e
@@ -297,7 +299,7 @@ async function main() {
     const hostile = mallory ? mallory.verdict() : null
     const passed = result.report.passed && settledIn.converged && bypass.length === 0 && (!hostile || hostile.violations.length === 0)
     console.log(
-      `chaos seed ${args.seed} (${args.seconds} s, ${args.nodes} nodes, ${config.regime}): ` +
+      `chaos seed ${args.seed} (${args.seconds} s, ${args.nodes} nodes, ${config.regime}, ${config.options.secret ? 'secret' : 'open'}): ` +
         `operations ${s.ops} (set ${opCounts.set}, delete ${opCounts.delete}, touch ${opCounts.touch}; ${acked} acknowledged, ${timeouts} ack timeouts, ${s.raced} raced) · ` +
         `faults ${faultTotal} (${faultText || 'none'}; ${refused} links refused for skew, ${collected} tombstones collected, ${(network.stats.deliveredBytes / 1e6).toFixed(1)} MB through the proxies) · ` +
         (hostile ? `hostile member: ${hostile.attacks} attacks (closed/kept: ${hostile.summary}) · ` : '') +
@@ -305,7 +307,7 @@ async function main() {
     )
     if (!passed) {
       const first = result.report.first()
-      console.log(`FAILED with seed ${args.seed} (replay: npm run chaos -- --seconds ${args.seconds} --seed ${args.seed} --nodes ${args.nodes}${args.regime === 'any' ? '' : ` --regime ${args.regime}`}); run directory ${dir}`)
+      console.log(`FAILED with seed ${args.seed} (replay: npm run chaos -- --seconds ${args.seconds} --seed ${args.seed} --nodes ${args.nodes}${args.regime === 'any' ? '' : ` --regime ${args.regime}`}${args.security === 'any' ? '' : ` --security ${args.security}`}); run directory ${dir}`)
       if (!settledIn.converged) console.log(`  replicas did not converge within 120 s of the final heal: ${settledIn.detail}`)
       if (bypass.length) console.log(`  links that bypassed the proxies: ${bypass.join('; ')}`)
       if (hostile && hostile.violations.length) console.log(`  hostile member: ${hostile.violations.slice(0, 5).join('; ')}`)

@@ -19,7 +19,7 @@ const DEAD_AFTER_MS = 3000
  * - 'forget': 'tight' with a memberTimeout of 12 s, so members away that long are forgotten, collected
  *   around, and come back with writes older than what was collected meanwhile.
  */
-function planConfig(seed, nodes, only = 'any') {
+function planConfig(seed, nodes, only = 'any', security = 'any') {
   const rng = new Rng(seed, 'config')
   // One draw, so forcing a regime leaves the rest of the plan as the seed made it.
   const r = rng.float()
@@ -42,6 +42,12 @@ function planConfig(seed, nodes, only = 'any') {
     seeds: [ids[(i + 1) % nodes], ...(nodes > 2 && rng.chance(0.5) ? [rng.pick(ids.filter((x) => x !== id))] : [])]
       .filter((x, k, all) => x !== id && all.indexOf(x) === k),
   }))
+  // A stream of its own, so the rest of the plan is the same with a secret or without. With one, every
+  // link runs the Noise handshake and binds ids to keys: a memory peer restarted before the others
+  // saw its old link die is refused (its id still bound to its old key) until they do, and an
+  // impostor is refused while the real peer's links are up.
+  const secured = security === 'any' ? new Rng(seed, 'secret').chance(0.5) : security === 'secret'
+  if (secured) options.secret = `chaos-cluster-secret-${seed}`
   return { seed, nodes, regime, options, skewRange, peers }
 }
 
@@ -189,8 +195,8 @@ function planFaults(config, seconds) {
   return events
 }
 
-function plan({ seed, seconds, nodes, regime = 'any' }) {
-  const config = planConfig(seed, nodes, regime)
+function plan({ seed, seconds, nodes, regime = 'any', security = 'any' }) {
+  const config = planConfig(seed, nodes, regime, security)
   return { config, events: planFaults(config, seconds) }
 }
 
