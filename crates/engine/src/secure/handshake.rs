@@ -1,8 +1,8 @@
 //! The handshake that turns a connection into a link: the preamble both ends send, then, on a keyed
 //! link, the three Noise messages (see the module above for the pattern and what each proves). It
-//! keeps that nothing but a preamble leaves an end before the other's preamble matched, that an
-//! acceptor answers only a first message authenticated under one of its keys, and that the ciphers
-//! exist only once all three messages passed.
+//! keeps that an acceptor sends nothing but its preamble until the dialer's preamble matched and its
+//! first message authenticated under one of the acceptor's keys (the dialer sends its preamble and
+//! first message together), and that the ciphers exist only once all three messages passed.
 
 use std::sync::Arc;
 
