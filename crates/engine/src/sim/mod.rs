@@ -22,7 +22,9 @@
 
 pub mod check;
 pub mod clock;
+pub mod profile;
 pub mod rng;
 pub mod world;
 
-pub use world::{run, Profile, Report, PROFILES};
+pub use profile::{Profile, PROFILES};
+pub use world::{run, Report};
