@@ -174,8 +174,9 @@ describe('hostile connections', () => {
       await waitConnected([a, b])
       await replicates(b, a, 'through-the-flood')
       await replicates(a, b, 'and-back')
-      // Well within the handshake timeout: b did not wait for idle sockets to time out.
-      expect(Date.now() - started).toBeLessThan(3000)
+      // Sooner than the handshake timeout (5 s), when the idle sockets would have been dropped: b
+      // got in by evicting them (counted below), not by waiting for them to time out.
+      expect(Date.now() - started).toBeLessThan(5000)
       const stats = a.stats()
       expect(stats.handshakesEvicted).toBeGreaterThanOrEqual(400)
     } finally {
