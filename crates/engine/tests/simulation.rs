@@ -1704,6 +1704,66 @@ fn a_resync_drops_a_register_whose_key_its_peer_collected_and_forgot() {
     }
 }
 
+/// A held answer too large for one frame comes in parts over one link, in the order they were
+/// sent (a link is one TCP connection, and a question about an origin is asked again only after
+/// its last part closed the one before), so the last part closes the question only after every
+/// earlier part was taken: n1 holds 1,100 keys of n0 and is cut off; the others collect a
+/// tombstone without it, then n2 overwrites every key. n1 comes back reaching n3 first: n3's
+/// answer about n0's dots carries the 1,100 registers that superseded them, in more than one
+/// part, and n1 ends the resync holding every one of them, none of n0's.
+#[test]
+fn a_held_answer_in_several_parts_drops_what_each_part_reports_superseded() {
+    const KEYS: usize = 1_100;
+    let mut sim = Sim::new(37);
+    let away = [1];
+    for k in 0..KEYS {
+        sim.put(0, "sessions", &format!("k{k}"), Some("v1"), Lifetime::Forever);
+    }
+    sim.put(3, "sessions", "gone", Some("v1"), Lifetime::Forever);
+    sim.exchange(3, 100, false);
+    sim.split(&away);
+    sim.time.advance(10);
+    sim.put(3, "sessions", "gone", None, Lifetime::Forever);
+    sim.exchange_split(&away, 12, 600);
+    assert!(sim.collected > 0, "the others collected without n1");
+    for k in 0..KEYS {
+        sim.put(2, "sessions", &format!("k{k}"), Some("v2"), Lifetime::Forever);
+    }
+    sim.exchange(2, 100, false);
+    sim.connect(1, 3);
+    assert!(sim.locals[1].is_stale("sessions"), "n1 missed a collection");
+    sim.pass(1, 3);
+    let answer = {
+        let session = sim.sessions[3][1].as_mut().expect("linked");
+        due(session, &sim.locals[3], false)
+    };
+    let parts = answer
+        .iter()
+        .filter(|m| matches!(m, Message::HeldReply { origin, .. } if origin == sim.locals[0].me().id()))
+        .count();
+    assert!(parts > 1, "the answer about n0's dots came in {parts} part(s)");
+    for msg in answer {
+        let s = sim.sessions[1][3].as_mut().expect("linked");
+        s.handle(&sim.locals[1], msg).expect("valid");
+    }
+    for _ in 0..2 {
+        sim.pass(1, 3);
+        sim.pass(3, 1);
+    }
+    assert!(!sim.locals[1].is_stale("sessions"), "n1 resynced");
+    for k in 0..KEYS {
+        assert_eq!(sim.shows(1, &format!("k{k}")).as_deref(), Some("v2"), "k{k}");
+    }
+    sim.settle();
+    for i in 0..N {
+        sim.check_p(i).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let reference = sim.dump(0);
+    for i in 0..N {
+        assert_eq!(sim.dump(i), reference, "n{i} differs from n0");
+    }
+}
+
 impl Sim {
     /// Cuts every link between `half` and the other replicas: each side forgets the other.
     fn split(&mut self, half: &[usize]) {

@@ -35,8 +35,8 @@ pub(super) struct BucketSession {
     /// Per origin, the `Held` query we asked and await (the rest of) a reply for: a reply answers
     /// within it or is a protocol error.
     pub(super) held_asked: BTreeMap<Origin, SeqRanges>,
-    /// Origins whose `Held` reply came whole: a second copy of one (a duplicated frame) changes
-    /// nothing.
+    /// Origins whose `Held` reply came whole: a second copy of one (the simulated network duplicates
+    /// frames) changes nothing.
     pub(super) held_answered: BTreeSet<Origin>,
     /// Per origin, the keys asked in `HeldKeys`: their registers of that origin a held reply reported
     /// superseded without sending what superseded them, with the dots to drop once the key's answer
@@ -262,6 +262,13 @@ impl Session {
     }
 
     /// After a part of the answer about `origin`'s registers: on its `last`, the question is closed.
+    /// Every earlier part was taken by then: a session is one link, one TCP connection read in
+    /// order, whose other end queues all the parts of an answer at once, in order; a broken link's
+    /// frames never reach the session of the next (a new session asks its own questions); and a
+    /// question about an origin is asked again on a link only after the last part of the one
+    /// before closed it (`resyncing`). A part arriving after its question closed can only be a
+    /// second copy (`held_answered`), which no real link makes
+    /// (`a_held_answer_in_several_parts_drops_what_each_part_reports_superseded`).
     fn answered(&mut self, local: &Local, bucket: &Bucket, origin: &Origin, last: bool) {
         if !last {
             return;
