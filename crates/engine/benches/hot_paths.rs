@@ -1,8 +1,10 @@
 //! Criterion benchmarks of the engine's hot paths: a local write (store insert), merging a batch of
-//! remote writes, reading, walking the index into a chunk, and encoding/decoding an Ops frame.
-//! `cargo bench -p peer-buckets-engine`
+//! remote writes, reading, walking the index into a chunk, encoding/decoding an Ops frame, and a
+//! counter's increment and read at 1k, 40k and 400k counter keys.
+//! `cargo bench -p peer-buckets-engine` (`-- counter` for the counter's alone)
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use peer_buckets_engine::counter::{self, Counter, Tally};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, Message, OpsBatch};
 use peer_buckets_engine::SeqRanges;
@@ -113,5 +115,53 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A counter's increment and read against the number of keys it holds (one writer register each,
+/// in a live window): the cost must not grow with them.
+fn counter_bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let node = runtime
+        .block_on(peer_buckets_engine::Node::start(
+            peer_buckets_engine::Config::default(),
+        ))
+        .expect("a node");
+    let mut g = c.benchmark_group("counter");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    let end = node.clock().now().physical_ms() + 3_600_000;
+    let mut held = 0;
+    for keys in [1_000, 40_000, 400_000] {
+        let bucket = node.bucket(&counter::bucket_name("bench"));
+        // The registers an increment per key leaves, written as such (an increment per key would
+        // cost the setup what is measured).
+        for k in held..keys {
+            let planned = counter::writer_register((1, end), Tally { inc: 1, dec: 0 });
+            bucket.write(
+                format!("ip:{k}\0{}", planned.suffix),
+                Some(value::encode_bytes(&planned.raw)),
+                planned.lifetime,
+            );
+        }
+        held = keys;
+        let ctr = Counter::new(bucket.clone(), node.clock().clone(), 1);
+        let mut i = 0u64;
+        g.bench_function(format!("incr ({keys} keys)"), |b| {
+            b.iter(|| {
+                i += 7919;
+                ctr.add(&format!("ip:{}", i % keys), 1, 3_600_000, |w| {
+                    bucket.write(w.key, Some(w.value), w.lifetime);
+                })
+            })
+        });
+        g.bench_function(format!("get ({keys} keys)"), |b| {
+            b.iter(|| {
+                i += 7919;
+                ctr.value(&format!("ip:{}", i % keys))
+            })
+        });
+    }
+    g.finish();
+    runtime.block_on(node.close(std::time::Duration::from_secs(1)));
+}
+
+criterion_group!(benches, bench, counter_bench);
 criterion_main!(benches);

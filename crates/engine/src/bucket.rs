@@ -1,8 +1,9 @@
 //! A named bucket replica: its store, the subscriber that receives its changes (writes and expiries),
 //! and the hook that wakes the links when a local write needs sending.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,14 @@ pub trait WriteSignal: Send + Sync + 'static {
     fn remote_change(&self) {}
 }
 
+/// Hears, under the store's lock and in the order they applied, each key that starts or stops
+/// showing a value or shows a new one: local writes, merges, expiries, dropped registers and
+/// stand-in tombstones, whether or not anyone subscribed. Liveness is judged as listeners' changes
+/// are (at the store's last sweep), so a key last heard live may have expired since, unswept.
+pub trait KeyWatch: Any + Send + Sync {
+    fn shown(&self, key: &Arc<str>, live: bool);
+}
+
 pub struct Bucket {
     name: Arc<str>,
     store: Box<dyn Store>,
@@ -31,6 +40,8 @@ pub struct Bucket {
     signal: Arc<dyn WriteSignal>,
     has_subscriber: AtomicBool,
     subscriber: Mutex<Option<mpsc::UnboundedSender<Change>>>,
+    /// Set once, by the first party that watches; told of every change (see `KeyWatch`).
+    watch: OnceLock<Arc<dyn KeyWatch>>,
     /// Dots of tombstones this replica has collected: a replica whose context lacks some of them was
     /// away past a collection and must resync in full.
     collected: Mutex<BTreeMap<Origin, SeqRanges>>,
@@ -52,6 +63,7 @@ impl Bucket {
             signal,
             has_subscriber: AtomicBool::new(false),
             subscriber: Mutex::new(None),
+            watch: OnceLock::new(),
             collected: Mutex::new(BTreeMap::new()),
         };
         // A restored store judges expiry from time zero: sweeping it now, before anyone can listen,
@@ -112,6 +124,7 @@ impl Bucket {
     fn expire(&self, now_ms: u64) {
         let listening = self.has_subscriber.load(Ordering::Acquire);
         self.store.expire(now_ms, &mut |key| {
+            self.watched(key, false);
             if listening {
                 self.send(Change {
                     key: key.clone(),
@@ -188,6 +201,7 @@ impl Bucket {
             value,
             lifetime,
             &mut |shown| {
+                self.watched(shown.key, shown.value.is_some());
                 if listening {
                     self.emit(shown, &self.me, true)
                 }
@@ -242,6 +256,7 @@ impl Bucket {
             superseded,
             superseders,
             &mut |shown| {
+                self.watched(shown.key, shown.value.is_some());
                 if listening {
                     self.emit(shown, origin, false)
                 }
@@ -263,6 +278,7 @@ impl Bucket {
         self.expire(self.now_ms());
         let listening = self.has_subscriber.load(Ordering::Acquire);
         self.store.drop_dots(origin, dots, &mut |shown| {
+            self.watched(shown.key, shown.value.is_some());
             if listening {
                 self.emit(shown, origin, false)
             }
@@ -274,6 +290,7 @@ impl Bucket {
     pub fn learn_collected(&self, records: Vec<(CollectedRecord, Option<Origin>)>) -> usize {
         let listening = self.has_subscriber.load(Ordering::Acquire);
         let stand_ins = self.store.learn_collected(&self.me, records, &mut |shown| {
+            self.watched(shown.key, shown.value.is_some());
             if listening {
                 self.emit(shown, &self.me, true)
             }
@@ -284,6 +301,20 @@ impl Bucket {
             self.signal.remote_change();
         }
         stand_ins
+    }
+
+    /// The watch of this bucket (see `KeyWatch`): the one `make` builds if none is set, else the one
+    /// set, if it is a `W`. Changes reach it from the moment it is set: what the bucket held before,
+    /// its builder reads afterwards (a scan), so nothing falls between the two.
+    pub fn watch<W: KeyWatch>(&self, make: impl FnOnce() -> W) -> Option<Arc<W>> {
+        let any: Arc<dyn Any + Send + Sync> = self.watch.get_or_init(|| Arc::new(make())).clone();
+        any.downcast().ok()
+    }
+
+    fn watched(&self, key: &Arc<str>, live: bool) {
+        if let Some(w) = self.watch.get() {
+            w.shown(key, live);
+        }
     }
 
     fn emit(&self, shown: Shown<'_>, origin: &Origin, local: bool) {

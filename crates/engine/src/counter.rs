@@ -56,6 +56,9 @@ use crate::clock::Clock;
 use crate::store::Lifetime;
 use crate::value;
 
+mod index;
+use index::Index;
+
 /// The hidden bucket prefix: a bucket name starting with NUL is refused to users.
 pub const BUCKET_PREFIX: &str = "\u{0}counter:";
 
@@ -326,6 +329,8 @@ pub struct RegisterWrite {
 /// A counter replica: its hidden bucket and this process's token.
 pub struct Counter {
     bucket: Arc<Bucket>,
+    /// The bucket's registers by counter key: what `state` reads.
+    index: Arc<Index>,
     clock: Arc<Clock>,
     token: u64,
     /// Serialises the read-modify-write of this process's registers.
@@ -335,6 +340,7 @@ pub struct Counter {
 impl Counter {
     pub fn new(bucket: Arc<Bucket>, clock: Arc<Clock>, token: u64) -> Self {
         Counter {
+            index: Index::of(&bucket),
             bucket,
             clock,
             token,
@@ -350,20 +356,45 @@ impl Counter {
         self.clock.now().physical_ms()
     }
 
-    /// The registers held for `key`.
+    /// The registers held for `key`: read through the index, at a cost that does not grow with the
+    /// keys of the counter.
     pub fn state(&self, key: &str) -> KeyState {
-        let mut state = KeyState::default();
-        let prefix = format!("{key}{SEP}");
-        self.bucket.scan(&prefix, &mut |stored_key, stored| {
-            if let (Some((k, suffix)), Some((value::Kind::Bytes, raw))) =
-                (split_key(stored_key), value::split(stored))
-            {
-                if k == key {
-                    state.add(suffix, raw);
-                }
+        let state = std::cell::RefCell::new(KeyState::default());
+        self.index.read(
+            key,
+            &mut || *state.borrow_mut() = KeyState::default(),
+            &mut |register| {
+                self.bucket.read(register, &mut |stored| {
+                    if let (Some((_, suffix)), Some((value::Kind::Bytes, raw))) =
+                        (split_key(register), value::split(stored))
+                    {
+                        state.borrow_mut().add(suffix, raw);
+                    }
+                });
+            },
+        );
+        state.into_inner()
+    }
+
+    /// Checks the index against a scan of the bucket swept to now: the same register keys.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn check_index(&self) -> Result<(), String> {
+        self.bucket.sweep();
+        let mut scanned = Vec::new();
+        self.bucket.scan("", &mut |k, _| {
+            if split_key(k).is_some() {
+                scanned.push(k.to_string());
             }
         });
-        state
+        scanned.sort();
+        let indexed = self.index.all();
+        if indexed == scanned {
+            Ok(())
+        } else {
+            Err(format!(
+                "index holds {indexed:?}, the bucket shows {scanned:?}"
+            ))
+        }
     }
 
     pub fn value(&self, key: &str) -> i64 {
@@ -434,5 +465,7 @@ impl Counter {
     }
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;

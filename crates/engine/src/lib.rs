@@ -42,7 +42,8 @@
 //! 3. one bucket's store state (`MemoryStore`'s single `RwLock`), never two stores at once;
 //! 4. leaves, which call out to no other lock: acknowledgement waiters (`acks`), the membership
 //!    table (then its event sink), the replica table, pending fetches, the warning sink, a bucket's
-//!    subscriber and the link writers' wake-ups.
+//!    subscriber, a counter's index of registers (told of changes under the store's lock) and the
+//!    link writers' wake-ups.
 
 mod acks;
 mod bucket;

@@ -128,3 +128,54 @@ async fn an_increment_resolves_with_the_count_at_its_write_not_with_increments_m
     assert_eq!(here.value("k"), 3);
     a.close(Duration::from_secs(1)).await;
 }
+
+/// A process restarted on its data directory opens its counter over the registers the disk gave
+/// back: the counter's index is filled from them, so every key reads its value and the index holds
+/// exactly what the bucket shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_restarted_on_its_data_directory_reads_every_key_through_its_index() {
+    let dir = std::env::temp_dir().join(format!(
+        "peer-buckets-counter-restart-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let on_disk = || Config {
+        data_dir: Some(dir.clone()),
+        ..config("a", vec![])
+    };
+    let a = Node::start(on_disk()).await.unwrap();
+    let c = counter(&a, 1);
+    for k in 0..200 {
+        add(
+            &c,
+            &format!("k{k}"),
+            k + 1,
+            if k % 2 == 0 { 60_000 } else { 0 },
+        );
+    }
+    c.reset("k7", |w| {
+        c.bucket().write(w.key, Some(w.value), w.lifetime);
+    });
+    c.check_index().unwrap();
+    drop(c);
+    a.close(Duration::from_secs(1)).await;
+
+    let a = Node::start(on_disk()).await.unwrap();
+    let c = counter(&a, 2);
+    c.check_index().unwrap();
+    for k in 0..200 {
+        let expected = if k == 7 { 0 } else { k + 1 };
+        assert_eq!(
+            c.value(&format!("k{k}")),
+            expected,
+            "k{k} after the restart"
+        );
+    }
+    assert_eq!(add(&c, "k3", 1, 0), 5);
+    c.check_index().unwrap();
+    a.close(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
