@@ -417,6 +417,66 @@ fn a_value_from_a_sender_without_its_touch_is_shown_until_the_touch_arrives() {
     assert_eq!(rs[1].dump(), rs[2].dump(), "the replicas converged");
 }
 
+/// A replica holding a value that expired (`a`'s), and a chunk from `w` with a newer value of the
+/// key and `w`'s touch of that value, alive for `touch_ms` from the touch: the touch goes in first
+/// and beats the expired value's register too, yet the value it was made for replaces that one in
+/// the same merge. `w` touches `wait_ms` before the chunk leaves.
+fn expired_value_and_a_chunk_with_its_superseder_and_touch(touch_ms: u64, wait_ms: u64) -> Replica {
+    let a = Replica::new("a", 0);
+    let mut r = Replica::new("r", 0);
+    let w = Replica::new("w", 0);
+    a.set("k", "old", Lifetime::Ttl(100));
+    let mut rs = [a, r, w];
+    ship_all(&rs, 0, 1);
+    for x in &mut rs {
+        x.time.advance(200);
+    }
+    rs[1].check("after the old value expired");
+    assert_eq!(rs[1].expiries_heard, 1, "the old value expired once");
+    rs[2].set("k", "new", Lifetime::Forever);
+    rs[2].time.advance(1);
+    rs[2]
+        .bucket
+        .touch("k".into(), touch_ms)
+        .expect("the key is live at w");
+    for x in &mut rs {
+        x.time.advance(wait_ms);
+    }
+    ship_all(&rs, 2, 1);
+    [_, r, _] = rs;
+    r
+}
+
+/// The merge announces each key's net change: the expired value the touch lands on first is never
+/// shown again for the moment before its superseder replaces it; the listener hears the new value
+/// once.
+#[test]
+fn a_touch_never_shows_again_an_expired_value_its_chunk_replaces() {
+    let mut r = expired_value_and_a_chunk_with_its_superseder_and_touch(10_000, 0);
+    r.check("after the chunk");
+    assert_eq!(
+        r.announced,
+        ["k", "k"],
+        "the old value once, then the new one, and nothing between"
+    );
+    assert_eq!(r.heard.get("k").map(Vec::as_slice), Some(&*json("new")));
+    assert_eq!(r.expiries_heard, 1);
+}
+
+/// The same merge when the touch had expired the new value before it arrived: the key stays dead,
+/// and the listener, which heard the old value expire, hears nothing (no second expiry).
+#[test]
+fn a_chunk_whose_touch_expired_its_value_leaves_an_expired_key_unheard() {
+    let mut r = expired_value_and_a_chunk_with_its_superseder_and_touch(100, 200);
+    r.check("after the chunk");
+    assert_eq!(r.announced, ["k"], "only the old value, while it lived");
+    assert!(!r.bucket.contains("k"));
+    assert_eq!(
+        r.expiries_heard, 1,
+        "the old value expired once, and only it"
+    );
+}
+
 /// A full resync drops the registers its peer covers and no longer stores. A touch register can go
 /// that way with nothing superseding it sent: the peer compacted its marker once every member it
 /// knew held the newer write, this replica being forgotten meanwhile. Whatever superseded the touch

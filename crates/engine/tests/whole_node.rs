@@ -69,6 +69,16 @@ fn dead_registers_held_up_by_a_departed_id_are_collected_once_it_is_forgotten() 
     );
 }
 
+/// `membership` seed 87201: n0 held n3's value of b2/p2/k5, expired, when a chunk from n1 brought
+/// n1's newer value of the key with n1's touch of it. The touch, merged first, landed on n3's value
+/// and showed it live again for the moment before n1's value replaced it (announced-expired).
+#[test]
+fn a_touch_merged_with_its_value_never_shows_an_expired_value_again_seed_87201() {
+    let p = Profile::named("membership").expect("a profile");
+    let report = run(&p, 87201, false);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
 /// `disk` seed 20639: n3's disk fails (EIO, then ENOSPC) from the first millisecond, before its
 /// store opened. Its start fails, as a real process's would: the node is restarted on the same
 /// directory under the same id until it opens, and then checked like every other replica (the run

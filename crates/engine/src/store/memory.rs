@@ -12,6 +12,7 @@ use super::{
     Lifetime, Marker, Merged, Record, ScanCursor, Shown, Stamp, State, Store, Write,
 };
 use crate::clock::{Clock, Hlc};
+use crate::hash::{HashMap, HashSet};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
 use parking_lot::{RwLock, RwLockWriteGuard};
@@ -348,6 +349,10 @@ impl Store for MemoryStore {
             .into_iter()
             .chain(writes.into_iter().map(|w| (origin.clone(), w)));
         let (touches, values): (Vec<_>, Vec<_>) = all.partition(|(_, w)| w.touch);
+        // The touch in first lands on the register stored here, which may be an older value than the
+        // one it was made for, expired here: it would show that value live for the moment before the
+        // chunk's value replaces it. The keys touches land on are heard once the chunk is in.
+        let mut net = NetChanges::new(&touches);
         for (o, mut w) in touches.into_iter().chain(values) {
             if state
                 .origins
@@ -361,6 +366,8 @@ impl Store for MemoryStore {
             if state.collected.settles(&w, &o) {
                 continue;
             }
+            net.hold(&state, &w.key);
+            let on_change = &mut |shown: Shown<'_>| net.route(shown, on_change);
             if w.hlc <= state.collected.newest {
                 let current = state
                     .entries
@@ -375,6 +382,7 @@ impl Store for MemoryStore {
             }
             state.apply(&o, &mut w, on_change);
         }
+        net.hear(&state, on_change);
         if !covered.is_empty() {
             state
                 .origins
@@ -974,5 +982,94 @@ impl Store for MemoryStore {
             }
         }
         dropped
+    }
+}
+
+/// The keys of a merge whose changes listeners hear once the merge is in (see `merge_chunk`): what
+/// each showed before the merge applied anything to it, and whether the last change it made there was
+/// a delete.
+struct NetChanges {
+    keys: HashSet<Arc<str>>,
+    before: HashMap<Arc<str>, Before>,
+    /// The held keys in the order they were first applied to, so events keep a stable order.
+    order: Vec<Arc<str>>,
+}
+
+struct Before {
+    /// The value register's `(hlc, origin)` when it showed a live value.
+    live: Option<(Hlc, Origin)>,
+    deleted: bool,
+}
+
+impl NetChanges {
+    fn new(touches: &[(Origin, Write)]) -> NetChanges {
+        NetChanges {
+            keys: touches.iter().map(|(_, w)| w.key.clone()).collect(),
+            before: HashMap::default(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Notes what `key` shows before a write applies to it, when it is held and not noted yet.
+    fn hold(&mut self, state: &State, key: &Arc<str>) {
+        if self.keys.is_empty() || !self.keys.contains(key) || self.before.contains_key(key) {
+            return;
+        }
+        let live = state
+            .entries
+            .get(key)
+            .filter(|e| State::is_live(e, state.swept_until))
+            .map(|e| (e.hlc, e.origin.clone()));
+        self.before.insert(
+            key.clone(),
+            Before {
+                live,
+                deleted: false,
+            },
+        );
+        self.order.push(key.clone());
+    }
+
+    /// Passes a change of a key not held on to `on_change`, and keeps one of a held key for `hear`.
+    fn route(&mut self, shown: Shown<'_>, on_change: &mut dyn FnMut(Shown<'_>)) {
+        match self.before.get_mut(shown.key) {
+            Some(b) => b.deleted = shown.value.is_none() && !shown.expired,
+            None => on_change(shown),
+        }
+    }
+
+    /// Reports each held key's net change: its live value when it differs from the one it showed
+    /// before; its end (as a delete or an expiry) when it showed one before; a delete reported
+    /// while held that it still shows, as a delete is always reported.
+    fn hear(self, state: &State, on_change: &mut dyn FnMut(Shown<'_>)) {
+        let swept = state.swept_until;
+        for key in &self.order {
+            let before = &self.before[key];
+            let entry = state.entries.get(key);
+            let shown = match entry.and_then(|e| e.live_value(swept)) {
+                Some(v) => {
+                    let e = entry.expect("a live value has its entry");
+                    let same = before
+                        .live
+                        .as_ref()
+                        .is_some_and(|(h, o)| *h == e.hlc && *o == e.origin);
+                    (!same).then_some((Some(v), false))
+                }
+                None if before.live.is_some() => {
+                    Some((None, entry.is_some_and(|e| e.value.is_some())))
+                }
+                None if before.deleted && entry.is_none_or(|e| e.value.is_none()) => {
+                    Some((None, false))
+                }
+                None => None,
+            };
+            if let Some((value, expired)) = shown {
+                on_change(Shown {
+                    key,
+                    value,
+                    expired,
+                });
+            }
+        }
     }
 }

@@ -190,7 +190,8 @@ pub trait Store: Send + Sync + 'static {
     /// `merge` of a whole chunk in one step: its `superseders` (registers of any origin, each
     /// covering its own dot) with its writes, touch registers first, so that listeners hear each
     /// key's net change and never a value shown live for a moment under a touch of the same chunk
-    /// that had expired it. Also records, as superseded markers, the dots of `origin` in `superseded`
+    /// that had expired it, nor a value expired here that a touch lands on before the chunk's value
+    /// (the one it was made for) replaces it. Also records, as superseded markers, the dots of `origin` in `superseded`
     /// (per key: the chunk covered them without their writes, which lost to the key's registers) that
     /// were new here. A chunk this replica sends later that covers them then carries the key's
     /// registers too, as the first sender's did.
