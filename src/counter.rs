@@ -29,6 +29,16 @@ fn counter_of(handle: u32) -> Result<Arc<Counter>> {
         .ok_or_else(closed)
 }
 
+/// Drops the counters of closed buckets' handles (a closed peer's), with what they hold: their
+/// bucket and per-key index would otherwise stay for the life of the process.
+pub fn forget(handles: &[u32]) {
+    if let Some(map) = COUNTERS.write().as_mut() {
+        for h in handles {
+            map.remove(h);
+        }
+    }
+}
+
 /// Stores one register: a plain write, or one that waits for `ack`; 0 when settled, else a ticket.
 fn store(handle: u32, w: RegisterWrite, ack: u32, timeout_ms: f64) -> Result<f64> {
     let level = AckLevel::from_code(ack)

@@ -63,21 +63,33 @@ pub fn set_node(peer: u32, node: Arc<Node>) -> bool {
     }
 }
 
-/// Starts closing a peer: its buckets' slots are emptied and no bucket is issued any more. Returns its
-/// node (taken: `None` when it never opened), where its events go, and its runtime.
-pub fn close_peer(peer: u32) -> Option<(Option<Arc<Node>>, PeerEvents, Handle)> {
+/// A peer being closed, as `close_peer` hands it over.
+pub struct Closing {
+    /// Its node (taken: `None` when it never opened).
+    pub node: Option<Arc<Node>>,
+    /// Where its events go.
+    pub events: PeerEvents,
+    pub runtime: Handle,
+    /// The handles its buckets had, emptied now (tables keyed by them drop their entries).
+    pub buckets: Vec<u32>,
+}
+
+/// Starts closing a peer: its buckets' slots are emptied and no bucket is issued any more.
+pub fn close_peer(peer: u32) -> Option<Closing> {
     let mut peers = PEERS.lock();
     let slot = peers.get_mut(peer as usize)?.as_mut()?;
     let mut buckets = BUCKETS.write();
-    for b in slot.entry.buckets.drain(..) {
+    let closed: Vec<u32> = slot.entry.buckets.drain(..).collect();
+    for &b in &closed {
         buckets[b as usize] = None;
     }
     slot.by_name.clear();
-    Some((
-        slot.entry.node.take(),
-        slot.entry.events.clone(),
-        slot.entry.runtime.handle().clone(),
-    ))
+    Some(Closing {
+        node: slot.entry.node.take(),
+        events: slot.entry.events.clone(),
+        runtime: slot.entry.runtime.handle().clone(),
+        buckets: closed,
+    })
 }
 
 pub fn remove_peer(peer: u32) -> Option<PeerEntry> {

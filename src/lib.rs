@@ -443,9 +443,16 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// A peer already closing or released reports nothing.
 #[napi(catch_unwind)]
 pub fn peer_close(peer: u32, timeout_ms: f64) -> Result<()> {
-    let Some((node, events, runtime)) = handles::close_peer(peer) else {
+    let Some(handles::Closing {
+        node,
+        events,
+        runtime,
+        buckets,
+    }) = handles::close_peer(peer)
+    else {
         return Ok(());
     };
+    counter::forget(&buckets);
     let Some(node) = node else {
         events.send(EngineEvent::Closed {
             unacknowledged: Vec::new(),
