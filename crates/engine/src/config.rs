@@ -37,7 +37,7 @@ pub struct Config {
     /// Reconnect backoff: first delay and cap (jittered).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// How often each link sends its digests.
+    /// How often each link sends a round of digests (of the buckets that changed, and a few refreshed).
     pub digest_every: Duration,
     /// How often missing writes of other origins are planned and pulled.
     pub pull_every: Duration,

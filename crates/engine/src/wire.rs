@@ -32,7 +32,9 @@ use crate::store::Write;
 /// only from it forget them too; a write stamped past twice `maxClockSkew` is a protocol error;
 /// `HeldKeys` asks, by key, the current registers of the dots a held reply reported superseded
 /// without sending what superseded them (a marker compacted); `HeldKeysReply` answers.
-pub const PROTOCOL_VERSION: u8 = 8;
+/// 9: a bucket's digest goes out only when it changed since the last on the link, or a slow refresh
+/// reaches it, numbered; `Digested` ends each round, vouching that the reports sent are current.
+pub const PROTOCOL_VERSION: u8 = 9;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -57,10 +59,14 @@ pub enum Message {
     Hello(Hello),
     /// Members I know of, sent when I learn new ones.
     Members(Vec<MemberInfo>),
-    /// What I hold of one bucket; sent periodically so the other end can fill lasting gaps.
+    /// What I hold of one bucket; sent when it changed since my last digest of it on this link (and
+    /// in a slow refresh), so the other end can fill lasting gaps.
     Digest {
         bucket: Arc<str>,
         context: WireContext,
+        /// Digests I sent on this link so far, this one included: `Digested` adds up the last of
+        /// each bucket.
+        number: u64,
     },
     /// Writes of one origin to one bucket, plus the seqs they stand for (`covered`): seqs in `covered`
     /// with no write here were superseded and need not be sent.
@@ -150,6 +156,12 @@ pub enum Message {
         keys: Vec<Arc<str>>,
         registers: Vec<(ReplicaId, WireWrite)>,
     },
+    /// Ends a round of my digests on this link: every bucket whose context (or horizon beyond it)
+    /// changed since my last digest of it on this link was digested before this frame. `reports` is
+    /// the sum of the `number`s of the last digest of each bucket I sent on this link (see
+    /// `sync::digest`): when yours of the last you took of each matches it, the contexts I reported
+    /// are what I hold now.
+    Digested { reports: u64 },
 }
 
 impl Message {

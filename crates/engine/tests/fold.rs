@@ -48,6 +48,7 @@ fn sizes(w: &World, i: usize) -> Sizes {
         let mut bytes = frame_bytes(Message::Digest {
             bucket: b.name().clone(),
             context,
+            number: 1,
         });
         if !beyond.is_empty() {
             bytes += frame_bytes(Message::Horizon {

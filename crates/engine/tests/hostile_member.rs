@@ -276,6 +276,7 @@ fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
     assert!(is_protocol_error(s.mallory_sends(Message::Digest {
         bucket: BUCKET.into(),
         context: claim.clone(),
+        number: 1,
     })));
     let mut fresh = Scene::new();
     fresh.v_m = Session::new(fresh.v(), &hello("m2")).unwrap();
@@ -627,6 +628,7 @@ fn stamping_member(node: &Node, hlc: Hlc) -> tokio::task::JoinHandle<()> {
             let digest = Message::Digest {
                 bucket: "s".into(),
                 context: vec![(mine.clone(), SeqRanges::up_to(1))],
+                number: 1,
             };
             let hello = Message::Hello(Hello {
                 replica: mine,

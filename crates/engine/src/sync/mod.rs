@@ -9,7 +9,9 @@
 //!   from one peer that has them (`PullPlanner`): at once when their origin is no live member linked to
 //!   us (a dead replica, an old incarnation), otherwise only once the gap has lasted a whole planning
 //!   period, so writes still in flight from their origin are not fetched twice.
-//! - **Digests** (per bucket, the whole context) go out periodically; they also acknowledge writes.
+//! - **Digests** (per bucket, the whole context) go out on a link when they changed since the last one
+//!   sent there, plus a slow refresh; each round ends with `Digested`, which vouches that the
+//!   reports sent are current (`digest`). They also acknowledge writes.
 //! - **Acks** are cumulative per bucket and sent once per writer pass, not once per write.
 //! - **Clock skew guard.** A peer whose wall clock (hello, pings) runs further ahead of ours than
 //!   `max_clock_skew_ms` is refused as a link. Hybrid timestamps are not the sender's clock: a member
@@ -21,11 +23,12 @@
 //!   until this clock has come within the skew of them: delayed, never lost, never taken by halves.
 //!
 //! Files: `local` (one replica's state), `session` (one link's protocol), `checks` (what an
-//! incoming frame must satisfy), `pull` (the pull planner),
+//! incoming frame must satisfy), `digest` (digests both ways), `pull` (the pull planner),
 //! `fetch` (partial fetches), `signals` (wake-ups), `counters` (stats), `tests`.
 
 mod checks;
 mod counters;
+mod digest;
 mod fetch;
 mod local;
 mod pull;

@@ -4,6 +4,7 @@
 //! Invariants: every frame that carries writes passes the clock-skew guard before any of them is
 //! applied; coverage sent on a link is always backed by the writes or markers it stands for.
 
+use super::digest::Digests;
 use super::{
     check_bucket_name, check_own_claim, check_own_claims, check_own_writes, check_possible,
     check_writes, covers, own_last_seq, vouched, Context, Local, CHUNK_BYTES, CHUNK_LIMITS,
@@ -106,6 +107,8 @@ pub struct Session {
     /// answer is dropped too, since the frame of touch registers dropped may have expired the values
     /// that follow (they come with their touches through the sync instead).
     pub(super) skewed_fetches: BTreeSet<u64>,
+    /// The digests sent and received on this link (`digest`).
+    pub(super) digests: Digests,
 }
 
 impl Session {
@@ -153,6 +156,7 @@ impl Session {
             skewed: None,
             fetches_asked: BTreeSet::new(),
             skewed_fetches: BTreeSet::new(),
+            digests: Digests::default(),
         })
     }
 
@@ -310,9 +314,16 @@ impl Session {
         self.buckets.get(bucket).map(|b| &b.reported)
     }
 
-    /// When (this replica's clock, ms) the other end last reported its context of `bucket`; 0 never.
+    /// When (this replica's clock, ms) the other end's report of its context of `bucket` was last
+    /// known current: its last digest of it, or a later round of digests that vouched for it
+    /// (`Message::Digested`); 0 never.
     pub fn reported_at(&self, bucket: &str) -> u64 {
-        self.buckets.get(bucket).map_or(0, |b| b.reported_at_ms)
+        self.buckets
+            .get(bucket)
+            .map_or(0, |b| match b.reported_at_ms {
+                0 => 0,
+                at => at.max(self.digests.current_at()),
+            })
     }
 
     /// How far ahead of this clock (ms) writes this link brought were stamped, if a frame of them was
@@ -381,10 +392,15 @@ impl Session {
                 self.apply_ops(local, batch)?;
                 Ok(Inbound::Nothing)
             }
-            Message::Digest { bucket, context } => {
+            Message::Digest {
+                bucket,
+                context,
+                number,
+            } => {
                 check_bucket_name(&bucket)?;
                 check_own_claims(local, &bucket, &context)?;
                 if let Some(b) = local.remote_bucket(&bucket) {
+                    self.digests.heard(&bucket, number);
                     self.absorb_context(local, bucket, &context);
                     self.review(local, &b);
                     self.adopt_bare(local, &b)?;
@@ -642,6 +658,12 @@ impl Session {
                     }
                     self.review(local, &b);
                 }
+                Ok(Inbound::Nothing)
+            }
+            Message::Digested { reports } => {
+                let now = local.clock.now().physical_ms();
+                self.digests.round_heard(reports, now);
+                self.after_digests(local)?;
                 Ok(Inbound::Nothing)
             }
             Message::Members(list) => Ok(Inbound::Members(list)),
@@ -1156,21 +1178,7 @@ impl Session {
         }
         let mut buckets = local.bucket_list();
         if digest_due {
-            for b in &buckets {
-                let (context, beyond) = local.wire_context(b);
-                let msg = Message::Digest {
-                    bucket: b.name().clone(),
-                    context,
-                };
-                wire::encode_frame(&msg, buf)?;
-                if !beyond.is_empty() {
-                    let msg = Message::Horizon {
-                        bucket: b.name().clone(),
-                        beyond,
-                    };
-                    wire::encode_frame(&msg, buf)?;
-                }
-            }
+            self.digests.round(local, &buckets, buf)?;
         }
         if self.awaiting_contexts {
             return Ok(false);
