@@ -1717,7 +1717,13 @@ fn a_held_answer_in_several_parts_drops_what_each_part_reports_superseded() {
     let mut sim = Sim::new(37);
     let away = [1];
     for k in 0..KEYS {
-        sim.put(0, "sessions", &format!("k{k}"), Some("v1"), Lifetime::Forever);
+        sim.put(
+            0,
+            "sessions",
+            &format!("k{k}"),
+            Some("v1"),
+            Lifetime::Forever,
+        );
     }
     sim.put(3, "sessions", "gone", Some("v1"), Lifetime::Forever);
     sim.exchange(3, 100, false);
@@ -1727,7 +1733,13 @@ fn a_held_answer_in_several_parts_drops_what_each_part_reports_superseded() {
     sim.exchange_split(&away, 12, 600);
     assert!(sim.collected > 0, "the others collected without n1");
     for k in 0..KEYS {
-        sim.put(2, "sessions", &format!("k{k}"), Some("v2"), Lifetime::Forever);
+        sim.put(
+            2,
+            "sessions",
+            &format!("k{k}"),
+            Some("v2"),
+            Lifetime::Forever,
+        );
     }
     sim.exchange(2, 100, false);
     sim.connect(1, 3);
@@ -1739,9 +1751,14 @@ fn a_held_answer_in_several_parts_drops_what_each_part_reports_superseded() {
     };
     let parts = answer
         .iter()
-        .filter(|m| matches!(m, Message::HeldReply { origin, .. } if origin == sim.locals[0].me().id()))
+        .filter(
+            |m| matches!(m, Message::HeldReply { origin, .. } if origin == sim.locals[0].me().id()),
+        )
         .count();
-    assert!(parts > 1, "the answer about n0's dots came in {parts} part(s)");
+    assert!(
+        parts > 1,
+        "the answer about n0's dots came in {parts} part(s)"
+    );
     for msg in answer {
         let s = sim.sessions[1][3].as_mut().expect("linked");
         s.handle(&sim.locals[1], msg).expect("valid");
@@ -1752,7 +1769,11 @@ fn a_held_answer_in_several_parts_drops_what_each_part_reports_superseded() {
     }
     assert!(!sim.locals[1].is_stale("sessions"), "n1 resynced");
     for k in 0..KEYS {
-        assert_eq!(sim.shows(1, &format!("k{k}")).as_deref(), Some("v2"), "k{k}");
+        assert_eq!(
+            sim.shows(1, &format!("k{k}")).as_deref(),
+            Some("v2"),
+            "k{k}"
+        );
     }
     sim.settle();
     for i in 0..N {
