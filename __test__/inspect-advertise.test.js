@@ -58,9 +58,14 @@ describe('the advertise option', () => {
     // A plain TCP relay in front of peer A, which advertises it.
     let relayed = 0
     let target
+    const sockets = new Set()
     const relay = net.createServer((client) => {
       relayed++
       const up = net.connect(target)
+      for (const s of [client, up]) {
+        sockets.add(s)
+        s.on('close', () => sockets.delete(s))
+      }
       client.pipe(up).pipe(client)
       client.on('error', () => up.destroy())
       up.on('error', () => client.destroy())
@@ -83,6 +88,9 @@ describe('the advertise option', () => {
       await waitFor(() => c.bucket('x').get('k') === 1)
     } finally {
       await closeAll()
+      // close() waits for every connection the relay holds: a pair whose far end went away without
+      // a FIN (a peer's dial cut short by its close) would hold it open for good.
+      for (const s of sockets) s.destroy()
       await new Promise((resolve) => relay.close(resolve))
     }
   })
