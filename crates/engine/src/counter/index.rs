@@ -88,17 +88,22 @@ impl KeyWatch for Index {
         let Some((counter_key, _)) = split_key(key) else {
             return;
         };
-        self.changes.fetch_add(1, Ordering::Release);
         let hash = self.hash(counter_key);
-        let mut slots = self.slots.lock();
-        if live {
-            slots
-                .entry(hash)
-                .and_modify(|rs| rs.add(key))
-                .or_insert_with(|| Registers::One(key.clone()));
-        } else if let Some(left) = slots.remove(&hash).and_then(|rs| rs.without(key)) {
-            slots.insert(hash, left);
+        {
+            let mut slots = self.slots.lock();
+            if live {
+                slots
+                    .entry(hash)
+                    .and_modify(|rs| rs.add(key))
+                    .or_insert_with(|| Registers::One(key.clone()));
+            } else if let Some(left) = slots.remove(&hash).and_then(|rs| rs.without(key)) {
+                slots.insert(hash, left);
+            }
         }
+        // After the slot, still under the store's lock: a reader whose first count already includes
+        // this change also found the slot changed; counted first, a reader could take the old slot,
+        // then read the store once this section released it, and find the count unchanged.
+        self.changes.fetch_add(1, Ordering::Release);
     }
 }
 
