@@ -60,11 +60,11 @@ afterEach(async () => {
   children.clear()
 })
 
-/** Runs `node -e <code>` with `PKG` pointing at the package; tracks it for cleanup. */
-function runNode(code, env = {}) {
+/** Runs `node -e <code>` with `PKG` pointing at the package; tracks it for cleanup. `as`: { uid, gid } to run it as. */
+function runNode(code, env = {}, as = {}) {
   const childEnv = { ...process.env, PKG, ...env }
   delete childEnv.NODE_OPTIONS
-  const child = spawn(process.execPath, ['-e', code], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, ['-e', code], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'], ...as })
   let stdout = ''
   let stderr = ''
   child.stdout.on('data', (d) => (stdout += d))
@@ -356,6 +356,67 @@ describe('opening off the JavaScript thread', () => {
       p.ready().then(() => console.log('opened?!'), (e) => console.log(e.code + ' ' + e.message));`, { DIR: dir })
     const r = await expectCleanExit(child)
     expect(r.stdout).toMatch(/^EDATADIRINUSE .*peer-buckets-lifecycle-/)
+  })
+})
+
+describe('a data directory that cannot be used', () => {
+  // A port free a moment ago, to see that a failed open leaves nothing listening on it.
+  async function freePort() {
+    const server = await takenPort()
+    const { port } = server.address()
+    await new Promise((resolve) => server.close(resolve))
+    return port
+  }
+
+  test.each([
+    ['a file where the directory should be', (file) => file],
+    ['a directory under a file', (file) => path.join(file, 'data')],
+  ])('%s rejects ready() with ESTORAGE naming the path, releases the port and leaves the file alone', async (label, dataDirOf) => {
+    const file = path.join(tempDir(), 'in-the-way')
+    fs.writeFileSync(file, 'not a data directory')
+    const dataDir = dataDirOf(file)
+    const port = await freePort()
+    const p = track(new Peer({ dataDir, listen: `127.0.0.1:${port}` }))
+    const heard = new Promise((resolve) => p.once('error', resolve))
+    const queued = p.bucket('x').set('k', 1)
+    const err = await p.ready().catch((e) => e)
+    expect(err).toBeInstanceOf(Error)
+    expect(err.code).toBe('ESTORAGE')
+    expect(err.message).toContain(dataDir)
+    await expect(queued).rejects.toBe(err)
+    expect(await heard).toBe(err)
+    expect(p.closed).toBe(true)
+    expect(codeOf(() => p.bucket('x').get('k'))).toBe('ECLOSED')
+    await expect(p.close()).resolves.toEqual({ unacknowledged: {}, flushed: true })
+    // Nothing listens on the port it was given, and the file is as it was.
+    const again = net.createServer()
+    await new Promise((resolve, reject) => {
+      again.once('error', reject)
+      again.listen(port, '127.0.0.1', resolve)
+    })
+    await new Promise((resolve) => again.close(resolve))
+    expect(fs.readFileSync(file, 'utf8')).toBe('not a data directory')
+  })
+
+  test('a data directory this process may not read (mode 000) rejects ready() naming the path, and the process exits on its own', async () => {
+    const parent = tempDir()
+    fs.chmodSync(parent, 0o755)
+    const dataDir = path.join(parent, 'locked')
+    fs.mkdirSync(dataDir, { mode: 0o000 })
+    fs.chmodSync(dataDir, 0o000)
+    // root reads any directory whatever its mode: the peer runs as nobody then (nobody does not own it).
+    const as = process.getuid && process.getuid() === 0 ? { uid: 65534, gid: 65534 } : {}
+    try {
+      const child = runNode(`${PRELUDE}
+        const p = new Peer({ dataDir: process.env.DIR });
+        p.ready().then(() => console.log('opened?!'), (e) => console.log(e.code + ' ' + e.message));`, { DIR: dataDir }, as)
+      const r = await expectCleanExit(child)
+      expect(r.stdout.trim()).toMatch(/^(EACCES|ESTORAGE) /)
+      expect(r.stdout).toContain(dataDir)
+      expect(r.stdout).toMatch(/[Pp]ermission denied/)
+    } finally {
+      fs.chmodSync(dataDir, 0o700)
+    }
   })
 })
 

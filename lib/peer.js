@@ -73,6 +73,7 @@ class Peer extends EventEmitter {
   #waiting = new Map()
   #logger
   #loopDelay
+  #dataDir
 
   constructor(options = {}) {
     super()
@@ -116,6 +117,7 @@ class Peer extends EventEmitter {
         throw new TypeError('Peer: options.dataDir must be a non-empty path string')
       }
       dataDir = options.dataDir
+      this.#dataDir = dataDir
     }
     let durability
     if (options.durability !== undefined) {
@@ -175,7 +177,10 @@ class Peer extends EventEmitter {
     this.#failed = true
     this.#loopDelay.stop()
     native.peerRelease(this.#handle)
-    const err = codedError(e.code, `Peer: ${e.message}`)
+    // Some storage errors (a lock or a file the process may not open) do not say where: the
+    // operator must learn which directory to fix.
+    const where = e.code === 'ESTORAGE' && this.#dataDir !== undefined && !e.message.includes(this.#dataDir) ? `; data directory ${this.#dataDir}` : ''
+    const err = codedError(e.code, `Peer: ${e.message}${where}`)
     for (const q of this.#queue.splice(0)) q.reject(err)
     this.#settleReady.reject(err)
     // Never silent: like a net.Server that cannot listen, an 'error' event, which is thrown when
