@@ -2,7 +2,8 @@
 // The 'warning' event (README: API reference, Warnings): misconfiguration a peer survives is reported
 // on the peer itself, counted by code in stats() and metrics(), with the address or peer it concerns.
 
-const { createPeer, closeAll } = require('./helpers/peers')
+const net = require('node:net')
+const { Peer, createPeer, closeAll, waitConnected } = require('./helpers/peers')
 const { waitFor } = require('./helpers/wait')
 
 jest.setTimeout(30_000)
@@ -34,6 +35,105 @@ test('a peer dialing with another secret gives EAUTH on both ends, naming the ad
   expect(a.stats().warnings.EIDCONFLICT).toBe(0)
   expect(a.metrics()).toMatch(/^peer_buckets_warnings_total\{code="EAUTH"\} [1-9]\d*$/m)
   expect(a.peers()).toEqual([])
+})
+
+// The first bytes of a connection between peers: "PBKT", the link version (2), the mode (0: no secret).
+const preamble = (linkVersion, mode = 0) => Buffer.from([0x50, 0x42, 0x4b, 0x54, linkVersion, mode])
+// A frame of the message encoding: a 4-byte length, the version byte (250: a version no release speaks), a payload.
+const frameOfVersion = (version) => Buffer.from([0, 0, 0, 3, version, 0, 0])
+
+/** Opens a raw socket to `address`, writes `bytes`; resolves with its local `host:port` once the peer closed it. */
+function speak(address, bytes) {
+  const i = address.lastIndexOf(':')
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) })
+    let local
+    sock.on('connect', () => {
+      local = `${sock.localAddress}:${sock.localPort}`
+      sock.write(bytes)
+    })
+    sock.on('data', () => {}) // the peer's own preamble
+    sock.on('error', () => {}) // a reset is a close too
+    sock.on('close', () => resolve(local))
+    setTimeout(() => {
+      sock.destroy()
+      reject(new Error('the peer did not close a connection of another version'))
+    }, 10_000).unref()
+  })
+}
+
+/** Writes `key` on `from` and waits until `to` holds it. */
+async function replicates(from, to, key) {
+  await from.bucket('s').set(key, from.id)
+  await waitFor(() => to.bucket('s').get(key) === from.id, { message: `${key} from ${from.id} on ${to.id}` })
+}
+
+describe('EVERSION: the other end speaks another version', () => {
+  const dialers = []
+  afterEach(async () => {
+    await Promise.all(dialers.splice(0).map((p) => p.close()))
+  })
+
+  test.each([
+    ['another link version in its preamble', preamble(7), /speaks another protocol version: .*link protocol version 7 \(this peer speaks \d+\)/],
+    ['another message version in its first frame', Buffer.concat([preamble(2), frameOfVersion(250)]), /speaks another protocol version: .*unsupported protocol version 250 \(this peer speaks \d+\)/],
+  ])('a connection with %s: the accepting peer warns, naming the address, counts it, and goes on linking and replicating', async (label, bytes, message) => {
+    const a = await createPeer({ id: 'a' })
+    const onA = collect(a)
+    const from = await speak(a.address, bytes)
+    await waitFor(() => onA.some((w) => w.code === 'EVERSION'), { message: 'EVERSION on a' })
+
+    expect(onA.filter((w) => w.code === 'EVERSION')).toEqual([{ code: 'EVERSION', message: expect.stringMatching(message), address: from }])
+    expect(onA[0].message).toContain(from)
+    expect(a.stats().warnings.EVERSION).toBe(1)
+    expect(a.stats().warnings.EAUTH).toBe(0)
+    expect(a.metrics()).toMatch(/^peer_buckets_warnings_total\{code="EVERSION"\} 1$/m)
+    expect(a.peers()).toEqual([])
+
+    // The honest peer keeps serving: a peer of this version links to it and writes go both ways.
+    const b = await createPeer({ id: 'b', peers: [a.address] })
+    await waitConnected([a, b])
+    await replicates(a, b, 'from-a')
+    await replicates(b, a, 'from-b')
+    expect(a.stats().warnings.EVERSION).toBe(1)
+  })
+
+  test('a peer dialing one that answers with another version warns, naming the address it dialed, and serves its other links', async () => {
+    // Answers every connection with the preamble of link version 7, as a peer of another release would.
+    const other = net.createServer((sock) => {
+      sock.on('error', () => {})
+      sock.on('data', () => {})
+      sock.end(preamble(7))
+    })
+    await new Promise((resolve) => other.listen(0, '127.0.0.1', resolve))
+    const otherAddress = `127.0.0.1:${other.address().port}`
+    try {
+      const b = await createPeer({ id: 'b' })
+      // Listened to from the start: the first dial may fail while it opens, its warning handed over with the open.
+      const a = new Peer({ id: 'a', listen: '127.0.0.1:0', peers: [otherAddress, b.address] })
+      const onA = collect(a)
+      dialers.push(a)
+      await a.ready()
+      // The event comes after the count (events reach JavaScript on a later turn of its loop).
+      const versions = () => onA.filter((w) => w.code === 'EVERSION')
+      await waitFor(() => versions().length > 0, { message: 'EVERSION on a' })
+      await waitConnected([a, b])
+      await replicates(a, b, 'while-dialing')
+
+      expect(versions()[0]).toEqual({ code: 'EVERSION', message: expect.stringMatching(/link protocol version 7/), address: otherAddress })
+      expect(versions()[0].message).toContain(`the peer at ${otherAddress} speaks another protocol version`)
+      // Every one counted, in stats() and the metric alike (it redials meanwhile: the metric is read between two counts).
+      const before = a.stats().warnings.EVERSION
+      const metric = Number(/^peer_buckets_warnings_total\{code="EVERSION"\} (\d+)$/m.exec(a.metrics())[1])
+      const after = a.stats().warnings.EVERSION
+      expect(before).toBeGreaterThanOrEqual(versions().length)
+      expect(metric).toBeGreaterThanOrEqual(before)
+      expect(metric).toBeLessThanOrEqual(after)
+      expect(a.peers().map((p) => p.id)).toEqual(['b'])
+    } finally {
+      await new Promise((resolve) => other.close(resolve))
+    }
+  })
 })
 
 test('two peers with one id: both and a third peer report EIDCONFLICT; the one started last keeps the links', async () => {
