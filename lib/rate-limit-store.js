@@ -74,8 +74,10 @@ class RateLimitStore {
   async decrement(key) {
     await this.counter._opening()
     const k = this.prefix + key
-    // Only within the window: a decrement after it ended would open a new one below zero.
-    if (this.counter.expiresAt(k) === undefined) return
+    // Never below zero, as express-rate-limit's MemoryStore: a hit taken back after resetKey cleared it,
+    // or after its window ended, would leave a negative count that lets more requests through than the
+    // limit. (Two servers taking back the last hit at once can still both do it: each sees it here.)
+    if (this.counter.get(k) <= 0) return
     await this.counter.decr(k, 1, { ttl: this.windowMs })
   }
 
