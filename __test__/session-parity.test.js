@@ -184,6 +184,81 @@ describe('paging', () => {
   })
 })
 
+describe('clear() a page at a time', () => {
+  // The real bucket, watched: how many of the deletes made through it have not settled yet, each time
+  // a page is read.
+  function watched(bucket) {
+    const seen = { unsettled: 0, atScan: [], deletes: 0 }
+    const proxy = new Proxy(bucket, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target)
+        if (prop === 'scan') {
+          return (options) => {
+            seen.atScan.push(seen.unsettled)
+            return value.call(target, options)
+          }
+        }
+        if (prop === 'delete') {
+          return (...args) => {
+            seen.deletes++
+            seen.unsettled++
+            const done = value.apply(target, args)
+            done.then(() => seen.unsettled--, () => seen.unsettled--)
+            return done
+          }
+        }
+        return typeof value === 'function' ? value.bind(target) : value
+      },
+    })
+    return { proxy, seen }
+  }
+
+  test("waits for a page's deletes (acknowledged by another peer) before reading the next: at most a page of writes waits at once", async () => {
+    const a = await createPeer({ id: 'a' })
+    const b = await createPeer({ id: 'b', peers: [a.address] })
+    await waitFor(() => a.peers().some((p) => p.id === 'b' && p.state === 'connected'), { message: 'a linked to b' })
+    const N = 3_500
+    const batch = []
+    for (let i = 0; i < N; i++) batch.push([`sess:${i}`, sess({ n: i })])
+    await a.bucket('sessions').setMany(batch)
+    await waitFor(() => b.bucket('sessions').count('sess:') === N, { message: 'b to hold every session' })
+
+    const { proxy, seen } = watched(a.bucket('sessions'))
+    const store = new SessionStore({ bucket: proxy, ack: 'one', timeout: 10_000 })
+    await store.clear()
+    expect(seen.deletes).toBe(N)
+    expect(seen.atScan.length).toBeGreaterThanOrEqual(4)
+    expect(seen.atScan).toEqual(seen.atScan.map(() => 0))
+    expect(seen.unsettled).toBe(0)
+    expect(a.bucket('sessions').count('sess:')).toBe(0)
+    await waitFor(() => b.bucket('sessions').count('sess:') === 0, { message: 'b to see every session deleted' })
+  })
+
+  test("an ack that cannot be met is one warning per page, not per session; with ackTimeout: 'fail' the error, once all is deleted here", async () => {
+    // A lone peer: 'one' can never be met.
+    const peer = await createPeer()
+    const bucket = peer.bucket('sessions')
+    const N = 2_500
+    const fill = () => bucket.setMany(Array.from({ length: N }, (_, i) => [`sess:${i}`, sess({ n: i })]))
+    await fill()
+    const store = new SessionStore({ bucket, ack: 'one', timeout: 100 })
+    const warnings = []
+    store.on('warning', (w) => warnings.push(w))
+    await store.clear()
+    expect(bucket.count('sess:')).toBe(0)
+    expect(warnings.length).toBe(Math.ceil(N / 1000))
+    for (const w of warnings) {
+      expect(w.code).toBe('EACKTIMEOUT')
+      expect(w.message).toMatch(/^SessionStore\.clear\('sess:\d+', …, 'sess:\d+'\): .*applied here and keeps replicating/)
+    }
+
+    await fill()
+    const failing = new SessionStore({ bucket, ack: 'one', timeout: 100, ackTimeout: 'fail' })
+    await expect(failing.clear()).rejects.toMatchObject({ code: 'EACKTIMEOUT' })
+    expect(bucket.count('sess:')).toBe(0)
+  })
+})
+
 describe('log out everywhere', () => {
   test('userOf indexes each session by user; sessionsOf lists them; destroyUser destroys them and no others', async () => {
     const peer = await createPeer()

@@ -370,12 +370,13 @@ function createSessionStore() {
       }, this.#bucket)
     }
 
-    // Every page of live keys (with values unless keysOnly) under `prefix`, yielding between pages.
+    // Every page of live keys (with values unless keysOnly) under `prefix`, yielding between pages;
+    // `visit` may return a promise, which settles before the next page is read.
     async #eachPage(prefix, keysOnly, visit) {
       let cursor = null
       do {
         const page = this.#bucket.scan({ prefix, cursor, limit: PAGE, keysOnly })
-        visit(keysOnly ? page.keys : page.entries)
+        await visit(keysOnly ? page.keys : page.entries)
         cursor = page.cursor
         if (cursor !== null) await nextTurn()
       } while (cursor !== null)
@@ -426,16 +427,26 @@ function createSessionStore() {
       }, this.#bucket)
     }
 
-    /** Deletes every session (every key under the prefix) and the user index, on every peer. */
+    /**
+     * Deletes every session (every key under the prefix) and the user index, on every peer, a page at
+     * a time: a page's deletes settle before the next page is read, so at most a page of writes waits
+     * at once, whatever the number of sessions. An ack timeout is one warning per page; with
+     * ackTimeout 'fail' the first is the error, once every page is deleted here.
+     */
     clear(cb) {
       return finish(cb, async () => {
-        const deletes = []
+        let timedOut
         for (const prefix of this.#userOf ? [this.#prefix, this.#userPrefix] : [this.#prefix]) {
           await this.#eachPage(prefix, true, (keys) => {
-            for (const key of keys) deletes.push(this.#settled(this.#bucket.delete(key, this.#writeOptions), 'clear', key))
+            const page = Promise.all(keys.map((key) => this.#bucket.delete(key, this.#writeOptions)))
+            const named = keys.length === 1 ? keys[0] : `${keys[0]}', …, '${keys[keys.length - 1]}`
+            return this.#settled(page, 'clear', named).catch((err) => {
+              if (err.code !== 'EACKTIMEOUT') throw err
+              timedOut = timedOut || err
+            })
           })
         }
-        await Promise.all(deletes)
+        if (timedOut) throw timedOut
         return undefined
       }, this.#bucket)
     }
