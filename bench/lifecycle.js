@@ -14,6 +14,7 @@ const os = require('node:os')
 const path = require('node:path')
 const { fork } = require('node:child_process')
 const { SESSION, key } = require('./lib/workload')
+const { stallMonitor } = require('./lib/util')
 
 const PKG = process.env.PB_PKG || path.join(__dirname, '..')
 const SLICE = 10_000
@@ -22,29 +23,6 @@ const SLICE = 10_000
 
 function loadPeer() {
   return require(PKG).Peer
-}
-
-// The longest gap between the ticks of a 1 ms interval: how long the event loop could not run anything.
-// (perf_hooks.monitorEventLoopDelay was tried first: it missed whole synchronous blocks of 900 ms.)
-function stallMonitor() {
-  let last = process.hrtime.bigint()
-  let max = 0n
-  const ticker = setInterval(() => {
-    const now = process.hrtime.bigint()
-    if (now - last > max) max = now - last
-    last = now
-  }, 1)
-  ticker.unref()
-  return {
-    /** The longest stall since the last call, in ms. */
-    take() {
-      const now = process.hrtime.bigint()
-      if (now - last > max) max = now - last
-      const ms = Number(max) / 1e6
-      max = 0n
-      return Math.round(ms * 10) / 10
-    },
-  }
 }
 
 const roles = {

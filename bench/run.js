@@ -4,7 +4,8 @@
 // machine. `--quick` shrinks every size (both sides alike); `--json` ends the output with one JSON line.
 // Figures (issue 6): 1 get, 2 set, 3 three writers until converged, 4 write→event latency, 5 join,
 // 6 catch-up, 7 memory per key; (issue 7) set with a dataDir against Redis with an AOF; (issue 14) the
-// event loop's longest stalls while a dataDir opens and closes and while a peer joins (bench/lifecycle.js). Every process it starts is killed at the end.
+// event loop's longest stalls while a dataDir opens and closes and while a peer joins (bench/lifecycle.js);
+// (issue 15) count/scan and SessionStore's whole-store calls, with the longest stall of each. Every process it starts is killed at the end.
 
 const fs = require('node:fs')
 const path = require('node:path')
@@ -20,6 +21,7 @@ const catchup = require('./sections/catchup')
 const durable = require('./sections/durable')
 const lifecycle = require('./lifecycle')
 const scan = require('./sections/scan')
+const sessions = require('./sections/sessions')
 
 /** Which build of the product was measured: the commit, whether the tree differs, and the addon file. */
 function productState() {
@@ -49,7 +51,7 @@ function productState() {
 
 const argv = process.argv.slice(2)
 if (argv.includes('--help') || argv.includes('-h')) {
-  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup,lifecycle,scan] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
+  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup,lifecycle,scan,sessions] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
   process.exit(0)
 }
 const QUICK = argv.includes('--quick')
@@ -81,6 +83,7 @@ const CONFIG = {
     catchupTotal: 200_000,
     catchupMissed: 10_000,
     scanN: 1_000_000,
+    sessionsN: 1_000_000,
     durableOps: 100_000,
     durableRedisOps: 50_000,
     durableSeqOps: 1_000,
@@ -106,6 +109,7 @@ const CONFIG = {
     catchupTotal: 20_000,
     catchupMissed: 1_000,
     scanN: 100_000,
+    sessionsN: 100_000,
     durableOps: 30_000,
     durableRedisOps: 20_000,
     durableSeqOps: 300,
@@ -353,6 +357,13 @@ async function main() {
     if (want('scan')) {
       const sc = await section('count and scan', () => scan.run(ctx))
       if (sc) details.scan = sc
+    }
+
+    // SessionStore's all(), length(), ids() and clear(), with the longest event-loop stall of each.
+    if (want('sessions')) {
+      log(`\n[S] SessionStore length(), ids(), all() and clear() over ${cfg.sessionsN.toLocaleString()} sessions, with the longest event-loop stall of each`)
+      const ss = await section('session store', () => sessions.run(ctx))
+      if (ss) details.sessions = ss
     }
   } finally {
     await Promise.all(servers.map((s) => s.stop().catch(() => {})))

@@ -75,4 +75,45 @@ function machine() {
   }
 }
 
-module.exports = { now, sleep, nsToMs, median, percentile, inFlight, waitFor, withTimeout, fmtNum, machine }
+// The longest gap between the ticks of a 1 ms interval: how long the event loop could not run anything.
+// (perf_hooks.monitorEventLoopDelay was tried first: it missed whole synchronous blocks of 900 ms.)
+// With it, the CPU time the process used during that gap: on a loaded machine a gap is mostly time
+// the thread waited for a core, and its CPU time is the work that held the loop.
+function stallMonitor() {
+  let last = process.hrtime.bigint()
+  let lastCpu = process.cpuUsage()
+  let max = 0n
+  let maxCpu = 0
+  const note = () => {
+    const now = process.hrtime.bigint()
+    const cpu = process.cpuUsage()
+    if (now - last > max) {
+      max = now - last
+      maxCpu = cpu.user - lastCpu.user + (cpu.system - lastCpu.system)
+    }
+    last = now
+    lastCpu = cpu
+  }
+  const ticker = setInterval(note, 1)
+  ticker.unref()
+  const round = (ms) => Math.round(ms * 10) / 10
+  return {
+    /** The longest stall since the last call, in ms. */
+    take() {
+      return this.takeWithCpu().ms
+    },
+    /** The longest stall since the last call and the CPU time used during it: `{ ms, cpuMs }`. */
+    takeWithCpu() {
+      note()
+      const out = { ms: round(Number(max) / 1e6), cpuMs: round(maxCpu / 1000) }
+      max = 0n
+      maxCpu = 0
+      return out
+    },
+    stop() {
+      clearInterval(ticker)
+    },
+  }
+}
+
+module.exports = { now, sleep, nsToMs, median, percentile, inFlight, waitFor, withTimeout, fmtNum, machine, stallMonitor }

@@ -21,8 +21,10 @@ async function run({ cfg, log }) {
     }
 
     let t0 = performance.now()
+    const cpu0 = process.cpuUsage()
     const counted = bucket.count('sess:')
     const countMs = performance.now() - t0
+    const cpu = process.cpuUsage(cpu0)
     if (counted !== n) throw new Error(`count('sess:') gave ${counted}, not ${n}`)
 
     let cursor = null
@@ -47,11 +49,12 @@ async function run({ cfg, log }) {
       prefix_keys: n,
       count_ms: round(countMs),
       count_stall_ms: round(countMs),
+      count_cpu_ms: round((cpu.user + cpu.system) / 1000),
       scan_ms: round(scanMs),
       scan_pages: pages,
       scan_longest_page_ms: round(longest),
     }
-    log(`  count('sess:') over ${2 * n} keys: ${out.count_ms} ms (one call: the loop is held that long)`)
+    log(`  count('sess:') over ${2 * n} keys: ${out.count_ms} ms, ${out.count_cpu_ms} ms of CPU (one call: the loop is held that long)`)
     log(`  scan 'sess:' in pages of ${PAGE}: ${out.scan_ms} ms in ${pages} pages, longest page ${out.scan_longest_page_ms} ms`)
     return out
   } finally {
