@@ -1406,3 +1406,101 @@ fn a_stamp_changes_with_every_write_that_replaces_the_value_even_at_the_same_hlc
     merge(&b, w("k", u64::MAX >> 1, 2, None));
     assert_eq!(stamp_of(&s, "k"), None);
 }
+
+/// Merges `writes` of `a` (and `superseders`) as one chunk while another thread, parked on the store's
+/// lock from the chunk's first heard change on, runs `read` as soon as the merge lets it in.
+fn read_during_merge<R: Send + 'static>(
+    s: &Arc<MemoryStore>,
+    (me, a): (&Origin, &Origin),
+    writes: Vec<Write>,
+    covered: &SeqRanges,
+    superseders: Vec<(Origin, Write)>,
+    read: impl FnOnce(&MemoryStore) -> R + Send + 'static,
+) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let asking = Arc::new(AtomicBool::new(false));
+    let mut read = Some(read);
+    let mut reader = None;
+    s.merge_chunk(me, a, writes, covered, &[], superseders, &mut |_| {
+        if let Some(read) = read.take() {
+            let (store, ask) = (s.clone(), asking.clone());
+            reader = Some(std::thread::spawn(move || {
+                ask.store(true, Ordering::SeqCst);
+                read(&store)
+            }));
+            while !asking.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            // Long enough for the reader to park on the lock this merge holds.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    reader
+        .expect("the chunk changed something")
+        .join()
+        .expect("the reader")
+}
+
+fn numbered(from: u64, to: u64) -> Vec<Write> {
+    (from..=to)
+        .map(|i| w(&format!("k{i}"), Hlc::from_parts(10, 0).0, i, Some("v")))
+        .collect()
+}
+
+/// A read waits for one slice of a chunk being merged, not for the whole chunk (1,024 writes, ~1 ms,
+/// and longer when the merging thread loses its core meanwhile): the merge hands the lock to waiting
+/// readers between slices, and a reader sees whole slices in.
+#[test]
+fn a_read_waits_for_a_slice_of_a_chunk_not_the_whole_chunk() {
+    let t = ReplicaTable::new();
+    let (me, a) = (origin(&t, "me"), origin(&t, "a"));
+    let s = Arc::new(MemoryStore::new());
+    let covered = SeqRanges::from_ranges([(1, 1024)]);
+    let seen = read_during_merge(&s, (&me, &a), numbered(1, 1024), &covered, vec![], |s| {
+        s.count("", 0)
+    });
+    assert!(
+        seen < 1024,
+        "the reader got in only once the whole chunk was in"
+    );
+    assert!(
+        seen > 0 && seen % memory::SLICE_WRITES == 0,
+        "between slices the reader sees whole slices, not {seen} keys"
+    );
+    assert_eq!(s.count("", 0), 1024);
+    assert_eq!(s.context_of(&a), covered);
+}
+
+/// What a reader sees between the slices of a chunk is a state the chunk's writes merged one at a
+/// time could leave: a touch register lands in the slice of the value it was made for, touch first,
+/// so the older value it would extend here (expired here) never shows live between them.
+#[test]
+fn a_read_between_slices_never_shows_an_expired_value_a_touch_of_the_chunk_extends() {
+    let t = ReplicaTable::new();
+    let (me, a, b) = (origin(&t, "me"), origin(&t, "a"), origin(&t, "b"));
+    let s = Arc::new(MemoryStore::new());
+    let mut old = w("t", Hlc::from_parts(50, 0).0, 1, Some("old"));
+    old.expires_ms = 100;
+    s.merge(&me, &a, vec![old], &SeqRanges::new(), &mut |_| {});
+    s.expire(200, &mut |_| {});
+    assert_eq!(get(&s, "t"), None);
+    // The chunk: many other keys, then the key's new value (expired by itself at 200), and the
+    // touch made on that value at its sender, which keeps it live until 10,000.
+    let mut writes = numbered(2, 1024);
+    let mut new = w("t", Hlc::from_parts(150, 0).0, 1025, Some("new"));
+    new.expires_ms = 150;
+    writes.push(new);
+    let mut touch = w("t", Hlc::from_parts(160, 0).0, 1, None);
+    touch.touch = true;
+    touch.expires_ms = 10_000;
+    let covered = SeqRanges::from_ranges([(1, 1025)]);
+    let shown = read_during_merge(&s, (&me, &a), writes, &covered, vec![(b, touch)], |s| {
+        get(s, "t")
+    });
+    assert_ne!(
+        shown.as_deref(),
+        Some("old"),
+        "the expired value showed live"
+    );
+    assert_eq!(get(&s, "t").as_deref(), Some("new"));
+}
