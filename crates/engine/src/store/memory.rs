@@ -1,10 +1,7 @@
 //! `MemoryStore`: the default backend, the whole state behind one `RwLock`, implementing `Store`.
 //!
 //! Reads take the lock shared; every write, merge, sweep and collection takes it exclusively, which is
-//! what makes each `merge` atomic with respect to `chunk` and the contexts. A chunk is merged in slices
-//! of `SLICE_WRITES`, the lock handed to waiting readers between them, so a read waits for one slice
-//! rather than a chunk; each state between slices is one the chunk's writes merged one at a time
-//! could leave (see `merge_chunk`).
+//! what makes each `merge` atomic with respect to `chunk` and the contexts.
 //!
 //! The live-key count and the earliest pending expiry are also published in atomics as each exclusive
 //! section ends (still under the lock), so `live_len` and `next_expiry` never wait for a merge: each
@@ -58,16 +55,6 @@ impl std::ops::Deref for Writing<'_> {
 impl std::ops::DerefMut for Writing<'_> {
     fn deref_mut(&mut self) -> &mut State {
         &mut self.guard
-    }
-}
-
-impl Writing<'_> {
-    /// Ends this exclusive section and hands the lock to whoever waits for it (readers first served
-    /// in turn, as parking_lot's fair unlock does), then takes it back: a long change done in
-    /// sections keeps no reader waiting for more than one.
-    fn let_waiters_in(&mut self) {
-        publish(&self.guard, self.live, self.next_expiry);
-        RwLockWriteGuard::bump(&mut self.guard);
     }
 }
 
@@ -342,35 +329,60 @@ impl Store for MemoryStore {
         superseders: Vec<(Origin, Write)>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
+        let mut state = self.write();
+        state.name_me(me);
+        // Superseded dots new here: known before the writes and the coverage land.
+        let known = state
+            .origins
+            .get(origin)
+            .map(|o| o.context.clone())
+            .unwrap_or_default();
+        let fresh_superseded: Vec<(&Arc<str>, u64)> = superseded
+            .iter()
+            .flat_map(|(key, seqs)| seqs.iter().map(move |&seq| (key, seq)))
+            .filter(|&(_, seq)| !known.contains(seq))
+            .collect();
+        let mut merged = Merged::default();
+        // A chunk holds at most one value and one touch register per key, both from its sender's one
+        // reading: with the touch in first, a value it expired lands dead and is never shown.
         let all = superseders
             .into_iter()
             .chain(writes.into_iter().map(|w| (origin.clone(), w)));
-        let slices = slices(all);
-        let mut merged = Merged::default();
-        let mut state = self.write();
-        state.name_me(me);
-        for (i, slice) in slices.into_iter().enumerate() {
-            if i > 0 {
-                // Between slices the state is what merging the slices so far alone would leave: each
-                // write of them stored by LWW with its own dot in the context (as a chunk with no
-                // coverage of its own would), each key's writes whole (its touch with the value it
-                // was made for), the coverage not yet claimed. Merging the same writes one at a time
-                // in this order, an honest sender's single writes, gives that state, so a reader or
-                // another writer let in here sees nothing a replica could not be in.
-                state.let_waiters_in();
+        let (touches, values): (Vec<_>, Vec<_>) = all.partition(|(_, w)| w.touch);
+        // The touch in first lands on the register stored here, which may be an older value than the
+        // one it was made for, expired here: it would show that value live for the moment before the
+        // chunk's value replaces it. The keys touches land on are heard once the chunk is in.
+        let mut net = NetChanges::new(&touches);
+        for (o, mut w) in touches.into_iter().chain(values) {
+            if state
+                .origins
+                .get(&o)
+                .is_some_and(|st| st.context.contains(w.seq))
+            {
+                continue;
             }
-            merge_slice(&mut *state, me, slice, &mut merged, on_change);
+            merged.fresh += 1;
+            state.see(&o, w.seq);
+            if state.collected.settles(&w, &o) {
+                continue;
+            }
+            net.hold(&state, &w.key);
+            let on_change = &mut |shown: Shown<'_>| net.route(shown, on_change);
+            if w.hlc <= state.collected.newest {
+                let current = state
+                    .entries
+                    .get(&w.key)
+                    .filter(|e| e.seq > 0)
+                    .map(|e| (e.hlc, e.origin.clone(), e.value.is_none()));
+                let current = current.as_ref().map(|(h, o, t)| (*h, o, *t));
+                if let Some(hlc) = state.collected.stand_in_time(&w, &o, current, me) {
+                    state.stand_in(me, &w, hlc, on_change);
+                    merged.stand_ins += 1;
+                }
+            }
+            state.apply(&o, &mut w, on_change);
         }
-        // Superseded dots new here: the chunk covered them without their writes. Judged as the
-        // coverage lands, so a dot another merge brought between slices is not marked twice.
-        let fresh_superseded: Vec<(&Arc<str>, u64)> = {
-            let known = state.origins.get(origin).map(|o| &o.context);
-            superseded
-                .iter()
-                .flat_map(|(key, seqs)| seqs.iter().map(move |&seq| (key, seq)))
-                .filter(|&(_, seq)| !known.is_some_and(|k| k.contains(seq)))
-                .collect()
-        };
+        net.hear(&state, on_change);
         if !covered.is_empty() {
             state
                 .origins
@@ -973,103 +985,8 @@ impl Store for MemoryStore {
     }
 }
 
-/// Writes of a chunk merged in one hold of the store's lock. A chunk of the sync protocol's 1,024
-/// writes costs about 1 ms merged whole, and a reader waited for all of it (longer when the merging
-/// thread lost its core meanwhile); a slice costs a sixteenth of that.
-pub(super) const SLICE_WRITES: usize = 64;
-
-/// Cuts a chunk's registers into the slices `merge_chunk` merges one lock hold at a time: the
-/// registers of a key with a touch all go in one slice, its touches first (see `merge_slice`); the
-/// keys with touches come first, in the order of their first touch, as a whole-chunk merge applied
-/// every touch first; then the other values in the chunk's order. A slice ends at a key's end once it
-/// holds `SLICE_WRITES`.
-fn slices(all: impl Iterator<Item = (Origin, Write)>) -> Vec<Vec<(Origin, Write)>> {
-    let (touches, values): (Vec<_>, Vec<_>) = all.partition(|(_, w)| w.touch);
-    let mut group_of: HashMap<Arc<str>, usize> = HashMap::default();
-    let mut groups: Vec<Vec<(Origin, Write)>> = Vec::new();
-    for t in touches {
-        let g = *group_of.entry(t.1.key.clone()).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[g].push(t);
-    }
-    let mut plain = Vec::with_capacity(values.len());
-    for v in values {
-        match group_of.get(&v.1.key) {
-            Some(&g) => groups[g].push(v),
-            None => plain.push(v),
-        }
-    }
-    let mut out = Vec::new();
-    let mut slice = Vec::new();
-    for group in groups {
-        slice.extend(group);
-        if slice.len() >= SLICE_WRITES {
-            out.push(std::mem::take(&mut slice));
-        }
-    }
-    for v in plain {
-        slice.push(v);
-        if slice.len() >= SLICE_WRITES {
-            out.push(std::mem::take(&mut slice));
-        }
-    }
-    if !slice.is_empty() {
-        out.push(slice);
-    }
-    out
-}
-
-/// Merges one slice of a chunk (see `slices`) under the lock `state` is held by, counting into
-/// `merged`. A chunk holds at most one value and one touch register per key, both from its sender's
-/// one reading, and they share a slice: with the touch in first, a value it expired lands dead and is
-/// never shown, to a listener or to a reader between slices.
-fn merge_slice(
-    state: &mut State,
-    me: &Origin,
-    slice: Vec<(Origin, Write)>,
-    merged: &mut Merged,
-    on_change: &mut dyn FnMut(Shown<'_>),
-) {
-    // The touch in first lands on the register stored here, which may be an older value than the
-    // one it was made for, expired here: it would show that value live for the moment before the
-    // slice's value replaces it. The keys touches land on are heard once the slice is in.
-    let mut net = NetChanges::new(&slice);
-    for (o, mut w) in slice {
-        if state
-            .origins
-            .get(&o)
-            .is_some_and(|st| st.context.contains(w.seq))
-        {
-            continue;
-        }
-        merged.fresh += 1;
-        state.see(&o, w.seq);
-        if state.collected.settles(&w, &o) {
-            continue;
-        }
-        net.hold(state, &w.key);
-        let on_change = &mut |shown: Shown<'_>| net.route(shown, on_change);
-        if w.hlc <= state.collected.newest {
-            let current = state
-                .entries
-                .get(&w.key)
-                .filter(|e| e.seq > 0)
-                .map(|e| (e.hlc, e.origin.clone(), e.value.is_none()));
-            let current = current.as_ref().map(|(h, o, t)| (*h, o, *t));
-            if let Some(hlc) = state.collected.stand_in_time(&w, &o, current, me) {
-                state.stand_in(me, &w, hlc, on_change);
-                merged.stand_ins += 1;
-            }
-        }
-        state.apply(&o, &mut w, on_change);
-    }
-    net.hear(state, on_change);
-}
-
-/// The keys of a slice whose changes listeners hear once the slice is in (see `merge_slice`): what
-/// each showed before the slice applied anything to it, and whether the last change it made there was
+/// The keys of a merge whose changes listeners hear once the merge is in (see `merge_chunk`): what
+/// each showed before the merge applied anything to it, and whether the last change it made there was
 /// a delete.
 struct NetChanges {
     keys: HashSet<Arc<str>>,
@@ -1085,14 +1002,9 @@ struct Before {
 }
 
 impl NetChanges {
-    /// Holds the keys `writes` touch.
-    fn new(writes: &[(Origin, Write)]) -> NetChanges {
+    fn new(touches: &[(Origin, Write)]) -> NetChanges {
         NetChanges {
-            keys: writes
-                .iter()
-                .filter(|(_, w)| w.touch)
-                .map(|(_, w)| w.key.clone())
-                .collect(),
+            keys: touches.iter().map(|(_, w)| w.key.clone()).collect(),
             before: HashMap::default(),
             order: Vec::new(),
         }

@@ -22,12 +22,9 @@
 //! which drops dead entries once every member holds their dots (see `collect`).
 //!
 //! What a backend must guarantee:
-//! - `merge` applies the LWW rule of `beats` per register, atomically with respect to `chunk`,
-//!   `context_of` and `context` per call or per slice of one: a backend may merge a chunk in slices
-//!   (and let readers in between) when the state between them is one that merging the chunk's
-//!   writes one at a time could leave: each stored write with its own dot, a key's touch with the
-//!   value it was made for, the chunk's coverage with its last slice; merging the same write twice
-//!   changes nothing; a write whose dot is already in the context is ignored;
+//! - `merge` applies the LWW rule of `beats` per register, atomically per call with respect to `chunk`,
+//!   `context_of` and `context`; merging the same write twice changes nothing; a write whose dot is
+//!   already in the context is ignored;
 //! - a dot is in the context only once its register is stored (or known superseded: then it is a
 //!   marker, and `chunk` carries the superseding registers with any coverage it claims);
 //! - `read`, `scan` and `live_len` never show a tombstone or an expired value, and `live_len` is
@@ -190,9 +187,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Merged {
         self.merge_chunk(me, origin, writes, covered, &[], Vec::new(), on_change)
     }
-    /// `merge` of a whole chunk: its `superseders` (registers of any origin, each covering its own
-    /// dot) with its writes, a key's touch registers first and in the same step as its values, so
-    /// that listeners hear each key's net change and never a value shown live for a moment under a touch of the same chunk
+    /// `merge` of a whole chunk in one step: its `superseders` (registers of any origin, each
+    /// covering its own dot) with its writes, touch registers first, so that listeners hear each
+    /// key's net change and never a value shown live for a moment under a touch of the same chunk
     /// that had expired it, nor a value expired here that a touch lands on before the chunk's value
     /// (the one it was made for) replaces it. Also records, as superseded markers, the dots of `origin` in `superseded`
     /// (per key: the chunk covered them without their writes, which lost to the key's registers) that
