@@ -167,7 +167,7 @@ async function main() {
   log(`product: commit ${product.commit}${product.dirty_files_outside_bench ? ` + ${product.dirty_files_outside_bench} changed file(s)` : ''}` +
     (product.addon ? `, addon ${product.addon.file} built ${product.addon.built} (sha256 ${product.addon.sha256}…)` : ', addon not built'))
   log(`versions: peer-buckets ${versions['peer-buckets']}, redis-server ${rv || 'not installed'}, ioredis ${versions.ioredis}, scuttlebutt ${versions.scuttlebutt}`)
-  log(`workload: session object of ${Buffer.byteLength(require('./lib/workload').SESSION_JSON)} bytes of JSON, keys sess:<n>; median of ${cfg.rounds} rounds`)
+  log(`workload: express-session records of about ${Buffer.byteLength(require('./lib/workload').SESSION_JSON)} bytes of JSON, each its own (random ids, times and CSRF secret, seeded), keys sess:<32-character id>; median of ${cfg.rounds} rounds`)
   if (stale) log(`(killed ${stale} process(es) left by an earlier run that was killed)`)
   if (!rv && !NO_REDIS) log('\n' + INSTALL_HINT + '\n')
 

@@ -3,7 +3,7 @@
 // per byte of the writes it missed.
 //
 // How: peer A (memory store) and peer B (a dataDir, durability 'strict'), each in its own process,
-// hold `total - missed` session writes (keys sess:<n>, ~200-byte JSON values) written on A. B leaves
+// hold `total - missed` session writes (bench/lib/workload.js: ~250-byte JSON values) written on A. B leaves
 // (its process closes the peer and exits) and A waits until it sees B gone; A then writes `missed`
 // new keys. B comes back in a new process on the same dataDir (same id, its data reloaded from disk)
 // and catches up. The figure is B's stats().bytesReceived, counted from its start (handshake, hellos,
@@ -15,18 +15,11 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { spawnWorker, killAll } = require('../lib/procs')
-const { SESSION_JSON, keys: makeKeys } = require('../lib/workload')
+const { dataBytes: writeBytes } = require('../lib/workload')
 const { sleep } = require('../lib/util')
 
 const WORKERS = path.join(__dirname, '..', 'workers')
 const MiB = 2 ** 20
-
-function writeBytes(start, count) {
-  const v = Buffer.byteLength(SESSION_JSON)
-  let n = 0
-  for (const k of makeKeys(start, count)) n += Buffer.byteLength(k) + v
-  return n
-}
 
 async function peerBuckets(ctx) {
   const { cfg, log } = ctx

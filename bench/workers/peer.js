@@ -3,7 +3,7 @@
 
 const { Peer } = require('../..')
 const { serve, pollUntil } = require('./rpc')
-const { SESSION, keys: makeKeys } = require('../lib/workload')
+const { keys: makeKeys, session, sessions } = require('../lib/workload')
 
 const now = () => process.hrtime.bigint()
 let peer = null
@@ -20,7 +20,8 @@ function gcRss() {
 
 function writeRange(start, count) {
   const keys = makeKeys(start, count)
-  for (let i = 0; i < count; i++) bucket.set(keys[i], SESSION)
+  const values = sessions(start, count)
+  for (let i = 0; i < count; i++) bucket.set(keys[i], values[i])
 }
 
 serve(
@@ -51,13 +52,14 @@ serve(
       return true
     },
 
-    /** Writes keys sess:<start>… then waits until the local replica holds `target` keys. Times are
+    /** Writes sessions start… then waits until the local replica holds `target` keys. Times are
      *  process.hrtime.bigint() (CLOCK_MONOTONIC, shared by every process on the machine), as strings. */
     async writeAndWait({ start, count, target, timeoutMs = 60_000, bucketName }) {
       if (bucketName) bucket = peer.bucket(bucketName)
       const keys = makeKeys(start, count)
+      const values = sessions(start, count)
       const t0 = now()
-      for (let i = 0; i < count; i++) bucket.set(keys[i], SESSION)
+      for (let i = 0; i < count; i++) bucket.set(keys[i], values[i])
       const tWrote = now()
       let polls = 0
       const ok = await pollUntil(() => (polls++, bucket.size >= target), timeoutMs)
@@ -167,7 +169,7 @@ serve(
     /** Latency, writing side: `n` writes spaced by `intervalMs`, each stamped with hrtime in the value. */
     async latencyWrite({ prefix, n, intervalMs = 1 }) {
       for (let i = 0; i < n; i++) {
-        bucket.set(prefix + i, { ...SESSION, t: String(now()) })
+        bucket.set(prefix + i, { ...session(i), t: String(now()) })
         await new Promise((r) => setTimeout(r, intervalMs))
       }
       return true
