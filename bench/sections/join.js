@@ -49,13 +49,17 @@ async function peerJoin(ctx) {
     const j = await joiner.call('join', { id: 'join-new', seeds: [a.address], target: n, timeoutMs: cfg.joinTimeoutMs }, cfg.joinTimeoutMs + 10_000)
     const keyBytes = dataBytes(0, n)
     log(`    joined: ${j.ok ? j.ms.toFixed(0) + ' ms' : 'NOT complete (' + j.size + ' keys) after ' + j.ms.toFixed(0) + ' ms'}; ` +
-      `received ${(j.bytesReceived / 2 ** 20).toFixed(1)} MiB (${(j.bytesReceived / keyBytes).toFixed(2)}× the keys+values)`)
+      `received ${(j.bytesReceived / 2 ** 20).toFixed(1)} MiB for ${(keyBytes / 2 ** 20).toFixed(1)} MiB of keys+values: ` +
+      `${(j.bytesReceived / keyBytes).toFixed(3)} bytes on the wire per byte (${(j.uncompressed / keyBytes).toFixed(3)} uncompressed)`)
     return {
       ok: j.ok,
       ms: j.ok ? j.ms : null,
       n,
       bytes_received: j.bytesReceived,
+      data_bytes: keyBytes,
       bytes_received_per_data_byte: j.bytesReceived / keyBytes,
+      bytes_received_uncompressed: j.uncompressed,
+      bytes_received_uncompressed_per_data_byte: j.uncompressed / keyBytes,
       joiner_rss_per_key: j.rssGrowth / n,
       replica_rss_per_key: (rssB1 - rssB0) / n,
       load_ms: fill.ms,

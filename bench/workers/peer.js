@@ -6,6 +6,8 @@ const { serve, pollUntil } = require('./rpc')
 const { keys: makeKeys, session, sessions } = require('../lib/workload')
 
 const now = () => process.hrtime.bigint()
+// `npm run bench -- --no-compression` measures every peer with compression off.
+const COMPRESSION = process.env.BENCH_COMPRESSION !== 'off'
 let peer = null
 let bucket = null
 let latency = null
@@ -18,6 +20,15 @@ function gcRss() {
   return process.memoryUsage().rss
 }
 
+/**
+ * What `stats.bytesReceived` would have been with every frame sent uncompressed: the frames are the
+ * same either way (batching is decided before compression), so it is the wire count plus what
+ * compression saved on each link.
+ */
+function uncompressedReceived(stats) {
+  return stats.bytesReceived + stats.replication.reduce((n, l) => n + l.bytesReceivedUncompressed - l.bytesReceived, 0)
+}
+
 function writeRange(start, count) {
   const keys = makeKeys(start, count)
   const values = sessions(start, count)
@@ -26,9 +37,9 @@ function writeRange(start, count) {
 
 serve(
   {
-    async open({ id, seeds = [], bucketName = 'sessions', dataDir, durability }) {
+    async open({ id, seeds = [], bucketName = 'sessions', dataDir, durability, compression }) {
       const t0 = now()
-      const opts = { id, listen: '127.0.0.1:0', peers: seeds }
+      const opts = { id, listen: '127.0.0.1:0', peers: seeds, compression: compression ?? COMPRESSION }
       if (dataDir) opts.dataDir = dataDir
       if (durability) opts.durability = durability
       peer = new Peer(opts)
@@ -82,21 +93,24 @@ serve(
       const t0 = now()
       const ok = await pollUntil(() => bucket.size >= target, timeoutMs)
       const out = { ok, ms: Number(now() - t0) / 1e6, size: bucket.size }
-      if (stats) out.stats = peer.stats()
+      if (stats) {
+        out.stats = peer.stats()
+        out.uncompressed = uncompressedReceived(out.stats)
+      }
       return out
     },
 
     /** Opens a Peer seeded with `seeds` and times it until it holds `target` keys. */
-    async join({ id, seeds, target, timeoutMs = 120_000 }) {
+    async join({ id, seeds, target, timeoutMs = 120_000, compression }) {
       const rss0 = gcRss()
       const t0 = now()
-      peer = new Peer({ id, listen: '127.0.0.1:0', peers: seeds })
+      peer = new Peer({ id, listen: '127.0.0.1:0', peers: seeds, compression: compression ?? COMPRESSION })
       await peer.ready()
       bucket = peer.bucket('sessions')
       const ok = await pollUntil(() => bucket.size >= target, timeoutMs)
       const ms = Number(now() - t0) / 1e6
       const stats = peer.stats()
-      return { ok, ms, size: bucket.size, bytesReceived: stats.bytesReceived, rssGrowth: gcRss() - rss0 }
+      return { ok, ms, size: bucket.size, bytesReceived: stats.bytesReceived, uncompressed: uncompressedReceived(stats), rssGrowth: gcRss() - rss0 }
     },
 
     size() {
@@ -116,7 +130,7 @@ serve(
      * has reads: 'frozen' and every key is read once, so the decoded objects it keeps are counted too.
      */
     async memory({ count, slice = 50_000, settleMs = 300, frozen = false }) {
-      peer = new Peer({ id: 'mem', listen: '127.0.0.1:0' })
+      peer = new Peer({ id: 'mem', listen: '127.0.0.1:0', compression: COMPRESSION })
       await peer.ready()
       bucket = frozen ? peer.bucket('sessions', { reads: 'frozen' }) : peer.bucket('sessions')
       await new Promise((r) => setTimeout(r, 100))
