@@ -126,6 +126,12 @@ export interface PeerOptions {
    * process opens itself are not limited. A whole number from 1 to 2^32 - 1; default 10000.
    */
   maxBuckets?: number
+  /**
+   * Send frames compressed (LZ4) where that makes them shorter; default true. `false` sends every
+   * frame as it is (compressed frames from peers are read either way): a compressed length can tell
+   * an eavesdropper how alike a value it chose is to others sent in the same frame.
+   */
+  compression?: boolean
 }
 
 /** A destination for log lines: one method per level, each called with the line. */
@@ -252,8 +258,14 @@ export interface LinkStats {
   lagOps: number
   /** How long it has been behind on our writes, in ms (0 when caught up). */
   lagMs: number
+  /** Bytes sent to this peer over its current link, as they went on the wire (compressed where that paid). */
   bytesSent: number
+  /** Bytes received from this peer over its current link, as they came on the wire. */
   bytesReceived: number
+  /** The bytes of `bytesSent` as they were before compression: equal to it with nothing compressed. */
+  bytesSentUncompressed: number
+  /** The bytes of `bytesReceived` as they were after inflation. */
+  bytesReceivedUncompressed: number
   /** Answers (fetch, pull and held replies) queued for this peer and not yet sent, in bytes. */
   sendQueueBytes: number
   /** Writes that arrived from this peer over its current link, applied or already held. */

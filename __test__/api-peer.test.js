@@ -278,6 +278,33 @@ describe('peers() and stats()', () => {
     }
   })
 
+  test('alike writes travel compressed, and the link says how much; compression: false sends them as they are', async () => {
+    const [a, b] = await createCluster(2, 'zip')
+    const c = await createPeer({ id: 'plain1', compression: false })
+    const d = await createPeer({ id: 'plain2', peers: [c.address] })
+    await waitConnected([c, d])
+    for (const p of [a, c]) {
+      const bucket = p.bucket('s')
+      for (let i = 0; i < 300; i++) bucket.set(`k${i}`, { i, pad: 'x'.repeat(100) })
+    }
+    await waitFor(() => b.bucket('s').size === 300 && d.bucket('s').size === 300, { message: 'writes to replicate' })
+    const link = (p, id) => p.stats().replication.find((l) => l.id === id)
+    const aToB = link(a, 'zip2')
+    const bFromA = link(b, 'zip1')
+    expect(aToB.bytesSent * 2).toBeLessThan(aToB.bytesSentUncompressed)
+    expect(bFromA.bytesReceived * 2).toBeLessThan(bFromA.bytesReceivedUncompressed)
+    const cToD = link(c, 'plain2')
+    const dFromC = link(d, 'plain1')
+    expect(cToD.bytesSentUncompressed).toBeGreaterThan(300 * 100)
+    expect(cToD.bytesSent).toBe(cToD.bytesSentUncompressed)
+    expect(dFromC.bytesReceived).toBe(dFromC.bytesReceivedUncompressed)
+    for (const bad of ['yes', 1, null]) {
+      const err = await captureError(() => new Peer({ compression: bad }))
+      expect(err).toBeInstanceOf(TypeError)
+      expect(err.message).toMatch(/options\.compression must be a boolean/)
+    }
+  })
+
   test('unref() and ref() return the peer', async () => {
     const peer = await createPeer()
     expect(peer.unref()).toBe(peer)

@@ -51,12 +51,15 @@ function productState() {
 
 const argv = process.argv.slice(2)
 if (argv.includes('--help') || argv.includes('-h')) {
-  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup,lifecycle,scan,sessions] [--no-redis]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
+  console.log('usage: npm run bench [-- --quick] [--json] [--only=local,durable,replicated,latency,scuttlebutt,join,memory,catchup,lifecycle,scan,sessions] [--no-redis] [--no-compression]\n  --quick: smaller sizes (under 3 min); --json: last line is one JSON object of the figures;\n  --only: some sections (writes bench/results/partial.json instead of latest.json + ratios.svg)')
   process.exit(0)
 }
 const QUICK = argv.includes('--quick')
 const JSON_OUT = argv.includes('--json')
 const NO_REDIS = argv.includes('--no-redis')
+// Every peer the bench starts sends plain frames: the throughput and latency compression costs.
+const NO_COMPRESSION = argv.includes('--no-compression')
+if (NO_COMPRESSION) process.env.BENCH_COMPRESSION = 'off'
 const onlyArg = argv.find((a) => a.startsWith('--only='))
 const ONLY = onlyArg ? new Set(onlyArg.slice(7).split(',')) : null
 const want = (name) => !ONLY || ONLY.has(name)
@@ -159,7 +162,7 @@ async function main() {
     scuttlebutt: require('scuttlebutt/package.json').version,
     redis: rv,
   }
-  log(`peer-buckets bench${QUICK ? ' (--quick)' : ''} — ${new Date().toISOString()}`)
+  log(`peer-buckets bench${QUICK ? ' (--quick)' : ''}${NO_COMPRESSION ? ' (--no-compression)' : ''} — ${new Date().toISOString()}`)
   log(`machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, ${m.os}; node ${m.node}; ` +
     `load average at start ${m.loadavg.map((x) => x.toFixed(2)).join(' ')}${m.loadavg[0] > 0.5 ? ' (other work is running: figures are noisier)' : ''}`)
   const product = productState()
@@ -167,7 +170,7 @@ async function main() {
   log(`product: commit ${product.commit}${product.dirty_files_outside_bench ? ` + ${product.dirty_files_outside_bench} changed file(s)` : ''}` +
     (product.addon ? `, addon ${product.addon.file} built ${product.addon.built} (sha256 ${product.addon.sha256}…)` : ', addon not built'))
   log(`versions: peer-buckets ${versions['peer-buckets']}, redis-server ${rv || 'not installed'}, ioredis ${versions.ioredis}, scuttlebutt ${versions.scuttlebutt}`)
-  log(`workload: session object of ${Buffer.byteLength(require('./lib/workload').SESSION_JSON)} bytes of JSON, keys sess:<n>; median of ${cfg.rounds} rounds`)
+  log(`workload: express-session records of about ${Buffer.byteLength(require('./lib/workload').SESSION_JSON)} bytes of JSON, each its own (random ids, times and CSRF secret, seeded), keys sess:<32-character id>; median of ${cfg.rounds} rounds`)
   if (stale) log(`(killed ${stale} process(es) left by an earlier run that was killed)`)
   if (!rv && !NO_REDIS) log('\n' + INSTALL_HINT + '\n')
 
@@ -323,6 +326,8 @@ async function main() {
       if (j) {
         details.join = j
         figures.join_1m_ms = j.ms
+        figures.join_bytes_per_byte = j.bytes_received_per_data_byte
+        figures.join_bytes_per_byte_uncompressed = j.bytes_received_uncompressed_per_data_byte
       }
     }
     if (redisReplicated() && (want('join') || want('memory'))) {
@@ -340,6 +345,9 @@ async function main() {
       if (c) {
         details.catchup = c
         figures.catchup_bytes_per_missed_byte = c.bytes_per_missed_byte
+        figures.catchup_bytes_per_missed_byte_uncompressed = c.bytes_per_missed_byte_uncompressed
+        figures.live_bytes_per_byte = c.live_bytes_per_byte
+        figures.live_bytes_per_byte_uncompressed = c.live_bytes_per_byte_uncompressed
       }
     }
 
@@ -381,6 +389,7 @@ async function main() {
   const out = {
     date: new Date().toISOString(),
     mode: QUICK ? 'quick' : 'full',
+    compression: !NO_COMPRESSION,
     seconds,
     machine: m,
     versions,
@@ -396,6 +405,10 @@ async function main() {
     out.only = [...ONLY]
     fs.writeFileSync(path.join(dir, 'partial.json'), JSON.stringify(out, null, 2) + '\n')
     log(`\nwrote bench/results/partial.json (an --only run leaves latest.json and ratios.svg alone)`)
+  } else if (NO_COMPRESSION) {
+    // The run without compression is set beside the last whole run, not in its place.
+    fs.writeFileSync(path.join(dir, 'no-compression.json'), JSON.stringify(out, null, 2) + '\n')
+    log(`\nwrote bench/results/no-compression.json (a --no-compression run leaves latest.json and ratios.svg alone)`)
   } else {
     fs.writeFileSync(path.join(dir, 'latest.json'), JSON.stringify(out, null, 2) + '\n')
     fs.writeFileSync(path.join(dir, 'ratios.svg'), report.renderSvg(rows, m, out.mode))

@@ -111,6 +111,10 @@ class Peer extends EventEmitter {
       throw new TypeError('Peer: options.insecure must be a boolean')
     }
     const insecure = options.insecure === true
+    if (options.compression !== undefined && typeof options.compression !== 'boolean') {
+      throw new TypeError('Peer: options.compression must be a boolean')
+    }
+    const compression = options.compression !== false
     let dataDir
     if (options.dataDir !== undefined) {
       if (typeof options.dataDir !== 'string' || options.dataDir.length === 0) {
@@ -140,7 +144,7 @@ class Peer extends EventEmitter {
     this.#keepAlive = setInterval(noop, HOLD_MS)
     try {
       this.#handle = native.peerOpen(
-        { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, peerKeys, insecure, dataDir, durability, logger: this.#logger !== undefined, resolveIntervalMs },
+        { id, listen, seeds, advertise, maxClockSkewMs, tombstoneMinAgeMs, memberTimeoutMs, rememberCollectedMs, maxBuckets, secrets, peerKeys, insecure, compression, dataDir, durability, logger: this.#logger !== undefined, resolveIntervalMs },
         (batch) => this.#onNative(batch),
       )
     } catch (err) {

@@ -37,6 +37,8 @@ const LINK_FIGURES = [
   ['lagMs', 'replication_lag_seconds', 'gauge', "How long the linked peer has been behind on this peer's writes (0 when caught up).", 1e-3],
   ['bytesSent', 'link_sent_bytes_total', 'counter', 'Bytes sent to the linked peer over its current link.', 1],
   ['bytesReceived', 'link_received_bytes_total', 'counter', 'Bytes received from the linked peer over its current link.', 1],
+  ['bytesSentUncompressed', 'link_sent_uncompressed_bytes_total', 'counter', 'The bytes sent to the linked peer over its current link, as they were before compression.', 1],
+  ['bytesReceivedUncompressed', 'link_received_uncompressed_bytes_total', 'counter', 'The bytes received from the linked peer over its current link, as they were after inflation.', 1],
   ['sendQueueBytes', 'link_send_queue_bytes', 'gauge', 'Answers (fetch, pull and held replies) queued for the linked peer and not yet sent, in bytes.', 1],
   ['writesReceived', 'link_writes_received_total', 'counter', 'Writes that arrived from the linked peer over its current link, applied or already held.', 1],
   ['applyMs', 'link_apply_seconds_total', 'counter', 'Time spent applying the writes that arrived from the linked peer over its current link.', 1e-3],

@@ -49,6 +49,9 @@ pub struct LinkStats {
     pub lag_ms: f64,
     pub bytes_sent: f64,
     pub bytes_received: f64,
+    /// The frames behind `bytes_sent` and `bytes_received` before compression and after inflation.
+    pub bytes_sent_uncompressed: f64,
+    pub bytes_received_uncompressed: f64,
     /// Answers (fetch, pull and held replies) queued for the peer and not yet sent, in bytes.
     pub send_queue_bytes: f64,
     /// Writes that arrived on this link, applied or already held.
@@ -125,6 +128,8 @@ pub struct OpenOptions {
     /// Without secrets: accept peers from any address, not only loopback ones, when listening beyond
     /// loopback.
     pub insecure: Option<bool>,
+    /// Send frames compressed where that makes them shorter (the default).
+    pub compression: Option<bool>,
     /// Persist in this directory (memory only when absent).
     pub data_dir: Option<String>,
     /// With `data_dir`: "strict" (the default) or "relaxed".
@@ -206,6 +211,7 @@ fn config_of(options: OpenOptions) -> Result<Config> {
         max_buckets: options
             .max_buckets
             .map_or(defaults.max_buckets, |n| n as usize),
+        compression: options.compression.unwrap_or(defaults.compression),
         // A short minimum age is only useful if collection rounds (and the digests they read) keep up.
         collect_every: options
             .tombstone_min_age_ms
@@ -389,6 +395,8 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
                      lag_ms,
                      bytes_sent,
                      bytes_received,
+                     plain_sent,
+                     plain_received,
                      send_queue_bytes,
                      writes_received,
                      apply_us,
@@ -399,6 +407,8 @@ pub fn peer_stats(peer: u32) -> Result<PeerStats> {
                     lag_ms: lag_ms as f64,
                     bytes_sent: bytes_sent as f64,
                     bytes_received: bytes_received as f64,
+                    bytes_sent_uncompressed: plain_sent as f64,
+                    bytes_received_uncompressed: plain_received as f64,
                     send_queue_bytes: send_queue_bytes as f64,
                     writes_received: writes_received as f64,
                     apply_ms: apply_us as f64 / 1000.0,

@@ -13,6 +13,9 @@ const JSON_KEYS = [
   'set_strict_seq_ops', 'redis_aof_always_seq_ops',
   // Issue 16: get with reads: 'frozen', and the memory per key with every key read that way.
   'get_obj_frozen_ops', 'bytes_per_key_frozen',
+  // Issue 16: bytes on the wire per byte of keys+values, and the same frames uncompressed.
+  'join_bytes_per_byte', 'join_bytes_per_byte_uncompressed', 'catchup_bytes_per_missed_byte_uncompressed',
+  'live_bytes_per_byte', 'live_bytes_per_byte_uncompressed',
 ]
 
 /**
@@ -30,7 +33,9 @@ function comparisons(f, extra) {
     { n: '4', short: 'latency p50 vs Redis replica', what: 'write → other process, p50 (µs)', ours: f.latency_p50_us, alt: 'Redis primary → replica', theirs: f.redis_latency_p50_us, better: 'lower', goal: null },
     { n: '4', short: 'latency p99 vs Redis replica', what: 'write → other process, p99 (µs)', ours: f.latency_p99_us, alt: 'Redis primary → replica', theirs: f.redis_latency_p99_us, better: 'lower', goal: 1 },
     { n: '5', short: `join ${fmtNum(extra.join_n)} keys vs Redis full sync`, what: `join, ${fmtNum(extra.join_n)} keys (ms)`, ours: f.join_1m_ms, alt: 'new Redis replica, full sync', theirs: f.redis_join_1m_ms, better: 'lower', goal: 1, strict: true },
-    { n: '6', short: 'catch-up after missing writes', what: 'catch-up (bytes per missed byte)', ours: f.catchup_bytes_per_missed_byte, alt: '(goal ≤ 1.5, no alternative)', theirs: null, better: 'lower', goal: null, absGoal: 1.5 },
+    { n: '5', short: 'join: wire bytes per byte, vs uncompressed', what: `join, ${fmtNum(extra.join_n)} keys (bytes on the wire per byte of keys+values)`, ours: f.join_bytes_per_byte, alt: 'the same frames uncompressed', theirs: f.join_bytes_per_byte_uncompressed, better: 'lower', goal: null, absGoal: 0.5, unit: 'bytes per byte', digits: 3 },
+    { n: '6', short: 'catch-up: bytes per missed byte', what: 'catch-up (bytes per missed byte)', ours: f.catchup_bytes_per_missed_byte, alt: 'the same frames uncompressed', theirs: f.catchup_bytes_per_missed_byte_uncompressed, better: 'lower', goal: null, absGoal: 0.5, unit: 'bytes per missed byte', digits: 3 },
+    { n: '6', short: 'live replication: bytes per byte', what: 'live replication (bytes per byte of keys+values)', ours: f.live_bytes_per_byte, alt: 'the same frames uncompressed', theirs: f.live_bytes_per_byte_uncompressed, better: 'lower', goal: null, digits: 3 },
     { n: '7', short: 'memory per key vs Redis', what: `memory per key, ${fmtNum(extra.mem_n)} keys (bytes)`, ours: f.bytes_per_key, alt: 'Redis used_memory', theirs: f.redis_bytes_per_key, better: 'lower', goal: 1 / 1.5 },
     { n: '7', short: "memory per key, reads 'frozen', vs Redis", what: `memory per key, ${fmtNum(extra.mem_n)} keys, reads 'frozen', all read (bytes)`, ours: f.bytes_per_key_frozen, alt: 'Redis used_memory', theirs: f.redis_bytes_per_key, better: 'lower', goal: 1 / 1.5 },
     { n: 'D', short: "set dataDir 'strict' vs AOF always", what: "set, dataDir 'strict', 256 in flight (ops/s)", ours: f.set_strict_ops, alt: 'Redis appendfsync always, 256 in flight', theirs: f.redis_aof_always_ops, better: 'higher', goal: 1 },
@@ -77,7 +82,7 @@ const metMark = (m) => (m == null ? '—' : m ? 'yes' : 'NO')
 function renderTable(f, extra) {
   const rows = comparisons(f, extra)
   const t1 = table(
-    rows.map((r) => [r.n, r.what, fmtNum(r.ours, r.better === 'lower' ? 1 : 0), fmtNum(r.theirs, r.better === 'lower' ? 1 : 0), r.alt,
+    rows.map((r) => [r.n, r.what, fmtNum(r.ours, r.digits ?? (r.better === 'lower' ? 1 : 0)), fmtNum(r.theirs, r.digits ?? (r.better === 'lower' ? 1 : 0)), r.alt,
       r.ratio == null ? '—' : r.ratio.toFixed(2) + '×', r.goalText, metMark(r.met)]),
     ['#', 'figure', 'peer-buckets', 'alternative', 'alternative is', 'ratio (× better)', 'goal', 'met'],
     ['l', 'l', 'r', 'r', 'l', 'r', 'l', 'l'],
@@ -122,7 +127,7 @@ function renderSvg(rows, machine, mode) {
     if (r.ratio == null && r.absGoal != null && r.ours != null) {
       // No alternative: the figure itself against its goal, as text.
       out.push(`<text x="${x(1) + 6}" y="${y + rowH / 2 + 4}" font-weight="bold" fill="${r.met ? '#2a7d45' : '#b0402f'}">` +
-        `${r.ours.toFixed(2)} bytes per missed byte (goal ≤ ${r.absGoal}${r.met ? ', met' : ', missed'})</text>`)
+        `${r.ours.toFixed(r.digits ?? 2)} ${r.unit} (goal ≤ ${r.absGoal}${r.met ? ', met' : ', missed'})</text>`)
       return
     }
     if (r.ratio == null) {

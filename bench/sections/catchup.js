@@ -3,30 +3,24 @@
 // per byte of the writes it missed.
 //
 // How: peer A (memory store) and peer B (a dataDir, durability 'strict'), each in its own process,
-// hold `total - missed` session writes (keys sess:<n>, ~200-byte JSON values) written on A. B leaves
+// hold `total - missed` session writes (bench/lib/workload.js: ~250-byte JSON values) written on A. B leaves
 // (its process closes the peer and exits) and A waits until it sees B gone; A then writes `missed`
 // new keys. B comes back in a new process on the same dataDir (same id, its data reloaded from disk)
 // and catches up. The figure is B's stats().bytesReceived, counted from its start (handshake, hellos,
 // digests, pings and data alike) to the moment it holds every key, divided by the bytes of the missed
-// writes (key + value as JSON, UTF-8). For scale, a fresh memory peer C then joins A and receives the
+// writes (key + value as JSON, UTF-8); the same with every frame counted uncompressed (stats'
+// bytesReceivedUncompressed per link) says what compression saved. For scale, a fresh memory peer C then joins A and receives the
 // whole bucket: what B would have cost without its data.
 
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { spawnWorker, killAll } = require('../lib/procs')
-const { SESSION_JSON, keys: makeKeys } = require('../lib/workload')
+const { dataBytes: writeBytes } = require('../lib/workload')
 const { sleep } = require('../lib/util')
 
 const WORKERS = path.join(__dirname, '..', 'workers')
 const MiB = 2 ** 20
-
-function writeBytes(start, count) {
-  const v = Buffer.byteLength(SESSION_JSON)
-  let n = 0
-  for (const k of makeKeys(start, count)) n += Buffer.byteLength(k) + v
-  return n
-}
 
 async function peerBuckets(ctx) {
   const { cfg, log } = ctx
@@ -53,6 +47,7 @@ async function peerBuckets(ctx) {
     const r1 = await b1.call('waitSize', { target: held, timeoutMs, stats: true }, timeoutMs + 10_000)
     if (!r1.ok) throw new Error(`B holds ${r1.size} of ${held} keys after ${timeoutMs} ms`)
     const liveBytes = r1.stats.bytesReceived
+    const liveUncompressed = r1.uncompressed
     const heldBytes = writeBytes(0, held)
 
     // B leaves: its worker closes the peer (a clean close) and exits.
@@ -81,26 +76,30 @@ async function peerBuckets(ctx) {
       `${missed.toLocaleString()} missed writes in ${(reopened.openMs + r2.ms).toFixed(0)} ms (A saw it gone after ${gone.ms.toFixed(0)} ms)`)
     log(`  received ${s.bytesReceived.toLocaleString()} bytes (stats().bytesReceived of the new process: handshake, ` +
       `hellos, digests and data) for ${missedBytes.toLocaleString()} bytes of missed writes (key + JSON value) ` +
-      `= ${ratio.toFixed(3)} bytes per missed byte; fullResyncs ${s.fullResyncs}, pulls sent ${s.pullsSent}`)
+      `= ${ratio.toFixed(3)} bytes per missed byte (${(r2.uncompressed / missedBytes).toFixed(3)} uncompressed); fullResyncs ${s.fullResyncs}, pulls sent ${s.pullsSent}`)
     log(`  (${(after.bytesReceived - s.bytesReceived).toLocaleString()} more bytes of pings and digests in the next 1.2 s; ` +
-      `live replication of the first ${held.toLocaleString()} writes cost ${(liveBytes / heldBytes).toFixed(3)} bytes per byte)`)
+      `live replication of the first ${held.toLocaleString()} writes cost ${(liveBytes / heldBytes).toFixed(3)} bytes per byte, ` +
+      `${(liveUncompressed / heldBytes).toFixed(3)} uncompressed)`)
     if (fullBytes != null) {
       log(`  a fresh peer joining instead received ${(fullBytes / MiB).toFixed(1)} MiB, ` +
         `${(fullBytes / s.bytesReceived).toFixed(0)}× what B did`)
     }
     return {
       bytes_per_missed_byte: ratio,
+      bytes_per_missed_byte_uncompressed: r2.uncompressed / missedBytes,
       total,
       missed,
       bytes_received: s.bytesReceived,
       missed_bytes: missedBytes,
-      per_link: s.replication.map((l) => ({ id: l.id, bytesReceived: l.bytesReceived, bytesSent: l.bytesSent })),
+      per_link: s.replication.map((l) => ({ id: l.id, bytesReceived: l.bytesReceived, bytesSent: l.bytesSent,
+        bytesReceivedUncompressed: l.bytesReceivedUncompressed, bytesSentUncompressed: l.bytesSentUncompressed })),
       reopened_with_keys: reopened.size,
       catchup_ms: reopened.openMs + r2.ms,
       full_resyncs: s.fullResyncs,
       pulls_sent: s.pullsSent,
       chatter_next_1200ms: after.bytesReceived - s.bytesReceived,
       live_bytes_per_byte: liveBytes / heldBytes,
+      live_bytes_per_byte_uncompressed: liveUncompressed / heldBytes,
       fresh_join_bytes: fullBytes,
       method: 'dataDir peer closed and reopened; stats().bytesReceived of the reopened process until it holds all keys, ' +
         '/ (key + JSON value bytes of the missed writes)',

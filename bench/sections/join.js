@@ -8,7 +8,7 @@ const path = require('node:path')
 const { spawnWorker, killAll } = require('../lib/procs')
 const { now, sleep } = require('../lib/util')
 const { info, startRedis, waitReplicasCaughtUp } = require('../lib/redis')
-const { SESSION, keys: makeKeys } = require('../lib/workload')
+const { keys: makeKeys, sessions, dataBytes } = require('../lib/workload')
 const { startPeerMesh } = require('./replicated')
 
 const WORKERS = path.join(__dirname, '..', 'workers')
@@ -47,15 +47,19 @@ async function peerJoin(ctx) {
       `replica RSS +${((rssB1 - rssB0) / n).toFixed(0)} B/key`)
     await joiner.ready
     const j = await joiner.call('join', { id: 'join-new', seeds: [a.address], target: n, timeoutMs: cfg.joinTimeoutMs }, cfg.joinTimeoutMs + 10_000)
-    const keyBytes = n * (SESSION_BYTES + 12)
+    const keyBytes = dataBytes(0, n)
     log(`    joined: ${j.ok ? j.ms.toFixed(0) + ' ms' : 'NOT complete (' + j.size + ' keys) after ' + j.ms.toFixed(0) + ' ms'}; ` +
-      `received ${(j.bytesReceived / 2 ** 20).toFixed(1)} MiB (${(j.bytesReceived / keyBytes).toFixed(2)}× the keys+values)`)
+      `received ${(j.bytesReceived / 2 ** 20).toFixed(1)} MiB for ${(keyBytes / 2 ** 20).toFixed(1)} MiB of keys+values: ` +
+      `${(j.bytesReceived / keyBytes).toFixed(3)} bytes on the wire per byte (${(j.uncompressed / keyBytes).toFixed(3)} uncompressed)`)
     return {
       ok: j.ok,
       ms: j.ok ? j.ms : null,
       n,
       bytes_received: j.bytesReceived,
+      data_bytes: keyBytes,
       bytes_received_per_data_byte: j.bytesReceived / keyBytes,
+      bytes_received_uncompressed: j.uncompressed,
+      bytes_received_uncompressed_per_data_byte: j.uncompressed / keyBytes,
       joiner_rss_per_key: j.rssGrowth / n,
       replica_rss_per_key: (rssB1 - rssB0) / n,
       load_ms: fill.ms,
@@ -66,16 +70,14 @@ async function peerJoin(ctx) {
   }
 }
 
-const SESSION_BYTES = Buffer.byteLength(JSON.stringify(SESSION))
-
 async function loadRedis(client, n) {
   const batch = 1000
-  const value = JSON.stringify(SESSION)
   let inflight = []
   for (let s = 0; s < n; s += batch) {
     const keys = makeKeys(s, Math.min(batch, n - s))
+    const values = sessions(s, keys.length)
     const args = []
-    for (const k of keys) args.push(k, value)
+    keys.forEach((k, i) => args.push(k, JSON.stringify(values[i])))
     inflight.push(client.mset(args))
     if (inflight.length >= 16) {
       await Promise.all(inflight)

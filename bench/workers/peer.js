@@ -3,9 +3,11 @@
 
 const { Peer } = require('../..')
 const { serve, pollUntil } = require('./rpc')
-const { SESSION, keys: makeKeys } = require('../lib/workload')
+const { keys: makeKeys, session, sessions } = require('../lib/workload')
 
 const now = () => process.hrtime.bigint()
+// `npm run bench -- --no-compression` measures every peer with compression off.
+const COMPRESSION = process.env.BENCH_COMPRESSION !== 'off'
 let peer = null
 let bucket = null
 let latency = null
@@ -18,16 +20,26 @@ function gcRss() {
   return process.memoryUsage().rss
 }
 
+/**
+ * What `stats.bytesReceived` would have been with every frame sent uncompressed: the frames are the
+ * same either way (batching is decided before compression), so it is the wire count plus what
+ * compression saved on each link.
+ */
+function uncompressedReceived(stats) {
+  return stats.bytesReceived + stats.replication.reduce((n, l) => n + l.bytesReceivedUncompressed - l.bytesReceived, 0)
+}
+
 function writeRange(start, count) {
   const keys = makeKeys(start, count)
-  for (let i = 0; i < count; i++) bucket.set(keys[i], SESSION)
+  const values = sessions(start, count)
+  for (let i = 0; i < count; i++) bucket.set(keys[i], values[i])
 }
 
 serve(
   {
-    async open({ id, seeds = [], bucketName = 'sessions', dataDir, durability }) {
+    async open({ id, seeds = [], bucketName = 'sessions', dataDir, durability, compression }) {
       const t0 = now()
-      const opts = { id, listen: '127.0.0.1:0', peers: seeds }
+      const opts = { id, listen: '127.0.0.1:0', peers: seeds, compression: compression ?? COMPRESSION }
       if (dataDir) opts.dataDir = dataDir
       if (durability) opts.durability = durability
       peer = new Peer(opts)
@@ -51,13 +63,14 @@ serve(
       return true
     },
 
-    /** Writes keys sess:<start>… then waits until the local replica holds `target` keys. Times are
+    /** Writes sessions start… then waits until the local replica holds `target` keys. Times are
      *  process.hrtime.bigint() (CLOCK_MONOTONIC, shared by every process on the machine), as strings. */
     async writeAndWait({ start, count, target, timeoutMs = 60_000, bucketName }) {
       if (bucketName) bucket = peer.bucket(bucketName)
       const keys = makeKeys(start, count)
+      const values = sessions(start, count)
       const t0 = now()
-      for (let i = 0; i < count; i++) bucket.set(keys[i], SESSION)
+      for (let i = 0; i < count; i++) bucket.set(keys[i], values[i])
       const tWrote = now()
       let polls = 0
       const ok = await pollUntil(() => (polls++, bucket.size >= target), timeoutMs)
@@ -80,21 +93,24 @@ serve(
       const t0 = now()
       const ok = await pollUntil(() => bucket.size >= target, timeoutMs)
       const out = { ok, ms: Number(now() - t0) / 1e6, size: bucket.size }
-      if (stats) out.stats = peer.stats()
+      if (stats) {
+        out.stats = peer.stats()
+        out.uncompressed = uncompressedReceived(out.stats)
+      }
       return out
     },
 
     /** Opens a Peer seeded with `seeds` and times it until it holds `target` keys. */
-    async join({ id, seeds, target, timeoutMs = 120_000 }) {
+    async join({ id, seeds, target, timeoutMs = 120_000, compression }) {
       const rss0 = gcRss()
       const t0 = now()
-      peer = new Peer({ id, listen: '127.0.0.1:0', peers: seeds })
+      peer = new Peer({ id, listen: '127.0.0.1:0', peers: seeds, compression: compression ?? COMPRESSION })
       await peer.ready()
       bucket = peer.bucket('sessions')
       const ok = await pollUntil(() => bucket.size >= target, timeoutMs)
       const ms = Number(now() - t0) / 1e6
       const stats = peer.stats()
-      return { ok, ms, size: bucket.size, bytesReceived: stats.bytesReceived, rssGrowth: gcRss() - rss0 }
+      return { ok, ms, size: bucket.size, bytesReceived: stats.bytesReceived, uncompressed: uncompressedReceived(stats), rssGrowth: gcRss() - rss0 }
     },
 
     size() {
@@ -114,7 +130,7 @@ serve(
      * has reads: 'frozen' and every key is read once, so the decoded objects it keeps are counted too.
      */
     async memory({ count, slice = 50_000, settleMs = 300, frozen = false }) {
-      peer = new Peer({ id: 'mem', listen: '127.0.0.1:0' })
+      peer = new Peer({ id: 'mem', listen: '127.0.0.1:0', compression: COMPRESSION })
       await peer.ready()
       bucket = frozen ? peer.bucket('sessions', { reads: 'frozen' }) : peer.bucket('sessions')
       await new Promise((r) => setTimeout(r, 100))
@@ -167,7 +183,7 @@ serve(
     /** Latency, writing side: `n` writes spaced by `intervalMs`, each stamped with hrtime in the value. */
     async latencyWrite({ prefix, n, intervalMs = 1 }) {
       for (let i = 0; i < n; i++) {
-        bucket.set(prefix + i, { ...SESSION, t: String(now()) })
+        bucket.set(prefix + i, { ...session(i), t: String(now()) })
         await new Promise((r) => setTimeout(r, intervalMs))
       }
       return true

@@ -4,7 +4,7 @@
 
 const Redis = require('ioredis')
 const { serve } = require('./rpc')
-const { SESSION, keys: makeKeys } = require('../lib/workload')
+const { keys: makeKeys, sessions } = require('../lib/workload')
 const { inFlight } = require('../lib/util')
 
 const now = () => process.hrtime.bigint()
@@ -19,12 +19,13 @@ serve(
       return true
     },
 
-    /** SETs keys sess:<start>… with `inflight` in flight (the value is serialised per write, as a
+    /** SETs sessions start… with `inflight` in flight (the value is serialised per write, as a
      *  client would). */
     async write({ start, count, inflight = 256 }) {
       const keys = makeKeys(start, count)
+      const values = sessions(start, count)
       const t0 = now()
-      await inFlight(count, inflight, (i) => redis.set(keys[i], JSON.stringify(SESSION)))
+      await inFlight(count, inflight, (i) => redis.set(keys[i], JSON.stringify(values[i])))
       const t1 = now()
       return { t0: String(t0), t1: String(t1) }
     },

@@ -5,7 +5,7 @@
 const net = require('node:net')
 const Model = require('scuttlebutt/model')
 const { serve } = require('./rpc')
-const { SESSION, keys: makeKeys } = require('../lib/workload')
+const { keys: makeKeys, sessions } = require('../lib/workload')
 
 const now = () => process.hrtime.bigint()
 let model = null
@@ -65,9 +65,10 @@ serve(
 
     async writeAndWait({ start, count, target, timeoutMs = 60_000 }) {
       const keys = makeKeys(start, count)
+      const values = sessions(start, count)
       const done = new Promise((resolve) => (waiter = { target, resolve }))
       const t0 = now()
-      for (let i = 0; i < count; i++) model.set(keys[i], SESSION)
+      for (let i = 0; i < count; i++) model.set(keys[i], values[i])
       const tWrote = now()
       if (applied >= target) waiter = null
       else {

@@ -82,6 +82,9 @@ pub struct Config {
     /// With secrets: ids whose links only these static keys may speak for (`keys::KeyBook`); other
     /// ids are bound to the first key they prove.
     pub peer_keys: Vec<(String, crate::secure::PublicKey)>,
+    /// Send frames compressed where that makes them shorter (`wire::compress_frames`); off, this
+    /// node sends every frame plain (it reads compressed ones either way).
+    pub compression: bool,
 }
 
 impl Default for Config {
@@ -117,6 +120,7 @@ impl Default for Config {
             seed: None,
             insecure: false,
             peer_keys: Vec::new(),
+            compression: true,
             max_buckets: crate::sync::DEFAULT_MAX_BUCKETS,
         }
     }

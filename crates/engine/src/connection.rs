@@ -1,6 +1,7 @@
 //! Frames over a stream (real or simulated TCP, see `transport`): the handshake that opens it (`secure`), then a reader that buffers until
-//! a whole frame is there (decrypting records first on a keyed link) and a writer that sends whole
-//! batches of frames with one syscall.
+//! a whole frame is there (decrypting records first on a keyed link, inflating compressed frames
+//! after) and a writer that sends whole batches of frames with one syscall, compressed before they
+//! are encrypted when that makes them shorter (`wire::compress_frames`).
 
 use std::time::Duration;
 
@@ -73,6 +74,8 @@ pub async fn open(
             stream: wr,
             sealer,
             sealed: Vec::new(),
+            compress: false,
+            packed: Vec::new(),
         },
     ))
 }
@@ -81,7 +84,9 @@ pub async fn open(
 /// targets drive it as the reader does.
 ///
 /// Memory stays bounded by the frame being read: a frame's room is reserved only once its length
-/// passed the check against `MAX_FRAME`, and a record is decrypted only when the frame needs more.
+/// passed the check against `MAX_FRAME`, a record is decrypted only when the frame needs more, and
+/// a compressed frame is inflated only once the frames it held before are all read, into room its
+/// claimed size (checked against the cap first) sets.
 pub struct FrameDecoder {
     opener: Option<Opener>,
     /// Received and not decrypted yet (keyed links only); bytes before `sealed_start` are used.
@@ -90,6 +95,19 @@ pub struct FrameDecoder {
     /// The frame stream; bytes before `start` are consumed.
     plain: Vec<u8>,
     start: usize,
+    /// Frames of the last compressed frame not read yet, from `inflated_start`.
+    inflated: Vec<u8>,
+    inflated_start: usize,
+    /// Bytes of the compressed frame being read out, not yet counted in a `Taken`.
+    uncounted: usize,
+}
+
+/// What reading one message took: `wire` the bytes received for it (a compressed frame counts
+/// with the first message it holds), `plain` those of its own frame, as it was before compression.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub wire: usize,
+    pub plain: usize,
 }
 
 impl FrameDecoder {
@@ -101,6 +119,9 @@ impl FrameDecoder {
             sealed_start: 0,
             plain: Vec::new(),
             start: 0,
+            inflated: Vec::new(),
+            inflated_start: 0,
+            uncounted: 0,
         }
     }
 
@@ -119,17 +140,21 @@ impl FrameDecoder {
         buf
     }
 
-    /// The next whole message and the bytes its frame took; `None` until more bytes arrive.
-    pub fn next_message(&mut self) -> Result<Option<(Message, usize)>, LinkError> {
+    /// The next whole message and the bytes it took; `None` until more bytes arrive.
+    pub fn next_message(&mut self) -> Result<Option<(Message, Taken)>, LinkError> {
         self.next_message_within(MAX_FRAME)
     }
 
-    /// `next_message`, refusing a frame longer than `max_frame` from its length prefix.
+    /// `next_message`, refusing a frame longer than `max_frame` from its length prefix, and a
+    /// compressed frame claiming more than `max_frame` inflated bytes.
     pub fn next_message_within(
         &mut self,
         max_frame: usize,
-    ) -> Result<Option<(Message, usize)>, LinkError> {
+    ) -> Result<Option<(Message, Taken)>, LinkError> {
         loop {
+            if self.inflated_start < self.inflated.len() {
+                return self.next_inflated(max_frame).map(Some);
+            }
             let pending = &self.plain[self.start..];
             if let Some(len) = wire::frame_len(pending)? {
                 if len > max_frame {
@@ -138,9 +163,24 @@ impl FrameDecoder {
                     )));
                 }
                 if pending.len() >= LEN_BYTES + len {
-                    let msg = wire::decode_body(&pending[LEN_BYTES..LEN_BYTES + len])?;
+                    let body = &pending[LEN_BYTES..LEN_BYTES + len];
                     self.start += LEN_BYTES + len;
-                    return Ok(Some((msg, LEN_BYTES + len)));
+                    if wire::is_compressed(body) {
+                        self.inflated.clear();
+                        self.inflated_start = 0;
+                        wire::inflate(body, max_frame, &mut self.inflated)?;
+                        self.uncounted = LEN_BYTES + len;
+                        continue;
+                    }
+                    let msg = wire::decode_body(body)?;
+                    let taken = LEN_BYTES + len;
+                    return Ok(Some((
+                        msg,
+                        Taken {
+                            wire: taken,
+                            plain: taken,
+                        },
+                    )));
                 }
                 self.plain.reserve(LEN_BYTES + len - pending.len());
             }
@@ -153,6 +193,37 @@ impl FrameDecoder {
             }
             self.sealed_start += used;
         }
+    }
+
+    /// The next frame of the inflated block: whole, plain, within `max_frame`, or the block is
+    /// malformed.
+    fn next_inflated(&mut self, max_frame: usize) -> Result<(Message, Taken), LinkError> {
+        let pending = &self.inflated[self.inflated_start..];
+        let len = wire::frame_len(pending)?.ok_or_else(|| {
+            LinkError::Protocol("a compressed frame ends inside a length prefix".into())
+        })?;
+        if len > max_frame || pending.len() < LEN_BYTES + len {
+            return Err(LinkError::Protocol(format!(
+                "a compressed frame holds a frame of {len} bytes that it does not fit"
+            )));
+        }
+        let body = &pending[LEN_BYTES..LEN_BYTES + len];
+        if wire::is_compressed(body) {
+            return Err(LinkError::Protocol(
+                "a compressed frame holds a compressed frame".into(),
+            ));
+        }
+        let msg = wire::decode_body(body)?;
+        self.inflated_start += LEN_BYTES + len;
+        if self.inflated_start == self.inflated.len() {
+            self.inflated.clear();
+            self.inflated_start = 0;
+        }
+        let taken = Taken {
+            wire: std::mem::take(&mut self.uncounted),
+            plain: LEN_BYTES + len,
+        };
+        Ok((msg, taken))
     }
 }
 
@@ -177,8 +248,8 @@ impl FrameReader {
     }
 
     /// Reads the next message, waiting at most `silence` for any byte to arrive. Returns the message and
-    /// the number of bytes its frame took.
-    pub async fn read(&mut self, silence: Duration) -> Result<(Message, usize), LinkError> {
+    /// the bytes it took.
+    pub async fn read(&mut self, silence: Duration) -> Result<(Message, Taken), LinkError> {
         self.read_within(silence, MAX_FRAME).await
     }
 
@@ -187,7 +258,7 @@ impl FrameReader {
         &mut self,
         silence: Duration,
         max_frame: usize,
-    ) -> Result<(Message, usize), LinkError> {
+    ) -> Result<(Message, Taken), LinkError> {
         loop {
             if let Some(found) = self.decoder.next_message_within(max_frame)? {
                 return Ok(found);
@@ -210,9 +281,19 @@ pub struct FrameWriter {
     sealer: Option<Sealer>,
     /// Records of the batch being sent (keyed links only).
     sealed: Vec<u8>,
+    /// Whether `send_within` compresses what it sends.
+    compress: bool,
+    /// The batch being sent, compressed.
+    packed: Vec<u8>,
 }
 
 impl FrameWriter {
+    /// From now on, `send_within` sends frames compressed where that makes them shorter (the
+    /// other end reads either).
+    pub fn compress(&mut self, on: bool) {
+        self.compress = on;
+    }
+
     /// Sends already encoded frames, as records on a keyed link.
     pub async fn send(&mut self, frames: &[u8]) -> Result<(), LinkError> {
         match &mut self.sealer {
@@ -226,9 +307,22 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// `send`, failing with `LinkError::Stalled` when the other end takes no `SEND_PIECE` bytes
-    /// for `stall`: a peer that stops reading is dropped, one that reads slowly is only waited for.
-    pub async fn send_within(&mut self, frames: &[u8], stall: Duration) -> Result<(), LinkError> {
+    /// `send`, compressed if `compress` is on, failing with `LinkError::Stalled` when the other end
+    /// takes no `SEND_PIECE` bytes for `stall`: a peer that stops reading is dropped, one that reads
+    /// slowly is only waited for. Returns the bytes of frames sent, after compression.
+    pub async fn send_within(
+        &mut self,
+        frames: &[u8],
+        stall: Duration,
+    ) -> Result<usize, LinkError> {
+        let frames = if self.compress && frames.len() >= wire::COMPRESS_MIN {
+            self.packed.clear();
+            wire::compress_frames(frames, &mut self.packed);
+            &self.packed[..]
+        } else {
+            frames
+        };
+        let sent = frames.len();
         let bytes = match &mut self.sealer {
             None => frames,
             Some(sealer) => {
@@ -242,7 +336,7 @@ impl FrameWriter {
                 .await
                 .map_err(|_| LinkError::Stalled(stall))??;
         }
-        Ok(())
+        Ok(sent)
     }
 
     pub async fn shutdown(&mut self) {
@@ -311,6 +405,120 @@ mod tests {
         assert!(wire.len() > 2 * MAX_RECORD);
         let got = decode_in_pieces(&mut decoder, &wire, &[1000, 70_000, 3]).unwrap();
         assert_eq!(got, messages());
+    }
+
+    /// Session-like writes: alike in shape, each with its own random token, as live batches are.
+    fn batch_frames(count: usize) -> Vec<u8> {
+        let mut frames = Vec::new();
+        for i in 0..count {
+            let token: String = (0..24)
+                .map(|j| (b'A' + ((i * 7 + j * 13) % 26) as u8) as char)
+                .collect();
+            encode_frame(
+                &Message::FetchRequest {
+                    id: i as u64,
+                    bucket: "sessions".into(),
+                    prefix: format!(
+                        "{{\"cookie\":{{\"originalMaxAge\":86400000,\"httpOnly\":true,\"path\":\"/\"}},\"csrf\":\"{token}\",\"n\":{i}}}"
+                    ),
+                },
+                &mut frames,
+            )
+            .unwrap();
+        }
+        frames
+    }
+
+    #[test]
+    fn frames_sent_compressed_are_read_as_the_frames_sent() {
+        let frames = batch_frames(200);
+        let mut packed = Vec::new();
+        let sent = wire::compress_frames(&frames, &mut packed);
+        assert_eq!(sent, packed.len());
+        assert!(
+            packed.len() * 2 < frames.len(),
+            "{} bytes compressed to {}",
+            frames.len(),
+            packed.len()
+        );
+        let mut decoder = FrameDecoder::new(None);
+        let mut got = Vec::new();
+        let (mut wire_bytes, mut plain_bytes) = (0, 0);
+        decoder.input().extend_from_slice(&packed);
+        while let Some((msg, taken)) = decoder.next_message().unwrap() {
+            got.push(msg);
+            wire_bytes += taken.wire;
+            plain_bytes += taken.plain;
+        }
+        let mut plain = FrameDecoder::new(None);
+        plain.input().extend_from_slice(&frames);
+        let mut want = Vec::new();
+        while let Some((msg, _)) = plain.next_message().unwrap() {
+            want.push(msg);
+        }
+        assert_eq!(got, want);
+        assert_eq!((wire_bytes, plain_bytes), (packed.len(), frames.len()));
+    }
+
+    /// A compressed frame of `frames`, whatever they are.
+    fn compressed_frame(frames: &[u8]) -> Vec<u8> {
+        let block = lz4_flex::block::compress(frames);
+        let mut out = ((5 + block.len()) as u32).to_be_bytes().to_vec();
+        out.push(wire::COMPRESSED | wire::PROTOCOL_VERSION);
+        out.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+        out.extend_from_slice(&block);
+        out
+    }
+
+    #[test]
+    fn a_compressed_frame_claiming_gigabytes_is_refused_before_allocating() {
+        let mut frame = compressed_frame(&batch_frames(10));
+        frame[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut decoder = FrameDecoder::new(None);
+        decoder.input().extend_from_slice(&frame);
+        let err = decoder.next_message().unwrap_err();
+        assert!(
+            matches!(err, LinkError::Wire(WireError::Compressed(_))),
+            "{err:?}"
+        );
+        assert_eq!(decoder.inflated.capacity(), 0);
+    }
+
+    #[test]
+    fn a_compressed_frame_past_the_callers_limit_is_refused() {
+        let frames = batch_frames(100);
+        let mut decoder = FrameDecoder::new(None);
+        decoder
+            .input()
+            .extend_from_slice(&compressed_frame(&frames));
+        let err = decoder.next_message_within(frames.len() - 1).unwrap_err();
+        assert!(
+            matches!(err, LinkError::Wire(WireError::Compressed(_))),
+            "{err:?}"
+        );
+        assert_eq!(decoder.inflated.capacity(), 0);
+    }
+
+    #[test]
+    fn a_compressed_frame_that_is_not_whole_plain_frames_is_refused() {
+        let frames = batch_frames(3);
+        let cut = compressed_frame(&frames[..frames.len() - 1]);
+        let nested = compressed_frame(&compressed_frame(&frames));
+        let mut lying = compressed_frame(&frames);
+        let claimed = frames.len() as u32 + 1;
+        lying[5..9].copy_from_slice(&claimed.to_be_bytes());
+        for (what, frame) in [("cut", cut), ("nested", nested), ("lying", lying)] {
+            let mut decoder = FrameDecoder::new(None);
+            decoder.input().extend_from_slice(&frame);
+            let mut result = Ok(None);
+            for _ in 0..4 {
+                result = decoder.next_message();
+                if !matches!(result, Ok(Some(_))) {
+                    break;
+                }
+            }
+            assert!(result.is_err(), "{what}: {result:?}");
+        }
     }
 
     #[test]

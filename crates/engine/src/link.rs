@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::connection::{FrameReader, FrameWriter};
+use crate::connection::{FrameReader, FrameWriter, Taken};
 use crate::error::LinkError;
 use crate::guard::{self, Slot, Unprotected};
 use crate::keys::{KeyAdmitted, KeyLease};
@@ -153,7 +153,7 @@ struct Opened {
     _lease: Option<KeyLease>,
     told: Vec<Arc<str>>,
     sent: usize,
-    received: usize,
+    received: Taken,
 }
 
 /// The handshake, bounded by the handshake timeout and, for an accepted connection, by its slot.
@@ -335,8 +335,11 @@ async fn run(
         _lease,
         told,
         sent,
-        received: n,
+        received,
     } = opened;
+    let n = received.wire;
+    // The hellos go plain: the reader of the first one caps it before knowing who sent it.
+    writer.compress(shared.config.compression);
     let counters = &shared.local.counters;
     counters
         .bytes_sent
@@ -467,6 +470,8 @@ async fn run(
         signal: Arc::new(LinkSignal::default()),
         bytes_sent: Arc::new(AtomicU64::new(sent as u64)),
         bytes_received: Arc::new(AtomicU64::new(n as u64)),
+        plain_sent: AtomicU64::new(sent as u64),
+        plain_received: AtomicU64::new(received.plain as u64),
         caught_up_at: Mutex::new(Instant::now()),
         writes_received: AtomicU64::new(0),
         apply_us: AtomicU64::new(0),
@@ -654,17 +659,20 @@ async fn read_loop(
             }
         }
         // Shutdown is the writer's to handle: it says Leave first.
-        let (msg, n) = tokio::select! {
+        let (msg, taken) = tokio::select! {
             biased;
             _ = close.changed() => return Err(LinkError::Duplicate),
             r = reader.read(silence) => r?,
         };
+        let n = taken.wire as u64;
         shared
             .local
             .counters
             .bytes_received
-            .fetch_add(n as u64, Ordering::Relaxed);
-        slot.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+            .fetch_add(n, Ordering::Relaxed);
+        slot.bytes_received.fetch_add(n, Ordering::Relaxed);
+        slot.plain_received
+            .fetch_add(taken.plain as u64, Ordering::Relaxed);
         let allowance = match &msg {
             Message::FetchRequest { .. } => Some(&mut fetches),
             Message::Pull { .. } | Message::Held { .. } | Message::HeldKeys { .. } => {
@@ -783,14 +791,15 @@ async fn write_loop(
         // The reader may be waiting for the answers just taken from the session to be gone.
         drained.notify_one();
         if !buf.is_empty() {
-            writer.send_within(&buf, stall).await?;
-            let n = buf.len() as u64;
+            let n = writer.send_within(&buf, stall).await? as u64;
             shared
                 .local
                 .counters
                 .bytes_sent
                 .fetch_add(n, Ordering::Relaxed);
             slot.bytes_sent.fetch_add(n, Ordering::Relaxed);
+            slot.plain_sent
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
             last_sent = Instant::now();
         }
         if more {
@@ -811,7 +820,15 @@ async fn write_loop(
                 if let Some(msg) = msg {
                     buf.clear();
                     wire::encode_frame(&msg, &mut buf)?;
-                    writer.send_within(&buf, stall).await?;
+                    let n = writer.send_within(&buf, stall).await? as u64;
+                    shared
+                        .local
+                        .counters
+                        .bytes_sent
+                        .fetch_add(n, Ordering::Relaxed);
+                    slot.bytes_sent.fetch_add(n, Ordering::Relaxed);
+                    slot.plain_sent
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 }
             }
             _ = tokio::time::sleep(heartbeat.min(digest_every)) => {}

@@ -111,8 +111,12 @@ pub struct LinkStats {
     pub lag_ops: u64,
     /// How long the peer has been behind on our writes (0 when caught up).
     pub lag_ms: u64,
+    /// Bytes of frames sent and received, as they went on the wire (compressed where they were).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The same frames before compression and after inflation.
+    pub plain_sent: u64,
+    pub plain_received: u64,
     /// Answers (fetch, pull and held replies) queued for the peer and not yet sent, in bytes.
     pub send_queue_bytes: u64,
     /// Writes that arrived on this link, applied or already held.
@@ -430,6 +434,8 @@ impl Node {
                     },
                     bytes_sent: l.bytes_sent.load(Ordering::Relaxed),
                     bytes_received: l.bytes_received.load(Ordering::Relaxed),
+                    plain_sent: l.plain_sent.load(Ordering::Relaxed),
+                    plain_received: l.plain_received.load(Ordering::Relaxed),
                     send_queue_bytes,
                     writes_received: l.writes_received.load(Ordering::Relaxed),
                     apply_us: l.apply_us.load(Ordering::Relaxed),

@@ -31,6 +31,10 @@ pub struct LinkSlot {
     pub signal: Arc<LinkSignal>,
     pub bytes_sent: Arc<std::sync::atomic::AtomicU64>,
     pub bytes_received: Arc<std::sync::atomic::AtomicU64>,
+    /// The frames behind `bytes_sent` and `bytes_received` as they were before compression and
+    /// after inflation: each pair, divided, is what compression saved on the link.
+    pub plain_sent: std::sync::atomic::AtomicU64,
+    pub plain_received: std::sync::atomic::AtomicU64,
     /// When the peer was last seen fully caught up on our writes.
     pub caught_up_at: Mutex<Instant>,
     /// Writes that arrived on this link (`Message::writes_carried`), applied or already held.

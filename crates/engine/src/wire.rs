@@ -4,6 +4,12 @@
 //! byte and the payload. The length is checked against `MAX_FRAME` before anything is allocated, and
 //! decoding is bounded by the frame, so hostile bytes produce an error, never a panic or a huge
 //! allocation.
+//!
+//! A compressed frame has `COMPRESSED | PROTOCOL_VERSION` for its version byte and a payload of
+//! `size: u32 (big endian) | LZ4 block`: the block inflates to exactly `size` bytes of whole plain
+//! frames (never compressed ones). `size` is checked against the reader's frame cap before anything
+//! is allocated, so a frame claiming gigabytes costs its reader nothing; a block that inflates to
+//! anything else is a protocol error.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -34,7 +40,15 @@ use crate::store::Write;
 /// without sending what superseded them (a marker compacted); `HeldKeysReply` answers.
 /// 9: a bucket's digest goes out only when it changed since the last on the link, or a slow refresh
 /// reaches it, numbered; `Digested` ends each round, vouching that the reports sent are current.
-pub const PROTOCOL_VERSION: u8 = 9;
+/// 10: frames may travel compressed (`COMPRESSED`), several plain frames in one LZ4 block.
+pub const PROTOCOL_VERSION: u8 = 10;
+/// Flag on a frame's version byte: its payload is a size and an LZ4 block of plain frames.
+pub const COMPRESSED: u8 = 0x80;
+/// Frames shorter than this, together, travel as they are: LZ4 saves too little on them to pay its
+/// cost (a lone small write, a ping, an ack).
+pub const COMPRESS_MIN: usize = 512;
+/// Bytes before the block in a compressed frame: length prefix, version byte, inflated size.
+const COMPRESSED_HEAD: usize = LEN_BYTES + 1 + 4;
 /// Largest frame accepted or produced, version byte and payload included.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
@@ -353,6 +367,8 @@ pub enum WireError {
     Malformed(String),
     #[error("trailing bytes after message")]
     Trailing,
+    #[error("compressed frame: {0}")]
+    Compressed(String),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -402,6 +418,91 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
         return Err(WireError::Trailing);
     }
     Ok(msg)
+}
+
+/// Appends `frames` (whole frames, as `encode_frame` writes them) to `out`, packed into compressed
+/// frames of at most `MAX_FRAME` inflated bytes each wherever that makes them shorter; the rest as
+/// they are. Returns the bytes appended.
+pub fn compress_frames(frames: &[u8], out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    let mut at = 0;
+    while at < frames.len() {
+        // The longest run of whole frames from `at` that fits a block (a longer frame goes alone).
+        let mut end = at;
+        while end < frames.len() {
+            let Some(len) = frame_len(&frames[end..]).ok().flatten() else {
+                end = frames.len();
+                break;
+            };
+            let next = (end + LEN_BYTES + len).min(frames.len());
+            if next - at > MAX_FRAME && end > at {
+                break;
+            }
+            end = next;
+        }
+        compress_run(&frames[at..end], out);
+        at = end;
+    }
+    out.len() - start
+}
+
+/// Appends one run of whole frames, as one compressed frame if that is shorter.
+fn compress_run(run: &[u8], out: &mut Vec<u8>) {
+    if run.len() < COMPRESS_MIN || run.len() > MAX_FRAME {
+        out.extend_from_slice(run);
+        return;
+    }
+    let head = out.len();
+    let bound = lz4_flex::block::get_maximum_output_size(run.len());
+    out.resize(head + COMPRESSED_HEAD + bound, 0);
+    let packed = lz4_flex::block::compress_into(run, &mut out[head + COMPRESSED_HEAD..])
+        .expect("the output has the room LZ4 asks for");
+    if COMPRESSED_HEAD + packed >= run.len() {
+        out.truncate(head);
+        out.extend_from_slice(run);
+        return;
+    }
+    let len = (COMPRESSED_HEAD - LEN_BYTES + packed) as u32;
+    out[head..head + LEN_BYTES].copy_from_slice(&len.to_be_bytes());
+    out[head + LEN_BYTES] = COMPRESSED | PROTOCOL_VERSION;
+    out[head + LEN_BYTES + 1..head + COMPRESSED_HEAD]
+        .copy_from_slice(&(run.len() as u32).to_be_bytes());
+    out.truncate(head + COMPRESSED_HEAD + packed);
+}
+
+/// Whether a frame body (version byte and payload) is a compressed frame of this version.
+pub fn is_compressed(body: &[u8]) -> bool {
+    body.first() == Some(&(COMPRESSED | PROTOCOL_VERSION))
+}
+
+/// Inflates a compressed frame body into `out` (appended), refusing one that claims more than
+/// `max_inflated` bytes before allocating anything, and one whose block does not inflate to exactly
+/// the size it claims. Returns the bytes appended: whole plain frames, checked by whoever reads them.
+pub fn inflate(body: &[u8], max_inflated: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    let size = body
+        .get(1..5)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or_else(|| WireError::Compressed("no inflated size".into()))?;
+    if size == 0 || size > max_inflated {
+        return Err(WireError::Compressed(format!(
+            "claims {size} inflated bytes where 1 to {max_inflated} are accepted"
+        )));
+    }
+    let start = out.len();
+    out.resize(start + size, 0);
+    match lz4_flex::block::decompress_into(&body[5..], &mut out[start..]) {
+        Ok(n) if n == size => Ok(size),
+        Ok(n) => {
+            out.truncate(start);
+            Err(WireError::Compressed(format!(
+                "inflates to {n} bytes where it claims {size}"
+            )))
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(WireError::Compressed(e.to_string()))
+        }
+    }
 }
 
 /// Decodes the first complete frame in `buf`: `Ok(None)` if more bytes are needed, else the message
@@ -463,6 +564,53 @@ mod tests {
         for cut in 0..buf.len() {
             assert_eq!(decode_frame(&buf[..cut]), Ok(None));
         }
+    }
+
+    #[test]
+    fn frames_that_compression_would_not_shorten_travel_as_they_are() {
+        let mut small = Vec::new();
+        encode_frame(&Message::Ping { wall_ms: 1 }, &mut small).unwrap();
+        let mut noise = Vec::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let prefix: String = (0..4_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect();
+        let fetch = Message::FetchRequest {
+            id: 1,
+            bucket: "b".into(),
+            prefix,
+        };
+        encode_frame(&fetch, &mut noise).unwrap();
+        for frames in [small, noise] {
+            let mut out = Vec::new();
+            compress_frames(&frames, &mut out);
+            assert_eq!(out, frames);
+        }
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_block_travels_alone_and_plain() {
+        let fetch = |n: usize| Message::FetchRequest {
+            id: 1,
+            bucket: "b".into(),
+            prefix: "a".repeat(n),
+        };
+        let mut frames = Vec::new();
+        encode_frame(&fetch(1_000), &mut frames).unwrap();
+        let first = frames.len();
+        // With its prefix, one byte more than a block holds.
+        encode_frame(&fetch(MAX_FRAME - 12), &mut frames).unwrap();
+        assert_eq!(frames.len() - first, MAX_FRAME + 2);
+        let mut out = Vec::new();
+        compress_frames(&frames, &mut out);
+        assert!(is_compressed(&out[LEN_BYTES..]));
+        let head = frame_len(&out).unwrap().unwrap() + LEN_BYTES;
+        assert!(out[head..] == frames[first..], "the large frame, as it was");
     }
 
     #[test]

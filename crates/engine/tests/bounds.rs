@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use peer_buckets_engine::connection::{FrameReader, FrameWriter};
 use peer_buckets_engine::value;
-use peer_buckets_engine::wire::{encode_frame, MemberInfo, Message};
+use peer_buckets_engine::wire::{self, encode_frame, MemberInfo, Message};
 use peer_buckets_engine::Lifetime;
 use peer_buckets_engine::ReplicaId;
 use peer_buckets_engine::SeqRanges;
@@ -23,18 +23,27 @@ use common::*;
 
 const BUCKET: &str = "s";
 
-/// Fills `bucket` of `node` with `keys` values of `size` bytes each.
 fn config(id: &str) -> Config {
     keyed(id, vec![], &[SECRET])
 }
 
+/// Fills `bucket` of `node` with `keys` values of `size` bytes each: letters drawn at random
+/// (seeded), so compression cannot shrink what a test sends to press on a bound.
 fn fill(node: &Node, keys: usize, size: usize) {
     let b = node.bucket(BUCKET);
-    let text = format!("\"{}\"", "x".repeat(size));
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 0..keys {
+        let text: String = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
         b.write(
             format!("k{i:05}"),
-            Some(value::encode_json(&text)),
+            Some(value::encode_json(&format!("\"{text}\""))),
             Lifetime::Forever,
         );
     }
@@ -197,7 +206,7 @@ async fn a_slow_reader_is_paused_not_dropped() {
         );
         most = most.max(owed(&victim, "slow"));
         let (msg, n) = reader.read(Duration::from_secs(5)).await.unwrap();
-        bytes += n;
+        bytes += n.wire;
         if let Message::FetchReply { done: true, .. } = msg {
             done += 1;
         }
@@ -235,7 +244,7 @@ async fn fetch_requests_are_served_at_a_bounded_rate() {
             break;
         };
         let (msg, n) = read.unwrap();
-        bytes += n;
+        bytes += n.wire;
         if let Message::FetchReply { done: true, .. } = msg {
             answered += 1;
         }
@@ -418,5 +427,78 @@ async fn a_member_cannot_make_a_peer_create_buckets_past_its_limit() {
     .await;
     drop(reader);
     honest.close(Duration::from_secs(1)).await;
+    victim.close(Duration::from_secs(1)).await;
+}
+
+/// One compressed frame holding `frames`, its inflated size as claimed by `claim` (the true one
+/// when `None`).
+fn compressed(frames: &[u8], claim: Option<u32>) -> Vec<u8> {
+    let mut packed = Vec::new();
+    wire::compress_frames(frames, &mut packed);
+    assert!(wire::is_compressed(&packed[wire::LEN_BYTES..]));
+    if let Some(claim) = claim {
+        packed[wire::LEN_BYTES + 1..wire::LEN_BYTES + 5].copy_from_slice(&claim.to_be_bytes());
+    }
+    packed
+}
+
+/// A compressed frame claiming 4 GB inflated, or one whose block inflates to less than it claims,
+/// closes the member's link at once (the claim is checked against the frame cap before anything
+/// is allocated); a member sending honest compressed frames stays linked, and the node serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_frame_that_lies_about_its_size_closes_the_link() {
+    let victim = Node::start(config("victim")).await.unwrap();
+    fill(&victim, 100, 100);
+    let pings = {
+        let mut buf = Vec::new();
+        for i in 0..100 {
+            encode_frame(&Message::Ping { wall_ms: i }, &mut buf).unwrap();
+        }
+        buf
+    };
+    let honest = Member::join(&victim, "honest", vec![], true).await;
+    let honest_tx = keep_talking(honest.writer);
+    honest_tx.send(compressed(&pings, None)).unwrap();
+    for (id, claim) in [("bomb", u32::MAX), ("short", pings.len() as u32 + 1)] {
+        let Member {
+            mut reader,
+            mut writer,
+        } = Member::join(&victim, id, vec![], true).await;
+        writer.send(&compressed(&pings, Some(claim))).await.unwrap();
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{id}: the link is still open after 5 s"
+            );
+            if reader.read(Duration::from_secs(5)).await.is_err() {
+                break;
+            }
+        }
+        eventually_within(
+            &format!("{id} to be dropped"),
+            Duration::from_secs(2),
+            || !linked(&victim, id),
+        )
+        .await;
+    }
+    assert!(linked(&victim, "honest"), "{:?}", victim.stats());
+    let mut reader = honest.reader;
+    let mut ask = Vec::new();
+    encode_frame(&fetch(1), &mut ask).unwrap();
+    honest_tx.send(ask).unwrap();
+    let mut fetched = 0;
+    while let Ok((msg, _)) = reader.read(Duration::from_secs(5)).await {
+        if let Message::FetchReply { writes, done, .. } = msg {
+            fetched += writes.len();
+            if done {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        fetched, 100,
+        "the honest member's fetch after the others were dropped"
+    );
     victim.close(Duration::from_secs(1)).await;
 }
