@@ -482,3 +482,14 @@ pub async fn say_hello(
     }
     writer.send(&out).await.unwrap();
 }
+
+/// `frames` (whole encoded frames) as one compressed frame, whatever their length: the block a
+/// peer's writer would make of them, with the inflated size they truly have.
+pub fn compressed_frame(frames: &[u8]) -> Vec<u8> {
+    let block = lz4_flex::block::compress(frames);
+    let mut out = ((1 + 4 + block.len()) as u32).to_be_bytes().to_vec();
+    out.push(wire::COMPRESSED | wire::PROTOCOL_VERSION);
+    out.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+    out.extend_from_slice(&block);
+    out
+}
