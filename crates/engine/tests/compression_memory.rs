@@ -1,0 +1,139 @@
+//! What a member's compressed frames leave behind in a real node, measured by this test binary's
+//! allocator (the node runs in the process; nothing else runs in this binary). Invariant: once the
+//! frames of a compressed block are read, the node holds memory in proportion to the bytes the
+//! member sent, not to the 16 MiB a block may inflate to: a member cannot make a node hold
+//! 16 MiB per link for each 64 KB it sends.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use peer_buckets_engine::wire::{self, Message};
+use peer_buckets_engine::Node;
+use tokio::sync::mpsc;
+
+mod common;
+use common::*;
+
+/// Bytes allocated and not freed, by anyone in the process.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+struct Counting;
+
+// SAFETY: every call goes to the system allocator with the caller's layout; only counts are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Bytes the node read on its link to `id` after inflation; 0 without a link.
+fn plain_received(node: &Node, id: &str) -> u64 {
+    node.stats()
+        .links
+        .iter()
+        .filter(|l| l.id == id)
+        .map(|l| l.plain_received)
+        .sum()
+}
+
+/// Keeps a scripted member's link alive: sends what arrives on the returned sender, and a ping
+/// whenever 100 ms pass without one; reads and drops what the node sends.
+async fn member(node: &Node, id: &str) -> mpsc::UnboundedSender<Vec<u8>> {
+    let (mut reader, mut writer) = dial(node, &[SECRET]).await;
+    say_hello(&mut writer, node, rid(id), vec![]).await;
+    let (first, _) = reader.read(Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(first, Message::Hello(_)), "{first:?}");
+    tokio::spawn(async move { while reader.read(Duration::from_secs(60)).await.is_ok() {} });
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let mut ping = Vec::new();
+        wire::encode_frame(&Message::Ping { wall_ms: 0 }, &mut ping).unwrap();
+        loop {
+            let frames = tokio::select! {
+                frames = rx.recv() => match frames {
+                    Some(frames) => frames,
+                    None => return,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => ping.clone(),
+            };
+            if writer.send(&frames).await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+/// Four members each send one compressed frame of about 64 KB that inflates to a 16 MiB frame the
+/// node reads and drops (a `Forgotten` naming nobody it knows). Once read, the node may keep what
+/// it was sent, a few times over, not the 16 MiB block per link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_make_a_node_hold_inflated_blocks() {
+    const MEMBERS: usize = 4;
+    let victim = Node::start(keyed("victim", vec![], &[SECRET]))
+        .await
+        .unwrap();
+    let mut links = Vec::new();
+    for i in 0..MEMBERS {
+        links.push(member(&victim, &format!("m{i}")).await);
+    }
+    let bomb = {
+        let mut frame = Vec::new();
+        let name = "a".repeat(wire::MAX_FRAME - 64);
+        wire::encode_frame(&Message::Forgotten(vec![name.into()]), &mut frame).unwrap();
+        assert!(frame.len() <= wire::MAX_FRAME, "{}", frame.len());
+        frame
+    };
+    let packed = compressed_frame(&bomb);
+    drop(bomb);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = live();
+    for (i, link) in links.iter().enumerate() {
+        link.send(packed.clone()).unwrap();
+        let id = format!("m{i}");
+        eventually(&format!("{id}'s block to be read"), || {
+            plain_received(&victim, &id) > wire::MAX_FRAME as u64 / 2
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = live() - before;
+    let sent = MEMBERS * packed.len();
+    for i in 0..MEMBERS {
+        assert!(
+            connected(&victim).contains(&format!("m{i}")),
+            "m{i} was dropped: the block is honest"
+        );
+    }
+    assert!(
+        held <= (4 << 20) + 8 * sent as isize,
+        "{MEMBERS} members sent {sent} bytes of compressed frames; {held} bytes are still held \
+         once they are read"
+    );
+    drop(links);
+    victim.close(Duration::from_secs(1)).await;
+}
