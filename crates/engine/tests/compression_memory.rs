@@ -1,8 +1,10 @@
 //! What a member's compressed frames leave behind in a real node, measured by this test binary's
 //! allocator (the node runs in the process; nothing else runs in this binary). Invariant: once the
 //! frames of a compressed block are read, the node holds memory in proportion to the bytes the
-//! member sent, not to the 16 MiB a block may inflate to: a member cannot make a node hold
-//! 16 MiB per link for each 64 KB it sends.
+//! member sent, not to the 16 MiB a block may inflate to, and while a block is being read (the
+//! reader waiting on a rate limit) it holds at most a couple of megabytes more per link: a member
+//! cannot make a node hold 16 MiB per link for each 64 KB it sends. (Plain, a member holds 16 MiB of
+//! a node's memory by sending 16 MiB.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -46,6 +48,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Held by each test for its whole run, so that no other test's allocations are counted in it.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
@@ -88,11 +93,21 @@ async fn member(node: &Node, id: &str) -> mpsc::UnboundedSender<Vec<u8>> {
     tx
 }
 
+/// `frames`, then a `Forgotten` naming nobody the node knows, long enough that the whole is a
+/// frame cap (16 MiB) of frames: what a compressed frame may inflate to, at most.
+fn padded_to_the_cap(mut frames: Vec<u8>) -> Vec<u8> {
+    let name = "a".repeat(wire::MAX_FRAME - frames.len() - 64);
+    wire::encode_frame(&Message::Forgotten(vec![name.into()]), &mut frames).unwrap();
+    assert!(frames.len() <= wire::MAX_FRAME, "{}", frames.len());
+    frames
+}
+
 /// Four members each send one compressed frame of about 64 KB that inflates to a 16 MiB frame the
 /// node reads and drops (a `Forgotten` naming nobody it knows). Once read, the node may keep what
 /// it was sent, a few times over, not the 16 MiB block per link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_make_a_node_hold_inflated_blocks() {
+    let _alone = ALONE.lock().await;
     const MEMBERS: usize = 4;
     let victim = Node::start(keyed("victim", vec![], &[SECRET]))
         .await
@@ -101,15 +116,7 @@ async fn a_member_cannot_make_a_node_hold_inflated_blocks() {
     for i in 0..MEMBERS {
         links.push(member(&victim, &format!("m{i}")).await);
     }
-    let bomb = {
-        let mut frame = Vec::new();
-        let name = "a".repeat(wire::MAX_FRAME - 64);
-        wire::encode_frame(&Message::Forgotten(vec![name.into()]), &mut frame).unwrap();
-        assert!(frame.len() <= wire::MAX_FRAME, "{}", frame.len());
-        frame
-    };
-    let packed = compressed_frame(&bomb);
-    drop(bomb);
+    let packed = compressed_frame(&padded_to_the_cap(Vec::new()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = live();
     for (i, link) in links.iter().enumerate() {
@@ -133,6 +140,59 @@ async fn a_member_cannot_make_a_node_hold_inflated_blocks() {
         held <= (4 << 20) + 8 * sent as isize,
         "{MEMBERS} members sent {sent} bytes of compressed frames; {held} bytes are still held \
          once they are read"
+    );
+    drop(links);
+    victim.close(Duration::from_secs(1)).await;
+}
+
+/// Four members each send one compressed frame of about 64 KB: 48 fetch requests (three times the
+/// burst the node answers at once, then 8 a second) and padding to 16 MiB. While the node waits to
+/// answer the fetches, with the rest of each block unread, it holds at most 2 MiB per link beyond
+/// a few times what was sent, not the four inflated blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_make_a_node_hold_a_block_while_it_waits() {
+    let _alone = ALONE.lock().await;
+    const MEMBERS: usize = 4;
+    let victim = Node::start(keyed("victim", vec![], &[SECRET]))
+        .await
+        .unwrap();
+    let mut links = Vec::new();
+    for i in 0..MEMBERS {
+        links.push(member(&victim, &format!("m{i}")).await);
+    }
+    let mut fetches = Vec::new();
+    for id in 1..=48 {
+        let ask = Message::FetchRequest {
+            id,
+            bucket: "s".into(),
+            prefix: String::new(),
+        };
+        wire::encode_frame(&ask, &mut fetches).unwrap();
+    }
+    let packed = compressed_frame(&padded_to_the_cap(fetches));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = live();
+    for link in &links {
+        link.send(packed.clone()).unwrap();
+    }
+    eventually("every member's fetches to be read in part", || {
+        (0..MEMBERS).all(|i| plain_received(&victim, &format!("m{i}")) > 16 * 20)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = live() - before;
+    let sent = MEMBERS * packed.len();
+    for i in 0..MEMBERS {
+        let read = plain_received(&victim, &format!("m{i}"));
+        assert!(
+            read < wire::MAX_FRAME as u64 / 2,
+            "m{i}'s block was read already ({read} bytes): the test measures too late"
+        );
+    }
+    assert!(
+        held <= MEMBERS as isize * (2 << 20) + 8 * sent as isize,
+        "{MEMBERS} members sent {sent} bytes of compressed frames; {held} bytes are held while \
+         the node waits to read the rest"
     );
     drop(links);
     victim.close(Duration::from_secs(1)).await;
