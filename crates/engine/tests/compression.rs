@@ -2,12 +2,13 @@
 //! the handshake may make a node inflate, and what honest peers compressing or not deliver.
 //! Invariants: nothing a peer sends before its hello is accepted is inflated (the hello travels
 //! plain, and its reader caps it before knowing who sent it); every write an honest peer makes
-//! arrives, whether its frames went compressed or not.
+//! arrives, whether its frames went compressed or not; a member's frames, however well they
+//! compress, do not keep the node from serving the others.
 
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::wire::{self, ContextPart, Hello, Message};
-use peer_buckets_engine::Node;
+use peer_buckets_engine::{Config, Lifetime, Node};
 
 mod common;
 use common::*;
@@ -66,4 +67,122 @@ async fn a_hello_inside_a_compressed_frame_is_refused() {
         );
         victim.close(Duration::from_secs(1)).await;
     }
+}
+
+/// A node on a runtime of its own with `workers` threads, as a process runs one: a task of it that
+/// never yields takes a thread from the node, not from the test.
+struct Apart {
+    runtime: Option<tokio::runtime::Runtime>,
+    node: Node,
+}
+
+impl Apart {
+    fn start(config: Config, workers: usize) -> Apart {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .unwrap();
+            let node = runtime.block_on(Node::start(config)).unwrap();
+            Apart {
+                runtime: Some(runtime),
+                node,
+            }
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Apart {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Two members, as many as the node has threads, each send a compressed frame of about 64 KB,
+/// inflating to 16 MiB of pings (2.4 million frames). Meanwhile an honest peer's writes still
+/// reach the node within two seconds and its link stays up: reading a block's frames, one after the
+/// other, must leave the node's other tasks their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_blocks_of_tiny_frames_does_not_starve_the_others() {
+    // Timers loose enough for a loaded test machine: a second of starvation is what fails.
+    let patient = |id: &str, seeds: Vec<String>| Config {
+        heartbeat: Duration::from_millis(300),
+        dead_after: Duration::from_secs(3),
+        ..keyed(id, seeds, &[SECRET])
+    };
+    let victim = Apart::start(patient("victim", vec![]), 2);
+    let victim = &victim.node;
+    let honest = Node::start(patient("honest", vec![victim.address().to_string()]))
+        .await
+        .unwrap();
+    eventually("the honest peer to link", || {
+        connected(victim).contains(&"honest".to_string())
+    })
+    .await;
+    let packed = {
+        let mut pings = Vec::new();
+        let wall = victim.clock().wall_ms();
+        while pings.len() < wire::MAX_FRAME - 64 {
+            wire::encode_frame(&Message::Ping { wall_ms: wall }, &mut pings).unwrap();
+        }
+        compressed_frame(&pings)
+    };
+    let mut members = Vec::new();
+    for id in ["m0", "m1"] {
+        let (mut reader, mut writer) = dial(victim, &[SECRET]).await;
+        say_hello(&mut writer, victim, rid(id), vec![]).await;
+        reader.read(Duration::from_secs(5)).await.unwrap();
+        tokio::spawn(async move { while reader.read(Duration::from_secs(60)).await.is_ok() {} });
+        members.push(writer);
+    }
+    let mut floods = Vec::new();
+    for mut writer in members {
+        let packed = packed.clone();
+        floods.push(tokio::spawn(async move {
+            let _ = writer.send(&packed).await;
+        }));
+    }
+    let flooding = |victim: &Node| {
+        victim
+            .stats()
+            .links
+            .iter()
+            .filter(|l| l.id.starts_with('m'))
+            .any(|l| l.plain_received < wire::MAX_FRAME as u64 - 64)
+    };
+    let sent = honest.bucket("b");
+    let seen = victim.bucket("b");
+    let mut slowest = Duration::ZERO;
+    let mut writes = 0;
+    let started = Instant::now();
+    while flooding(victim) && started.elapsed() < Duration::from_secs(60) {
+        let key = format!("k{writes}");
+        sent.write(key.clone(), Some(json("v")), Lifetime::Forever);
+        let wrote = Instant::now();
+        while get(&seen, &key).is_none() && wrote.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        slowest = slowest.max(wrote.elapsed());
+        writes += 1;
+        assert!(
+            connected(&honest).contains(&"victim".to_string()),
+            "the honest peer lost its link to the node after {:?} of the flood",
+            started.elapsed()
+        );
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an honest write took {slowest:?} to arrive while two members flooded compressed pings \
+         ({writes} writes over {:?})",
+        started.elapsed()
+    );
+    for flood in floods {
+        flood.abort();
+    }
+    honest.close(Duration::from_secs(1)).await;
 }
