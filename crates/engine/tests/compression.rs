@@ -186,3 +186,108 @@ async fn a_member_sending_blocks_of_tiny_frames_does_not_starve_the_others() {
     }
     honest.close(Duration::from_secs(1)).await;
 }
+
+/// Bad compressed frames on the real link path, each from its own member: a compressed frame
+/// inside one, a compressed frame of another version, a cut block, a block whose last frame is cut,
+/// a claim of nothing, a claim one byte past the frame cap, a block holding a frame longer than
+/// the cap. Each closes its link as a protocol error; an honest peer's link stays up and its
+/// writes still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_compressed_frames_close_the_members_link_and_the_node_serves_the_rest() {
+    let victim = Node::start(keyed("victim", vec![], &[SECRET]))
+        .await
+        .unwrap();
+    let honest = Node::start(keyed(
+        "honest",
+        vec![victim.address().to_string()],
+        &[SECRET],
+    ))
+    .await
+    .unwrap();
+    eventually("the honest peer to link", || {
+        connected(&victim).contains(&"honest".to_string())
+    })
+    .await;
+    let pings = {
+        let mut buf = Vec::new();
+        for i in 0..200 {
+            wire::encode_frame(&Message::Ping { wall_ms: i }, &mut buf).unwrap();
+        }
+        buf
+    };
+    let good = compressed_frame(&pings);
+    let set_claim = |mut frame: Vec<u8>, claim: u32| {
+        frame[wire::LEN_BYTES + 1..wire::LEN_BYTES + 5].copy_from_slice(&claim.to_be_bytes());
+        frame
+    };
+    let cut_block = {
+        let mut frame = good[..good.len() - 10].to_vec();
+        let len = (frame.len() - wire::LEN_BYTES) as u32;
+        frame[..wire::LEN_BYTES].copy_from_slice(&len.to_be_bytes());
+        frame
+    };
+    let foreign = {
+        let mut frame = good.clone();
+        frame[wire::LEN_BYTES] = wire::COMPRESSED | (wire::PROTOCOL_VERSION - 1);
+        frame
+    };
+    let too_long_inside = {
+        let mut frames = pings.clone();
+        frames.extend_from_slice(&(wire::MAX_FRAME as u32 + 1).to_be_bytes());
+        frames.push(wire::PROTOCOL_VERSION);
+        compressed_frame(&frames)
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("nested", compressed_frame(&good)),
+        ("foreign", foreign),
+        ("cutblock", cut_block),
+        ("cutframe", compressed_frame(&pings[..pings.len() - 3])),
+        ("nothing", set_claim(good.clone(), 0)),
+        (
+            "pastcap",
+            set_claim(good.clone(), wire::MAX_FRAME as u32 + 1),
+        ),
+        ("toolong", too_long_inside),
+    ];
+    for (i, (id, frame)) in cases.into_iter().enumerate() {
+        let errors = victim.stats().protocol_errors;
+        let (mut reader, mut writer) = dial(&victim, &[SECRET]).await;
+        say_hello(&mut writer, &victim, rid(id), vec![]).await;
+        reader.read(Duration::from_secs(5)).await.unwrap();
+        eventually_within(&format!("{id} to link"), Duration::from_secs(2), || {
+            connected(&victim).contains(&id.to_string())
+        })
+        .await;
+        writer.send(&frame).await.unwrap();
+        let started = Instant::now();
+        while reader.read(Duration::from_secs(3)).await.is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{id}: the link is still open after 3 s"
+            );
+        }
+        eventually_within(
+            &format!("{id} to be dropped as a protocol error"),
+            Duration::from_secs(2),
+            || {
+                !connected(&victim).contains(&id.to_string())
+                    && victim.stats().protocol_errors > errors
+            },
+        )
+        .await;
+        let key = format!("after-{id}");
+        honest
+            .bucket("b")
+            .write(key.clone(), Some(json(&format!("v{i}"))), Lifetime::Forever);
+        let seen = victim.bucket("b");
+        eventually_within(
+            &format!("the honest write after {id}"),
+            Duration::from_secs(3),
+            || get(&seen, &key).is_some(),
+        )
+        .await;
+        assert!(connected(&victim).contains(&"honest".to_string()));
+    }
+    honest.close(Duration::from_secs(1)).await;
+    victim.close(Duration::from_secs(1)).await;
+}
