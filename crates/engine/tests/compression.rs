@@ -5,6 +5,7 @@
 //! arrives, whether its frames went compressed or not; a member's frames, however well they
 //! compress, do not keep the node from serving the others.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::wire::{self, ContextPart, Hello, Message};
@@ -290,4 +291,114 @@ async fn bad_compressed_frames_close_the_members_link_and_the_node_serves_the_re
     }
     honest.close(Duration::from_secs(1)).await;
     victim.close(Duration::from_secs(1)).await;
+}
+
+/// Everything `node` shows in bucket `b`, key to stored bytes.
+fn content(node: &Node) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    node.bucket("b")
+        .scan("", &mut |k, v| drop(out.insert(k.to_string(), v.to_vec())));
+    out
+}
+
+/// `count` writes of `node` from `from` on, alike as sessions are (so batches compress), each with
+/// its own token; a pause every 25 lets them leave in several batches.
+async fn write_sessions(node: &Node, name: &str, from: usize, count: usize, rng: &mut Rng) {
+    let bucket = node.bucket("b");
+    for i in from..from + count {
+        let token: String = (0..24)
+            .map(|_| char::from(b'a' + rng.below(26) as u8))
+            .collect();
+        let value = format!(
+            "cookie originalMaxAge 86400000 httpOnly true path / csrf {token} user {name}-{i} \
+             name someone in particular, created at {i}"
+        );
+        bucket.write(
+            format!("{name}{i:04}"),
+            Some(json(&value)),
+            Lifetime::Forever,
+        );
+        if i % 25 == 24 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Three peers, two compressing (`a`, `c`) and one not (`b`), write alike values and `c` is
+/// killed, its links cut without a goodbye, and comes back empty to catch up. Every write of
+/// the peers that stayed reaches all three, the three end alike, and the link statistics say what
+/// travelled: `a` sends to `b` fewer bytes than it packed, `b` sends `a` exactly what it packed,
+/// and no link counts more wire bytes than plain ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_compressing_or_not_converge_across_a_link_cut_mid_stream() {
+    let with = |id: &str, seeds: Vec<String>, compression: bool| Config {
+        compression,
+        ..keyed(id, seeds, &[SECRET])
+    };
+    let a = Node::start(with("a", vec![], true)).await.unwrap();
+    let seeds = vec![a.address().to_string()];
+    let b = Node::start(with("b", seeds.clone(), false)).await.unwrap();
+    let c = start_crashable(with("c", seeds.clone(), true));
+    let all = |node: &Node, others: &[&str]| {
+        let linked = connected(node);
+        others.iter().all(|o| linked.contains(&o.to_string()))
+    };
+    eventually("the three to link", || {
+        all(&a, &["b", "c"]) && all(&b, &["a", "c"]) && all(&c.node, &["a", "b"])
+    })
+    .await;
+    let mut rng = Rng::new(16);
+    write_sessions(&c.node, "c", 0, 200, &mut rng).await;
+    write_sessions(&a, "a", 0, 200, &mut rng).await;
+    write_sessions(&b, "b", 0, 200, &mut rng).await;
+    c.crash();
+    write_sessions(&a, "a", 200, 200, &mut rng).await;
+    write_sessions(&b, "b", 200, 200, &mut rng).await;
+    let c = start_crashable(with("c", seeds, true));
+    write_sessions(&c.node, "c", 200, 100, &mut rng).await;
+    eventually_within(
+        "the three to hold the same",
+        Duration::from_secs(30),
+        || {
+            let here = content(&a);
+            here == content(&b) && here == content(&c.node)
+        },
+    )
+    .await;
+    let held = content(&a);
+    for (name, count) in [("a", 400), ("b", 400), ("c", 300)] {
+        let got = held.keys().filter(|k| k.starts_with(name)).count();
+        let want = if name == "c" {
+            100..=300
+        } else {
+            count..=count
+        };
+        assert!(want.contains(&got), "{got} writes of {name} arrived");
+    }
+    for i in 200..300 {
+        assert!(held.contains_key(&format!("c{i:04}")), "c{i:04} is missing");
+    }
+    let link = |node: &Node, to: &str| {
+        node.stats()
+            .links
+            .into_iter()
+            .find(|l| l.id == to)
+            .unwrap_or_else(|| panic!("no link to {to}"))
+    };
+    let (ab, ba) = (link(&a, "b"), link(&b, "a"));
+    assert!(ab.bytes_sent < ab.plain_sent, "a to b: {ab:?}");
+    assert_eq!(ba.bytes_sent, ba.plain_sent, "b to a: {ba:?}");
+    assert!(ba.bytes_received < ba.plain_received, "b from a: {ba:?}");
+    for (node, name) in [(&a, "a"), (&b, "b"), (&c.node, "c")] {
+        for l in node.stats().links {
+            assert!(
+                l.bytes_sent <= l.plain_sent && l.bytes_received <= l.plain_received,
+                "{name}'s link to {}: {l:?}",
+                l.id
+            );
+        }
+    }
+    c.crash();
+    b.close(Duration::from_secs(1)).await;
+    a.close(Duration::from_secs(1)).await;
 }
