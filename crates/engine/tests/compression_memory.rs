@@ -3,7 +3,8 @@
 //! frames of a compressed block are read, the node holds memory in proportion to the bytes the
 //! member sent, not to the 16 MiB a block may inflate to, and while a block is being read (the
 //! reader waiting on a rate limit) it holds at most a couple of megabytes more per link: a member
-//! cannot make a node hold 16 MiB per link for each 64 KB it sends. (Plain, a member holds 16 MiB of
+//! cannot make a node hold 16 MiB per link for each 64 KB it sends. A frame that claims more than
+//! its block can inflate to (LZ4 makes at most 255 bytes of one) costs the node nothing. (Plain, a member holds 16 MiB of
 //! a node's memory by sending 16 MiB.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -19,6 +20,8 @@ use common::*;
 
 /// Bytes allocated and not freed, by anyone in the process.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// Bytes ever allocated (a reallocation counts what it grew by).
+static TOTAL: AtomicIsize = AtomicIsize::new(0);
 
 struct Counting;
 
@@ -26,10 +29,12 @@ struct Counting;
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        TOTAL.fetch_add(layout.size() as isize, Ordering::Relaxed);
         System.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        TOTAL.fetch_add(layout.size() as isize, Ordering::Relaxed);
         System.alloc_zeroed(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -196,4 +201,40 @@ async fn a_member_cannot_make_a_node_hold_a_block_while_it_waits() {
     );
     drop(links);
     victim.close(Duration::from_secs(1)).await;
+}
+
+/// A compressed frame of 10 bytes that claims the frame cap inflated (its block, one byte, cannot
+/// inflate past 255): the node drops the link without allocating the claim, keyed (a member, 16 MiB
+/// cap) or open (anyone, before its hello: the hello's 1 MiB cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_claiming_more_than_its_block_can_hold_costs_nothing() {
+    let _alone = ALONE.lock().await;
+    for (what, secrets, cap) in [
+        ("keyed", &[SECRET][..], wire::MAX_FRAME),
+        ("open", &[][..], 1 << 20),
+    ] {
+        let victim = Node::start(keyed("victim", vec![], secrets)).await.unwrap();
+        let mut frame = ((1 + 4 + 1) as u32).to_be_bytes().to_vec();
+        frame.push(wire::COMPRESSED | wire::PROTOCOL_VERSION);
+        frame.extend_from_slice(&(cap as u32).to_be_bytes());
+        frame.push(0);
+        let (mut reader, mut writer) = dial(&victim, secrets).await;
+        if secrets.is_empty() {
+            reader.read(Duration::from_secs(5)).await.unwrap();
+        } else {
+            say_hello(&mut writer, &victim, rid("m"), vec![]).await;
+            reader.read(Duration::from_secs(5)).await.unwrap();
+            eventually("m to link", || connected(&victim).contains(&"m".into())).await;
+        }
+        let before = TOTAL.load(Ordering::Relaxed);
+        writer.send(&frame).await.unwrap();
+        while reader.read(Duration::from_secs(3)).await.is_ok() {}
+        let allocated = TOTAL.load(Ordering::Relaxed) - before;
+        assert!(
+            allocated < (cap / 4) as isize,
+            "{what}: a {}-byte frame claiming {cap} bytes made the process allocate {allocated}",
+            frame.len()
+        );
+        victim.close(Duration::from_secs(1)).await;
+    }
 }
