@@ -151,6 +151,16 @@ impl FrameDecoder {
         &mut self,
         max_frame: usize,
     ) -> Result<Option<(Message, Taken)>, LinkError> {
+        self.next_message_as(max_frame, true)
+    }
+
+    /// `next_message_within`, refusing a compressed frame unless `inflate`: the hello is read plain,
+    /// so nobody is inflated for before it has been taken.
+    fn next_message_as(
+        &mut self,
+        max_frame: usize,
+        inflate: bool,
+    ) -> Result<Option<(Message, Taken)>, LinkError> {
         loop {
             if self.inflated_start < self.inflated.len() {
                 return self.next_inflated(max_frame).map(Some);
@@ -166,6 +176,11 @@ impl FrameDecoder {
                     let body = &pending[LEN_BYTES..LEN_BYTES + len];
                     self.start += LEN_BYTES + len;
                     if wire::is_compressed(body) {
+                        if !inflate {
+                            return Err(LinkError::Protocol(
+                                "a compressed frame where a plain one is due".into(),
+                            ));
+                        }
                         self.inflated.clear();
                         self.inflated_start = 0;
                         wire::inflate(body, max_frame, &mut self.inflated)?;
@@ -216,7 +231,9 @@ impl FrameDecoder {
         let msg = wire::decode_body(body)?;
         self.inflated_start += LEN_BYTES + len;
         if self.inflated_start == self.inflated.len() {
-            self.inflated.clear();
+            // Let go of the block's room: kept, a member's one block would hold it for the link's
+            // life.
+            self.inflated = Vec::new();
             self.inflated_start = 0;
         }
         let taken = Taken {
@@ -250,17 +267,27 @@ impl FrameReader {
     /// Reads the next message, waiting at most `silence` for any byte to arrive. Returns the message and
     /// the bytes it took.
     pub async fn read(&mut self, silence: Duration) -> Result<(Message, Taken), LinkError> {
-        self.read_within(silence, MAX_FRAME).await
+        self.read_as(silence, MAX_FRAME, true).await
     }
 
-    /// `read`, refusing a frame longer than `max_frame` from its length prefix.
-    pub async fn read_within(
+    /// The other end's hello: `read`, refusing a frame longer than `max_frame` from its length
+    /// prefix, and a compressed frame (hellos travel plain).
+    pub async fn read_hello(
         &mut self,
         silence: Duration,
         max_frame: usize,
     ) -> Result<(Message, Taken), LinkError> {
+        self.read_as(silence, max_frame, false).await
+    }
+
+    async fn read_as(
+        &mut self,
+        silence: Duration,
+        max_frame: usize,
+        inflate: bool,
+    ) -> Result<(Message, Taken), LinkError> {
         loop {
-            if let Some(found) = self.decoder.next_message_within(max_frame)? {
+            if let Some(found) = self.decoder.next_message_as(max_frame, inflate)? {
                 return Ok(found);
             }
             let n = tokio::time::timeout(silence, self.stream.read_buf(self.decoder.input()))

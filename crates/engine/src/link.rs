@@ -179,7 +179,7 @@ async fn handshake(
         } else {
             MAX_OPEN_HELLO
         };
-        let (first, received) = reader.read_within(timeout, max_hello).await?;
+        let (first, received) = reader.read_hello(timeout, max_hello).await?;
         let Message::Hello(theirs) = first else {
             return Err(LinkError::Protocol("first message was not a hello".into()));
         };
@@ -664,6 +664,9 @@ async fn read_loop(
             _ = close.changed() => return Err(LinkError::Duplicate),
             r = reader.read(silence) => r?,
         };
+        // A block inflates to thousands of frames read without waiting on the socket: this task
+        // yields its thread when its budget is spent, or one member's block starves every link.
+        tokio::task::coop::consume_budget().await;
         let n = taken.wire as u64;
         shared
             .local

@@ -7,9 +7,11 @@
 //!
 //! A compressed frame has `COMPRESSED | PROTOCOL_VERSION` for its version byte and a payload of
 //! `size: u32 (big endian) | LZ4 block`: the block inflates to exactly `size` bytes of whole plain
-//! frames (never compressed ones). `size` is checked against the reader's frame cap before anything
-//! is allocated, so a frame claiming gigabytes costs its reader nothing; a block that inflates to
-//! anything else is a protocol error.
+//! frames (never compressed ones), and at most `MAX_BLOCK` of them. `size` is checked before anything
+//! is allocated, against `MAX_BLOCK`, the reader's frame cap and what the block's length can inflate
+//! to at all (LZ4 gives at most 255 bytes per byte), so a frame claiming more than it holds costs its
+//! reader nothing, and a member holds a reader to one block per link, however well it compresses; a
+//! block that inflates to anything else is a protocol error. Hellos always travel plain.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -47,6 +49,12 @@ pub const COMPRESSED: u8 = 0x80;
 /// Frames shorter than this, together, travel as they are: LZ4 saves too little on them to pay its
 /// cost (a lone small write, a ping, an ack).
 pub const COMPRESS_MIN: usize = 512;
+/// Most bytes a compressed frame inflates to: a reader holds one block per link while it reads the
+/// frames in it (a block of requests held back by their rate limit stays that long). A run of frames
+/// longer than this, or one frame, travels in several blocks, or plain.
+pub const MAX_BLOCK: usize = 1024 * 1024;
+/// Most bytes one byte of an LZ4 block inflates to (a match's length runs on in bytes of 255).
+const MAX_INFLATION: usize = 255;
 /// Bytes before the block in a compressed frame: length prefix, version byte, inflated size.
 const COMPRESSED_HEAD: usize = LEN_BYTES + 1 + 4;
 /// Largest frame accepted or produced, version byte and payload included.
@@ -421,7 +429,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
 }
 
 /// Appends `frames` (whole frames, as `encode_frame` writes them) to `out`, packed into compressed
-/// frames of at most `MAX_FRAME` inflated bytes each wherever that makes them shorter; the rest as
+/// frames of at most `MAX_BLOCK` inflated bytes each wherever that makes them shorter; the rest as
 /// they are. Returns the bytes appended.
 pub fn compress_frames(frames: &[u8], out: &mut Vec<u8>) -> usize {
     let start = out.len();
@@ -435,7 +443,7 @@ pub fn compress_frames(frames: &[u8], out: &mut Vec<u8>) -> usize {
                 break;
             };
             let next = (end + LEN_BYTES + len).min(frames.len());
-            if next - at > MAX_FRAME && end > at {
+            if next - at > MAX_BLOCK && end > at {
                 break;
             }
             end = next;
@@ -448,7 +456,7 @@ pub fn compress_frames(frames: &[u8], out: &mut Vec<u8>) -> usize {
 
 /// Appends one run of whole frames, as one compressed frame if that is shorter.
 fn compress_run(run: &[u8], out: &mut Vec<u8>) {
-    if run.len() < COMPRESS_MIN || run.len() > MAX_FRAME {
+    if run.len() < COMPRESS_MIN || run.len() > MAX_BLOCK {
         out.extend_from_slice(run);
         return;
     }
@@ -475,22 +483,27 @@ pub fn is_compressed(body: &[u8]) -> bool {
     body.first() == Some(&(COMPRESSED | PROTOCOL_VERSION))
 }
 
-/// Inflates a compressed frame body into `out` (appended), refusing one that claims more than
-/// `max_inflated` bytes before allocating anything, and one whose block does not inflate to exactly
-/// the size it claims. Returns the bytes appended: whole plain frames, checked by whoever reads them.
+/// Inflates a compressed frame body into `out` (appended), refusing before allocating anything one
+/// that claims more than `max_inflated` bytes, than `MAX_BLOCK`, or than its block can inflate to,
+/// and one whose block does not inflate to exactly the size it claims. Returns the bytes appended: whole plain frames, checked by whoever reads them.
 pub fn inflate(body: &[u8], max_inflated: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
     let size = body
         .get(1..5)
         .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
         .ok_or_else(|| WireError::Compressed("no inflated size".into()))?;
-    if size == 0 || size > max_inflated {
+    let block = &body[5..];
+    let most = max_inflated
+        .min(MAX_BLOCK)
+        .min(block.len().saturating_mul(MAX_INFLATION));
+    if size == 0 || size > most {
         return Err(WireError::Compressed(format!(
-            "claims {size} inflated bytes where 1 to {max_inflated} are accepted"
+            "claims {size} inflated bytes where its {} bytes of block may give 1 to {most}",
+            block.len()
         )));
     }
     let start = out.len();
     out.resize(start + size, 0);
-    match lz4_flex::block::decompress_into(&body[5..], &mut out[start..]) {
+    match lz4_flex::block::decompress_into(block, &mut out[start..]) {
         Ok(n) if n == size => Ok(size),
         Ok(n) => {
             out.truncate(start);
@@ -604,8 +617,8 @@ mod tests {
         encode_frame(&fetch(1_000), &mut frames).unwrap();
         let first = frames.len();
         // With its prefix, one byte more than a block holds.
-        encode_frame(&fetch(MAX_FRAME - 12), &mut frames).unwrap();
-        assert_eq!(frames.len() - first, MAX_FRAME + 2);
+        encode_frame(&fetch(MAX_BLOCK - 12), &mut frames).unwrap();
+        assert_eq!(frames.len() - first, MAX_BLOCK + 2);
         let mut out = Vec::new();
         compress_frames(&frames, &mut out);
         assert!(is_compressed(&out[LEN_BYTES..]));

@@ -104,12 +104,14 @@ impl Drop for Apart {
     }
 }
 
-/// Two members, as many as the node has threads, each send a compressed frame of about 64 KB,
-/// inflating to 16 MiB of pings (2.4 million frames). Meanwhile an honest peer's writes still
+/// Two members, as many as the node has threads, each send 16 compressed frames of a few KB each,
+/// each inflating to a block (1 MiB) of pings: 2.4 million frames in all. Meanwhile an honest peer's writes still
 /// reach the node within two seconds and its link stays up: reading a block's frames, one after the
 /// other, must leave the node's other tasks their turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_sending_blocks_of_tiny_frames_does_not_starve_the_others() {
+    // Blocks each member sends, one after the other: 16 MiB of pings.
+    const BLOCKS: usize = 16;
     // Timers loose enough for a loaded test machine: a second of starvation is what fails.
     let patient = |id: &str, seeds: Vec<String>| Config {
         heartbeat: Duration::from_millis(300),
@@ -128,10 +130,10 @@ async fn a_member_sending_blocks_of_tiny_frames_does_not_starve_the_others() {
     let packed = {
         let mut pings = Vec::new();
         let wall = victim.clock().wall_ms();
-        while pings.len() < wire::MAX_FRAME - 64 {
+        while pings.len() < wire::MAX_BLOCK - 64 {
             wire::encode_frame(&Message::Ping { wall_ms: wall }, &mut pings).unwrap();
         }
-        compressed_frame(&pings)
+        compressed_frame(&pings).repeat(BLOCKS)
     };
     let mut members = Vec::new();
     for id in ["m0", "m1"] {
@@ -154,7 +156,7 @@ async fn a_member_sending_blocks_of_tiny_frames_does_not_starve_the_others() {
             .links
             .iter()
             .filter(|l| l.id.starts_with('m'))
-            .any(|l| l.plain_received < wire::MAX_FRAME as u64 - 64)
+            .any(|l| l.plain_received < (BLOCKS * (wire::MAX_BLOCK - 64)) as u64)
     };
     let sent = honest.bucket("b");
     let seen = victim.bucket("b");
@@ -238,6 +240,14 @@ async fn bad_compressed_frames_close_the_members_link_and_the_node_serves_the_re
         frames.push(wire::PROTOCOL_VERSION);
         compressed_frame(&frames)
     };
+    // Honest frames, more of them than a block holds: a writer sends those in several blocks.
+    let past_a_block = {
+        let mut frames = Vec::new();
+        while frames.len() <= wire::MAX_BLOCK {
+            frames.extend_from_slice(&pings);
+        }
+        compressed_frame(&frames)
+    };
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("nested", compressed_frame(&good)),
         ("foreign", foreign),
@@ -248,6 +258,7 @@ async fn bad_compressed_frames_close_the_members_link_and_the_node_serves_the_re
             "pastcap",
             set_claim(good.clone(), wire::MAX_FRAME as u32 + 1),
         ),
+        ("pastblock", past_a_block),
         ("toolong", too_long_inside),
     ];
     for (i, (id, frame)) in cases.into_iter().enumerate() {

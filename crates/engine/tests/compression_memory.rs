@@ -1,11 +1,12 @@
 //! What a member's compressed frames leave behind in a real node, measured by this test binary's
 //! allocator (the node runs in the process; nothing else runs in this binary). Invariant: once the
 //! frames of a compressed block are read, the node holds memory in proportion to the bytes the
-//! member sent, not to the 16 MiB a block may inflate to, and while a block is being read (the
+//! member sent, not to the 1 MiB a block may inflate to, and while a block is being read (the
 //! reader waiting on a rate limit) it holds at most a couple of megabytes more per link: a member
-//! cannot make a node hold 16 MiB per link for each 64 KB it sends. A frame that claims more than
-//! its block can inflate to (LZ4 makes at most 255 bytes of one) costs the node nothing. (Plain, a member holds 16 MiB of
-//! a node's memory by sending 16 MiB.)
+//! cannot make a node hold a block per link for each few KB it sends, for longer than the block
+//! takes to read. A frame that claims more than its block can inflate to (LZ4 makes at most 255
+//! bytes of one) costs the node nothing. (Plain, a member holds 16 MiB of a node's memory by
+//! sending 16 MiB.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -99,17 +100,17 @@ async fn member(node: &Node, id: &str) -> mpsc::UnboundedSender<Vec<u8>> {
 }
 
 /// `frames`, then a `Forgotten` naming nobody the node knows, long enough that the whole is a
-/// frame cap (16 MiB) of frames: what a compressed frame may inflate to, at most.
-fn padded_to_the_cap(mut frames: Vec<u8>) -> Vec<u8> {
-    let name = "a".repeat(wire::MAX_FRAME - frames.len() - 64);
+/// block (1 MiB) of frames: what a compressed frame may inflate to, at most.
+fn padded_to_a_block(mut frames: Vec<u8>) -> Vec<u8> {
+    let name = "a".repeat(wire::MAX_BLOCK - frames.len() - 64);
     wire::encode_frame(&Message::Forgotten(vec![name.into()]), &mut frames).unwrap();
-    assert!(frames.len() <= wire::MAX_FRAME, "{}", frames.len());
+    assert!(frames.len() <= wire::MAX_BLOCK, "{}", frames.len());
     frames
 }
 
-/// Four members each send one compressed frame of about 64 KB that inflates to a 16 MiB frame the
+/// Four members each send one compressed frame of a few KB that inflates to a 1 MiB frame the
 /// node reads and drops (a `Forgotten` naming nobody it knows). Once read, the node may keep what
-/// it was sent, a few times over, not the 16 MiB block per link.
+/// it was sent, a few times over, not the block per link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_make_a_node_hold_inflated_blocks() {
     let _alone = ALONE.lock().await;
@@ -121,14 +122,14 @@ async fn a_member_cannot_make_a_node_hold_inflated_blocks() {
     for i in 0..MEMBERS {
         links.push(member(&victim, &format!("m{i}")).await);
     }
-    let packed = compressed_frame(&padded_to_the_cap(Vec::new()));
+    let packed = compressed_frame(&padded_to_a_block(Vec::new()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = live();
     for (i, link) in links.iter().enumerate() {
         link.send(packed.clone()).unwrap();
         let id = format!("m{i}");
         eventually(&format!("{id}'s block to be read"), || {
-            plain_received(&victim, &id) > wire::MAX_FRAME as u64 / 2
+            plain_received(&victim, &id) > wire::MAX_BLOCK as u64 / 2
         })
         .await;
     }
@@ -150,8 +151,8 @@ async fn a_member_cannot_make_a_node_hold_inflated_blocks() {
     victim.close(Duration::from_secs(1)).await;
 }
 
-/// Four members each send one compressed frame of about 64 KB: 48 fetch requests (three times the
-/// burst the node answers at once, then 8 a second) and padding to 16 MiB. While the node waits to
+/// Four members each send one compressed frame of a few KB: 48 fetch requests (three times the
+/// burst the node answers at once, then 8 a second) and padding to a block (1 MiB). While the node waits to
 /// answer the fetches, with the rest of each block unread, it holds at most 2 MiB per link beyond
 /// a few times what was sent, not the four inflated blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +175,7 @@ async fn a_member_cannot_make_a_node_hold_a_block_while_it_waits() {
         };
         wire::encode_frame(&ask, &mut fetches).unwrap();
     }
-    let packed = compressed_frame(&padded_to_the_cap(fetches));
+    let packed = compressed_frame(&padded_to_a_block(fetches));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = live();
     for link in &links {
@@ -190,7 +191,7 @@ async fn a_member_cannot_make_a_node_hold_a_block_while_it_waits() {
     for i in 0..MEMBERS {
         let read = plain_received(&victim, &format!("m{i}"));
         assert!(
-            read < wire::MAX_FRAME as u64 / 2,
+            read < wire::MAX_BLOCK as u64 / 2,
             "m{i}'s block was read already ({read} bytes): the test measures too late"
         );
     }
