@@ -79,6 +79,17 @@ fn a_touch_merged_with_its_value_never_shows_an_expired_value_again_seed_87201()
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
 
+/// `membership` seed 92746: n3 held its own value of b2/p1/k6, expired, when n0's touch of the key
+/// reached it after the heal; n1's newer touch, which ended the value sooner, had reached neither
+/// n3 nor n0 (nor j2, n0's other holder of the touch). n3 showed the value live, as every touch it
+/// held said; the checker excused only a value sent without the newer touch, not an older touch.
+#[test]
+fn an_older_touch_from_a_replica_without_the_newer_one_may_show_a_value_live_seed_92746() {
+    let p = Profile::named("membership").expect("a profile");
+    let report = run(&p, 92746, false);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
 /// `disk` seed 20639: n3's disk fails (EIO, then ENOSPC) from the first millisecond, before its
 /// store opened. Its start fails, as a real process's would: the node is restarted on the same
 /// directory under the same id until it opens, and then checked like every other replica (the run
