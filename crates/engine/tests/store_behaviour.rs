@@ -422,8 +422,16 @@ fn a_value_from_a_sender_without_its_touch_is_shown_until_the_touch_arrives() {
 /// and beats the expired value's register too, yet the value it was made for replaces that one in
 /// the same merge. `w` touches `wait_ms` before the chunk leaves.
 fn expired_value_and_a_chunk_with_its_superseder_and_touch(touch_ms: u64, wait_ms: u64) -> Replica {
+    let rs = expired_value_and_its_superseder_touched(touch_ms, wait_ms);
+    ship_all(&rs, 2, 1);
+    let [_, r, _] = rs;
+    r
+}
+
+/// `a`, `r` and `w` of `expired_value_and_a_chunk_with_its_superseder_and_touch`, before `w` sends.
+fn expired_value_and_its_superseder_touched(touch_ms: u64, wait_ms: u64) -> [Replica; 3] {
     let a = Replica::new("a", 0);
-    let mut r = Replica::new("r", 0);
+    let r = Replica::new("r", 0);
     let w = Replica::new("w", 0);
     a.set("k", "old", Lifetime::Ttl(100));
     let mut rs = [a, r, w];
@@ -442,9 +450,7 @@ fn expired_value_and_a_chunk_with_its_superseder_and_touch(touch_ms: u64, wait_m
     for x in &mut rs {
         x.time.advance(wait_ms);
     }
-    ship_all(&rs, 2, 1);
-    [_, r, _] = rs;
-    r
+    rs
 }
 
 /// The merge announces each key's net change: the expired value the touch lands on first is never
@@ -475,6 +481,54 @@ fn a_chunk_whose_touch_expired_its_value_leaves_an_expired_key_unheard() {
         r.expiries_heard, 1,
         "the old value expired once, and only it"
     );
+}
+
+/// `replicas[from]` answers a fetch of the whole bucket that `replicas[to]` asked on their link,
+/// each frame taken by `to`'s session as its link's reader takes it.
+fn fetch_all(replicas: &mut [Replica], from: usize, to: usize) {
+    let hello_to = replicas[to].local.hello(7000, None, vec![]);
+    let hello_from = replicas[from].local.hello(7001, None, vec![]);
+    let mut asking = Session::new(&replicas[to].local, &hello_from).expect("hello accepted");
+    let mut answering = Session::new(&replicas[from].local, &hello_to).expect("hello accepted");
+    let request = Message::FetchRequest {
+        id: 1,
+        bucket: BUCKET.into(),
+        prefix: String::new(),
+    };
+    asking.queue(request.clone());
+    answering
+        .handle(&replicas[from].local, request)
+        .expect("a fetch is served");
+    let mut buf = Vec::new();
+    answering
+        .fill(&replicas[from].local, &mut buf, false)
+        .expect("encodes");
+    for msg in decode_all(&buf) {
+        if let Message::FetchReply { .. } = msg {
+            asking
+                .handle(&replicas[to].local, msg)
+                .expect("the reply is taken");
+            replicas[to].check("after a fetch reply");
+        }
+    }
+}
+
+/// The fetch answer's value of a key comes in a frame after its touch's (touch registers go first),
+/// and each frame is taken as it comes: the touch lands first on the expired value held here, older
+/// than it, yet that value is never shown again before the answer's value replaces it.
+#[test]
+fn a_fetch_never_shows_again_an_expired_value_its_answer_replaces() {
+    let mut rs = expired_value_and_its_superseder_touched(10_000, 0);
+    fetch_all(&mut rs, 2, 1);
+    let r = &mut rs[1];
+    r.check("after the fetch");
+    assert_eq!(
+        r.announced,
+        ["k", "k"],
+        "the old value once, then the new one, and nothing between"
+    );
+    assert_eq!(r.heard.get("k").map(Vec::as_slice), Some(&*json("new")));
+    assert_eq!(r.expiries_heard, 1);
 }
 
 /// A full resync drops the registers its peer covers and no longer stores. A touch register can go

@@ -107,6 +107,8 @@ pub struct Session {
     /// answer is dropped too, since the frame of touch registers dropped may have expired the values
     /// that follow (they come with their touches through the sync instead).
     pub(super) skewed_fetches: BTreeSet<u64>,
+    /// Touch registers of fetch answers, held until their keys' values arrive (`merge_fetched`).
+    pub(super) fetch_touches: super::fetch::FetchTouches,
     /// The digests sent and received on this link (`digest`).
     pub(super) digests: Digests,
 }
@@ -156,6 +158,7 @@ impl Session {
             skewed: None,
             fetches_asked: BTreeSet::new(),
             skewed_fetches: BTreeSet::new(),
+            fetch_touches: Default::default(),
             digests: Digests::default(),
         })
     }
@@ -491,7 +494,7 @@ impl Session {
                     } else if !self.refuses(local, &bucket) {
                         let origin = local.replicas.intern(&origin);
                         if let Some(b) = local.remote_bucket(&bucket) {
-                            local.merge(&b, &origin, writes, &SeqRanges::new())?;
+                            self.merge_fetched(local, &b, id, &origin, writes)?;
                         }
                     }
                 } else if count > 0 {
@@ -501,6 +504,7 @@ impl Session {
                 }
                 if done {
                     self.skewed_fetches.remove(&id);
+                    self.merge_fetched_touches(local, &bucket, id)?;
                 }
                 Ok(Inbound::Fetched { id, count, done })
             }
