@@ -531,6 +531,56 @@ fn a_fetch_never_shows_again_an_expired_value_its_answer_replaces() {
     assert_eq!(r.expiries_heard, 1);
 }
 
+/// A chunk of one origin carries its touch register alone when the key's value is another origin's
+/// (a value goes with its key's newer touch, not a touch with its value). The receiver keeps the
+/// touch with no value of the key, and the value, from a replica that never had the touch, lands
+/// under it: shown with the touch's life, not its own, and expired once; the replicas converge.
+#[test]
+fn a_touch_shipped_without_its_value_of_another_origin_is_kept_and_its_value_lands_under_it() {
+    let b = Replica::new("b", 0);
+    let r = Replica::new("r", 0);
+    let c = Replica::new("c", 0);
+    b.set("k", "v", Lifetime::Forever);
+    let mut rs = [b, r, c];
+    ship_all(&rs, 0, 2);
+    rs[2].time.advance(1);
+    rs[2]
+        .bucket
+        .touch("k".into(), 1_000)
+        .expect("the key is live at c");
+    let c_id = rs[2].local.me().id().clone();
+    let (_, mine) = rs[2]
+        .bucket
+        .store()
+        .context()
+        .into_iter()
+        .find(|(o, _)| *o.id() == c_id)
+        .expect("c's own touch");
+    let alone = pack(&rs[2], 1, &c_id, 1, mine.max());
+    assert!(
+        alone.writes.iter().all(|w| w.touch) && alone.superseders.is_empty(),
+        "c's chunk carries its touch alone"
+    );
+    deliver(&rs[1], alone);
+    rs[1].check("after the touch alone");
+    assert!(rs[1].announced.is_empty(), "no value to show");
+    assert_eq!(rs[1].bucket.inspect("k").len(), 1, "the touch is kept");
+    ship_all(&rs, 0, 1);
+    rs[1].check("after the value from b");
+    assert_eq!(rs[1].announced, ["k"]);
+    for x in &mut rs {
+        x.time.advance(2_000);
+    }
+    rs[1].check("after the touch's expiry");
+    assert_eq!(
+        rs[1].expiries_heard, 1,
+        "the value lives as long as the touch, not forever"
+    );
+    ship_all(&rs, 1, 2);
+    ship_all(&rs, 2, 1);
+    assert_eq!(rs[1].dump(), rs[2].dump(), "the replicas converged");
+}
+
 /// A full resync drops the registers its peer covers and no longer stores. A touch register can go
 /// that way with nothing superseding it sent: the peer compacted its marker once every member it
 /// knew held the newer write, this replica being forgotten meanwhile. Whatever superseded the touch
