@@ -130,13 +130,22 @@ impl MemoryStore {
         for (origin, ctx) in contexts {
             state.origins.entry(origin).or_default().context = ctx;
         }
+        // Each marker looks its key up: a search of the entries per marker was quadratic in the
+        // size of a directory whose keys were all rewritten.
+        let current: HashMap<&str, (&Origin, u64)> = if markers.is_empty() {
+            HashMap::default()
+        } else {
+            entries
+                .iter()
+                .map(|(k, e)| (&**k, (&e.origin, e.seq)))
+                .collect()
+        };
         for (origin, seq, key) in markers {
             // The superseding dot was not persisted: the key's current value register stands for it
             // (it is at least as new), else the marker's own dot (the key is gone: compacted next).
-            let by = entries
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, e)| (e.origin.clone(), e.seq))
+            let by = current
+                .get(&*key)
+                .map(|&(o, s)| (o.clone(), s))
                 .unwrap_or_else(|| (origin.clone(), seq));
             state.origins.entry(origin).or_default().superseded.insert(
                 seq,
@@ -147,6 +156,7 @@ impl MemoryStore {
                 },
             );
         }
+        drop(current);
         // What was covered before the restart may have been shipped.
         for o in state.origins.values_mut() {
             *o.shipped.get_mut() = o.context.max();
@@ -481,6 +491,11 @@ impl Store for MemoryStore {
         // Walk stored and superseded seqs together, in order, so a cut leaves a clean prefix.
         let mut stored = o.index.range(start, end).peekable();
         let mut replaced = o.superseded.range(start..=end).peekable();
+        // Lookups into what the chunk holds so far (a search of it per write was quadratic in the
+        // chunk's size): the superseders' dots and keys, and each superseded key's place.
+        let mut superseder_dots: HashSet<(Origin, u64)> = HashSet::default();
+        let mut superseder_keys: HashSet<Arc<str>> = HashSet::default();
+        let mut superseded_at: HashMap<Arc<str>, usize> = HashMap::default();
         loop {
             let next_stored = stored.peek().map(|(s, _)| *s);
             let next_replaced = replaced.peek().map(|(s, _)| **s);
@@ -507,19 +522,16 @@ impl Store for MemoryStore {
                 // A value goes with the key's touch register, newer than it: the receiver must not
                 // show live a value this replica holds expired.
                 let touch = match &w {
-                    Some(w) if !w.touch => e.touch_write(key).filter(|(o, t)| {
-                        !chunk
-                            .superseders
-                            .iter()
-                            .any(|(so, s)| so == o && s.seq == t.seq)
-                    }),
+                    Some(w) if !w.touch => e
+                        .touch_write(key)
+                        .filter(|(o, t)| !superseder_dots.contains(&(o.clone(), t.seq))),
                     _ => None,
                 };
                 w.map(|w| (None, w))
                     .into_iter()
                     .chain(touch.map(|(o, t)| (Some(o), t)))
                     .collect()
-            } else if chunk.superseders.iter().any(|(_, w)| w.key == *key) {
+            } else if superseder_keys.contains(key) {
                 Vec::new()
             } else {
                 e.writes(key).map(|(o, w)| (Some(o), w)).collect()
@@ -540,23 +552,32 @@ impl Store for MemoryStore {
             }
             bytes += size;
             if !is_stored {
-                match chunk.superseded.iter_mut().find(|(k, _)| k == key) {
-                    Some((_, seqs)) => seqs.push(seq),
-                    None => chunk.superseded.push((key.clone(), vec![seq])),
+                match superseded_at.get(key) {
+                    Some(&at) => chunk.superseded[at].1.push(seq),
+                    None => {
+                        superseded_at.insert(key.clone(), chunk.superseded.len());
+                        chunk.superseded.push((key.clone(), vec![seq]));
+                    }
                 }
             }
             for (other, write) in items {
                 match other {
                     None => chunk.writes.push(write),
-                    Some(o) => chunk.superseders.push((o, write)),
+                    Some(o) => {
+                        superseder_dots.insert((o.clone(), write.seq));
+                        superseder_keys.insert(write.key.clone());
+                        chunk.superseders.push((o, write));
+                    }
                 }
             }
         }
         // A superseder that is itself one of the chunk's writes need not travel twice.
-        let writes = &chunk.writes;
-        chunk
-            .superseders
-            .retain(|(o, w)| !(o == origin && writes.iter().any(|x| x.seq == w.seq)));
+        if chunk.superseders.iter().any(|(o, _)| o == origin) {
+            let written: HashSet<u64> = chunk.writes.iter().map(|w| w.seq).collect();
+            chunk
+                .superseders
+                .retain(|(o, w)| !(o == origin && written.contains(&w.seq)));
+        }
         chunk.covered = o.context.clamp(start, last);
         if let Some(&(_, high)) = chunk.covered.ranges().last() {
             o.shipped
