@@ -285,7 +285,9 @@ describe('peers() and stats()', () => {
     await waitConnected([c, d])
     for (const p of [a, c]) {
       const bucket = p.bucket('s')
-      for (let i = 0; i < 300; i++) bucket.set(`k${i}`, { i, pad: 'x'.repeat(100) })
+      // Each write's frame is past the size worth compressing on its own, so the figure holds however
+      // the link happens to batch them.
+      for (let i = 0; i < 300; i++) bucket.set(`k${i}`, { i, pad: 'x'.repeat(1000) })
     }
     await waitFor(() => b.bucket('s').size === 300 && d.bucket('s').size === 300, { message: 'writes to replicate' })
     const link = (p, id) => p.stats().replication.find((l) => l.id === id)
@@ -295,7 +297,7 @@ describe('peers() and stats()', () => {
     expect(bFromA.bytesReceived * 2).toBeLessThan(bFromA.bytesReceivedUncompressed)
     const cToD = link(c, 'plain2')
     const dFromC = link(d, 'plain1')
-    expect(cToD.bytesSentUncompressed).toBeGreaterThan(300 * 100)
+    expect(cToD.bytesSentUncompressed).toBeGreaterThan(300 * 1000)
     expect(cToD.bytesSent).toBe(cToD.bytesSentUncompressed)
     expect(dFromC.bytesReceived).toBe(dFromC.bytesReceivedUncompressed)
     for (const bad of ['yes', 1, null]) {
