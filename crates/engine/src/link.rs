@@ -757,6 +757,27 @@ async fn read_loop(
     }
 }
 
+/// Sends `frames` (compressed where that pays) and counts them: the bytes on the wire for the node
+/// and the link, the frames as they were for the link.
+async fn send_counted(
+    shared: &Shared,
+    slot: &LinkSlot,
+    writer: &mut FrameWriter,
+    frames: &[u8],
+    stall: Duration,
+) -> Result<(), LinkError> {
+    let n = writer.send_within(frames, stall).await? as u64;
+    shared
+        .local
+        .counters
+        .bytes_sent
+        .fetch_add(n, Ordering::Relaxed);
+    slot.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    slot.plain_sent
+        .fetch_add(frames.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
 async fn write_loop(
     shared: &Arc<Shared>,
     writer: &mut FrameWriter,
@@ -794,15 +815,7 @@ async fn write_loop(
         // The reader may be waiting for the answers just taken from the session to be gone.
         drained.notify_one();
         if !buf.is_empty() {
-            let n = writer.send_within(&buf, stall).await? as u64;
-            shared
-                .local
-                .counters
-                .bytes_sent
-                .fetch_add(n, Ordering::Relaxed);
-            slot.bytes_sent.fetch_add(n, Ordering::Relaxed);
-            slot.plain_sent
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            send_counted(shared, slot, writer, &buf, stall).await?;
             last_sent = Instant::now();
         }
         if more {
@@ -823,15 +836,7 @@ async fn write_loop(
                 if let Some(msg) = msg {
                     buf.clear();
                     wire::encode_frame(&msg, &mut buf)?;
-                    let n = writer.send_within(&buf, stall).await? as u64;
-                    shared
-                        .local
-                        .counters
-                        .bytes_sent
-                        .fetch_add(n, Ordering::Relaxed);
-                    slot.bytes_sent.fetch_add(n, Ordering::Relaxed);
-                    slot.plain_sent
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    send_counted(shared, slot, writer, &buf, stall).await?;
                 }
             }
             _ = tokio::time::sleep(heartbeat.min(digest_every)) => {}
