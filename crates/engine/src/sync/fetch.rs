@@ -60,11 +60,11 @@ pub(super) const HELD_TOUCHES_MAX: usize = 16 * 1024;
 /// The touch registers one fetch holds, per key, with their origins.
 type HeldByKey = HashMap<Arc<str>, Vec<(Origin, Write)>>;
 
-/// Touch registers of the fetches answered on one link, per fetch and key, not merged yet.
+/// Touch registers of the fetches answered on one link, per fetch and key, not merged yet, with
+/// how many each fetch holds.
 #[derive(Default)]
 pub(super) struct FetchTouches {
-    held: BTreeMap<u64, HeldByKey>,
-    count: BTreeMap<u64, usize>,
+    held: BTreeMap<u64, (HeldByKey, usize)>,
 }
 
 impl FetchTouches {
@@ -77,10 +77,9 @@ impl FetchTouches {
         writes: Vec<Write>,
     ) -> (Vec<Write>, bool) {
         let (touches, values): (Vec<Write>, Vec<Write>) = writes.into_iter().partition(|w| w.touch);
-        let count = self.count.entry(id).or_default();
+        let (held, count) = self.held.entry(id).or_default();
         *count += touches.len();
         let full = *count > HELD_TOUCHES_MAX;
-        let held = self.held.entry(id).or_default();
         for t in touches {
             held.entry(t.key.clone())
                 .or_default()
@@ -91,7 +90,7 @@ impl FetchTouches {
 
     /// The touches held for fetch `id` of the keys of `values`, to merge with them in one step.
     pub(super) fn take_for(&mut self, id: u64, values: &[Write]) -> Vec<(Origin, Write)> {
-        let Some(held) = self.held.get_mut(&id) else {
+        let Some((held, count)) = self.held.get_mut(&id) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -100,17 +99,15 @@ impl FetchTouches {
                 out.extend(touches);
             }
         }
-        if let Some(count) = self.count.get_mut(&id) {
-            *count -= out.len();
-        }
+        *count -= out.len();
         out
     }
 
     /// Every touch still held for fetch `id` (its answer ended, or it holds too many), by origin.
     pub(super) fn take_all(&mut self, id: u64) -> BTreeMap<Origin, Vec<Write>> {
-        self.count.remove(&id);
         let mut out: BTreeMap<Origin, Vec<Write>> = BTreeMap::new();
-        for (_, touches) in self.held.remove(&id).into_iter().flatten() {
+        let held = self.held.remove(&id).map(|(held, _)| held);
+        for (_, touches) in held.into_iter().flatten() {
             for (o, t) in touches {
                 out.entry(o).or_default().push(t);
             }
