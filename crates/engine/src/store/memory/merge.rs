@@ -12,7 +12,9 @@ use crate::replica::Origin;
 use crate::store::{Marker, Merged, Shown, State, Write};
 use std::sync::Arc;
 
-/// `Store::merge_chunk` on the state the caller holds locked exclusively.
+/// `Store::merge_chunk` on the state the caller holds locked exclusively (its arguments, as the
+/// trait's).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn merge_chunk(
     state: &mut State,
     me: &Origin,
@@ -59,7 +61,7 @@ pub(super) fn merge_chunk(
         if state.collected.settles(&w, &o) {
             continue;
         }
-        net.hold(&state, &w.key);
+        net.hold(state, &w.key);
         let on_change = &mut |shown: Shown<'_>| net.route(shown, on_change);
         if w.hlc <= state.collected.newest {
             let current = state
@@ -75,7 +77,7 @@ pub(super) fn merge_chunk(
         }
         state.apply(&o, &mut w, on_change);
     }
-    net.hear(&state, on_change);
+    net.hear(state, on_change);
     if !covered.is_empty() {
         state
             .origins
