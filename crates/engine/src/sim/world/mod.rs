@@ -98,6 +98,9 @@ struct Plan {
     /// The node's data directory, on this disk (shared by its runs until the directory is lost).
     disk: Option<SimDisk>,
     durability: Durability,
+    /// Whether the node compresses what it sends: a quarter of nodes do not, so links between
+    /// nodes that differ run too (each end reads both kinds of frame).
+    compression: bool,
 }
 
 struct Host {
@@ -190,6 +193,7 @@ fn config(plan: &Plan, ip: IpAddr, time: &SimTime) -> Config {
         data_dir,
         file_system,
         durability: plan.durability,
+        compression: plan.compression,
         id: Some(plan.id.clone()),
         listen: format!("0.0.0.0:{PORT}"),
         seeds: plan.seeds.clone(),
@@ -275,6 +279,8 @@ impl<'a> World<'a> {
             member_timeout,
             disk,
             durability,
+            // Its own stream: the rest of the plan is drawn as before.
+            compression: derive(self.seed, 6_000 + index as u64) % 4 != 0,
         }));
         let slot: Rc<RefCell<Option<Running>>> = Rc::new(RefCell::new(None));
         let failed: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
