@@ -10,6 +10,7 @@ use peer_buckets_engine::Bucket;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use peer_buckets_engine::stamps::{stamp_named, Stage};
 use peer_buckets_engine::Change;
 use peer_buckets_engine::Node;
 use peer_buckets_engine::PeerEventKind;
@@ -48,9 +49,12 @@ pub fn pump_changes(
         .callee_handled::<false>()
         .weak::<true>()
         .build_callback(|ctx: ThreadsafeCallContext<Vec<Change>>| {
+            for c in &ctx.value {
+                stamp_named(Stage::CallbackBegan, &c.key);
+            }
             let env = ctx.env.raw();
             let mut out = ArrayBuilder::new(env)?;
-            for (i, c) in ctx.value.into_iter().enumerate() {
+            for (i, c) in ctx.value.iter().enumerate() {
                 let at = i as u32 * CHANGE_STRIDE;
                 let value = match &c.value {
                     Some(stored) => RawValue::from_stored(env, stored)?,
@@ -71,11 +75,18 @@ pub fn pump_changes(
                     RawValue::boolean(env, c.expired),
                 )?;
             }
-            Ok(out.finish())
+            let out = out.finish();
+            for c in &ctx.value {
+                stamp_named(Stage::CallbackBuilt, &c.key);
+            }
+            Ok(out)
         })?;
     let mut rx = bucket.subscribe();
     runtime.spawn(async move {
         while let Some(batch) = next_batch(&mut rx).await {
+            for c in &batch {
+                stamp_named(Stage::PumpTook, &c.key);
+            }
             if tsfn.call(batch, ThreadsafeFunctionCallMode::NonBlocking) == Status::Closing {
                 break;
             }

@@ -719,3 +719,14 @@ pub fn bucket_listen(bucket: u32, callback: Option<Function<RawValue, ()>>) -> R
         Some(cb) => events::pump_changes(b, &runtime, cb).map_err(internal),
     }
 }
+
+/// The latency stamps taken in this process since the last call (feature `stamps`, bench builds
+/// only), flat: stage, `CLOCK_MONOTONIC` nanoseconds, tag, for each (see the engine's `stamps.rs`).
+#[cfg(feature = "stamps")]
+#[napi(catch_unwind)]
+pub fn latency_stamps() -> Vec<f64> {
+    peer_buckets_engine::stamps::take()
+        .into_iter()
+        .flat_map(|(stage, at, tag)| [f64::from(stage), at as f64, tag as f64])
+        .collect()
+}

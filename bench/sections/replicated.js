@@ -39,7 +39,7 @@ async function startPeerMesh(prefix) {
     const first = await ws[0].call('open', { id: `${prefix}-0` })
     await Promise.all([1, 2].map((i) => ws[i].call('open', { id: `${prefix}-${i}`, seeds: [first.address] })))
     await Promise.all(ws.map((w) => w.call('waitPeers', { n: 2, timeoutMs: 15_000 }, 20_000)))
-    return { workers: ws, seed: first.address }
+    return { workers: ws, seed: first.address, prefix }
   } catch (err) {
     await killAll(ws)
     throw err

@@ -2,6 +2,7 @@
 // A peer-buckets Peer in its own process, driven by the bench over IPC.
 
 const { Peer } = require('../..')
+const { native } = require('../../lib/native.js')
 const { serve, pollUntil } = require('./rpc')
 const { keys: makeKeys, session, sessions } = require('../lib/workload')
 
@@ -11,6 +12,10 @@ const COMPRESSION = process.env.BENCH_COMPRESSION !== 'off'
 let peer = null
 let bucket = null
 let latency = null
+let arrivals = []
+// Stamps of each stage of a write's way, in an addon built with the `stamps` feature (see
+// crates/engine/src/stamps.rs): a flat array of stage, CLOCK_MONOTONIC ns, tag; null in other builds.
+const takeStamps = () => (native.latencyStamps ? native.latencyStamps() : null)
 
 function gcRss() {
   if (global.gc) {
@@ -159,12 +164,15 @@ serve(
     /** Latency, receiving side: records (arrival - stamp) for change events of keys under `prefix`. */
     latencyListen({ prefix, n }) {
       const samples = []
+      arrivals = []
+      takeStamps()
       let resolveDone
       const done = new Promise((r) => (resolveDone = r))
       const onChange = (e) => {
         const t = now()
         if (e.local || !e.key.startsWith(prefix) || !e.value || !e.value.t) return
         samples.push(Number(t - BigInt(e.value.t)) / 1e3)
+        arrivals.push([e.key, e.value.t, String(t)])
         if (samples.length >= n) resolveDone()
       }
       bucket.on('change', onChange)
@@ -180,8 +188,17 @@ serve(
       return samples
     },
 
+    /**
+     * What an addon built with the `stamps` feature stamped since the latency run began (null
+     * otherwise), and the listener's arrivals: [key, written at, heard at], hrtime ns as strings.
+     */
+    latencyTrace() {
+      return { stamps: takeStamps(), arrivals }
+    },
+
     /** Latency, writing side: `n` writes spaced by `intervalMs`, each stamped with hrtime in the value. */
     async latencyWrite({ prefix, n, intervalMs = 1 }) {
+      takeStamps()
       for (let i = 0; i < n; i++) {
         bucket.set(prefix + i, { ...session(i), t: String(now()) })
         await new Promise((r) => setTimeout(r, intervalMs))

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, TooFarAhead};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
+use crate::stamps::{stamp_named, Stage};
 use crate::store::{
     Change, CollectedRecord, Lifetime, Merged, ScanCursor, Shown, Stamp, Store, Write,
 };
@@ -187,6 +188,7 @@ impl Bucket {
         // over before the periodic sweep ran still showed its expiry to readers. An expiry given as
         // an instant may be past already: then the store is swept up to now even with nothing due,
         // so such a value is never shown live (a time to live counts from now and cannot be).
+        stamp_named(Stage::WriteEntered, key.as_ref());
         if matches!(lifetime, Lifetime::Until(_)) {
             self.expire(self.now_ms());
         } else {
@@ -207,6 +209,7 @@ impl Bucket {
                 }
             },
         );
+        stamp_named(Stage::WriteStored, key.as_ref());
         self.signal.local_write();
         write
     }
@@ -328,6 +331,7 @@ impl Bucket {
     }
 
     fn send(&self, change: Change) {
+        stamp_named(Stage::ChangeQueued, &change.key);
         if let Some(tx) = &*self.subscriber.lock() {
             let _ = tx.send(change);
         }

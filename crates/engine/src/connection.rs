@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::LinkError;
 use crate::secure::{Handshake, HandshakeError, Opener, Proven, Sealer, Security};
+use crate::stamps::{stamp, Stage};
 use crate::transport::{ReadHalf, Stream, WriteHalf};
 use crate::wire::{self, Message, LEN_BYTES, MAX_FRAME};
 
@@ -296,6 +297,7 @@ impl FrameReader {
             if n == 0 {
                 return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
+            stamp(Stage::ReaderRead, n);
         }
     }
 }
@@ -358,6 +360,7 @@ impl FrameWriter {
                 &self.sealed
             }
         };
+        stamp(Stage::WriterPacked, sent);
         for piece in bytes.chunks(SEND_PIECE) {
             tokio::time::timeout(stall, self.stream.write_all(piece))
                 .await

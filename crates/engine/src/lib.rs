@@ -31,6 +31,7 @@
 //! - `warning`: the node-wide warning sink: counted by code, logged and handed to JavaScript;
 //! - `report`: reporting outward without a flood: log lines within a budget per window, and events
 //!   held for a subscriber that has not come yet;
+//! - `stamps`: the latency stamps of a write's stages (feature `stamps`; empty without it);
 //! - `sim` (feature `sim`): the whole-node deterministic simulation and its history checker.
 //!
 //! Locks (`parking_lot`; none is held across an `.await`, which the compiler enforces in spawned
@@ -69,6 +70,7 @@ mod seq_index;
 mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stamps;
 mod store;
 mod sync;
 mod transport;

@@ -27,6 +27,7 @@ use crate::keys::{KeyAdmitted, KeyLease};
 use crate::membership::{Admission, Dialing, LinkRef, Members};
 use crate::secure::{HandshakeError, Proven};
 use crate::shared::{resolve, LinkSlot, Shared};
+use crate::stamps::{stamp_named, Stage};
 use crate::sync::{Inbound, LinkSignal, Session, OWED_LIMIT, SEND_BUDGET};
 use crate::transport::{Listener, Stream};
 use crate::warning::{Warning, WarningCode};
@@ -699,12 +700,16 @@ async fn read_loop(
             .load(Ordering::Relaxed);
         let carried = msg.writes_carried();
         let applying = (carried > 0).then(Instant::now);
+        if carried > 0 {
+            stamp_named(Stage::ReaderDecoded, &slot.node);
+        }
         let (inbound, skewed) = {
             let mut session = slot.session.lock();
             let inbound = session.handle(&shared.local, msg)?;
             (inbound, session.take_skewed())
         };
         if let Some(started) = applying {
+            stamp_named(Stage::ReaderHandled, &slot.node);
             let us = started.elapsed().as_micros() as u64;
             slot.apply_us.fetch_add(us, Ordering::Relaxed);
             slot.writes_received
@@ -806,6 +811,7 @@ async fn write_loop(
             .session
             .lock()
             .fill(&shared.local, &mut buf, digest_due)?;
+        stamp_named(Stage::WriterFilled, &slot.node);
         if buf.is_empty() && last_sent.elapsed() >= heartbeat {
             let ping = Message::Ping {
                 wall_ms: shared.local.clock.wall_ms(),
@@ -831,7 +837,7 @@ async fn write_loop(
                 return Err(LinkError::Shutdown);
             }
             _ = close.changed() => return Err(LinkError::Duplicate),
-            _ = slot.signal.wait() => {}
+            _ = slot.signal.wait() => stamp_named(Stage::WriterWoke, &slot.node),
             msg = ctl.recv() => {
                 if let Some(msg) = msg {
                     buf.clear();
