@@ -280,7 +280,7 @@ impl<'a> World<'a> {
             disk,
             durability,
             // Its own stream: the rest of the plan is drawn as before.
-            compression: derive(self.seed, 6_000 + index as u64) % 4 != 0,
+            compression: !derive(self.seed, 6_000 + index as u64).is_multiple_of(4),
         }));
         let slot: Rc<RefCell<Option<Running>>> = Rc::new(RefCell::new(None));
         let failed: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
