@@ -1452,7 +1452,7 @@ fn stale_expiry_items_are_dropped_a_bounded_number_per_section() {
         });
     }
     assert!(
-        most_dropped <= 2 + 64,
+        most_dropped <= 2 + 4,
         "one section dropped {most_dropped} stale items"
     );
     assert!(
