@@ -415,8 +415,19 @@ export declare class SharedBucket<T = any> extends EventEmitter {
   /** The live entries, read a page at a time. */
   [Symbol.iterator](): Iterator<[string, T]>
   readonly size: number
-  /** How many live keys start with `prefix`, counted in place (no array is built). */
+  /**
+   * How many live keys start with `prefix`, counted in place (no array is built), in one call: the
+   * event loop is held for the whole count (see countAsync).
+   */
   count(prefix?: string): number
+  /**
+   * The same count a page of keys at a time, with a turn of the event loop between pages: no call holds
+   * the loop for more than a page. Keys live from the first page to the last count once; a key written
+   * or deleted meanwhile may or may not.
+   */
+  countAsync(prefix?: string): Promise<number>
+  countAsync(cb: (err: PeerBucketsError | null, count?: number) => void): void
+  countAsync(prefix: string | undefined, cb: (err: PeerBucketsError | null, count?: number) => void): void
   /**
    * One page of the live entries under `prefix`. Every key live from the first page to the last is
    * returned exactly once, however the bucket grows meanwhile; no key comes twice.

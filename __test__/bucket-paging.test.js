@@ -23,6 +23,34 @@ test('count(prefix) counts live keys under the prefix, expired and deleted ones 
   await p.close()
 })
 
+test('countAsync(prefix) counts as count() does, a page at a time with turns of the event loop between', async () => {
+  const p = await createPeer()
+  const b = p.bucket('count-async')
+  const n = 25_000
+  await b.setMany(Array.from({ length: n }, (_, i) => [`sess:${i}`, i]))
+  await b.setMany(Array.from({ length: 5000 }, (_, i) => [`other:${i}`, i]))
+  await b.delete('sess:7')
+  let turns = 0
+  let counting = true
+  const tick = () => {
+    turns++
+    if (counting) setImmediate(tick)
+  }
+  setImmediate(tick)
+  const counted = await b.countAsync('sess:')
+  counting = false
+  expect(counted).toBe(n - 1)
+  expect(counted).toBe(b.count('sess:'))
+  expect(turns).toBeGreaterThanOrEqual(2)
+  expect(await b.countAsync()).toBe(n + 4999)
+  expect(await b.countAsync('none:')).toBe(0)
+  const viaCallback = await new Promise((resolve, reject) => b.countAsync('other:', (err, c) => (err ? reject(err) : resolve(c))))
+  expect(viaCallback).toBe(5000)
+  expect(() => b.countAsync(5)).toThrow(TypeError)
+  await p.close()
+  await expect(b.countAsync('sess:')).rejects.toMatchObject({ code: 'ECLOSED' })
+})
+
 test('scan pages through every live key under a prefix once, each page within its limit', async () => {
   const p = await createPeer()
   const b = p.bucket('scan')

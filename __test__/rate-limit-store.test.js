@@ -153,6 +153,34 @@ describe('resetKey and resetAll', () => {
     for (const s of [oa, ob]) expect((await s.get('x')).totalHits).toBe(1)
     expect((await sa.increment('x')).totalHits).toBe(1)
   })
+
+  test('resetAll resets thousands of clients a page of resets at a time, and a hit counted after its client was reset stays', async () => {
+    const peer = await createPeer({ id: 'solo' })
+    const store = new RateLimitStore({ peer, ack: 'local' })
+    store.init({ windowMs: WINDOW })
+    const n = 3000
+    await Promise.all(Array.from({ length: n }, (_, i) => store.increment(`c${i}`)))
+    const reset = store.counter.reset.bind(store.counter)
+    let inFlight = 0
+    let most = 0
+    let calls = 0
+    const later = []
+    store.counter.reset = (key, ...rest) => {
+      calls++
+      // The first page's resets have settled once a later one starts: c0 is counted again after its reset.
+      if (key === `rl:c${n - 1}`) later.push(store.increment('c0'), store.increment('late'))
+      inFlight++
+      most = Math.max(most, inFlight)
+      return reset(key, ...rest).finally(() => inFlight--)
+    }
+    await store.resetAll()
+    await Promise.all(later)
+    expect(calls).toBe(n)
+    expect(most).toBeLessThanOrEqual(1000)
+    expect((await store.get('c0')).totalHits).toBe(1)
+    expect((await store.get('late')).totalHits).toBe(1)
+    for (let i = 1; i < n; i++) expect(await store.get(`c${i}`)).toBeUndefined()
+  })
 })
 
 test('shutdown resolves and leaves the peer open: counts still replicate, and the application closes the peer', async () => {

@@ -9,6 +9,8 @@
 const { checkTtl } = require('./validation.js')
 
 const DEFAULT_TIMEOUT = 1000
+// Keys reset at once by resetAll(): one promise each, so a million keys never wait together.
+const RESET_PAGE = 1000
 
 class RateLimitStore {
   /**
@@ -85,9 +87,17 @@ class RateLimitStore {
     await this.counter.reset(this.prefix + key)
   }
 
+  /**
+   * Resets every client key under the prefix held when it starts, a page at a time: a page's resets
+   * settle before the next page starts, so at most a page of them waits at once. A reset clears the
+   * hits it has seen: a hit counted after its key's reset (or on a key first hit meanwhile) stays.
+   */
   async resetAll() {
     await this.counter._opening()
-    await Promise.all(this.counter.keys(this.prefix).map((k) => this.counter.reset(k)))
+    const keys = this.counter.keys(this.prefix)
+    for (let i = 0; i < keys.length; i += RESET_PAGE) {
+      await Promise.all(keys.slice(i, i + RESET_PAGE).map((k) => this.counter.reset(k)))
+    }
   }
 
   /** The peer belongs to the application, which closes it. */

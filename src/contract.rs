@@ -119,6 +119,15 @@ pub struct Unacknowledged {
     pub writes: f64,
 }
 
+/// One page of a paged count (`bucketCountPage`): only these two cross, never the keys counted.
+#[napi(object)]
+pub struct CountPage {
+    /// Live keys under the prefix in the page.
+    pub count: u32,
+    /// Where the next page starts; '' once the whole bucket was walked.
+    pub cursor: String,
+}
+
 /// The `code` of an error the binding throws (napi's `Status` is a closed set, so the binding's calls
 /// return errors of this status instead: it becomes the thrown error's `code`).
 #[derive(Clone, Copy, Debug)]

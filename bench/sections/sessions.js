@@ -5,7 +5,8 @@
 // process used in that gap (the work that held it, where the rest is waiting for a core on a loaded
 // machine), beside the longest gap of the same process doing nothing for a second (the machine's share).
 // The calls walk the bucket a page at a time and yield between pages: the stall is one page's work,
-// not the store's; clear() deletes a page, waits for those deletes to settle, then reads the next.
+// not the store's; length() counts in the addon (bucket.countAsync, no key crosses to JavaScript);
+// clear() deletes a page, waits for those deletes to settle, then reads the next.
 
 const { Peer, SessionStore } = require('../..')
 const { SESSION } = require('../lib/workload')

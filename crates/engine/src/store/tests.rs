@@ -1406,3 +1406,114 @@ fn a_stamp_changes_with_every_write_that_replaces_the_value_even_at_the_same_hlc
     merge(&b, w("k", u64::MAX >> 1, 2, None));
     assert_eq!(stamp_of(&s, "k"), None);
 }
+
+/// A bucket of sessions with a TTL cleared one delete at a time (with a collection round after each,
+/// as a node's timer runs them beside the deletes) leaves an expiry item per deleted key behind: the
+/// queue drops them, but never more than a bounded number in one exclusive section, so no write
+/// waits for a pass over the whole queue; and once the clear is done the queue is back within its
+/// bound (four items per live key, and 1,024).
+#[test]
+fn stale_expiry_items_are_dropped_a_bounded_number_per_section() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let clock = Clock::new(Box::new(ManualClock::new(10_000)));
+    let s = MemoryStore::new();
+    let (n, kept) = (20_000, 1_000);
+    for i in 0..n {
+        let v = Some(b"v".to_vec().into());
+        s.write_local(
+            &a,
+            &clock,
+            &format!("k{i}"),
+            v,
+            Lifetime::Ttl(1_000_000),
+            &mut |_| {},
+        );
+    }
+    let held = |s: &MemoryStore| s.state.read().expiries.len();
+    let mut most_dropped = 0;
+    let mut timed = |s: &MemoryStore, section: &dyn Fn()| {
+        let before = held(s);
+        section();
+        most_dropped = most_dropped.max(before.saturating_sub(held(s)));
+    };
+    for i in 0..n - kept {
+        let key = format!("k{i}");
+        timed(&s, &|| {
+            s.write_local(&a, &clock, &key, None, Lifetime::Forever, &mut |_| {});
+        });
+        timed(&s, &|| {
+            s.collect(0, &mut |_, _| true);
+        });
+    }
+    for _ in 0..1_000 {
+        timed(&s, &|| {
+            s.collect(0, &mut |_, _| true);
+        });
+    }
+    assert!(
+        most_dropped <= 2 + 4,
+        "one section dropped {most_dropped} stale items"
+    );
+    assert!(
+        held(&s) <= 4 * kept + 1024,
+        "{} items left for {kept} live keys",
+        held(&s)
+    );
+    assert_eq!(s.live_len(), kept);
+}
+
+/// Keys rewritten with a later expiry while their queue drops stale items (the items of their
+/// earlier expiry among them) expire at the later time, each reported once, never at the earlier.
+#[test]
+fn a_stale_expiry_item_never_expires_a_live_rewritten_key_while_its_queue_compacts() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let clock = Clock::new(Box::new(ManualClock::new(10_000)));
+    let s = MemoryStore::new();
+    let n = 6_000;
+    let write = |key: &str, until: u64| {
+        let v = Some(b"v".to_vec().into());
+        s.write_local(&a, &clock, key, v, Lifetime::Until(until), &mut |_| {});
+    };
+    for i in 0..n {
+        write(&format!("k{i}"), 20_000);
+    }
+    // Most keys deleted: the queue's items outnumber its live keys and its compaction starts.
+    for i in 0..n - 500 {
+        s.write_local(
+            &a,
+            &clock,
+            &format!("k{i}"),
+            None,
+            Lifetime::Forever,
+            &mut |_| {},
+        );
+    }
+    // Every key live again, or still live, waits for 40_000 now; its 20_000 item is stale.
+    let mut rewritten = 0;
+    for i in (0..n).step_by(3) {
+        write(&format!("k{i}"), 40_000);
+        rewritten += 1;
+        s.collect(0, &mut |_, _| true);
+    }
+    for i in n - 500..n {
+        if i % 3 != 0 {
+            write(&format!("k{i}"), 40_000);
+            rewritten += 1;
+        }
+    }
+    assert_eq!(s.live_len(), rewritten);
+    let mut expired = Vec::new();
+    s.expire(30_000, &mut |k| expired.push(k.to_string()));
+    assert_eq!(expired, Vec::<String>::new(), "expired at a stale time");
+    assert_eq!(s.live_len(), rewritten);
+    s.expire(40_000, &mut |k| expired.push(k.to_string()));
+    let reported = expired.len();
+    expired.sort();
+    expired.dedup();
+    assert_eq!(
+        (reported, expired.len(), s.live_len()),
+        (rewritten, rewritten, 0)
+    );
+}

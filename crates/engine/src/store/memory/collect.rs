@@ -8,7 +8,6 @@
 use crate::clock::Hlc;
 use crate::replica::Origin;
 use crate::store::{key_fingerprint, Collected, CollectedRecord, Shown, State, Write};
-use std::cmp::Reverse;
 
 /// `Store::collect` on the state the caller holds locked exclusively.
 pub(super) fn collect(
@@ -19,11 +18,11 @@ pub(super) fn collect(
     let mut dropped = 0;
     let mut keep = Vec::new();
     let now = state.swept_until;
-    while let Some(Reverse((at, _))) = state.dead.peek() {
-        if *at >= older_than_ms {
+    while let Some((at, _)) = state.dead.peek() {
+        if at >= older_than_ms {
             break;
         }
-        let Reverse((at, key)) = state.dead.pop().expect("peeked");
+        let (at, key) = state.dead.pop().expect("peeked");
         let Some(e) = state.entries.get(&key) else {
             continue;
         };
@@ -60,28 +59,11 @@ pub(super) fn collect(
             state.remove_entry(&key);
             dropped += 1;
         } else {
-            keep.push(Reverse((at, key)));
+            keep.push((at, key));
         }
     }
-    state.dead.extend(keep);
-    // Stale heap items are dropped lazily; rebuild when they dominate.
-    if state.dead.len() > 4 * state.dead_entries + 1024 {
-        let state = &mut *state;
-        let entries = &state.entries;
-        let items: Vec<_> = std::mem::take(&mut state.dead)
-            .into_iter()
-            .filter(|Reverse((at, k))| entries.get(k).and_then(|e| e.death_ms(now)) == Some(*at))
-            .collect();
-        state.dead = items.into_iter().collect();
-    }
-    if state.expiries.len() > 4 * state.live_entries + 1024 {
-        let state = &mut *state;
-        let entries = &state.entries;
-        let items: Vec<_> = std::mem::take(&mut state.expiries)
-            .into_iter()
-            .filter(|Reverse((at, k))| entries.get(k).is_some_and(|e| e.expiry() == *at))
-            .collect();
-        state.expiries = items.into_iter().collect();
+    for (at, key) in keep {
+        state.dead.push(at, key);
     }
     dropped
 }

@@ -24,7 +24,6 @@ use crate::hash::HashMap;
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
 use parking_lot::{RwLock, RwLockWriteGuard};
-use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -68,6 +67,7 @@ impl std::ops::DerefMut for Writing<'_> {
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
+        self.guard.compact_queues();
         // Stored before the lock is released, so the figures follow the sections' order.
         publish(&self.guard, self.live, self.next_expiry);
     }
@@ -75,10 +75,7 @@ impl Drop for Writing<'_> {
 
 fn publish(state: &State, live: &AtomicUsize, next_expiry: &AtomicU64) {
     live.store(state.live_entries, Ordering::Release);
-    let at = state
-        .expiries
-        .peek()
-        .map_or(NO_EXPIRY, |Reverse((at, _))| *at);
+    let at = state.expiries.peek().map_or(NO_EXPIRY, |(at, _)| at);
     next_expiry.store(at, Ordering::Release);
 }
 
@@ -365,11 +362,11 @@ impl Store for MemoryStore {
         let before = state.swept_until;
         state.swept_until = now;
         let mut last: Option<(u64, Arc<str>)> = None;
-        while let Some(Reverse((at, _))) = state.expiries.peek() {
-            if *at > now {
+        while let Some((at, _)) = state.expiries.peek() {
+            if at > now {
                 break;
             }
-            let Reverse((at, key)) = state.expiries.pop().expect("peeked");
+            let (at, key) = state.expiries.pop().expect("peeked");
             // Equal items pop one after another: the first one counted the key.
             if last.as_ref().is_some_and(|(t, k)| *t == at && *k == key) {
                 continue;
@@ -384,7 +381,7 @@ impl Store for MemoryStore {
             }
             state.live_entries -= 1;
             state.dead_entries += 1;
-            state.dead.push(Reverse((at, key.clone())));
+            state.dead.push(at, key.clone());
             on_expired(&key);
             last = Some((at, key));
         }
