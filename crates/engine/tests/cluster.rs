@@ -201,7 +201,9 @@ async fn tombstones_stay_bounded_under_a_steady_set_and_delete_load() {
     let mut peak = 0;
     let mut written = 0;
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
+    // At least 4 s and more than 20,000 deletes: a loaded machine takes longer to write them, rather than
+    // writing fewer.
+    while start.elapsed() < Duration::from_secs(4) || written <= 20_000 {
         for _ in 0..200 {
             let key: Arc<str> = format!("k{written}").into();
             ba.write(
@@ -215,7 +217,6 @@ async fn tombstones_stay_bounded_under_a_steady_set_and_delete_load() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         peak = peak.max(a.stats().tombstones.max(b.stats().tombstones));
     }
-    assert!(written > 20_000, "load too light: {written}");
     assert!(
         peak < written / 2,
         "tombstones should be collected as the load goes on: peak {peak} of {written} deletes"
@@ -255,7 +256,8 @@ async fn superseded_markers_stay_bounded_while_hot_keys_keep_being_rewritten() {
     let mut peak = 0;
     let mut written = 0;
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
+    // At least 4 s and more than 40,000 writes, however long a loaded machine takes to write them.
+    while start.elapsed() < Duration::from_secs(4) || written <= 40_000 {
         for i in 0..400 {
             // Both write the same 300 hot keys: remote writes supersede local ones and back.
             let key: Arc<str> = format!("hot{}", (written + i) % 300).into();
@@ -266,7 +268,6 @@ async fn superseded_markers_stay_bounded_while_hot_keys_keep_being_rewritten() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         peak = peak.max(markers());
     }
-    assert!(written > 40_000, "load too light: {written}");
     assert!(
         peak < written / 4,
         "markers should be compacted as the load goes on: peak {peak} after {written} writes"

@@ -157,7 +157,12 @@ async fn hostile_bytes_close_the_connection_and_the_node_keeps_serving() {
             let within = if what.contains("silence") { 3 } else { 1 };
             closed_within(&mut sock, Duration::from_secs(within)).await;
         }
-        assert!(node.stats().handshakes_rejected >= 7, "{:?}", node.stats());
+        // A refusal is counted once its connection is dropped (`link::run` counts a handshake's
+        // error after the handshake gave the stream up): the client may see the close first.
+        eventually_within("7 refusals counted", Duration::from_secs(5), || {
+            node.stats().handshakes_rejected >= 7
+        })
+        .await;
         assert!(node.peers().is_empty());
     }
     let open2 = start("open2", &[&open], &[]).await;

@@ -1,11 +1,12 @@
 //! Who to wake after a change: each link's writer, and the durable store's flusher.
 //!
 //! Invariant: a local write wakes every link writer after the write is in the store, so a writer that
-//! wakes always finds what woke it.
+//! wakes always finds what woke it; it is counted (`local_writes`) before the wake, so a writer that
+//! read the count before a pass and finds it unchanged after missed no write.
 
 use crate::bucket::WriteSignal;
 use parking_lot::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -44,6 +45,8 @@ pub trait Ring: Send + Sync {
 pub struct Signals {
     pub(super) links: RwLock<Vec<Arc<LinkSignal>>>,
     pub(super) flusher: std::sync::OnceLock<Arc<dyn Ring>>,
+    /// Local writes so far (`local_writes`).
+    pub(super) writes: AtomicU64,
 }
 
 impl Signals {
@@ -58,10 +61,17 @@ impl Signals {
     pub fn set_flusher(&self, doorbell: Arc<dyn Ring>) {
         let _ = self.flusher.set(doorbell);
     }
+
+    /// How many local writes (own seqs taken) woke the writers so far: a pass over the buckets that
+    /// read it first saw every write it counts.
+    pub fn local_writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
 }
 
 impl WriteSignal for Signals {
     fn local_write(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
         for s in self.links.read().iter() {
             s.wake();
         }

@@ -416,9 +416,17 @@ pub fn start_crashable(config: Config) -> Crashable {
 }
 
 impl Crashable {
+    /// The runtime is shut down before the node is dropped, on a thread of its own (a runtime cannot
+    /// wait for its tasks inside another): dropped first, or while its worker still ran a task, the
+    /// node's stop signal reached its link writers, which said goodbye (`Message::Leave`), and the
+    /// peers forgot it at once as one that left.
     pub fn crash(self) {
-        self.runtime.shutdown_background();
-        drop(self.node);
+        std::thread::spawn(move || {
+            self.runtime.shutdown_timeout(Duration::from_secs(5));
+            drop(self.node);
+        })
+        .join()
+        .unwrap();
     }
 }
 

@@ -21,6 +21,11 @@ use super::{Inbound, Session};
 impl Session {
     /// Applies one message from the other end.
     pub fn handle(&mut self, local: &Local, msg: Message) -> Result<Inbound, LinkError> {
+        // Another batch of the other end's own writes, or an ack, only adds to what it holds: the
+        // rest may ask for writes or change what it is known to hold.
+        if !matches!(msg, Message::Ops(_) | Message::Ack { .. }) {
+            self.walked_at = None;
+        }
         match msg {
             Message::Ops(batch) => {
                 self.apply_ops(local, batch)?;

@@ -97,6 +97,11 @@ pub struct Session {
     pub(super) awaiting_contexts: bool,
     /// The bucket where the last pass ran out of send budget; the next one starts there.
     pub(super) resume_at: Option<Arc<str>>,
+    /// `Signals::local_writes` as read before the last pass over the buckets, when it walked them
+    /// all with nothing left to send; `None` once anything but another batch of the other end's
+    /// writes or an ack arrived. While it holds, the next pass would find nothing either and is
+    /// skipped: a writer woken for each batch it acknowledges does not walk every bucket each time.
+    pub(super) walked_at: Option<u64>,
     /// How far ahead (ms) of this clock the furthest write of a frame dropped for skew was stamped,
     /// since the link last reported it (`take_skewed`).
     pub(super) skewed: Option<u64>,
@@ -154,6 +159,7 @@ impl Session {
             owed: 0,
             awaiting_contexts: true,
             resume_at: None,
+            walked_at: None,
             skewed: None,
             fetches_asked: BTreeSet::new(),
             skewed_fetches: BTreeSet::new(),

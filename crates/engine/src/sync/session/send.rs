@@ -107,13 +107,20 @@ impl Session {
             let upto = taken.contiguous();
             wire::encode_frame(&Message::Ack { bucket, upto }, buf)?;
         }
+        // Read before the pass: a write counted later wakes the writer for another.
+        let writes = local.signals.local_writes();
+        let idle = self.awaiting_contexts || self.walked_at == Some(writes);
+        if idle && !digest_due {
+            return Ok(false);
+        }
         let mut buckets = local.bucket_list();
         if digest_due {
             self.digests.round(local, &buckets, buf)?;
         }
-        if self.awaiting_contexts {
+        if idle {
             return Ok(false);
         }
+        self.walked_at = None;
         // Start where the last pass ran out of budget, so a catch-up over many buckets walks them once
         // rather than once per send.
         if let Some(at) = self.resume_at.take() {
@@ -157,6 +164,7 @@ impl Session {
                 }
             }
         }
+        self.walked_at = Some(writes);
         Ok(false)
     }
 }
