@@ -237,6 +237,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Entries held (live, tombstones and expired alike); for stats.
     fn entry_count(&self) -> usize;
+    /// A fingerprint of every register stored (tombstones and expired values too): the sum of
+    /// `Entry::print` over the entries, kept exact as they change. Two replicas with equal contexts
+    /// that keep different ones have diverged (digests carry it: `sync::digest`).
+    fn stored_print(&self) -> u64;
     /// Dead entries (tombstones and expired values) held until collection; for stats.
     fn tombstone_count(&self) -> usize;
     /// Drops dead entries (tombstones, expired values) that died before `older_than_ms` and whose every

@@ -444,6 +444,10 @@ impl Store for MemoryStore {
         }
     }
 
+    fn stored_print(&self) -> u64 {
+        self.state.read().entries.print()
+    }
+
     fn entry_count(&self) -> usize {
         self.state.read().entries.len()
     }
