@@ -295,6 +295,18 @@ pub trait Store: Send + Sync + 'static {
         dots: &SeqRanges,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> usize;
+    /// Merges registers a peer stores (of `origin`), fetched to repair a divergence (equal
+    /// contexts, different registers stored), as a restore: a register whose dot this replica
+    /// covers is applied anyway, last-writer-wins against what it stores for its key, unless a
+    /// collected register it remembers for the key beats it or is it; the same dot stored here with
+    /// other content (a forgery) keeps whichever is larger by `(hlc, print)`, as every replica
+    /// does. A dot not covered here is left to the sync. Returns how many registers it changed.
+    fn restore_registers(
+        &self,
+        origin: &Origin,
+        writes: Vec<Write>,
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> usize;
     /// For durable backends: what changed since the last call, read under the same lock as the
     /// changes themselves so a flush of it is a consistent state. `None` when this store is not
     /// persisted.
