@@ -415,6 +415,7 @@ impl Sim {
     fn restart_linked(&mut self, i: usize, links: usize) {
         self.restarts += 1;
         self.repairs_changed += repairs_changed(&self.locals[i]);
+        note_divergences(&self.locals[i]);
         self.exile_start.1.push(i);
         let offset = OFFSETS[self.rng.below(OFFSETS.len() as u64) as usize];
         self.locals[i] = new_local(i, 1 + self.restarts, &self.time, offset);
@@ -902,6 +903,7 @@ fn try_run_with(seed: u64, steps: usize, loss: u64, episodes: bool) -> Result<()
             }
         }
     }
+    sim.locals.iter().for_each(note_divergences);
     let repaired = sim.repairs_changed + sim.locals.iter().map(repairs_changed).sum::<u64>();
     if repaired > 0 {
         return Err(format!(
@@ -932,6 +934,17 @@ fn repairs_changed(l: &Local) -> u64 {
     l.counters()
         .repairs_changed
         .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Divergences found (and repaired, changing nothing) over the runs of this process.
+static TOTAL_DIVERGENCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn note_divergences(l: &Local) {
+    let found = l
+        .counters()
+        .divergences
+        .load(std::sync::atomic::Ordering::Relaxed);
+    TOTAL_DIVERGENCES.fetch_add(found, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn run(seed: u64, steps: usize, loss: u64) {
@@ -1034,11 +1047,12 @@ fn sweep() {
         failed.push(seed);
     }
     println!(
-        "sweep: seeds {from}..{to}, {steps} steps, loss {loss}%, P every {}, episodes {}: {} tombstones collected, {} returns reaching a post-collection joiner first; {} failures {failed:?}",
+        "sweep: seeds {from}..{to}, {steps} steps, loss {loss}%, P every {}, episodes {}: {} tombstones collected, {} returns reaching a post-collection joiner first, {} repairs asked (one that changes anything fails its seed); {} failures {failed:?}",
         p_every(),
         std::env::var("SIM_EPISODES").unwrap_or_default(),
         TOTAL_COLLECTED.load(std::sync::atomic::Ordering::Relaxed),
         RETURNS_TO_A_JOINER.load(std::sync::atomic::Ordering::Relaxed),
+        TOTAL_DIVERGENCES.load(std::sync::atomic::Ordering::Relaxed),
         failed.len()
     );
     assert!(failed.is_empty());
