@@ -31,6 +31,9 @@ struct Scene {
     v_m: Session,
 }
 
+/// A context with its origins by name, empty ranges left out, sorted.
+type NamedContext = Vec<(String, SeqRanges)>;
+
 /// The hello of a member named `node` that holds nothing.
 fn hello(node: &str) -> Hello {
     Hello {
@@ -147,8 +150,8 @@ impl Scene {
     }
 
     /// Both replicas' contexts of the bucket, origins by name, empty ranges left out.
-    fn contexts(&self) -> (Vec<(String, SeqRanges)>, Vec<(String, SeqRanges)>) {
-        let context = |l: &Local| -> Vec<(String, SeqRanges)> {
+    fn contexts(&self) -> (NamedContext, NamedContext) {
+        let context = |l: &Local| -> NamedContext {
             let mut c: Vec<_> = l
                 .bucket(BUCKET)
                 .store()
