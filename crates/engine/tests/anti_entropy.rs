@@ -279,6 +279,56 @@ fn a_write_a_member_made_a_replica_drop_comes_back_while_its_writer_keeps_writin
     );
 }
 
+/// A member that claims a collection of dots an honest peer covers (a collection the others know
+/// of), then answers the victim's resync with "covered, none stored" for the honest peer's write,
+/// leaves only a stale read: once the victim and that peer, which still stores the write, have
+/// exchanged digests long enough, the write shows again, with the peer's later write.
+#[test]
+fn a_member_lying_about_its_store_after_a_collection_the_others_know_of_leaves_only_a_stale_read() {
+    let mut s = Scene::new();
+    s.h()
+        .bucket(BUCKET)
+        .write("theirs", Some(json("h")), Lifetime::Forever);
+    s.exchange();
+    assert!(s.holds("theirs"));
+    // A second write of h that the victim has not taken yet: the member's horizon names it.
+    s.h()
+        .bucket(BUCKET)
+        .write("later", Some(json("h")), Lifetime::Forever);
+    s.v_m = Session::new(s.v(), &hello("m2")).unwrap();
+    let horizon: WireContext = vec![(rid("h"), SeqRanges::up_to(2))];
+    s.member_sends(Message::Contexts(ContextPart {
+        buckets: vec![BucketSummary {
+            name: BUCKET.into(),
+            context: horizon.clone(),
+            collected: horizon,
+        }],
+        last: true,
+    }))
+    .unwrap();
+    assert!(
+        s.v().is_stale(BUCKET),
+        "the victim believes it missed a collection"
+    );
+    s.answer_none_stored();
+    assert!(!s.v().is_stale(BUCKET), "the victim resynced");
+    assert!(
+        !s.holds("theirs"),
+        "the victim dropped h's write on the member's word"
+    );
+    s.heal_for(CONVERGES_WITHIN_S);
+    assert!(
+        shows(&s.h().bucket(BUCKET), "theirs").is_some(),
+        "the honest peer keeps its write"
+    );
+    assert!(
+        s.holds("theirs"),
+        "the victim covers the honest peer's write for good without showing it"
+    );
+    assert!(s.holds("later"), "the victim took h's later write");
+    s.assert_alike("theirs");
+}
+
 /// A member that claims, in its own context, seqs of a third replica and answers the victim's pull
 /// for them with coverage and no writes makes the victim count them as superseded, while an honest
 /// peer holds them: once the two have exchanged digests long enough, the victim holds them too.
