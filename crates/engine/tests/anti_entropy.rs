@@ -218,6 +218,11 @@ fn a_held_reply_lie_does_not_leave_a_replica_without_a_write_an_honest_peer_stil
     let repaired = |l: &Local| l.counters().repairs_changed.load(Ordering::Relaxed);
     assert_eq!(repaired(s.v()), 1, "the victim repaired once");
     assert_eq!(repaired(s.h()), 0, "the honest peer had nothing to repair");
+    // What the victim's link to the honest peer reports (an EDIVERGED warning naming both).
+    let v_h = s.world.sessions.get_mut(&(0, 1)).expect("linked");
+    assert_eq!(v_h.take_repaired(), vec![(BUCKET.into(), 1)]);
+    let h_v = s.world.sessions.get_mut(&(1, 0)).expect("linked");
+    assert_eq!(h_v.take_repaired(), vec![]);
 }
 
 /// The same lie about the victim's own write: once it has exchanged with the honest peer, which
