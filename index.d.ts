@@ -227,7 +227,9 @@ export interface PeerEvent {
  * directory could not be written), EPROTOCOL (a peer broke the protocol), EINSECURE (an unencrypted
  * connection refused off loopback), EUNREACHABLE (a seed silent for long), ELIMIT (what a peer sent
  * went past a limit of this peer, `maxBuckets`, and was ignored), EIDKEY (a peer id none of whose
- * links was up came back with a new key: a restart without dataDir, or a member taking its id).
+ * links was up came back with a new key: a restart without dataDir, or a member taking its id),
+ * EDIVERGED (this peer and a linked one stored different writes under equal contexts, and a repair
+ * from that peer changed what this peer stores).
  */
 export type WarningCode =
   | 'EAUTH'
@@ -240,6 +242,7 @@ export type WarningCode =
   | 'EUNREACHABLE'
   | 'ELIMIT'
   | 'EIDKEY'
+  | 'EDIVERGED'
 
 /** Something an operator must hear about while the peer keeps serving. */
 export interface PeerWarning {
@@ -311,6 +314,14 @@ export interface PeerStats {
   collectedRemembered: number
   /** Old writes brought back from past a collection that met a stand-in tombstone here instead. */
   standInTombstones: number
+  /**
+   * Anti-entropy: buckets found storing other writes than a linked peer under equal contexts (each
+   * repaired from that peer), repairs done, and repairs that changed what this peer stores (each an
+   * `EDIVERGED` warning; none in a cluster of honest peers).
+   */
+  divergences: number
+  repairs: number
+  repairsChanged: number
   /** Buckets peers asked this peer to create past `maxBuckets`, refused (each also an `ELIMIT` warning, rate-limited). */
   bucketsRefused: number
   /**

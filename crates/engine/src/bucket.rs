@@ -288,6 +288,20 @@ impl Bucket {
         })
     }
 
+    /// Restores registers of `origin` a peer stores under dots this replica covers, to repair a
+    /// divergence (see `Store::restore_registers`); each key whose value changes is reported.
+    /// Returns how many registers changed.
+    pub fn restore_registers(&self, origin: &Origin, writes: Vec<Write>) -> usize {
+        self.expire(self.now_ms());
+        let listening = self.has_subscriber.load(Ordering::Acquire);
+        self.store.restore_registers(origin, writes, &mut |shown| {
+            self.watched(shown.key, shown.value.is_some());
+            if listening {
+                self.emit(shown, origin, false)
+            }
+        })
+    }
+
     /// Remembers collected registers a peer reported (see `Store::learn_collected`); a stand-in it
     /// writes is a local write, heard and sent like one. Returns the stand-ins written.
     pub fn learn_collected(&self, records: Vec<(CollectedRecord, Option<Origin>)>) -> usize {

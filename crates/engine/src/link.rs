@@ -582,6 +582,22 @@ fn skewed_writes(shared: &Shared, slot: &LinkSlot, ahead_ms: u64) {
     );
 }
 
+fn repaired_from(shared: &Shared, slot: &LinkSlot, bucket: &str, registers: usize) {
+    shared.warnings.emit(
+        Warning::new(
+            WarningCode::Diverged,
+            format!(
+                "bucket {bucket}: this peer and {} at {} covered the same writes but stored \
+                 different registers (a member claimed coverage it did not back, or a bug); \
+                 {registers} registers were repaired from that peer",
+                slot.node, slot.address
+            ),
+        )
+        .peer(&*slot.node)
+        .address(&slot.address),
+    );
+}
+
 /// A member named in the list of `by`, a linked peer.
 fn learn_member(shared: &Arc<Shared>, node: &Arc<str>, address: &str, by: &Arc<str>) {
     if **node == *shared.local.id {
@@ -703,10 +719,10 @@ async fn read_loop(
         if carried > 0 {
             stamp_named(Stage::ReaderDecoded, &slot.node);
         }
-        let (inbound, skewed) = {
+        let (inbound, skewed, repaired) = {
             let mut session = slot.session.lock();
             let inbound = session.handle(&shared.local, msg)?;
-            (inbound, session.take_skewed())
+            (inbound, session.take_skewed(), session.take_repaired())
         };
         if let Some(started) = applying {
             stamp_named(Stage::ReaderHandled, &slot.node);
@@ -717,6 +733,9 @@ async fn read_loop(
         }
         if let Some(ahead_ms) = skewed {
             skewed_writes(shared, slot, ahead_ms);
+        }
+        for (bucket, registers) in repaired {
+            repaired_from(shared, slot, &bucket, registers);
         }
         if shared
             .local

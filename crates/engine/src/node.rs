@@ -84,6 +84,13 @@ pub struct Stats {
     pub collected_remembered: usize,
     /// Tombstones written in place of collected ones for old writes that came back.
     pub stand_in_tombstones: u64,
+    /// Buckets found to store other registers than a linked peer under equal contexts, each
+    /// repaired from that peer (`sync::digest`).
+    pub divergences: u64,
+    /// Repairs done: a peer's registers of a bucket fetched and merged as a restore.
+    pub repairs: u64,
+    /// Repairs that changed what this replica stores (each also an `EDIVERGED` warning).
+    pub repairs_changed: u64,
     /// Connections refused in their handshake (not a peer, another secret or none, malformed, silent),
     /// or before it by protected mode (`Config::insecure`).
     pub handshakes_rejected: u64,
@@ -468,6 +475,9 @@ impl Node {
                 .map(|b| b.store().collected_remembered())
                 .sum(),
             stand_in_tombstones: c.stand_in_tombstones.load(Ordering::Relaxed),
+            divergences: c.divergences.load(Ordering::Relaxed),
+            repairs: c.repairs.load(Ordering::Relaxed),
+            repairs_changed: c.repairs_changed.load(Ordering::Relaxed),
             handshakes_rejected: self.shared.guard.rejected(),
             handshakes_evicted: self.shared.guard.evicted(),
             warnings: self.shared.warnings.counts(),

@@ -47,11 +47,14 @@ pub enum WarningCode {
     Limit,
     /// A peer id none of whose links was up came back with another static key (`keys`).
     IdKey,
+    /// This replica and a linked peer stored different registers under equal contexts, and a
+    /// repair from that peer changed what this replica stores (`sync::digest`).
+    Diverged,
 }
 
 impl WarningCode {
     /// Every code, in the order counts are reported.
-    pub const ALL: [WarningCode; 10] = [
+    pub const ALL: [WarningCode; 11] = [
         WarningCode::Auth,
         WarningCode::Skew,
         WarningCode::Version,
@@ -62,6 +65,7 @@ impl WarningCode {
         WarningCode::Unreachable,
         WarningCode::Limit,
         WarningCode::IdKey,
+        WarningCode::Diverged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +80,7 @@ impl WarningCode {
             WarningCode::Unreachable => "EUNREACHABLE",
             WarningCode::Limit => "ELIMIT",
             WarningCode::IdKey => "EIDKEY",
+            WarningCode::Diverged => "EDIVERGED",
         }
     }
 
@@ -243,7 +248,8 @@ mod tests {
                 "EINSECURE",
                 "EUNREACHABLE",
                 "ELIMIT",
-                "EIDKEY"
+                "EIDKEY",
+                "EDIVERGED"
             ]
         );
     }

@@ -43,7 +43,9 @@ use crate::store::Write;
 /// 9: a bucket's digest goes out only when it changed since the last on the link, or a slow refresh
 /// reaches it, numbered; `Digested` ends each round, vouching that the reports sent are current.
 /// 10: frames may travel compressed (`COMPRESSED`), several plain frames in one LZ4 block.
-pub const PROTOCOL_VERSION: u8 = 10;
+/// 11: a digest carries a fingerprint of the registers its sender stores (`Digest::stored`), so two
+/// replicas with equal contexts that store different registers find out and repair (anti-entropy).
+pub const PROTOCOL_VERSION: u8 = 11;
 /// Flag on a frame's version byte: its payload is a size and an LZ4 block of plain frames.
 pub const COMPRESSED: u8 = 0x80;
 /// Frames shorter than this, together, travel as they are: LZ4 saves too little on them to pay its
@@ -89,6 +91,9 @@ pub enum Message {
         /// Digests I sent on this link so far, this one included: `Digested` adds up the last of
         /// each bucket.
         number: u64,
+        /// A fingerprint of the registers I store in `bucket` (`Store::stored_print`): with a
+        /// context equal to yours and a fingerprint that stays different, we have diverged.
+        stored: u64,
     },
     /// Writes of one origin to one bucket, plus the seqs they stand for (`covered`): seqs in `covered`
     /// with no write here were superseded and need not be sent.

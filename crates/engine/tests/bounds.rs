@@ -386,6 +386,7 @@ async fn a_member_cannot_make_a_peer_create_buckets_past_its_limit() {
                 SeqRanges::from_ranges([(1, 1)]),
             )],
             number: i + 1,
+            stored: 0,
         };
         encode_frame(&digest, &mut frames).unwrap();
     }

@@ -49,6 +49,7 @@ fn sizes(w: &World, i: usize) -> Sizes {
             bucket: b.name().clone(),
             context,
             number: 1,
+            stored: 0,
         });
         if !beyond.is_empty() {
             bytes += frame_bytes(Message::Horizon {

@@ -277,6 +277,7 @@ fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
         bucket: BUCKET.into(),
         context: claim.clone(),
         number: 1,
+        stored: 0,
     })));
     let mut fresh = Scene::new();
     fresh.v_m = Session::new(fresh.v(), &hello("m2")).unwrap();
@@ -629,6 +630,7 @@ fn stamping_member(node: &Node, hlc: Hlc) -> tokio::task::JoinHandle<()> {
                 bucket: "s".into(),
                 context: vec![(mine.clone(), SeqRanges::up_to(1))],
                 number: 1,
+                stored: 0,
             };
             let hello = Message::Hello(Hello {
                 replica: mine,

@@ -90,6 +90,9 @@ struct Sim {
     side: [u8; N],
     loss: u64,
     restarts: u64,
+    /// Repairs that changed what a replica stored, in replicas restarted since (honest replicas
+    /// with equal contexts store alike: any is a failure).
+    repairs_changed: u64,
     registry: Registry,
     /// The dots some frame delivered to another replica. A write its writer overwrote before any
     /// frame carried it is claimed without its register (no replica but the writer can hold it):
@@ -151,6 +154,7 @@ impl Sim {
             side: [0; N],
             loss: 0,
             restarts: 0,
+            repairs_changed: 0,
             registry: Registry::new(),
             left: Default::default(),
             last_writer: 0,
@@ -410,6 +414,8 @@ impl Sim {
     /// As `restart`, linked at first to `links` peers at most (the others come back by `relink`).
     fn restart_linked(&mut self, i: usize, links: usize) {
         self.restarts += 1;
+        self.repairs_changed += repairs_changed(&self.locals[i]);
+        note_divergences(&self.locals[i]);
         self.exile_start.1.push(i);
         let offset = OFFSETS[self.rng.below(OFFSETS.len() as u64) as usize];
         self.locals[i] = new_local(i, 1 + self.restarts, &self.time, offset);
@@ -897,6 +903,13 @@ fn try_run_with(seed: u64, steps: usize, loss: u64, episodes: bool) -> Result<()
             }
         }
     }
+    sim.locals.iter().for_each(note_divergences);
+    let repaired = sim.repairs_changed + sim.locals.iter().map(repairs_changed).sum::<u64>();
+    if repaired > 0 {
+        return Err(format!(
+            "seed {seed}: {repaired} repairs changed what an honest replica stored"
+        ));
+    }
     let reference = sim.dump(0);
     if sim.registry.len() <= 20 {
         return Err(format!(
@@ -915,6 +928,23 @@ fn try_run_with(seed: u64, steps: usize, loss: u64, episodes: bool) -> Result<()
         }
     }
     Ok(())
+}
+
+fn repairs_changed(l: &Local) -> u64 {
+    l.counters()
+        .repairs_changed
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Divergences found (and repaired, changing nothing) over the runs of this process.
+static TOTAL_DIVERGENCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn note_divergences(l: &Local) {
+    let found = l
+        .counters()
+        .divergences
+        .load(std::sync::atomic::Ordering::Relaxed);
+    TOTAL_DIVERGENCES.fetch_add(found, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn run(seed: u64, steps: usize, loss: u64) {
@@ -1017,11 +1047,12 @@ fn sweep() {
         failed.push(seed);
     }
     println!(
-        "sweep: seeds {from}..{to}, {steps} steps, loss {loss}%, P every {}, episodes {}: {} tombstones collected, {} returns reaching a post-collection joiner first; {} failures {failed:?}",
+        "sweep: seeds {from}..{to}, {steps} steps, loss {loss}%, P every {}, episodes {}: {} tombstones collected, {} returns reaching a post-collection joiner first, {} repairs asked (one that changes anything fails its seed); {} failures {failed:?}",
         p_every(),
         std::env::var("SIM_EPISODES").unwrap_or_default(),
         TOTAL_COLLECTED.load(std::sync::atomic::Ordering::Relaxed),
         RETURNS_TO_A_JOINER.load(std::sync::atomic::Ordering::Relaxed),
+        TOTAL_DIVERGENCES.load(std::sync::atomic::Ordering::Relaxed),
         failed.len()
     );
     assert!(failed.is_empty());

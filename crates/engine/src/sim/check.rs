@@ -23,7 +23,10 @@
 //!   `(hlc, origin)` order (a collected key: superseded by a newer delete or expiring write), unless
 //!   none of its holders kept it (the writer crashed since without coming back from its directory,
 //!   or with a write only in memory, and every peer that acknowledged it crashed since); writes
-//!   whose ack timed out, failed with EDISK or never settled may be lost.
+//!   whose ack timed out, failed with EDISK or never settled may be lost; replicas that hold the same
+//!   registers have the same fingerprint of them (`Store::stored_print`, which digests carry);
+//! - while running: no node repairs a divergence that changed what it stores (`EDIVERGED`): every
+//!   peer of the simulation is honest, and honest replicas with equal contexts store alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -563,6 +566,8 @@ pub struct BucketView {
     pub context: String,
     pub live: BTreeMap<Arc<str>, u64>,
     pub len: usize,
+    /// The fingerprint of the registers stored (`Store::stored_print`).
+    pub stored: u64,
     /// Keys a scan yields.
     pub scanned: usize,
     /// The replica's clock when the view was taken.
@@ -615,6 +620,15 @@ pub fn check_final(history: &mut History, at_ms: u64, views: &[Settled]) {
                     r.map_or(0, |r| r.registers.len()),
                     r.is_some_and(|r| r.context == view.context)
                 ));
+            }
+            if same && reference.get(b).is_some_and(|r| r.stored != view.stored) {
+                history.violation(
+                    at_ms,
+                    "fingerprint",
+                    format!(
+                        "{name} stores the registers {first} stores in bucket {b} under another fingerprint"
+                    ),
+                );
             }
             if view.len != view.live.len() || view.scanned != view.live.len() {
                 history.violation(

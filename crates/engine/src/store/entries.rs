@@ -5,7 +5,10 @@
 //! a newer write is a marker until every member holds what superseded it. The key table holds each key
 //! once, in the chain its hash names, in `old` (below `drained`) or in `buckets`, never both; a growth
 //! ends before the next one begins; a key's place in a scan's order is its hash, bit-reversed, and
-//! nothing the table does changes it.
+//! nothing the table does changes it. `print` is the sum of the prints of the records in the table
+//! (`Entry::print`), kept in the only two places a record enters or leaves it: a record is never
+//! changed in place, so the sum is exact whichever path (merge, local write, expiry, collection,
+//! drop, stand-in, restore) stored or removed it.
 
 use super::Entry;
 use crate::ranges::SeqRanges;
@@ -86,6 +89,8 @@ pub(super) struct Entries {
     /// The buckets of `old` below this one are drained: empty.
     drained: usize,
     len: usize,
+    /// The sum (wrapping) of `Entry::print` over the records in the table.
+    print: u64,
     pub(super) hasher: crate::hash::DefaultHashBuilder,
     /// Records a growth moved from `old` to `buckets`.
     #[cfg(test)]
@@ -107,6 +112,7 @@ impl Default for Entries {
             old: Box::default(),
             drained: 0,
             len: 0,
+            print: 0,
             hasher: Default::default(),
             #[cfg(test)]
             relocated: 0,
@@ -211,6 +217,7 @@ impl Entries {
             }
         };
         self.len -= 1;
+        self.print = self.print.wrapping_sub(r.entry.print(&r.key));
         Some(r)
     }
 
@@ -226,6 +233,7 @@ impl Entries {
             self.grow();
         }
         record.hash = hash;
+        self.print = self.print.wrapping_add(record.entry.print(&record.key));
         let at = bucket_of(hash, self.buckets.len());
         push(&mut self.buckets[at], record);
         self.len += 1;
@@ -320,6 +328,18 @@ impl Entries {
 
     pub(super) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The fingerprint of every register stored (see `Entry::print`).
+    pub(super) fn print(&self) -> u64 {
+        self.print
+    }
+
+    /// `print` computed from scratch, to check the one kept as records come and go.
+    #[cfg(test)]
+    pub(super) fn print_recounted(&self) -> u64 {
+        self.iter()
+            .fold(0u64, |sum, (k, e)| sum.wrapping_add(e.print(k)))
     }
 
     /// The keys of the chain `hash` names in `buckets`, from its head.

@@ -237,6 +237,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Entries held (live, tombstones and expired alike); for stats.
     fn entry_count(&self) -> usize;
+    /// A fingerprint of every register stored (tombstones and expired values too): the sum of
+    /// `Entry::print` over the entries, kept exact as they change. Two replicas with equal contexts
+    /// that keep different ones have diverged (digests carry it: `sync::digest`).
+    fn stored_print(&self) -> u64;
     /// Dead entries (tombstones and expired values) held until collection; for stats.
     fn tombstone_count(&self) -> usize;
     /// Drops dead entries (tombstones, expired values) that died before `older_than_ms` and whose every
@@ -289,6 +293,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         origin: &Origin,
         dots: &SeqRanges,
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> usize;
+    /// Merges registers a peer stores (of `origin`), fetched to repair a divergence (equal
+    /// contexts, different registers stored), as a restore: a register whose dot this replica
+    /// covers is applied anyway, last-writer-wins against what it stores for its key, unless a
+    /// collected register it remembers for the key beats it or is it; the same dot stored here with
+    /// other content (a forgery) keeps whichever is larger by `(hlc, print)`, as every replica
+    /// does. A dot not covered here is left to the sync. Returns how many registers it changed.
+    fn restore_registers(
+        &self,
+        origin: &Origin,
+        writes: Vec<Write>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> usize;
     /// For durable backends: what changed since the last call, read under the same lock as the

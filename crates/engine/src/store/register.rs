@@ -5,7 +5,8 @@
 //! value register, a touch register carrying a later expiry. `beats` is the last-writer-wins order,
 //! `(hlc, origin)` compared as a pair, the same on every replica; nothing else decides a winner.
 //! `key_fingerprint` is stable across processes and versions, because collected registers are
-//! persisted by it.
+//! persisted by it; so is `Entry::print`, because replicas compare the sums of theirs (anti-entropy on
+//! what is stored: `Entries::print`).
 
 use crate::clock::Hlc;
 use crate::replica::Origin;
@@ -123,6 +124,32 @@ impl Entry {
         value.into_iter().chain(self.touch_write(key))
     }
 
+    /// A fingerprint of the registers stored for `key`: the sum of a stable 64-bit hash of each
+    /// (its origin, seq, timestamp, kind, value and expiry, with the key). Two replicas that store the
+    /// same registers have the same sum of their entries' prints, in any order they stored them.
+    pub fn print(&self, key: &str) -> u64 {
+        let mut sum = 0u64;
+        if self.seq > 0 {
+            let mut h = StableHash::register(key, &self.origin, self.seq, self.hlc);
+            match &self.value {
+                Some(v) => {
+                    h.word(1);
+                    h.bytes(v);
+                }
+                None => h.word(2),
+            }
+            h.word(self.expires_ms);
+            sum = sum.wrapping_add(h.finish());
+        }
+        if let Some(t) = &self.touch {
+            let mut h = StableHash::register(key, &t.origin, t.seq, t.hlc);
+            h.word(3);
+            h.word(t.expires_ms);
+            sum = sum.wrapping_add(h.finish());
+        }
+        sum
+    }
+
     /// The register of `origin` with dot `seq`, as a write.
     pub(super) fn write_for(&self, key: &Arc<str>, origin: &Origin, seq: u64) -> Option<Write> {
         if self.seq == seq && self.origin == *origin {
@@ -146,4 +173,46 @@ pub fn key_fingerprint(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// A 64-bit hash the same in every process and version (a word at a time, then a final mix), for
+/// `Entry::print`. Not keyed: it tells honest replicas apart, it does not resist a forger choosing
+/// contents to collide (writes are not signed: a member can forge content anyway).
+struct StableHash(u64);
+
+impl StableHash {
+    fn register(key: &str, origin: &Origin, seq: u64, hlc: Hlc) -> StableHash {
+        let mut h = StableHash(0x243f_6a88_85a3_08d3);
+        h.bytes(key.as_bytes());
+        h.bytes(origin.node().as_bytes());
+        h.word(origin.id().incarnation);
+        h.word(seq);
+        h.word(hlc.0);
+        h
+    }
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        let mut words = b.chunks_exact(8);
+        for w in &mut words {
+            self.word(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        self.word(u64::from_le_bytes(last));
+        self.word(b.len() as u64);
+    }
+
+    /// splitmix64's finalizer: every bit of the state moves every bit of the result.
+    fn finish(self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }

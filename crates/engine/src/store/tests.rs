@@ -2,8 +2,8 @@
 //! collected keys, each named for the behaviour it proves.
 
 use super::*;
-use crate::clock::ManualClock;
 use crate::clock::{Clock, Hlc};
+use crate::clock::{ManualClock, PhysicalClock};
 use crate::ranges::SeqRanges;
 use crate::replica::Origin;
 use crate::replica::{ReplicaId, ReplicaTable};
@@ -854,7 +854,10 @@ proptest! {
         }
         let dups: Vec<_> = shuffled.iter().step_by(3).cloned().collect();
         shuffled.extend(dups);
-        prop_assert_eq!(dump(&reference), dump(&apply_all(&t, &shuffled)));
+        let other = apply_all(&t, &shuffled);
+        prop_assert_eq!(dump(&reference), dump(&other));
+        // What is stored, touch registers and expiries too, has one fingerprint in any order.
+        prop_assert_eq!(reference.stored_print(), other.stored_print());
     }
 
     #[test]
@@ -1516,4 +1519,122 @@ fn a_stale_expiry_item_never_expires_a_live_rewritten_key_while_its_queue_compac
         (reported, expired.len(), s.live_len()),
         (rewritten, rewritten, 0)
     );
+}
+
+/// The fingerprint of what a store holds, kept as records come and go, equals the one computed
+/// from scratch after every path that stores or removes a register: merges of values, deletes and
+/// touches (some arriving before their values, some already expired), local writes and touches,
+/// expiry sweeps, collection, forgetting collected keys, learning collected keys (stand-ins),
+/// dropped dots, and a store restored from another's entries.
+#[test]
+fn the_stored_fingerprint_is_exact_after_every_path_that_changes_what_is_stored() {
+    let t = ReplicaTable::new();
+    let me = origin(&t, "me");
+    let others = [origin(&t, "a"), origin(&t, "b"), origin(&t, "c")];
+    let time = Arc::new(ManualClock::new(1_000_000));
+    let clock = Clock::new(Box::new(time.clone()));
+    for seed in 0..40u64 {
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut s = MemoryStore::new();
+        let mut seqs = [0u64; 3];
+        let check = |s: &MemoryStore, what: &str| {
+            let state = s.state.read();
+            assert_eq!(
+                state.entries.print(),
+                state.entries.print_recounted(),
+                "seed {seed}: the kept fingerprint drifted after {what}"
+            );
+        };
+        for _ in 0..300 {
+            let key = format!("k{}", next(12));
+            let now = time.now_ms();
+            match next(10) {
+                0..=3 => {
+                    let o = next(3) as usize;
+                    seqs[o] += 1;
+                    let hlc = Hlc((now - 2_000 + next(4_000)) << 16);
+                    let mut write = w(&key, hlc.0, seqs[o], Some("v"));
+                    match next(4) {
+                        0 => write.value = None,
+                        1 => {
+                            write.touch = true;
+                            write.value = None;
+                            write.expires_ms = now + next(3_000);
+                        }
+                        2 => write.expires_ms = now - 500 + next(2_000),
+                        _ => {}
+                    }
+                    s.merge(&me, &others[o], vec![write], &SeqRanges::new(), &mut |_| {});
+                    check(&s, "a merge");
+                }
+                4 => {
+                    let value = (next(2) == 0).then(|| Box::from(&b"local"[..]));
+                    let life = if next(2) == 0 {
+                        Lifetime::Ttl(next(2_000) + 1)
+                    } else {
+                        Lifetime::Forever
+                    };
+                    s.write_local(&me, &clock, &key, value, life, &mut |_| {});
+                    check(&s, "a local write");
+                }
+                5 => {
+                    s.touch_local(&me, &clock, key.into(), next(3_000) + 1);
+                    check(&s, "a local touch");
+                }
+                6 => {
+                    time.advance(next(1_500));
+                    s.expire(time.now_ms(), &mut |_| {});
+                    check(&s, "an expiry sweep");
+                    s.collect(time.now_ms(), &mut |_, _| next(3) > 0);
+                    check(&s, "a collection");
+                }
+                7 => {
+                    let o = next(3) as usize;
+                    let from = next(seqs[o] + 1);
+                    let dots = SeqRanges::from_ranges([(from.max(1), from.max(1) + next(4))]);
+                    s.drop_dots(&others[o], &dots, &mut |_| {});
+                    check(&s, "dropped dots");
+                }
+                8 => {
+                    let record = CollectedRecord {
+                        fingerprint: key_fingerprint(&key),
+                        hlc: Hlc((now - 1_000 + next(2_000)) << 16),
+                        origin: Some(others[next(3) as usize].clone()),
+                        at_ms: now,
+                    };
+                    let origin = record.origin.clone();
+                    s.learn_collected(&me, vec![(record, origin)], &mut |_| {});
+                    check(&s, "learned collected keys (stand-ins)");
+                    s.forget_collected(now - next(2_000));
+                    check(&s, "forgotten collected keys");
+                }
+                _ => {
+                    let (entries, contexts) = {
+                        let state = s.state.read();
+                        let entries: Vec<_> = state
+                            .entries
+                            .iter()
+                            .map(|(k, e)| (k.clone(), e.clone()))
+                            .collect();
+                        let contexts: Vec<_> = state
+                            .origins
+                            .iter()
+                            .map(|(o, st)| (o.clone(), st.context.clone()))
+                            .collect();
+                        (entries, contexts)
+                    };
+                    let before = s.stored_print();
+                    s = MemoryStore::restore(entries, contexts, vec![], vec![], Hlc(0), false);
+                    check(&s, "a restore");
+                    assert_eq!(s.stored_print(), before, "a restore keeps the fingerprint");
+                }
+            }
+        }
+    }
 }

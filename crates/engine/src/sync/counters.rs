@@ -22,4 +22,11 @@ pub struct Counters {
     /// Tombstones written in place of collected ones, for old writes that came back (see
     /// `store::CollectedKeys`).
     pub stand_in_tombstones: AtomicU64,
+    /// Buckets found diverged from a linked peer: equal contexts, different stored registers, for
+    /// longer than collection and expiry timing explain (`sync::digest`).
+    pub divergences: AtomicU64,
+    /// Repairs of a diverged bucket: the peer's registers fetched and merged as a restore.
+    pub repairs: AtomicU64,
+    /// Repairs that changed what this replica stores (none in an honest cluster).
+    pub repairs_changed: AtomicU64,
 }

@@ -22,6 +22,23 @@
 //! resetting the link) leaves the reports as old as the last round that matched, until the next
 //! change or refresh of that bucket. Whether a bucket changed is told by a fingerprint of its
 //! encoded digest kept by the sender alone, so it never crosses the wire.
+//!
+//! Anti-entropy on what is stored (wire 11): a digest also carries a fingerprint of the registers its
+//! sender stores (`Store::stored_print`). Coverage can be claimed without its backing by a member that
+//! lies (a held reply "covered, none stored", a pull answered with coverage and no writes), and then
+//! two replicas cover the same dots while one lacks a register the other stores: no sync repairs
+//! that, each believing the other holds what it holds. So at each round of the other end's digests
+//! that vouches its reports current, a bucket whose digest went either way since is compared: equal
+//! contexts and different fingerprints, neither end stale nor refused, is a divergence, acted on
+//! once it lasted `DIVERGED_AFTER_MS` over two rounds at least (an expiry swept or a tombstone
+//! collected at one end before the other differs for a moment in honest runs). Then this replica
+//! fetches what the other end stores in that bucket and merges it as a restore
+//! (`Store::restore_registers`); the other end, asked so (a repair's fetch id carries
+//! `REPAIR_IDS`), does the same at once, since while writes flow one way only one end may ever see
+//! the contexts equal at a round: both converge on the last-writer-wins winner per key. Invariant: a repair fetch goes out at most once per
+//! `REPAIR_EVERY_MS` per bucket per link (a member reporting false fingerprints costs its victim one
+//! bounded answer per interval), and never against a stale or refused peer. In an honest cluster a
+//! repair changes nothing (the whole-node simulation's checker fails if one does).
 
 use super::{Local, Session};
 use crate::bucket::Bucket;
@@ -37,6 +54,14 @@ pub const REFRESH_PERIODS: usize = 60;
 /// `REFRESH_PERIODS * REFRESH_MOST` buckets, each is refreshed once in `buckets / REFRESH_MOST`
 /// periods (313 at the default `maxBuckets` of 10,000).
 pub const REFRESH_MOST: usize = 32;
+/// How long (this replica's clock, ms) two replicas' contexts must stay equal while their stored
+/// registers differ before it counts as a divergence: well past an expiry sweep (50 ms) and a few
+/// rounds of collection (every 2 s by default), whose timing differs from replica to replica.
+pub const DIVERGED_AFTER_MS: u64 = 10_000;
+/// A bucket is repaired from one link at most once in this many ms.
+pub const REPAIR_EVERY_MS: u64 = 60_000;
+/// Fetch ids of repairs carry this bit: a node's `fetch()` ids count up from 1 and never reach it.
+pub(super) const REPAIR_IDS: u64 = 1 << 63;
 
 /// A fingerprint of a bucket's encoded digest frames, to tell whether they changed: two 64-bit
 /// SipHash values (the standard library's, seeded alike), 128 bits in all.
@@ -74,6 +99,9 @@ pub(super) struct Digests {
     /// Refresh credit: each period adds the number of buckets, and each bucket refreshed takes
     /// `REFRESH_PERIODS`.
     refresh_credit: usize,
+    /// Buckets whose digest went either way since the last round of the other end's digests that
+    /// vouched its reports current: compared then (`Session::compare_stored`).
+    pub(super) to_compare: std::collections::BTreeSet<Arc<str>>,
 }
 
 impl Digests {
@@ -106,6 +134,7 @@ impl Digests {
                 bucket: bucket.name().clone(),
                 context,
                 number: 0,
+                stored: bucket.store().stored_print(),
             };
             frames.clear();
             wire::encode_frame(&digest, &mut frames)?;
@@ -134,6 +163,7 @@ impl Digests {
                 .wrapping_sub(last.map_or(0, |(_, n)| n))
                 .wrapping_add(self.count);
             self.sent.insert(bucket.name().clone(), (print, self.count));
+            self.to_compare.insert(bucket.name().clone());
         }
         wire::encode_frame(
             &Message::Digested {
@@ -146,6 +176,7 @@ impl Digests {
 
     /// A `Digest` of `bucket` (one this replica holds) numbered `number` was taken.
     pub(super) fn heard(&mut self, bucket: &Arc<str>, number: u64) {
+        self.to_compare.insert(bucket.clone());
         let last = self.heard.entry(bucket.clone()).or_default();
         if number > *last {
             self.heard_sum = self.heard_sum.wrapping_sub(*last).wrapping_add(number);
@@ -153,11 +184,14 @@ impl Digests {
         }
     }
 
-    /// A `Digested` frame carrying `reports` arrived at `now_ms`.
-    pub(super) fn round_heard(&mut self, reports: u64, now_ms: u64) {
-        if reports == self.heard_sum {
+    /// A `Digested` frame carrying `reports` arrived at `now_ms`; returns whether it vouches that
+    /// every report on the link is current.
+    pub(super) fn round_heard(&mut self, reports: u64, now_ms: u64) -> bool {
+        let current = reports == self.heard_sum;
+        if current {
             self.current_at_ms = now_ms;
         }
+        current
     }
 
     /// When the other end's reports were last known current (0 never).
@@ -195,5 +229,113 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// A bucket whose stored registers differ from the other end's under equal contexts: since when
+/// (this replica's clock, ms), over how many rounds of digests.
+pub(super) struct Divergence {
+    since_ms: u64,
+    rounds: u32,
+}
+
+/// A context as digests compare it: per replica, the seqs covered (none left out).
+pub(super) type ReportedContext = BTreeMap<crate::replica::ReplicaId, crate::ranges::SeqRanges>;
+
+pub(super) fn reported_context(context: &wire::WireContext) -> ReportedContext {
+    let mut out = ReportedContext::new();
+    for (rid, ranges) in context {
+        if !ranges.is_empty() {
+            out.entry(rid.clone()).or_default().union_with(ranges);
+        }
+    }
+    out
+}
+
+impl Session {
+    /// After a round of the other end's digests that vouched its reports current (at `now_ms`):
+    /// compares, for each bucket whose digest went either way since and each bucket found apart
+    /// before, what the two ends store; a divergence that lasted is repaired (see the module
+    /// comment).
+    pub(super) fn compare_stored(&mut self, local: &Local, now_ms: u64) {
+        let mut names = std::mem::take(&mut self.digests.to_compare);
+        names.extend(self.diverging.iter().cloned());
+        for name in names {
+            let Some(bucket) = local.existing_bucket(&name) else {
+                self.diverging.remove(&name);
+                continue;
+            };
+            let stale = local.is_stale(&name);
+            let Some(state) = self.buckets.get_mut(&name) else {
+                continue;
+            };
+            let apart = !state.refused
+                && !stale
+                && state
+                    .reported_stored
+                    .as_ref()
+                    .is_some_and(|(theirs, print)| {
+                        *print != bucket.store().stored_print()
+                            && *theirs == reported_context(&local.wire_context(&bucket).0)
+                    });
+            if !apart {
+                state.diverged = None;
+                self.diverging.remove(&name);
+                continue;
+            }
+            let d = state.diverged.get_or_insert(Divergence {
+                since_ms: now_ms,
+                rounds: 0,
+            });
+            d.rounds += 1;
+            let lasted = d.rounds >= 2 && now_ms.saturating_sub(d.since_ms) >= DIVERGED_AFTER_MS;
+            if !(lasted && self.repair(local, &name, now_ms)) {
+                self.diverging.insert(name);
+            }
+        }
+    }
+
+    /// The other end asked this replica's registers of `bucket` to repair a divergence it found:
+    /// this replica, which may not see the contexts equal at any round while writes keep flowing
+    /// one way, repairs from it too (at most once per `REPAIR_EVERY_MS`, never while either end is
+    /// stale or refused), so both converge.
+    pub(super) fn repair_asked(&mut self, local: &Local, bucket: &Arc<str>) {
+        let now_ms = local.clock.now().physical_ms();
+        self.repair(local, bucket, now_ms);
+    }
+
+    /// Asks the other end for every register it stores in `name`, to merge as a restore, unless
+    /// the bucket was repaired from this link within `REPAIR_EVERY_MS`, a repair of it is under
+    /// way, or either end is stale or refused there; returns whether it asked.
+    fn repair(&mut self, local: &Local, name: &Arc<str>, now_ms: u64) -> bool {
+        let repairing = self.repairs.values().any(|(n, _)| n == name);
+        if repairing || local.is_stale(name) || local.existing_bucket(name).is_none() {
+            return false;
+        }
+        let Some(state) = self.buckets.get_mut(name) else {
+            return false;
+        };
+        let allowed = state
+            .repaired_at_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= REPAIR_EVERY_MS);
+        if state.refused || !allowed {
+            return false;
+        }
+        state.diverged = None;
+        state.repaired_at_ms = Some(now_ms);
+        self.diverging.remove(name);
+        local
+            .counters
+            .divergences
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.next_repair += 1;
+        let id = REPAIR_IDS | self.next_repair;
+        self.repairs.insert(id, (name.clone(), 0));
+        self.queue(Message::FetchRequest {
+            id,
+            bucket: name.clone(),
+            prefix: String::new(),
+        });
+        true
     }
 }

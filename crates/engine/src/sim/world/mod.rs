@@ -78,7 +78,8 @@ struct Running {
     runtime: tokio::runtime::Handle,
     changes: Vec<(Arc<str>, UnboundedReceiver<Change>)>,
     acks: UnboundedReceiver<AckOutcome>,
-    /// The node's warnings: every peer here is honest, so none may report a protocol error.
+    /// The node's warnings: every peer here is honest, so none may report a protocol error, nor
+    /// repair a divergence (`EDIVERGED`).
     warnings: UnboundedReceiver<crate::warning::Warning>,
     /// Ack tickets waiting -> op id.
     pending: BTreeMap<u64, u64>,
@@ -499,6 +500,12 @@ impl<'a> World<'a> {
                     self.history
                         .violation(now, "protocol-error", format!("{who}: {}", w.message));
                 }
+                // Honest replicas with equal contexts store the same registers: a repair that
+                // changed one means the protocol (or the fingerprint) let them diverge.
+                if w.code == crate::warning::WarningCode::Diverged {
+                    self.history
+                        .violation(now, "repaired", format!("{who}: {}", w.message));
+                }
             }
             while let Ok(outcome) = running.acks.try_recv() {
                 if let Some(op) = running.pending.remove(&outcome.ticket) {
@@ -631,6 +638,7 @@ impl<'a> World<'a> {
                         context: context.join(" "),
                         live,
                         len: bucket.len(),
+                        stored: bucket.store().stored_print(),
                         now_ms: running.node.clock().now().physical_ms(),
                         scanned: {
                             let mut n = 0;

@@ -1,5 +1,6 @@
-//! Merging what a peer sent into the state (`merge_chunk`), and dropping the registers a resync
-//! found superseded or collected (`drop_dots`).
+//! Merging what a peer sent into the state (`merge_chunk`), dropping the registers a resync
+//! found superseded or collected (`drop_dots`), and restoring the registers a peer stores under
+//! dots this replica covers, to repair a divergence (`restore_registers`).
 //!
 //! Invariants: a merge applies in one exclusive section, so no reader sees coverage without what
 //! superseded it, nor a value live under a touch the same merge carries; listeners hear each key's
@@ -291,4 +292,86 @@ impl NetChanges {
             }
         }
     }
+}
+
+/// `Store::restore_registers` on the state the caller holds locked exclusively.
+pub(super) fn restore_registers(
+    state: &mut State,
+    origin: &Origin,
+    writes: Vec<Write>,
+    on_change: &mut dyn FnMut(Shown<'_>),
+) -> usize {
+    let mut changed = 0;
+    for mut w in writes {
+        let covered = state
+            .origins
+            .get(origin)
+            .is_some_and(|o| o.context.contains(w.seq));
+        // A dot not covered here comes by the sync, with its coverage and what backs it.
+        if w.seq == 0 || !covered {
+            continue;
+        }
+        // A collected register this replica remembers for the key beats it, or is it: the key's
+        // fate is known here, and a stand-in answers such a write only when it is new.
+        let collected = state
+            .collected
+            .by_key
+            .get(&crate::store::key_fingerprint(&w.key))
+            .is_some_and(|(c, _)| c.place() >= (w.hlc, false, Some(origin)));
+        if collected {
+            continue;
+        }
+        // The same dot stored here (under this key or another): the same register changes
+        // nothing; other content (a forgery, wherever it came from) keeps the larger by
+        // `(hlc, print)` on every replica alike.
+        let stored = state.origins.get(origin).and_then(|o| {
+            let (_, hash) = o.index.range(w.seq, w.seq).next()?;
+            let (key, e) = state.entries.by_dot(hash, origin, w.seq)?;
+            e.write_for(key, origin, w.seq)
+        });
+        if let Some(stored) = stored {
+            if stored == w || register_order(&stored, origin) >= register_order(&w, origin) {
+                continue;
+            }
+            let dot = SeqRanges::from_ranges([(w.seq, w.seq)]);
+            if drop_dots(state, origin, &dot, on_change) == 0 {
+                continue;
+            }
+            changed += 1;
+        }
+        let hash = state.entries.hash(&w.key);
+        let before = state
+            .entries
+            .get_hashed(hash, &w.key)
+            .map(|(k, e)| e.print(k));
+        let key = w.key.clone();
+        state.apply_hashed(origin, &mut w, hash, on_change);
+        let after = state
+            .entries
+            .get_hashed(hash, &key)
+            .map(|(k, e)| e.print(k));
+        if before != after {
+            changed += 1;
+            // Stored again: no longer a marker of a superseded write.
+            if let Some(o) = state.origins.get_mut(origin) {
+                if o.superseded.remove(&w.seq).is_some() {
+                    state.note_marker(origin, w.seq, None);
+                }
+            }
+        }
+    }
+    changed
+}
+
+/// Where a register stands among registers of one dot: its timestamp, then its print.
+fn register_order(w: &Write, origin: &Origin) -> (Hlc, u64) {
+    let entry = crate::store::Entry {
+        value: w.value.clone(),
+        hlc: w.hlc,
+        origin: origin.clone(),
+        seq: w.seq,
+        expires_ms: w.expires_ms,
+        touch: None,
+    };
+    (w.hlc, entry.print(&w.key) ^ u64::from(w.touch))
 }

@@ -441,6 +441,19 @@ impl Store for MemoryStore {
         }
     }
 
+    fn restore_registers(
+        &self,
+        origin: &Origin,
+        writes: Vec<Write>,
+        on_change: &mut dyn FnMut(Shown<'_>),
+    ) -> usize {
+        merge::restore_registers(&mut self.write(), origin, writes, on_change)
+    }
+
+    fn stored_print(&self) -> u64 {
+        self.state.read().entries.print()
+    }
+
     fn entry_count(&self) -> usize {
         self.state.read().entries.len()
     }

@@ -9,6 +9,7 @@ use crate::ranges::SeqRanges;
 use crate::replica::ReplicaId;
 use crate::store::CollectedRecord;
 use crate::store::Write;
+use crate::sync::digest::{reported_context, REPAIR_IDS};
 use crate::sync::{
     check_bucket_name, check_own_claims, check_own_writes, check_possible, check_writes,
     own_last_seq, Local,
@@ -35,11 +36,16 @@ impl Session {
                 bucket,
                 context,
                 number,
+                stored,
             } => {
                 check_bucket_name(&bucket)?;
                 check_own_claims(local, &bucket, &context)?;
                 if let Some(b) = local.remote_bucket(&bucket) {
                     self.digests.heard(&bucket, number);
+                    self.buckets
+                        .entry(bucket.clone())
+                        .or_default()
+                        .reported_stored = Some((reported_context(&context), stored));
                     self.absorb_context(local, bucket, &context);
                     self.review(local, &b);
                     self.adopt_bare(local, &b)?;
@@ -94,6 +100,9 @@ impl Session {
             }
             Message::FetchRequest { id, bucket, prefix } => {
                 check_bucket_name(&bucket)?;
+                if id & REPAIR_IDS != 0 && prefix.is_empty() {
+                    self.repair_asked(local, &bucket);
+                }
                 self.answer_fetch(local, id, bucket, &prefix);
                 Ok(Inbound::Nothing)
             }
@@ -130,7 +139,17 @@ impl Session {
                     } else if !self.refuses(local, &bucket) {
                         let origin = local.replicas.intern(&origin);
                         if let Some(b) = local.remote_bucket(&bucket) {
-                            self.merge_fetched(local, &b, id, &origin, writes)?;
+                            match self.repairs.get_mut(&id) {
+                                Some((name, changed)) if *name == bucket => {
+                                    *changed += b.restore_registers(&origin, writes);
+                                }
+                                Some(_) => {
+                                    return Err(LinkError::Protocol(format!(
+                                        "a repair answer for another bucket (fetch {id})"
+                                    )))
+                                }
+                                None => self.merge_fetched(local, &b, id, &origin, writes)?,
+                            }
                         }
                     }
                 } else if count > 0 {
@@ -141,6 +160,16 @@ impl Session {
                 if done {
                     self.skewed_fetches.remove(&id);
                     self.merge_fetched_touches(local, &bucket, id)?;
+                    if let Some((name, changed)) = self.repairs.remove(&id) {
+                        local.counters.repairs.fetch_add(1, Ordering::Relaxed);
+                        if changed > 0 {
+                            local
+                                .counters
+                                .repairs_changed
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.repaired.push((name, changed));
+                        }
+                    }
                 }
                 Ok(Inbound::Fetched { id, count, done })
             }
@@ -302,8 +331,11 @@ impl Session {
             }
             Message::Digested { reports } => {
                 let now = local.clock.now().physical_ms();
-                self.digests.round_heard(reports, now);
+                let current = self.digests.round_heard(reports, now);
                 self.after_digests(local)?;
+                if current {
+                    self.compare_stored(local, now);
+                }
                 Ok(Inbound::Nothing)
             }
             Message::Members(list) => Ok(Inbound::Members(list)),

@@ -13,7 +13,7 @@ mod ops;
 mod resync;
 mod send;
 
-use super::digest::Digests;
+use super::digest::{Digests, Divergence, ReportedContext};
 use super::{Context, Local};
 use crate::clock::TooFarAhead;
 use crate::error::LinkError;
@@ -60,6 +60,13 @@ pub(super) struct BucketSession {
     pub(super) held_skewed: bool,
     /// When (this replica's clock, ms) the other end last reported its context (hello or digest).
     pub(super) reported_at_ms: u64,
+    /// The other end's last digest of the bucket, as it was (not a union): its context and the
+    /// fingerprint of the registers it stores (`sync::digest`, anti-entropy).
+    pub(super) reported_stored: Option<(ReportedContext, u64)>,
+    /// The two ends store different registers under equal contexts, since then.
+    pub(super) diverged: Option<Divergence>,
+    /// When (this replica's clock, ms) this link last repaired the bucket.
+    pub(super) repaired_at_ms: Option<u64>,
 }
 
 /// What the node must do about a message the session handled.
@@ -115,6 +122,15 @@ pub struct Session {
     pub(super) fetch_touches: super::fetch::FetchTouches,
     /// The digests sent and received on this link (`digest`).
     pub(super) digests: Digests,
+    /// Buckets found apart from the other end and not repaired yet: compared at every round.
+    pub(super) diverging: BTreeSet<Arc<str>>,
+    /// Repairs asked on this link (fetch id -> bucket, and the registers they changed so far).
+    pub(super) repairs: BTreeMap<u64, (Arc<str>, usize)>,
+    /// Repairs asked on this link so far: the next one's id, below `digest::REPAIR_IDS`.
+    pub(super) next_repair: u64,
+    /// Repairs that changed what this replica stores, since `take_repaired`: the bucket and how
+    /// many registers.
+    pub(super) repaired: Vec<(Arc<str>, usize)>,
 }
 
 impl Session {
@@ -165,6 +181,10 @@ impl Session {
             skewed_fetches: BTreeSet::new(),
             fetch_touches: Default::default(),
             digests: Digests::default(),
+            diverging: BTreeSet::new(),
+            repairs: BTreeMap::new(),
+            next_repair: 0,
+            repaired: Vec::new(),
         })
     }
 
@@ -214,6 +234,12 @@ impl Session {
     /// dropped for skew since the last call: the link reports it (`ESKEW`).
     pub fn take_skewed(&mut self) -> Option<u64> {
         self.skewed.take()
+    }
+
+    /// The buckets a repair on this link changed since the last call, with how many registers it
+    /// changed in each: the link reports them (`EDIVERGED`).
+    pub fn take_repaired(&mut self) -> Vec<(Arc<str>, usize)> {
+        std::mem::take(&mut self.repaired)
     }
 
     pub(super) fn dropped_for_skew(&mut self, e: TooFarAhead) {
