@@ -318,7 +318,19 @@ pub(super) fn restore_registers(
             .by_key
             .get(&crate::store::key_fingerprint(&w.key))
             .is_some_and(|(c, _)| c.place() >= (w.hlc, false, Some(origin)));
-        if collected {
+        // Without a record (forgotten), a value no newer than the collections forgotten here, for a
+        // key with no live register, may be one whose delete was collected: the merge answers such a
+        // write with a stand-in (`CollectedKeys::stand_in_time`), so the restore must not show it.
+        let forgotten = !w.touch
+            && w.value.is_some()
+            && state.collected.beyond > Hlc(0)
+            && w.hlc <= state.collected.beyond
+            && state
+                .entries
+                .get(&w.key)
+                .filter(|e| e.seq > 0)
+                .is_none_or(|e| e.value.is_none());
+        if collected || forgotten {
             continue;
         }
         // The same dot stored here (under this key or another): the same register changes
