@@ -9,11 +9,8 @@
 //! and the honest peer end showing the same thing, within a bounded time, and that honest replicas
 //! never repair anything.
 
-use peer_buckets_engine::wire::{
-    BucketSummary, ContextPart, Hello, Message, OpsBatch, WireContext,
-};
+use peer_buckets_engine::wire::{BucketSummary, ContextPart, Message, OpsBatch, WireContext};
 use peer_buckets_engine::Lifetime;
-use peer_buckets_engine::LinkError;
 use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{Hlc, PhysicalClock};
 use peer_buckets_engine::{Local, Session};
@@ -23,77 +20,10 @@ use std::sync::atomic::Ordering;
 mod common;
 use common::*;
 
-/// The victim `v` (replica 0 of the world), an honest peer `h` (replica 1) linked to it, and a
-/// member `m` linked to the victim: `v_m` is the victim's session about the member, whose hello and
-/// (empty) contexts have arrived.
-struct Scene {
-    world: World,
-    v_m: Session,
-}
-
 /// A context with its origins by name, empty ranges left out, sorted.
 type NamedContext = Vec<(String, SeqRanges)>;
 
-/// The hello of a member named `node` that holds nothing.
-fn hello(node: &str) -> Hello {
-    Hello {
-        replica: rid(node),
-        listen_port: 7000,
-        listen_host: None,
-        wall_ms: START_MS,
-        members: vec![],
-    }
-}
-
 impl Scene {
-    fn new() -> Scene {
-        let mut world = World::new(&["v", "h"]);
-        world.bucket(0);
-        world.bucket(1);
-        world.link(0, 1);
-        let v_m = Session::new(&world.locals[0], &hello("m")).unwrap();
-        let mut scene = Scene { world, v_m };
-        scene.exchange();
-        scene
-            .member_sends(Message::Contexts(ContextPart {
-                buckets: vec![],
-                last: true,
-            }))
-            .expect("the member's contexts");
-        scene
-    }
-
-    fn v(&self) -> &Local {
-        &self.world.locals[0]
-    }
-
-    fn h(&self) -> &Local {
-        &self.world.locals[1]
-    }
-
-    /// Delivers everything due between the victim and the honest peer, both ways, until quiet.
-    fn exchange(&mut self) {
-        for _ in 0..4 {
-            self.world.send(1, 0);
-            self.world.send(0, 1);
-        }
-    }
-
-    fn member_sends(&mut self, msg: Message) -> Result<(), LinkError> {
-        self.v_m
-            .handle(&self.world.locals[0], on_the_wire(msg))
-            .map(|_| ())
-    }
-
-    /// What the victim sends the member.
-    fn sent_to_member(&mut self) -> Vec<Message> {
-        due(&mut self.v_m, &self.world.locals[0], false)
-    }
-
-    fn holds(&self, key: &str) -> bool {
-        self.v().bucket(BUCKET).contains(key)
-    }
-
     /// The member reports a collection the victim missed (dots of a replica `gone`, with `context`
     /// besides), then answers every question of the victim's resync, by dots and by key, "covered,
     /// none stored".

@@ -24,87 +24,18 @@ use peer_buckets_engine::LinkError;
 use peer_buckets_engine::PeerEventKind;
 use peer_buckets_engine::ReplicaId;
 use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::Session;
 use peer_buckets_engine::WarningCode;
 use peer_buckets_engine::{AckLevel, Registered};
 use peer_buckets_engine::{Config, Node};
 use peer_buckets_engine::{Hlc, ManualClock, PhysicalClock};
 use peer_buckets_engine::{Lifetime, Write};
-use peer_buckets_engine::{Local, Session};
 
 mod common;
 use common::*;
 
 fn is_protocol_error(r: Result<impl std::fmt::Debug, LinkError>) -> bool {
     matches!(r, Err(LinkError::Protocol(_)))
-}
-
-/// The victim `v` (replica 0 of the world), an honest peer `h` (replica 1) linked to it, and mallory
-/// `m` linked to the victim: `v_m` is the victim's session about mallory, whose hello and (empty)
-/// contexts have arrived.
-struct Scene {
-    world: World,
-    v_m: Session,
-}
-
-/// The hello of a member named `node` that holds nothing.
-fn hello(node: &str) -> Hello {
-    Hello {
-        replica: rid(node),
-        listen_port: 7000,
-        listen_host: None,
-        wall_ms: START_MS,
-        members: vec![],
-    }
-}
-
-impl Scene {
-    fn new() -> Scene {
-        let mut world = World::new(&["v", "h"]);
-        world.bucket(0);
-        world.bucket(1);
-        world.link(0, 1);
-        let v_m = Session::new(&world.locals[0], &hello("m")).unwrap();
-        let mut scene = Scene { world, v_m };
-        scene.exchange();
-        scene
-            .mallory_sends(Message::Contexts(ContextPart {
-                buckets: vec![],
-                last: true,
-            }))
-            .expect("mallory's contexts");
-        scene
-    }
-
-    fn v(&self) -> &Local {
-        &self.world.locals[0]
-    }
-
-    fn h(&self) -> &Local {
-        &self.world.locals[1]
-    }
-
-    /// Delivers everything due between the victim and the honest peer, both ways, until quiet.
-    fn exchange(&mut self) {
-        for _ in 0..4 {
-            self.world.send(1, 0);
-            self.world.send(0, 1);
-        }
-    }
-
-    fn mallory_sends(&mut self, msg: Message) -> Result<(), LinkError> {
-        self.v_m
-            .handle(&self.world.locals[0], on_the_wire(msg))
-            .map(|_| ())
-    }
-
-    /// What the victim sends mallory.
-    fn sent_to_mallory(&mut self) -> Vec<Message> {
-        due(&mut self.v_m, &self.world.locals[0], false)
-    }
-
-    fn holds(&self, key: &str) -> bool {
-        self.v().bucket(BUCKET).contains(key)
-    }
 }
 
 fn ops(origin: ReplicaId, covered: SeqRanges, writes: Vec<Write>) -> Message {
@@ -138,7 +69,7 @@ fn a_fetch_reply_nobody_asked_for_is_a_protocol_error() {
         writes: vec![write("planted", hlc, 1, Some("x")).into()],
         done: true,
     };
-    assert!(is_protocol_error(s.mallory_sends(reply)));
+    assert!(is_protocol_error(s.member_sends(reply)));
     assert!(!s.holds("planted"), "an unasked fetch reply was merged");
 }
 
@@ -148,7 +79,7 @@ fn a_fetch_reply_nobody_asked_for_is_a_protocol_error() {
 #[test]
 fn a_pull_reply_nobody_asked_for_is_a_protocol_error() {
     let mut s = Scene::new();
-    assert!(is_protocol_error(s.mallory_sends(ops(
+    assert!(is_protocol_error(s.member_sends(ops(
         rid("h"),
         everything(),
         vec![]
@@ -173,11 +104,11 @@ fn a_pull_reply_beyond_what_was_pulled_is_a_protocol_error() {
     let hlc = s.time_hlc();
     let w = |seq| write("k", hlc, seq, Some("m"));
     assert!(
-        s.mallory_sends(ops(rid("h"), SeqRanges::up_to(1), vec![w(1)]))
+        s.member_sends(ops(rid("h"), SeqRanges::up_to(1), vec![w(1)]))
             .is_ok(),
         "a reply within the pull is taken"
     );
-    assert!(is_protocol_error(s.mallory_sends(ops(
+    assert!(is_protocol_error(s.member_sends(ops(
         rid("h"),
         SeqRanges::from_ranges([(2, 3)]),
         vec![w(2)]
@@ -205,7 +136,7 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
     let mut context = horizon.clone();
     context.push((rid("v"), SeqRanges::up_to(seq)));
     context.push((rid("h"), SeqRanges::up_to(1)));
-    s.mallory_sends(Message::Contexts(ContextPart {
+    s.member_sends(Message::Contexts(ContextPart {
         buckets: vec![BucketSummary {
             name: BUCKET.into(),
             context,
@@ -215,7 +146,7 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
     }))
     .unwrap();
     let asked: Vec<(ReplicaId, SeqRanges)> = s
-        .sent_to_mallory()
+        .sent_to_member()
         .into_iter()
         .filter_map(|m| match m {
             Message::Held { origin, query, .. } => Some((origin, query)),
@@ -236,7 +167,7 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
         superseders: vec![],
         last: true,
     };
-    assert!(is_protocol_error(s.mallory_sends(reply)));
+    assert!(is_protocol_error(s.member_sends(reply)));
     assert!(s.holds("theirs"), "a refused reply dropped a register");
 }
 
@@ -251,7 +182,7 @@ fn a_batch_claiming_the_receivers_own_future_is_a_protocol_error() {
     s.v()
         .bucket(BUCKET)
         .write("mine", Some(json("v")), Lifetime::Forever);
-    assert!(is_protocol_error(s.mallory_sends(ops(
+    assert!(is_protocol_error(s.member_sends(ops(
         rid("v"),
         everything(),
         vec![]
@@ -273,7 +204,7 @@ fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
         .bucket(BUCKET)
         .write("mine", Some(json("v")), Lifetime::Forever);
     let claim: WireContext = vec![(rid("v"), SeqRanges::up_to(5))];
-    assert!(is_protocol_error(s.mallory_sends(Message::Digest {
+    assert!(is_protocol_error(s.member_sends(Message::Digest {
         bucket: BUCKET.into(),
         context: claim.clone(),
         number: 1,
@@ -290,7 +221,7 @@ fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
         last: true,
     });
     assert!(
-        is_protocol_error(fresh.mallory_sends(part)),
+        is_protocol_error(fresh.member_sends(part)),
         "a horizon on the victim's own future made it stale for good"
     );
 }

@@ -501,3 +501,73 @@ pub fn compressed_frame(frames: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&block);
     out
 }
+
+/// The hello of a member named `node` that holds nothing.
+pub fn hello(node: &str) -> Hello {
+    Hello {
+        replica: rid(node),
+        listen_port: 7000,
+        listen_host: None,
+        wall_ms: START_MS,
+        members: vec![],
+    }
+}
+
+/// A member scripted frame by frame against a victim: the victim `v` (replica 0 of the world), an
+/// honest peer `h` (replica 1) linked to it, and a member `m` linked to the victim: `v_m` is the
+/// victim's session about the member, whose hello and (empty) contexts have arrived.
+pub struct Scene {
+    pub world: World,
+    pub v_m: Session,
+}
+
+impl Scene {
+    pub fn new() -> Scene {
+        let mut world = World::new(&["v", "h"]);
+        world.bucket(0);
+        world.bucket(1);
+        world.link(0, 1);
+        let v_m = Session::new(&world.locals[0], &hello("m")).unwrap();
+        let mut scene = Scene { world, v_m };
+        scene.exchange();
+        scene
+            .member_sends(Message::Contexts(ContextPart {
+                buckets: vec![],
+                last: true,
+            }))
+            .expect("the member's contexts");
+        scene
+    }
+
+    pub fn v(&self) -> &Local {
+        &self.world.locals[0]
+    }
+
+    pub fn h(&self) -> &Local {
+        &self.world.locals[1]
+    }
+
+    /// Delivers everything due between the victim and the honest peer, both ways, until quiet.
+    pub fn exchange(&mut self) {
+        for _ in 0..4 {
+            self.world.send(1, 0);
+            self.world.send(0, 1);
+        }
+    }
+
+    /// The victim takes a frame from the member, as it crosses the wire.
+    pub fn member_sends(&mut self, msg: Message) -> Result<(), LinkError> {
+        self.v_m
+            .handle(&self.world.locals[0], on_the_wire(msg))
+            .map(|_| ())
+    }
+
+    /// What the victim sends the member.
+    pub fn sent_to_member(&mut self) -> Vec<Message> {
+        due(&mut self.v_m, &self.world.locals[0], false)
+    }
+
+    pub fn holds(&self, key: &str) -> bool {
+        self.v().bucket(BUCKET).contains(key)
+    }
+}
