@@ -167,9 +167,16 @@ impl CollectedKeys {
                 .then(|| register.stand_in_for(w.hlc, origin, me)),
             None => {
                 let no_live_register = current.is_none_or(|(_, _, tombstone)| tombstone);
-                let forgotten = self.beyond > Hlc(0) && w.hlc <= self.beyond;
-                (no_live_register && forgotten).then(|| just_above(w.hlc, origin, me))
+                self.may_be_forgotten(w.hlc, no_live_register)
+                    .then(|| just_above(w.hlc, origin, me))
             }
         }
+    }
+
+    /// Whether a value stamped `hlc`, for a key of which no record is remembered here, may be one
+    /// whose delete was collected and forgotten: it is no newer than the collections forgotten, and
+    /// the key has no live register (`beyond` stands for such keys only).
+    pub(super) fn may_be_forgotten(&self, hlc: Hlc, no_live_register: bool) -> bool {
+        no_live_register && self.beyond > Hlc(0) && hlc <= self.beyond
     }
 }

@@ -313,23 +313,25 @@ pub(super) fn restore_registers(
         }
         // A collected register this replica remembers for the key beats it, or is it: the key's
         // fate is known here, and a stand-in answers such a write only when it is new.
-        let collected = state
+        let record = state
             .collected
             .by_key
-            .get(&crate::store::key_fingerprint(&w.key))
-            .is_some_and(|(c, _)| c.place() >= (w.hlc, false, Some(origin)));
+            .get(&crate::store::key_fingerprint(&w.key));
+        let collected = record.is_some_and(|(c, _)| c.place() >= (w.hlc, false, Some(origin)));
         // Without a record (forgotten), a value no newer than the collections forgotten here, for a
         // key with no live register, may be one whose delete was collected: the merge answers such a
         // write with a stand-in (`CollectedKeys::stand_in_time`), so the restore must not show it.
-        let forgotten = !w.touch
+        let forgotten = record.is_none()
+            && !w.touch
             && w.value.is_some()
-            && state.collected.beyond > Hlc(0)
-            && w.hlc <= state.collected.beyond
-            && state
-                .entries
-                .get(&w.key)
-                .filter(|e| e.seq > 0)
-                .is_none_or(|e| e.value.is_none());
+            && state.collected.may_be_forgotten(
+                w.hlc,
+                state
+                    .entries
+                    .get(&w.key)
+                    .filter(|e| e.seq > 0)
+                    .is_none_or(|e| e.value.is_none()),
+            );
         if collected || forgotten {
             continue;
         }
