@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::disk::fs::FileSystem;
+use crate::disk::fs::{create_whole, FileSystem};
 use crate::error::{Error, KeyRefused};
 use crate::secure::{key_from_hex, key_to_hex, Identity, Proven, PublicKey};
 
@@ -57,13 +57,15 @@ pub fn identity(fs: &dyn FileSystem, dir: Option<&Path>) -> Result<Identity, Err
     }
     let drawn = Identity::generate();
     let identity = Identity::from_private(*drawn.private(), true);
-    let file = fs.open(&path).map_err(|e| storage("create", &path, e))?;
-    file.write_at(
-        0,
-        format!("{}\n", key_to_hex(identity.private())).as_bytes(),
-    )
-    .and_then(|()| file.sync_data())
-    .and_then(|()| fs.sync_dir(dir))
+    // Whole or not at all: a key file cut short by a full disk would keep every later start out.
+    create_whole(fs, dir, NODE_KEY_FILE, |making| {
+        let file = fs.open(making)?;
+        file.write_at(
+            0,
+            format!("{}\n", key_to_hex(identity.private())).as_bytes(),
+        )?;
+        file.sync_data()
+    })
     .map_err(|e| storage("write", &path, e))?;
     Ok(identity)
 }
@@ -275,6 +277,27 @@ mod tests {
 
     fn admitted(b: &KeyBook, id: &str, p: Proven) -> Result<KeyAdmitted, KeyRefused> {
         b.admit(id, p).map(|(admitted, _)| admitted)
+    }
+
+    /// A first start whose key file could not be written (a full disk) leaves no cut-short key file
+    /// behind: the next start draws and keeps a key, and the one after reads the same key.
+    #[test]
+    fn a_key_file_that_failed_to_write_does_not_keep_later_starts_out() {
+        use crate::disk::sim::{FaultKind, Faults, SimDisk};
+        let disk = SimDisk::new(3);
+        let dir = Path::new("/sim/keys");
+        let mount = || -> Arc<dyn FileSystem> { Arc::new(disk.mount()) };
+        mount().create_dir_all(dir).unwrap();
+        disk.set_faults(Faults {
+            write: 1.0,
+            kind: FaultKind::Enospc,
+            ..Faults::default()
+        });
+        assert!(identity(&*mount(), Some(dir)).is_err());
+        disk.set_faults(Faults::default());
+        let first = identity(&*mount(), Some(dir)).expect("the next start makes its key");
+        let again = identity(&*mount(), Some(dir)).unwrap();
+        assert_eq!(first.private(), again.private());
     }
 
     #[test]

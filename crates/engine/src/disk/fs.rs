@@ -6,7 +6,8 @@
 //! `sync_data` of its file returned `Ok`; a failed `sync_data` says nothing about what reached the
 //! device, and retrying it proves nothing either (the kernel may have dropped the dirty pages), so a
 //! caller rewrites what it needs before syncing again. A new file's name is durable once `sync_dir` of
-//! its directory returned `Ok`.
+//! its directory returned `Ok`, and so is a rename. A file that must never be seen half-made (the
+//! database, the node's key) is made under a temporary name and renamed (`create_whole`).
 
 use std::fmt::Debug;
 use std::io;
@@ -40,6 +41,13 @@ pub trait FileSystem: Send + Sync + Debug {
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
     /// Opens `path` for reading and writing, creating it empty when missing.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>>;
+    /// Whether there is a file at `path`.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Gives the file at `from` the name `to` (in the same directory), replacing any file there. The
+    /// new name is durable once `sync_dir` of the directory returned `Ok`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes the file at `path`; `Ok` when there is none.
+    fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the names of the files created in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Opens (or creates) the redb database at `path` with `builder`.
@@ -47,6 +55,28 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Whether a call may block on a device: the flusher then runs on its own OS thread. A simulated
     /// disk answers at once, and its flusher runs as a task so that the simulation's clock drives it.
     fn blocks(&self) -> bool;
+}
+
+/// The suffix of the name a file is made under before it takes its own (`create_whole`).
+const MAKING: &str = "making";
+
+/// Creates the file `name` in `dir` whole or not at all. `make` writes the file at the path it is
+/// given and syncs it; that is a temporary name, and only then does the file take `name` (and the
+/// directory is synced). A try that fails or crashes partway (a full disk, a failed sync, the power
+/// cut) leaves only the temporary file, which the next try removes first: never a half-made file
+/// under `name`, which every later start would refuse to read.
+pub fn create_whole<E: From<io::Error>>(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    make: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let making = dir.join(format!("{name}.{MAKING}"));
+    fs.remove(&making)?;
+    make(&making)?;
+    fs.rename(&making, &dir.join(name))?;
+    fs.sync_dir(dir)?;
+    Ok(())
 }
 
 /// The real file system (`std::fs`, redb's own file backend).
@@ -178,6 +208,21 @@ impl FileSystem for RealFs {
             .truncate(false)
             .open(path)?;
         Ok(Arc::new(RealFile(file)))
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            done => done,
+        }
     }
 
     #[cfg(unix)]

@@ -402,6 +402,33 @@ impl FileSystem for SimMount {
         }))
     }
 
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        let s = self.disk.state.lock();
+        s.check(self.epoch)?;
+        Ok(s.files.contains_key(path))
+    }
+
+    /// The file keeps its durable bytes and pending writes under the new name; the name itself is
+    /// not durable until the directory is synced (a crash before that loses the file).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.disk.state.lock();
+        s.check(self.epoch)?;
+        let mut file = s
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        file.named = false;
+        s.files.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.disk.state.lock();
+        s.check(self.epoch)?;
+        s.files.remove(path);
+        Ok(())
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.disk.state.lock();
         s.check(self.epoch)?;
