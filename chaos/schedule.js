@@ -5,7 +5,7 @@
 
 const { Rng } = require('./rng')
 
-// Failure detection: a link silent this long is declared dead (crates/engine/src/node.rs, dead_after).
+// Failure detection: a link silent this long is declared dead (crates/engine/src/node/config.rs, dead_after).
 const DEAD_AFTER_MS = 3000
 
 /**

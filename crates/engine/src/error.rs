@@ -2,8 +2,8 @@
 
 use std::io;
 
-use crate::secure::{key_to_hex, HandshakeError, PublicKey, RecordError, SecretError};
-use crate::wire::WireError;
+use crate::net::secure::{key_to_hex, HandshakeError, PublicKey, RecordError, SecretError};
+use crate::protocol::wire::WireError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

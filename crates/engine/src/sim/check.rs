@@ -32,11 +32,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::Arc;
 
-use crate::acks::AckLevel;
-use crate::clock::Hlc;
-use crate::replica::ReplicaId;
-use crate::store::{Change, Write};
-use crate::value::{self, ValueRef};
+use crate::replication::acks::AckLevel;
+use crate::replication::clock::Hlc;
+use crate::replication::replica::ReplicaId;
+use crate::replication::store::{Change, Write};
+use crate::replication::value::{self, ValueRef};
 
 /// How a write's acknowledgement ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -736,7 +736,7 @@ pub fn short(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::ReplicaTable;
+    use crate::replication::replica::ReplicaTable;
 
     fn replica(node: &str) -> ReplicaId {
         ReplicaId {

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::clock::PhysicalClock;
+use crate::replication::clock::PhysicalClock;
 
 /// Virtual milliseconds since the Unix epoch, as the simulation sees them.
 pub type SimTime = Arc<AtomicU64>;

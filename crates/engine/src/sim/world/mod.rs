@@ -31,18 +31,18 @@ use super::check::{
 use super::clock::{SimClock, SimTime};
 use super::profile::Profile;
 use super::rng::{derive, SplitMix};
-use crate::acks::{AckEnd, AckLevel, AckOutcome, Registered};
-use crate::clock::Clock;
-use crate::config::Config;
-use crate::disk::sim::{FaultKind, Faults, SimDisk};
-use crate::disk::Durability;
+use crate::net::transport::SimTcp;
+use crate::node::config::Config;
 use crate::node::Node;
-use crate::ranges::SeqRanges;
-use crate::replica::ReplicaId;
-use crate::store::{Change, Lifetime};
-use crate::transport::SimTcp;
-use crate::value;
-use crate::wire::{MAX_KEY, MAX_VALUE};
+use crate::protocol::wire::{MAX_KEY, MAX_VALUE};
+use crate::replication::acks::{AckEnd, AckLevel, AckOutcome, Registered};
+use crate::replication::clock::Clock;
+use crate::replication::ranges::SeqRanges;
+use crate::replication::replica::ReplicaId;
+use crate::replication::store::{Change, Lifetime};
+use crate::replication::value;
+use crate::storage::sim::{FaultKind, Faults, SimDisk};
+use crate::storage::Durability;
 
 /// The virtual time the simulation starts at (2026-01-01T00:00:00Z).
 const EPOCH_MS: u64 = 1_767_225_600_000;
@@ -185,10 +185,10 @@ fn take_due(
 
 fn config(plan: &Plan, ip: IpAddr, time: &SimTime) -> Config {
     let physical = SimClock::new(time.clone(), plan.offset_ms, plan.drift_ppm);
-    let (data_dir, file_system): (_, Arc<dyn crate::disk::fs::FileSystem>) = match &plan.disk {
+    let (data_dir, file_system): (_, Arc<dyn crate::storage::fs::FileSystem>) = match &plan.disk {
         // A mount per run: a task of a crashed run reaches nothing.
         Some(disk) => (Some("/data".into()), Arc::new(disk.mount())),
-        None => (None, Arc::new(crate::disk::fs::RealFs)),
+        None => (None, Arc::new(crate::storage::fs::RealFs)),
     };
     Config {
         data_dir,

@@ -1,0 +1,57 @@
+//! What travels between a store and the sync protocol: a chunk of one origin's writes (with the
+//! superseders that back any coverage it claims) and the result of merging one.
+//!
+//! A chunk never claims a dot it cannot back: covered superseded seqs come with the registers that
+//! superseded them, so a replica taking the coverage holds something at least as new.
+
+use super::Write;
+use crate::replication::ranges::SeqRanges;
+use crate::replication::replica::Origin;
+use std::sync::Arc;
+
+/// How much one chunk may hold; at least one write is always returned.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimits {
+    pub max_writes: usize,
+    /// Keys and values, roughly.
+    pub max_bytes: usize,
+}
+
+impl ChunkLimits {
+    pub const UNLIMITED: ChunkLimits = ChunkLimits {
+        max_writes: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+
+    pub fn writes(max_writes: usize) -> ChunkLimits {
+        ChunkLimits {
+            max_writes,
+            max_bytes: usize::MAX,
+        }
+    }
+}
+
+/// What `Store::chunk` returns.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Stored writes of the origin in the range.
+    pub writes: Vec<Write>,
+    /// The seqs they stand for.
+    pub covered: SeqRanges,
+    /// Current registers of keys whose writes in the range were superseded, and the touch registers
+    /// of keys whose value registers are among `writes`, with their origins; merged with the writes
+    /// in one step (`Store::merge_chunk`).
+    pub superseders: Vec<(Origin, Write)>,
+    /// The superseded seqs of the range, per key, so the receiver can relay them with their
+    /// superseders in turn.
+    pub superseded: Vec<(Arc<str>, Vec<u64>)>,
+}
+
+/// What `Store::merge` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// Writes whose dot was new here.
+    pub fresh: usize,
+    /// Stand-in tombstones written (local writes: the links must send them).
+    pub stand_ins: usize,
+}
