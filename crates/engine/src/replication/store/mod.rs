@@ -246,7 +246,8 @@ pub trait Store: Send + Sync + 'static {
     /// Drops dead entries (tombstones, expired values) that died before `older_than_ms` and whose every
     /// register dot `collectable` accepts (every member holds it). Returns how many were dropped.
     /// Each dropped value register is remembered by key (`CollectedKeys`) under the stamp
-    /// `older_than_ms`.
+    /// `older_than_ms`. A backend may collect in slices, letting reads and writes in between: each
+    /// slice is a collection of its own, and reads never wait for the whole of it.
     fn collect(
         &self,
         older_than_ms: u64,

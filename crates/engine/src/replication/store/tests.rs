@@ -411,6 +411,52 @@ fn an_own_write_shipped_as_a_superseder_is_covered_only_with_what_superseded_it(
     );
 }
 
+/// A collection larger than one slice (`COLLECT_SLICE` dead entries per hold of the lock) drops
+/// exactly the tombstones every member holds, whichever slice they fall in; those it keeps stay
+/// queued, and a later collection drops them once every member holds them.
+#[test]
+fn a_collection_in_slices_drops_exactly_what_every_member_holds_and_keeps_the_rest_queued() {
+    let t = ReplicaTable::new();
+    let a = origin(&t, "a");
+    let clock = Clock::new(Box::new(ManualClock::new(10_000)));
+    let s = MemoryStore::new();
+    let n = 2 * memory::COLLECT_SLICE + 100;
+    let mut deletes = Vec::new();
+    for i in 0..n {
+        let key = format!("k{i}");
+        s.write_local(
+            &a,
+            &clock,
+            &key,
+            Some(b"v".to_vec().into()),
+            Lifetime::Forever,
+            &mut |_| {},
+        );
+        deletes.push(
+            s.write_local(&a, &clock, &key, None, Lifetime::Forever, &mut |_| {})
+                .seq,
+        );
+    }
+    assert_eq!(s.tombstone_count(), n);
+    // Every third delete is not yet held everywhere; they are spread over every slice.
+    let held = |seq: u64| !seq.is_multiple_of(3);
+    let expected = deletes.iter().filter(|&&seq| held(seq)).count();
+    let mut asked = 0;
+    let dropped = s.collect(20_000, &mut |_, seq| {
+        asked += 1;
+        held(seq)
+    });
+    assert_eq!(dropped, expected);
+    assert_eq!(asked, n, "each tombstone is looked at once");
+    assert_eq!(s.tombstone_count(), n - expected);
+    assert_eq!(
+        s.collect(20_000, &mut |_, _| true),
+        n - expected,
+        "kept ones stay queued"
+    );
+    assert_eq!((s.tombstone_count(), s.entry_count()), (0, 0));
+}
+
 #[test]
 fn a_write_older_than_a_collected_tombstone_meets_a_stand_in() {
     let t = ReplicaTable::new();

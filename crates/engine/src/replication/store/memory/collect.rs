@@ -1,4 +1,5 @@
-//! Tombstone collection in the state: dropping tombstones every member holds (`collect`),
+//! Tombstone collection in the state: dropping tombstones every member holds (`collect_slice`, a
+//! bounded slice per hold of the lock),
 //! remembering what was collected and learning it from peers (`learn_collected`), and compacting
 //! the superseded-seq markers every member has passed (`compact_markers`).
 //!
@@ -9,18 +10,29 @@ use crate::replication::clock::Hlc;
 use crate::replication::replica::Origin;
 use crate::replication::store::{key_fingerprint, Collected, CollectedRecord, Shown, State, Write};
 
-/// `Store::collect` on the state the caller holds locked exclusively.
-pub(super) fn collect(
+/// Dead entries one slice of a collection looks at, at most: the store's lock is held for one slice
+/// at a time (a few milliseconds), so a collection of a million tombstones, which a replica that was
+/// away a while lets pile up, never holds up a read for its whole length.
+pub(crate) const COLLECT_SLICE: usize = 4_096;
+
+/// One slice of `Store::collect` on the state the caller holds locked exclusively: looks at up to
+/// `most` dead entries that died before `older_than_ms`, earliest first, and drops those every member
+/// holds. Those it keeps go to `keep`, out of the queue, so that the next slice goes on past them;
+/// the caller puts them back once the collection ends (`put_back`). Returns how many were dropped,
+/// and whether dead entries old enough may be left.
+pub(super) fn collect_slice(
     state: &mut State,
     older_than_ms: u64,
     collectable: &mut dyn FnMut(&Origin, u64) -> bool,
-) -> usize {
+    most: usize,
+    keep: &mut Vec<(u64, std::sync::Arc<str>)>,
+) -> (usize, bool) {
     let mut dropped = 0;
-    let mut keep = Vec::new();
     let now = state.swept_until;
-    while let Some((at, _)) = state.dead.peek() {
-        if at >= older_than_ms {
-            break;
+    for _ in 0..most {
+        match state.dead.peek() {
+            Some((at, _)) if at < older_than_ms => {}
+            _ => return (dropped, false),
         }
         let (at, key) = state.dead.pop().expect("peeked");
         let Some(e) = state.entries.get(&key) else {
@@ -62,10 +74,15 @@ pub(super) fn collect(
             keep.push((at, key));
         }
     }
+    (dropped, true)
+}
+
+/// Ends a collection: the dead entries its slices kept go back into the queue (an item whose key
+/// changed meanwhile is stale, and its readers skip it as any other).
+pub(super) fn put_back(state: &mut State, keep: Vec<(u64, std::sync::Arc<str>)>) {
     for (at, key) in keep {
         state.dead.push(at, key);
     }
-    dropped
 }
 
 /// `Store::learn_collected` on the state the caller holds locked exclusively.

@@ -12,6 +12,8 @@
 //! trait method here locked, so each runs in one section.
 
 mod collect;
+#[cfg(test)]
+pub(super) use collect::COLLECT_SLICE;
 mod merge;
 mod ship;
 
@@ -462,12 +464,31 @@ impl Store for MemoryStore {
         self.state.read().dead_entries
     }
 
+    /// In slices of `collect::COLLECT_SLICE` dead entries, each under its own hold of the lock.
     fn collect(
         &self,
         older_than_ms: u64,
         collectable: &mut dyn FnMut(&Origin, u64) -> bool,
     ) -> usize {
-        collect::collect(&mut self.write(), older_than_ms, collectable)
+        let mut keep = Vec::new();
+        let mut dropped = 0;
+        loop {
+            let (n, more) = collect::collect_slice(
+                &mut self.write(),
+                older_than_ms,
+                collectable,
+                collect::COLLECT_SLICE,
+                &mut keep,
+            );
+            dropped += n;
+            if !more {
+                break;
+            }
+        }
+        if !keep.is_empty() {
+            collect::put_back(&mut self.write(), keep);
+        }
+        dropped
     }
 
     fn forget_collected(&self, before_ms: u64) {
