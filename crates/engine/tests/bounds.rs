@@ -503,3 +503,51 @@ async fn a_compressed_frame_that_lies_about_its_size_closes_the_link() {
     );
     victim.close(Duration::from_secs(1)).await;
 }
+
+/// Fetch ids of repairs carry this bit (`sync::digest::REPAIR_IDS`, which the wire fixes).
+const REPAIR_BIT: u64 = 1 << 63;
+
+/// A member that asks for repairs of a bucket 200 times in a row (a repair's fetch asks the other end
+/// to repair from it in turn) makes the node fetch the bucket from it once, not 200 times: a bucket
+/// is repaired from one link at most once per `REPAIR_EVERY_MS` (a minute), whoever asks. Each of its
+/// own fetches is still answered at the bounded rate fetches are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_asking_for_repairs_over_and_over_gets_one_repair_fetch_per_interval() {
+    let victim = Node::start(config("victim")).await.unwrap();
+    fill(&victim, 10, 100);
+    let Member { mut reader, writer } = Member::join(&victim, "nagging", Vec::new(), true).await;
+    let asker = keep_talking(writer);
+    let mut frames = Vec::new();
+    for k in 1..=200 {
+        encode_frame(&fetch(REPAIR_BIT | k), &mut frames).unwrap();
+    }
+    asker.send(frames).unwrap();
+    let (started, window) = (Instant::now(), Duration::from_secs(2));
+    let (mut repair_fetches, mut answered) = (0, 0);
+    while let Some(left) = window.checked_sub(started.elapsed()) {
+        let Ok(read) = tokio::time::timeout(left, reader.read(Duration::from_secs(5))).await else {
+            break;
+        };
+        match read.unwrap().0 {
+            Message::FetchRequest { id, bucket, .. } if id & REPAIR_BIT != 0 => {
+                assert_eq!(&*bucket, BUCKET);
+                repair_fetches += 1;
+            }
+            Message::FetchReply { done: true, .. } => answered += 1,
+            _ => {}
+        }
+    }
+    eprintln!("{repair_fetches} repair fetches sent, {answered} fetches answered in {window:?}");
+    assert_eq!(
+        repair_fetches, 1,
+        "one repair fetch per bucket per link per interval"
+    );
+    assert_eq!(victim.stats().divergences, 1);
+    assert!(answered >= 1, "its fetches are still answered");
+    assert!(
+        linked(&victim, "nagging"),
+        "asking is no violation: the link stays"
+    );
+    drop(asker);
+    victim.close(Duration::from_secs(1)).await;
+}
