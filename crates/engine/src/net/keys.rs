@@ -300,6 +300,41 @@ mod tests {
         assert_eq!(first.private(), again.private());
     }
 
+    /// A start (in the node's order: the data directory opened, then the key) whose directory sync
+    /// failed right after `node.key` took its name fails; the next start reads that key (the file is
+    /// there), reports success and speaks with it, and nothing in it syncs the directory (the database
+    /// and the log exist). A crash then loses the key file, and the start after it draws another key:
+    /// two keys in use for one directory after starts that reported success. Invariant: a key a start
+    /// used is the directory's key for good.
+    #[test]
+    fn a_key_read_by_a_start_that_succeeded_is_the_same_key_after_a_crash() {
+        use crate::storage::sim::SimDisk;
+        use crate::storage::tests::DirSyncFails;
+        use crate::storage::Disk;
+        let disk = SimDisk::new(4);
+        let dir = Path::new("/sim/keyname");
+        let mount = || -> Arc<dyn FileSystem> { Arc::new(disk.mount()) };
+        // Start 1: the directory opens, the key file's directory sync fails.
+        let opened = Disk::open_with(mount(), dir, Some("n"), 1).unwrap();
+        let failing = DirSyncFails::new(disk.mount(), &[true]);
+        assert!(identity(&failing, Some(dir)).is_err());
+        drop(opened);
+        // Start 2: succeeds with the key it finds.
+        let opened = Disk::open_with(mount(), dir, Some("n"), 2).unwrap();
+        let used = identity(&*mount(), Some(dir)).expect("start 2 works");
+        drop(opened);
+        disk.crash();
+        disk.power_on();
+        // Start 3.
+        let _opened = Disk::open_with(mount(), dir, Some("n"), 3).unwrap();
+        let after = identity(&*mount(), Some(dir)).expect("start 3 works");
+        assert_eq!(
+            used.public(),
+            after.public(),
+            "the directory's key changed after a start reported success with it"
+        );
+    }
+
     #[test]
     fn the_first_key_binds_an_id_and_another_is_refused_while_a_lease_is_held() {
         let b = book(&[], None);

@@ -506,7 +506,7 @@ struct Parts {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::replication::clock::Clock;
     use crate::replication::store::Lifetime;
@@ -818,6 +818,153 @@ mod tests {
             );
         }
         assert!(cut_short > 0, "no start was cut short partway through");
+    }
+
+    /// A `SimDisk` mount whose `sync_dir` calls fail as scripted (one `bool` per call, `true`: EIO;
+    /// past the script they pass), as a real directory fsync may: the names stay not durable.
+    #[derive(Debug)]
+    pub(crate) struct DirSyncFails {
+        inner: sim::SimMount,
+        script: parking_lot::Mutex<std::collections::VecDeque<bool>>,
+    }
+
+    impl DirSyncFails {
+        pub(crate) fn new(inner: sim::SimMount, script: &[bool]) -> DirSyncFails {
+            DirSyncFails {
+                inner,
+                script: parking_lot::Mutex::new(script.iter().copied().collect()),
+            }
+        }
+    }
+
+    impl FileSystem for DirSyncFails {
+        fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+            self.inner.create_dir_all(dir)
+        }
+        fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn DirLock>>> {
+            self.inner.lock(path)
+        }
+        fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+            self.inner.read(path)
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Arc<dyn fs::DiskFile>> {
+            self.inner.open(path)
+        }
+        fn exists(&self, path: &Path) -> std::io::Result<bool> {
+            self.inner.exists(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            self.inner.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            if self.script.lock().pop_front().unwrap_or(false) {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            self.inner.sync_dir(dir)
+        }
+        fn database(
+            &self,
+            builder: &redb::Builder,
+            path: &Path,
+        ) -> Result<Database, redb::DatabaseError> {
+            self.inner.database(builder, path)
+        }
+        fn blocks(&self) -> bool {
+            self.inner.blocks()
+        }
+    }
+
+    /// A first start whose directory sync failed right after the new database took its name (the
+    /// name is not durable), and a second whose sync of the new log's name failed too: the third
+    /// start finds both files and opens them, stores a write (a redb commit reported `Ok`)... and a
+    /// crash then takes the database with the write, since nothing made its name durable. Invariant:
+    /// a write reported stored survives a crash.
+    #[test]
+    fn a_write_stored_after_a_failed_directory_sync_of_the_new_database_survives_a_crash() {
+        let disk = sim::SimDisk::new(1);
+        let dir = Path::new("/sim/dbname");
+        let start = |script: &[bool], incarnation| {
+            Disk::open_with(
+                Arc::new(DirSyncFails::new(disk.mount(), script)),
+                dir,
+                Some("n"),
+                incarnation,
+            )
+        };
+        assert!(
+            start(&[true], 1).is_err(),
+            "start 1: the directory sync after the rename fails"
+        );
+        assert!(disk.mount().exists(&dir.join(DB_FILE)).unwrap());
+        assert!(
+            start(&[true], 2).is_err(),
+            "start 2: the directory sync of the new log fails"
+        );
+        {
+            let mut opened = start(&[], 3).expect("start 3 works");
+            let l = local("n", opened.incarnation);
+            opened.disk.load(&l).unwrap();
+            l.bucket("s").write(
+                "k",
+                Some(crate::replication::value::encode_json("1")),
+                Lifetime::Forever,
+            );
+            assert!(opened.disk.flush(&l).unwrap(), "the write is stored");
+            disk.crash();
+        }
+        disk.power_on();
+        let mut opened = start(&[], 4).expect("start 4 works");
+        let l = local("n", opened.incarnation);
+        opened.disk.load(&l).unwrap();
+        assert!(
+            value_of(&l, "k").is_some(),
+            "a write reported stored is lost: the database's name was never made durable"
+        );
+    }
+
+    /// A start whose sync of the new log's name failed (after the log was written and synced full
+    /// size) fails; the next start finds the log full size, does not sync the directory, and logs a
+    /// strict write (its `sync_data` returned `Ok`: settled). A crash then takes the log with it.
+    /// Invariant: a settled strict write survives a crash.
+    #[test]
+    fn a_logged_write_survives_a_crash_after_a_start_whose_log_directory_sync_failed() {
+        let disk = sim::SimDisk::new(2);
+        let dir = Path::new("/sim/walname");
+        let start = |script: &[bool], incarnation| {
+            Disk::open_with(
+                Arc::new(DirSyncFails::new(disk.mount(), script)),
+                dir,
+                Some("n"),
+                incarnation,
+            )
+        };
+        assert!(
+            start(&[false, true], 1).is_err(),
+            "start 1: the database is made whole, the log's directory sync fails"
+        );
+        {
+            let mut opened = start(&[], 2).expect("start 2 works");
+            let l = local("n", opened.incarnation);
+            opened.disk.load(&l).unwrap();
+            l.bucket("s").write(
+                "k",
+                Some(crate::replication::value::encode_json("1")),
+                Lifetime::Forever,
+            );
+            assert!(opened.disk.log(&l).unwrap(), "the write is logged: settled");
+            disk.crash();
+        }
+        disk.power_on();
+        let mut opened = start(&[], 3).expect("start 3 works");
+        let l = local("n", opened.incarnation);
+        opened.disk.load(&l).unwrap();
+        assert!(
+            value_of(&l, "k").is_some(),
+            "a settled write is lost: the log's name was never made durable"
+        );
     }
 
     /// Seeded runs of a data directory on a `SimDisk` whose writes and syncs fail at a rate drawn per
