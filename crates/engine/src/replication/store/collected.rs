@@ -44,13 +44,60 @@ pub struct CollectedRecord {
 #[derive(Default)]
 pub(super) struct CollectedKeys {
     /// fingerprint -> (newest collected register, stamp).
-    pub(super) by_key: crate::hash::HashMap<u64, (Collected, u64)>,
+    pub(super) by_key: ByFingerprint<(Collected, u64)>,
     /// (stamp, fingerprint) in collection order, to forget the oldest first.
     pub(super) order: VecDeque<(u64, u64)>,
     /// The newest time among forgotten records.
     pub(super) beyond: Hlc,
     /// The newest time of all (remembered or forgotten): writes newer than it need no lookup.
     pub(super) newest: Hlc,
+}
+
+/// Shards of `ByFingerprint`: a power of two, chosen by a fingerprint's top bits.
+const SHARDS: usize = 64;
+
+/// A map from key fingerprints, in `SHARDS` hash maps chosen by the fingerprint's top bits. A hash
+/// map grows by moving everything it holds at once: one map of the keys a collection remembers moved
+/// 900,000 of them in one step, 80-100 ms under the store's lock; a shard moves a 64th of them.
+pub(super) struct ByFingerprint<V> {
+    shards: Box<[crate::hash::HashMap<u64, V>]>,
+}
+
+impl<V> Default for ByFingerprint<V> {
+    fn default() -> Self {
+        ByFingerprint {
+            shards: (0..SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl<V> ByFingerprint<V> {
+    fn shard(fingerprint: u64) -> usize {
+        (fingerprint >> (64 - SHARDS.trailing_zeros())) as usize
+    }
+
+    pub(super) fn get(&self, fingerprint: &u64) -> Option<&V> {
+        self.shards[Self::shard(*fingerprint)].get(fingerprint)
+    }
+
+    pub(super) fn entry(
+        &mut self,
+        fingerprint: u64,
+    ) -> hashbrown::hash_map::Entry<'_, u64, V, crate::hash::DefaultHashBuilder> {
+        self.shards[Self::shard(fingerprint)].entry(fingerprint)
+    }
+
+    pub(super) fn remove(&mut self, fingerprint: &u64) -> Option<V> {
+        self.shards[Self::shard(*fingerprint)].remove(fingerprint)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&u64, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
 }
 
 /// A collected register's place in the last-writer-wins order. A record restored without its origin

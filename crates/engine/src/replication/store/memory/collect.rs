@@ -13,7 +13,7 @@ use crate::replication::store::{key_fingerprint, Collected, CollectedRecord, Sho
 /// Dead entries one slice of a collection looks at, at most: the store's lock is held for one slice
 /// at a time (a few milliseconds), so a collection of a million tombstones, which a replica that was
 /// away a while lets pile up, never holds up a read for its whole length.
-pub(crate) const COLLECT_SLICE: usize = 4_096;
+pub(crate) const COLLECT_SLICE: usize = 1_024;
 
 /// One slice of `Store::collect` on the state the caller holds locked exclusively: looks at up to
 /// `most` dead entries that died before `older_than_ms`, earliest first, and drops those every member
