@@ -967,6 +967,134 @@ pub(crate) mod tests {
         );
     }
 
+    /// Seeded sequences of starts on a `SimDisk` that fails during the starts too (writes, syncs and
+    /// directory syncs fail, the disk may be nearly full), some starts failing and retried with no
+    /// crash between, the power cut at random points (after a failed start, after one that created the
+    /// files, mid-run). Invariants: every start that succeeds holds every write reported stored (and
+    /// its contexts claim none that is not), and a start on a working disk at the end succeeds.
+    /// `START_SWEEP=a-b` sweeps seeds a to b (default 0-63).
+    #[test]
+    fn seeded_failed_starts_and_crashes_never_keep_a_working_start_out_nor_lose_a_stored_write() {
+        use rand::{Rng, SeedableRng};
+        use sim::{FaultKind, Faults, SimDisk};
+        let (from, to) = std::env::var("START_SWEEP")
+            .ok()
+            .and_then(|r| {
+                let (a, b) = r.split_once('-')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .unwrap_or((0u64, 63u64));
+        let mut failed_starts = 0;
+        for seed in from..=to {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+            let disk = SimDisk::new(seed);
+            let dir = Path::new("/sim/starts");
+            let strict = seed % 2 == 0;
+            let mut stored: Vec<String> = Vec::new();
+            let mut next = 0u32;
+            let check = |l: &Local, stored: &[String], what: &str| {
+                let b = l.bucket("s");
+                for k in stored {
+                    assert!(b.contains(k), "seed {seed}: {what}: {k} was stored and is lost");
+                }
+                for (origin, ctx) in b.store().context() {
+                    assert_eq!(
+                        b.store().stored_dots(&origin, &ctx),
+                        ctx,
+                        "seed {seed}: {what}: a context claims writes not stored"
+                    );
+                }
+            };
+            for step in 1..=rng.gen_range(4..14u64) {
+                let faults = if rng.gen_bool(0.6) {
+                    Faults {
+                        // A third of the faulty starts fail only on syncs (file or directory).
+                        write: if rng.gen_bool(0.33) {
+                            0.0
+                        } else {
+                            rng.gen_range(0.0..0.5)
+                        },
+                        sync: rng.gen_range(0.0..0.5),
+                        kind: FaultKind::Either,
+                        capacity: rng
+                            .gen_bool(0.3)
+                            .then(|| disk.used() + rng.gen_range(0..(12u64 << 20))),
+                    }
+                } else {
+                    Faults::default()
+                };
+                disk.set_faults(faults);
+                let opened = Disk::open_with(Arc::new(disk.mount()), dir, Some("n"), step);
+                eprintln!(
+                    "seed {seed} step {step}: {:?} start {:?}",
+                    disk.mount().read(&dir.join("wal")).unwrap().map(|w| w.len()),
+                    opened.as_ref().err().map(|e| e.to_string())
+                );
+                let mut opened = match opened {
+                    Ok(o) => o,
+                    Err(e) => {
+                        failed_starts += 1;
+                        let msg = e.to_string();
+                        assert!(
+                            !msg.contains("magic number") && !msg.contains("another format"),
+                            "seed {seed}: step {step}: {msg}"
+                        );
+                        if rng.gen_bool(0.4) {
+                            eprintln!("seed {seed} step {step}: crash");
+                            disk.crash();
+                            disk.power_on();
+                        }
+                        continue;
+                    }
+                };
+                let l = local("n", opened.incarnation);
+                opened
+                    .disk
+                    .load(&l)
+                    .unwrap_or_else(|e| panic!("seed {seed}: step {step}: load: {e}"));
+                check(&l, &stored, &format!("step {step}"));
+                let mut d = opened.disk;
+                let b = l.bucket("s");
+                let mut written: Vec<String> = Vec::new();
+                for round in 0..rng.gen_range(0..12) {
+                    for _ in 0..rng.gen_range(1..8) {
+                        let k = format!("k{next}");
+                        next += 1;
+                        b.write(
+                            k.as_str(),
+                            Some(crate::replication::value::encode_json("1")),
+                            Lifetime::Forever,
+                        );
+                        written.push(k);
+                    }
+                    let done = if strict { d.log(&l) } else { d.flush(&l) };
+                    if done.is_ok() {
+                        stored.append(&mut written);
+                    }
+                    let _ = d.checkpoint(round % 5 == 4);
+                }
+                eprintln!("seed {seed} step {step}: {} stored", stored.len());
+                if rng.gen_bool(0.6) {
+                    eprintln!("seed {seed} step {step}: crash");
+                    disk.crash();
+                    drop(d);
+                    disk.power_on();
+                } else {
+                    let _ = d.checkpoint(true);
+                    let _ = d.mark_clean();
+                    drop(d);
+                }
+            }
+            disk.set_faults(Faults::default());
+            let mut opened = Disk::open_with(Arc::new(disk.mount()), dir, Some("n"), 99)
+                .unwrap_or_else(|e| panic!("seed {seed}: a start on a working disk fails: {e}"));
+            let l = local("n", opened.incarnation);
+            opened.disk.load(&l).unwrap();
+            check(&l, &stored, "the working start");
+        }
+        assert!(failed_starts > 0, "no start failed");
+    }
+
     /// Seeded runs of a data directory on a `SimDisk` whose writes and syncs fail at a rate drawn per
     /// seed, crashed and reopened several times: every write a flush reported stored is there after
     /// each reopen, and the stored contexts claim no write that is not. `DISK_SWEEP=a-b` sweeps seeds
