@@ -300,6 +300,57 @@ mod tests {
         assert_eq!(first.private(), again.private());
     }
 
+    /// Seeded first starts whose key file fails to be made (writes and file syncs fail, the disk may
+    /// be full; directory syncs work), some followed by a power cut, several in a row: a start on a
+    /// working disk then makes or reads a key, and after a crash the next start reads the same key.
+    #[test]
+    fn failed_and_crashed_key_writes_never_keep_a_start_out_nor_change_a_key_once_used() {
+        use crate::storage::sim::{FaultKind, Faults, SimDisk};
+        use rand::{Rng, SeedableRng};
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let disk = SimDisk::new(seed);
+            let dir = Path::new("/sim/keys-sweep");
+            let mount = || -> Arc<dyn FileSystem> { Arc::new(disk.mount()) };
+            mount().create_dir_all(dir).unwrap();
+            let mut used: Option<PublicKey> = None;
+            for _ in 0..rng.gen_range(1..6) {
+                disk.set_faults(Faults {
+                    write: rng.gen_range(0.0..1.0),
+                    sync: 0.0,
+                    kind: FaultKind::Either,
+                    capacity: rng.gen_bool(0.3).then(|| disk.used() + rng.gen_range(0..80)),
+                });
+                match identity(&*mount(), Some(dir)) {
+                    Ok(id) => {
+                        if let Some(before) = used {
+                            assert_eq!(before, *id.public(), "seed {seed}: the key changed");
+                        }
+                        used = Some(*id.public());
+                    }
+                    Err(e) => assert!(
+                        !e.to_string().contains("does not hold a key"),
+                        "seed {seed}: {e}"
+                    ),
+                }
+                if rng.gen_bool(0.5) {
+                    disk.crash();
+                    disk.power_on();
+                }
+            }
+            disk.set_faults(Faults::default());
+            let first = identity(&*mount(), Some(dir))
+                .unwrap_or_else(|e| panic!("seed {seed}: a working start fails: {e}"));
+            if let Some(before) = used {
+                assert_eq!(before, *first.public(), "seed {seed}: the key changed");
+            }
+            disk.crash();
+            disk.power_on();
+            let again = identity(&*mount(), Some(dir)).unwrap();
+            assert_eq!(first.public(), again.public(), "seed {seed}: the key changed");
+        }
+    }
+
     /// A start (in the node's order: the data directory opened, then the key) whose directory sync
     /// failed right after `node.key` took its name fails; the next start reads that key (the file is
     /// there), reports success and speaks with it, and nothing in it syncs the directory (the database
