@@ -319,7 +319,9 @@ mod tests {
                     write: rng.gen_range(0.0..1.0),
                     sync: 0.0,
                     kind: FaultKind::Either,
-                    capacity: rng.gen_bool(0.3).then(|| disk.used() + rng.gen_range(0..80)),
+                    capacity: rng
+                        .gen_bool(0.3)
+                        .then(|| disk.used() + rng.gen_range(0..80)),
                 });
                 match identity(&*mount(), Some(dir)) {
                     Ok(id) => {
@@ -347,7 +349,11 @@ mod tests {
             disk.crash();
             disk.power_on();
             let again = identity(&*mount(), Some(dir)).unwrap();
-            assert_eq!(first.public(), again.public(), "seed {seed}: the key changed");
+            assert_eq!(
+                first.public(),
+                again.public(),
+                "seed {seed}: the key changed"
+            );
         }
     }
 

@@ -995,7 +995,10 @@ pub(crate) mod tests {
             let check = |l: &Local, stored: &[String], what: &str| {
                 let b = l.bucket("s");
                 for k in stored {
-                    assert!(b.contains(k), "seed {seed}: {what}: {k} was stored and is lost");
+                    assert!(
+                        b.contains(k),
+                        "seed {seed}: {what}: {k} was stored and is lost"
+                    );
                 }
                 for (origin, ctx) in b.store().context() {
                     assert_eq!(
@@ -1027,7 +1030,10 @@ pub(crate) mod tests {
                 let opened = Disk::open_with(Arc::new(disk.mount()), dir, Some("n"), step);
                 eprintln!(
                     "seed {seed} step {step}: {:?} start {:?}",
-                    disk.mount().read(&dir.join("wal")).unwrap().map(|w| w.len()),
+                    disk.mount()
+                        .read(&dir.join("wal"))
+                        .unwrap()
+                        .map(|w| w.len()),
                     opened.as_ref().err().map(|e| e.to_string())
                 );
                 let mut opened = match opened {
@@ -1093,6 +1099,208 @@ pub(crate) mod tests {
             check(&l, &stored, "the working start");
         }
         assert!(failed_starts > 0, "no start failed");
+    }
+
+    /// A `SimDisk` mount with Linux's page cache after a failed fsync: the writes the failed sync
+    /// covered never reach the device (a later sync does not write them again), yet reads until the
+    /// next boot (a `crash`) still see them. `SimDisk` alone shows the durable bytes after a failed
+    /// sync, which is kinder: code that reads back what it wrote never sees data that is not there.
+    /// `sync_data` calls fail as scripted (`true`: EIO); clones share the page cache (one boot).
+    #[derive(Clone, Debug)]
+    pub(crate) struct PageCache {
+        disk: sim::SimDisk,
+        inner: sim::SimMount,
+        ghosts: Arc<parking_lot::Mutex<std::collections::HashMap<PathBuf, Vec<u8>>>>,
+        script: Arc<parking_lot::Mutex<std::collections::VecDeque<bool>>>,
+    }
+
+    #[derive(Debug)]
+    struct CachedFile {
+        fs: PageCache,
+        inner: Arc<dyn fs::DiskFile>,
+        path: PathBuf,
+    }
+
+    impl PageCache {
+        pub(crate) fn new(disk: &sim::SimDisk) -> PageCache {
+            PageCache {
+                disk: disk.clone(),
+                inner: disk.mount(),
+                ghosts: Default::default(),
+                script: Default::default(),
+            }
+        }
+
+        pub(crate) fn fail_syncs(&self, script: &[bool]) {
+            *self.script.lock() = script.iter().copied().collect();
+        }
+    }
+
+    impl fs::DiskFile for CachedFile {
+        fn len(&self) -> std::io::Result<u64> {
+            match self.fs.ghosts.lock().get(&self.path) {
+                Some(g) => Ok(g.len() as u64),
+                None => self.inner.len(),
+            }
+        }
+        fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            match self.fs.ghosts.lock().get(&self.path) {
+                Some(g) => {
+                    let src = g
+                        .get(offset as usize..offset as usize + out.len())
+                        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                    out.copy_from_slice(src);
+                    Ok(())
+                }
+                None => self.inner.read_at(offset, out),
+            }
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.inner.write_at(offset, data)?;
+            if let Some(g) = self.fs.ghosts.lock().get_mut(&self.path) {
+                let end = offset as usize + data.len();
+                if g.len() < end {
+                    g.resize(end, 0);
+                }
+                g[offset as usize..end].copy_from_slice(data);
+            }
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)?;
+            if let Some(g) = self.fs.ghosts.lock().get_mut(&self.path) {
+                g.resize(len as usize, 0);
+            }
+            Ok(())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            if !self.fs.script.lock().pop_front().unwrap_or(false) {
+                return self.inner.sync_data();
+            }
+            // What the process sees now stays in the cache; the device gets none of it.
+            let mut seen = vec![0u8; self.len()? as usize];
+            self.read_at(0, &mut seen)?;
+            self.fs.disk.set_faults(sim::Faults {
+                sync: 1.0,
+                ..sim::Faults::default()
+            });
+            let _ = self.inner.sync_data();
+            self.fs.disk.set_faults(sim::Faults::default());
+            self.fs.ghosts.lock().insert(self.path.clone(), seen);
+            Err(std::io::Error::from_raw_os_error(5))
+        }
+    }
+
+    impl FileSystem for PageCache {
+        fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+            self.inner.create_dir_all(dir)
+        }
+        fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn DirLock>>> {
+            self.inner.lock(path)
+        }
+        fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+            match self.ghosts.lock().get(path) {
+                Some(g) => Ok(Some(g.clone())),
+                None => self.inner.read(path),
+            }
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Arc<dyn fs::DiskFile>> {
+            Ok(Arc::new(CachedFile {
+                fs: self.clone(),
+                inner: self.inner.open(path)?,
+                path: path.to_path_buf(),
+            }))
+        }
+        fn exists(&self, path: &Path) -> std::io::Result<bool> {
+            self.inner.exists(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            self.inner.rename(from, to)?;
+            let mut g = self.ghosts.lock();
+            match g.remove(from) {
+                Some(bytes) => g.insert(to.to_path_buf(), bytes),
+                None => g.remove(to),
+            };
+            Ok(())
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            self.inner.remove(path)?;
+            self.ghosts.lock().remove(path);
+            Ok(())
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.inner.sync_dir(dir)
+        }
+        fn database(
+            &self,
+            builder: &redb::Builder,
+            path: &Path,
+        ) -> Result<Database, redb::DatabaseError> {
+            builder.create_with_backend(fs::RedbFile(self.open(path)?))
+        }
+        fn blocks(&self) -> bool {
+            false
+        }
+    }
+
+    /// A redb commit whose fsync failed, on Linux: its pages are in the page cache (the reopened
+    /// database reads them back as committed) and not on the device. The next commit succeeds, a
+    /// crash follows: the directory must open and hold every write reported stored.
+    #[test]
+    fn a_commit_after_one_whose_fsync_failed_survives_a_crash_with_linux_page_cache_semantics() {
+        let mut failed = 0;
+        for nth in 0..6usize {
+            let disk = sim::SimDisk::new(5);
+            let dir = Path::new("/sim/pagecache");
+            let boot = PageCache::new(&disk);
+            {
+                let mut d = Disk::open_with(Arc::new(boot.clone()), dir, Some("n"), 1)
+                    .unwrap()
+                    .disk;
+                let l = local("n", 1);
+                let b = l.bucket("s");
+                let put = |k: &str| {
+                    b.write(
+                        k,
+                        Some(crate::replication::value::encode_json("1")),
+                        Lifetime::Forever,
+                    )
+                };
+                for i in 0..50 {
+                    put(&format!("a{i}"));
+                }
+                assert!(d.flush(&l).unwrap());
+                // The nth sync of the commit fails.
+                let mut script = vec![false; nth];
+                script.push(true);
+                boot.fail_syncs(&script);
+                for i in 0..50 {
+                    put(&format!("b{i}"));
+                }
+                if d.flush(&l).is_ok() {
+                    continue; // the commit has fewer syncs
+                }
+                failed += 1;
+                eprintln!("sync {nth} of the commit failed");
+                for i in 0..50 {
+                    put(&format!("c{i}"));
+                }
+                assert!(d.flush(&l).unwrap(), "the next commit is stored");
+                disk.crash();
+            }
+            disk.power_on();
+            let mut opened = Disk::open_with(Arc::new(disk.mount()), dir, Some("n"), 2)
+                .unwrap_or_else(|e| panic!("the directory does not open after the crash: {e}"));
+            let l = local("n", 2);
+            opened.disk.load(&l).unwrap();
+            for k in ["a0", "a49", "b0", "b49", "c0", "c49"] {
+                assert!(
+                    value_of(&l, k).is_some(),
+                    "sync {nth}: {k} was stored and is lost"
+                );
+            }
+        }
+        assert!(failed > 0);
     }
 
     /// Seeded runs of a data directory on a `SimDisk` whose writes and syncs fail at a rate drawn per
