@@ -44,6 +44,9 @@ pub fn identity(fs: &dyn FileSystem, dir: Option<&Path>) -> Result<Identity, Err
     };
     let path = dir.join(NODE_KEY_FILE);
     if let Some(text) = fs.read(&path).map_err(|e| storage("read", &path, e))? {
+        // The start that made the file may have failed at its directory sync: its name is made
+        // durable before the key is used, so that a crash never swaps the directory's key.
+        fs.sync_dir(dir).map_err(|e| storage("sync", dir, e))?;
         let private = std::str::from_utf8(&text)
             .ok()
             .and_then(key_from_hex)

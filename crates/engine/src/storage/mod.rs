@@ -26,6 +26,11 @@
 //!   their sequence numbers would make peers ignore new writes.
 //! - **Exclusive use.** A lock file held for the node's life makes a second process opening the same
 //!   directory fail with a clear error.
+//! - **Files whole, names durable.** A new database is made under a temporary name and renamed once
+//!   redb has written and synced it (`fs::create_whole`; the node's key file too), so a start that
+//!   fails midway leaves nothing a later start refuses. Every start syncs the directory before it
+//!   stores anything: the start that made the database or the log may have failed at that sync,
+//!   and a crash would undo a name that is not durable, with everything stored under it.
 
 mod flusher;
 mod format;
@@ -182,6 +187,11 @@ impl Disk {
             _ => fresh_incarnation,
         };
         let wal = Self::recover(&*fs, &db, dir, legacy_log)?;
+        // The names of the database and the log are durable before anything is stored under them: the
+        // start that made either may have failed at its directory sync, leaving a name a crash undoes
+        // (every write stored since would go with it). One directory sync per start.
+        fs.sync_dir(dir)
+            .map_err(|e| Error::Storage(format!("cannot sync {}: {e}", dir.display())))?;
         // From now on a crash must not be taken for a clean stop.
         let tx = db.begin_write().map_err(storage)?;
         {
