@@ -557,7 +557,7 @@ fn register_info(
         time: w.hlc.physical_ms() as f64,
         origin: origin.node().to_string(),
         incarnation: format!("{:x}", origin.id().incarnation),
-        seq: w.seq as f64,
+        seq: w.seq.get() as f64,
         expires: w.expires_ms as f64,
     }
 }

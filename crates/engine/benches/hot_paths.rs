@@ -7,10 +7,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use peer_buckets_engine::counter::{self, Counter, Tally};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, Message, OpsBatch};
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{ChunkLimits, Lifetime, MemoryStore, Store, Write};
 use peer_buckets_engine::{Clock, Hlc};
 use peer_buckets_engine::{ReplicaId, ReplicaTable};
+use peer_buckets_engine::{Seq, SeqRanges};
 
 fn session() -> Box<[u8]> {
     value::encode_json(&format!(
@@ -24,7 +24,7 @@ fn writes(n: usize) -> Vec<Write> {
         .map(|i| Write {
             key: format!("sess:{i}").into(),
             hlc: Hlc::from_parts(1_764_000_000_000, i as u16),
-            seq: i as u64 + 1,
+            seq: Seq::from(i as u64 + 1),
             value: Some(session()),
             expires_ms: 0,
             touch: false,
@@ -73,7 +73,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("merge a batch of 1024 remote writes", |b| {
         b.iter_batched(
             || (MemoryStore::new(), writes(1024)),
-            |(s, batch)| s.merge(&other, &other, batch, &SeqRanges::up_to(1024), &mut |_| {}),
+            |(s, batch)| {
+                s.merge(
+                    &other,
+                    &other,
+                    batch,
+                    &SeqRanges::up_to(Seq::from(1024)),
+                    &mut |_| {},
+                )
+            },
             BatchSize::SmallInput,
         )
     });
@@ -82,11 +90,18 @@ fn bench(c: &mut Criterion) {
         &other,
         &other,
         writes(100_000),
-        &SeqRanges::up_to(100_000),
+        &SeqRanges::up_to(Seq::from(100_000)),
         &mut |_| {},
     );
     g.bench_function("chunk: walk 1024 writes out of the index", |b| {
-        b.iter(|| source.chunk(&other, 50_000, 60_000, ChunkLimits::writes(1024)))
+        b.iter(|| {
+            source.chunk(
+                &other,
+                Seq::from(50_000),
+                Seq::from(60_000),
+                ChunkLimits::writes(1024),
+            )
+        })
     });
     g.finish();
 
@@ -94,7 +109,7 @@ fn bench(c: &mut Criterion) {
     let msg = Message::Ops(OpsBatch {
         bucket: "sessions".into(),
         origin: other.id().clone(),
-        covered: SeqRanges::up_to(1024),
+        covered: SeqRanges::up_to(Seq::from(1024)),
         writes: writes(1024).into_iter().map(Into::into).collect(),
         superseders: Vec::new(),
         superseded: Vec::new(),

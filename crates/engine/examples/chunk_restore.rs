@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use peer_buckets_engine::value;
 use peer_buckets_engine::{
-    ChunkLimits, Entry, Hlc, MemoryStore, ReplicaId, ReplicaTable, SeqRanges, Store, Write,
+    ChunkLimits, Entry, Hlc, MemoryStore, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
 };
 
 fn main() {
@@ -36,15 +36,20 @@ fn main() {
                 value: Some(value::encode_json("{\"user\":1}")),
                 hlc: stamp(i),
                 origin: writer.clone(),
-                seq: n + i,
+                seq: Seq::from(n + i),
                 expires_ms: 0,
                 touch: None,
             };
             (key(i), entry)
         })
         .collect();
-    let markers: Vec<_> = (1..=n).map(|i| (writer.clone(), i, key(i))).collect();
-    let contexts = vec![(writer.clone(), SeqRanges::from_ranges([(1, 2 * n)]))];
+    let markers: Vec<_> = (1..=n)
+        .map(|i| (writer.clone(), Seq::from(i), key(i)))
+        .collect();
+    let contexts = vec![(
+        writer.clone(),
+        SeqRanges::from_ranges([(Seq::from(1), Seq::from(2 * n))]),
+    )];
     let started = Instant::now();
     let restored = MemoryStore::restore(entries, contexts, markers, Vec::new(), Hlc(0), false);
     println!(
@@ -58,7 +63,7 @@ fn main() {
         .map(|i| Write {
             key: key(i),
             hlc: stamp(i),
-            seq: i,
+            seq: Seq::from(i),
             value: Some(value::encode_json("{\"user\":1}")),
             expires_ms: 0,
             touch: false,
@@ -69,7 +74,7 @@ fn main() {
             let touch = Write {
                 key: key(i),
                 hlc: stamp(n + i),
-                seq: i,
+                seq: Seq::from(i),
                 value: None,
                 expires_ms: u64::MAX / 2,
                 touch: true,
@@ -77,7 +82,7 @@ fn main() {
             (toucher.clone(), touch)
         })
         .collect();
-    let covered = SeqRanges::from_ranges([(1, n)]);
+    let covered = SeqRanges::from_ranges([(Seq::from(1), Seq::from(n))]);
     store.merge_chunk(&me, &writer, values, &covered, &[], touches, &mut |_| {});
     for (name, limits) in [
         (
@@ -90,11 +95,11 @@ fn main() {
         ("whole", ChunkLimits::UNLIMITED),
     ] {
         let started = Instant::now();
-        let (mut start, mut sent) = (1, 0);
-        while start <= n {
-            let chunk = store.chunk(&writer, start, n, limits);
+        let (mut start, mut sent) = (Seq::FIRST, 0);
+        while start <= Seq::from(n) {
+            let chunk = store.chunk(&writer, start, Seq::from(n), limits);
             sent += chunk.writes.len() + chunk.superseders.len();
-            start = chunk.covered.max() + 1;
+            start = chunk.covered.max().next().expect("below n");
         }
         println!(
             "chunk {name}: {n} values with their touches ({sent} registers): {:.1} ms",

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use peer_buckets_engine::connection::{self, FrameReader, FrameWriter};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, ContextPart, Hello, Message, OpsBatch, WireWrite, WriteOp};
-use peer_buckets_engine::{Hlc, ReplicaId, Security, SeqRanges};
+use peer_buckets_engine::{Hlc, ReplicaId, Security, Seq, SeqRanges};
 use rand::{Rng, SeedableRng};
 
 const ATTACKS: [&str; 7] = [
@@ -148,12 +148,12 @@ fn attack_frames(
         "own-future" => batch(
             bucket,
             victim.clone(),
-            SeqRanges::from_ranges([(1, u64::MAX)]),
+            SeqRanges::from_ranges([(Seq::from(1), Seq::from(u64::MAX))]),
             vec![],
         ),
         "ack-beyond" => Message::Ack {
             bucket: bucket.into(),
-            upto: u64::MAX,
+            upto: Seq::MAX,
         },
         "unasked-fetch" => Message::FetchReply {
             id: rng.gen(),
@@ -165,20 +165,20 @@ fn attack_frames(
         "unasked-held" => Message::HeldReply {
             bucket: bucket.into(),
             origin: ghost,
-            covered: SeqRanges::up_to(5),
+            covered: SeqRanges::up_to(Seq::from(5)),
             held: SeqRanges::new(),
             superseders: vec![],
             last: true,
         },
-        "unasked-pull" => batch(bucket, ghost, SeqRanges::up_to(5), vec![]),
+        "unasked-pull" => batch(bucket, ghost, SeqRanges::up_to(Seq::from(5)), vec![]),
         "future-stamp" => batch(
             "mallory",
             me.clone(),
-            SeqRanges::up_to(1),
+            SeqRanges::up_to(Seq::from(1)),
             vec![WireWrite {
                 key: "ahead".into(),
                 hlc: Hlc::from_parts(now_ms() + 3_600_000, 0),
-                seq: 1,
+                seq: Seq::from(1),
                 op: WriteOp::Set {
                     value: value::encode_json("\"an hour ahead\""),
                     expires_ms: None,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::value;
-use peer_buckets_engine::{Hlc, MemoryStore, ReplicaId, ReplicaTable, SeqRanges, Store, Write};
+use peer_buckets_engine::{
+    Hlc, MemoryStore, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
+};
 
 /// Writes per chunk, as `sync` cuts them.
 const CHUNK: usize = 1024;
@@ -93,14 +95,14 @@ fn main() {
             .map(|i| Write {
                 key: format!("sess:{i}").into(),
                 hlc: Hlc::from_parts(1_764_000_000_000, 0),
-                seq: i as u64 + 1,
+                seq: Seq::from(i as u64 + 1),
                 value: Some(value.clone()),
                 expires_ms: 0,
                 touch: false,
             })
             .collect();
         let mut covered = SeqRanges::new();
-        covered.insert_range(start as u64 + 1, end as u64);
+        covered.insert_range(Seq::from(start as u64 + 1), Seq::from(end as u64));
         let (t, cpu) = (Instant::now(), cpu_time());
         store.merge(&me, &holder, writes, &covered, &mut |_| {});
         let (took, took_cpu) = (t.elapsed(), cpu_time() - cpu);

@@ -3,11 +3,12 @@
 //! Layout: four layers, each a folder, each importing only the layers listed before it, and a few
 //! crate-wide modules beside them.
 //! - `replication/`, the replicated data without I/O: `clock` (the hybrid logical clock every write
-//!   is stamped with), `replica` (who wrote a value, interned as `Origin`), `ranges` (sets of sequence
-//!   numbers, a causal context), `seq_index` (the per-origin index seq -> key hash), `value` (how
-//!   values are tagged), `store` (the `Store` trait and the in-memory backend with the
-//!   last-writer-wins merge), `bucket` (a named replica with its change subscribers), `counter`
-//!   (counters that merge, carried by a hidden bucket), `acks` (acknowledgement levels and timeouts);
+//!   is stamped with), `replica` (who wrote a value, interned as `Origin`), `ranges` (`Seq`, the
+//!   sequence number of a replica's writes, and sets of them, a causal context), `seq_index` (the
+//!   per-origin index seq -> key hash), `value` (how values are tagged), `store` (the `Store` trait
+//!   and the in-memory backend with the last-writer-wins merge), `bucket` (a named replica with its
+//!   change subscribers), `counter` (counters that merge, carried by a hidden bucket), `acks`
+//!   (acknowledgement levels and timeouts);
 //! - `protocol/`, what replicas say to each other, still without I/O: `wire` (the versioned message
 //!   enum and its frames), `sync` (push, pulls of gaps, digests, anti-entropy, fetches, acks, per
 //!   link), `collect` (when tombstones may be dropped);
@@ -86,6 +87,6 @@ pub use net::transport::SimTcp;
 pub use node::shared::Shared;
 pub use protocol::collect::Collector;
 pub use protocol::sync::{Inbound, Local, PullPlanner, Session, OWED_LIMIT};
-pub use replication::ranges::SeqRanges;
+pub use replication::ranges::{Seq, SeqRanges};
 pub use replication::store::{key_fingerprint, ChunkLimits, Entry, MemoryStore, ScanCursor, Store};
 pub use storage::sim::{FaultKind, Faults, SimDisk};

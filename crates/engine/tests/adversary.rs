@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use peer_buckets_engine::wire::Message;
 use peer_buckets_engine::Local;
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{AckLevel, Registered};
 use peer_buckets_engine::{Change, Entry, Lifetime, MemoryStore, Write};
 use peer_buckets_engine::{Config, Node};
 use peer_buckets_engine::{Hlc, ManualClock};
 use peer_buckets_engine::{Origin, ReplicaId};
+use peer_buckets_engine::{Seq, SeqRanges};
 
 mod common;
 use common::*;
@@ -101,13 +101,13 @@ fn a_restore_announces_no_expiry_of_a_key_dead_before_the_restart() {
         value: Some(json("v")),
         hlc: Hlc::from_parts(START_MS - 3_600_000, 0),
         origin: old.clone(),
-        seq: 1,
+        seq: Seq::from(1),
         expires_ms: START_MS - 3_000_000,
         touch: None,
     };
     let store = MemoryStore::restore(
         vec![("k".into(), entry)],
-        vec![(old, SeqRanges::up_to(1))],
+        vec![(old, SeqRanges::up_to(Seq::from(1)))],
         vec![],
         vec![],
         Hlc(0),
@@ -214,7 +214,7 @@ fn a_collected_touch_still_expires_an_older_write_that_comes_back() {
     let touch = Write {
         key: "k".into(),
         hlc: at(200),
-        seq: 1,
+        seq: Seq::from(1),
         value: None,
         expires_ms: START_MS + 2_000,
         touch: true,
@@ -262,7 +262,7 @@ fn a_dead_register_older_than_a_collected_one_of_its_key_is_covered_not_stored()
     let touch = |hlc: Hlc, seq: u64| Write {
         key: "k".into(),
         hlc,
-        seq,
+        seq: Seq::from(seq),
         value: None,
         expires_ms: START_MS + 2_000,
         touch: true,
@@ -294,7 +294,10 @@ fn a_dead_register_older_than_a_collected_one_of_its_key_is_covered_not_stored()
         bucket.inspect("k")
     );
     for o in [&y, &a] {
-        assert!(bucket.store().context_of(o).contains(1), "covered");
+        assert!(
+            bucket.store().context_of(o).contains(Seq::from(1)),
+            "covered"
+        );
     }
 }
 

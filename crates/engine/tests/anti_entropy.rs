@@ -11,9 +11,9 @@
 
 use peer_buckets_engine::wire::{BucketSummary, ContextPart, Message, OpsBatch, WireContext};
 use peer_buckets_engine::Lifetime;
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{Hlc, PhysicalClock};
 use peer_buckets_engine::{Local, Session};
+use peer_buckets_engine::{Seq, SeqRanges};
 
 use std::sync::atomic::Ordering;
 
@@ -29,7 +29,7 @@ impl Scene {
     /// none stored".
     fn claim_everything_collected(&mut self, mut context: WireContext) {
         self.v_m = Session::new(self.v(), &hello("m2")).unwrap();
-        let horizon: WireContext = vec![(rid("gone"), SeqRanges::up_to(3))];
+        let horizon: WireContext = vec![(rid("gone"), SeqRanges::up_to(Seq::from(3)))];
         context.extend(horizon.clone());
         self.member_sends(Message::Contexts(ContextPart {
             buckets: vec![BucketSummary {
@@ -128,7 +128,7 @@ fn a_held_reply_lie_does_not_leave_a_replica_without_a_write_an_honest_peer_stil
         .write("theirs", Some(json("h")), Lifetime::Forever);
     s.exchange();
     assert!(s.holds("theirs"));
-    s.claim_everything_collected(vec![(rid("h"), SeqRanges::up_to(1))]);
+    s.claim_everything_collected(vec![(rid("h"), SeqRanges::up_to(Seq::from(1)))]);
     assert!(
         !s.holds("theirs"),
         "the victim dropped it on the member's word"
@@ -186,7 +186,7 @@ fn a_write_a_member_made_a_replica_drop_comes_back_while_its_writer_keeps_writin
         .bucket(BUCKET)
         .write("theirs", Some(json("h")), Lifetime::Forever);
     s.exchange();
-    s.claim_everything_collected(vec![(rid("h"), SeqRanges::up_to(1))]);
+    s.claim_everything_collected(vec![(rid("h"), SeqRanges::up_to(Seq::from(1)))]);
     assert!(!s.holds("theirs"), "the victim dropped the honest write");
     let start = s.world.time.now_ms();
     let mut round = 0;
@@ -231,7 +231,7 @@ fn a_member_lying_about_its_store_after_a_collection_the_others_know_of_leaves_o
         .bucket(BUCKET)
         .write("later", Some(json("h")), Lifetime::Forever);
     s.v_m = Session::new(s.v(), &hello("m2")).unwrap();
-    let horizon: WireContext = vec![(rid("h"), SeqRanges::up_to(2))];
+    let horizon: WireContext = vec![(rid("h"), SeqRanges::up_to(Seq::from(2)))];
     s.member_sends(Message::Contexts(ContextPart {
         buckets: vec![BucketSummary {
             name: BUCKET.into(),
@@ -288,7 +288,7 @@ fn a_pull_answered_with_coverage_and_no_writes_does_not_leave_a_replica_apart_fr
     s.member_sends(Message::Contexts(ContextPart {
         buckets: vec![BucketSummary {
             name: BUCKET.into(),
-            context: vec![(rid("t"), SeqRanges::up_to(1))],
+            context: vec![(rid("t"), SeqRanges::up_to(Seq::from(1)))],
             collected: vec![],
         }],
         last: true,
@@ -297,12 +297,12 @@ fn a_pull_answered_with_coverage_and_no_writes_does_not_leave_a_replica_apart_fr
     s.v_m.queue(Message::Pull {
         bucket: BUCKET.into(),
         origin: rid("t"),
-        ranges: SeqRanges::up_to(1),
+        ranges: SeqRanges::up_to(Seq::from(1)),
     });
     s.member_sends(Message::Ops(OpsBatch {
         bucket: BUCKET.into(),
         origin: rid("t"),
-        covered: SeqRanges::up_to(1),
+        covered: SeqRanges::up_to(Seq::from(1)),
         writes: vec![],
         superseders: vec![],
         superseded: vec![],

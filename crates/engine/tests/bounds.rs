@@ -11,10 +11,10 @@ use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, encode_frame, MemberInfo, Message};
 use peer_buckets_engine::Lifetime;
 use peer_buckets_engine::ReplicaId;
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::WarningCode;
 use peer_buckets_engine::OWED_LIMIT;
 use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Seq, SeqRanges};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -383,7 +383,7 @@ async fn a_member_cannot_make_a_peer_create_buckets_past_its_limit() {
                     node: "spammer".into(),
                     incarnation: 1,
                 },
-                SeqRanges::from_ranges([(1, 1)]),
+                SeqRanges::from_ranges([(Seq::from(1), Seq::from(1))]),
             )],
             number: i + 1,
             stored: 0,

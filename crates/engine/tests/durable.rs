@@ -11,6 +11,7 @@ use peer_buckets_engine::value;
 use peer_buckets_engine::Durability;
 use peer_buckets_engine::Error;
 use peer_buckets_engine::Lifetime;
+use peer_buckets_engine::Seq;
 use peer_buckets_engine::WarningCode;
 use peer_buckets_engine::{AckEnd, AckLevel, Registered};
 use peer_buckets_engine::{Config, Node};
@@ -80,7 +81,7 @@ async fn a_restart_on_the_same_directory_keeps_id_incarnation_and_data() {
     assert!(b.contains("ttl"));
     // New writes continue the sequence without reusing old seqs.
     let w = b.write("after", Some(value::encode_json("1")), Lifetime::Forever);
-    assert_eq!(w.seq, 2003);
+    assert_eq!(w.seq, Seq::from(2003));
     again.close(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -270,9 +271,9 @@ async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collected_keys_are_remembered_across_a_restart() {
     use peer_buckets_engine::Hlc;
-    use peer_buckets_engine::SeqRanges;
     use peer_buckets_engine::Write;
     use peer_buckets_engine::{ReplicaId, ReplicaTable};
+    use peer_buckets_engine::{Seq, SeqRanges};
 
     let d = dir("collected");
     let fast = |data: &PathBuf| Config {
@@ -302,7 +303,7 @@ async fn collected_keys_are_remembered_across_a_restart() {
     let old = Write {
         key: "k".into(),
         hlc: Hlc(set.hlc.0 + 1),
-        seq: 1,
+        seq: Seq::from(1),
         value: Some(value::encode_json("\"old\"")),
         expires_ms: 0,
         touch: false,
@@ -320,9 +321,9 @@ async fn collected_keys_are_remembered_across_a_restart() {
 /// a stand-in), while one by an origin ranking below stays guarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_collected_key_guards_only_writes_it_beats_by_origin() {
-    use peer_buckets_engine::SeqRanges;
     use peer_buckets_engine::Write;
     use peer_buckets_engine::{ReplicaId, ReplicaTable};
+    use peer_buckets_engine::{Seq, SeqRanges};
 
     let d = dir("collected-origin");
     let fast = |data: &PathBuf| Config {
@@ -353,7 +354,7 @@ async fn a_restored_collected_key_guards_only_writes_it_beats_by_origin() {
         let write = Write {
             key: "k".into(),
             hlc: delete.hlc,
-            seq: 1,
+            seq: Seq::from(1),
             value: Some(value::encode_json(value)),
             expires_ms: 0,
             touch: false,

@@ -23,13 +23,13 @@ use peer_buckets_engine::wire::{
 use peer_buckets_engine::LinkError;
 use peer_buckets_engine::PeerEventKind;
 use peer_buckets_engine::ReplicaId;
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::Session;
 use peer_buckets_engine::WarningCode;
 use peer_buckets_engine::{AckLevel, Registered};
 use peer_buckets_engine::{Config, Node};
 use peer_buckets_engine::{Hlc, ManualClock, PhysicalClock};
 use peer_buckets_engine::{Lifetime, Write};
+use peer_buckets_engine::{Seq, SeqRanges};
 
 mod common;
 use common::*;
@@ -50,7 +50,7 @@ fn ops(origin: ReplicaId, covered: SeqRanges, writes: Vec<Write>) -> Message {
 }
 
 fn everything() -> SeqRanges {
-    SeqRanges::from_ranges([(1, u64::MAX)])
+    SeqRanges::from_ranges([(Seq::from(1), Seq::from(u64::MAX))])
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -99,18 +99,18 @@ fn a_pull_reply_beyond_what_was_pulled_is_a_protocol_error() {
     s.v_m.queue(Message::Pull {
         bucket: BUCKET.into(),
         origin: rid("h"),
-        ranges: SeqRanges::up_to(2),
+        ranges: SeqRanges::up_to(Seq::from(2)),
     });
     let hlc = s.time_hlc();
     let w = |seq| write("k", hlc, seq, Some("m"));
     assert!(
-        s.member_sends(ops(rid("h"), SeqRanges::up_to(1), vec![w(1)]))
+        s.member_sends(ops(rid("h"), SeqRanges::up_to(Seq::from(1)), vec![w(1)]))
             .is_ok(),
         "a reply within the pull is taken"
     );
     assert!(is_protocol_error(s.member_sends(ops(
         rid("h"),
-        SeqRanges::from_ranges([(2, 3)]),
+        SeqRanges::from_ranges([(Seq::from(2), Seq::from(3))]),
         vec![w(2)]
     ))));
 }
@@ -132,10 +132,10 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
     s.exchange();
     // Mallory reports a collection the victim missed, and holds everything the victim holds.
     s.v_m = Session::new(s.v(), &hello("m2")).unwrap();
-    let horizon: WireContext = vec![(rid("gone"), SeqRanges::up_to(3))];
+    let horizon: WireContext = vec![(rid("gone"), SeqRanges::up_to(Seq::from(3)))];
     let mut context = horizon.clone();
     context.push((rid("v"), SeqRanges::up_to(seq)));
-    context.push((rid("h"), SeqRanges::up_to(1)));
+    context.push((rid("h"), SeqRanges::up_to(Seq::from(1))));
     s.member_sends(Message::Contexts(ContextPart {
         buckets: vec![BucketSummary {
             name: BUCKET.into(),
@@ -158,7 +158,7 @@ fn a_held_reply_beyond_the_question_is_a_protocol_error() {
         .find(|(o, _)| o.node.as_ref() == "h")
         .expect("the victim asks about the honest peer's registers");
     let mut beyond = query.clone();
-    beyond.insert(query.max() + 1);
+    beyond.insert(query.max().next().expect("below the end"));
     let reply = Message::HeldReply {
         bucket: BUCKET.into(),
         origin,
@@ -203,7 +203,7 @@ fn a_context_claiming_the_receivers_own_future_is_a_protocol_error() {
     s.v()
         .bucket(BUCKET)
         .write("mine", Some(json("v")), Lifetime::Forever);
-    let claim: WireContext = vec![(rid("v"), SeqRanges::up_to(5))];
+    let claim: WireContext = vec![(rid("v"), SeqRanges::up_to(Seq::from(5)))];
     assert!(is_protocol_error(s.member_sends(Message::Digest {
         bucket: BUCKET.into(),
         context: claim.clone(),
@@ -244,13 +244,13 @@ fn an_ack_beyond_what_was_sent_on_the_link_acknowledges_nothing_more() {
             upto,
         })
     };
-    assert!(is_protocol_error(v_m.handle(&v, ack(u64::MAX))));
+    assert!(is_protocol_error(v_m.handle(&v, ack(Seq::MAX))));
     let mut v_m = Session::new(&v, &mallory).unwrap();
     v_m.handle(&v, ack(seq))
         .expect("an ack within the sequence");
     assert_eq!(
         v.acks().acked_upto(BUCKET, "m"),
-        0,
+        Seq::ZERO,
         "a write never sent on the link was acknowledged"
     );
     // Once the write went out, the same ack counts.
@@ -319,7 +319,7 @@ async fn a_member_acknowledging_what_it_never_received_is_cut_off_and_the_node_k
     wire::encode_frame(
         &Message::Ack {
             bucket: "s".into(),
-            upto: u64::MAX,
+            upto: Seq::MAX,
         },
         &mut out,
     )
@@ -552,14 +552,14 @@ fn stamping_member(node: &Node, hlc: Hlc) -> tokio::task::JoinHandle<()> {
             let own = Message::Ops(OpsBatch {
                 bucket: "s".into(),
                 origin: mine.clone(),
-                covered: SeqRanges::up_to(1),
+                covered: SeqRanges::up_to(Seq::from(1)),
                 writes: vec![write("ahead", hlc, 1, Some("m")).into()],
                 superseders: vec![],
                 superseded: vec![],
             });
             let digest = Message::Digest {
                 bucket: "s".into(),
-                context: vec![(mine.clone(), SeqRanges::up_to(1))],
+                context: vec![(mine.clone(), SeqRanges::up_to(Seq::from(1)))],
                 number: 1,
                 stored: 0,
             };

@@ -4,7 +4,7 @@
 //! remembered by key or only its time stands for it (`forget_collected`), as a merged one does.
 
 use peer_buckets_engine::{
-    Hlc, MemoryStore, Origin, ReplicaId, ReplicaTable, SeqRanges, Store, Write,
+    Hlc, MemoryStore, Origin, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
 };
 
 fn origin(t: &ReplicaTable, name: &str) -> Origin {
@@ -18,7 +18,7 @@ fn w(key: &str, hlc: u64, seq: u64, value: Option<&str>) -> Write {
     Write {
         key: key.into(),
         hlc: Hlc(hlc),
-        seq,
+        seq: Seq::from(seq),
         value: value.map(|v| v.as_bytes().into()),
         expires_ms: 0,
         touch: false,
@@ -46,7 +46,7 @@ fn deleted_and_collected(t: &ReplicaTable, forget: bool) -> MemoryStore {
         s.forget_collected(2_000);
         assert_eq!(s.collected_remembered(), 0);
     }
-    assert!(s.context_of(&a).contains(1) && s.context_of(&b).contains(1));
+    assert!(s.context_of(&a).contains(Seq::from(1)) && s.context_of(&b).contains(Seq::from(1)));
     s
 }
 

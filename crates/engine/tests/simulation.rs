@@ -19,10 +19,10 @@ use peer_buckets_engine::value;
 use peer_buckets_engine::wire::Message;
 use peer_buckets_engine::Collector;
 use peer_buckets_engine::ManualClock;
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{key_fingerprint, Change, Lifetime, Write};
 use peer_buckets_engine::{Inbound, Local, PullPlanner, Session};
 use peer_buckets_engine::{Origin, ReplicaId};
+use peer_buckets_engine::{Seq, SeqRanges};
 
 mod common;
 use common::*;
@@ -47,7 +47,7 @@ struct Logged {
     key: Arc<str>,
     hlc: u64,
     origin: ReplicaId,
-    seq: u64,
+    seq: Seq,
     live: bool,
     expires_ms: u64,
     touch: bool,
@@ -71,7 +71,7 @@ impl Logged {
 }
 
 /// Every write ever made, per bucket and dot.
-type Registry = BTreeMap<(&'static str, ReplicaId, u64), Logged>;
+type Registry = BTreeMap<(&'static str, ReplicaId, Seq), Logged>;
 
 struct Sim {
     rng: Rng,
@@ -97,7 +97,7 @@ struct Sim {
     /// The dots some frame delivered to another replica. A write its writer overwrote before any
     /// frame carried it is claimed without its register (no replica but the writer can hold it):
     /// invariant P counts it only at its writer.
-    left: std::collections::BTreeSet<(Arc<str>, ReplicaId, u64)>,
+    left: std::collections::BTreeSet<(Arc<str>, ReplicaId, Seq)>,
     /// The replica that wrote last: restarting it loses writes only it holds.
     last_writer: usize,
     /// While a replica is exiled: tombstones collected before it left, and the replicas restarted
@@ -658,7 +658,7 @@ impl Sim {
                 .store()
                 .context()
                 .into_iter()
-                .map(|(o, r)| format!("{name}@{}:{:?}", o.id(), r.ranges()))
+                .map(|(o, r)| format!("{name}@{}:{:?}", o.id(), r.ranges().collect::<Vec<_>>()))
                 .collect();
             ctx.sort();
             out.extend(ctx);
@@ -824,7 +824,7 @@ fn register(sim: &Sim, i: usize, bucket: &str, key: &str) -> String {
     // SIM_DOT=node#incarnation:seq shows whether this replica's context holds that dot.
     if let Ok(dot) = std::env::var("SIM_DOT") {
         let (rid, seq) = dot.split_once(':').expect("node#inc:seq");
-        let seq: u64 = seq.parse().expect("seq");
+        let seq = Seq::from(seq.parse::<u64>().expect("seq"));
         let covered = b
             .store()
             .context()
@@ -1096,7 +1096,7 @@ fn a_gap_from_dropped_frames_is_detected_and_filled() {
     assert!(
         ctx.ranges().len() > 1,
         "the receiver sees a gap: {:?}",
-        ctx.ranges()
+        ctx.ranges().collect::<Vec<_>>()
     );
     // Digests and two planning passes later, the gap is pulled and filled.
     sim.settle();
@@ -1370,7 +1370,7 @@ fn a_pull_for_writes_the_sender_thinks_held_is_answered_once() {
     let pull = Message::Pull {
         bucket: "sessions".into(),
         origin,
-        ranges: peer_buckets_engine::SeqRanges::up_to(5),
+        ranges: peer_buckets_engine::SeqRanges::up_to(Seq::from(5)),
     };
     let session = sim.sessions[0][1].as_mut().expect("linked");
     session.handle(&sim.locals[0], pull).expect("valid");
@@ -1434,7 +1434,7 @@ fn coverage_relayed_in_a_pull_answer_travels_with_its_superseder() {
     let pull = Message::Pull {
         bucket: "sessions".into(),
         origin: sim.locals[0].me().id().clone(),
-        ranges: peer_buckets_engine::SeqRanges::up_to(1),
+        ranges: peer_buckets_engine::SeqRanges::up_to(Seq::from(1)),
     };
     let s = sim.sessions[1][3].as_mut().expect("linked");
     s.handle(&sim.locals[1], pull.clone()).expect("valid");

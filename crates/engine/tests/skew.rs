@@ -18,11 +18,11 @@ use peer_buckets_engine::wire::{Message, OpsBatch, WireWrite};
 use peer_buckets_engine::LinkError;
 use peer_buckets_engine::PeerEventKind;
 use peer_buckets_engine::ReplicaId;
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{Clock, Hlc, ManualClock};
 use peer_buckets_engine::{Config, Node};
 use peer_buckets_engine::{Inbound, Local, Session};
 use peer_buckets_engine::{Lifetime, Write};
+use peer_buckets_engine::{Seq, SeqRanges};
 use peer_buckets_engine::{Warning, WarningCode};
 
 mod common;
@@ -39,7 +39,7 @@ fn receiver() -> (Local, Session) {
     session.queue(Message::Pull {
         bucket: "s".into(),
         origin: rid("c"),
-        ranges: SeqRanges::from_ranges([(1, u64::MAX)]),
+        ranges: SeqRanges::from_ranges([(Seq::from(1), Seq::from(u64::MAX))]),
     });
     session.queue(Message::FetchRequest {
         id: 1,
@@ -185,10 +185,10 @@ fn a_catch_up_chunk_whose_superseder_is_stamped_too_far_ahead_is_refused_and_mov
     let msg = Message::Ops(OpsBatch {
         bucket: "s".into(),
         origin: rid("c"),
-        covered: SeqRanges::from_ranges([(1, 2)]),
+        covered: SeqRanges::from_ranges([(Seq::from(1), Seq::from(2))]),
         writes: vec![write("k1", inside(), 2, Some("1")).into()],
         superseders: vec![(rid("d"), write("k0", past(), 1, Some("1")).into())],
-        superseded: vec![("k0".into(), vec![1])],
+        superseded: vec![("k0".into(), vec![Seq::from(1)])],
     });
     assert_refused_without_trace(&local, &mut session, msg);
 }

@@ -17,9 +17,9 @@ use peer_buckets_engine::wire::Message;
 use peer_buckets_engine::Bucket;
 use peer_buckets_engine::ManualClock;
 use peer_buckets_engine::ReplicaId;
-use peer_buckets_engine::SeqRanges;
 use peer_buckets_engine::{Change, ChunkLimits, Lifetime};
 use peer_buckets_engine::{Local, Session};
+use peer_buckets_engine::{Seq, SeqRanges};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
@@ -128,7 +128,11 @@ impl Replica {
             }
         }
         for (o, ctx) in self.bucket.store().context() {
-            out.push(format!("context {}: {:?}", o.id(), ctx.ranges()));
+            out.push(format!(
+                "context {}: {:?}",
+                o.id(),
+                ctx.ranges().collect::<Vec<_>>()
+            ));
         }
         out.sort();
         out
@@ -142,11 +146,11 @@ struct Shipment {
     superseders: Vec<(ReplicaId, peer_buckets_engine::Write)>,
     writes: Vec<peer_buckets_engine::Write>,
     covered: SeqRanges,
-    superseded: Vec<(Arc<str>, Vec<u64>)>,
+    superseded: Vec<(Arc<str>, Vec<Seq>)>,
 }
 
 /// What replica `from` sends `to` of `origin`'s writes with seqs in `start..=end`.
-fn pack(from: &Replica, to: usize, origin: &ReplicaId, start: u64, end: u64) -> Shipment {
+fn pack(from: &Replica, to: usize, origin: &ReplicaId, start: Seq, end: Seq) -> Shipment {
     let o = from.local.replicas().intern(origin);
     let c = from
         .bucket
@@ -182,7 +186,7 @@ fn deliver(to: &Replica, s: Shipment) {
 /// Everything `replicas[from]` holds, sent to `replicas[to]` and delivered at once.
 fn ship_all(replicas: &[Replica], from: usize, to: usize) {
     for (o, ctx) in replicas[from].bucket.store().context() {
-        let s = pack(&replicas[from], to, o.id(), 1, ctx.max());
+        let s = pack(&replicas[from], to, o.id(), Seq::FIRST, ctx.max());
         deliver(&replicas[to], s);
     }
 }
@@ -556,7 +560,7 @@ fn a_touch_shipped_without_its_value_of_another_origin_is_kept_and_its_value_lan
         .into_iter()
         .find(|(o, _)| *o.id() == c_id)
         .expect("c's own touch");
-    let alone = pack(&rs[2], 1, &c_id, 1, mine.max());
+    let alone = pack(&rs[2], 1, &c_id, Seq::FIRST, mine.max());
     assert!(
         alone.writes.iter().all(|w| w.touch) && alone.superseders.is_empty(),
         "c's chunk carries its touch alone"
@@ -671,9 +675,10 @@ fn ttl_run(seed: u64, steps: usize) {
                 let ctx = r[i].bucket.store().context();
                 if to != i && !ctx.is_empty() {
                     let (o, seqs) = &ctx[rng.below(ctx.len() as u64) as usize];
-                    let start = 1 + rng.below(seqs.max());
-                    let end = start + rng.below(seqs.max() - start + 1);
-                    net.push(pack(&r[i], to, o.id(), start, end));
+                    let max = seqs.max().get();
+                    let start = 1 + rng.below(max);
+                    let end = start + rng.below(max - start + 1);
+                    net.push(pack(&r[i], to, o.id(), Seq::from(start), Seq::from(end)));
                 }
             }
             70..=84 => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use peer_buckets_engine::wire::Message;
 use peer_buckets_engine::Lifetime;
-use peer_buckets_engine::SeqRanges;
+use peer_buckets_engine::{Seq, SeqRanges};
 
 mod common;
 use common::*;
@@ -93,14 +93,14 @@ fn acknowledging_each_batch_does_not_walk_every_bucket() {
         Message::Pull {
             bucket: BUCKET.into(),
             origin: rid("b"),
-            ranges: SeqRanges::from_ranges([(1, 1)]),
+            ranges: SeqRanges::from_ranges([(Seq::from(1), Seq::from(1))]),
         },
     );
     let (_, frames) = pass(&mut w);
     assert!(
         frames
             .iter()
-            .any(|m| matches!(m, Message::Ops(b) if b.covered.contains(1))),
+            .any(|m| matches!(m, Message::Ops(b) if b.covered.contains(Seq::from(1)))),
         "the pulled write goes out again: {frames:?}"
     );
     w.locals[1]

@@ -32,6 +32,7 @@ use crate::protocol::wire::Message;
 use crate::replication::acks::{AckLevel, AckOutcome, Registered};
 use crate::replication::bucket::{Bucket, WriteSignal};
 use crate::replication::clock::Clock;
+use crate::replication::ranges::Seq;
 use crate::replication::replica::Origin;
 use crate::replication::store::{Lifetime, Write};
 use crate::storage::{Disk, Durability, Flusher};
@@ -431,7 +432,7 @@ impl Node {
                     .iter()
                     .map(|b| {
                         let mine = b.store().context_of(&local.me).max();
-                        mine.saturating_sub(local.acks.acked_upto(b.name(), &l.node))
+                        mine.since(local.acks.acked_upto(b.name(), &l.node))
                     })
                     .sum();
                 let send_queue_bytes = l.session.lock().owed() as u64;
@@ -493,7 +494,7 @@ impl Node {
             links,
             local_writes: buckets
                 .iter()
-                .map(|b| b.store().context_of(&local.me).max())
+                .map(|b| b.store().context_of(&local.me).max().since(Seq::ZERO))
                 .sum(),
             ack_timeouts: local.acks.timeouts(),
             ack_latency: local.acks.latency(),
@@ -508,18 +509,18 @@ impl Node {
     pub async fn drain(&self, timeout: Duration) -> Vec<(String, u64)> {
         let local = &self.shared.local;
         // The writes made so far: each bucket's own seqs up to here.
-        let made: Vec<(Arc<Bucket>, u64)> = local
+        let made: Vec<(Arc<Bucket>, Seq)> = local
             .bucket_list()
             .into_iter()
             .map(|b| {
                 let upto = b.store().context_of(&local.me).max();
                 (b, upto)
             })
-            .filter(|(_, upto)| *upto > 0)
+            .filter(|(_, upto)| *upto > Seq::ZERO)
             .collect();
         let lacking = |peer: &str| -> u64 {
             made.iter()
-                .map(|(b, upto)| upto.saturating_sub(local.acks.acked_upto(b.name(), peer)))
+                .map(|(b, upto)| upto.since(local.acks.acked_upto(b.name(), peer)))
                 .sum()
         };
         let linked = || -> Vec<Arc<str>> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::replication::clock::Hlc;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::Write;
 
@@ -110,7 +110,7 @@ pub enum Message {
         ranges: SeqRanges,
     },
     /// I hold every write of yours to `bucket` up to `upto`: acknowledges them, cumulatively.
-    Ack { bucket: Arc<str>, upto: u64 },
+    Ack { bucket: Arc<str>, upto: Seq },
     /// Send me your entries of `bucket` under `prefix`; answered with `FetchReply` frames.
     FetchRequest {
         id: u64,
@@ -297,7 +297,7 @@ pub struct OpsBatch {
     pub superseders: Vec<(ReplicaId, WireWrite)>,
     /// The seqs in `covered` whose writes were superseded, per key: the receiver keeps them as
     /// markers, so that a batch it sends later covering them carries the key's registers in turn.
-    pub superseded: Vec<(Arc<str>, Vec<u64>)>,
+    pub superseded: Vec<(Arc<str>, Vec<Seq>)>,
 }
 
 /// A register write as it travels between replicas; the origin travels once per batch beside it.
@@ -307,7 +307,7 @@ pub struct OpsBatch {
 pub struct WireWrite {
     pub key: Arc<str>,
     pub hlc: Hlc,
-    pub seq: u64,
+    pub seq: Seq,
     pub op: WriteOp,
 }
 
@@ -548,11 +548,11 @@ mod tests {
                 node: "n1".into(),
                 incarnation: 42,
             },
-            covered: SeqRanges::from_ranges([(1, 3)]),
+            covered: SeqRanges::from_ranges([(Seq::from(1), Seq::from(3))]),
             writes: vec![WireWrite {
                 key: "sess:1".into(),
                 hlc: Hlc(7 << 16),
-                seq: 3,
+                seq: Seq::from(3),
                 op: WriteOp::Set {
                     value: b"\x00{}".to_vec().into(),
                     expires_ms: None,
@@ -650,7 +650,7 @@ mod tests {
                             node: format!("node-{i:0>40}").into(),
                             incarnation: i,
                         },
-                        SeqRanges::up_to(i + 1),
+                        SeqRanges::up_to(Seq::from(i + 1)),
                     )
                 })
                 .collect(),
@@ -659,7 +659,7 @@ mod tests {
                     node: "c".into(),
                     incarnation: 1,
                 },
-                SeqRanges::up_to(3),
+                SeqRanges::up_to(Seq::from(3)),
             )],
         }
     }

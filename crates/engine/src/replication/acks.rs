@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::hash::{HashMap, HashSet};
+use crate::replication::ranges::Seq;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -111,7 +112,7 @@ struct Need {
 
 struct Waiter {
     bucket: Arc<str>,
-    seq: u64,
+    seq: Seq,
     need: Need,
     acked: Vec<Arc<str>>,
     deadline_ms: u64,
@@ -147,9 +148,9 @@ struct Inner {
     next: u64,
     waiters: HashMap<u64, Waiter>,
     /// Per bucket, seq -> tickets waiting on it.
-    by_seq: HashMap<Arc<str>, BTreeMap<u64, Vec<u64>>>,
+    by_seq: HashMap<Arc<str>, BTreeMap<Seq, Vec<u64>>>,
     /// Per (bucket, peer), the highest seq it acknowledged.
-    acked_upto: HashMap<(Arc<str>, Arc<str>), u64>,
+    acked_upto: HashMap<(Arc<str>, Arc<str>), Seq>,
 }
 
 pub struct AckTracker {
@@ -279,13 +280,13 @@ impl AckTracker {
     }
 
     /// The highest seq of `bucket` that `node` acknowledged.
-    pub fn acked_upto(&self, bucket: &str, node: &str) -> u64 {
+    pub fn acked_upto(&self, bucket: &str, node: &str) -> Seq {
         let inner = self.inner.lock();
         inner
             .acked_upto
             .iter()
             .find(|((b, n), _)| &**b == bucket && &**n == node)
-            .map_or(0, |(_, &upto)| upto)
+            .map_or(Seq::ZERO, |(_, &upto)| upto)
     }
 
     /// Registers local write `seq` of `bucket` waiting for `level` (and, with `flush`, for that flush
@@ -295,7 +296,7 @@ impl AckTracker {
     pub fn register(
         &self,
         bucket: &Arc<str>,
-        seq: u64,
+        seq: Seq,
         level: AckLevel,
         deadline_ms: u64,
         connected: Vec<Arc<str>>,
@@ -357,8 +358,8 @@ impl AckTracker {
     }
 
     /// `node` holds every write of ours to `bucket` up to `upto`.
-    pub fn on_ack(&self, bucket: &Arc<str>, node: &Arc<str>, upto: u64) {
-        if upto == 0 {
+    pub fn on_ack(&self, bucket: &Arc<str>, node: &Arc<str>, upto: Seq) {
+        if upto == Seq::ZERO {
             return;
         }
         let mut done = Vec::new();
@@ -367,7 +368,7 @@ impl AckTracker {
             let prev = inner
                 .acked_upto
                 .entry((bucket.clone(), node.clone()))
-                .or_insert(0);
+                .or_insert(Seq::ZERO);
             if *prev >= upto {
                 return;
             }
@@ -440,7 +441,7 @@ impl AckTracker {
 }
 
 impl Inner {
-    fn unindex(&mut self, bucket: &Arc<str>, seq: u64, ticket: u64) {
+    fn unindex(&mut self, bucket: &Arc<str>, seq: Seq, ticket: u64) {
         if let Some(seqs) = self.by_seq.get_mut(bucket) {
             if let Some(tickets) = seqs.get_mut(&seq) {
                 tickets.retain(|t| *t != ticket);
@@ -460,16 +461,28 @@ mod tests {
         s.into()
     }
 
+    fn seq(n: u64) -> Seq {
+        Seq::from(n)
+    }
+
     #[test]
     fn waits_are_counted_by_level_in_their_latency_bucket_and_timeouts_apart() {
         let t = AckTracker::new();
         let _rx = t.subscribe();
         let b = arc("s");
-        t.register(&b, 1, AckLevel::One, 1_000, vec![arc("x")], 2, None);
-        t.register(&b, 2, AckLevel::Majority, 1_000, vec![arc("x")], 2, None);
-        t.register(&b, 3, AckLevel::All, 1_000, vec![arc("x")], 2, None);
+        t.register(&b, seq(1), AckLevel::One, 1_000, vec![arc("x")], 2, None);
+        t.register(
+            &b,
+            seq(2),
+            AckLevel::Majority,
+            1_000,
+            vec![arc("x")],
+            2,
+            None,
+        );
+        t.register(&b, seq(3), AckLevel::All, 1_000, vec![arc("x")], 2, None);
         std::thread::sleep(std::time::Duration::from_millis(30));
-        t.on_ack(&b, &arc("x"), 2);
+        t.on_ack(&b, &arc("x"), seq(2));
         t.expire(1_000);
         let latency = t.latency();
         let levels: Vec<&str> = latency.iter().map(|l| l.level.as_str()).collect();
@@ -491,13 +504,13 @@ mod tests {
         let mut rx = t.subscribe();
         let b = arc("s");
         let Registered::Pending(ticket) =
-            t.register(&b, 5, AckLevel::One, 1_000, vec![arc("x")], 1, None)
+            t.register(&b, seq(5), AckLevel::One, 1_000, vec![arc("x")], 1, None)
         else {
             panic!("should wait")
         };
-        t.on_ack(&b, &arc("x"), 4);
+        t.on_ack(&b, &arc("x"), seq(4));
         assert!(rx.try_recv().is_err());
-        t.on_ack(&b, &arc("x"), 5);
+        t.on_ack(&b, &arc("x"), seq(5));
         let o = rx.try_recv().unwrap();
         assert_eq!(
             (o.ticket, o.end, o.acked),
@@ -511,15 +524,15 @@ mod tests {
         let b = arc("s");
         // Alone: a majority of one is this peer.
         assert_eq!(
-            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 0, None),
+            t.register(&b, seq(1), AckLevel::Majority, 1_000, vec![], 0, None),
             Registered::Met(vec![])
         );
         // Three members (two others): one other ack makes two of three.
-        t.on_ack(&b, &arc("x"), 1);
+        t.on_ack(&b, &arc("x"), seq(1));
         assert_eq!(
             t.register(
                 &b,
-                1,
+                seq(1),
                 AckLevel::Majority,
                 1_000,
                 vec![arc("x"), arc("y")],
@@ -530,7 +543,7 @@ mod tests {
         );
         // Five members: two others needed.
         assert!(matches!(
-            t.register(&b, 1, AckLevel::Majority, 1_000, vec![], 4, None),
+            t.register(&b, seq(1), AckLevel::Majority, 1_000, vec![], 4, None),
             Registered::Pending(_)
         ));
     }
@@ -542,7 +555,7 @@ mod tests {
         let b = arc("s");
         let Registered::Pending(first) = t.register(
             &b,
-            1,
+            seq(1),
             AckLevel::All,
             1_000,
             vec![arc("x"), arc("y")],
@@ -551,7 +564,7 @@ mod tests {
         ) else {
             panic!()
         };
-        t.on_ack(&b, &arc("x"), 1);
+        t.on_ack(&b, &arc("x"), seq(1));
         t.on_peer_down("y");
         assert_eq!(
             rx.try_recv().unwrap(),
@@ -564,7 +577,7 @@ mod tests {
 
         let Registered::Pending(second) = t.register(
             &b,
-            2,
+            seq(2),
             AckLevel::All,
             1_000,
             vec![arc("x"), arc("z")],
@@ -573,7 +586,7 @@ mod tests {
         ) else {
             panic!()
         };
-        t.on_ack(&b, &arc("z"), 2);
+        t.on_ack(&b, &arc("z"), seq(2));
         t.expire(999);
         assert!(rx.try_recv().is_err());
         t.expire(1_000);

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::replication::clock::{Clock, TooFarAhead};
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use crate::replication::store::{
     Change, CollectedRecord, Lifetime, Merged, ScanCursor, Shown, Stamp, Store, Write,
@@ -240,7 +240,7 @@ impl Bucket {
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<u64>)],
+        superseded: &[(Arc<str>, Vec<Seq>)],
         superseders: Vec<(Origin, Write)>,
     ) -> Result<Merged, TooFarAhead> {
         let stamps = writes.iter().chain(superseders.iter().map(|(_, w)| w));

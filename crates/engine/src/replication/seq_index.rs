@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::replication::ranges::Seq;
+
 /// Top bit of a seq in `run`: the entry was removed (seqs never get that high).
 const REMOVED: u64 = 1 << 63;
 
@@ -18,6 +20,7 @@ fn live(entry: &(u64, u64)) -> bool {
     entry.0 & REMOVED == 0
 }
 
+/// Seqs are kept raw inside (the `REMOVED` bit is set in them); the methods take and give `Seq`.
 #[derive(Default, Debug)]
 pub struct SeqIndex {
     /// Sorted by seq; removed entries keep their place with `REMOVED` set in the seq.
@@ -28,7 +31,8 @@ pub struct SeqIndex {
 }
 
 impl SeqIndex {
-    pub fn insert(&mut self, seq: u64, hash: u64) {
+    pub fn insert(&mut self, seq: Seq, hash: u64) {
+        let seq = seq.get();
         debug_assert!(seq < REMOVED);
         if let Some(h) = self.side.get_mut(&seq) {
             *h = hash;
@@ -54,7 +58,8 @@ impl SeqIndex {
         }
     }
 
-    pub fn remove(&mut self, seq: u64) {
+    pub fn remove(&mut self, seq: Seq) {
+        let seq = seq.get();
         if self.side.remove(&seq).is_some() {
             return;
         }
@@ -74,7 +79,8 @@ impl SeqIndex {
     }
 
     /// Entries with seqs in `start..=end`, in order.
-    pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub fn range(&self, start: Seq, end: Seq) -> impl Iterator<Item = (Seq, u64)> + '_ {
+        let (start, end) = (start.get(), end.get());
         let from = self.run.partition_point(|e| seq_of(e) < start);
         let to = self.run.partition_point(|e| seq_of(e) <= end);
         let mut run = self.run[from..to]
@@ -92,6 +98,7 @@ impl SeqIndex {
             (Some(_), _) => run.next(),
             (None, _) => side.next(),
         })
+        .map(|(s, h)| (Seq::from(s), h))
     }
 
     pub fn len(&self) -> usize {
@@ -132,18 +139,19 @@ mod tests {
             let mut model = BTreeMap::new();
             for (insert, seq, hash) in ops {
                 if insert {
-                    index.insert(seq, hash);
+                    index.insert(Seq::from(seq), hash);
                     model.insert(seq, hash);
                 } else {
-                    index.remove(seq);
+                    index.remove(Seq::from(seq));
                     model.remove(&seq);
                 }
                 prop_assert_eq!(index.len(), model.len());
             }
-            let all: Vec<_> = index.range(0, u64::MAX).collect();
+            let raw = |(s, h): (Seq, u64)| (s.get(), h);
+            let all: Vec<_> = index.range(Seq::ZERO, Seq::MAX).map(raw).collect();
             let expected: Vec<_> = model.iter().map(|(&s, &h)| (s, h)).collect();
             prop_assert_eq!(all, expected);
-            let part: Vec<_> = index.range(100, 200).collect();
+            let part: Vec<_> = index.range(Seq::from(100), Seq::from(200)).map(raw).collect();
             let expected: Vec<_> = model.range(100..=200).map(|(&s, &h)| (s, h)).collect();
             prop_assert_eq!(part, expected);
         }
@@ -153,11 +161,11 @@ mod tests {
     fn ascending_inserts_stay_in_the_run() {
         let mut index = SeqIndex::default();
         for s in 1..=1000 {
-            index.insert(s, s * 7);
+            index.insert(Seq::from(s), s * 7);
         }
         assert!(index.side.is_empty());
         for s in 1..=600 {
-            index.remove(s);
+            index.remove(Seq::from(s));
         }
         assert_eq!(index.len(), 400);
         assert!(index.run.len() < 1000, "swept once half was removed");

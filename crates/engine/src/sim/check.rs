@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use crate::replication::acks::AckLevel;
 use crate::replication::clock::Hlc;
+use crate::replication::ranges::Seq;
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::{Change, Write};
 use crate::replication::value::{self, ValueRef};
@@ -63,7 +64,7 @@ pub struct WriteRec {
     pub deleted: bool,
     pub expires_ms: u64,
     /// The write's seq at its writer: with `replica` and `bucket`, its dot.
-    pub seq: u64,
+    pub seq: Seq,
     pub level: AckLevel,
     /// The writer ran with a data directory in strict durability: an `Acked` write was on its disk.
     pub strict: bool,
@@ -99,7 +100,7 @@ pub struct History {
 pub const FLIGHT_MS: u64 = 21;
 
 /// A write's dot: its bucket, origin replica and seq.
-pub type Dot = (Arc<str>, ReplicaId, u64);
+pub type Dot = (Arc<str>, ReplicaId, Seq);
 
 /// A touch as the checks need it.
 #[derive(Debug, Clone)]
@@ -762,7 +763,7 @@ mod tests {
             hlc: Hlc::from_parts(10, 0),
             deleted: false,
             expires_ms: 10_000,
-            seq: 1,
+            seq: Seq::FIRST,
             level: AckLevel::One,
             strict: false,
             status: Status::Local,
@@ -771,14 +772,14 @@ mod tests {
         let touch = Write {
             key: key.clone(),
             hlc: Hlc::from_parts(20, 0),
-            seq: 1,
+            seq: Seq::FIRST,
             value: None,
             expires_ms: 1_000,
             touch: true,
         };
         history.touch(&bucket, &n2, &touch);
-        let value_dot: Dot = (bucket.clone(), n1.clone(), 1);
-        let touch_dot: Dot = (bucket.clone(), n2.clone(), 1);
+        let value_dot: Dot = (bucket.clone(), n1.clone(), Seq::FIRST);
+        let touch_dot: Dot = (bucket.clone(), n2.clone(), Seq::FIRST);
         let (mut writer, mut receiver) = (Model::default(), Model::default());
         writer.poll(&mut history, "n1", 1, &mut |d| *d == value_dot, &mut |_| {
             false
@@ -830,7 +831,7 @@ mod tests {
             hlc: Hlc::from_parts(10, 0),
             deleted: false,
             expires_ms: 1_000,
-            seq: 1,
+            seq: Seq::FIRST,
             level: AckLevel::Local,
             strict: false,
             status: Status::Local,
@@ -839,16 +840,16 @@ mod tests {
         let touch = |hlc: u64, until: u64| Write {
             key: key.clone(),
             hlc: Hlc::from_parts(hlc, 0),
-            seq: 1,
+            seq: Seq::FIRST,
             value: None,
             expires_ms: until,
             touch: true,
         };
         history.touch(&bucket, &n0, &touch(20, 5_000));
         history.touch(&bucket, &n1, &touch(30, 2_000));
-        let value_dot: Dot = (bucket.clone(), n3.clone(), 1);
-        let older: Dot = (bucket.clone(), n0.clone(), 1);
-        let newest: Dot = (bucket.clone(), n1.clone(), 1);
+        let value_dot: Dot = (bucket.clone(), n3.clone(), Seq::FIRST);
+        let older: Dot = (bucket.clone(), n0.clone(), Seq::FIRST);
+        let newest: Dot = (bucket.clone(), n1.clone(), Seq::FIRST);
         let (mut sender, mut receiver, mut writer) =
             (Model::default(), Model::default(), Model::default());
         receiver.poll(&mut history, "n3", 1, &mut |d| *d == value_dot, &mut |_| {

@@ -9,7 +9,7 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::Entry;
 
@@ -48,7 +48,7 @@ pub(super) struct DiskTouch {
     pub(super) expires_ms: u64,
     pub(super) hlc: u64,
     pub(super) origin: ReplicaId,
-    pub(super) seq: u64,
+    pub(super) seq: Seq,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,7 +57,7 @@ pub(super) struct DiskEntry {
     pub(super) value: Option<Box<[u8]>>,
     pub(super) hlc: u64,
     pub(super) origin: ReplicaId,
-    pub(super) seq: u64,
+    pub(super) seq: Seq,
     pub(super) expires_ms: u64,
     pub(super) touch: Option<DiskTouch>,
 }
@@ -77,7 +77,7 @@ pub(super) struct BucketChanges {
     name: String,
     entries: Vec<(String, Option<DiskEntry>)>,
     contexts: Vec<(ReplicaId, SeqRanges)>,
-    markers: Vec<(ReplicaId, u64, Option<String>)>,
+    markers: Vec<(ReplicaId, Seq, Option<String>)>,
     collected_keys: Vec<(u64, Option<DiskCollected>)>,
     collected_beyond: Option<u64>,
     /// The whole collected vector (empty: unchanged).
@@ -90,7 +90,7 @@ pub(super) struct LegacyBucketChanges {
     name: String,
     entries: Vec<(String, Option<DiskEntry>)>,
     contexts: Vec<(ReplicaId, SeqRanges)>,
-    markers: Vec<(ReplicaId, u64, Option<String>)>,
+    markers: Vec<(ReplicaId, Seq, Option<String>)>,
     collected_keys: Vec<(u64, Option<(u64, u64)>)>,
     collected_beyond: Option<u64>,
     collected: Vec<(ReplicaId, SeqRanges)>,
@@ -186,7 +186,7 @@ impl BucketChanges {
         let origins: std::collections::HashSet<&ReplicaId> =
             later.contexts.iter().map(|(o, _)| o).collect();
         self.contexts.retain(|(o, _)| !origins.contains(o));
-        let markers: std::collections::HashSet<(&ReplicaId, u64)> =
+        let markers: std::collections::HashSet<(&ReplicaId, Seq)> =
             later.markers.iter().map(|(o, s, _)| (o, *s)).collect();
         self.markers.retain(|(o, s, _)| !markers.contains(&(o, *s)));
         let collected: std::collections::HashSet<u64> =
@@ -260,12 +260,12 @@ pub(super) fn write_changes(
             match key {
                 Some(k) => {
                     markers
-                        .insert((name, rid.as_slice(), *seq), k.as_str())
+                        .insert((name, rid.as_slice(), seq.get()), k.as_str())
                         .map_err(storage)?;
                 }
                 None => {
                     markers
-                        .remove((name, rid.as_slice(), *seq))
+                        .remove((name, rid.as_slice(), seq.get()))
                         .map_err(storage)?;
                 }
             }

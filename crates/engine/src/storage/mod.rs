@@ -46,7 +46,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use crate::error::Error;
 use crate::protocol::sync::Local;
 use crate::replication::clock::Hlc;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::{CollectedRecord, Entry, MemoryStore, TouchRegister};
 pub use flusher::Flusher;
@@ -398,7 +398,7 @@ impl Disk {
                     .entry(bucket.to_string())
                     .or_default()
                     .markers
-                    .push((replicas.intern(&rid), seq, v.value().into()));
+                    .push((replicas.intern(&rid), Seq::from(seq), v.value().into()));
             }
         }
         if let Ok(t) = tx.open_table(COLLECTED) {
@@ -509,7 +509,7 @@ impl Disk {
 struct Parts {
     entries: Vec<(Arc<str>, Entry)>,
     contexts: Vec<(crate::replication::replica::Origin, SeqRanges)>,
-    markers: Vec<(crate::replication::replica::Origin, u64, Arc<str>)>,
+    markers: Vec<(crate::replication::replica::Origin, Seq, Arc<str>)>,
     collected: Vec<(ReplicaId, SeqRanges)>,
     collected_keys: Vec<CollectedRecord>,
     collected_beyond: Hlc,

@@ -23,7 +23,7 @@ use peer_buckets_engine::Write;
 use peer_buckets_engine::{Clock, Hlc, ManualClock, PhysicalClock};
 use peer_buckets_engine::{Config, Node};
 use peer_buckets_engine::{Local, PullPlanner, Session};
-use peer_buckets_engine::{Origin, ReplicaId};
+use peer_buckets_engine::{Origin, ReplicaId, Seq};
 
 /// The wall clock's start in tests driven by hand (November 2023).
 pub const START_MS: u64 = 1_700_000_000_000;
@@ -55,7 +55,7 @@ pub fn write(key: &str, hlc: Hlc, seq: u64, v: Option<&str>) -> Write {
     Write {
         key: key.into(),
         hlc,
-        seq,
+        seq: Seq::from(seq),
         value: v.map(json),
         expires_ms: 0,
         touch: false,

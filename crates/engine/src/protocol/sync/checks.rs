@@ -7,7 +7,7 @@ use super::Local;
 use crate::error::LinkError;
 use crate::protocol::wire::{self, WireContext, MAX_BUCKET_NAME, MAX_KEY};
 use crate::replication::clock::TooFarAhead;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::Write;
 use crate::replication::value;
@@ -22,11 +22,11 @@ pub(super) fn check_bucket_name(name: &str) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// This replica's last seq in `bucket` (0 if it holds no such bucket).
-pub(super) fn own_last_seq(local: &Local, bucket: &str) -> u64 {
+/// This replica's last seq in `bucket` (`Seq::ZERO` if it holds no such bucket).
+pub(super) fn own_last_seq(local: &Local, bucket: &str) -> Seq {
     local
         .existing_bucket(bucket)
-        .map_or(0, |b| b.store().context_of(&local.me).max())
+        .map_or(Seq::ZERO, |b| b.store().context_of(&local.me).max())
 }
 
 /// Refuses a claim on this replica's own writes past its last seq: nobody can hold a write it never
@@ -35,7 +35,7 @@ pub(super) fn check_own_claim(
     local: &Local,
     bucket: &str,
     rid: &ReplicaId,
-    max: u64,
+    max: Seq,
 ) -> Result<(), LinkError> {
     if *rid != *local.me.id() {
         return Ok(());
@@ -68,7 +68,7 @@ pub(super) fn check_own_writes(
     origin: &ReplicaId,
     writes: &[Write],
 ) -> Result<(), LinkError> {
-    let max = writes.iter().map(|w| w.seq).max().unwrap_or(0);
+    let max = writes.iter().map(|w| w.seq).max().unwrap_or(Seq::ZERO);
     check_own_claim(local, bucket, origin, max)
 }
 
@@ -81,7 +81,7 @@ pub(super) fn check_writes(
         if w.key.is_empty() || w.key.len() > MAX_KEY {
             return Err(LinkError::Protocol(format!("key of {} bytes", w.key.len())));
         }
-        if w.seq == 0 || covered.is_some_and(|c| !c.contains(w.seq)) {
+        if w.seq == Seq::ZERO || covered.is_some_and(|c| !c.contains(w.seq)) {
             return Err(LinkError::Protocol(format!(
                 "write seq {} outside the batch's coverage",
                 w.seq

@@ -10,7 +10,7 @@ use crate::protocol::wire::{
 use crate::replication::acks::AckTracker;
 use crate::replication::bucket::Bucket;
 use crate::replication::clock::{Clock, TooFarAhead};
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::{Origin, ReplicaId, ReplicaTable};
 use crate::replication::store::{MemoryStore, Merged, Write};
 use parking_lot::{Mutex, RwLock};
@@ -331,7 +331,7 @@ impl Local {
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<u64>)],
+        superseded: &[(Arc<str>, Vec<Seq>)],
         superseders: Vec<(Origin, Write)>,
     ) -> Result<usize, LinkError> {
         let merged = bucket

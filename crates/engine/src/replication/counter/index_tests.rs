@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::replication::bucket::WriteSignal;
 use crate::replication::clock::{Clock, ManualClock, PhysicalClock};
+use crate::replication::ranges::Seq;
 use crate::replication::replica::{Origin, ReplicaId, ReplicaTable};
 use crate::replication::store::{ChunkLimits, MemoryStore};
 
@@ -77,7 +78,7 @@ fn ship(from: &Replica, to: &Replica) {
     let c = from
         .bucket
         .store()
-        .chunk(&from.origin, 1, u64::MAX, ChunkLimits::UNLIMITED);
+        .chunk(&from.origin, Seq::FIRST, Seq::MAX, ChunkLimits::UNLIMITED);
     to.bucket
         .merge_chunk(
             &from.origin,

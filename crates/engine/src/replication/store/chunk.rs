@@ -5,7 +5,7 @@
 //! superseded them, so a replica taking the coverage holds something at least as new.
 
 use super::Write;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ pub struct Chunk {
     pub superseders: Vec<(Origin, Write)>,
     /// The superseded seqs of the range, per key, so the receiver can relay them with their
     /// superseders in turn.
-    pub superseded: Vec<(Arc<str>, Vec<u64>)>,
+    pub superseded: Vec<(Arc<str>, Vec<Seq>)>,
 }
 
 /// What `Store::merge` did.

@@ -11,7 +11,7 @@
 //! drop, stand-in, restore) stored or removed it.
 
 use super::Entry;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use crate::replication::seq_index::SeqIndex;
 use std::collections::BTreeMap;
@@ -25,8 +25,9 @@ pub(super) struct OriginState {
     pub(super) index: SeqIndex,
     /// seq -> marker of this origin's writes that lost to a newer one, until every member holds the
     /// one that superseded them.
-    pub(super) superseded: BTreeMap<u64, Marker>,
-    /// The highest seq a chunk has covered: a write of this replica's own above it never left it.
+    pub(super) superseded: BTreeMap<Seq, Marker>,
+    /// The highest seq a chunk has covered, raw (`Seq::get`): a write of this replica's own above it
+    /// never left it.
     pub(super) shipped: std::sync::atomic::AtomicU64,
 }
 
@@ -34,7 +35,7 @@ pub(super) struct OriginState {
 pub(super) struct Marker {
     pub(super) key: Arc<str>,
     pub(super) by: Origin,
-    pub(super) by_seq: u64,
+    pub(super) by_seq: Seq,
 }
 
 /// A key and its registers, in one allocation, chained to the next record of its bucket.
@@ -183,7 +184,7 @@ impl Entries {
         &self,
         hash: u64,
         origin: &Origin,
-        seq: u64,
+        seq: Seq,
     ) -> Option<(&Arc<str>, &Entry)> {
         self.find(hash, |r| r.entry.write_for(&r.key, origin, seq).is_some())
             .map(|r| (&r.key, &r.entry))

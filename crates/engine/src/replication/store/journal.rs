@@ -5,7 +5,7 @@
 
 use super::{CollectedRecord, Entry};
 use crate::replication::clock::Hlc;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub(super) struct Journal {
     pub(super) keys: crate::hash::HashSet<Arc<str>>,
     pub(super) contexts: std::collections::BTreeSet<Origin>,
-    pub(super) markers: Vec<(Origin, u64, Option<Arc<str>>)>,
+    pub(super) markers: Vec<(Origin, Seq, Option<Arc<str>>)>,
     pub(super) collected: crate::hash::HashSet<u64>,
     pub(super) beyond: bool,
 }
@@ -25,7 +25,7 @@ pub(super) struct Journal {
 pub struct Changes {
     pub entries: Vec<(Arc<str>, Option<Entry>)>,
     pub contexts: Vec<(Origin, SeqRanges)>,
-    pub markers: Vec<(Origin, u64, Option<Arc<str>>)>,
+    pub markers: Vec<(Origin, Seq, Option<Arc<str>>)>,
     /// Collected-register records to put (or remove, when `None`), by fingerprint.
     pub collected: Vec<(u64, Option<CollectedRecord>)>,
     /// The newest forgotten collected time, when it moved.

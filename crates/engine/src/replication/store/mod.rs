@@ -60,7 +60,7 @@ mod state;
 mod tests;
 
 use crate::replication::clock::Clock;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use std::sync::Arc;
 
@@ -202,7 +202,7 @@ pub trait Store: Send + Sync + 'static {
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<u64>)],
+        superseded: &[(Arc<str>, Vec<Seq>)],
         superseders: Vec<(Origin, Write)>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged;
@@ -220,7 +220,7 @@ pub trait Store: Send + Sync + 'static {
     /// intersected with the context) and the current registers of keys whose writes in that part were
     /// superseded, and the touch register of every key whose value register it carries (newer than
     /// the value: it may have expired it). Read under one lock, so they agree.
-    fn chunk(&self, origin: &Origin, start: u64, end: u64, limits: ChunkLimits) -> Chunk;
+    fn chunk(&self, origin: &Origin, start: Seq, end: Seq, limits: ChunkLimits) -> Chunk;
     /// Visits every stored register under `prefix` (tombstones and expired entries too) as a write of
     /// its origin; what a partial fetch sends (so each counts as shipped, like a chunk's).
     fn scan_writes(&self, prefix: &str, f: &mut dyn FnMut(&Origin, Write));
@@ -251,7 +251,7 @@ pub trait Store: Send + Sync + 'static {
     fn collect(
         &self,
         older_than_ms: u64,
-        collectable: &mut dyn FnMut(&Origin, u64) -> bool,
+        collectable: &mut dyn FnMut(&Origin, Seq) -> bool,
     ) -> usize;
     /// Forgets the collected registers remembered under stamps before `before_ms`: from then on only
     /// the newest of their times stands for them, guarding every key with no live register (see
@@ -274,13 +274,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> usize;
     /// Drops superseded markers whose key's current registers `everywhere` accepts (every member holds
     /// them), or whose key is gone. Returns how many were dropped.
-    fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize;
+    fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, Seq) -> bool) -> usize;
     /// Superseded markers held now; for tests and stats.
     fn marker_count(&self) -> usize;
     /// The seqs of `origin` stored now (one per register), within `within`.
     fn stored_dots(&self, origin: &Origin, within: &SeqRanges) -> SeqRanges;
     /// The keys of the registers of `origin` stored now with a seq in `dots`, with those seqs.
-    fn keys_of_dots(&self, origin: &Origin, dots: &SeqRanges) -> Vec<(Arc<str>, u64)>;
+    fn keys_of_dots(&self, origin: &Origin, dots: &SeqRanges) -> Vec<(Arc<str>, Seq)>;
     /// The registers stored for each of `keys` (a tombstone's, an expired value's too) as writes of
     /// their origins, each counted as shipped, as a chunk's superseders are: what a resync's keyed
     /// question is answered with.

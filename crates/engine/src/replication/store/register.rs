@@ -9,6 +9,7 @@
 //! what is stored: `Entries::print`).
 
 use crate::replication::clock::Hlc;
+use crate::replication::ranges::Seq;
 use crate::replication::replica::Origin;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 pub struct Write {
     pub key: Arc<str>,
     pub hlc: Hlc,
-    pub seq: u64,
+    pub seq: Seq,
     /// Encoded value (see `value` module), or `None` for a delete (or a touch).
     pub value: Option<Box<[u8]>>,
     /// Absolute expiry in physical milliseconds since the epoch; 0 means never.
@@ -43,18 +44,18 @@ pub struct TouchRegister {
     pub expires_ms: u64,
     pub hlc: Hlc,
     pub origin: Origin,
-    pub seq: u64,
+    pub seq: Seq,
 }
 
 /// The registers stored for a key.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The value register: a value, or `None` for a tombstone (or, with `seq == 0`, no value register yet:
-    /// a touch that arrived before the write it touched).
+    /// The value register: a value, or `None` for a tombstone (or, with `seq == Seq::ZERO`, no value
+    /// register yet: a touch that arrived before the write it touched).
     pub value: Option<Box<[u8]>>,
     pub hlc: Hlc,
     pub origin: Origin,
-    pub seq: u64,
+    pub seq: Seq,
     /// Expiry written with the value.
     pub expires_ms: u64,
     pub touch: Option<Box<TouchRegister>>,
@@ -92,7 +93,7 @@ impl Entry {
     }
 
     pub(super) fn value_write(&self, key: &Arc<str>) -> Option<Write> {
-        (self.seq > 0).then(|| Write {
+        (self.seq > Seq::ZERO).then(|| Write {
             key: key.clone(),
             hlc: self.hlc,
             seq: self.seq,
@@ -129,7 +130,7 @@ impl Entry {
     /// same registers have the same sum of their entries' prints, in any order they stored them.
     pub fn print(&self, key: &str) -> u64 {
         let mut sum = 0u64;
-        if self.seq > 0 {
+        if self.seq > Seq::ZERO {
             let mut h = StableHash::register(key, &self.origin, self.seq, self.hlc);
             match &self.value {
                 Some(v) => {
@@ -151,7 +152,7 @@ impl Entry {
     }
 
     /// The register of `origin` with dot `seq`, as a write.
-    pub(super) fn write_for(&self, key: &Arc<str>, origin: &Origin, seq: u64) -> Option<Write> {
+    pub(super) fn write_for(&self, key: &Arc<str>, origin: &Origin, seq: Seq) -> Option<Write> {
         if self.seq == seq && self.origin == *origin {
             return self.value_write(key);
         }
@@ -181,12 +182,12 @@ pub fn key_fingerprint(key: &str) -> u64 {
 struct StableHash(u64);
 
 impl StableHash {
-    fn register(key: &str, origin: &Origin, seq: u64, hlc: Hlc) -> StableHash {
+    fn register(key: &str, origin: &Origin, seq: Seq, hlc: Hlc) -> StableHash {
         let mut h = StableHash(0x243f_6a88_85a3_08d3);
         h.bytes(key.as_bytes());
         h.bytes(origin.node().as_bytes());
         h.word(origin.id().incarnation);
-        h.word(seq);
+        h.word(seq.get());
         h.word(hlc.0);
         h
     }

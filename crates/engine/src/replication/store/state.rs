@@ -10,6 +10,7 @@ use super::{
     TouchRegister, Write,
 };
 use crate::replication::clock::Hlc;
+use crate::replication::ranges::Seq;
 use crate::replication::replica::Origin;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -60,26 +61,26 @@ impl State {
         }
     }
 
-    pub(super) fn note_marker(&mut self, origin: &Origin, seq: u64, key: Option<Arc<str>>) {
+    pub(super) fn note_marker(&mut self, origin: &Origin, seq: Seq, key: Option<Arc<str>>) {
         if let Some(j) = &mut self.journal {
             j.markers.push((origin.clone(), seq, key));
         }
     }
 
     /// Takes the next seq of this replica's own origin `me` into its context and returns it.
-    pub(super) fn next_own_seq(&mut self, me: &Origin) -> u64 {
+    pub(super) fn next_own_seq(&mut self, me: &Origin) -> Seq {
         let seq = self
             .origins
             .get(me)
-            .map_or(0, |o| o.context.max())
-            .checked_add(1)
+            .map_or(Seq::ZERO, |o| o.context.max())
+            .next()
             .expect("sequence numbers exhausted");
         self.see(me, seq);
         seq
     }
 
     /// Adds `seq` to `origin`'s context.
-    pub(super) fn see(&mut self, origin: &Origin, seq: u64) {
+    pub(super) fn see(&mut self, origin: &Origin, seq: Seq) {
         self.origin_mut(origin).context.insert(seq);
         self.note_context(origin);
     }
@@ -135,15 +136,15 @@ impl State {
         }
     }
 
-    pub(super) fn index_insert(&mut self, origin: &Origin, seq: u64, key: &str) {
-        if seq > 0 {
+    pub(super) fn index_insert(&mut self, origin: &Origin, seq: Seq, key: &str) {
+        if seq > Seq::ZERO {
             let hash = self.entries.hash(key);
             self.index_insert_hashed(origin, seq, hash);
         }
     }
 
-    pub(super) fn index_insert_hashed(&mut self, origin: &Origin, seq: u64, hash: u64) {
-        if seq > 0 {
+    pub(super) fn index_insert_hashed(&mut self, origin: &Origin, seq: Seq, hash: u64) {
+        if seq > Seq::ZERO {
             self.origin_mut(origin).index.insert(seq, hash);
         }
     }
@@ -154,17 +155,17 @@ impl State {
     pub(super) fn supersede(
         &mut self,
         origin: &Origin,
-        seq: u64,
+        seq: Seq,
         key: &Arc<str>,
-        by: (&Origin, u64),
+        by: (&Origin, Seq),
     ) {
-        if seq == 0 {
+        if seq == Seq::ZERO {
             return;
         }
         let own = self.me.as_ref() == Some(origin);
         let o = self.origin_mut(origin);
         o.index.remove(seq);
-        if own && seq > *o.shipped.get_mut() {
+        if own && seq.get() > *o.shipped.get_mut() {
             return;
         }
         o.superseded.insert(
@@ -232,7 +233,7 @@ impl State {
                     value: None,
                     hlc: Hlc(0),
                     origin: origin.clone(),
-                    seq: 0,
+                    seq: Seq::ZERO,
                     expires_ms: 0,
                     touch: Some(Box::new(TouchRegister {
                         expires_ms: w.expires_ms,
@@ -269,7 +270,7 @@ impl State {
             }
             (Some(mut r), true) => {
                 let e = &mut r.entry;
-                let beats_value = e.seq == 0 || beats(w.hlc, origin, e.hlc, &e.origin);
+                let beats_value = e.seq == Seq::ZERO || beats(w.hlc, origin, e.hlc, &e.origin);
                 let beats_touch = e
                     .touch
                     .as_ref()

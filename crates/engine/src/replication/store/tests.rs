@@ -4,7 +4,7 @@
 use super::*;
 use crate::replication::clock::{Clock, Hlc};
 use crate::replication::clock::{ManualClock, PhysicalClock};
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use crate::replication::replica::{ReplicaId, ReplicaTable};
 use proptest::prelude::*;
@@ -17,11 +17,16 @@ fn origin(t: &ReplicaTable, name: &str) -> Origin {
     })
 }
 
+/// The ranges of `r` as raw pairs.
+fn pairs(r: &SeqRanges) -> Vec<(u64, u64)> {
+    r.ranges().map(|(a, b)| (a.get(), b.get())).collect()
+}
+
 fn w(key: &str, hlc: u64, seq: u64, value: Option<&str>) -> Write {
     Write {
         key: key.into(),
         hlc: Hlc(hlc),
-        seq,
+        seq: Seq::from(seq),
         value: value.map(|v| v.as_bytes().into()),
         expires_ms: 0,
         touch: false,
@@ -99,10 +104,10 @@ fn superseded_writes_leave_the_index_but_stay_in_the_context() {
             &mut |_| {},
         );
     }
-    let c = s.chunk(&a, 1, 5, ChunkLimits::writes(100));
+    let c = s.chunk(&a, Seq::from(1), Seq::from(5), ChunkLimits::writes(100));
     assert_eq!(c.writes.len(), 1);
-    assert_eq!(c.writes[0].seq, 5);
-    assert_eq!(c.covered.ranges(), &[(1, 5)]);
+    assert_eq!(c.writes[0].seq, Seq::from(5));
+    assert_eq!(pairs(&c.covered), &[(1, 5)]);
     assert!(
         c.superseders.is_empty(),
         "the superseder is in the chunk itself"
@@ -128,18 +133,21 @@ fn a_chunk_covering_a_superseded_write_carries_its_superseder() {
         &SeqRanges::new(),
         &mut |_| {},
     );
-    let c = s.chunk(&a, 1, 2, ChunkLimits::writes(100));
+    let c = s.chunk(&a, Seq::from(1), Seq::from(2), ChunkLimits::writes(100));
     assert_eq!(c.writes.len(), 1);
-    assert_eq!(c.covered.ranges(), &[(1, 2)]);
+    assert_eq!(pairs(&c.covered), &[(1, 2)]);
     assert_eq!(c.superseders.len(), 1);
     assert_eq!(
         (c.superseders[0].0.clone(), c.superseders[0].1.seq),
-        (b.clone(), 1)
+        (b.clone(), Seq::from(1))
     );
     // Once every member holds b:1, the marker goes and chunks stop carrying it.
-    assert_eq!(s.compact_markers(&mut |o, seq| *o == b && seq == 1), 1);
+    assert_eq!(
+        s.compact_markers(&mut |o, seq| *o == b && seq == Seq::from(1)),
+        1
+    );
     assert!(s
-        .chunk(&a, 1, 2, ChunkLimits::writes(100))
+        .chunk(&a, Seq::from(1), Seq::from(2), ChunkLimits::writes(100))
         .superseders
         .is_empty());
 }
@@ -160,9 +168,9 @@ fn chunk_limit_cuts_coverage_at_the_last_write_sent() {
             &mut |_| {},
         );
     }
-    let c = s.chunk(&a, 1, 10, ChunkLimits::writes(4));
+    let c = s.chunk(&a, Seq::from(1), Seq::from(10), ChunkLimits::writes(4));
     assert_eq!(c.writes.len(), 4);
-    assert_eq!(c.covered.ranges(), &[(1, 4)]);
+    assert_eq!(pairs(&c.covered), &[(1, 4)]);
 }
 
 #[test]
@@ -186,15 +194,15 @@ fn chunk_bytes_limit_keeps_frames_small_but_always_moves() {
         max_writes: 1024,
         max_bytes: 250_000,
     };
-    let c = s.chunk(&a, 1, 10, limits);
+    let c = s.chunk(&a, Seq::from(1), Seq::from(10), limits);
     assert_eq!(c.writes.len(), 2);
-    assert_eq!(c.covered.ranges(), &[(1, 2)]);
+    assert_eq!(pairs(&c.covered), &[(1, 2)]);
     let tiny = ChunkLimits {
         max_writes: 1024,
         max_bytes: 1,
     };
     assert_eq!(
-        s.chunk(&a, 3, 10, tiny).writes.len(),
+        s.chunk(&a, Seq::from(3), Seq::from(10), tiny).writes.len(),
         1,
         "one write even when it alone is over"
     );
@@ -369,7 +377,7 @@ fn an_own_write_overwritten_before_any_chunk_covered_it_leaves_no_marker() {
         set(&i.to_string());
     }
     assert_eq!(s.marker_count(), 0, "none of them ever left this replica");
-    let chunk = s.chunk(&me, 1, 100, ChunkLimits::UNLIMITED);
+    let chunk = s.chunk(&me, Seq::from(1), Seq::from(100), ChunkLimits::UNLIMITED);
     assert_eq!((chunk.writes.len(), chunk.covered.count()), (1, 100));
     set("shipped over");
     assert_eq!(
@@ -398,15 +406,15 @@ fn an_own_write_shipped_as_a_superseder_is_covered_only_with_what_superseded_it(
         s.write_local(&me, &clock, "k", value, Lifetime::Forever, &mut |_| {})
     };
     set("mine");
-    let relayed = s.chunk(&a, 1, 1, ChunkLimits::UNLIMITED);
+    let relayed = s.chunk(&a, Seq::from(1), Seq::from(1), ChunkLimits::UNLIMITED);
     assert_eq!(relayed.superseders.len(), 1, "a's write travels with mine");
     set("again");
-    let own = s.chunk(&me, 1, 1, ChunkLimits::UNLIMITED);
-    assert_eq!(own.covered, SeqRanges::up_to(1));
-    let carried: Vec<u64> = own.superseders.iter().map(|(_, w)| w.seq).collect();
+    let own = s.chunk(&me, Seq::from(1), Seq::from(1), ChunkLimits::UNLIMITED);
+    assert_eq!(own.covered, SeqRanges::up_to(Seq::from(1)));
+    let carried: Vec<Seq> = own.superseders.iter().map(|(_, w)| w.seq).collect();
     assert_eq!(
         carried,
-        vec![2],
+        vec![Seq::from(2)],
         "seq 1 is claimed only with seq 2, which beat it"
     );
 }
@@ -439,7 +447,7 @@ fn a_collection_in_slices_drops_exactly_what_every_member_holds_and_keeps_the_re
     }
     assert_eq!(s.tombstone_count(), n);
     // Every third delete is not yet held everywhere; they are spread over every slice.
-    let held = |seq: u64| !seq.is_multiple_of(3);
+    let held = |seq: Seq| !seq.get().is_multiple_of(3);
     let expected = deletes.iter().filter(|&&seq| held(seq)).count();
     let mut asked = 0;
     let dropped = s.collect(20_000, &mut |_, seq| {
@@ -504,10 +512,13 @@ fn a_write_older_than_a_collected_tombstone_meets_a_stand_in() {
         "a tombstone at our highest place at or below the collected one (b's at 20; me > b)"
     );
     assert!(
-        s.context_of(&me).contains(1),
+        s.context_of(&me).contains(Seq::from(1)),
         "the stand-in is a write of this replica"
     );
-    assert!(s.context_of(&c).contains(1), "the old write's dot is held");
+    assert!(
+        s.context_of(&c).contains(Seq::from(1)),
+        "the old write's dot is held"
+    );
 
     // Newer writes are untouched: one newer than the collected tombstone wins as usual, and an old
     // write to a key that still holds an older register is plain last-writer-wins.
@@ -632,7 +643,7 @@ fn registers_of(s: &MemoryStore, origin: &Origin) -> Option<u64> {
         .origins
         .get(origin)?
         .index
-        .range(1, u64::MAX)
+        .range(Seq::FIRST, Seq::MAX)
         .filter_map(|(seq, hash)| state.entries.by_dot(hash, origin, seq))
         .map(|(_, e)| e.hlc.0);
     found.next()
@@ -915,7 +926,7 @@ proptest! {
         // their hlcs interleaved, so one origin never stamps two writes alike.
         let shift = |h: Vec<(usize, Write)>, part: u64| -> Vec<(usize, Write)> {
             h.into_iter().map(|(o, mut w)| {
-                w.seq += part * 1000;
+                w.seq = Seq::from(w.seq.get() + part * 1000);
                 w.hlc = Hlc(w.hlc.0 * 3 + part);
                 (o, w)
             }).collect()
@@ -1010,7 +1021,7 @@ fn guards_run(
         if ctx.is_empty() {
             continue;
         }
-        let chunk = from.chunk(from_me, 1, ctx.max(), ChunkLimits::UNLIMITED);
+        let chunk = from.chunk(from_me, Seq::from(1), ctx.max(), ChunkLimits::UNLIMITED);
         for (o, write) in chunk.superseders {
             let dot = SeqRanges::from_ranges([(write.seq, write.seq)]);
             to.merge(to_me, &o, vec![write], &dot, &mut |_| {});
@@ -1063,7 +1074,7 @@ fn absorb(into: &MemoryStore, from: &MemoryStore) {
         incarnation: 1,
     });
     for (origin, ctx) in from.context() {
-        let c = from.chunk(&origin, 1, ctx.max(), ChunkLimits::UNLIMITED);
+        let c = from.chunk(&origin, Seq::from(1), ctx.max(), ChunkLimits::UNLIMITED);
         for (o, w) in c.superseders {
             let seq = w.seq;
             into.merge(
@@ -1643,7 +1654,10 @@ fn the_stored_fingerprint_is_exact_after_every_path_that_changes_what_is_stored(
                 7 => {
                     let o = next(3) as usize;
                     let from = next(seqs[o] + 1);
-                    let dots = SeqRanges::from_ranges([(from.max(1), from.max(1) + next(4))]);
+                    let dots = SeqRanges::from_ranges([(
+                        Seq::from(from.max(1)),
+                        Seq::from(from.max(1) + next(4)),
+                    )]);
                     s.drop_dots(&others[o], &dots, &mut |_| {});
                     check(&s, "dropped dots");
                 }

@@ -10,7 +10,7 @@ use crate::protocol::sync::{
 };
 use crate::protocol::wire::{OpsBatch, MAX_KEY};
 use crate::replication::bucket::Bucket;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::Write;
 use std::collections::BTreeSet;
@@ -36,7 +36,7 @@ impl Session {
         for w in &superseders {
             check_writes(std::slice::from_ref(*w), None)?;
         }
-        let written: BTreeSet<u64> = writes.iter().map(|w| w.seq).collect();
+        let written: BTreeSet<Seq> = writes.iter().map(|w| w.seq).collect();
         for (key, seqs) in &batch.superseded {
             if key.is_empty() || key.len() > MAX_KEY {
                 return Err(LinkError::Protocol(format!("key of {} bytes", key.len())));

@@ -12,7 +12,7 @@ use crate::protocol::sync::{
 };
 use crate::protocol::wire::{ContextPart, Message, WireWrite};
 use crate::replication::bucket::Bucket;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::{Origin, ReplicaId};
 use crate::replication::store::Write;
 use std::collections::{BTreeMap, BTreeSet};
@@ -167,14 +167,14 @@ impl Session {
         });
         // Parts as (first seq, last seq, superseders, their bytes).
         let mut parts = Vec::new();
-        let (mut from, mut superseders, mut bytes) = (1, Vec::new(), 0);
+        let (mut from, mut superseders, mut bytes) = (Seq::FIRST, Vec::new(), 0);
         if let Some(b) = &b {
             let store = b.store();
-            for &(start, end) in covered.difference(&held).ranges() {
+            for (start, end) in covered.difference(&held).ranges() {
                 let mut at = start;
                 while at <= end {
                     let chunk = store.chunk(&o, at, end, CHUNK_LIMITS);
-                    let Some(&(_, hi)) = chunk.covered.ranges().last() else {
+                    let Some((_, hi)) = chunk.covered.ranges().next_back() else {
                         break;
                     };
                     for (so, w) in chunk.superseders {
@@ -184,16 +184,16 @@ impl Session {
                     if superseders.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES {
                         parts.push((from, hi, std::mem::take(&mut superseders), bytes));
                         bytes = 0;
-                        from = hi.saturating_add(1);
+                        from = hi.next().unwrap_or(Seq::MAX);
                     }
-                    match hi.checked_add(1) {
+                    match hi.next() {
                         Some(next) => at = next,
                         None => break,
                     }
                 }
             }
         }
-        parts.push((from, u64::MAX, superseders, bytes));
+        parts.push((from, Seq::MAX, superseders, bytes));
         let count = parts.len();
         for (i, (lo, hi, superseders, bytes)) in parts.into_iter().enumerate() {
             let covered = covered.clamp(lo, hi);

@@ -181,11 +181,11 @@ pub(super) fn send_ranges(
     sent: &mut SeqRanges,
     buf: &mut Vec<u8>,
 ) -> Result<bool, LinkError> {
-    for &(start, end) in ranges.ranges() {
+    for (start, end) in ranges.ranges() {
         let mut from = start;
         while from <= end {
             let chunk = bucket.store().chunk(origin, from, end, CHUNK_LIMITS);
-            let Some(&(_, covered_end)) = chunk.covered.ranges().last() else {
+            let Some((_, covered_end)) = chunk.covered.ranges().next_back() else {
                 break;
             };
             has.union_with(&chunk.covered);
@@ -203,9 +203,12 @@ pub(super) fn send_ranges(
                 superseded: chunk.superseded,
             });
             wire::encode_frame(&msg, buf)?;
-            from = covered_end + 1;
             if buf.len() >= SEND_BUDGET {
                 return Ok(true);
+            }
+            match covered_end.next() {
+                Some(next) => from = next,
+                None => break,
             }
         }
     }

@@ -7,6 +7,7 @@
 //! is collected stays remembered by key, so a write it beat that arrives later is answered.
 
 use crate::replication::clock::Hlc;
+use crate::replication::ranges::Seq;
 use crate::replication::replica::Origin;
 use crate::replication::store::{key_fingerprint, Collected, CollectedRecord, Shown, State, Write};
 
@@ -23,7 +24,7 @@ pub(crate) const COLLECT_SLICE: usize = 1_024;
 pub(super) fn collect_slice(
     state: &mut State,
     older_than_ms: u64,
-    collectable: &mut dyn FnMut(&Origin, u64) -> bool,
+    collectable: &mut dyn FnMut(&Origin, Seq) -> bool,
     most: usize,
     keep: &mut Vec<(u64, std::sync::Arc<str>)>,
 ) -> (usize, bool) {
@@ -43,7 +44,7 @@ pub(super) fn collect_slice(
         }
         let everywhere = e.writes(&key).all(|(o, w)| collectable(&o, w.seq));
         if everywhere {
-            let value = (e.seq > 0).then(|| Collected {
+            let value = (e.seq > Seq::ZERO).then(|| Collected {
                 hlc: e.hlc,
                 origin: Some(e.origin.clone()),
             });
@@ -135,7 +136,7 @@ pub(super) fn learn_collected(
 /// `Store::compact_markers` on the state the caller holds locked exclusively.
 pub(super) fn compact_markers(
     state: &mut State,
-    everywhere: &mut dyn FnMut(&Origin, u64) -> bool,
+    everywhere: &mut dyn FnMut(&Origin, Seq) -> bool,
 ) -> usize {
     let state = &mut *state;
     let entries = &state.entries;

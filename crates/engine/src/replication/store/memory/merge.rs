@@ -8,7 +8,7 @@
 
 use crate::hash::{HashMap, HashSet};
 use crate::replication::clock::Hlc;
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use crate::replication::store::{Marker, Merged, Shown, State, Write};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub(super) fn merge_chunk(
     origin: &Origin,
     writes: Vec<Write>,
     covered: &SeqRanges,
-    superseded: &[(Arc<str>, Vec<u64>)],
+    superseded: &[(Arc<str>, Vec<Seq>)],
     superseders: Vec<(Origin, Write)>,
     on_change: &mut dyn FnMut(Shown<'_>),
 ) -> Merged {
@@ -33,7 +33,7 @@ pub(super) fn merge_chunk(
         .get(origin)
         .map(|o| o.context.clone())
         .unwrap_or_default();
-    let fresh_superseded: Vec<(&Arc<str>, u64)> = superseded
+    let fresh_superseded: Vec<(&Arc<str>, Seq)> = superseded
         .iter()
         .flat_map(|(key, seqs)| seqs.iter().map(move |&seq| (key, seq)))
         .filter(|&(_, seq)| !known.contains(seq))
@@ -68,7 +68,7 @@ pub(super) fn merge_chunk(
             let current = state
                 .entries
                 .get(&w.key)
-                .filter(|e| e.seq > 0)
+                .filter(|e| e.seq > Seq::ZERO)
                 .map(|e| (e.hlc, e.origin.clone(), e.value.is_none()));
             let current = current.as_ref().map(|(h, o, t)| (*h, o, *t));
             if let Some(hlc) = state.collected.stand_in_time(&w, &o, current, me) {
@@ -92,7 +92,7 @@ pub(super) fn merge_chunk(
         let by = state
             .entries
             .get_key_value(key)
-            .filter(|(_, e)| e.seq > 0)
+            .filter(|(_, e)| e.seq > Seq::ZERO)
             .map(|(k, e)| (k.clone(), e.origin.clone(), e.seq));
         if let Some((key, by, by_seq)) = by {
             state.origin_mut(origin).superseded.insert(
@@ -117,11 +117,10 @@ pub(super) fn drop_dots(
     on_change: &mut dyn FnMut(Shown<'_>),
 ) -> usize {
     let swept = state.swept_until;
-    let found: Vec<(u64, Arc<str>)> = match state.origins.get(origin) {
+    let found: Vec<(Seq, Arc<str>)> = match state.origins.get(origin) {
         Some(o) => dots
             .ranges()
-            .iter()
-            .flat_map(|&(a, b)| o.index.range(a, b))
+            .flat_map(|(a, b)| o.index.range(a, b))
             .filter_map(|(s, hash)| {
                 let (key, _) = state.entries.by_dot(hash, origin, s)?;
                 Some((s, key.clone()))
@@ -151,7 +150,7 @@ pub(super) fn drop_dots(
         let left = if value_dot {
             e.touch.is_some()
         } else {
-            e.seq > 0
+            e.seq > Seq::ZERO
         };
         if !left {
             state.remove_entry(key);
@@ -176,7 +175,7 @@ pub(super) fn drop_dots(
             let e = &mut r.entry;
             e.value = None;
             e.hlc = Hlc(0);
-            e.seq = 0;
+            e.seq = Seq::ZERO;
             e.expires_ms = 0;
             e.origin = e.touch.as_ref().expect("left").origin.clone();
         } else {
@@ -308,7 +307,7 @@ pub(super) fn restore_registers(
             .get(origin)
             .is_some_and(|o| o.context.contains(w.seq));
         // A dot not covered here comes by the sync, with its coverage and what backs it.
-        if w.seq == 0 || !covered {
+        if w.seq == Seq::ZERO || !covered {
             continue;
         }
         // A collected register this replica remembers for the key beats it, or is it: the key's
@@ -329,7 +328,7 @@ pub(super) fn restore_registers(
                 state
                     .entries
                     .get(&w.key)
-                    .filter(|e| e.seq > 0)
+                    .filter(|e| e.seq > Seq::ZERO)
                     .is_none_or(|e| e.value.is_none()),
             );
         if collected || forgotten {

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::hash::HashMap;
 use crate::replication::clock::{Clock, Hlc};
-use crate::replication::ranges::SeqRanges;
+use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use parking_lot::{RwLock, RwLockWriteGuard};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -118,7 +118,7 @@ impl MemoryStore {
     pub fn restore(
         entries: Vec<(Arc<str>, Entry)>,
         contexts: Vec<(Origin, SeqRanges)>,
-        markers: Vec<(Origin, u64, Arc<str>)>,
+        markers: Vec<(Origin, Seq, Arc<str>)>,
         mut collected: Vec<CollectedRecord>,
         collected_beyond: Hlc,
         journaled: bool,
@@ -139,7 +139,7 @@ impl MemoryStore {
         }
         // Each marker looks its key up: a search of the entries per marker was quadratic in the
         // size of a directory whose keys were all rewritten.
-        let current: HashMap<&str, (&Origin, u64)> = if markers.is_empty() {
+        let current: HashMap<&str, (&Origin, Seq)> = if markers.is_empty() {
             HashMap::default()
         } else {
             entries
@@ -166,10 +166,10 @@ impl MemoryStore {
         drop(current);
         // What was covered before the restart may have been shipped.
         for o in state.origins.values_mut() {
-            *o.shipped.get_mut() = o.context.max();
+            *o.shipped.get_mut() = o.context.max().get();
         }
         for (key, entry) in entries {
-            let registers: Vec<(Origin, u64)> =
+            let registers: Vec<(Origin, Seq)> =
                 entry.writes(&key).map(|(o, w)| (o, w.seq)).collect();
             state.tally(&entry, 1);
             state.entries.insert(Record::new(key.clone(), entry));
@@ -342,7 +342,7 @@ impl Store for MemoryStore {
         origin: &Origin,
         writes: Vec<Write>,
         covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<u64>)],
+        superseded: &[(Arc<str>, Vec<Seq>)],
         superseders: Vec<(Origin, Write)>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
@@ -415,7 +415,7 @@ impl Store for MemoryStore {
             .unwrap_or_default()
     }
 
-    fn chunk(&self, origin: &Origin, start: u64, end: u64, limits: ChunkLimits) -> Chunk {
+    fn chunk(&self, origin: &Origin, start: Seq, end: Seq, limits: ChunkLimits) -> Chunk {
         ship::chunk(&self.state.read(), origin, start, end, limits)
     }
 
@@ -427,7 +427,7 @@ impl Store for MemoryStore {
                     // Sent out (a partial fetch): an own write may be elsewhere from now on.
                     if let Some(st) = state.origins.get(&o) {
                         st.shipped
-                            .fetch_max(w.seq, std::sync::atomic::Ordering::Relaxed);
+                            .fetch_max(w.seq.get(), std::sync::atomic::Ordering::Relaxed);
                     }
                     f(&o, w);
                 }
@@ -468,7 +468,7 @@ impl Store for MemoryStore {
     fn collect(
         &self,
         older_than_ms: u64,
-        collectable: &mut dyn FnMut(&Origin, u64) -> bool,
+        collectable: &mut dyn FnMut(&Origin, Seq) -> bool,
     ) -> usize {
         let mut keep = Vec::new();
         let mut dropped = 0;
@@ -542,7 +542,7 @@ impl Store for MemoryStore {
         state.origins.values().map(|o| o.superseded.len()).sum()
     }
 
-    fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, u64) -> bool) -> usize {
+    fn compact_markers(&self, everywhere: &mut dyn FnMut(&Origin, Seq) -> bool) -> usize {
         collect::compact_markers(&mut self.write(), everywhere)
     }
 
@@ -550,7 +550,7 @@ impl Store for MemoryStore {
         let state = self.state.read();
         let mut out = SeqRanges::new();
         if let Some(o) = state.origins.get(origin) {
-            for &(a, b) in within.ranges() {
+            for (a, b) in within.ranges() {
                 for seq in o.index.range(a, b).map(|(s, _)| s) {
                     out.insert(seq);
                 }
@@ -608,14 +608,13 @@ impl Store for MemoryStore {
         })
     }
 
-    fn keys_of_dots(&self, origin: &Origin, dots: &SeqRanges) -> Vec<(Arc<str>, u64)> {
+    fn keys_of_dots(&self, origin: &Origin, dots: &SeqRanges) -> Vec<(Arc<str>, Seq)> {
         let state = self.state.read();
         let Some(o) = state.origins.get(origin) else {
             return Vec::new();
         };
         dots.ranges()
-            .iter()
-            .flat_map(|&(a, b)| o.index.range(a, b))
+            .flat_map(|(a, b)| o.index.range(a, b))
             .filter_map(|(s, hash)| {
                 let (key, _) = state.entries.by_dot(hash, origin, s)?;
                 Some((key.clone(), s))
@@ -631,7 +630,7 @@ impl Store for MemoryStore {
                 for (o, w) in e.writes(k) {
                     if let Some(st) = state.origins.get(&o) {
                         st.shipped
-                            .fetch_max(w.seq, std::sync::atomic::Ordering::Relaxed);
+                            .fetch_max(w.seq.get(), std::sync::atomic::Ordering::Relaxed);
                     }
                     out.push((o, w));
                 }

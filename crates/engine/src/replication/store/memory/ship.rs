@@ -5,6 +5,7 @@
 //! range unaccounted for), and a superseded seq travels with what superseded it.
 
 use crate::hash::{HashMap, HashSet};
+use crate::replication::ranges::Seq;
 use crate::replication::replica::Origin;
 use crate::replication::store::{Chunk, ChunkLimits, State, Write};
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 pub(super) fn chunk(
     state: &State,
     origin: &Origin,
-    start: u64,
-    end: u64,
+    start: Seq,
+    end: Seq,
     limits: ChunkLimits,
 ) -> Chunk {
     let Some(o) = state.origins.get(origin) else {
@@ -28,7 +29,7 @@ pub(super) fn chunk(
     let mut replaced = o.superseded.range(start..=end).peekable();
     // Lookups into what the chunk holds so far (a search of it per write was quadratic in the
     // chunk's size): the superseders' dots and keys, and each superseded key's place.
-    let mut superseder_dots: HashSet<(Origin, u64)> = HashSet::default();
+    let mut superseder_dots: HashSet<(Origin, Seq)> = HashSet::default();
     let mut superseder_keys: HashSet<Arc<str>> = HashSet::default();
     let mut superseded_at: HashMap<Arc<str>, usize> = HashMap::default();
     loop {
@@ -82,7 +83,7 @@ pub(super) fn chunk(
             + if is_stored { 0 } else { 8 };
         let count = chunk.writes.len() + chunk.superseders.len();
         if count > 0 && (count >= limits.max_writes || bytes + size > limits.max_bytes) {
-            last = seq - 1;
+            last = seq.prev().expect("a write's seq is at least 1");
             break;
         }
         bytes += size;
@@ -108,22 +109,22 @@ pub(super) fn chunk(
     }
     // A superseder that is itself one of the chunk's writes need not travel twice.
     if chunk.superseders.iter().any(|(o, _)| o == origin) {
-        let written: HashSet<u64> = chunk.writes.iter().map(|w| w.seq).collect();
+        let written: HashSet<Seq> = chunk.writes.iter().map(|w| w.seq).collect();
         chunk
             .superseders
             .retain(|(o, w)| !(o == origin && written.contains(&w.seq)));
     }
     chunk.covered = o.context.clamp(start, last);
-    if let Some(&(_, high)) = chunk.covered.ranges().last() {
+    if let Some((_, high)) = chunk.covered.ranges().next_back() {
         o.shipped
-            .fetch_max(high, std::sync::atomic::Ordering::Relaxed);
+            .fetch_max(high.get(), std::sync::atomic::Ordering::Relaxed);
     }
     // A superseder leaves too: an own write among them may be elsewhere from now on, and must
     // leave a marker when it is overwritten.
     for (other, w) in &chunk.superseders {
         if let Some(st) = state.origins.get(other) {
             st.shipped
-                .fetch_max(w.seq, std::sync::atomic::Ordering::Relaxed);
+                .fetch_max(w.seq.get(), std::sync::atomic::Ordering::Relaxed);
         }
     }
     chunk
