@@ -1,6 +1,6 @@
 //! The peer-buckets sync engine, with no Node.js in it: `cargo test` covers all of it.
 //!
-//! Layout: four layers, each a folder, each importing only the layers listed before it, and a few
+//! Layout: five layers, each a folder, each importing only the layers listed before it, and a few
 //! crate-wide modules beside them.
 //! - `replication/`, the replicated data without I/O: `clock` (the hybrid logical clock every write
 //!   is stamped with), `replica` (who wrote a value, interned as `Origin`), `ranges` (`Seq`, the
@@ -24,10 +24,11 @@
 //!   `config` (how a node is started), `shared` (what every task of a node shares), `link` (one
 //!   connection to one peer: handshake, then the session's frames both ways), `resolve` (seed names
 //!   looked up again as the cluster changes);
-//! - crate-wide: `error`, `hash` (the engine's hash maps, with a fixed seed under the simulation),
-//!   `warning` (the node-wide warning sink), `report` (log lines and events without a flood),
-//!   `stamps` (latency stamps of a write's stages, feature `stamps`), and `sim` (feature `sim`: the
-//!   whole-node deterministic simulation and its history checker).
+//! - crate-wide: `error` (the one module that imports upward: a link's closing causes are types of
+//!   `net::secure` and `protocol::wire`), `hash` (the engine's hash maps, with a fixed seed under
+//!   the simulation), `warning` (the node-wide warning sink), `report` (log lines and events
+//!   without a flood), `stamps` (latency stamps of a write's stages, feature `stamps`), and `sim`
+//!   (feature `sim`: the whole-node deterministic simulation and its history checker).
 //!
 //! Locks (`parking_lot`; none is held across an `.await`, which the compiler enforces in spawned
 //! tasks since their guards are not `Send`). Where several are held at once they are taken in this
