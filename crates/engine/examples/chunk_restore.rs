@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use peer_buckets_engine::value;
+use peer_buckets_engine::Incoming;
 use peer_buckets_engine::{
     ChunkLimits, Entry, Hlc, MemoryStore, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
 };
@@ -83,7 +84,13 @@ fn main() {
         })
         .collect();
     let covered = SeqRanges::from_ranges([(Seq::from(1), Seq::from(n))]);
-    store.merge_chunk(&me, &writer, values, &covered, &[], touches, &mut |_| {});
+    let chunk = Incoming {
+        writes: values,
+        covered: &covered,
+        superseded: &[],
+        superseders: touches,
+    };
+    store.merge_chunk(&me, &writer, chunk, &mut |_| {});
     for (name, limits) in [
         (
             "cut at 1,024 writes",

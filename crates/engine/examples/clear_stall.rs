@@ -16,20 +16,11 @@ use peer_buckets_engine::{
     Clock, Lifetime, ManualClock, MemoryStore, ReplicaId, ReplicaTable, Store,
 };
 
+mod common;
+use common::cpu_time;
+
 /// Deletes between two collection rounds.
 const ROUND_EVERY: usize = 1_000;
-
-/// The time this thread has spent on a CPU.
-fn cpu_time() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
-    assert!(ok, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
 
 /// The longest of a kind of section: wall-clock time and the delete count it came at, and CPU time
 /// and the delete count it came at.

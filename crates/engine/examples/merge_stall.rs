@@ -15,20 +15,11 @@ use peer_buckets_engine::{
     Hlc, MemoryStore, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
 };
 
+mod common;
+use common::cpu_time;
+
 /// Writes per chunk, as `sync` cuts them.
 const CHUNK: usize = 1024;
-
-/// The time this thread has spent on a CPU.
-fn cpu_time() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
-    assert!(ok, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
 
 fn main() {
     let n: usize = std::env::args()

@@ -89,5 +89,7 @@ pub use node::shared::Shared;
 pub use protocol::collect::Collector;
 pub use protocol::sync::{Inbound, Local, PullPlanner, Session, OWED_LIMIT};
 pub use replication::ranges::{Seq, SeqRanges};
-pub use replication::store::{key_fingerprint, ChunkLimits, Entry, MemoryStore, ScanCursor, Store};
+pub use replication::store::{
+    key_fingerprint, ChunkLimits, Entry, Incoming, MemoryStore, ScanCursor, Store,
+};
 pub use storage::sim::{FaultKind, Faults, SimDisk};

@@ -17,7 +17,7 @@ use peer_buckets_engine::wire::Message;
 use peer_buckets_engine::Bucket;
 use peer_buckets_engine::ManualClock;
 use peer_buckets_engine::ReplicaId;
-use peer_buckets_engine::{Change, ChunkLimits, Lifetime};
+use peer_buckets_engine::{Change, ChunkLimits, Incoming, Lifetime};
 use peer_buckets_engine::{Local, Session};
 use peer_buckets_engine::{Seq, SeqRanges};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -179,7 +179,15 @@ fn deliver(to: &Replica, s: Shipment) {
         .collect();
     let origin = to.local.replicas().intern(&s.origin);
     to.bucket
-        .merge_chunk(&origin, s.writes, &s.covered, &s.superseded, superseders)
+        .merge_chunk(
+            &origin,
+            Incoming {
+                writes: s.writes,
+                covered: &s.covered,
+                superseded: &s.superseded,
+                superseders,
+            },
+        )
         .expect("clocks within the allowed skew");
 }
 

@@ -11,8 +11,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::replication::clock::{Clock, TooFarAhead};
-use crate::replication::ranges::{Seq, SeqRanges};
+use crate::replication::ranges::SeqRanges;
 use crate::replication::replica::Origin;
+use crate::replication::store::Incoming;
 use crate::replication::store::{
     Change, CollectedRecord, Lifetime, Merged, ScanCursor, Shown, Stamp, Store, Write,
 };
@@ -230,20 +231,14 @@ impl Bucket {
         writes: Vec<Write>,
         covered: &SeqRanges,
     ) -> Result<Merged, TooFarAhead> {
-        self.merge_chunk(origin, writes, covered, &[], Vec::new())
+        self.merge_chunk(origin, Incoming::writes(writes, covered))
     }
 
     /// Merges a chunk from another replica in one step, with the superseded seqs it covered and the
     /// registers it carries for them (see `Store::merge_chunk`); refused whole like `merge`.
-    pub fn merge_chunk(
-        &self,
-        origin: &Origin,
-        writes: Vec<Write>,
-        covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<Seq>)],
-        superseders: Vec<(Origin, Write)>,
-    ) -> Result<Merged, TooFarAhead> {
-        let stamps = writes.iter().chain(superseders.iter().map(|(_, w)| w));
+    pub fn merge_chunk(&self, origin: &Origin, chunk: Incoming<'_>) -> Result<Merged, TooFarAhead> {
+        let registers = chunk.superseders.iter().map(|(_, w)| w);
+        let stamps = chunk.writes.iter().chain(registers);
         if let Some(max) = stamps.map(|w| w.hlc).max() {
             self.clock.observe(max)?;
         }
@@ -251,20 +246,14 @@ impl Bucket {
         // never shown live, and one that hides a live value is reported as its expiry.
         self.expire(self.now_ms());
         let listening = self.has_subscriber.load(Ordering::Acquire);
-        let merged = self.store.merge_chunk(
-            &self.me,
-            origin,
-            writes,
-            covered,
-            superseded,
-            superseders,
-            &mut |shown| {
+        let merged = self
+            .store
+            .merge_chunk(&self.me, origin, chunk, &mut |shown| {
                 self.watched(shown.key, shown.value.is_some());
                 if listening {
                     self.emit(shown, origin, false)
                 }
-            },
-        );
+            });
         if merged.stand_ins > 0 {
             tracing::debug!(bucket = %self.name, count = merged.stand_ins, "stand-in tombstones for writes older than collected ones");
             self.signal.local_write();

@@ -67,8 +67,8 @@ pub struct SeqRanges {
 }
 
 impl SeqRanges {
-    pub fn new() -> Self {
-        SeqRanges::default()
+    pub const fn new() -> Self {
+        SeqRanges { ranges: Vec::new() }
     }
 
     /// The set `1..=n` (empty when `n == 0`).

@@ -10,6 +10,7 @@ use crate::hash::HashMap;
 use crate::replication::bucket::Bucket;
 use crate::replication::ranges::SeqRanges;
 use crate::replication::replica::Origin;
+use crate::replication::store::Incoming;
 use crate::replication::store::Write;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -138,7 +139,7 @@ impl Session {
         }
         if !values.is_empty() {
             let touches = self.fetch_touches.take_for(id, &values);
-            local.merge_chunk(bucket, origin, values, &SeqRanges::new(), &[], touches)?;
+            local.merge_chunk(bucket, origin, Incoming::registers(values, touches))?;
         }
         Ok(())
     }

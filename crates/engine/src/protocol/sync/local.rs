@@ -10,8 +10,9 @@ use crate::protocol::wire::{
 use crate::replication::acks::AckTracker;
 use crate::replication::bucket::Bucket;
 use crate::replication::clock::{Clock, TooFarAhead};
-use crate::replication::ranges::{Seq, SeqRanges};
+use crate::replication::ranges::SeqRanges;
 use crate::replication::replica::{Origin, ReplicaId, ReplicaTable};
+use crate::replication::store::Incoming;
 use crate::replication::store::{MemoryStore, Merged, Write};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet};
@@ -320,7 +321,7 @@ impl Local {
         writes: Vec<Write>,
         covered: &SeqRanges,
     ) -> Result<usize, LinkError> {
-        self.merge_chunk(bucket, origin, writes, covered, &[], Vec::new())
+        self.merge_chunk(bucket, origin, Incoming::writes(writes, covered))
     }
 
     /// `merge` of a whole chunk: the superseded seqs it covered and the registers it carries with
@@ -329,13 +330,10 @@ impl Local {
         &self,
         bucket: &Bucket,
         origin: &Origin,
-        writes: Vec<Write>,
-        covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<Seq>)],
-        superseders: Vec<(Origin, Write)>,
+        chunk: Incoming<'_>,
     ) -> Result<usize, LinkError> {
         let merged = bucket
-            .merge_chunk(origin, writes, covered, superseded, superseders)
+            .merge_chunk(origin, chunk)
             .map_err(|e| self.skew_refused(e))?;
         self.count_merged(merged);
         Ok(merged.fresh)

@@ -12,7 +12,7 @@ use crate::replication::bucket::WriteSignal;
 use crate::replication::clock::{Clock, ManualClock, PhysicalClock};
 use crate::replication::ranges::Seq;
 use crate::replication::replica::{Origin, ReplicaId, ReplicaTable};
-use crate::replication::store::{ChunkLimits, MemoryStore};
+use crate::replication::store::{ChunkLimits, Incoming, MemoryStore};
 
 const TTL: u64 = 5_000;
 const KEYS: usize = 4;
@@ -82,10 +82,12 @@ fn ship(from: &Replica, to: &Replica) {
     to.bucket
         .merge_chunk(
             &from.origin,
-            c.writes,
-            &c.covered,
-            &c.superseded,
-            c.superseders,
+            Incoming {
+                writes: c.writes,
+                covered: &c.covered,
+                superseded: &c.superseded,
+                superseders: c.superseders,
+            },
         )
         .expect("one clock");
 }

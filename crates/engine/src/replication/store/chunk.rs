@@ -47,6 +47,44 @@ pub struct Chunk {
     pub superseded: Vec<(Arc<str>, Vec<Seq>)>,
 }
 
+/// A chunk as it is merged (`Store::merge_chunk`): writes of one origin, the seqs of that origin
+/// they stand for, and what backs coverage claimed without its writes: per key, the superseded seqs
+/// covered, and the registers (of any origin, each covering its own dot) that superseded them. A
+/// fetch's or a resync's answer claims no coverage: registers alone.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    pub writes: Vec<Write>,
+    pub covered: &'a SeqRanges,
+    pub superseded: &'a [(Arc<str>, Vec<Seq>)],
+    pub superseders: Vec<(Origin, Write)>,
+}
+
+/// The empty set, for chunks that claim no coverage.
+static NOTHING_COVERED: SeqRanges = SeqRanges::new();
+
+impl<'a> Incoming<'a> {
+    /// Writes that stand for `covered`, nothing superseded among them.
+    pub fn writes(writes: Vec<Write>, covered: &'a SeqRanges) -> Incoming<'a> {
+        Incoming {
+            writes,
+            covered,
+            superseded: &[],
+            superseders: Vec::new(),
+        }
+    }
+
+    /// Registers that claim only their own dots: `writes` of the chunk's origin and `registers` of
+    /// any origin.
+    pub fn registers(writes: Vec<Write>, registers: Vec<(Origin, Write)>) -> Incoming<'a> {
+        Incoming {
+            writes,
+            covered: &NOTHING_COVERED,
+            superseded: &[],
+            superseders: registers,
+        }
+    }
+}
+
 /// What `Store::merge` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Merged {

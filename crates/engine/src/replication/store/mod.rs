@@ -64,7 +64,7 @@ use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
 use std::sync::Arc;
 
-pub use chunk::{Chunk, ChunkLimits, Merged};
+pub use chunk::{Chunk, ChunkLimits, Incoming, Merged};
 pub use collected::CollectedRecord;
 use collected::{Collected, CollectedKeys};
 use entries::{Entries, Marker, OriginState, Record};
@@ -185,7 +185,7 @@ pub trait Store: Send + Sync + 'static {
         covered: &SeqRanges,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
-        self.merge_chunk(me, origin, writes, covered, &[], Vec::new(), on_change)
+        self.merge_chunk(me, origin, Incoming::writes(writes, covered), on_change)
     }
     /// `merge` of a whole chunk in one step: its `superseders` (registers of any origin, each
     /// covering its own dot) with its writes, touch registers first, so that listeners hear each
@@ -195,15 +195,11 @@ pub trait Store: Send + Sync + 'static {
     /// (per key: the chunk covered them without their writes, which lost to the key's registers) that
     /// were new here. A chunk this replica sends later that covers them then carries the key's
     /// registers too, as the first sender's did.
-    #[allow(clippy::too_many_arguments)]
     fn merge_chunk(
         &self,
         me: &Origin,
         origin: &Origin,
-        writes: Vec<Write>,
-        covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<Seq>)],
-        superseders: Vec<(Origin, Write)>,
+        chunk: Incoming<'_>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged;
     /// Reports (through `on_expired`) every key whose value expired by `now_ms` since the last call,

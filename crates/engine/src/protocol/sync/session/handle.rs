@@ -11,13 +11,13 @@ use crate::protocol::sync::{
     own_last_seq, Local,
 };
 use crate::protocol::wire::{Message, MAX_KEY};
-use crate::replication::ranges::SeqRanges;
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::CollectedRecord;
 use crate::replication::store::Write;
 use std::sync::atomic::Ordering;
 
 use super::{Inbound, Session};
+use crate::replication::store::Incoming;
 
 impl Session {
     /// Applies one message from the other end.
@@ -235,7 +235,7 @@ impl Session {
                     .into_iter()
                     .map(|(rid, w)| (local.replicas.intern(&rid), w))
                     .collect();
-                local.merge_chunk(&b, &o, Vec::new(), &SeqRanges::new(), &[], superseders)?;
+                local.merge_chunk(&b, &o, Incoming::registers(Vec::new(), superseders))?;
                 // What is still stored of what it reports superseded came without a superseder (it
                 // compacted the marker naming the key, or holds nothing of the key any more):
                 // asked again by key, and dropped only with the answer, after what it holds there.

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use super::Session;
+use crate::replication::store::Incoming;
 
 impl Session {
     pub(in crate::protocol::sync) fn apply_ops(
@@ -108,13 +109,16 @@ impl Session {
             .into_iter()
             .map(|(rid, w)| (local.replicas.intern(&rid), w))
             .collect();
+        let covered = batch.covered.intersect(&backed);
         let fresh = local.merge_chunk(
             &bucket,
             &origin,
-            writes,
-            &batch.covered.intersect(&backed),
-            &batch.superseded,
-            superseders,
+            Incoming {
+                writes,
+                covered: &covered,
+                superseded: &batch.superseded,
+                superseders,
+            },
         )?;
         if origin != self.peer {
             local

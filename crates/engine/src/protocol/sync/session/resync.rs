@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use super::Session;
+use crate::replication::store::Incoming;
 use std::sync::Arc;
 
 impl Session {
@@ -342,7 +343,7 @@ impl Session {
             .filter(|(_, w)| answering.contains_key(&w.key))
             .map(|(rid, w)| (local.replicas.intern(&rid), w))
             .collect();
-        local.merge_chunk(&b, &o, Vec::new(), &SeqRanges::new(), &[], registers)?;
+        local.merge_chunk(&b, &o, Incoming::registers(Vec::new(), registers))?;
         let mut dots = SeqRanges::new();
         for d in answering.values() {
             dots.union_with(d);

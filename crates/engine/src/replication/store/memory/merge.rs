@@ -10,22 +10,24 @@ use crate::hash::{HashMap, HashSet};
 use crate::replication::clock::Hlc;
 use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
-use crate::replication::store::{Marker, Merged, Shown, State, Write};
+use crate::replication::store::{Incoming, Marker, Merged, Shown, State, Write};
 use std::sync::Arc;
 
 /// `Store::merge_chunk` on the state the caller holds locked exclusively (its arguments, as the
 /// trait's).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn merge_chunk(
     state: &mut State,
     me: &Origin,
     origin: &Origin,
-    writes: Vec<Write>,
-    covered: &SeqRanges,
-    superseded: &[(Arc<str>, Vec<Seq>)],
-    superseders: Vec<(Origin, Write)>,
+    chunk: Incoming<'_>,
     on_change: &mut dyn FnMut(Shown<'_>),
 ) -> Merged {
+    let Incoming {
+        writes,
+        covered,
+        superseded,
+        superseders,
+    } = chunk;
     state.name_me(me);
     // Superseded dots new here: known before the writes and the coverage land.
     let known = state

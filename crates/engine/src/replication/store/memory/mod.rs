@@ -25,6 +25,7 @@ use crate::hash::HashMap;
 use crate::replication::clock::{Clock, Hlc};
 use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
+use crate::replication::store::Incoming;
 use parking_lot::{RwLock, RwLockWriteGuard};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -340,22 +341,10 @@ impl Store for MemoryStore {
         &self,
         me: &Origin,
         origin: &Origin,
-        writes: Vec<Write>,
-        covered: &SeqRanges,
-        superseded: &[(Arc<str>, Vec<Seq>)],
-        superseders: Vec<(Origin, Write)>,
+        chunk: Incoming<'_>,
         on_change: &mut dyn FnMut(Shown<'_>),
     ) -> Merged {
-        merge::merge_chunk(
-            &mut self.write(),
-            me,
-            origin,
-            writes,
-            covered,
-            superseded,
-            superseders,
-            on_change,
-        )
+        merge::merge_chunk(&mut self.write(), me, origin, chunk, on_change)
     }
 
     fn expire(&self, now_ms: u64, on_expired: &mut dyn FnMut(&Arc<str>)) {
