@@ -12,12 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::value;
-use peer_buckets_engine::{
-    Clock, Lifetime, ManualClock, MemoryStore, ReplicaId, ReplicaTable, Store,
-};
+use peer_buckets_engine::{Clock, Lifetime, ManualClock, MemoryStore, ReplicaTable, Store};
 
 mod common;
-use common::cpu_time;
+use common::{cpu_time, keys_arg, origin};
 
 /// Deletes between two collection rounds.
 const ROUND_EVERY: usize = 1_000;
@@ -56,15 +54,9 @@ impl Longest {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = keys_arg(1_000_000);
     let table = ReplicaTable::new();
-    let me = table.intern(&ReplicaId {
-        node: "server".into(),
-        incarnation: 1,
-    });
+    let me = origin(&table, "server");
     let clock = Clock::new(Box::new(ManualClock::new(1_764_000_000_000)));
     let value = value::encode_json(&format!(
         "{{\"user\":\"user-00000\",\"roles\":[\"reader\",\"writer\"],\"csrf\":\"{}\",\"ip\":\"10.1.2.3\"}}",

@@ -11,30 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::value;
-use peer_buckets_engine::{
-    Hlc, MemoryStore, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
-};
+use peer_buckets_engine::{Hlc, MemoryStore, ReplicaTable, Seq, SeqRanges, Store, Write};
 
 mod common;
-use common::cpu_time;
+use common::{cpu_time, keys_arg, origin};
 
 /// Writes per chunk, as `sync` cuts them.
 const CHUNK: usize = 1024;
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = keys_arg(1_000_000);
     let table = ReplicaTable::new();
-    let me = table.intern(&ReplicaId {
-        node: "joiner".into(),
-        incarnation: 1,
-    });
-    let holder = table.intern(&ReplicaId {
-        node: "holder".into(),
-        incarnation: 1,
-    });
+    let me = origin(&table, "joiner");
+    let holder = origin(&table, "holder");
     let value = value::encode_json(&format!(
         "{{\"user\":\"user-00000\",\"roles\":[\"reader\",\"writer\"],\"csrf\":\"{}\",\"ip\":\"10.1.2.3\"}}",
         "x".repeat(120)

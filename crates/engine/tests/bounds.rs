@@ -504,9 +504,6 @@ async fn a_compressed_frame_that_lies_about_its_size_closes_the_link() {
     victim.close(Duration::from_secs(1)).await;
 }
 
-/// Fetch ids of repairs carry this bit (`sync::digest::REPAIR_IDS`, which the wire fixes).
-const REPAIR_BIT: u64 = 1 << 63;
-
 /// A member that asks for repairs of a bucket 200 times in a row (a repair's fetch asks the other end
 /// to repair from it in turn) makes the node fetch the bucket from it once, not 200 times: a bucket
 /// is repaired from one link at most once per `REPAIR_EVERY_MS` (a minute), whoever asks. Each of its
@@ -519,7 +516,7 @@ async fn a_member_asking_for_repairs_over_and_over_gets_one_repair_fetch_per_int
     let asker = keep_talking(writer);
     let mut frames = Vec::new();
     for k in 1..=200 {
-        encode_frame(&fetch(REPAIR_BIT | k), &mut frames).unwrap();
+        encode_frame(&fetch(wire::REPAIR_IDS | k), &mut frames).unwrap();
     }
     asker.send(frames).unwrap();
     let (started, window) = (Instant::now(), Duration::from_secs(2));
@@ -529,7 +526,7 @@ async fn a_member_asking_for_repairs_over_and_over_gets_one_repair_fetch_per_int
             break;
         };
         match read.unwrap().0 {
-            Message::FetchRequest { id, bucket, .. } if id & REPAIR_BIT != 0 => {
+            Message::FetchRequest { id, bucket, .. } if id & wire::REPAIR_IDS != 0 => {
                 assert_eq!(&*bucket, BUCKET);
                 repair_fetches += 1;
             }

@@ -3,33 +3,24 @@
 //! than a tombstone this replica collected must lose to it, whether the collected record is still
 //! remembered by key or only its time stands for it (`forget_collected`), as a merged one does.
 
-use peer_buckets_engine::{
-    Hlc, MemoryStore, Origin, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
-};
+use peer_buckets_engine::{Hlc, MemoryStore, Origin, ReplicaTable, Seq, SeqRanges, Store, Write};
+
+mod common;
+use common::{rid, write};
 
 fn origin(t: &ReplicaTable, name: &str) -> Origin {
-    t.intern(&ReplicaId {
-        node: name.into(),
-        incarnation: 1,
-    })
+    t.intern(&rid(name))
 }
 
-fn w(key: &str, hlc: u64, seq: u64, value: Option<&str>) -> Write {
-    Write {
-        key: key.into(),
-        hlc: Hlc(hlc),
-        seq: Seq::from(seq),
-        value: value.map(|v| v.as_bytes().into()),
-        expires_ms: 0,
-        touch: false,
-    }
+/// A write of `key` stamped `hlc` (the JSON string `v`, or a tombstone).
+fn w(key: &str, hlc: u64, seq: u64, v: Option<&str>) -> Write {
+    write(key, Hlc(hlc), seq, v)
 }
 
-fn get(s: &MemoryStore, key: &str) -> Option<String> {
+/// What `s` shows for `key`, as stored.
+fn get(s: &MemoryStore, key: &str) -> Option<Vec<u8>> {
     let mut out = None;
-    s.read(key, &|| 0, &mut |v| {
-        out = Some(String::from_utf8(v.to_vec()).unwrap())
-    });
+    s.read(key, &|| 0, &mut |v| out = Some(v.to_vec()));
     out
 }
 

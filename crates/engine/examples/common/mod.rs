@@ -1,7 +1,26 @@
-//! What the engine's stall examples share: the CPU time of the calling thread, which tells what a
-//! section itself cost whatever the machine's load.
+//! What the engine's stall examples share: how many keys a run takes, the origin of a replica, and
+//! the CPU time of the calling thread, which tells what a section itself cost whatever the
+//! machine's load.
 
 use std::time::Duration;
+
+use peer_buckets_engine::{Origin, ReplicaId, ReplicaTable};
+
+/// The number of keys a run takes: its first argument, else `default`.
+pub fn keys_arg(default: usize) -> usize {
+    std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Replica `node` in its first incarnation, interned in `table`.
+pub fn origin(table: &ReplicaTable, node: &str) -> Origin {
+    table.intern(&ReplicaId {
+        node: node.into(),
+        incarnation: 1,
+    })
+}
 
 /// The time this thread has spent on a CPU (`CLOCK_THREAD_CPUTIME_ID`).
 pub fn cpu_time() -> Duration {

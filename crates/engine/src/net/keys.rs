@@ -38,15 +38,14 @@ fn storage(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// This node's key pair: the one in `dir` (created there on first start), or one for this process.
+/// `dir` is the data directory, opened first (`Disk::open_with`): that start's directory sync makes
+/// the name of a key file an earlier, failed start left there durable before the key is used.
 pub fn identity(fs: &dyn FileSystem, dir: Option<&Path>) -> Result<Identity, Error> {
     let Some(dir) = dir else {
         return Ok(Identity::generate());
     };
     let path = dir.join(NODE_KEY_FILE);
     if let Some(text) = fs.read(&path).map_err(|e| storage("read", &path, e))? {
-        // The start that made the file may have failed at its directory sync: its name is made
-        // durable before the key is used, so that a crash never swaps the directory's key.
-        fs.sync_dir(dir).map_err(|e| storage("sync", dir, e))?;
         let private = std::str::from_utf8(&text)
             .ok()
             .and_then(key_from_hex)

@@ -48,6 +48,10 @@ use crate::replication::store::Write;
 pub const PROTOCOL_VERSION: u8 = 11;
 /// Flag on a frame's version byte: its payload is a size and an LZ4 block of plain frames.
 pub const COMPRESSED: u8 = 0x80;
+/// A `FetchRequest` whose id carries this bit is a repair's (anti-entropy, `sync::digest`): its
+/// sender found the bucket apart and asks the receiver to repair from it in turn. A node's `fetch()`
+/// ids count up from 1 and never reach it.
+pub const REPAIR_IDS: u64 = 1 << 63;
 /// Frames shorter than this, together, travel as they are: LZ4 saves too little on them to pay its
 /// cost (a lone small write, a ping, an ack).
 pub const COMPRESS_MIN: usize = 512;

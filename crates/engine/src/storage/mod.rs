@@ -95,23 +95,20 @@ pub struct Disk {
 fn open_database(fs: &dyn FileSystem, dir: &Path) -> Result<Database, Error> {
     let path = dir.join(DB_FILE);
     let builder = redb::Builder::new();
-    fs.exists(&path)
-        .map_err(redb::DatabaseError::from)
-        .and_then(|there| match there {
-            true => Ok(()),
-            // redb syncs the file it creates (its magic number last); the database is closed before
-            // the file takes its name.
-            false => fs::create_whole(fs, dir, DB_FILE, |making| {
+    let open = || -> Result<Database, redb::DatabaseError> {
+        if !fs.exists(&path)? {
+            // redb syncs the file it creates (its magic number last); the database is closed
+            // before the file takes its name.
+            fs::create_whole(fs, dir, DB_FILE, |making| {
                 fs.database(&builder, making).map(drop)
-            }),
-        })
-        .and_then(|()| fs.database(&builder, &path))
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                Error::DataDirInUse(dir.display().to_string())
-            }
-            other => storage(other),
-        })
+            })?;
+        }
+        fs.database(&builder, &path)
+    };
+    open().map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::DataDirInUse(dir.display().to_string()),
+        other => storage(other),
+    })
 }
 
 impl Disk {
@@ -187,11 +184,6 @@ impl Disk {
             _ => fresh_incarnation,
         };
         let wal = Self::recover(&*fs, &db, dir, legacy_log)?;
-        // The names of the database and the log are durable before anything is stored under them: the
-        // start that made either may have failed at its directory sync, leaving a name a crash undoes
-        // (every write stored since would go with it). One directory sync per start.
-        fs.sync_dir(dir)
-            .map_err(|e| Error::Storage(format!("cannot sync {}: {e}", dir.display())))?;
         // From now on a crash must not be taken for a clean stop.
         let tx = db.begin_write().map_err(storage)?;
         {
@@ -262,6 +254,12 @@ impl Disk {
             }
         };
         let (mut wal, records) = Wal::open(fs, dir, checkpointed, legacy)?;
+        // The names of the database, the log and the node's key are durable before anything is
+        // stored under them (the replay below, the writes after) or the key is used: the start that
+        // made one may have failed at its directory sync, leaving a name a crash undoes, with
+        // everything stored since. One directory sync per start, here.
+        fs.sync_dir(dir)
+            .map_err(|e| Error::Storage(format!("cannot sync {}: {e}", dir.display())))?;
         if let Some(last) = records.last().map(|r| r.seq) {
             let changes: Vec<BucketChanges> = records.into_iter().flat_map(|r| r.buckets).collect();
             let tx = db.begin_write().map_err(storage)?;
@@ -537,6 +535,57 @@ pub(crate) mod tests {
         local
     }
 
+    /// The seeds a sweep test runs: `a-b` from the environment variable `var`, else `default`.
+    fn seeds_from_env(var: &str, default: (u64, u64)) -> (u64, u64) {
+        std::env::var(var)
+            .ok()
+            .and_then(|r| {
+                let (a, b) = r.split_once('-')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .unwrap_or(default)
+    }
+
+    /// Starts the directory `dir` of `disk` through a mount whose directory syncs fail as `script`
+    /// says (`DirSyncFails`).
+    fn start_scripted(
+        disk: &sim::SimDisk,
+        dir: &Path,
+        script: &[bool],
+        incarnation: u64,
+    ) -> Result<Opened, Error> {
+        Disk::open_with(
+            Arc::new(DirSyncFails::new(disk.mount(), script)),
+            dir,
+            Some("n"),
+            incarnation,
+        )
+    }
+
+    /// Writes `k` on `opened`, which must report it stored (logged, as a strict write settles, when
+    /// `logged`; else committed to redb).
+    fn store_k(opened: &mut Opened, logged: bool) {
+        let l = local("n", opened.incarnation);
+        opened.disk.load(&l).unwrap();
+        l.bucket("s").write(
+            "k",
+            Some(crate::replication::value::encode_json("1")),
+            Lifetime::Forever,
+        );
+        let stored = match logged {
+            true => opened.disk.log(&l),
+            false => opened.disk.flush(&l),
+        };
+        assert!(stored.unwrap(), "the write is reported stored");
+    }
+
+    /// Whether the directory, as `opened`, holds `k`.
+    fn holds_k(mut opened: Opened) -> bool {
+        let l = local("n", opened.incarnation);
+        opened.disk.load(&l).unwrap();
+        value_of(&l, "k").is_some()
+    }
+
     fn value_of(local: &Local, key: &str) -> Option<Vec<u8>> {
         let mut out = None;
         local.bucket("s").read(key, &mut |v| out = Some(v.to_vec()));
@@ -809,23 +858,11 @@ pub(crate) mod tests {
             disk.set_faults(Faults::default());
             let mut opened = Disk::open_with(Arc::new(disk.mount()), dir, Some("n"), 2)
                 .unwrap_or_else(|e| panic!("seed {seed}: the next start fails: {e}"));
-            let l = local("n", opened.incarnation);
-            opened.disk.load(&l).unwrap();
-            l.bucket("s").write(
-                "k",
-                Some(crate::replication::value::encode_json("1")),
-                Lifetime::Forever,
-            );
-            assert!(opened.disk.log(&l).unwrap());
+            store_k(&mut opened, true);
             opened.disk.mark_clean().unwrap();
             drop(opened);
-            let mut again = Disk::open_with(Arc::new(disk.mount()), dir, Some("n"), 3).unwrap();
-            let l = local("n", again.incarnation);
-            again.disk.load(&l).unwrap();
-            assert!(
-                value_of(&l, "k").is_some(),
-                "seed {seed}: the write is kept"
-            );
+            let again = Disk::open_with(Arc::new(disk.mount()), dir, Some("n"), 3).unwrap();
+            assert!(holds_k(again), "seed {seed}: the write is kept");
         }
         assert!(cut_short > 0, "no start was cut short partway through");
     }
@@ -896,14 +933,7 @@ pub(crate) mod tests {
     fn a_write_stored_after_a_failed_directory_sync_of_the_new_database_survives_a_crash() {
         let disk = sim::SimDisk::new(1);
         let dir = Path::new("/sim/dbname");
-        let start = |script: &[bool], incarnation| {
-            Disk::open_with(
-                Arc::new(DirSyncFails::new(disk.mount(), script)),
-                dir,
-                Some("n"),
-                incarnation,
-            )
-        };
+        let start = |script: &[bool], incarnation| start_scripted(&disk, dir, script, incarnation);
         assert!(
             start(&[true], 1).is_err(),
             "start 1: the directory sync after the rename fails"
@@ -913,24 +943,11 @@ pub(crate) mod tests {
             start(&[true], 2).is_err(),
             "start 2: the directory sync of the new log fails"
         );
-        {
-            let mut opened = start(&[], 3).expect("start 3 works");
-            let l = local("n", opened.incarnation);
-            opened.disk.load(&l).unwrap();
-            l.bucket("s").write(
-                "k",
-                Some(crate::replication::value::encode_json("1")),
-                Lifetime::Forever,
-            );
-            assert!(opened.disk.flush(&l).unwrap(), "the write is stored");
-            disk.crash();
-        }
+        store_k(&mut start(&[], 3).expect("start 3 works"), false);
+        disk.crash();
         disk.power_on();
-        let mut opened = start(&[], 4).expect("start 4 works");
-        let l = local("n", opened.incarnation);
-        opened.disk.load(&l).unwrap();
         assert!(
-            value_of(&l, "k").is_some(),
+            holds_k(start(&[], 4).expect("start 4 works")),
             "a write reported stored is lost: the database's name was never made durable"
         );
     }
@@ -943,36 +960,16 @@ pub(crate) mod tests {
     fn a_logged_write_survives_a_crash_after_a_start_whose_log_directory_sync_failed() {
         let disk = sim::SimDisk::new(2);
         let dir = Path::new("/sim/walname");
-        let start = |script: &[bool], incarnation| {
-            Disk::open_with(
-                Arc::new(DirSyncFails::new(disk.mount(), script)),
-                dir,
-                Some("n"),
-                incarnation,
-            )
-        };
+        let start = |script: &[bool], incarnation| start_scripted(&disk, dir, script, incarnation);
         assert!(
             start(&[false, true], 1).is_err(),
             "start 1: the database is made whole, the log's directory sync fails"
         );
-        {
-            let mut opened = start(&[], 2).expect("start 2 works");
-            let l = local("n", opened.incarnation);
-            opened.disk.load(&l).unwrap();
-            l.bucket("s").write(
-                "k",
-                Some(crate::replication::value::encode_json("1")),
-                Lifetime::Forever,
-            );
-            assert!(opened.disk.log(&l).unwrap(), "the write is logged: settled");
-            disk.crash();
-        }
+        store_k(&mut start(&[], 2).expect("start 2 works"), true);
+        disk.crash();
         disk.power_on();
-        let mut opened = start(&[], 3).expect("start 3 works");
-        let l = local("n", opened.incarnation);
-        opened.disk.load(&l).unwrap();
         assert!(
-            value_of(&l, "k").is_some(),
+            holds_k(start(&[], 3).expect("start 3 works")),
             "a settled write is lost: the log's name was never made durable"
         );
     }
@@ -987,13 +984,7 @@ pub(crate) mod tests {
     fn seeded_failed_starts_and_crashes_never_keep_a_working_start_out_nor_lose_a_stored_write() {
         use rand::{Rng, SeedableRng};
         use sim::{FaultKind, Faults, SimDisk};
-        let (from, to) = std::env::var("START_SWEEP")
-            .ok()
-            .and_then(|r| {
-                let (a, b) = r.split_once('-')?;
-                Some((a.parse().ok()?, b.parse().ok()?))
-            })
-            .unwrap_or((0u64, 63u64));
+        let (from, to) = seeds_from_env("START_SWEEP", (0, 63));
         let mut failed_starts = 0;
         for seed in from..=to {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -1321,13 +1312,7 @@ pub(crate) mod tests {
     fn seeded_disk_faults_and_crashes_lose_no_stored_write_and_claim_none_unstored() {
         use rand::{Rng, SeedableRng};
         use sim::{FaultKind, Faults, SimDisk};
-        let (from, to) = std::env::var("DISK_SWEEP")
-            .ok()
-            .and_then(|r| {
-                let (a, b) = r.split_once('-')?;
-                Some((a.parse().ok()?, b.parse().ok()?))
-            })
-            .unwrap_or((0u64, 24u64));
+        let (from, to) = seeds_from_env("DISK_SWEEP", (0, 24));
         for seed in from..=to {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let disk = SimDisk::new(seed);

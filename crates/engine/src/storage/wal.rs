@@ -99,8 +99,8 @@ pub(super) struct Wal {
 
 impl Wal {
     /// Reads the log of `dir` (`legacy`: written by format 2): the records newer than `checkpointed`,
-    /// in order, and the log opened for appending after them (the file made full size and durable
-    /// first).
+    /// in order, and the log opened for appending after them (the file made full size and synced
+    /// first; its name is made durable by the caller's directory sync, `Disk::recover`).
     pub(super) fn open(
         fs: &dyn FileSystem,
         dir: &Path,
@@ -120,7 +120,6 @@ impl Wal {
             let zeros = vec![0u8; (CHECKPOINT_BYTES - len) as usize];
             file.write_at(len, &zeros).map_err(storage)?;
             file.sync_data().map_err(storage)?;
-            fs.sync_dir(dir).map_err(storage)?;
         }
         let wal = Wal {
             file,

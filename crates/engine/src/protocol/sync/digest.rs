@@ -34,7 +34,7 @@
 //! collected at one end before the other differs for a moment in honest runs). Then this replica
 //! fetches what the other end stores in that bucket and merges it as a restore
 //! (`Store::restore_registers`); the other end, asked so (a repair's fetch id carries
-//! `REPAIR_IDS`), does the same at once, since while writes flow one way only one end may ever see
+//! `wire::REPAIR_IDS`), does the same at once, since while writes flow one way only one end may ever see
 //! the contexts equal at a round: both converge on the last-writer-wins winner per key. Invariant: a repair fetch goes out at most once per
 //! `REPAIR_EVERY_MS` per bucket per link (a member reporting false fingerprints costs its victim one
 //! bounded answer per interval), and never against a stale or refused peer. In an honest cluster a
@@ -42,7 +42,7 @@
 
 use super::{Local, Session};
 use crate::error::LinkError;
-use crate::protocol::wire::{self, Message};
+use crate::protocol::wire::{self, Message, REPAIR_IDS};
 use crate::replication::bucket::Bucket;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,8 +60,6 @@ pub const REFRESH_MOST: usize = 32;
 pub const DIVERGED_AFTER_MS: u64 = 10_000;
 /// A bucket is repaired from one link at most once in this many ms.
 pub const REPAIR_EVERY_MS: u64 = 60_000;
-/// Fetch ids of repairs carry this bit: a node's `fetch()` ids count up from 1 and never reach it.
-pub(super) const REPAIR_IDS: u64 = 1 << 63;
 
 /// A fingerprint of a bucket's encoded digest frames, to tell whether they changed: two 64-bit
 /// SipHash values (the standard library's, seeded alike), 128 bits in all.

@@ -5,12 +5,12 @@
 //! any of them is applied.
 
 use crate::error::LinkError;
-use crate::protocol::sync::digest::{reported_context, REPAIR_IDS};
+use crate::protocol::sync::digest::reported_context;
 use crate::protocol::sync::{
     check_bucket_name, check_own_claims, check_own_writes, check_possible, check_writes,
     own_last_seq, Local,
 };
-use crate::protocol::wire::{Message, MAX_KEY};
+use crate::protocol::wire::{Message, MAX_KEY, REPAIR_IDS};
 use crate::replication::replica::ReplicaId;
 use crate::replication::store::CollectedRecord;
 use crate::replication::store::Write;

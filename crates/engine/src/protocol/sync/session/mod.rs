@@ -126,7 +126,7 @@ pub struct Session {
     pub(super) diverging: BTreeSet<Arc<str>>,
     /// Repairs asked on this link (fetch id -> bucket, and the registers they changed so far).
     pub(super) repairs: BTreeMap<u64, (Arc<str>, usize)>,
-    /// Repairs asked on this link so far: the next one's id, below `digest::REPAIR_IDS`.
+    /// Repairs asked on this link so far: the next one's id, below `wire::REPAIR_IDS`.
     pub(super) next_repair: u64,
     /// Repairs that changed what this replica stores, since `take_repaired`: the bucket and how
     /// many registers.
