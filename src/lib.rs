@@ -558,7 +558,7 @@ fn register_info(
         origin: origin.node().to_string(),
         incarnation: format!("{:x}", origin.id().incarnation),
         seq: w.seq.get() as f64,
-        expires: w.expires_ms as f64,
+        expires: w.expires().encoded() as f64,
     }
 }
 
@@ -571,16 +571,16 @@ pub fn bucket_inspect(bucket: u32, key: KeyArg) -> Result<Option<KeyInfo>> {
         if registers.is_empty() {
             return None;
         }
-        let value = registers.iter().find(|(_, w)| !w.touch);
+        let value = registers.iter().find(|(_, w)| !w.is_touch());
         let touch = registers
             .iter()
-            .find(|(_, w)| w.touch)
+            .find(|(_, w)| w.is_touch())
             .map(|(o, w)| register_info(o, w));
         Some(match value {
             Some((o, w)) => {
                 let r = register_info(o, w);
                 KeyInfo {
-                    deleted: w.value.is_none(),
+                    deleted: w.value().is_none(),
                     hlc: r.hlc,
                     time: r.time,
                     origin: r.origin,

@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use peer_buckets_engine::counter::{self, Counter, Tally};
 use peer_buckets_engine::value;
 use peer_buckets_engine::wire::{self, Message, OpsBatch};
-use peer_buckets_engine::{ChunkLimits, Lifetime, MemoryStore, Store, Write};
+use peer_buckets_engine::{ChunkLimits, Expiry, Lifetime, MemoryStore, Op, Store, Write};
 use peer_buckets_engine::{Clock, Hlc};
 use peer_buckets_engine::{ReplicaId, ReplicaTable};
 use peer_buckets_engine::{Seq, SeqRanges};
@@ -25,9 +25,10 @@ fn writes(n: usize) -> Vec<Write> {
             key: format!("sess:{i}").into(),
             hlc: Hlc::from_parts(1_764_000_000_000, i as u16),
             seq: Seq::from(i as u64 + 1),
-            value: Some(session()),
-            expires_ms: 0,
-            touch: false,
+            op: Op::Set {
+                value: session(),
+                expires: Expiry::NEVER,
+            },
         })
         .collect()
 }

@@ -10,7 +10,8 @@ use std::time::Instant;
 use peer_buckets_engine::value;
 use peer_buckets_engine::Incoming;
 use peer_buckets_engine::{
-    ChunkLimits, Entry, Hlc, MemoryStore, ReplicaId, ReplicaTable, Seq, SeqRanges, Store, Write,
+    ChunkLimits, Entry, Expiry, Hlc, MemoryStore, Op, ReplicaId, ReplicaTable, Seq, SeqRanges,
+    Store, Write,
 };
 
 fn main() {
@@ -38,7 +39,7 @@ fn main() {
                 hlc: stamp(i),
                 origin: writer.clone(),
                 seq: Seq::from(n + i),
-                expires_ms: 0,
+                expires: Expiry::NEVER,
                 touch: None,
             };
             (key(i), entry)
@@ -65,9 +66,10 @@ fn main() {
             key: key(i),
             hlc: stamp(i),
             seq: Seq::from(i),
-            value: Some(value::encode_json("{\"user\":1}")),
-            expires_ms: 0,
-            touch: false,
+            op: Op::Set {
+                value: value::encode_json("{\"user\":1}"),
+                expires: Expiry::NEVER,
+            },
         })
         .collect();
     let touches: Vec<(_, Write)> = (1..=n)
@@ -76,9 +78,9 @@ fn main() {
                 key: key(i),
                 hlc: stamp(n + i),
                 seq: Seq::from(i),
-                value: None,
-                expires_ms: u64::MAX / 2,
-                touch: true,
+                op: Op::Touch {
+                    expires: Expiry::at_ms(u64::MAX / 2),
+                },
             };
             (toucher.clone(), touch)
         })

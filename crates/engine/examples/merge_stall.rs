@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peer_buckets_engine::value;
-use peer_buckets_engine::{Hlc, MemoryStore, ReplicaTable, Seq, SeqRanges, Store, Write};
+use peer_buckets_engine::{
+    Expiry, Hlc, MemoryStore, Op, ReplicaTable, Seq, SeqRanges, Store, Write,
+};
 
 mod common;
 use common::{cpu_time, keys_arg, origin};
@@ -76,9 +78,10 @@ fn main() {
                 key: format!("sess:{i}").into(),
                 hlc: Hlc::from_parts(1_764_000_000_000, 0),
                 seq: Seq::from(i as u64 + 1),
-                value: Some(value.clone()),
-                expires_ms: 0,
-                touch: false,
+                op: Op::Set {
+                    value: value.clone(),
+                    expires: Expiry::NEVER,
+                },
             })
             .collect();
         let mut covered = SeqRanges::new();

@@ -74,7 +74,7 @@ pub use replication::acks::{AckEnd, AckLevel, AckOutcome, Registered, LATENCY_BO
 pub use replication::bucket::Bucket;
 pub use replication::clock::{Clock, Hlc, ManualClock, PhysicalClock};
 pub use replication::replica::{Origin, ReplicaId, ReplicaTable};
-pub use replication::store::{Change, Lifetime, Stamp, Write};
+pub use replication::store::{Change, Expiry, Lifetime, Op, Stamp, Write};
 pub use report::Throttle;
 pub use storage::Durability;
 pub use warning::{Warning, WarningCode};

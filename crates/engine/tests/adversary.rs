@@ -13,7 +13,7 @@ use std::time::Duration;
 use peer_buckets_engine::wire::Message;
 use peer_buckets_engine::Local;
 use peer_buckets_engine::{AckLevel, Registered};
-use peer_buckets_engine::{Change, Entry, Lifetime, MemoryStore, Write};
+use peer_buckets_engine::{Change, Entry, Expiry, Lifetime, MemoryStore};
 use peer_buckets_engine::{Config, Node};
 use peer_buckets_engine::{Hlc, ManualClock};
 use peer_buckets_engine::{Origin, ReplicaId};
@@ -102,7 +102,7 @@ fn a_restore_announces_no_expiry_of_a_key_dead_before_the_restart() {
         hlc: Hlc::from_parts(START_MS - 3_600_000, 0),
         origin: old.clone(),
         seq: Seq::from(1),
-        expires_ms: START_MS - 3_000_000,
+        expires: Expiry::at_ms(START_MS - 3_000_000),
         touch: None,
     };
     let store = MemoryStore::restore(
@@ -210,15 +210,8 @@ fn a_collected_touch_still_expires_an_older_write_that_comes_back() {
     let at = |ms: u64| Hlc::from_parts(START_MS + ms, 0);
     // a sets k with a ttl; b touches it later; x's write (made in between, away) has not arrived.
     let mut v = write("k", at(0), 1, Some("a"));
-    v.expires_ms = START_MS + 1_000;
-    let touch = Write {
-        key: "k".into(),
-        hlc: at(200),
-        seq: Seq::from(1),
-        value: None,
-        expires_ms: START_MS + 2_000,
-        touch: true,
-    };
+    set_expiry(&mut v, START_MS + 1_000);
+    let touch = touch("k", at(200), 1, START_MS + 2_000);
     bucket.merge(&a, vec![v], &SeqRanges::new()).unwrap();
     bucket.merge(&b, vec![touch], &SeqRanges::new()).unwrap();
     time.advance(10_000);
@@ -259,14 +252,7 @@ fn a_dead_register_older_than_a_collected_one_of_its_key_is_covered_not_stored()
         origin(&local, "z"),
     );
     let at = |ms: u64| Hlc::from_parts(START_MS + ms, 0);
-    let touch = |hlc: Hlc, seq: u64| Write {
-        key: "k".into(),
-        hlc,
-        seq: Seq::from(seq),
-        value: None,
-        expires_ms: START_MS + 2_000,
-        touch: true,
-    };
+    let touch = |hlc: Hlc, seq: u64| touch("k", hlc, seq, START_MS + 2_000);
     bucket
         .merge(&z, vec![write("k", at(0), 1, None)], &SeqRanges::new())
         .unwrap();
@@ -612,11 +598,6 @@ fn a_fetch_whose_touches_were_dropped_for_skew_never_announces_a_value_they_expi
     let (o, p) = (origin(&w.locals[a], "o"), origin(&w.locals[a], "p"));
     let now = w.locals[a].clock().wall_ms();
     let at = |ms: u64| Hlc::from_parts(ms, 0);
-    let touch = |key: &str, hlc: Hlc, seq: u64, expires_ms: u64| Write {
-        touch: true,
-        expires_ms,
-        ..write(key, hlc, seq, None)
-    };
     // o set k1 and k2; p's touch expired k1 a second ago, and p's clock (within a's skew, 90 s
     // ahead of b's) stamped a touch of k2.
     w.bucket(a)

@@ -15,6 +15,7 @@ use peer_buckets_engine::Seq;
 use peer_buckets_engine::WarningCode;
 use peer_buckets_engine::{AckEnd, AckLevel, Registered};
 use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Expiry, Op};
 use peer_buckets_engine::{FaultKind, Faults, SimDisk};
 
 mod common;
@@ -271,9 +272,8 @@ async fn a_restarted_node_stamps_new_writes_after_everything_it_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collected_keys_are_remembered_across_a_restart() {
     use peer_buckets_engine::Hlc;
-    use peer_buckets_engine::Write;
+    use peer_buckets_engine::SeqRanges;
     use peer_buckets_engine::{ReplicaId, ReplicaTable};
-    use peer_buckets_engine::{Seq, SeqRanges};
 
     let d = dir("collected");
     let fast = |data: &PathBuf| Config {
@@ -300,14 +300,7 @@ async fn collected_keys_are_remembered_across_a_restart() {
         node: "away".into(),
         incarnation: 1,
     });
-    let old = Write {
-        key: "k".into(),
-        hlc: Hlc(set.hlc.0 + 1),
-        seq: Seq::from(1),
-        value: Some(value::encode_json("\"old\"")),
-        expires_ms: 0,
-        touch: false,
-    };
+    let old = write("k", Hlc(set.hlc.0 + 1), 1, Some("old"));
     let merged = b.merge(&away, vec![old], &SeqRanges::new()).unwrap();
     assert_eq!(merged.stand_ins, 1);
     assert_eq!(get(&b, "k"), None, "the deleted key stays deleted");
@@ -355,9 +348,10 @@ async fn a_restored_collected_key_guards_only_writes_it_beats_by_origin() {
             key: "k".into(),
             hlc: delete.hlc,
             seq: Seq::from(1),
-            value: Some(value::encode_json(value)),
-            expires_ms: 0,
-            touch: false,
+            op: Op::Set {
+                value: value::encode_json(value),
+                expires: Expiry::NEVER,
+            },
         };
         (origin, write)
     };

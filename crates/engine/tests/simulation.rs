@@ -61,8 +61,8 @@ impl Logged {
             origin: origin.clone(),
             seq: w.seq,
             live,
-            expires_ms: w.expires_ms,
-            touch: w.touch,
+            expires_ms: w.expires().encoded(),
+            touch: w.is_touch(),
         }
     }
     fn order(&self) -> (u64, &ReplicaId) {
@@ -645,12 +645,12 @@ impl Sim {
                 for (o, w) in b.inspect(&key) {
                     out.push(format!(
                         "{name}/{key} {}{}:{}@{:x} {} exp {}",
-                        if w.touch { "touch " } else { "" },
+                        if w.is_touch() { "touch " } else { "" },
                         o.id(),
                         w.seq,
                         w.hlc.0,
-                        w.value.is_some(),
-                        w.expires_ms
+                        w.value().is_some(),
+                        w.expires().encoded()
                     ));
                 }
             }
@@ -676,7 +676,7 @@ impl Sim {
                 };
                 for k in 0..KEYS {
                     for (o, w) in b.inspect(&format!("k{k}")) {
-                        let live = w.value.is_some();
+                        let live = w.value().is_some();
                         self.registry
                             .entry((name, o.id().clone(), w.seq))
                             .or_insert_with(|| Logged::of(o.id(), &w, live));
@@ -765,11 +765,11 @@ impl Sim {
                 let stored = b.inspect(&key);
                 let stored_value = stored
                     .iter()
-                    .find(|(_, w)| !w.touch)
+                    .find(|(_, w)| !w.is_touch())
                     .map(|(o, w)| (o.id().clone(), w.seq));
                 let stored_touch = stored
                     .iter()
-                    .find(|(_, w)| w.touch)
+                    .find(|(_, w)| w.is_touch())
                     .map(|(o, w)| (o.id().clone(), w.seq));
                 if stored.is_empty() {
                     let expiry = touch.map_or(value.map_or(0, |v| v.expires_ms), |t| t.expires_ms);
@@ -811,13 +811,13 @@ fn register(sim: &Sim, i: usize, bucket: &str, key: &str) -> String {
         return out;
     };
     for (o, w) in b.inspect(key) {
-        if !w.touch {
+        if !w.is_touch() {
             out = format!(
                 "{}:{}@{:x}={}",
                 o.id(),
                 w.seq,
                 w.hlc.0,
-                if w.value.is_some() { "v" } else { "DEL" }
+                if w.value().is_some() { "v" } else { "DEL" }
             );
         }
     }

@@ -570,7 +570,7 @@ fn a_touch_shipped_without_its_value_of_another_origin_is_kept_and_its_value_lan
         .expect("c's own touch");
     let alone = pack(&rs[2], 1, &c_id, Seq::FIRST, mine.max());
     assert!(
-        alone.writes.iter().all(|w| w.touch) && alone.superseders.is_empty(),
+        alone.writes.iter().all(|w| w.is_touch()) && alone.superseders.is_empty(),
         "c's chunk carries its touch alone"
     );
     deliver(&rs[1], alone);

@@ -79,6 +79,18 @@ fn a_touch_merged_with_its_value_never_shows_an_expired_value_again_seed_87201()
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
 
+/// `partitions` seed 110469: at the heal n0 heard, in one step, n2's delete of b1/p2/k5, then n2's
+/// newer set, then n2's newest delete. The checker read the key's tombstone after the step and took
+/// the newest delete for the first event, so the set announced after it looked like a value going
+/// back (went-back). Only a key's last event of a step may be matched with what it stores then.
+#[test]
+fn a_delete_heard_before_newer_writes_of_its_key_in_one_step_is_matched_with_its_own_register_seed_110469(
+) {
+    let p = Profile::named("partitions").expect("a profile");
+    let report = run(&p, 110469, false);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
 /// `membership` seed 92746: n3 held its own value of b2/p1/k6, expired, when n0's touch of the key
 /// reached it after the heal; n1's newer touch, which ended the value sooner, had reached neither
 /// n3 nor n0 (nor j2, n0's other holder of the touch). n3 showed the value live, as every touch it

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::replication::clock::Hlc;
 use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::ReplicaId;
-use crate::replication::store::Write;
+use crate::replication::store::{Expiry, Op, Write};
 
 /// Version of the message encoding; a frame with another version closes the link. 2: string values
 /// travel as themselves (`value::TAG_STRING`), which a version-1 peer would take for malformed. 3: a
@@ -333,15 +333,15 @@ pub enum WriteOp {
 
 impl From<Write> for WireWrite {
     fn from(w: Write) -> Self {
-        let op = match (w.touch, w.value) {
-            (true, _) => WriteOp::Touch {
-                expires_ms: w.expires_ms,
-            },
-            (false, Some(value)) => WriteOp::Set {
+        let op = match w.op {
+            Op::Set { value, expires } => WriteOp::Set {
                 value,
-                expires_ms: NonZeroU64::new(w.expires_ms),
+                expires_ms: NonZeroU64::new(expires.encoded()),
             },
-            (false, None) => WriteOp::Delete,
+            Op::Delete => WriteOp::Delete,
+            Op::Touch { expires } => WriteOp::Touch {
+                expires_ms: expires.encoded(),
+            },
         };
         WireWrite {
             key: w.key,
@@ -354,20 +354,21 @@ impl From<Write> for WireWrite {
 
 impl From<WireWrite> for Write {
     fn from(w: WireWrite) -> Self {
-        let (value, expires_ms, touch) = match w.op {
-            WriteOp::Set { value, expires_ms } => {
-                (Some(value), expires_ms.map_or(0, NonZeroU64::get), false)
-            }
-            WriteOp::Delete => (None, 0, false),
-            WriteOp::Touch { expires_ms } => (None, expires_ms, true),
+        let op = match w.op {
+            WriteOp::Set { value, expires_ms } => Op::Set {
+                value,
+                expires: Expiry::at_ms(expires_ms.map_or(0, NonZeroU64::get)),
+            },
+            WriteOp::Delete => Op::Delete,
+            WriteOp::Touch { expires_ms } => Op::Touch {
+                expires: Expiry::at_ms(expires_ms),
+            },
         };
         Write {
             key: w.key,
             hlc: w.hlc,
             seq: w.seq,
-            value,
-            expires_ms,
-            touch,
+            op,
         }
     }
 }

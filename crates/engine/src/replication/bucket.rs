@@ -168,7 +168,7 @@ impl Bucket {
     pub fn ttl_left(&self, key: &str) -> Option<Option<u64>> {
         let now = self.now_ms();
         let expiry = self.store.expiry_of(key, now)?;
-        Some((expiry != 0).then(|| expiry.saturating_sub(now).max(1)))
+        Some(expiry.ms().map(|at| at.saturating_sub(now).max(1)))
     }
 
     /// The registers stored for `key`, live or not (a tombstone, an expired value), with their

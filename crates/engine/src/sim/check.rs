@@ -187,7 +187,7 @@ impl History {
         let touch = Touch {
             key: t.key.clone(),
             hlc: t.hlc,
-            until: t.expires_ms,
+            until: t.expires().encoded(),
             dot: (bucket.clone(), replica.clone(), t.seq),
         };
         self.touches.push(touch.clone());
@@ -454,7 +454,8 @@ impl Model {
     }
 
     /// Checks one change event. `tombstone` is the key's value register when the event removed it
-    /// (read right after the step that applied it); `now_ms` is the replica's wall clock then (a step
+    /// (read right after the step that applied it, so only for the key's last event of the step:
+    /// an earlier one may be of an older delete); `now_ms` is the replica's wall clock then (a step
     /// after the one that applied the change).
     #[allow(clippy::too_many_arguments)]
     pub fn on_change(
@@ -738,6 +739,7 @@ pub fn short(key: &str) -> String {
 mod tests {
     use super::*;
     use crate::replication::replica::ReplicaTable;
+    use crate::replication::store::{Expiry, Op};
 
     fn replica(node: &str) -> ReplicaId {
         ReplicaId {
@@ -773,9 +775,9 @@ mod tests {
             key: key.clone(),
             hlc: Hlc::from_parts(20, 0),
             seq: Seq::FIRST,
-            value: None,
-            expires_ms: 1_000,
-            touch: true,
+            op: Op::Touch {
+                expires: Expiry::at_ms(1_000),
+            },
         };
         history.touch(&bucket, &n2, &touch);
         let value_dot: Dot = (bucket.clone(), n1.clone(), Seq::FIRST);
@@ -841,9 +843,9 @@ mod tests {
             key: key.clone(),
             hlc: Hlc::from_parts(hlc, 0),
             seq: Seq::FIRST,
-            value: None,
-            expires_ms: until,
-            touch: true,
+            op: Op::Touch {
+                expires: Expiry::at_ms(until),
+            },
         };
         history.touch(&bucket, &n0, &touch(20, 5_000));
         history.touch(&bucket, &n1, &touch(30, 2_000));

@@ -9,9 +9,10 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::replication::clock::Hlc;
 use crate::replication::ranges::{Seq, SeqRanges};
-use crate::replication::replica::ReplicaId;
-use crate::replication::store::Entry;
+use crate::replication::replica::{ReplicaId, ReplicaTable};
+use crate::replication::store::{Entry, Expiry, TouchRegister};
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// (bucket, key) -> entry
@@ -60,6 +61,44 @@ pub(super) struct DiskEntry {
     pub(super) seq: Seq,
     pub(super) expires_ms: u64,
     pub(super) touch: Option<DiskTouch>,
+}
+
+impl DiskEntry {
+    /// An entry as the disk keeps it (an expiry of never as 0).
+    pub(super) fn of(e: Entry) -> DiskEntry {
+        DiskEntry {
+            value: e.value,
+            hlc: e.hlc.0,
+            origin: e.origin.id().clone(),
+            seq: e.seq,
+            expires_ms: e.expires.encoded(),
+            touch: e.touch.map(|t| DiskTouch {
+                expires_ms: t.expires.encoded(),
+                hlc: t.hlc.0,
+                origin: t.origin.id().clone(),
+                seq: t.seq,
+            }),
+        }
+    }
+
+    /// The entry stored, its origins interned in `replicas`.
+    pub(super) fn into_entry(self, replicas: &ReplicaTable) -> Entry {
+        Entry {
+            value: self.value,
+            hlc: Hlc(self.hlc),
+            origin: replicas.intern(&self.origin),
+            seq: self.seq,
+            expires: Expiry::at_ms(self.expires_ms),
+            touch: self.touch.map(|t| {
+                Box::new(TouchRegister {
+                    expires: Expiry::at_ms(t.expires_ms),
+                    hlc: Hlc(t.hlc),
+                    origin: replicas.intern(&t.origin),
+                    seq: t.seq,
+                })
+            }),
+        }
+    }
 }
 
 /// A remembered collected register: its time, the stamp it was collected under, its origin.
@@ -126,25 +165,12 @@ impl BucketChanges {
         bucket: &crate::replication::bucket::Bucket,
         c: crate::replication::store::Changes,
     ) -> Self {
-        let disk_entry = |e: Entry| DiskEntry {
-            value: e.value,
-            hlc: e.hlc.0,
-            origin: e.origin.id().clone(),
-            seq: e.seq,
-            expires_ms: e.expires_ms,
-            touch: e.touch.map(|t| DiskTouch {
-                expires_ms: t.expires_ms,
-                hlc: t.hlc.0,
-                origin: t.origin.id().clone(),
-                seq: t.seq,
-            }),
-        };
         BucketChanges {
             name: bucket.name().to_string(),
             entries: c
                 .entries
                 .into_iter()
-                .map(|(k, e)| (k.to_string(), e.map(disk_entry)))
+                .map(|(k, e)| (k.to_string(), e.map(DiskEntry::of)))
                 .collect(),
             contexts: c
                 .contexts

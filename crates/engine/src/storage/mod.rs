@@ -48,7 +48,7 @@ use crate::protocol::sync::Local;
 use crate::replication::clock::Hlc;
 use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::ReplicaId;
-use crate::replication::store::{CollectedRecord, Entry, MemoryStore, TouchRegister};
+use crate::replication::store::{CollectedRecord, Entry, MemoryStore};
 pub use flusher::Flusher;
 use format::{
     absorb, decode, storage, write_changes, BucketChanges, DiskEntry, COLLECTED, COLLECTED_BEYOND,
@@ -352,21 +352,7 @@ impl Disk {
                 let (k, v) = item.map_err(storage)?;
                 let (bucket, key) = k.value();
                 let d: DiskEntry = decode(v.value(), "entry")?;
-                let entry = Entry {
-                    value: d.value,
-                    hlc: Hlc(d.hlc),
-                    origin: replicas.intern(&d.origin),
-                    seq: d.seq,
-                    expires_ms: d.expires_ms,
-                    touch: d.touch.map(|t| {
-                        Box::new(TouchRegister {
-                            expires_ms: t.expires_ms,
-                            hlc: Hlc(t.hlc),
-                            origin: replicas.intern(&t.origin),
-                            seq: t.seq,
-                        })
-                    }),
-                };
+                let entry = d.into_entry(replicas);
                 per_bucket
                     .entry(bucket.to_string())
                     .or_default()

@@ -19,9 +19,9 @@ use peer_buckets_engine::Collector;
 use peer_buckets_engine::LinkError;
 use peer_buckets_engine::Security;
 use peer_buckets_engine::Warning;
-use peer_buckets_engine::Write;
 use peer_buckets_engine::{Clock, Hlc, ManualClock, PhysicalClock};
 use peer_buckets_engine::{Config, Node};
+use peer_buckets_engine::{Expiry, Op, Write};
 use peer_buckets_engine::{Local, PullPlanner, Session};
 use peer_buckets_engine::{Origin, ReplicaId, Seq};
 
@@ -56,9 +56,33 @@ pub fn write(key: &str, hlc: Hlc, seq: u64, v: Option<&str>) -> Write {
         key: key.into(),
         hlc,
         seq: Seq::from(seq),
-        value: v.map(json),
-        expires_ms: 0,
-        touch: false,
+        op: match v {
+            Some(v) => Op::Set {
+                value: json(v),
+                expires: Expiry::NEVER,
+            },
+            None => Op::Delete,
+        },
+    }
+}
+
+/// A touch of `key`: its value expires at `expires_ms`.
+pub fn touch(key: &str, hlc: Hlc, seq: u64, expires_ms: u64) -> Write {
+    Write {
+        key: key.into(),
+        hlc,
+        seq: Seq::from(seq),
+        op: Op::Touch {
+            expires: Expiry::at_ms(expires_ms),
+        },
+    }
+}
+
+/// Makes the set or touch `w` expire at `ms`.
+pub fn set_expiry(w: &mut Write, ms: u64) {
+    match &mut w.op {
+        Op::Set { expires, .. } | Op::Touch { expires } => *expires = Expiry::at_ms(ms),
+        Op::Delete => panic!("a delete has no expiry"),
     }
 }
 
@@ -87,12 +111,12 @@ pub fn get(bucket: &Bucket, key: &str) -> Option<String> {
 pub fn register_text(origin: &Origin, w: &Write) -> String {
     format!(
         "{}{}:{}@{} {:?} exp {}",
-        if w.touch { "touch " } else { "" },
+        if w.is_touch() { "touch " } else { "" },
         origin.id(),
         w.seq,
         w.hlc.0,
-        w.value.as_deref().map(value::decode),
-        w.expires_ms
+        w.value().map(value::decode),
+        w.expires().encoded()
     )
 }
 

@@ -87,13 +87,10 @@ pub(super) fn check_writes(
                 w.seq
             )));
         }
-        if w.value.as_deref().is_some_and(|v| !value::is_valid(v)) {
+        if w.value().is_some_and(|v| !value::is_valid(v)) {
             return Err(LinkError::Protocol("malformed value".into()));
         }
-        if w.value
-            .as_ref()
-            .is_some_and(|v| v.len() > wire::MAX_VALUE + 1)
-        {
+        if w.value().is_some_and(|v| v.len() > wire::MAX_VALUE + 1) {
             return Err(LinkError::Protocol("value over the maximum size".into()));
         }
     }

@@ -77,7 +77,8 @@ impl FetchTouches {
         origin: &Origin,
         writes: Vec<Write>,
     ) -> (Vec<Write>, bool) {
-        let (touches, values): (Vec<Write>, Vec<Write>) = writes.into_iter().partition(|w| w.touch);
+        let (touches, values): (Vec<Write>, Vec<Write>) =
+            writes.into_iter().partition(Write::is_touch);
         let (held, count) = self.held.entry(id).or_default();
         *count += touches.len();
         let full = *count > HELD_TOUCHES_MAX;

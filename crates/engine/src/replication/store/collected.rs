@@ -183,7 +183,7 @@ impl CollectedKeys {
     /// a stand-in, a newer one beats it too), so it is covered and not stored, as it was collected
     /// with that register (storing it would leave a register older than a covered one).
     pub(super) fn settles(&self, w: &Write, origin: &Origin) -> bool {
-        if !(w.touch || w.value.is_none()) || w.hlc > self.newest {
+        if w.is_set() || w.hlc > self.newest {
             return false;
         }
         self.by_key
@@ -202,7 +202,7 @@ impl CollectedKeys {
         current: Option<(Hlc, &Origin, bool)>,
         me: &Origin,
     ) -> Option<Hlc> {
-        if w.touch || w.value.is_none() {
+        if !w.is_set() {
             return None;
         }
         if current.is_some_and(|(hlc, o, _)| !beats(w.hlc, origin, hlc, o)) {

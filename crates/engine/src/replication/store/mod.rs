@@ -71,7 +71,7 @@ use entries::{Entries, Marker, OriginState, Record};
 pub use journal::Changes;
 use journal::Journal;
 pub use memory::MemoryStore;
-pub use register::{beats, key_fingerprint, Entry, Lifetime, TouchRegister, Write};
+pub use register::{beats, key_fingerprint, Entry, Expiry, Lifetime, Op, TouchRegister, Write};
 use state::State;
 
 /// A change that took effect in a bucket, as reported to listeners.
@@ -154,9 +154,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         f: &mut dyn FnMut(&str, &[u8]),
     ) -> Option<ScanCursor>;
-    /// The expiry in force of `key`'s live value (ms since the epoch; 0 for never), `None` when it has
-    /// none live.
-    fn expiry_of(&self, key: &str, now_ms: u64) -> Option<u64>;
+    /// The expiry in force of `key`'s live value, `None` when it has none live.
+    fn expiry_of(&self, key: &str, now_ms: u64) -> Option<Expiry>;
     /// Applies a local write (a value, or a tombstone when `value` is `None`): ticks `clock`, takes the
     /// next seq of `me`, stores it (a local write always wins) and returns it as it will travel.
     fn write_local(

@@ -11,6 +11,7 @@
 use crate::replication::clock::Hlc;
 use crate::replication::ranges::Seq;
 use crate::replication::replica::Origin;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 /// A register write as the store applies it and hands it out; the origin goes beside it. The wire
@@ -20,12 +21,95 @@ pub struct Write {
     pub key: Arc<str>,
     pub hlc: Hlc,
     pub seq: Seq,
-    /// Encoded value (see `value` module), or `None` for a delete (or a touch).
-    pub value: Option<Box<[u8]>>,
-    /// Absolute expiry in physical milliseconds since the epoch; 0 means never.
-    pub expires_ms: u64,
-    /// A touch: writes only the expiry register (`value` is `None` and ignored).
-    pub touch: bool,
+    pub op: Op,
+}
+
+/// What a write does to its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A value (encoded, see the `value` module) that expires at `expires`.
+    Set { value: Box<[u8]>, expires: Expiry },
+    /// A tombstone.
+    Delete,
+    /// A later expiry for the value stored: writes only the key's touch register.
+    Touch { expires: Expiry },
+}
+
+impl Write {
+    /// The value a set writes (`None` for a delete or a touch).
+    pub fn value(&self) -> Option<&[u8]> {
+        match &self.op {
+            Op::Set { value, .. } => Some(value),
+            Op::Delete | Op::Touch { .. } => None,
+        }
+    }
+
+    /// Whether the write is a touch (it writes the touch register, not the value register).
+    pub fn is_touch(&self) -> bool {
+        matches!(self.op, Op::Touch { .. })
+    }
+
+    /// Whether the write is a set (a value register holding a value).
+    pub fn is_set(&self) -> bool {
+        matches!(self.op, Op::Set { .. })
+    }
+
+    /// The expiry a set or a touch writes; never for a delete.
+    pub fn expires(&self) -> Expiry {
+        match self.op {
+            Op::Set { expires, .. } | Op::Touch { expires } => expires,
+            Op::Delete => Expiry::NEVER,
+        }
+    }
+
+    /// Moves a set's value out (into the store), leaving an empty one in its place; `None` for a
+    /// delete or a touch.
+    pub(super) fn take_value(&mut self) -> Option<Box<[u8]>> {
+        match &mut self.op {
+            Op::Set { value, .. } => Some(std::mem::take(value)),
+            Op::Delete | Op::Touch { .. } => None,
+        }
+    }
+
+    /// The bytes the write's key and value take (what sizing a batch or a reply counts).
+    pub fn payload_len(&self) -> usize {
+        self.key.len() + self.value().map_or(0, <[u8]>::len)
+    }
+}
+
+/// When a value stops being live: an absolute time in physical milliseconds since the epoch, or
+/// never. As small as a `u64` (a time is never zero); the disk and the hashes write never as 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Expiry(Option<NonZeroU64>);
+
+impl Expiry {
+    pub const NEVER: Expiry = Expiry(None);
+
+    /// At `ms`, physical milliseconds since the epoch (0, the epoch itself, reads as never: the
+    /// encoding the disk and the stable hashes use).
+    pub fn at_ms(ms: u64) -> Expiry {
+        Expiry(NonZeroU64::new(ms))
+    }
+
+    /// The time, if the value expires at all.
+    pub fn ms(self) -> Option<u64> {
+        self.0.map(NonZeroU64::get)
+    }
+
+    /// The time as the disk and the stable hashes encode it: 0 for never.
+    pub fn encoded(self) -> u64 {
+        self.ms().unwrap_or(0)
+    }
+
+    /// Whether the value is dead at `now_ms` (its expiry is at or before it).
+    pub fn passed(self, now_ms: u64) -> bool {
+        self.ms().is_some_and(|e| e <= now_ms)
+    }
+
+    /// Whether the value is still live after `ms` (it never expires, or expires later).
+    pub fn lasts_past(self, ms: u64) -> bool {
+        self.ms().is_none_or(|e| e > ms)
+    }
 }
 
 /// When a locally written value expires.
@@ -41,7 +125,7 @@ pub enum Lifetime {
 /// A touch register: a later expiry for the value stored.
 #[derive(Clone, Debug)]
 pub struct TouchRegister {
-    pub expires_ms: u64,
+    pub expires: Expiry,
     pub hlc: Hlc,
     pub origin: Origin,
     pub seq: Seq,
@@ -56,22 +140,19 @@ pub struct Entry {
     pub hlc: Hlc,
     pub origin: Origin,
     pub seq: Seq,
-    /// Expiry written with the value.
-    pub expires_ms: u64,
+    /// Expiry written with the value (never for a tombstone).
+    pub expires: Expiry,
     pub touch: Option<Box<TouchRegister>>,
 }
 
 impl Entry {
     /// The expiry in force: the touch register's when there is one (it is newer), else the value's.
-    pub fn expiry(&self) -> u64 {
-        self.touch
-            .as_ref()
-            .map_or(self.expires_ms, |t| t.expires_ms)
+    pub fn expiry(&self) -> Expiry {
+        self.touch.as_ref().map_or(self.expires, |t| t.expires)
     }
 
     pub(super) fn expired_at(&self, now_ms: u64) -> bool {
-        let e = self.expiry();
-        e != 0 && e <= now_ms
+        self.expiry().passed(now_ms)
     }
 
     /// The value if the entry is neither a tombstone nor expired at `now_ms`.
@@ -89,7 +170,7 @@ impl Entry {
             let touched = self.touch.as_ref().map_or(Hlc(0), |t| t.hlc);
             return Some(self.hlc.max(touched).physical_ms());
         }
-        self.expired_at(now_ms).then(|| self.expiry())
+        self.expiry().ms().filter(|&e| e <= now_ms)
     }
 
     pub(super) fn value_write(&self, key: &Arc<str>) -> Option<Write> {
@@ -97,9 +178,13 @@ impl Entry {
             key: key.clone(),
             hlc: self.hlc,
             seq: self.seq,
-            value: self.value.clone(),
-            expires_ms: self.expires_ms,
-            touch: false,
+            op: match &self.value {
+                Some(value) => Op::Set {
+                    value: value.clone(),
+                    expires: self.expires,
+                },
+                None => Op::Delete,
+            },
         })
     }
 
@@ -111,9 +196,7 @@ impl Entry {
                     key: key.clone(),
                     hlc: t.hlc,
                     seq: t.seq,
-                    value: None,
-                    expires_ms: t.expires_ms,
-                    touch: true,
+                    op: Op::Touch { expires: t.expires },
                 },
             )
         })
@@ -139,13 +222,13 @@ impl Entry {
                 }
                 None => h.word(2),
             }
-            h.word(self.expires_ms);
+            h.word(self.expires.encoded());
             sum = sum.wrapping_add(h.finish());
         }
         if let Some(t) = &self.touch {
             let mut h = StableHash::register(key, &t.origin, t.seq, t.hlc);
             h.word(3);
-            h.word(t.expires_ms);
+            h.word(t.expires.encoded());
             sum = sum.wrapping_add(h.finish());
         }
         sum

@@ -6,7 +6,7 @@
 //! shows once.
 
 use super::{
-    beats, CollectedKeys, Entries, Entry, Journal, Marker, OriginState, Record, Shown,
+    beats, CollectedKeys, Entries, Entry, Expiry, Journal, Marker, Op, OriginState, Record, Shown,
     TouchRegister, Write,
 };
 use crate::replication::clock::Hlc;
@@ -123,8 +123,7 @@ impl State {
     pub(super) fn due(e: &Entry, swept_until: u64) -> Option<(bool, u64)> {
         match e.death_ms(swept_until) {
             Some(death) => Some((true, death)),
-            None if e.expiry() != 0 => Some((false, e.expiry())),
-            None => None,
+            None => e.expiry().ms().map(|at| (false, at)),
         }
     }
 
@@ -215,14 +214,15 @@ impl State {
             None => (false, None),
         };
         let fresh = |entry| Record::new(key.clone(), entry);
-        let (record, value_replaced) = match (old, w.touch) {
+        let expires = w.expires();
+        let (record, value_replaced) = match (old, w.is_touch()) {
             (None, false) => (
                 fresh(Entry {
-                    value: w.value.take(),
+                    value: w.take_value(),
                     hlc: w.hlc,
                     origin: origin.clone(),
                     seq: w.seq,
-                    expires_ms: w.expires_ms,
+                    expires,
                     touch: None,
                 }),
                 true,
@@ -234,9 +234,9 @@ impl State {
                     hlc: Hlc(0),
                     origin: origin.clone(),
                     seq: Seq::ZERO,
-                    expires_ms: 0,
+                    expires: Expiry::NEVER,
                     touch: Some(Box::new(TouchRegister {
-                        expires_ms: w.expires_ms,
+                        expires,
                         hlc: w.hlc,
                         origin: origin.clone(),
                         seq: w.seq,
@@ -255,11 +255,11 @@ impl State {
                             e.touch = None;
                         }
                     }
-                    e.value = w.value.take();
+                    e.value = w.take_value();
                     e.hlc = w.hlc;
                     e.origin = origin.clone();
                     e.seq = w.seq;
-                    e.expires_ms = w.expires_ms;
+                    e.expires = expires;
                     true
                 } else {
                     let by = (e.origin.clone(), e.seq);
@@ -280,7 +280,7 @@ impl State {
                         self.supersede(&t.origin, t.seq, key, (origin, w.seq));
                     }
                     e.touch = Some(Box::new(TouchRegister {
-                        expires_ms: w.expires_ms,
+                        expires,
                         hlc: w.hlc,
                         origin: origin.clone(),
                         seq: w.seq,
@@ -339,9 +339,7 @@ impl State {
             key: w.key.clone(),
             hlc,
             seq,
-            value: None,
-            expires_ms: 0,
-            touch: false,
+            op: Op::Delete,
         };
         // Listeners hear of it only if it hides a live value (a key already dead stays dead).
         let swept = self.swept_until;
@@ -387,7 +385,9 @@ impl State {
     pub(super) fn compact_queues(&mut self) {
         let (entries, now) = (&self.entries, self.swept_until);
         self.expiries.compact(self.live_entries, |at, k| {
-            entries.get(k).is_some_and(|e| e.expiry() == at)
+            entries
+                .get(k)
+                .is_some_and(|e| e.expiry() == Expiry::at_ms(at))
         });
         self.dead.compact(self.dead_entries, |at, k| {
             entries.get(k).and_then(|e| e.death_ms(now)) == Some(at)

@@ -27,9 +27,21 @@ fn w(key: &str, hlc: u64, seq: u64, value: Option<&str>) -> Write {
         key: key.into(),
         hlc: Hlc(hlc),
         seq: Seq::from(seq),
-        value: value.map(|v| v.as_bytes().into()),
-        expires_ms: 0,
-        touch: false,
+        op: match value {
+            Some(v) => Op::Set {
+                value: v.as_bytes().into(),
+                expires: Expiry::NEVER,
+            },
+            None => Op::Delete,
+        },
+    }
+}
+
+/// Makes the set or touch `w` expire at `ms`.
+fn set_expiry(w: &mut Write, ms: u64) {
+    match &mut w.op {
+        Op::Set { expires, .. } | Op::Touch { expires } => *expires = Expiry::at_ms(ms),
+        Op::Delete => panic!("a delete has no expiry"),
     }
 }
 
@@ -223,11 +235,11 @@ fn a_touch_extends_a_live_key_but_never_revives_or_reverts() {
         Lifetime::Ttl(100),
         &mut |_| {},
     );
-    assert_eq!(set.expires_ms, 10_100);
+    assert_eq!(set.expires(), Expiry::at_ms(10_100));
     let touch = s
         .touch_local(&a, &clock, "k".into(), 1_000)
         .expect("live key");
-    assert!(touch.touch && touch.expires_ms == 11_000);
+    assert!(touch.is_touch() && touch.expires() == Expiry::at_ms(11_000));
     assert!(
         s.read("k", &|| 10_500, &mut |_| {}),
         "the touch extended it"
@@ -235,7 +247,7 @@ fn a_touch_extends_a_live_key_but_never_revives_or_reverts() {
     assert!(s.touch_local(&a, &clock, "missing".into(), 1_000).is_none());
     // A newer set from elsewhere replaces the expiry along with the value.
     let mut newer = w("k", Hlc::from_parts(20_000, 0).0, 1, Some("n"));
-    newer.expires_ms = 20_050;
+    set_expiry(&mut newer, 20_050);
     s.merge(
         &origin(&t, "me"),
         &b,
@@ -254,8 +266,9 @@ fn a_touch_extends_a_live_key_but_never_revives_or_reverts() {
         &mut |_| {},
     );
     let mut old_touch = w("k", Hlc::from_parts(25_000, 0).0, 3, None);
-    old_touch.touch = true;
-    old_touch.expires_ms = 99_999;
+    old_touch.op = Op::Touch {
+        expires: Expiry::at_ms(99_999),
+    };
     s.merge(
         &origin(&t, "me"),
         &b,
@@ -322,7 +335,7 @@ fn a_write_that_loses_leaves_no_second_expiry_entry() {
         for o in [&b, &a] {
             let mut write = w("k", 7, seq, Some("v"));
             write.hlc = Hlc(seq);
-            write.expires_ms = 10_000;
+            set_expiry(&mut write, 10_000);
             s.merge(&me, o, vec![write], &none, &mut |_| {});
         }
     }
@@ -338,7 +351,7 @@ fn expired_values_are_invisible() {
     let a = origin(&t, "a");
     let s = MemoryStore::new();
     let mut write = w("k", 1, 1, Some("v"));
-    write.expires_ms = 100;
+    set_expiry(&mut write, 100);
     s.merge(
         &origin(&t, "me"),
         &a,
@@ -357,7 +370,7 @@ fn regs(s: &MemoryStore, key: &str) -> Vec<(String, u64, Option<String>)> {
     s.registers(key)
         .into_iter()
         .map(|(o, w)| {
-            let v = w.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+            let v = w.value().map(|v| String::from_utf8(v.to_vec()).unwrap());
             (o.id().node.to_string(), w.hlc.0, v)
         })
         .collect()
@@ -1040,11 +1053,11 @@ fn guards_run(
         let members = newest(&mut all.iter().map(|(o, w)| (o, w)));
         let returned = newest(&mut mine.iter().map(|w| (&c, w)));
         match (members, returned) {
-            (Some((mo, mw)), Some((_, cw))) if mw.value.is_none() => {
+            (Some((mo, mw)), Some((_, cw))) if mw.value().is_none() => {
                 if !beats(cw.hlc, &c, mw.hlc, &mo) {
                     prop_assert_eq!(v1, None, "{}: deleted and collected, revived", key);
                 } else if cw.hlc.0 > mw.hlc.0 + 1 {
-                    let want = cw.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                    let want = cw.value().map(|v| String::from_utf8(v.to_vec()).unwrap());
                     prop_assert_eq!(v1, want, "{}: the newest write lost", key);
                 }
             }
@@ -1054,11 +1067,13 @@ fn guards_run(
                 } else {
                     mw
                 };
-                let want = newest.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                let want = newest
+                    .value()
+                    .map(|v| String::from_utf8(v.to_vec()).unwrap());
                 prop_assert_eq!(v1, want, "{}: last writer", key);
             }
             (None, Some((_, cw))) => {
-                let want = cw.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                let want = cw.value().map(|v| String::from_utf8(v.to_vec()).unwrap());
                 prop_assert_eq!(v1, want, "{}: only c wrote it", key);
             }
             _ => {}
@@ -1160,7 +1175,7 @@ fn count_and_expiry_of_see_only_live_keys() {
     let (me, a) = (origin(&t, "me"), origin(&t, "a"));
     let s = MemoryStore::new();
     let mut expiring = w("sess:b", 2, 2, Some("v"));
-    expiring.expires_ms = 1_000;
+    set_expiry(&mut expiring, 1_000);
     let writes = vec![
         w("sess:a", 1, 1, Some("v")),
         expiring,
@@ -1171,8 +1186,8 @@ fn count_and_expiry_of_see_only_live_keys() {
     assert_eq!(s.count("sess:", 500), 2);
     assert_eq!(s.count("sess:", 1_000), 1);
     assert_eq!(s.count("", 500), 3);
-    assert_eq!(s.expiry_of("sess:a", 500), Some(0));
-    assert_eq!(s.expiry_of("sess:b", 500), Some(1_000));
+    assert_eq!(s.expiry_of("sess:a", 500), Some(Expiry::NEVER));
+    assert_eq!(s.expiry_of("sess:b", 500), Some(Expiry::at_ms(1_000)));
     assert_eq!(s.expiry_of("sess:b", 1_000), None);
     assert_eq!(s.expiry_of("sess:c", 500), None);
     assert_eq!(s.expiry_of("missing", 500), None);
@@ -1618,13 +1633,13 @@ fn the_stored_fingerprint_is_exact_after_every_path_that_changes_what_is_stored(
                     let hlc = Hlc((now - 2_000 + next(4_000)) << 16);
                     let mut write = w(&key, hlc.0, seqs[o], Some("v"));
                     match next(4) {
-                        0 => write.value = None,
+                        0 => write.op = Op::Delete,
                         1 => {
-                            write.touch = true;
-                            write.value = None;
-                            write.expires_ms = now + next(3_000);
+                            write.op = Op::Touch {
+                                expires: Expiry::at_ms(now + next(3_000)),
+                            }
                         }
-                        2 => write.expires_ms = now - 500 + next(2_000),
+                        2 => set_expiry(&mut write, now - 500 + next(2_000)),
                         _ => {}
                     }
                     s.merge(&me, &others[o], vec![write], &SeqRanges::new(), &mut |_| {});

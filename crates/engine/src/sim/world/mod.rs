@@ -317,7 +317,7 @@ impl<'a> World<'a> {
                             }
                         });
                         bucket.store().scan_writes("", &mut |origin, w| {
-                            if !w.touch {
+                            if !w.is_touch() {
                                 restored.registers.insert(
                                     (b.clone(), w.key.clone()),
                                     (w.hlc, origin.id().clone()),
@@ -462,15 +462,19 @@ impl<'a> World<'a> {
                 }
             }
             for (bucket, rx) in running.changes.iter_mut() {
-                while let Ok(change) = rx.try_recv() {
-                    let registers = if change.value.is_none() && !change.expired {
+                let changes: Vec<Change> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+                for (i, change) in changes.iter().enumerate() {
+                    // The registers are read after the step: they are what a delete stored only
+                    // when no later change of its key came in the same step.
+                    let last_of_key = changes[i + 1..].iter().all(|c| c.key != change.key);
+                    let registers = if change.value.is_none() && !change.expired && last_of_key {
                         running.node.bucket(bucket).inspect(&change.key)
                     } else {
                         Vec::new()
                     };
                     let tombstone = registers
                         .iter()
-                        .find(|(_, w)| !w.touch && w.value.is_none());
+                        .find(|(_, w)| !w.is_touch() && w.value().is_none());
                     // The wall clock, not the HLC: within the step the node may have observed a
                     // peer's later timestamp after it announced a value that was live then.
                     let clock = running.node.clock().wall_ms();
@@ -489,7 +493,7 @@ impl<'a> World<'a> {
                         now,
                         clock,
                         bucket,
-                        &change,
+                        change,
                         tombstone.map(|(_, w)| w),
                         tombstone.map(|(o, _)| o.id()),
                     );
@@ -600,21 +604,21 @@ impl<'a> World<'a> {
                 let keys = self.history.keys.get(b).cloned().unwrap_or_default();
                 for key in &keys {
                     for (origin, w) in store.registers(key) {
-                        let op = w.value.as_deref().and_then(check::op_of);
+                        let op = w.value().and_then(check::op_of);
                         registers.push(format!(
                             "{}|{}|{:?}|{}|{}|{}|{:?}",
                             check::short(key),
                             origin.id(),
                             w.hlc,
                             w.seq,
-                            w.touch,
-                            w.expires_ms,
+                            w.is_touch(),
+                            w.expires().encoded(),
                             op
                         ));
-                        if !w.touch {
+                        if !w.is_touch() {
                             values.insert(
                                 key.clone(),
-                                (w.hlc, origin.id().clone(), op, w.expires_ms),
+                                (w.hlc, origin.id().clone(), op, w.expires().encoded()),
                             );
                         }
                     }

@@ -115,7 +115,7 @@ impl World<'_> {
             key: key.clone(),
             hlc: write.hlc,
             deleted,
-            expires_ms: write.expires_ms,
+            expires_ms: write.expires().encoded(),
             seq: write.seq,
             level,
             strict,
@@ -129,7 +129,7 @@ impl World<'_> {
             if deleted { "delete" } else { "set" },
             check::short(&key),
             write.hlc,
-            write.expires_ms,
+            write.expires().encoded(),
         ));
     }
 }

@@ -179,7 +179,7 @@ impl Session {
                         break;
                     };
                     for (so, w) in chunk.superseders {
-                        bytes += w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40;
+                        bytes += w.payload_len() + 40;
                         superseders.push((so.id().clone(), w.into()));
                     }
                     if superseders.len() >= CHUNK_WRITES || bytes >= CHUNK_BYTES {
@@ -267,7 +267,7 @@ impl Session {
         for (i, key) in keys.into_iter().enumerate() {
             bytes += key.len() + 8;
             for (o, w) in by_key.remove(&key).unwrap_or_default() {
-                bytes += w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40;
+                bytes += w.payload_len() + 40;
                 frame.push((o.id().clone(), w.into()));
             }
             frame_keys.push(key);

@@ -30,7 +30,7 @@ impl Session {
         if let Some(b) = local.existing_bucket(&bucket) {
             b.store().scan_writes(prefix, &mut |origin, w| {
                 by_origin
-                    .entry((!w.touch, origin.clone()))
+                    .entry((!w.is_touch(), origin.clone()))
                     .or_default()
                     .push(w)
             });
@@ -39,7 +39,7 @@ impl Session {
             let mut frame = Vec::new();
             let mut bytes = 0;
             for w in writes {
-                let size = w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 32;
+                let size = w.payload_len() + 32;
                 if !frame.is_empty() && (frame.len() >= CHUNK_WRITES || bytes + size > CHUNK_BYTES)
                 {
                     let reply = Message::FetchReply {

@@ -49,11 +49,12 @@ pub(super) fn collect_slice(
                 origin: Some(e.origin.clone()),
             });
             // A touch whose expiry has passed expires every older write that comes back, as it
-            // would have under the touch: it guards the key like a tombstone at its time.
+            // would have under the touch: it guards the key like a tombstone at its time. (A touch
+            // without an expiry, which no honest replica writes, guards it too.)
             let touch = e
                 .touch
                 .as_ref()
-                .filter(|t| t.expires_ms <= now)
+                .filter(|t| t.expires.encoded() <= now)
                 .map(|t| Collected {
                     hlc: t.hlc,
                     origin: Some(t.origin.clone()),
@@ -120,7 +121,7 @@ pub(super) fn learn_collected(
         .iter()
         .filter_map(|(key, e)| {
             let register = raised.get(&key_fingerprint(key))?;
-            let w = e.value_write(key).filter(|w| w.value.is_some())?;
+            let w = e.value_write(key).filter(Write::is_set)?;
             register
                 .beats(w.hlc, &e.origin)
                 .then(|| (register.stand_in_for(w.hlc, &e.origin, me), w))

@@ -10,7 +10,7 @@ use crate::hash::{HashMap, HashSet};
 use crate::replication::clock::Hlc;
 use crate::replication::ranges::{Seq, SeqRanges};
 use crate::replication::replica::Origin;
-use crate::replication::store::{Incoming, Marker, Merged, Shown, State, Write};
+use crate::replication::store::{Expiry, Incoming, Marker, Merged, Shown, State, Write};
 use std::sync::Arc;
 
 /// `Store::merge_chunk` on the state the caller holds locked exclusively (its arguments, as the
@@ -46,7 +46,7 @@ pub(super) fn merge_chunk(
     let all = superseders
         .into_iter()
         .chain(writes.into_iter().map(|w| (origin.clone(), w)));
-    let (touches, values): (Vec<_>, Vec<_>) = all.partition(|(_, w)| w.touch);
+    let (touches, values): (Vec<_>, Vec<_>) = all.partition(|(_, w)| w.is_touch());
     // The touch in first lands on the register stored here, which may be an older value than the
     // one it was made for, expired here: it would show that value live for the moment before the
     // chunk's value replaces it. The keys touches land on are heard once the chunk is in.
@@ -140,10 +140,7 @@ pub(super) fn drop_dots(
         // A touch that expired its value stays: what superseded it elsewhere is at least as new
         // as it, so it beats the value too, and the value must not show again before it arrives
         // (it beats this touch then) or the dead key is collected.
-        let revives = !value_dot
-            && !was_live
-            && e.value.is_some()
-            && (e.expires_ms == 0 || e.expires_ms > swept);
+        let revives = !value_dot && !was_live && e.value.is_some() && e.expires.lasts_past(swept);
         if revives {
             continue;
         }
@@ -178,7 +175,7 @@ pub(super) fn drop_dots(
             e.value = None;
             e.hlc = Hlc(0);
             e.seq = Seq::ZERO;
-            e.expires_ms = 0;
+            e.expires = Expiry::NEVER;
             e.origin = e.touch.as_ref().expect("left").origin.clone();
         } else {
             // Only the touch register was superseded elsewhere.
@@ -323,8 +320,7 @@ pub(super) fn restore_registers(
         // key with no live register, may be one whose delete was collected: the merge answers such a
         // write with a stand-in (`CollectedKeys::stand_in_time`), so the restore must not show it.
         let forgotten = record.is_none()
-            && !w.touch
-            && w.value.is_some()
+            && w.is_set()
             && state.collected.may_be_forgotten(
                 w.hlc,
                 state
@@ -381,12 +377,12 @@ pub(super) fn restore_registers(
 /// Where a register stands among registers of one dot: its timestamp, then its print.
 fn register_order(w: &Write, origin: &Origin) -> (Hlc, u64) {
     let entry = crate::replication::store::Entry {
-        value: w.value.clone(),
+        value: w.value().map(Box::from),
         hlc: w.hlc,
         origin: origin.clone(),
         seq: w.seq,
-        expires_ms: w.expires_ms,
+        expires: w.expires(),
         touch: None,
     };
-    (w.hlc, entry.print(&w.key) ^ u64::from(w.touch))
+    (w.hlc, entry.print(&w.key) ^ u64::from(w.is_touch()))
 }

@@ -18,8 +18,8 @@ mod merge;
 mod ship;
 
 use super::{
-    Changes, Chunk, ChunkLimits, Collected, CollectedRecord, Entry, Journal, Lifetime, Marker,
-    Merged, Record, ScanCursor, Shown, Stamp, State, Store, Write,
+    Changes, Chunk, ChunkLimits, Collected, CollectedRecord, Entry, Expiry, Journal, Lifetime,
+    Marker, Merged, Op, Record, ScanCursor, Shown, Stamp, State, Store, Write,
 };
 use crate::hash::HashMap;
 use crate::replication::clock::{Clock, Hlc};
@@ -199,7 +199,7 @@ impl Store for MemoryStore {
         };
         // The clock is read only for a key that can expire.
         let value = match e.expiry() {
-            0 => e.value.as_deref(),
+            Expiry::NEVER => e.value.as_deref(),
             _ => e.live_value(state.now(now_ms())),
         };
         match value {
@@ -271,7 +271,7 @@ impl Store for MemoryStore {
         next.map(|position| ScanCursor { position })
     }
 
-    fn expiry_of(&self, key: &str, now_ms: u64) -> Option<u64> {
+    fn expiry_of(&self, key: &str, now_ms: u64) -> Option<Expiry> {
         let state = self.state.read();
         let now = state.now(now_ms);
         let e = state.entries.get(key)?;
@@ -300,20 +300,22 @@ impl Store for MemoryStore {
         let seq = state.next_own_seq(me);
         // A time to live counts from the store's now, not the stamp alone: after the wall clock
         // stepped back the stamp may be older than what was swept, and the value would be stored dead.
-        let expires_ms = match (lifetime, &value) {
-            (_, None) | (Lifetime::Forever, _) => 0,
-            (Lifetime::Ttl(ms), _) => state.now(hlc.physical_ms()).saturating_add(ms.max(1)),
-            (Lifetime::Until(at), _) => at,
+        let op = match value {
+            None => Op::Delete,
+            Some(value) => Op::Set {
+                value,
+                expires: match lifetime {
+                    Lifetime::Forever => Expiry::NEVER,
+                    Lifetime::Ttl(ms) => {
+                        Expiry::at_ms(state.now(hlc.physical_ms()).saturating_add(ms.max(1)))
+                    }
+                    Lifetime::Until(at) => Expiry::at_ms(at),
+                },
+            },
         };
-        let mut write = Write {
-            key,
-            hlc,
-            seq,
-            value,
-            expires_ms,
-            touch: false,
-        };
-        // A local write always wins, so the value moves into the store; the write returned has none.
+        let mut write = Write { key, hlc, seq, op };
+        // A local write always wins, so the value moves into the store; the write returned keeps an
+        // empty one in its place.
         state.apply_hashed(me, &mut write, hash, on_change);
         write
     }
@@ -329,9 +331,9 @@ impl Store for MemoryStore {
             key,
             hlc,
             seq,
-            value: None,
-            expires_ms: state.now(hlc.physical_ms()).saturating_add(ttl_ms.max(1)),
-            touch: true,
+            op: Op::Touch {
+                expires: Expiry::at_ms(state.now(hlc.physical_ms()).saturating_add(ttl_ms.max(1))),
+            },
         };
         state.apply(me, &mut write, &mut |_| {});
         Some(write)
@@ -367,7 +369,7 @@ impl Store for MemoryStore {
             };
             // Stale unless this is still the key's expiry, it holds a value and it crossed just now
             // (it was live at `before`, counted so, and is dead at `now`).
-            if e.expiry() != at || e.value.is_none() || at <= before {
+            if e.expiry() != Expiry::at_ms(at) || e.value.is_none() || at <= before {
                 continue;
             }
             state.live_entries -= 1;

@@ -58,7 +58,7 @@ pub(super) fn chunk(
             // A value goes with the key's touch register, newer than it: the receiver must not
             // show live a value this replica holds expired.
             let touch = match &w {
-                Some(w) if !w.touch => e
+                Some(w) if !w.is_touch() => e
                     .touch_write(key)
                     .filter(|(o, t)| !superseder_dots.contains(&(o.clone(), t.seq))),
                 _ => None,
@@ -78,7 +78,7 @@ pub(super) fn chunk(
         // A superseded seq travels too (a few bytes), so the receiver can back it when it relays.
         let size: usize = items
             .iter()
-            .map(|(_, w)| w.key.len() + w.value.as_ref().map_or(0, |v| v.len()) + 40)
+            .map(|(_, w)| w.payload_len() + 40)
             .sum::<usize>()
             + if is_stored { 0 } else { 8 };
         let count = chunk.writes.len() + chunk.superseders.len();
